@@ -1,0 +1,85 @@
+"""Full-ranking Recall@K / NDCG@K with one target per instance.
+
+Protocol (TIGER, arXiv 2603.19809): every catalogue item is a candidate, history items are *not*
+masked unless asked. With a single relevant item, Recall@K is the hit rate and
+NDCG@K = 1 / log2(rank + 2) for a 0-based rank < K.
+
+Ties are broken against the target: an item scoring exactly the same as the target counts as ranked
+ahead of it, so constant or degenerate scores never look good.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_KS = (5, 10, 20, 50)
+
+
+def ranks_from_scores(
+    scores: torch.Tensor | np.ndarray,
+    targets: torch.Tensor | np.ndarray,
+    exclude: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
+    """0-based rank of each target in its row of ``scores`` ``[n, num_items]``.
+
+    ``exclude[k]``: items to remove from row k before ranking (history masking); the target itself
+    is never removed by it (if it is in ``exclude[k]``, the instance gets rank ``num_items``, a miss).
+    """
+    s = torch.as_tensor(scores, dtype=torch.float32)
+    t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    if s.ndim != 2 or t.shape != (s.shape[0],):
+        raise ValueError(f"scores must be [n, items] and targets [n]; got {tuple(s.shape)} and {tuple(t.shape)}")
+    if exclude is not None:
+        s = s.clone()
+        rows = np.concatenate([np.full(len(e), k) for k, e in enumerate(exclude)]) if len(exclude) else np.zeros(0)
+        cols = np.concatenate([np.asarray(e) for e in exclude]) if len(exclude) else np.zeros(0)
+        s[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)] = -torch.inf
+    target_scores = s.gather(1, t[:, None])  # [n, 1]
+    if exclude is not None:
+        masked = torch.isneginf(target_scores[:, 0])
+    ahead = (s >= target_scores).sum(1) - 1  # minus the target itself
+    ranks = ahead.numpy().astype(np.int64)
+    if exclude is not None:
+        ranks[masked.numpy()] = s.shape[1]
+    return ranks
+
+
+def ranks_from_topk(topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based rank of each target in its ranked list ``topk[n, K]``; ``K`` (a miss) if absent.
+
+    Entries < 0 are padding (a list shorter than K).
+    """
+    topk = np.asarray(topk)
+    targets = np.asarray(targets)
+    if topk.ndim != 2 or targets.shape != (topk.shape[0],):
+        raise ValueError(f"topk must be [n, K] and targets [n]; got {topk.shape} and {targets.shape}")
+    hit = topk == targets[:, None]
+    ranks = np.where(hit.any(1), hit.argmax(1), topk.shape[1])
+    return ranks.astype(np.int64)
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+    """``{"recall@K": ..., "ndcg@K": ...}`` averaged over instances, for each K."""
+    ranks = np.asarray(ranks)
+    if ranks.size == 0:
+        raise ValueError("no instances to evaluate")
+    out: dict[str, float] = {}
+    gains = 1.0 / np.log2(ranks.astype(np.float64) + 2.0)
+    for k in ks:
+        hit = ranks < k
+        out[f"recall@{k}"] = float(hit.mean())
+        out[f"ndcg@{k}"] = float(np.where(hit, gains, 0.0).mean())
+    return out
+
+
+def per_instance_ndcg(ranks: np.ndarray, k: int) -> np.ndarray:
+    """``[n]`` NDCG@k contribution of each instance (for per-category breakdowns)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def format_metrics(m: dict[str, float], keys: Sequence[str] = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")) -> str:
+    return "  ".join(f"{k.replace('recall', 'R').replace('ndcg', 'N')}={m[k]:.4f}" for k in keys if k in m)

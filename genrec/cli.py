@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("genrec.commands.data", "load a dataset and print its statistics and split sizes"),
     "sasrec": ("genrec.commands.sasrec", "train and evaluate the SASRec item-ID model"),
+    "analyze": ("genrec.commands.analyze", "memorization vs generalization labels and per-category metrics"),
 }
 
 

@@ -1,0 +1,327 @@
+"""The plain directory loader, leave-one-out splits, metrics and the real Beauty data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.data import DataFormatError, ItemText, SequenceDataset, load_plain, write_plain
+from genrec.datasets import load_dataset
+from genrec.metrics import metrics_from_ranks, ranks_from_scores, ranks_from_topk
+from genrec.splits import leave_one_out
+
+torch.set_num_threads(1)
+
+HEADER = "user_id\titem_id\ttimestamp"
+ITEMS = [
+    {"item_id": "a", "title": "Alpha", "brand": "B1", "categories": ["Beauty", "Nails"], "price": "$3.50"},
+    {"item_id": "b", "title": "Beta", "categories": "Beauty|Hair"},
+    {"item_id": "c", "title": "Gamma", "description": "third", "price": 7},
+    {"item_id": "d", "title": "Delta"},
+]
+
+
+def write_text(path: Path, text: str) -> Path:
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def make_dir(root: Path, rows: list[str], items: list[dict] | None = None, gz: bool = False,
+             header: str | None = HEADER, items_text: str | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    lines = ([header] if header is not None else []) + rows
+    write_text(root / f"interactions.tsv{suffix}", "\n".join(lines) + ("\n" if lines else ""))
+    if items_text is None:
+        items_text = "\n".join(json.dumps(r) for r in (ITEMS if items is None else items)) + "\n"
+    write_text(root / f"items.jsonl{suffix}", items_text)
+    return root
+
+
+ROWS = [
+    "u1\ta\t10", "u1\tb\t10", "u1\tc\t5", "u1\td\t20",  # c is out of time order; a,b tie
+    "u2\tb\t1", "u2\ta\t1", "u2\tc\t1",  # all tied
+]
+
+
+def item_seq(ds: SequenceDataset, u: int) -> list[str]:
+    return [ds.item_ids[i] for i in ds.sequences[u]]
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_plain_keeps_file_order(tmp_path, gz):
+    ds = load_plain(make_dir(tmp_path / "d", ROWS, gz=gz))
+    assert ds.name == "d"
+    assert ds.user_ids == ["u1", "u2"]
+    assert item_seq(ds, 0) == ["a", "b", "c", "d"]
+    assert item_seq(ds, 1) == ["b", "a", "c"]
+    assert ds.timestamps[0].tolist() == [10, 10, 5, 20]
+    assert ds.num_interactions == 7
+    assert ds.item_ids == ["a", "b", "c", "d"]  # items.jsonl order
+    a = ds.items[ds.item_index["a"]]
+    assert a.title == "Alpha" and a.brand == "B1" and a.categories == ("Beauty", "Nails") and a.price == 3.5
+    assert ds.items[ds.item_index["b"]].categories == ("Beauty", "Hair")
+    assert ds.items[ds.item_index["c"]].price == 7.0 and ds.items[ds.item_index["c"]].description == "third"
+
+
+def test_load_plain_timestamp_order_is_stable(tmp_path):
+    ds = load_plain(make_dir(tmp_path / "d", ROWS), order="timestamp")
+    assert item_seq(ds, 0) == ["c", "a", "b", "d"]  # a,b tie at 10: file order kept
+    assert item_seq(ds, 1) == ["b", "a", "c"]  # all tied: file order kept
+    assert ds.timestamps[0].tolist() == [5, 10, 10, 20]
+
+
+def test_load_plain_out_of_order_warns(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="genrec.data"):
+        load_plain(make_dir(tmp_path / "d", ROWS))
+    assert "1 user(s) have rows out of timestamp order" in caplog.text
+
+
+def test_items_without_interactions_left_out_with_log(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="genrec.data"):
+        ds = load_plain(make_dir(tmp_path / "d", ["u1\ta\t1", "u1\tc\t2", "u1\ta\t3"]))
+    assert ds.item_ids == ["a", "c"]
+    assert "2 item(s) with metadata but no interaction" in caplog.text
+
+
+def test_load_dataset_spec_resolves_directories(tmp_path):
+    d = make_dir(tmp_path / "d", ROWS)
+    assert load_dataset(str(d)).num_interactions == 7
+    assert item_seq(load_dataset(f"plain:{d}", order="timestamp"), 0) == ["c", "a", "b", "d"]
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: every error names the file and the line or id
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_plain(tmp_path / "nope")
+
+
+def test_missing_interactions_file(tmp_path):
+    d = make_dir(tmp_path / "d", ROWS)
+    (d / "interactions.tsv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"interactions\.tsv or interactions\.tsv\.gz"):
+        load_plain(d)
+
+
+def test_missing_items_file(tmp_path):
+    d = make_dir(tmp_path / "d", ROWS)
+    (d / "items.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match=r"items\.jsonl"):
+        load_plain(d)
+
+
+def test_missing_header(tmp_path):
+    d = make_dir(tmp_path / "d", ROWS, header=None)
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv:1: header .* lacks column"):
+        load_plain(d)
+
+
+def test_missing_column(tmp_path):
+    d = make_dir(tmp_path / "d", ["u1\ta", "u1\tb"], header="user_id\titem_id")
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv:1: .*\['timestamp'\]"):
+        load_plain(d)
+
+
+def test_wrong_field_count(tmp_path):
+    d = make_dir(tmp_path / "d", ["u1\ta\t1", "u1\tb\t2\textra"])
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv:3: expected 3 tab-separated fields, got 4"):
+        load_plain(d)
+
+
+def test_non_numeric_timestamp(tmp_path):
+    d = make_dir(tmp_path / "d", ["u1\ta\t1", "u1\tb\t2", "u1\tc\tyesterday"])
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv:4: timestamp 'yesterday' is not a number"):
+        load_plain(d)
+
+
+def test_interaction_with_unknown_item(tmp_path):
+    d = make_dir(tmp_path / "d", ["u1\ta\t1", "u1\tzzz\t2"], gz=True)
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv\.gz:3: item 'zzz' has no entry"):
+        load_plain(d)
+
+
+def test_duplicate_item_id(tmp_path):
+    d = make_dir(tmp_path / "d", ["u1\ta\t1"], items=ITEMS + [{"item_id": "b", "title": "again"}])
+    with pytest.raises(DataFormatError, match=r"items\.jsonl:5: duplicate item_id 'b' \(first at line 2\)"):
+        load_plain(d)
+
+
+def test_malformed_json_line(tmp_path):
+    text = json.dumps(ITEMS[0]) + "\n{'item_id': 'b'}\n"
+    d = make_dir(tmp_path / "d", ["u1\ta\t1"], items_text=text)
+    with pytest.raises(DataFormatError, match=r"items\.jsonl:2: malformed JSON"):
+        load_plain(d)
+
+
+def test_item_without_id(tmp_path):
+    d = make_dir(tmp_path / "d", ["u1\ta\t1"], items=[ITEMS[0], {"title": "no id"}])
+    with pytest.raises(DataFormatError, match=r"items\.jsonl:2: missing 'item_id'"):
+        load_plain(d)
+
+
+def test_empty_interactions_file(tmp_path):
+    d = make_dir(tmp_path / "d", [], header=None)
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv: empty file"):
+        load_plain(d)
+
+
+def test_header_only_interactions_file(tmp_path):
+    d = make_dir(tmp_path / "d", [])
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv: no interactions after the header"):
+        load_plain(d)
+
+
+def test_empty_items_file(tmp_path):
+    d = make_dir(tmp_path / "d", ROWS, items_text="")
+    with pytest.raises(DataFormatError, match=r"items\.jsonl: empty file"):
+        load_plain(d)
+
+
+def test_unknown_spec_lists_forms():
+    with pytest.raises(ValueError, match=r"(?s)unknown dataset spec 'foo'.*synthetic:KEY=VALUE.*amazon2014:CATEGORY"):
+        load_dataset("foo")
+    with pytest.raises(FileNotFoundError, match="no/such/dir"):
+        load_dataset("./no/such/dir")
+
+
+# ----------------------------------------------------------------------------------------------
+# write_plain round trip
+
+
+def test_write_plain_round_trip(tmp_path):
+    ds = load_plain(make_dir(tmp_path / "d", ROWS, gz=True))
+    write_plain(ds, tmp_path / "out")
+    back = load_plain(tmp_path / "out", name="d")
+    assert back.user_ids == ds.user_ids and back.item_ids == ds.item_ids
+    for s1, s2, t1, t2 in zip(ds.sequences, back.sequences, ds.timestamps, back.timestamps):
+        assert s1.tolist() == s2.tolist() and t1.tolist() == t2.tolist()
+    assert [(i.title, i.brand, i.categories, i.description, i.price) for i in back.items] == \
+           [(i.title, i.brand, i.categories, i.description, i.price) for i in ds.items]
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+# ----------------------------------------------------------------------------------------------
+# leave-one-out
+
+
+def hand_dataset(seqs: list[list[int]], n_items: int = 10, ts: list[list[float]] | None = None) -> SequenceDataset:
+    return SequenceDataset(
+        name="hand", item_ids=[f"i{k}" for k in range(n_items)], user_ids=[f"u{k}" for k in range(len(seqs))],
+        sequences=[np.array(s, dtype=np.int64) for s in seqs], items=[ItemText(title=f"t{k}") for k in range(n_items)],
+        timestamps=[np.array(t, dtype=np.float64) for t in ts] if ts else None)
+
+
+def test_leave_one_out_hand_built():
+    ds = hand_dataset([[1, 2, 3, 4, 5], [6, 7, 8]])
+    sp = leave_one_out(ds)
+    assert sp.users.tolist() == [0, 1]
+    assert [t.tolist() for t in sp.train] == [[1, 2, 3], [6]]
+    assert sp.valid.targets.tolist() == [4, 7]
+    assert [h.tolist() for h in sp.valid.histories] == [[1, 2, 3], [6]]
+    assert sp.test.targets.tolist() == [5, 8]
+    assert [h.tolist() for h in sp.test.histories] == [[1, 2, 3, 4], [6, 7]]
+    assert [s.tolist() for s in sp.train_with_valid()] == [[1, 2, 3, 4], [6, 7]]
+    assert sp.test.last_items().tolist() == [4, 7]
+    assert sp.test.padded_histories(3).tolist() == [[2, 3, 4], [-1, 6, 7]]
+
+
+def test_leave_one_out_ties_keep_order(tmp_path):
+    # the last two interactions tie in time: the file order decides which is test
+    ds = load_plain(make_dir(tmp_path / "d", ["u1\ta\t1", "u1\tc\t2", "u1\td\t3", "u1\tb\t3"]), order="timestamp")
+    sp = leave_one_out(ds)
+    assert ds.item_ids[sp.test.targets[0]] == "b"
+    assert ds.item_ids[sp.valid.targets[0]] == "d"
+
+
+def test_leave_one_out_truncates_history():
+    sp = leave_one_out(hand_dataset([list(range(10))]), max_history=3)
+    assert sp.test.histories[0].tolist() == [6, 7, 8]
+    assert sp.valid.histories[0].tolist() == [5, 6, 7]
+    assert sp.train[0].tolist() == list(range(8))  # training sequences are not truncated
+
+
+def test_leave_one_out_drops_short_users(caplog):
+    ds = hand_dataset([[1, 2], [1, 2, 3], [4]])
+    with caplog.at_level(logging.WARNING, logger="genrec.splits"):
+        sp = leave_one_out(ds)
+    assert sp.users.tolist() == [1]
+    assert "dropped 2 user(s) with fewer than 3 interactions" in caplog.text
+    with pytest.raises(ValueError, match="no user"):
+        leave_one_out(hand_dataset([[1, 2]]))
+    with pytest.raises(ValueError):
+        leave_one_out(ds, min_interactions=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics
+
+
+def test_ranks_from_scores_ties_count_against_target():
+    scores = np.array([[0.1, 0.9, 0.5, 0.5],
+                       [1.0, 1.0, 1.0, 1.0],
+                       [0.3, 0.2, 0.1, 0.0]])
+    ranks = ranks_from_scores(scores, np.array([2, 0, 0]))
+    assert ranks.tolist() == [2, 3, 0]  # row 0: item 1 and the tied item 3 rank ahead
+
+
+def test_ranks_from_scores_exclude():
+    scores = np.array([[0.1, 0.9, 0.5, 0.8], [0.1, 0.9, 0.5, 0.8]])
+    ranks = ranks_from_scores(scores, np.array([2, 2]), exclude=[np.array([1, 3]), np.array([2, 1])])
+    assert ranks.tolist() == [0, 4]  # row 1: the target is excluded -> a miss (rank = num_items)
+    assert ranks_from_scores(torch.tensor(scores), torch.tensor([2, 2])).tolist() == [2, 2]
+
+
+def test_ranks_from_topk():
+    topk = np.array([[5, 3, 1], [2, -1, -1], [7, 8, 9]])
+    assert ranks_from_topk(topk, np.array([1, 2, 4])).tolist() == [2, 0, 3]
+
+
+def test_metrics_from_ranks_hand_computed():
+    m = metrics_from_ranks(np.array([0, 1, 4, 10]), ks=(1, 5))
+    assert m["recall@1"] == pytest.approx(0.25)
+    assert m["recall@5"] == pytest.approx(0.75)
+    assert m["ndcg@1"] == pytest.approx(0.25)
+    assert m["ndcg@5"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(6)) / 4)
+    with pytest.raises(ValueError):
+        metrics_from_ranks(np.array([]))
+
+
+# ----------------------------------------------------------------------------------------------
+# the real data
+
+
+def test_real_beauty(beauty_dir):
+    ds = load_plain(beauty_dir)
+    assert (ds.num_users, ds.num_items, ds.num_interactions) == (22_363, 12_101, 198_502)
+    inter = next(p for p in (beauty_dir / "interactions.tsv.gz", beauty_dir / "interactions.tsv") if p.is_file())
+    first_user, rows = None, []
+    with (gzip.open(inter, "rt", encoding="utf-8") if inter.suffix == ".gz" else open(inter, encoding="utf-8")) as f:
+        next(f)
+        for line in f:
+            u, i, _ = line.rstrip("\n").split("\t")
+            if first_user is None:
+                first_user = u
+            if u != first_user:
+                break
+            rows.append(i)
+    assert ds.user_ids[0] == first_user
+    assert item_seq(ds, 0) == rows
+    assert len(rows) >= 5

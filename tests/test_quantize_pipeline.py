@@ -1,0 +1,118 @@
+"""build_semantic_ids end to end, its saved artifacts, cold start, and the ``genrec quantize`` CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.cli import main
+from genrec.data import DataFormatError, ItemText, SequenceDataset, write_plain
+from quantize import SemanticIdResult, build_semantic_ids
+
+torch.set_num_threads(1)
+
+
+def toy_dataset(n: int = 120) -> SequenceDataset:
+    items = [ItemText(title=f"Product {k}", brand=f"Brand {k % 5}", categories=("Beauty", f"Cat {k % 3}"))
+             for k in range(n)]
+    ids = [f"P{k:04d}" for k in range(n)]
+    seqs = [np.arange(u, n, 10, dtype=np.int64) for u in range(10)]  # every item is interacted with
+    return SequenceDataset(name="toy", item_ids=ids, user_ids=[f"u{u}" for u in range(10)], sequences=seqs,
+                           items=items, timestamps=[np.arange(len(q), dtype=np.float64) for q in seqs])
+
+
+def clustered_embeddings(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(6, 24)) * 10
+    return (centers[np.arange(n) % 6] + rng.normal(size=(n, 24))).astype(np.float32)
+
+
+def test_build_with_given_embeddings_save_load_and_cold_start(tmp_path):
+    ds = toy_dataset()
+    x = clustered_embeddings(ds.num_items)
+    res = build_semantic_ids(ds, "rq_kmeans", embeddings=x, levels=2, codebook_size=8, seed=1)
+    t = res.table
+    assert t.num_items == ds.num_items and t.num_levels == 3 and t.item_ids == ds.item_ids
+    assert len({tuple(r) for r in t.codes.tolist()}) == ds.num_items
+    d = res.diagnostics
+    assert d["semantic_ids"]["all_unique"] and d["collisions"]["largest_group"] == t.codebook_sizes[-1]
+    assert [c["used"] for c in d["codebooks"]] and "mse" in d["reconstruction"]
+    assert t.config["method"] == "rq_kmeans" and t.config["quantizer"]["seed"] == 1
+
+    res.save(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"semantic_ids.json", "diagnostics.json", "quantizer.pt"}
+    back = SemanticIdResult.load(tmp_path)
+    assert back.table == t and back.diagnostics["collisions"] == d["collisions"]
+    new = clustered_embeddings(ds.num_items + 4)[-4:]  # 4 unseen items
+    codes = back.encode_new(new)
+    np.testing.assert_array_equal(codes, res.encode_new(new))
+    t2 = back.table.extend(codes, item_ids=["N1", "N2", "N3", "N4"])
+    assert t2.num_items == ds.num_items + 4 and len({tuple(r) for r in t2.codes.tolist()}) == t2.num_items
+
+
+@pytest.mark.parametrize("method,cfg", [("pq", dict(subspaces=4, codebook_size=8)),
+                                        ("opq", dict(subspaces=2, codebook_size=8, opq_iters=3)),
+                                        ("rq_vae", dict(levels=2, codebook_size=8, hidden_dims=(32,),
+                                                        latent_dim=4, epochs=3))])
+def test_build_every_method_with_pca(method, cfg, tmp_path):
+    ds = toy_dataset()
+    res = build_semantic_ids(ds, method, embeddings=clustered_embeddings(ds.num_items), pca_dim=8, whiten=True,
+                             **cfg)
+    assert res.preprocessor is not None and res.diagnostics["embedding"]["quantized_dim"] == 8
+    assert res.diagnostics["semantic_ids"]["all_unique"]
+    res.save(tmp_path)
+    back = SemanticIdResult.load(tmp_path)
+    np.testing.assert_array_equal(back.encode_new(res.embeddings), res.table.base_codes)
+
+
+def test_build_rejects_bad_embeddings_naming_the_item():
+    ds = toy_dataset(20)
+    x = clustered_embeddings(20)
+    x[7, 0] = np.nan
+    with pytest.raises(ValueError, match="'P0007'"):
+        build_semantic_ids(ds, embeddings=x, codebook_size=4)
+    with pytest.raises(ValueError, match="ids for 19"):
+        build_semantic_ids(ds, embeddings=x[:19], codebook_size=4)
+
+
+def test_build_reports_items_without_text(tmp_path):
+    ds = toy_dataset(10)
+    ds.items[3] = ItemText()
+    with pytest.raises(DataFormatError, match="'P0003'"):
+        build_semantic_ids(ds, encoder=None, codebook_size=4)
+
+
+def test_cli_quantize_with_real_encoder_then_show(tmp_path, capsys):
+    ds = toy_dataset(40)
+    write_plain(ds, tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["quantize", str(tmp_path / "data"), "--method", "rq_kmeans", "--levels", "2", "--codebook-size", "4",
+            "--cache-dir", str(tmp_path / "cache"), "--skip-category", "Beauty", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "level 0: used" in text and "collisions:" in text and "reconstruction:" in text
+    diag = json.loads((out / "diagnostics.json").read_text())
+    assert diag["embedding"]["dim"] == 384 and diag["semantic_ids"]["num_items"] == 40
+    table = json.loads((out / "semantic_ids.json").read_text())
+    assert table["config"]["template"]["skip_categories"] == ["Beauty"] and len(table["codes"]) == 40
+    assert main(["quantize", "--show", str(out)]) == 0
+    assert "collisions:" in capsys.readouterr().out
+
+
+def test_cli_precomputed_embeddings_and_errors(tmp_path, capsys):
+    ds = toy_dataset(30)
+    write_plain(ds, tmp_path / "data")
+    np.save(tmp_path / "x.npy", clustered_embeddings(30))
+    out = tmp_path / "out"
+    assert main(["quantize", str(tmp_path / "data"), "--embeddings", str(tmp_path / "x.npy"), "--method", "pq",
+                 "--subspaces", "2", "--codebook-size", "4", "--set", "niter=5", "--out", str(out)]) == 0
+    assert json.loads((out / "semantic_ids.json").read_text())["codebook_sizes"][:2] == [4, 4]
+    capsys.readouterr()
+    assert main(["quantize", str(tmp_path / "data"), "--embeddings", str(tmp_path / "x.npy"),
+                 "--set", "colour=3", "--out", str(out)]) == 2
+    assert "bad option" in capsys.readouterr().err
+    assert main(["quantize", str(tmp_path / "data"), "--method", "pq", "--levels", "2", "--out", str(out)]) == 2
+    assert "--subspaces" in capsys.readouterr().err

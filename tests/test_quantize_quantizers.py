@@ -1,0 +1,176 @@
+"""RQ-KMeans, RQ-VAE, PQ and OPQ on synthetic clustered vectors: one interface, same guarantees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from quantize import OPQ, PQ, RQVAE, Quantizer, RQKMeans, load_quantizer, make_quantizer, reconstruction_error
+
+torch.set_num_threads(1)
+
+N_CLUSTERS, DIM = 8, 32
+
+# Small configurations so every fit takes well under a second on one core.
+CONFIGS = {
+    "rq_kmeans": dict(levels=3, codebook_size=N_CLUSTERS),
+    "rq_vae": dict(levels=3, codebook_size=N_CLUSTERS, hidden_dims=(64,), latent_dim=8, epochs=25,
+                   batch_size=128, lr=3e-3),
+    "pq": dict(subspaces=4, codebook_size=N_CLUSTERS),
+    "opq": dict(subspaces=4, codebook_size=N_CLUSTERS, opq_iters=5),
+}
+METHODS = list(CONFIGS)
+
+
+def clustered(n: int, seed: int = 0, centers_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points around 8 well-separated centres in 32-d, and their cluster labels."""
+    centers = np.random.default_rng(centers_seed).normal(size=(N_CLUSTERS, DIM)) * 20
+    rng = np.random.default_rng(seed + 1)
+    labels = np.arange(n) % N_CLUSTERS
+    return (centers[labels] + rng.normal(size=(n, DIM))).astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def data():
+    return clustered(400)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    """Each method fitted once on the module's data: ``name -> (quantizer, codes)``."""
+    out = {}
+    for name in METHODS:
+        q = make_quantizer(name, seed=0, **CONFIGS[name])
+        out[name] = (q, q.fit(data[0]))
+    return out
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_codes_shape_range_and_cluster_share_first_code(name, data, fitted):
+    x, labels = data
+    q, codes = fitted[name]
+    assert isinstance(q, Quantizer) and q.name == name
+    assert codes.dtype == np.int64 and codes.shape == (len(x), q.levels)
+    assert ((codes >= 0) & (codes < np.array(q.codebook_sizes))).all()
+    if name == "opq":
+        # OPQ's rotation spreads the cluster structure over all sub-spaces, so one sub-space alone
+        # need not separate the clusters; the whole code tuple must never mix two clusters.
+        tuples = {}
+        for row, c in zip(map(tuple, codes.tolist()), labels):
+            assert tuples.setdefault(row, c) == c
+    else:
+        first = {c: set(codes[labels == c, 0]) for c in range(N_CLUSTERS)}
+        assert all(len(s) == 1 for s in first.values()), first  # a cluster shares its first code ...
+        assert len({s.pop() for s in first.values()}) == N_CLUSTERS  # ... and clusters differ
+    rec = reconstruction_error(q, x, codes)
+    assert rec["relative"] < 0.25
+
+
+@pytest.mark.parametrize("name", ["rq_kmeans", "rq_vae"])
+def test_reconstruction_improves_with_levels(name, data, fitted):
+    x, _ = data
+    q, codes = fitted[name]
+    errs = [reconstruction_error(q, x, codes)["per_level"][k]["mse"] for k in range(q.levels)]
+    assert errs[0] > errs[1] > errs[2]
+
+
+def test_pq_has_no_prefix_reconstruction(fitted):
+    q, codes = fitted["pq"]
+    with pytest.raises(TypeError):
+        q.decode_prefix(codes, 1)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_deterministic_for_a_seed(name, data, fitted):
+    q2 = make_quantizer(name, seed=0, **CONFIGS[name])
+    np.testing.assert_array_equal(q2.fit(data[0]), fitted[name][1])
+    np.testing.assert_array_equal(q2.decode(fitted[name][1]), fitted[name][0].decode(fitted[name][1]))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_save_load_round_trip(name, data, fitted, tmp_path):
+    q, codes = fitted[name]
+    path = q.save(tmp_path / f"{name}.pt")
+    for loaded in (load_quantizer(path), type(q).load(path)):
+        assert type(loaded) is type(q) and loaded.config() == q.config()
+        assert loaded.codebook_sizes == q.codebook_sizes
+        np.testing.assert_array_equal(loaded.encode(data[0]), codes)
+        np.testing.assert_allclose(loaded.decode(codes), q.decode(codes), rtol=1e-5, atol=1e-5)
+    other = RQKMeans if name != "rq_kmeans" else PQ
+    with pytest.raises(ValueError, match="holds"):
+        other.load(path)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_cold_start_encode_of_unseen_vectors(name, data, fitted):
+    x, labels = data
+    q, codes = fitted[name]
+    np.testing.assert_array_equal(q.encode(x), codes)  # training items keep their codes
+    new, new_labels = clustered(40, seed=7)  # unseen points of the same clusters
+    new_codes = q.encode(new)
+    assert new_codes.shape == (40, q.levels)
+    if name == "opq":  # see above: compare against the nearest training item's codes
+        nearest = ((new[:, None] - x[None]) ** 2).sum(-1).argmin(1)
+        assert (labels[nearest] == new_labels).all()
+        assert (new_codes[:, 0] == codes[nearest, 0]).mean() > 0.8
+    else:
+        first_of_cluster = {int(labels[i]): int(codes[i, 0]) for i in range(len(x))}
+        assert all(new_codes[i, 0] == first_of_cluster[int(new_labels[i])] for i in range(40))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_more_codes_than_points_reduces_the_codebook(name, caplog):
+    x, _ = clustered(40, seed=3)
+    cfg = {**CONFIGS[name], "codebook_size": 256}
+    q = make_quantizer(name, seed=0, **cfg)
+    with caplog.at_level("WARNING"):
+        codes = q.fit(x)
+    assert set(q.codebook_sizes) == {40} and codes.max() < 40
+    assert "40 training vectors for 256 codes" in caplog.text
+
+
+def test_bad_inputs_are_clear_errors(fitted):
+    x, _ = clustered(40)
+    x[5, 3] = np.nan
+    ids = [f"item{k}" for k in range(40)]
+    with pytest.raises(ValueError, match="NaN.*'item5'"):
+        RQKMeans(codebook_size=4).fit(x, ids)
+    x[5, 3] = np.inf
+    with pytest.raises(ValueError, match="#5"):
+        PQ(codebook_size=4).fit(x)
+    with pytest.raises(ValueError, match="2-d"):
+        RQKMeans().fit(np.zeros(10, np.float32))
+    with pytest.raises(ValueError, match="dimension 16"):
+        fitted["rq_kmeans"][0].encode(np.zeros((3, 16), np.float32))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        RQVAE().encode(np.zeros((3, DIM), np.float32))
+    with pytest.raises(ValueError, match="at least 32 training vectors"):
+        OPQ(subspaces=4, codebook_size=4).fit(clustered(20)[0])
+    with pytest.raises(ValueError, match="not divisible"):
+        OPQ(subspaces=5, codebook_size=4).fit(clustered(40)[0])
+    with pytest.raises(ValueError, match="outside the codebook"):
+        fitted["pq"][0].decode(np.full((1, 4), 99))
+    with pytest.raises(ValueError, match="unknown quantizer 'kmeans'"):
+        make_quantizer("kmeans")
+    with pytest.raises(ValueError, match="bad option"):
+        make_quantizer("rq-kmeans", subspaces=3)
+    with pytest.raises(ValueError, match="codebook sizes"):
+        RQKMeans(levels=2, codebook_size=[4, 4, 4])
+
+
+def test_per_level_codebook_sizes_and_aliases(data):
+    q = make_quantizer("rq-kmeans", levels=2, codebook_size=[8, 4])
+    codes = q.fit(data[0])
+    assert q.codebook_sizes == (8, 4) and codes[:, 1].max() < 4
+    assert isinstance(make_quantizer("RQVAE"), RQVAE) and isinstance(make_quantizer("opq"), OPQ)
+
+
+def test_rq_vae_leaves_global_rng_alone_and_records_history(data):
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    q = RQVAE(levels=2, codebook_size=16, hidden_dims=(32,), latent_dim=4, epochs=4, batch_size=100)
+    q.fit(data[0])
+    assert torch.rand(1) == before  # fit used its own RNG stream
+    assert len(q.history) == 4 and {"loss", "recon", "dead_codes"} <= set(q.history[0])

@@ -1,0 +1,74 @@
+"""Item text templates: field selection, HTML unescaping, empty items and the explicit fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from genrec.data import DataFormatError, ItemText, SequenceDataset
+from quantize.text import TextTemplate, clean_text, item_text, item_texts
+
+
+def make_dataset(items: list[ItemText], ids: list[str] | None = None) -> SequenceDataset:
+    ids = ids or [f"i{k}" for k in range(len(items))]
+    return SequenceDataset(name="toy", item_ids=ids, user_ids=["u0"],
+                           sequences=[np.arange(len(items), dtype=np.int64)], items=items)
+
+
+def test_default_template_uses_present_fields_in_order():
+    it = ItemText(title="Lip Balm", brand="Burt's Bees", categories=("Beauty", "Lips"), price=3.5)
+    assert item_text(it) == "Title: Lip Balm; Brand: Burt's Bees; Categories: Beauty, Lips; Price: 3.50"
+    # missing fields drop their whole segment
+    assert item_text(ItemText(title="Only a title")) == "Title: Only a title"
+    assert item_text(ItemText(description="  long\n  text ")) == "Description: long text"
+
+
+def test_html_entities_unescaped_and_tags_stripped():
+    it = ItemText(title="Dr. Scholl&#39;s Bath &amp;amp; Spa", brand="A &amp; B",
+                  description="<p>Soft<br/>skin</p>")
+    assert clean_text("Tom &amp; Jerry") == "Tom & Jerry"
+    text = item_text(it)
+    assert "Dr. Scholl's Bath & Spa" in text and "Brand: A & B" in text and "Description: Soft skin" in text
+    assert "&" in text and "&amp;" not in text and "<" not in text
+
+
+def test_custom_segments_fields_and_skipped_categories():
+    it = ItemText(title="Nail Polish", brand="OPI", categories=("Beauty", "Nails"))
+    tpl = TextTemplate(segments=("{title} by {brand}", "in {categories}"), separator=". ",
+                       skip_categories=("Beauty",))
+    assert item_text(it, tpl) == "Nail Polish by OPI. in Nails"
+    # a segment naming two fields needs both
+    assert item_text(ItemText(title="Nail Polish"), tpl) == ""
+    assert item_text(it, TextTemplate.from_fields(["brand", "title"])) == "Brand: OPI; Title: Nail Polish"
+    assert TextTemplate.from_dict(tpl.to_dict()) == tpl
+
+
+@pytest.mark.parametrize("segments", [("Title: {titel}",), ("no fields",), ("{title",)])
+def test_bad_template_segments_are_rejected(segments):
+    with pytest.raises(ValueError, match="segment"):
+        TextTemplate(segments=segments)
+
+
+def test_unknown_field_name_in_from_fields():
+    with pytest.raises(ValueError, match="colour"):
+        TextTemplate.from_fields(["title", "colour"])
+
+
+def test_items_without_text_are_an_error_listing_ids():
+    ds = make_dataset([ItemText(title="A"), ItemText(), ItemText(title="&nbsp; "), ItemText(title="B")],
+                      ids=["a", "empty1", "blank2", "b"])
+    with pytest.raises(DataFormatError, match="2 item.*'empty1', 'blank2'"):
+        item_texts(ds)
+
+
+def test_template_without_the_present_fields_counts_as_empty():
+    ds = make_dataset([ItemText(title="A", brand="X"), ItemText(title="B")], ids=["a", "b"])
+    with pytest.raises(DataFormatError, match="'b'"):
+        item_texts(ds, TextTemplate.from_fields(["brand"]))
+
+
+def test_explicit_fallback_for_empty_items():
+    ds = make_dataset([ItemText(title="A"), ItemText()], ids=["a", "x9"])
+    assert item_texts(ds, fallback="Item {item_id}") == ["Title: A", "Item x9"]
+    with pytest.raises(ValueError, match="fallback"):
+        item_texts(ds, fallback="Item {name}")

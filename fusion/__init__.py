@@ -1,0 +1,25 @@
+"""Memorization-aware fusion of an item-ID recommender and a generative semantic-ID recommender.
+
+- :mod:`fusion.candidates`: the candidate union with both models' scores, min-max normalisation,
+  ranking.
+- :mod:`fusion.indicators`: per-instance features telling memorization from generalization cases.
+- :mod:`fusion.methods`: fixed-weight, adaptive (MSP-gated) and learned-gate post-hoc fusion.
+- :mod:`fusion.joint`: both towers and a gate trained together with one objective.
+- :mod:`fusion.adapters`: turn trained models into fusion inputs; :mod:`fusion.report`: tables.
+"""
+
+from fusion.candidates import (CandidateScores, build_candidates, evaluate_fused, minmax_normalize, ndcg_at,
+                               ranks_of, topk_items, union_ranks)
+from fusion.indicators import Indicators, Standardizer, TrainStats, compute_indicators
+from fusion.methods import (SCALES, AdaptiveFusion, FixedWeightFusion, FusionMethod, GateHead, GateReport,
+                            LearnedGateFusion, convex, params_equal)
+from fusion.report import FusionOutput, results_by_label, results_markdown, run_posthoc, single_model_topk
+
+__all__ = [
+    "CandidateScores", "build_candidates", "evaluate_fused", "minmax_normalize", "ndcg_at", "ranks_of",
+    "topk_items", "union_ranks",
+    "Indicators", "Standardizer", "TrainStats", "compute_indicators",
+    "SCALES", "AdaptiveFusion", "FixedWeightFusion", "FusionMethod", "GateHead", "GateReport",
+    "LearnedGateFusion", "convex", "params_equal",
+    "FusionOutput", "results_by_label", "results_markdown", "run_posthoc", "single_model_topk",
+]

@@ -15,7 +15,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("genrec.commands.data", "load a dataset and print its statistics and split sizes"),
     "sasrec": ("genrec.commands.sasrec", "train and evaluate the SASRec item-ID model"),
     "analyze": ("genrec.commands.analyze", "memorization vs generalization labels and per-category metrics"),
+    "generative": ("genrec.commands.generative", "train and evaluate the semantic-ID generative retrieval model"),
     "quantize": ("genrec.commands.quantize", "item texts -> embeddings -> semantic IDs, with diagnostics"),
+    "run": ("genrec.commands.run", "run or resume a whole recipe from a YAML config (genrec run CONFIG)"),
+    "demo": ("genrec.commands.demo", "the whole pipeline on the built-in synthetic dataset, offline, in minutes"),
 }
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from genrec.artifacts import save_json, torch_save
+from genrec.artifacts import torch_save
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
 from genrec.splits import Instances, LeaveOneOutSplit
+from genrec.training import TrainResult, fit, setup
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class SASRecConfig:
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 200
-    patience: int = 3  # evaluations without validation NDCG@10 improvement before stopping
+    patience: int = 2  # evaluations without validation NDCG@10 improvement before stopping
     eval_every: int = 1  # epochs between validation runs
     eval_batch_size: int = 1024
     seed: int = 0
@@ -295,16 +294,6 @@ def evaluate(model: SASRec, instances: Instances, ks=DEFAULT_KS, mask_history: b
 # Training
 
 
-@dataclass
-class TrainResult:
-    """What :func:`train_sasrec` returns: the best model and the validation history."""
-
-    model: SASRec
-    best_epoch: int
-    best_valid: dict[str, float]
-    history: list[dict[str, float]] = field(default_factory=list)  # one row per evaluation
-
-
 def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, out_dir: str | Path | None = None,
                  progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train on ``split.train``, early-stop on validation NDCG@10, return the best model.
@@ -313,90 +302,22 @@ def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, ou
     written atomically after each evaluation, and a rerun resumes from ``last.pt``.
     """
     config = config or SASRecConfig()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    torch.set_flush_denormal(True)  # denormals make CPU matmuls crawl late in training
-    torch.manual_seed(config.seed)
+    setup(config)
     device = resolve_device(config.device)
     model = SASRec(split.num_items, config).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
-    rng = np.random.default_rng(config.seed)
-    state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": 0, "bad_evals": 0, "history": []}
-    out = Path(out_dir) if out_dir else None
-    best_state = None
-    if out and (out / "last.pt").exists():
-        ckpt = torch.load(out / "last.pt", weights_only=False, map_location=device)
-        if _model_fields(ckpt["config"]) != _model_fields(asdict(config)):
-            raise ValueError(f"{out / 'last.pt'}: checkpoint config differs from the requested config; "
-                             "use another out_dir or delete it")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        rng.bit_generator.state = ckpt["numpy_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("cuda_rng") is not None and device.type == "cuda":
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-        state = ckpt["state"]
-        best_state = torch.load(out / "best.pt", weights_only=False, map_location=device)["model"] if (out / "best.pt").exists() else None
-        log.info("resumed SASRec from %s at epoch %d", out / "last.pt", state["epoch"])
+
+    def loss_fn(m: SASRec, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        inputs, targets = (t.to(device) for t in batch)
+        hidden = m(inputs)  # [B, L, H]
+        valid = targets > 0
+        logits = m.position_logits(inputs, hidden, valid)  # [P, num_items], only real positions
+        return F.cross_entropy(logits, targets[valid] - 1), int(valid.sum())
 
     n_train = sum(1 for s in split.train if len(s) >= 2)
-    start_time = time.perf_counter()
-    while state["epoch"] < config.max_epochs and state["bad_evals"] < config.patience:
-        model.train()
-        total, count = 0.0, 0
-        batches = training_batches(split.train, config, rng)
-        for inputs, targets in tqdm(batches, total=math.ceil(n_train / config.batch_size), disable=not progress,
-                                    desc=f"sasrec epoch {state['epoch'] + 1}", leave=False):
-            inputs, targets = inputs.to(device), targets.to(device)
-            hidden = model(inputs)  # [B, L, H]
-            valid = targets > 0
-            logits = model.position_logits(inputs, hidden, valid)  # [P, num_items], only real positions
-            loss = F.cross_entropy(logits, targets[valid] - 1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n_valid = int(valid.sum())
-            total += loss.item() * n_valid
-            count += n_valid
-        state["epoch"] += 1
-        if state["epoch"] % config.eval_every and state["epoch"] < config.max_epochs:
-            continue
-        metrics = evaluate(model, split.valid, batch_size=config.eval_batch_size)
-        row = {"epoch": state["epoch"], "train_loss": total / max(count, 1),
-               "minutes": (time.perf_counter() - start_time) / 60, **metrics}
-        state["history"].append(row)
-        improved = metrics["ndcg@10"] > state["best_ndcg"]
-        if improved:
-            state.update(best_ndcg=metrics["ndcg@10"], best_epoch=state["epoch"], bad_evals=0)
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        else:
-            state["bad_evals"] += 1
-        log.info("sasrec epoch %d loss %.4f valid N@10 %.4f R@10 %.4f%s", state["epoch"], row["train_loss"],
-                 metrics["ndcg@10"], metrics["recall@10"], " *" if improved else "")
-        if on_eval:
-            on_eval(row)
-        if out:
-            if improved:
-                torch_save(out / "best.pt", {"model": best_state, "config": asdict(config),
-                                             "num_items": split.num_items, "epoch": state["epoch"]})
-            torch_save(out / "last.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                                         "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                                         "state": state, "config": asdict(config)})
-            save_json(out / "history.json", state["history"])
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    best = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
-    return TrainResult(model=model, best_epoch=state["best_epoch"], best_valid=best, history=state["history"])
-
-
-# Settings a run may change on resume (a longer schedule, other threads) without invalidating it.
-_RESUMABLE = {"max_epochs", "patience", "eval_batch_size", "num_threads", "device"}
-
-
-def _model_fields(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in _RESUMABLE}
+    return fit(model, config, lambda rng: training_batches(split.train, config, rng),
+               math.ceil(n_train / config.batch_size), loss_fn,
+               lambda m: evaluate(m, split.valid, batch_size=config.eval_batch_size),
+               out_dir, progress, on_eval, {"num_items": split.num_items}, "sasrec")
 
 
 def load_sasrec(path: str | Path, device: str = "cpu") -> SASRec:

@@ -1,0 +1,385 @@
+"""Post-hoc fusion of an ID model and a generative model, fitted on the validation split only.
+
+All methods share one small protocol (:class:`FusionMethod`, no base class):
+
+- ``fit(cands, targets, indicators)``: validation :class:`~fusion.candidates.CandidateScores`, their
+  targets and :class:`~fusion.indicators.Indicators`; the only call that sees targets.
+- ``fuse(cands, indicators) -> [n, C]`` fused scores (rank candidates with ``cands.topk``).
+- ``gates(cands, indicators) -> GateReport``: per instance the weight ``g`` on the ID model
+  (1 = trust the ID model fully), the features it came from and each feature's contribution.
+- ``params() -> dict``: everything fitted, for inspection and the leakage test.
+
+Methods (``g`` = weight of the ID model):
+
+1. :class:`FixedWeightFusion`: ``g = alpha`` for all, on min-max normalised top-K scores (missing 0),
+   ``alpha`` grid-searched on validation NDCG@10.
+2. :class:`AdaptiveFusion` (arXiv 2603.19809): ``g = sigmoid(q * (MSP - tau))``, ``q, tau`` grid-searched.
+3. :class:`LearnedGateFusion`: ``g = sigmoid(MLP(standardised indicators))``, trained listwise (softmax
+   cross-entropy over the candidate union) on validation with a held-out part for early stopping.
+   Score scales: ``"minmax"`` (``g * id_norm + (1 - g) * gr_norm``), ``"logprob"`` (log-linear pool
+   of the two models' distributions renormalised over the union, each with a learned temperature)
+   and ``"mixture"`` (``log(g * p_id + (1 - g) * p_gr)`` of the same distributions). Instances whose
+   target is in neither list contribute nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from fusion.candidates import CandidateScores, ndcg_at, union_ranks
+from fusion.indicators import Indicators, Standardizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALPHAS = tuple(np.round(np.linspace(0.0, 1.0, 21), 3))
+DEFAULT_QS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+SCALES = ("minmax", "logprob", "mixture")
+
+
+@dataclass
+class GateReport:
+    """Per-instance gate values: which model was trusted, and why."""
+
+    gate: np.ndarray  # [n] weight of the ID model in [0, 1]
+    features: Indicators | None = None  # raw indicator values the gate was computed from
+    contributions: np.ndarray | None = None  # [n, F] each feature's contribution to the gate logit
+
+    def trusted(self) -> np.ndarray:
+        """``[n]`` ``"id"`` where ``gate > 0.5``, ``"gr"`` where ``< 0.5``, ``"both"`` at exactly 0.5."""
+        return np.where(self.gate > 0.5, "id", np.where(self.gate < 0.5, "gr", "both")).astype(object)
+
+    def explain(self, k: int, top: int = 3) -> str:
+        """One line for instance ``k``: gate, trusted model and the ``top`` strongest features."""
+        line = f"instance {k}: g={self.gate[k]:.3f} -> trust {self.trusted()[k]}"
+        if self.features is not None and self.contributions is not None and self.contributions.shape[1]:
+            c = self.contributions[k]
+            parts = [f"{self.features.names[j]}={self.features.values[k, j]:.4g} ({c[j]:+.2f})"
+                     for j in np.argsort(-np.abs(c))[:top]]
+            line += "; " + ", ".join(parts)
+        return line
+
+
+class FusionMethod(Protocol):
+    """What every fusion method offers (see module doc)."""
+
+    name: str
+
+    def fit(self, cands: CandidateScores, targets: np.ndarray, indicators: Indicators | None = None
+            ) -> "FusionMethod": ...
+
+    def fuse(self, cands: CandidateScores, indicators: Indicators | None = None) -> np.ndarray: ...
+
+    def gates(self, cands: CandidateScores, indicators: Indicators | None = None) -> GateReport: ...
+
+    def params(self) -> dict[str, Any]: ...
+
+
+def convex(gate: np.ndarray, id_norm: np.ndarray, gr_norm: np.ndarray) -> np.ndarray:
+    """``g * id + (1 - g) * gr`` with a per-instance gate ``[n]``."""
+    g = np.asarray(gate, np.float32)[:, None]
+    return g * id_norm + (1.0 - g) * gr_norm
+
+
+class _Grid:
+    """Validation NDCG@10 of per-instance gates on the min-max scale, only over instances whose target
+    is a candidate (the others score 0 whatever the gate), so each grid point costs O(n_hit * C)."""
+
+    def __init__(self, cands: CandidateScores, targets: np.ndarray, k: int):
+        ti = cands.target_index(targets)
+        self.hit = np.flatnonzero(ti >= 0)
+        self.n = len(cands)
+        self.k = k
+        self.ti = ti[self.hit]
+        self.valid = cands.valid[self.hit]
+        self.id_norm = cands.normalized("id")[self.hit]
+        self.gr_norm = cands.normalized("gr")[self.hit]
+
+    def ndcg(self, gate_hit: np.ndarray) -> float:
+        if not len(self.hit):
+            return 0.0
+        ranks = union_ranks(convex(gate_hit, self.id_norm, self.gr_norm), self.ti, self.valid)
+        return ndcg_at(ranks, self.k) * len(self.hit) / self.n
+
+
+@dataclass
+class FixedWeightFusion:
+    """``alpha * id_norm + (1 - alpha) * gr_norm``; ``alpha`` grid-searched on validation NDCG@k."""
+
+    alphas: Sequence[float] = DEFAULT_ALPHAS
+    k: int = 10
+    name: str = "fixed"
+    alpha: float | None = None
+    valid_ndcg: float | None = None
+    grid: dict[float, float] = field(default_factory=dict)
+
+    def fit(self, cands: CandidateScores, targets: np.ndarray, indicators: Indicators | None = None
+            ) -> "FixedWeightFusion":
+        g = _Grid(cands, targets, self.k)
+        self.grid = {float(a): g.ndcg(np.full(len(g.hit), a)) for a in self.alphas}
+        self.alpha = max(self.grid, key=lambda a: (self.grid[a], -abs(a - 0.5)))  # ties: the most even mix
+        self.valid_ndcg = self.grid[self.alpha]
+        log.info("fixed fusion: alpha=%.2f valid N@%d %.4f", self.alpha, self.k, self.valid_ndcg)
+        return self
+
+    def _check(self) -> None:
+        if self.alpha is None:
+            raise RuntimeError(f"{self.name}: call fit() first")
+
+    def gates(self, cands: CandidateScores, indicators: Indicators | None = None) -> GateReport:
+        self._check()
+        return GateReport(np.full(len(cands), self.alpha, np.float32))
+
+    def fuse(self, cands: CandidateScores, indicators: Indicators | None = None) -> np.ndarray:
+        return convex(self.gates(cands).gate, cands.normalized("id"), cands.normalized("gr"))
+
+    def params(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "valid_ndcg": self.valid_ndcg}
+
+
+@dataclass
+class AdaptiveFusion:
+    """Per-instance ``alpha = sigmoid(q * (x - tau))`` of one indicator ``x`` (default the ID model's
+    MSP), on min-max normalised scores; ``q`` and ``tau`` grid-searched on validation NDCG@k.
+
+    ``taus`` defaults to the 2%, 4%, ..., 98% quantiles of the validation indicator."""
+
+    indicator: str = "id_msp"
+    qs: Sequence[float] = DEFAULT_QS
+    taus: Sequence[float] | None = None
+    k: int = 10
+    name: str = "adaptive"
+    q: float | None = None
+    tau: float | None = None
+    valid_ndcg: float | None = None
+
+    def fit(self, cands: CandidateScores, targets: np.ndarray, indicators: Indicators | None = None
+            ) -> "AdaptiveFusion":
+        if indicators is None:
+            raise ValueError(f"{self.name} needs indicators (column {self.indicator!r})")
+        x = indicators.column(self.indicator).astype(np.float64)
+        taus = (np.unique(np.quantile(x, np.linspace(0.02, 0.98, 49))) if self.taus is None
+                else np.asarray(self.taus, np.float64))
+        g = _Grid(cands, targets, self.k)
+        xh = x[g.hit]
+        best = (-1.0, 0.0, 0.0)
+        for q in self.qs:
+            for tau in taus:
+                score = g.ndcg(_sigmoid(q * (xh - tau)))
+                if score > best[0] + 1e-12:
+                    best = (score, float(q), float(tau))
+        self.valid_ndcg, self.q, self.tau = best
+        log.info("adaptive fusion on %s: q=%g tau=%.4g valid N@%d %.4f", self.indicator, self.q, self.tau,
+                 self.k, self.valid_ndcg)
+        return self
+
+    def gates(self, cands: CandidateScores, indicators: Indicators | None = None) -> GateReport:
+        if self.q is None:
+            raise RuntimeError(f"{self.name}: call fit() first")
+        if indicators is None:
+            raise ValueError(f"{self.name} needs indicators")
+        feat = indicators.select([self.indicator])
+        logit = self.q * (feat.values[:, 0].astype(np.float64) - self.tau)
+        return GateReport(_sigmoid(logit).astype(np.float32), feat, logit[:, None].astype(np.float32))
+
+    def fuse(self, cands: CandidateScores, indicators: Indicators | None = None) -> np.ndarray:
+        return convex(self.gates(cands, indicators).gate, cands.normalized("id"), cands.normalized("gr"))
+
+    def params(self) -> dict[str, Any]:
+        return {"indicator": self.indicator, "q": self.q, "tau": self.tau, "valid_ndcg": self.valid_ndcg}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Learned gate
+
+
+class GateHead(nn.Module):
+    """Standardised indicators ``[N, F]`` -> gate logit ``[N]`` (a one-hidden-layer MLP)."""
+
+    def __init__(self, num_features: int, hidden: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)[:, 0]
+
+
+class _Fuser(nn.Module):
+    """Gate head plus the score-scale parameters; ``forward`` gives listwise logits ``[N, C]``."""
+
+    def __init__(self, num_features: int, hidden: int, scale: str):
+        super().__init__()
+        self.head = GateHead(num_features, hidden)
+        self.scale = scale
+        # minmax: one sharpness for the softmax; logprob / mixture: a temperature per model
+        init = math.log(10.0) if scale == "minmax" else 0.0
+        self.log_temp = nn.Parameter(torch.full((2,), init))
+
+    def forward(self, z: torch.Tensor, a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        # z [N, F]; a, b [N, C] (minmax: normalised scores; else raw log-probs); valid [N, C]
+        x = self.head(z)[:, None]  # [N, 1] gate logit
+        g = torch.sigmoid(x)
+        t = self.log_temp.exp()
+        if self.scale == "minmax":
+            fused = t[0] * (g * a + (1 - g) * b)
+        else:
+            # padding gets 0 (not -inf) before combining, so no NaN gradients; masked at the end
+            lp_a = torch.log_softmax((t[0] * a).masked_fill(~valid, -torch.inf), -1).masked_fill(~valid, 0.0)
+            lp_b = torch.log_softmax((t[1] * b).masked_fill(~valid, -torch.inf), -1).masked_fill(~valid, 0.0)
+            if self.scale == "logprob":
+                fused = g * lp_a + (1 - g) * lp_b
+            else:  # mixture of the two distributions over the union
+                fused = torch.logaddexp(nn.functional.logsigmoid(x) + lp_a, nn.functional.logsigmoid(-x) + lp_b)
+        return fused.masked_fill(~valid, -torch.inf)
+
+
+@dataclass
+class LearnedGateFusion:
+    """A small MLP maps standardised indicators to a gate ``g`` in [0, 1]; the two models' scores are
+    fused on the candidate union (see module doc for the scales) and the head is trained listwise on
+    validation instances, early-stopped on a held-out share of them. Seeded and deterministic."""
+
+    features: Sequence[str] | None = None  # indicator columns (None: all given at fit time)
+    scale: str = "minmax"
+    hidden: int = 16
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    batch_size: int = 2048
+    max_epochs: int = 60
+    patience: int = 8
+    holdout: float = 0.2
+    k: int = 10
+    seed: int = 0
+    name: str = "learned_gate"
+    standardizer: Standardizer | None = None
+    model: _Fuser | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
+
+    def _scores(self, cands: CandidateScores) -> tuple[np.ndarray, np.ndarray]:
+        if self.scale == "minmax":
+            return cands.normalized("id"), cands.normalized("gr")
+        a, b = cands.filled("id"), cands.filled("gr")
+        return np.where(cands.valid, a, 0.0), np.where(cands.valid, b, 0.0)
+
+    def _tensors(self, cands: CandidateScores, indicators: Indicators):
+        z = torch.from_numpy(self.standardizer.transform(indicators))
+        a, b = (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in self._scores(cands))
+        return z, a, b, torch.from_numpy(cands.valid)
+
+    def fit(self, cands: CandidateScores, targets: np.ndarray, indicators: Indicators | None = None
+            ) -> "LearnedGateFusion":
+        if indicators is None:
+            raise ValueError(f"{self.name} needs indicators")
+        feats = indicators.select(list(self.features) if self.features is not None else list(indicators.names))
+        self.features = list(feats.names)
+        self.standardizer = Standardizer.fit(feats)  # validation statistics only
+        gen = torch.Generator().manual_seed(self.seed)
+        torch_state = torch.get_rng_state()
+        torch.manual_seed(self.seed)
+        self.model = _Fuser(len(self.features), self.hidden, self.scale)
+        torch.set_rng_state(torch_state)
+        ti = cands.target_index(targets)
+        use = np.flatnonzero(ti >= 0)  # instances whose target is in neither list teach nothing
+        rng = np.random.default_rng(self.seed)
+        perm = rng.permutation(use)
+        n_hold = int(round(self.holdout * len(perm))) if len(perm) >= 10 else 0
+        hold, train = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+        z, a, b, valid = self._tensors(cands, feats)
+        t = torch.from_numpy(ti)
+        opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        best, bad, best_state = -1.0, 0, None
+        self.history = []
+        for epoch in range(1, self.max_epochs + 1):
+            self.model.train()
+            order = train[torch.randperm(len(train), generator=gen).numpy()]
+            total = 0.0
+            for s in range(0, len(order), self.batch_size):
+                r = torch.from_numpy(order[s:s + self.batch_size])
+                logits = self.model(z[r], a[r], b[r], valid[r])
+                loss = nn.functional.cross_entropy(logits, t[r])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(r)
+            score = self._holdout_ndcg(z, a, b, valid, ti, hold if len(hold) else train)
+            self.history.append({"epoch": epoch, "loss": total / max(len(train), 1), "holdout_ndcg": score})
+            if score > best + 1e-9:
+                best, bad, self.best_epoch = score, 0, epoch
+                best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= self.patience:
+                    break
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        self.model.eval()
+        log.info("learned gate (%s, %d features): best epoch %d, held-out N@%d %.4f", self.scale,
+                 len(self.features), self.best_epoch, self.k, best)
+        return self
+
+    @torch.no_grad()
+    def _holdout_ndcg(self, z, a, b, valid, ti, rows) -> float:
+        self.model.eval()
+        r = torch.from_numpy(rows)
+        fused = self.model(z[r], a[r], b[r], valid[r]).numpy()
+        return ndcg_at(union_ranks(fused, ti[rows], valid[r].numpy()), self.k)
+
+    def _check(self, indicators: Indicators | None) -> Indicators:
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: call fit() first")
+        if indicators is None:
+            raise ValueError(f"{self.name} needs indicators")
+        return indicators.select(self.features)
+
+    @torch.no_grad()
+    def fuse(self, cands: CandidateScores, indicators: Indicators | None = None) -> np.ndarray:
+        feats = self._check(indicators)
+        out = np.empty(cands.items.shape, np.float32)
+        for s in range(0, len(cands), 8192):
+            sl = slice(s, s + 8192)
+            z, a, b, valid = self._tensors(cands.subset(np.arange(len(cands))[sl]), feats.subset(np.arange(len(feats))[sl]))
+            out[sl] = self.model(z, a, b, valid).numpy()
+        return out
+
+    def gates(self, cands: CandidateScores, indicators: Indicators | None = None) -> GateReport:
+        """Gate per instance with input x gradient attributions of the gate logit to each standardised
+        feature (their sum is roughly the logit minus the logit at the validation mean)."""
+        feats = self._check(indicators)
+        z = torch.from_numpy(self.standardizer.transform(feats)).requires_grad_(True)
+        logit = self.model.head(z)
+        (grad,) = torch.autograd.grad(logit.sum(), z)
+        return GateReport(torch.sigmoid(logit).detach().numpy().astype(np.float32), feats,
+                          (grad * z).detach().numpy().astype(np.float32))
+
+    def params(self) -> dict[str, Any]:
+        if self.model is None:
+            return {}
+        return {"scale": self.scale, "features": list(self.features), "best_epoch": self.best_epoch,
+                "mean": self.standardizer.mean.copy(), "std": self.standardizer.std.copy(),
+                **{k: v.detach().numpy().copy() for k, v in self.model.state_dict().items()}}
+
+
+def params_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Exact equality of two ``params()`` dicts (arrays compared element-wise)."""
+    if a.keys() != b.keys():
+        return False
+    return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+
+
+__all__ = ["GateReport", "FusionMethod", "FixedWeightFusion", "AdaptiveFusion", "LearnedGateFusion",
+           "GateHead", "convex", "params_equal", "SCALES"]

@@ -1,0 +1,196 @@
+"""Beam search constrained to valid semantic IDs, and teacher-forced scoring of candidate items.
+
+Shared by every model that emits an item as its ``num_levels`` codes one level at a time
+(:mod:`genrec.generative`, :mod:`genrec.tiger`). A model implements the small
+:class:`CodeDecoder` protocol: encode a batch of histories once (``start``), then give the
+log-probabilities of the next code for any set of code prefixes (``step``), carrying whatever it
+caches (``reorder`` follows the beams). :class:`PrefixTrie` turns the semantic-ID table into
+dense per-level child tables, so the valid-token mask of every beam is one gather and the final
+level yields item indices directly: the search can never return a non-existent item.
+
+Scores are sums over levels of the model's (full-softmax) log-probabilities of each code, with
+invalid codes masked out afterwards (as ``transformers``' ``prefix_allowed_tokens_fn`` does), so
+a beam result's score equals :func:`score_candidates` of the same item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["PrefixTrie", "CodeDecoder", "BeamResult", "beam_search", "score_candidates"]
+
+
+class PrefixTrie:
+    """Valid semantic IDs as per-level dense child tables.
+
+    Prefixes of length ``l`` are numbered ``0 .. num_nodes(l) - 1`` (the empty prefix is node 0 of
+    level 0). ``child[l]`` is ``int64 [num_nodes(l), codebook_sizes[l]]``: the node reached by
+    appending a code, the item index at the last level, ``-1`` where the code is not valid.
+    """
+
+    def __init__(self, codes: np.ndarray, codebook_sizes: Sequence[int] | None = None) -> None:
+        codes = np.asarray(codes, dtype=np.int64)
+        if codes.ndim != 2 or len(codes) == 0:
+            raise ValueError(f"codes must be a non-empty [n_items, levels] array, got {codes.shape}")
+        sizes = tuple(int(s) for s in (codebook_sizes if codebook_sizes is not None else codes.max(0) + 1))
+        if len(sizes) != codes.shape[1] or (codes >= np.asarray(sizes)).any() or (codes < 0).any():
+            raise ValueError(f"codes out of range for codebook sizes {list(sizes)}")
+        n, L = codes.shape
+        self.codes = torch.from_numpy(codes)  # [n_items, L]
+        self.codebook_sizes = sizes
+        # node of each item's prefix of length l, for l = 0 .. L - 1: [L, n_items]
+        nodes = np.zeros((L, n), dtype=np.int64)
+        for lvl in range(1, L):
+            _, inv = np.unique(codes[:, :lvl], axis=0, return_inverse=True)
+            nodes[lvl] = inv.reshape(-1)
+        self.child: list[torch.Tensor] = []
+        for lvl in range(L):
+            table = np.full((int(nodes[lvl].max()) + 1, sizes[lvl]), -1, dtype=np.int64)
+            nxt = nodes[lvl + 1] if lvl + 1 < L else np.arange(n)
+            if lvl + 1 == L and len(np.unique(codes, axis=0)) != n:
+                raise ValueError("two items share a semantic ID; disambiguate the codes first")
+            table[nodes[lvl], codes[:, lvl]] = nxt
+            self.child.append(torch.from_numpy(table))
+        self.item_nodes = torch.from_numpy(nodes)  # [L, n_items]
+
+    @classmethod
+    def from_table(cls, table: Any) -> "PrefixTrie":
+        """Trie of a :class:`quantize.semantic_ids.SemanticIdTable` (anything with ``codes`` and
+        ``codebook_sizes``)."""
+        return cls(table.codes, table.codebook_sizes)
+
+    @property
+    def num_levels(self) -> int:
+        return self.codes.shape[1]
+
+    @property
+    def num_items(self) -> int:
+        return self.codes.shape[0]
+
+    def num_nodes(self, level: int) -> int:
+        return self.child[level].shape[0]
+
+    def valid_mask(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
+        """``bool [*nodes.shape, codebook_sizes[level]]``: which codes may follow each prefix node."""
+        return self.child[level][nodes] >= 0
+
+    def walk(self, prefix: Sequence[int]) -> int:
+        """Node of a code prefix (item index for a full ID); ``-1`` if the prefix is not valid."""
+        node = 0
+        for lvl, c in enumerate(prefix):
+            if node < 0 or not 0 <= c < self.codebook_sizes[lvl]:
+                return -1
+            node = int(self.child[lvl][node, c])
+        return node
+
+
+class CodeDecoder(Protocol):
+    """What :func:`beam_search` and :func:`score_candidates` need from a model."""
+
+    def start(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> Any:
+        """Encode ``N`` histories (item indices, oldest first) once; returns an opaque context."""
+
+    def step(self, context: Any, codes: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        """Given code prefixes ``int64 [N, K, l]`` (the same ``K`` rows as the cache), return the
+        log-probabilities of level ``l``'s code, ``[N, K, codebook_sizes[l]]``, and the new cache
+        (``None`` at level 0)."""
+
+    def reorder(self, cache: Any, index: torch.Tensor) -> Any:
+        """Cache for new rows ``index`` ``int64 [N, K_new]`` (indices into the old ``K`` rows)."""
+
+
+@dataclass
+class BeamResult:
+    """Top-K items per history, best first; ``items`` ``-1`` and ``log_probs`` ``-inf`` pad rows
+    with fewer than K valid items."""
+
+    items: np.ndarray  # [n, K] int64
+    log_probs: np.ndarray  # [n, K] float32, sequence log-probabilities
+    codes: np.ndarray  # [n, K, num_levels] int64 (-1 where items is -1)
+
+
+@torch.no_grad()
+def _beam_batch(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray], users: np.ndarray | None,
+                beam_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    N = len(histories)
+    context = model.start(histories, users)
+    codes = torch.zeros(N, 1, 0, dtype=torch.long)  # [N, K, l]
+    nodes = torch.zeros(N, 1, dtype=torch.long)  # prefix node of each beam
+    scores = torch.zeros(N, 1)  # [N, K] accumulated log-probs
+    cache = None
+    for lvl in range(trie.num_levels):
+        logp, cache = model.step(context, codes, cache)  # [N, K, V]
+        V = logp.shape[-1]
+        nxt = trie.child[lvl][nodes.clamp_min(0)]  # [N, K, V] next node / item, -1 invalid
+        valid = (nxt >= 0) & torch.isfinite(scores)[..., None]
+        total = torch.where(valid, scores[..., None] + logp, -torch.inf).reshape(N, -1)  # [N, K * V]
+        k = min(beam_size, total.shape[1])
+        scores, flat = total.topk(k, dim=1)  # [N, k], best first
+        parent, code = flat // V, flat % V
+        nodes = nxt.reshape(N, -1).gather(1, flat)
+        nodes = torch.where(torch.isfinite(scores), nodes, -1)
+        codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, codes.shape[2])), code[..., None]], 2)
+        if lvl + 1 < trie.num_levels:
+            cache = model.reorder(cache, parent)
+    alive = torch.isfinite(scores)
+    return torch.where(alive, nodes, -1), scores, torch.where(alive[..., None], codes, -1)
+
+
+def beam_search(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray], beam_size: int = 20,
+                top_k: int | None = None, users: np.ndarray | None = None, batch_size: int = 512
+                ) -> BeamResult:
+    """Constrained beam search: the ``top_k`` (default ``beam_size``) best valid items per history.
+
+    Histories are processed in batches of similar length (less padding); with a beam at least as
+    wide as the number of valid prefixes at every level the result is the exact top-K.
+    """
+    top_k = beam_size if top_k is None else top_k
+    if not 1 <= top_k <= beam_size:
+        raise ValueError(f"need 1 <= top_k <= beam_size, got top_k={top_k}, beam_size={beam_size}")
+    n = len(histories)
+    items = np.full((n, top_k), -1, dtype=np.int64)
+    logp = np.full((n, top_k), -np.inf, dtype=np.float32)
+    codes = np.full((n, top_k, trie.num_levels), -1, dtype=np.int64)
+    order = np.argsort([len(h) for h in histories], kind="stable")
+    for start in range(0, n, batch_size):
+        rows = order[start:start + batch_size]
+        it, sc, cd = _beam_batch(model, trie, [histories[r] for r in rows],
+                                 None if users is None else np.asarray(users)[rows], beam_size)
+        k = min(top_k, it.shape[1])
+        items[rows, :k], logp[rows, :k], codes[rows, :k] = it[:, :k].numpy(), sc[:, :k].numpy(), cd[:, :k].numpy()
+    return BeamResult(items=items, log_probs=logp, codes=codes)
+
+
+@torch.no_grad()
+def score_candidates(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray], candidates: np.ndarray,
+                     users: np.ndarray | None = None, batch_size: int = 512) -> np.ndarray:
+    """Teacher-forced sequence log-probability of each candidate item, ``float32 [n, C]`` for
+    ``candidates`` ``int64 [n, C]`` (``-1`` entries, padding, get ``-inf``). Same numbers as the
+    beam's scores for the items it returns."""
+    cand = np.asarray(candidates, dtype=np.int64)
+    if cand.ndim != 2 or len(cand) != len(histories):
+        raise ValueError(f"candidates must be [n={len(histories)}, C], got {cand.shape}")
+    if (cand >= trie.num_items).any():
+        raise ValueError(f"candidate item index >= {trie.num_items}")
+    out = np.full(cand.shape, -np.inf, dtype=np.float32)
+    order = np.argsort([len(h) for h in histories], kind="stable")
+    for start in range(0, len(histories), batch_size):
+        rows = order[start:start + batch_size]
+        c = torch.from_numpy(cand[rows])  # [N, C]
+        N, C = c.shape
+        codes = trie.codes[c.clamp_min(0)]  # [N, C, L]
+        context = model.start([histories[r] for r in rows], None if users is None else np.asarray(users)[rows])
+        total = torch.zeros(N, C)
+        logp, cache = model.step(context, codes[:, :1, :0], None)  # level 0 is shared by all candidates
+        total += logp[:, 0].gather(1, codes[:, :, 0])
+        if trie.num_levels > 1:
+            cache = model.reorder(cache, torch.zeros(N, C, dtype=torch.long))
+        for lvl in range(1, trie.num_levels):
+            logp, cache = model.step(context, codes[:, :, :lvl], cache)
+            total += logp.gather(2, codes[:, :, lvl:lvl + 1])[..., 0]
+        out[rows] = torch.where(c >= 0, total, -torch.inf).numpy()
+    return out

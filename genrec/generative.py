@@ -1,0 +1,377 @@
+"""Generative retrieval over semantic IDs, built to train fast on a CPU: the default model.
+
+A *hierarchical* decoder-only model. An item-level causal transformer reads the history with one
+token per item (the item's input vector is the sum of learned per-level embeddings of its semantic
+ID codes, plus a position embedding, optionally plus an item-ID embedding: the hybrid mode), like
+SASRec, and is trained at every item boundary of a whole training sequence at once. From the
+hidden state ``h_t`` a small code head predicts the next item's codes level by level:
+``p(c_l | h_t, c_<l)`` from ``h_t + level_l + sum_j<l prefix_emb(c_j)`` through a residual MLP and
+a softmax over level ``l``'s codes only (tied to the input code embeddings; by default only over
+the codes that extend the prefix to a valid ID, in training as in decoding). An item's
+log-probability is the sum over its levels, so training costs a few 256-way softmaxes per
+position instead of one over the catalogue, and decoding (:mod:`genrec.beam_search`) runs the
+transformer once per user and only the head per beam and level.
+
+Conventions as in :mod:`genrec.sasrec`: item ``i`` is token ``i + 1``, 0 is padding, histories are
+right-aligned and left-padded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from genrec.artifacts import torch_save
+from genrec.beam_search import BeamResult, PrefixTrie, beam_search, score_candidates
+from genrec.metrics import metrics_from_ranks, ranks_from_topk
+from genrec.sasrec import Block, histories_to_tokens, training_batches
+from genrec.training import TrainResult, fit, setup
+from genrec.splits import Instances, LeaveOneOutSplit
+
+log = logging.getLogger(__name__)
+
+EVAL_KS = (5, 10, 20)
+
+
+@dataclass
+class GenerativeConfig:
+    """Model and training hyper-parameters of :class:`HierarchicalGenerative` (defaults: the
+    measured CPU-efficient Beauty setting)."""
+
+    max_len: int = 50  # history window (items)
+    hidden: int = 128
+    num_blocks: int = 2
+    num_heads: int = 2
+    dropout: float = 0.3  # item-level transformer
+    head_layers: int = 2  # residual MLP blocks of the code head
+    head_dropout: float = 0.1
+    item_embedding: bool = False  # hybrid mode: add a learned item-ID embedding to the input
+    tie_embeddings: bool = True  # code head output weights = input code embeddings
+    constrained_softmax: bool = True  # each level's softmax only over the prefix's valid children
+    # RepeatNet's explore/repeat mixture (Ren et al., 2019): a learned probability r(h) that the next
+    # item is one already in the history. Items in the history get r * p(i) / p(H), others
+    # (1 - r) * p(i) / (1 - p(H)): still a distribution over the catalogue, learned from the training
+    # data instead of evaluation-time masking (on Amazon 5-core r ends near 0: nobody re-buys).
+    repeat_gate: bool = True
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    max_epochs: int = 200
+    max_minutes: float | None = None  # stop training after this much wall time (None: no limit)
+    patience: int = 5  # evaluations without validation NDCG@10 improvement before stopping
+    eval_every: int = 1  # epochs between validation runs
+    eval_beam: int = 20  # beam size of the validation runs
+    eval_batch_size: int = 512
+    seed: int = 0
+    num_threads: int | None = None  # torch intra-op threads; None leaves torch's default
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+
+
+class CodeHead(nn.Module):
+    """``p(c_l | h, c_<l)`` for every level: input ``h + level_l + sum_j<l prefix_emb(c_j)``."""
+
+    def __init__(self, hidden: int, vocab: int, num_levels: int, layers: int, dropout: float):
+        super().__init__()
+        self.prefix_emb = nn.Embedding(vocab + 1, hidden, padding_idx=0)  # code token t -> t (0: none)
+        self.level_emb = nn.Embedding(num_levels, hidden)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Dropout(dropout),
+                          nn.Linear(4 * hidden, hidden), nn.Dropout(dropout)) for _ in range(layers))
+        self.ln = nn.LayerNorm(hidden)
+
+    def forward(self, h: torch.Tensor, prefix: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
+        # h: [..., H]; prefix: [..., l] code tokens (offset + 1); level: int or [l'] levels -> [..., H]
+        z = h + self.prefix_emb(prefix).sum(-2) + self.level_emb(torch.as_tensor(level))
+        for block in self.blocks:
+            z = z + block(z)
+        return self.ln(z)
+
+
+class HierarchicalGenerative(nn.Module):
+    """Item-level causal transformer over semantic-ID item embeddings + autoregressive code head.
+
+    Implements :class:`genrec.beam_search.CodeDecoder`. ``codes`` ``[n_items, num_levels]`` are
+    the semantic IDs (kept in the state dict, so a saved model is self-contained).
+    """
+
+    def __init__(self, codes: np.ndarray, codebook_sizes: Sequence[int], config: GenerativeConfig):
+        super().__init__()
+        codes = np.asarray(codes, dtype=np.int64)
+        self.config = config
+        self.codebook_sizes = tuple(int(s) for s in codebook_sizes)
+        self.num_items, self.num_levels = codes.shape
+        offsets = np.r_[0, np.cumsum(self.codebook_sizes)[:-1]]
+        self.vocab = int(sum(self.codebook_sizes))
+        self.offsets = [int(o) for o in offsets]
+        item_tokens = np.zeros((self.num_items + 1, self.num_levels), dtype=np.int64)
+        item_tokens[1:] = codes + offsets[None] + 1  # flat code tokens, 0 = padding
+        self.register_buffer("item_tokens", torch.from_numpy(item_tokens))  # [n_items + 1, L]
+        h = config.hidden
+        self.code_emb = nn.Embedding(self.vocab + 1, h, padding_idx=0)
+        self.item_emb = nn.Embedding(self.num_items + 1, h, padding_idx=0) if config.item_embedding else None
+        self.pos_emb = nn.Embedding(config.max_len, h)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(h, config.num_heads, config.dropout) for _ in range(config.num_blocks))
+        self.ln_out = nn.LayerNorm(h, eps=1e-8)
+        self.head = CodeHead(h, self.vocab, self.num_levels, config.head_layers, config.head_dropout)
+        self.out_emb = None if config.tie_embeddings else nn.Embedding(self.vocab + 1, h)
+        self.out_bias = nn.Parameter(torch.zeros(self.vocab + 1))
+        self.repeat_head = nn.Linear(h, 1) if config.repeat_gate else None
+        self.apply(self._init)
+        self.trie = PrefixTrie(codes, self.codebook_sizes)  # valid children of every prefix (not a parameter)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.xavier_normal_(m.weight)
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Semantic IDs ``[n_items, num_levels]``."""
+        return (self.item_tokens[1:] - 1 - torch.tensor(self.offsets)).numpy()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Item tokens ``[B, T]`` (0 = padding, item i = i+1) -> hidden states ``[B, T, H]``."""
+        B, T = tokens.shape
+        pad = tokens == 0
+        x = self.code_emb(self.item_tokens[tokens]).sum(2)  # [B, T, L, H] -> [B, T, H]
+        if self.item_emb is not None:
+            x = x + self.item_emb(tokens)
+        x = x * math.sqrt(self.config.hidden)
+        x = x + self.pos_emb(torch.arange(self.config.max_len - T, self.config.max_len, device=tokens.device))
+        x = self.drop(x).masked_fill(pad[..., None], 0.0)
+        causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
+        allowed = ((causal & ~pad[:, None, :]) | torch.eye(T, dtype=torch.bool, device=tokens.device))[:, None]
+        for block in self.blocks:
+            x = block(x, allowed, pad)
+        return self.ln_out(x)
+
+    def level_logits(self, z: torch.Tensor, level: int) -> torch.Tensor:
+        """Head output ``[..., H]`` -> logits over level ``level``'s codes ``[..., codebook_sizes[level]]``."""
+        lo = self.offsets[level] + 1
+        hi = lo + self.codebook_sizes[level]
+        weight = (self.code_emb if self.out_emb is None else self.out_emb).weight[lo:hi]
+        return z @ weight.T + self.out_bias[lo:hi]
+
+    def code_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Sum over levels of the cross-entropy of target items ``[P]`` (item indices) given hidden
+        states ``[P, H]``: the mean negative item log-likelihood (teacher forcing)."""
+        tok = self.item_tokens[targets + 1]  # [P, L]
+        P, L = tok.shape
+        # prefix of level l = tokens of levels < l: [P, L, L] with the diagonal and above zeroed
+        prefix = tok[:, None, :].expand(P, L, L).tril(-1)
+        z = self.head(hidden[:, None, :], prefix, torch.arange(L))  # [P, L, H]
+        loss = hidden.new_zeros(())
+        for lvl in range(L):
+            logits = self.level_logits(z[:, lvl], lvl)
+            if self.config.constrained_softmax:
+                logits = logits.masked_fill(~self.trie.valid_mask(lvl, self.trie.item_nodes[lvl, targets]), -torch.inf)
+            loss = loss + F.cross_entropy(logits, tok[:, lvl] - 1 - self.offsets[lvl])
+        return loss
+
+    def repeat_loss(self, tokens: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor,
+                    valid: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy of the repeat gate at every ``valid`` position ``[B, T]``: is the
+        target token ``targets [B, T]`` among the input tokens ``[B, T]`` up to that position?"""
+        b, t = valid.nonzero(as_tuple=True)
+        T = tokens.shape[1]
+        seen = tokens[b].masked_fill(torch.arange(T, device=tokens.device)[None] > t[:, None], 0)  # [P, T]
+        repeated = (seen == targets[b, t][:, None]).any(1).float()  # [P]
+        return F.binary_cross_entropy_with_logits(self.repeat_head(hidden[b, t])[:, 0], repeated)
+
+    # -- CodeDecoder protocol ----------------------------------------------------------------------
+    def start(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
+        """Hidden state after each history ``[N, H]`` (users are not used)."""
+        return self.forward(histories_to_tokens(histories, self.config.max_len))[:, -1]
+
+    def step(self, context: torch.Tensor, codes: torch.Tensor, cache: Any) -> tuple[torch.Tensor, None]:
+        """Log-probs of level ``l = codes.shape[2]`` ``[N, K, V_l]`` for prefixes ``codes [N, K, l]``."""
+        lvl = codes.shape[2]
+        prefix = codes + torch.tensor(self.offsets[:lvl], dtype=torch.long) + 1
+        z = self.head(context[:, None, :], prefix, lvl)  # [N, K, H]
+        logits = self.level_logits(z, lvl)
+        if self.config.constrained_softmax:
+            nodes = torch.zeros(codes.shape[:2], dtype=torch.long)
+            for j in range(lvl):
+                nodes = self.trie.child[j][nodes.clamp_min(0), codes[:, :, j]]
+            logits = logits.masked_fill(~self.trie.valid_mask(lvl, nodes.clamp_min(0)), -torch.inf)
+        return torch.log_softmax(logits, -1), None
+
+    def reorder(self, cache: Any, index: torch.Tensor) -> None:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference
+
+
+def _trie(model: nn.Module) -> PrefixTrie:
+    trie = getattr(model, "trie", None) or getattr(model, "_trie", None)
+    if trie is None:
+        trie = PrefixTrie(model.codes, model.codebook_sizes)
+        object.__setattr__(model, "_trie", trie)  # cached, not a sub-module or buffer
+    return trie
+
+
+def repeat_mixture(log_p: torch.Tensor, in_history: torch.Tensor, repeat_logit: torch.Tensor,
+                   log_p_history: torch.Tensor) -> torch.Tensor:
+    """Explore/repeat mixture of item log-probs ``log_p [n, C]`` (see ``GenerativeConfig.repeat_gate``):
+    ``in_history [n, C]`` marks items in the history, ``repeat_logit [n]`` is the gate's logit of
+    r, ``log_p_history [n]`` the code-level log-probability of the whole history set H."""
+    log_p_history = log_p_history.clamp_max(-1e-6)  # p(H) < 1: some unseen item has mass
+    repeat = (F.logsigmoid(repeat_logit) - log_p_history)[:, None]  # log r - log p(H)
+    explore = (F.logsigmoid(-repeat_logit) - torch.log1p(-log_p_history.exp()))[:, None]  # log(1-r) - log(1-p(H))
+    return log_p + torch.where(in_history, repeat, explore)
+
+
+@torch.no_grad()
+def _repeat_adjustment(model: nn.Module, histories: list[np.ndarray], items: np.ndarray,
+                       users: np.ndarray | None, batch_size: int) -> np.ndarray | None:
+    """Log-prob offsets ``[n, C]`` that turn the code-level distribution into the explore/repeat
+    mixture for ``items [n, C]``; None for a model without a repeat gate."""
+    if getattr(model, "repeat_head", None) is None:
+        return None
+    width = max(len(h[-model.config.max_len:]) for h in histories)
+    seen = np.full((len(histories), width), -1, dtype=np.int64)  # the history items the model sees
+    for k, h in enumerate(histories):
+        h = np.unique(h[-model.config.max_len:])
+        seen[k, :len(h)] = h
+    log_p_seen = torch.from_numpy(score_candidates(model, _trie(model), histories, seen, users, batch_size))
+    logit = torch.cat([model.repeat_head(model.start(histories[i:i + batch_size]))[:, 0]
+                       for i in range(0, len(histories), batch_size)])  # [n]
+    in_history = torch.from_numpy((items[:, :, None] == seen[:, None, :]).any(-1) & (items >= 0))  # [n, C]
+    zeros = torch.zeros(in_history.shape)
+    return repeat_mixture(zeros, in_history, logit, torch.logsumexp(log_p_seen, 1)).numpy()
+
+
+def recommend(model: nn.Module, instances: Instances | list[np.ndarray], beam_size: int = 20,
+              top_k: int | None = None, batch_size: int = 512) -> BeamResult:
+    """Constrained beam search over the model's semantic IDs: top-``top_k`` items per instance
+    with their log-probabilities (works for any :class:`CodeDecoder` with ``codes``).
+
+    With a repeat gate the beam's items are re-scored by the explore/repeat mixture and re-sorted.
+    """
+    histories = instances.histories if isinstance(instances, Instances) else instances
+    users = instances.users if isinstance(instances, Instances) else None
+    was_training = model.training
+    model.eval()
+    try:
+        result = beam_search(model, _trie(model), histories, beam_size, None, users, batch_size)
+        offset = _repeat_adjustment(model, histories, result.items, users, batch_size)
+        if offset is not None:
+            log_probs = (result.log_probs + offset).astype(np.float32)
+            order = np.argsort(-log_probs, axis=1, kind="stable")
+            result = BeamResult(items=np.take_along_axis(result.items, order, 1),
+                                log_probs=np.take_along_axis(log_probs, order, 1),
+                                codes=np.take_along_axis(result.codes, order[:, :, None], 1))
+        if top_k is not None:
+            result = BeamResult(items=result.items[:, :top_k], log_probs=result.log_probs[:, :top_k],
+                                codes=result.codes[:, :top_k])
+        return result
+    finally:
+        model.train(was_training)
+
+
+def score_items(model: nn.Module, instances: Instances | list[np.ndarray], candidates: np.ndarray,
+                batch_size: int = 512) -> np.ndarray:
+    """Log-probability ``[n, C]`` of each candidate item ``[n, C]`` (``-1``: padding, ``-inf``);
+    the same numbers :func:`recommend` gives the items it returns."""
+    histories = instances.histories if isinstance(instances, Instances) else instances
+    users = instances.users if isinstance(instances, Instances) else None
+    was_training = model.training
+    model.eval()
+    try:
+        scores = score_candidates(model, _trie(model), histories, candidates, users, batch_size)
+        offset = _repeat_adjustment(model, histories, np.asarray(candidates), users, batch_size)
+        return scores if offset is None else (scores + offset).astype(np.float32)
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: nn.Module, instances: Instances, beam_size: int = 20, ks: Sequence[int] = EVAL_KS,
+             batch_size: int = 512) -> dict[str, float]:
+    """Recall/NDCG@K over the full catalogue from a beam search of width ``beam_size`` (a target
+    outside the beam is a miss, even for K > beam_size), plus ``invalid_rate``: the share of
+    returned code tuples that are no item's semantic ID."""
+    result = recommend(model, instances, beam_size, batch_size=batch_size)
+    ranks = ranks_from_topk(result.items, instances.targets)
+    ranks[ranks >= result.items.shape[1]] = np.iinfo(np.int64).max  # outside the beam: a miss at every K
+    metrics = metrics_from_ranks(ranks, ks)
+    returned = np.isfinite(result.log_probs)  # [n, K]; beams beyond the number of valid items are padding
+    codes = model.codes
+    valid = (result.items >= 0) & (codes[result.items.clip(0)] == result.codes).all(-1)
+    metrics["invalid_rate"] = float((~valid[returned]).mean())
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Training (shared with genrec.tiger)
+
+
+def train_generative(split: LeaveOneOutSplit, table: Any, config: GenerativeConfig | None = None,
+                     out_dir: str | Path | None = None, progress: bool = True,
+                     on_eval: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Train :class:`HierarchicalGenerative` on ``split.train`` with the semantic IDs of ``table``
+    (a :class:`~quantize.semantic_ids.SemanticIdTable`, or anything with ``codes`` and
+    ``codebook_sizes``), early-stopping on validation NDCG@10 of a constrained beam search.
+
+    All positions of every training sequence are targets at once. With ``out_dir``, checkpoints
+    are written after each evaluation and a rerun resumes from ``last.pt``.
+    """
+    config = config or GenerativeConfig()
+    if len(table.codes) != split.num_items:
+        raise ValueError(f"semantic-ID table has {len(table.codes)} items, the dataset {split.num_items}")
+    setup(config)
+    model = HierarchicalGenerative(table.codes, table.codebook_sizes, config)
+
+    def loss_fn(m: HierarchicalGenerative, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        inputs, targets = batch
+        hidden = m(inputs)  # [B, T, H]
+        valid = targets > 0
+        loss = m.code_loss(hidden[valid], targets[valid] - 1)
+        if m.repeat_head is not None:
+            loss = loss + m.repeat_loss(inputs, hidden, targets, valid)
+        return loss, int(valid.sum())
+
+    n_train = sum(1 for s in split.train if len(s) >= 2)
+    return fit(model, config, lambda rng: training_batches(split.train, config, rng),
+               math.ceil(n_train / config.batch_size), loss_fn,
+               lambda m: evaluate(m, split.valid, config.eval_beam, batch_size=config.eval_batch_size),
+               out_dir, progress, on_eval,
+               {"codes": model.codes, "codebook_sizes": list(model.codebook_sizes)}, "generative")
+
+
+def save_generative(model: HierarchicalGenerative, path: str | Path) -> None:
+    """Save weights, config and semantic IDs atomically, loadable with :func:`load_generative`."""
+    torch_save(path, {"model": model.state_dict(), "config": asdict(model.config), "codes": model.codes,
+                      "codebook_sizes": list(model.codebook_sizes)})
+
+
+def load_generative(path: str | Path) -> HierarchicalGenerative:
+    """Load a model saved by :func:`train_generative` (``best.pt``, or its directory) or
+    :func:`save_generative`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no generative model checkpoint")
+    ckpt = torch.load(path, weights_only=False)
+    model = HierarchicalGenerative(ckpt["codes"], ckpt["codebook_sizes"], GenerativeConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()

@@ -1,0 +1,97 @@
+"""Candidate unions, min-max normalisation edge cases, ranking and indicator features."""
+
+import numpy as np
+import pytest
+
+from fusion.candidates import build_candidates, minmax_normalize, topk_items, union_ranks
+from fusion.indicators import Indicators, Standardizer, TrainStats, compute_indicators
+from genrec.metrics import ranks_from_topk
+
+NAN = np.nan
+
+
+def test_minmax_edge_cases():
+    s = np.array([[3.0, 1.0, 2.0],  # ordinary
+                  [5.0, NAN, NAN],  # a single candidate -> 1.0, missing -> 0
+                  [2.0, 2.0, 2.0],  # all ties -> 1.0
+                  [NAN, NAN, NAN]])  # nothing -> 0
+    mask = np.array([[1, 1, 1], [1, 0, 0], [1, 1, 1], [0, 0, 0]], bool)
+    out = minmax_normalize(s, mask)
+    np.testing.assert_allclose(out, [[1.0, 0.0, 0.5], [1.0, 0, 0], [1, 1, 1], [0, 0, 0]])
+    # a score outside the mask (e.g. teacher-forced) stays 0; partial ties keep their order
+    out = minmax_normalize(np.array([[1.0, 1.0, 0.0, 9.0]]), np.array([[1, 1, 1, 0]], bool))
+    np.testing.assert_allclose(out, [[1.0, 1.0, 0.0, 0.0]])
+
+
+def test_union_dedupes_keeps_order_and_places_scores():
+    id_items = np.array([[5, 3, 7], [1, 2, -1]])
+    id_sc = np.array([[-1.0, -2.0, -3.0], [-0.5, -0.7, -np.inf]], np.float32)
+    gr_items = np.array([[3, 9, 5], [4, 1, 6]])
+    gr_sc = np.array([[-1.5, -2.5, -3.5], [-0.1, -0.2, -0.3]], np.float32)
+    c = build_candidates(id_items, id_sc, gr_items, gr_sc)
+    np.testing.assert_array_equal(c.items, [[5, 3, 7, 9], [1, 2, 4, 6]])  # compact width
+    np.testing.assert_allclose(c.id_scores[0], [-1, -2, -3, NAN])
+    np.testing.assert_allclose(c.gr_scores[0], [-3.5, -1.5, NAN, -2.5])
+    np.testing.assert_array_equal(c.gr_in_topk[1], [True, False, True, True])
+    np.testing.assert_array_equal(c.target_index(np.array([9, 8])), [3, -1])
+    # normalisation over each model's own top-K; padding and missing are 0
+    np.testing.assert_allclose(c.normalized("gr")[0], [0.0, 1.0, 0.0, 0.5])
+    # filled: missing -> the row's lowest top-K score of that model
+    assert c.filled("id")[0, 3] == -3.0 and c.filled("id")[1, 3] == np.float32(-0.7)
+
+
+def test_scorer_callbacks_fill_missing_scores():
+    full = -np.arange(10, dtype=np.float32)[None].repeat(2, 0)  # log-probs of items 0..9
+    seen = []
+
+    def scorer(cands):
+        seen.append(cands.copy())
+        return np.where(cands >= 0, full[np.arange(2)[:, None], np.maximum(cands, 0)], NAN)
+
+    c = build_candidates(np.array([[0, 1], [2, 3]]), np.zeros((2, 2), np.float32),
+                         np.array([[1, 8], [9, 3]]), np.zeros((2, 2), np.float32), gr_scorer=scorer)
+    np.testing.assert_array_equal(c.items, [[0, 1, 8], [2, 3, 9]])
+    np.testing.assert_allclose(c.gr_scores, [[0.0, 0, 0], [-2.0, 0, 0]])  # only item 0 / 2 were asked
+    np.testing.assert_array_equal(seen[0], [[0, -1, -1], [2, -1, -1]])
+    assert np.isnan(c.id_scores[0, 2])
+
+
+def test_topk_and_union_ranks_agree_with_metrics():
+    rng = np.random.default_rng(0)
+    items = np.stack([rng.permutation(30)[:12] for _ in range(50)])
+    items[::5, -3:] = -1
+    fused = rng.integers(0, 4, size=items.shape).astype(np.float32)  # many ties
+    targets = np.where(rng.random(50) < 0.8, items[np.arange(50), rng.integers(0, 9, 50)], 99)
+    top = topk_items(items, fused, 12)
+    hit = items == targets[:, None]
+    ti = np.where(hit.any(1), hit.argmax(1), -1)
+    r = union_ranks(fused, ti, items >= 0)
+    expect = ranks_from_topk(top, targets)
+    np.testing.assert_array_equal(np.minimum(r, 12), expect)
+    assert (top[:, -1][::5] == -1).all()
+
+
+def test_indicators_from_training_counts():
+    train = [np.array([0, 1, 2]), np.array([0, 1, 3]), np.array([4, 0])]
+    codes = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [2, 0]])
+    stats = TrainStats(train, 5, codes)
+    np.testing.assert_array_equal(stats.popularity, [3, 2, 1, 1, 1])
+    np.testing.assert_array_equal(stats.source_count, [2, 2, 0, 0, 1])
+    np.testing.assert_array_equal(stats.out_degree, [1, 2, 0, 0, 1])
+    np.testing.assert_array_equal(stats.pair_count([0, 1, 1], [1, 3, 0]), [2, 1, 0])
+    # prefix level 1: items {0,1} -> 0, {2,3} -> 1, {4} -> 2; transitions 0->0 x2, 0->1 x2, 2->0
+    np.testing.assert_array_equal(stats.prefix_pair_count(1, [0, 1, 4], [1, 2, 1]), [2, 2, 1])
+    hist = [np.array([4, 0]), np.array([2, 1])]
+    ind = compute_indicators(hist, stats, id_summary={"max_prob": np.array([0.9, 0.1]), "entropy": np.ones(2)},
+                             id_items=np.array([[1, 2], [3, 2]]), gr_items=np.array([[2, 3], [0, 1]]),
+                             gr_log_probs=np.array([[-0.1, -3.0], [-1.0, -np.inf]]))
+    assert ind.names[:2] == ("id_msp", "id_entropy") and "gr_top1_prefix_edge@1" in ind.names
+    np.testing.assert_allclose(ind.column("id_top1_edge"), np.log1p([2, 1]))
+    np.testing.assert_allclose(ind.column("gr_margin"), [2.9, 20.0], rtol=1e-6)
+    np.testing.assert_allclose(ind.column("last_source_count"), np.log1p([2, 2]))
+    std = Standardizer.fit(ind)
+    z = std.transform(ind)
+    assert np.allclose(z.mean(0), 0, atol=1e-6) and np.isfinite(z).all()
+    with pytest.raises(KeyError):
+        ind.column("nope")
+    assert Indicators(("a",), np.zeros((3, 1))).select(["a"]).values.shape == (3, 1)

@@ -1,0 +1,157 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.data import ItemText, SequenceDataset
+from genrec.generative import (GenerativeConfig, evaluate, load_generative, recommend, save_generative, score_items,
+                               train_generative)
+from genrec.splits import leave_one_out
+from genrec.tiger import TigerConfig, load_tiger, train_tiger
+from quantize.semantic_ids import SemanticIdTable
+
+torch.set_num_threads(1)
+
+
+def cyclic_dataset(num_items=24, num_users=150, length=8, seed=0) -> SequenceDataset:
+    """Each user walks i -> i+1 (mod num_items) from a random start: a deterministic pattern."""
+    rng = np.random.default_rng(seed)
+    seqs = [(rng.integers(num_items) + np.arange(length)) % num_items for _ in range(num_users)]
+    return SequenceDataset(name="cyclic", item_ids=[f"i{k}" for k in range(num_items)],
+                           user_ids=[f"u{k}" for k in range(num_users)], sequences=[s.astype(np.int64) for s in seqs],
+                           items=[ItemText(title=f"item {k}") for k in range(num_items)])
+
+
+def cyclic_table(num_items=24) -> SemanticIdTable:
+    """Codes (i // 6, i % 3): collisions, so the disambiguation level matters too."""
+    i = np.arange(num_items)
+    return SemanticIdTable.from_codes(np.stack([i // 6, i % 3], 1), [4, 3])
+
+
+SMALL = dict(hidden=32, num_blocks=1, num_heads=2, head_layers=1, dropout=0.0, head_dropout=0.0, lr=5e-3,
+             batch_size=32, max_len=10, eval_beam=10, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def split():
+    return leave_one_out(cyclic_dataset(), max_history=10)
+
+
+@pytest.fixture(scope="module")
+def trained(split):
+    return train_generative(split, cyclic_table(), GenerativeConfig(**SMALL, max_epochs=25, patience=5),
+                            progress=False)
+
+
+def test_learns_deterministic_pattern(split, trained):
+    test = evaluate(trained.model, split.test, beam_size=10)
+    assert test["recall@5"] == 1.0
+    assert test["ndcg@5"] > 0.9
+    assert test["invalid_rate"] == 0.0
+    assert trained.best_valid["ndcg@10"] == max(r["ndcg@10"] for r in trained.history)
+    top = recommend(trained.model, split.test, beam_size=5)
+    expected = (split.test.last_items() + 1) % split.num_items
+    assert (top.items[:, 0] == expected).mean() > 0.95
+    np.testing.assert_allclose(score_items(trained.model, split.test, top.items), top.log_probs, atol=1e-5)
+
+
+def test_pure_semantic_ids_generalise_to_unseen_code_pairs(trained):
+    # the model reads items through their codes only: its parameters have no per-item table
+    names = [n for n, _ in trained.model.named_parameters()]
+    assert not any(n.startswith("item_emb") for n in names)
+
+
+def test_save_load_round_trip(tmp_path, split, trained):
+    save_generative(trained.model, tmp_path / "m.pt")
+    loaded = load_generative(tmp_path / "m.pt")
+    a = recommend(trained.model, split.test, beam_size=8)
+    b = recommend(loaded, split.test, beam_size=8)
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_allclose(a.log_probs, b.log_probs)
+    np.testing.assert_array_equal(loaded.codes, cyclic_table().codes)
+
+
+def test_resume_after_kill_is_exact(tmp_path, split):
+    config = GenerativeConfig(**{**SMALL, "dropout": 0.2}, max_epochs=4, patience=10)
+    straight = train_generative(split, cyclic_table(), config, out_dir=tmp_path / "a", progress=False)
+    train_generative(split, cyclic_table(), GenerativeConfig(**{**SMALL, "dropout": 0.2}, max_epochs=2, patience=10),
+                     out_dir=tmp_path / "b", progress=False)  # "killed" after two epochs
+    resumed = train_generative(split, cyclic_table(), config, out_dir=tmp_path / "b", progress=False)
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+    for (k, v), (_, w) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(v, w), k
+    assert (tmp_path / "b" / "best.pt").exists()
+    loaded = load_generative(tmp_path / "b")
+    np.testing.assert_array_equal(recommend(loaded, split.test, 5).items, recommend(resumed.model, split.test, 5).items)
+    with pytest.raises(ValueError, match="differs"):
+        train_generative(split, cyclic_table(), GenerativeConfig(**{**SMALL, "hidden": 16}), out_dir=tmp_path / "b",
+                         progress=False)
+
+
+def test_hybrid_item_embedding_mode(split):
+    result = train_generative(split, cyclic_table(), GenerativeConfig(**SMALL, item_embedding=True, max_epochs=2),
+                              progress=False)
+    assert evaluate(result.model, split.test, beam_size=5)["invalid_rate"] == 0.0
+
+
+def test_table_size_mismatch(split):
+    with pytest.raises(ValueError, match="items"):
+        train_generative(split, cyclic_table(10), GenerativeConfig(**SMALL))
+
+
+def test_tiger_preset_trains_and_round_trips(tmp_path, split):
+    config = TigerConfig(d_model=32, d_ff=64, num_heads=2, d_kv=16, num_encoder_layers=1, num_decoder_layers=1,
+                         dropout=0.0, user_buckets=0, lr=5e-3, batch_size=64, max_epochs=6, eval_beam=10,
+                         num_threads=1)
+    result = train_tiger(split, cyclic_table(), config, out_dir=tmp_path, progress=False)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    test = evaluate(result.model, split.test, beam_size=10)
+    assert test["invalid_rate"] == 0.0 and test["recall@10"] > 0.5
+    loaded = load_tiger(tmp_path)
+    np.testing.assert_array_equal(recommend(loaded, split.test, 5).items, recommend(result.model, split.test, 5).items)
+
+
+def test_cli(tmp_path):
+    from genrec.cli import main
+    from genrec.data import write_plain
+
+    write_plain(cyclic_dataset(num_users=60), tmp_path / "data")
+    cyclic_table().save(tmp_path / "sid" / "semantic_ids.json")
+    out = tmp_path / "run"
+    rc = main(["generative", str(tmp_path / "data"), "--semantic-ids", str(tmp_path / "sid"),
+               "--out", str(out), "--set", "hidden=16", "num_heads=1", "max_epochs=2", "eval_beam=5",
+               "--test-beam", "5"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["invalid_rate"] == 0.0 and "ndcg@5" in metrics["test"]
+    assert (out / "best.pt").exists()
+
+
+def test_repeat_gate_is_a_distribution_over_the_catalogue(split, trained):
+    model = trained.model
+    assert model.repeat_head is not None  # on by default
+    all_items = np.tile(np.arange(split.num_items), (len(split.test), 1))
+    log_p = score_items(model, split.test, all_items)
+    np.testing.assert_allclose(np.exp(log_p.astype(np.float64)).sum(1), 1.0, atol=1e-4)
+
+
+def test_repeat_gate_learns_that_walks_never_repeat(split, trained):
+    # cyclic walks of length 8 over 24 items never revisit an item: the gate must learn r ~ 0
+    model = trained.model
+    r = torch.sigmoid(model.repeat_head(model.start(split.test.histories))[:, 0]).detach().numpy()
+    assert r.max() < 0.05
+    all_items = np.tile(np.arange(split.num_items), (len(split.test), 1))
+    p = np.exp(score_items(model, split.test, all_items).astype(np.float64))
+    seen = np.array([np.isin(np.arange(split.num_items), h) for h in split.test.histories])
+    np.testing.assert_allclose((p * seen).sum(1), r, rtol=1e-3, atol=1e-6)  # history items share mass r
+    top = recommend(model, split.test, beam_size=10)
+    assert not any(np.isin(items[0], h) for items, h in zip(top.items, split.test.histories))
+
+
+def test_repeat_gate_off_gives_the_plain_code_distribution(split):
+    result = train_generative(split, cyclic_table(), GenerativeConfig(**SMALL, max_epochs=2, repeat_gate=False),
+                              progress=False)
+    assert result.model.repeat_head is None
+    top = recommend(result.model, split.test, beam_size=5)
+    np.testing.assert_allclose(score_items(result.model, split.test, top.items), top.log_probs, atol=1e-5)

@@ -1,0 +1,231 @@
+"""Recipes (genrec.pipeline, genrec run / genrec demo): the demo end to end at a tiny size, resume at
+every stage boundary and inside the training stages, clear errors for bad config values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from genrec import cli
+from genrec.commands import demo as demo_cmd
+from genrec.pipeline import (ConfigError, StopAfterStage, _SplitCache, config_from_dict, load_config, run_recipe,
+                             stage_names, strip_timing)
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_YAML = ROOT / "recipes" / "configs" / "demo.yaml"
+
+# The demo at a tiny size: 64 items, 150 users, one-block models, two epochs.
+TINY = ["num_threads=1", "data.dataset=synthetic:num_users=150,num_brands=4,num_categories=4,num_attributes=4",
+        "data.max_history=10", "quantize.codebook_size=4",
+        "sasrec.hidden=16", "sasrec.max_epochs=2", "sasrec.batch_size=64",
+        "generative.hidden=16", "generative.max_epochs=2", "generative.max_minutes=null", "generative.eval_beam=5",
+        "generative.batch_size=64", "fusion.k=10", "fusion.beam=10", "fusion.gate.max_epochs=5", "report.ks=[5,10]"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Overrides for the tiny demo, with an embedding cache of its own (the encoder runs once)."""
+    cache = tmp_path_factory.mktemp("emb_cache")
+    return TINY + [f"text.cache_dir={cache}"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny):
+    """``genrec demo`` through the CLI at the tiny size, uninterrupted."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    _SplitCache.key = None
+    code = cli.main(["demo", "--out", str(out), "--set", *tiny])
+    assert code == 0
+    return out
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_demo_end_to_end_tiny(reference, capsys):
+    res = _results(reference)
+    names = stage_names(load_config(DEMO_YAML))
+    assert list(res["stages"]) == [n for n in names if n != "report"]
+    for stage in names:
+        assert (reference / stage / "stage.done.json").is_file()
+    assert {"sasrec", "gr", "fixed", "adaptive", "learned_minmax"} <= set(res["models"])
+    for m in res["models"].values():
+        assert {"all", "memorization", "generalization"} <= set(m["test"])
+        assert 0.0 <= m["test"]["all"]["ndcg@10"] <= 1.0
+    assert res["quantization"]["semantic_ids"]["all_unique"]
+    assert len(res["comparisons"]) == 3 and all(isinstance(c["holds"], bool) for c in res["comparisons"])
+    for s in res["stages"].values():
+        assert s["timing"]["wall_s"] >= 0 and s["timing"]["peak_rss_mib"] > 0
+    report = (reference / "report.md").read_text()
+    assert "Headline comparisons" in report and "| memorization |" in report
+    for png in ("per_category.png", "gates_by_label.png", "validation_curves.png"):
+        assert (reference / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    assert set(res["fusion"]["gate_by_label"]) == {"fixed", "adaptive", "learned_minmax"}
+    assert res["training"]["sasrec"]["curve"] and res["training"]["gr"]["curve"]
+
+
+def test_rerun_skips_every_stage(reference, tiny):
+    before = (reference / "results.json").read_text()
+    events = []
+    _SplitCache.key = None
+    run_recipe(load_config(DEMO_YAML, overrides=tiny), reference, on_stage=lambda n, e, i: events.append(e))
+    assert set(events) == {"skip"}
+    assert (reference / "results.json").read_text() == before
+
+
+def test_resume_at_every_stage_boundary(reference, tiny, tmp_path):
+    config = load_config(DEMO_YAML, overrides=tiny)
+    out = tmp_path / "run"
+    names = stage_names(config)
+    for name in names[:-1]:
+        _SplitCache.key = None  # as a new process would
+        with pytest.raises(StopAfterStage):
+            run_recipe(load_config(DEMO_YAML, overrides=tiny), out, stop_after=name)
+        assert (out / name / "stage.done.json").is_file()
+        assert not (out / "results.json").exists()
+    _SplitCache.key = None
+    run_recipe(config, out)
+    assert strip_timing(_results(out)) == strip_timing(_results(reference))
+
+
+def test_resume_inside_training_stages(reference, tiny, tmp_path):
+    """A run killed in the middle of training (checkpoints, no done marker) ends with the same results."""
+    from genrec.generative import train_generative
+    from genrec.pipeline import load_split
+    from genrec.sasrec import train_sasrec
+    from quantize import SemanticIdTable
+
+    config = load_config(DEMO_YAML, overrides=tiny)
+    out = tmp_path / "run"
+    _SplitCache.key = None
+    with pytest.raises(StopAfterStage):
+        run_recipe(config, out, stop_after="quantize")
+    _, split = load_split(config)
+    train_sasrec(split, config.sasrec.__class__(**{**config.sasrec.__dict__, "max_epochs": 1}), out / "sasrec",
+                 progress=False)
+    table = SemanticIdTable.load(out / "quantize" / "semantic_ids.json")
+    train_generative(split, table, config.generative.__class__(**{**config.generative.__dict__, "max_epochs": 1}),
+                     out / "generative", progress=False)
+    assert not (out / "sasrec" / "stage.done.json").exists()
+    run_recipe(config, out)
+    assert len(json.loads((out / "sasrec" / "history.json").read_text())) == config.sasrec.max_epochs
+    assert strip_timing(_results(out)) == strip_timing(_results(reference))
+
+
+def test_changed_config_reruns_that_stage_and_downstream(reference, tiny, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    events: dict[str, str] = {}
+    _SplitCache.key = None
+    run_recipe(load_config(DEMO_YAML, overrides=tiny + ["fusion.methods=[fixed, adaptive]", "fusion.primary=adaptive"]),
+               out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
+    assert [n for n, e in events.items() if e == "skip"] == ["data", "embed", "quantize", "sasrec", "generative",
+                                                             "labels"]
+    assert set(_results(out)["models"]) == {"sasrec", "gr", "fixed", "adaptive"}
+
+
+def test_demo_command_matches_yaml():
+    assert yaml.safe_load(DEMO_YAML.read_text()) == demo_cmd.DEMO
+    assert load_config(DEMO_YAML) == config_from_dict(demo_cmd.DEMO)
+
+
+def test_all_recipe_configs_load():
+    for path in sorted((ROOT / "recipes" / "configs").glob("*.yaml")):
+        for preset in ("quick", "full"):
+            config = load_config(path, preset=preset)
+            assert config.preset == preset and stage_names(config)[0] == "data"
+
+
+def test_preset_is_merged_under_explicit_values():
+    c = config_from_dict({"preset": "quick", "sasrec": {"max_epochs": 7}})
+    assert c.sasrec.max_epochs == 7 and c.sasrec.patience == 2  # explicit value wins, preset fills the rest
+    assert c.sasrec.max_len == c.data.max_history
+    c = config_from_dict({"preset": "quick"}, preset="full")
+    assert c.preset == "full" and c.fusion.joint and c.fusion.k == 50
+    c = config_from_dict({}, overrides=["fusion.gate.hidden=8", "data.max_history=20", "name=x"])
+    assert c.fusion.gate == {"hidden": 8} and c.generative.max_len == 20 and c.name == "x"
+
+
+@pytest.mark.parametrize("raw, overrides, match", [
+    ({"sasrec": {"hiden": 64}}, [], r"unknown config key 'sasrec.hiden'.*hidden"),
+    ({"sasrec": {"lr": "fast"}}, [], r"'sasrec.lr' expects float, got 'fast'"),
+    ({"sasrec": {"max_epochs": 0}}, [], r"'sasrec.max_epochs' must be >= 1, got 0"),
+    ({"generative": {"dropout": 1.5}}, [], r"'generative.dropout' must be in \[0, 1\), got 1.5"),
+    ({"quantize": {"method": "kmeans"}}, [], r"'quantize.method' must be one of .*rq_kmeans.*got 'kmeans'"),
+    ({"fusion": {"methods": ["fixed", "magic"]}}, [], r"'fusion.methods' must be among .*got 'magic'"),
+    ({"fusion": {"primary": "learned_mixture", "methods": ["fixed"]}}, [], r"'fusion.primary'"),
+    ({"fusion": {"gate": {"hiddn": 3}}}, [], r"'fusion.gate.hiddn'"),
+    ({"report": {"ks": [10, 100]}}, [], r"'report.ks' must not exceed fusion.k \(50\)"),
+    ({"report": {"metric": "mrr@10"}}, [], r"'report.metric'"),
+    ({"preset": "fast"}, [], r"'preset' must be one of \['quick', 'full'\], got 'fast'"),
+    ({"models": {}}, [], r"unknown config key\(s\) \['models'\]"),
+    ({"data": ["synthetic"]}, [], r"section 'data' must be a mapping"),
+    ({"text": {"fields": ["title", "colour"]}}, [], r"'text.fields'"),
+    ({"num_threads": 0}, [], r"'num_threads' must be a positive integer"),
+    ({}, ["sasrec.hidden"], r"not of the form section.key=value"),
+    ({}, ["training.lr=1"], r"unknown section 'training'"),
+    ({}, ["hidden=3"], r"'hidden' is not a top-level key"),
+    ({}, ["sasrec.hidden=30", "sasrec.num_heads=4"], r"'sasrec.hidden' must be divisible by num_heads"),
+])
+def test_bad_config_values_give_clear_errors(raw, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(raw, overrides=overrides)
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsasrec:\n  max_epochs: many\n")
+    assert cli.main(["run", str(bad)]) == 2
+    assert "'sasrec.max_epochs' expects int, got 'many'" in capsys.readouterr().err
+    bad.write_text("- a\n- b\n")
+    assert cli.main(["run", str(bad)]) == 2
+    assert "must be a YAML mapping" in capsys.readouterr().err
+    assert cli.main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert cli.main(["run", str(DEMO_YAML), "--until", "nowhere"]) == 2
+    assert "not a stage" in capsys.readouterr().err
+    assert cli.main(["run", str(DEMO_YAML), "--show", "--set", "fusion.joint=true"]) == 0
+    assert "joint -> evaluate" in capsys.readouterr().out
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: nodata\ndata:\n  dataset: ./no/such/dir\n")
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    assert "dataset directory not found" in capsys.readouterr().err
+
+
+def test_optional_joint_stage(reference, tiny, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    events: dict[str, str] = {}
+    _SplitCache.key = None
+    config = load_config(DEMO_YAML, overrides=tiny + ["fusion.joint=true", "fusion.joint_config.max_epochs=1"])
+    assert "joint" in stage_names(config)
+    run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
+    assert events["fusion"] == "skip" and events["joint"] == "done"
+    res = _results(out)
+    assert res["models"]["joint"]["kind"] == "joint" and "joint" in res["fusion"]["gate_by_label"]
+    assert res["training"]["joint"]["curve"]
+
+
+def test_interrupted_stage_with_other_settings_is_cleared(reference, tiny, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "sasrec" / "stage.done.json").unlink()
+    (out / "sasrec" / "stage.started.json").write_text('{"stage": "sasrec", "config_hash": "other"}')
+    (out / "sasrec" / "last.pt").write_bytes(b"a checkpoint of other settings")
+    _SplitCache.key = None
+    run_recipe(load_config(DEMO_YAML, overrides=tiny), out)
+    assert strip_timing(_results(out)) == strip_timing(_results(reference))

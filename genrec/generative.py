@@ -66,7 +66,8 @@ class GenerativeConfig:
     batch_size: int = 256
     max_epochs: int = 200
     max_minutes: float | None = None  # stop training after this much wall time (None: no limit)
-    patience: int = 5  # evaluations without validation NDCG@10 improvement before stopping
+    patience: int = 5  # evaluations without validation NDCG@10 progress before stopping
+    min_delta: float = 0.0  # relative NDCG@10 gain that counts as progress
     eval_every: int = 1  # epochs between validation runs
     eval_beam: int = 20  # beam size of the validation runs
     eval_batch_size: int = 512

@@ -30,7 +30,8 @@ class TrainResult:
 
 
 # Settings a run may change on resume (a longer schedule, other threads) without invalidating it.
-_RESUMABLE = {"max_epochs", "max_minutes", "patience", "eval_batch_size", "num_threads", "eval_beam", "device"}
+_RESUMABLE = {"max_epochs", "max_minutes", "patience", "min_delta", "eval_batch_size", "num_threads", "eval_beam",
+              "device"}
 
 
 def _model_fields(config: dict) -> dict:
@@ -46,7 +47,8 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     ``last.pt`` checkpoints in ``out_dir`` and exact resume from ``last.pt``.
 
     ``max_minutes`` (training + validation time, summed over resumes; optional) may cut the last
-    epoch short. Batches are moved to the model's device by ``loss_fn``.
+    epoch short. ``min_delta`` (optional): the relative validation gain that counts as progress for
+    the patience. Batches are moved to the model's device by ``loss_fn``.
     ``config`` (a dataclass) needs ``lr, weight_decay, max_epochs, patience, eval_every, seed``;
     ``batches(rng)`` yields one epoch; ``loss_fn(model, batch) -> (mean loss, count)``.
     """
@@ -72,6 +74,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
         log.info("resumed %s from %s at epoch %d", name, out / "last.pt", state["epoch"])
 
     max_minutes = getattr(config, "max_minutes", None)
+    min_delta = getattr(config, "min_delta", 0.0)
 
     def out_of_time() -> bool:
         return max_minutes is not None and state["seconds"] >= 60 * max_minutes
@@ -103,9 +106,13 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                **metrics}
         state["history"].append(row)
         improved = metrics["ndcg@10"] > state["best_ndcg"]
-        if improved:
-            state.update(best_ndcg=metrics["ndcg@10"], best_epoch=state["epoch"], bad_evals=0)
+        if improved:  # the best checkpoint follows any improvement ...
+            state.update(best_ndcg=metrics["ndcg@10"], best_epoch=state["epoch"])
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        # ... but only a relative gain of min_delta over the last reference resets the patience, so
+        # a plateau that creeps up by noise-sized steps still ends
+        if metrics["ndcg@10"] > state.get("ref_ndcg", -1.0) * (1 + min_delta):
+            state.update(ref_ndcg=metrics["ndcg@10"], bad_evals=0)
         else:
             state["bad_evals"] += 1
         log.info("%s epoch %d loss %.4f valid N@10 %.4f R@10 %.4f (%.1f min)%s", name, state["epoch"],

@@ -1,7 +1,7 @@
 """Benchmark: train the hierarchical semantic-ID model on Amazon 2014 Beauty to quality.
 
     python bench/generative_beauty.py [--data ../shared/data/amazon2014/beauty]
-                                      [--semantic-ids /tmp/genrec_beauty_sid] [--out runs/bench_generative]
+                                      [--semantic-ids runs/beauty_semantic_ids] [--out runs/bench_generative]
                                       [--fresh] [--threads 1] [--test-beam 50] [--set key=value ...]
 
 Builds the semantic IDs (default sentence encoder + RQ-KMeans 3x256) into ``--semantic-ids`` when
@@ -44,7 +44,7 @@ def load_or_build_table(data_dir: str, sid_dir: Path, dataset: genrec.SequenceDa
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/amazon2014/beauty"))
-    p.add_argument("--semantic-ids", default="/tmp/genrec_beauty_sid")
+    p.add_argument("--semantic-ids", default=str(ROOT / "runs/beauty_semantic_ids"))
     p.add_argument("--out", default=str(ROOT / "runs/bench_generative"))
     p.add_argument("--fresh", action="store_true", help="delete --out first (otherwise a run resumes)")
     p.add_argument("--threads", type=int, default=1)

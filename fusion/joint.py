@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from fusion.methods import GateHead, GateReport
 from fusion.indicators import Indicators
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, repeat_mixture
-from genrec.training import TrainResult, fit
+from genrec.training import TrainResult, fit, setup
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
 from genrec.sasrec import SASRec, SASRecConfig, histories_to_tokens, training_batches
 from genrec.splits import Instances, LeaveOneOutSplit
@@ -283,10 +283,7 @@ def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None 
     IDs of ``table`` (``codes``, ``codebook_sizes``), early-stopping on validation NDCG@10; with
     ``out_dir`` checkpoints are written and a rerun resumes (``genrec.training.fit``)."""
     config = config or JointConfig()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    torch.set_flush_denormal(True)
-    torch.manual_seed(config.seed)
+    setup(config)
     model = JointModel(split.num_items, table.codes, table.codebook_sizes, config, split.train)
     n_train = sum(1 for s in split.train if len(s) >= 2)
 

@@ -5,6 +5,11 @@ PQ and OPQ 4x256 and RQ-VAE 3x256 on those embeddings, and prints each one's dia
 the targets (embed <= 90 s cold / <= 2 s cached, RQ-KMeans <= 30 s, OPQ <= 60 s, RQ-VAE <= 10 min).
 
     python bench/quantize_beauty.py [--out runs/bench_quantize] [--methods rq_kmeans,opq,rq_vae]
+                                    [--precision int8]
+
+``--precision int8`` times the int8 (dynamically quantized) encoder instead and prints its
+agreement with fp32 vectors (taken from the default embedding cache, embedded there if missing):
+cosine similarity per item and the overlap of every item's 10 nearest neighbours.
 
 Results (timings, diagnostics, each method's table) go to ``--out``. The data directory defaults
 to ``<repo>/../shared/data/amazon2014/beauty``.
@@ -39,6 +44,25 @@ CONFIGS = {"rq_kmeans": dict(levels=3, codebook_size=256), "pq": dict(subspaces=
            "opq": dict(subspaces=4, codebook_size=256), "rq_vae": dict(levels=3, codebook_size=256)}
 
 
+def agreement(x, ref, k: int = 10) -> dict:
+    """Cosine similarity of matching rows of ``x`` and ``ref`` (both L2-normalised) and the mean
+    overlap of each item's ``k`` nearest neighbours (inner product) under the two."""
+    import faiss
+    import numpy as np
+
+    cos = (x * ref).sum(1)
+
+    def neighbours(v):
+        index = faiss.IndexFlatIP(v.shape[1])
+        index.add(np.ascontiguousarray(v, dtype=np.float32))
+        return index.search(np.ascontiguousarray(v, dtype=np.float32), k + 1)[1][:, 1:]
+
+    a, b = neighbours(x), neighbours(ref)
+    overlap = np.mean([len(set(r) & set(s)) / k for r, s in zip(a, b)])
+    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            f"neighbour_overlap@{k}": float(overlap)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "amazon2014" / "beauty"))
@@ -48,6 +72,7 @@ def main() -> int:
                     help="embedding cache to use; default: a fresh temporary one, so the first pass is cold")
     ap.add_argument("--rq-vae-epochs", type=int, default=None, help="override RQ-VAE epochs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="encoder precision to time")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -68,12 +93,12 @@ def main() -> int:
         cache_dir = tmp
     try:
         t = time.perf_counter()
-        enc = TextEncoder(cache_dir=cache_dir)
+        enc = TextEncoder(cache_dir=cache_dir, precision=args.precision)
         x = enc.encode(texts, ids=ds.item_ids)
         results["timings_s"]["embed_cold"] = time.perf_counter() - t
         results["embedded_texts_cold"] = enc.model_calls
         t = time.perf_counter()
-        enc2 = TextEncoder(cache_dir=cache_dir)  # a new encoder: what a second run does
+        enc2 = TextEncoder(cache_dir=cache_dir, precision=args.precision)  # a new encoder: what a second run does
         x2 = enc2.encode(texts, ids=ds.item_ids)
         results["timings_s"]["embed_cached"] = time.perf_counter() - t
         assert enc2.model_calls == 0 and (x2 == x).all()
@@ -82,6 +107,11 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"embedding {x.shape}: cold {results['timings_s']['embed_cold']:.1f}s "
           f"({results['embedded_texts_cold']} texts embedded), cached {results['timings_s']['embed_cached']:.2f}s")
+
+    results["precision"] = args.precision
+    if args.precision != "fp32":
+        results["agreement_with_fp32"] = agreement(x, TextEncoder().encode(texts, ids=ds.item_ids))
+        print(f"{args.precision} vs fp32: {results['agreement_with_fp32']}")
 
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         cfg = dict(CONFIGS[method])

@@ -49,8 +49,12 @@ log = logging.getLogger(__name__)
 
 MODES = ("joint", "id", "gr")
 MIXINGS = ("mixture", "logit")
+GR_SCOPES = ("auto", "catalogue", "target")
 GATE_FEATURES = ("id_msp", "id_entropy", "gr_max_logp", "gr_entropy", "history_length", "last_popularity",
                  "last_source_count")
+# target scope: the generative tower's confidence from its first code level (no catalogue pass)
+TARGET_SCOPE_FEATURES = ("id_msp", "id_entropy", "gr_code_max_logp", "gr_code_entropy", "history_length",
+                         "last_popularity", "last_source_count")
 
 
 @dataclass
@@ -62,16 +66,28 @@ class JointConfig:
     mixing: str = "mixture"  # "mixture" or "logit" (module doc)
     aux_weight: float = 0.0
     gate_hidden: int = 16
+    # How the generative tower enters the objective: "catalogue" (exact log-probs of every item, cost
+    # ~ number of distinct code prefixes per position), "target" (the target's log-prob only: scales
+    # to any catalogue; mixing "mixture" only; evaluation fuses on candidates, see JointModel.scores),
+    # or "auto": catalogue up to catalogue_max_items items, target beyond.
+    gr_scope: str = "auto"
+    catalogue_max_items: int = 4096
+    candidates: int = 50  # target scope: top-K of each tower (GR beam width) fused at evaluation
     id_tower: SASRecConfig = field(default_factory=SASRecConfig)
     gr_tower: GenerativeConfig = field(default_factory=GenerativeConfig)
     max_len: int = 50  # history window of both towers
     lr: float = 2e-3
+    lr_schedule: str = "constant"  # or "cosine" (genrec.training.fit)
+    warmup_epochs: float = 0.0
+    schedule_epochs: int | None = None
+    final_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 200
     max_minutes: float | None = None
     patience: int = 3
     eval_every: int = 1
+    eval_users: int | None = None  # validate on this many sampled users (None: all)
     eval_batch_size: int = 512
     seed: int = 0
     num_threads: int | None = None
@@ -83,6 +99,12 @@ class JointConfig:
             self.gr_tower = GenerativeConfig(**self.gr_tower)
         if self.mode not in MODES or self.mixing not in MIXINGS:
             raise ValueError(f"mode must be in {MODES} and mixing in {MIXINGS}; got {self.mode!r}, {self.mixing!r}")
+        if self.gr_scope not in GR_SCOPES:
+            raise ValueError(f"gr_scope must be in {GR_SCOPES}, got {self.gr_scope!r}")
+        if self.gr_scope == "target" and self.mixing != "mixture":
+            raise ValueError("gr_scope 'target' needs mixing 'mixture' (log-linear pooling needs every item's log-prob)")
+        if self.candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {self.candidates}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,6 +152,29 @@ def gr_catalogue_log_probs(gr: HierarchicalGenerative, hidden: torch.Tensor, ind
     return total
 
 
+def gr_target_log_probs(gr: HierarchicalGenerative, hidden: torch.Tensor, targets: torch.Tensor,
+                        seen: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-probability ``[P]`` of each row's target item ``[P]`` from hidden states ``[P, H]``
+    (differentiable). With a repeat gate and ``seen [P, S]`` (consumed item tokens): a lower bound
+    of the explore/repeat mixture, ``log r + log p(t)`` for a target in the history and
+    ``log(1 - r) + log p(t)`` otherwise; the exact mixture also divides by ``p(H)`` / ``1 - p(H)``,
+    which needs every history item's code log-prob (see ``genrec.generative.repeat_mixture``)."""
+    lp = gr.target_log_probs(hidden, targets)
+    if seen is not None and gr.repeat_head is not None:
+        r = gr.repeat_head(hidden)[:, 0]
+        in_history = (seen == (targets + 1)[:, None]).any(1)
+        lp = lp + torch.where(in_history, F.logsigmoid(r), F.logsigmoid(-r))
+    return lp
+
+
+def gr_first_code_stats(gr: HierarchicalGenerative, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max log-prob and entropy ``[P]`` of the first code level's distribution: the generative
+    tower's confidence at the cost of one head pass."""
+    z = gr.head(hidden, torch.zeros(len(hidden), 0, dtype=torch.long, device=hidden.device), 0)
+    lp = torch.log_softmax(gr.level_logits(z, 0), -1)
+    return lp.max(-1).values, -(lp.exp() * lp).sum(-1)
+
+
 # ----------------------------------------------------------------------------------------------
 # Model
 
@@ -148,8 +193,13 @@ class JointModel(nn.Module):
         self.gr_tower = HierarchicalGenerative(codes, codebook_sizes, gr_cfg)
         if self.gr_tower.num_items != num_items:
             raise ValueError(f"codes have {self.gr_tower.num_items} items, the catalogue {num_items}")
-        self.gate_norm = nn.BatchNorm1d(len(GATE_FEATURES), affine=False)
-        self.gate = GateHead(len(GATE_FEATURES), config.gate_hidden)
+        self.scope = config.gr_scope if config.gr_scope != "auto" else (
+            "catalogue" if num_items <= config.catalogue_max_items else "target")
+        if self.scope == "target" and config.mixing != "mixture":
+            raise ValueError(f"{num_items} items: the target scope (gr_scope) needs mixing 'mixture'")
+        self.feature_names = GATE_FEATURES if self.scope == "catalogue" else TARGET_SCOPE_FEATURES
+        self.gate_norm = nn.BatchNorm1d(len(self.feature_names), affine=False)
+        self.gate = GateHead(len(self.feature_names), config.gate_hidden)
         # training statistics of item tokens (0 = padding), kept in the state dict
         pop = np.zeros(num_items + 1, np.float32)
         src = np.zeros(num_items + 1, np.float32)
@@ -159,38 +209,42 @@ class JointModel(nn.Module):
             np.add.at(src, s[:-1] + 1, 1.0)
         self.register_buffer("token_popularity", torch.from_numpy(np.log1p(pop)))
         self.register_buffer("token_source_count", torch.from_numpy(np.log1p(src)))
-        self._index = _PrefixIndex(self.gr_tower)
+        self._index = _PrefixIndex(self.gr_tower) if self.scope == "catalogue" else None
 
-    def log_probs(self, tokens: torch.Tensor, valid: torch.Tensor | None = None
+    def log_probs(self, tokens: torch.Tensor, valid: torch.Tensor | None = None, targets: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-        """Per position (``valid [B, L]``; default: the last one of each row): ID and GR catalogue
-        log-probs ``[P, n_items]`` (``None`` for a tower the mode does not use) and gate features
-        ``[P, F]`` (detached)."""
+        """Per position (``valid [B, L]``; default: the last one of each row): the ID tower's
+        catalogue log-probs ``[P, n_items]``, the generative tower's (catalogue scope: ``[P, n_items]``;
+        target scope: of ``targets [P]`` only, ``[P]``, or None without targets), ``None`` for a tower
+        the mode does not use, and the gate features ``[P, F]`` (detached)."""
         B, L = tokens.shape
         if valid is None:
             valid = torch.zeros(B, L, dtype=torch.bool)
             valid[:, -1] = True
         mode = self.config.mode
+        b, t = valid.nonzero(as_tuple=True)
         lp_id = lp_gr = None
+        zeros = torch.zeros(len(b))
+        feats = [zeros, zeros, zeros, zeros]
         if mode in ("joint", "id"):
             hidden = self.id_tower(tokens)
             lp_id = torch.log_softmax(self.id_tower.position_logits(tokens, hidden, valid), -1)
+            d = lp_id.detach()
+            feats[:2] = [d.max(-1).values.exp(), -(d.exp() * d).sum(-1)]
         if mode in ("joint", "gr"):
             hidden = self.gr_tower(tokens)[valid]  # [P, H]
-            b, t = valid.nonzero(as_tuple=True)
             seen = tokens[b].masked_fill(torch.arange(L)[None] > t[:, None], 0)  # [P, L] consumed so far
-            lp_gr = gr_catalogue_log_probs(self.gr_tower, hidden, self._index, seen)
-        b, t = valid.nonzero(as_tuple=True)
+            if self.scope == "catalogue":
+                lp_gr = gr_catalogue_log_probs(self.gr_tower, hidden, self._index, seen)
+                d = lp_gr.detach()
+                feats[2:] = [d.max(-1).values, -(d.exp() * d).sum(-1)]
+            else:
+                if targets is not None:
+                    lp_gr = gr_target_log_probs(self.gr_tower, hidden, targets, seen)
+                with torch.no_grad():
+                    feats[2:] = list(gr_first_code_stats(self.gr_tower, hidden))
         last = tokens[b, t]
         length = (tokens > 0).cumsum(1)[b, t].float()
-        feats = []
-        for lp in (lp_id, lp_gr):
-            if lp is None:
-                feats += [torch.zeros(len(b)), torch.zeros(len(b))]
-            else:
-                d = lp.detach()
-                top = d.max(-1).values
-                feats += [top.exp() if lp is lp_id else top, -(d.exp() * d).sum(-1)]
         feats += [torch.log1p(length), self.token_popularity[last], self.token_source_count[last]]
         return lp_id, lp_gr, torch.stack(feats, 1)
 
@@ -213,8 +267,22 @@ class JointModel(nn.Module):
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Mean loss over the real next-item positions of a batch ``(inputs, targets)`` ``[B, L]``."""
         valid = targets > 0
-        lp_id, lp_gr, feats = self.log_probs(tokens, valid)
         t = targets[valid] - 1
+        if self.scope == "target":
+            lp_id, lp_gr_t, feats = self.log_probs(tokens, valid, t)
+            lp_id_t = None if lp_id is None else lp_id.gather(1, t[:, None])[:, 0]
+            if lp_gr_t is None:
+                nll = -lp_id_t
+            elif lp_id_t is None:
+                nll = -lp_gr_t
+            else:
+                x = self.gate_logit(feats)
+                nll = -torch.logaddexp(F.logsigmoid(x) + lp_id_t, F.logsigmoid(-x) + lp_gr_t)
+            loss = nll.mean()
+            if self.config.aux_weight and lp_id_t is not None and lp_gr_t is not None:
+                loss = loss - self.config.aux_weight * (lp_id_t.mean() + lp_gr_t.mean())
+            return loss, int(valid.sum())
+        lp_id, lp_gr, feats = self.log_probs(tokens, valid)
         fused = self.fused(lp_id, lp_gr, self.gate_logit(feats))
         loss = F.nll_loss(fused, t)
         if self.config.aux_weight and lp_id is not None and lp_gr is not None:
@@ -223,10 +291,27 @@ class JointModel(nn.Module):
 
     @torch.no_grad()
     def scores(self, histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(fused log-scores [n, n_items], gate [n], features [n, F])`` after each history (eval mode)."""
+        """``(fused log-scores [n, n_items], gate [n], features [n, F])`` after each history (eval mode).
+
+        Target scope: the generative tower's exact log-probs (``genrec.generative.score_items``)
+        of its beam's top-``candidates`` and the ID tower's top-``candidates``; other items get no
+        generative mass (with the mixture their fused score is ``log g + log p_id``)."""
         tokens = histories_to_tokens(histories, self.config.max_len)
         lp_id, lp_gr, feats = self.log_probs(tokens)
         logit = self.gate_logit(feats)
+        if self.scope == "target" and self.config.mode != "id":
+            from genrec.generative import recommend, score_items
+
+            k = min(self.config.candidates, self.num_items)
+            cands = recommend(self.gr_tower, histories, beam_size=k, top_k=k).items  # [n, k], -1 = none
+            if lp_id is not None:
+                cands = np.concatenate([cands, lp_id.topk(k, -1).indices.numpy()], 1)
+            gr = torch.from_numpy(np.asarray(score_items(self.gr_tower, histories, cands), np.float32))
+            lp_gr = torch.full((len(histories), self.num_items), -torch.inf)
+            c = torch.from_numpy(cands)
+            rows = torch.arange(len(histories))[:, None].expand_as(c)
+            ok = c >= 0
+            lp_gr[rows[ok], c[ok]] = gr[ok]
         return self.fused(lp_id, lp_gr, logit), torch.sigmoid(logit), feats
 
 
@@ -260,7 +345,7 @@ def joint_gates(model: JointModel, instances: Instances, batch_size: int = 512) 
     """Per-instance gate (weight of the ID tower) with its features and input x gradient attributions."""
     model.eval()
     gate = np.zeros(len(instances), np.float32)
-    feats = np.zeros((len(instances), len(GATE_FEATURES)), np.float32)
+    feats = np.zeros((len(instances), len(model.feature_names)), np.float32)
     contrib = np.zeros_like(feats)
     for rows, hist in _batches(instances.histories, batch_size):
         _, g, f = model.scores(hist)
@@ -269,7 +354,7 @@ def joint_gates(model: JointModel, instances: Instances, batch_size: int = 512) 
             z = model.gate_norm(f).detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(model.gate(z).sum(), z)
         contrib[rows] = (grad * z).detach().numpy()
-    return GateReport(gate, Indicators(GATE_FEATURES, feats), contrib)
+    return GateReport(gate, Indicators(model.feature_names, feats), contrib)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,12 +375,17 @@ def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None 
     def loss_fn(m: JointModel, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         return m.loss(*batch)
 
+    valid = split.valid
+    if config.eval_users and config.eval_users < len(valid):  # a fixed seeded sample
+        valid = valid.subset(np.sort(np.random.default_rng(config.seed).choice(len(valid), config.eval_users,
+                                                                               replace=False)))
     return fit(model, config, lambda rng: training_batches(split.train, config, rng),
                math.ceil(n_train / config.batch_size), loss_fn,
-               lambda m: evaluate_joint(m, split.valid, batch_size=config.eval_batch_size), out_dir, progress,
+               lambda m: evaluate_joint(m, valid, batch_size=config.eval_batch_size), out_dir, progress,
                on_eval, {"codes": np.asarray(table.codes), "codebook_sizes": list(table.codebook_sizes),
                          "num_items": split.num_items}, f"joint[{config.mode}]")
 
 
-__all__ = ["JointConfig", "JointModel", "GATE_FEATURES", "gr_catalogue_log_probs", "train_joint",
+__all__ = ["JointConfig", "JointModel", "GATE_FEATURES", "TARGET_SCOPE_FEATURES", "gr_catalogue_log_probs",
+           "gr_target_log_probs", "gr_first_code_stats", "train_joint",
            "evaluate_joint", "joint_ranks", "joint_gates", "MODES", "MIXINGS"]

@@ -61,14 +61,22 @@ class GenerativeConfig:
     # (1 - r) * p(i) / (1 - p(H)): still a distribution over the catalogue, learned from the training
     # data instead of evaluation-time masking (on Amazon 5-core r ends near 0: nobody re-buys).
     repeat_gate: bool = True
-    lr: float = 2e-3
+    # Schedule: one linear warm-up epoch, then cosine decay to 0 over max_epochs. On Beauty this
+    # reaches in 36 epochs (~30 min on 2 cores) what a constant lr 2e-3 had not reached in 45 min.
+    lr: float = 3e-3
+    lr_schedule: str = "cosine"  # or "constant" (genrec.training.fit), stepped per batch
+    warmup_epochs: float = 1.0
+    schedule_epochs: int | None = None  # cosine horizon (None: max_epochs)
+    final_lr_ratio: float = 0.0  # cosine floor, as a share of lr
     weight_decay: float = 0.0
     batch_size: int = 256
-    max_epochs: int = 200
+    max_epochs: int = 36
     max_minutes: float | None = None  # stop training after this much wall time (None: no limit)
     patience: int = 5  # evaluations without validation NDCG@10 progress before stopping
     min_delta: float = 0.0  # relative NDCG@10 gain that counts as progress
-    eval_every: int = 1  # epochs between validation runs
+    # a validation beam search costs about one training epoch on Beauty; with a decaying schedule
+    # the best model is nearly always the last one, so every 3rd epoch (and the last) is enough
+    eval_every: int = 3
     eval_beam: int = 20  # beam size of the validation runs
     eval_batch_size: int = 512
     seed: int = 0
@@ -171,20 +179,26 @@ class HierarchicalGenerative(nn.Module):
         return z @ weight.T + self.out_bias[lo:hi]
 
     def code_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Sum over levels of the cross-entropy of target items ``[P]`` (item indices) given hidden
-        states ``[P, H]``: the mean negative item log-likelihood (teacher forcing)."""
+        """Mean negative code-level log-likelihood of target items ``[P]`` (item indices) given
+        hidden states ``[P, H]`` (teacher forcing; the sum over levels of the cross-entropies)."""
+        return -self.target_log_probs(hidden, targets).mean()
+
+    def target_log_probs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Code-level log-probability ``[P]`` of target items ``[P]`` given hidden states ``[P, H]``:
+        the sum over levels of ``log p(c_l | h, c_<l)`` (differentiable; no repeat gate)."""
         tok = self.item_tokens[targets + 1]  # [P, L]
         P, L = tok.shape
         # prefix of level l = tokens of levels < l: [P, L, L] with the diagonal and above zeroed
         prefix = tok[:, None, :].expand(P, L, L).tril(-1)
         z = self.head(hidden[:, None, :], prefix, torch.arange(L))  # [P, L, H]
-        loss = hidden.new_zeros(())
+        total = hidden.new_zeros(P)
         for lvl in range(L):
             logits = self.level_logits(z[:, lvl], lvl)
             if self.config.constrained_softmax:
                 logits = logits.masked_fill(~self.trie.valid_mask(lvl, self.trie.item_nodes[lvl, targets]), -torch.inf)
-            loss = loss + F.cross_entropy(logits, tok[:, lvl] - 1 - self.offsets[lvl])
-        return loss
+            code = (tok[:, lvl] - 1 - self.offsets[lvl])[:, None]
+            total = total + torch.log_softmax(logits, -1).gather(1, code)[:, 0]
+        return total
 
     def repeat_loss(self, tokens: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor,
                     valid: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ atomic checkpoints and exact resume after a kill."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ class TrainResult:
 
 # Settings a run may change on resume (a longer schedule, other threads) without invalidating it.
 _RESUMABLE = {"max_epochs", "max_minutes", "patience", "min_delta", "eval_batch_size", "num_threads", "eval_beam",
-              "device"}
+              "device", "eval_users"}
 
 
 def _model_fields(config: dict) -> dict:
@@ -50,6 +51,9 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     epoch short. ``min_delta`` (optional): the relative validation gain that counts as progress for
     the patience. Batches are moved to the model's device by ``loss_fn``.
     ``config`` (a dataclass) needs ``lr, weight_decay, max_epochs, patience, eval_every, seed``;
+    optional ``lr_schedule`` (``"constant"`` or ``"cosine"``: decay to ``final_lr_ratio * lr`` over
+    ``schedule_epochs``, default ``max_epochs``) and ``warmup_epochs`` (linear warm-up), stepped
+    per batch, so the schedule is a function of the step count only (deterministic, exact on resume).
     ``batches(rng)`` yields one epoch; ``loss_fn(model, batch) -> (mean loss, count)``.
     """
     device = next(model.parameters()).device
@@ -75,6 +79,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
 
     max_minutes = getattr(config, "max_minutes", None)
     min_delta = getattr(config, "min_delta", 0.0)
+    lr_at = lr_schedule(config, num_batches)
 
     def out_of_time() -> bool:
         return max_minutes is not None and state["seconds"] >= 60 * max_minutes
@@ -88,10 +93,14 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                           desc=f"{name} epoch {state['epoch'] + 1}", leave=False):
             if max_minutes is not None and state["seconds"] + time.perf_counter() - t0 >= 60 * max_minutes:
                 break  # out of time: the epoch ends early (and is evaluated and saved as usual)
+            step = state.setdefault("step", (state["epoch"]) * num_batches)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
             loss, n = loss_fn(model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            state["step"] = step + 1
             total += loss.item() * n
             count += n
         state["epoch"] += 1
@@ -134,6 +143,28 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     model.eval()
     best = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
     return TrainResult(model=model, best_epoch=state["best_epoch"], best_valid=best, history=state["history"])
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_schedule(config: Any, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning rate at each optimiser step (0-based) for ``config``'s ``lr``, ``lr_schedule``,
+    ``warmup_epochs``, ``schedule_epochs`` and ``final_lr_ratio`` (see :func:`fit`)."""
+    kind = getattr(config, "lr_schedule", "constant")
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    warmup = max(0.0, float(getattr(config, "warmup_epochs", 0.0) or 0.0)) * steps_per_epoch
+    horizon = max(1, (getattr(config, "schedule_epochs", None) or config.max_epochs) * steps_per_epoch)
+    final = float(getattr(config, "final_lr_ratio", 0.0) or 0.0)
+
+    def lr_at(step: int) -> float:
+        factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+        if kind == "cosine":
+            factor *= final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / horizon)))
+        return config.lr * factor
+
+    return lr_at
 
 
 def setup(config: Any) -> None:

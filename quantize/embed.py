@@ -24,7 +24,7 @@ from genrec.artifacts import atomic_write
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MODEL", "TextEncoder", "EmbeddingCache", "default_cache_dir", "resolve_model",
+__all__ = ["DEFAULT_MODEL", "PRECISIONS", "TextEncoder", "EmbeddingCache", "default_cache_dir", "resolve_model",
            "check_finite"]
 
 #: Name of the bundled default model; the Hub names of the same model resolve to the bundled copy.
@@ -177,6 +177,33 @@ class EmbeddingCache:
         log.debug("embedding cache %s: compacted %d shards (%d vectors)", self.directory, len(old), len(keys))
 
 
+PRECISIONS = ("fp32", "int8")
+
+
+def _int8_linears(model: Any) -> Any:
+    """``model`` with its linear layers run by torch's dynamic int8 quantization (weights int8 per
+    output channel, activations quantized per batch), except the feed-forward output projections:
+    their inputs are post-GELU activations with a long tail that per-tensor activation scales handle
+    badly (keeping them in fp32 lifts the mean cosine to fp32 vectors from ~0.975 to ~0.99 on Beauty
+    texts for a small share of the speed-up)."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    spec = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and not _is_ffn_output(name)}
+    with warnings.catch_warnings():  # torch marks its eager quantization API as deprecated (still shipped)
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def _is_ffn_output(name: str) -> bool:
+    # BERT-style naming (MiniLM, MPNet, ...): layer.N.output.dense is the FFN down-projection,
+    # layer.N.attention.output.dense the attention output
+    return name.endswith("output.dense") and "attention" not in name
+
+
 class TextEncoder:
     """Batched sentence embeddings with a progress bar and a disk cache.
 
@@ -185,14 +212,22 @@ class TextEncoder:
     ``False`` for none. Vectors are float32 ``[n, dim]``, L2-normalised when ``normalize``.
     ``num_threads`` sets torch's CPU threads while embedding (default: leave torch's setting; on
     shared cores 1 thread, or ``OMP_WAIT_POLICY=PASSIVE``, avoids OpenMP spin-wait slow-downs).
+    ``precision``: ``"fp32"`` (default), or ``"int8"``: the encoder's linear layers run with dynamic
+    int8 quantization (CPU only; ~1.5x faster on AVX2 cores, mean cosine ~0.99 to the fp32 vectors,
+    cached under their own key). ``python bench/quantize_beauty.py --precision int8`` measures
+    the speed and the agreement with fp32 (vectors and semantic IDs).
     """
 
     def __init__(self, model: str | None = None, *, batch_size: int = 64, device: str = "cpu",
                  normalize: bool = True, max_seq_length: int | None = None,
                  cache_dir: str | Path | bool | None = None, show_progress: bool = True,
-                 chunk_size: int = 1024, num_threads: int | None = None) -> None:
+                 chunk_size: int = 1024, num_threads: int | None = None, precision: str = "fp32") -> None:
         if batch_size < 1 or chunk_size < 1:
             raise ValueError("batch_size and chunk_size must be >= 1")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "int8" and not str(device).startswith("cpu"):
+            raise ValueError(f"precision 'int8' (dynamic quantization) runs on the CPU only, not {device!r}")
         self.model_spec = model or DEFAULT_MODEL
         self.model_path, identity = resolve_model(model)
         self.batch_size = batch_size
@@ -202,9 +237,14 @@ class TextEncoder:
         self.show_progress = show_progress
         self.chunk_size = chunk_size
         self.num_threads = num_threads
+        self.precision = precision
         self._model: Any = None
-        # Everything that changes the vectors for a given text goes into the key.
-        key_src = json.dumps({"model": identity, "normalize": normalize, "max_seq_length": max_seq_length})
+        # Everything that changes the vectors for a given text goes into the key (fp32 keys predate
+        # the precision option and stay as they were).
+        key = {"model": identity, "normalize": normalize, "max_seq_length": max_seq_length}
+        if precision != "fp32":
+            key["precision"] = precision
+        key_src = json.dumps(key)
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.model_spec).name)[:48]
         self.cache_key = f"{slug}-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
         if cache_dir is False:
@@ -216,7 +256,7 @@ class TextEncoder:
 
     def config(self) -> dict[str, Any]:
         return {"model": self.model_spec, "normalize": self.normalize, "max_seq_length": self.max_seq_length,
-                "cache_key": self.cache_key}
+                "precision": self.precision, "cache_key": self.cache_key}
 
     @property
     def model(self) -> Any:
@@ -229,6 +269,8 @@ class TextEncoder:
             self._model = SentenceTransformer(self.model_path, device=self.device, local_files_only=local)
             if self.max_seq_length is not None:
                 self._model.max_seq_length = self.max_seq_length
+            if self.precision == "int8":
+                self._model = _int8_linears(self._model)
         return self._model
 
     def _embed(self, texts: list[str]) -> np.ndarray:

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.joint import JointConfig, evaluate_joint, gr_catalogue_log_probs, joint_gates, train_joint
+from fusion.joint import (TARGET_SCOPE_FEATURES, JointConfig, JointModel, evaluate_joint, gr_catalogue_log_probs,
+                          gr_target_log_probs, joint_gates, train_joint)
 from genrec import leave_one_out, make_synthetic
-from genrec.generative import GenerativeConfig, HierarchicalGenerative, save_generative, score_items
+from genrec.generative import GenerativeConfig, HierarchicalGenerative, recommend, save_generative, score_items
 from genrec.sasrec import SASRec, SASRecConfig, histories_to_tokens, save_sasrec
 from genrec.synthetic import synthetic_info
 
@@ -60,6 +61,57 @@ def test_joint_training_beats_both_towers_alone():
     assert test["joint"] > max(test["id"], test["gr"]) + 0.05, test
 
 
+def test_target_log_probs_are_the_catalogue_ones_or_a_lower_bound():
+    ds, split, table = synthetic_split(num_users=60)
+    torch.manual_seed(0)
+    gr = HierarchicalGenerative(table.codes, table.codebook_sizes, SMALL_GR).eval()
+    tokens = histories_to_tokens(split.test.histories[:6], SMALL_GR.max_len)
+    targets = torch.from_numpy(np.r_[split.test.targets[:5], tokens[5, -1].item() - 1])  # the last: a repeat
+    with torch.no_grad():
+        hidden = gr(tokens)[:, -1]
+        full = gr_catalogue_log_probs(gr, hidden)  # code-level, no repeat gate
+        exact = gr_catalogue_log_probs(gr, hidden, seen=tokens)  # with the explore/repeat mixture
+        plain = gr_target_log_probs(gr, hidden, targets)
+        bound = gr_target_log_probs(gr, hidden, targets, seen=tokens)
+    rows = torch.arange(6)
+    np.testing.assert_allclose(plain, full[rows, targets], atol=1e-5)
+    assert (bound <= exact[rows, targets] + 1e-5).all()
+    assert (bound < plain).all()  # times r or 1 - r
+
+
+def test_target_scope_trains_scales_and_fuses_on_candidates():
+    """The target scope (what a large catalogue gets) on the synthetic data: trains, beats both
+    towers, and its evaluation scores are the mixture on the union of both towers' candidates."""
+    _, split, table = synthetic_split()
+    test = {}
+    for mode in ("id", "gr", "joint"):
+        cfg = JointConfig(mode=mode, gr_scope="target", candidates=20, id_tower=SMALL_ID, gr_tower=SMALL_GR,
+                          max_len=20, batch_size=128, lr=1e-2, max_epochs=8, patience=100, seed=0)
+        result = train_joint(split, table, cfg)
+        test[mode] = evaluate_joint(result.model, split.test)["ndcg@10"]
+    model = result.model
+    assert model.scope == "target" and model.feature_names == TARGET_SCOPE_FEATURES
+    hist = split.test.histories[:8]
+    fused, gate, _ = model.scores(hist)
+    with torch.no_grad():
+        lp_id, _, feats = model.log_probs(histories_to_tokens(hist, 20))
+        log_g = torch.nn.functional.logsigmoid(model.gate_logit(feats))[:, None]
+    beam = recommend(model.gr_tower, hist, beam_size=20, top_k=20).items
+    union = np.concatenate([beam, lp_id.topk(20, -1).indices.numpy()], 1)
+    gr = torch.from_numpy(score_items(model.gr_tower, hist, union))
+    expect = torch.logaddexp(log_g + lp_id.gather(1, torch.from_numpy(union)), torch.log1p(-log_g.exp()) + gr)
+    np.testing.assert_allclose(fused.gather(1, torch.from_numpy(union)), expect, atol=1e-4)
+    outside = np.ones(fused.shape, bool)
+    np.put_along_axis(outside, union, False, 1)
+    np.testing.assert_allclose(fused[outside], (log_g + lp_id)[outside], atol=1e-5)  # no generative mass
+    assert ((gate >= 0) & (gate <= 1)).all() and (fused.exp().sum(1) <= 1 + 1e-4).all()
+    assert test["joint"] > max(test["id"], test["gr"]), test
+    with pytest.raises(ValueError, match="mixture"):
+        JointConfig(gr_scope="target", mixing="logit")
+    assert JointModel(split.num_items, table.codes, table.codebook_sizes,
+                      JointConfig(id_tower=SMALL_ID, gr_tower=SMALL_GR, catalogue_max_items=10)).scope == "target"
+
+
 def test_joint_config_checks():
     with pytest.raises(ValueError):
         JointConfig(mode="both")
@@ -86,3 +138,23 @@ def test_fusion_benchmark_runs_on_synthetic(tmp_path, monkeypatch):
     assert {"all", "memorization", "generalization", "uncategorized"} <= set(res["fixed"])
     assert (tmp_path / "out" / "table.md").exists() and summary["seconds"]["fusion"] < 60
     sys.modules.pop("fusion_beauty", None)
+
+
+def test_joint_benchmark_runs_on_synthetic(tmp_path, monkeypatch):
+    spec = "synthetic:num_users=150,num_brands=4,num_categories=4,num_attributes=4,seed=0"
+    _, _, table = synthetic_split(num_users=150, num_brands=4, num_categories=4, num_attributes=4)
+    from quantize.semantic_ids import SemanticIdTable
+
+    SemanticIdTable.from_codes(table.codes, table.codebook_sizes).save(tmp_path / "sid.json")
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import joint_beauty
+
+    summary = joint_beauty.main(["--data", spec, "--semantic-ids", str(tmp_path / "sid.json"), "--minutes", "1",
+                                 "--threads", "1", "--out", str(tmp_path / "joint"), "--set", "max_epochs=2",
+                                 "gr_scope=target", "candidates=10", "id_tower={\"hidden\": 16, \"num_blocks\": 1}",
+                                 "gr_tower={\"hidden\": 16, \"num_blocks\": 1, \"num_heads\": 1, \"head_layers\": 1}"])
+    res = summary["results"]["joint"]
+    assert {"all", "memorization", "generalization", "uncategorized"} <= set(res)
+    assert 0 <= res["all"]["ndcg@10"] <= 1 and (tmp_path / "joint" / "results.json").exists()
+    assert set(summary["gate_by_label"]) <= {"memorization", "generalization", "uncategorized"}
+    sys.modules.pop("joint_beauty", None)

@@ -73,9 +73,11 @@ def test_save_load_round_trip(tmp_path, split, trained):
 
 
 def test_resume_after_kill_is_exact(tmp_path, split):
-    config = GenerativeConfig(**{**SMALL, "dropout": 0.2}, max_epochs=4, patience=10)
+    # the cosine horizon is pinned (schedule_epochs), so stopping at max_epochs=2 stands in for a kill
+    kw = {**SMALL, "dropout": 0.2, "schedule_epochs": 4, "eval_every": 1, "patience": 10}
+    config = GenerativeConfig(**kw, max_epochs=4)
     straight = train_generative(split, cyclic_table(), config, out_dir=tmp_path / "a", progress=False)
-    train_generative(split, cyclic_table(), GenerativeConfig(**{**SMALL, "dropout": 0.2}, max_epochs=2, patience=10),
+    train_generative(split, cyclic_table(), GenerativeConfig(**kw, max_epochs=2),
                      out_dir=tmp_path / "b", progress=False)  # "killed" after two epochs
     resumed = train_generative(split, cyclic_table(), config, out_dir=tmp_path / "b", progress=False)
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]

@@ -149,7 +149,7 @@ def test_preset_is_merged_under_explicit_values():
     assert c.sasrec.max_epochs == 7 and c.sasrec.patience == 2  # explicit value wins, preset fills the rest
     assert c.sasrec.max_len == c.data.max_history
     c = config_from_dict({"preset": "quick"}, preset="full")
-    assert c.preset == "full" and c.fusion.joint and c.fusion.k == 50
+    assert c.preset == "full" and not c.fusion.joint and c.fusion.k == 50 and c.generative.max_minutes == 40
     c = config_from_dict({}, overrides=["fusion.gate.hidden=8", "data.max_history=20", "name=x"])
     assert c.fusion.gate == {"hidden": 8} and c.generative.max_len == 20 and c.name == "x"
 

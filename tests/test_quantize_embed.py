@@ -115,3 +115,21 @@ def test_cache_shards_compact_and_survive_reload(tmp_path):
     np.testing.assert_array_equal(got, vecs[::-1])
     hit, _ = cache.get(text_keys(["unknown"]))
     assert not hit.any()
+
+
+def test_int8_precision_agrees_with_fp32_and_has_its_own_cache(tmp_path, minilm):
+    texts = ["Lavender shampoo for dry hair", "Matte red lipstick", "Stainless steel nail clippers",
+             "Hydrating face cream with SPF 30", "Volumising mascara, black"]
+    ref = minilm.encode(texts, normalize_embeddings=True)
+    int8 = TextEncoder(cache_dir=tmp_path, show_progress=False, precision="int8")
+    assert int8.cache_key != TextEncoder(cache_dir=tmp_path).cache_key
+    assert int8.config()["precision"] == "int8"
+    x = int8.encode(texts)
+    assert x.shape == ref.shape and not np.array_equal(x, ref)  # really the quantized model
+    cos = (x * ref).sum(1)
+    assert cos.min() > 0.97 and cos.mean() > 0.98, cos  # and close to fp32
+    assert ((x @ x.T).argsort(1)[:, -2] == (ref @ ref.T).argsort(1)[:, -2]).mean() >= 0.8  # nearest neighbours kept
+    with pytest.raises(ValueError, match="precision"):
+        TextEncoder(cache_dir=False, precision="fp8")
+    with pytest.raises(ValueError, match="CPU only"):
+        TextEncoder(cache_dir=False, precision="int8", device="cuda")

@@ -25,6 +25,9 @@ def apply_overrides(config: T, pairs: list[str]) -> T:
         except json.JSONDecodeError:
             value = raw  # bare strings need no quotes
         current = getattr(config, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):  # a nested config: a partial update
+            changes[key] = apply_overrides(current, [f"{k}={json.dumps(v)}" for k, v in value.items()])
+            continue
         if isinstance(current, bool) and not isinstance(value, bool):
             raise ValueError(f"{key} expects true/false, got {raw!r}")
         if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float) and value.is_integer():

@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     emb.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     emb.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default 64)")
     emb.add_argument("--device", default="cpu", help="encoder (and rq_vae) device (default cpu)")
+    emb.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                     help="encoder precision on CPU: int8 = dynamic quantization, about 2x faster (default fp32)")
     emb.add_argument("--text-fields", default=None, metavar="F1,F2",
                      help="fields in the item text, in order (default title,brand,categories,description,price)")
     emb.add_argument("--text-segment", action="append", default=None, metavar="PATTERN",
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         encoder = None
         if embeddings is None:
             encoder = TextEncoder(args.model, batch_size=args.batch_size, device=args.device,
-                                  cache_dir=False if args.no_cache else args.cache_dir)
+                                  cache_dir=False if args.no_cache else args.cache_dir, precision=args.precision)
         result = build_semantic_ids(dataset, args.method, embeddings=embeddings, encoder=encoder,
                                     template=template, fallback=args.fallback, pca_dim=args.pca_dim,
                                     whiten=args.whiten, seed=args.seed, **cfg)

@@ -180,7 +180,11 @@ def score_candidates(model: CodeDecoder, trie: PrefixTrie, histories: list[np.nd
     order = np.argsort([len(h) for h in histories], kind="stable")
     for start in range(0, len(histories), batch_size):
         rows = order[start:start + batch_size]
-        c = torch.from_numpy(cand[rows])  # [N, C]
+        # Real candidates first in each row, then only as many columns as the fullest row needs:
+        # callers often pass mostly padding (fusion asks only for the items a model is missing).
+        real = cand[rows] >= 0
+        cols = np.argsort(~real, axis=1, kind="stable")[:, :max(int(real.sum(1).max()), 1)]  # [N, C']
+        c = torch.from_numpy(np.take_along_axis(cand[rows], cols, 1))  # [N, C']
         N, C = c.shape
         codes = trie.codes[c.clamp_min(0)]  # [N, C, L]
         context = model.start([histories[r] for r in rows], None if users is None else np.asarray(users)[rows])
@@ -192,5 +196,7 @@ def score_candidates(model: CodeDecoder, trie: PrefixTrie, histories: list[np.nd
         for lvl in range(1, trie.num_levels):
             logp, cache = model.step(context, codes[:, :, :lvl], cache)
             total += logp.gather(2, codes[:, :, lvl:lvl + 1])[..., 0]
-        out[rows] = torch.where(c >= 0, total, -torch.inf).numpy()
+        scored = np.full(cand[rows].shape, -np.inf, dtype=np.float32)
+        np.put_along_axis(scored, cols, torch.where(c >= 0, total, -torch.inf).numpy(), 1)
+        out[rows] = scored
     return out

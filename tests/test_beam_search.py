@@ -123,6 +123,15 @@ def test_narrow_beam_valid_and_scores_match(table, histories, kind):
     cand = np.array([[3, 59, -1, 0]] * len(histories))
     s = score_candidates(model, trie, histories, cand, users=users)
     assert np.isneginf(s[:, 2]).all() and np.isfinite(s[:, [0, 1, 3]]).all() and (s[:, [0, 1, 3]] < 0).all()
+    # mostly padding, scattered differently per row: same scores as the dense request, padding -inf
+    rng = np.random.default_rng(0)
+    dense = rng.integers(0, table.num_items, size=(len(histories), 12))
+    sparse = np.where(rng.random(dense.shape) < 0.7, -1, dense)
+    sparse[0] = -1  # a row with nothing to score
+    s_dense = score_candidates(model, trie, histories, dense, users=users, batch_size=4)
+    s_sparse = score_candidates(model, trie, histories, sparse, users=users, batch_size=4)
+    np.testing.assert_allclose(s_sparse[sparse >= 0], s_dense[sparse >= 0], atol=1e-5)
+    assert np.isneginf(s_sparse[sparse < 0]).all()
 
 
 def test_beam_wider_than_catalogue_pads():

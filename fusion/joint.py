@@ -293,9 +293,9 @@ class JointModel(nn.Module):
     def scores(self, histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(fused log-scores [n, n_items], gate [n], features [n, F])`` after each history (eval mode).
 
-        Target scope: the generative tower's exact log-probs (``genrec.generative.score_items``)
-        of its beam's top-``candidates`` and the ID tower's top-``candidates``; other items get no
-        generative mass (with the mixture their fused score is ``log g + log p_id``)."""
+        Target scope: the generative tower's exact log-probs of its beam's top-``candidates`` (the
+        beam's own scores) and of the ID tower's top-``candidates`` (``genrec.generative.score_items``);
+        other items get no generative mass (with the mixture their fused score is ``log g + log p_id``)."""
         tokens = histories_to_tokens(histories, self.config.max_len)
         lp_id, lp_gr, feats = self.log_probs(tokens)
         logit = self.gate_logit(feats)
@@ -303,10 +303,13 @@ class JointModel(nn.Module):
             from genrec.generative import recommend, score_items
 
             k = min(self.config.candidates, self.num_items)
-            cands = recommend(self.gr_tower, histories, beam_size=k, top_k=k).items  # [n, k], -1 = none
+            beam = recommend(self.gr_tower, histories, beam_size=k, top_k=k)  # items [n, k], -1 = none
+            cands, gr = beam.items, beam.log_probs
             if lp_id is not None:
-                cands = np.concatenate([cands, lp_id.topk(k, -1).indices.numpy()], 1)
-            gr = torch.from_numpy(np.asarray(score_items(self.gr_tower, histories, cands), np.float32))
+                id_top = lp_id.topk(k, -1).indices.numpy()
+                cands = np.concatenate([cands, id_top], 1)
+                gr = np.concatenate([gr, score_items(self.gr_tower, histories, id_top)], 1)
+            gr = torch.from_numpy(np.asarray(gr, np.float32))
             lp_gr = torch.full((len(histories), self.num_items), -torch.inf)
             c = torch.from_numpy(cands)
             rows = torch.arange(len(histories))[:, None].expand_as(c)
@@ -375,10 +378,7 @@ def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None 
     def loss_fn(m: JointModel, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         return m.loss(*batch)
 
-    valid = split.valid
-    if config.eval_users and config.eval_users < len(valid):  # a fixed seeded sample
-        valid = valid.subset(np.sort(np.random.default_rng(config.seed).choice(len(valid), config.eval_users,
-                                                                               replace=False)))
+    valid = split.valid.sample(config.eval_users, config.seed)
     return fit(model, config, lambda rng: training_batches(split.train, config, rng),
                math.ceil(n_train / config.batch_size), loss_fn,
                lambda m: evaluate_joint(m, valid, batch_size=config.eval_batch_size), out_dir, progress,

@@ -48,6 +48,13 @@ class Instances:
         return Instances(users=self.users[index], histories=[self.histories[i] for i in index],
                          targets=self.targets[index])
 
+    def sample(self, n: int | None, seed: int = 0) -> "Instances":
+        """A fixed seeded sample of ``n`` instances in their original order (all when ``n`` is
+        None or not smaller than the split): the validation subsets of early stopping."""
+        if not n or n >= len(self):
+            return self
+        return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False)))
+
 
 @dataclass
 class LeaveOneOutSplit:

@@ -220,10 +220,7 @@ def train_tiger(split: LeaveOneOutSplit, table: Any, config: TigerConfig | None 
     setup(config)
     model = TigerModel(table.codes, table.codebook_sizes, config)
     examples = tiger_examples(split.train, split.users, config.max_items)
-    valid = split.valid
-    if config.eval_users and config.eval_users < len(valid):
-        valid = valid.subset(np.sort(np.random.default_rng(config.seed).choice(len(valid), config.eval_users,
-                                                                               replace=False)))
+    valid = split.valid.sample(config.eval_users, config.seed)
 
     def loss_fn(m: TigerModel, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, int]:
         ids, mask, targets = batch

@@ -80,6 +80,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     max_minutes = getattr(config, "max_minutes", None)
     min_delta = getattr(config, "min_delta", 0.0)
     lr_at = lr_schedule(config, num_batches)
+    state.setdefault("step", state["epoch"] * num_batches)  # checkpoints from before the schedule existed
 
     def out_of_time() -> bool:
         return max_minutes is not None and state["seconds"] >= 60 * max_minutes
@@ -93,7 +94,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                           desc=f"{name} epoch {state['epoch'] + 1}", leave=False):
             if max_minutes is not None and state["seconds"] + time.perf_counter() - t0 >= 60 * max_minutes:
                 break  # out of time: the epoch ends early (and is evaluated and saved as usual)
-            step = state.setdefault("step", (state["epoch"]) * num_batches)
+            step = state["step"]
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             loss, n = loss_fn(model, batch)

@@ -243,6 +243,14 @@ def test_leave_one_out_hand_built():
     assert sp.test.padded_histories(3).tolist() == [[2, 3, 4], [-1, 6, 7]]
 
 
+def test_instances_sample_is_seeded_ordered_and_a_no_op_when_too_big():
+    sp = leave_one_out(hand_dataset([[k, k + 1, k + 2] for k in range(7)]))
+    a, b = sp.test.sample(4, seed=3), sp.test.sample(4, seed=3)
+    assert len(a) == 4 and a.users.tolist() == b.users.tolist() == sorted(a.users.tolist())
+    assert all(a.targets[i] == sp.test.targets[u] for i, u in enumerate(a.users))
+    assert sp.test.sample(None) is sp.test and sp.test.sample(7) is sp.test
+
+
 def test_leave_one_out_ties_keep_order(tmp_path):
     # the last two interactions tie in time: the file order decides which is test
     ds = load_plain(make_dir(tmp_path / "d", ["u1\ta\t1", "u1\tc\t2", "u1\td\t3", "u1\tb\t3"]), order="timestamp")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from transformers import T5Config, T5ForConditionalGeneration
 
 from genrec.artifacts import torch_save
@@ -54,7 +55,7 @@ class TigerConfig:
     patience: int = 5
     eval_every: int = 1
     eval_beam: int = 20
-    eval_batch_size: int = 256
+    eval_batch_size: int = 64  # users per beam-search batch: larger ones spill the CPU caches
     eval_users: int | None = 2000  # validation subsample per evaluation (None: all)
     seed: int = 0
     num_threads: int | None = None
@@ -109,76 +110,128 @@ class TigerModel(nn.Module):
         return self.t5(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False).loss
 
     # -- CodeDecoder protocol ----------------------------------------------------------------------
-    # Our own T5 decoder step on the model's weights (same maths as transformers' T5): all beams of
-    # a user share one copy of the cross-attention keys/values (the beams are folded into the query
-    # axis), where ``generate`` keeps and reorders one copy per beam. Self-attention keys/values are
-    # cached per beam as ``[N, K, heads, steps, d_kv]`` tensors.
+    # Our own T5 forward on the model's weights (the maths of transformers' T5 in eval mode, checked
+    # against it in the tests), laid out for decoding on a CPU, where ``generate`` is not:
+    # - the encoder's feed-forward and output projections run on the real tokens only (padding is a
+    #   quarter or more of a length-sorted batch); its attention sees the padded layout;
+    # - all beams of a user share one copy of the cross-attention keys/values (the beams are folded
+    #   into the query axis), where ``generate`` keeps and reorders one copy per beam;
+    # - q/k/v (and all layers' cross k/v) projections are single fused matrix products, and the lm
+    #   head is padded to a multiple of 32 rows (odd widths run ~1.6x slower in CPU GEMMs), the
+    #   padding logits set to -inf so the softmax is unchanged;
+    # - self-attention keys/values are kept per level, ``[N, K, 2, heads, d_kv]``, level 0's (the
+    #   start token) once per user: a step appends one level and a reorder gathers rows, nothing
+    #   is concatenated.
+
+    def _decoding_weights(self) -> dict[str, Any]:
+        """Fused and padded weights for :meth:`start`/:meth:`step`, rebuilt per :meth:`start` (a
+        few hundred KB of copies) so that training can keep updating the parameters in between."""
+        t5 = self.t5
+        qkv = lambda a: torch.cat([a.q.weight, a.k.weight, a.v.weight])  # noqa: E731  [3 * inner, D]
+        out = t5.lm_head.weight  # [V, D] (the shared embedding when tied)
+        V, D = out.shape
+        head = out.new_zeros(-(-V // 32) * 32, D)
+        head[:V] = out
+        cross = [b.layer[1].EncDecAttention for b in t5.decoder.block]
+        return {"enc_qkv": [qkv(b.layer[0].SelfAttention) for b in t5.encoder.block],
+                "dec_qkv": [qkv(b.layer[0].SelfAttention) for b in t5.decoder.block],
+                "cross_kv": [torch.cat([a.k.weight, a.v.weight]) for a in cross],  # [2 * inner, D] per layer
+                "head": head}
+
+    def _encode(self, ids: torch.Tensor, mask: torch.Tensor, weights: dict[str, Any]) -> torch.Tensor:
+        """T5 encoder output on the real tokens, ``[T, D]`` in ``mask.nonzero()`` order."""
+        enc = self.t5.encoder
+        N, S = ids.shape
+        real = mask.reshape(-1).nonzero().squeeze(1)  # [T] flat positions of real tokens
+        x = enc.embed_tokens(ids.reshape(-1)[real])  # [T, D]
+        att0 = enc.block[0].layer[0].SelfAttention
+        bias = att0.compute_bias(S, S).masked_fill(~mask[:, None, None, :], -torch.inf)  # [N, heads, S, S]
+        for block, w_qkv in zip(enc.block, weights["enc_qkv"]):
+            att = block.layer[0].SelfAttention
+            nh, dk = att.n_heads, att.key_value_proj_dim
+            h = x.new_zeros(N * S, x.shape[1])  # padded again for attention: narrow, so cheaper than after q/k/v
+            h[real] = block.layer[0].layer_norm(x)
+            q, k, v = F.linear(h, w_qkv).view(N, S, 3, nh, dk).permute(2, 0, 3, 1, 4)  # each [N, heads, S, dk]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=getattr(att, "scaling", 1.0))
+            x = x + att.o(y.transpose(1, 2).reshape(N * S, nh * dk)[real])
+            ff = block.layer[1]
+            x = x + ff.DenseReluDense.wo(F.relu_(ff.DenseReluDense.wi(ff.layer_norm(x))))
+        return enc.final_layer_norm(x)
 
     def start(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> dict[str, Any]:
         """Encoder outputs turned into per-layer cross-attention keys/values ``[N, heads, S, d_kv]``
         and the additive mask ``[N, 1, 1, S]``, computed once per history."""
+        weights = self._decoding_weights()
         ids, mask = self.encoder_inputs(histories, users)
-        enc = self.t5.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, S, D]
-        N, S, _ = enc.shape
+        N, S = ids.shape
+        enc = self._encode(ids, mask, weights)
+        padded = enc.new_zeros(N * S, enc.shape[1])  # [N * S, D]
+        padded[mask.reshape(-1).nonzero().squeeze(1)] = enc
+        att = self.t5.decoder.block[0].layer[1].EncDecAttention
+        nh, dk = att.n_heads, att.key_value_proj_dim
         cross = []
-        for block in self.t5.decoder.block:
-            att = block.layer[1].EncDecAttention
-            k = att.k(enc).view(N, S, att.n_heads, att.key_value_proj_dim).transpose(1, 2)
-            v = att.v(enc).view(N, S, att.n_heads, att.key_value_proj_dim).transpose(1, 2)
-            cross.append((k, v))
+        for w_kv in weights["cross_kv"]:
+            kv = F.linear(padded, w_kv).view(N, S, 2, nh, dk)
+            # keys as [N, heads, dk, S] and values as [N, heads, S, dk], contiguous: plain batched GEMMs per step
+            cross.append((kv[:, :, 0].permute(0, 2, 3, 1).contiguous(), kv[:, :, 1].transpose(1, 2).contiguous()))
         bias = torch.zeros(N, 1, 1, S).masked_fill(~mask[:, None, None, :], -torch.inf)
-        return {"cross": cross, "mask": bias}
+        L = self.num_levels
+        self_bias = self.t5.decoder.block[0].layer[0].SelfAttention.compute_bias(L, L)[0]  # [heads, L, L]
+        return {"cross": cross, "mask": bias, "self_bias": self_bias, "weights": weights}
 
     def step(self, context: dict[str, Any], codes: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
         """One decoder step for prefixes ``[N, K, l]`` on the cached self-attention keys/values of
         levels < l; returns full-vocabulary log-probs restricted to level ``l``'s codes."""
         N, K, lvl = codes.shape
+        R = N * K
         if lvl == 0:
             tok = torch.full((N, K), PAD, dtype=torch.long)
-            cache = [None] * len(self.t5.decoder.block)
         else:
             tok = codes[:, :, -1] + self.offsets[lvl - 1] + FIRST_CODE
-        dec = self.t5.decoder
-        x = dec.embed_tokens(tok)  # [N, K, D]
-        self_att0 = dec.block[0].layer[0].SelfAttention
-        pos_bias = self_att0.compute_bias(lvl + 1, lvl + 1)[:, :, -1:, :]  # [1, heads, 1, l + 1]
+        dec, weights = self.t5.decoder, context["weights"]
+        x = dec.embed_tokens(tok.reshape(R))  # [R, D]
+        pos_bias = context["self_bias"][:, lvl, :lvl + 1]  # [heads, l + 1]: query l to keys 0..l
         new_cache = []
         for i, block in enumerate(dec.block):
             att = block.layer[0].SelfAttention
             nh, dk = att.n_heads, att.key_value_proj_dim
-            hs = block.layer[0].layer_norm(x)
-            q = att.q(hs).view(N, K, nh, 1, dk)
-            k = att.k(hs).view(N, K, nh, 1, dk)
-            v = att.v(hs).view(N, K, nh, 1, dk)
-            if cache[i] is not None:
-                k, v = torch.cat([cache[i][0], k], 3), torch.cat([cache[i][1], v], 3)
-            new_cache.append((k, v))
-            scores = (q @ k.transpose(-1, -2)) * getattr(att, "scaling", 1.0)  # T5: no 1/sqrt(d) scaling
-            y = torch.softmax(scores + pos_bias[:, None], -1) @ v  # [N, K, nh, 1, dk]
-            x = x + att.o(y.reshape(N, K, nh * dk))
+            C = nh * dk
+            qkv = F.linear(block.layer[0].layer_norm(x), weights["dec_qkv"][i]).view(N, K, 3, nh, dk)
+            # keys/values of levels 0..l: [N, K_j, 2, heads, dk] each, K_0 = 1 (the shared start token)
+            kvs = (cache[i] if lvl else []) + [qkv[:, :, 1:]]
+            new_cache.append(kvs)
+            q = qkv[:, :, 0]  # [N, K, heads, dk]
+            scores = torch.stack([(q * kv[:, :, 0]).sum(-1) for kv in kvs], -1)  # [N, K, heads, l + 1]
+            p = torch.softmax(scores * getattr(att, "scaling", 1.0) + pos_bias, -1)  # T5: no 1/sqrt(d) scaling
+            y = sum(p[..., j, None] * kv[:, :, 1] for j, kv in enumerate(kvs))  # [N, K, heads, dk]
+            x = x + att.o(y.reshape(R, C))
             catt = block.layer[1].EncDecAttention
-            hs = block.layer[1].layer_norm(x)
-            q = catt.q(hs).view(N, K, catt.n_heads, catt.key_value_proj_dim).transpose(1, 2)  # [N, nh, K, dk]
-            ck, cv = context["cross"][i]
-            scores = (q @ ck.transpose(-1, -2)) * getattr(catt, "scaling", 1.0)
-            y = torch.softmax(scores + context["mask"], -1) @ cv  # [N, nh, K, dk]
-            x = x + catt.o(y.transpose(1, 2).reshape(N, K, -1))
-            x = x + block.layer[2].DenseReluDense(block.layer[2].layer_norm(x))
+            q = catt.q(block.layer[1].layer_norm(x)).view(N, K, nh, dk).transpose(1, 2)  # [N, heads, K, dk]
+            ck, cv = context["cross"][i]  # [N, heads, dk, S], [N, heads, S, dk]
+            scores = (q @ ck) * getattr(catt, "scaling", 1.0)
+            y = torch.softmax(scores + context["mask"], -1) @ cv  # [N, heads, K, dk]
+            x = x + catt.o(y.transpose(1, 2).reshape(R, C))
+            ff = block.layer[2]
+            x = x + ff.DenseReluDense.wo(F.relu_(ff.DenseReluDense.wi(ff.layer_norm(x))))
         x = dec.final_layer_norm(x)
         if self.t5.config.scale_decoder_outputs:
             x = x * (self.t5.model_dim ** -0.5)
-        logp = torch.log_softmax(self.t5.lm_head(x).float(), -1)  # full vocabulary, as HF generate
+        logits = F.linear(x, weights["head"])  # [R, V padded]
+        logits[:, self.t5.config.vocab_size:] = -torch.inf
+        logp = torch.log_softmax(logits.float(), -1)  # full vocabulary, as HF generate
         lo = FIRST_CODE + self.offsets[lvl]
-        return logp[..., lo:lo + self.codebook_sizes[lvl]], new_cache
+        return logp[:, lo:lo + self.codebook_sizes[lvl]].reshape(N, K, -1), new_cache
 
-    def reorder(self, cache: list[tuple[torch.Tensor, torch.Tensor]], index: torch.Tensor
-                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Self-attention caches of beams ``index [N, K_new]`` (indices into the old beams)."""
+    def reorder(self, cache: list[list[torch.Tensor]], index: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Self-attention caches of beams ``index [N, K_new]`` (indices into the old beams); level 0's
+        entry is shared by all beams and stays as it is."""
         N, K = index.shape
         out = []
-        for k, v in cache:
-            idx = index.view(N, K, 1, 1, 1).expand(N, K, *k.shape[2:])
-            out.append((k.gather(1, idx), v.gather(1, idx)))
+        for kvs in cache:
+            K_old = kvs[-1].shape[1]  # levels >= 1 all have the old beams' rows
+            rows = (index + torch.arange(N)[:, None] * K_old).reshape(-1)
+            out.append(kvs[:1] + [kv.reshape(N * K_old, *kv.shape[2:]).index_select(0, rows).view(N, K, *kv.shape[2:])
+                                  for kv in kvs[1:]])
         return out
 
 

@@ -150,3 +150,15 @@ def test_matches_hf_generate(table, histories):
     np.testing.assert_array_equal(items, ours.items)
     np.testing.assert_allclose(scores, ours.log_probs, atol=1e-5)
     assert FIRST_CODE == 2
+
+
+def test_tiger_packed_encoder_matches_transformers(table, histories):
+    """The decoding path's own encoder (matrix products on real tokens only) equals T5's encoder."""
+    model = tiny_tiger(table)
+    users = np.arange(len(histories))
+    ids, mask = model.encoder_inputs(histories, users)
+    assert (~mask).any()  # histories of different lengths: padding is exercised
+    with torch.no_grad():
+        ours = model._encode(ids, mask, model._decoding_weights())  # [T, D]
+        ref = model.t5.encoder(input_ids=ids, attention_mask=mask).last_hidden_state[mask]  # [T, D]
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)

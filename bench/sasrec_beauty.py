@@ -31,7 +31,10 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, _, value = pair.partition("=")
         if key not in types:
             raise SystemExit(f"unknown SASRecConfig field {key!r}; fields: {sorted(types)}")
-        out[key] = json.loads(value)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:  # a bare word: device=cuda
+            out[key] = value
     return out
 
 

@@ -63,7 +63,9 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     out = Path(out_dir) if out_dir else None
     best_state = None
     if out and (out / "last.pt").exists():
-        ckpt = torch.load(out / "last.pt", weights_only=False, map_location=device)
+        # On the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are copied
+        # to the model's device by load_state_dict.
+        ckpt = torch.load(out / "last.pt", weights_only=False, map_location="cpu")
         if _model_fields(ckpt["config"]) != _model_fields(asdict(config)):
             raise ValueError(f"{out / 'last.pt'}: checkpoint config differs from the requested config; "
                              "use another out_dir or delete it")
@@ -74,7 +76,8 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
         if ckpt.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
         state = ckpt["state"]
-        best_state = torch.load(out / "best.pt", weights_only=False, map_location=device)["model"] if (out / "best.pt").exists() else None
+        best_state = torch.load(out / "best.pt", weights_only=False, map_location=device)["model"] \
+            if (out / "best.pt").exists() else None
         log.info("resumed %s from %s at epoch %d", name, out / "last.pt", state["epoch"])
 
     max_minutes = getattr(config, "max_minutes", None)

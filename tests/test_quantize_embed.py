@@ -133,3 +133,47 @@ def test_int8_precision_agrees_with_fp32_and_has_its_own_cache(tmp_path, minilm)
         TextEncoder(cache_dir=False, precision="fp8")
     with pytest.raises(ValueError, match="CPU only"):
         TextEncoder(cache_dir=False, precision="int8", device="cuda")
+
+
+def tiny_local_model(path) -> str:
+    """A 1-layer BERT with a word-level vocabulary, saved as a plain HF model directory."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+    import torch
+
+    path.mkdir(parents=True, exist_ok=True)
+    words = sorted({w.strip(",;:.").lower() for t in TEXTS for w in t.split()})
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(path)
+    return str(path)
+
+
+def test_local_model_path_batches_by_token_count(tmp_path):
+    """Any local HF directory works; texts go to the model longest-first by token count, in
+    batches of ``batch_size``, and the vectors do not depend on the batching."""
+    model_dir = tiny_local_model(tmp_path / "tiny")
+    one_by_one = TextEncoder(model_dir, cache_dir=False, show_progress=False, batch_size=1)
+    batched = TextEncoder(model_dir, cache_dir=False, show_progress=False, batch_size=3)
+    sizes = []
+    real_encode = batched.model.encode
+    batched.model.encode = lambda texts, **kw: sizes.append(batched._lengths(list(texts)).tolist()) or \
+        real_encode(texts, **kw)  # records each call's token lengths
+    x, y = one_by_one.encode(TEXTS), batched.encode(TEXTS)
+    np.testing.assert_allclose(x, y, atol=1e-5)
+    assert [len(s) for s in sizes] == [3, 1]
+    flat = [n for s in sizes for n in s]
+    assert flat == sorted(flat, reverse=True)  # longest first, by tokens
+
+
+def test_encoder_runs_on_cuda(tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model_dir = tiny_local_model(tmp_path / "tiny")
+    cpu = TextEncoder(model_dir, cache_dir=False, show_progress=False).encode(TEXTS)
+    gpu_enc = TextEncoder(model_dir, cache_dir=False, show_progress=False, device="cuda")
+    gpu = gpu_enc.encode(TEXTS)
+    assert next(gpu_enc.model.parameters()).is_cuda
+    np.testing.assert_allclose(gpu, cpu, atol=1e-4)

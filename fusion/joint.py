@@ -290,6 +290,13 @@ class JointModel(nn.Module):
         return loss, int(valid.sum())
 
     @torch.no_grad()
+    def gates(self, histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(gate [n], features [n, F])`` after each history, without scoring the catalogue (in
+        the target scope :meth:`scores` also runs the generative beam, which the gate does not need)."""
+        _, _, feats = self.log_probs(histories_to_tokens(histories, self.config.max_len))
+        return torch.sigmoid(self.gate_logit(feats)), feats
+
+    @torch.no_grad()
     def scores(self, histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(fused log-scores [n, n_items], gate [n], features [n, F])`` after each history (eval mode).
 
@@ -351,7 +358,7 @@ def joint_gates(model: JointModel, instances: Instances, batch_size: int = 512) 
     feats = np.zeros((len(instances), len(model.feature_names)), np.float32)
     contrib = np.zeros_like(feats)
     for rows, hist in _batches(instances.histories, batch_size):
-        _, g, f = model.scores(hist)
+        g, f = model.gates(hist)
         gate[rows], feats[rows] = g.numpy(), f.numpy()
         with torch.enable_grad():
             z = model.gate_norm(f).detach().requires_grad_(True)

@@ -326,3 +326,13 @@ def make_synthetic(
 
 __all__ = ["make_synthetic", "synthetic_info", "SyntheticInfo", "KIND_MEMORIZATION", "KIND_COMPOSITIONAL",
            "KIND_NOISE", "KIND_NAMES", "HELD_NONE", "HELD_VALID", "HELD_TEST"]
+
+
+def cyclic_dataset(num_items: int = 20, num_users: int = 120, length: int = 8, seed: int = 0) -> SequenceDataset:
+    """A tiny deterministic dataset for smoke tests: each user walks ``i -> i + 1 (mod num_items)``
+    from a random start, so a model that learns the pattern ranks every next item first."""
+    rng = np.random.default_rng(seed)
+    seqs = [((rng.integers(num_items) + np.arange(length)) % num_items).astype(np.int64) for _ in range(num_users)]
+    return SequenceDataset(name="cyclic", item_ids=[f"i{k}" for k in range(num_items)],
+                           user_ids=[f"u{k}" for k in range(num_users)], sequences=seqs,
+                           items=[ItemText(title=f"item {k}") for k in range(num_items)])

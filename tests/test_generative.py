@@ -4,23 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.data import ItemText, SequenceDataset
 from genrec.generative import (GenerativeConfig, evaluate, load_generative, recommend, save_generative, score_items,
                                train_generative)
 from genrec.splits import leave_one_out
+from genrec.synthetic import cyclic_dataset
 from genrec.tiger import TigerConfig, load_tiger, train_tiger
 from quantize.semantic_ids import SemanticIdTable
 
 torch.set_num_threads(1)
-
-
-def cyclic_dataset(num_items=24, num_users=150, length=8, seed=0) -> SequenceDataset:
-    """Each user walks i -> i+1 (mod num_items) from a random start: a deterministic pattern."""
-    rng = np.random.default_rng(seed)
-    seqs = [(rng.integers(num_items) + np.arange(length)) % num_items for _ in range(num_users)]
-    return SequenceDataset(name="cyclic", item_ids=[f"i{k}" for k in range(num_items)],
-                           user_ids=[f"u{k}" for k in range(num_users)], sequences=[s.astype(np.int64) for s in seqs],
-                           items=[ItemText(title=f"item {k}") for k in range(num_items)])
 
 
 def cyclic_table(num_items=24) -> SemanticIdTable:
@@ -35,7 +26,7 @@ SMALL = dict(hidden=32, num_blocks=1, num_heads=2, head_layers=1, dropout=0.0, h
 
 @pytest.fixture(scope="module")
 def split():
-    return leave_one_out(cyclic_dataset(), max_history=10)
+    return leave_one_out(cyclic_dataset(num_items=24, num_users=150), max_history=10)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +109,7 @@ def test_cli(tmp_path):
     from genrec.cli import main
     from genrec.data import write_plain
 
-    write_plain(cyclic_dataset(num_users=60), tmp_path / "data")
+    write_plain(cyclic_dataset(num_items=24, num_users=60), tmp_path / "data")
     cyclic_table().save(tmp_path / "sid" / "semantic_ids.json")
     out = tmp_path / "run"
     rc = main(["generative", str(tmp_path / "data"), "--semantic-ids", str(tmp_path / "sid"),

@@ -2,19 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.data import ItemText, SequenceDataset
 from genrec.sasrec import (SASRec, SASRecConfig, evaluate, histories_to_tokens, load_sasrec, predict_proba,
                            predict_topk, save_sasrec, softmax_summary, train_sasrec)
 from genrec.splits import leave_one_out
-
-
-def cyclic_dataset(num_items=20, num_users=120, length=8, seed=0) -> SequenceDataset:
-    """Each user walks i -> i+1 (mod num_items) from a random start: a deterministic pattern."""
-    rng = np.random.default_rng(seed)
-    seqs = [(rng.integers(num_items) + np.arange(length)) % num_items for _ in range(num_users)]
-    return SequenceDataset(name="cyclic", item_ids=[f"i{k}" for k in range(num_items)],
-                           user_ids=[f"u{k}" for k in range(num_users)], sequences=[s.astype(np.int64) for s in seqs],
-                           items=[ItemText(title=f"item {k}") for k in range(num_items)])
+from genrec.synthetic import cyclic_dataset
 
 
 SMALL = dict(hidden=32, num_blocks=1, num_heads=2, dropout=0.0, lr=5e-3, batch_size=32, max_len=10,

@@ -169,6 +169,7 @@ def test_preset_is_merged_under_explicit_values():
     ({"models": {}}, [], r"unknown config key\(s\) \['models'\]"),
     ({"data": ["synthetic"]}, [], r"section 'data' must be a mapping"),
     ({"text": {"fields": ["title", "colour"]}}, [], r"'text.fields'"),
+    ({"text": {"precision": "int8", "device": "cuda"}}, [], r"'text.device' must be the CPU"),
     ({"num_threads": 0}, [], r"'num_threads' must be a positive integer"),
     ({}, ["sasrec.hidden"], r"not of the form section.key=value"),
     ({}, ["training.lr=1"], r"unknown section 'training'"),

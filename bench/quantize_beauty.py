@@ -5,11 +5,14 @@ PQ and OPQ 4x256 and RQ-VAE 3x256 on those embeddings, and prints each one's dia
 the targets (embed <= 90 s cold / <= 2 s cached, RQ-KMeans <= 30 s, OPQ <= 60 s, RQ-VAE <= 10 min).
 
     python bench/quantize_beauty.py [--out runs/bench_quantize] [--methods rq_kmeans,opq,rq_vae]
-                                    [--precision int8]
+                                    [--precision int8] [--skip-categories Beauty] [--omp-passive]
 
 ``--precision int8`` times the int8 (dynamically quantized) encoder instead and prints its
 agreement with fp32 vectors (taken from the default embedding cache, embedded there if missing):
 cosine similarity per item and the overlap of every item's 10 nearest neighbours.
+``--skip-categories Beauty`` embeds the texts the Beauty recipe embeds (its root category, which
+every item has, left out). Time it on idle cores; on shared ones ``--omp-passive`` avoids OpenMP
+spin-wait slow-downs.
 
 Results (timings, diagnostics, each method's table) go to ``--out``. The data directory defaults
 to ``<repo>/../shared/data/amazon2014/beauty``.
@@ -18,18 +21,21 @@ to ``<repo>/../shared/data/amazon2014/beauty``.
 from __future__ import annotations
 
 import os
+import sys
 
-# On shared cores OpenMP's default spin-waiting makes multi-threaded torch/faiss several times
-# slower (measured 5 RQ-VAE epochs: 55 s with 2 spinning threads, 5 s passive); this must be set
-# before torch or faiss is imported. An explicit setting in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# On shared (contended) cores OpenMP's default spin-waiting makes multi-threaded torch/faiss several
+# times slower (measured 5 RQ-VAE epochs: 55 s with 2 spinning threads, 5 s passive), so
+# --omp-passive asks for passive waiting; on idle cores spinning is faster (cold embedding 93.6 s
+# against 130.1 s passive). It must be set before torch or faiss is imported; the environment wins.
+if "--omp-passive" in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from genrec.artifacts import save_json  # noqa: E402
 from genrec.data import load_plain  # noqa: E402
 from quantize import TextEncoder, build_semantic_ids, format_diagnostics, item_texts  # noqa: E402
+from quantize.text import DEFAULT_TEMPLATE  # noqa: E402
 
 TARGETS_S = {"embed_cold": 90, "embed_cached": 2, "rq_kmeans": 30, "pq": 60, "opq": 60, "rq_vae": 600}
 CONFIGS = {"rq_kmeans": dict(levels=3, codebook_size=256), "pq": dict(subspaces=4, codebook_size=256),
@@ -73,6 +80,9 @@ def main() -> int:
     ap.add_argument("--rq-vae-epochs", type=int, default=None, help="override RQ-VAE epochs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="encoder precision to time")
+    ap.add_argument("--skip-categories", nargs="*", default=[], metavar="CATEGORY",
+                    help="categories left out of the item text, e.g. Beauty (every item's, as the Beauty recipe does)")
+    ap.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE (for contended cores)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -83,7 +93,7 @@ def main() -> int:
                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                      "load_average_start": os.getloadavg(), "timings_s": {}, "targets_s": TARGETS_S, "methods": {}}
     ds = load_plain(args.data)
-    texts = item_texts(ds)
+    texts = item_texts(ds, replace(DEFAULT_TEMPLATE, skip_categories=tuple(args.skip_categories)))
     print(f"{ds!r}; {len(texts)} item texts, e.g. {texts[0]!r}")
 
     tmp = None

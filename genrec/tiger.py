@@ -116,7 +116,7 @@ class TigerModel(nn.Module):
     #   quarter or more of a length-sorted batch); its attention sees the padded layout;
     # - all beams of a user share one copy of the cross-attention keys/values (the beams are folded
     #   into the query axis), where ``generate`` keeps and reorders one copy per beam;
-    # - q/k/v (and all layers' cross k/v) projections are single fused matrix products, and the lm
+    # - q/k/v, and each layer's cross-attention k/v, are single fused matrix products, and the lm
     #   head is padded to a multiple of 32 rows (odd widths run ~1.6x slower in CPU GEMMs), the
     #   padding logits set to -inf so the softmax is unchanged;
     # - self-attention keys/values are kept per level, ``[N, K, 2, heads, d_kv]``, level 0's (the
@@ -159,8 +159,8 @@ class TigerModel(nn.Module):
         return enc.final_layer_norm(x)
 
     def start(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> dict[str, Any]:
-        """Encoder outputs turned into per-layer cross-attention keys/values ``[N, heads, S, d_kv]``
-        and the additive mask ``[N, 1, 1, S]``, computed once per history."""
+        """Encoder outputs turned into per-layer cross-attention keys ``[N, heads, d_kv, S]`` and
+        values ``[N, heads, S, d_kv]``, and the additive mask ``[N, 1, 1, S]``, once per history."""
         weights = self._decoding_weights()
         ids, mask = self.encoder_inputs(histories, users)
         N, S = ids.shape

@@ -324,10 +324,6 @@ def make_synthetic(
     return ds
 
 
-__all__ = ["make_synthetic", "synthetic_info", "SyntheticInfo", "KIND_MEMORIZATION", "KIND_COMPOSITIONAL",
-           "KIND_NOISE", "KIND_NAMES", "HELD_NONE", "HELD_VALID", "HELD_TEST"]
-
-
 def cyclic_dataset(num_items: int = 20, num_users: int = 120, length: int = 8, seed: int = 0) -> SequenceDataset:
     """A tiny deterministic dataset for smoke tests: each user walks ``i -> i + 1 (mod num_items)``
     from a random start, so a model that learns the pattern ranks every next item first."""
@@ -336,3 +332,8 @@ def cyclic_dataset(num_items: int = 20, num_users: int = 120, length: int = 8, s
     return SequenceDataset(name="cyclic", item_ids=[f"i{k}" for k in range(num_items)],
                            user_ids=[f"u{k}" for k in range(num_users)], sequences=seqs,
                            items=[ItemText(title=f"item {k}") for k in range(num_items)])
+
+
+__all__ = ["make_synthetic", "cyclic_dataset", "synthetic_info", "SyntheticInfo", "KIND_MEMORIZATION", "KIND_COMPOSITIONAL",
+           "KIND_NOISE", "KIND_NAMES", "HELD_NONE", "HELD_VALID", "HELD_TEST"]
+

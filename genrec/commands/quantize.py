@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     emb.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default 64)")
     emb.add_argument("--device", default="cpu", help="encoder (and rq_vae) device (default cpu)")
     emb.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
-                     help="encoder precision on CPU: int8 = dynamic quantization, ~1.2x faster on Beauty (default fp32)")
+                     help="encoder precision on CPU: int8 = dynamic quantization, ~1.27x faster on Beauty (default fp32)")
     emb.add_argument("--text-fields", default=None, metavar="F1,F2",
                      help="fields in the item text, in order (default title,brand,categories,description,price)")
     emb.add_argument("--text-segment", action="append", default=None, metavar="PATTERN",

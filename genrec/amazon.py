@@ -40,6 +40,7 @@ from typing import Any, Iterable, Iterator
 from tqdm.auto import tqdm
 
 from genrec.artifacts import atomic_write
+from genrec.errors import DatasetUnavailableError
 from genrec.data import (
     DataFormatError,
     ItemText,
@@ -62,10 +63,6 @@ Events = dict[str, list[tuple[str, float]]]
 _META_DROP_2014 = ("related", "imUrl")
 _META_DROP_2023 = ("images", "videos", "bought_together")
 _ASIN_RE = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
-
-
-class DatasetUnavailableError(RuntimeError):
-    """A dataset's files are absent and could not be fetched; the message says where to put them."""
 
 
 # ----------------------------------------------------------------------------------------------

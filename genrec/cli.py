@@ -9,7 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
+
+from genrec.errors import GenrecError
+
+#: what a ``--set`` value looks like: ``key=value`` or ``section.key=value`` (a dataset spec such as
+#: ``synthetic:num_users=5`` or a directory is not one, so it is left to the positional arguments)
+OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("genrec.commands.data", "load a dataset and print its statistics and split sizes"),
@@ -33,15 +40,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_set_arguments(argv: list[str]) -> list[str]:
+    """``--set a=1 b=2 DIR`` -> ``--set a=1 --set b=2 DIR``: each ``--set`` takes the ``key=value``
+    words that follow it and no others, so a positional argument after the overrides stays one."""
+    out: list[str] = []
+    in_set = False
+    for word in argv:
+        if word == "--":
+            in_set = False
+        elif word == "--set":
+            in_set = True
+            continue
+        elif word.startswith("--set="):
+            out += ["--set", word[len("--set="):]]
+            in_set = True
+            continue
+        elif in_set and OVERRIDE_RE.match(word):
+            out += ["--set", word]
+            continue
+        else:
+            in_set = False
+        out.append(word)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a :class:`~genrec.errors.GenrecError` (bad data, config, argument or
+    checkpoint) prints ``genrec COMMAND: error: ...`` and returns 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(split_set_arguments(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except GenrecError as e:
+        print(f"genrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

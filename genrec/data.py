@@ -25,13 +25,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from genrec.errors import DataFormatError
+
 log = logging.getLogger(__name__)
 
 TEXT_FIELDS = ("title", "brand", "categories", "description", "price")
-
-
-class DataFormatError(ValueError):
-    """Bad input data; the message names the file and the line or id at fault."""
 
 
 @dataclass(frozen=True)

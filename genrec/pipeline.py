@@ -55,6 +55,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from genrec.artifacts import atomic_write, atomic_write_bytes, atomic_write_text, load_json, save_json
+from genrec.errors import ConfigError
 from genrec.generative import GenerativeConfig
 from genrec.sasrec import SASRecConfig
 
@@ -71,10 +72,6 @@ FUSION_METHODS = ("fixed", "adaptive", "learned_minmax", "learned_logprob", "lea
 PRESET_NAMES = ("quick", "full")
 #: keys whose values are wall-clock or memory measurements (they differ between runs)
 TIMING_KEYS = frozenset({"wall_s", "peak_rss_mib", "minutes", "seconds", "timings_s", "timing", "total_wall_s"})
-
-
-class ConfigError(ValueError):
-    """A bad recipe config value; the message names the key (``section.key``) and the value."""
 
 
 # ----------------------------------------------------------------------------------------------

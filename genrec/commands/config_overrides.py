@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any, TypeVar
 
+from genrec.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -17,9 +19,9 @@ def apply_overrides(config: T, pairs: list[str]) -> T:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep:
-            raise ValueError(f"override {pair!r} is not of the form key=value")
+            raise ConfigError(f"override {pair!r} is not of the form key=value")
         if key not in names:
-            raise ValueError(f"unknown setting {key!r} for {type(config).__name__}; valid: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown setting {key!r} for {type(config).__name__}; valid: {', '.join(sorted(names))}")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -29,12 +31,12 @@ def apply_overrides(config: T, pairs: list[str]) -> T:
             changes[key] = apply_overrides(current, [f"{k}={json.dumps(v)}" for k, v in value.items()])
             continue
         if isinstance(current, bool) and not isinstance(value, bool):
-            raise ValueError(f"{key} expects true/false, got {raw!r}")
+            raise ConfigError(f"{key} expects true/false, got {raw!r}")
         if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if current is not None and not isinstance(value, type(current)):
-            raise ValueError(f"{key} expects {type(current).__name__}, got {raw!r}")
+            raise ConfigError(f"{key} expects {type(current).__name__}, got {raw!r}")
         changes[key] = value
     return dataclasses.replace(config, **changes)

@@ -17,7 +17,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "demo.yam
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; a rerun resumes)")
-    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config overrides, e.g. --set data.dataset=synthetic:num_users=500")
 
 

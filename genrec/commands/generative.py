@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hierarchical decoder-only model (default) or the T5 TIGER preset")
     p.add_argument("--max-history", type=int, default=50)
     p.add_argument("--test-beam", type=int, default=50, help="beam width of the test evaluation")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="GenerativeConfig (or TigerConfig) overrides, e.g. --set hidden=64 max_epochs=20")
 
 

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=("quick", "full"), default=None,
                    help="budget preset merged under the file's values (default: the file's 'preset')")
     p.add_argument("--out", default=None, help="run directory (default runs/<name>-<preset>)")
-    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config overrides, values as JSON, e.g. --set sasrec.max_epochs=5 fusion.k=20")
     p.add_argument("--until", default=None, metavar="STAGE",
                    help="stop after this stage (data, embed, quantize, sasrec, generative, labels, fusion, "

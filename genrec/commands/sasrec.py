@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "'amazon2023:All_Beauty' (default: synthetic)")
     p.add_argument("--out", default="runs/sasrec", help="output directory (a rerun resumes from it)")
     p.add_argument("--max-history", type=int, default=50)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="SASRecConfig overrides, e.g. --set hidden=64 max_epochs=20")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import genrec
-from genrec.commands.config_overrides import apply_overrides
+from genrec.config import override_dataclass as apply_overrides
 from genrec.generative import GenerativeConfig, evaluate, train_generative
 from genrec.metrics import format_metrics
 

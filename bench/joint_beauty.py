@@ -28,7 +28,7 @@ from fusion.joint import JointConfig, joint_gates, joint_ranks, train_joint
 from fusion.report import results_markdown
 from genrec.analysis import evaluate_by_category
 from genrec.artifacts import save_json
-from genrec.commands.config_overrides import apply_overrides
+from genrec.config import override_dataclass as apply_overrides
 from genrec.memorization import label_split
 from quantize.semantic_ids import SemanticIdTable
 

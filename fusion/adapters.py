@@ -74,8 +74,12 @@ class FusionInputs:
 def model_inputs(sasrec, generative, instances: Instances, stats: TrainStats, k: int = 50, beam: int = 50,
                  teacher_forcing: bool = True, batch_size: int = 512) -> FusionInputs:
     """Candidates (union of both top-``k`` lists, each model scoring the other's candidates when
-    ``teacher_forcing``) and indicators of ``instances``. Targets are never read."""
+    ``teacher_forcing``) and indicators of ``instances``. Targets are never read. ``k`` may not
+    exceed the catalogue (``ValueError``)."""
     from genrec.generative import recommend
+
+    if not 1 <= k <= sasrec.num_items:
+        raise ValueError(f"k={k} must be between 1 and the catalogue size ({sasrec.num_items} items)")
 
     sec: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from genrec.metrics import metrics_from_ranks, ranks_from_topk
+from genrec.metrics import MISS_RANK, metrics_from_ranks, per_instance_ndcg, ranks_from_topk
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # candidates [n, C] (-1 = padding) -> raw scores [n, C]
 MODELS = ("id", "gr")
@@ -184,9 +184,11 @@ def topk_items(items: np.ndarray, fused: np.ndarray, k: int = 50) -> np.ndarray:
 
 def union_ranks(fused: np.ndarray, target_index: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """0-based rank of each target among its row's candidates by ``fused [n, C]`` (the same order as
-    :func:`topk_items`: higher first, ties in candidate order); ``C`` when not a candidate.
+    :func:`topk_items`: higher first, ties in candidate order); :data:`~genrec.metrics.MISS_RANK` when
+    not a candidate.
 
-    An O(n * C) comparison instead of a sort, for grid searches and early stopping.
+    An O(n * C) comparison instead of a sort, for grid searches and early stopping. A target scored
+    NaN or +-inf is a miss too, as in :func:`genrec.metrics.ranks_from_scores`.
     """
     fused = np.asarray(fused, np.float64)
     if valid is not None:
@@ -196,13 +198,13 @@ def union_ranks(fused: np.ndarray, target_index: np.ndarray, valid: np.ndarray |
     ok = ti >= 0
     t_score = fused[np.arange(n), np.maximum(ti, 0)][:, None]
     ahead = (fused > t_score).sum(1) + ((fused == t_score) & (np.arange(C)[None] < ti[:, None])).sum(1)
-    return np.where(ok, ahead, C).astype(np.int64)
+    ok &= np.isfinite(t_score[:, 0])
+    return np.where(ok, ahead, MISS_RANK).astype(np.int64)
 
 
 def ndcg_at(ranks: np.ndarray, k: int = 10) -> float:
     """Mean NDCG@k from 0-based ranks."""
-    r = np.asarray(ranks, np.float64)
-    return float(np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0).mean()) if len(r) else 0.0
+    return float(per_instance_ndcg(ranks, k).mean()) if len(ranks) else 0.0
 
 
 def ranks_of(cands: CandidateScores, fused: np.ndarray, targets: np.ndarray, k: int = 50) -> np.ndarray:

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from fusion.methods import GateHead, GateReport
 from fusion.indicators import Indicators
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, repeat_mixture
-from genrec.training import TrainResult, fit, setup
+from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
-from genrec.sasrec import SASRec, SASRecConfig, histories_to_tokens, training_batches
+from genrec.sasrec import SASRec, SASRecConfig, check_histories, histories_to_tokens, training_batches
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,10 @@ class JointConfig:
     eval_batch_size: int = 512
     seed: int = 0
     num_threads: int | None = None
+    nonfinite_loss: str = "error"  # a NaN/inf training loss: "error" stops, "skip" leaves the step out
 
     def __post_init__(self) -> None:
+        check_nonfinite_loss(self.nonfinite_loss)
         if isinstance(self.id_tower, dict):
             self.id_tower = SASRecConfig(**self.id_tower)
         if isinstance(self.gr_tower, dict):
@@ -339,6 +341,7 @@ def evaluate_joint(model: JointModel, instances: Instances, ks=DEFAULT_KS, batch
 
 def joint_ranks(model: JointModel, instances: Instances, batch_size: int = 512) -> np.ndarray:
     """0-based full-catalogue rank of each target under the model's scores."""
+    check_histories(instances.histories, model.num_items)
     was = model.training
     model.eval()
     ranks = np.zeros(len(instances), np.int64)
@@ -353,6 +356,7 @@ def joint_ranks(model: JointModel, instances: Instances, batch_size: int = 512) 
 
 def joint_gates(model: JointModel, instances: Instances, batch_size: int = 512) -> GateReport:
     """Per-instance gate (weight of the ID tower) with its features and input x gradient attributions."""
+    check_histories(instances.histories, model.num_items)
     model.eval()
     gate = np.zeros(len(instances), np.float32)
     feats = np.zeros((len(instances), len(model.feature_names)), np.float32)
@@ -389,8 +393,9 @@ def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None 
     return fit(model, config, lambda rng: training_batches(split.train, config, rng),
                math.ceil(n_train / config.batch_size), loss_fn,
                lambda m: evaluate_joint(m, valid, batch_size=config.eval_batch_size), out_dir, progress,
-               on_eval, {"codes": np.asarray(table.codes), "codebook_sizes": list(table.codebook_sizes),
-                         "num_items": split.num_items}, f"joint[{config.mode}]")
+               on_eval, {"codes": torch.as_tensor(np.asarray(table.codes, dtype=np.int64)),
+                         "codebook_sizes": [int(s) for s in table.codebook_sizes], "num_items": split.num_items},
+               f"joint[{config.mode}]")
 
 
 __all__ = ["JointConfig", "JointModel", "GATE_FEATURES", "TARGET_SCOPE_FEATURES", "gr_catalogue_log_probs",

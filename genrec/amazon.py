@@ -10,6 +10,8 @@ preprocessing used by SASRec, S3-Rec, P5 and TIGER:
 * user order = first appearance in the reviews; item order = first appearance when reading the
   users' sequences in that order (the P5 numbering).
 * items without a metadata entry are kept with empty text and a logged count.
+* prices follow :mod:`genrec.data`'s policy: one that is not a single finite non-negative number
+  (NaN, a range such as ``"$5.99 - $12.99"``, text) becomes None, with one warning per loader.
 
 Amazon 2014 (``reviews_<Category>_5.json.gz`` one JSON object per line; ``meta_<Category>.json.gz``
 one *Python literal* dict per line, parsed with :func:`ast.literal_eval`, never ``eval``) is read
@@ -28,6 +30,7 @@ work without the hub.
 from __future__ import annotations
 
 import ast
+import contextlib
 import http.client
 import json
 import logging
@@ -37,10 +40,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from genrec.artifacts import atomic_write
-from genrec.errors import DatasetUnavailableError
+from genrec.errors import DataNotFoundError, DatasetUnavailableError
 from genrec.data import (
     DataFormatError,
     ItemText,
@@ -48,8 +52,10 @@ from genrec.data import (
     build_dataset,
     item_text_from_record,
     iter_jsonl,
-    open_text,
+    iter_lines,
     order_events,
+    parse_timestamp,
+    warn_bad_prices,
 )
 
 log = logging.getLogger(__name__)
@@ -58,7 +64,7 @@ AMAZON2014_BASE_URL = "https://snap.stanford.edu/data/amazon/productGraph/catego
 AMAZON2023_REPO = "McAuley-Lab/Amazon-Reviews-2023"
 AMAZON2023_RAW_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_2023/raw/"
 
-Events = dict[str, list[tuple[str, float]]]
+Events = dict[str, list[tuple[str, int | float]]]
 
 _META_DROP_2014 = ("related", "imUrl")
 _META_DROP_2023 = ("images", "videos", "bought_together")
@@ -69,11 +75,12 @@ _ASIN_RE = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
 # Shared preprocessing
 
 
-def k_core(user_events: Events, k: int = 5, name: str = "dataset") -> Events:
+def k_core(user_events: Events, k: int = 5, name: str = "dataset", source: str = "") -> Events:
     """Drop users and items with fewer than ``k`` interactions, repeatedly, until stable.
 
     Orders (users, and events within a user) are kept. Logs how many users, items and interactions
-    were removed; ``k <= 1`` returns the input unchanged.
+    were removed; ``k <= 1`` returns the input unchanged. An empty result is a
+    :class:`DataFormatError` naming ``source`` (the reviews file) or else ``name``.
     """
     if k <= 1:
         return user_events
@@ -102,7 +109,7 @@ def k_core(user_events: Events, k: int = 5, name: str = "dataset") -> Events:
     log.info("%s: %d-core filtering (%d round(s)) kept %d/%d users, %d/%d items, %d/%d interactions",
              name, k, rounds, len(events), n_users0, n_items, n_items0, n_inter, n_inter0)
     if not events:
-        raise DataFormatError(f"{name}: no interactions left after {k}-core filtering "
+        raise DataFormatError(f"{source or name}: no interactions left after {k}-core filtering "
                               f"({n_users0} users, {n_inter0} interactions before)")
     return events
 
@@ -183,26 +190,36 @@ def read_amazon2014_reviews(path: str | Path) -> Events:
     users: Events = {}
     for lineno, obj in tqdm(iter_jsonl(path), desc=f"reading {path.name}", unit=" lines", disable=None):
         where = f"{path}:{lineno}"
-        missing = [key for key in ("reviewerID", "asin", "unixReviewTime") if obj.get(key) in (None, "")]
+        missing = [key for key in ("reviewerID", "asin", "unixReviewTime") if _absent(obj.get(key))]
         if missing:
             raise DataFormatError(f"{where}: review lacks field(s) {missing}")
-        try:
-            t = float(obj["unixReviewTime"])
-        except (TypeError, ValueError):
-            raise DataFormatError(f"{where}: unixReviewTime {obj['unixReviewTime']!r} is not a number") from None
-        users.setdefault(str(obj["reviewerID"]), []).append((str(obj["asin"]), t))
+        t = parse_timestamp(obj["unixReviewTime"], where, "unixReviewTime")  # int seconds stay exact
+        users.setdefault(_id(obj["reviewerID"], "reviewerID", where), []).append((_id(obj["asin"], "asin", where), t))
     if not users:
         raise DataFormatError(f"{path}: empty file (no reviews)")
     return users
 
 
+def _absent(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def _id(value: Any, key: str, where: str) -> str:
+    """A user or item id: a string or a number (not a bool, list or dict, whose text is no id)."""
+    if isinstance(value, np.integer | np.floating):  # e.g. from a Hugging Face / pandas column
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise DataFormatError(f"{where}: {key!r} must be a string or number, got {type(value).__name__}")
+    return str(value)
+
+
 def _parse_literal_line(line: str, where: str) -> dict[str, Any]:
     try:
         obj = ast.literal_eval(line)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: {[1]: 2}
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
             raise DataFormatError(f"{where}: not a Python-literal or JSON dict") from None
     if not isinstance(obj, dict):
         raise DataFormatError(f"{where}: expected a dict, got {type(obj).__name__}")
@@ -217,9 +234,10 @@ def read_amazon2014_meta(path: str | Path, asins: set[str] | None = None) -> dic
     """
     path = Path(path)
     items: dict[str, ItemText] = {}
+    bad_prices: list[tuple[str, Any]] = []
     dups = skipped = 0
-    with open_text(path) as f:
-        for lineno, line in enumerate(tqdm(f, desc=f"reading {path.name}", unit=" lines", disable=None), start=1):
+    with contextlib.closing(iter_lines(path)) as lines:
+        for lineno, line in tqdm(lines, desc=f"reading {path.name}", unit=" lines", disable=None):
             if not line.strip():
                 continue
             if asins is not None:
@@ -230,9 +248,9 @@ def read_amazon2014_meta(path: str | Path, asins: set[str] | None = None) -> dic
             where = f"{path}:{lineno}"
             obj = _parse_literal_line(line, where)
             asin = obj.get("asin")
-            if asin in (None, ""):
+            if _absent(asin):
                 raise DataFormatError(f"{where}: meta entry lacks 'asin'")
-            asin = str(asin)
+            asin = _id(asin, "asin", where)
             if asins is not None and asin not in asins:
                 skipped += 1
                 continue
@@ -242,7 +260,8 @@ def read_amazon2014_meta(path: str | Path, asins: set[str] | None = None) -> dic
             rec = {k: v for k, v in obj.items() if k not in _META_DROP_2014 and k != "asin"}
             if isinstance(obj.get("categories"), list):
                 rec["category_paths"] = obj["categories"]
-            items[asin] = item_text_from_record(rec, where)
+            items[asin] = item_text_from_record(rec, where, bad_prices, asin)
+    warn_bad_prices(str(path), bad_prices)
     if skipped:
         log.info("%s: %d meta entr(ies) for items without (k-core) interactions skipped", path, skipped)
     if dups:
@@ -256,10 +275,10 @@ def amazon2014_from_files(reviews_path: str | Path, meta_path: str | Path, name:
     reviews_path, meta_path = Path(reviews_path), Path(meta_path)
     for p in (reviews_path, meta_path):
         if not p.is_file():
-            raise FileNotFoundError(f"{p}: file not found")
+            raise DataNotFoundError(f"{p}: file not found")
     events = read_amazon2014_reviews(reviews_path)
     order_events(events, "timestamp", str(reviews_path))
-    events = k_core(events, k, name)
+    events = k_core(events, k, name, str(reviews_path))
     needed = {i for ev in events.values() for i, _ in ev}
     items = read_amazon2014_meta(meta_path, needed)
     return _finish(name, events, items, str(reviews_path))
@@ -292,7 +311,7 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"{path}:{lineno}", obj
 
 
-def _meta2023_text(rec: dict[str, Any], where: str) -> ItemText:
+def _meta2023_text(rec: dict[str, Any], where: str, bad_prices: list[tuple[str, Any]], pid: str) -> ItemText:
     cats = rec.get("categories") or []
     if isinstance(cats, str):
         cats = [cats]
@@ -302,7 +321,7 @@ def _meta2023_text(rec: dict[str, Any], where: str) -> ItemText:
     r = {k: v for k, v in rec.items() if k not in _META_DROP_2023 and k not in ("parent_asin", "store")}
     r["brand"] = rec.get("store")
     r["categories"] = ([main] if isinstance(main, str) and main.strip() else []) + list(cats)
-    return item_text_from_record(r, where)
+    return item_text_from_record(r, where, bad_prices, pid)
 
 
 def _amazon2023(reviews: Iterable[tuple[str, dict[str, Any]]], meta: Iterable[tuple[str, dict[str, Any]]],
@@ -311,35 +330,35 @@ def _amazon2023(reviews: Iterable[tuple[str, dict[str, Any]]], meta: Iterable[tu
     for where, rec in tqdm(reviews, desc=f"{name} reviews", unit=" reviews", disable=None):
         if not isinstance(rec, dict):
             raise DataFormatError(f"{where}: expected a dict, got {type(rec).__name__}")
-        missing = [key for key in ("user_id", "parent_asin", "timestamp") if rec.get(key) in (None, "")]
+        missing = [key for key in ("user_id", "parent_asin", "timestamp") if _absent(rec.get(key))]
         if missing:
             raise DataFormatError(f"{where}: review lacks field(s) {missing}")
-        try:
-            t = float(rec["timestamp"]) / 1000.0
-        except (TypeError, ValueError):
-            raise DataFormatError(f"{where}: timestamp {rec['timestamp']!r} is not a number") from None
-        events.setdefault(str(rec["user_id"]), []).append((str(rec["parent_asin"]), t))
+        t = parse_timestamp(rec["timestamp"], where) / 1000.0  # milliseconds -> seconds
+        events.setdefault(_id(rec["user_id"], "user_id", where), []).append(
+            (_id(rec["parent_asin"], "parent_asin", where), t))
     if not events:
         raise DataFormatError(f"{source}: no reviews")
     order_events(events, "timestamp", source)
-    events = k_core(events, k_core_, name)
+    events = k_core(events, k_core_, name, source)
     needed = {i for ev in events.values() for i, _ in ev}
     items: dict[str, ItemText] = {}
+    bad_prices: list[tuple[str, Any]] = []
     dups = skipped = 0
     for where, rec in tqdm(meta, desc=f"{name} meta", unit=" items", disable=None):
         if not isinstance(rec, dict):
             raise DataFormatError(f"{where}: expected a dict, got {type(rec).__name__}")
         pid = rec.get("parent_asin")
-        if pid in (None, ""):
+        if _absent(pid):
             raise DataFormatError(f"{where}: meta entry lacks 'parent_asin'")
-        pid = str(pid)
+        pid = _id(pid, "parent_asin", where)
         if pid not in needed:
             skipped += 1
             continue
         if pid in items:
             dups += 1
             continue
-        items[pid] = _meta2023_text(rec, where)
+        items[pid] = _meta2023_text(rec, where, bad_prices, pid)
+    warn_bad_prices(name, bad_prices)
     if skipped:
         log.info("%s: %d meta entr(ies) for items without (k-core) interactions skipped", name, skipped)
     if dups:
@@ -363,7 +382,7 @@ def amazon2023_from_files(reviews_path: str | Path, meta_path: str | Path, name:
     reviews_path, meta_path = Path(reviews_path), Path(meta_path)
     for p in (reviews_path, meta_path):
         if not p.is_file():
-            raise FileNotFoundError(f"{p}: file not found")
+            raise DataNotFoundError(f"{p}: file not found")
     name = name or f"amazon2023-{reviews_path.name.split('.')[0]}"
     return _amazon2023(_jsonl_records(reviews_path), _jsonl_records(meta_path), name, k_core, str(reviews_path))
 

@@ -1,12 +1,19 @@
-"""Atomic artifact writing: a killed run never leaves a half-written file behind."""
+"""Atomic artifact writing: a killed run never leaves a half-written file behind; and safe
+checkpoint loading: :func:`load_checkpoint` reads torch files with ``weights_only=True`` (tensors,
+numbers, strings, lists, dicts: nothing that runs code) and turns every failure into a
+:class:`~genrec.errors.CheckpointError` naming the file and the remedy."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
+
+from genrec.errors import CheckpointError, CheckpointNotFoundError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -69,3 +76,131 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Safe checkpoint loading
+
+_NDARRAY = "__ndarray__"  # tag of a numpy array stored as a tensor (see pack_arrays)
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, kind: str = "checkpoint",
+                    keys: Iterable[str] = ()) -> dict:
+    """A torch checkpoint (a dict) loaded with ``weights_only=True``, so a crafted file cannot run
+    code; ``keys`` must be present. Every failure is a :class:`CheckpointError` naming ``path``: the
+    file is missing, truncated or corrupt, holds Python objects outside torch's allow-list, or is
+    not a ``kind`` (no dict, or ``keys`` missing). The error's ``reason`` attribute is the message
+    without the path and the remedy (for callers that combine several files into one message)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise _error(path, "not found", "check the path, or train (or save) that model first")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
+    except PermissionError as e:
+        raise _error(path, f"cannot be read ({e.strerror})", "check its permissions") from e
+    except pickle.UnpicklingError as e:
+        names = _unsafe_globals(path, e)
+        if names:
+            raise _error(path, "contains Python objects that genrec does not load (loading them could run code): "
+                         + ", ".join(names),
+                         "genrec checkpoints hold only tensors, numbers, strings, lists and dicts (an older "
+                         "genrec stored numpy arrays this way): delete the file and rerun that stage to write "
+                         "it again") from e
+        raise _error(path, f"is truncated or corrupt ({_reason(path, e)})", _CORRUPT_REMEDY) from e
+    except Exception as e:  # EOFError, OSError, RuntimeError (PytorchStreamReader), zip and pickle errors, ...
+        raise _error(path, f"is truncated or corrupt ({_reason(path, e)})", _CORRUPT_REMEDY) from e
+    if not isinstance(obj, dict):
+        raise _error(path, f"is not a genrec {kind} (it holds a {type(obj).__name__}, not a dict)", "")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise _error(path, f"is not a genrec {kind} (no {', '.join(map(repr, missing))} entry)", "")
+    return obj
+
+
+_CORRUPT_REMEDY = "delete it to start that stage again, or restore it from a copy"
+
+
+def _error(path: Path, reason: str, remedy: str) -> CheckpointError:
+    """``"<path> <reason>; <remedy>"`` (``"checkpoint <path> not found; ..."`` for a missing file)."""
+    text = f"checkpoint {path} not found" if reason == "not found" else f"{path} {reason}"
+    cls = CheckpointNotFoundError if reason == "not found" else CheckpointError
+    err = cls(f"{text}; {remedy}" if remedy else text)
+    err.reason = reason
+    return err
+
+
+def _reason(path: Path, e: BaseException) -> str:
+    """A one-line cause: torch's weights-only errors are paragraphs, the useful part is one line."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        if zipped and not zipfile.is_zipfile(path):  # torch's own error is a bare OSError/RuntimeError
+            return f"incomplete zip archive, {_first_sentence(e)}"
+    except OSError:
+        pass
+    if isinstance(e, EOFError) and not str(e).strip():
+        return "EOFError: Ran out of input"
+    return _first_sentence(e)
+
+
+def _first_sentence(e: BaseException) -> str:
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if m:
+        text = m.group(1)
+    text = text.strip().splitlines()[0].strip() if text.strip() else ""
+    text = text.split(". ")[0].rstrip(".")[:160]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _unsafe_globals(path: Path, e: BaseException) -> list[str]:
+    """The non-allow-listed globals that made a weights-only load fail; [] for other unpickling errors."""
+    names = re.findall(r"Unsupported (?:global|class)[:\s]+(?:GLOBAL\s+)?([\w.]+)", str(e))
+    if names:
+        return sorted(set(names))
+    if "Unsupported global" in str(e) or "Unsupported class" in str(e):
+        try:
+            import torch
+
+            return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path))) or ["unknown"]
+        except Exception:
+            return ["unknown"]
+    return []
+
+
+def pack_arrays(obj: Any) -> Any:
+    """``obj`` storable for :func:`load_checkpoint`: numpy arrays become tagged tensors (dtype kept),
+    numpy scalars Python numbers, tuples stay tuples; :func:`unpack_arrays` reverses it."""
+    import numpy as np
+    import torch
+
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biuf":
+            raise TypeError(f"cannot store a numpy array of dtype {obj.dtype} in a checkpoint")
+        return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(obj))}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: pack_arrays(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(pack_arrays(v) for v in obj)
+    return obj
+
+
+def unpack_arrays(obj: Any) -> Any:
+    """Inverse of :func:`pack_arrays`: tagged tensors back to numpy arrays, everything else as is."""
+    if isinstance(obj, dict):
+        if len(obj) == 1 and _NDARRAY in obj:
+            return obj[_NDARRAY].numpy()
+        return {k: unpack_arrays(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(unpack_arrays(v) for v in obj)
+    return obj

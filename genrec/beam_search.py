@@ -21,6 +21,8 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 
+from genrec.sasrec import check_histories
+
 __all__ = ["PrefixTrie", "CodeDecoder", "BeamResult", "beam_search", "score_candidates"]
 
 
@@ -89,7 +91,8 @@ class PrefixTrie:
 
 
 class CodeDecoder(Protocol):
-    """What :func:`beam_search` and :func:`score_candidates` need from a model."""
+    """What :func:`beam_search` and :func:`score_candidates` need from a model. An optional class
+    attribute ``min_history`` (default 0) is the fewest history items the model can read."""
 
     def start(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> Any:
         """Encode ``N`` histories (item indices, oldest first) once; returns an opaque context."""
@@ -151,6 +154,7 @@ def beam_search(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray
     top_k = beam_size if top_k is None else top_k
     if not 1 <= top_k <= beam_size:
         raise ValueError(f"need 1 <= top_k <= beam_size, got top_k={top_k}, beam_size={beam_size}")
+    _check(model, trie, histories)
     n = len(histories)
     items = np.full((n, top_k), -1, dtype=np.int64)
     logp = np.full((n, top_k), -np.inf, dtype=np.float32)
@@ -176,6 +180,7 @@ def score_candidates(model: CodeDecoder, trie: PrefixTrie, histories: list[np.nd
         raise ValueError(f"candidates must be [n={len(histories)}, C], got {cand.shape}")
     if (cand >= trie.num_items).any():
         raise ValueError(f"candidate item index >= {trie.num_items}")
+    _check(model, trie, histories)
     out = np.full(cand.shape, -np.inf, dtype=np.float32)
     order = np.argsort([len(h) for h in histories], kind="stable")
     for start in range(0, len(histories), batch_size):
@@ -200,3 +205,8 @@ def score_candidates(model: CodeDecoder, trie: PrefixTrie, histories: list[np.nd
         np.put_along_axis(scored, cols, torch.where(c >= 0, total, -torch.inf).numpy(), 1)
         out[rows] = scored
     return out
+
+
+def _check(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray]) -> None:
+    """Histories of real items, and as many as the model needs (ValueError naming the history)."""
+    check_histories(histories, trie.num_items, getattr(model, "min_history", 0), f"{type(model).__name__}")

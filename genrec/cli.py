@@ -12,7 +12,7 @@ import logging
 import re
 import sys
 
-from genrec.errors import GenrecError
+from genrec.errors import ConfigError, GenrecError
 
 #: what a ``--set`` value looks like: ``key=value`` or ``section.key=value`` (a dataset spec such as
 #: ``synthetic:num_users=5`` or a directory is not one, so it is left to the positional arguments)
@@ -45,10 +45,14 @@ def split_set_arguments(argv: list[str]) -> list[str]:
     words that follow it and no others, so a positional argument after the overrides stays one."""
     out: list[str] = []
     in_set = False
-    for word in argv:
+    for i, word in enumerate(argv):
         if word == "--":
             in_set = False
         elif word == "--set":
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            if following is None or not OVERRIDE_RE.match(following):
+                raise ConfigError(f"argument --set: expected KEY=VALUE after it, got "
+                                  f"{'nothing' if following is None else repr(following)}")
             in_set = True
             continue
         elif word.startswith("--set="):
@@ -68,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; a :class:`~genrec.errors.GenrecError` (bad data, config, argument or
     checkpoint) prints ``genrec COMMAND: error: ...`` and returns 2."""
     parser = build_parser()
-    args = parser.parse_args(split_set_arguments(list(sys.argv[1:] if argv is None else argv)))
+    try:
+        argv = split_set_arguments(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as e:
+        parser.error(str(e))  # usage and the message, exit code 2
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not getattr(args, "command", None):

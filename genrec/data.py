@@ -10,22 +10,30 @@ Plain directory format (what users bring for their own data)::
                             chronological order (ties keep file order)
     items.jsonl[.gz]        one JSON object per item: ``item_id`` plus any of ``title``, ``brand``,
                             ``categories`` (list or string), ``description``, ``price``
+
+Files are UTF-8 (a leading byte-order mark is skipped). Timestamps written as integers stay exact
+(``int64``, e.g. epoch nanoseconds); if any is written as a decimal, all are ``float64``. Price
+policy (every loader): an absent price is None; a price that is not one finite non-negative number
+(NaN, inf, a range such as ``"$5.99 - $12.99"``, text) is None too, and the loader logs one warning
+with the count and the first item ids.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
 import logging
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from genrec.errors import DataFormatError
+from genrec.errors import DataFormatError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +145,26 @@ def build_dataset(
     user_ids = list(user_events)
     sequences = [np.fromiter((index[i] for i, _ in user_events[u]), dtype=np.int64, count=len(user_events[u]))
                  for u in user_ids]
-    timestamps = [np.fromiter((t for _, t in user_events[u]), dtype=np.float64, count=len(user_events[u]))
-                  for u in user_ids]
+    # integer timestamps (epoch seconds, ms or ns) stay int64: float64 would merge ns-apart values
+    all_int = all(isinstance(t, (int, np.integer)) and not isinstance(t, bool)
+                  for ev in user_events.values() for _, t in ev)
+    dtype = np.int64 if all_int else np.float64
+    try:
+        timestamps = [np.fromiter((t for _, t in user_events[u]), dtype=dtype, count=len(user_events[u]))
+                      for u in user_ids]
+    except OverflowError:
+        raise DataFormatError(f"{source or name}: an integer timestamp is outside the 64-bit range") from None
     return SequenceDataset(name=name, item_ids=item_ids, user_ids=user_ids, sequences=sequences,
                            items=[item_texts[i] for i in item_ids], timestamps=timestamps)
 
 
-def item_text_from_record(record: dict[str, Any], where: str) -> ItemText:
-    """Parse text fields of one item record (from JSON); ``where`` names file and line for errors."""
+def item_text_from_record(record: dict[str, Any], where: str,
+                          bad_prices: list[tuple[str, Any]] | None = None, item_id: str = "") -> ItemText:
+    """Parse text fields of one item record (from JSON); ``where`` names file and line for errors.
+
+    A present but unreadable price becomes None and, when ``bad_prices`` is given, is appended to it
+    as ``(item_id, raw value)`` so that the loader can warn once (see :func:`warn_bad_prices`).
+    """
 
     def text(key: str) -> str | None:
         v = record.get(key)
@@ -174,38 +194,122 @@ def item_text_from_record(record: dict[str, Any], where: str) -> ItemText:
     else:
         raise DataFormatError(f"{where}: field 'categories' must be a list or string, got {type(cats).__name__}")
 
-    price = parse_price(record.get("price"), where)
+    raw_price = record.get("price")
+    price = parse_price(raw_price)
+    if price is None and bad_prices is not None and not price_is_absent(raw_price):
+        bad_prices.append((item_id or where, raw_price))
     extra = {k: v for k, v in record.items() if k not in TEXT_FIELDS and k != "item_id"}
     return ItemText(title=text("title"), brand=text("brand"), categories=categories,
                     description=text("description"), price=price, extra=extra)
 
 
-def parse_price(value: Any, where: str) -> float | None:
-    """Price as float; accepts numbers and strings like ``"$12.99"``; empty/None -> None."""
-    if value is None or value == "" or value == "None":
+def price_is_absent(value: Any) -> bool:
+    """True for a price that is simply not given: None, ``""`` (or blank) and ``"None"`` (Amazon 2023)."""
+    return value is None or (isinstance(value, str) and value.strip() in ("", "None"))
+
+
+def parse_price(value: Any) -> float | None:
+    """One finite non-negative price as float, from a number or a string like ``"$1,234.50"``.
+
+    Anything else (absent, NaN, inf, negative, a range such as ``"$5.99 - $12.99"``, other text,
+    lists, ...) gives None; loaders count the present-but-unreadable ones and warn once.
+    """
+    if price_is_absent(value) or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        p = float(value)
-    elif isinstance(value, str):
-        s = value.strip().replace("$", "").replace(",", "")
+    if isinstance(value, (int, float)):
         try:
-            p = float(s)
+            p = float(value)
+        except OverflowError:  # an integer too large for a float
+            return None
+    elif isinstance(value, str):
+        try:
+            p = float(value.strip().replace("$", "").replace(",", ""))
         except ValueError:
-            # Amazon sometimes has ranges ("$5.99 - $12.99"); those are not a single price.
-            log.debug("%s: unparseable price %r treated as missing", where, value)
             return None
     else:
-        raise DataFormatError(f"{where}: field 'price' must be a number or string, got {type(value).__name__}")
-    if not math.isfinite(p):
-        raise DataFormatError(f"{where}: price {value!r} is not finite")
-    return p
+        return None
+    return p if math.isfinite(p) and p >= 0 else None
+
+
+def _short_repr(value: Any, limit: int = 40) -> str:
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
+def warn_bad_prices(source: str, bad_prices: list[tuple[str, Any]]) -> None:
+    """Log one warning for the prices that :func:`item_text_from_record` could not read."""
+    if bad_prices:
+        examples = ", ".join(f"{iid} ({_short_repr(raw)})" for iid, raw in bad_prices[:3])
+        log.warning("%s: %d item(s) have a price that is not one finite non-negative number; price left "
+                    "missing (e.g. %s)", source, len(bad_prices), examples)
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
 
 
 def open_text(path: Path) -> io.TextIOBase:
-    """Open a text file, transparently gunzipping ``*.gz``."""
-    if str(path).endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+    """Open a UTF-8 text file, transparently gunzipping ``*.gz``; a leading byte-order mark is skipped.
+
+    Prefer :func:`iter_lines`, which turns decoding and gzip failures into :class:`DataFormatError`.
+    """
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig")
+
+
+def _locate_bad_utf8(path: Path) -> tuple[int, int, bytes] | None:
+    """``(line, byte offset, bad bytes)`` of the first invalid UTF-8 in ``path`` (None if not found).
+
+    Only run after a decoding error: the text reader decodes whole chunks, so its error says neither
+    the line nor the file offset. Latin-1 maps bytes 1:1 to characters, so with ``newline=""`` the
+    lines split exactly as in the text reader and their lengths are byte counts.
+    """
+    offset = 0
+    try:
+        with io.TextIOWrapper(_open_binary(path), encoding="latin-1", newline="") as f:
+            for lineno, line in enumerate(f, start=1):
+                raw = line.encode("latin-1")
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return lineno, offset + e.start, raw[e.start:e.end]
+                offset += len(raw)
+    except (EOFError, zlib.error, gzip.BadGzipFile):
+        pass
+    return None
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` (1-based, newline kept) of a UTF-8 text file, gunzipping ``*.gz``.
+
+    A truncated or corrupt gzip file or invalid UTF-8 raises :class:`DataFormatError` naming the
+    file and the line reached (for UTF-8, the line and byte offset of the first bad byte).
+    """
+    lineno = 0
+    gz = str(path).endswith(".gz")
+    try:
+        with open_text(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                yield lineno, line
+    except UnicodeDecodeError:
+        hint = "save the file as UTF-8"
+        if not gz:
+            with open(path, "rb") as f:
+                if f.read(2) == b"\x1f\x8b":
+                    hint = f"it looks gzip-compressed: name it {path.name}.gz"
+        found = _locate_bad_utf8(path)
+        if found is None:
+            raise DataFormatError(f"{path}:{lineno + 1}: not valid UTF-8 ({hint})") from None
+        line_no, offset, bad = found
+        what = " ".join(f"0x{b:02x}" for b in bad)
+        where = "decompressed byte offset" if gz else "byte offset"
+        raise DataFormatError(f"{path}:{line_no}: not valid UTF-8 (byte {what} at {where} {offset}; {hint})") from None
+    except EOFError:
+        raise DataFormatError(f"{path}:{lineno + 1}: truncated or corrupt gzip file (the compressed data ends "
+                              f"before its end-of-stream marker; {lineno} complete line(s) read); re-download "
+                              f"or re-create it") from None
+    except (zlib.error, gzip.BadGzipFile) as e:
+        raise DataFormatError(f"{path}:{lineno + 1}: corrupt gzip file ({e}; {lineno} complete line(s) read); "
+                              f"re-download or re-create it") from None
 
 
 def find_file(directory: Path, stem: str) -> Path:
@@ -213,22 +317,50 @@ def find_file(directory: Path, stem: str) -> Path:
     for cand in (directory / stem, directory / f"{stem}.gz"):
         if cand.is_file():
             return cand
-    raise FileNotFoundError(f"{directory}: expected {stem} or {stem}.gz, found neither")
+    raise DataNotFoundError(f"{directory}: expected {stem} or {stem}.gz, found neither")
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line; malformed JSON names the line."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+        except ValueError as e:  # e.g. an integer literal longer than Python's digit limit
+            raise DataFormatError(f"{path}:{lineno}: malformed JSON ({e})") from None
+        except RecursionError:
+            raise DataFormatError(f"{path}:{lineno}: malformed JSON (nested too deeply)") from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def parse_timestamp(value: Any, where: str, field: str = "timestamp") -> int | float:
+    """A timestamp from a number or numeric string: an ``int`` (exact) when written as an integer,
+    else a finite ``float``. Errors name ``where`` and ``field``."""
+    if isinstance(value, np.integer | np.floating):  # e.g. from a Hugging Face / pandas column
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DataFormatError(f"{where}: {field} {value!r} is not a number")
+    t: int | float = value
+    if isinstance(value, str):
+        s = value.strip()
+        try:
+            t = int(s)
+        except ValueError:
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+                t = float(s)
+            except ValueError:
+                raise DataFormatError(f"{where}: {field} {value!r} is not a number") from None
+    if isinstance(t, int):
+        if not -(2 ** 63) <= t < 2 ** 63:
+            raise DataFormatError(f"{where}: {field} {value!r} is outside the 64-bit integer range")
+    elif not math.isfinite(t):
+        raise DataFormatError(f"{where}: {field} {value!r} is not finite")
+    return t
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,28 +371,34 @@ def read_items_jsonl(path: Path) -> dict[str, ItemText]:
     """Read ``items.jsonl[.gz]`` into ``item_id -> ItemText`` (file order kept)."""
     items: dict[str, ItemText] = {}
     first_line: dict[str, int] = {}
+    bad_prices: list[tuple[str, Any]] = []
     for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
-        if "item_id" not in obj or obj["item_id"] in (None, ""):
+        raw_id = obj.get("item_id")
+        if raw_id is None or raw_id == "":
             raise DataFormatError(f"{where}: missing 'item_id'")
-        iid = str(obj["item_id"])
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int, float)):
+            raise DataFormatError(f"{where}: 'item_id' must be a string or number, got {type(raw_id).__name__}")
+        iid = str(raw_id)
         if iid in items:
             raise DataFormatError(f"{where}: duplicate item_id {iid!r} (first at line {first_line[iid]})")
-        items[iid] = item_text_from_record(obj, where)
+        items[iid] = item_text_from_record(obj, where, bad_prices, iid)
         first_line[iid] = lineno
     if not items:
         raise DataFormatError(f"{path}: empty file (no items)")
+    warn_bad_prices(str(path), bad_prices)
     return items
 
 
-def read_interactions_tsv(path: Path, items: dict[str, ItemText] | None = None) -> dict[str, list[tuple[str, float]]]:
+def read_interactions_tsv(path: Path, items: dict[str, ItemText] | None = None
+                          ) -> dict[str, list[tuple[str, int | float]]]:
     """Read ``interactions.tsv[.gz]`` into ``user_id -> [(item_id, timestamp), ...]`` in file order.
 
     If ``items`` is given, an item missing from it is an error naming the line.
     """
-    users: dict[str, list[tuple[str, float]]] = {}
-    with open_text(path) as f:
-        header_line = f.readline()
+    users: dict[str, list[tuple[str, int | float]]] = {}
+    with contextlib.closing(iter_lines(path)) as lines:
+        _, header_line = next(lines, (1, ""))
         if not header_line.strip():
             raise DataFormatError(f"{path}: empty file (expected header 'user_id\\titem_id\\ttimestamp')")
         header = [h.strip() for h in header_line.rstrip("\n\r").split("\t")]
@@ -268,10 +406,13 @@ def read_interactions_tsv(path: Path, items: dict[str, ItemText] | None = None) 
         if missing:
             raise DataFormatError(f"{path}:1: header {header} lacks column(s) {missing} "
                                   f"(expected 'user_id\\titem_id\\ttimestamp')")
+        dup = next((h for k, h in enumerate(header) if h and h in header[:k]), None)
+        if dup is not None:  # with two copies, which one holds the data would be a guess
+            raise DataFormatError(f"{path}:1: header column {dup!r} appears more than once (header {header})")
         cu, ci, ct = header.index("user_id"), header.index("item_id"), header.index("timestamp")
         ncol = len(header)
         n_rows = 0
-        for lineno, line in enumerate(f, start=2):
+        for lineno, line in lines:
             line = line.rstrip("\n\r")
             if not line.strip():
                 continue
@@ -281,12 +422,7 @@ def read_interactions_tsv(path: Path, items: dict[str, ItemText] | None = None) 
             user, item, ts = parts[cu].strip(), parts[ci].strip(), parts[ct].strip()
             if not user or not item:
                 raise DataFormatError(f"{path}:{lineno}: empty user_id or item_id")
-            try:
-                t = float(ts)
-            except ValueError:
-                raise DataFormatError(f"{path}:{lineno}: timestamp {ts!r} is not a number") from None
-            if not math.isfinite(t):
-                raise DataFormatError(f"{path}:{lineno}: timestamp {ts!r} is not finite")
+            t = parse_timestamp(ts, f"{path}:{lineno}")
             if items is not None and item not in items:
                 raise DataFormatError(f"{path}:{lineno}: item {item!r} has no entry in items file")
             users.setdefault(user, []).append((item, t))
@@ -319,7 +455,7 @@ def load_plain(directory: str | Path, name: str | None = None, order: str = "fil
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: dataset directory not found")
+        raise DataNotFoundError(f"{directory}: dataset directory not found")
     items_path = find_file(directory, "items.jsonl")
     inter_path = find_file(directory, "interactions.tsv")
     items = read_items_jsonl(items_path)
@@ -328,6 +464,15 @@ def load_plain(directory: str | Path, name: str | None = None, order: str = "fil
     ds = build_dataset(name or directory.name, users, items, source=str(inter_path))
     log.info("loaded %r", ds)
     return ds
+
+
+def format_timestamp(t: Any) -> str:
+    """Timestamp as written by :func:`write_plain`: integers exactly (int64 ns stay intact), integral
+    floats within the int64 range without ``.0``, other floats in their shortest round-trip form."""
+    if isinstance(t, (int, np.integer)):
+        return str(int(t))
+    t = float(t)
+    return str(int(t)) if t.is_integer() and abs(t) < 2 ** 63 else repr(t)
 
 
 def write_plain(dataset: SequenceDataset, directory: str | Path) -> None:
@@ -340,7 +485,7 @@ def write_plain(dataset: SequenceDataset, directory: str | Path) -> None:
     for u, seq in enumerate(dataset.sequences):
         ts = dataset.timestamps[u] if dataset.timestamps is not None else np.arange(len(seq))
         uid = dataset.user_ids[u]
-        rows.extend(f"{uid}\t{dataset.item_ids[i]}\t{int(t) if float(t).is_integer() else t}" for i, t in zip(seq, ts))
+        rows.extend(f"{uid}\t{dataset.item_ids[i]}\t{format_timestamp(t)}" for i, t in zip(seq, ts))
     atomic_write_text(directory / "interactions.tsv", "\n".join(rows) + "\n")
     lines = []
     for iid, it in zip(dataset.item_ids, dataset.items):

@@ -5,7 +5,8 @@ Accepted specs::
     DIR                                  an existing directory in the plain format (load_plain)
     plain:DIR                            the same, explicitly
     synthetic                            the synthetic demo dataset (make_synthetic, defaults)
-    synthetic:num_users=500,seed=3       ... with keyword arguments (ints, floats, seq_len=5-15)
+    synthetic:num_users=500,seed=3       ... with keyword arguments (ints, floats, seq_len=5-15), each
+                                         checked against the type of make_synthetic's default
     amazon2014:Beauty                    Amazon 2014 5-core category (downloaded to the cache)
     amazon2023:All_Beauty                Amazon 2023 category (Hugging Face hub or local JSONL files)
 
@@ -18,11 +19,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from genrec.data import SequenceDataset, load_plain
+from genrec.errors import ConfigError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -60,26 +63,79 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def parse_spec_kwargs(text: str, spec: str) -> dict[str, Any]:
-    """Parse ``"key=value,key=value"`` (values: bool, int, float, ``a-b`` int range, else string)."""
-    out: dict[str, Any] = {}
+def _split_spec_kwargs(text: str, spec: str) -> dict[str, str]:
+    out: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, eq, value = part.partition("=")
         if not eq or not key.strip():
-            raise ValueError(f"dataset spec {spec!r}: expected key=value, got {part!r}")
-        out[key.strip()] = _parse_value(value)
+            raise ConfigError(f"dataset spec {spec!r}: expected key=value, got {part!r}")
+        out[key.strip()] = value.strip()
     return out
 
 
-def _unknown(spec: str) -> ValueError:
+def parse_spec_kwargs(text: str, spec: str) -> dict[str, Any]:
+    """Parse ``"key=value,key=value"`` (values: bool, int, float, ``a-b`` int range, else string)."""
+    return {key: _parse_value(value) for key, value in _split_spec_kwargs(text, spec).items()}
+
+
+def _int_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    if not sep:
+        raise ValueError(text)
+    return int(lo), int(hi)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+# parameter default's type -> (parser of the spec text, what the message says is expected)
+_SPEC_TYPES: dict[type, tuple[Callable[[str], Any], str]] = {
+    bool: (lambda t: {"true": True, "false": False}[t.lower()], "a boolean (true or false)"),
+    int: (int, "an integer"),
+    float: (_finite_float, "a finite number"),
+    tuple: (_int_range, "an integer range such as 5-15"),
+    str: (str, "a string"),
+}
+
+
+def typed_spec_kwargs(text: str, spec: str, func: Callable[..., Any], what: str) -> dict[str, Any]:
+    """Parse ``"key=value,..."`` for ``func``: each value is read as the type of that parameter's
+    default (bool, int, float, ``a-b`` int range or string).
+
+    An unknown key raises :class:`ConfigError` listing the valid ones; a value that is not of the
+    expected type raises :class:`ConfigError` naming the key, the value and the expected type.
+    """
+    params = inspect.signature(func).parameters
+    raw = _split_spec_kwargs(text, spec)
+    unknown = [key for key in raw if key not in params]
+    if unknown:
+        raise ConfigError(f"dataset spec {spec!r}: unknown {what} parameter(s) {unknown}; valid: {sorted(params)}")
+    out: dict[str, Any] = {}
+    for key, text_value in raw.items():
+        parse, expected = _SPEC_TYPES.get(type(params[key].default), (_parse_value, ""))
+        try:
+            out[key] = parse(text_value)
+        except (ValueError, KeyError):
+            raise ConfigError(f"dataset spec {spec!r}: {what} parameter {key} must be {expected}, "
+                              f"got {text_value!r}") from None
+    return out
+
+
+def _unknown(spec: str) -> ConfigError:
     forms = "\n  ".join(SPEC_FORMS)
-    return ValueError(f"unknown dataset spec {spec!r}; accepted forms:\n  {forms}")
+    return ConfigError(f"unknown dataset spec {spec!r}; accepted forms:\n  {forms}")
 
 
 def load_dataset(spec: str, cache_dir: str | Path | None = None, **kwargs: Any) -> SequenceDataset:
     """Load the dataset named by ``spec`` (see module doc); ``kwargs`` go to the underlying loader.
 
-    An unknown spec raises ``ValueError`` listing the accepted forms.
+    An unknown or malformed spec raises :class:`~genrec.errors.ConfigError` (a ``ValueError``): an
+    unknown spec lists the accepted forms, a bad ``synthetic:`` keyword names the key, the value
+    and the expected type.
     """
     spec = str(spec).strip()
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -89,17 +145,20 @@ def load_dataset(spec: str, cache_dir: str | Path | None = None, **kwargs: Any) 
     if kind == "synthetic":
         from genrec.synthetic import make_synthetic
 
-        params = parse_spec_kwargs(arg, spec) if sep else {}
+        params = typed_spec_kwargs(arg, spec, make_synthetic, "synthetic") if sep else {}
         params.update(kwargs)
         accepted = set(inspect.signature(make_synthetic).parameters)
         bad = sorted(set(params) - accepted)
         if bad:
-            raise ValueError(f"dataset spec {spec!r}: unknown synthetic parameter(s) {bad}; "
-                             f"accepted: {sorted(accepted)}")
-        return make_synthetic(**params)
+            raise ConfigError(f"dataset spec {spec!r}: unknown synthetic parameter(s) {bad}; "
+                              f"valid: {sorted(accepted)}")
+        try:
+            return make_synthetic(**params)
+        except ValueError as e:  # make_synthetic's range checks, e.g. num_users=0
+            raise ConfigError(f"dataset spec {spec!r}: {e}") from e
     if kind in ("amazon2014", "amazon2023") and sep:
         if not arg.strip():
-            raise ValueError(f"dataset spec {spec!r}: missing category (e.g. {kind}:Beauty)")
+            raise ConfigError(f"dataset spec {spec!r}: missing category (e.g. {kind}:Beauty)")
         from genrec import amazon
 
         if kind == "amazon2014":
@@ -108,9 +167,9 @@ def load_dataset(spec: str, cache_dir: str | Path | None = None, **kwargs: Any) 
     if Path(spec).is_dir():
         return load_plain(spec, **kwargs)
     if not sep and ("/" in spec or os.sep in spec or spec.startswith(".")):
-        raise FileNotFoundError(f"{spec}: dataset directory not found (a path spec must be an existing "
+        raise DataNotFoundError(f"{spec}: dataset directory not found (a path spec must be an existing "
                                 f"directory in the plain format)")
     raise _unknown(spec)
 
 
-__all__ = ["load_dataset", "default_cache_dir", "parse_spec_kwargs", "SPEC_FORMS"]
+__all__ = ["load_dataset", "default_cache_dir", "parse_spec_kwargs", "typed_spec_kwargs", "SPEC_FORMS"]

@@ -7,7 +7,7 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["GenrecError", "DataFormatError", "ConfigError", "CheckpointError", "DatasetUnavailableError",
+__all__ = ["GenrecError", "DataFormatError", "DataNotFoundError", "ConfigError", "CheckpointError", "CheckpointNotFoundError", "DatasetUnavailableError",
            "RunDirectoryError", "TrainingDivergedError"]
 
 
@@ -19,6 +19,10 @@ class DataFormatError(GenrecError, ValueError):
     """Bad input data; the message names the file and the line or id at fault."""
 
 
+class DataNotFoundError(DataFormatError, FileNotFoundError):
+    """A dataset directory or file that does not exist (also a ``FileNotFoundError``)."""
+
+
 class ConfigError(GenrecError, ValueError):
     """A bad config value or override; the message names the key (``section.key``) and the value."""
 
@@ -26,6 +30,10 @@ class ConfigError(GenrecError, ValueError):
 class CheckpointError(GenrecError, ValueError):
     """A checkpoint or saved artifact that cannot be loaded (truncated, corrupt, incompatible or
     unsafe); the message names the file and what to do."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint file that does not exist (also a ``FileNotFoundError``)."""
 
 
 class DatasetUnavailableError(GenrecError, RuntimeError):

@@ -29,11 +29,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from genrec.artifacts import torch_save
+from genrec.artifacts import load_checkpoint, torch_save
+from genrec.errors import CheckpointNotFoundError
 from genrec.beam_search import BeamResult, PrefixTrie, beam_search, score_candidates
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.sasrec import Block, histories_to_tokens, training_batches
-from genrec.training import TrainResult, fit, setup
+from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,10 @@ class GenerativeConfig:
     eval_batch_size: int = 512
     seed: int = 0
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    nonfinite_loss: str = "error"  # a NaN/inf training loss: "error" stops, "skip" leaves the step out
+
+    def __post_init__(self) -> None:
+        check_nonfinite_loss(self.nonfinite_loss)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,6 +118,10 @@ class HierarchicalGenerative(nn.Module):
     Implements :class:`genrec.beam_search.CodeDecoder`. ``codes`` ``[n_items, num_levels]`` are
     the semantic IDs (kept in the state dict, so a saved model is self-contained).
     """
+
+    # an empty history would leave nothing but padding for the transformer to read (the beam search
+    # and scoring entry points refuse it, naming the history)
+    min_history = 1
 
     def __init__(self, codes: np.ndarray, codebook_sizes: Sequence[int], config: GenerativeConfig):
         super().__init__()
@@ -281,6 +290,8 @@ def recommend(model: nn.Module, instances: Instances | list[np.ndarray], beam_si
     with their log-probabilities (works for any :class:`CodeDecoder` with ``codes``).
 
     With a repeat gate the beam's items are re-scored by the explore/repeat mixture and re-sorted.
+    An empty history (this module's model needs at least one item; TIGER reads it as a cold start)
+    or one holding an item outside the catalogue is a ValueError naming the history.
     """
     histories = instances.histories if isinstance(instances, Instances) else instances
     users = instances.users if isinstance(instances, Instances) else None
@@ -369,13 +380,13 @@ def train_generative(split: LeaveOneOutSplit, table: Any, config: GenerativeConf
                math.ceil(n_train / config.batch_size), loss_fn,
                lambda m: evaluate(m, split.valid, config.eval_beam, batch_size=config.eval_batch_size),
                out_dir, progress, on_eval,
-               {"codes": model.codes, "codebook_sizes": list(model.codebook_sizes)}, "generative")
+               {"codes": torch.from_numpy(model.codes), "codebook_sizes": list(model.codebook_sizes)}, "generative")
 
 
 def save_generative(model: HierarchicalGenerative, path: str | Path) -> None:
     """Save weights, config and semantic IDs atomically, loadable with :func:`load_generative`."""
-    torch_save(path, {"model": model.state_dict(), "config": asdict(model.config), "codes": model.codes,
-                      "codebook_sizes": list(model.codebook_sizes)})
+    torch_save(path, {"model": model.state_dict(), "config": asdict(model.config),
+                      "codes": torch.from_numpy(model.codes), "codebook_sizes": list(model.codebook_sizes)})
 
 
 def load_generative(path: str | Path) -> HierarchicalGenerative:
@@ -385,8 +396,10 @@ def load_generative(path: str | Path) -> HierarchicalGenerative:
     if path.is_dir():
         path = path / "best.pt"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no generative model checkpoint")
-    ckpt = torch.load(path, weights_only=False)
-    model = HierarchicalGenerative(ckpt["codes"], ckpt["codebook_sizes"], GenerativeConfig(**ckpt["config"]))
+        raise CheckpointNotFoundError(f"{path}: no generative model checkpoint; train (or save) the model first")
+    ckpt = load_checkpoint(path, kind="generative model checkpoint",
+                           keys=("model", "config", "codes", "codebook_sizes"))
+    model = HierarchicalGenerative(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"],
+                                   GenerativeConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()

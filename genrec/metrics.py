@@ -5,7 +5,8 @@ masked unless asked. With a single relevant item, Recall@K is the hit rate and
 NDCG@K = 1 / log2(rank + 2) for a 0-based rank < K.
 
 Ties are broken against the target: an item scoring exactly the same as the target counts as ranked
-ahead of it, so constant or degenerate scores never look good.
+ahead of it, so constant or degenerate scores never look good. A target whose score is NaN or
+infinite (a diverged model) is always a miss, and every metric is checked to lie in [0, 1].
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import numpy as np
 import torch
 
 DEFAULT_KS = (5, 10, 20, 50)
+#: the rank of a target that cannot be ranked (masked, or scored NaN / inf): beyond every K, so a
+#: miss even when K exceeds a tiny catalogue
+MISS_RANK = 2**31 - 1
 
 
 def ranks_from_scores(
@@ -26,7 +30,8 @@ def ranks_from_scores(
     """0-based rank of each target in its row of ``scores`` ``[n, num_items]``.
 
     ``exclude[k]``: items to remove from row k before ranking (history masking); the target itself
-    is never removed by it (if it is in ``exclude[k]``, the instance gets rank ``num_items``, a miss).
+    is never removed by it (if it is in ``exclude[k]``, the instance gets :data:`MISS_RANK`, a miss).
+    A target scored NaN or +-inf also gets :data:`MISS_RANK`: a diverged model never scores a hit.
     """
     s = torch.as_tensor(scores, dtype=torch.float32)
     t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
@@ -40,10 +45,11 @@ def ranks_from_scores(
     target_scores = s.gather(1, t[:, None])  # [n, 1]
     if exclude is not None:
         masked = torch.isneginf(target_scores[:, 0])
-    ahead = (s >= target_scores).sum(1) - 1  # minus the target itself
+    ahead = (s >= target_scores).sum(1) - 1  # minus the target itself (NaN compares False: rank -1)
     ranks = ahead.numpy().astype(np.int64)
     if exclude is not None:
-        ranks[masked.numpy()] = s.shape[1]
+        ranks[masked.numpy()] = MISS_RANK
+    ranks[~torch.isfinite(target_scores[:, 0]).numpy()] = MISS_RANK
     return ranks
 
 
@@ -63,7 +69,7 @@ def ranks_from_topk(topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
     """``{"recall@K": ..., "ndcg@K": ...}`` averaged over instances, for each K."""
-    ranks = np.asarray(ranks)
+    ranks = _checked_ranks(ranks)
     if ranks.size == 0:
         raise ValueError("no instances to evaluate")
     out: dict[str, float] = {}
@@ -72,12 +78,28 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dic
         hit = ranks < k
         out[f"recall@{k}"] = float(hit.mean())
         out[f"ndcg@{k}"] = float(np.where(hit, gains, 0.0).mean())
+    bad = {name: v for name, v in out.items() if not 0.0 <= v <= 1.0}
+    if bad:  # cannot happen for valid ranks; a guard so that a wrong number is never reported
+        raise AssertionError(f"metrics outside [0, 1]: {bad}")
     return out
+
+
+def _checked_ranks(ranks: np.ndarray) -> np.ndarray:
+    """``ranks`` as an integer array; negative or non-integer ranks are a bug upstream, never a hit."""
+    ranks = np.asarray(ranks)
+    if ranks.size and not np.issubdtype(ranks.dtype, np.integer):
+        if not np.all(np.isfinite(ranks)) or np.any(ranks != np.round(ranks)):
+            raise ValueError("ranks must be whole numbers; got non-integer or non-finite values")
+        ranks = ranks.astype(np.int64)
+    if ranks.size and ranks.min() < 0:
+        raise ValueError(f"ranks must be >= 0 (0 = first); got {int(ranks.min())} for instance "
+                         f"{int(np.argmin(ranks))}")
+    return ranks
 
 
 def per_instance_ndcg(ranks: np.ndarray, k: int) -> np.ndarray:
     """``[n]`` NDCG@k contribution of each instance (for per-category breakdowns)."""
-    ranks = np.asarray(ranks, dtype=np.float64)
+    ranks = _checked_ranks(ranks).astype(np.float64)
     return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 

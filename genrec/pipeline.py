@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -55,7 +56,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from genrec.artifacts import atomic_write, atomic_write_bytes, atomic_write_text, load_json, save_json
-from genrec.errors import ConfigError
+from genrec.config import build_dataclass, check_mapping, did_you_mean, field_hints, parse_value, yaml_load
+from genrec.errors import ConfigError, DataFormatError, GenrecError, RunDirectoryError
+from genrec.rundir import RunLock
 from genrec.generative import GenerativeConfig
 from genrec.sasrec import SASRecConfig
 
@@ -196,63 +199,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, Sequence):
-        args = typing.get_args(hint)
-        return isinstance(value, (list, tuple)) and (not args or all(_type_ok(v, args[0]) for v in value))
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    if typing.get_origin(hint) is list:
-        return f"a list of {_type_name(typing.get_args(hint)[0])}"
-    if typing.get_origin(hint) is dict:
-        return "a mapping"
-    return getattr(hint, "__name__", str(hint))
-
-
 def _build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"config section {name!r} must be a mapping of settings, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in fields:
-            close = [f for f in sorted(fields) if f.startswith(str(key)[:3])]
-            raise ConfigError(f"unknown config key '{name}.{key}'" + (f" (did you mean {close}?)" if close else "")
-                              + f"; valid keys of '{name}': {', '.join(sorted(fields))}")
-        hint = hints[key]
-        if not _type_ok(value, hint):
-            raise ConfigError(f"config key '{name}.{key}' expects {_type_name(hint)}, got {value!r}")
-        if hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint)):
-            value = float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-        kwargs[key] = copy.deepcopy(value)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config section '{name}': {e}") from None
+    return build_dataclass(name, cls, values)
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -270,23 +218,13 @@ def _parse_override(pair: str) -> tuple[list[str], Any]:
     key, sep, raw = pair.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {pair!r} is not of the form section.key=value")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        try:
-            import yaml
-
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except Exception:  # noqa: BLE001 - anything unparsable is a plain string
-            value = raw
-        if not isinstance(value, (bool, int, float, list, dict)) and value is not None:
-            value = raw
-    return key.strip().split("."), value
+    return key.strip().split("."), parse_value(raw)
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """``section.key=value`` (or ``name=...``, ``num_threads=...``) pairs applied to a raw config dict;
-    values are JSON (``[10, 20]``, ``true``, ``null``, numbers) or else plain strings."""
+    values are read as in a YAML file (:func:`genrec.config.parse_value`: ``[10, 20]``, ``true``,
+    ``null``, ``1e-3``) or else kept as plain strings."""
     out = copy.deepcopy(dict(raw))
     for pair in overrides:
         path, value = _parse_override(pair)
@@ -298,7 +236,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             continue
         section, key = path[0], ".".join(path[1:])
         if section not in SECTIONS:
-            raise ConfigError(f"override {pair!r}: unknown section {section!r}; sections: {', '.join(SECTIONS)}")
+            raise ConfigError(f"override {pair!r}: unknown section {section!r}{did_you_mean(section, SECTIONS)}; "
+                              f"sections: {', '.join(SECTIONS)}")
         if not isinstance(out.get(section) or {}, Mapping):
             raise ConfigError(f"config section {section!r} must be a mapping of settings, got {out[section]!r}")
         if out.get(section) is None:
@@ -330,10 +269,10 @@ def config_from_dict(raw: Mapping[str, Any] | None, preset: str | None = None, o
     raw = apply_overrides(raw, overrides)
     bad = [k for k in raw if k not in SECTIONS and k not in TOP_LEVEL]
     if bad:
-        raise ConfigError(f"unknown config key(s) {bad}; top-level keys: {', '.join(TOP_LEVEL)}; "
-                          f"sections: {', '.join(SECTIONS)}")
+        raise ConfigError(f"unknown config key '{bad[0]}'{did_you_mean(bad[0], [*SECTIONS, *TOP_LEVEL])}; "
+                          f"top-level keys: {', '.join(TOP_LEVEL)}; sections: {', '.join(SECTIONS)}")
     chosen = preset if preset is not None else raw.get("preset")
-    if chosen is not None and chosen not in PRESETS:
+    if chosen is not None and (not isinstance(chosen, str) or chosen not in PRESETS):
         raise ConfigError(f"config key 'preset' must be one of {list(PRESETS)}, got {chosen!r}")
     merged = _merge(PRESETS[chosen], raw) if chosen else raw
     if preset is not None:
@@ -371,18 +310,20 @@ def config_from_dict(raw: Mapping[str, Any] | None, preset: str | None = None, o
 def load_config(path: str | Path, preset: str | None = None, overrides: Sequence[str] = ()) -> RecipeConfig:
     """Read a YAML recipe config (see :func:`config_from_dict`); a relative ``data.dataset`` directory
     is resolved as described in :class:`DataSection`."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: recipe config not found")
+        raise ConfigError(f"{path}: recipe config not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the recipe config: {e}") from None
+    raw = yaml_load(text, str(path))
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe config must be a YAML mapping, got {type(raw).__name__}")
-    config = config_from_dict(raw, preset, overrides, source=path)
+    try:
+        config = config_from_dict(raw, preset, overrides, source=path)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     config.data.dataset = resolve_dataset_spec(config.data.dataset, path.parent)
     return config
 
@@ -451,17 +392,18 @@ def validate_config(config: RecipeConfig) -> None:
         need(m in FUSION_METHODS, "fusion.methods", m, f"must be among {list(FUSION_METHODS)}")
     need(len(set(f.methods)) == len(f.methods), "fusion.methods", f.methods, "must not repeat a method")
     need(f.primary in f.methods, "fusion.primary", f.primary, f"must be one of fusion.methods {f.methods}")
-    gate_fields = {x.name for x in dataclasses.fields(_learned_gate_cls()) if x.name not in ("scale", "name")}
-    for key in f.gate:
-        need(key in gate_fields, f"fusion.gate.{key}", f.gate[key],
-             f"is not a learned-gate option (valid: {', '.join(sorted(gate_fields))})")
+    check_mapping("fusion.gate", f.gate, gate_option_hints())
+    for key in ("hidden", "batch_size", "max_epochs", "patience", "k"):
+        if key in f.gate:
+            need(f.gate[key] >= 1, f"fusion.gate.{key}", f.gate[key], "must be >= 1")
+    if "lr" in f.gate:
+        need(f.gate["lr"] > 0, "fusion.gate.lr", f.gate["lr"], "must be > 0")
+    if "holdout" in f.gate:
+        need(0 < f.gate["holdout"] < 1, "fusion.gate.holdout", f.gate["holdout"], "must be in (0, 1)")
     if f.joint:
         from fusion.joint import JointConfig
 
-        jfields = {x.name for x in dataclasses.fields(JointConfig)}
-        for key in f.joint_config:
-            need(key in jfields, f"fusion.joint_config.{key}", f.joint_config[key],
-                 f"is not a JointConfig field (valid: {', '.join(sorted(jfields))})")
+        check_mapping("fusion.joint_config", f.joint_config, field_hints(JointConfig))
         try:
             _joint_config(config)
         except (TypeError, ValueError) as e:
@@ -473,10 +415,16 @@ def validate_config(config: RecipeConfig) -> None:
          f"must be recall@K or ndcg@K with K in report.ks {r.ks}")
 
 
-def _learned_gate_cls() -> type:
+#: what the learned gate keeps to itself: its scale and name come from ``fusion.methods``, the rest is
+#: fitted state
+_GATE_INTERNAL = ("scale", "name", "standardizer", "model", "history", "best_epoch")
+
+
+def gate_option_hints() -> dict[str, Any]:
+    """The :class:`fusion.LearnedGateFusion` options a recipe may set under ``fusion.gate``."""
     from fusion.methods import LearnedGateFusion
 
-    return LearnedGateFusion
+    return field_hints(LearnedGateFusion, exclude=_GATE_INTERNAL)
 
 
 def config_to_dict(config: RecipeConfig) -> dict[str, Any]:
@@ -503,26 +451,78 @@ class Stage:
     after: tuple[str, ...] = ()
     enabled: Callable[[RecipeConfig], bool] = lambda config: True
     description: str = ""
+    #: whether redoing it costs real work (trained models, embeddings, fitted fusion); such a stage is
+    #: only discarded with ``force``, the others (recomputed in seconds) are simply rerun
+    keeps_work: bool = True
 
 
 # Settings that do not change any result (threads, inference batch sizes, caches): not hashed.
 _UNHASHED = {"num_threads", "eval_batch_size", "cache", "cache_dir", "batch_size@text", "device"}
 
 
-def _section_for_hash(config: RecipeConfig, sec: str) -> Any:
+def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -> Any:
     if sec in TOP_LEVEL:
         return getattr(config, sec)
     if "." in sec:  # one setting of a section, e.g. "fusion.k"
         head, _, key = sec.partition(".")
         return asdict(getattr(config, head))[key]
     d = asdict(getattr(config, sec))
-    return {k: v for k, v in d.items() if k not in _UNHASHED and f"{k}@{sec}" not in _UNHASHED}
+    out = {k: v for k, v in d.items() if k not in _UNHASHED and f"{k}@{sec}" not in _UNHASHED}
+    if sec == "data":  # the input files themselves, so changed data reruns what depends on it
+        out["fingerprint"] = fingerprint
+    return out
 
 
-def _stage_hash(stage: Stage, config: RecipeConfig, upstream: Mapping[str, str]) -> str:
-    src = {"stage": stage.name, "version": 1, "config": {s: _section_for_hash(config, s) for s in stage.sections},
-           "upstream": {k: upstream[k] for k in stage.after if k in upstream}}
+def _hash_inputs(stage: Stage, config: RecipeConfig, upstream: Mapping[str, str], fingerprint: Any) -> dict:
+    """What a stage's hash covers: its config sections (the data section with the input files'
+    fingerprint) and its upstream stages' hashes."""
+    return {"stage": stage.name, "version": 2,
+            "config": {s: _section_for_hash(config, s, fingerprint) for s in stage.sections},
+            "upstream": {k: upstream[k] for k in stage.after if k in upstream}}
+
+
+def _stage_hash(stage: Stage, config: RecipeConfig, upstream: Mapping[str, str], fingerprint: Any = None) -> str:
+    src = _hash_inputs(stage, config, upstream, fingerprint)
     return hashlib.sha256(json.dumps(src, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: json.dumps(obj, sort_keys=True, default=str)}
+
+
+def _changed_keys(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[str]:
+    """The config keys (``section.key``) whose hashed values differ; input data changes read
+    ``data files (path)``."""
+    if before is None:
+        return ["(unknown: the stage was run by an older genrec)"]
+    old, new = _flat(before.get("config", {})), _flat(after.get("config", {}))
+    out = []
+    ups_old, ups_new = before.get("upstream", {}), after.get("upstream", {})
+    out += [f"stage {k} added" for k in ups_new if k not in ups_old]
+    out += [f"stage {k} removed" for k in ups_old if k not in ups_new]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        if ".fingerprint" in key:
+            out.append("data files (" + _data_paths(before, after) + ")")
+        else:
+            out.append(key)
+    return sorted(set(out))
+
+
+def _data_paths(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    def files(src: Mapping[str, Any]) -> dict[str, Any]:
+        fp = src.get("config", {}).get("data", {}).get("fingerprint") or {}
+        return {f["path"]: f for f in fp.get("files", [])}
+
+    a, b = files(before), files(after)
+    changed = [p for p in sorted(set(a) | set(b)) if a.get(p) != b.get(p)]
+    return ", ".join(changed) if changed else "the dataset spec"
 
 
 class _SplitCache:
@@ -549,9 +549,17 @@ def _progress(config: RecipeConfig) -> bool:
     return bool(getattr(config, "_progress", True))
 
 
+def check_catalogue(config: RecipeConfig, num_items: int) -> None:
+    """Settings that must fit the dataset's catalogue (known once it is loaded): ``fusion.k``."""
+    if config.fusion.k > num_items:
+        raise ConfigError(f"config key 'fusion.k' ({config.fusion.k}) exceeds the catalogue of "
+                          f"{config.data.dataset} ({num_items} items); set fusion.k <= {num_items}")
+
+
 def stage_data(run_dir: Path, config: RecipeConfig, inputs: dict[str, Path]) -> dict[str, Path]:
     """Load the dataset and split it; ``data/summary.json``: statistics and split sizes."""
     dataset, split = load_split(config)
+    check_catalogue(config, split.num_items)  # early, before any model is trained
     summary: dict[str, Any] = {"dataset": config.data.dataset, "name": dataset.name, "stats": dataset.stats(),
                                "split": {"users_kept": int(len(split.users)), "train_sequences": len(split.train),
                                          "train_interactions": int(sum(len(s) for s in split.train)),
@@ -712,6 +720,7 @@ def stage_fusion(run_dir: Path, config: RecipeConfig, inputs: dict[str, Path]) -
     from genrec.sasrec import load_sasrec
 
     _, split = load_split(config)
+    check_catalogue(config, split.num_items)
     f = config.fusion
     sasrec = load_sasrec(run_dir / "sasrec" / "best.pt")
     generative = load_generative(run_dir / "generative" / "best.pt")
@@ -836,22 +845,23 @@ def stage_report(run_dir: Path, config: RecipeConfig, inputs: dict[str, Path]) -
 
 _FUSION_KEYS = ("data", "fusion.k", "fusion.beam", "fusion.teacher_forcing", "fusion.methods", "fusion.gate")
 STAGES: tuple[Stage, ...] = (
-    Stage("data", stage_data, ("data",), (), description="load and split the dataset"),
+    Stage("data", stage_data, ("data",), (), description="load and split the dataset", keeps_work=False),
     Stage("embed", stage_embed, ("data", "text"), ("data",), description="item text -> sentence embeddings"),
     Stage("quantize", stage_quantize, ("quantize",), ("embed",), description="embeddings -> semantic IDs"),
     Stage("sasrec", stage_sasrec, ("data", "sasrec"), ("data",), description="train the SASRec item-ID model"),
     Stage("generative", stage_generative, ("data", "generative"), ("quantize",),
           description="train the semantic-ID generative model"),
-    Stage("labels", stage_labels, ("data", "labels"), ("data",), description="memorization / generalization labels"),
+    Stage("labels", stage_labels, ("data", "labels"), ("data",), description="memorization / generalization labels",
+          keeps_work=False),
     Stage("fusion", stage_fusion, _FUSION_KEYS, ("sasrec", "generative", "quantize"),
           description="post-hoc fusion fitted on validation, applied to test"),
     Stage("joint", stage_joint, ("data", "sasrec", "generative", "fusion.joint_config"), ("quantize",),
           enabled=lambda c: c.fusion.joint, description="joint training of both towers and a gate"),
     Stage("evaluate", stage_evaluate, ("report.ks",), ("labels", "fusion", "joint"),
-          description="metrics overall and per label"),
+          description="metrics overall and per label", keeps_work=False),
     Stage("report", stage_report, ("name", "preset", "report", "fusion.primary"), ("data", "embed", "quantize", "sasrec", "generative", "labels",
                                                        "fusion", "joint", "evaluate"),
-          description="results.json, report.md and plots"),
+          description="results.json, report.md and plots", keeps_work=False),
 )
 
 
@@ -863,6 +873,142 @@ def stage_names(config: RecipeConfig | None = None) -> list[str]:
 class StopAfterStage(Exception):
     """Raised by :func:`run_recipe` when ``stop_after`` names the stage just finished (for tests and
     step-by-step runs)."""
+
+
+def _marker(path: Path) -> dict[str, Any] | None:
+    """A stage marker's content; an unreadable one (a damaged file) counts as absent: the stage reruns."""
+    if not path.exists():
+        return None
+    try:
+        return load_json(path)
+    except (OSError, ValueError):
+        log.warning("%s is unreadable; treating its stage as not done", path)
+        return None
+
+
+def _plan(config: RecipeConfig, run_dir: Path, fingerprint: Any) -> tuple[dict[str, dict], list[str], list[str]]:
+    """Hash inputs of every enabled stage, the stages whose earlier work a run would discard, and
+    the config keys that changed for them."""
+    hashes: dict[str, str] = {}
+    inputs: dict[str, dict] = {}
+    discard, changed = [], []
+    for stage in STAGES:
+        if not stage.enabled(config):
+            continue
+        src = _hash_inputs(stage, config, hashes, fingerprint)
+        hashes[stage.name] = hashlib.sha256(json.dumps(src, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        inputs[stage.name] = {"hash": hashes[stage.name], "src": src}
+        sdir = run_dir / stage.name
+        earlier = _marker(sdir / "stage.done.json") or _marker(sdir / "stage.started.json")
+        if earlier is not None and earlier.get("config_hash") != hashes[stage.name]:
+            discard.append(stage.name)
+            if stage.keeps_work:
+                changed += [k for k in _changed_keys(earlier.get("hashed"), src) if k not in changed]
+    return inputs, discard, changed
+
+
+def _run_stages(config: RecipeConfig, run_dir: Path, names: list[str], *, force: bool, progress: bool | None,
+                stop_after: str | None, on_stage: Callable[[str, str, dict[str, Any]], None] | None) -> None:
+    from tqdm.auto import tqdm
+
+    from genrec.rundir import data_fingerprint
+
+    try:
+        fingerprint = data_fingerprint(config.data.dataset, config.data.cache_dir)
+    except OSError as e:
+        raise DataFormatError(f"{e.filename}: cannot read the dataset file: {e.strerror}") from None
+    plan, discard, changed = _plan(config, run_dir, fingerprint)
+    costly = [n for n in discard if next(s for s in STAGES if s.name == n).keeps_work]
+    if costly and not force:
+        trained = [f"{n}/{f}" for n in discard for f in ("best.pt", "last.pt") if (run_dir / n / f).exists()]
+        raise RunDirectoryError(
+            f"{run_dir}: the config or data changed since this run directory's stages ran "
+            f"(changed: {', '.join(changed)}); running would discard the stages {', '.join(costly)}"
+            + (f", trained models included ({', '.join(trained)})" if trained else "")
+            + (f" (and rerun {', '.join(n for n in discard if n not in costly)})" if len(costly) < len(discard) else "")
+            + ". Rerun with --force (force=True) to discard and redo them, or choose a fresh run directory "
+              "(--out)")
+    _write(run_dir / "config.json", lambda: save_json(run_dir / "config.json", config_to_dict(config)), "recipe")
+    report = _marker(run_dir / "report" / "stage.done.json")
+    if report is None or report.get("config_hash") != plan["report"]["hash"]:
+        # the report will be written anew: an earlier one must not outlive the stages it came from
+        for stale in ("results.json", "report.md"):
+            (run_dir / stale).unlink(missing_ok=True)
+    dirs: dict[str, Path] = {}
+    bar = tqdm(total=len(names), desc="recipe", unit="stage", disable=None if progress is None else not progress)
+    try:
+        for stage in STAGES:
+            if not stage.enabled(config):
+                continue
+            h, src = plan[stage.name]["hash"], plan[stage.name]["src"]
+            sdir = run_dir / stage.name
+            marker = sdir / "stage.done.json"
+            done = _marker(marker)
+            inputs = {k: dirs[k] for k in stage.after if k in dirs}
+            if done is not None and done.get("config_hash") == h:
+                log.info("stage %s: done earlier, skipped", stage.name)
+                dirs[stage.name] = sdir
+                if on_stage:
+                    on_stage(stage.name, "skip", done)
+                bar.update(1)
+                if stop_after == stage.name:
+                    raise StopAfterStage(stage.name)
+                continue
+            if stage.name in discard:
+                # finished or interrupted with other settings (allowed by force): its checkpoints cannot
+                # be resumed
+                log.log(logging.WARNING if stage.keeps_work else logging.INFO,
+                        "stage %s: its config, data or upstream stages changed since it ran; clearing %s and "
+                        "running it again", stage.name, sdir)
+                shutil.rmtree(sdir)
+            started = {"stage": stage.name, "config_hash": h, "hashed": src}
+            _write(sdir, lambda: save_json(sdir / "stage.started.json", started), stage.name)
+            if on_stage:
+                on_stage(stage.name, "start", {"description": stage.description})
+            bar.set_postfix_str(stage.name)
+            scoped = _reset_peak_rss()
+            t0 = time.perf_counter()
+            try:
+                artifacts = _write(sdir, lambda: stage.run(run_dir, config, inputs), stage.name)
+            except (GenrecError, FileNotFoundError):
+                raise  # already say what is wrong and where
+            except Exception as e:
+                raise RuntimeError(f"stage {stage.name!r} failed: {type(e).__name__}: {e}") from e
+            wall = time.perf_counter() - t0
+            info = {"stage": stage.name, "config_hash": h,
+                    "artifacts": {k: str(Path(p).relative_to(run_dir)) if Path(p).is_relative_to(run_dir) else str(p)
+                                  for k, p in artifacts.items()},
+                    "timing": {"wall_s": wall, "peak_rss_mib": _peak_rss_mib(),
+                               "peak_rss_scope": "stage" if scoped else "process"},
+                    "hashed": src}
+            _write(sdir, lambda: save_json(marker, info), stage.name)  # last: the stage counts as done only now
+            dirs[stage.name] = sdir
+            log.info("stage %s: done in %.1fs", stage.name, wall)
+            if on_stage:
+                on_stage(stage.name, "done", info)
+            bar.update(1)
+            if stop_after == stage.name:
+                raise StopAfterStage(stage.name)
+    finally:
+        bar.close()
+
+
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _write(where: Path, action: Callable[[], Any], stage: str) -> Any:
+    """Run ``action``; an error writing the run directory (disk full, read-only, no permission)
+    becomes a :class:`RunDirectoryError` naming the stage and the file. Artifacts are written
+    atomically, so what earlier stages wrote is intact."""
+    try:
+        return action()
+    except OSError as e:
+        if e.errno not in _WRITE_ERRORS:
+            raise
+        verb = "write" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "access"
+        raise RunDirectoryError(
+            f"stage {stage!r} could not {verb} {e.filename or where}: {e.strerror}; the stages finished before "
+            f"it are intact: free some space or make the run directory writable, then rerun to resume") from None
 
 
 def _peak_rss_mib() -> float:
@@ -881,85 +1027,36 @@ def _reset_peak_rss() -> bool:
 
 def run_recipe(config: RecipeConfig, run_dir: str | Path, *, progress: bool | None = None,
                stop_after: str | None = None,
-               on_stage: Callable[[str, str, dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+               on_stage: Callable[[str, str, dict[str, Any]], None] | None = None,
+               force: bool = False) -> dict[str, Any] | None:
     """Run (or resume) every enabled stage of ``config`` in ``run_dir``; returns ``results.json``'s content.
 
-    Completed stages whose config hash matches are skipped; interrupted ones resume. ``stop_after``:
+    Completed stages whose config hash matches are skipped; interrupted ones resume. When the config
+    or the input data changed since stages of ``run_dir`` ran, :class:`RunDirectoryError` names the
+    changed keys and the stages that would be discarded, unless ``force`` (then they are cleared and
+    rerun). The run holds ``run_dir/run.lock`` (:class:`genrec.rundir.RunLock`): a second run on the same
+    directory is refused. A stage that cannot write (disk full, read-only) fails with
+    :class:`RunDirectoryError`; finished stages stay intact. ``stop_after``:
     raise :class:`StopAfterStage` once that stage is done (later stages are left for the next call).
     ``on_stage(name, event, info)`` is called with ``"skip"``,
     ``"start"`` and ``"done"`` events (the CLI prints progress from it). ``progress``: tqdm bars
     (``None``: on a terminal only)."""
     import torch
-    from tqdm.auto import tqdm
-
-    from genrec.amazon import DatasetUnavailableError
-    from genrec.data import DataFormatError
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirectoryError(f"{run_dir}: cannot create the run directory: {e.strerror}") from None
     names = stage_names(config)
     if stop_after is not None and stop_after not in names:
         raise ValueError(f"stop_after={stop_after!r} is not a stage of this recipe; stages: {names}")
     object.__setattr__(config, "_progress", progress is not False and (progress or sys.stderr.isatty()))
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    save_json(run_dir / "config.json", config_to_dict(config))
-    hashes: dict[str, str] = {}
-    dirs: dict[str, Path] = {}
-    bar = tqdm(total=len(names), desc="recipe", unit="stage", disable=None if progress is None else not progress)
-    try:
-        for stage in STAGES:
-            if not stage.enabled(config):
-                continue
-            h = _stage_hash(stage, config, hashes)
-            hashes[stage.name] = h
-            sdir = run_dir / stage.name
-            marker = sdir / "stage.done.json"
-            done = load_json(marker) if marker.exists() else None
-            inputs = {k: dirs[k] for k in stage.after if k in dirs}
-            if done is not None and done.get("config_hash") == h:
-                log.info("stage %s: done earlier, skipped", stage.name)
-                dirs[stage.name] = sdir
-                if on_stage:
-                    on_stage(stage.name, "skip", done)
-                bar.update(1)
-                if stop_after == stage.name:
-                    raise StopAfterStage(stage.name)
-                continue
-            started = sdir / "stage.started.json"
-            if done is not None or (started.exists() and load_json(started).get("config_hash") != h):
-                # finished or interrupted with other settings: its checkpoints cannot be resumed
-                log.warning("stage %s: its config changed since it ran; clearing %s and running it again",
-                            stage.name, sdir)
-                shutil.rmtree(sdir)
-            save_json(started, {"stage": stage.name, "config_hash": h})
-            if on_stage:
-                on_stage(stage.name, "start", {"description": stage.description})
-            bar.set_postfix_str(stage.name)
-            scoped = _reset_peak_rss()
-            t0 = time.perf_counter()
-            try:
-                artifacts = stage.run(run_dir, config, inputs)
-            except (ConfigError, FileNotFoundError, DataFormatError, DatasetUnavailableError):
-                raise  # already say what is wrong and where
-            except Exception as e:
-                raise RuntimeError(f"stage {stage.name!r} failed: {type(e).__name__}: {e}") from e
-            wall = time.perf_counter() - t0
-            info = {"stage": stage.name, "config_hash": h,
-                    "artifacts": {k: str(Path(p).relative_to(run_dir)) if Path(p).is_relative_to(run_dir) else str(p)
-                                  for k, p in artifacts.items()},
-                    "timing": {"wall_s": wall, "peak_rss_mib": _peak_rss_mib(),
-                               "peak_rss_scope": "stage" if scoped else "process"}}
-            save_json(marker, info)  # last: the stage counts as done only now
-            dirs[stage.name] = sdir
-            log.info("stage %s: done in %.1fs", stage.name, wall)
-            if on_stage:
-                on_stage(stage.name, "done", info)
-            bar.update(1)
-            if stop_after == stage.name:
-                raise StopAfterStage(stage.name)
-    finally:
-        bar.close()
+    with RunLock(run_dir):
+        _run_stages(config, run_dir, names, force=force, progress=progress, stop_after=stop_after,
+                    on_stage=on_stage)
     results_path = run_dir / "results.json"
     return load_json(results_path) if results_path.exists() else None
 

@@ -13,17 +13,18 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from genrec.artifacts import torch_save
+from genrec.artifacts import load_checkpoint, torch_save
+from genrec.errors import CheckpointNotFoundError
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
 from genrec.splits import Instances, LeaveOneOutSplit
-from genrec.training import TrainResult, fit, setup
+from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,15 @@ class SASRecConfig:
     seed: int = 0
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's default
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
+    nonfinite_loss: str = "error"  # a NaN/inf training loss: "error" stops, "skip" leaves the step out
     # A learned score offset for items already in the history. Dot-product scoring ranks history
     # items high (the history state is built from their embeddings); this lets the model learn from
     # the training data how often people re-consume (on Amazon 5-core: never) instead of relying on
     # evaluation-time masking, which the full-ranking protocol does not allow.
     repeat_bias: bool = True
+
+    def __post_init__(self) -> None:
+        check_nonfinite_loss(self.nonfinite_loss)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -192,6 +197,28 @@ def _add_once(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bias
 # Data
 
 
+def check_histories(histories: Sequence[np.ndarray], num_items: int, min_length: int = 0,
+                    model: str = "the model") -> None:
+    """Raise ValueError naming the first history (by its index) that holds an item index outside
+    ``[0, num_items)`` or has fewer than ``min_length`` items. Inside the models index -1 would
+    silently become padding (and ``num_items`` an index error), so entry points check once, vectorised."""
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    short = np.flatnonzero(lengths < min_length)
+    if len(short):
+        i = int(short[0])
+        what = "is empty" if lengths[i] == 0 else f"has only {lengths[i]} items"
+        need = "one item" if min_length == 1 else f"{min_length} items"
+        raise ValueError(f"history {i} {what}: {model} needs at least {need} in every history")
+    if not lengths.sum():
+        return
+    flat = np.concatenate([np.asarray(h).reshape(-1) for h in histories])
+    bad = np.flatnonzero((flat < 0) | (flat >= num_items))
+    if len(bad):
+        i = int(np.searchsorted(np.cumsum(lengths), bad[0], side="right"))
+        raise ValueError(f"history {i} holds item index {flat[bad[0]]}, outside the catalogue's 0..{num_items - 1}; "
+                         "histories hold real item indices only (the model adds its own padding)")
+
+
 def histories_to_tokens(histories: list[np.ndarray], max_len: int) -> torch.Tensor:
     """Right-aligned, left-padded token matrix ``[n, min(max_len, longest)]`` (item i -> token i+1)."""
     length = max(1, min(max_len, max(len(h) for h in histories)))
@@ -227,14 +254,22 @@ def training_batches(sequences: list[np.ndarray], config: SASRecConfig, rng: np.
 # Inference
 
 
-@torch.no_grad()
 def iter_logits(model: SASRec, instances: Instances | list[np.ndarray], batch_size: int = 1024
                 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield ``(rows, logits [len(rows), num_items])`` covering every instance once (eval mode).
 
     Rows come grouped by history length (less padding), so callers scatter results by ``rows``.
+    A history item outside the catalogue (e.g. -1) is a ValueError naming the instance, raised here
+    rather than at the first ``next``.
     """
     histories = instances.histories if isinstance(instances, Instances) else instances
+    check_histories(histories, model.num_items)
+    return _iter_logits(model, histories, batch_size)
+
+
+@torch.no_grad()
+def _iter_logits(model: SASRec, histories: list[np.ndarray], batch_size: int
+                 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     order = np.argsort([min(len(h), model.config.max_len) for h in histories], kind="stable")
     was_training = model.training
     model.eval()
@@ -327,8 +362,8 @@ def load_sasrec(path: str | Path, device: str = "cpu") -> SASRec:
     if path.is_dir():
         path = path / "best.pt"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no SASRec checkpoint")
-    ckpt = torch.load(path, weights_only=False, map_location="cpu")
+        raise CheckpointNotFoundError(f"{path}: no SASRec checkpoint; train (or save) the model first")
+    ckpt = load_checkpoint(path, kind="SASRec checkpoint", keys=("model", "config", "num_items"))
     model = SASRec(ckpt["num_items"], SASRecConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(resolve_device(device)).eval()

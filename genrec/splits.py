@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genrec.data import SequenceDataset
+from genrec.errors import ConfigError, DataFormatError
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +78,26 @@ class LeaveOneOutSplit:
 
 
 def leave_one_out(dataset: SequenceDataset, max_history: int = 50, min_interactions: int = 3) -> LeaveOneOutSplit:
-    """Split every user with at least ``min_interactions`` items; others are dropped with a logged count."""
+    """Split every user with at least ``min_interactions`` items; others are dropped with a logged count.
+
+    Raises :class:`~genrec.errors.ConfigError` for a bad ``min_interactions`` / ``max_history`` and
+    :class:`~genrec.errors.DataFormatError` when no user is long enough (both ``ValueError`` subclasses).
+    """
     if min_interactions < 3:
-        raise ValueError("leave-one-out needs min_interactions >= 3 (train, validation and test items)")
+        raise ConfigError(f"leave-one-out needs min_interactions >= 3 (a training, a validation and a test item "
+                          f"per user), got {min_interactions}")
     if max_history < 1:
-        raise ValueError(f"max_history must be >= 1, got {max_history}")
+        raise ConfigError(f"max_history must be >= 1, got {max_history}")
     lengths = np.array([len(s) for s in dataset.sequences])
     keep = np.flatnonzero(lengths >= min_interactions)
+    if len(keep) == 0:
+        longest = int(lengths.max()) if len(lengths) else 0
+        raise DataFormatError(f"dataset {dataset.name!r}: no user has >= {min_interactions} interactions "
+                              f"({dataset.num_users} user(s), longest sequence {longest}); leave-one-out needs "
+                              f"a training, a validation and a test item per user")
     dropped = dataset.num_users - len(keep)
     if dropped:
         log.warning("%s: dropped %d user(s) with fewer than %d interactions", dataset.name, dropped, min_interactions)
-    if len(keep) == 0:
-        raise ValueError(f"{dataset.name}: no user has >= {min_interactions} interactions")
     seqs = [dataset.sequences[u] for u in keep]
     train = [s[:-2] for s in seqs]
     valid = Instances(users=keep.copy(), histories=[s[:-2][-max_history:] for s in seqs],

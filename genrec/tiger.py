@@ -23,10 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import T5Config, T5ForConditionalGeneration
 
-from genrec.artifacts import torch_save
+from genrec.artifacts import load_checkpoint, torch_save
 from genrec.beam_search import PrefixTrie
 from genrec.generative import _trie, evaluate
-from genrec.training import TrainResult, fit, setup
+from genrec.sasrec import check_histories
+from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,18 @@ class TigerConfig:
     eval_users: int | None = 2000  # validation subsample per evaluation (None: all)
     seed: int = 0
     num_threads: int | None = None
+    nonfinite_loss: str = "error"  # a NaN/inf training loss: "error" stops, "skip" leaves the step out
+
+    def __post_init__(self) -> None:
+        check_nonfinite_loss(self.nonfinite_loss)
 
 
 class TigerModel(nn.Module):
     """T5 over semantic-ID tokens; implements :class:`genrec.beam_search.CodeDecoder` with cached
     encoder outputs (as cross-attention keys/values shared by a user's beams) and a key/value cache."""
+
+    # an empty history is a cold start: the encoder reads the user token alone (or an EOS token)
+    min_history = 0
 
     def __init__(self, codes: np.ndarray, codebook_sizes: Sequence[int], config: TigerConfig):
         super().__init__()
@@ -282,14 +290,14 @@ def train_tiger(split: LeaveOneOutSplit, table: Any, config: TigerConfig | None 
     return fit(model, config, lambda rng: tiger_batches(model, examples, config.batch_size, rng),
                math.ceil(len(examples[2]) / config.batch_size), loss_fn,
                lambda m: evaluate(m, valid, config.eval_beam, batch_size=config.eval_batch_size),
-               out_dir, progress, on_eval, {"codes": model.codes, "codebook_sizes": list(model.codebook_sizes)},
-               "tiger")
+               out_dir, progress, on_eval,
+               {"codes": torch.from_numpy(model.codes), "codebook_sizes": list(model.codebook_sizes)}, "tiger")
 
 
 def save_tiger(model: TigerModel, path: str | Path) -> None:
     """Save weights, config and semantic IDs atomically (see :func:`load_tiger`)."""
-    torch_save(path, {"model": model.state_dict(), "config": asdict(model.config), "codes": model.codes,
-                      "codebook_sizes": list(model.codebook_sizes)})
+    torch_save(path, {"model": model.state_dict(), "config": asdict(model.config),
+                      "codes": torch.from_numpy(model.codes), "codebook_sizes": list(model.codebook_sizes)})
 
 
 def load_tiger(path: str | Path) -> TigerModel:
@@ -297,8 +305,8 @@ def load_tiger(path: str | Path) -> TigerModel:
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
-    ckpt = torch.load(path, weights_only=False)
-    model = TigerModel(ckpt["codes"], ckpt["codebook_sizes"], TigerConfig(**ckpt["config"]))
+    ckpt = load_checkpoint(path, kind="TIGER model checkpoint", keys=("model", "config", "codes", "codebook_sizes"))
+    model = TigerModel(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"], TigerConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
@@ -314,6 +322,7 @@ def hf_generate(model: TigerModel, instances: Instances | list[np.ndarray], num_
     ``(items [n, k] int64, sequence log-probs [n, k] float32)``; the reference for our beam search."""
     histories = instances.histories if isinstance(instances, Instances) else instances
     users = instances.users if isinstance(instances, Instances) else None
+    check_histories(histories, model.num_items, model.min_history, "TigerModel")
     top_k = top_k or num_beams
     trie: PrefixTrie = _trie(model)
     allowed_cache: dict[tuple[int, ...], list[int]] = {}

@@ -1,10 +1,11 @@
 """The training loop shared by genrec's models: Adam, early stopping on validation NDCG@10,
-atomic checkpoints and exact resume after a kill."""
+atomic checkpoints, exact resume after a kill, and a clear stop when the loss diverges."""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +16,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from genrec.artifacts import save_json, torch_save
+from genrec.artifacts import load_checkpoint, save_json, torch_save
+from genrec.errors import CheckpointError, ConfigError, TrainingDivergedError
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +30,40 @@ class TrainResult:
     best_epoch: int
     best_valid: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)  # one row per evaluation
+    skipped_steps: int = 0  # steps with a non-finite loss left out (``nonfinite_loss="skip"``)
 
 
 # Settings a run may change on resume (a longer schedule, other threads) without invalidating it.
 _RESUMABLE = {"max_epochs", "max_minutes", "patience", "min_delta", "eval_batch_size", "num_threads", "eval_beam",
-              "device", "eval_users"}
+              "device", "eval_users", "nonfinite_loss"}
+
+#: values of the configs' ``nonfinite_loss``: stop with :class:`TrainingDivergedError`, or skip the step
+NONFINITE_LOSS = ("error", "skip")
+
+_TRAINING_KEYS = ("model", "optimizer", "numpy_rng", "torch_rng", "state", "config")
 
 
 def _model_fields(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in _RESUMABLE}
+    # nested too: fusion.joint's tower configs carry training fields that its loop ignores
+    return {k: _model_fields(v) if isinstance(v, dict) else v for k, v in config.items() if k not in _RESUMABLE}
+
+
+def check_nonfinite_loss(value: str) -> None:
+    """ConfigError unless ``value`` is a valid ``nonfinite_loss`` (the configs check it when built)."""
+    if value not in NONFINITE_LOSS:
+        raise ConfigError(f"nonfinite_loss must be one of {list(NONFINITE_LOSS)}, got {value!r}")
+
+
+def _config_diff(saved: dict, requested: dict, prefix: str = "") -> list[str]:
+    """``key: saved -> requested`` for each differing key (dotted for nested configs)."""
+    out = []
+    for k in list(saved) + [k for k in requested if k not in saved]:
+        a, b = saved.get(k, "<absent>"), requested.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
 def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], Iterable[Any]], num_batches: int,
@@ -55,35 +82,57 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     ``schedule_epochs``, default ``max_epochs``) and ``warmup_epochs`` (linear warm-up), stepped
     per batch, so the schedule is a function of the step count only (deterministic, exact on resume).
     ``batches(rng)`` yields one epoch; ``loss_fn(model, batch) -> (mean loss, count)``.
+
+    Divergence: a NaN or infinite training loss raises :class:`TrainingDivergedError` (model name,
+    epoch, step, last finite loss) before the optimiser applies it. With ``nonfinite_loss="skip"``
+    (optional config field) such a step is left out instead (no update; the step still counts for
+    the schedule), the number skipped is logged at WARNING after each epoch, kept in the state and
+    in each history row (``skipped_steps``, the run's total so far) and in the result; an epoch
+    whose every step is skipped raises anyway. A validation ``ndcg@10`` that is not finite is never
+    an improvement: it never becomes ``best.pt`` and counts against the patience.
+
+    Checkpoints: each evaluation writes ``best.pt`` (when improved) and then ``last.pt``, each
+    atomically after renaming the file it replaces to ``best.prev.pt`` / ``last.prev.pt``. Resume
+    loads ``last.pt`` and, when that is missing or cannot be loaded (a WARNING names it), the
+    evaluation before it from ``last.prev.pt``; when neither loads it raises
+    :class:`~genrec.errors.CheckpointError`. The best weights come from the resumed checkpoint when
+    its best epoch is its own epoch, else from whichever of ``best.pt`` / ``best.prev.pt`` loads and
+    holds that epoch; none does: :class:`~genrec.errors.CheckpointError` (nothing is recomputed).
     """
+    nonfinite = getattr(config, "nonfinite_loss", "error")
+    check_nonfinite_loss(nonfinite)
     device = next(model.parameters()).device
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
     state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": 0, "bad_evals": 0, "history": [], "seconds": 0.0}
     out = Path(out_dir) if out_dir else None
     best_state = None
-    if out and (out / "last.pt").exists():
-        # On the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are copied
-        # to the model's device by load_state_dict.
-        ckpt = torch.load(out / "last.pt", weights_only=False, map_location="cpu")
-        if _model_fields(ckpt["config"]) != _model_fields(asdict(config)):
-            raise ValueError(f"{out / 'last.pt'}: checkpoint config differs from the requested config; "
-                             "use another out_dir or delete it")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        rng.bit_generator.state = ckpt["numpy_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("cuda_rng") is not None and device.type == "cuda":
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-        state = ckpt["state"]
-        best_state = torch.load(out / "best.pt", weights_only=False, map_location=device)["model"] \
-            if (out / "best.pt").exists() else None
-        log.info("resumed %s from %s at epoch %d", name, out / "last.pt", state["epoch"])
+    unreadable: set[Path] = set()  # checkpoints that failed to load: never kept as the ".prev" copy
+    if out:
+        resumed = _resume_checkpoint(out, name, unreadable)
+        if resumed is not None:
+            ckpt, path = resumed
+            if _model_fields(ckpt["config"]) != _model_fields(asdict(config)):
+                changed = ", ".join(_config_diff(_model_fields(ckpt["config"]), _model_fields(asdict(config))))
+                raise CheckpointError(f"{path}: checkpoint config differs from the requested config ({changed}); "
+                                      "use another out_dir or delete it")
+            # On the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are
+            # copied to the model's device by load_state_dict.
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            rng.bit_generator.state = ckpt["numpy_rng"]
+            torch.set_rng_state(ckpt["torch_rng"])
+            if ckpt.get("cuda_rng") is not None and device.type == "cuda":
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            state = ckpt["state"]
+            best_state = _best_weights(out, state, ckpt["model"], device, name, unreadable)
+            log.info("resumed %s from %s at epoch %d", name, path, state["epoch"])
 
     max_minutes = getattr(config, "max_minutes", None)
     min_delta = getattr(config, "min_delta", 0.0)
     lr_at = lr_schedule(config, num_batches)
     state.setdefault("step", state["epoch"] * num_batches)  # checkpoints from before the schedule existed
+    state.setdefault("skipped_steps", 0)
 
     def out_of_time() -> bool:
         return max_minutes is not None and state["seconds"] >= 60 * max_minutes
@@ -91,7 +140,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     while state["epoch"] < config.max_epochs and state["bad_evals"] < config.patience and not out_of_time():
         t0 = time.perf_counter()
         model.train()
-        total, count = 0.0, 0
+        total, count, steps, skipped = 0.0, 0, 0, 0
         # disable=None: progress bars on a terminal only, never in log files
         for batch in tqdm(batches(rng), total=num_batches, disable=None if progress else True,
                           desc=f"{name} epoch {state['epoch'] + 1}", leave=False):
@@ -103,10 +152,30 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
             loss, n = loss_fn(model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            value = loss.item()  # checked before the update, so a NaN never reaches the weights
             state["step"] = step + 1
-            total += loss.item() * n
+            steps += 1
+            if not math.isfinite(value):
+                if nonfinite == "error":
+                    raise TrainingDivergedError(
+                        f"{name} training diverged: the loss is {value} at epoch {state['epoch'] + 1}, step "
+                        f"{steps} of {num_batches} (optimiser step {step + 1}); {_last_loss(state)}. "
+                        f"{_divergence_advice(config)}")
+                skipped += 1
+                continue
+            opt.step()
+            state["last_loss"] = value
+            total += value * n
             count += n
+        if skipped:
+            state["skipped_steps"] += skipped
+            log.warning("%s epoch %d: skipped %d of %d steps with a non-finite loss (nonfinite_loss='skip'; "
+                        "%d in all)", name, state["epoch"] + 1, skipped, steps, state["skipped_steps"])
+            if skipped == steps:
+                raise TrainingDivergedError(
+                    f"{name} training diverged: the loss was NaN or infinite at every one of the {steps} steps of "
+                    f"epoch {state['epoch'] + 1} (all skipped, nonfinite_loss='skip'); {_last_loss(state)}. "
+                    f"{_divergence_advice(config, skipping=True)}")
         state["epoch"] += 1
         last = state["epoch"] >= config.max_epochs
         if state["epoch"] % config.eval_every and not last:
@@ -117,36 +186,125 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
         state["seconds"] += time.perf_counter() - t0
         row = {"epoch": state["epoch"], "train_loss": total / max(count, 1), "minutes": state["seconds"] / 60,
                **metrics}
+        if nonfinite == "skip":
+            row["skipped_steps"] = state["skipped_steps"]
         state["history"].append(row)
-        improved = metrics["ndcg@10"] > state["best_ndcg"]
+        ndcg = metrics["ndcg@10"]
+        finite = math.isfinite(ndcg)  # NaN compares False but inf would win: neither is a model to keep
+        if not finite:
+            log.warning("%s epoch %d: validation ndcg@10 is %s; not an improvement (no best.pt from this epoch)",
+                        name, state["epoch"], ndcg)
+        improved = finite and ndcg > state["best_ndcg"]
         if improved:  # the best checkpoint follows any improvement ...
-            state.update(best_ndcg=metrics["ndcg@10"], best_epoch=state["epoch"])
+            state.update(best_ndcg=ndcg, best_epoch=state["epoch"])
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
         # ... but only a relative gain of min_delta over the last reference resets the patience, so
         # a plateau that creeps up by noise-sized steps still ends
-        if metrics["ndcg@10"] > state.get("ref_ndcg", -1.0) * (1 + min_delta):
-            state.update(ref_ndcg=metrics["ndcg@10"], bad_evals=0)
+        if finite and ndcg > state.get("ref_ndcg", -1.0) * (1 + min_delta):
+            state.update(ref_ndcg=ndcg, bad_evals=0)
         else:
             state["bad_evals"] += 1
         log.info("%s epoch %d loss %.4f valid N@10 %.4f R@10 %.4f (%.1f min)%s", name, state["epoch"],
-                 row["train_loss"], metrics["ndcg@10"], metrics["recall@10"], row["minutes"], " *" if improved else "")
+                 row["train_loss"], ndcg, metrics["recall@10"], row["minutes"], " *" if improved else "")
         if on_eval:
             on_eval(row)
         if out:
             extra = checkpoint_extra or {}
             if improved:
-                torch_save(out / "best.pt", {"model": best_state, "config": asdict(config),
-                                             "epoch": state["epoch"], **extra})
-            torch_save(out / "last.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                                         "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                                         "state": state, "config": asdict(config), **extra})
+                _save_keeping_previous(out / "best.pt", {"model": best_state, "config": asdict(config),
+                                                         "epoch": state["epoch"], **extra}, unreadable)
+            _save_keeping_previous(out / "last.pt", {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                "state": state, "config": asdict(config), **extra}, unreadable)
             save_json(out / "history.json", state["history"])
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     best = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
-    return TrainResult(model=model, best_epoch=state["best_epoch"], best_valid=best, history=state["history"])
+    return TrainResult(model=model, best_epoch=state["best_epoch"], best_valid=best, history=state["history"],
+                       skipped_steps=state["skipped_steps"])
+
+
+def _last_loss(state: dict) -> str:
+    last = state.get("last_loss")
+    return "no finite loss yet" if last is None else f"the last finite loss was {last:.6g}"
+
+
+def _divergence_advice(config: Any, skipping: bool = False) -> str:
+    advice = f"Try a lower learning rate (lr is {config.lr:g}, in a new out_dir)"
+    if not skipping:
+        advice += ", or nonfinite_loss='skip' to leave such steps out"
+    return advice + "."
+
+
+def _prev(path: Path) -> Path:
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def _save_keeping_previous(path: Path, obj: dict, unreadable: set[Path]) -> None:
+    """``torch_save`` after renaming the current ``path`` to its ``.prev`` name (kept for resume
+    when the new file is lost); a file that failed to load is overwritten, not kept."""
+    if path.exists() and path not in unreadable:
+        os.replace(path, _prev(path))
+    torch_save(path, obj)
+    unreadable.discard(path)
+
+
+def _resume_checkpoint(out: Path, name: str, unreadable: set[Path]) -> tuple[dict, Path] | None:
+    """``(checkpoint, path)`` to resume from: ``last.pt``, else ``last.prev.pt``; None for a new run."""
+    last, prev = out / "last.pt", _prev(out / "last.pt")
+    tried = []
+    for path in (last, prev):
+        if not path.exists():
+            continue
+        try:
+            ckpt = load_checkpoint(path, kind="training checkpoint", keys=_TRAINING_KEYS)
+        except CheckpointError as e:
+            log.warning("%s", e)
+            unreadable.add(path)
+            tried.append(f"{path} {e.reason}")
+            continue
+        if path == prev:
+            log.warning("%s: resuming %s from %s, the checkpoint of the evaluation before", last, name, prev)
+        return ckpt, path
+    if not tried:
+        return None
+    raise CheckpointError(f"cannot resume {name}: {'; and '.join(tried)}; delete "
+                          f"{' and '.join(str(p) for p in (last, prev) if p.exists())} (or the directory {out}) "
+                          f"to train {name} from scratch")
+
+
+def _best_weights(out: Path, state: dict, last_model: dict, device: torch.device, name: str,
+                  unreadable: set[Path]) -> dict | None:
+    """The weights of the resumed state's best epoch (see :func:`fit`); None before any improvement."""
+    best_epoch = state["best_epoch"]
+    if best_epoch == 0:
+        return None
+    if best_epoch == state["epoch"]:  # the resumed checkpoint's own weights are the best ones
+        return {k: v.to(device) for k, v in last_model.items()}
+    best = out / "best.pt"
+    problems = []
+    for path in (best, _prev(best)):
+        if not path.exists():
+            problems.append(f"{path} is missing")
+            continue
+        try:
+            ckpt = load_checkpoint(path, map_location=device, kind="best-model checkpoint", keys=("model",))
+        except CheckpointError as e:
+            log.warning("%s", e)
+            unreadable.add(path)
+            problems.append(f"{path} {e.reason}")
+            continue
+        if ckpt.get("epoch") == best_epoch:
+            if path != best:
+                log.warning("%s: the best %s weights (epoch %d) come from %s", best, name, best_epoch, path)
+            return ckpt["model"]
+        problems.append(f"{path} holds epoch {ckpt.get('epoch')}")
+    raise CheckpointError(f"{best}: cannot restore the best {name} weights (epoch {best_epoch}) needed to resume: "
+                          f"{'; '.join(problems)}; restore {best.name} from a copy, or delete the directory {out} "
+                          f"to train {name} from scratch")
 
 
 LR_SCHEDULES = ("constant", "cosine")

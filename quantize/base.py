@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from genrec.artifacts import torch_save
+from genrec.artifacts import load_checkpoint, pack_arrays, torch_save, unpack_arrays
+from genrec.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -218,23 +219,22 @@ class Quantizer(ABC):
         """Write config and learnt state to one file (atomically)."""
         if not self.fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted; nothing to save")
-        return torch_save(path, {"format": _FORMAT, "name": self.name, "config": self.config(),
-                                 "dim": self.dim, "codebook_sizes": list(self.codebook_sizes),
-                                 "state": self._state()})
+        # numpy arrays as tagged tensors, numpy scalars as numbers: loadable with weights_only=True
+        return torch_save(path, pack_arrays({"format": _FORMAT, "name": self.name, "config": self.config(),
+                                             "dim": self.dim, "codebook_sizes": list(self.codebook_sizes),
+                                             "state": self._state()}))
 
     @classmethod
     def load(cls, path: str | Path) -> "Quantizer":
         """Read a quantizer written by :meth:`save` (any subclass when called on ``Quantizer``)."""
-        import torch
-
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-            raise ValueError(f"{path}: not a genrec quantizer file")
+        blob = unpack_arrays(load_checkpoint(path, kind="quantizer file"))
+        if blob.get("format") != _FORMAT:
+            raise CheckpointError(f"{path}: not a genrec quantizer file")
         klass = QUANTIZERS.get(blob["name"])
         if klass is None:
-            raise ValueError(f"{path}: unknown quantizer {blob['name']!r}")
+            raise CheckpointError(f"{path}: unknown quantizer {blob['name']!r}")
         if cls is not Quantizer and not issubclass(klass, cls):
-            raise ValueError(f"{path}: holds a {blob['name']!r} quantizer, not {cls.name!r}")
+            raise CheckpointError(f"{path}: holds a {blob['name']!r} quantizer, not {cls.name!r}")
         q = klass(**blob["config"])
         q.dim = blob["dim"]
         q._sizes = tuple(int(s) for s in blob["codebook_sizes"])

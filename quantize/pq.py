@@ -57,7 +57,9 @@ class PQ(Quantizer):
         k = effective_k(self.codebook_size, n, self.name)
         codes = np.empty((n, self.subspaces), dtype=np.int64)
         self.centroids = []
-        for m, (a, b) in enumerate(tqdm(self._bounds(d), desc=f"{self.name} sub-spaces", leave=False)):
+        # disable=None: a bar on a terminal only, never in logs or pipes
+        blocks = tqdm(self._bounds(d), desc=f"{self.name} sub-spaces", leave=False, disable=None)
+        for m, (a, b) in enumerate(blocks):
             block = np.ascontiguousarray(x[:, a:b])
             c = kmeans(block, k, seed=self.seed + m, niter=self.niter,
                        max_points_per_centroid=self.max_points_per_centroid)

@@ -11,7 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from genrec.artifacts import torch_save
+from genrec.artifacts import load_checkpoint, pack_arrays, torch_save, unpack_arrays
+from genrec.errors import CheckpointError
 from quantize.base import as_embeddings
 
 __all__ = ["Preprocessor"]
@@ -76,17 +77,16 @@ class Preprocessor:
         return (np.asarray(z, dtype=np.float32) * self.scale) @ self.components + self.mean
 
     def save(self, path: str | Path) -> Path:
-        return torch_save(path, {"format": _FORMAT, "config": self.config(), "mean": self.mean,
-                                 "components": self.components, "scale": self.scale,
-                                 "explained_variance_ratio": self.explained_variance_ratio})
+        # numpy arrays as tagged tensors: loadable with weights_only=True
+        return torch_save(path, pack_arrays({"format": _FORMAT, "config": self.config(), "mean": self.mean,
+                                             "components": self.components, "scale": self.scale,
+                                             "explained_variance_ratio": self.explained_variance_ratio}))
 
     @classmethod
     def load(cls, path: str | Path) -> "Preprocessor":
-        import torch
-
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-            raise ValueError(f"{path}: not a genrec preprocessor file")
+        blob = unpack_arrays(load_checkpoint(path, kind="preprocessor file"))
+        if blob.get("format") != _FORMAT:
+            raise CheckpointError(f"{path}: not a genrec preprocessor file")
         p = cls(**blob["config"])
         p.mean, p.components, p.scale = blob["mean"], blob["components"], blob["scale"]
         p.explained_variance_ratio = blob["explained_variance_ratio"]

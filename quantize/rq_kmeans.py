@@ -60,7 +60,9 @@ class RQKMeans(Quantizer):
         residual = x.copy()  # [n, d], what the levels so far leave unexplained
         codes = np.empty((n, len(self.requested_sizes)), dtype=np.int64)
         self.centroids, sizes = [], []
-        for level, k in enumerate(tqdm(self.requested_sizes, desc="rq-kmeans levels", leave=False)):
+        # disable=None: a bar on a terminal only, never in logs or pipes
+        levels = tqdm(self.requested_sizes, desc="rq-kmeans levels", leave=False, disable=None)
+        for level, k in enumerate(levels):
             k = effective_k(k, n, f"rq_kmeans level {level}")
             c = kmeans(residual, k, seed=self.seed + level, niter=self.niter,
                        max_points_per_centroid=self.max_points_per_centroid)

@@ -189,7 +189,8 @@ class RQVAE(Quantizer):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.epochs * steps_per_epoch),
                                                            eta_min=self.lr * 0.05)
         self.history = []
-        bar = tqdm(range(self.epochs), desc="rq-vae epochs", leave=False)
+        # disable=None: a bar on a terminal only, never in logs or pipes
+        bar = tqdm(range(self.epochs), desc="rq-vae epochs", leave=False, disable=None)
         for epoch in bar:
             module.train()
             perm = torch.randperm(n, generator=gen).to(self.device)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from genrec import amazon
@@ -294,3 +296,72 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 def test_amazon_spec_needs_category():
     with pytest.raises(ValueError, match="missing category"):
         load_dataset("amazon2014:")
+
+
+# ----------------------------------------------------------------------------------------------
+# bad files and the price policy
+
+
+def test_amazon2014_truncated_or_non_utf8_files_name_file_and_line(tmp_path, files14):
+    reviews = [review14(f"U{k % 50}", f"A{k % 7}", 1_400_000_000 + k) for k in range(3000)]
+    full = write_gz(tmp_path / "reviews_big.json.gz", reviews).read_bytes()
+    cut = tmp_path / "reviews_cut.json.gz"
+    cut.write_bytes(full[: len(full) // 2])
+    with pytest.raises(DataFormatError) as e:
+        amazon2014_from_files(cut, files14[1], k=1)
+    m = re.fullmatch(r".*reviews_cut\.json\.gz:(\d+): truncated or corrupt gzip file \(the compressed data ends "
+                     r"before its end-of-stream marker; (\d+) complete line\(s\) read\); re-download or re-create it",
+                     str(e.value))
+    assert m and int(m.group(1)) == int(m.group(2)) + 1 and 10 < int(m.group(1)) < 3000, str(e.value)
+    meta = tmp_path / "meta_latin1.json.gz"
+    text = "\n".join(META14[:2]) + "\n{'asin': 'B', 'title': 'Cr\xe8me'}\n"
+    meta.write_bytes(gzip.compress(text.encode("latin-1")))
+    with pytest.raises(DataFormatError, match=r"meta_latin1\.json\.gz:3: not valid UTF-8 \(byte 0xe8 at decompressed "
+                                              r"byte offset \d+; save the file as UTF-8\)"):
+        amazon2014_from_files(files14[0], meta, k=2)
+
+
+def test_amazon2014_integer_times_exact_and_k_core_error_names_file(tmp_path, files14):
+    rev = write_gz(tmp_path / "reviews_ns.json.gz", [
+        json.dumps({"reviewerID": "U", "asin": "A", "unixReviewTime": 1700000000123456790}),
+        json.dumps({"reviewerID": "U", "asin": "B", "unixReviewTime": "1700000000123456789"})])
+    ds = amazon2014_from_files(rev, files14[1], k=1)
+    assert ds.timestamps[0].dtype == np.int64 and seqs(ds) == {"U": ["B", "A"]}
+    assert ds.timestamps[0].tolist() == [1700000000123456789, 1700000000123456790]
+    with pytest.raises(DataFormatError, match=r"reviews_ns\.json\.gz: no interactions left after 5-core filtering"):
+        amazon2014_from_files(rev, files14[1])
+
+
+def test_amazon_bad_ids_name_the_line(tmp_path, files14):
+    rev = write_gz(tmp_path / "reviews_id.json.gz", [json.dumps({"reviewerID": ["U"], "asin": "A",
+                                                                  "unixReviewTime": 1})])
+    with pytest.raises(DataFormatError, match=r"reviews_id\.json\.gz:1: 'reviewerID' must be a string or number, "
+                                              r"got list"):
+        amazon2014_from_files(rev, files14[1], k=1)
+    meta = write_gz(tmp_path / "meta_key.json.gz", ["{[1]: 2}"])  # an unhashable key: TypeError in literal_eval
+    with pytest.raises(DataFormatError, match=r"meta_key\.json\.gz:1: not a Python-literal or JSON dict"):
+        amazon2014_from_files(files14[0], meta, k=2)
+
+
+def test_amazon2014_price_policy(tmp_path, files14, caplog):
+    meta = write_gz(tmp_path / "meta_prices.json.gz", [
+        "{'asin': 'A', 'title': 'a', 'price': 'nan'}",
+        "{'asin': 'B', 'title': 'b', 'price': '$5.99 - $12.99'}",
+        "{'asin': 'C', 'title': 'c', 'price': 4.25}"])
+    with caplog.at_level(logging.WARNING, logger="genrec"):
+        ds = amazon2014_from_files(files14[0], meta, k=2)
+    assert [ds.items[ds.item_index[i]].price for i in "ABC"] == [None, None, 4.25]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{meta}: 2 item(s) have a price that is not one finite non-negative number; price left "
+                        "missing (e.g. A ('nan'), B ('$5.99 - $12.99'))"]
+
+
+def test_amazon2023_price_policy(caplog):
+    meta = [dict(META23[0], price=float("nan")), dict(META23[1], price="$5.99 - $12.99"),
+            {"parent_asin": "P3", "price": "None"}]
+    with caplog.at_level(logging.WARNING, logger="genrec"):
+        ds = amazon2023_from_records(REVIEWS23, meta, name="toy", k_core=2)
+    assert [ds.items[ds.item_index[i]].price for i in ("P1", "P2", "P3")] == [None, None, None]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["toy: 2 item(s) have a price that is not one finite non-negative number; price left missing "
+                        "(e.g. P1 (nan), P2 ('$5.99 - $12.99'))"]

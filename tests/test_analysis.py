@@ -13,6 +13,7 @@ from genrec.analysis import (category_masks, evaluate_by_category, evaluate_topk
                              label_records, markdown_table, plot_categories, shares_markdown,
                              token_memorization_markdown, token_memorization_summary)
 from genrec.data import ItemText, SequenceDataset, write_plain
+from genrec.errors import ConfigError, DataFormatError
 from genrec.memorization import InstanceLabels, Kind, TokenMemorization
 from genrec.splits import Instances
 
@@ -191,8 +192,15 @@ def test_analyze_labels_only_and_bad_predictions(tmp_path, capsys):
     assert _run_analyze([str(tmp_path / "data"), "--out", str(out)]) == 0
     assert (out / "labels_valid.jsonl").is_file() and not (out / "per_category.md").exists()
     np.save(tmp_path / "bad.npy", np.zeros((3, 5), dtype=np.int64))  # wrong number of rows
-    with pytest.raises(SystemExit, match="expected integer top-K"):
+    with pytest.raises(DataFormatError, match=r"bad.npy: expected integer top-K item indices \[5, K\], "
+                                              r"got int64 \(3, 5\)"):
         _run_analyze([str(tmp_path / "data"), "--out", str(out), "--predictions", f"X={tmp_path / 'bad.npy'}"])
+    with pytest.raises(ConfigError, match="--predictions expects NAME=FILE, got 'nameless.npy'"):
+        _run_analyze([str(tmp_path / "data"), "--out", str(out), "--predictions", "nameless.npy"])
+    np.save(tmp_path / "ok.npy", np.zeros((5, 5), dtype=np.int64))
+    with pytest.raises(ConfigError, match="--ks 10: cutoffs must be >= 1 and at most the ranked-list length 5"):
+        _run_analyze([str(tmp_path / "data"), "--out", str(out), "--predictions", f"X={tmp_path / 'ok.npy'}",
+                      "--ks", "5", "10"])
 
 
 def test_load_codes_formats(tmp_path):
@@ -213,3 +221,65 @@ def test_load_codes_formats(tmp_path):
     np.save(tmp_path / "short.npy", codes[:3])
     with pytest.raises(ValueError, match="3 code rows for 7 items"):
         load_codes(tmp_path / "short.npy", ds)
+    with pytest.raises(DataFormatError, match="short.npy: 3 code rows for 7 items"):
+        load_codes(tmp_path / "short.npy", ds)
+    (tmp_path / "letters.tsv").write_text("1\t2\n3\tx\n")
+    with pytest.raises(DataFormatError, match=r"letters.tsv:2: code 'x' is not an integer"):
+        load_codes(tmp_path / "letters.tsv", ds)
+    with pytest.raises(DataFormatError, match="nowhere.npy: semantic-ID table not found"):
+        load_codes(tmp_path / "nowhere.npy", ds)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataFormatError, match="empty: no semantic-ID table found"):
+        load_codes(tmp_path / "empty", ds)
+
+
+def test_load_codes_reads_semantic_id_tables(tmp_path):
+    """``genrec quantize``'s output (a SemanticIdTable directory or its semantic_ids.json), rows
+    matched to the dataset by item id, disambiguation level kept."""
+    from genrec.commands.analyze import load_codes
+    from quantize.semantic_ids import SemanticIdTable
+
+    ds = _tiny_plain(tmp_path)
+    codes = np.array([[j % 2, j % 3, j // 6] for j in range(7)])  # items 0 and 6 collide but for the last level
+    order = np.array([3, 0, 6, 1, 5, 2, 4])  # the table lists the items in another order
+    table = SemanticIdTable(codes[order], [2, 3, 2], item_ids=[ds.item_ids[j] for j in order])
+    table.save(tmp_path / "quantize" / "semantic_ids.json")
+    assert (load_codes(tmp_path / "quantize", ds) == codes).all()
+    assert (load_codes(tmp_path / "quantize" / "semantic_ids.json", ds) == codes).all()
+    SemanticIdTable(codes, [2, 3, 2]).save(tmp_path / "no_ids.json")  # no ids: rows in item order
+    assert (load_codes(tmp_path / "no_ids.json", ds) == codes).all()
+    other = SemanticIdTable(codes[:6], [2, 3, 2], item_ids=[f"other{j}" for j in range(6)])
+    other.save(tmp_path / "other.json")
+    with pytest.raises(DataFormatError, match="other.json: 7 of the dataset's 7 items have no semantic ID in this "
+                                              "table, e.g. 'item0'"):
+        load_codes(tmp_path / "other.json", ds)
+    (tmp_path / "broken.json").write_text('{"format": "something else"}')
+    with pytest.raises(DataFormatError, match="broken.json: not a genrec semantic-ID table"):
+        load_codes(tmp_path / "broken.json", ds)
+
+
+def test_analyze_accepts_quantize_output_and_dataset_specs(tmp_path, capsys):
+    """``genrec analyze SPEC --codes QUANTIZE_DIR`` through the CLI: a synthetic spec with keyword
+    arguments, and the semantic-ID directory written by SemanticIdTable.save."""
+    from genrec.cli import main
+    from genrec.datasets import load_dataset
+    from quantize.semantic_ids import SemanticIdTable
+
+    spec = "synthetic:num_users=60,seed=1"
+    ds = load_dataset(spec)
+    j = np.arange(ds.num_items)
+    codes = np.stack([j % 4, j % 5, j // 20], 1)
+    SemanticIdTable(codes, [4, 5, int(codes[:, 2].max()) + 1], item_ids=ds.item_ids).save(
+        tmp_path / "sid" / "semantic_ids.json")
+    out = tmp_path / "out"
+    assert main(["analyze", spec, "--out", str(out), "--codes", str(tmp_path / "sid")]) == 0
+    printed = capsys.readouterr().out
+    assert "n-gram prefix" in printed
+    recs = [json.loads(x) for x in (out / "labels_test.jsonl").read_text().splitlines()]
+    assert len(recs) == ds.num_users and len(recs[0]["prefix_hops"]) == 3
+    assert main(["analyze", "synthetic:num_users=50", "--out", str(tmp_path / "out2"), "--max-hop", "2"]) == 0
+    assert "label shares" in capsys.readouterr().out
+    # --order re-sorts plain directories only
+    assert main(["analyze", spec, "--out", str(out), "--order", "timestamp"]) == 2
+    assert ("genrec analyze: error: --order timestamp applies to plain-format directories only, "
+            f"not '{spec}'") in capsys.readouterr().err

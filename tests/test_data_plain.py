@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,10 @@ import torch
 
 from genrec.data import DataFormatError, ItemText, SequenceDataset, load_plain, write_plain
 from genrec.datasets import load_dataset
-from genrec.metrics import metrics_from_ranks, ranks_from_scores, ranks_from_topk
+from genrec.errors import ConfigError
+from genrec.metrics import MISS_RANK, metrics_from_ranks, ranks_from_scores, ranks_from_topk
 from genrec.splits import leave_one_out
+from genrec.synthetic import make_synthetic
 
 torch.set_num_threads(1)
 
@@ -202,6 +205,156 @@ def test_unknown_spec_lists_forms():
         load_dataset("./no/such/dir")
 
 
+def many_rows(n: int = 3000) -> list[str]:
+    return [f"u{k % 40}\t{'abcd'[k % 4]}\t{k}" for k in range(n)]
+
+
+@pytest.mark.parametrize("which", ["interactions.tsv.gz", "items.jsonl.gz"])
+def test_truncated_gzip_names_file_and_line(tmp_path, which):
+    items = [dict(ITEMS[k % 4], item_id=f"x{k}") for k in range(2000)] + ITEMS
+    d = make_dir(tmp_path / "d", many_rows(), items=items, gz=True)
+    blob = (d / which).read_bytes()
+    (d / which).write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataFormatError) as e:
+        load_plain(d)
+    msg = str(e.value)
+    m = re.fullmatch(rf".*{re.escape(which)}:(\d+): truncated or corrupt gzip file \(the compressed data ends before "
+                     r"its end-of-stream marker; (\d+) complete line\(s\) read\); re-download or re-create it", msg)
+    assert m, msg
+    line, complete = int(m.group(1)), int(m.group(2))
+    assert line == complete + 1 and 100 < line < 3000  # the line reached, well inside the file
+
+
+def test_corrupt_gzip_names_file_and_line(tmp_path):
+    d = make_dir(tmp_path / "d", many_rows(), gz=True)
+    blob = (d / "interactions.tsv.gz").read_bytes()
+    (d / "interactions.tsv.gz").write_bytes(blob[:-8] + b"\0\0\0\0" + blob[-4:])  # wrong CRC in the trailer
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv\.gz:3002: corrupt gzip file \(CRC check failed "
+                                              r"0x0 != 0x[0-9a-f]+; 3001 complete line\(s\) read\); re-download"):
+        load_plain(d)
+    (d / "interactions.tsv.gz").write_bytes(b"user_id\titem_id\ttimestamp\n")  # not compressed at all
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv\.gz:1: corrupt gzip file \(Not a gzipped file "
+                                              r"\(b'us'\); 0 complete line\(s\) read\)"):
+        load_plain(d)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_non_utf8_names_file_line_and_offset(tmp_path, gz):
+    rows = many_rows(500)
+    rows[300] = "u1\tcaf\xe9\t7"  # Latin-1 encoded below: byte 0xe9 is not UTF-8
+    d = make_dir(tmp_path / "d", [], gz=gz)
+    data = ("\n".join([HEADER] + rows) + "\n").encode("latin-1")
+    (d / f"interactions.tsv{'.gz' if gz else ''}").write_bytes(gzip.compress(data) if gz else data)
+    offset = data.index(b"\xe9")
+    where = "decompressed byte offset" if gz else "byte offset"
+    with pytest.raises(DataFormatError) as e:
+        load_plain(d)
+    assert str(e.value).endswith(f"interactions.tsv{'.gz' if gz else ''}:302: not valid UTF-8 (byte 0xe9 at {where} "
+                                 f"{offset}; save the file as UTF-8)")
+
+
+def test_non_utf8_items_and_gzip_bytes_without_gz_name(tmp_path):
+    d = make_dir(tmp_path / "d", ROWS, items_text=json.dumps(ITEMS[0]) + "\n" + '{"item_id": "b"}\n')
+    (d / "items.jsonl").write_bytes((d / "items.jsonl").read_bytes() + b'{"item_id": "\xff"}\n')
+    with pytest.raises(DataFormatError, match=r"items\.jsonl:3: not valid UTF-8 \(byte 0xff at byte offset \d+; "
+                                              r"save the file as UTF-8\)"):
+        load_plain(d)
+    d = make_dir(tmp_path / "e", ROWS)
+    (d / "interactions.tsv").write_bytes(gzip.compress((d / "interactions.tsv").read_bytes()))
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv:1: not valid UTF-8 \(byte 0x8b at byte offset 1; "
+                                              r"it looks gzip-compressed: name it interactions\.tsv\.gz\)"):
+        load_plain(d)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_utf8_bom_is_accepted(tmp_path, gz):
+    d = make_dir(tmp_path / "d", ROWS, gz=gz, header="\ufeff" + HEADER,
+                 items_text="\ufeff" + "\n".join(json.dumps(r) for r in ITEMS) + "\n")
+    ds = load_plain(d)
+    assert ds.num_interactions == 7 and ds.item_ids == ["a", "b", "c", "d"]
+    assert item_seq(ds, 0) == ["a", "b", "c", "d"]
+
+
+def test_duplicate_header_column(tmp_path):
+    d = make_dir(tmp_path / "d", ["u1\ta\t1\tb"], header="user_id\titem_id\ttimestamp\titem_id")
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv:1: header column 'item_id' appears more than once "
+                                              r"\(header \['user_id', 'item_id', 'timestamp', 'item_id'\]\)"):
+        load_plain(d)
+
+
+def test_integer_timestamps_stay_exact_and_round_trip(tmp_path):
+    rows = ["u1\ta\t1700000000123456790", "u1\tb\t1700000000123456789", "u1\tc\t1700000000123456791",
+            "u2\tc\t-5", "u2\td\t9223372036854775807"]
+    d = make_dir(tmp_path / "d", rows)
+    ds = load_plain(d, order="timestamp")
+    assert ds.timestamps[0].dtype == np.int64
+    assert item_seq(ds, 0) == ["b", "a", "c"]  # 1 ns apart: float64 would tie them and keep file order
+    assert ds.timestamps[0].tolist() == [1700000000123456789, 1700000000123456790, 1700000000123456791]
+    write_plain(load_plain(d), tmp_path / "out")
+    assert (tmp_path / "out" / "interactions.tsv").read_text().splitlines()[1:] == rows  # written back unchanged
+    back = load_plain(tmp_path / "out")
+    assert [t.tolist() for t in back.timestamps] == [t.tolist() for t in load_plain(d).timestamps]
+
+
+def test_decimal_timestamps_still_accepted_as_float(tmp_path):
+    ds = load_plain(make_dir(tmp_path / "d", ["u1\ta\t1.5", "u1\tb\t2", "u1\tc\t1e3"]))
+    assert ds.timestamps[0].dtype == np.float64 and ds.timestamps[0].tolist() == [1.5, 2.0, 1000.0]
+    write_plain(ds, tmp_path / "out")
+    assert (tmp_path / "out" / "interactions.tsv").read_text().splitlines()[1:] == ["u1\ta\t1.5", "u1\tb\t2",
+                                                                                   "u1\tc\t1000"]
+
+
+def test_timestamp_outside_int64(tmp_path):
+    d = make_dir(tmp_path / "d", ["u1\ta\t1", "u1\tb\t9223372036854775808"])
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv:3: timestamp '9223372036854775808' is outside the "
+                                              r"64-bit integer range"):
+        load_plain(d)
+    d = make_dir(tmp_path / "e", ["u1\ta\tnan"])
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv:2: timestamp 'nan' is not finite"):
+        load_plain(d)
+
+
+def test_price_policy_unreadable_prices_become_none_with_one_warning(tmp_path, caplog):
+    bad = {"p1": float("nan"), "p2": "$5.99 - $12.99", "p3": "call us", "p4": -2, "p5": float("inf"), "p6": [1]}
+    good = {"q1": "$1,234.50", "q2": 0, "q3": None, "q4": "", "q5": "None"}
+    items = [{"item_id": i, "title": i, "price": p} for i, p in {**bad, **good}.items()]
+    text = "\n".join(json.dumps(r) for r in items) + "\n"  # json writes NaN / Infinity, which json reads back
+    rows = [f"u1\t{r['item_id']}\t{k}" for k, r in enumerate(items)]
+    with caplog.at_level(logging.WARNING, logger="genrec.data"):
+        ds = load_plain(make_dir(tmp_path / "d", rows, items_text=text))
+    assert {i: ds.items[ds.item_index[i]].price for i in [*bad, *good]} == \
+           {**{i: None for i in bad}, "q1": 1234.5, "q2": 0.0, "q3": None, "q4": None, "q5": None}
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].getMessage().endswith(
+        "items.jsonl: 6 item(s) have a price that is not one finite non-negative number; price left missing "
+        "(e.g. p1 (nan), p2 ('$5.99 - $12.99'), p3 ('call us'))")
+
+
+def test_synthetic_spec_values_of_the_wrong_type(caplog):
+    with pytest.raises(ConfigError, match=r"^dataset spec 'synthetic:num_users=abc': synthetic parameter num_users "
+                                          r"must be an integer, got 'abc'$"):
+        load_dataset("synthetic:num_users=abc")
+    with pytest.raises(ConfigError, match=r"synthetic parameter memorization_share must be a finite number, got 'x'"):
+        load_dataset("synthetic:memorization_share=x")
+    with pytest.raises(ConfigError, match=r"synthetic parameter seq_len must be an integer range such as 5-15, "
+                                          r"got '7'"):
+        load_dataset("synthetic:seq_len=7")
+    with pytest.raises(ConfigError, match=r"synthetic parameter num_users must be an integer, got '2.5'"):
+        load_dataset("synthetic:num_users=2.5")
+    with pytest.raises(ConfigError, match=r"^dataset spec 'synthetic:num_user=5,seed=1': unknown synthetic "
+                                          r"parameter\(s\) \['num_user'\]; valid: \['heldout_share', .*'num_users', "
+                                          r".*'seq_len'"):
+        load_dataset("synthetic:num_user=5,seed=1")
+    with pytest.raises(ConfigError, match=r"dataset spec 'synthetic:num_users=0': num_users, .* must be >= 1"):
+        load_dataset("synthetic:num_users=0")
+    with pytest.raises(ConfigError, match=r"expected key=value, got 'seed'"):
+        load_dataset("synthetic:seed")
+    ds = load_dataset("synthetic:num_users=50,memorization_share=1,seq_len=4-6,seed=2,name=s1")
+    ref = make_synthetic(num_users=50, memorization_share=1, seq_len=(4, 6), seed=2, name="s1")
+    assert ds.name == "s1" and all(np.array_equal(a, b) for a, b in zip(ds.sequences, ref.sequences))
+
+
 # ----------------------------------------------------------------------------------------------
 # write_plain round trip
 
@@ -293,7 +446,7 @@ def test_ranks_from_scores_ties_count_against_target():
 def test_ranks_from_scores_exclude():
     scores = np.array([[0.1, 0.9, 0.5, 0.8], [0.1, 0.9, 0.5, 0.8]])
     ranks = ranks_from_scores(scores, np.array([2, 2]), exclude=[np.array([1, 3]), np.array([2, 1])])
-    assert ranks.tolist() == [0, 4]  # row 1: the target is excluded -> a miss (rank = num_items)
+    assert ranks.tolist() == [0, MISS_RANK]  # row 1: the target is excluded -> a miss
     assert ranks_from_scores(torch.tensor(scores), torch.tensor([2, 2])).tolist() == [2, 2]
 
 

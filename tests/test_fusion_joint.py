@@ -119,6 +119,28 @@ def test_joint_config_checks():
         JointConfig(mode="both")
     cfg = JointConfig(id_tower={"hidden": 16}, gr_tower={"hidden": 16})
     assert cfg.id_tower.hidden == 16 and cfg.gr_tower.hidden == 16
+    assert cfg.nonfinite_loss == "error"
+
+
+def test_joint_divergence_resume_and_bad_histories(tmp_path):
+    from genrec.artifacts import load_checkpoint
+    from genrec.errors import TrainingDivergedError
+    from genrec.splits import Instances
+
+    ds, split, table = synthetic_split(num_users=60)
+    cfg = dict(id_tower=SMALL_ID, gr_tower=SMALL_GR, max_len=20, batch_size=64, num_threads=1)
+    with pytest.raises(TrainingDivergedError, match=r"^joint\[joint\] training diverged: the loss is (nan|inf) at "
+                                                    r"epoch \d+, step \d+ of \d+"):
+        train_joint(split, table, JointConfig(**cfg, lr=1e6, max_epochs=3))
+    result = train_joint(split, table, JointConfig(**cfg, max_epochs=2), out_dir=tmp_path)
+    last = load_checkpoint(tmp_path / "last.pt")  # weights_only: codes stored as a tensor
+    np.testing.assert_array_equal(last["codes"].numpy(), table.codes)
+    assert last["config"]["nonfinite_loss"] == "error"
+    bad = Instances(users=np.arange(2), histories=[np.array([1, 2]), np.array([-1, 3])], targets=np.array([3, 4]))
+    with pytest.raises(ValueError, match="history 1 holds item index -1, outside the catalogue's"):
+        evaluate_joint(result.model, bad)
+    with pytest.raises(ValueError, match="history 1 holds item index -1"):
+        joint_gates(result.model, bad)
 
 
 def test_fusion_benchmark_runs_on_synthetic(tmp_path, monkeypatch):

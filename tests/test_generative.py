@@ -148,3 +148,82 @@ def test_repeat_gate_off_gives_the_plain_code_distribution(split):
     assert result.model.repeat_head is None
     top = recommend(result.model, split.test, beam_size=5)
     np.testing.assert_allclose(score_items(result.model, split.test, top.items), top.log_probs, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad histories and damaged checkpoints
+
+
+def test_empty_history_is_a_value_error_naming_it(split, trained):
+    from genrec.beam_search import beam_search, score_candidates
+
+    model = trained.model
+    expected = "history 1 is empty: HierarchicalGenerative needs at least one item in every history"
+    with pytest.raises(ValueError, match=expected.replace("history 1", "history 0")):
+        recommend(model, [[]])
+    histories = [np.array([1, 2]), np.array([], dtype=np.int64), np.array([3])]
+    with pytest.raises(ValueError, match=expected):
+        recommend(model, histories, beam_size=5)
+    with pytest.raises(ValueError, match=expected):
+        score_items(model, histories, np.zeros((3, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match=expected):
+        beam_search(model, model.trie, histories, beam_size=5)
+    with pytest.raises(ValueError, match=expected):
+        score_candidates(model, model.trie, histories, np.zeros((3, 2), dtype=np.int64))
+
+
+@pytest.mark.parametrize("bad", [-1, 24])
+def test_out_of_catalogue_history_items_are_rejected(split, trained, bad):
+    import re
+
+    histories = [np.array([bad, 2]), np.array([3])]
+    expected = re.escape(f"history 0 holds item index {bad}, outside the catalogue's 0..23")
+    with pytest.raises(ValueError, match=expected):
+        recommend(trained.model, histories, beam_size=5)
+    with pytest.raises(ValueError, match=expected):
+        score_items(trained.model, histories, np.zeros((2, 2), dtype=np.int64))
+
+
+def test_tiger_reads_an_empty_history_as_a_cold_start_but_not_bad_items():
+    from genrec.tiger import TigerModel, hf_generate
+
+    torch.manual_seed(0)
+    table = cyclic_table()
+    model = TigerModel(table.codes, table.codebook_sizes,
+                       TigerConfig(d_model=16, d_ff=32, num_heads=2, d_kv=8, num_encoder_layers=1,
+                                   num_decoder_layers=1, user_buckets=0)).eval()
+    result = recommend(model, [[], np.array([1, 2])], beam_size=5)  # the encoder reads an EOS token alone
+    assert (result.items >= 0).all() and np.isfinite(result.log_probs).all()
+    with pytest.raises(ValueError, match="history 1 holds item index -1, outside the catalogue's 0..23"):
+        recommend(model, [np.array([1]), np.array([2, -1])], beam_size=5)
+    with pytest.raises(ValueError, match="history 0 holds item index 99"):
+        hf_generate(model, [np.array([99])], num_beams=5)
+
+
+def test_checkpoints_load_safely_and_damage_is_a_checkpoint_error(tmp_path, trained):
+    from genrec.errors import CheckpointError
+
+    save_generative(trained.model, tmp_path / "m.pt")
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)  # plain tensors, lists and numbers only
+    assert ckpt["codes"].dtype == torch.int64
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "m.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'm.pt'} is truncated or corrupt"):
+        load_generative(tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path / 'best.pt'} not found"):
+        load_tiger(tmp_path)
+
+
+def test_generative_resume_falls_back_to_the_previous_last_checkpoint(tmp_path, split):
+    kw = {**SMALL, "schedule_epochs": 4, "eval_every": 1, "patience": 10}
+    straight = train_generative(split, cyclic_table(), GenerativeConfig(**kw, max_epochs=4), progress=False)
+    b = tmp_path / "b"
+    train_generative(split, cyclic_table(), GenerativeConfig(**kw, max_epochs=3), out_dir=b, progress=False)
+    np.testing.assert_array_equal(torch.load(b / "last.pt", weights_only=True)["codes"].numpy(), cyclic_table().codes)
+    data = (b / "last.pt").read_bytes()
+    (b / "last.pt").write_bytes(data[: len(data) // 2])
+    resumed = train_generative(split, cyclic_table(), GenerativeConfig(**kw, max_epochs=4), out_dir=b,
+                               progress=False)
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+    for (k, v), (_, w) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(v, w), k

@@ -12,6 +12,7 @@ import yaml
 
 from genrec import cli
 from genrec.commands import demo as demo_cmd
+from genrec.errors import RunDirectoryError
 from genrec.pipeline import (ConfigError, StopAfterStage, _SplitCache, config_from_dict, load_config, run_recipe,
                              stage_names, strip_timing)
 
@@ -125,8 +126,15 @@ def test_changed_config_reruns_that_stage_and_downstream(reference, tiny, tmp_pa
     shutil.copytree(reference, out)
     events: dict[str, str] = {}
     _SplitCache.key = None
-    run_recipe(load_config(DEMO_YAML, overrides=tiny + ["fusion.methods=[fixed, adaptive]", "fusion.primary=adaptive"]),
-               out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
+    changed = load_config(DEMO_YAML, overrides=tiny + ["fusion.methods=[fixed, adaptive]", "fusion.primary=adaptive"])
+    before = _results(out)
+    # without force: refused, naming the changed keys and the stages it would discard; nothing touched
+    with pytest.raises(RunDirectoryError, match=r"changed: fusion.methods\); running would discard "
+                                                r"the stages fusion \(and rerun evaluate, report\)\. Rerun with --force"):
+        run_recipe(changed, out)
+    assert _results(out) == before and (out / "fusion" / "stage.done.json").is_file()
+    run_recipe(changed, out, force=True,
+               on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
     assert [n for n, e in events.items() if e == "skip"] == ["data", "embed", "quantize", "sasrec", "generative",
                                                              "labels"]
     assert set(_results(out)["models"]) == {"sasrec", "gr", "fixed", "adaptive"}
@@ -166,7 +174,7 @@ def test_preset_is_merged_under_explicit_values():
     ({"report": {"ks": [10, 100]}}, [], r"'report.ks' must not exceed fusion.k \(50\)"),
     ({"report": {"metric": "mrr@10"}}, [], r"'report.metric'"),
     ({"preset": "fast"}, [], r"'preset' must be one of \['quick', 'full'\], got 'fast'"),
-    ({"models": {}}, [], r"unknown config key\(s\) \['models'\]"),
+    ({"models": {}}, [], r"unknown config key 'models'"),
     ({"data": ["synthetic"]}, [], r"section 'data' must be a mapping"),
     ({"text": {"fields": ["title", "colour"]}}, [], r"'text.fields'"),
     ({"text": {"precision": "int8", "device": "cuda"}}, [], r"'text.device' must be the CPU"),
@@ -228,5 +236,10 @@ def test_interrupted_stage_with_other_settings_is_cleared(reference, tiny, tmp_p
     (out / "sasrec" / "stage.started.json").write_text('{"stage": "sasrec", "config_hash": "other"}')
     (out / "sasrec" / "last.pt").write_bytes(b"a checkpoint of other settings")
     _SplitCache.key = None
-    run_recipe(load_config(DEMO_YAML, overrides=tiny), out)
+    # partial training of other settings is work too: discarded only when asked
+    with pytest.raises(RunDirectoryError, match=r"discard the stages sasrec, trained models included \(sasrec/best.pt, "
+                                                r"sasrec/last.pt\)"):
+        run_recipe(load_config(DEMO_YAML, overrides=tiny), out)
+    assert (out / "sasrec" / "last.pt").read_bytes() == b"a checkpoint of other settings"
+    run_recipe(load_config(DEMO_YAML, overrides=tiny), out, force=True)
     assert strip_timing(_results(out)) == strip_timing(_results(reference))

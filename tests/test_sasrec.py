@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +134,117 @@ def test_trains_resumes_and_predicts_on_cuda(tmp_path):
     resumed = train_sasrec(split, SASRecConfig(**cfg, max_epochs=4), out_dir=tmp_path / "c", progress=False)
     np.testing.assert_allclose([r["train_loss"] for r in resumed.history],
                                [r["train_loss"] for r in straight.history], rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Divergence, damaged checkpoints and bad histories
+
+
+def test_huge_learning_rate_stops_with_a_divergence_error(tmp_path):
+    from genrec.errors import TrainingDivergedError
+
+    split = leave_one_out(cyclic_dataset(num_users=60), max_history=10)
+    with pytest.raises(TrainingDivergedError) as err:
+        train_sasrec(split, SASRecConfig(**{**SMALL, "lr": 1e6}, max_epochs=3), out_dir=tmp_path, progress=False)
+    msg = str(err.value)
+    assert re.match(r"sasrec training diverged: the loss is (nan|inf) at epoch 1, step \d+ of 2 "
+                    r"\(optimiser step \d+\); the last finite loss was [0-9.]+\. Try a lower learning rate "
+                    r"\(lr is 1e\+06, in a new out_dir\), or nonfinite_loss='skip' to leave such steps out\.", msg), msg
+    assert not (tmp_path / "best.pt").exists()  # nothing diverged was saved as the best model
+    # skipping cannot rescue weights that are already ruined: every step of the next epoch is skipped
+    with pytest.raises(TrainingDivergedError, match=r"every one of the 2 steps of epoch 2 \(all skipped"):
+        train_sasrec(split, SASRecConfig(**{**SMALL, "lr": 1e6}, max_epochs=3, nonfinite_loss="skip"),
+                     progress=False)
+
+
+def test_skip_mode_completes_and_reports_skipped_steps(monkeypatch, caplog):
+    import genrec.sasrec as sasrec
+
+    split = leave_one_out(cyclic_dataset(num_users=60), max_history=10)
+    real = sasrec.F.cross_entropy
+    calls = {"n": 0}
+
+    def flaky(*args, **kw):  # every 3rd training step has a NaN loss
+        calls["n"] += 1
+        loss = real(*args, **kw)
+        return loss * float("nan") if calls["n"] % 3 == 0 else loss
+
+    monkeypatch.setattr(sasrec.F, "cross_entropy", flaky)
+    with caplog.at_level("WARNING", logger="genrec.training"):
+        result = train_sasrec(split, SASRecConfig(**SMALL, max_epochs=6, patience=100, nonfinite_loss="skip"),
+                              progress=False)
+    assert len(result.history) == 6 and result.skipped_steps == 4  # 12 steps, every 3rd skipped
+    assert [r["skipped_steps"] for r in result.history] == [0, 1, 2, 2, 3, 4]
+    assert all(np.isfinite(r["train_loss"]) for r in result.history)
+    assert all(p.isfinite().all() for p in result.model.parameters())
+    assert "sasrec epoch 2: skipped 1 of 2 steps with a non-finite loss" in caplog.text
+
+
+def test_nonfinite_validation_never_becomes_best_pt(tmp_path, monkeypatch):
+    import genrec.sasrec as sasrec
+
+    split = leave_one_out(cyclic_dataset(num_users=60), max_history=10)
+    real, calls = sasrec.evaluate, {"n": 0}
+
+    def patched(*args, **kw):  # epoch 2: NaN, epoch 3: inf (an inf once beat every real score)
+        calls["n"] += 1
+        metrics = real(*args, **kw)
+        return {**metrics, "ndcg@10": {2: float("nan"), 3: float("inf")}.get(calls["n"], metrics["ndcg@10"])}
+
+    monkeypatch.setattr(sasrec, "evaluate", patched)
+    result = train_sasrec(split, SASRecConfig(**SMALL, max_epochs=3, patience=100), out_dir=tmp_path,
+                          progress=False)
+    assert result.best_epoch == 1
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 1
+    best = load_sasrec(tmp_path)
+    for (k, v), (_, w) in zip(best.state_dict().items(), result.model.state_dict().items()):
+        torch.testing.assert_close(v, w, msg=k)
+
+
+def test_resume_survives_a_truncated_last_checkpoint(tmp_path, caplog):
+    from genrec.errors import CheckpointError
+
+    split = leave_one_out(cyclic_dataset(num_users=60), max_history=10)
+    cfg = dict(SMALL, patience=100)
+    straight = train_sasrec(split, SASRecConfig(**cfg, max_epochs=4), out_dir=tmp_path / "a", progress=False)
+    b = tmp_path / "b"
+    train_sasrec(split, SASRecConfig(**cfg, max_epochs=3), out_dir=b, progress=False)  # "killed"
+    data = (b / "last.pt").read_bytes()
+    (b / "last.pt").write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING", logger="genrec.training"):
+        resumed = train_sasrec(split, SASRecConfig(**cfg, max_epochs=4), out_dir=b, progress=False)
+    assert f"{b / 'last.pt'} is truncated or corrupt (incomplete zip archive" in caplog.text
+    assert f"resuming sasrec from {b / 'last.prev.pt'}" in caplog.text
+    assert [r["ndcg@10"] for r in resumed.history] == [r["ndcg@10"] for r in straight.history]
+    assert evaluate(resumed.model, split.test) == evaluate(straight.model, split.test)
+    assert evaluate(load_sasrec(b), split.test) == evaluate(straight.model, split.test)
+
+    for name in ("last.pt", "last.prev.pt"):
+        data = (b / name).read_bytes()
+        (b / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=re.escape(f"cannot resume sasrec: {b / 'last.pt'} is truncated")):
+        train_sasrec(split, SASRecConfig(**cfg, max_epochs=5), out_dir=b, progress=False)
+    with pytest.raises(CheckpointError, match=re.escape(f"{b / 'last.pt'} is truncated or corrupt")):
+        load_sasrec(b / "last.pt")
+
+
+@pytest.mark.parametrize("bad", [-1, 20, 1000])
+def test_out_of_catalogue_history_items_are_rejected(trained, bad):
+    from genrec.splits import Instances
+
+    split, result = trained
+    model = result.model
+    histories = [np.array([1, 2, 3]), np.array([4, bad, 5])]
+    expected = re.escape(f"history 1 holds item index {bad}, outside the catalogue's 0..19; histories hold real "
+                         "item indices only (the model adds its own padding)")
+    with pytest.raises(ValueError, match=expected):
+        predict_topk(model, histories, k=5)
+    with pytest.raises(ValueError, match=expected):
+        predict_proba(model, histories)
+    with pytest.raises(ValueError, match=expected):
+        softmax_summary(model, histories)
+    instances = Instances(users=np.arange(2), histories=histories, targets=np.array([4, 6]))
+    with pytest.raises(ValueError, match=expected):
+        evaluate(model, instances)
+    # valid histories still work
+    predict_topk(model, histories[:1], k=5)

@@ -1,8 +1,14 @@
+import logging
+import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 
+from genrec.artifacts import load_checkpoint
+from genrec.errors import CheckpointError, ConfigError, TrainingDivergedError
 from genrec.training import fit
 
 
@@ -98,5 +104,186 @@ def test_fit_applies_the_schedule_per_step_and_resumes_exactly(tmp_path):
     train(3, tmp_path / "b")  # "killed" half way ...
     resumed = train(6, tmp_path / "b")  # ... and resumed: the schedule continues at step 9
     assert torch.equal(straight.weight, resumed.weight) and torch.equal(straight.bias, resumed.bias)
-    state = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["state"]
+    state = load_checkpoint(tmp_path / "b" / "last.pt")["state"]
     assert state["step"] == 18
+
+
+# ----------------------------------------------------------------------------------------------
+# Divergence: non-finite training losses and validation metrics
+
+@dataclass
+class Guarded(Config):
+    nonfinite_loss: str = "error"
+
+
+def scripted_fit(losses_at, curve=None, out=None, steps_per_epoch=3, **config):
+    """``fit`` on a one-parameter model whose loss is replaced by ``losses_at[global step]`` (a
+    NaN/inf there) and whose validation score follows ``curve`` (default: constant 0.1)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 1)
+    calls = {"step": 0}
+    weights = []
+
+    def loss_fn(m, batch):
+        calls["step"] += 1
+        weights.append(m.weight.item())
+        loss = (m(batch) ** 2).mean()
+        bad = losses_at.get(calls["step"])
+        return (loss * bad if bad is not None else loss), len(batch)
+
+    scores = iter(curve) if curve is not None else None
+
+    def evaluate_fn(m):
+        return {"ndcg@10": next(scores) if scores else 0.1, "recall@10": 0.0}
+
+    result = fit(model, Guarded(**{"patience": 100, **config}), lambda rng: [torch.ones(4, 1)] * steps_per_epoch,
+                 steps_per_epoch, loss_fn, evaluate_fn, out, progress=False, name="toy")
+    return result, weights
+
+
+def test_nan_loss_stops_training_naming_model_epoch_step_and_last_finite_loss():
+    with pytest.raises(TrainingDivergedError) as err:
+        scripted_fit({5: math.nan}, max_epochs=4)  # global step 5 = epoch 2, step 2 of 3
+    msg = str(err.value)
+    assert msg.startswith("toy training diverged: the loss is nan at epoch 2, step 2 of 3 (optimiser step 5)")
+    assert "the last finite loss was" in msg and "lower learning rate (lr is 0.1" in msg
+    assert "nonfinite_loss='skip'" in msg
+    with pytest.raises(TrainingDivergedError, match=r"loss is inf at epoch 1, step 1 of 3 .*no finite loss yet"):
+        scripted_fit({1: math.inf}, max_epochs=2)
+
+
+def test_skip_leaves_nonfinite_steps_out_and_reports_them(caplog):
+    plain, w_plain = scripted_fit({}, max_epochs=2)
+    with caplog.at_level(logging.WARNING, logger="genrec.training"):
+        skipped, w_skip = scripted_fit({2: math.nan, 5: -math.inf}, max_epochs=2, nonfinite_loss="skip")
+    # no update from the skipped steps: the weight after step 2 is the one step 2 started from
+    assert w_skip[2] == w_skip[1] and w_plain[2] != w_plain[1]
+    assert all(math.isfinite(w) for w in w_skip)
+    assert skipped.skipped_steps == 2
+    assert [r["skipped_steps"] for r in skipped.history] == [1, 2]  # running total per evaluation row
+    assert "skipped_steps" not in plain.history[0]  # the default mode's history is unchanged
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "toy epoch 1: skipped 1 of 3 steps with a non-finite loss (nonfinite_loss='skip'; 1 in all)" in warnings
+    assert "toy epoch 2: skipped 1 of 3 steps with a non-finite loss (nonfinite_loss='skip'; 2 in all)" in warnings
+
+
+def test_skip_still_stops_when_every_step_of_an_epoch_is_nonfinite():
+    with pytest.raises(TrainingDivergedError, match=r"every one of the 3 steps of epoch 2 \(all skipped"):
+        scripted_fit({4: math.nan, 5: math.nan, 6: math.nan}, max_epochs=3, nonfinite_loss="skip")
+
+
+def test_unknown_nonfinite_loss_mode_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"nonfinite_loss must be one of \['error', 'skip'\], got 'ignore'"):
+        scripted_fit({}, max_epochs=1, nonfinite_loss="ignore")
+    from fusion.joint import JointConfig
+    from genrec.generative import GenerativeConfig
+    from genrec.sasrec import SASRecConfig
+    from genrec.tiger import TigerConfig
+
+    for config in (SASRecConfig, GenerativeConfig, TigerConfig, JointConfig):  # checked when the config is built
+        assert config().nonfinite_loss == "error" and config(nonfinite_loss="skip").nonfinite_loss == "skip"
+        with pytest.raises(ConfigError, match=r"nonfinite_loss must be one of \['error', 'skip'\], got 'NaN'"):
+            config(nonfinite_loss="NaN")
+
+
+def test_nonfinite_validation_scores_are_never_the_best_model(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="genrec.training"):
+        result, _ = scripted_fit({}, curve=[0.1, math.nan, math.inf, 0.05], out=tmp_path, max_epochs=4)
+    assert result.best_epoch == 1 and result.best_valid["ndcg@10"] == 0.1
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1  # never written from epochs 2 or 3
+    assert any("toy epoch 3: validation ndcg@10 is inf; not an improvement" in r.getMessage() for r in caplog.records)
+    # and they count against the patience
+    short, _ = scripted_fit({}, curve=[0.1, math.nan, math.inf, 0.5], max_epochs=4, patience=2)
+    assert len(short.history) == 3 and short.best_epoch == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume from damaged checkpoints
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_resume_falls_back_to_the_previous_last_checkpoint(tmp_path, caplog):
+    curve = [0.3, 0.1, 0.5, 0.2, 0.6]
+    straight, _ = scripted_fit({}, curve=curve, out=tmp_path / "a", max_epochs=5)
+    scripted_fit({}, curve=curve, out=tmp_path / "b", max_epochs=3)  # "killed" after epoch 3
+    b = tmp_path / "b"
+    assert {p.name for p in b.glob("*.pt")} == {"last.pt", "last.prev.pt", "best.pt", "best.prev.pt"}
+    assert load_checkpoint(b / "last.prev.pt")["state"]["epoch"] == 2
+    assert [load_checkpoint(b / f)["epoch"] for f in ("best.pt", "best.prev.pt")] == [3, 1]
+    truncate(b / "last.pt")
+    with caplog.at_level(logging.WARNING, logger="genrec.training"):
+        # resumes after epoch 2 (best epoch 1: its weights are in best.prev.pt, best.pt holds the lost epoch 3)
+        resumed, _ = scripted_fit({}, curve=curve[2:], out=b, max_epochs=5)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"{b / 'last.pt'} is truncated or corrupt" in text
+    assert f"resuming toy from {b / 'last.prev.pt'}" in text
+    assert [r["ndcg@10"] for r in resumed.history] == [r["ndcg@10"] for r in straight.history]
+    assert resumed.best_epoch == straight.best_epoch == 5
+    assert torch.equal(resumed.model.weight, straight.model.weight)
+    assert load_checkpoint(b / "last.pt")["state"]["epoch"] == 5  # the damaged file was replaced
+
+
+def test_resume_after_a_kill_between_renaming_and_writing_last(tmp_path):
+    curve = [0.1, 0.2, 0.3]
+    straight, _ = scripted_fit({}, curve=curve, out=tmp_path / "a", max_epochs=3)
+    scripted_fit({}, curve=curve, out=tmp_path / "b", max_epochs=2)
+    # killed while saving epoch 2: last.pt (epoch 1) renamed to last.prev.pt, the new one never written
+    (tmp_path / "b" / "last.pt").unlink()
+    assert load_checkpoint(tmp_path / "b" / "last.prev.pt")["state"]["epoch"] == 1
+    resumed, _ = scripted_fit({}, curve=curve[1:], out=tmp_path / "b", max_epochs=3)
+    assert [r["ndcg@10"] for r in resumed.history] == curve
+    assert torch.equal(resumed.model.weight, straight.model.weight)
+
+
+def test_resume_refuses_when_no_last_checkpoint_loads(tmp_path):
+    scripted_fit({}, out=tmp_path, max_epochs=2)
+    truncate(tmp_path / "last.pt")
+    truncate(tmp_path / "last.prev.pt")
+    with pytest.raises(CheckpointError) as err:
+        scripted_fit({}, out=tmp_path, max_epochs=3)
+    msg = str(err.value)
+    assert msg.startswith(f"cannot resume toy: {tmp_path / 'last.pt'} is truncated or corrupt (")
+    assert f"and {tmp_path / 'last.prev.pt'} is truncated or corrupt" in msg
+    assert msg.endswith(f"delete {tmp_path / 'last.pt'} and {tmp_path / 'last.prev.pt'} (or the directory "
+                        f"{tmp_path}) to train toy from scratch")
+
+
+def test_truncated_best_checkpoint_at_resume(tmp_path):
+    # best epoch 1 < last epoch 3: the best weights must come from best.pt
+    scripted_fit({}, curve=[0.5, 0.1, 0.2], out=tmp_path / "a", max_epochs=3)
+    truncate(tmp_path / "a" / "best.pt")
+    with pytest.raises(CheckpointError) as err:
+        scripted_fit({}, curve=[0.3], out=tmp_path / "a", max_epochs=4)
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'a' / 'best.pt'}: cannot restore the best toy weights (epoch 1) needed "
+                          f"to resume: {tmp_path / 'a' / 'best.pt'} is truncated or corrupt (")
+    assert msg.endswith(f"restore best.pt from a copy, or delete the directory {tmp_path / 'a'} to train toy "
+                        "from scratch")
+    # best epoch = last epoch: last.pt's own weights are the best ones, best.pt is not needed
+    straight, _ = scripted_fit({}, curve=[0.1, 0.2, 0.3, 0.05], out=tmp_path / "c", max_epochs=4)
+    scripted_fit({}, curve=[0.1, 0.2, 0.3], out=tmp_path / "b", max_epochs=3)
+    truncate(tmp_path / "b" / "best.pt")
+    resumed, _ = scripted_fit({}, curve=[0.05], out=tmp_path / "b", max_epochs=4)
+    assert resumed.best_epoch == 3 and torch.equal(resumed.model.weight, straight.model.weight)
+
+
+def test_old_checkpoint_configs_resume_without_the_nonfinite_loss_field():
+    from genrec.training import _model_fields
+
+    old = {"lr": 0.1, "id_tower": {"hidden": 32, "max_epochs": 5}}
+    new = {"lr": 0.1, "nonfinite_loss": "skip", "id_tower": {"hidden": 32, "max_epochs": 9, "nonfinite_loss": "error"}}
+    assert _model_fields(old) == _model_fields(new)
+    assert _model_fields(old) != _model_fields({**new, "lr": 0.2})
+
+
+def test_resume_with_another_model_config_names_the_changed_keys(tmp_path):
+    scripted_fit({}, out=tmp_path, max_epochs=1)
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{tmp_path / 'last.pt'}: checkpoint config differs from the requested config (lr: 0.1 -> 0.2, "
+            "seed: 0 -> 1); use another out_dir or delete it")):
+        scripted_fit({}, out=tmp_path, max_epochs=2, lr=0.2, seed=1)
+    scripted_fit({}, out=tmp_path, max_epochs=2, nonfinite_loss="skip")  # a resumable setting may change

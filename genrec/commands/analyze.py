@@ -1,14 +1,18 @@
 """``genrec analyze``: memorization / generalization labels, token-level analysis, per-category metrics.
 
-    genrec analyze DATASET_DIR --out DIR [--codes CODES] [--predictions NAME=TOPK.npy ...]
+    genrec analyze DATASET --out DIR [--codes CODES] [--predictions NAME=TOPK.npy ...]
                    [--max-hop 4] [--ks 10 20] [--metric ndcg@10] [--token-hop 1]
 
-Always: prints the label shares of the validation and test instances and writes ``label_shares.md``
-/ ``.json`` and ``labels_valid.jsonl`` / ``labels_test.jsonl`` (one record per instance, in split
-order). ``--codes``: an ``[n_items, levels]`` integer semantic-ID table (see :func:`load_codes`);
-adds n-gram prefix memorization (``token_memorization.md`` / ``.json``, ``prefix_hops`` in the
-JSONL). ``--predictions``: top-K item index arrays ``[n_test, K]`` in test-instance order; writes
-``per_category.md`` / ``.json`` / ``.png``.
+``DATASET`` is any dataset spec (a plain-format directory, ``synthetic[:k=v,...]``,
+``amazon2014:Beauty``, ...; see :mod:`genrec.datasets`). Always: prints the label shares of the
+validation and test instances and writes ``label_shares.md`` / ``.json`` and ``labels_valid.jsonl``
+/ ``labels_test.jsonl`` (one record per instance, in split order). ``--codes``: an
+``[n_items, levels]`` integer semantic-ID table, e.g. ``genrec quantize``'s output directory or its
+``semantic_ids.json`` (see :func:`load_codes`); adds n-gram prefix memorization
+(``token_memorization.md`` / ``.json``, ``prefix_hops`` in the JSONL). ``--predictions``: top-K item
+index arrays ``[n_test, K]`` in test-instance order; writes ``per_category.md`` / ``.json`` /
+``.png``. Bad inputs raise :class:`~genrec.errors.GenrecError`
+exceptions (one-line messages naming the file or option on the command line).
 """
 
 from __future__ import annotations
@@ -22,26 +26,30 @@ import numpy as np
 from genrec.analysis import (evaluate_topk_by_category, export_labels_jsonl, markdown_table, plot_categories,
                              shares_markdown, token_memorization_markdown, token_memorization_summary)
 from genrec.artifacts import atomic_write_text, save_json
-from genrec.data import SequenceDataset, load_plain
+from genrec.commands.common import TABLE_FILE, load_semantic_id_table, load_split
+from genrec.data import SequenceDataset
+from genrec.errors import ConfigError, DataFormatError, GenrecError
 from genrec.memorization import DEFAULT_MAX_HOP, TransitionGraph, label_instances, token_memorization
 from genrec.metrics import ranks_from_topk
-from genrec.splits import leave_one_out
 
 log = logging.getLogger(__name__)
 
-CODE_FILE_NAMES = ("codes.npy", "semantic_ids.npy", "codes.npz", "codes.tsv", "semantic_ids.tsv")
+CODE_FILE_NAMES = ("codes.npy", "semantic_ids.npy", "codes.npz", "codes.tsv", "semantic_ids.tsv", TABLE_FILE)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", help="dataset directory in the plain format")
+    p.add_argument("dataset", help="dataset: a plain-format directory, 'synthetic[:k=v,...]', 'amazon2014:Beauty', "
+                                   "'amazon2023:All_Beauty' (see 'genrec data')")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--codes", help="semantic-ID table: .npy/.npz [n_items, levels] ints, a TSV/CSV of codes "
+    p.add_argument("--codes", help="semantic-ID table: the output directory of 'genrec quantize' or its "
+                                   "semantic_ids.json, .npy/.npz [n_items, levels] ints, a TSV/CSV of codes "
                                    "(optionally item_id first), or a directory holding codes.npy")
     p.add_argument("--predictions", nargs="*", default=[], metavar="NAME=FILE",
                    help="top-K item indices [n_test, K] (.npy) in test-instance order, one per model")
     p.add_argument("--max-hop", type=int, default=DEFAULT_MAX_HOP, help="largest hop checked (default 4)")
     p.add_argument("--max-history", type=int, default=50, help="history truncation of the split (default 50)")
-    p.add_argument("--order", choices=("file", "timestamp"), default="file", help="row order of interactions")
+    p.add_argument("--order", choices=("file", "timestamp"), default="file",
+                   help="row order of interactions (timestamp: plain-format directories only)")
     p.add_argument("--ks", type=int, nargs="*", help="cutoffs (default: 5, 10, 20 up to the list length)")
     p.add_argument("--metric", default=None, help="metric of the bar chart (default ndcg@<largest K <= 10>)")
     p.add_argument("--token-hop", type=int, default=1,
@@ -51,69 +59,107 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def load_codes(path: str | Path, dataset: SequenceDataset) -> np.ndarray:
     """Read a semantic-ID table into ``[n_items, levels]`` int64, row ``j`` = item index ``j``.
 
-    Accepts ``.npy``; ``.npz`` (key ``codes`` or its single array); a text table (tab, comma or
-    space separated) with one row per item in dataset order, or with the raw ``item_id`` first
-    (recognised by a header starting ``item_id`` or by non-numeric ids); or a directory holding one
-    of ``CODE_FILE_NAMES``.
+    Accepts ``genrec quantize``'s ``semantic_ids.json`` (:class:`~quantize.semantic_ids.SemanticIdTable`,
+    rows matched to the dataset by item id when the table has them; the disambiguation level is
+    kept as the last level); ``.npy``; ``.npz`` (key ``codes`` or its single array); a text table
+    (tab, comma or space separated) with one row per item in dataset order, or with the raw
+    ``item_id`` first (recognised by a header starting ``item_id`` or by non-numeric ids); or a
+    directory holding one of ``CODE_FILE_NAMES`` (such as ``genrec quantize``'s output directory).
+    A missing or unreadable table, or one that does not fit the dataset, raises
+    :class:`~genrec.errors.DataFormatError` naming the file.
     """
     path = Path(path)
     if path.is_dir():
         for name in CODE_FILE_NAMES:
             if (path / name).is_file():
                 return load_codes(path / name, dataset)
-        raise FileNotFoundError(f"{path}: no semantic-ID table found (looked for {', '.join(CODE_FILE_NAMES)})")
+        raise DataFormatError(f"{path}: no semantic-ID table found (looked for {', '.join(CODE_FILE_NAMES)})")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: semantic-ID table not found")
-    if path.suffix == ".npy":
-        codes = np.load(path, allow_pickle=False)
-    elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.keys())
-            if "codes" in keys:
-                codes = z["codes"]
-            elif len(keys) == 1:
-                codes = z[keys[0]]
-            else:
-                raise ValueError(f"{path}: expected an array named 'codes' (or a single array), found {keys}")
+        raise DataFormatError(f"{path}: semantic-ID table not found")
+    if path.suffix == ".json":
+        codes = _table_codes(path, dataset)
+    elif path.suffix in (".npy", ".npz"):
+        codes = _read_code_array(path)
     else:
         codes = _read_code_text(path, dataset)
     codes = np.asarray(codes)
     if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
-        raise ValueError(f"{path}: expected an integer [n_items, levels] table, got {codes.dtype} {codes.shape}")
+        raise DataFormatError(f"{path}: expected an integer [n_items, levels] table, got {codes.dtype} {codes.shape}")
     if codes.shape[0] != dataset.num_items:
-        raise ValueError(f"{path}: {codes.shape[0]} code rows for {dataset.num_items} items")
+        raise DataFormatError(f"{path}: {codes.shape[0]} code rows for {dataset.num_items} items")
     return codes.astype(np.int64)
 
 
+def _read_code_array(path: Path) -> np.ndarray:
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.keys())
+            if "codes" in keys:
+                return z["codes"]
+            if len(keys) == 1:
+                return z[keys[0]]
+    except (ValueError, OSError, EOFError) as e:  # truncated, pickled or not a NumPy file at all
+        raise DataFormatError(f"{path}: not a readable {path.suffix} array ({e})") from None
+    raise DataFormatError(f"{path}: expected an array named 'codes' (or a single array), found {keys}")
+
+
+def _table_codes(path: Path, dataset: SequenceDataset) -> np.ndarray:
+    """Codes of a saved SemanticIdTable, reordered to the dataset's items when it names them."""
+    try:
+        table = load_semantic_id_table(path)
+    except GenrecError as e:
+        raise DataFormatError(str(e)) from None
+    if table.item_ids is None:
+        return table.codes  # rows in dataset item order; the caller checks the count
+    index = {iid: r for r, iid in enumerate(table.item_ids)}
+    rows = [index.get(iid, -1) for iid in dataset.item_ids]
+    missing = [iid for iid, r in zip(dataset.item_ids, rows) if r < 0]
+    if missing:
+        raise DataFormatError(f"{path}: {len(missing)} of the dataset's {dataset.num_items} items have no "
+                              f"semantic ID in this table, e.g. {missing[0]!r} (a table of another dataset?)")
+    return table.codes[np.asarray(rows, dtype=np.int64)]
+
+
 def _read_code_text(path: Path, dataset: SequenceDataset) -> np.ndarray:
-    rows: list[list[str]] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                rows.append(line.replace(",", " ").replace("\t", " ").split())
+    rows: list[tuple[int, list[str]]] = []  # (line number, fields)
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                line = line.strip()
+                if line:
+                    rows.append((lineno, line.replace(",", " ").replace("\t", " ").split()))
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not a UTF-8 text table ({e.reason}); .npy/.npz/.json tables need "
+                              f"their file extension") from None
     header: list[str] = []
-    if rows and not all(_is_int(x) for x in rows[0][1:]):
-        header, rows = rows[0], rows[1:]
+    if rows and not all(_is_int(x) for x in rows[0][1][1:]):
+        header, rows = rows[0][1], rows[1:]
     if not rows:
-        raise ValueError(f"{path}: empty semantic-ID table")
+        raise DataFormatError(f"{path}: empty semantic-ID table")
     # item ids first when the header says so or a first field is not a number (numeric ids need a header)
-    keyed = (header[:1] == ["item_id"]) or not all(_is_int(r[0]) for r in rows)
-    width = {len(r) for r in rows}
+    keyed = (header[:1] == ["item_id"]) or not all(_is_int(r[0]) for _, r in rows)
+    width = {len(r) for _, r in rows}
     if len(width) != 1:
-        raise ValueError(f"{path}: rows have different numbers of fields {sorted(width)}")
+        raise DataFormatError(f"{path}: rows have different numbers of fields {sorted(width)}")
+    first = 1 if keyed else 0
+    for lineno, r in rows:
+        bad = next((x for x in r[first:] if not _is_int(x)), None)
+        if bad is not None:
+            raise DataFormatError(f"{path}:{lineno}: code {bad!r} is not an integer")
     if not keyed:
-        return np.array([[int(x) for x in r] for r in rows], dtype=np.int64)
+        return np.array([[int(x) for x in r] for _, r in rows], dtype=np.int64)
     codes = np.full((dataset.num_items, width.pop() - 1), -1, dtype=np.int64)
     seen = np.zeros(dataset.num_items, dtype=bool)
-    for lineno, r in enumerate(rows, start=1):
+    for lineno, r in rows:
         j = dataset.item_index.get(r[0])
         if j is None:
-            raise ValueError(f"{path}: data row {lineno}: unknown item_id {r[0]!r}")
+            raise DataFormatError(f"{path}:{lineno}: unknown item_id {r[0]!r}")
         codes[j] = [int(x) for x in r[1:]]
         seen[j] = True
     if not seen.all():
-        raise ValueError(f"{path}: {int((~seen).sum())} item(s) have no code row")
+        raise DataFormatError(f"{path}: {int((~seen).sum())} item(s) have no code row")
     return codes
 
 
@@ -130,26 +176,36 @@ def _parse_predictions(pairs: list[str], n_test: int, num_items: int) -> dict[st
     for pair in pairs:
         name, sep, file = pair.partition("=")
         if not sep or not name or not file:
-            raise SystemExit(f"--predictions expects NAME=FILE, got {pair!r}")
+            raise ConfigError(f"--predictions expects NAME=FILE, got {pair!r}")
         if not Path(file).is_file():
-            raise SystemExit(f"--predictions {name}: file {file} not found")
-        topk = np.load(file, allow_pickle=False)
+            raise DataFormatError(f"--predictions {name}: file {file} not found")
+        try:
+            topk = np.load(file, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataFormatError(f"{file}: not a readable .npy array ({e})") from None
         if topk.ndim != 2 or topk.shape[0] != n_test or not np.issubdtype(topk.dtype, np.integer):
-            raise SystemExit(f"{file}: expected integer top-K item indices [{n_test}, K], "
-                             f"got {topk.dtype} {topk.shape}")
-        if topk.max(initial=-1) >= num_items:
-            raise SystemExit(f"{file}: item index {topk.max()} out of range (catalogue has {num_items} items)")
+            raise DataFormatError(f"{file}: expected integer top-K item indices [{n_test}, K], "
+                                  f"got {topk.dtype} {topk.shape}")
+        if topk.max(initial=-1) >= num_items:  # entries < 0 are padding (see ranks_from_topk)
+            raise DataFormatError(f"{file}: item index {topk.max()} out of range (catalogue has {num_items} items)")
         out[name] = topk
     return out
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    dataset = load_plain(args.dataset, order=args.order)
-    split = leave_one_out(dataset, max_history=args.max_history)
+    if args.max_hop < 1:
+        raise ConfigError(f"--max-hop must be >= 1, got {args.max_hop}")
+    dataset, split = load_split(args.dataset, args.max_history, order=args.order)
     # check inputs before the (cheap) labelling so a typo fails fast
     codes = load_codes(args.codes, dataset) if args.codes else None
     preds = _parse_predictions(args.predictions, len(split.test), dataset.num_items)
+    k_list = min((p.shape[1] for p in preds.values()), default=10)
+    ks = tuple(args.ks) if args.ks else tuple(k for k in (5, 10, 20) if k <= k_list) or (k_list,)
+    bad_ks = [k for k in ks if k < 1 or (preds and k > k_list)]
+    if bad_ks:
+        raise ConfigError(f"--ks {' '.join(map(str, bad_ks))}: cutoffs must be >= 1 and at most the ranked-list "
+                          f"length {k_list}" if preds else f"--ks {' '.join(map(str, bad_ks))}: cutoffs must be >= 1")
 
     graph = TransitionGraph(split.train, dataset.num_items, args.max_hop)
     parts = {"valid": split.valid, "test": split.test}
@@ -168,8 +224,6 @@ def run(args: argparse.Namespace) -> int:
                             token=tokens.get(name))
 
     ranks = {name: ranks_from_topk(topk, split.test.targets) for name, topk in preds.items()}
-    k_list = min((p.shape[1] for p in preds.values()), default=10)
-    ks = tuple(args.ks) if args.ks else tuple(k for k in (5, 10, 20) if k <= k_list) or (k_list,)
     if codes is not None:
         k_tok = max((k for k in ks if k <= 10), default=ks[0])
         rows = token_memorization_summary(tokens["test"], labels["test"], ranks, k=k_tok, hop=args.token_hop)

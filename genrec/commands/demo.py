@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; a rerun resumes)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config overrides, e.g. --set data.dataset=synthetic:num_users=500")
+    p.add_argument("--force", action="store_true",
+                   help="discard stages of the run directory that a changed config would invalidate")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"genrec demo: error: {e}", file=sys.stderr)
         return 2
-    return execute(config, Path(args.out), label="genrec demo")
+    return execute(config, Path(args.out), label="genrec demo", force=args.force)
 
 
 # The same settings as recipes/configs/demo.yaml (kept in sync by tests/test_pipeline.py).

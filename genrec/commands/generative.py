@@ -9,7 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from genrec.artifacts import save_json
-from genrec.commands.config_overrides import apply_overrides
+from genrec.commands.common import load_semantic_id_table
+from genrec.config import override_dataclass as apply_overrides
 from genrec.metrics import format_metrics
 
 
@@ -27,14 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genrec.datasets import load_dataset
+    from genrec.commands.common import load_split
     from genrec.generative import GenerativeConfig, evaluate, train_generative
-    from genrec.splits import leave_one_out
     from genrec.tiger import TigerConfig, train_tiger
-    from quantize.semantic_ids import SemanticIdTable
 
-    sid = Path(args.semantic_ids)
-    table = SemanticIdTable.load(sid / "semantic_ids.json" if sid.is_dir() else sid)
+    table = load_semantic_id_table(args.semantic_ids)
     if args.model == "tiger":
         config = apply_overrides(TigerConfig(), args.set)
         train = train_tiger
@@ -42,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
         config = apply_overrides(GenerativeConfig(max_len=args.max_history), args.set)
         train = train_generative
     t0 = time.perf_counter()
-    dataset = load_dataset(args.dataset)
-    split = leave_one_out(dataset, max_history=args.max_history)
+    dataset, split = load_split(args.dataset, args.max_history)
     print(f"{dataset!r}: {len(split.test)} test users; {table!r}")
     result = train(split, table, config, out_dir=args.out)
     test = evaluate(result.model, split.test, beam_size=args.test_beam)

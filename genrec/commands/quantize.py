@@ -7,6 +7,7 @@ Writes ``semantic_ids.json`` (the table and its config), ``diagnostics.json``, `
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -52,12 +53,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--show", metavar="DIR", default=None, help="only print the diagnostics saved in DIR")
 
 
-def _parse_set(pairs: list[str]) -> dict[str, Any]:
+# build_semantic_ids arguments that have their own flag (passing them through --set as well would
+# clash with the flag's value)
+_OWN_FLAGS = {"seed": "--seed", "pca_dim": "--pca-dim", "whiten": "--whiten"}
+
+
+def _parse_set(pairs: list[str], method: str) -> dict[str, Any]:
+    """``key=value`` quantizer options (values as JSON when they parse); a key that the ``method``
+    quantizer does not take is a :class:`ConfigError` listing the valid ones, raised before any
+    (slow) embedding."""
+    from genrec.config import did_you_mean
+    from genrec.errors import ConfigError
+    from quantize.pipeline import make_quantizer
+
+    valid = sorted(set(inspect.signature(type(make_quantizer(method)).__init__).parameters) - {"self"}
+                   - set(_OWN_FLAGS))
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"option {pair!r} is not of the form key=value")
+            raise ConfigError(f"bad option for quantizer {method!r}: {pair!r} is not of the form key=value")
+        if key in _OWN_FLAGS:
+            raise ConfigError(f"bad option for quantizer {method!r}: set {key} with {_OWN_FLAGS[key]}, not --set")
+        if key not in valid:
+            raise ConfigError(f"bad option for quantizer {method!r}: unknown setting {key!r}"
+                              f"{did_you_mean(key, valid)}; valid: {', '.join(valid)}")
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -68,7 +88,8 @@ def _parse_set(pairs: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Build (or with ``--show``, print) semantic IDs; returns 2 on bad input (message on stderr)."""
     from genrec.artifacts import load_json
-    from genrec.data import DataFormatError
+    from genrec.commands.common import load_dataset_spec
+    from genrec.errors import GenrecError
     from quantize.diagnostics import format_diagnostics
 
     if args.show:
@@ -87,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from quantize import TextEncoder, TextTemplate, build_semantic_ids
 
     try:
-        cfg = _parse_set(args.set)
+        cfg = _parse_set(args.set, args.method)
         for name, key in (("levels", "levels"), ("subspaces", "subspaces"), ("codebook_size", "codebook_size")):
             value = getattr(args, name)
             if value is not None:
@@ -106,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                                                 **tpl_kw)
         else:
             template = TextTemplate(**tpl_kw)
-        dataset = _load(args.dataset)
+        dataset = load_dataset_spec(args.dataset)
         embeddings = np.load(args.embeddings) if args.embeddings else None
         encoder = None
         if embeddings is None:
@@ -115,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
         result = build_semantic_ids(dataset, args.method, embeddings=embeddings, encoder=encoder,
                                     template=template, fallback=args.fallback, pca_dim=args.pca_dim,
                                     whiten=args.whiten, seed=args.seed, **cfg)
-    except (DataFormatError, FileNotFoundError, ValueError, *_unavailable()) as e:
+    except GenrecError:
+        raise  # main() prints it as "genrec quantize: error: ..."
+    except (FileNotFoundError, ValueError) as e:  # e.g. an --embeddings file, a bad option value
         print(f"genrec quantize: error: {e}", file=sys.stderr)
         return 2
     paths = result.save(args.out)
@@ -124,20 +147,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
-
-def _unavailable() -> tuple[type[Exception], ...]:
-    try:
-        from genrec.amazon import DatasetUnavailableError
-    except ImportError:
-        return ()
-    return (DatasetUnavailableError,)
-
-
-def _load(spec: str) -> Any:
-    try:
-        from genrec.datasets import load_dataset
-    except ImportError:  # older checkout without the dataset registry: directories only
-        from genrec.data import load_plain
-
-        return load_plain(spec)
-    return load_dataset(spec)

@@ -1,7 +1,7 @@
 """``genrec run CONFIG``: run (or resume) a whole recipe; prints a one-screen summary at the end.
 
     genrec run recipes/configs/amazon2014_beauty.yaml [--preset quick|full] [--out DIR]
-               [--set section.key=value ...] [--until STAGE] [--show]
+               [--set section.key=value ...] [--until STAGE] [--show] [--force]
 
 Every stage writes into the run directory (default ``runs/<name>-<preset>``) and is skipped on a
 rerun when already done with the same settings; a killed run resumes where it stopped.
@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after this stage (data, embed, quantize, sasrec, generative, labels, fusion, "
                         "joint, evaluate, report)")
     p.add_argument("--show", action="store_true", help="print the resolved config and stage list, run nothing")
+    p.add_argument("--force", action="store_true",
+                   help="when the config or data changed since stages of the run directory ran, discard those "
+                        "stages (trained models included) and run them again; without it such a run is refused")
 
 
 def default_run_dir(config) -> Path:
@@ -44,21 +47,21 @@ def print_stage(name: str, event: str, info: dict) -> None:
               file=sys.stderr, flush=True)
 
 
-def execute(config, out: Path, until: str | None = None, label: str = "genrec run") -> int:
-    """Run a loaded config into ``out`` and print the summary; 2 on a config or data error."""
-    from genrec.amazon import DatasetUnavailableError
-    from genrec.data import DataFormatError
-    from genrec.pipeline import ConfigError, StopAfterStage, format_summary, run_recipe
+def execute(config, out: Path, until: str | None = None, label: str = "genrec run", force: bool = False) -> int:
+    """Run a loaded config into ``out`` and print the summary; 2 on bad input (config, data, a run
+    directory in use or holding stages that a changed config would discard), 1 on a failed stage."""
+    from genrec.errors import GenrecError
+    from genrec.pipeline import StopAfterStage, format_summary, run_recipe
 
     t0 = time.perf_counter()
     print(f"{label}: {config.name} ({config.data.dataset}, preset {config.preset or 'none'}) -> {out}",
           file=sys.stderr, flush=True)
     try:
-        results = run_recipe(config, out, stop_after=until, on_stage=print_stage)
+        results = run_recipe(config, out, stop_after=until, on_stage=print_stage, force=force)
     except StopAfterStage as e:
         print(f"{label}: stopped after stage {e}; run again without --until to continue", file=sys.stderr)
         return 0
-    except (ConfigError, DataFormatError, DatasetUnavailableError, FileNotFoundError, ValueError) as e:
+    except (GenrecError, FileNotFoundError) as e:
         print(f"{label}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
@@ -88,4 +91,4 @@ def run(args: argparse.Namespace) -> int:
         print("stages: " + " -> ".join(stage_names(config)))
         print(f"run directory: {out}")
         return 0
-    return execute(config, out, args.until)
+    return execute(config, out, args.until, force=args.force)

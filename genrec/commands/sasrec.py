@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from genrec.artifacts import save_json
-from genrec.commands.config_overrides import apply_overrides
+from genrec.config import override_dataclass as apply_overrides
 from genrec.metrics import format_metrics
 
 
@@ -24,14 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genrec.datasets import load_dataset
+    from genrec.commands.common import load_split
     from genrec.sasrec import SASRecConfig, evaluate, train_sasrec
-    from genrec.splits import leave_one_out
 
     config = apply_overrides(SASRecConfig(max_len=args.max_history), args.set)
     t0 = time.perf_counter()
-    dataset = load_dataset(args.dataset)
-    split = leave_one_out(dataset, max_history=args.max_history)
+    dataset, split = load_split(args.dataset, args.max_history)
     print(f"{dataset!r}: {len(split.test)} test users")
     result = train_sasrec(split, config, out_dir=args.out)
     test = evaluate(result.model, split.test)

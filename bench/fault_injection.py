@@ -1,0 +1,189 @@
+"""Fault injection: kill `genrec run` with SIGKILL at many points, resume, and check that every
+resumed run ends with the results of an uninterrupted one, byte for byte (timing fields aside).
+
+    python bench/fault_injection.py                  # 24 kills: 16 at random times, 8 inside writes
+    python bench/fault_injection.py --time-kills 4 --write-kills 2 --out runs/fault_small
+
+Two kinds of kill, on a small synthetic recipe (deterministic: no time budgets, one thread):
+- at a random moment: an uninterrupted run's wall time is cut into equal slices and one kill lands at a
+  random point of each slice, so the kills spread over every stage (mid-epoch, mid-fusion, ...);
+- inside a write: the process kills itself just before the N-th atomic rename of the run (the
+  temporary file complete, the artifact not yet in place), N spread over all the run's writes.
+Each killed run is then resumed (same command) and its results.json, without timing fields, is
+compared with the reference's. Prints one line per kill and the totals: kills, resumes, identical
+results, failures. Target: 100% identical, 0 corrupted runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: the recipe under test: every stage, small enough for ~20 s a run, nothing that depends on the clock
+CONFIG = {
+    "name": "fault", "num_threads": 1,
+    "data": {"dataset": "synthetic:num_users=400,num_brands=6,num_categories=5,num_attributes=5,seed=3",
+             "max_history": 12},
+    "text": {"fields": ["title", "categories"], "max_seq_length": 32},
+    "quantize": {"codebook_size": 8},
+    "sasrec": {"hidden": 16, "num_blocks": 1, "max_epochs": 6, "patience": 6, "batch_size": 64},
+    "generative": {"hidden": 32, "num_blocks": 1, "head_layers": 1, "max_epochs": 6, "max_minutes": None,
+                   "patience": 6, "eval_beam": 5, "batch_size": 64, "eval_every": 1},
+    "labels": {"max_hop": 4},
+    "fusion": {"k": 10, "beam": 10, "methods": ["fixed", "adaptive", "learned_minmax"], "primary": "learned_minmax",
+               "gate": {"max_epochs": 10}},
+    "report": {"ks": [5, 10], "metric": "ndcg@10"},
+}
+
+# Runs `genrec` with os.replace wrapped: it counts the renames of the run (GENREC_FAULT_COUNT names a
+# file to write the count to) or kills the process just before rename number GENREC_FAULT_KILL_AT.
+_WRAPPER = r"""
+import os, signal, sys
+kill_at = int(os.environ.get("GENREC_FAULT_KILL_AT", "0"))
+count_file = os.environ.get("GENREC_FAULT_COUNT")
+real_replace = os.replace
+calls = [0]
+def replace(src, dst, *args, **kwargs):
+    if os.path.realpath(str(dst)).startswith(os.environ["GENREC_FAULT_RUN"]):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+from genrec.cli import main
+code = main(sys.argv[1:])
+if count_file:
+    open(count_file, "w").write(str(calls[0]))
+sys.exit(code)
+"""
+
+TIMING_KEYS = {"wall_s", "peak_rss_mib", "minutes", "seconds", "timings_s", "timing", "total_wall_s"}
+
+
+def strip_timing(obj):
+    if isinstance(obj, dict):
+        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [strip_timing(v) for v in obj]
+    return obj
+
+
+def canonical_results(run_dir: Path) -> bytes:
+    """results.json without timing fields, serialised canonically (what must match byte for byte)."""
+    res = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    return json.dumps(strip_timing(res), sort_keys=True).encode()
+
+
+def _env(run_dir: Path, cache: Path, kill_at: int = 0, count_file: Path | None = None) -> dict[str, str]:
+    env = {**os.environ, "GENREC_FAULT_RUN": os.path.realpath(run_dir), "GENREC_FAULT_KILL_AT": str(kill_at),
+           "OMP_NUM_THREADS": "1", "GENREC_CACHE": str(cache)}
+    if count_file is not None:
+        env["GENREC_FAULT_COUNT"] = str(count_file)
+    return env
+
+
+def _command(config: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-c", _WRAPPER, "run", str(config), "--out", str(run_dir)]
+
+
+def run_once(config: Path, run_dir: Path, cache: Path, kill_at: int = 0, kill_after: float | None = None,
+             count_file: Path | None = None) -> tuple[int, float]:
+    """One `genrec run` (killed after ``kill_after`` seconds or at rename ``kill_at``); (exit code, seconds)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(_command(config, run_dir), env=_env(run_dir, cache, kill_at, count_file),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        if kill_after is not None:
+            try:
+                proc.wait(timeout=kill_after)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if proc.returncode not in (0, -signal.SIGKILL):
+        sys.stderr.write(err[-3000:])
+    return proc.returncode, time.perf_counter() - t0
+
+
+def interrupted_stage(run_dir: Path) -> str:
+    """The first stage without a done marker (where the kill landed), or "done"."""
+    order = ["data", "embed", "quantize", "sasrec", "generative", "labels", "fusion", "evaluate", "report"]
+    return next((s for s in order if not (run_dir / s / "stage.done.json").exists()), "done")
+
+
+def inject(out: Path, time_kills: int, write_kills: int, seed: int = 0, log=print) -> dict[str, int]:
+    """Run the whole experiment in ``out``; returns the totals."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / "fault.yaml"
+    config.write_text(json.dumps(CONFIG, indent=1), encoding="utf-8")  # JSON is YAML
+    cache = out / "cache"
+    ref = out / "reference"
+    count_file = out / "renames.txt"
+    code, ref_seconds = run_once(config, ref, cache, count_file=count_file)
+    if code != 0:
+        raise RuntimeError(f"the reference run failed (exit {code})")
+    renames = int(count_file.read_text())
+    expected = canonical_results(ref)
+    log(f"reference run: {ref_seconds:.1f} s, {renames} atomic writes in its run directory")
+    if time_kills:
+        # the kills are spread over a run with the embedding cache warm, as every trial's is
+        code, ref_seconds = run_once(config, out / "warm", cache)
+        if code != 0 or canonical_results(out / "warm") != expected:
+            raise RuntimeError("a second uninterrupted run differs from the first: the recipe is not deterministic")
+        log(f"second uninterrupted run (embedding cache warm): {ref_seconds:.1f} s, identical results")
+    rng = random.Random(seed)
+    trials = [("time", (i + rng.random()) * ref_seconds / time_kills) for i in range(time_kills)]
+    trials += [("write", 1 + (i * renames) // write_kills + rng.randrange(max(1, renames // write_kills)))
+               for i in range(write_kills)]
+    totals = {"kills": 0, "resumes": 0, "identical": 0, "failures": 0}
+    for n, (kind, at) in enumerate(trials):
+        run_dir = out / f"trial{n:02d}"
+        if kind == "time":
+            code, _ = run_once(config, run_dir, cache, kill_after=at)
+        else:
+            code, _ = run_once(config, run_dir, cache, kill_at=min(int(at), renames))
+        killed = code == -signal.SIGKILL
+        where = interrupted_stage(run_dir)
+        totals["kills"] += killed
+        code, _ = run_once(config, run_dir, cache)
+        totals["resumes"] += code == 0
+        same = code == 0 and (run_dir / "results.json").exists() and canonical_results(run_dir) == expected
+        totals["identical"] += same
+        totals["failures"] += not same
+        at_text = f"{at:6.1f} s" if kind == "time" else f"write {int(at):3d}"
+        log(f"trial {n:2d}: kill {kind:5s} at {at_text}  {'killed' if killed else 'finished first'} in "
+            f"stage {where:10s} resume exit {code}  {'identical' if same else 'DIFFERENT'}")
+    log(f"kills {totals['kills']}, resumes {totals['resumes']}, identical results {totals['identical']}/"
+        f"{len(trials)}, failures {totals['failures']}")
+    return totals
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--time-kills", type=int, default=16, help="kills at random moments (default 16)")
+    p.add_argument("--write-kills", type=int, default=8, help="kills inside atomic writes (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="working directory (default: a temporary one, removed)")
+    args = p.parse_args()
+    if args.out:
+        totals = inject(Path(args.out), args.time_kills, args.write_kills, args.seed)
+    else:
+        with tempfile.TemporaryDirectory(prefix="genrec_fault_") as tmp:
+            totals = inject(Path(tmp), args.time_kills, args.write_kills, args.seed)
+    return 0 if totals["failures"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Typed settings from plain values: YAML text, ``key=value`` overrides and dataclass configs.
+
+One set of rules for every config genrec reads (recipe YAML files, ``--set`` on the command line):
+
+- values are parsed as YAML 1.2 scalars and flow collections, so ``1e-3`` is a float (PyYAML alone
+  follows YAML 1.1 and reads it as a string), ``true``/``null``/``[10, 20]`` are what they look like
+  and anything else is a plain string;
+- every field of a dataclass is checked against its type hint, ``Optional`` fields included; an int
+  is accepted where a float is expected (and becomes one);
+- unknown keys are an error that suggests the closest valid key.
+
+Errors are :class:`~genrec.errors.ConfigError` naming the key and the value (and the file, when the
+caller passes one as ``where``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from typing import Any, Iterable, Mapping, Sequence
+
+from genrec.errors import ConfigError
+
+__all__ = ["yaml_load", "parse_value", "type_ok", "type_name", "check_value", "build_dataclass",
+           "did_you_mean", "override_dataclass"]
+
+
+def _yaml_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader with YAML 1.2 floats (``1e-3``, ``1E5``, ``.5``) and no other change."""
+
+    # The resolver table is shared with SafeLoader's class; copy it before adding to it.
+    Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    float_re = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                               |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                               |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                               |[-+]?\.(?:inf|Inf|INF)
+                               |\.(?:nan|NaN|NAN))$""", re.X)
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", float_re, list("-+0123456789."))
+    return Loader
+
+
+_LOADER: type | None = None
+
+
+def yaml_load(text: str, where: str = "<string>") -> Any:
+    """Parse YAML ``text`` safely (no Python objects) with YAML 1.2 floats; syntax errors become a
+    :class:`ConfigError` naming ``where`` and the line."""
+    import yaml
+
+    global _LOADER
+    if _LOADER is None:
+        _LOADER = _yaml_loader()
+    try:
+        return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+
+
+def parse_value(raw: str) -> Any:
+    """One ``--set`` value: YAML (``5``, ``1e-3``, ``true``, ``null``, ``[10, 20]``, ``{a: 1}``) or,
+    when that fails or gives something else, the text itself."""
+    if not raw.strip():
+        return raw
+    try:
+        value = yaml_load(raw)
+    except ConfigError:
+        return raw
+    if value is None and raw.strip() not in ("null", "~", "Null", "NULL"):
+        return raw
+    return value if isinstance(value, (bool, int, float, str, list, dict)) or value is None else raw
+
+
+def type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (parsed YAML) fits the type hint ``hint``."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and (not args or all(type_ok(v, args[0]) for v in value))
+    if origin is dict or hint is dict:
+        args = typing.get_args(hint)
+        return isinstance(value, dict) and (not args or all(type_ok(v, args[1]) for v in value.values()))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def type_name(hint: Any) -> str:
+    """A reader's name for a type hint (``int or null``, ``a list of str``)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin in (list, tuple, Sequence, typing.Sequence):
+        args = typing.get_args(hint)
+        return f"a list of {type_name(args[0])}" if args else "a list"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", str(hint))
+
+
+def _wants_float(hint: Any) -> bool:
+    return hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType)
+                             and float in typing.get_args(hint) and int not in typing.get_args(hint))
+
+
+def check_value(key: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against ``hint`` (ints widened to float where a float is wanted); a
+    :class:`ConfigError` naming ``key`` otherwise."""
+    if not type_ok(value, hint):
+        raise ConfigError(f"config key '{key}' expects {type_name(hint)}, got {value!r}")
+    if _wants_float(hint) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return copy.deepcopy(value)
+
+
+def did_you_mean(key: str, valid: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest valid key, or the empty string."""
+    close = difflib.get_close_matches(str(key), sorted(valid), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def field_hints(cls: type, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """The settable fields of dataclass ``cls`` and their resolved type hints."""
+    hints = typing.get_type_hints(cls)
+    skip = set(exclude)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init and f.name not in skip}
+
+
+def check_mapping(prefix: str, values: Mapping[str, Any], hints: Mapping[str, Any]) -> dict[str, Any]:
+    """Every key of ``values`` known in ``hints`` and of the right type; returns the checked copy.
+    Keys are reported as ``prefix.key``."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config section '{prefix}' must be a mapping of settings, got {values!r}")
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{prefix}.{key}'{did_you_mean(key, hints)}; "
+                              f"valid keys of '{prefix}': {', '.join(sorted(hints))}")
+        out[key] = check_value(f"{prefix}.{key}", value, hints[key])
+    return out
+
+
+def build_dataclass(name: str, cls: type, values: Mapping[str, Any]) -> Any:
+    """``cls(**values)`` with every key and type checked (see :func:`check_mapping`); the class's
+    own validation errors become :class:`ConfigError` naming the section ``name``."""
+    kwargs = check_mapping(name, values, field_hints(cls))
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config section '{name}': {e}") from None
+
+
+def override_dataclass(config: Any, pairs: Sequence[str], name: str | None = None) -> Any:
+    """A copy of dataclass ``config`` with ``key=value`` pairs applied (values as :func:`parse_value`,
+    nested dataclass fields as ``key.sub=value``), every key and type checked."""
+    name = name or type(config).__name__
+    values = dataclasses.asdict(config)
+    given: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r} is not of the form key=value")
+        path = key.strip().split(".")
+        node = given
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r}: '{p}' is not a group of settings")
+        node[path[-1]] = parse_value(raw)
+    return _apply(name, config, values, given)
+
+
+def _apply(name: str, config: Any, current: dict[str, Any], given: Mapping[str, Any]) -> Any:
+    hints = field_hints(type(config))
+    changes: dict[str, Any] = {}
+    for key, value in given.items():
+        if key not in hints:
+            raise ConfigError(f"unknown setting '{key}' for {name}{did_you_mean(key, hints)}; "
+                              f"valid: {', '.join(sorted(hints))}")
+        sub = getattr(config, key)
+        if dataclasses.is_dataclass(sub) and isinstance(value, Mapping):  # a nested config: a partial update
+            changes[key] = _apply(f"{name}.{key}", sub, current[key], value)
+            continue
+        changes[key] = check_value(key, value, hints[key])
+    try:
+        return dataclasses.replace(config, **changes)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name}: {e}") from None

@@ -1,0 +1,137 @@
+"""What keeps a run directory honest: fingerprints of the input data files, and a lock so that two
+runs never write into one directory at once.
+
+**Fingerprints** (:func:`data_fingerprint`). A recipe's stage hashes cover the files a dataset spec
+reads, so changed data reruns every stage that depends on it instead of reporting an old run. Each
+file contributes its resolved path, its size and a content hash: SHA-256 of the whole file up to
+:data:`FULL_HASH_BYTES` (64 MiB); above that, a sampled hash (SHA-256 of 16 blocks of 1 MiB spread
+evenly over the file) plus the modification time in nanoseconds, so a multi-GB file costs ~16 MiB
+of reading. A spec with no files (``synthetic:...``) is fingerprinted by the spec alone (the generator
+is seeded). Files that a loader fetches itself from a hub (``amazon2023`` without local files) are not
+covered.
+
+**Lock** (:class:`RunLock`). ``run.lock`` in the run directory holds an exclusive ``flock`` and the
+holder's pid and start time. A second run on the same directory is refused with a message naming
+that pid; the kernel releases the lock of a killed process, so a stale lock file is simply taken over
+(and logged).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from genrec.errors import RunDirectoryError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FULL_HASH_BYTES", "file_fingerprint", "data_files", "data_fingerprint", "RunLock"]
+
+FULL_HASH_BYTES = 64 * 2**20
+_SAMPLE_BLOCKS = 16
+_BLOCK = 2**20
+
+
+def file_fingerprint(path: str | Path) -> dict[str, Any]:
+    """``{"path", "size", "sha256"}`` of one file (``"sampled": True`` and ``"mtime_ns"`` added above
+    :data:`FULL_HASH_BYTES`; see the module doc)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    h = hashlib.sha256()
+    out: dict[str, Any] = {"path": str(path), "size": st.st_size}
+    with open(path, "rb") as f:
+        if st.st_size <= FULL_HASH_BYTES:
+            for block in iter(lambda: f.read(_BLOCK), b""):
+                h.update(block)
+        else:
+            step = (st.st_size - _BLOCK) // (_SAMPLE_BLOCKS - 1)
+            for i in range(_SAMPLE_BLOCKS):
+                f.seek(i * step)
+                h.update(f.read(_BLOCK))
+            out.update(sampled=True, mtime_ns=st.st_mtime_ns)
+    out["sha256"] = h.hexdigest()
+    return out
+
+
+def data_files(spec: str, cache_dir: str | Path | None = None) -> list[Path]:
+    """The files that :func:`genrec.load_dataset` reads for ``spec`` (those that exist now)."""
+    from genrec.datasets import default_cache_dir
+
+    spec = str(spec).strip()
+    kind, sep, arg = spec.partition(":")
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if kind == "synthetic":
+        return []
+    if sep and kind == "amazon2014":
+        cat = arg.strip()
+        candidates = [root / "amazon2014" / f"reviews_{cat}_5.json.gz", root / "amazon2014" / f"meta_{cat}.json.gz"]
+    elif sep and kind == "amazon2023":
+        cat = arg.strip()
+        candidates = [root / "amazon2023" / f"{name}{ext}" for name in (cat, f"meta_{cat}")
+                      for ext in (".jsonl", ".jsonl.gz")]
+    else:
+        directory = Path(arg if sep and kind == "plain" else spec).expanduser()
+        if not directory.is_dir():
+            return []
+        # every visible file: the loader's inputs and anything beside them it may read (e.g. .gz twins)
+        candidates = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    return [p for p in candidates if p.is_file()]
+
+
+def data_fingerprint(spec: str, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """The spec and a :func:`file_fingerprint` of each of its :func:`data_files`."""
+    return {"spec": str(spec), "files": [file_fingerprint(p) for p in data_files(spec, cache_dir)]}
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the duration of a ``with`` block (see the module doc)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / "run.lock"
+        self._fd: int | None = None
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = self._holder()
+            since = holder.get("started")
+            raise RunDirectoryError(
+                f"{self.path.parent} is in use by another genrec run (pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')}, started {since or '?'}; lock file {self.path}); wait for it to "
+                f"finish or use another run directory") from None
+        previous = self._holder()
+        if previous.get("pid") is not None:
+            log.info("%s: taking over the lock of pid %s, which is no longer running", self.path, previous["pid"])
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            # Empty the file before unlocking: a later run then sees no previous holder to report.
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,514 @@
+"""The bad-input matrix: every bad input tried on genrec (data files, configs, CLI arguments,
+checkpoints, run directories, library calls) and the error it must get.
+
+Each :class:`Case` makes its bad input in a scratch directory and triggers it; ``tests/test_bad_inputs.py``
+runs every case (one test each) and ``python bench/bad_input_matrix.py`` writes the table of exact
+messages, ``bench/bad_inputs.md``. A CLI case passes when the command exits with code 2 and prints
+one ``genrec CMD: error: ...`` line and no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class CliFailed(Exception):
+    """A CLI call that exited non-zero: ``code`` and the ``genrec CMD: error:`` line."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    area: str  # data, config, cli, checkpoint, run directory, library
+    what: str  # the bad input, in words
+    trigger: Callable[["World"], object]
+    error: type  # the exception expected (CliFailed for command-line cases)
+    match: str  # a regex the message must match (searched)
+
+
+class World:
+    """Scratch inputs shared by the cases, made on first use in ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._made: dict[str, object] = {}
+
+    def _once(self, key: str, make: Callable[[], object]):
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
+    def plain(self, name: str = "good") -> Path:
+        """A valid plain-format dataset directory (a copy per ``name``, free to damage)."""
+        def make() -> Path:
+            from genrec.data import ItemText, SequenceDataset, write_plain
+
+            rng = np.random.default_rng(0)
+            seqs = [rng.integers(0, 12, size=int(rng.integers(4, 7))) for _ in range(24)]
+            ds = SequenceDataset(name=name, item_ids=[f"i{j}" for j in range(12)],
+                                 user_ids=[f"u{k}" for k in range(24)], sequences=seqs,
+                                 items=[ItemText(title=f"item {j}") for j in range(12)])
+            write_plain(ds, self.root / name)
+            return self.root / name
+        return self._once(f"plain:{name}", make)
+
+    def interactions(self, name: str) -> Path:
+        return next(self.plain(name).glob("interactions.tsv*"))
+
+    def write_interactions(self, name: str, text: str | bytes) -> Path:
+        path = self.interactions(name)
+        data = text.encode() if isinstance(text, str) else text
+        if path.suffix == ".gz":
+            data = gzip.compress(data)
+        path.write_bytes(data)
+        return self.plain(name)
+
+    def yaml(self, text: str, name: str = "recipe.yaml") -> Path:
+        path = self.root / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def sid(self) -> Path:
+        """A semantic-ID table of the 12 items of :meth:`plain` (a ``genrec quantize``-style directory)."""
+        def make() -> Path:
+            from quantize.semantic_ids import SemanticIdTable
+
+            j = np.arange(12)
+            SemanticIdTable(np.stack([j % 3, j // 3], 1), [3, 4], item_ids=[f"i{k}" for k in j]).save(
+                self.root / "sid" / "semantic_ids.json")
+            return self.root / "sid"
+        return self._once("sid", make)
+
+    def split(self):
+        def make():
+            import genrec
+
+            return genrec.leave_one_out(genrec.load_plain(self.plain()), max_history=10)
+        return self._once("split", make)
+
+    def sasrec_dir(self) -> Path:
+        """A trained tiny SASRec (1 epoch) with best.pt / last.pt."""
+        def make() -> Path:
+            from genrec.sasrec import SASRecConfig, train_sasrec
+
+            out = self.root / "sasrec"
+            train_sasrec(self.split(), SASRecConfig(max_len=10, hidden=8, num_heads=1, num_blocks=1, max_epochs=1),
+                         out_dir=out, progress=False)
+            return out
+        return self._once("sasrec", make)
+
+    def generative_model(self):
+        def make():
+            from genrec.generative import GenerativeConfig, train_generative
+            from quantize.semantic_ids import SemanticIdTable
+
+            j = np.arange(12)
+            table = SemanticIdTable(np.stack([j % 3, j // 3], 1), [3, 4])
+            cfg = GenerativeConfig(max_len=10, hidden=16, num_blocks=1, num_heads=1, head_layers=1, max_epochs=1,
+                                   eval_beam=3)
+            return train_generative(self.split(), table, cfg, progress=False).model
+        return self._once("generative", make)
+
+
+def cli(*argv: str) -> None:
+    """Run ``genrec argv``; raise :class:`CliFailed` with the error line when it exits non-zero."""
+    from genrec.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(list(argv))
+        except SystemExit as e:  # argparse's own usage errors
+            code = int(e.code or 0)
+    text = err.getvalue()
+    if "Traceback" in text:
+        raise AssertionError(f"traceback printed:\n{text}")
+    if code:
+        lines = [ln for ln in text.splitlines() if "error:" in ln]
+        raise CliFailed(code, lines[-1] if lines else text.strip())
+
+
+def _recipe(w: World, *overrides: str, yaml_text: str | None = None) -> None:
+    from genrec.pipeline import config_from_dict, load_config
+
+    if yaml_text is not None:
+        load_config(w.yaml(yaml_text), overrides=list(overrides))
+    else:
+        config_from_dict({}, overrides=list(overrides))
+
+
+def _truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+class _Evil:
+    """Unpickling this would create a marker file: the checkpoint loader must refuse it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _crafted_checkpoint(w: World) -> None:
+    import torch
+
+    from genrec.sasrec import load_sasrec
+
+    path = w.root / "evil.pt"
+    torch.save({"model": _Evil(str(w.root / "pwned")), "config": {}}, path)
+    try:
+        load_sasrec(path)
+    finally:
+        if (w.root / "pwned").exists():
+            raise AssertionError("loading the crafted checkpoint ran its code")
+
+
+def _locked_run(w: World) -> None:
+    from genrec.pipeline import config_from_dict, run_recipe
+    from genrec.rundir import RunLock
+
+    with RunLock(w.root / "locked"):
+        run_recipe(config_from_dict({}), w.root / "locked")
+
+
+def _disk_full(w: World) -> None:
+    import errno
+
+    from genrec.pipeline import _write
+
+    def write():
+        raise OSError(errno.ENOSPC, "No space left on device", str(w.root / "run" / "fusion" / "topk.npz"))
+    _write(w.root / "run" / "fusion", write, "fusion")
+
+
+def _changed_run(w: World) -> None:
+    from genrec.pipeline import config_from_dict, run_recipe
+
+    out = w.root / "changed"
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    (out / "sasrec").mkdir(parents=True, exist_ok=True)
+    (out / "sasrec" / "best.pt").write_bytes(b"x")
+    (out / "sasrec" / "stage.done.json").write_text(json.dumps({"stage": "sasrec", "config_hash": "0"}))
+    run_recipe(config_from_dict({"data": {"dataset": str(w.plain())}}), out)
+
+
+def _diverge(w: World) -> None:
+    from genrec.sasrec import SASRecConfig, train_sasrec
+
+    train_sasrec(w.split(), SASRecConfig(max_len=10, hidden=8, num_heads=1, num_blocks=1, max_epochs=2, lr=1e6),
+                 progress=False)
+
+
+def _sasrec_bad_index(w: World) -> None:
+    from genrec.sasrec import load_sasrec, predict_topk
+    from genrec.splits import Instances
+
+    model = load_sasrec(w.sasrec_dir() / "best.pt")
+    predict_topk(model, Instances(users=np.array([0]), histories=[np.array([1, -1])], targets=np.array([2])), k=3)
+
+
+def _empty_history(w: World) -> None:
+    from genrec.generative import recommend
+
+    recommend(w.generative_model(), [np.array([1, 2]), np.array([], dtype=np.int64)], beam_size=3, top_k=3)
+
+
+def _k_above_catalogue(w: World) -> None:
+    from fusion import TrainStats
+    from fusion.adapters import model_inputs
+    from genrec.sasrec import load_sasrec
+
+    split = w.split()
+    model_inputs(load_sasrec(w.sasrec_dir() / "best.pt"), w.generative_model(), split.test,
+                 TrainStats(split.train, split.num_items), k=500)
+
+
+def _import(name: str):
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+DataFormatError = _import("genrec.errors.DataFormatError")
+ConfigError = _import("genrec.errors.ConfigError")
+CheckpointError = _import("genrec.errors.CheckpointError")
+RunDirectoryError = _import("genrec.errors.RunDirectoryError")
+TrainingDivergedError = _import("genrec.errors.TrainingDivergedError")
+
+HEADER = "user_id\titem_id\ttimestamp\n"
+
+
+def _load(w: World, name: str):
+    import genrec
+
+    return genrec.load_plain(w.plain(name))
+
+
+CASES: list[Case] = [
+    # --- data files ---------------------------------------------------------------------------
+    Case("data-missing-dir", "data", "a dataset directory that does not exist",
+         lambda w: _import("genrec.load_dataset")(str(w.root / "nowhere")), Exception, r"nowhere: dataset directory not found"),
+    Case("data-no-interactions", "data", "a directory without interactions.tsv",
+         lambda w: (w.interactions("noint").unlink(), _load(w, "noint")), DataFormatError,
+         r"noint: expected interactions.tsv or interactions.tsv.gz, found neither"),
+    Case("data-no-header", "data", "interactions.tsv without its header line",
+         lambda w: (w.write_interactions("nohead", "u1\ti1\t1\n"), _load(w, "nohead")), DataFormatError, r":1: "),
+    Case("data-missing-column", "data", "a header without the timestamp column",
+         lambda w: (w.write_interactions("nocol", "user_id\titem_id\nu1\ti1\n"), _load(w, "nocol")),
+         DataFormatError, r":1: .*timestamp"),
+    Case("data-duplicate-column", "data", "a header naming item_id twice",
+         lambda w: (w.write_interactions("dupcol", "user_id\titem_id\ttimestamp\titem_id\nu1\ti1\t1\ti1\n"),
+                    _load(w, "dupcol")), DataFormatError, r":1: header column 'item_id' appears more than once"),
+    Case("data-short-row", "data", "a row with two fields",
+         lambda w: (w.write_interactions("shortrow", HEADER + "u1\ti1\t1\nu1\ti2\n"), _load(w, "shortrow")),
+         DataFormatError, r":3: "),
+    Case("data-bad-timestamp", "data", "a timestamp that is not a number",
+         lambda w: (w.write_interactions("badts", HEADER + "u1\ti1\tyesterday\n"), _load(w, "badts")),
+         DataFormatError, r":2: timestamp 'yesterday' is not a number"),
+    Case("data-timestamp-overflow", "data", "an integer timestamp beyond int64",
+         lambda w: (w.write_interactions("bigts", HEADER + "u1\ti1\t9223372036854775808\n"), _load(w, "bigts")),
+         DataFormatError, r":2: timestamp '9223372036854775808' is outside the 64-bit integer range"),
+    Case("data-unknown-item", "data", "an interacted item with no entry in items.jsonl",
+         lambda w: (w.write_interactions("unk", HEADER + "u1\tnosuch\t1\n"), _load(w, "unk")),
+         DataFormatError, r"nosuch"),
+    Case("data-empty", "data", "an interactions file with a header and no rows",
+         lambda w: (w.write_interactions("empty", HEADER), _load(w, "empty")), DataFormatError, r"interactions"),
+    Case("data-truncated-gz", "data", "a truncated interactions.tsv.gz",
+         lambda w: (_gzip_truncated(w), _load(w, "trunc")), DataFormatError,
+         r"interactions.tsv.gz:\d+: truncated or corrupt gzip file"),
+    Case("data-not-gzip", "data", "interactions.tsv.gz that is not gzip-compressed",
+         lambda w: (_not_gzip(w), _load(w, "notgz")), DataFormatError, r"interactions.tsv.gz:1: corrupt gzip file"),
+    Case("data-non-utf8", "data", "Latin-1 bytes in interactions.tsv",
+         lambda w: (w.write_interactions("latin", (HEADER + "u1\ti1\t1\nu\xe9\ti2\t2\n").encode("latin-1")),
+                    _load(w, "latin")), DataFormatError, r":3: not valid UTF-8 \(byte 0xe9 at"),
+    Case("data-items-bad-json", "data", "a line of items.jsonl that is not JSON",
+         lambda w: (_bad_items(w), _load(w, "badjson")), DataFormatError, r"items.jsonl.*:\d+: "),
+    Case("data-duplicate-item", "data", "an item id listed twice in items.jsonl",
+         lambda w: (_dup_item(w), _load(w, "dupitem")), DataFormatError, r"i0"),
+    Case("data-item-id-list", "data", "an item_id that is a list",
+         lambda w: (_list_item_id(w), _load(w, "listid")), DataFormatError,
+         r"items.jsonl.*:1: 'item_id' must be a string or number, got list"),
+    Case("data-too-short", "data", "no user with the 3 interactions leave-one-out needs",
+         lambda w: _import("genrec.leave_one_out")(_load(w, "good").__class__(
+             name="short", item_ids=["a", "b"], user_ids=["u"], sequences=[np.array([0, 1])],
+             items=[_import("genrec.ItemText")(title="a"), _import("genrec.ItemText")(title="b")])),
+         DataFormatError, r"no user has >= 3 interactions"),
+    Case("spec-unknown", "data", "an unknown dataset spec",
+         lambda w: _import("genrec.load_dataset")("movielens:1m"), ConfigError, r"unknown dataset spec 'movielens:1m'"),
+    Case("spec-bad-type", "data", "a synthetic spec value of the wrong type",
+         lambda w: _import("genrec.load_dataset")("synthetic:num_users=abc"), ConfigError,
+         r"synthetic parameter num_users must be an integer, got 'abc'"),
+    Case("spec-unknown-key", "data", "an unknown synthetic spec key",
+         lambda w: _import("genrec.load_dataset")("synthetic:users=5"), ConfigError,
+         r"unknown synthetic parameter\(s\) \['users'\]"),
+    # --- recipe configs and overrides ---------------------------------------------------------
+    Case("config-unknown-key", "config", "a misspelt key in a recipe YAML",
+         lambda w: _recipe(w, yaml_text="sasrec:\n  max_epoch: 3\n"), ConfigError,
+         r"recipe.yaml: unknown config key 'sasrec.max_epoch' \(did you mean 'max_epochs'\?\)"),
+    Case("config-unknown-section", "config", "an unknown section",
+         lambda w: _recipe(w, yaml_text="sasrc:\n  hidden: 3\n"), ConfigError,
+         r"unknown config key 'sasrc' \(did you mean 'sasrec'\?\)"),
+    Case("config-wrong-type", "config", "a string where an int is expected",
+         lambda w: _recipe(w, yaml_text="sasrec:\n  max_epochs: many\n"), ConfigError,
+         r"'sasrec.max_epochs' expects int, got 'many'"),
+    Case("config-optional-wrong-type", "config", "an Optional field given a string (num_threads: two)",
+         lambda w: _recipe(w, yaml_text="sasrec:\n  num_threads: two\n"), ConfigError,
+         r"'sasrec.num_threads' expects int or null, got 'two'"),
+    Case("config-yaml-syntax", "config", "a YAML syntax error",
+         lambda w: _recipe(w, yaml_text="sasrec:\n  hidden: [64\n"), ConfigError,
+         r"recipe.yaml: not valid YAML \(line \d+, column \d+\)"),
+    Case("config-not-mapping", "config", "a YAML file that is a list",
+         lambda w: _recipe(w, yaml_text="- a\n- b\n"), ConfigError, r"must be a YAML mapping"),
+    Case("config-out-of-range", "config", "max_epochs: 0",
+         lambda w: _recipe(w, "sasrec.max_epochs=0"), ConfigError, r"'sasrec.max_epochs' must be >= 1, got 0"),
+    Case("config-gate-type", "config", "fusion.gate.hidden=big",
+         lambda w: _recipe(w, "fusion.gate.hidden=big"), ConfigError, r"'fusion.gate.hidden' expects int, got 'big'"),
+    Case("config-gate-internal", "config", "fusion.gate.model (a fitted field, not an option)",
+         lambda w: _recipe(w, "fusion.gate.model=1"), ConfigError, r"unknown config key 'fusion.gate.model'"),
+    Case("config-preset", "config", "an unknown preset",
+         lambda w: _recipe(w, "preset=fast"), ConfigError, r"'preset' must be one of \['quick', 'full'\]"),
+    Case("config-override-form", "config", "an override without '='",
+         lambda w: _recipe(w, "sasrec.hidden"), ConfigError, r"not of the form section.key=value"),
+    Case("config-ks-above-k", "config", "report.ks beyond fusion.k",
+         lambda w: _recipe(w, "report.ks=[10, 100]"), ConfigError, r"'report.ks' must not exceed fusion.k \(50\)"),
+    Case("config-k-above-catalogue", "config", "fusion.k larger than the catalogue",
+         lambda w: _import("genrec.pipeline.check_catalogue")(
+             _import("genrec.pipeline.config_from_dict")({"fusion": {"k": 60}, "report": {"ks": [10]}}), 12),
+         ConfigError, r"'fusion.k' \(60\) exceeds the catalogue of synthetic \(12 items\)"),
+    # --- command line -------------------------------------------------------------------------
+    Case("cli-data-spec-type", "cli", "genrec data synthetic:num_users=abc",
+         lambda w: cli("data", "synthetic:num_users=abc"), CliFailed,
+         r"genrec data: error: .*num_users must be an integer, got 'abc'"),
+    Case("cli-sasrec-set-typo", "cli", "genrec sasrec --set max_epoch=1 DIR",
+         lambda w: cli("sasrec", "--set", "max_epoch=1", str(w.plain())), CliFailed,
+         r"genrec sasrec: error: unknown setting 'max_epoch' for SASRecConfig \(did you mean 'max_epochs'\?\)"),
+    Case("cli-sasrec-missing-dir", "cli", "genrec sasrec on a missing directory",
+         lambda w: cli("sasrec", str(w.root / "nowhere")), CliFailed,
+         r"genrec sasrec: error: .*nowhere: dataset directory not found"),
+    Case("cli-generative-malformed", "cli", "genrec generative on data with a malformed row",
+         lambda w: cli("generative", str(w.write_interactions("cligen", HEADER + "u1\ti1\t1\nu1\ti2\tsoon\n")),
+                       "--semantic-ids", str(w.sid()), "--out", str(w.root / "gen")), CliFailed,
+         r"genrec generative: error: .*cligen/interactions.tsv:3: timestamp 'soon' is not a number"),
+    Case("cli-generative-no-table", "cli", "genrec generative with a semantic-ID path that does not exist",
+         lambda w: cli("generative", str(w.plain()), "--semantic-ids", str(w.root / "nocodes"), "--out",
+                       str(w.root / "gen")), CliFailed,
+         r"genrec generative: error: .*nocodes: semantic-ID table not found"),
+    Case("cli-set-without-value", "cli", "--set followed by a word that is no key=value",
+         lambda w: cli("sasrec", str(w.plain()), "--set", "max_epochs"), CliFailed,
+         r"genrec: error: argument --set: expected KEY=VALUE after it, got 'max_epochs'"),
+    Case("cli-run-missing-config", "cli", "genrec run on a missing config file",
+         lambda w: cli("run", str(w.root / "missing.yaml")), CliFailed,
+         r"genrec run: error: .*missing.yaml: recipe config not found"),
+    Case("cli-run-until", "cli", "genrec run --until a stage that does not exist",
+         lambda w: cli("run", str(ROOT / "recipes" / "configs" / "demo.yaml"), "--until", "nowhere"), CliFailed,
+         r"genrec run: error: --until 'nowhere' is not a stage"),
+    Case("cli-analyze-codes", "cli", "genrec analyze --codes on a file that is no semantic-ID table",
+         lambda w: cli("analyze", str(w.plain()), "--out", str(w.root / "an"), "--codes",
+                       str(w.yaml("x: 1", "codes.json"))), CliFailed,
+         r"genrec analyze: error: .*codes.json"),
+    Case("cli-analyze-max-hop", "cli", "genrec analyze --max-hop 0",
+         lambda w: cli("analyze", str(w.plain()), "--out", str(w.root / "an"), "--max-hop", "0"), CliFailed,
+         r"genrec analyze: error: --max-hop must be >= 1, got 0"),
+    Case("cli-quantize-set", "cli", "genrec quantize --set with a misspelt quantizer option",
+         lambda w: cli("quantize", str(w.plain()), "--set", "nitre=3"), CliFailed,
+         r"genrec quantize: error: .*unknown setting 'nitre' \(did you mean 'niter'\?\)"),
+    # --- checkpoints --------------------------------------------------------------------------
+    Case("ckpt-missing", "checkpoint", "load_sasrec on a file that does not exist",
+         lambda w: _import("genrec.sasrec.load_sasrec")(w.root / "none.pt"), CheckpointError,
+         r"none.pt: no SASRec checkpoint; train \(or save\) the model first"),
+    Case("ckpt-truncated", "checkpoint", "a truncated best.pt",
+         lambda w: _import("genrec.sasrec.load_sasrec")(_truncate(_copy(w.sasrec_dir() / "best.pt", w.root / "t.pt"))),
+         CheckpointError, r"t.pt is truncated or corrupt"),
+    Case("ckpt-not-torch", "checkpoint", "a text file named best.pt",
+         lambda w: _import("genrec.sasrec.load_sasrec")(w.yaml("hello", "text.pt")), CheckpointError,
+         r"text.pt is truncated or corrupt"),
+    Case("ckpt-crafted-pickle", "checkpoint", "a checkpoint whose pickle would run code",
+         _crafted_checkpoint, CheckpointError, r"evil.pt contains Python objects that genrec does not load"),
+    Case("ckpt-resume-truncated", "checkpoint", "resume with last.pt and last.prev.pt both truncated",
+         lambda w: _resume_broken(w), CheckpointError, r"last.pt"),
+    # --- run directories ----------------------------------------------------------------------
+    Case("run-locked", "run directory", "a second run on a directory in use",
+         _locked_run, RunDirectoryError, rf"is in use by another genrec run \(pid {os.getpid()}"),
+    Case("run-changed", "run directory", "a changed config on a directory holding a trained model",
+         _changed_run, RunDirectoryError, r"running would discard the stages sasrec, trained models included "
+                                          r"\(sasrec/best.pt\)\. Rerun with --force"),
+    Case("run-disk-full", "run directory", "a stage that cannot write (disk full)",
+         _disk_full, RunDirectoryError, r"stage 'fusion' could not write .*topk.npz: No space left on device"),
+    # --- library calls ------------------------------------------------------------------------
+    Case("lib-negative-rank", "library", "metrics_from_ranks with a negative rank",
+         lambda w: _import("genrec.metrics.metrics_from_ranks")(np.array([0, -1])), ValueError,
+         r"ranks must be >= 0 \(0 = first\); got -1 for instance 1"),
+    Case("lib-diverged", "library", "SASRec trained with lr=1e6 (NaN loss)",
+         _diverge, TrainingDivergedError, r"sasrec training diverged: the loss is nan at epoch \d+, step \d+ .*"
+                                         r"the last finite loss was"),
+    Case("lib-sasrec-padding-index", "library", "item index -1 in a history given to SASRec",
+         _sasrec_bad_index, ValueError, r"-1"),
+    Case("lib-empty-history", "library", "generative.recommend with an empty history",
+         _empty_history, ValueError, r"history 1 is empty"),
+    Case("lib-k-above-catalogue", "library", "fusion.adapters.model_inputs with k above the catalogue",
+         _k_above_catalogue, ValueError, r"k=500 must be between 1 and the catalogue size \(12 items\)"),
+]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def _gzip_truncated(w: World) -> None:
+    d = w.plain("trunc")
+    path = w.interactions("trunc")
+    text = (HEADER + "".join(f"u{k}\ti{k % 12}\t{k}\n" for k in range(3000)))
+    data = gzip.compress(text.encode())
+    path.unlink()
+    (d / "interactions.tsv.gz").write_bytes(data[: len(data) // 2])
+
+
+def _not_gzip(w: World) -> None:
+    d = w.plain("notgz")
+    w.interactions("notgz").unlink()
+    (d / "interactions.tsv.gz").write_text(HEADER + "u1\ti1\t1\n", encoding="utf-8")
+
+
+def _items_path(w: World, name: str) -> Path:
+    return next(w.plain(name).glob("items.jsonl*"))
+
+
+def _write_items(w: World, name: str, text: str) -> None:
+    path = _items_path(w, name)
+    data = text.encode()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def _read_items(w: World, name: str) -> list[str]:
+    path = _items_path(w, name)
+    data = path.read_bytes()
+    return (gzip.decompress(data) if path.suffix == ".gz" else data).decode().splitlines()
+
+
+def _bad_items(w: World) -> None:
+    lines = _read_items(w, "badjson")
+    _write_items(w, "badjson", "\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+
+
+def _dup_item(w: World) -> None:
+    lines = _read_items(w, "dupitem")
+    _write_items(w, "dupitem", "\n".join([*lines, lines[0]]) + "\n")
+
+
+def _list_item_id(w: World) -> None:
+    lines = _read_items(w, "listid")
+    first = json.loads(lines[0])
+    first["item_id"] = ["i0"]
+    _write_items(w, "listid", "\n".join([json.dumps(first), *lines[1:]]) + "\n")
+
+
+def _resume_broken(w: World) -> None:
+    import shutil
+
+    from genrec.sasrec import SASRecConfig, train_sasrec
+
+    out = w.root / "resume_broken"
+    shutil.copytree(w.sasrec_dir(), out)
+    for name in ("last.pt", "last.prev.pt"):
+        if (out / name).exists():
+            _truncate(out / name)
+    train_sasrec(w.split(), SASRecConfig(max_len=10, hidden=8, num_heads=1, num_blocks=1, max_epochs=2),
+                 out_dir=out, progress=False)
+
+
+def run_case(case: Case, world: World) -> BaseException | None:
+    """Trigger ``case``; the exception it raised, or None."""
+    try:
+        case.trigger(world)
+    except Exception as e:  # noqa: BLE001 - the point is to catch what it raises
+        return e
+    return None
+
+
+def shown(message: str, world: World) -> str:
+    """``message`` as the table shows it: scratch paths as ``<tmp>``, the repository as ``<repo>``."""
+    message = message.replace(str(world.root.resolve()), "<tmp>").replace(str(world.root), "<tmp>")
+    message = message.replace(str(ROOT), "<repo>")
+    return re.sub(r"pid \d+", "pid <pid>", message)

@@ -1,0 +1,192 @@
+"""Safe checkpoint loading (genrec.artifacts.load_checkpoint): every checkpoint genrec writes loads
+with ``weights_only=True``, and every damaged or unsafe file is a CheckpointError naming it."""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.artifacts import load_checkpoint, pack_arrays, torch_save, unpack_arrays
+from genrec.errors import CheckpointError
+
+torch.set_num_threads(1)
+
+
+class Payload:
+    """Unpickling this calls ``open(marker, "w")``: a harmless stand-in for ``os.system``."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_crafted_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "marker"
+    torch.save({"model": {"w": torch.ones(2)}, "extra": Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert str(err.value).startswith(f"{tmp_path / 'evil.pt'} contains Python objects that genrec does not load "
+                                     "(loading them could run code): io.open; ")
+    assert not marker.exists()
+    torch.load(tmp_path / "evil.pt", weights_only=False)  # the payload is real: an unsafe load runs it
+    assert marker.exists()
+
+
+def test_numpy_arrays_from_older_checkpoints_are_refused_with_the_remedy(tmp_path):
+    torch.save({"codes": np.arange(4)}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{tmp_path / 'old.pt'} contains Python objects that genrec does not load (loading them could run "
+            "code): numpy.") + r".*delete the file and rerun that stage to write it again$"):
+        load_checkpoint(tmp_path / "old.pt")
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (lambda data: data[: len(data) // 2], "incomplete zip archive"),
+    (lambda data: b"", "empty file"),
+    (lambda data: b"not a checkpoint at all\n", ""),
+    (lambda data: pickle.dumps({"model": 1}, protocol=2)[:-4], ""),
+])
+def test_truncated_or_corrupt_files(tmp_path, damage, reason):
+    path = tmp_path / "ckpt.pt"
+    torch_save(path, {"model": {"w": torch.randn(50, 50)}})
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path} is truncated or corrupt ({reason}")
+    assert msg.endswith("); delete it to start that stage again, or restore it from a copy")
+    assert err.value.reason.startswith("is truncated or corrupt (")
+
+
+def test_missing_file_and_wrong_contents(tmp_path):
+    with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {tmp_path / 'nope.pt'} not found; check the "
+                                                        "path, or train (or save) that model first")):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"list\.pt is not a genrec checkpoint \(it holds a list, not a dict\)"):
+        load_checkpoint(tmp_path / "list.pt")
+    torch.save({"model": {}}, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError,
+                       match=r"partial\.pt is not a genrec SASRec checkpoint \(no 'num_items' entry\)"):
+        load_checkpoint(tmp_path / "partial.pt", kind="SASRec checkpoint", keys=("model", "num_items"))
+
+
+def test_pack_arrays_round_trips_through_a_weights_only_load(tmp_path):
+    obj = {"a": np.arange(6, dtype=np.int32).reshape(2, 3)[:, ::2], "b": [np.float32(1.5), (np.ones(2, bool), 3)],
+           "c": torch.zeros(2), "d": "text", "e": None}
+    torch_save(tmp_path / "x.pt", pack_arrays(obj))
+    back = unpack_arrays(load_checkpoint(tmp_path / "x.pt"))
+    np.testing.assert_array_equal(back["a"], obj["a"])
+    assert back["a"].dtype == np.int32 and back["b"][0] == 1.5 and type(back["b"][0]) is float
+    assert back["b"][1][0].dtype == bool and back["b"][1][1] == 3 and isinstance(back["b"][1], tuple)
+    assert torch.equal(back["c"], obj["c"]) and back["d"] == "text" and back["e"] is None
+    with pytest.raises(TypeError, match="dtype <U1"):
+        pack_arrays({"s": np.array(["x"])})
+
+
+# ----------------------------------------------------------------------------------------------
+# Every checkpoint genrec writes loads with weights_only=True and round-trips
+
+
+def _weights_only(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def split_and_table():
+    from genrec.splits import leave_one_out
+    from genrec.synthetic import cyclic_dataset
+    from quantize.semantic_ids import SemanticIdTable
+
+    split = leave_one_out(cyclic_dataset(num_items=24, num_users=60), max_history=10)
+    i = np.arange(24)
+    return split, SemanticIdTable.from_codes(np.stack([i // 6, i % 3], 1), [4, 3])
+
+
+def test_training_checkpoints_of_every_trainer_load_safely(tmp_path, split_and_table):
+    from fusion.joint import JointConfig, train_joint
+    from genrec.generative import GenerativeConfig, load_generative, recommend, save_generative, train_generative
+    from genrec.sasrec import SASRecConfig, load_sasrec, predict_topk, save_sasrec, train_sasrec
+    from genrec.tiger import TigerConfig, load_tiger, save_tiger, train_tiger
+
+    split, table = split_and_table
+    small_gr = dict(hidden=16, num_blocks=1, num_heads=2, head_layers=1, max_len=10, eval_beam=5, num_threads=1)
+    runs = {
+        "sasrec": train_sasrec(split, SASRecConfig(hidden=16, num_blocks=1, max_len=10, max_epochs=2, num_threads=1),
+                               tmp_path / "sasrec", progress=False),
+        "generative": train_generative(split, table, GenerativeConfig(**small_gr, max_epochs=2, eval_every=1),
+                                       tmp_path / "generative", progress=False),
+        "tiger": train_tiger(split, table, TigerConfig(d_model=16, d_ff=32, num_heads=2, d_kv=8, num_encoder_layers=1,
+                                                       num_decoder_layers=1, max_epochs=2, eval_users=20, eval_beam=5,
+                                                       num_threads=1), tmp_path / "tiger", progress=False),
+        "joint": train_joint(split, table, JointConfig(id_tower=SASRecConfig(hidden=16, num_blocks=1),
+                                                       gr_tower=GenerativeConfig(**small_gr), max_len=10,
+                                                       max_epochs=2, num_threads=1), tmp_path / "joint"),
+    }
+    for name in runs:
+        files = {p.name for p in (tmp_path / name).glob("*.pt")}
+        assert {"best.pt", "last.pt", "last.prev.pt"} <= files, name
+        for f in files:
+            _weights_only(tmp_path / name / f)
+        last = load_checkpoint(tmp_path / name / "last.pt")
+        assert last["state"]["epoch"] == 2 and isinstance(last["numpy_rng"]["state"]["state"], int)
+
+    sasrec, generative, tiger = runs["sasrec"].model, runs["generative"].model, runs["tiger"].model
+    save_sasrec(sasrec, tmp_path / "s.pt")
+    save_generative(generative, tmp_path / "g.pt")
+    save_tiger(tiger, tmp_path / "t.pt")
+    for f in ("s.pt", "g.pt", "t.pt"):
+        _weights_only(tmp_path / f)
+    test = split.test
+    for loaded in (load_sasrec(tmp_path / "s.pt"), load_sasrec(tmp_path / "sasrec")):
+        np.testing.assert_array_equal(predict_topk(loaded, test, 5)[0], predict_topk(sasrec, test, 5)[0])
+    for loaded, model in ((load_generative(tmp_path / "g.pt"), generative), (load_generative(tmp_path / "generative"),
+                                                                             generative),
+                          (load_tiger(tmp_path / "t.pt"), tiger), (load_tiger(tmp_path / "tiger"), tiger)):
+        np.testing.assert_array_equal(loaded.codes, model.codes)
+        np.testing.assert_array_equal(recommend(loaded, test, 5).items, recommend(model, test, 5).items)
+
+
+@pytest.mark.parametrize("method,kw", [("rq_kmeans", dict(levels=2, codebook_size=4)),
+                                       ("pq", dict(subspaces=2, codebook_size=4)),
+                                       ("opq", dict(subspaces=2, codebook_size=4, opq_iters=2)),
+                                       ("rq_vae", dict(levels=2, codebook_size=4, hidden_dims=(8,), latent_dim=4,
+                                                       epochs=1))])
+def test_quantizer_files_load_safely(tmp_path, method, kw):
+    from quantize import load_quantizer, make_quantizer
+
+    x = np.random.default_rng(0).normal(size=(80, 8)).astype(np.float32)
+    q = make_quantizer(method, **kw)
+    codes = q.fit(x)
+    q.save(tmp_path / "q.pt")
+    _weights_only(tmp_path / "q.pt")
+    back = load_quantizer(tmp_path / "q.pt")
+    np.testing.assert_array_equal(back.encode(x), codes)
+    np.testing.assert_array_equal(back.decode(codes), q.decode(codes))
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt: not a genrec quantizer file"):
+        load_quantizer(tmp_path / "other.pt")
+
+
+def test_preprocessor_file_loads_safely(tmp_path):
+    from quantize.preprocess import Preprocessor
+
+    x = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
+    pre = Preprocessor(pca_dim=3, whiten=True)
+    z = pre.fit_transform(x)
+    pre.save(tmp_path / "pre.pt")
+    _weights_only(tmp_path / "pre.pt")
+    back = Preprocessor.load(tmp_path / "pre.pt")
+    assert back.mean.dtype == np.float32 and back.components.shape == (3, 6)
+    np.testing.assert_array_equal(back.transform(x), z)
+    assert back.explained_variance_ratio == pre.explained_variance_ratio
+    (tmp_path / "pre.pt").write_bytes((tmp_path / "pre.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'pre.pt'} is truncated or corrupt")):
+        Preprocessor.load(tmp_path / "pre.pt")

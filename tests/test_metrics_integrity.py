@@ -1,0 +1,44 @@
+"""A diverged model never scores: NaN / inf target scores are misses, metrics stay in [0, 1]."""
+
+import numpy as np
+import pytest
+
+from fusion.candidates import ndcg_at, union_ranks
+from genrec.metrics import MISS_RANK, metrics_from_ranks, per_instance_ndcg, ranks_from_scores
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_target_score_is_a_miss(bad):
+    scores = np.array([[0.1, 0.5, 0.2], [0.3, 0.2, 0.1]], np.float32)
+    scores[0, 1] = bad
+    ranks = ranks_from_scores(scores, np.array([1, 0]))
+    assert ranks.tolist() == [MISS_RANK, 0]  # the NaN/inf target misses; the healthy row keeps its hit
+    m = metrics_from_ranks(ranks, ks=(1, 10))
+    assert m["ndcg@10"] == pytest.approx(0.5) and m["recall@1"] == pytest.approx(0.5)
+
+
+def test_all_nan_scores_give_zero_not_inf():
+    scores = np.full((4, 5), np.nan, np.float32)
+    m = metrics_from_ranks(ranks_from_scores(scores, np.arange(4)))
+    assert all(v == 0.0 for v in m.values())
+
+
+def test_masked_history_and_nan_together():
+    scores = np.array([[np.nan, 1.0, 2.0]], np.float32)
+    assert ranks_from_scores(scores, np.array([0]), exclude=[np.array([2])]).tolist() == [MISS_RANK]
+
+
+def test_negative_or_fractional_ranks_are_refused():
+    with pytest.raises(ValueError, match="ranks must be >= 0.*-1 for instance 1"):
+        metrics_from_ranks(np.array([0, -1, 2]))
+    with pytest.raises(ValueError, match="whole numbers"):
+        metrics_from_ranks(np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match=">= 0"):
+        per_instance_ndcg(np.array([-1]), 10)
+
+
+def test_fusion_union_ranks_treat_nan_target_as_miss():
+    fused = np.array([[np.nan, 0.2, 0.1], [0.3, 0.9, 0.1]])
+    ranks = union_ranks(fused, np.array([0, 1]))
+    assert ranks.tolist() == [MISS_RANK, 0]
+    assert ndcg_at(ranks, 10) == pytest.approx(0.5)

@@ -1,0 +1,180 @@
+"""Run directories that cannot lie or be lost: input-data fingerprints in the stage hashes, refusal
+to discard finished work, a lock against concurrent runs, clear errors when a stage cannot write."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import genrec
+from genrec import cli
+from genrec.errors import ConfigError, RunDirectoryError
+from genrec.pipeline import StopAfterStage, _SplitCache, config_from_dict, run_recipe, strip_timing
+from genrec.rundir import FULL_HASH_BYTES, RunLock, data_fingerprint, file_fingerprint
+
+torch.set_num_threads(1)
+
+
+def _tiny(dataset: str, cache: Path) -> list[str]:
+    return ["num_threads=1", f"data.dataset={dataset}", "data.max_history=10", f"text.cache_dir={cache}",
+            "text.fields=[title, categories]", "quantize.codebook_size=4",
+            "sasrec.hidden=16", "sasrec.num_blocks=1", "sasrec.max_epochs=2", "sasrec.batch_size=64",
+            "generative.hidden=16", "generative.num_blocks=1", "generative.head_layers=1", "generative.max_epochs=2",
+            "generative.eval_beam=5", "generative.batch_size=64", "fusion.k=10", "fusion.beam=10",
+            "fusion.methods=[fixed, adaptive]", "fusion.primary=adaptive", "report.ks=[5, 10]", "report.plots=false"]
+
+
+@pytest.fixture(scope="module")
+def plain_dir(tmp_path_factory) -> Path:
+    """A small plain-format dataset on disk (the fingerprint covers its files)."""
+    ds = genrec.make_synthetic(num_users=150, num_brands=4, num_categories=4, num_attributes=4, seed=1)
+    out = tmp_path_factory.mktemp("plain") / "data"
+    genrec.write_plain(ds, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("emb_cache")
+
+
+def _config(dataset, cache, *more):
+    _SplitCache.key = None
+    return config_from_dict({}, overrides=_tiny(str(dataset), cache) + list(more))
+
+
+def _halve_users(directory: Path) -> None:
+    path = next(p for p in directory.iterdir() if p.name.startswith("interactions"))
+    ds = genrec.load_plain(directory)
+    keep = set(ds.user_ids[: ds.num_users // 2])
+    if path.suffix == ".gz":
+        import gzip
+
+        lines = gzip.open(path, "rt", encoding="utf-8").read().splitlines()
+        body = [ln for ln in lines[1:] if ln.split("\t")[0] in keep]
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write("\n".join([lines[0], *body]) + "\n")
+    else:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        path.write_text("\n".join([lines[0], *[ln for ln in lines[1:] if ln.split("\t")[0] in keep]]) + "\n",
+                        encoding="utf-8")
+
+
+def test_changed_data_reruns_dependent_stages(plain_dir, cache, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(plain_dir, data)
+    out = tmp_path / "run"
+    with pytest.raises(StopAfterStage):
+        run_recipe(_config(data, cache), out, stop_after="sasrec")
+    users_before = json.loads((out / "data" / "summary.json").read_text())["split"]["users_kept"]
+    # the same data again: every stage is reused
+    events = []
+    with pytest.raises(StopAfterStage):
+        run_recipe(_config(data, cache), out, stop_after="sasrec", on_stage=lambda n, e, i: events.append((n, e)))
+    assert {e for _, e in events} == {"skip"}
+    _halve_users(data)
+    with pytest.raises(RunDirectoryError, match=r"changed: data files \(.*interactions.*\)\); running would discard "
+                                                r"the stages embed, quantize, sasrec, trained models included"):
+        run_recipe(_config(data, cache), out, stop_after="sasrec")
+    with pytest.raises(StopAfterStage):
+        run_recipe(_config(data, cache), out, stop_after="sasrec", force=True)
+    users_after = json.loads((out / "data" / "summary.json").read_text())["split"]["users_kept"]
+    assert users_after == users_before // 2
+
+
+def test_fingerprint_covers_content_and_samples_large_files(tmp_path):
+    f = tmp_path / "a.tsv"
+    f.write_bytes(b"x" * 1000)
+    a = file_fingerprint(f)
+    f.write_bytes(b"x" * 999 + b"y")  # same size, other content
+    b = file_fingerprint(f)
+    assert a["size"] == b["size"] and a["sha256"] != b["sha256"] and "sampled" not in a
+    assert data_fingerprint("synthetic:num_users=5") == {"spec": "synthetic:num_users=5", "files": []}
+    assert [Path(x["path"]).name for x in data_fingerprint(str(tmp_path))["files"]] == ["a.tsv"]
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as fh:
+        fh.truncate(FULL_HASH_BYTES + 5 * 2**20)
+    fp = file_fingerprint(big)
+    assert fp["sampled"] and fp["mtime_ns"] == big.stat().st_mtime_ns
+
+
+def test_second_run_on_a_locked_directory_is_refused(tmp_path):
+    out = tmp_path / "run"
+    with RunLock(out):
+        with pytest.raises(RunDirectoryError, match=rf"is in use by another genrec run \(pid {os.getpid()} "):
+            RunLock(out).__enter__()
+    with RunLock(out):  # released on exit
+        pass
+
+
+def test_lock_of_a_killed_process_is_taken_over(plain_dir, cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from genrec.rundir import RunLock\n"
+                               "with RunLock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["run", "/dev/null", "--out", str(out), "--until", "data"]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(json.dumps({"data": {"dataset": str(plain_dir), "max_history": 10}, "fusion": {"k": 10},
+                                   "report": {"ks": [5, 10]}}))
+        args[1] = str(cfg)
+        assert cli.main(args) == 2
+        assert f"is in use by another genrec run (pid {holder.pid}" in capsys.readouterr().err
+        holder.kill()
+        holder.wait()
+        _SplitCache.key = None
+        assert cli.main(args) == 0  # the kernel dropped the dead holder's lock: taken over
+        assert (out / "data" / "stage.done.json").is_file()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stage_that_cannot_write_fails_clearly_and_keeps_earlier_work(plain_dir, cache, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    reference = tmp_path / "ref"
+    ref = run_recipe(_config(plain_dir, cache), reference)
+    real_replace = os.replace
+
+    def disk_full(src, dst, *a, **kw):
+        if "/fusion/" in str(dst):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(RunDirectoryError, match=r"stage 'fusion' could not write .*fusion/.*No space left on device; "
+                                                r"the stages finished before it are intact"):
+        run_recipe(_config(plain_dir, cache), out)
+    monkeypatch.setattr(os, "replace", real_replace)
+    for stage in ("data", "embed", "quantize", "sasrec", "generative", "labels"):
+        assert (out / stage / "stage.done.json").is_file()
+    assert not (out / "fusion" / "stage.done.json").exists() and not (out / "results.json").exists()
+    assert not list((out / "fusion").glob(".*.tmp"))  # no half-written files left behind
+    assert strip_timing(run_recipe(_config(plain_dir, cache), out)) == strip_timing(ref)  # resumes
+
+
+def test_fusion_k_above_the_catalogue_is_a_config_error(cache, tmp_path):
+    config = _config("synthetic:num_users=60,seed=0", cache, "fusion.k=5000", "report.ks=[10]")
+    with pytest.raises(ConfigError, match=r"'fusion.k' \(5000\) exceeds the catalogue of synthetic.* \(\d+ items\)"):
+        run_recipe(config, tmp_path / "run")
+
+
+def test_stale_results_do_not_outlive_a_changed_run(plain_dir, cache, tmp_path):
+    out = tmp_path / "run"
+    run_recipe(_config(plain_dir, cache), out)
+    assert (out / "results.json").is_file()
+    with pytest.raises(StopAfterStage):  # a changed setting, stopped before the report is rewritten
+        run_recipe(_config(plain_dir, cache, "sasrec.hidden=8"), out, stop_after="sasrec", force=True)
+    assert not (out / "results.json").exists() and not (out / "report.md").exists()

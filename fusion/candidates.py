@@ -188,7 +188,8 @@ def union_ranks(fused: np.ndarray, target_index: np.ndarray, valid: np.ndarray |
     not a candidate.
 
     An O(n * C) comparison instead of a sort, for grid searches and early stopping. A target scored
-    NaN or +-inf is a miss too, as in :func:`genrec.metrics.ranks_from_scores`.
+    NaN or +-inf is a miss too, and other candidates scored NaN count as ahead of it, as in
+    :func:`genrec.metrics.ranks_from_scores`.
     """
     fused = np.asarray(fused, np.float64)
     if valid is not None:
@@ -198,6 +199,7 @@ def union_ranks(fused: np.ndarray, target_index: np.ndarray, valid: np.ndarray |
     ok = ti >= 0
     t_score = fused[np.arange(n), np.maximum(ti, 0)][:, None]
     ahead = (fused > t_score).sum(1) + ((fused == t_score) & (np.arange(C)[None] < ti[:, None])).sum(1)
+    ahead += np.isnan(fused).sum(1)  # NaN-scored candidates count as ahead, as in genrec.metrics
     ok &= np.isfinite(t_score[:, 0])
     return np.where(ok, ahead, MISS_RANK).astype(np.int64)
 

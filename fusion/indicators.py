@@ -186,4 +186,16 @@ def compute_indicators(histories: Instances | Sequence[np.ndarray], stats: Train
     return Indicators(names, np.stack([cols[k] for k in names], 1) if names else np.zeros((n, 0)))
 
 
-__all__ = ["Indicators", "Standardizer", "TrainStats", "compute_indicators"]
+#: the indicator columns :func:`compute_indicators` can produce (``@L``: one per semantic-ID prefix level)
+INDICATOR_NAMES = ("id_msp", "id_entropy", "id_top1_edge", "gr_top1_logp", "gr_margin", "gr_top1_edge",
+                   "last_source_count", "last_out_degree", "last_popularity", "history_length",
+                   "prefix_source@L", "gr_top1_prefix_edge@L")
+
+
+def is_indicator_name(name: str) -> bool:
+    """Whether ``name`` is a column :func:`compute_indicators` can produce."""
+    base, at, level = str(name).partition("@")
+    return (f"{base}@L" in INDICATOR_NAMES and level.isdigit()) if at else name in INDICATOR_NAMES
+
+
+__all__ = ["Indicators", "Standardizer", "TrainStats", "compute_indicators", "INDICATOR_NAMES", "is_indicator_name"]

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from fusion.candidates import CandidateScores, ndcg_at, union_ranks
+from genrec.errors import TrainingDivergedError
 from fusion.indicators import Indicators, Standardizer
 
 log = logging.getLogger(__name__)
@@ -312,6 +313,10 @@ class LearnedGateFusion:
                 r = torch.from_numpy(order[s:s + self.batch_size])
                 logits = self.model(z[r], a[r], b[r], valid[r])
                 loss = nn.functional.cross_entropy(logits, t[r])
+                if not torch.isfinite(loss):  # a gate with NaN weights would score 0 and could be kept
+                    raise TrainingDivergedError(
+                        f"{self.name} gate training diverged: the loss is {loss.item()} at epoch {epoch}; "
+                        f"try a lower fusion.gate.lr (now {self.lr:g})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -61,7 +61,13 @@ def torch_save(path: str | Path, obj: Any) -> Path:
     """``torch.save`` atomically."""
     import torch
 
-    return atomic_write(path, lambda p: torch.save(obj, p))
+    def write(p: Path) -> None:
+        # through a Python file object: a full disk is then an OSError (ENOSPC), not torch's
+        # "[enforce fail at inline_container.cc] unexpected pos" RuntimeError
+        with open(p, "wb") as f:
+            torch.save(obj, f)
+
+    return atomic_write(path, write)
 
 
 def _json_default(o: Any) -> Any:
@@ -123,7 +129,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, kind: str = 
     return obj
 
 
-_CORRUPT_REMEDY = "delete it to start that stage again, or restore it from a copy"
+_CORRUPT_REMEDY = ("restore it from a copy, or delete it to start again (in a recipe run directory, delete the "
+                   "stage's whole directory, e.g. <run>/sasrec, and rerun)")
 
 
 def _error(path: Path, reason: str, remedy: str) -> CheckpointError:

@@ -70,7 +70,8 @@ def split_set_arguments(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; a :class:`~genrec.errors.GenrecError` (bad data, config, argument or
-    checkpoint) prints ``genrec COMMAND: error: ...`` and returns 2."""
+    checkpoint) or an ``OSError`` on a path (a file given as a directory, no permission, a full disk)
+    prints ``genrec COMMAND: error: ...`` and returns 2."""
     parser = build_parser()
     try:
         argv = split_set_arguments(list(sys.argv[1:] if argv is None else argv))
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(importlib.import_module(args._module).run(args) or 0)
     except GenrecError as e:
         print(f"genrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user gave: an existing file as --out, no permission, a full disk
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"genrec {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
 
 

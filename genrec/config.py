@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -133,11 +134,24 @@ def _wants_float(hint: Any) -> bool:
 def check_value(key: str, value: Any, hint: Any) -> Any:
     """``value`` checked against ``hint`` (ints widened to float where a float is wanted); a
     :class:`ConfigError` naming ``key`` otherwise."""
+    sub = _dataclass_of(hint)
+    if sub is not None and isinstance(value, Mapping):  # a nested config given as a mapping: its keys too
+        return check_mapping(key, value, field_hints(sub))
     if not type_ok(value, hint):
         raise ConfigError(f"config key '{key}' expects {type_name(hint)}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):  # no setting means NaN or infinity
+        raise ConfigError(f"config key '{key}' expects a finite number, got {value!r}")
     if _wants_float(hint) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return copy.deepcopy(value)
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass in ``hint`` (``X`` or ``X | None``), if any."""
+    for h in (hint, *typing.get_args(hint)):
+        if isinstance(h, type) and dataclasses.is_dataclass(h):
+            return h
+    return None
 
 
 def did_you_mean(key: str, valid: Iterable[str]) -> str:

@@ -149,6 +149,13 @@ def build_dataset(
     all_int = all(isinstance(t, (int, np.integer)) and not isinstance(t, bool)
                   for ev in user_events.values() for _, t in ev)
     dtype = np.int64 if all_int else np.float64
+    if not all_int:  # mixed: a float64 must still tell every integer apart, or the order would be lost
+        big = next(((u, t) for u, ev in user_events.items() for _, t in ev
+                    if isinstance(t, (int, np.integer)) and not isinstance(t, bool) and abs(int(t)) > 2 ** 53), None)
+        if big is not None:
+            raise DataFormatError(
+                f"{source or name}: timestamps mix decimals with integers too large for a float (user {big[0]!r}: "
+                f"{big[1]}); write every timestamp as an integer (e.g. epoch nanoseconds) or every one as a decimal")
     try:
         timestamps = [np.fromiter((t for _, t in user_events[u]), dtype=dtype, count=len(user_events[u]))
                       for u in user_ids]

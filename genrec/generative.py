@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genrec.artifacts import load_checkpoint, torch_save
-from genrec.errors import CheckpointNotFoundError
+from genrec.errors import CheckpointNotFoundError, DataFormatError
 from genrec.beam_search import BeamResult, PrefixTrie, beam_search, score_candidates
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.sasrec import Block, histories_to_tokens, training_batches
@@ -362,7 +362,8 @@ def train_generative(split: LeaveOneOutSplit, table: Any, config: GenerativeConf
     """
     config = config or GenerativeConfig()
     if len(table.codes) != split.num_items:
-        raise ValueError(f"semantic-ID table has {len(table.codes)} items, the dataset {split.num_items}")
+        raise DataFormatError(f"the semantic-ID table has {len(table.codes)} items but the dataset has "
+                              f"{split.num_items}; was it built for another dataset?")
     setup(config)
     model = HierarchicalGenerative(table.codes, table.codebook_sizes, config)
 

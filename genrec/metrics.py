@@ -31,7 +31,8 @@ def ranks_from_scores(
 
     ``exclude[k]``: items to remove from row k before ranking (history masking); the target itself
     is never removed by it (if it is in ``exclude[k]``, the instance gets :data:`MISS_RANK`, a miss).
-    A target scored NaN or +-inf also gets :data:`MISS_RANK`: a diverged model never scores a hit.
+    A target scored NaN or +-inf also gets :data:`MISS_RANK`, and other items scored NaN count as
+    ranked ahead of the target: a diverged model never scores a hit.
     """
     s = torch.as_tensor(scores, dtype=torch.float32)
     t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
@@ -45,7 +46,9 @@ def ranks_from_scores(
     target_scores = s.gather(1, t[:, None])  # [n, 1]
     if exclude is not None:
         masked = torch.isneginf(target_scores[:, 0])
-    ahead = (s >= target_scores).sum(1) - 1  # minus the target itself (NaN compares False: rank -1)
+    # minus the target itself; an item scored NaN counts as ahead (a partly diverged model never
+    # gains a hit from the NaN scores of the other items)
+    ahead = ((s >= target_scores) | torch.isnan(s)).sum(1) - 1
     ranks = ahead.numpy().astype(np.int64)
     if exclude is not None:
         ranks[masked.numpy()] = MISS_RANK

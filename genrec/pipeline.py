@@ -36,7 +36,6 @@ Library code never prints: progress goes through ``logging`` and tqdm bars (show
 from __future__ import annotations
 
 import copy
-import dataclasses
 import errno
 import hashlib
 import io
@@ -47,8 +46,6 @@ import resource
 import shutil
 import sys
 import time
-import types
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -398,6 +395,12 @@ def validate_config(config: RecipeConfig) -> None:
             need(f.gate[key] >= 1, f"fusion.gate.{key}", f.gate[key], "must be >= 1")
     if "lr" in f.gate:
         need(f.gate["lr"] > 0, "fusion.gate.lr", f.gate["lr"], "must be > 0")
+    if f.gate.get("features") is not None:
+        from fusion.indicators import INDICATOR_NAMES, is_indicator_name
+
+        for name in f.gate["features"]:
+            need(is_indicator_name(name), "fusion.gate.features", name,
+                 f"must name indicators among {list(INDICATOR_NAMES)} (L: a semantic-ID prefix level)")
     if "holdout" in f.gate:
         need(0 < f.gate["holdout"] < 1, "fusion.gate.holdout", f.gate["holdout"], "must be in (0, 1)")
     if f.joint:
@@ -457,7 +460,8 @@ class Stage:
 
 
 # Settings that do not change any result (threads, inference batch sizes, caches): not hashed.
-_UNHASHED = {"num_threads", "eval_batch_size", "cache", "cache_dir", "batch_size@text", "device"}
+_UNHASHED = {"num_threads", "eval_batch_size", "cache", "cache_dir", "batch_size@text", "device",
+             "nonfinite_loss"}  # skipping non-finite steps only matters in a run that had them
 
 
 def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -> Any:
@@ -481,8 +485,7 @@ def _hash_inputs(stage: Stage, config: RecipeConfig, upstream: Mapping[str, str]
             "upstream": {k: upstream[k] for k in stage.after if k in upstream}}
 
 
-def _stage_hash(stage: Stage, config: RecipeConfig, upstream: Mapping[str, str], fingerprint: Any = None) -> str:
-    src = _hash_inputs(stage, config, upstream, fingerprint)
+def _stage_hash(src: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(src, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -896,7 +899,7 @@ def _plan(config: RecipeConfig, run_dir: Path, fingerprint: Any) -> tuple[dict[s
         if not stage.enabled(config):
             continue
         src = _hash_inputs(stage, config, hashes, fingerprint)
-        hashes[stage.name] = hashlib.sha256(json.dumps(src, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        hashes[stage.name] = _stage_hash(src)
         inputs[stage.name] = {"hash": hashes[stage.name], "src": src}
         sdir = run_dir / stage.name
         earlier = _marker(sdir / "stage.done.json") or _marker(sdir / "stage.started.json")
@@ -926,8 +929,8 @@ def _run_stages(config: RecipeConfig, run_dir: Path, names: list[str], *, force:
             f"(changed: {', '.join(changed)}); running would discard the stages {', '.join(costly)}"
             + (f", trained models included ({', '.join(trained)})" if trained else "")
             + (f" (and rerun {', '.join(n for n in discard if n not in costly)})" if len(costly) < len(discard) else "")
-            + ". Rerun with --force (force=True) to discard and redo them, or choose a fresh run directory "
-              "(--out)")
+            + ". Rerun with --force (run_recipe(force=True)) to discard and redo them, or choose a fresh run "
+              "directory (--out)")
     _write(run_dir / "config.json", lambda: save_json(run_dir / "config.json", config_to_dict(config)), "recipe")
     report = _marker(run_dir / "report" / "stage.done.json")
     if report is None or report.get("config_hash") != plan["report"]["hash"]:
@@ -1005,6 +1008,9 @@ def _write(where: Path, action: Callable[[], Any], stage: str) -> Any:
     except OSError as e:
         if e.errno not in _WRITE_ERRORS:
             raise
+        inside = e.filename is None or Path(str(e.filename)).resolve().is_relative_to(where.resolve().parent)
+        if not inside:  # an input outside the run directory (data, an embedding cache)
+            raise DataFormatError(f"stage {stage!r} cannot read {e.filename}: {e.strerror}") from None
         verb = "write" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "access"
         raise RunDirectoryError(
             f"stage {stage!r} could not {verb} {e.filename or where}: {e.strerror}; the stages finished before "

@@ -81,8 +81,9 @@ def data_files(spec: str, cache_dir: str | Path | None = None) -> list[Path]:
         directory = Path(arg if sep and kind == "plain" else spec).expanduser()
         if not directory.is_dir():
             return []
-        # every visible file: the loader's inputs and anything beside them it may read (e.g. .gz twins)
-        candidates = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+        # the plain format's two inputs, in whichever form (.tsv / .tsv.gz, .jsonl / .jsonl.gz) is there
+        candidates = sorted(p for p in directory.iterdir()
+                            if p.is_file() and p.name.split(".")[0] in ("interactions", "items"))
     return [p for p in candidates if p.is_file()]
 
 
@@ -105,8 +106,12 @@ class RunLock:
             return {}
 
     def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunDirectoryError(f"{self.path.parent}: cannot create the lock file {self.path.name} "
+                                    f"({e.strerror}); use a writable run directory") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

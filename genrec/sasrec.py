@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genrec.artifacts import load_checkpoint, torch_save
-from genrec.errors import CheckpointNotFoundError
+from genrec.errors import CheckpointNotFoundError, ConfigError
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
 from genrec.splits import Instances, LeaveOneOutSplit
 from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
@@ -62,13 +62,18 @@ class SASRecConfig:
 
     def __post_init__(self) -> None:
         check_nonfinite_loss(self.nonfinite_loss)
+        resolve_device(self.device)
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``
+    (a name it does not know is a :class:`~genrec.errors.ConfigError`)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {name!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1' or 'auto')") from None
 
 
 # ----------------------------------------------------------------------------------------------

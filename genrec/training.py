@@ -106,6 +106,8 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     rng = np.random.default_rng(config.seed)
     state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": 0, "bad_evals": 0, "history": [], "seconds": 0.0}
     out = Path(out_dir) if out_dir else None
+    if out is not None and out.exists() and not out.is_dir():  # fail before training, not at the first save
+        raise ConfigError(f"{out}: the output directory is an existing file")
     best_state = None
     unreadable: set[Path] = set()  # checkpoints that failed to load: never kept as the ".prev" copy
     if out:

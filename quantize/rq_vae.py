@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from genrec.errors import TrainingDivergedError
 from quantize.base import Quantizer, as_embeddings, effective_k, kmeans, nearest
 from quantize.rq_kmeans import level_sizes
 
@@ -203,6 +204,10 @@ class RQVAE(Quantizer):
                 recon = (x_hat - xb).pow(2).sum(1).mean()
                 quant = terms[0].sum() + self.beta * terms[1].sum()
                 loss = recon + quant
+                if not torch.isfinite(loss):  # never carry NaN weights into the semantic IDs
+                    raise TrainingDivergedError(
+                        f"rq_vae training diverged: the loss is {loss.item()} at epoch {epoch + 1}, step {s + 1} of "
+                        f"{steps_per_epoch}; try a lower lr (now {self.lr:g})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -202,14 +202,17 @@ def _disk_full(w: World) -> None:
 
 
 def _changed_run(w: World) -> None:
-    from genrec.pipeline import config_from_dict, run_recipe
+    from genrec.pipeline import StopAfterStage, config_from_dict, run_recipe
 
     out = w.root / "changed"
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    (out / "sasrec").mkdir(parents=True, exist_ok=True)
-    (out / "sasrec" / "best.pt").write_bytes(b"x")
-    (out / "sasrec" / "stage.done.json").write_text(json.dumps({"stage": "sasrec", "config_hash": "0"}))
-    run_recipe(config_from_dict({"data": {"dataset": str(w.plain())}}), out)
+    base = ["sasrec.hidden=8", "sasrec.num_heads=1", "sasrec.max_epochs=1", "quantize.codebook_size=4",
+            "fusion.k=10", "report.ks=[10]", f"text.cache_dir={w.root / 'emb'}", "data.max_history=10"]
+    raw = {"data": {"dataset": str(w.plain())}}
+    try:
+        run_recipe(config_from_dict(raw, overrides=base), out, stop_after="sasrec")
+    except StopAfterStage:
+        pass
+    run_recipe(config_from_dict(raw, overrides=base + ["sasrec.hidden=16"]), out)  # refused
 
 
 def _diverge(w: World) -> None:
@@ -289,6 +292,10 @@ CASES: list[Case] = [
     Case("data-timestamp-overflow", "data", "an integer timestamp beyond int64",
          lambda w: (w.write_interactions("bigts", HEADER + "u1\ti1\t9223372036854775808\n"), _load(w, "bigts")),
          DataFormatError, r":2: timestamp '9223372036854775808' is outside the 64-bit integer range"),
+    Case("data-mixed-timestamps", "data", "epoch-ns integers mixed with a decimal timestamp",
+         lambda w: (w.write_interactions("mixts", HEADER + "u1\ti1\t1700000000123456789\nu1\ti2\t1.5\n"),
+                    _load(w, "mixts")), DataFormatError,
+         r"timestamps mix decimals with integers too large for a float \(user 'u1': 1700000000123456789\)"),
     Case("data-unknown-item", "data", "an interacted item with no entry in items.jsonl",
          lambda w: (w.write_interactions("unk", HEADER + "u1\tnosuch\t1\n"), _load(w, "unk")),
          DataFormatError, r"nosuch"),
@@ -393,6 +400,34 @@ CASES: list[Case] = [
     Case("cli-quantize-set", "cli", "genrec quantize --set with a misspelt quantizer option",
          lambda w: cli("quantize", str(w.plain()), "--set", "nitre=3"), CliFailed,
          r"genrec quantize: error: .*unknown setting 'nitre' \(did you mean 'niter'\?\)"),
+    Case("cli-quantize-set-type", "cli", "genrec quantize --set niter=abc",
+         lambda w: cli("quantize", str(w.plain()), "--set", "niter=abc", "--out", str(w.root / "q")), CliFailed,
+         r"genrec quantize: error: config key 'niter' expects int, got 'abc'"),
+    Case("cli-quantize-embeddings", "cli", "genrec quantize --embeddings on a file that is not .npy",
+         lambda w: cli("quantize", str(w.plain()), "--embeddings", str(_items_path(w, "good")), "--out",
+                       str(w.root / "q")), CliFailed, r"genrec quantize: error: .*items.jsonl.*: not a .npy array"),
+    Case("cli-sasrec-device", "cli", "genrec sasrec --set device=foo",
+         lambda w: cli("sasrec", str(w.plain()), "--set", "device=foo"), CliFailed,
+         r"genrec sasrec: error: .*device 'foo' is not a torch device"),
+    Case("cli-out-is-a-file", "cli", "genrec sasrec --out pointing at an existing file",
+         lambda w: cli("sasrec", str(w.plain()), "--out", str(w.yaml("x", "a_file"))), CliFailed,
+         r"genrec sasrec: error: .*a_file: the output directory is an existing file"),
+    Case("cli-generative-table-mismatch", "cli", "genrec generative with a semantic-ID table of another dataset",
+         lambda w: cli("generative", str(w.write_interactions("fewer", HEADER + "".join(
+             f"u{k}\ti{j}\t{j}\n" for k in range(6) for j in range(4)))), "--semantic-ids", str(w.sid()), "--out",
+             str(w.root / "gen2"), "--set", "max_epochs=1"), CliFailed,
+         r"genrec generative: error: .*semantic-ID table"),
+    Case("cli-generative-test-beam", "cli", "genrec generative --test-beam 0",
+         lambda w: cli("generative", str(w.plain()), "--semantic-ids", str(w.sid()), "--test-beam", "0"), CliFailed,
+         r"genrec generative: error: --test-beam and --max-history must be >= 1, got 0"),
+    Case("config-non-finite", "config", "sasrec.lr=.inf",
+         lambda w: _recipe(w, "sasrec.lr=.inf"), ConfigError, r"'sasrec.lr' expects a finite number, got inf"),
+    Case("config-gate-features", "config", "fusion.gate.features naming no indicator",
+         lambda w: _recipe(w, "fusion.gate.features=[bogus]"), ConfigError,
+         r"'fusion.gate.features' must name indicators among .*got 'bogus'"),
+    Case("config-joint-tower-key", "config", "a misspelt key inside fusion.joint_config.id_tower",
+         lambda w: _recipe(w, "fusion.joint=true", "fusion.joint_config.id_tower.hiden=64"), ConfigError,
+         r"unknown config key 'fusion.joint_config.id_tower.hiden' \(did you mean 'hidden'\?\)"),
     # --- checkpoints --------------------------------------------------------------------------
     Case("ckpt-missing", "checkpoint", "load_sasrec on a file that does not exist",
          lambda w: _import("genrec.sasrec.load_sasrec")(w.root / "none.pt"), CheckpointError,
@@ -411,8 +446,8 @@ CASES: list[Case] = [
     Case("run-locked", "run directory", "a second run on a directory in use",
          _locked_run, RunDirectoryError, rf"is in use by another genrec run \(pid {os.getpid()}"),
     Case("run-changed", "run directory", "a changed config on a directory holding a trained model",
-         _changed_run, RunDirectoryError, r"running would discard the stages sasrec, trained models included "
-                                          r"\(sasrec/best.pt\)\. Rerun with --force"),
+         _changed_run, RunDirectoryError, r"\(changed: sasrec.hidden\); running would discard the stages sasrec, "
+                                          r"trained models included \(sasrec/best.pt, sasrec/last.pt\)\. Rerun with --force"),
     Case("run-disk-full", "run directory", "a stage that cannot write (disk full)",
          _disk_full, RunDirectoryError, r"stage 'fusion' could not write .*topk.npz: No space left on device"),
     # --- library calls ------------------------------------------------------------------------

@@ -61,7 +61,8 @@ def test_truncated_or_corrupt_files(tmp_path, damage, reason):
         load_checkpoint(path)
     msg = str(err.value)
     assert msg.startswith(f"{path} is truncated or corrupt ({reason}")
-    assert msg.endswith("); delete it to start that stage again, or restore it from a copy")
+    assert msg.endswith("); restore it from a copy, or delete it to start again (in a recipe run directory, "
+                        "delete the stage's whole directory, e.g. <run>/sasrec, and rerun)")
     assert err.value.reason.startswith("is truncated or corrupt (")
 
 

@@ -115,3 +115,12 @@ def test_report_table(msp_case):
     assert abs(res["gr"]["all"]["ndcg@10"] - ndcg(test.gr_topk, test.targets)) < 1e-12
     md = results_markdown(res)
     assert md.startswith("| category") and "sasrec N@10" in md
+
+
+def test_learned_gate_stops_on_a_diverged_loss(msp_case):
+    from genrec.errors import TrainingDivergedError
+
+    valid, _ = msp_case
+    gate = LearnedGateFusion(lr=1e30, max_epochs=3)
+    with pytest.raises(TrainingDivergedError, match=r"learned_gate gate training diverged: the loss is nan at epoch"):
+        gate.fit(valid.cands, valid.targets, valid.indicators)

@@ -42,3 +42,14 @@ def test_fusion_union_ranks_treat_nan_target_as_miss():
     ranks = union_ranks(fused, np.array([0, 1]))
     assert ranks.tolist() == [MISS_RANK, 0]
     assert ndcg_at(ranks, 10) == pytest.approx(0.5)
+
+
+def test_nan_scores_of_other_items_never_make_a_hit():
+    scores = np.full((2, 50), np.nan, np.float32)
+    scores[:, 7] = 0.5  # only the target is finite
+    scores[1, :] = np.linspace(0, 1, 50)  # a healthy row, target 7 ranks 42nd
+    ranks = ranks_from_scores(scores, np.array([7, 7]))
+    assert ranks.tolist() == [49, 42]
+    assert metrics_from_ranks(ranks, ks=(10,))["ndcg@10"] == 0.0
+    fused = np.array([[np.nan, np.nan, 0.3]])
+    assert union_ranks(fused, np.array([2])).tolist() == [2]

@@ -174,3 +174,11 @@ def test_rq_vae_leaves_global_rng_alone_and_records_history(data):
     q.fit(data[0])
     assert torch.rand(1) == before  # fit used its own RNG stream
     assert len(q.history) == 4 and {"loss", "recon", "dead_codes"} <= set(q.history[0])
+
+
+def test_rq_vae_stops_on_a_diverged_loss(data):
+    from genrec.errors import TrainingDivergedError
+
+    q = make_quantizer("rq_vae", seed=0, **{**CONFIGS["rq_vae"], "lr": 1e30, "epochs": 3})
+    with pytest.raises(TrainingDivergedError, match=r"rq_vae training diverged: the loss is (nan|inf) at epoch"):
+        q.fit(data[0])

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -101,7 +100,9 @@ def test_fingerprint_covers_content_and_samples_large_files(tmp_path):
     b = file_fingerprint(f)
     assert a["size"] == b["size"] and a["sha256"] != b["sha256"] and "sampled" not in a
     assert data_fingerprint("synthetic:num_users=5") == {"spec": "synthetic:num_users=5", "files": []}
-    assert [Path(x["path"]).name for x in data_fingerprint(str(tmp_path))["files"]] == ["a.tsv"]
+    (tmp_path / "interactions.tsv").write_text("x")
+    (tmp_path / "notes.txt").write_text("not an input")
+    assert [Path(x["path"]).name for x in data_fingerprint(str(tmp_path))["files"]] == ["interactions.tsv"]
     big = tmp_path / "big.bin"
     with open(big, "wb") as fh:
         fh.truncate(FULL_HASH_BYTES + 5 * 2**20)
@@ -118,34 +119,44 @@ def test_second_run_on_a_locked_directory_is_refused(tmp_path):
         pass
 
 
-def test_lock_of_a_killed_process_is_taken_over(plain_dir, cache, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def reference(plain_dir, cache, tmp_path_factory):
+    """The tiny recipe on ``plain_dir``, uninterrupted: its results."""
+    return run_recipe(_config(plain_dir, cache), tmp_path_factory.mktemp("ref") / "run")
+
+
+@pytest.mark.slow
+def test_concurrent_run_is_refused_and_a_killed_runs_lock_taken_over(plain_dir, cache, reference, tmp_path, capsys):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from genrec.rundir import RunLock\n"
-                               "with RunLock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)", str(out)],
-                              stdout=subprocess.PIPE, text=True)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n", encoding="utf-8")  # every setting comes from --set, as in _config
+    sets = _tiny(str(plain_dir), cache)
+    first = subprocess.Popen([sys.executable, "-m", "genrec.cli", "run", str(cfg), "--out", str(out), "--set", *sets],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert holder.stdout.readline().strip() == "locked"
-        args = ["run", "/dev/null", "--out", str(out), "--until", "data"]
-        cfg = tmp_path / "c.yaml"
-        cfg.write_text(json.dumps({"data": {"dataset": str(plain_dir), "max_history": 10}, "fusion": {"k": 10},
-                                   "report": {"ks": [5, 10]}}))
-        args[1] = str(cfg)
-        assert cli.main(args) == 2
-        assert f"is in use by another genrec run (pid {holder.pid}" in capsys.readouterr().err
-        holder.kill()
-        holder.wait()
+        lock = out / "run.lock"
+        deadline = time.time() + 120
+        while time.time() < deadline and f'"pid": {first.pid}' not in (lock.read_text() if lock.exists() else ""):
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before the test could race it"
+        # a second genrec run on the same directory: refused, naming the first one's pid
         _SplitCache.key = None
-        assert cli.main(args) == 0  # the kernel dropped the dead holder's lock: taken over
-        assert (out / "data" / "stage.done.json").is_file()
+        assert cli.main(["run", str(cfg), "--out", str(out), "--set", *sets]) == 2
+        assert f"is in use by another genrec run (pid {first.pid}" in capsys.readouterr().err
+        first.kill()  # SIGKILL: its lock file stays behind, its flock goes with it
+        first.wait()
+        assert lock.exists()
+        _SplitCache.key = None
+        assert cli.main(["run", str(cfg), "--out", str(out), "--set", *sets]) == 0  # taken over and resumed
     finally:
-        holder.kill()
-        holder.wait()
+        first.kill()
+        first.wait()
+    assert strip_timing(json.loads((out / "results.json").read_text())) == strip_timing(reference)
 
 
-def test_stage_that_cannot_write_fails_clearly_and_keeps_earlier_work(plain_dir, cache, tmp_path, monkeypatch):
+def test_stage_that_cannot_write_fails_clearly_and_keeps_earlier_work(plain_dir, cache, reference, tmp_path,
+                                                                     monkeypatch):
     out = tmp_path / "run"
-    reference = tmp_path / "ref"
-    ref = run_recipe(_config(plain_dir, cache), reference)
     real_replace = os.replace
 
     def disk_full(src, dst, *a, **kw):
@@ -162,7 +173,7 @@ def test_stage_that_cannot_write_fails_clearly_and_keeps_earlier_work(plain_dir,
         assert (out / stage / "stage.done.json").is_file()
     assert not (out / "fusion" / "stage.done.json").exists() and not (out / "results.json").exists()
     assert not list((out / "fusion").glob(".*.tmp"))  # no half-written files left behind
-    assert strip_timing(run_recipe(_config(plain_dir, cache), out)) == strip_timing(ref)  # resumes
+    assert strip_timing(run_recipe(_config(plain_dir, cache), out)) == strip_timing(reference)  # resumes
 
 
 def test_fusion_k_above_the_catalogue_is_a_config_error(cache, tmp_path):
@@ -178,3 +189,32 @@ def test_stale_results_do_not_outlive_a_changed_run(plain_dir, cache, tmp_path):
     with pytest.raises(StopAfterStage):  # a changed setting, stopped before the report is rewritten
         run_recipe(_config(plain_dir, cache, "sasrec.hidden=8"), out, stop_after="sasrec", force=True)
     assert not (out / "results.json").exists() and not (out / "report.md").exists()
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_a_clear_error(plain_dir, cache, tmp_path, monkeypatch):
+    import builtins
+
+    import genrec.artifacts
+
+    def full_disk_open(path, mode="r", *args, **kwargs):  # a real ENOSPC from the kernel
+        if "sasrec" in str(path) and "w" in mode and "b" in mode:
+            return builtins.open("/dev/full", mode)
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(genrec.artifacts, "open", full_disk_open, raising=False)
+    with pytest.raises(RunDirectoryError, match=r"stage 'sasrec' could not write .*No space left on device"):
+        run_recipe(_config(plain_dir, cache), tmp_path / "run")
+    assert (tmp_path / "run" / "quantize" / "stage.done.json").is_file()
+
+
+def test_an_unwritable_run_directory_is_a_clear_error(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith("run.lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(RunDirectoryError, match=r"cannot create the lock file run.lock \(Read-only file system\)"):
+        run_recipe(_config("synthetic:num_users=50", tmp_path), tmp_path / "run")

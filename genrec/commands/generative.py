@@ -11,6 +11,7 @@ from pathlib import Path
 from genrec.artifacts import save_json
 from genrec.commands.common import load_semantic_id_table
 from genrec.config import override_dataclass as apply_overrides
+from genrec.errors import ConfigError
 from genrec.metrics import format_metrics
 
 
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from genrec.generative import GenerativeConfig, evaluate, train_generative
     from genrec.tiger import TigerConfig, train_tiger
 
+    if args.test_beam < 1 or args.max_history < 1:
+        raise ConfigError(f"--test-beam and --max-history must be >= 1, got {args.test_beam} and {args.max_history}")
     table = load_semantic_id_table(args.semantic_ids)
     if args.model == "tiger":
         config = apply_overrides(TigerConfig(), args.set)

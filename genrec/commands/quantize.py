@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 _METHODS = ("rq_kmeans", "rq_vae", "pq", "opq")
 
@@ -59,15 +60,21 @@ _OWN_FLAGS = {"seed": "--seed", "pca_dim": "--pca-dim", "whiten": "--whiten"}
 
 
 def _parse_set(pairs: list[str], method: str) -> dict[str, Any]:
-    """``key=value`` quantizer options (values as JSON when they parse); a key that the ``method``
+    """``key=value`` quantizer options (values as in YAML, type-checked); a key that the ``method``
     quantizer does not take is a :class:`ConfigError` listing the valid ones, raised before any
     (slow) embedding."""
-    from genrec.config import did_you_mean
+    import typing
+
+    from genrec.config import check_value, did_you_mean, parse_value
     from genrec.errors import ConfigError
     from quantize.pipeline import make_quantizer
 
-    valid = sorted(set(inspect.signature(type(make_quantizer(method)).__init__).parameters) - {"self"}
-                   - set(_OWN_FLAGS))
+    init = type(make_quantizer(method)).__init__
+    valid = sorted(set(inspect.signature(init).parameters) - {"self"} - set(_OWN_FLAGS))
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # noqa: BLE001 - annotations that do not resolve: values go unchecked
+        hints = {}
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -78,11 +85,25 @@ def _parse_set(pairs: list[str], method: str) -> dict[str, Any]:
         if key not in valid:
             raise ConfigError(f"bad option for quantizer {method!r}: unknown setting {key!r}"
                               f"{did_you_mean(key, valid)}; valid: {', '.join(valid)}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
+        value = parse_value(raw)
+        out[key] = check_value(key, value, hints[key]) if key in hints else value
     return out
+
+
+def _load_embeddings(path: str) -> np.ndarray:
+    """A ``.npy`` array of item embeddings (never a pickle); a clear error naming the file otherwise."""
+    from genrec.errors import DataFormatError
+
+    try:
+        x = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: embeddings file not found") from None
+    except (ValueError, OSError, EOFError):
+        raise DataFormatError(f"{path}: not a .npy array of embeddings (save them with numpy.save)") from None
+    if not isinstance(x, np.ndarray) or x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise DataFormatError(f"{path}: expected a numeric [num_items, dim] array, got "
+                              f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    return x
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,8 +123,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.dataset:
         print("genrec quantize: error: a dataset is required (or --show DIR)", file=sys.stderr)
         return 2
-
-    import numpy as np
 
     from quantize import TextEncoder, TextTemplate, build_semantic_ids
 
@@ -128,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             template = TextTemplate(**tpl_kw)
         dataset = load_dataset_spec(args.dataset)
-        embeddings = np.load(args.embeddings) if args.embeddings else None
+        embeddings = _load_embeddings(args.embeddings) if args.embeddings else None
         encoder = None
         if embeddings is None:
             encoder = TextEncoder(args.model, batch_size=args.batch_size, device=args.device,

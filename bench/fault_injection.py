@@ -3,6 +3,7 @@ resumed run ends with the results of an uninterrupted one, byte for byte (timing
 
     python bench/fault_injection.py                  # 24 kills: 16 inside stages, 8 inside writes
     python bench/fault_injection.py --time-kills 4 --write-kills 2 --out runs/fault_small
+    python bench/fault_injection.py --time-kills 0 --all-writes   # one kill inside each of the ~115 writes
 
 Two kinds of kill, on a small synthetic recipe (deterministic: no time budgets, one thread):
 - inside a stage at a random moment: every stage gets at least one kill and the rest go to the
@@ -126,7 +127,8 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def inject(out: Path, time_kills: int, write_kills: int, seed: int = 0, log=_print) -> dict[str, int]:
+def inject(out: Path, time_kills: int, write_kills: int, seed: int = 0, log=_print,
+           all_writes: bool = False) -> dict[str, int]:
     """Run the whole experiment in ``out``; returns the totals."""
     out.mkdir(parents=True, exist_ok=True)
     config = out / "fault.yaml"
@@ -158,8 +160,11 @@ def inject(out: Path, time_kills: int, write_kills: int, seed: int = 0, log=_pri
     chosen += [s for s in longest for _ in range(counts[s])]
     chosen.sort(key=STAGES.index)
     trials = [("time", (stage, rng.random() * walls[stage])) for stage in chosen]
-    trials += [("write", 1 + (i * renames) // write_kills + rng.randrange(max(1, renames // write_kills)))
-               for i in range(write_kills)]
+    if all_writes:  # every atomic write of the run, one kill each
+        trials += [("write", k) for k in range(1, renames + 1)]
+    else:
+        trials += [("write", 1 + (i * renames) // write_kills + rng.randrange(max(1, renames // write_kills)))
+                   for i in range(write_kills)]
     totals = {"kills": 0, "resumes": 0, "identical": 0, "failures": 0}
     for n, (kind, at) in enumerate(trials):
         run_dir = out / f"trial{n:02d}"
@@ -187,14 +192,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--time-kills", type=int, default=16, help="kills at random moments inside stages (default 16)")
     p.add_argument("--write-kills", type=int, default=8, help="kills inside atomic writes (default 8)")
+    p.add_argument("--all-writes", action="store_true",
+                   help="kill once inside every atomic write of the run instead of --write-kills of them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="working directory (default: a temporary one, removed)")
     args = p.parse_args()
     if args.out:
-        totals = inject(Path(args.out), args.time_kills, args.write_kills, args.seed)
+        totals = inject(Path(args.out), args.time_kills, args.write_kills, args.seed, all_writes=args.all_writes)
     else:
         with tempfile.TemporaryDirectory(prefix="genrec_fault_") as tmp:
-            totals = inject(Path(tmp), args.time_kills, args.write_kills, args.seed)
+            totals = inject(Path(tmp), args.time_kills, args.write_kills, args.seed, all_writes=args.all_writes)
     return 0 if totals["failures"] == 0 else 1
 
 

@@ -221,6 +221,10 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                 "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                 "state": state, "config": asdict(config), **extra}, unreadable)
             save_json(out / "history.json", state["history"])
+    if out:
+        # once more: a run killed between its last checkpoint and this file resumes with no epoch
+        # left to run, and must not keep a history one evaluation short
+        save_json(out / "history.json", state["history"])
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -287,3 +287,17 @@ def test_resume_with_another_model_config_names_the_changed_keys(tmp_path):
             "seed: 0 -> 1); use another out_dir or delete it")):
         scripted_fit({}, out=tmp_path, max_epochs=2, lr=0.2, seed=1)
     scripted_fit({}, out=tmp_path, max_epochs=2, nonfinite_loss="skip")  # a resumable setting may change
+
+
+def test_history_file_is_complete_after_a_kill_before_it_was_written(tmp_path):
+    """Killed after the final epoch's last.pt but before history.json: the resumed run has no epoch
+    left to train and must still leave the whole history (found by bench/fault_injection.py)."""
+    import json
+
+    curve = [0.1, 0.2, 0.3]
+    scripted_fit({}, curve=curve, out=tmp_path, max_epochs=3)
+    history = json.loads((tmp_path / "history.json").read_text())
+    (tmp_path / "history.json").write_text(json.dumps(history[:2]))  # as the killed run left it
+    resumed, _ = scripted_fit({}, curve=[], out=tmp_path, max_epochs=3)
+    assert len(resumed.history) == 3
+    assert json.loads((tmp_path / "history.json").read_text()) == resumed.history

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from genrec.pipeline import strip_timing
+from genrec.recipe import strip_timing
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,6 +22,7 @@ Objective (``mixing``) on every next-item position of ``split.train``, over the 
 ``aux_weight`` adds ``aux_weight * (CE_id + CE_gr)`` so neither tower starves when the gate
 commits early. ``mode="id"`` / ``"gr"`` trains one tower alone with the same loop, data order and
 epochs: the baselines at equal compute. Early stopping on validation NDCG@10 of the fused scores.
+Item tokens and padding follow :mod:`genrec.batching` (item ``k`` is token ``k + 1``, 0 = padding).
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ import torch.nn.functional as F
 
 from fusion.methods import GateHead, GateReport
 from fusion.indicators import Indicators
+from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, repeat_mixture
 from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
-from genrec.sasrec import SASRec, SASRecConfig, check_histories, histories_to_tokens, training_batches
+from genrec.sasrec import SASRec, SASRecConfig
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -235,7 +237,7 @@ class JointModel(nn.Module):
             feats[:2] = [d.max(-1).values.exp(), -(d.exp() * d).sum(-1)]
         if mode in ("joint", "gr"):
             hidden = self.gr_tower(tokens)[valid]  # [P, H]
-            seen = tokens[b].masked_fill(torch.arange(L)[None] > t[:, None], 0)  # [P, L] consumed so far
+            seen = seen_tokens(tokens, b, t)  # [P, L] consumed so far
             if self.scope == "catalogue":
                 lp_gr = gr_catalogue_log_probs(self.gr_tower, hidden, self._index, seen)
                 d = lp_gr.detach()

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from genrec.artifacts import atomic_write
 from genrec.errors import DataNotFoundError, DatasetUnavailableError
+from genrec.paths import default_cache_dir
 from genrec.data import (
     DataFormatError,
     ItemText,
@@ -428,8 +429,6 @@ def load_amazon2023(category: str, cache_dir: str | Path | None = None, k_core: 
     A failed hub load raises :class:`DatasetUnavailableError` saying how to supply local files.
     """
     if cache_dir is None:
-        from genrec.datasets import default_cache_dir
-
         cache_dir = default_cache_dir() / "amazon2023"
     cache_dir = Path(cache_dir)
     name = f"amazon2023-{category}"

@@ -4,90 +4,28 @@ Shared by every model that emits an item as its ``num_levels`` codes one level a
 (:mod:`genrec.generative`, :mod:`genrec.tiger`). A model implements the small
 :class:`CodeDecoder` protocol: encode a batch of histories once (``start``), then give the
 log-probabilities of the next code for any set of code prefixes (``step``), carrying whatever it
-caches (``reorder`` follows the beams). :class:`PrefixTrie` turns the semantic-ID table into
-dense per-level child tables, so the valid-token mask of every beam is one gather and the final
-level yields item indices directly: the search can never return a non-existent item.
+caches (``reorder`` follows the beams). :class:`genrec.trie.PrefixTrie` turns the semantic-ID
+table into dense per-level child tables, so the valid-token mask of every beam is one gather and the
+final level yields item indices directly: the search can never return a non-existent item.
 
 Scores are sums over levels of the model's (full-softmax) log-probabilities of each code, with
 invalid codes masked out afterwards (as ``transformers``' ``prefix_allowed_tokens_fn`` does), so
-a beam result's score equals :func:`score_candidates` of the same item.
+a beam result's score equals :func:`score_candidates` of the same item. Padding (``-1`` items,
+``-inf`` scores) follows :mod:`genrec.batching`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from genrec.sasrec import check_histories
+from genrec.batching import check_histories
+from genrec.trie import PrefixTrie  # re-exported: beam_search's callers build the trie they pass in
 
 __all__ = ["PrefixTrie", "CodeDecoder", "BeamResult", "beam_search", "score_candidates"]
-
-
-class PrefixTrie:
-    """Valid semantic IDs as per-level dense child tables.
-
-    Prefixes of length ``l`` are numbered ``0 .. num_nodes(l) - 1`` (the empty prefix is node 0 of
-    level 0). ``child[l]`` is ``int64 [num_nodes(l), codebook_sizes[l]]``: the node reached by
-    appending a code, the item index at the last level, ``-1`` where the code is not valid.
-    """
-
-    def __init__(self, codes: np.ndarray, codebook_sizes: Sequence[int] | None = None) -> None:
-        codes = np.asarray(codes, dtype=np.int64)
-        if codes.ndim != 2 or len(codes) == 0:
-            raise ValueError(f"codes must be a non-empty [n_items, levels] array, got {codes.shape}")
-        sizes = tuple(int(s) for s in (codebook_sizes if codebook_sizes is not None else codes.max(0) + 1))
-        if len(sizes) != codes.shape[1] or (codes >= np.asarray(sizes)).any() or (codes < 0).any():
-            raise ValueError(f"codes out of range for codebook sizes {list(sizes)}")
-        n, L = codes.shape
-        self.codes = torch.from_numpy(codes)  # [n_items, L]
-        self.codebook_sizes = sizes
-        # node of each item's prefix of length l, for l = 0 .. L - 1: [L, n_items]
-        nodes = np.zeros((L, n), dtype=np.int64)
-        for lvl in range(1, L):
-            _, inv = np.unique(codes[:, :lvl], axis=0, return_inverse=True)
-            nodes[lvl] = inv.reshape(-1)
-        self.child: list[torch.Tensor] = []
-        for lvl in range(L):
-            table = np.full((int(nodes[lvl].max()) + 1, sizes[lvl]), -1, dtype=np.int64)
-            nxt = nodes[lvl + 1] if lvl + 1 < L else np.arange(n)
-            if lvl + 1 == L and len(np.unique(codes, axis=0)) != n:
-                raise ValueError("two items share a semantic ID; disambiguate the codes first")
-            table[nodes[lvl], codes[:, lvl]] = nxt
-            self.child.append(torch.from_numpy(table))
-        self.item_nodes = torch.from_numpy(nodes)  # [L, n_items]
-
-    @classmethod
-    def from_table(cls, table: Any) -> "PrefixTrie":
-        """Trie of a :class:`quantize.semantic_ids.SemanticIdTable` (anything with ``codes`` and
-        ``codebook_sizes``)."""
-        return cls(table.codes, table.codebook_sizes)
-
-    @property
-    def num_levels(self) -> int:
-        return self.codes.shape[1]
-
-    @property
-    def num_items(self) -> int:
-        return self.codes.shape[0]
-
-    def num_nodes(self, level: int) -> int:
-        return self.child[level].shape[0]
-
-    def valid_mask(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
-        """``bool [*nodes.shape, codebook_sizes[level]]``: which codes may follow each prefix node."""
-        return self.child[level][nodes] >= 0
-
-    def walk(self, prefix: Sequence[int]) -> int:
-        """Node of a code prefix (item index for a full ID); ``-1`` if the prefix is not valid."""
-        node = 0
-        for lvl, c in enumerate(prefix):
-            if node < 0 or not 0 <= c < self.codebook_sizes[lvl]:
-                return -1
-            node = int(self.child[lvl][node, c])
-        return node
 
 
 class CodeDecoder(Protocol):

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import re
 import sys
 
 from genrec.errors import ConfigError, GenrecError
+from genrec.logs import configure_logging, reset_logging
 
 #: what a ``--set`` value looks like: ``key=value`` or ``section.key=value`` (a dataset spec such as
 #: ``synthetic:num_users=5`` or a directory is not one, so it is left to the positional arguments)
 OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")
+
+VERBOSE_HELP = ("show the INFO messages of genrec and the libraries it uses on the console (-vv: DEBUG); "
+                "without it the console shows progress, warnings and results only, and 'genrec run' / "
+                "'genrec demo' write the full log to RUN_DIR/run.log either way")
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("genrec.commands.data", "load a dataset and print its statistics and split sizes"),
@@ -31,10 +35,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrec", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
+    # -v after the subcommand too (genrec demo -v); SUPPRESS keeps a -v given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         p.set_defaults(_module=module)
         importlib.import_module(module).add_arguments(p)
     return parser
@@ -78,11 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         parser.error(str(e))  # usage and the message, exit code 2
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args._argv = argv  # the command line, for the header of a run's log file
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
+    configure_logging(args.verbose)  # console: progress, warnings, results; INFO only with -v
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except GenrecError as e:
@@ -92,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"genrec {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    finally:
+        reset_logging()  # main() may run many times in one process (tests, notebooks)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from genrec.data import SequenceDataset, load_plain
 from genrec.errors import ConfigError, DataNotFoundError
+from genrec.paths import default_cache_dir  # re-exported: public as genrec.datasets.default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,6 @@ SPEC_FORMS = (
     "amazon2014:CATEGORY (e.g. amazon2014:Beauty)",
     "amazon2023:CATEGORY (e.g. amazon2023:All_Beauty)",
 )
-
-
-def default_cache_dir() -> Path:
-    """``$GENREC_CACHE`` if set, else ``~/.cache/genrec``."""
-    env = os.environ.get("GENREC_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "genrec"
 
 
 def _parse_value(text: str) -> Any:

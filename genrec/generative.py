@@ -12,8 +12,8 @@ log-probability is the sum over its levels, so training costs a few 256-way soft
 position instead of one over the catalogue, and decoding (:mod:`genrec.beam_search`) runs the
 transformer once per user and only the head per beam and level.
 
-Conventions as in :mod:`genrec.sasrec`: item ``i`` is token ``i + 1``, 0 is padding, histories are
-right-aligned and left-padded.
+Conventions (:mod:`genrec.batching`): item ``i`` is token ``i + 1``, 0 is padding, histories are
+right-aligned and left-padded. The item-level transformer is SASRec's (:mod:`genrec.layers`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genrec.artifacts import load_checkpoint, torch_save
+from genrec.batching import histories_to_tokens, seen_tokens, training_batches
 from genrec.errors import CheckpointNotFoundError, DataFormatError
-from genrec.beam_search import BeamResult, PrefixTrie, beam_search, score_candidates
+from genrec.beam_search import BeamResult, beam_search, score_candidates
+from genrec.layers import Block, attention_mask
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
-from genrec.sasrec import Block, histories_to_tokens, training_batches
+from genrec.trie import PrefixTrie, trie_of
 from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
 from genrec.splits import Instances, LeaveOneOutSplit
 
@@ -174,8 +176,7 @@ class HierarchicalGenerative(nn.Module):
         x = x * math.sqrt(self.config.hidden)
         x = x + self.pos_emb(torch.arange(self.config.max_len - T, self.config.max_len, device=tokens.device))
         x = self.drop(x).masked_fill(pad[..., None], 0.0)
-        causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
-        allowed = ((causal & ~pad[:, None, :]) | torch.eye(T, dtype=torch.bool, device=tokens.device))[:, None]
+        allowed = attention_mask(pad)  # [B, 1, T, T]: earlier real items and itself
         for block in self.blocks:
             x = block(x, allowed, pad)
         return self.ln_out(x)
@@ -214,8 +215,7 @@ class HierarchicalGenerative(nn.Module):
         """Binary cross-entropy of the repeat gate at every ``valid`` position ``[B, T]``: is the
         target token ``targets [B, T]`` among the input tokens ``[B, T]`` up to that position?"""
         b, t = valid.nonzero(as_tuple=True)
-        T = tokens.shape[1]
-        seen = tokens[b].masked_fill(torch.arange(T, device=tokens.device)[None] > t[:, None], 0)  # [P, T]
+        seen = seen_tokens(tokens, b, t)  # [P, T]
         repeated = (seen == targets[b, t][:, None]).any(1).float()  # [P]
         return F.binary_cross_entropy_with_logits(self.repeat_head(hidden[b, t])[:, 0], repeated)
 
@@ -245,14 +245,6 @@ class HierarchicalGenerative(nn.Module):
 # Inference
 
 
-def _trie(model: nn.Module) -> PrefixTrie:
-    trie = getattr(model, "trie", None) or getattr(model, "_trie", None)
-    if trie is None:
-        trie = PrefixTrie(model.codes, model.codebook_sizes)
-        object.__setattr__(model, "_trie", trie)  # cached, not a sub-module or buffer
-    return trie
-
-
 def repeat_mixture(log_p: torch.Tensor, in_history: torch.Tensor, repeat_logit: torch.Tensor,
                    log_p_history: torch.Tensor) -> torch.Tensor:
     """Explore/repeat mixture of item log-probs ``log_p [n, C]`` (see ``GenerativeConfig.repeat_gate``):
@@ -276,7 +268,7 @@ def _repeat_adjustment(model: nn.Module, histories: list[np.ndarray], items: np.
     for k, h in enumerate(histories):
         h = np.unique(h[-model.config.max_len:])
         seen[k, :len(h)] = h
-    log_p_seen = torch.from_numpy(score_candidates(model, _trie(model), histories, seen, users, batch_size))
+    log_p_seen = torch.from_numpy(score_candidates(model, trie_of(model), histories, seen, users, batch_size))
     logit = torch.cat([model.repeat_head(model.start(histories[i:i + batch_size]))[:, 0]
                        for i in range(0, len(histories), batch_size)])  # [n]
     in_history = torch.from_numpy((items[:, :, None] == seen[:, None, :]).any(-1) & (items >= 0))  # [n, C]
@@ -298,7 +290,7 @@ def recommend(model: nn.Module, instances: Instances | list[np.ndarray], beam_si
     was_training = model.training
     model.eval()
     try:
-        result = beam_search(model, _trie(model), histories, beam_size, None, users, batch_size)
+        result = beam_search(model, trie_of(model), histories, beam_size, None, users, batch_size)
         offset = _repeat_adjustment(model, histories, result.items, users, batch_size)
         if offset is not None:
             log_probs = (result.log_probs + offset).astype(np.float32)
@@ -323,7 +315,7 @@ def score_items(model: nn.Module, instances: Instances | list[np.ndarray], candi
     was_training = model.training
     model.eval()
     try:
-        scores = score_candidates(model, _trie(model), histories, candidates, users, batch_size)
+        scores = score_candidates(model, trie_of(model), histories, candidates, users, batch_size)
         offset = _repeat_adjustment(model, histories, np.asarray(candidates), users, batch_size)
         return scores if offset is None else (scores + offset).astype(np.float32)
     finally:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from genrec.errors import RunDirectoryError
+from genrec.paths import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
 
 def data_files(spec: str, cache_dir: str | Path | None = None) -> list[Path]:
     """The files that :func:`genrec.load_dataset` reads for ``spec`` (those that exist now)."""
-    from genrec.datasets import default_cache_dir
-
     spec = str(spec).strip()
     kind, sep, arg = spec.partition(":")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()

@@ -3,8 +3,9 @@
 Kang & McAuley (2018), with the full-softmax loss that makes it a strong baseline (arXiv 2603.19809
 reports NDCG@10 0.0436 on Beauty this way, against 0.0318 for the original BCE loss in TIGER's table).
 
-Conventions: dataset item indices are 0-based; inside the model index 0 is padding, so item ``i`` is
-token ``i + 1``. Histories are right-aligned (most recent item last) and left-padded.
+Conventions (:mod:`genrec.batching`): dataset item indices are 0-based; inside the model index 0 is
+padding, so item ``i`` is token ``i + 1``. Histories are right-aligned (most recent item last) and
+left-padded. The transformer blocks and the attention mask live in :mod:`genrec.layers`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,7 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genrec.artifacts import load_checkpoint, torch_save
+from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.errors import CheckpointNotFoundError, ConfigError
+from genrec.layers import Block, attention_mask
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
 from genrec.splits import Instances, LeaveOneOutSplit
 from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
@@ -80,48 +83,6 @@ def resolve_device(name: str) -> torch.device:
 # Model
 
 
-class SelfAttention(nn.Module):
-    """Multi-head attention whose queries come from the normalised input and keys/values from the
-    raw input, as in the SASRec reference code."""
-
-    def __init__(self, hidden: int, heads: int, dropout: float):
-        super().__init__()
-        if hidden % heads:
-            raise ValueError(f"hidden ({hidden}) must be divisible by num_heads ({heads})")
-        self.heads, self.dropout = heads, dropout
-        self.q = nn.Linear(hidden, hidden)
-        self.kv = nn.Linear(hidden, 2 * hidden)
-        self.proj = nn.Linear(hidden, hidden)
-
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        # query, keys: [B, L, H]; allowed: [B, 1, L, L] bool, True where position i may attend to j
-        B, L, H = query.shape
-        q = self.q(query).view(B, L, self.heads, H // self.heads).transpose(1, 2)  # [B, nh, L, hd]
-        k, v = (t.view(B, L, self.heads, H // self.heads).transpose(1, 2) for t in self.kv(keys).split(H, -1))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, L, H))
-
-
-class Block(nn.Module):
-    """Pre-LayerNorm transformer block with causal attention (as in the SASRec reference code)."""
-
-    def __init__(self, hidden: int, heads: int, dropout: float):
-        super().__init__()
-        self.ln_attn = nn.LayerNorm(hidden, eps=1e-8)
-        self.attn = SelfAttention(hidden, heads, dropout)
-        self.ln_ffn = nn.LayerNorm(hidden, eps=1e-8)
-        self.ffn = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, hidden), nn.Dropout(dropout))
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        # x: [B, L, H]; pad: [B, L] bool (True = padding)
-        q = self.ln_attn(x)
-        x = q + self.attn(q, x, allowed)  # SASRec's residual is taken from the normalised query
-        x = x + self.ffn(self.ln_ffn(x))
-        return x.masked_fill(pad[..., None], 0.0)
-
-
 class SASRec(nn.Module):
     """Item-ID sequential recommender; ``forward`` gives per-position hidden states."""
 
@@ -152,11 +113,7 @@ class SASRec(nn.Module):
         x = self.item_emb(tokens) * math.sqrt(self.config.hidden)
         x = x + self.pos_emb(torch.arange(self.config.max_len - L, self.config.max_len, device=tokens.device))
         x = self.drop(x).masked_fill(pad[..., None], 0.0)
-        # Attend to earlier real items only, so a history's output never depends on how much
-        # padding its batch has; every position may see itself, so no attention row is empty.
-        causal = torch.ones(L, L, dtype=torch.bool, device=tokens.device).tril()
-        allowed = (causal & ~pad[:, None, :]) | torch.eye(L, dtype=torch.bool, device=tokens.device)
-        allowed = allowed[:, None]  # [B, 1, L, L], broadcast over heads
+        allowed = attention_mask(pad)  # [B, 1, L, L]: earlier real items and itself
         for block in self.blocks:
             x = block(x, allowed, pad)
         return self.ln_out(x)
@@ -183,9 +140,7 @@ class SASRec(nn.Module):
         """Logits at every ``valid`` position (``[B, L]`` bool) of a training batch -> ``[P, num_items]``;
         each position's seen items are the tokens up to and including it."""
         b, t = valid.nonzero(as_tuple=True)
-        L = tokens.shape[1]
-        seen = tokens[b].masked_fill(torch.arange(L, device=tokens.device)[None] > t[:, None], 0)  # [P, L]
-        return self.item_logits(hidden[b, t], seen=seen)
+        return self.item_logits(hidden[b, t], seen=seen_tokens(tokens, b, t))  # seen: [P, L]
 
 
 def _add_once(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -196,63 +151,6 @@ def _add_once(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bias
     flat = torch.unique(rows * logits.shape[1] + cols)
     rows, cols = flat // logits.shape[1], flat % logits.shape[1]
     return logits.index_put((rows, cols), logits[rows, cols] + bias)
-
-
-# ----------------------------------------------------------------------------------------------
-# Data
-
-
-def check_histories(histories: Sequence[np.ndarray], num_items: int, min_length: int = 0,
-                    model: str = "the model") -> None:
-    """Raise ValueError naming the first history (by its index) that holds an item index outside
-    ``[0, num_items)`` or has fewer than ``min_length`` items. Inside the models index -1 would
-    silently become padding (and ``num_items`` an index error), so entry points check once, vectorised."""
-    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
-    short = np.flatnonzero(lengths < min_length)
-    if len(short):
-        i = int(short[0])
-        what = "is empty" if lengths[i] == 0 else f"has only {lengths[i]} items"
-        need = "one item" if min_length == 1 else f"{min_length} items"
-        raise ValueError(f"history {i} {what}: {model} needs at least {need} in every history")
-    if not lengths.sum():
-        return
-    flat = np.concatenate([np.asarray(h).reshape(-1) for h in histories])
-    bad = np.flatnonzero((flat < 0) | (flat >= num_items))
-    if len(bad):
-        i = int(np.searchsorted(np.cumsum(lengths), bad[0], side="right"))
-        raise ValueError(f"history {i} holds item index {flat[bad[0]]}, outside the catalogue's 0..{num_items - 1}; "
-                         "histories hold real item indices only (the model adds its own padding)")
-
-
-def histories_to_tokens(histories: list[np.ndarray], max_len: int) -> torch.Tensor:
-    """Right-aligned, left-padded token matrix ``[n, min(max_len, longest)]`` (item i -> token i+1)."""
-    length = max(1, min(max_len, max(len(h) for h in histories)))
-    out = np.zeros((len(histories), length), dtype=np.int64)
-    for k, h in enumerate(histories):
-        h = h[-length:]
-        if len(h):
-            out[k, length - len(h):] = h + 1
-    return torch.from_numpy(out)
-
-
-def training_batches(sequences: list[np.ndarray], config: SASRecConfig, rng: np.random.Generator
-                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled ``(inputs [B, L], targets [B, L])``; each sequence's last ``max_len + 1`` items give
-    one input window and the next-item targets at every position (0 where padding).
-
-    Batches group sequences of similar length (sorted with random tie-breaks, then batch order
-    shuffled): Amazon sequences are mostly short, so padding every batch to the longest one would
-    multiply the transformer's work several times over.
-    """
-    usable = [s[-(config.max_len + 1):] for s in sequences if len(s) >= 2]
-    lengths = np.array([len(s) for s in usable])
-    by_length = np.lexsort((rng.random(len(usable)), lengths))
-    batches = [by_length[i:i + config.batch_size] for i in range(0, len(usable), config.batch_size)]
-    for b in rng.permutation(len(batches)):
-        chunk = [usable[i] for i in batches[b]]
-        inputs = histories_to_tokens([s[:-1] for s in chunk], config.max_len)
-        targets = histories_to_tokens([s[1:] for s in chunk], config.max_len)
-        yield inputs, targets
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from transformers import T5Config, T5ForConditionalGeneration
 
 from genrec.artifacts import load_checkpoint, torch_save
-from genrec.beam_search import PrefixTrie
-from genrec.generative import _trie, evaluate
-from genrec.sasrec import check_histories
+from genrec.batching import check_histories
+from genrec.generative import evaluate
+from genrec.trie import PrefixTrie, trie_of
 from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
 from genrec.splits import Instances, LeaveOneOutSplit
 
@@ -324,7 +324,7 @@ def hf_generate(model: TigerModel, instances: Instances | list[np.ndarray], num_
     users = instances.users if isinstance(instances, Instances) else None
     check_histories(histories, model.num_items, model.min_history, "TigerModel")
     top_k = top_k or num_beams
-    trie: PrefixTrie = _trie(model)
+    trie: PrefixTrie = trie_of(model)
     allowed_cache: dict[tuple[int, ...], list[int]] = {}
 
     def allowed(batch_id: int, sent: torch.Tensor) -> list[int]:

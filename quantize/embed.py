@@ -14,8 +14,9 @@ import logging
 import os
 import re
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -204,6 +205,57 @@ def _is_ffn_output(name: str) -> bool:
     return name.endswith("output.dense") and "attention" not in name
 
 
+@contextmanager
+def _no_weight_loading_bar() -> Iterator[None]:
+    """While the encoder loads: no transformers "Loading weights" bar, an internal step of a stage
+    whose progress display is the "embedding" bar (download bars of a Hub model stay with
+    transformers >= 5; older versions hide them meanwhile too). Restored afterwards."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - sentence-transformers depends on it
+        yield
+        return
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)  # transformers >= 5: transformers' own bars only
+    if set_hook is not None:
+        previous = set_hook(lambda factory, args, kwargs: hf_logging.EmptyTqdm(*args, **kwargs))
+        try:
+            yield
+        finally:
+            set_hook(previous)
+    elif hf_logging.is_progress_bar_enabled():
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            hf_logging.enable_progress_bar()
+    else:
+        yield
+
+
+@contextmanager
+def _transformers_logs_through_logging() -> Iterator[None]:
+    """While the encoder loads and runs, transformers' messages go to its ``logging`` logger's
+    parents like every other library's, instead of its own stderr handler, so that the caller's
+    logging setup (the CLI's console policy and run.log) applies to them; with no logging set up,
+    Python still prints warnings on stderr. Restored afterwards."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - sentence-transformers depends on it
+        yield
+        return
+    hf_logging.get_verbosity()  # sets up transformers' logger (own handler, no propagation) if not yet
+    if logging.getLogger("transformers").propagate:  # already routed (genrec.logs, CI=1, the caller)
+        yield
+        return
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    try:
+        yield
+    finally:
+        hf_logging.enable_default_handler()
+        hf_logging.disable_propagation()
+
+
 class TextEncoder:
     """Batched sentence embeddings with a progress bar and a disk cache.
 
@@ -268,7 +320,8 @@ class TextEncoder:
 
             local = Path(self.model_path).is_dir()
             log.info("loading sentence encoder %s on %s", self.model_spec, self.device)
-            self._model = SentenceTransformer(self.model_path, device=self.device, local_files_only=local)
+            with _no_weight_loading_bar(), _transformers_logs_through_logging():
+                self._model = SentenceTransformer(self.model_path, device=self.device, local_files_only=local)
             if self.max_seq_length is not None:
                 self._model.max_seq_length = self.max_seq_length
             if self.precision == "int8":
@@ -283,11 +336,13 @@ class TextEncoder:
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         try:
-            # One call per batch, so that the batches are the caller's (token-length sorted) ones:
-            # sentence-transformers would re-sort by characters, padding a quarter more tokens.
-            out = [self.model.encode(texts[i:i + self.batch_size], batch_size=self.batch_size, show_progress_bar=False,
-                                     convert_to_numpy=True, normalize_embeddings=self.normalize)
-                   for i in range(0, len(texts), self.batch_size)]
+            with _transformers_logs_through_logging():
+                # One call per batch, so that the batches are the caller's (token-length sorted) ones:
+                # sentence-transformers would re-sort by characters, padding a quarter more tokens.
+                out = [self.model.encode(texts[i:i + self.batch_size], batch_size=self.batch_size,
+                                         show_progress_bar=False, convert_to_numpy=True,
+                                         normalize_embeddings=self.normalize)
+                       for i in range(0, len(texts), self.batch_size)]
         finally:
             torch.set_num_threads(before)
         return np.concatenate(out).astype(np.float32, copy=False)
@@ -298,7 +353,8 @@ class TextEncoder:
         if tokenizer is None or not callable(tokenizer):
             return np.array([len(t) for t in texts])
         limit = getattr(self.model, "max_seq_length", None)
-        ids = tokenizer(texts, truncation=limit is not None, max_length=limit)["input_ids"]
+        with _transformers_logs_through_logging():  # e.g. its "sequence longer than the maximum" warning
+            ids = tokenizer(texts, truncation=limit is not None, max_length=limit)["input_ids"]
         return np.array([len(x) for x in ids])
 
     def encode(self, texts: Sequence[str], ids: Sequence[str] | None = None) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from genrec.artifacts import load_json, save_json
+from genrec.trie import PrefixTrie
 
 __all__ = ["disambiguate", "SemanticIdTable"]
 
@@ -187,13 +188,10 @@ class SemanticIdTable:
 
     def prefix_children(self) -> dict[tuple[int, ...], np.ndarray]:
         """Trie as a map: every valid prefix (length ``0 .. num_levels - 1``, ``()`` is the root) ->
-        sorted array of the codes that may follow it. Built once, then cached."""
+        sorted array of the codes that may follow it (:meth:`genrec.trie.PrefixTrie.prefix_children`).
+        Built once, then cached."""
         if self._children is None:
-            children: dict[tuple[int, ...], set[int]] = {}
-            for row in map(tuple, self.codes.tolist()):
-                for depth in range(self.num_levels):
-                    children.setdefault(row[:depth], set()).add(row[depth])
-            self._children = {p: np.array(sorted(s), dtype=np.int64) for p, s in children.items()}
+            self._children = PrefixTrie(self.codes, self.codebook_sizes).prefix_children()
         return self._children
 
     def children(self, prefix: Sequence[int] = ()) -> np.ndarray:

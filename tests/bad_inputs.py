@@ -145,7 +145,7 @@ def cli(*argv: str) -> None:
 
 
 def _recipe(w: World, *overrides: str, yaml_text: str | None = None) -> None:
-    from genrec.pipeline import config_from_dict, load_config
+    from genrec.recipe import config_from_dict, load_config
 
     if yaml_text is not None:
         load_config(w.yaml(yaml_text), overrides=list(overrides))
@@ -184,7 +184,7 @@ def _crafted_checkpoint(w: World) -> None:
 
 
 def _locked_run(w: World) -> None:
-    from genrec.pipeline import config_from_dict, run_recipe
+    from genrec.recipe import config_from_dict, run_recipe
     from genrec.rundir import RunLock
 
     with RunLock(w.root / "locked"):
@@ -193,16 +193,24 @@ def _locked_run(w: World) -> None:
 
 def _disk_full(w: World) -> None:
     import errno
+    from unittest import mock
 
-    from genrec.pipeline import _write
+    from genrec.recipe import config_from_dict, run_recipe
 
-    def write():
-        raise OSError(errno.ENOSPC, "No space left on device", str(w.root / "run" / "fusion" / "topk.npz"))
-    _write(w.root / "run" / "fusion", write, "fusion")
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):  # the disk is full once the data stage writes its summary
+        if str(dst).endswith("/full/data/summary.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    with mock.patch("os.replace", replace):
+        run_recipe(config_from_dict({"data": {"dataset": str(w.plain())}, "fusion": {"k": 10},
+                                     "report": {"ks": [10]}}), w.root / "full")
 
 
 def _changed_run(w: World) -> None:
-    from genrec.pipeline import StopAfterStage, config_from_dict, run_recipe
+    from genrec.recipe import StopAfterStage, config_from_dict, run_recipe
 
     out = w.root / "changed"
     base = ["sasrec.hidden=8", "sasrec.num_heads=1", "sasrec.max_epochs=1", "quantize.codebook_size=4",
@@ -360,8 +368,8 @@ CASES: list[Case] = [
     Case("config-ks-above-k", "config", "report.ks beyond fusion.k",
          lambda w: _recipe(w, "report.ks=[10, 100]"), ConfigError, r"'report.ks' must not exceed fusion.k \(50\)"),
     Case("config-k-above-catalogue", "config", "fusion.k larger than the catalogue",
-         lambda w: _import("genrec.pipeline.check_catalogue")(
-             _import("genrec.pipeline.config_from_dict")({"fusion": {"k": 60}, "report": {"ks": [10]}}), 12),
+         lambda w: _import("genrec.recipe.check_catalogue")(
+             _import("genrec.recipe.config_from_dict")({"fusion": {"k": 60}, "report": {"ks": [10]}}), 12),
          ConfigError, r"'fusion.k' \(60\) exceeds the catalogue of synthetic \(12 items\)"),
     # --- command line -------------------------------------------------------------------------
     Case("cli-data-spec-type", "cli", "genrec data synthetic:num_users=abc",
@@ -449,7 +457,7 @@ CASES: list[Case] = [
          _changed_run, RunDirectoryError, r"\(changed: sasrec.hidden\); running would discard the stages sasrec, "
                                           r"trained models included \(sasrec/best.pt, sasrec/last.pt\)\. Rerun with --force"),
     Case("run-disk-full", "run directory", "a stage that cannot write (disk full)",
-         _disk_full, RunDirectoryError, r"stage 'fusion' could not write .*topk.npz: No space left on device"),
+         _disk_full, RunDirectoryError, r"stage 'data' could not write .*full/data/summary.json: No space left on device"),
     # --- library calls ------------------------------------------------------------------------
     Case("lib-negative-rank", "library", "metrics_from_ranks with a negative rank",
          lambda w: _import("genrec.metrics.metrics_from_ranks")(np.array([0, -1])), ValueError,

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.beam_search import PrefixTrie, beam_search, score_candidates
+from genrec.beam_search import beam_search, score_candidates
 from genrec.generative import GenerativeConfig, HierarchicalGenerative
 from genrec.splits import Instances
 from genrec.tiger import FIRST_CODE, TigerConfig, TigerModel, hf_generate
+from genrec.trie import PrefixTrie
 from quantize.semantic_ids import SemanticIdTable
 
 torch.set_num_threads(1)

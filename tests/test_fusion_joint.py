@@ -13,7 +13,8 @@ from fusion.joint import (TARGET_SCOPE_FEATURES, JointConfig, JointModel, evalua
                           gr_target_log_probs, joint_gates, train_joint)
 from genrec import leave_one_out, make_synthetic
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, recommend, save_generative, score_items
-from genrec.sasrec import SASRec, SASRecConfig, histories_to_tokens, save_sasrec
+from genrec.batching import histories_to_tokens
+from genrec.sasrec import SASRec, SASRecConfig, save_sasrec
 from genrec.synthetic import synthetic_info
 
 torch.set_num_threads(1)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from genrec.config import parse_value, yaml_load
 from genrec.errors import ConfigError
-from genrec.pipeline import SECTIONS, TOP_LEVEL, config_from_dict, load_config
+from genrec.recipe import SECTIONS, TOP_LEVEL, config_from_dict, load_config
 
 KEYS = [f"{sec}.{f.name}" for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.init]
 KEYS += list(TOP_LEVEL) + ["fusion.gate.hidden", "fusion.gate.lr", "fusion.gate.model", "fusion.joint_config.lr",

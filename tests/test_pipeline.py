@@ -1,4 +1,4 @@
-"""Recipes (genrec.pipeline, genrec run / genrec demo): the demo end to end at a tiny size, resume at
+"""Recipes (genrec.recipe, genrec run / genrec demo): the demo end to end at a tiny size, resume at
 every stage boundary and inside the training stages, clear errors for bad config values."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import yaml
 from genrec import cli
 from genrec.commands import demo as demo_cmd
 from genrec.errors import RunDirectoryError
-from genrec.pipeline import (ConfigError, StopAfterStage, _SplitCache, config_from_dict, load_config, run_recipe,
+from genrec.recipe import (ConfigError, StopAfterStage, config_from_dict, load_config, run_recipe,
                              stage_names, strip_timing)
 
 torch.set_num_threads(1)
@@ -39,7 +39,6 @@ def tiny(tmp_path_factory):
 def reference(tmp_path_factory, tiny):
     """``genrec demo`` through the CLI at the tiny size, uninterrupted."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    _SplitCache.key = None
     code = cli.main(["demo", "--out", str(out), "--set", *tiny])
     assert code == 0
     return out
@@ -74,7 +73,6 @@ def test_demo_end_to_end_tiny(reference, capsys):
 def test_rerun_skips_every_stage(reference, tiny):
     before = (reference / "results.json").read_text()
     events = []
-    _SplitCache.key = None
     run_recipe(load_config(DEMO_YAML, overrides=tiny), reference, on_stage=lambda n, e, i: events.append(e))
     assert set(events) == {"skip"}
     assert (reference / "results.json").read_text() == before
@@ -84,13 +82,11 @@ def test_resume_at_every_stage_boundary(reference, tiny, tmp_path):
     config = load_config(DEMO_YAML, overrides=tiny)
     out = tmp_path / "run"
     names = stage_names(config)
-    for name in names[:-1]:
-        _SplitCache.key = None  # as a new process would
+    for name in names[:-1]:  # as a new process would
         with pytest.raises(StopAfterStage):
             run_recipe(load_config(DEMO_YAML, overrides=tiny), out, stop_after=name)
         assert (out / name / "stage.done.json").is_file()
         assert not (out / "results.json").exists()
-    _SplitCache.key = None
     run_recipe(config, out)
     assert strip_timing(_results(out)) == strip_timing(_results(reference))
 
@@ -98,16 +94,15 @@ def test_resume_at_every_stage_boundary(reference, tiny, tmp_path):
 def test_resume_inside_training_stages(reference, tiny, tmp_path):
     """A run killed in the middle of training (checkpoints, no done marker) ends with the same results."""
     from genrec.generative import train_generative
-    from genrec.pipeline import load_split
+    from genrec.recipe import StageContext
     from genrec.sasrec import train_sasrec
     from quantize import SemanticIdTable
 
     config = load_config(DEMO_YAML, overrides=tiny)
     out = tmp_path / "run"
-    _SplitCache.key = None
     with pytest.raises(StopAfterStage):
         run_recipe(config, out, stop_after="quantize")
-    _, split = load_split(config)
+    _, split = StageContext(out, config).data()
     train_sasrec(split, config.sasrec.__class__(**{**config.sasrec.__dict__, "max_epochs": 1}), out / "sasrec",
                  progress=False)
     table = SemanticIdTable.load(out / "quantize" / "semantic_ids.json")
@@ -125,7 +120,6 @@ def test_changed_config_reruns_that_stage_and_downstream(reference, tiny, tmp_pa
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     events: dict[str, str] = {}
-    _SplitCache.key = None
     changed = load_config(DEMO_YAML, overrides=tiny + ["fusion.methods=[fixed, adaptive]", "fusion.primary=adaptive"])
     before = _results(out)
     # without force: refused, naming the changed keys and the stages it would discard; nothing touched
@@ -217,7 +211,6 @@ def test_optional_joint_stage(reference, tiny, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     events: dict[str, str] = {}
-    _SplitCache.key = None
     config = load_config(DEMO_YAML, overrides=tiny + ["fusion.joint=true", "fusion.joint_config.max_epochs=1"])
     assert "joint" in stage_names(config)
     run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
@@ -235,7 +228,6 @@ def test_interrupted_stage_with_other_settings_is_cleared(reference, tiny, tmp_p
     (out / "sasrec" / "stage.done.json").unlink()
     (out / "sasrec" / "stage.started.json").write_text('{"stage": "sasrec", "config_hash": "other"}')
     (out / "sasrec" / "last.pt").write_bytes(b"a checkpoint of other settings")
-    _SplitCache.key = None
     # partial training of other settings is work too: discarded only when asked
     with pytest.raises(RunDirectoryError, match=r"discard the stages sasrec, trained models included \(sasrec/best.pt, "
                                                 r"sasrec/last.pt\)"):
@@ -243,3 +235,18 @@ def test_interrupted_stage_with_other_settings_is_cleared(reference, tiny, tmp_p
     assert (out / "sasrec" / "last.pt").read_bytes() == b"a checkpoint of other settings"
     run_recipe(load_config(DEMO_YAML, overrides=tiny), out, force=True)
     assert strip_timing(_results(out)) == strip_timing(_results(reference))
+
+
+def test_recipe_script_is_the_same_as_genrec_run(reference, tiny, tmp_path, capsys):
+    """recipes/amazon.py calls the stages one by one; it ends with genrec run's results."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("amazon_recipe", ROOT / "recipes" / "amazon.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "run"
+    assert script.main([str(DEMO_YAML), "--out", str(out), "--set", *tiny]) == 0
+    assert strip_timing(_results(out)) == strip_timing(_results(reference))
+    assert "comparisons:" in capsys.readouterr().out
+    assert script.main([str(DEMO_YAML), "--out", str(out), "--set", *tiny, "sasrec.hidden=8"]) == 2  # refused
+    assert "Rerun with --force" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import torch
 import genrec
 from genrec import cli
 from genrec.errors import ConfigError, RunDirectoryError
-from genrec.pipeline import StopAfterStage, _SplitCache, config_from_dict, run_recipe, strip_timing
+from genrec.recipe import StopAfterStage, config_from_dict, run_recipe, strip_timing
 from genrec.rundir import FULL_HASH_BYTES, RunLock, data_fingerprint, file_fingerprint
 
 torch.set_num_threads(1)
@@ -47,7 +47,6 @@ def cache(tmp_path_factory) -> Path:
 
 
 def _config(dataset, cache, *more):
-    _SplitCache.key = None
     return config_from_dict({}, overrides=_tiny(str(dataset), cache) + list(more))
 
 
@@ -140,13 +139,11 @@ def test_concurrent_run_is_refused_and_a_killed_runs_lock_taken_over(plain_dir, 
             time.sleep(0.05)
         assert first.poll() is None, "the first run ended before the test could race it"
         # a second genrec run on the same directory: refused, naming the first one's pid
-        _SplitCache.key = None
         assert cli.main(["run", str(cfg), "--out", str(out), "--set", *sets]) == 2
         assert f"is in use by another genrec run (pid {first.pid}" in capsys.readouterr().err
         first.kill()  # SIGKILL: its lock file stays behind, its flock goes with it
         first.wait()
         assert lock.exists()
-        _SplitCache.key = None
         assert cli.main(["run", str(cfg), "--out", str(out), "--set", *sets]) == 0  # taken over and resumed
     finally:
         first.kill()

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.sasrec import (SASRec, SASRecConfig, evaluate, histories_to_tokens, load_sasrec, predict_proba,
-                           predict_topk, save_sasrec, softmax_summary, train_sasrec)
+from genrec.batching import histories_to_tokens
+from genrec.sasrec import (SASRec, SASRecConfig, evaluate, load_sasrec, predict_proba, predict_topk, save_sasrec,
+                           softmax_summary, train_sasrec)
 from genrec.splits import leave_one_out
 from genrec.synthetic import cyclic_dataset
 

@@ -24,8 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genrec.commands.run import execute
-    from genrec.pipeline import ConfigError, config_from_dict, load_config
+    from genrec.commands.run import command_line, execute
+    from genrec.recipe import ConfigError, config_from_dict, load_config
 
     try:
         if CONFIG.is_file():
@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"genrec demo: error: {e}", file=sys.stderr)
         return 2
-    return execute(config, Path(args.out), label="genrec demo", force=args.force)
+    return execute(config, Path(args.out), label="genrec demo", force=args.force,
+                   command=command_line(args, "genrec demo"))
 
 
 # The same settings as recipes/configs/demo.yaml (kept in sync by tests/test_pipeline.py).

@@ -4,15 +4,23 @@
                [--set section.key=value ...] [--until STAGE] [--show] [--force]
 
 Every stage writes into the run directory (default ``runs/<name>-<preset>``) and is skipped on a
-rerun when already done with the same settings; a killed run resumes where it stopped.
+rerun when already done with the same settings; a killed run resumes where it stopped. The console
+shows one line per stage, the running stage's progress bar (on a terminal) and the summary; the full
+log (every library's INFO messages, tracebacks) is appended to ``<run dir>/run.log`` (``-v``: INFO
+on the console too).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import shlex
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,48 +43,92 @@ def default_run_dir(config) -> Path:
     return Path("runs") / (f"{config.name}-{config.preset}" if config.preset else config.name)
 
 
-def print_stage(name: str, event: str, info: dict) -> None:
-    """Stage progress lines on stderr (the summary goes to stdout)."""
+#: the run's full log (every INFO line, third-party warnings, tracebacks), appended across resumes
+LOG_FILE = "run.log"
+
+
+def command_line(args: argparse.Namespace, fallback: str) -> str:
+    """The command as typed (``genrec demo --out ...``), for the header of the log file."""
+    argv = getattr(args, "_argv", None)
+    return shlex.join(["genrec", *argv]) if argv is not None else fallback
+
+
+def print_stage(name: str, event: str, info: dict, position: str = "") -> None:
+    """Stage progress lines on stderr (the summary goes to stdout), copied to the log file;
+    ``position``: e.g. ``"3/9"``, shown before the stage name."""
+    from genrec.logs import say
+
+    tag = f"[{position} {name}]" if position else f"[{name}]"
     if event == "skip":
-        print(f"[{name}] already done, skipped", file=sys.stderr, flush=True)
+        say(f"{tag} already done, skipped")
     elif event == "start":
-        print(f"[{name}] {info.get('description', '')} ...", file=sys.stderr, flush=True)
+        say(f"{tag} {info.get('description', '')} ...")
     elif event == "done":
         t = info["timing"]
-        print(f"[{name}] done in {t['wall_s']:.1f}s (peak memory {t['peak_rss_mib']:.0f} MiB)",
-              file=sys.stderr, flush=True)
+        say(f"{tag} done in {t['wall_s']:.1f}s (peak memory {t['peak_rss_mib']:.0f} MiB)")
 
 
-def execute(config, out: Path, until: str | None = None, label: str = "genrec run", force: bool = False) -> int:
+def run_stages(config, out: Path, until: str | None = None, force: bool = False) -> dict | None:
+    """:func:`genrec.recipe.run_recipe` for the console: one line per stage event and the bars of
+    the stage running (no bar over the whole recipe: the ``[3/9 ...]`` lines count the stages)."""
+    from genrec.recipe import Recipe, StopAfterStage, stage_names
+
+    names = stage_names(config)
+
+    def on_stage(name: str, event: str, info: dict) -> None:
+        print_stage(name, event, info, f"{names.index(name) + 1}/{len(names)}")
+
+    with Recipe(config, out, force=force, on_stage=on_stage) as recipe:
+        for name in names:
+            recipe.run_stage(name)
+            if until == name:
+                raise StopAfterStage(name)
+        return recipe.results()
+
+
+def execute(config, out: Path, until: str | None = None, label: str = "genrec run", force: bool = False,
+            command: str | None = None) -> int:
     """Run a loaded config into ``out`` and print the summary; 2 on bad input (config, data, a run
-    directory in use or holding stages that a changed config would discard), 1 on a failed stage."""
+    directory in use or holding stages that a changed config would discard), 1 on a failed stage,
+    130 when interrupted. The full log goes to ``out/run.log`` (appended, after a header line naming
+    ``command`` and the time); the console shows the stage lines, bars and the summary."""
     from genrec.errors import GenrecError
-    from genrec.pipeline import StopAfterStage, format_summary, run_recipe
+    from genrec.logs import FILE_ONLY, log_to_file, say
+    from genrec.recipe import StopAfterStage, format_summary
 
     t0 = time.perf_counter()
-    print(f"{label}: {config.name} ({config.data.dataset}, preset {config.preset or 'none'}) -> {out}",
-          file=sys.stderr, flush=True)
-    try:
-        results = run_recipe(config, out, stop_after=until, on_stage=print_stage, force=force)
-    except StopAfterStage as e:
-        print(f"{label}: stopped after stage {e}; run again without --until to continue", file=sys.stderr)
-        return 0
-    except (GenrecError, FileNotFoundError) as e:
-        print(f"{label}: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        print(f"{label}: error: {e}", file=sys.stderr)
-        return 1
-    print()
-    print(format_summary(results, out))
-    print(f"wall time of this invocation: {(time.perf_counter() - t0) / 60:.1f} min")
+    with ExitStack() as stack:
+        try:
+            log_file: Path | None = stack.enter_context(log_to_file(out / LOG_FILE, header=command or label))
+        except OSError:  # not a directory, no permission: the recipe says what is wrong with `out`
+            log_file = None
+        say(f"{label}: {config.name} ({config.data.dataset}, preset {config.preset or 'none'}) -> {out}"
+            + (f" (log: {log_file})" if log_file else ""))
+        try:
+            results = run_stages(config, out, until, force)
+        except StopAfterStage as e:
+            say(f"{label}: stopped after stage {e}; run again without --until to continue")
+            return 0
+        except (GenrecError, FileNotFoundError) as e:
+            say(f"{label}: error: {e}")
+            return 2
+        except RuntimeError as e:
+            log.error("%s", e, exc_info=True, extra=FILE_ONLY)  # the traceback, for the log only
+            say(f"{label}: error: {e}" + (f" (traceback in {log_file})" if log_file else ""))
+            return 1
+        except KeyboardInterrupt:
+            say(f"{label}: interrupted; run the same command again to resume where it stopped")
+            return 130
+        say("", stream=sys.stdout)
+        say(format_summary(results, out), stream=sys.stdout)
+        say(f"wall time of this invocation: {(time.perf_counter() - t0) / 60:.1f} min", stream=sys.stdout)
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from genrec.pipeline import ConfigError, config_to_dict, load_config, stage_names
+    from genrec.recipe import ConfigError, config_to_dict, load_config, stage_names
 
     try:
         config = load_config(args.config, preset=args.preset, overrides=args.set)
@@ -91,4 +143,4 @@ def run(args: argparse.Namespace) -> int:
         print("stages: " + " -> ".join(stage_names(config)))
         print(f"run directory: {out}")
         return 0
-    return execute(config, out, args.until, force=args.force)
+    return execute(config, out, args.until, force=args.force, command=command_line(args, "genrec run"))

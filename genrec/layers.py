@@ -1,0 +1,69 @@
+"""The transformer building blocks shared by the item-level models (:mod:`genrec.sasrec`,
+:mod:`genrec.generative`, and through them :mod:`fusion.joint`): SASRec-style self-attention, the
+pre-LayerNorm block, and the causal + padding attention mask.
+
+Inputs are item token tensors in the convention of :mod:`genrec.batching` (0 = padding, left-padded).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["SelfAttention", "Block", "attention_mask"]
+
+
+def attention_mask(pad: torch.Tensor) -> torch.Tensor:
+    """Causal + padding mask ``[B, 1, L, L]`` (True: position i may attend to j) for ``pad [B, L]``
+    (True = padding), broadcast over heads.
+
+    Positions attend to earlier real items only, so a history's output never depends on how much
+    padding its batch has; every position may see itself, so no attention row is empty.
+    """
+    L = pad.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=pad.device).tril()
+    allowed = (causal & ~pad[:, None, :]) | torch.eye(L, dtype=torch.bool, device=pad.device)
+    return allowed[:, None]  # [B, 1, L, L]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head attention whose queries come from the normalised input and keys/values from the
+    raw input, as in the SASRec reference code."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden ({hidden}) must be divisible by num_heads ({heads})")
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(hidden, hidden)
+        self.kv = nn.Linear(hidden, 2 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        # query, keys: [B, L, H]; allowed: [B, 1, L, L] bool, True where position i may attend to j
+        B, L, H = query.shape
+        q = self.q(query).view(B, L, self.heads, H // self.heads).transpose(1, 2)  # [B, nh, L, hd]
+        k, v = (t.view(B, L, self.heads, H // self.heads).transpose(1, 2) for t in self.kv(keys).split(H, -1))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, L, H))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block with causal attention (as in the SASRec reference code)."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(hidden, eps=1e-8)
+        self.attn = SelfAttention(hidden, heads, dropout)
+        self.ln_ffn = nn.LayerNorm(hidden, eps=1e-8)
+        self.ffn = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, hidden), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        # x: [B, L, H]; allowed: [B, 1, L, L] (attention_mask); pad: [B, L] bool (True = padding)
+        q = self.ln_attn(x)
+        x = q + self.attn(q, x, allowed)  # SASRec's residual is taken from the normalised query
+        x = x + self.ffn(self.ln_ffn(x))
+        return x.masked_fill(pad[..., None], 0.0)

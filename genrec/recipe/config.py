@@ -1,0 +1,409 @@
+"""Recipe configuration: one YAML file (plus a preset and ``section.key=value`` overrides) ->
+a validated :class:`RecipeConfig`.
+
+Sections ``data``, ``text``, ``quantize``, ``sasrec`` (:class:`genrec.sasrec.SASRecConfig` fields),
+``generative`` (:class:`genrec.generative.GenerativeConfig` fields), ``labels``, ``fusion``,
+``report``, plus top-level ``name``, ``preset`` and ``num_threads``. A preset (``quick`` or ``full``,
+:data:`PRESETS`) is merged *under* the file's explicit values, and overrides go on top. Values follow
+:mod:`genrec.config` (YAML 1.2 scalars, every key and type checked, did-you-mean for unknown keys);
+errors are :class:`~genrec.errors.ConfigError` naming the key (and the file).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from genrec.config import build_dataclass, check_mapping, did_you_mean, field_hints, parse_value, yaml_load
+from genrec.errors import ConfigError
+from genrec.generative import GenerativeConfig
+from genrec.sasrec import SASRecConfig
+
+__all__ = ["ConfigError", "RecipeConfig", "DataSection", "TextSection", "QuantizeSection", "LabelsSection",
+           "FusionSection", "ReportSection", "SECTIONS", "TOP_LEVEL", "PRESETS", "FUSION_METHODS", "load_config",
+           "config_from_dict", "config_to_dict", "apply_overrides", "validate_config", "resolve_dataset_spec",
+           "gate_option_hints", "joint_config"]
+
+FUSION_METHODS = ("fixed", "adaptive", "learned_minmax", "learned_logprob", "learned_mixture")
+PRESET_NAMES = ("quick", "full")
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class DataSection:
+    """``dataset``: any :func:`genrec.load_dataset` spec (a plain-format directory, ``synthetic[:k=v]``,
+    ``amazon2014:Beauty``, ``amazon2023:All_Beauty``); relative directories are looked up from the
+    working directory, then from the config file's directory and its parents (so a config under
+    ``recipes/configs/`` can name ``../shared/data/...`` relative to the repository root)."""
+
+    dataset: str = "synthetic"
+    max_history: int = 50
+    min_interactions: int = 3
+    cache_dir: str | None = None  # download cache (default $GENREC_CACHE or ~/.cache/genrec)
+
+
+@dataclass
+class TextSection:
+    """Item text and its sentence embeddings (:class:`quantize.TextEncoder`)."""
+
+    model: str | None = None  # None: the bundled all-MiniLM-L6-v2 (offline)
+    fields: list[str] = field(default_factory=lambda: ["title", "brand", "categories", "description", "price"])
+    skip_categories: list[str] = field(default_factory=list)
+    fallback: str | None = None  # text of items without any, e.g. "Item {item_id}" (None: an error)
+    max_description_chars: int | None = 1000
+    max_seq_length: int | None = None  # encoder token limit (None: the model's own)
+    batch_size: int = 64
+    precision: str = "fp32"  # "int8": dynamic int8 quantization of the encoder (CPU; 1.27x faster on Beauty)
+    device: str = "cpu"  # where the encoder runs, e.g. "cuda"
+    cache: bool = True  # read/write the embedding cache
+    cache_dir: str | None = None
+
+
+@dataclass
+class QuantizeSection:
+    """Semantic IDs (:func:`quantize.build_semantic_ids`)."""
+
+    method: str = "rq_kmeans"  # rq_kmeans, rq_vae, pq, opq
+    levels: int | None = 3  # rq_kmeans / rq_vae
+    subspaces: int | None = None  # pq / opq (default 4 there)
+    codebook_size: int = 256
+    pca_dim: int | None = None
+    whiten: bool = False
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # other quantizer options (e.g. niter)
+
+
+@dataclass
+class LabelsSection:
+    max_hop: int = 4
+
+
+@dataclass
+class FusionSection:
+    """Post-hoc fusion (:mod:`fusion`), fitted on validation and applied to test; optional joint training."""
+
+    k: int = 50  # top-K of each model (candidate union) and length of every ranked list
+    beam: int = 50  # beam width of the generative model
+    teacher_forcing: bool = True  # each model scores the other's candidates
+    methods: list[str] = field(default_factory=lambda: list(FUSION_METHODS))
+    primary: str = "learned_minmax"  # the method the summary compares with the single models
+    gate: dict[str, Any] = field(default_factory=dict)  # LearnedGateFusion options (hidden, lr, max_epochs, ...)
+    joint: bool = False  # also train fusion.joint.JointModel (both towers + gate, one objective)
+    joint_config: dict[str, Any] = field(default_factory=dict)  # JointConfig overrides (towers: the recipe's)
+
+
+@dataclass
+class ReportSection:
+    ks: list[int] = field(default_factory=lambda: [10, 20])
+    metric: str = "ndcg@10"  # of the summary, the comparisons and the charts
+    plots: bool = True
+
+
+@dataclass
+class RecipeConfig:
+    """A whole recipe; see the module doc. Build it with :func:`load_config` / :func:`config_from_dict`."""
+
+    name: str = "recipe"
+    preset: str | None = None
+    num_threads: int | None = None  # torch threads of every stage (None: torch's default)
+    data: DataSection = field(default_factory=DataSection)
+    text: TextSection = field(default_factory=TextSection)
+    quantize: QuantizeSection = field(default_factory=QuantizeSection)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    generative: GenerativeConfig = field(default_factory=GenerativeConfig)
+    labels: LabelsSection = field(default_factory=LabelsSection)
+    fusion: FusionSection = field(default_factory=FusionSection)
+    report: ReportSection = field(default_factory=ReportSection)
+    source: str | None = field(default=None, compare=False)  # the YAML file it came from (not hashed)
+
+
+SECTIONS: dict[str, type] = {"data": DataSection, "text": TextSection, "quantize": QuantizeSection,
+                             "sasrec": SASRecConfig, "generative": GenerativeConfig, "labels": LabelsSection,
+                             "fusion": FusionSection, "report": ReportSection}
+TOP_LEVEL = ("name", "preset", "num_threads")
+
+#: Budgets merged under a config's explicit values. ``quick``: a first result on Amazon Beauty in
+#: about 10 minutes on 2 CPU cores (short item text, small models, a few epochs, top-20 fusion);
+#: ``full``: the measured defaults of each component (their quality bars), all post-hoc fusion methods
+#: (joint training on request: ``fusion.joint=true``).
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "text": {"fields": ["title", "brand", "categories"], "max_seq_length": 64},
+        "quantize": {"levels": 3, "codebook_size": 64},
+        "sasrec": {"max_epochs": 4, "patience": 2},
+        "generative": {"hidden": 64, "num_blocks": 1, "head_layers": 1, "max_epochs": 6, "max_minutes": 2.5,
+                       "patience": 2, "eval_beam": 10, "lr": 2e-3, "lr_schedule": "constant", "warmup_epochs": 0.0,
+                       "eval_every": 1},
+        "fusion": {"k": 20, "beam": 20, "methods": ["fixed", "adaptive", "learned_minmax"], "joint": False,
+                   "gate": {"max_epochs": 40}},
+    },
+    "full": {
+        "quantize": {"levels": 3, "codebook_size": 256},
+        "generative": {"max_minutes": 40.0},  # a safety cap; the 36-epoch schedule takes ~30 min on Beauty
+        # joint training is off: at equal compute it costs as much again as both towers (~40 min on
+        # Beauty); fusion.joint=true adds it (bench/joint_beauty.py measures it on its own)
+        "fusion": {"k": 50, "beam": 50, "methods": list(FUSION_METHODS), "joint": False},
+    },
+}
+
+
+def _build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
+    return build_dataclass(name, cls, values)
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, recursively for sections (a mapping value replaces nothing else)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if k in SECTIONS and isinstance(out.get(k), Mapping) and isinstance(v, Mapping):
+            out[k] = {**out[k], **copy.deepcopy(dict(v))}
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _parse_override(pair: str) -> tuple[list[str], Any]:
+    key, sep, raw = pair.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {pair!r} is not of the form section.key=value")
+    return key.strip().split("."), parse_value(raw)
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``section.key=value`` (or ``name=...``, ``num_threads=...``) pairs applied to a raw config dict;
+    values are read as in a YAML file (:func:`genrec.config.parse_value`: ``[10, 20]``, ``true``,
+    ``null``, ``1e-3``) or else kept as plain strings."""
+    out = copy.deepcopy(dict(raw))
+    for pair in overrides:
+        path, value = _parse_override(pair)
+        if len(path) == 1:
+            if path[0] not in TOP_LEVEL:
+                raise ConfigError(f"override {pair!r}: {path[0]!r} is not a top-level key "
+                                  f"({', '.join(TOP_LEVEL)}); section settings are written section.key=value")
+            out[path[0]] = value
+            continue
+        section, key = path[0], ".".join(path[1:])
+        if section not in SECTIONS:
+            raise ConfigError(f"override {pair!r}: unknown section {section!r}{did_you_mean(section, SECTIONS)}; "
+                              f"sections: {', '.join(SECTIONS)}")
+        if not isinstance(out.get(section) or {}, Mapping):
+            raise ConfigError(f"config section {section!r} must be a mapping of settings, got {out[section]!r}")
+        if out.get(section) is None:
+            out[section] = {}
+        if len(path) > 2:
+            # nested mappings, e.g. fusion.gate.hidden=32
+            sec = out[section]
+            node = sec.setdefault(path[1], {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r}: '{section}.{path[1]}' is not a mapping")
+            for p in path[2:-1]:
+                node = node.setdefault(p, {})
+            node[path[-1]] = value
+        else:
+            out[section][key] = value
+    return out
+
+
+def config_from_dict(raw: Mapping[str, Any] | None, preset: str | None = None, overrides: Sequence[str] = (),
+                     source: str | Path | None = None) -> RecipeConfig:
+    """Validate and build a :class:`RecipeConfig` from a raw mapping (a parsed YAML file).
+
+    ``preset`` (or the mapping's own ``preset``) is merged under the explicit values, then
+    ``overrides`` are applied. ``sasrec.max_len`` / ``generative.max_len`` default to
+    ``data.max_history``; ``num_threads`` fills every unset ``num_threads``."""
+    raw = dict(raw or {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a recipe config must be a mapping, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides)
+    bad = [k for k in raw if k not in SECTIONS and k not in TOP_LEVEL]
+    if bad:
+        raise ConfigError(f"unknown config key '{bad[0]}'{did_you_mean(bad[0], [*SECTIONS, *TOP_LEVEL])}; "
+                          f"top-level keys: {', '.join(TOP_LEVEL)}; sections: {', '.join(SECTIONS)}")
+    chosen = preset if preset is not None else raw.get("preset")
+    if chosen is not None and (not isinstance(chosen, str) or chosen not in PRESETS):
+        raise ConfigError(f"config key 'preset' must be one of {list(PRESETS)}, got {chosen!r}")
+    merged = _merge(PRESETS[chosen], raw) if chosen else raw
+    if preset is not None:
+        merged["preset"] = preset
+    for sec in SECTIONS:
+        if merged.get(sec) is None:
+            merged[sec] = {}
+        if not isinstance(merged[sec], Mapping):
+            raise ConfigError(f"config section {sec!r} must be a mapping of settings, got {merged[sec]!r}")
+    max_hist = merged["data"].get("max_history", DataSection.max_history)
+    for sec in ("sasrec", "generative"):
+        if isinstance(merged[sec], Mapping):
+            merged[sec] = {"max_len": max_hist, **merged[sec]}
+    top = {}
+    for key in TOP_LEVEL:
+        if key in merged:
+            top[key] = merged[key]
+    name = top.get("name", RecipeConfig.name)
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"config key 'name' must be a non-empty string, got {name!r}")
+    nt = top.get("num_threads")
+    if nt is not None and (not isinstance(nt, int) or isinstance(nt, bool) or nt < 1):
+        raise ConfigError(f"config key 'num_threads' must be a positive integer or null, got {nt!r}")
+    sections = {sec: _build_section(sec, cls, merged[sec]) for sec, cls in SECTIONS.items()}
+    if nt is not None:
+        for sec in ("sasrec", "generative"):
+            if getattr(sections[sec], "num_threads") is None:
+                sections[sec].num_threads = nt
+    config = RecipeConfig(name=name, preset=merged.get("preset"), num_threads=nt, **sections,
+                          source=str(source) if source else None)
+    validate_config(config)
+    return config
+
+
+def load_config(path: str | Path, preset: str | None = None, overrides: Sequence[str] = ()) -> RecipeConfig:
+    """Read a YAML recipe config (see :func:`config_from_dict`); a relative ``data.dataset`` directory
+    is resolved as described in :class:`DataSection`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe config not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the recipe config: {e}") from None
+    raw = yaml_load(text, str(path))
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe config must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        config = config_from_dict(raw, preset, overrides, source=path)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    config.data.dataset = resolve_dataset_spec(config.data.dataset, path.parent)
+    return config
+
+
+def resolve_dataset_spec(spec: str, config_dir: str | Path | None = None) -> str:
+    """A relative directory spec found from the working directory or from ``config_dir`` and its
+    parents becomes that directory; keyword specs (``synthetic:...``, ``amazon2014:...``) are kept."""
+    kind = spec.partition(":")[0]
+    if ":" in spec and kind in ("synthetic", "amazon2014", "amazon2023", "plain"):
+        return spec
+    if spec == "synthetic":
+        return spec
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        return str(p.resolve())  # absolute: the stage hashes do not depend on the working directory
+    if p.is_absolute() or config_dir is None:
+        return str(p)
+    for base in [Path(config_dir).resolve(), *Path(config_dir).resolve().parents]:
+        if (base / p).is_dir():
+            return str((base / p).resolve())
+    return spec
+
+
+def validate_config(config: RecipeConfig) -> None:
+    """Range and choice checks across sections (types were checked when building)."""
+    from genrec.training import LR_SCHEDULES
+    from quantize.embed import PRECISIONS
+    from quantize.pipeline import METHODS
+
+    def need(cond: bool, key: str, value: Any, what: str) -> None:
+        if not cond:
+            raise ConfigError(f"config key '{key}' {what}, got {value!r}")
+
+    d, t, q, f, r = config.data, config.text, config.quantize, config.fusion, config.report
+    need(bool(d.dataset.strip()), "data.dataset", d.dataset, "must name a dataset")
+    need(d.max_history >= 1, "data.max_history", d.max_history, "must be >= 1")
+    need(d.min_interactions >= 3, "data.min_interactions", d.min_interactions, "must be >= 3")
+    allowed_fields = ("title", "brand", "categories", "description", "price", "item_id")
+    need(bool(t.fields) and all(x in allowed_fields for x in t.fields), "text.fields", t.fields,
+         f"must be a non-empty list of {list(allowed_fields)}")
+    need(t.batch_size >= 1, "text.batch_size", t.batch_size, "must be >= 1")
+    need(t.precision in PRECISIONS, "text.precision", t.precision, f"must be one of {list(PRECISIONS)}")
+    need(t.precision == "fp32" or str(t.device).startswith("cpu"), "text.device", t.device,
+         f"must be the CPU with text.precision {t.precision!r} (dynamic quantization runs on the CPU only)")
+    need(q.method in METHODS, "quantize.method", q.method, f"must be one of {list(METHODS)}")
+    need(q.codebook_size >= 2, "quantize.codebook_size", q.codebook_size, "must be >= 2")
+    if q.method in ("rq_kmeans", "rq_vae"):
+        need(q.levels is not None and q.levels >= 1, "quantize.levels", q.levels, f"must be >= 1 for {q.method}")
+    need(q.pca_dim is None or q.pca_dim >= 1, "quantize.pca_dim", q.pca_dim, "must be >= 1 or null")
+    for sec in ("sasrec", "generative"):
+        c = getattr(config, sec)
+        for key in ("max_len", "hidden", "num_blocks", "num_heads", "batch_size", "max_epochs", "patience",
+                    "eval_every"):
+            need(getattr(c, key) >= 1, f"{sec}.{key}", getattr(c, key), "must be >= 1")
+        need(c.lr > 0, f"{sec}.lr", c.lr, "must be > 0")
+        need(getattr(c, "lr_schedule", "constant") in LR_SCHEDULES, f"{sec}.lr_schedule",
+             getattr(c, "lr_schedule", "constant"), f"must be one of {list(LR_SCHEDULES)}")
+        need(0 <= c.dropout < 1, f"{sec}.dropout", c.dropout, "must be in [0, 1)")
+        need(c.hidden % c.num_heads == 0, f"{sec}.hidden", c.hidden, f"must be divisible by num_heads ({c.num_heads})")
+    need(config.generative.eval_beam >= 1, "generative.eval_beam", config.generative.eval_beam, "must be >= 1")
+    need(config.labels.max_hop >= 1, "labels.max_hop", config.labels.max_hop, "must be >= 1")
+    need(f.k >= 2, "fusion.k", f.k, "must be >= 2")
+    need(f.beam >= 1, "fusion.beam", f.beam, "must be >= 1")
+    need(bool(f.methods), "fusion.methods", f.methods, "must list at least one method")
+    for m in f.methods:
+        need(m in FUSION_METHODS, "fusion.methods", m, f"must be among {list(FUSION_METHODS)}")
+    need(len(set(f.methods)) == len(f.methods), "fusion.methods", f.methods, "must not repeat a method")
+    need(f.primary in f.methods, "fusion.primary", f.primary, f"must be one of fusion.methods {f.methods}")
+    check_mapping("fusion.gate", f.gate, gate_option_hints())
+    for key in ("hidden", "batch_size", "max_epochs", "patience", "k"):
+        if key in f.gate:
+            need(f.gate[key] >= 1, f"fusion.gate.{key}", f.gate[key], "must be >= 1")
+    if "lr" in f.gate:
+        need(f.gate["lr"] > 0, "fusion.gate.lr", f.gate["lr"], "must be > 0")
+    if f.gate.get("features") is not None:
+        from fusion.indicators import INDICATOR_NAMES, is_indicator_name
+
+        for name in f.gate["features"]:
+            need(is_indicator_name(name), "fusion.gate.features", name,
+                 f"must name indicators among {list(INDICATOR_NAMES)} (L: a semantic-ID prefix level)")
+    if "holdout" in f.gate:
+        need(0 < f.gate["holdout"] < 1, "fusion.gate.holdout", f.gate["holdout"], "must be in (0, 1)")
+    if f.joint:
+        from fusion.joint import JointConfig
+
+        check_mapping("fusion.joint_config", f.joint_config, field_hints(JointConfig))
+        try:
+            joint_config(config)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config section 'fusion.joint_config': {e}") from None
+    need(bool(r.ks) and all(k >= 1 for k in r.ks), "report.ks", r.ks, "must be a non-empty list of positive ints")
+    need(max(r.ks) <= f.k, "report.ks", r.ks, f"must not exceed fusion.k ({f.k}): ranked lists have length k")
+    m, _, kk = r.metric.partition("@")
+    need(m in ("recall", "ndcg") and kk.isdigit() and int(kk) in r.ks, "report.metric", r.metric,
+         f"must be recall@K or ndcg@K with K in report.ks {r.ks}")
+
+
+#: what the learned gate keeps to itself: its scale and name come from ``fusion.methods``, the rest is
+#: fitted state
+_GATE_INTERNAL = ("scale", "name", "standardizer", "model", "history", "best_epoch")
+
+
+def gate_option_hints() -> dict[str, Any]:
+    """The :class:`fusion.LearnedGateFusion` options a recipe may set under ``fusion.gate``."""
+    from fusion.methods import LearnedGateFusion
+
+    return field_hints(LearnedGateFusion, exclude=_GATE_INTERNAL)
+
+
+def config_to_dict(config: RecipeConfig) -> dict[str, Any]:
+    """Plain dict of a config (what :func:`config_from_dict` reads back to an equal config)."""
+    out = {"name": config.name, "preset": config.preset, "num_threads": config.num_threads}
+    for sec in SECTIONS:
+        out[sec] = asdict(getattr(config, sec))
+    return out
+
+
+def joint_config(config: RecipeConfig):
+    """The :class:`fusion.joint.JointConfig` of a recipe: ``fusion.joint_config`` over the recipe's
+    towers (``sasrec``, ``generative``) and training settings."""
+    from fusion.joint import JointConfig
+
+    jc = dict(config.fusion.joint_config)
+    jc.setdefault("id_tower", asdict(config.sasrec))
+    jc.setdefault("gr_tower", asdict(config.generative))
+    jc.setdefault("max_len", config.data.max_history)
+    jc.setdefault("num_threads", config.num_threads)
+    for key in ("lr", "batch_size", "max_epochs", "patience", "seed"):
+        jc.setdefault(key, getattr(config.sasrec, key))
+    return JointConfig(**jc)

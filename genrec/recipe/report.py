@@ -1,0 +1,261 @@
+"""Recipe results: ``results.json`` (every stage's outputs gathered), the three headline
+comparisons, the one-screen summary the CLI prints, and ``report.md`` with its PNG plots.
+
+Timing values live under keys listed in :data:`TIMING_KEYS`; :func:`strip_timing` removes them (what
+must be identical between a resumed and an uninterrupted run is the rest).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from genrec.artifacts import atomic_write_bytes, atomic_write_text, load_json
+from genrec.recipe.config import RecipeConfig
+
+__all__ = ["TIMING_KEYS", "strip_timing", "collect_results", "headline_comparisons", "format_summary",
+           "write_report"]
+
+#: keys whose values are wall-clock or memory measurements (they differ between runs)
+TIMING_KEYS = frozenset({"wall_s", "peak_rss_mib", "minutes", "seconds", "timings_s", "timing", "total_wall_s"})
+
+
+def strip_timing(obj: Any) -> Any:
+    """A copy of ``obj`` (nested dicts / lists) without the keys in :data:`TIMING_KEYS`."""
+    if isinstance(obj, Mapping):
+        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [strip_timing(v) for v in obj]
+    return obj
+
+
+def _history(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    keep = ("epoch", "train_loss", "recall@10", "ndcg@10", "minutes")
+    return [{k: row[k] for k in keep if k in row} for row in load_json(path)]
+
+
+def collect_results(run_dir: str | Path, config: RecipeConfig, names: Sequence[str]) -> dict[str, Any]:
+    """Aggregate the outputs of the stages ``names`` (those the config ran) into the ``results.json`` dict."""
+    run_dir = Path(run_dir)
+    ev = load_json(run_dir / "evaluate" / "metrics.json")
+    quant = load_json(run_dir / "quantize" / "diagnostics.json")
+    fusion = load_json(run_dir / "fusion" / "summary.json")
+    models: dict[str, Any] = {}
+    for name, per_label in ev["test"].items():
+        models[name] = {"kind": ("single" if name in ("sasrec", "gr") else "joint" if name == "joint" else "fusion"),
+                        "test": per_label}
+    training = {}
+    for stage, key in (("sasrec", "sasrec"), ("generative", "gr"), ("joint", "joint")):
+        if stage in names:
+            s = load_json(run_dir / stage / "summary.json")
+            training[key] = {**s, "curve": _history(run_dir / stage / "history.json")}
+    stages = {}
+    total = 0.0
+    for name in names:
+        marker = run_dir / name / "stage.done.json"
+        if name == "report" or not marker.exists():
+            continue
+        t = load_json(marker)["timing"]
+        stages[name] = {"timing": t}
+        total += t["wall_s"]
+    results = {
+        "name": config.name, "preset": config.preset, "dataset": config.data.dataset,
+        "data": load_json(run_dir / "data" / "summary.json"),
+        "labels": load_json(run_dir / "labels" / "summary.json"),
+        "quantization": quant,
+        "models": models,
+        "training": training,
+        "fusion": {"primary": config.fusion.primary, "params": fusion["params"], "union_width": fusion["union_width"],
+                   "indicators": fusion["indicators"], "gate_by_label": ev["gate_by_label"],
+                   "timing": fusion.get("timing", {})},
+        "metric": config.report.metric,
+        "comparisons": None,
+        "stages": stages,
+        "timing": {"total_wall_s": total},
+    }
+    results["comparisons"] = headline_comparisons(results)
+    return results
+
+
+def headline_comparisons(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The three claims of the product, measured on test: GR ahead on generalization instances,
+    SASRec ahead on memorization ones, fusion (``fusion.primary``) ahead of both overall.
+    Each entry: ``claim``, the two sides' values, ``holds`` (False when a side is missing too)."""
+    metric = results["metric"]
+    models = results["models"]
+    primary = results["fusion"]["primary"]
+
+    def val(model: str, cat: str) -> float:
+        v = models.get(model, {}).get("test", {}).get(cat, {}).get(metric, math.nan)
+        return float(v) if v is not None else math.nan
+
+    def cmp(claim: str, a: str, b: str, cat: str, a_val: float, b_val: float, b_name: str | None = None) -> dict:
+        holds = bool(not math.isnan(a_val) and not math.isnan(b_val) and a_val > b_val)
+        return {"claim": claim, "category": cat, "metric": metric, "winner": a, "winner_value": a_val,
+                "loser": b_name or b, "loser_value": b_val, "holds": holds}
+
+    out = [cmp("generative model ahead on generalization instances", "gr", "sasrec", "generalization",
+               val("gr", "generalization"), val("sasrec", "generalization")),
+           cmp("SASRec ahead on memorization instances", "sasrec", "gr", "memorization",
+               val("sasrec", "memorization"), val("gr", "memorization"))]
+    best_single = max(("sasrec", "gr"), key=lambda m: (val(m, "all") if not math.isnan(val(m, "all")) else -1))
+    out.append(cmp(f"fusion ({primary}) ahead overall", primary, best_single, "all", val(primary, "all"),
+                   val(best_single, "all")))
+    return out
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _comparison_lines(results: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for c in results["comparisons"]:
+        verdict = "holds" if c["holds"] else "DOES NOT HOLD"
+        lines.append(f"- {c['claim']}: {c['winner']} {_fmt(c['winner_value'])} vs {c['loser']} "
+                     f"{_fmt(c['loser_value'])} ({c['metric']}, {c['category']}) -> {verdict}")
+    return lines
+
+
+def format_summary(results: Mapping[str, Any], run_dir: str | Path | None = None) -> str:
+    """One screen of text: per-model metric overall / memorization / generalization, the three
+    comparisons, time per stage. (The CLI prints it; the library does not.)"""
+    metric = results["metric"]
+    cats = ("all", "memorization", "generalization", "uncategorized")
+    first = next(iter(results["models"].values()))["test"]
+    counts = {c: int(first.get(c, {}).get("count", 0)) for c in cats}
+    lines = [f"{results['name']} ({results['dataset']}, preset {results['preset'] or 'none'}): test {metric}", ""]
+    head = f"{'model':18s}" + "".join(f"{c[:14]:>16s}" for c in cats)
+    lines += [head, f"{'(instances)':18s}" + "".join(f"{counts[c]:>16d}" for c in cats)]
+    for name, m in results["models"].items():
+        mark = " *" if name == results["fusion"]["primary"] else ""
+        lines.append(f"{(name + mark):18s}" + "".join(f"{_fmt(m['test'].get(c, {}).get(metric)):>16s}" for c in cats))
+    lines += ["", "comparisons:"] + _comparison_lines(results)
+    stages = results.get("stages", {})
+    if stages:
+        lines += ["", "time per stage: " + ", ".join(f"{n} {s['timing']['wall_s']:.0f}s" for n, s in stages.items())
+                  + f"; total {results['timing']['total_wall_s'] / 60:.1f} min"]
+    if run_dir is not None:
+        lines.append(f"results: {Path(run_dir) / 'results.json'}, report: {Path(run_dir) / 'report.md'}")
+    return "\n".join(lines)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def _plot_gates(gate_by_label: Mapping[str, Mapping[str, float]], path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    methods = list(gate_by_label)
+    cats = [c for c in next(iter(gate_by_label.values())) if c != "all"]
+    fig = Figure(figsize=(max(6.0, 1.0 * len(cats) + 2), 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(cats))
+    for j, m in enumerate(methods):
+        vals = [gate_by_label[m].get(c, math.nan) for c in cats]
+        ax.bar(x - 0.4 + width * (j + 0.5), [0 if math.isnan(v) else v for v in vals], width, label=m)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x)
+    ax.set_xticklabels(cats, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("mean gate (weight of SASRec)")
+    ax.set_title("fusion gate by memorization label (test)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return atomic_write_bytes(path, _png(fig))
+
+
+def _plot_curves(training: Mapping[str, Any], path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.0, 3.6))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for name, t in training.items():
+        curve = t.get("curve", [])
+        if not curve:
+            continue
+        ep = [r["epoch"] for r in curve]
+        ax1.plot(ep, [r.get("ndcg@10", math.nan) for r in curve], marker="o", ms=3, label=name)
+        ax2.plot(ep, [r.get("train_loss", math.nan) for r in curve], marker="o", ms=3, label=name)
+    ax1.set_title("validation NDCG@10")
+    ax2.set_title("training loss")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return atomic_write_bytes(path, _png(fig))
+
+
+def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str, Any]) -> dict[str, Path]:
+    """``report.md`` with tables (overall + per label, quantization, fusion, stages) and PNG plots."""
+    from genrec.analysis import markdown_table, plot_categories
+
+    run_dir = Path(run_dir)
+    metric = results["metric"]
+    k_main = metric.partition("@")[2]
+    table_metrics = [f"recall@{k_main}", f"ndcg@{k_main}"]  # every K is in results.json
+    per_model = {name: m["test"] for name, m in results["models"].items()}
+    paths: dict[str, Path] = {}
+    md = [f"# {results['name']}: {results['dataset']}", "",
+          f"Preset `{results['preset'] or 'none'}`. Leave-one-out, full catalogue, test split; ranked lists of "
+          f"length {config.fusion.k}. `*` in the summary marks the primary fusion method "
+          f"(`{config.fusion.primary}`).", "", "## Headline comparisons", ""]
+    md += _comparison_lines(results)
+    md += ["", "## Test metrics by memorization label", "",
+           markdown_table(per_model, table_metrics, ["all", "memorization", "generalization", "uncategorized"]),
+           "", "### Every label", "", markdown_table(per_model, [metric])]
+    if config.report.plots:
+        plots = run_dir / "plots"
+        paths["plot_categories"] = plot_categories(per_model, plots / "per_category.png", metric=metric,
+                                                   title=f"{results['name']} test: {metric}")
+        md += ["", f"![{metric} per category](plots/per_category.png)"]
+        if results["fusion"]["gate_by_label"]:
+            paths["plot_gates"] = _plot_gates(results["fusion"]["gate_by_label"], plots / "gates_by_label.png")
+            md += ["", "## Fusion gate by label", "",
+                   "Mean weight of SASRec per label (1 = SASRec only, 0 = generative model only).", "",
+                   "![gate by label](plots/gates_by_label.png)"]
+        if any(t.get("curve") for t in results["training"].values()):
+            paths["plot_curves"] = _plot_curves(results["training"], plots / "validation_curves.png")
+    gl = results["fusion"]["gate_by_label"]
+    if gl:
+        cats = list(next(iter(gl.values())))
+        md += ["", "| method | " + " | ".join(cats) + " |", "|---|" + "---:|" * len(cats)]
+        md += [f"| {m} | " + " | ".join(_fmt(row.get(c), 3) for c in cats) + " |" for m, row in gl.items()]
+    md += ["", "## Fitted fusion parameters", ""]
+    md += [f"- `{m}`: " + ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in p.items())
+           for m, p in results["fusion"]["params"].items()]
+    md += ["", "## Training", "", "| model | best epoch | valid N@10 | epochs run |", "|---|---:|---:|---:|"]
+    for name, t in results["training"].items():
+        md.append(f"| {name} | {t.get('best_epoch')} | {_fmt(t.get('valid', {}).get('ndcg@10'))} | "
+                  f"{len(t.get('curve', []))} |")
+    if config.report.plots and "plot_curves" in paths:
+        md += ["", "![validation curves](plots/validation_curves.png)"]
+    q = results["quantization"]
+    c = q.get("collisions", {})
+    md += ["", "## Semantic IDs", "",
+           f"{q.get('quantizer')} with codebooks {q.get('codebook_sizes')}; "
+           f"{c.get('colliding_share', 0):.2%} of items in colliding tuples before disambiguation "
+           f"(largest group {c.get('largest_group')}); relative reconstruction error "
+           f"{_fmt(q.get('reconstruction', {}).get('relative'), 3)}; codebook utilisation "
+           + ", ".join(f"{cb['utilisation']:.0%}" for cb in q.get("codebooks", [])) + "."]
+    md += ["", "## Stages", "", "| stage | wall time (s) | peak memory (MiB) |", "|---|---:|---:|"]
+    for name, s in results["stages"].items():
+        md.append(f"| {name} | {s['timing']['wall_s']:.1f} | {s['timing']['peak_rss_mib']:.0f} |")
+    paths["report"] = atomic_write_text(run_dir / "report.md", "\n".join(md) + "\n")
+    return paths

@@ -1,0 +1,350 @@
+"""Running a recipe's stages in a run directory: what is done is skipped, what was interrupted
+resumes, what changed is refused unless forced, and nothing half-written ever counts.
+
+    with Recipe(config, "runs/beauty") as recipe:   # lock, input fingerprints, plan
+        recipe.run_stage("data")
+        ...
+        results = recipe.run_stage("report") and recipe.results()
+
+or simply :func:`run_recipe` (every enabled stage, in order).
+
+When a stage finishes, ``<stage>/stage.done.json`` is written last, holding the hash of what the
+stage depends on: its config sections (:data:`_UNHASHED` settings left out), a fingerprint of the
+input data files (:mod:`genrec.rundir`) and its upstream stages' hashes. A stage whose marker
+matches is skipped; a stage without one (a killed run) runs again, the training stages resuming from
+their checkpoints, so a resumed run ends with the same results. A stage whose hash changed would be
+discarded: refused with the changed keys named, unless ``force``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from genrec.artifacts import load_json, save_json
+from genrec.errors import DataFormatError, GenrecError, RunDirectoryError
+from genrec.recipe.config import TOP_LEVEL, RecipeConfig, config_to_dict
+from genrec.recipe.stages import STAGES, Stage, StageContext, stage_names
+from genrec.rundir import RunLock, data_fingerprint
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Recipe", "run_recipe", "StopAfterStage"]
+
+# Settings that do not change any result (threads, inference batch sizes, caches): not hashed.
+_UNHASHED = {"num_threads", "eval_batch_size", "cache", "cache_dir", "batch_size@text", "device",
+             "nonfinite_loss"}  # skipping non-finite steps only matters in a run that had them
+
+OnStage = Callable[[str, str, dict[str, Any]], None]
+
+
+class StopAfterStage(Exception):
+    """Raised by :func:`run_recipe` when ``stop_after`` names the stage just finished (for tests and
+    step-by-step runs)."""
+
+
+class Recipe:
+    """One recipe in one run directory, held locked from ``__enter__`` to ``__exit__``.
+
+    ``force``: discard stages whose config or data changed (else :class:`RunDirectoryError`).
+    ``progress``: tqdm bars of the stages (``None``: on a terminal only). ``on_stage(name, event,
+    info)`` is called with ``"skip"``, ``"start"`` and ``"done"`` events (the CLI prints from it).
+    """
+
+    def __init__(self, config: RecipeConfig, run_dir: str | Path, *, force: bool = False,
+                 progress: bool | None = None, on_stage: OnStage | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.force = force
+        self.on_stage = on_stage
+        self.context = StageContext(self.run_dir, config,
+                                    progress=progress is not False and bool(progress or sys.stderr.isatty()))
+        self._lock = RunLock(self.run_dir)
+        self._plan: dict[str, dict] = {}
+        self._discard: list[str] = []
+        self._done: dict[str, Path] = {}
+
+    def __enter__(self) -> "Recipe":
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirectoryError(f"{self.run_dir}: cannot create the run directory: {e.strerror}") from None
+        if self.config.num_threads:
+            import torch
+
+            torch.set_num_threads(self.config.num_threads)
+        self._lock.__enter__()
+        try:
+            self._prepare()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+
+    def _prepare(self) -> None:
+        """Fingerprint the data, plan every stage's hash, refuse to discard work unless forced."""
+        config, run_dir = self.config, self.run_dir
+        try:
+            fingerprint = data_fingerprint(config.data.dataset, config.data.cache_dir)
+        except OSError as e:
+            raise DataFormatError(f"{e.filename}: cannot read the dataset file: {e.strerror}") from None
+        self._plan, self._discard, changed = _plan(config, run_dir, fingerprint)
+        costly = [n for n in self._discard if _stage(n).keeps_work]
+        if costly and not self.force:
+            trained = [f"{n}/{f}" for n in costly for f in ("best.pt", "last.pt") if (run_dir / n / f).exists()]
+            cheap = [n for n in self._discard if n not in costly]
+            raise RunDirectoryError(
+                f"{run_dir}: the config or data changed since this run directory's stages ran "
+                f"(changed: {', '.join(changed)}); running would discard the stages {', '.join(costly)}"
+                + (f", trained models included ({', '.join(trained)})" if trained else "")
+                + (f" (and rerun {', '.join(cheap)})" if cheap else "")
+                + ". Rerun with --force (run_recipe(force=True)) to discard and redo them, or choose a fresh "
+                  "run directory (--out)")
+        _write(run_dir, lambda: save_json(run_dir / "config.json", config_to_dict(config)), "recipe")
+        report = _marker(run_dir / "report" / "stage.done.json")
+        if report is None or report.get("config_hash") != self._plan["report"]["hash"]:
+            # the report will be written anew: an earlier one must not outlive the stages it came from
+            for stale in ("results.json", "report.md"):
+                (run_dir / stale).unlink(missing_ok=True)
+
+    def run_stage(self, name: str) -> dict[str, Any]:
+        """Run stage ``name`` (or skip it when done with the same hash); its ``stage.done.json`` content.
+        Its upstream stages must have run (or been skipped) in this recipe first."""
+        stage = _stage(name)
+        if name not in self._plan:
+            raise ValueError(f"stage {name!r} is not enabled by this config; stages: {stage_names(self.config)}")
+        missing = [a for a in stage.after if a in self._plan and a not in self._done]
+        if missing:
+            raise ValueError(f"stage {name!r} reads {missing}: run those first")
+        run_dir, h, src = self.run_dir, self._plan[name]["hash"], self._plan[name]["src"]
+        sdir = run_dir / name
+        marker = sdir / "stage.done.json"
+        done = _marker(marker)
+        if done is not None and done.get("config_hash") == h:
+            log.info("stage %s: done earlier, skipped", name)
+            self._done[name] = sdir
+            if self.on_stage:
+                self.on_stage(name, "skip", done)
+            return done
+        if name in self._discard and sdir.exists():
+            # finished or interrupted with other settings (allowed by force): its checkpoints cannot be resumed
+            log.log(logging.WARNING if stage.keeps_work else logging.INFO,
+                    "stage %s: its config, data or upstream stages changed since it ran; clearing %s and "
+                    "running it again", name, sdir)
+            shutil.rmtree(sdir)
+        started = {"stage": name, "config_hash": h, "hashed": src}
+        _write(sdir, lambda: save_json(sdir / "stage.started.json", started), name)
+        if self.on_stage:
+            self.on_stage(name, "start", {"description": stage.description})
+        self.context.inputs = {k: self._done[k] for k in stage.after if k in self._done}
+        scoped = _reset_peak_rss()
+        t0 = time.perf_counter()
+        try:
+            artifacts = _write(sdir, lambda: stage.run(self.context), name)
+        except (GenrecError, FileNotFoundError):
+            raise  # already say what is wrong and where
+        except Exception as e:
+            raise RuntimeError(f"stage {name!r} failed: {type(e).__name__}: {e}") from e
+        wall = time.perf_counter() - t0
+        info = {"stage": name, "config_hash": h,
+                "artifacts": {k: str(Path(p).relative_to(run_dir)) if Path(p).is_relative_to(run_dir) else str(p)
+                              for k, p in artifacts.items()},
+                "timing": {"wall_s": wall, "peak_rss_mib": _peak_rss_mib(),
+                           "peak_rss_scope": "stage" if scoped else "process"},
+                "hashed": src}
+        _write(sdir, lambda: save_json(marker, info), name)  # last: the stage counts as done only now
+        self._done[name] = sdir
+        log.info("stage %s: done in %.1fs", name, wall)
+        if self.on_stage:
+            self.on_stage(name, "done", info)
+        return info
+
+    def results(self) -> dict[str, Any] | None:
+        """``results.json``'s content once the report stage has run, else None."""
+        path = self.run_dir / "results.json"
+        return load_json(path) if path.exists() else None
+
+
+def run_recipe(config: RecipeConfig, run_dir: str | Path, *, progress: bool | None = None,
+               stop_after: str | None = None, on_stage: OnStage | None = None,
+               force: bool = False) -> dict[str, Any] | None:
+    """Run (or resume) every enabled stage of ``config`` in ``run_dir``; returns ``results.json``'s content.
+
+    See :class:`Recipe`: completed stages whose hash matches are skipped, interrupted ones resume,
+    changed ones are refused unless ``force``; ``run_dir/run.lock`` keeps a second run out; a stage
+    that cannot write fails with :class:`RunDirectoryError` and leaves finished stages intact.
+    ``stop_after``: raise :class:`StopAfterStage` once that stage is done (later stages are left for
+    the next call)."""
+    from tqdm.auto import tqdm
+
+    names = stage_names(config)
+    if stop_after is not None and stop_after not in names:
+        raise ValueError(f"stop_after={stop_after!r} is not a stage of this recipe; stages: {names}")
+    with Recipe(config, run_dir, force=force, progress=progress, on_stage=on_stage) as recipe:
+        bar = tqdm(total=len(names), desc="recipe", unit="stage", disable=None if progress is None else not progress)
+        try:
+            for name in names:
+                bar.set_postfix_str(name)
+                recipe.run_stage(name)
+                bar.update(1)
+                if stop_after == name:
+                    raise StopAfterStage(name)
+        finally:
+            bar.close()
+        return recipe.results()
+
+
+# ----------------------------------------------------------------------------------------------
+# Hashes and markers
+
+
+def _stage(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise ValueError(f"no stage {name!r}; stages: {stage_names()}")
+
+
+def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -> Any:
+    if sec in TOP_LEVEL:
+        return getattr(config, sec)
+    if "." in sec:  # one setting of a section, e.g. "fusion.k"
+        head, _, key = sec.partition(".")
+        return asdict(getattr(config, head))[key]
+    d = asdict(getattr(config, sec))
+    out = {k: v for k, v in d.items() if k not in _UNHASHED and f"{k}@{sec}" not in _UNHASHED}
+    if sec == "data":  # the input files themselves, so changed data reruns what depends on it
+        out["fingerprint"] = fingerprint
+    return out
+
+
+def _hash_inputs(stage: Stage, config: RecipeConfig, upstream: Mapping[str, str], fingerprint: Any) -> dict:
+    """What a stage's hash covers: its config sections (the data section with the input files'
+    fingerprint) and its upstream stages' hashes."""
+    return {"stage": stage.name, "version": 2,
+            "config": {s: _section_for_hash(config, s, fingerprint) for s in stage.sections},
+            "upstream": {k: upstream[k] for k in stage.after if k in upstream}}
+
+
+def _stage_hash(src: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(src, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: json.dumps(obj, sort_keys=True, default=str)}
+
+
+def _changed_keys(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[str]:
+    """The config keys (``section.key``) whose hashed values differ; input data changes read
+    ``data files (path)``."""
+    if before is None:
+        return ["(unknown: the stage was run by an older genrec)"]
+    old, new = _flat(before.get("config", {})), _flat(after.get("config", {}))
+    ups_old, ups_new = before.get("upstream", {}), after.get("upstream", {})
+    out = [f"stage {k} added" for k in ups_new if k not in ups_old]
+    out += [f"stage {k} removed" for k in ups_old if k not in ups_new]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        out.append("data files (" + _data_paths(before, after) + ")" if ".fingerprint" in key else key)
+    return sorted(set(out))
+
+
+def _data_paths(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    def files(src: Mapping[str, Any]) -> dict[str, Any]:
+        fp = src.get("config", {}).get("data", {}).get("fingerprint") or {}
+        return {f["path"]: f for f in fp.get("files", [])}
+
+    a, b = files(before), files(after)
+    changed = [p for p in sorted(set(a) | set(b)) if a.get(p) != b.get(p)]
+    return ", ".join(changed) if changed else "the dataset spec"
+
+
+def _marker(path: Path) -> dict[str, Any] | None:
+    """A stage marker's content; an unreadable one (a damaged file) counts as absent: the stage reruns."""
+    if not path.exists():
+        return None
+    try:
+        return load_json(path)
+    except (OSError, ValueError):
+        log.warning("%s is unreadable; treating its stage as not done", path)
+        return None
+
+
+def _plan(config: RecipeConfig, run_dir: Path, fingerprint: Any) -> tuple[dict[str, dict], list[str], list[str]]:
+    """Hash inputs of every enabled stage, the stages whose earlier work a run would discard, and
+    the config keys that changed for them."""
+    hashes: dict[str, str] = {}
+    plan: dict[str, dict] = {}
+    discard, changed = [], []
+    for stage in STAGES:
+        if not stage.enabled(config):
+            continue
+        src = _hash_inputs(stage, config, hashes, fingerprint)
+        hashes[stage.name] = _stage_hash(src)
+        plan[stage.name] = {"hash": hashes[stage.name], "src": src}
+        sdir = run_dir / stage.name
+        earlier = _marker(sdir / "stage.done.json") or _marker(sdir / "stage.started.json")
+        if earlier is not None and earlier.get("config_hash") != hashes[stage.name]:
+            discard.append(stage.name)
+            if stage.keeps_work:
+                changed += [k for k in _changed_keys(earlier.get("hashed"), src) if k not in changed]
+    return plan, discard, changed
+
+
+# ----------------------------------------------------------------------------------------------
+# Writes and memory
+
+
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _write(where: Path, action: Callable[[], Any], stage: str) -> Any:
+    """Run ``action``; an error writing the run directory (disk full, read-only, no permission)
+    becomes a :class:`RunDirectoryError` naming the stage and the file. Artifacts are written
+    atomically, so what earlier stages wrote is intact. ``where``: the stage directory (or the run
+    directory itself)."""
+    try:
+        return action()
+    except OSError as e:
+        if e.errno not in _WRITE_ERRORS:
+            raise
+        run_dir = where.resolve() if stage == "recipe" else where.resolve().parent
+        inside = e.filename is None or Path(str(e.filename)).resolve().is_relative_to(run_dir)
+        if not inside:  # an input outside the run directory (data, an embedding cache)
+            raise DataFormatError(f"stage {stage!r} cannot read {e.filename}: {e.strerror}") from None
+        verb = "write" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "access"
+        raise RunDirectoryError(
+            f"stage {stage!r} could not {verb} {e.filename or where}: {e.strerror}; the stages finished before "
+            f"it are intact: free some space or make the run directory writable, then rerun to resume") from None
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,384 @@
+"""The recipe's stages, in order: each a plain function ``stage_x(ctx) -> {artifact: path}`` that
+writes its artifacts atomically into ``ctx.run_dir/<stage>/``, and :data:`STAGES`, the table that
+says what each one's hash covers and which stages it reads from.
+
+    data -> embed (item text -> sentence embeddings) -> quantize (semantic IDs) -> sasrec
+         -> generative -> labels -> fusion (post-hoc, fitted on validation) [-> joint] -> evaluate -> report
+
+:mod:`genrec.recipe.runner` decides which stages to run (hashes, resume, lock); the stages do the work
+through the library (``genrec``, ``quantize``, ``fusion``) and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from genrec.artifacts import atomic_write, load_json, save_json
+from genrec.errors import ConfigError
+from genrec.recipe.config import RecipeConfig, joint_config
+from genrec.recipe.report import collect_results, strip_timing, write_report
+
+__all__ = ["Stage", "StageContext", "STAGES", "stage_names", "check_catalogue", "load_labels"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the recipe: ``run(ctx) -> {artifact name: path}`` writes into
+    ``ctx.run_dir/<name>/``; ``sections`` are the config sections its hash covers, ``after`` the stages
+    whose artifacts it reads, ``enabled`` whether the config asks for it."""
+
+    name: str
+    run: Callable[["StageContext"], dict[str, Path]]
+    sections: tuple[str, ...]
+    after: tuple[str, ...] = ()
+    enabled: Callable[[RecipeConfig], bool] = lambda config: True
+    description: str = ""
+    #: whether redoing it costs real work (trained models, embeddings, fitted fusion); such a stage is
+    #: only discarded with ``force``, the others (recomputed in seconds) are simply rerun
+    keeps_work: bool = True
+
+
+@dataclass
+class StageContext:
+    """What a stage works with: the run directory, the config, the directories of the stages it reads
+    (``inputs``), whether to show progress bars, and the dataset and split, loaded once per run."""
+
+    run_dir: Path
+    config: RecipeConfig
+    inputs: dict[str, Path] = field(default_factory=dict)
+    progress: bool = False
+    _data: Any = field(default=None, repr=False)
+
+    def data(self):
+        """``(dataset, split)`` of ``config.data``, loaded on first use."""
+        if self._data is None:
+            import genrec
+
+            d = self.config.data
+            dataset = genrec.load_dataset(d.dataset, cache_dir=d.cache_dir)
+            split = genrec.leave_one_out(dataset, max_history=d.max_history, min_interactions=d.min_interactions)
+            self._data = (dataset, split)
+        return self._data
+
+
+def check_catalogue(config: RecipeConfig, num_items: int) -> None:
+    """Settings that must fit the dataset's catalogue (known once it is loaded): ``fusion.k``."""
+    if config.fusion.k > num_items:
+        raise ConfigError(f"config key 'fusion.k' ({config.fusion.k}) exceeds the catalogue of "
+                          f"{config.data.dataset} ({num_items} items); set fusion.k <= {num_items}")
+
+
+def stage_data(ctx: StageContext) -> dict[str, Path]:
+    """Load the dataset and split it; ``data/summary.json``: statistics and split sizes."""
+    run_dir, config = ctx.run_dir, ctx.config
+    dataset, split = ctx.data()
+    check_catalogue(config, split.num_items)  # early, before any model is trained
+    summary: dict[str, Any] = {"dataset": config.data.dataset, "name": dataset.name, "stats": dataset.stats(),
+                               "split": {"users_kept": int(len(split.users)), "train_sequences": len(split.train),
+                                         "train_interactions": int(sum(len(s) for s in split.train)),
+                                         "valid": len(split.valid), "test": len(split.test),
+                                         "max_history": split.max_history}}
+    info = getattr(dataset, "synthetic", None)
+    if info is not None:
+        summary["synthetic_kind_shares"] = info.kind_shares()
+    return {"summary": save_json(run_dir / "data" / "summary.json", summary)}
+
+
+def _template(config: RecipeConfig):
+    from quantize import TextTemplate
+
+    t = config.text
+    return TextTemplate.from_fields(t.fields, skip_categories=tuple(t.skip_categories),
+                                    max_description_chars=t.max_description_chars)
+
+
+def stage_embed(ctx: StageContext) -> dict[str, Path]:
+    """Item texts -> sentence embeddings: ``embed/embeddings.npy`` ``[n_items, dim]``, ``embed/summary.json``."""
+    run_dir, config = ctx.run_dir, ctx.config
+    from quantize import TextEncoder, embed_items, item_texts
+
+    dataset, _ = ctx.data()
+    t = config.text
+    encoder = TextEncoder(t.model, batch_size=t.batch_size, max_seq_length=t.max_seq_length,
+                          cache_dir=(t.cache_dir if t.cache else False), show_progress=ctx.progress,
+                          num_threads=config.num_threads, precision=t.precision, device=t.device)
+    template = _template(config)
+    x = embed_items(dataset, encoder, template, t.fallback)
+    out = run_dir / "embed"
+    path = atomic_write(out / "embeddings.npy", lambda p: _np_save(p, x.astype(np.float32)))
+    texts = item_texts(dataset, template, t.fallback)
+    summary = {"items": int(len(x)), "dim": int(x.shape[1]), "encoder": encoder.config(),
+               "template": template.to_dict(), "examples": texts[:3]}
+    return {"embeddings": path, "summary": save_json(out / "summary.json", summary)}
+
+
+def _np_save(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def _np_savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def stage_quantize(ctx: StageContext) -> dict[str, Path]:
+    """Embeddings -> semantic IDs: ``quantize/semantic_ids.json``, ``diagnostics.json``, ``quantizer.pt``."""
+    run_dir, config, inputs = ctx.run_dir, ctx.config, ctx.inputs
+    from quantize import build_semantic_ids
+
+    dataset, _ = ctx.data()
+    q = config.quantize
+    x = np.load(inputs["embed"] / "embeddings.npy")
+    opts = dict(q.options)
+    opts["codebook_size"] = q.codebook_size
+    if q.method in ("rq_kmeans", "rq_vae"):
+        opts["levels"] = q.levels
+    elif q.subspaces is not None:
+        opts["subspaces"] = q.subspaces
+    try:
+        result = build_semantic_ids(dataset, q.method, embeddings=x, pca_dim=q.pca_dim, whiten=q.whiten,
+                                    seed=q.seed, **opts)
+    except ValueError as e:
+        raise ConfigError(f"config section 'quantize': {e}") from None
+    paths = result.save(run_dir / "quantize")
+    return {k: Path(v) for k, v in paths.items()}
+
+
+def _table(run_dir: Path):
+    from quantize import SemanticIdTable
+
+    return SemanticIdTable.load(run_dir / "quantize" / "semantic_ids.json")
+
+
+def stage_sasrec(ctx: StageContext) -> dict[str, Path]:
+    """Train SASRec (resumable): ``sasrec/best.pt``, ``last.pt``, ``history.json``, ``summary.json``
+    (best epoch, validation metrics; test metrics are computed in the evaluate stage)."""
+    run_dir, config = ctx.run_dir, ctx.config
+    from genrec.sasrec import train_sasrec
+
+    _, split = ctx.data()
+    out = run_dir / "sasrec"
+    result = train_sasrec(split, config.sasrec, out_dir=out, progress=ctx.progress)
+    summary = {"best_epoch": result.best_epoch, "valid": strip_timing(result.best_valid)}
+    return {"model": out / "best.pt", "history": out / "history.json",
+            "summary": save_json(out / "summary.json", summary)}
+
+
+def stage_generative(ctx: StageContext) -> dict[str, Path]:
+    """Train the semantic-ID generative model (resumable): ``generative/best.pt``, ``last.pt``,
+    ``history.json``, ``summary.json`` (best epoch, validation beam-search metrics; test metrics come
+    from the fusion stage's beam, in the evaluate stage)."""
+    run_dir, config = ctx.run_dir, ctx.config
+    from genrec.generative import train_generative
+
+    _, split = ctx.data()
+    out = run_dir / "generative"
+    result = train_generative(split, _table(run_dir), config.generative, out_dir=out, progress=ctx.progress)
+    summary = {"best_epoch": result.best_epoch, "valid": strip_timing(result.best_valid),
+               "valid_beam": config.generative.eval_beam}
+    return {"model": out / "best.pt", "history": out / "history.json",
+            "summary": save_json(out / "summary.json", summary)}
+
+
+def stage_labels(ctx: StageContext) -> dict[str, Path]:
+    """Memorization / generalization labels of validation and test instances: ``labels/labels.npz``
+    (``{split}_kind``, ``{split}_hop``, ``{split}_kind_hops``) and ``labels/summary.json`` (shares)."""
+    run_dir, config = ctx.run_dir, ctx.config
+    from genrec.memorization import label_split
+
+    _, split = ctx.data()
+    labels = label_split(split, max_hop=config.labels.max_hop)
+    arrays = {}
+    for name, lab in labels.items():
+        arrays.update({f"{name}_kind": lab.kind, f"{name}_hop": lab.hop, f"{name}_kind_hops": lab.kind_hops})
+    out = run_dir / "labels"
+    path = atomic_write(out / "labels.npz", lambda p: _np_savez(p, arrays))
+    summary = {name: {"count": len(lab), "shares": lab.shares()} for name, lab in labels.items()}
+    summary["max_hop"] = config.labels.max_hop
+    return {"labels": path, "summary": save_json(out / "summary.json", summary)}
+
+
+def load_labels(run_dir: str | Path, split: str = "test"):
+    """The :class:`~genrec.memorization.InstanceLabels` saved by the labels stage."""
+    from genrec.memorization import InstanceLabels
+
+    run_dir = Path(run_dir)
+    max_hop = load_json(run_dir / "labels" / "summary.json")["max_hop"]
+    with np.load(run_dir / "labels" / "labels.npz") as z:
+        return InstanceLabels(kind=z[f"{split}_kind"], hop=z[f"{split}_hop"], kind_hops=z[f"{split}_kind_hops"],
+                              max_hop=max_hop)
+
+
+def _fusion_methods(config: RecipeConfig) -> list:
+    from fusion import AdaptiveFusion, FixedWeightFusion, LearnedGateFusion
+
+    out = []
+    for m in config.fusion.methods:
+        if m == "fixed":
+            out.append(FixedWeightFusion())
+        elif m == "adaptive":
+            out.append(AdaptiveFusion())
+        else:
+            out.append(LearnedGateFusion(scale=m.split("_", 1)[1], name=m, **config.fusion.gate))
+    return out
+
+
+def stage_fusion(ctx: StageContext) -> dict[str, Path]:
+    """Post-hoc fusion: both models' top-K candidates and indicators on validation and test, every
+    method fitted on validation only and applied to test. ``fusion/topk.npz`` (test top-K lists of
+    ``sasrec``, ``gr`` and each method), ``fusion/gates.npz`` (test gate = weight of SASRec, per
+    method), ``fusion/summary.json`` (fitted parameters, union width, timings)."""
+    run_dir, config = ctx.run_dir, ctx.config
+    try:
+        from fusion import TrainStats, run_posthoc, single_model_topk
+        from fusion.adapters import model_inputs
+    except ImportError as e:  # pragma: no cover - the fusion package is part of the project
+        raise RuntimeError(f"fusion stage: the fusion package's API is missing ({e})") from None
+    from genrec.generative import load_generative
+    from genrec.sasrec import load_sasrec
+
+    _, split = ctx.data()
+    check_catalogue(config, split.num_items)
+    f = config.fusion
+    sasrec = load_sasrec(run_dir / "sasrec" / "best.pt")
+    generative = load_generative(run_dir / "generative" / "best.pt")
+    stats = TrainStats(split.train, split.num_items, _table(run_dir).codes)
+    fin = {name: model_inputs(sasrec, generative, getattr(split, name), stats, k=f.k, beam=f.beam,
+                              teacher_forcing=f.teacher_forcing, batch_size=config.generative.eval_batch_size)
+           for name in ("valid", "test")}
+    valid, test = fin["valid"], fin["test"]
+    outputs = run_posthoc(_fusion_methods(config), valid.cands, split.valid.targets, valid.indicators, test.cands,
+                          test.indicators, k=f.k)
+    topk = {"sasrec": single_model_topk(test.cands, "id", f.k), "gr": single_model_topk(test.cands, "gr", f.k)}
+    topk.update({name: o.topk for name, o in outputs.items()})
+    gates = {name: o.gates.gate.astype(np.float32) for name, o in outputs.items()}
+    out = run_dir / "fusion"
+    p_topk = atomic_write(out / "topk.npz", lambda p: _np_savez(p, topk))
+    p_gates = atomic_write(out / "gates.npz", lambda p: _np_savez(p, gates))
+    summary = {
+        "methods": list(outputs),
+        "params": {n: _small_params(o.params) for n, o in outputs.items()},
+        "union_width": {"valid": valid.cands.width, "test": test.cands.width},
+        "indicators": list(test.indicators.names),
+        "timing": {"inputs": {n: inp.seconds for n, inp in fin.items()},
+                   "methods": {n: o.seconds for n, o in outputs.items()}},
+    }
+    return {"topk": p_topk, "gates": p_gates, "summary": save_json(out / "summary.json", summary)}
+
+
+def _small_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Scalars and short lists of a method's ``params()`` (no weight tensors)."""
+    out = {}
+    for k, v in params.items():
+        if np.ndim(v) == 0:
+            out[k] = v.item() if isinstance(v, np.generic) else v
+        elif k == "features":
+            out[k] = list(v)
+    return out
+
+
+def stage_joint(ctx: StageContext) -> dict[str, Path]:
+    """Joint training of both towers and a gate (:func:`fusion.joint.train_joint`, resumable):
+    ``joint/best.pt``, ``history.json``, ``ranks.npz`` (test ranks, full catalogue), ``gates.npz``,
+    ``summary.json``."""
+    run_dir, config = ctx.run_dir, ctx.config
+    try:
+        from fusion.joint import joint_gates, joint_ranks, train_joint
+    except ImportError as e:  # pragma: no cover
+        raise RuntimeError(f"joint stage: fusion.joint is missing ({e})") from None
+
+    _, split = ctx.data()
+    out = run_dir / "joint"
+    jc = joint_config(config)
+    result = train_joint(split, _table(run_dir), jc, out_dir=out, progress=ctx.progress)
+    ranks = joint_ranks(result.model, split.test, batch_size=jc.eval_batch_size)
+    gates = joint_gates(result.model, split.test, batch_size=jc.eval_batch_size)
+    p_ranks = atomic_write(out / "ranks.npz", lambda p: _np_savez(p, {"joint": ranks}))
+    p_gates = atomic_write(out / "gates.npz", lambda p: _np_savez(p, {"joint": gates.gate.astype(np.float32)}))
+    summary = {"best_epoch": result.best_epoch, "valid": strip_timing(result.best_valid), "mode": jc.mode,
+               "mixing": jc.mixing}
+    return {"ranks": p_ranks, "gates": p_gates, "history": out / "history.json",
+            "summary": save_json(out / "summary.json", summary)}
+
+
+def stage_evaluate(ctx: StageContext) -> dict[str, Path]:
+    """Test metrics of every model overall and per memorization label, and mean gate values by label:
+    ``evaluate/metrics.json``."""
+    run_dir, config, inputs = ctx.run_dir, ctx.config, ctx.inputs
+    from genrec.analysis import evaluate_by_category
+    from genrec.metrics import ranks_from_topk
+
+    _, split = ctx.data()
+    labels = load_labels(run_dir, "test")
+    targets = split.test.targets
+    ranks: dict[str, np.ndarray] = {}
+    with np.load(run_dir / "fusion" / "topk.npz") as z:
+        for name in z.files:
+            ranks[name] = ranks_from_topk(z[name], targets)
+    gates: dict[str, np.ndarray] = {}
+    with np.load(run_dir / "fusion" / "gates.npz") as z:
+        gates.update({n: z[n] for n in z.files})
+    if (run_dir / "joint" / "ranks.npz").exists() and "joint" in inputs:
+        with np.load(run_dir / "joint" / "ranks.npz") as z:
+            ranks["joint"] = z["joint"]
+        with np.load(run_dir / "joint" / "gates.npz") as z:
+            gates["joint"] = z["joint"]
+    ks = tuple(config.report.ks)
+    metrics = {name: evaluate_by_category(r, labels, ks) for name, r in ranks.items()}
+    groups = labels.groups()
+    kinds = labels.kind_names()
+    gate_by_label = {}
+    for name, g in gates.items():
+        row = {"all": float(g.mean())}
+        for cat in ("memorization", "generalization", "uncategorized"):
+            m = groups == cat
+            row[cat] = float(g[m].mean()) if m.any() else math.nan
+        for kind in sorted(set(kinds[groups == "generalization"])):
+            m = kinds == kind
+            row[str(kind)] = float(g[m].mean())
+        gate_by_label[name] = row
+    out = run_dir / "evaluate"
+    return {"metrics": save_json(out / "metrics.json", {"ks": list(ks), "test": metrics,
+                                                        "gate_by_label": gate_by_label})}
+
+
+def stage_report(ctx: StageContext) -> dict[str, Path]:
+    """``results.json`` and ``report.md`` (+ ``plots/*.png``) in the run directory."""
+    run_dir, config = ctx.run_dir, ctx.config
+    results = collect_results(run_dir, config, stage_names(config))
+    paths = {"results": save_json(run_dir / "results.json", results)}
+    paths.update(write_report(run_dir, config, results))
+    return paths
+
+
+_FUSION_KEYS = ("data", "fusion.k", "fusion.beam", "fusion.teacher_forcing", "fusion.methods", "fusion.gate")
+STAGES: tuple[Stage, ...] = (
+    Stage("data", stage_data, ("data",), (), description="load and split the dataset", keeps_work=False),
+    Stage("embed", stage_embed, ("data", "text"), ("data",), description="item text -> sentence embeddings"),
+    Stage("quantize", stage_quantize, ("quantize",), ("embed",), description="embeddings -> semantic IDs"),
+    Stage("sasrec", stage_sasrec, ("data", "sasrec"), ("data",), description="train the SASRec item-ID model"),
+    Stage("generative", stage_generative, ("data", "generative"), ("quantize",),
+          description="train the semantic-ID generative model"),
+    Stage("labels", stage_labels, ("data", "labels"), ("data",), description="memorization / generalization labels",
+          keeps_work=False),
+    Stage("fusion", stage_fusion, _FUSION_KEYS, ("sasrec", "generative", "quantize"),
+          description="post-hoc fusion fitted on validation, applied to test"),
+    Stage("joint", stage_joint, ("data", "sasrec", "generative", "fusion.joint_config"), ("quantize",),
+          enabled=lambda c: c.fusion.joint, description="joint training of both towers and a gate"),
+    Stage("evaluate", stage_evaluate, ("report.ks",), ("labels", "fusion", "joint"),
+          description="metrics overall and per label", keeps_work=False),
+    Stage("report", stage_report, ("name", "preset", "report", "fusion.primary"),
+          ("data", "embed", "quantize", "sasrec", "generative", "labels", "fusion", "joint", "evaluate"),
+          description="results.json, report.md and plots", keeps_work=False),
+)
+
+
+def stage_names(config: RecipeConfig | None = None) -> list[str]:
+    """Names of the stages a config runs, in order (all stages without a config)."""
+    return [s.name for s in STAGES if config is None or s.enabled(config)]

@@ -5,8 +5,9 @@ One set of rules for every config genrec reads (recipe YAML files, ``--set`` on 
 - values are parsed as YAML 1.2 scalars and flow collections, so ``1e-3`` is a float (PyYAML alone
   follows YAML 1.1 and reads it as a string), ``true``/``null``/``[10, 20]`` are what they look like
   and anything else is a plain string;
-- every field of a dataclass is checked against its type hint, ``Optional`` fields included; an int
-  is accepted where a float is expected (and becomes one);
+- every field of a dataclass is checked against its type hint, ``Optional`` fields included, by
+  pydantic in strict mode (a well-kept validator, not a hand-written one): an int is accepted where a
+  float is expected (and becomes one), nothing else is converted, NaN and infinity are refused;
 - unknown keys are an error that suggests the closest valid key.
 
 Errors are :class:`~genrec.errors.ConfigError` naming the key and the value (and the file, when the
@@ -18,7 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import math
+import functools
 import re
 import types
 import typing
@@ -26,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from genrec.errors import ConfigError
 
-__all__ = ["yaml_load", "parse_value", "type_ok", "type_name", "check_value", "build_dataclass",
+__all__ = ["yaml_load", "parse_value", "type_name", "check_value", "build_dataclass",
            "did_you_mean", "override_dataclass"]
 
 
@@ -81,32 +82,20 @@ def parse_value(raw: str) -> Any:
     return value if isinstance(value, (bool, int, float, str, list, dict)) or value is None else raw
 
 
-def type_ok(value: Any, hint: Any) -> bool:
-    """Whether ``value`` (parsed YAML) fits the type hint ``hint``."""
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return isinstance(value, (list, tuple)) and (not args or all(type_ok(v, args[0]) for v in value))
-    if origin is dict or hint is dict:
-        args = typing.get_args(hint)
-        return isinstance(value, dict) and (not args or all(type_ok(v, args[1]) for v in value.values()))
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    return isinstance(value, hint) if isinstance(hint, type) else True
+@functools.lru_cache(maxsize=None)
+def _adapter(hint: Any):
+    """A pydantic validator of ``hint`` in strict mode (no str -> number, no bool -> int, ints
+    widened to float) with NaN and infinity refused."""
+    from pydantic import ConfigDict, TypeAdapter
+
+    return TypeAdapter(hint, config=ConfigDict(strict=True, allow_inf_nan=False))
+
+
+def _tuples(value: Any, hint: Any) -> Any:
+    """YAML has no tuples: a list given for a tuple-typed setting becomes one."""
+    if isinstance(value, list) and any(typing.get_origin(h) is tuple for h in (hint, *typing.get_args(hint))):
+        return tuple(value)
+    return value
 
 
 def type_name(hint: Any) -> str:
@@ -132,18 +121,24 @@ def _wants_float(hint: Any) -> bool:
 
 
 def check_value(key: str, value: Any, hint: Any) -> Any:
-    """``value`` checked against ``hint`` (ints widened to float where a float is wanted); a
-    :class:`ConfigError` naming ``key`` otherwise."""
+    """``value`` validated against ``hint`` by pydantic (strict: ints widened to float where a float
+    is wanted, nothing else converted; NaN and infinity refused); a :class:`ConfigError` naming
+    ``key`` otherwise. A mapping given for a dataclass-typed setting has its keys checked too."""
+    from pydantic import ValidationError
+
     sub = _dataclass_of(hint)
     if sub is not None and isinstance(value, Mapping):  # a nested config given as a mapping: its keys too
         return check_mapping(key, value, field_hints(sub))
-    if not type_ok(value, hint):
+    if sub is not None:  # pydantic validates dataclass instances by their fields; an instance is enough here
+        if isinstance(value, sub) or (value is None and type(None) in typing.get_args(hint)):
+            return value
         raise ConfigError(f"config key '{key}' expects {type_name(hint)}, got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):  # no setting means NaN or infinity
-        raise ConfigError(f"config key '{key}' expects a finite number, got {value!r}")
-    if _wants_float(hint) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return copy.deepcopy(value)
+    try:
+        return _adapter(hint).validate_python(copy.deepcopy(_tuples(value, hint)))
+    except ValidationError as e:
+        if any(err["type"] == "finite_number" for err in e.errors()):
+            raise ConfigError(f"config key '{key}' expects a finite number, got {value!r}") from None
+        raise ConfigError(f"config key '{key}' expects {type_name(hint)}, got {value!r}") from None
 
 
 def _dataclass_of(hint: Any) -> type | None:

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -132,9 +133,12 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
 
     max_minutes = getattr(config, "max_minutes", None)
     min_delta = getattr(config, "min_delta", 0.0)
-    lr_at = lr_schedule(config, num_batches)
     state.setdefault("step", state["epoch"] * num_batches)  # checkpoints from before the schedule existed
     state.setdefault("skipped_steps", 0)
+    # torch's LambdaLR with genrec's factor; positioned from the step count, so resume is exact
+    for group in opt.param_groups:
+        group.setdefault("initial_lr", config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config, num_batches), last_epoch=state["step"] - 1)
 
     def out_of_time() -> bool:
         return max_minutes is not None and state["seconds"] >= 60 * max_minutes
@@ -149,8 +153,6 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
             if max_minutes is not None and state["seconds"] + time.perf_counter() - t0 >= 60 * max_minutes:
                 break  # out of time: the epoch ends early (and is evaluated and saved as usual)
             step = state["step"]
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
             loss, n = loss_fn(model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -164,8 +166,12 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                         f"{steps} of {num_batches} (optimiser step {step + 1}); {_last_loss(state)}. "
                         f"{_divergence_advice(config)}")
                 skipped += 1
+                with warnings.catch_warnings():  # "scheduler stepped before the optimizer": on purpose here
+                    warnings.simplefilter("ignore", UserWarning)
+                    scheduler.step()  # the step still counts for the schedule
                 continue
             opt.step()
+            scheduler.step()
             state["last_loss"] = value
             total += value * n
             count += n
@@ -319,6 +325,14 @@ LR_SCHEDULES = ("constant", "cosine")
 def lr_schedule(config: Any, steps_per_epoch: int) -> Callable[[int], float]:
     """The learning rate at each optimiser step (0-based) for ``config``'s ``lr``, ``lr_schedule``,
     ``warmup_epochs``, ``schedule_epochs`` and ``final_lr_ratio`` (see :func:`fit`)."""
+    factor = lr_factor(config, steps_per_epoch)
+    return lambda step: config.lr * factor(step)
+
+
+def lr_factor(config: Any, steps_per_epoch: int) -> Callable[[int], float]:
+    """The multiplier of ``config.lr`` at each optimiser step (0-based): a linear warm-up over
+    ``warmup_epochs``, then constant or a cosine decay to ``final_lr_ratio`` over ``schedule_epochs``
+    (default ``max_epochs``); :func:`fit` hands it to ``torch.optim.lr_scheduler.LambdaLR``."""
     kind = getattr(config, "lr_schedule", "constant")
     if kind not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
@@ -326,13 +340,13 @@ def lr_schedule(config: Any, steps_per_epoch: int) -> Callable[[int], float]:
     horizon = max(1, (getattr(config, "schedule_epochs", None) or config.max_epochs) * steps_per_epoch)
     final = float(getattr(config, "final_lr_ratio", 0.0) or 0.0)
 
-    def lr_at(step: int) -> float:
+    def factor_at(step: int) -> float:
         factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
         if kind == "cosine":
             factor *= final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / horizon)))
-        return config.lr * factor
+        return factor
 
-    return lr_at
+    return factor_at
 
 
 def setup(config: Any) -> None:

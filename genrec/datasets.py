@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import os
+import re
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
+from genrec.config import check_value, parse_value, type_name
 from genrec.data import SequenceDataset, load_plain
 from genrec.errors import ConfigError, DataNotFoundError
 from genrec.paths import default_cache_dir  # re-exported: public as genrec.datasets.default_cache_dir
@@ -40,24 +42,6 @@ SPEC_FORMS = (
 )
 
 
-def _parse_value(text: str) -> Any:
-    text = text.strip()
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    if "-" in text:  # ranges such as seq_len=5-15
-        lo, _, hi = text.partition("-")
-        try:
-            return (int(lo), int(hi))
-        except ValueError:
-            pass
-    return text
-
-
 def _split_spec_kwargs(text: str, spec: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -68,54 +52,34 @@ def _split_spec_kwargs(text: str, spec: str) -> dict[str, str]:
     return out
 
 
-def parse_spec_kwargs(text: str, spec: str) -> dict[str, Any]:
-    """Parse ``"key=value,key=value"`` (values: bool, int, float, ``a-b`` int range, else string)."""
-    return {key: _parse_value(value) for key, value in _split_spec_kwargs(text, spec).items()}
-
-
-def _int_range(text: str) -> tuple[int, int]:
-    lo, sep, hi = text.partition("-")
-    if not sep:
-        raise ValueError(text)
-    return int(lo), int(hi)
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(text)
-    return value
-
-
-# parameter default's type -> (parser of the spec text, what the message says is expected)
-_SPEC_TYPES: dict[type, tuple[Callable[[str], Any], str]] = {
-    bool: (lambda t: {"true": True, "false": False}[t.lower()], "a boolean (true or false)"),
-    int: (int, "an integer"),
-    float: (_finite_float, "a finite number"),
-    tuple: (_int_range, "an integer range such as 5-15"),
-    str: (str, "a string"),
-}
+_RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
 
 
 def typed_spec_kwargs(text: str, spec: str, func: Callable[..., Any], what: str) -> dict[str, Any]:
-    """Parse ``"key=value,..."`` for ``func``: each value is read as the type of that parameter's
-    default (bool, int, float, ``a-b`` int range or string).
+    """Parse ``"key=value,..."`` for ``func``: values read as in a YAML file or ``--set``
+    (:func:`genrec.config.parse_value`; an ``a-b`` integer range for a tuple parameter) and checked
+    against the parameter's type hint (:func:`genrec.config.check_value`).
 
-    An unknown key raises :class:`ConfigError` listing the valid ones; a value that is not of the
-    expected type raises :class:`ConfigError` naming the key, the value and the expected type.
+    An unknown key raises :class:`ConfigError` listing the valid ones; a value of the wrong type
+    raises :class:`ConfigError` naming the key, the value and the expected type.
     """
     params = inspect.signature(func).parameters
+    hints = typing.get_type_hints(func)
     raw = _split_spec_kwargs(text, spec)
     unknown = [key for key in raw if key not in params]
     if unknown:
         raise ConfigError(f"dataset spec {spec!r}: unknown {what} parameter(s) {unknown}; valid: {sorted(params)}")
     out: dict[str, Any] = {}
     for key, text_value in raw.items():
-        parse, expected = _SPEC_TYPES.get(type(params[key].default), (_parse_value, ""))
+        hint = hints.get(key, Any)
+        is_range = typing.get_origin(hint) is tuple
+        m = _RANGE.match(text_value) if is_range else None
+        value = [int(m.group(1)), int(m.group(2))] if m else parse_value(text_value)
         try:
-            out[key] = parse(text_value)
-        except (ValueError, KeyError):
-            raise ConfigError(f"dataset spec {spec!r}: {what} parameter {key} must be {expected}, "
+            out[key] = check_value(key, value, hint)
+        except ConfigError:
+            expected = "an integer range such as 5-15" if is_range else type_name(hint)
+            raise ConfigError(f"dataset spec {spec!r}: {what} parameter {key} expects {expected}, "
                               f"got {text_value!r}") from None
     return out
 
@@ -167,4 +131,4 @@ def load_dataset(spec: str, cache_dir: str | Path | None = None, **kwargs: Any) 
     raise _unknown(spec)
 
 
-__all__ = ["load_dataset", "default_cache_dir", "parse_spec_kwargs", "typed_spec_kwargs", "SPEC_FORMS"]
+__all__ = ["load_dataset", "default_cache_dir", "typed_spec_kwargs", "SPEC_FORMS"]

@@ -333,7 +333,7 @@ CASES: list[Case] = [
          lambda w: _import("genrec.load_dataset")("movielens:1m"), ConfigError, r"unknown dataset spec 'movielens:1m'"),
     Case("spec-bad-type", "data", "a synthetic spec value of the wrong type",
          lambda w: _import("genrec.load_dataset")("synthetic:num_users=abc"), ConfigError,
-         r"synthetic parameter num_users must be an integer, got 'abc'"),
+         r"synthetic parameter num_users expects int, got 'abc'"),
     Case("spec-unknown-key", "data", "an unknown synthetic spec key",
          lambda w: _import("genrec.load_dataset")("synthetic:users=5"), ConfigError,
          r"unknown synthetic parameter\(s\) \['users'\]"),
@@ -374,7 +374,7 @@ CASES: list[Case] = [
     # --- command line -------------------------------------------------------------------------
     Case("cli-data-spec-type", "cli", "genrec data synthetic:num_users=abc",
          lambda w: cli("data", "synthetic:num_users=abc"), CliFailed,
-         r"genrec data: error: .*num_users must be an integer, got 'abc'"),
+         r"genrec data: error: .*num_users expects int, got 'abc'"),
     Case("cli-sasrec-set-typo", "cli", "genrec sasrec --set max_epoch=1 DIR",
          lambda w: cli("sasrec", "--set", "max_epoch=1", str(w.plain())), CliFailed,
          r"genrec sasrec: error: unknown setting 'max_epoch' for SASRecConfig \(did you mean 'max_epochs'\?\)"),

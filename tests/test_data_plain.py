@@ -333,14 +333,14 @@ def test_price_policy_unreadable_prices_become_none_with_one_warning(tmp_path, c
 
 def test_synthetic_spec_values_of_the_wrong_type(caplog):
     with pytest.raises(ConfigError, match=r"^dataset spec 'synthetic:num_users=abc': synthetic parameter num_users "
-                                          r"must be an integer, got 'abc'$"):
+                                          r"expects int, got 'abc'$"):
         load_dataset("synthetic:num_users=abc")
-    with pytest.raises(ConfigError, match=r"synthetic parameter memorization_share must be a finite number, got 'x'"):
+    with pytest.raises(ConfigError, match=r"synthetic parameter memorization_share expects float, got 'x'"):
         load_dataset("synthetic:memorization_share=x")
-    with pytest.raises(ConfigError, match=r"synthetic parameter seq_len must be an integer range such as 5-15, "
+    with pytest.raises(ConfigError, match=r"synthetic parameter seq_len expects an integer range such as 5-15, "
                                           r"got '7'"):
         load_dataset("synthetic:seq_len=7")
-    with pytest.raises(ConfigError, match=r"synthetic parameter num_users must be an integer, got '2.5'"):
+    with pytest.raises(ConfigError, match=r"synthetic parameter num_users expects int, got '2.5'"):
         load_dataset("synthetic:num_users=2.5")
     with pytest.raises(ConfigError, match=r"^dataset spec 'synthetic:num_user=5,seed=1': unknown synthetic "
                                           r"parameter\(s\) \['num_user'\]; valid: \['heldout_share', .*'num_users', "

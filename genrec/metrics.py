@@ -76,11 +76,9 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dic
     if ranks.size == 0:
         raise ValueError("no instances to evaluate")
     out: dict[str, float] = {}
-    gains = 1.0 / np.log2(ranks.astype(np.float64) + 2.0)
     for k in ks:
-        hit = ranks < k
-        out[f"recall@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, gains, 0.0).mean())
+        out[f"recall@{k}"] = float((ranks < k).mean())
+        out[f"ndcg@{k}"] = float(per_instance_ndcg(ranks, k).mean())
     bad = {name: v for name, v in out.items() if not 0.0 <= v <= 1.0}
     if bad:  # cannot happen for valid ranks; a guard so that a wrong number is never reported
         raise AssertionError(f"metrics outside [0, 1]: {bad}")

@@ -4,6 +4,7 @@
   ranking.
 - :mod:`fusion.indicators`: per-instance features telling memorization from generalization cases.
 - :mod:`fusion.methods`: fixed-weight, adaptive (MSP-gated) and learned-gate post-hoc fusion.
+- :mod:`fusion.persist`: save fitted post-hoc methods to one safe file and load them back.
 - :mod:`fusion.joint`: both towers and a gate trained together with one objective.
 - :mod:`fusion.adapters`: turn trained models into fusion inputs; :mod:`fusion.report`: tables.
 """
@@ -13,6 +14,7 @@ from fusion.candidates import (CandidateScores, build_candidates, evaluate_fused
 from fusion.indicators import Indicators, Standardizer, TrainStats, compute_indicators
 from fusion.methods import (SCALES, AdaptiveFusion, FixedWeightFusion, FusionMethod, GateHead, GateReport,
                             LearnedGateFusion, convex, params_equal)
+from fusion.persist import load_methods, save_methods
 from fusion.report import FusionOutput, results_by_label, results_markdown, run_posthoc, single_model_topk
 
 __all__ = [
@@ -21,5 +23,6 @@ __all__ = [
     "Indicators", "Standardizer", "TrainStats", "compute_indicators",
     "SCALES", "AdaptiveFusion", "FixedWeightFusion", "FusionMethod", "GateHead", "GateReport",
     "LearnedGateFusion", "convex", "params_equal",
+    "load_methods", "save_methods",
     "FusionOutput", "results_by_label", "results_markdown", "run_posthoc", "single_model_topk",
 ]

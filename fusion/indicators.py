@@ -27,7 +27,7 @@ feature                      meaning
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -82,6 +82,34 @@ class Standardizer:
     def transform(self, ind: Indicators) -> np.ndarray:
         """``[n, F]`` standardised values of ``ind`` (columns matched by name)."""
         return ((ind.select(self.names).values - self.mean) / self.std).astype(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        """Names (a list) and ``mean`` / ``std`` (float32 tensors): loadable with ``weights_only=True``."""
+        import torch
+
+        return {"names": list(self.names), "mean": torch.from_numpy(np.array(self.mean, np.float32)),
+                "std": torch.from_numpy(np.array(self.std, np.float32))}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "Standardizer":
+        """The standardizer :meth:`state` describes; a malformed state is a ``ValueError``."""
+        import torch
+
+        if not isinstance(state, Mapping) or set(state) != {"names", "mean", "std"}:
+            raise ValueError(f"standardizer state must have exactly the entries names, mean, std; got "
+                             f"{sorted(map(str, state)) if isinstance(state, Mapping) else type(state).__name__}")
+        names = state["names"]
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ValueError("standardizer names must be a list of strings")
+        arrays = {}
+        for key in ("mean", "std"):
+            v = state[key]
+            if not isinstance(v, torch.Tensor) or v.dtype != torch.float32 or v.shape != (len(names),):
+                raise ValueError(f"standardizer {key} must be a float32 tensor of shape ({len(names)},), got "
+                                 f"{tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}"
+                                 f"{' ' + str(v.dtype) if isinstance(v, torch.Tensor) else ''}")
+            arrays[key] = v.detach().cpu().numpy().copy()
+        return cls(tuple(names), arrays["mean"], arrays["std"])
 
 
 class TrainStats:

@@ -8,6 +8,10 @@ All methods share one small protocol (:class:`FusionMethod`, no base class):
 - ``gates(cands, indicators) -> GateReport``: per instance the weight ``g`` on the ID model
   (1 = trust the ID model fully), the features it came from and each feature's contribution.
 - ``params() -> dict``: everything fitted, for inspection and the leakage test.
+- ``state() -> dict`` and the classmethod ``from_state(state)``: the configuration and everything
+  fitted as plain values, lists, dicts and tensors (loadable with ``torch.load(weights_only=True)``),
+  and the equal, fitted method rebuilt from it; an unfitted method's ``state()`` is a ``ValueError``,
+  a malformed state a ``ValueError`` from ``from_state``. :mod:`fusion.persist` saves them to a file.
 
 Methods (``g`` = weight of the ID model):
 
@@ -27,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -81,11 +85,67 @@ class FusionMethod(Protocol):
 
     def params(self) -> dict[str, Any]: ...
 
+    def state(self) -> dict[str, Any]: ...
+
 
 def convex(gate: np.ndarray, id_norm: np.ndarray, gr_norm: np.ndarray) -> np.ndarray:
     """``g * id + (1 - g) * gr`` with a per-instance gate ``[n]``."""
     g = np.asarray(gate, np.float32)[:, None]
     return g * id_norm + (1.0 - g) * gr_norm
+
+
+def _not_fitted(method: Any) -> ValueError:
+    return ValueError(f"{type(method).__name__} {method.name!r} is not fitted: call fit() before saving it")
+
+
+def _check_keys(state: Any, cls: type, keys: Sequence[str]) -> Mapping[str, Any]:
+    """``state`` as a mapping with exactly ``keys``, else a ``ValueError`` naming what differs."""
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{cls.__name__} state must be a dict, got {type(state).__name__}")
+    missing = [k for k in keys if k not in state]
+    extra = sorted(str(k) for k in state if k not in keys)
+    if missing or extra:
+        problems = ([f"lacks {', '.join(missing)}"] if missing else []) + (
+            [f"has unknown {', '.join(extra)}"] if extra else [])
+        raise ValueError(f"{cls.__name__} state " + "; ".join(problems))
+    return state
+
+
+def _float(v: Any, what: str, optional: bool = False) -> float | None:
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{what} must be a number{' or None' if optional else ''}, got {type(v).__name__}")
+    return float(v)
+
+
+def _int(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{what} must be an int, got {type(v).__name__}")
+    return int(v)
+
+
+def _str(v: Any, what: str) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"{what} must be a string, got {type(v).__name__}")
+    return v
+
+
+def _floats(v: Any, what: str) -> tuple[float, ...]:
+    if not isinstance(v, (list, tuple)):
+        raise ValueError(f"{what} must be a list of numbers, got {type(v).__name__}")
+    return tuple(_float(x, f"{what}[{i}]") for i, x in enumerate(v))
+
+
+def _plain(v: Any) -> Any:
+    """A number as a Python int or float (numpy scalars included); anything else as is."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    return v
 
 
 class _Grid:
@@ -143,6 +203,27 @@ class FixedWeightFusion:
     def params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "valid_ndcg": self.valid_ndcg}
 
+    _STATE_KEYS = ("alphas", "k", "name", "alpha", "valid_ndcg", "grid")
+
+    def state(self) -> dict[str, Any]:
+        """Configuration and fitted ``alpha`` (with its validation grid) as plain values."""
+        if self.alpha is None:
+            raise _not_fitted(self)
+        return {"alphas": [float(a) for a in self.alphas], "k": int(self.k), "name": str(self.name),
+                "alpha": float(self.alpha), "valid_ndcg": _float(_plain(self.valid_ndcg), "valid_ndcg", True),
+                "grid": [[float(a), float(n)] for a, n in self.grid.items()]}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "FixedWeightFusion":
+        """The fitted method :meth:`state` describes."""
+        st = _check_keys(state, cls, cls._STATE_KEYS)
+        grid = st["grid"]
+        if not isinstance(grid, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in grid):
+            raise ValueError(f"{cls.__name__} grid must be a list of [alpha, ndcg] pairs")
+        return cls(alphas=_floats(st["alphas"], "alphas"), k=_int(st["k"], "k"), name=_str(st["name"], "name"),
+                   alpha=_float(st["alpha"], "alpha"), valid_ndcg=_float(st["valid_ndcg"], "valid_ndcg", True),
+                   grid={_float(a, "grid alpha"): _float(n, "grid ndcg") for a, n in grid})
+
 
 @dataclass
 class AdaptiveFusion:
@@ -194,6 +275,26 @@ class AdaptiveFusion:
 
     def params(self) -> dict[str, Any]:
         return {"indicator": self.indicator, "q": self.q, "tau": self.tau, "valid_ndcg": self.valid_ndcg}
+
+    _STATE_KEYS = ("indicator", "qs", "taus", "k", "name", "q", "tau", "valid_ndcg")
+
+    def state(self) -> dict[str, Any]:
+        """Configuration and fitted ``q``, ``tau`` as plain values."""
+        if self.q is None or self.tau is None:
+            raise _not_fitted(self)
+        return {"indicator": str(self.indicator), "qs": [float(q) for q in self.qs],
+                "taus": None if self.taus is None else [float(t) for t in self.taus], "k": int(self.k),
+                "name": str(self.name), "q": float(self.q), "tau": float(self.tau),
+                "valid_ndcg": _float(_plain(self.valid_ndcg), "valid_ndcg", True)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "AdaptiveFusion":
+        """The fitted method :meth:`state` describes."""
+        st = _check_keys(state, cls, cls._STATE_KEYS)
+        return cls(indicator=_str(st["indicator"], "indicator"), qs=_floats(st["qs"], "qs"),
+                   taus=None if st["taus"] is None else _floats(st["taus"], "taus"), k=_int(st["k"], "k"),
+                   name=_str(st["name"], "name"), q=_float(st["q"], "q"), tau=_float(st["tau"], "tau"),
+                   valid_ndcg=_float(st["valid_ndcg"], "valid_ndcg", True))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -377,6 +478,58 @@ class LearnedGateFusion:
         return {"scale": self.scale, "features": list(self.features), "best_epoch": self.best_epoch,
                 "mean": self.standardizer.mean.copy(), "std": self.standardizer.std.copy(),
                 **{k: v.detach().numpy().copy() for k, v in self.model.state_dict().items()}}
+
+    _CONFIG = {"scale": _str, "hidden": _int, "lr": _float, "weight_decay": _float, "batch_size": _int,
+               "max_epochs": _int, "patience": _int, "holdout": _float, "k": _int, "seed": _int, "name": _str}
+    _STATE_KEYS = (*_CONFIG, "features", "standardizer", "model", "history", "best_epoch")
+
+    def state(self) -> dict[str, Any]:
+        """Configuration, feature names, standardizer, gate network weights (incl. the learned
+        temperatures), training history and best epoch; tensors are copies."""
+        if self.model is None or self.standardizer is None or self.features is None:
+            raise _not_fitted(self)
+        return {**{k: check(_plain(getattr(self, k)), k) for k, check in self._CONFIG.items()},
+                "features": [str(f) for f in self.features], "standardizer": self.standardizer.state(),
+                "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "history": [{str(k): _plain(v) for k, v in h.items()} for h in self.history],
+                "best_epoch": int(self.best_epoch)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "LearnedGateFusion":
+        """The fitted method :meth:`state` describes, its gate network in eval mode (built without
+        drawing random numbers, its weights checked against the configuration before any allocation)."""
+        st = _check_keys(state, cls, cls._STATE_KEYS)
+        features = st["features"]
+        if not isinstance(features, (list, tuple)) or not all(isinstance(f, str) for f in features):
+            raise ValueError(f"{cls.__name__} features must be a list of strings")
+        method = cls(features=list(features), **{k: check(st[k], k) for k, check in cls._CONFIG.items()})
+        method.standardizer = Standardizer.from_state(st["standardizer"])
+        if list(method.standardizer.names) != method.features:
+            raise ValueError(f"{cls.__name__} standardizer names {list(method.standardizer.names)} differ from "
+                             f"features {method.features}")
+        history = st["history"]
+        if not isinstance(history, (list, tuple)) or not all(
+                isinstance(h, Mapping) and all(isinstance(k, str) for k in h) for h in history):
+            raise ValueError(f"{cls.__name__} history must be a list of dicts")
+        method.history = [{k: _float(v, f"history {k}") if isinstance(v, float) else _int(v, f"history {k}")
+                           for k, v in h.items()} for h in history]
+        method.best_epoch = _int(st["best_epoch"], "best_epoch")
+        with torch.device("meta"):  # shapes only: no memory, no random numbers
+            model = _Fuser(len(method.features), method.hidden, method.scale)
+        weights = st["model"]
+        expected = model.state_dict()
+        if not isinstance(weights, Mapping) or set(weights) != set(expected):
+            raise ValueError(f"{cls.__name__} model weights must have exactly the entries {sorted(expected)}, got "
+                             f"{sorted(map(str, weights)) if isinstance(weights, Mapping) else type(weights).__name__}")
+        for k, ref in expected.items():
+            w = weights[k]
+            if not isinstance(w, torch.Tensor) or w.shape != ref.shape or w.dtype != ref.dtype:
+                got = f"{tuple(w.shape)} {w.dtype}" if isinstance(w, torch.Tensor) else type(w).__name__
+                raise ValueError(f"{cls.__name__} model weight {k} must be a {tuple(ref.shape)} {ref.dtype} tensor, "
+                                 f"got {got}")
+        model.load_state_dict({k: w.detach().clone() for k, w in weights.items()}, assign=True)
+        method.model = model.eval()
+        return method
 
 
 def params_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -250,3 +250,16 @@ def test_recipe_script_is_the_same_as_genrec_run(reference, tiny, tmp_path, caps
     assert "comparisons:" in capsys.readouterr().out
     assert script.main([str(DEMO_YAML), "--out", str(out), "--set", *tiny, "sasrec.hidden=8"]) == 2  # refused
     assert "Rerun with --force" in capsys.readouterr().err
+
+
+def test_fusion_stage_saves_every_fitted_method(reference):
+    """fusion/methods.pt reloads into methods whose parameters are the ones results.json reports."""
+    from fusion import load_methods
+
+    methods = load_methods(reference / "fusion" / "methods.pt")
+    res = _results(reference)
+    assert list(methods) == json.loads((reference / "fusion" / "summary.json").read_text())["methods"]
+    for name, method in methods.items():
+        for key, value in res["fusion"]["params"][name].items():
+            if key != "features":
+                assert method.params()[key] == pytest.approx(value), (name, key)

@@ -233,10 +233,11 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     """Post-hoc fusion: both models' top-K candidates and indicators on validation and test, every
     method fitted on validation only and applied to test. ``fusion/topk.npz`` (test top-K lists of
     ``sasrec``, ``gr`` and each method), ``fusion/gates.npz`` (test gate = weight of SASRec, per
-    method), ``fusion/summary.json`` (fitted parameters, union width, timings)."""
+    method), ``fusion/methods.pt`` (every fitted method, :func:`fusion.load_methods`),
+    ``fusion/summary.json`` (fitted parameters, union width, timings)."""
     run_dir, config = ctx.run_dir, ctx.config
     try:
-        from fusion import TrainStats, run_posthoc, single_model_topk
+        from fusion import TrainStats, run_posthoc, save_methods, single_model_topk
         from fusion.adapters import model_inputs
     except ImportError as e:  # pragma: no cover - the fusion package is part of the project
         raise RuntimeError(f"fusion stage: the fusion package's API is missing ({e})") from None
@@ -253,7 +254,8 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
                               teacher_forcing=f.teacher_forcing, batch_size=config.generative.eval_batch_size)
            for name in ("valid", "test")}
     valid, test = fin["valid"], fin["test"]
-    outputs = run_posthoc(_fusion_methods(config), valid.cands, split.valid.targets, valid.indicators, test.cands,
+    methods = _fusion_methods(config)
+    outputs = run_posthoc(methods, valid.cands, split.valid.targets, valid.indicators, test.cands,
                           test.indicators, k=f.k)
     topk = {"sasrec": single_model_topk(test.cands, "id", f.k), "gr": single_model_topk(test.cands, "gr", f.k)}
     topk.update({name: o.topk for name, o in outputs.items()})
@@ -269,7 +271,10 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
         "timing": {"inputs": {n: inp.seconds for n, inp in fin.items()},
                    "methods": {n: o.seconds for n, o in outputs.items()}},
     }
-    return {"topk": p_topk, "gates": p_gates, "summary": save_json(out / "summary.json", summary)}
+    # every fitted method, gate weights included, loadable with fusion.load_methods (weights_only)
+    p_methods = save_methods(out / "methods.pt", {m.name: m for m in methods})
+    return {"topk": p_topk, "gates": p_gates, "methods": p_methods,
+            "summary": save_json(out / "summary.json", summary)}
 
 
 def _small_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,16 +16,10 @@ import pytest
 
 from genrec import cli
 from genrec.logs import configure_logging, log_to_file, reset_logging
+from test_pipeline import TINY  # the tiny demo's overrides, defined once
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_YAML = ROOT / "recipes" / "configs" / "demo.yaml"
-
-# tests/test_pipeline.py's tiny demo: 64 items, 150 users, one-block models, two epochs
-TINY = ["num_threads=1", "data.dataset=synthetic:num_users=150,num_brands=4,num_categories=4,num_attributes=4",
-        "data.max_history=10", "quantize.codebook_size=4",
-        "sasrec.hidden=16", "sasrec.max_epochs=2", "sasrec.batch_size=64",
-        "generative.hidden=16", "generative.max_epochs=2", "generative.max_minutes=null", "generative.eval_beam=5",
-        "generative.batch_size=64", "fusion.k=10", "fusion.beam=10", "fusion.gate.max_epochs=5", "report.ks=[5,10]"]
 
 NOISE = ("INFO", "faiss", "AVX512", "ModuleNotFoundError", "Loading weights", "sentence_transformers", "Traceback")
 

@@ -99,9 +99,9 @@ def _template(config: RecipeConfig):
 
 def stage_embed(ctx: StageContext) -> dict[str, Path]:
     """Item texts -> sentence embeddings: ``embed/embeddings.npy`` ``[n_items, dim]``, ``embed/summary.json``."""
-    run_dir, config = ctx.run_dir, ctx.config
     from quantize import TextEncoder, embed_items, item_texts
 
+    run_dir, config = ctx.run_dir, ctx.config
     dataset, _ = ctx.data()
     t = config.text
     encoder = TextEncoder(t.model, batch_size=t.batch_size, max_seq_length=t.max_seq_length,
@@ -129,9 +129,9 @@ def _np_savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 def stage_quantize(ctx: StageContext) -> dict[str, Path]:
     """Embeddings -> semantic IDs: ``quantize/semantic_ids.json``, ``diagnostics.json``, ``quantizer.pt``."""
-    run_dir, config, inputs = ctx.run_dir, ctx.config, ctx.inputs
     from quantize import build_semantic_ids
 
+    run_dir, config, inputs = ctx.run_dir, ctx.config, ctx.inputs
     dataset, _ = ctx.data()
     q = config.quantize
     x = np.load(inputs["embed"] / "embeddings.npy")
@@ -159,9 +159,9 @@ def _table(run_dir: Path):
 def stage_sasrec(ctx: StageContext) -> dict[str, Path]:
     """Train SASRec (resumable): ``sasrec/best.pt``, ``last.pt``, ``history.json``, ``summary.json``
     (best epoch, validation metrics; test metrics are computed in the evaluate stage)."""
-    run_dir, config = ctx.run_dir, ctx.config
     from genrec.sasrec import train_sasrec
 
+    run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.data()
     out = run_dir / "sasrec"
     result = train_sasrec(split, config.sasrec, out_dir=out, progress=ctx.progress)
@@ -174,9 +174,9 @@ def stage_generative(ctx: StageContext) -> dict[str, Path]:
     """Train the semantic-ID generative model (resumable): ``generative/best.pt``, ``last.pt``,
     ``history.json``, ``summary.json`` (best epoch, validation beam-search metrics; test metrics come
     from the fusion stage's beam, in the evaluate stage)."""
-    run_dir, config = ctx.run_dir, ctx.config
     from genrec.generative import train_generative
 
+    run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.data()
     out = run_dir / "generative"
     result = train_generative(split, _table(run_dir), config.generative, out_dir=out, progress=ctx.progress)
@@ -189,9 +189,9 @@ def stage_generative(ctx: StageContext) -> dict[str, Path]:
 def stage_labels(ctx: StageContext) -> dict[str, Path]:
     """Memorization / generalization labels of validation and test instances: ``labels/labels.npz``
     (``{split}_kind``, ``{split}_hop``, ``{split}_kind_hops``) and ``labels/summary.json`` (shares)."""
-    run_dir, config = ctx.run_dir, ctx.config
     from genrec.memorization import label_split
 
+    run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.data()
     labels = label_split(split, max_hop=config.labels.max_hop)
     arrays = {}
@@ -235,7 +235,6 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     ``sasrec``, ``gr`` and each method), ``fusion/gates.npz`` (test gate = weight of SASRec, per
     method), ``fusion/methods.pt`` (every fitted method, :func:`fusion.load_methods`),
     ``fusion/summary.json`` (fitted parameters, union width, timings)."""
-    run_dir, config = ctx.run_dir, ctx.config
     try:
         from fusion import TrainStats, run_posthoc, save_methods, single_model_topk
         from fusion.adapters import model_inputs
@@ -244,6 +243,7 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     from genrec.generative import load_generative
     from genrec.sasrec import load_sasrec
 
+    run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.data()
     check_catalogue(config, split.num_items)
     f = config.fusion
@@ -292,12 +292,12 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
     """Joint training of both towers and a gate (:func:`fusion.joint.train_joint`, resumable):
     ``joint/best.pt``, ``history.json``, ``ranks.npz`` (test ranks, full catalogue), ``gates.npz``,
     ``summary.json``."""
-    run_dir, config = ctx.run_dir, ctx.config
     try:
         from fusion.joint import joint_gates, joint_ranks, train_joint
     except ImportError as e:  # pragma: no cover
         raise RuntimeError(f"joint stage: fusion.joint is missing ({e})") from None
 
+    run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.data()
     out = run_dir / "joint"
     jc = joint_config(config)
@@ -315,10 +315,10 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
 def stage_evaluate(ctx: StageContext) -> dict[str, Path]:
     """Test metrics of every model overall and per memorization label, and mean gate values by label:
     ``evaluate/metrics.json``."""
-    run_dir, config, inputs = ctx.run_dir, ctx.config, ctx.inputs
     from genrec.analysis import evaluate_by_category
     from genrec.metrics import ranks_from_topk
 
+    run_dir, config, inputs = ctx.run_dir, ctx.config, ctx.inputs
     _, split = ctx.data()
     labels = load_labels(run_dir, "test")
     targets = split.test.targets

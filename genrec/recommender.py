@@ -71,7 +71,7 @@ class Recommender:
         for stage in ("sasrec", "generative", "quantize", "fusion"):
             if not (run_dir / stage / "stage.done.json").is_file():
                 raise CheckpointError(f"{run_dir}: stage {stage!r} has not finished there; run the recipe first")
-        config = config_from_dict({k: v for k, v in load_json(run_dir / "config.json").items()})
+        config = config_from_dict(load_json(run_dir / "config.json"))
         methods = load_methods(run_dir / "fusion" / "methods.pt")
         name = method or config.fusion.primary
         if name not in methods:

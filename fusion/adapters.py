@@ -5,12 +5,21 @@ The fusion methods only see arrays (:class:`~fusion.candidates.CandidateScores`,
 SASRec's top-K, MSP and entropy in one pass over its logits, its log-probs of any candidates, and
 the generative model's beam (``genrec.generative.recommend``) and teacher-forced candidate scores
 (``genrec.generative.score_items``).
+
+Items added after training (``genrec.new_items``): the generative model knows them through their
+semantic IDs, SASRec has no embedding for them (item index ``>= sasrec.num_items``). SASRec reads
+each history without them (:func:`id_tower_histories`), never proposes them, and its score of such
+a candidate is NaN (missing), which every fusion method handles (``fusion.methods``, "Candidates the
+ID model cannot score"). A history made only of such items leaves SASRec nothing to read: it then
+proposes nothing, and its confidence indicators are those of the uniform distribution (MSP
+``1 / num_items``, entropy ``log num_items``), so gates that read them lean on the generative model.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,32 +29,58 @@ from fusion.indicators import Indicators, TrainStats, compute_indicators
 from genrec.splits import Instances
 
 
-def sasrec_outputs(model, instances: Instances, k: int = 50, batch_size: int = 1024) -> dict[str, np.ndarray]:
-    """``items [n, k]``, ``log_probs [n, k]`` (best first), ``max_prob [n]`` and ``entropy [n]``."""
+def id_tower_histories(histories: Instances | Sequence[np.ndarray], num_items: int) -> list[np.ndarray]:
+    """Each history without the items an ID model trained on ``num_items`` items cannot read (item
+    indices ``>= num_items``: added to the catalogue after training); may leave a history empty."""
+    hist = histories.histories if isinstance(histories, Instances) else histories
+    out = []
+    for h in hist:
+        h = np.asarray(h, np.int64)
+        out.append(h[h < num_items] if len(h) and h.max() >= num_items else h)
+    return out
+
+
+def sasrec_outputs(model, instances: Instances | Sequence[np.ndarray], k: int = 50, batch_size: int = 1024
+                   ) -> dict[str, np.ndarray]:
+    """``items [n, k]``, ``log_probs [n, k]`` (best first), ``max_prob [n]`` and ``entropy [n]``; a
+    history with no item SASRec knows gets no items (``-1``, ``-inf``) and the uniform MSP / entropy."""
     from genrec.sasrec import iter_logits
 
-    n = len(instances)
-    items, logp = np.zeros((n, k), np.int64), np.zeros((n, k), np.float32)
-    msp, ent = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    for rows, logits in iter_logits(model, instances, batch_size):
-        lp = torch.log_softmax(logits, -1)
-        v, i = lp.topk(k, dim=-1)
-        items[rows], logp[rows] = i.numpy(), v.numpy()
-        msp[rows] = v[:, 0].exp().numpy()
-        ent[rows] = (-(lp.exp() * lp).sum(-1)).numpy()
+    hist = id_tower_histories(instances, model.num_items)
+    n = len(hist)
+    items, logp = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+    msp = np.full(n, 1.0 / model.num_items, np.float32)
+    ent = np.full(n, np.log(model.num_items), np.float32)
+    live = np.flatnonzero([len(h) > 0 for h in hist])
+    if len(live):
+        for rows, logits in iter_logits(model, [hist[j] for j in live], batch_size):
+            r = live[rows]
+            lp = torch.log_softmax(logits, -1)
+            v, i = lp.topk(k, dim=-1)
+            items[r], logp[r] = i.numpy(), v.numpy()
+            msp[r] = v[:, 0].exp().numpy()
+            ent[r] = (-(lp.exp() * lp).sum(-1)).numpy()
     return {"items": items, "log_probs": logp, "max_prob": msp, "entropy": ent}
 
 
-def sasrec_scorer(model, instances: Instances, batch_size: int = 1024) -> Scorer:
-    """Callback: SASRec log-probs of candidates ``[n, C]`` (``-1`` -> NaN)."""
+def sasrec_scorer(model, instances: Instances | Sequence[np.ndarray], batch_size: int = 1024) -> Scorer:
+    """Callback: SASRec log-probs of candidates ``[n, C]``; ``-1`` (padding) and items SASRec cannot
+    score (index ``>= model.num_items``, or a history with no item it knows) -> NaN."""
     from genrec.sasrec import iter_logits
+
+    hist = id_tower_histories(instances, model.num_items)
+    live = np.flatnonzero([len(h) > 0 for h in hist])
 
     def score(cands: np.ndarray) -> np.ndarray:
         out = np.full(cands.shape, np.nan, np.float32)
-        for rows, logits in iter_logits(model, instances, batch_size):
-            c = torch.from_numpy(cands[rows])
-            lp = torch.log_softmax(logits, -1).gather(1, c.clamp_min(0))
-            out[rows] = torch.where(c >= 0, lp, torch.nan).numpy()
+        if not len(live):
+            return out
+        for rows, logits in iter_logits(model, [hist[j] for j in live], batch_size):
+            r = live[rows]
+            c = torch.from_numpy(np.asarray(cands[r], np.int64))
+            known = (c >= 0) & (c < model.num_items)
+            lp = torch.log_softmax(logits, -1).gather(1, c.clamp(0, model.num_items - 1))
+            out[r] = torch.where(known, lp, torch.nan).numpy()
         return out
 
     return score
@@ -58,6 +93,31 @@ def generative_scorer(model, instances: Instances, batch_size: int = 512) -> Sco
     def score(cands: np.ndarray) -> np.ndarray:
         s = np.asarray(score_items(model, instances, cands, batch_size=batch_size), np.float32)
         return np.where(cands >= 0, s, np.nan)
+
+    return score
+
+
+def lookup_scorer(items: np.ndarray, scores: np.ndarray, fallback: Scorer | None = None,
+                  chunk: int = 2048) -> Scorer:
+    """Callback: scores of candidates ``[n, C]`` looked up in precomputed ``items`` / ``scores``
+    ``[n, K]`` (``-1`` -> NaN); a candidate not among a row's ``items`` is scored by ``fallback``
+    (NaN without one)."""
+    items, scores = np.asarray(items, np.int64), np.asarray(scores, np.float32)
+
+    def score(cands: np.ndarray) -> np.ndarray:
+        cands = np.asarray(cands, np.int64)
+        out = np.full(cands.shape, np.nan, np.float32)
+        found = np.zeros(cands.shape, bool)
+        for s in range(0, len(cands), chunk):  # [chunk, C, K] comparisons at a time
+            c, it = cands[s:s + chunk], items[s:s + chunk]
+            match = (c[:, :, None] == it[:, None, :]) & (c[:, :, None] >= 0)
+            found[s:s + chunk] = match.any(2)
+            out[s:s + chunk] = np.where(found[s:s + chunk],
+                                        np.take_along_axis(scores[s:s + chunk], match.argmax(2), 1), np.nan)
+        missing = (cands >= 0) & ~found
+        if fallback is not None and missing.any():
+            out[missing] = np.asarray(fallback(np.where(missing, cands, -1)), np.float32)[missing]
+        return out
 
     return score
 
@@ -76,7 +136,7 @@ def model_inputs(sasrec, generative, instances: Instances, stats: TrainStats, k:
     """Candidates (union of both top-``k`` lists, each model scoring the other's candidates when
     ``teacher_forcing``) and indicators of ``instances``. Targets are never read. ``k`` may not
     exceed the catalogue (``ValueError``)."""
-    from genrec.generative import recommend
+    from genrec.generative import decode
 
     if not 1 <= k <= sasrec.num_items:
         raise ValueError(f"k={k} must be between 1 and the catalogue size ({sasrec.num_items} items)")
@@ -86,8 +146,12 @@ def model_inputs(sasrec, generative, instances: Instances, stats: TrainStats, k:
     ids = sasrec_outputs(sasrec, instances, k)
     sec["sasrec_topk"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    beam_result = recommend(generative, instances, beam_size=max(beam, k), top_k=k, batch_size=batch_size)
-    sec["generative_beam"] = time.perf_counter() - t0
+    # One generative pass gives the beam and, with teacher forcing, the scores of SASRec's top-k:
+    # every candidate the generative model is missing from the union is one of those.
+    beam_result, gr_of_id_items = decode(generative, instances, beam_size=max(beam, k), top_k=k,
+                                         candidates=ids["items"] if teacher_forcing else None,
+                                         batch_size=batch_size)
+    sec["generative_beam"] = time.perf_counter() - t0  # with the cross-scoring of SASRec's candidates
     sec["cross_scoring"] = 0.0
 
     def timed(scorer: Scorer) -> Scorer:
@@ -98,10 +162,13 @@ def model_inputs(sasrec, generative, instances: Instances, stats: TrainStats, k:
             return out
         return run
 
+    gr_scorer = None
+    if teacher_forcing:
+        gr_scorer = lookup_scorer(ids["items"], gr_of_id_items, generative_scorer(generative, instances, batch_size))
     t0 = time.perf_counter()
     cands = build_candidates(ids["items"], ids["log_probs"], beam_result.items, beam_result.log_probs,
                              timed(sasrec_scorer(sasrec, instances)) if teacher_forcing else None,
-                             timed(generative_scorer(generative, instances, batch_size)) if teacher_forcing else None)
+                             timed(gr_scorer) if teacher_forcing else None)
     sec["union"] = time.perf_counter() - t0 - sec["cross_scoring"]  # fusion-side work, not inference
     t0 = time.perf_counter()
     ind = compute_indicators(instances, stats, id_summary=ids, id_items=ids["items"], gr_items=beam_result.items,
@@ -110,4 +177,5 @@ def model_inputs(sasrec, generative, instances: Instances, stats: TrainStats, k:
     return FusionInputs(cands, ind, sec)
 
 
-__all__ = ["sasrec_outputs", "sasrec_scorer", "generative_scorer", "FusionInputs", "model_inputs"]
+__all__ = ["id_tower_histories", "sasrec_outputs", "sasrec_scorer", "generative_scorer", "lookup_scorer", "FusionInputs",
+           "model_inputs"]

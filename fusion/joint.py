@@ -40,8 +40,10 @@ import torch.nn.functional as F
 
 from fusion.methods import GateHead, GateReport
 from fusion.indicators import Indicators
+from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, repeat_mixture
+from genrec.errors import CheckpointError
 from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
 from genrec.sasrec import SASRec, SASRecConfig
@@ -400,6 +402,30 @@ def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None 
                f"joint[{config.mode}]")
 
 
+def save_joint(model: JointModel, path: str | Path) -> Path:
+    """Save a joint model (weights, config, semantic IDs) atomically, loadable with :func:`load_joint`."""
+    return torch_save(path, {"model": model.state_dict(), "config": asdict(model.config),
+                             "codes": torch.from_numpy(np.asarray(model.gr_tower.codes, np.int64)),
+                             "codebook_sizes": list(model.gr_tower.codebook_sizes), "num_items": model.num_items})
+
+
+def load_joint(path: str | Path) -> JointModel:
+    """Load a model saved by :func:`train_joint` (``best.pt``, or its directory) or :func:`save_joint`
+    (weights only; a file of another shape is a :class:`~genrec.errors.CheckpointError`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    ckpt = load_checkpoint(path, kind="joint model checkpoint",
+                           keys=("model", "config", "codes", "codebook_sizes", "num_items"))
+    try:
+        model = JointModel(int(ckpt["num_items"]), np.asarray(ckpt["codes"]), ckpt["codebook_sizes"],
+                           JointConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a joint model this genrec can load ({e})") from e
+    return model.eval()
+
+
 __all__ = ["JointConfig", "JointModel", "GATE_FEATURES", "TARGET_SCOPE_FEATURES", "gr_catalogue_log_probs",
            "gr_target_log_probs", "gr_first_code_stats", "train_joint",
-           "evaluate_joint", "joint_ranks", "joint_gates", "MODES", "MIXINGS"]
+           "evaluate_joint", "joint_ranks", "joint_gates", "MODES", "MIXINGS", "save_joint", "load_joint"]

@@ -5,7 +5,7 @@ import logging
 from genrec.data import DataFormatError, ItemText, SequenceDataset, load_plain, write_plain
 from genrec.datasets import load_dataset
 from genrec.metrics import metrics_from_ranks, ranks_from_scores, ranks_from_topk
-from genrec.recommender import Recommendations, Recommender
+from genrec.recommender import Explanation, Recommendations, Recommender
 from genrec.splits import Instances, LeaveOneOutSplit, leave_one_out
 from genrec.synthetic import make_synthetic
 
@@ -17,5 +17,5 @@ __all__ = [
     "DataFormatError", "ItemText", "SequenceDataset", "load_plain", "write_plain",
     "metrics_from_ranks", "ranks_from_scores", "ranks_from_topk",
     "Instances", "LeaveOneOutSplit", "leave_one_out",
-    "load_dataset", "make_synthetic", "Recommender", "Recommendations",
+    "load_dataset", "make_synthetic", "Recommender", "Recommendations", "Explanation",
 ]

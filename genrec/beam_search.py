@@ -25,7 +25,8 @@ import torch
 from genrec.batching import check_histories
 from genrec.trie import PrefixTrie  # re-exported: beam_search's callers build the trie they pass in
 
-__all__ = ["PrefixTrie", "CodeDecoder", "BeamResult", "beam_search", "score_candidates"]
+__all__ = ["PrefixTrie", "CodeDecoder", "BeamResult", "beam_search", "score_candidates", "beam_from_context",
+           "score_from_context", "length_batches"]
 
 
 class CodeDecoder(Protocol):
@@ -55,10 +56,12 @@ class BeamResult:
 
 
 @torch.no_grad()
-def _beam_batch(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray], users: np.ndarray | None,
-                beam_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    N = len(histories)
-    context = model.start(histories, users)
+def beam_from_context(model: CodeDecoder, trie: PrefixTrie, context: Any, num_histories: int, beam_size: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Constrained beam search for ``N = num_histories`` histories already encoded by ``model.start``:
+    items ``[N, K]`` (-1 pads), sequence log-probs ``[N, K]`` (best first) and codes ``[N, K, L]``.
+    Callers that also score candidates of the same histories (:func:`score_from_context`) encode once."""
+    N = num_histories
     codes = torch.zeros(N, 1, 0, dtype=torch.long)  # [N, K, l]
     nodes = torch.zeros(N, 1, dtype=torch.long)  # prefix node of each beam
     scores = torch.zeros(N, 1)  # [N, K] accumulated log-probs
@@ -81,6 +84,38 @@ def _beam_batch(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray
     return torch.where(alive, nodes, -1), scores, torch.where(alive[..., None], codes, -1)
 
 
+@torch.no_grad()
+def score_from_context(model: CodeDecoder, trie: PrefixTrie, context: Any, candidates: np.ndarray) -> np.ndarray:
+    """Teacher-forced log-probabilities ``float32 [N, C]`` of ``candidates`` ``int64 [N, C]`` (-1:
+    padding, ``-inf``) for ``N`` histories already encoded by ``model.start``."""
+    cand = np.asarray(candidates, dtype=np.int64)
+    # Real candidates first in each row, then only as many columns as the fullest row needs:
+    # callers often pass mostly padding (fusion asks only for the items a model is missing).
+    real = cand >= 0
+    cols = np.argsort(~real, axis=1, kind="stable")[:, :max(int(real.sum(1).max()) if real.size else 0, 1)]
+    c = torch.from_numpy(np.take_along_axis(cand, cols, 1))  # [N, C']
+    N, C = c.shape
+    codes = trie.codes[c.clamp_min(0)]  # [N, C, L]
+    total = torch.zeros(N, C)
+    logp, cache = model.step(context, codes[:, :1, :0], None)  # level 0 is shared by all candidates
+    total += logp[:, 0].gather(1, codes[:, :, 0])
+    if trie.num_levels > 1:
+        cache = model.reorder(cache, torch.zeros(N, C, dtype=torch.long))
+    for lvl in range(1, trie.num_levels):
+        logp, cache = model.step(context, codes[:, :, :lvl], cache)
+        total += logp.gather(2, codes[:, :, lvl:lvl + 1])[..., 0]
+    scored = np.full(cand.shape, -np.inf, dtype=np.float32)
+    np.put_along_axis(scored, cols, torch.where(c >= 0, total, -torch.inf).numpy(), 1)
+    return scored
+
+
+def length_batches(histories: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of similar history length (less padding), the order every decoding
+    entry point uses, so their numbers agree to the bit."""
+    order = np.argsort([len(h) for h in histories], kind="stable")
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 def beam_search(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray], beam_size: int = 20,
                 top_k: int | None = None, users: np.ndarray | None = None, batch_size: int = 512
                 ) -> BeamResult:
@@ -97,11 +132,9 @@ def beam_search(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray
     items = np.full((n, top_k), -1, dtype=np.int64)
     logp = np.full((n, top_k), -np.inf, dtype=np.float32)
     codes = np.full((n, top_k, trie.num_levels), -1, dtype=np.int64)
-    order = np.argsort([len(h) for h in histories], kind="stable")
-    for start in range(0, n, batch_size):
-        rows = order[start:start + batch_size]
-        it, sc, cd = _beam_batch(model, trie, [histories[r] for r in rows],
-                                 None if users is None else np.asarray(users)[rows], beam_size)
+    for rows in length_batches(histories, batch_size):
+        context = model.start([histories[r] for r in rows], None if users is None else np.asarray(users)[rows])
+        it, sc, cd = beam_from_context(model, trie, context, len(rows), beam_size)
         k = min(top_k, it.shape[1])
         items[rows, :k], logp[rows, :k], codes[rows, :k] = it[:, :k].numpy(), sc[:, :k].numpy(), cd[:, :k].numpy()
     return BeamResult(items=items, log_probs=logp, codes=codes)
@@ -120,28 +153,9 @@ def score_candidates(model: CodeDecoder, trie: PrefixTrie, histories: list[np.nd
         raise ValueError(f"candidate item index >= {trie.num_items}")
     _check(model, trie, histories)
     out = np.full(cand.shape, -np.inf, dtype=np.float32)
-    order = np.argsort([len(h) for h in histories], kind="stable")
-    for start in range(0, len(histories), batch_size):
-        rows = order[start:start + batch_size]
-        # Real candidates first in each row, then only as many columns as the fullest row needs:
-        # callers often pass mostly padding (fusion asks only for the items a model is missing).
-        real = cand[rows] >= 0
-        cols = np.argsort(~real, axis=1, kind="stable")[:, :max(int(real.sum(1).max()), 1)]  # [N, C']
-        c = torch.from_numpy(np.take_along_axis(cand[rows], cols, 1))  # [N, C']
-        N, C = c.shape
-        codes = trie.codes[c.clamp_min(0)]  # [N, C, L]
+    for rows in length_batches(histories, batch_size):
         context = model.start([histories[r] for r in rows], None if users is None else np.asarray(users)[rows])
-        total = torch.zeros(N, C)
-        logp, cache = model.step(context, codes[:, :1, :0], None)  # level 0 is shared by all candidates
-        total += logp[:, 0].gather(1, codes[:, :, 0])
-        if trie.num_levels > 1:
-            cache = model.reorder(cache, torch.zeros(N, C, dtype=torch.long))
-        for lvl in range(1, trie.num_levels):
-            logp, cache = model.step(context, codes[:, :, :lvl], cache)
-            total += logp.gather(2, codes[:, :, lvl:lvl + 1])[..., 0]
-        scored = np.full(cand[rows].shape, -np.inf, dtype=np.float32)
-        np.put_along_axis(scored, cols, torch.where(c >= 0, total, -torch.inf).numpy(), 1)
-        out[rows] = scored
+        out[rows] = score_from_context(model, trie, context, cand[rows])
     return out
 
 

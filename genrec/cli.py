@@ -29,7 +29,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generative": ("genrec.commands.generative", "train and evaluate the semantic-ID generative retrieval model"),
     "quantize": ("genrec.commands.quantize", "item texts -> embeddings -> semantic IDs, with diagnostics"),
     "run": ("genrec.commands.run", "run or resume a whole recipe from a YAML config (genrec run CONFIG)"),
+    "recommend": ("genrec.commands.recommend", "batch recommendations for a file of user histories (jsonl/tsv -> jsonl/parquet)"),
+    "add-items": ("genrec.commands.add_items", "add new catalogue items to a trained recommender without retraining"),
     "demo": ("genrec.commands.demo", "the whole pipeline on the built-in synthetic dataset, offline, in minutes"),
+    "serve": ("genrec.commands.serve", "serve a trained recommender over HTTP (FastAPI)"),
 }
 
 

@@ -119,11 +119,14 @@ def build_dataset(
     item_texts: dict[str, ItemText],
     item_order: Sequence[str] | None = None,
     source: str = "",
+    keep_unused: bool = False,
 ) -> SequenceDataset:
     """Make a dataset from per-user ``(item_id, timestamp)`` lists already in chronological order.
 
     Every interacted item must have a text entry (else :class:`DataFormatError` naming the id).
-    Items with text but no interaction are left out of the vocabulary, with a logged count.
+    Items with text but no interaction are left out of the vocabulary, with a logged count, unless
+    ``keep_unused``: then they stay in the catalogue after the interacted ones (in ``item_texts``
+    order), so they get semantic IDs and the generative model can recommend them.
     ``item_order`` fixes item indices (default: order of ``item_texts``).
     """
     used: set[str] = set()
@@ -139,7 +142,11 @@ def build_dataset(
         missing = sorted(used.difference(item_ids))[:5]
         raise DataFormatError(f"{source or name}: item_order misses interacted items, e.g. {missing}")
     unused = len(item_texts) - len(item_ids)
-    if unused:
+    if unused and keep_unused:
+        listed = set(item_ids)
+        item_ids += [i for i in item_texts if i not in listed]
+        log.info("%s: %d item(s) with metadata but no interaction kept in the catalogue", name, unused)
+    elif unused:
         log.info("%s: %d item(s) with metadata but no interaction left out of the vocabulary", name, unused)
     index = {iid: k for k, iid in enumerate(item_ids)}
     user_ids = list(user_events)
@@ -454,11 +461,14 @@ def order_events(users: dict[str, list[tuple[str, float]]], order: str, source: 
         raise ValueError(f"order must be 'file' or 'timestamp', got {order!r}")
 
 
-def load_plain(directory: str | Path, name: str | None = None, order: str = "file") -> SequenceDataset:
+def load_plain(directory: str | Path, name: str | None = None, order: str = "file",
+               keep_unused_items: bool = False) -> SequenceDataset:
     """Load a dataset in the plain directory format (see module doc).
 
     ``order="file"`` (default) keeps each user's row order, the chronological order of the
-    standard splits; ``"timestamp"`` sorts stably by time.
+    standard splits; ``"timestamp"`` sorts stably by time. ``keep_unused_items``: items of
+    ``items.jsonl`` that no interaction names stay in the catalogue, after the others
+    (:func:`build_dataset`); by default they are left out.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -468,7 +478,7 @@ def load_plain(directory: str | Path, name: str | None = None, order: str = "fil
     items = read_items_jsonl(items_path)
     users = read_interactions_tsv(inter_path, items)
     order_events(users, order, str(inter_path))
-    ds = build_dataset(name or directory.name, users, items, source=str(inter_path))
+    ds = build_dataset(name or directory.name, users, items, source=str(inter_path), keep_unused=keep_unused_items)
     log.info("loaded %r", ds)
     return ds
 

@@ -8,7 +8,7 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 __all__ = ["GenrecError", "DataFormatError", "DataNotFoundError", "ConfigError", "CheckpointError", "CheckpointNotFoundError", "DatasetUnavailableError",
-           "RunDirectoryError", "TrainingDivergedError"]
+           "RunDirectoryError", "TrainingDivergedError", "UnknownItemError"]
 
 
 class GenrecError(Exception):
@@ -17,6 +17,15 @@ class GenrecError(Exception):
 
 class DataFormatError(GenrecError, ValueError):
     """Bad input data; the message names the file and the line or id at fault."""
+
+
+class UnknownItemError(DataFormatError):
+    """An item id the catalogue does not know (a history under the strict policy, an item lookup);
+    ``item_ids`` holds the unknown ids."""
+
+    def __init__(self, message: str, item_ids: "list[str] | None" = None) -> None:
+        super().__init__(message)
+        self.item_ids = list(item_ids or [])
 
 
 class DataNotFoundError(DataFormatError, FileNotFoundError):

@@ -30,9 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genrec.artifacts import load_checkpoint, torch_save
-from genrec.batching import histories_to_tokens, seen_tokens, training_batches
+from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.errors import CheckpointNotFoundError, DataFormatError
-from genrec.beam_search import BeamResult, beam_search, score_candidates
+from genrec.beam_search import BeamResult, beam_from_context, length_batches, score_from_context
 from genrec.layers import Block, attention_mask
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.trie import PrefixTrie, trie_of
@@ -257,69 +257,97 @@ def repeat_mixture(log_p: torch.Tensor, in_history: torch.Tensor, repeat_logit: 
 
 
 @torch.no_grad()
-def _repeat_adjustment(model: nn.Module, histories: list[np.ndarray], items: np.ndarray,
-                       users: np.ndarray | None, batch_size: int) -> np.ndarray | None:
-    """Log-prob offsets ``[n, C]`` that turn the code-level distribution into the explore/repeat
-    mixture for ``items [n, C]``; None for a model without a repeat gate."""
-    if getattr(model, "repeat_head", None) is None:
-        return None
+def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size: int | None = 20,
+           top_k: int | None = None, candidates: np.ndarray | None = None, batch_size: int = 512
+           ) -> tuple[BeamResult | None, np.ndarray | None]:
+    """The beam's top items (``beam_size``; None: no beam) and the log-probabilities ``[n, C]`` of
+    ``candidates`` ``int64 [n, C]`` (``-1``: padding, ``-inf``; None: none), in one pass: each batch
+    of histories is encoded once and the repeat gate's statistics (the log-probability of the
+    history's items, the gate's logit) are computed once for both. :func:`recommend` and
+    :func:`score_items` are this function with one of the two parts; their numbers agree exactly.
+
+    With a repeat gate (``GenerativeConfig.repeat_gate``) every score is the explore/repeat
+    mixture's, and the beam's items are re-sorted by it. Works for any :class:`CodeDecoder` with
+    ``codes``; an empty history (this module's model needs one item; TIGER reads it as a cold start)
+    or one holding an item outside the catalogue is a ValueError naming the history."""
+    histories = instances.histories if isinstance(instances, Instances) else instances
+    users = instances.users if isinstance(instances, Instances) else None
+    trie = trie_of(model)
+    check_histories(histories, trie.num_items, getattr(model, "min_history", 0), type(model).__name__)
+    n = len(histories)
+    cand = None
+    if candidates is not None:
+        cand = np.asarray(candidates, dtype=np.int64)
+        if cand.ndim != 2 or len(cand) != n:
+            raise ValueError(f"candidates must be [n={n}, C], got {cand.shape}")
+        if (cand >= trie.num_items).any():
+            raise ValueError(f"candidate item index >= {trie.num_items}")
+    top_k = beam_size if top_k is None else top_k
+    if beam_size is not None and not 1 <= top_k <= beam_size:
+        raise ValueError(f"need 1 <= top_k <= beam_size, got top_k={top_k}, beam_size={beam_size}")
+    items = np.full((n, top_k or 0), -1, dtype=np.int64)
+    logp = np.full((n, top_k or 0), -np.inf, dtype=np.float32)
+    codes = np.full((n, top_k or 0, trie.num_levels), -1, dtype=np.int64)
+    scores = None if cand is None else np.full(cand.shape, -np.inf, dtype=np.float32)
+    repeat = getattr(model, "repeat_head", None) is not None
+    was_training = model.training
+    if was_training:  # eval() walks every module: skip it for the usual, already-evaluating model
+        model.eval()
+    try:
+        for rows in length_batches(histories, batch_size):
+            hist = [histories[r] for r in rows]
+            context = model.start(hist, None if users is None else np.asarray(users)[rows])
+            offset = _repeat_offsets(model, trie, hist, context) if repeat else None
+            if beam_size is not None:
+                it, sc, cd = (t.numpy() for t in beam_from_context(model, trie, context, len(rows), beam_size))
+                if offset is not None:
+                    sc = (sc + offset(it)).astype(np.float32)
+                    order = np.argsort(-sc, axis=1, kind="stable")
+                    it, sc = np.take_along_axis(it, order, 1), np.take_along_axis(sc, order, 1)
+                    cd = np.take_along_axis(cd, order[:, :, None], 1)
+                k = min(top_k, it.shape[1])
+                items[rows, :k], logp[rows, :k], codes[rows, :k] = it[:, :k], sc[:, :k], cd[:, :k]
+            if cand is not None:
+                s = score_from_context(model, trie, context, cand[rows])
+                scores[rows] = s if offset is None else (s + offset(cand[rows])).astype(np.float32)
+    finally:
+        if was_training:
+            model.train()
+    beam = None if beam_size is None else BeamResult(items=items, log_probs=logp, codes=codes)
+    return beam, scores
+
+
+def _repeat_offsets(model: nn.Module, trie: PrefixTrie, histories: list[np.ndarray], context: torch.Tensor
+                    ) -> Callable[[np.ndarray], np.ndarray]:
+    """For one encoded batch: a function ``items [N, C] -> log-prob offsets [N, C]`` that turns the
+    code-level distribution into the explore/repeat mixture (see ``GenerativeConfig.repeat_gate``)."""
     width = max(len(h[-model.config.max_len:]) for h in histories)
     seen = np.full((len(histories), width), -1, dtype=np.int64)  # the history items the model sees
     for k, h in enumerate(histories):
         h = np.unique(h[-model.config.max_len:])
         seen[k, :len(h)] = h
-    log_p_seen = torch.from_numpy(score_candidates(model, trie_of(model), histories, seen, users, batch_size))
-    logit = torch.cat([model.repeat_head(model.start(histories[i:i + batch_size]))[:, 0]
-                       for i in range(0, len(histories), batch_size)])  # [n]
-    in_history = torch.from_numpy((items[:, :, None] == seen[:, None, :]).any(-1) & (items >= 0))  # [n, C]
-    zeros = torch.zeros(in_history.shape)
-    return repeat_mixture(zeros, in_history, logit, torch.logsumexp(log_p_seen, 1)).numpy()
+    log_p_seen = torch.logsumexp(torch.from_numpy(score_from_context(model, trie, context, seen)), 1)  # [N]
+    logit = model.repeat_head(context)[:, 0]  # [N]
+
+    def offsets(items: np.ndarray) -> np.ndarray:
+        in_history = torch.from_numpy((items[:, :, None] == seen[:, None, :]).any(-1) & (items >= 0))  # [N, C]
+        return repeat_mixture(torch.zeros(in_history.shape), in_history, logit, log_p_seen).numpy()
+
+    return offsets
 
 
 def recommend(model: nn.Module, instances: Instances | list[np.ndarray], beam_size: int = 20,
               top_k: int | None = None, batch_size: int = 512) -> BeamResult:
     """Constrained beam search over the model's semantic IDs: top-``top_k`` items per instance
-    with their log-probabilities (works for any :class:`CodeDecoder` with ``codes``).
-
-    With a repeat gate the beam's items are re-scored by the explore/repeat mixture and re-sorted.
-    An empty history (this module's model needs at least one item; TIGER reads it as a cold start)
-    or one holding an item outside the catalogue is a ValueError naming the history.
-    """
-    histories = instances.histories if isinstance(instances, Instances) else instances
-    users = instances.users if isinstance(instances, Instances) else None
-    was_training = model.training
-    model.eval()
-    try:
-        result = beam_search(model, trie_of(model), histories, beam_size, None, users, batch_size)
-        offset = _repeat_adjustment(model, histories, result.items, users, batch_size)
-        if offset is not None:
-            log_probs = (result.log_probs + offset).astype(np.float32)
-            order = np.argsort(-log_probs, axis=1, kind="stable")
-            result = BeamResult(items=np.take_along_axis(result.items, order, 1),
-                                log_probs=np.take_along_axis(log_probs, order, 1),
-                                codes=np.take_along_axis(result.codes, order[:, :, None], 1))
-        if top_k is not None:
-            result = BeamResult(items=result.items[:, :top_k], log_probs=result.log_probs[:, :top_k],
-                                codes=result.codes[:, :top_k])
-        return result
-    finally:
-        model.train(was_training)
+    with their log-probabilities (:func:`decode` without candidates)."""
+    return decode(model, instances, beam_size, top_k, None, batch_size)[0]
 
 
 def score_items(model: nn.Module, instances: Instances | list[np.ndarray], candidates: np.ndarray,
                 batch_size: int = 512) -> np.ndarray:
     """Log-probability ``[n, C]`` of each candidate item ``[n, C]`` (``-1``: padding, ``-inf``);
-    the same numbers :func:`recommend` gives the items it returns."""
-    histories = instances.histories if isinstance(instances, Instances) else instances
-    users = instances.users if isinstance(instances, Instances) else None
-    was_training = model.training
-    model.eval()
-    try:
-        scores = score_candidates(model, trie_of(model), histories, candidates, users, batch_size)
-        offset = _repeat_adjustment(model, histories, np.asarray(candidates), users, batch_size)
-        return scores if offset is None else (scores + offset).astype(np.float32)
-    finally:
-        model.train(was_training)
+    the same numbers :func:`recommend` gives the items it returns (:func:`decode` without a beam)."""
+    return decode(model, instances, None, None, candidates, batch_size)[1]
 
 
 def evaluate(model: nn.Module, instances: Instances, beam_size: int = 20, ks: Sequence[int] = EVAL_KS,
@@ -396,3 +424,48 @@ def load_generative(path: str | Path) -> HierarchicalGenerative:
                                    GenerativeConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
+
+
+def with_new_items(model: HierarchicalGenerative, codes: np.ndarray, codebook_sizes: Sequence[int]
+                   ) -> HierarchicalGenerative:
+    """A copy of ``model`` that also decodes the items appended at the end of ``codes``
+    (``[n_items + m, num_levels]``, the first ``n_items`` rows the model's own semantic IDs), without
+    training: new rows of ``item_tokens``, the trie rebuilt, zero item-ID embeddings (hybrid mode).
+
+    Only the last (disambiguation) level may grow (``codebook_sizes[-1]``): its tokens are the last
+    block of the flat vocabulary, so existing tokens keep their numbers and only rows are appended.
+    A new disambiguation code is a counter inside a collision group with no meaning of its own, so
+    its input/output embedding and output bias start at the mean of the trained last-level rows:
+    in a history the new item reads as its base codes plus an average disambiguation code, and as
+    a target it gets a typical share of its group's mass instead of an arbitrary one. Its prefix
+    embedding stays zero: the last level is never part of a prefix, so that row is never read.
+    Deterministic (the global random state is left untouched); other weights are copied unchanged.
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    sizes = tuple(int(s) for s in codebook_sizes)
+    n, old_sizes = model.num_items, model.codebook_sizes
+    if codes.ndim != 2 or codes.shape[1] != model.num_levels or len(codes) < n:
+        raise ValueError(f"codes must be [>= {n}, {model.num_levels}] (the model's items first), got {codes.shape}")
+    if not np.array_equal(codes[:n], model.codes):
+        raise ValueError("the first rows of codes must be the model's own semantic IDs, unchanged")
+    if len(sizes) != model.num_levels or sizes[:-1] != old_sizes[:-1] or sizes[-1] < old_sizes[-1]:
+        raise ValueError(f"codebook sizes {list(sizes)}: only the last level may grow from the model's "
+                         f"{list(old_sizes)} (the quantizer's levels are frozen)")
+    with torch.random.fork_rng(devices=[]):  # the fresh initialisation is overwritten below
+        new = HierarchicalGenerative(codes, sizes, model.config)
+    grow = sizes[-1] - old_sizes[-1]
+    lo = model.offsets[-1] + 1  # token of the last level's code 0
+    trained = slice(lo, lo + old_sizes[-1])
+    state = {}
+    for key, value in model.state_dict().items():
+        if key == "item_tokens":
+            value = new.item_tokens
+        elif key in ("code_emb.weight", "out_emb.weight", "out_bias"):
+            value = torch.cat([value, value[trained].mean(0, keepdim=True).expand(grow, *value.shape[1:])])
+        elif key == "head.prefix_emb.weight":
+            value = torch.cat([value, value.new_zeros(grow, value.shape[1])])
+        elif key == "item_emb.weight":
+            value = torch.cat([value, value.new_zeros(len(codes) - n, value.shape[1])])
+        state[key] = value.clone()
+    new.load_state_dict(state)  # strict: every other weight must keep its shape
+    return new.train(model.training)

@@ -1,130 +1,529 @@
-"""The fused recommender of a finished recipe run, asked by raw item ids.
+"""A trained recommender asked by raw item ids: the fused model of a recipe run, or one of its parts.
 
-    rec = Recommender.from_run("runs/amazon2014_beauty-quick")
-    rec.recommend(["B0009RF9DW", "B000ASDGK8"], k=10)        # [(item_id, score), ...] best first
-    rec.recommend_batch([[...], [...]], k=10)
+    rec = Recommender.from_pretrained("runs/amazon2014_beauty-full")   # a run directory, or a saved one
+    rec.recommend(["B0009RF9DW", "B000ASDGK8"], k=10).pairs()     # [(item_id, score), ...] best first
+    rec.recommend_batch([[...], [...]], k=10, exclude_seen=True)
+    rec.explain(["B0009RF9DW"])                                    # gate value and the features that moved it
+    rec.save_pretrained("models/beauty")                           # self-contained: no dataset needed to load
 
-It loads the run's two towers (``sasrec/best.pt``, ``generative/best.pt``), its semantic-ID table
-(raw item ids), its fitted fusion method (``fusion/methods.pt``; the config's ``fusion.primary`` unless
-``method`` names another) and the training transitions the fusion indicators are computed from,
-then scores a history exactly as the recipe's fusion stage scored the test users: both towers' top-K
-(``fusion.k``, beam ``fusion.beam``), each scoring the other's candidates, fused per instance.
+**Methods.** ``method`` picks what ranks the items: a fitted post-hoc fusion method of the run
+(``fixed``, ``adaptive``, ``learned_minmax``, ...; default the config's ``fusion.primary``), the
+jointly trained model (``joint``), or one tower alone (``sasrec``, ``generative``). A fusion method
+scores a history exactly as the recipe's fusion stage scored the test users: both towers' top-K
+(``fusion.k``; generative beam ``fusion.beam``), each tower scoring the other's candidates, fused
+per instance by the method's gate; so ``k`` can be at most ``fusion.k``. SASRec and the joint model
+rank the whole catalogue; the generative model returns its beam's best (the beam is widened to
+``k`` when ``k`` is larger).
 
-Histories: raw item ids, oldest first, truncated to the recipe's ``data.max_history``. Ids the
-catalogue does not know are skipped and reported (``unknown_ids``) with ``on_unknown="skip"`` (the
-default), or a :class:`~genrec.errors.DataFormatError` with ``on_unknown="error"``. A history with no
-known item gets the most popular training items (score: their training count), since neither tower
-can condition on nothing.
+**Histories** are raw item ids, oldest first; only the last ``max_history`` (the recipe's
+``data.max_history``) are read. Unknown ids: with ``on_unknown="skip"`` (the default) they are left
+out and reported in ``Recommendations.unknown_ids``; with ``on_unknown="error"`` they raise
+:class:`~genrec.errors.UnknownItemError`. A history with no known item gets the most popular
+training items (``fallback=True``; score: their training count), since no model can condition on
+nothing; the same holds for SASRec and the joint model when the history holds only items added after
+their training (:meth:`Recommender.add_items`: they read the items they know and never recommend
+the new ones; the generative model and the fusion methods do). ``exclude_seen=True`` leaves the
+history's items out of the ranking.
 
-The training transitions come from the run's dataset (its ``data`` section), which must still be
-readable; a run directory that carries them itself is the next step of the product.
+**Saved directories** (:mod:`genrec.recommender_files`) carry a format version and everything needed
+to recommend: models, semantic IDs with raw item ids, item texts, the training sequences the fusion
+indicators are computed from. Every file is loaded with ``torch.load(weights_only=True)`` or as
+plain JSON / ``.npz`` without pickle, so loading never runs code from the files.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from genrec import recommender_files as files
 from genrec.artifacts import load_json
-from genrec.errors import CheckpointError, DataFormatError
+from genrec.errors import CheckpointError, DataFormatError, UnknownItemError
 
-__all__ = ["Recommender", "Recommendations"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Recommender", "Recommendations", "Explanation", "SINGLE_MODELS"]
+
+#: methods that are one trained model rather than a post-hoc fusion of two
+SINGLE_MODELS = ("sasrec", "generative", "joint")
+ON_UNKNOWN = ("skip", "error")
 
 
 @dataclass
 class Recommendations:
-    """One history's ranked items: ``items`` (raw ids, best first), their fused ``scores``, and the
-    history ids that were not in the catalogue."""
+    """One history's ranked items: ``items`` (raw ids, best first) and their ``scores`` (the method's
+    own scale: fused score, log-probability, or training count for the fallback), the history ids
+    that were not in the catalogue, the gate (weight of the ID tower; None without one) and whether
+    the popularity ``fallback`` answered (no known item in the history)."""
 
     items: list[str]
     scores: list[float]
     unknown_ids: list[str] = field(default_factory=list)
+    gate: float | None = None
+    fallback: bool = False
 
     def pairs(self) -> list[tuple[str, float]]:
         return list(zip(self.items, self.scores))
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"items": self.items, "scores": self.scores, "gate": self.gate, "unknown_ids": self.unknown_ids,
+                "fallback": self.fallback}
+
+
+@dataclass
+class Explanation:
+    """Why a history got its recommendations: the ``gate`` (weight of the ID tower, in [0, 1]) and
+    which tower it ``trusted`` (``"id"`` above 0.5, ``"gr"`` below, ``"both"`` at 0.5), the gate's
+    raw input ``features`` and each one's ``contributions`` to the gate logit (input x gradient; for
+    the adaptive method the logit itself), strongest first, and each tower's own top items."""
+
+    method: str
+    recommendations: Recommendations
+    gate: float | None = None
+    trusted: str | None = None
+    features: dict[str, float] = field(default_factory=dict)
+    contributions: dict[str, float] = field(default_factory=dict)
+    id_top: list[str] = field(default_factory=list)
+    gr_top: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "gate": self.gate, "trusted": self.trusted, "features": self.features,
+                "contributions": self.contributions, "id_top": self.id_top, "gr_top": self.gr_top,
+                "recommendations": self.recommendations.to_dict()}
+
+    def __str__(self) -> str:
+        if self.gate is None:
+            return f"{self.method}: no gate (a single model); top {self.recommendations.items[:5]}"
+        moved = ", ".join(f"{n}={self.features[n]:.4g} ({c:+.2f})" for n, c in list(self.contributions.items())[:3])
+        return (f"{self.method}: gate {self.gate:.3f} -> trust {self.trusted}"
+                + (f"; moved by {moved}" if moved else "") + f"; top {self.recommendations.items[:5]}")
+
 
 class Recommender:
-    """A recipe run's fused recommender (see the module doc); build it with :meth:`from_run`."""
+    """A trained recommender over raw item ids (see the module doc). Build it with
+    :meth:`from_pretrained` (a run directory or a saved one); :meth:`save_pretrained` writes a
+    self-contained copy."""
 
-    def __init__(self, sasrec, generative, table, method, stats, config) -> None:
+    def __init__(self, *, table: Any, train_sequences: Sequence[np.ndarray], method: str,
+                 settings: files.InferenceSettings, sasrec: Any = None, generative: Any = None,
+                 joint: Any = None, fusion_methods: dict[str, Any] | None = None,
+                 items: Sequence[dict[str, Any]] | None = None, text: dict[str, Any] | None = None,
+                 quantize_dir: Path | None = None) -> None:
+        from fusion import TrainStats
+
         if table.item_ids is None:
             raise CheckpointError("the semantic-ID table has no item ids; it cannot map recommendations to items")
-        self.sasrec, self.generative, self.table, self.method, self.stats = sasrec, generative, table, method, stats
-        self.config = config
+        self.table, self.settings = table, settings
+        self.sasrec, self.generative, self.joint = sasrec, generative, joint
+        self.fusion_methods = dict(fusion_methods or {})
         self.item_ids: list[str] = list(table.item_ids)
         self.index = {iid: i for i, iid in enumerate(self.item_ids)}
+        self.items = list(items) if items is not None else [{"item_id": i} for i in self.item_ids]
+        self.text = text  # the run's encoder and template (add_items embeds new items the same way)
+        self.quantize_dir = quantize_dir
+        self.train_sequences = [np.asarray(s, np.int64) for s in train_sequences]
+        self.stats = TrainStats(self.train_sequences, len(self.item_ids), table.codes)
+        self.method_name = method
+        self._check_method(method)
+
+    # -- loading and saving ------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, method: str | None = None) -> "Recommender":
+        """Load a saved recommender directory (:meth:`save_pretrained`) or a finished recipe run
+        directory; ``method`` as in the module doc (default: the saved one / ``fusion.primary``)."""
+        path = Path(path)
+        if (path / files.MANIFEST).is_file():
+            return cls._from_saved(path, method)
+        if (path / "config.json").is_file():
+            return cls.from_run(path, method)
+        raise CheckpointError(f"{path}: neither a saved recommender ({files.MANIFEST}) nor a recipe run directory "
+                              f"(config.json)")
 
     @classmethod
     def from_run(cls, run_dir: str | Path, method: str | None = None) -> "Recommender":
-        """Load the fused recommender of the finished recipe run in ``run_dir``."""
-        from fusion import TrainStats, load_methods
+        """Load ``method`` from the finished recipe run in ``run_dir`` (its dataset must be readable;
+        :meth:`save_pretrained` makes a copy that needs none)."""
+        from fusion import load_methods
         from genrec.generative import load_generative
         from genrec.recipe import StageContext, config_from_dict
         from genrec.sasrec import load_sasrec
         from quantize import SemanticIdTable
 
         run_dir = Path(run_dir)
-        for stage in ("sasrec", "generative", "quantize", "fusion"):
-            if not (run_dir / stage / "stage.done.json").is_file():
-                raise CheckpointError(f"{run_dir}: stage {stage!r} has not finished there; run the recipe first")
+        if not (run_dir / "config.json").is_file():
+            raise CheckpointError(f"{run_dir}: no config.json; not a recipe run directory")
         config = config_from_dict(load_json(run_dir / "config.json"))
-        methods = load_methods(run_dir / "fusion" / "methods.pt")
         name = method or config.fusion.primary
-        if name not in methods:
-            raise CheckpointError(f"{run_dir / 'fusion' / 'methods.pt'}: no fusion method {name!r}; "
-                                  f"it holds {list(methods)}")
+        needs = {"sasrec": ("sasrec",), "generative": ("generative",), "joint": ("joint",)}.get(
+            name, ("sasrec", "generative", "fusion"))
+        for stage in ("quantize", *needs):
+            if not (run_dir / stage / "stage.done.json").is_file():
+                raise CheckpointError(f"{run_dir}: stage {stage!r} has not finished there; run the recipe first"
+                                      + (" (with fusion.joint: true)" if stage == "joint" else ""))
+        kw: dict[str, Any] = {}
+        if "sasrec" in needs:
+            kw["sasrec"] = load_sasrec(run_dir / "sasrec" / "best.pt")
+        if "generative" in needs:
+            kw["generative"] = load_generative(run_dir / "generative" / "best.pt")
+        if "fusion" in needs:
+            kw["fusion_methods"] = load_methods(run_dir / "fusion" / "methods.pt")
+            if name not in kw["fusion_methods"]:
+                raise CheckpointError(f"{run_dir / 'fusion' / 'methods.pt'}: no fusion method {name!r}; it holds "
+                                      f"{list(kw['fusion_methods'])} (or use one of {list(SINGLE_MODELS)})")
+        if "joint" in needs:
+            from fusion.joint import load_joint
+
+            kw["joint"] = load_joint(run_dir / "joint" / "best.pt")
         table = SemanticIdTable.load(run_dir / "quantize" / "semantic_ids.json")
-        _, split = StageContext(run_dir, config).data()
-        stats = TrainStats(split.train, split.num_items, table.codes)
-        return cls(load_sasrec(run_dir / "sasrec" / "best.pt"), load_generative(run_dir / "generative" / "best.pt"),
-                   table, methods[name], stats, config)
+        dataset, split = StageContext(run_dir, config).data()
+        if list(dataset.item_ids) != list(table.item_ids or []):
+            raise CheckpointError(f"{run_dir}: the dataset's items no longer match quantize/semantic_ids.json; "
+                                  f"rerun the recipe (its data changed)")
+        summary = run_dir / "embed" / "summary.json"
+        text = None
+        if summary.is_file():
+            s = load_json(summary)
+            text = {"encoder": s.get("encoder"), "template": s.get("template"), "fallback": config.text.fallback}
+        settings = files.InferenceSettings(k=config.fusion.k, beam=config.fusion.beam,
+                                           teacher_forcing=bool(config.fusion.teacher_forcing),
+                                           max_history=config.data.max_history,
+                                           batch_size=config.generative.eval_batch_size)
+        return cls(table=table, train_sequences=split.train, method=name, settings=settings,
+                   items=[files.item_record(i, t) for i, t in zip(dataset.item_ids, dataset.items)],
+                   text=text, quantize_dir=run_dir / "quantize", **kw)
 
-    def recommend(self, history: Sequence[str], k: int = 10, on_unknown: str = "skip") -> Recommendations:
+    @classmethod
+    def _from_saved(cls, directory: Path, method: str | None) -> "Recommender":
+        from fusion import load_methods
+        from genrec.generative import load_generative
+        from genrec.sasrec import load_sasrec
+        from quantize import SemanticIdTable
+
+        m = files.read_manifest(directory)
+        try:
+            table = SemanticIdTable.load(directory / files.TABLE)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{directory / files.TABLE}: damaged ({e})") from None
+        if table.item_ids is None:
+            raise CheckpointError(f"{directory / files.TABLE}: no item ids")
+        n = len(table.item_ids)
+        kw: dict[str, Any] = {}
+        models = m["models"]
+        if "sasrec" in models:
+            kw["sasrec"] = load_sasrec(directory / files.MODEL_FILES["sasrec"])
+        if "generative" in models:
+            kw["generative"] = load_generative(directory / files.MODEL_FILES["generative"])
+        if "joint" in models:
+            from fusion.joint import load_joint
+
+            kw["joint"] = load_joint(directory / files.MODEL_FILES["joint"])
+        if "fusion" in models:
+            kw["fusion_methods"] = load_methods(directory / files.MODEL_FILES["fusion"])
+        for name in ("sasrec", "generative", "joint"):
+            model = kw.get(name)
+            if model is not None and model.num_items > n:
+                raise CheckpointError(f"{directory / files.MODEL_FILES[name]}: {model.num_items} items, more than "
+                                      f"the {n} of {files.TABLE}")
+        qdir = directory / files.QUANTIZE_DIR
+        return cls(table=table, train_sequences=files.load_sequences(directory / files.SEQUENCES, n),
+                   method=method or m["method"], settings=m["settings"],
+                   items=files.load_items(directory / files.ITEMS, table.item_ids), text=m.get("text"),
+                   quantize_dir=qdir if qdir.is_dir() else None, **kw)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write a self-contained copy (every model and fusion method it holds) into ``directory``,
+        atomically file by file, the manifest last; load it with :meth:`from_pretrained`."""
+        from fusion import save_methods
+        from fusion.joint import save_joint
+        from genrec.generative import save_generative
+        from genrec.sasrec import save_sasrec
+
+        d = Path(directory)
+        if d.exists() and not d.is_dir():
+            raise FileExistsError(f"{d} exists and is not a directory")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / files.MANIFEST).unlink(missing_ok=True)  # a directory without a manifest is incomplete
+        models = []
+        if self.sasrec is not None:
+            save_sasrec(self.sasrec, d / files.MODEL_FILES["sasrec"])
+            models.append("sasrec")
+        if self.generative is not None:
+            save_generative(self.generative, d / files.MODEL_FILES["generative"])
+            models.append("generative")
+        if self.joint is not None:
+            save_joint(self.joint, d / files.MODEL_FILES["joint"])
+            models.append("joint")
+        if self.fusion_methods:
+            save_methods(d / files.MODEL_FILES["fusion"], self.fusion_methods)
+            models.append("fusion")
+        for name, fname in files.MODEL_FILES.items():
+            if name not in models:
+                (d / fname).unlink(missing_ok=True)
+        self.table.save(d / files.TABLE)
+        files.save_items(d / files.ITEMS, self.items)
+        files.save_sequences(d / files.SEQUENCES, self.train_sequences)
+        qdir = d / files.QUANTIZE_DIR
+        if self.quantize_dir is not None and self.quantize_dir.resolve() != qdir.resolve():
+            qdir.mkdir(exist_ok=True)
+            for fname in ("quantizer.pt", "preprocess.pt"):
+                src = self.quantize_dir / fname
+                if src.is_file():
+                    shutil.copyfile(src, qdir / (fname + ".tmp"))
+                    (qdir / (fname + ".tmp")).replace(qdir / fname)
+                else:
+                    (qdir / fname).unlink(missing_ok=True)
+        from genrec import __version__
+
+        files.write_manifest(d, {"genrec_version": __version__, "method": self.method_name, "models": models,
+                                 "fusion_methods": list(self.fusion_methods), "num_items": len(self.item_ids),
+                                 "settings": files.settings_dict(self.settings), "text": self.text})
+        return d
+
+    # -- what it holds -----------------------------------------------------------------------------
+    @property
+    def methods(self) -> list[str]:
+        """The methods this recommender can use (:meth:`with_method`)."""
+        out = [n for n in SINGLE_MODELS if getattr(self, n) is not None]
+        if self.sasrec is not None and self.generative is not None:
+            out += list(self.fusion_methods)
+        return out
+
+    def _check_method(self, name: str) -> None:
+        if name not in self.methods:
+            raise CheckpointError(f"method {name!r} is not available here; this recommender holds {self.methods}")
+
+    def with_method(self, method: str) -> "Recommender":
+        """The same models, ranking with another ``method`` (shares the models; no copy)."""
+        other = object.__new__(Recommender)
+        other.__dict__.update(self.__dict__)
+        other.method_name = method
+        other._check_method(method)
+        return other
+
+    @property
+    def method(self) -> Any:
+        """The fitted fusion method in use, or the method's name for a single model."""
+        return self.fusion_methods.get(self.method_name, self.method_name)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def max_k(self) -> int:
+        """The largest ``k`` a recommendation can ask for (``fusion.k`` for a fusion method)."""
+        return self.settings.k if self.method_name in self.fusion_methods else self.num_items
+
+    @property
+    def max_history(self) -> int:
+        return self.settings.max_history
+
+    def item(self, item_id: str) -> dict[str, Any]:
+        """An item's text fields and semantic ID (:class:`~genrec.errors.UnknownItemError` if unknown)."""
+        i = self.index.get(str(item_id))
+        if i is None:
+            raise UnknownItemError(f"unknown item id {str(item_id)!r}", [str(item_id)])
+        return {**self.items[i], "index": i, "semantic_id": [int(c) for c in self.table.codes[i]]}
+
+    def add_items(self, items: Sequence[dict[str, Any]], *, cache_dir: Any = None) -> list[str]:
+        """Add new catalogue items (dicts: ``item_id`` plus text fields) without retraining, in place;
+        returns their ids. The generative model and the fusion methods can recommend them at once,
+        SASRec and the joint model cannot (:func:`genrec.new_items.add_items`)."""
+        from genrec.new_items import add_items
+
+        return add_items(self, items, cache_dir=cache_dir)
+
+    # -- recommending ------------------------------------------------------------------------------
+    def recommend(self, history: Sequence[str], k: int = 10, exclude_seen: bool = False,
+                  on_unknown: str = "skip") -> Recommendations:
         """The top ``k`` items for one history of raw item ids (see the module doc)."""
-        return self.recommend_batch([history], k, on_unknown)[0]
+        return self.recommend_batch([history], k, exclude_seen, on_unknown)[0]
 
-    def recommend_batch(self, histories: Sequence[Sequence[str]], k: int = 10,
+    def recommend_batch(self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = False,
                         on_unknown: str = "skip") -> list[Recommendations]:
-        """:meth:`recommend` for many histories in one model call."""
-        from fusion.adapters import model_inputs
-        from genrec.splits import Instances
-
-        if on_unknown not in ("skip", "error"):
-            raise ValueError(f"on_unknown must be 'skip' or 'error', got {on_unknown!r}")
-        if not 1 <= k <= self.config.fusion.k:
-            raise ValueError(f"k must be between 1 and fusion.k ({self.config.fusion.k}), got {k}")
-        rows, unknown = [], []
-        for n, history in enumerate(histories):
-            if isinstance(history, (str, bytes)):
-                raise DataFormatError(f"history {n}: expected a list of item ids, got a single string")
-            missing = [str(i) for i in history if str(i) not in self.index]
-            if missing and on_unknown == "error":
-                raise DataFormatError(f"history {n}: unknown item id(s) {missing[:5]}")
-            known = [self.index[str(i)] for i in history if str(i) in self.index]
-            rows.append(np.asarray(known[-self.config.data.max_history:], dtype=np.int64))
-            unknown.append(missing)
+        """:meth:`recommend` for many histories, in batched model calls."""
+        rows, unknown = self._encode(histories, k, on_unknown)
+        rows = self._readable(rows)
         out: list[Recommendations | None] = [None] * len(rows)
         live = [n for n, r in enumerate(rows) if len(r)]
         if live:
-            f = self.config.fusion
-            inst = Instances(users=np.asarray(live), histories=[rows[n] for n in live],
-                             targets=np.zeros(len(live), dtype=np.int64))  # never read
-            inputs = model_inputs(self.sasrec, self.generative, inst, self.stats, k=f.k, beam=f.beam,
-                                  teacher_forcing=f.teacher_forcing, batch_size=self.config.generative.eval_batch_size)
-            fused = self.method.fuse(inputs.cands, inputs.indicators)  # [n, C]
-            top = inputs.cands.topk(fused, f.k)[:, :k]  # [n, k], -1 padded
-            for j, n in enumerate(live):
-                pos = {int(item): c for c, item in enumerate(inputs.cands.items[j])}
-                keep = [int(i) for i in top[j] if i >= 0]
-                out[n] = Recommendations([self.item_ids[i] for i in keep],
-                                         [float(fused[j, pos[i]]) for i in keep], unknown[n])
-        popular = np.argsort(-self.stats.popularity, kind="stable")[:k]
-        for n in range(len(rows)):
-            if out[n] is None:  # no known item: the most popular training items
-                out[n] = Recommendations([self.item_ids[i] for i in popular],
-                                         [float(self.stats.popularity[i]) for i in popular], unknown[n])
+            ranked = self._rank([rows[n] for n in live], k, exclude_seen)
+            for n, (idx, scores, gate) in zip(live, ranked):
+                out[n] = Recommendations([self.item_ids[i] for i in idx], [float(s) for s in scores], unknown[n],
+                                         None if gate is None else float(gate))
+        if len(live) < len(rows):
+            popular = np.argsort(-self.stats.popularity, kind="stable")[:k]
+            for n in range(len(rows)):
+                if out[n] is None:  # no known item: the most popular training items
+                    out[n] = Recommendations([self.item_ids[i] for i in popular],
+                                             [float(self.stats.popularity[i]) for i in popular], unknown[n],
+                                             fallback=True)
         return out  # type: ignore[return-value]
+
+    def explain(self, history: Sequence[str], k: int = 10, exclude_seen: bool = False,
+                on_unknown: str = "skip") -> Explanation:
+        """The recommendations of one history with the gate that fused them and the features that
+        moved it (see :class:`Explanation`); a single model has no gate."""
+        (row,), (unknown,) = self._encode([history], k, on_unknown)
+        (row,) = self._readable([row])
+        name = self.method_name
+        if not len(row):
+            return Explanation(name, self.recommend_batch([history], k, exclude_seen, on_unknown)[0])
+        if name in self.fusion_methods:
+            from fusion.report import single_model_topk
+
+            inputs = self._fusion_inputs([row])
+            report = self.method.gates(inputs.cands, inputs.indicators)
+            (idx, scores, gate), = self._fusion_rank(inputs, [row], k, exclude_seen)
+            id_top = single_model_topk(inputs.cands, "id", k)[0]
+            gr_top = single_model_topk(inputs.cands, "gr", k)[0]
+            tops = ([self.item_ids[i] for i in id_top if i >= 0], [self.item_ids[i] for i in gr_top if i >= 0])
+        elif name == "joint":
+            from fusion.joint import joint_gates
+            from genrec.splits import Instances
+
+            report = joint_gates(self.joint, Instances(np.zeros(1, np.int64), [row], np.zeros(1, np.int64)))
+            (idx, scores, gate), = self._rank([row], k, exclude_seen)
+            tops = ([], [])
+        else:
+            (idx, scores, _), = self._rank([row], k, exclude_seen)
+            return Explanation(name, Recommendations([self.item_ids[i] for i in idx], [float(s) for s in scores],
+                                                     unknown))
+        recs = Recommendations([self.item_ids[i] for i in idx], [float(s) for s in scores], unknown, float(gate))
+        features, contributions = {}, {}
+        if report.features is not None:
+            features = {n: float(v) for n, v in zip(report.features.names, report.features.values[0])}
+            if report.contributions is not None and report.contributions.shape[1]:
+                c = report.contributions[0]
+                contributions = {report.features.names[j]: float(c[j]) for j in np.argsort(-np.abs(c), kind="stable")}
+        return Explanation(name, recs, float(report.gate[0]), str(report.trusted()[0]), features, contributions,
+                           *tops)
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _encode(self, histories: Sequence[Sequence[str]], k: int, on_unknown: str
+                ) -> tuple[list[np.ndarray], list[list[str]]]:
+        """Item-index rows (every known item) and the unknown ids of each history."""
+        if on_unknown not in ON_UNKNOWN:
+            raise ValueError(f"on_unknown must be one of {ON_UNKNOWN}, got {on_unknown!r}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.max_k:
+            raise ValueError(f"k must be an integer between 1 and {self.max_k}"
+                             f"{' (fusion.k)' if self.method_name in self.fusion_methods else ' (the catalogue)'}, "
+                             f"got {k!r}")
+        if isinstance(histories, (str, bytes)):
+            raise DataFormatError("histories: expected a list of histories (lists of item ids), got a string")
+        rows, unknown = [], []
+        for n, history in enumerate(histories):
+            if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
+                raise DataFormatError(f"history {n}: expected a list of item ids, got "
+                                      f"{'a single string' if isinstance(history, (str, bytes)) else type(history).__name__}")
+            ids = [str(i) for i in history]
+            missing = [i for i in ids if i not in self.index]
+            if missing and on_unknown == "error":
+                raise UnknownItemError(f"history {n}: unknown item id(s) {missing[:5]}"
+                                       + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""), missing)
+            known = [self.index[i] for i in ids if i in self.index]
+            rows.append(np.asarray(known, dtype=np.int64))
+            unknown.append(missing)
+        return rows, unknown
+
+    def _readable(self, rows: list[np.ndarray]) -> list[np.ndarray]:
+        """The last ``max_history`` items of each row that the method's model can read: SASRec and the
+        joint model skip items added after their training (``add_items``); a row left empty gets the
+        popularity fallback."""
+        model = {"sasrec": self.sasrec, "joint": self.joint}.get(self.method_name)
+        if model is not None:
+            from fusion.adapters import id_tower_histories
+
+            rows = id_tower_histories(rows, model.num_items)
+        return [r[-self.settings.max_history:] for r in rows]
+
+    def _rank(self, rows: list[np.ndarray], k: int, exclude_seen: bool
+              ) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
+        """Per non-empty history row: (item indices best first, scores, gate or None)."""
+        name = self.method_name
+        if name in self.fusion_methods:
+            return self._fusion_rank(self._fusion_inputs(rows), rows, k, exclude_seen)
+        if name == "sasrec":
+            return self._catalogue_rank(rows, k, exclude_seen, self._sasrec_log_probs)
+        if name == "joint":
+            return self._catalogue_rank(rows, k, exclude_seen, self._joint_scores)
+        return self._generative_rank(rows, k, exclude_seen)
+
+    def _fusion_inputs(self, rows: list[np.ndarray]):
+        from fusion.adapters import model_inputs
+        from genrec.splits import Instances
+
+        s = self.settings
+        inst = Instances(users=np.arange(len(rows)), histories=rows, targets=np.zeros(len(rows), np.int64))
+        return model_inputs(self.sasrec, self.generative, inst, self.stats, k=s.k, beam=s.beam,
+                            teacher_forcing=s.teacher_forcing, batch_size=s.batch_size)
+
+    def _fusion_rank(self, inputs, rows, k, exclude_seen):
+        from fusion.candidates import topk_items
+
+        cands = inputs.cands
+        report = self.method.gates(cands, inputs.indicators)
+        fused = np.asarray(self.method.fuse(cands, inputs.indicators), np.float64)  # [n, C]
+        if exclude_seen:
+            seen = np.zeros(cands.items.shape, bool)
+            for j, r in enumerate(rows):
+                seen[j] = np.isin(cands.items[j], r)
+            fused = np.where(seen, -np.inf, fused)
+        order = topk_items(cands.items, fused, cands.width)  # [n, C]: the fusion stage's order, -1 padded
+        out = []
+        for j in range(len(rows)):
+            pos = {int(item): c for c, item in enumerate(cands.items[j])}
+            keep = [int(i) for i in order[j] if i >= 0 and np.isfinite(fused[j, pos[int(i)]])][:k]
+            out.append((np.asarray(keep, np.int64), fused[j, [pos[i] for i in keep]], float(report.gate[j])))
+        return out
+
+    def _sasrec_log_probs(self, rows: list[np.ndarray]):
+        import torch
+
+        from genrec.sasrec import iter_logits
+
+        for idx, logits in iter_logits(self.sasrec, rows, self.settings.batch_size):
+            yield idx, torch.log_softmax(logits, -1), None
+
+    def _joint_scores(self, rows: list[np.ndarray]):
+        bs = self.settings.batch_size
+        self.joint.eval()
+        for s in range(0, len(rows), bs):
+            fused, gate, _ = self.joint.scores(rows[s:s + bs])
+            yield np.arange(s, min(s + bs, len(rows))), fused, gate.numpy()
+
+    def _catalogue_rank(self, rows, k, exclude_seen, batches):
+        import torch
+
+        out: list[Any] = [None] * len(rows)
+        for idx, scores, gates in batches(rows):
+            scores = scores.clone()
+            if scores.shape[1] < self.num_items:  # items added after training: this model cannot score them
+                scores = torch.cat([scores, torch.full((len(idx), self.num_items - scores.shape[1]), -torch.inf)], 1)
+            if exclude_seen:
+                for j, r in enumerate(idx):
+                    scores[j, torch.from_numpy(rows[r])] = -torch.inf
+            v, i = scores.topk(min(k, scores.shape[1]), dim=-1)
+            for j, r in enumerate(idx):
+                ok = torch.isfinite(v[j])
+                out[r] = (i[j][ok].numpy(), v[j][ok].numpy(), None if gates is None else float(gates[j]))
+        return out
+
+    def _generative_rank(self, rows, k, exclude_seen):
+        from genrec.generative import recommend
+
+        width = k + (max(len(np.unique(r)) for r in rows) if exclude_seen else 0)
+        beam = recommend(self.generative, rows, beam_size=max(self.settings.beam, width), top_k=None,
+                         batch_size=self.settings.batch_size)
+        out = []
+        for j, r in enumerate(rows):
+            ok = (beam.items[j] >= 0) & np.isfinite(beam.log_probs[j])
+            if exclude_seen:
+                ok &= ~np.isin(beam.items[j], r)
+            out.append((beam.items[j][ok][:k], beam.log_probs[j][ok][:k], None))
+        return out

@@ -175,14 +175,16 @@ def _iter_logits(model: SASRec, histories: list[np.ndarray], batch_size: int
                  ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     order = np.argsort([min(len(h), model.config.max_len) for h in histories], kind="stable")
     was_training = model.training
-    model.eval()
+    if was_training:  # eval() walks every module: skip it for the usual, already-evaluating model
+        model.eval()
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             tokens = histories_to_tokens([histories[r] for r in rows], model.config.max_len)
             yield rows, model.last_logits(tokens.to(model.item_emb.weight.device)).float().cpu()
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
 
 
 def predict_topk(model: SASRec, instances: Instances | list[np.ndarray], k: int = 50,

@@ -17,7 +17,8 @@ from quantize.base import Quantizer, load_quantizer
 from quantize.diagnostics import (codebook_usage, collision_stats, format_diagnostics, quantizer_diagnostics,
                                   reconstruction_error)
 from quantize.embed import DEFAULT_MODEL, EmbeddingCache, TextEncoder, default_cache_dir
-from quantize.pipeline import METHODS, SemanticIdResult, build_semantic_ids, embed_items, make_quantizer
+from quantize.pipeline import (METHODS, SemanticIdResult, build_semantic_ids, embed_items, encode_frozen,
+                               encode_with_saved, make_quantizer)
 from quantize.pq import OPQ, PQ
 from quantize.preprocess import Preprocessor
 from quantize.rq_kmeans import RQKMeans
@@ -33,5 +34,5 @@ __all__ = [
     "TextEncoder", "EmbeddingCache", "DEFAULT_MODEL", "default_cache_dir",
     "Preprocessor", "SemanticIdTable", "disambiguate",
     "codebook_usage", "collision_stats", "reconstruction_error", "quantizer_diagnostics", "format_diagnostics",
-    "build_semantic_ids", "embed_items", "SemanticIdResult",
+    "build_semantic_ids", "embed_items", "SemanticIdResult", "encode_frozen", "encode_with_saved",
 ]

@@ -21,7 +21,8 @@ from quantize.text import TextTemplate, item_texts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["make_quantizer", "embed_items", "build_semantic_ids", "SemanticIdResult", "METHODS"]
+__all__ = ["make_quantizer", "embed_items", "build_semantic_ids", "SemanticIdResult", "METHODS", "encode_frozen",
+           "encode_with_saved"]
 
 _ALIASES = {"rqkmeans": "rq_kmeans", "rq_kmeans": "rq_kmeans", "rqvae": "rq_vae", "rq_vae": "rq_vae",
             "pq": "pq", "opq": "opq"}
@@ -72,10 +73,7 @@ class SemanticIdResult:
     def encode_new(self, embeddings: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
         """Quantizer codes ``[m, levels]`` for new items' raw embeddings (same preprocessing);
         ``table.extend(codes, ids)`` then gives them IDs without changing existing ones."""
-        x = as_embeddings(embeddings, ids)
-        if self.preprocessor is not None:
-            x = self.preprocessor.transform(x, ids)
-        return self.quantizer.encode(x, ids)
+        return encode_frozen(self.quantizer, self.preprocessor, embeddings, ids)
 
     def summary(self) -> str:
         return format_diagnostics(self.diagnostics)
@@ -99,6 +97,25 @@ class SemanticIdResult:
         pre = Preprocessor.load(out / PREPROCESS_FILE) if (out / PREPROCESS_FILE).exists() else None
         return cls(SemanticIdTable.load(out / TABLE_FILE), load_json(out / DIAGNOSTICS_FILE),
                    load_quantizer(out / QUANTIZER_FILE), pre)
+
+
+def encode_frozen(quantizer: Quantizer, preprocessor: Preprocessor | None, embeddings: np.ndarray,
+                  ids: Sequence[str] | None = None) -> np.ndarray:
+    """Base codes ``int64 [m, levels]`` of new raw embeddings under a fitted (frozen) quantizer and
+    the preprocessing it was fitted after: nothing is refitted, so existing items keep their codes."""
+    x = as_embeddings(embeddings, ids)
+    if preprocessor is not None:
+        x = preprocessor.transform(x, ids)
+    return quantizer.encode(x, ids)
+
+
+def encode_with_saved(directory: str | Path, embeddings: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
+    """:func:`encode_frozen` with the quantizer (``quantizer.pt``) and, when present, the
+    preprocessor (``preprocess.pt``) saved in ``directory`` (a run's ``quantize/`` or a saved
+    recommender's); a missing or damaged quantizer file is a :class:`~genrec.errors.CheckpointError`."""
+    d = Path(directory)
+    pre = Preprocessor.load(d / PREPROCESS_FILE) if (d / PREPROCESS_FILE).is_file() else None
+    return encode_frozen(load_quantizer(d / QUANTIZER_FILE), pre, embeddings, ids)
 
 
 def build_semantic_ids(dataset: SequenceDataset, method: str = "rq_kmeans", *,

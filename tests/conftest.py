@@ -16,3 +16,33 @@ def beauty_dir() -> Path:
     if not (path / "items.jsonl").is_file() and not (path / "items.jsonl.gz").is_file():
         pytest.skip(f"real Beauty data not found at {path}")
     return path
+
+
+#: the demo recipe at a tiny size (64 items, 150 users, one-block models, two epochs): seconds to train
+TINY_DEMO = ["num_threads=1", "data.dataset=synthetic:num_users=150,num_brands=4,num_categories=4,num_attributes=4",
+             "data.max_history=10", "quantize.codebook_size=4",
+             "sasrec.hidden=16", "sasrec.max_epochs=2", "sasrec.batch_size=64",
+             "generative.hidden=16", "generative.max_epochs=2", "generative.max_minutes=null", "generative.eval_beam=5",
+             "generative.batch_size=64", "fusion.k=10", "fusion.beam=10", "fusion.gate.max_epochs=5",
+             "report.ks=[5,10]"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished tiny demo recipe run (``genrec demo`` through the CLI), shared by the whole session:
+    treat it as read-only (copy it before changing anything)."""
+    from genrec import cli
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    out = root / "run"
+    code = cli.main(["demo", "--out", str(out), "--set", *TINY_DEMO, f"text.cache_dir={root / 'emb_cache'}"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_saved(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run's fused recommender saved with ``Recommender.save_pretrained`` (read-only)."""
+    from genrec.recommender import Recommender
+
+    return Recommender.from_pretrained(tiny_run).save_pretrained(tmp_path_factory.mktemp("tiny_saved") / "model")

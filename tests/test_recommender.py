@@ -1,53 +1,189 @@
 """genrec.Recommender: a finished recipe run asked by raw item ids gives exactly the fused ranking
-the recipe's fusion stage produced for the same histories."""
+the recipe's fusion stage produced; every method and single model survives save/load unchanged;
+explain(), exclude_seen, unknown ids and the saved directory's format checks."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
+import torch
 
-from genrec.errors import CheckpointError, DataFormatError
-from genrec.recipe import StageContext, load_config
-from genrec.recommender import Recommender
-from test_pipeline import DEMO_YAML
-from test_pipeline import reference, tiny  # noqa: F401 - test_pipeline's fixtures: the tiny demo run
+from genrec.artifacts import load_json, save_json
+from genrec.errors import CheckpointError, DataFormatError, UnknownItemError
+from genrec.recipe import StageContext, config_from_dict
+from genrec.recommender import Explanation, Recommender
+from genrec.recommender_files import FORMAT_VERSION, MANIFEST
 
 
 @pytest.fixture(scope="module")
-def rec(reference):  # noqa: F811
-    return Recommender.from_run(reference)
+def rec(tiny_run):
+    return Recommender.from_pretrained(tiny_run)
 
 
-def test_recommendations_equal_the_recipes_fused_test_ranking(rec, reference, tiny):  # noqa: F811
-    config = load_config(DEMO_YAML, overrides=tiny)
-    _, split = StageContext(reference, config).data()
-    histories = [[rec.item_ids[i] for i in h] for h in split.test.histories]
-    out = rec.recommend_batch(histories, k=10)
-    with np.load(reference / "fusion" / "topk.npz") as z:
-        expected = z[config.fusion.primary]
-    for row, got in zip(expected, out):
+@pytest.fixture(scope="module")
+def test_histories(tiny_run, rec):
+    _, split = StageContext(tiny_run, config_from_dict(load_json(tiny_run / "config.json"))).data()
+    return [[rec.item_ids[i] for i in h] for h in split.test.histories]
+
+
+def test_recommendations_equal_the_recipes_fused_test_ranking(rec, tiny_run, test_histories):
+    out = rec.recommend_batch(test_histories, k=10)
+    primary = load_json(tiny_run / "config.json")["fusion"]["primary"]
+    with np.load(tiny_run / "fusion" / "topk.npz") as z:
+        expected = {name: z[name] for name in (primary, "sasrec", "gr")}
+    for row, got in zip(expected[primary], out):
         assert got.items == [rec.item_ids[i] for i in row if i >= 0]
         assert got.scores == sorted(got.scores, reverse=True) and not got.unknown_ids
-    assert rec.recommend(histories[0], k=3).items == out[0].items[:3]
+        assert 0.0 <= got.gate <= 1.0 and not got.fallback
+    assert rec.recommend(test_histories[0], k=3).items == out[0].items[:3]
+    # one tower alone: SASRec's top-10 over the catalogue is the fusion stage's SASRec list
+    sasrec = rec.with_method("sasrec").recommend_batch(test_histories, k=10)
+    for row, got in zip(expected["sasrec"], sasrec):
+        assert got.items == [rec.item_ids[i] for i in row if i >= 0] and got.gate is None
+
+
+def test_every_method_and_single_model_round_trips_through_save_pretrained(rec, tiny_run, tmp_path, test_histories):
+    saved = rec.save_pretrained(tmp_path / "model")
+    manifest = load_json(saved / MANIFEST)
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["models"] == ["sasrec", "generative", "fusion"]
+    loaded = Recommender.from_pretrained(saved)
+    assert loaded.item_ids == rec.item_ids and loaded.methods == rec.methods
+    assert loaded.item(rec.item_ids[3]) == rec.item(rec.item_ids[3])
+    for method in rec.methods:
+        a = rec.with_method(method).recommend_batch(test_histories[:40], k=5, exclude_seen=True)
+        b = Recommender.from_pretrained(saved, method=method).recommend_batch(test_histories[:40], k=5,
+                                                                              exclude_seen=True)
+        assert [(r.items, r.scores, r.gate) for r in a] == [(r.items, r.scores, r.gate) for r in b], method
+    # a single model saves alone and loads the same way, without the other tower's files
+    only = Recommender(table=rec.table, train_sequences=rec.train_sequences, method="generative",
+                       settings=rec.settings, generative=rec.generative, items=rec.items)
+    d = only.save_pretrained(tmp_path / "generative_only")
+    assert not (d / "sasrec.pt").exists() and load_json(d / MANIFEST)["models"] == ["generative"]
+    again = Recommender.from_pretrained(d)
+    assert again.methods == ["generative"]
+    assert again.recommend(test_histories[0], k=5) == rec.with_method("generative").recommend(test_histories[0], k=5)
+    with pytest.raises(CheckpointError, match=r"method 'sasrec' is not available here; this recommender holds "
+                                              r"\['generative'\]"):
+        Recommender.from_pretrained(d, method="sasrec")
+
+
+def test_raw_id_mapping_both_ways(rec, tiny_run):
+    dataset, _ = StageContext(tiny_run, config_from_dict(load_json(tiny_run / "config.json"))).data()
+    for i in (0, 17, len(rec.item_ids) - 1):
+        info = rec.item(dataset.item_ids[i])
+        assert info["index"] == i and info["item_id"] == dataset.item_ids[i]
+        assert info["title"] == dataset.items[i].title
+        assert info["semantic_id"] == [int(c) for c in rec.table.codes[i]]
+        assert rec.table.item_of(info["semantic_id"]) == i
+    with pytest.raises(UnknownItemError, match="unknown item id 'nope'"):
+        rec.item("nope")
+
+
+def test_exclude_seen_removes_history_items_and_keeps_the_order_of_the_rest(rec, test_histories):
+    for method in ("learned_minmax", "sasrec", "generative"):
+        r = rec.with_method(method)
+        for h in test_histories[:20]:
+            full = r.recommend(h, k=10).items
+            kept = r.recommend(h, k=5, exclude_seen=True).items
+            assert not set(kept) & set(h)
+            assert kept == [i for i in full if i not in set(h)][:5] or method == "generative"
+            assert len(kept) == 5
+
+
+def test_explain_gives_the_gate_and_the_features_that_moved_it(rec, test_histories):
+    e = rec.explain(test_histories[0], k=5)
+    assert isinstance(e, Explanation) and e.method == "learned_minmax"
+    assert e.recommendations.items == rec.recommend(test_histories[0], k=5).items
+    assert e.gate == pytest.approx(e.recommendations.gate) and e.trusted == ("id" if e.gate > 0.5 else "gr")
+    assert set(e.contributions) <= set(e.features) and len(e.contributions) == len(e.features) > 3
+    mags = [abs(c) for c in e.contributions.values()]
+    assert mags == sorted(mags, reverse=True)  # strongest first
+    assert len(e.id_top) == 5 and len(e.gr_top) == 5 and "gate" in str(e)
+    assert json.dumps(e.to_dict())  # serialisable as it is
+    adaptive = rec.with_method("adaptive").explain(test_histories[0])
+    assert list(adaptive.features) == [rec.fusion_methods["adaptive"].indicator]
+    single = rec.with_method("sasrec").explain(test_histories[0])
+    assert single.gate is None and single.features == {} and "no gate" in str(single)
 
 
 def test_unknown_ids_are_skipped_and_reported_or_refused(rec):
     known = rec.item_ids[:3]
     skipped = rec.recommend(["nope", *known, "nada"], k=5)
     assert skipped.unknown_ids == ["nope", "nada"] and skipped.items == rec.recommend(known, k=5).items
-    with pytest.raises(DataFormatError, match=r"history 0: unknown item id\(s\) \['nope'\]"):
+    with pytest.raises(UnknownItemError, match=r"history 0: unknown item id\(s\) \['nope'\]") as info:
         rec.recommend(["nope", *known], on_unknown="error")
+    assert info.value.item_ids == ["nope"]
     empty = rec.recommend([], k=4)  # nothing to condition on: the most popular training items
-    assert len(empty.items) == 4 and empty.scores == sorted(empty.scores, reverse=True)
+    assert len(empty.items) == 4 and empty.scores == sorted(empty.scores, reverse=True) and empty.fallback
+    assert rec.recommend(["nope"], k=4).items == empty.items
     with pytest.raises(DataFormatError, match="a single string"):
         rec.recommend(known[0])
-    with pytest.raises(ValueError, match=r"k must be between 1 and fusion.k \(10\)"):
+    with pytest.raises(ValueError, match=r"k must be an integer between 1 and 10 \(fusion.k\), got 11"):
         rec.recommend(known, k=11)
+    assert rec.with_method("sasrec").max_k == rec.num_items
+    with pytest.raises(ValueError, match="on_unknown must be one of"):
+        rec.recommend(known, on_unknown="ignore")
 
 
-def test_other_methods_and_bad_run_directories(reference, tmp_path):  # noqa: F811
-    assert Recommender.from_run(reference, method="adaptive").method.name == "adaptive"
+def test_bad_run_and_saved_directories_are_clear_errors(tiny_run, rec, tmp_path):
+    assert Recommender.from_run(tiny_run, method="adaptive").method.name == "adaptive"
     with pytest.raises(CheckpointError, match=r"no fusion method 'magic'; it holds \['fixed', 'adaptive', "):
-        Recommender.from_run(reference, method="magic")
-    with pytest.raises(CheckpointError, match=r"stage 'sasrec' has not finished there"):
-        Recommender.from_run(tmp_path)
+        Recommender.from_run(tiny_run, method="magic")
+    with pytest.raises(CheckpointError, match=r"stage 'joint' has not finished there"):
+        Recommender.from_run(tiny_run, method="joint")
+    with pytest.raises(CheckpointError, match="neither a saved recommender"):
+        Recommender.from_pretrained(tmp_path)
+    saved = rec.save_pretrained(tmp_path / "m")
+    manifest = load_json(saved / MANIFEST)
+    save_json(saved / MANIFEST, {**manifest, "format_version": FORMAT_VERSION + 1})
+    with pytest.raises(CheckpointError, match=rf"recommender format version {FORMAT_VERSION + 1}; this genrec reads "
+                                              rf"version {FORMAT_VERSION}"):
+        Recommender.from_pretrained(saved)
+    save_json(saved / MANIFEST, {**manifest, "format": "something-else"})
+    with pytest.raises(CheckpointError, match="not a genrec recommender manifest"):
+        Recommender.from_pretrained(saved)
+    save_json(saved / MANIFEST, {**manifest, "settings": {**manifest["settings"], "k": 0}})
+    with pytest.raises(CheckpointError, match=r"setting 'k' must be an int >= 1, got 0"):
+        Recommender.from_pretrained(saved)
+    save_json(saved / MANIFEST, manifest)
+    lines = (saved / "items.jsonl").read_text().splitlines()
+    (saved / "items.jsonl").write_text("\n".join(lines[:5]) + "\n")
+    with pytest.raises(CheckpointError, match=r"items.jsonl: 5 items, semantic_ids.json has 64"):
+        Recommender.from_pretrained(saved)
+    (saved / "items.jsonl").write_text("\n".join(lines) + "\n")
+    # a model file holding a pickled object is refused, and its payload never runs
+    torch.save({"model": object()}, saved / "sasrec.pt")
+    with pytest.raises(CheckpointError, match="sasrec.pt"):
+        Recommender.from_pretrained(saved)
+    shutil.rmtree(saved)
+    with pytest.raises(CheckpointError, match="neither a saved recommender"):
+        Recommender.from_pretrained(saved)
+
+
+def test_a_joint_model_recommends_explains_and_round_trips(rec, test_histories, tmp_path):
+    from fusion.joint import JointConfig, JointModel
+    from genrec.generative import GenerativeConfig
+    from genrec.sasrec import SASRecConfig
+
+    torch.manual_seed(0)
+    config = JointConfig(id_tower=SASRecConfig(hidden=16, num_blocks=1), max_len=10,
+                         gr_tower=GenerativeConfig(hidden=16, num_blocks=1, head_layers=1))
+    joint = JointModel(rec.num_items, rec.table.codes, rec.table.codebook_sizes, config, rec.train_sequences).eval()
+    only = Recommender(table=rec.table, train_sequences=rec.train_sequences, method="joint", settings=rec.settings,
+                       joint=joint, items=rec.items)
+    got = only.recommend_batch(test_histories[:30], k=7, exclude_seen=True)
+    fused, gate, _ = joint.scores([np.asarray([rec.index[i] for i in h]) for h in test_histories[:30]])
+    for j, (r, h) in enumerate(zip(got, test_histories)):
+        scores = fused[j].clone()
+        scores[[rec.index[i] for i in h]] = -torch.inf
+        assert r.items == [rec.item_ids[i] for i in scores.topk(7).indices.tolist()]
+        assert r.gate == pytest.approx(float(gate[j]))
+    e = only.explain(test_histories[0], k=7)
+    assert e.gate == pytest.approx(got[0].gate) and set(e.features) == set(joint.feature_names)
+    loaded = Recommender.from_pretrained(only.save_pretrained(tmp_path / "joint"))
+    assert loaded.methods == ["joint"]
+    assert [r.items for r in loaded.recommend_batch(test_histories[:30], k=7, exclude_seen=True)] == \
+        [r.items for r in got]

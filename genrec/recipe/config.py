@@ -39,12 +39,17 @@ class DataSection:
     """``dataset``: any :func:`genrec.load_dataset` spec (a plain-format directory, ``synthetic[:k=v]``,
     ``amazon2014:Beauty``, ``amazon2023:All_Beauty``); relative directories are looked up from the
     working directory, then from the config file's directory and its parents (so a config under
-    ``recipes/configs/`` can name ``../shared/data/...`` relative to the repository root)."""
+    ``recipes/configs/`` can name ``../shared/data/...`` relative to the repository root).
+    ``keep_items_without_interactions`` (plain-format directories only; default off): items of
+    ``items.jsonl`` that no interaction names stay in the catalogue, so they get semantic IDs and the
+    generative model (and fusion through it) can recommend them; SASRec, which learns item
+    embeddings from interactions only, will rank them low."""
 
     dataset: str = "synthetic"
     max_history: int = 50
     min_interactions: int = 3
     cache_dir: str | None = None  # download cache (default $GENREC_CACHE or ~/.cache/genrec)
+    keep_items_without_interactions: bool = False
 
 
 @dataclass
@@ -314,6 +319,9 @@ def validate_config(config: RecipeConfig) -> None:
     need(bool(d.dataset.strip()), "data.dataset", d.dataset, "must name a dataset")
     need(d.max_history >= 1, "data.max_history", d.max_history, "must be >= 1")
     need(d.min_interactions >= 3, "data.min_interactions", d.min_interactions, "must be >= 3")
+    need(not d.keep_items_without_interactions or d.dataset.partition(":")[0] not in ("synthetic", "amazon2014",
+                                                                                    "amazon2023"),
+         "data.keep_items_without_interactions", True, f"applies to plain-format directories only, not {d.dataset!r}")
     allowed_fields = ("title", "brand", "categories", "description", "price", "item_id")
     need(bool(t.fields) and all(x in allowed_fields for x in t.fields), "text.fields", t.fields,
          f"must be a non-empty list of {list(allowed_fields)}")

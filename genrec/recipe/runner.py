@@ -227,6 +227,8 @@ def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -
     out = {k: v for k, v in d.items() if k not in _UNHASHED and f"{k}@{sec}" not in _UNHASHED}
     if sec == "data":  # the input files themselves, so changed data reruns what depends on it
         out["fingerprint"] = fingerprint
+        if not out.get("keep_items_without_interactions"):  # off: the hashes of runs made before the option
+            out.pop("keep_items_without_interactions", None)
     return out
 
 

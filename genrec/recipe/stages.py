@@ -60,7 +60,8 @@ class StageContext:
             import genrec
 
             d = self.config.data
-            dataset = genrec.load_dataset(d.dataset, cache_dir=d.cache_dir)
+            extra = {"keep_unused_items": True} if d.keep_items_without_interactions else {}
+            dataset = genrec.load_dataset(d.dataset, cache_dir=d.cache_dir, **extra)
             split = genrec.leave_one_out(dataset, max_history=d.max_history, min_interactions=d.min_interactions)
             self._data = (dataset, split)
         return self._data
@@ -86,6 +87,9 @@ def stage_data(ctx: StageContext) -> dict[str, Path]:
     info = getattr(dataset, "synthetic", None)
     if info is not None:
         summary["synthetic_kind_shares"] = info.kind_shares()
+    if config.data.keep_items_without_interactions:
+        counts = np.bincount(np.concatenate(dataset.sequences), minlength=dataset.num_items)
+        summary["items_without_interactions"] = int((counts == 0).sum())
     return {"summary": save_json(run_dir / "data" / "summary.json", summary)}
 
 

@@ -1,0 +1,179 @@
+"""The saved recommender directory: what :meth:`genrec.Recommender.save_pretrained` writes and
+:meth:`~genrec.Recommender.from_pretrained` reads, with no dataset or run directory needed::
+
+    DIR/recommender.json      manifest: format, format_version, method, models, settings, text encoder
+    DIR/semantic_ids.json     semantic-ID table with the raw item ids (quantize.SemanticIdTable)
+    DIR/items.jsonl           one line per item, in index order: {"item_id", "title", "brand", ...}
+    DIR/train_sequences.npz   the training sequences (``items`` int64, ``offsets`` int64 [n+1]): the
+                              popularity fallback and the fusion indicators are computed from them
+    DIR/sasrec.pt, generative.pt, joint.pt, fusion_methods.pt   the models it holds (weights only)
+    DIR/quantize/quantizer.pt [preprocess.pt]                   the frozen quantizer (for add_items)
+
+Every file is written atomically, the manifest last, so a directory with a manifest is complete.
+Reading checks the format name and version first: another version is a
+:class:`~genrec.errors.CheckpointError` saying so, never a half-loaded model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from genrec.artifacts import atomic_write, atomic_write_text, load_json, save_json
+from genrec.errors import CheckpointError
+
+FORMAT = "genrec-recommender"
+#: bump when the directory's content changes incompatibly; directories of another version are refused
+FORMAT_VERSION = 1
+MANIFEST = "recommender.json"
+TABLE = "semantic_ids.json"
+ITEMS = "items.jsonl"
+SEQUENCES = "train_sequences.npz"
+MODEL_FILES = {"sasrec": "sasrec.pt", "generative": "generative.pt", "joint": "joint.pt",
+               "fusion": "fusion_methods.pt"}
+QUANTIZE_DIR = "quantize"
+#: the item text fields kept in ``items.jsonl`` (``genrec.data.ItemText``)
+TEXT_FIELDS = ("title", "brand", "categories", "description", "price")
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a recommender scores a history (from the recipe's config): ``k`` candidates per tower
+    (``fusion.k``, also the largest ``k`` a fused recommendation can ask for), generative ``beam``,
+    ``teacher_forcing`` (each tower scores the other's candidates), ``max_history`` items read,
+    and the inference ``batch_size``."""
+
+    k: int = 50
+    beam: int = 50
+    teacher_forcing: bool = True
+    max_history: int = 50
+    batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            want = bool if f.name == "teacher_forcing" else int
+            if type(v) is not want or (want is int and v < 1):
+                raise ValueError(f"setting {f.name!r} must be {'a bool' if want is bool else 'an int >= 1'}, "
+                                 f"got {v!r}")
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "InferenceSettings":
+        if not isinstance(d, dict) or set(d) != {f.name for f in fields(cls)}:
+            raise CheckpointError(f"{where}: 'settings' must hold exactly {[f.name for f in fields(cls)]}")
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise CheckpointError(f"{where}: {e}") from None
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``recommender.json`` (last, after every other file)."""
+    return save_json(directory / MANIFEST, {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest})
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The checked manifest of a saved recommender directory (a :class:`CheckpointError` naming the
+    file for a missing, foreign, damaged or other-version one)."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {MANIFEST}; not a saved genrec recommender (save one with "
+                              f"Recommender.save_pretrained, or load a recipe run directory)")
+    try:
+        m = load_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: damaged ({e}); save the recommender again") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a genrec recommender manifest (format "
+                              f"{m.get('format') if isinstance(m, dict) else None!r}, expected {FORMAT!r})")
+    version = m.get("format_version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise CheckpointError(f"{path}: recommender format version {version!r}; this genrec reads version "
+                              f"{FORMAT_VERSION}: load it with the genrec that saved it, or save it again")
+    for key, kind in (("method", str), ("models", list), ("settings", dict)):
+        if not isinstance(m.get(key), kind):
+            raise CheckpointError(f"{path}: damaged: {key!r} must be a {kind.__name__}")
+    unknown = [x for x in m["models"] if x not in MODEL_FILES]
+    if unknown:
+        raise CheckpointError(f"{path}: unknown model(s) {unknown}; known: {sorted(MODEL_FILES)}")
+    m["settings"] = InferenceSettings.from_dict(m["settings"], str(path))
+    return m
+
+
+def save_sequences(path: Path, sequences: Sequence[np.ndarray]) -> Path:
+    """Training sequences as one flat ``items`` array and ``offsets`` (no pickle)."""
+    lengths = np.array([len(s) for s in sequences], np.int64)
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    flat = np.concatenate([np.asarray(s, np.int64) for s in sequences]) if len(sequences) else np.zeros(0, np.int64)
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez_compressed(f, items=flat, offsets=offsets)
+
+    return atomic_write(path, write)
+
+
+def load_sequences(path: Path, num_items: int) -> list[np.ndarray]:
+    """The sequences :func:`save_sequences` wrote; indices outside ``[0, num_items)`` or broken
+    offsets are a :class:`CheckpointError` naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            flat, offsets = z["items"].astype(np.int64), z["offsets"].astype(np.int64)
+    except (OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read the training sequences ({e}); save the recommender again") from None
+    if (offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(flat)
+            or (np.diff(offsets) < 0).any()):
+        raise CheckpointError(f"{path}: damaged: offsets do not partition the {len(flat)} items")
+    if len(flat) and (flat.min() < 0 or flat.max() >= num_items):
+        raise CheckpointError(f"{path}: damaged: item indices outside the catalogue of {num_items} items")
+    return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def item_record(item_id: str, text: Any) -> dict[str, Any]:
+    """``{"item_id", <non-empty text fields>}`` of one item (``text``: a ``genrec.data.ItemText``,
+    a dict of fields, or None)."""
+    rec: dict[str, Any] = {"item_id": item_id}
+    for name in TEXT_FIELDS:
+        v = text.get(name) if isinstance(text, dict) else getattr(text, name, None)
+        if v is None or v == "" or v == () or v == []:
+            continue
+        rec[name] = list(v) if name == "categories" else v
+    return rec
+
+
+def save_items(path: Path, records: Sequence[dict[str, Any]]) -> Path:
+    buf = io.StringIO()
+    for r in records:
+        buf.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return atomic_write_text(path, buf.getvalue())
+
+
+def load_items(path: Path, item_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """``items.jsonl``, checked line by line against the table's item ids."""
+    records: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                r = json.loads(line)
+            except ValueError as e:
+                raise CheckpointError(f"{path}, line {n}: not JSON ({e})") from None
+            if not isinstance(r, dict) or r.get("item_id") != (item_ids[n - 1] if n <= len(item_ids) else None):
+                raise CheckpointError(f"{path}, line {n}: expected item {item_ids[n - 1] if n <= len(item_ids) else None!r}"
+                                      f" as in {TABLE}")
+            records.append(r)
+    if len(records) != len(item_ids):
+        raise CheckpointError(f"{path}: {len(records)} items, {TABLE} has {len(item_ids)}")
+    return records
+
+
+def settings_dict(settings: InferenceSettings) -> dict[str, Any]:
+    return asdict(settings)
+
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "InferenceSettings", "read_manifest", "write_manifest",
+           "save_sequences", "load_sequences", "item_record", "save_items", "load_items", "MODEL_FILES"]

@@ -1,0 +1,104 @@
+"""Batch inference: ``genrec recommend`` and ``genrec.batch`` read every input format, write JSONL and
+Parquet with exactly ``Recommender.recommend_batch``'s results, and refuse bad input clearly."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from genrec import cli
+from genrec.batch import read_histories, recommend_file, write_recommendations
+from genrec.errors import DataFormatError
+from genrec.recommender import Recommender
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_saved):
+    return Recommender.from_pretrained(tiny_saved)
+
+
+@pytest.fixture(scope="module")
+def histories(rec):
+    return [[rec.item_ids[i] for i in s] for s in rec.train_sequences[:60]] + [["unknown-item"]]
+
+
+def _jsonl(path, histories):
+    path.write_text("".join(json.dumps({"user_id": f"u{n}", "history": h}) + "\n" for n, h in enumerate(histories)))
+    return path
+
+
+def test_every_input_format_reads_the_same_histories(tmp_path, histories):
+    users = [f"u{n}" for n in range(len(histories))]
+    assert read_histories(_jsonl(tmp_path / "h.jsonl", histories)) == (users, histories)
+    tsv = "user_id\thistory\n" + "".join(f"{u}\t{' '.join(h)}\n" for u, h in zip(users, histories))
+    (tmp_path / "h.tsv").write_text(tsv)
+    assert read_histories(tmp_path / "h.tsv") == (users, histories)
+    log = "user_id\titem_id\ttimestamp\n" + "".join(f"{u}\t{i}\t{t}\n" for u, h in zip(users, histories)
+                                                   for t, i in enumerate(h))
+    with gzip.open(tmp_path / "log.tsv.gz", "wt") as f:
+        f.write(log)
+    assert read_histories(tmp_path / "log.tsv.gz") == (users, histories)
+    (tmp_path / "nouser.jsonl").write_text('{"history": ["a"]}\n\n{"history": []}\n')
+    assert read_histories(tmp_path / "nouser.jsonl") == (["1", "3"], [["a"], []])
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.jsonl", '{"history": ["a"]}\n{"history": "a b"}\n', r"bad.jsonl:2: 'history' must be a list of item ids"),
+    ("bad.jsonl", '{"history": ["a"]}\n{"histroy": ["a"]}\n', r"bad.jsonl:2: unknown key\(s\) \['histroy'\]"),
+    ("bad.jsonl", '{"history": ["a"]\n', r"bad.jsonl:1: malformed JSON"),
+    ("bad.jsonl", '{"user_id": [1], "history": []}\n', r"bad.jsonl:1: 'user_id' must be a string"),
+    ("bad.tsv", "user_id\thistory\nu1\ta b\textra\n", r"bad.tsv:2: expected 2 tab-separated fields, got 3"),
+    ("bad.tsv", "user\thistory\n", r"bad.tsv:1: header \['user', 'history'\] needs 'user_id' and 'history'"),
+    ("bad.tsv", "user_id\titem\n", r"bad.tsv:1: header .* needs 'user_id' and 'history'"),
+    ("bad.csv", "user_id,history\n", r"bad.csv: unknown input format '.csv'"),
+])
+def test_bad_input_files_name_the_file_and_line(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataFormatError, match=message):
+        read_histories(tmp_path / name)
+
+
+def test_jsonl_and_parquet_outputs_hold_recommend_batch_results(rec, histories, tmp_path):
+    expected = rec.recommend_batch(histories, k=5, exclude_seen=True)
+    src = _jsonl(tmp_path / "h.jsonl", histories)
+    s = recommend_file(rec, src, tmp_path / "out.jsonl", k=5, exclude_seen=True, chunk_size=7)
+    assert (s.users, s.with_unknown_ids, s.fallbacks) == (len(histories), 1, 1) and s.users_per_second > 0
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["user_id"] for r in rows] == [f"u{n}" for n in range(len(histories))]
+    # chunks of 7 pad histories differently from one batch of 61, so scores agree to float32 rounding
+    assert [(r["items"], r["unknown_ids"], r["fallback"]) for r in rows] == [
+        (e.items, e.unknown_ids, e.fallback) for e in expected]
+    for r, e in zip(rows, expected):
+        assert r["scores"] == pytest.approx(e.scores, rel=1e-5, abs=1e-5)
+        assert r["gate"] == (None if e.gate is None else pytest.approx(e.gate, rel=1e-5, abs=1e-6))
+    recommend_file(rec, src, tmp_path / "out.parquet", k=5, exclude_seen=True)
+    table = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert [t["items"] for t in table] == [e.items for e in expected]
+    assert [t["gate"] is None for t in table] == [e.gate is None for e in expected]
+    assert table[-1]["fallback"] and table[-1]["unknown_ids"] == ["unknown-item"]
+    with pytest.raises(DataFormatError, match=r"out.csv: unknown output format"):
+        write_recommendations(tmp_path / "out.csv", ["u"], expected[:1])
+
+
+def test_cli_recommend_end_to_end_and_its_errors(tiny_saved, rec, histories, tmp_path, capsys):
+    src = _jsonl(tmp_path / "h.jsonl", histories)
+    out = tmp_path / "recs.jsonl"
+    assert cli.main(["recommend", str(tiny_saved), "--input", str(src), "--out", str(out), "--k", "3",
+                     "--method", "sasrec"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(histories)} users -> {out} (method sasrec, k=3)" in printed and "users/s, peak memory" in printed
+    got = [json.loads(line)["items"] for line in out.read_text().splitlines()]
+    assert got == [r.items for r in rec.with_method("sasrec").recommend_batch(histories, k=3)]
+    for args, message in [
+        (["--k", "11"], "argument --k: 11 exceeds what method 'learned_minmax' can rank (10, fusion.k)"),
+        (["--k", "0"], "argument --k: must be >= 1, got 0"),
+        (["--on-unknown", "error"], "user 'u60': unknown item id(s) ['unknown-item']"),
+        (["--method", "joint"], "method 'joint' is not available here"),
+    ]:
+        assert cli.main(["recommend", str(tiny_saved), "--input", str(src), "--out", str(out), *args]) == 2
+        assert message in capsys.readouterr().err
+    assert cli.main(["recommend", str(tmp_path), "--input", str(src), "--out", str(out)]) == 2
+    assert "neither a saved recommender" in capsys.readouterr().err

@@ -1,0 +1,316 @@
+"""New items without retraining (issue 13): ``Recommender.add_items`` / ``genrec add-items`` give new
+items semantic IDs from the run's encoder and frozen quantizer, and the generative model and every
+fusion method can recommend them at once; SASRec cannot and never returns them; errors are clear;
+the result saves and loads unchanged."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from genrec import cli
+from genrec.errors import CheckpointError, DataFormatError
+from genrec.generative import GenerativeConfig, HierarchicalGenerative, recommend, score_items, with_new_items
+from genrec.recommender import Recommender
+
+TWIN = "NEW_TWIN"
+
+
+@pytest.fixture(scope="module")
+def emb_cache(tiny_run, tmp_path_factory):
+    """A copy of the tiny run's embedding cache: new items that reuse existing texts are cache hits
+    (the encoder loads only where a test embeds a text of its own)."""
+    return shutil.copytree(tiny_run.parent / "emb_cache", tmp_path_factory.mktemp("new_items") / "emb_cache")
+
+
+@pytest.fixture(scope="module")
+def confident(tiny_saved):
+    """A history (item ids) whose generative top-1 item (not in the history) leads the second by more
+    than log 2, and that item's id: a new item with its text shares its base codes, so the two split
+    the top item's probability and the new one still beats every other item."""
+    rec = Recommender.from_pretrained(tiny_saved)
+    cands = [np.array([i]) for i in range(rec.num_items)] + [s[-10:] for s in rec.train_sequences if len(s)]
+    beam = recommend(rec.generative, cands, beam_size=10)
+    margin = beam.log_probs[:, 0] - beam.log_probs[:, 1]
+    margin[[beam.items[k, 0] in c for k, c in enumerate(cands)]] = -np.inf
+    j = int(np.argmax(margin))
+    assert margin[j] > math.log(2) + 0.05, "the tiny run has no confident enough history for this test"
+    return [rec.item_ids[i] for i in cands[j]], rec.item_ids[beam.items[j, 0]]
+
+
+@pytest.fixture(scope="module")
+def added(tiny_saved, confident, emb_cache):
+    """The tiny saved recommender with two items added: a twin of ``confident``'s top item (same
+    text, new id) and a copy of another item's text."""
+    rec = Recommender.from_pretrained(tiny_saved)
+    _, top = confident
+    other = rec.item_ids[0] if rec.item_ids[0] != top else rec.item_ids[1]
+    items = [{**rec.items[rec.index[top]], "item_id": TWIN}, {**rec.items[rec.index[other]], "item_id": "NEW_OTHER"}]
+    assert rec.add_items(items, cache_dir=emb_cache) == [TWIN, "NEW_OTHER"]
+    return rec, top, other
+
+
+def test_add_items_grows_the_table_the_generative_model_and_the_counts(tiny_saved, added):
+    rec, top, other = added
+    before = Recommender.from_pretrained(tiny_saved)
+    n = before.num_items
+    assert rec.num_items == n + 2 and rec.item_ids == before.item_ids + [TWIN, "NEW_OTHER"]
+    assert rec.index[TWIN] == n and rec.item(TWIN)["title"] == rec.item(top)["title"]
+    np.testing.assert_array_equal(rec.table.codes[:n], before.table.codes)  # existing IDs never change
+    # same text -> same base codes, next free disambiguation code of the group
+    assert rec.item(TWIN)["semantic_id"][:-1] == rec.item(top)["semantic_id"][:-1]
+    assert rec.item(TWIN)["semantic_id"][-1] == rec.item(top)["semantic_id"][-1] + 1
+    assert rec.item("NEW_OTHER")["semantic_id"][:-1] == rec.item(other)["semantic_id"][:-1]
+    assert rec.table.codebook_sizes[:-1] == before.table.codebook_sizes[:-1]
+    g = rec.generative
+    assert g.num_items == n + 2 and g.codebook_sizes == rec.table.codebook_sizes
+    np.testing.assert_array_equal(g.codes, rec.table.codes)
+    assert rec.sasrec.num_items == n  # the ID tower is not touched
+    assert rec.stats.num_items == n + 2 and rec.stats.popularity[n:].tolist() == [0, 0]
+    assert len(rec.items) == n + 2 and rec.items[n]["item_id"] == TWIN
+
+
+def test_with_new_items_appends_rows_and_keeps_every_trained_weight(tiny_saved):
+    model = Recommender.from_pretrained(tiny_saved).generative
+    n, sizes = model.num_items, model.codebook_sizes
+    codes = model.codes
+    grown = sizes[-1] + 1  # items 0 and 1's base codes with the next code beyond the trained ones
+    extra = np.array([[*codes[0, :-1], sizes[-1]], [*codes[1, :-1], sizes[-1]]])
+    rng = torch.get_rng_state()
+    new = with_new_items(model, np.concatenate([codes, extra]), [*sizes[:-1], grown])
+    assert torch.equal(torch.get_rng_state(), rng)  # deterministic: the global random state is untouched
+    assert new.num_items == n + 2 and new.codebook_sizes == (*sizes[:-1], grown) and new.vocab == model.vocab + 1
+    old, cur = model.state_dict(), new.state_dict()
+    for key, value in old.items():
+        assert torch.equal(cur[key][:len(value)], value), key  # trained rows unchanged, new ones appended
+    lo = model.offsets[-1] + 1
+    mean = old["code_emb.weight"][lo:lo + sizes[-1]].mean(0)
+    torch.testing.assert_close(cur["code_emb.weight"][-1], mean)
+    assert cur["head.prefix_emb.weight"][-1].abs().sum() == 0
+    # an item whose group did not change keeps its exact log-probability (after a history of such
+    # items too: the repeat gate's mixture reads the history items' probabilities)
+    same = [i for i in range(n) if not (codes[i, :-1] == codes[:2, :-1]).all(1).any()]
+    hist, keep = [np.array(same[:3])], same[3]
+    np.testing.assert_allclose(score_items(new, hist, np.array([[keep]])), score_items(model, hist, np.array([[keep]])),
+                               rtol=1e-6)
+    assert np.isfinite(score_items(new, hist, np.array([[n, n + 1]]))).all()
+    with pytest.raises(ValueError, match="model's own semantic IDs"):
+        with_new_items(model, np.concatenate([codes[::-1], extra]), [*sizes[:-1], grown])
+    with pytest.raises(ValueError, match="only the last level may grow"):
+        with_new_items(model, codes, [sizes[0] + 1, *sizes[1:]])
+
+
+def test_with_new_items_gives_new_items_zero_item_embeddings_in_hybrid_mode():
+    codes = np.array([[0, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 1]])
+    torch.manual_seed(0)
+    model = HierarchicalGenerative(codes, [2, 2, 2], GenerativeConfig(hidden=8, num_heads=2, num_blocks=1,
+                                                                       item_embedding=True, max_len=5))
+    new = with_new_items(model, np.concatenate([codes, [[1, 1, 0], [1, 0, 2]]]), [2, 2, 3])
+    assert new.item_emb.weight.shape[0] == 7 and new.item_emb.weight[5:].abs().sum() == 0
+    assert torch.equal(new.item_emb.weight[:5], model.item_emb.weight)
+    assert new.trie.walk([1, 0, 2]) == 5 and new.trie.walk([1, 1, 0]) == 4
+
+
+def test_a_new_item_whose_codes_are_most_likely_is_recommended(added, confident):
+    rec, top, _ = added
+    history, _ = confident
+    gen = rec.with_method("generative").recommend(history, k=5)
+    # the twin and its original split the top item's probability and stay ahead of every other item
+    assert set(gen.items[:2]) == {TWIN, top}
+    assert gen.scores[0] == pytest.approx(gen.scores[1], abs=1e-4)
+    for method in rec.fusion_methods:
+        out = rec.with_method(method).recommend(history, k=5)
+        assert TWIN in out.items[:3], (method, out.items)
+    # SASRec cannot score added items: never returned, even when asked for its whole catalogue
+    ranked = rec.with_method("sasrec").recommend(history, k=rec.num_items)
+    assert len(ranked.items) == rec.sasrec.num_items and not {TWIN, "NEW_OTHER"} & set(ranked.items)
+
+
+def test_histories_holding_added_items_are_read_by_the_generative_model_and_fusion(added, confident):
+    rec, _, _ = added
+    history, _ = confident
+    for method in ["generative", *rec.fusion_methods]:
+        r = rec.with_method(method)
+        mixed = r.recommend(history + [TWIN], k=5)
+        only_new = r.recommend([TWIN, "NEW_OTHER"], k=5)
+        for out in (mixed, only_new):
+            assert len(out.items) == 5 and not out.fallback and not out.unknown_ids
+            assert all(math.isfinite(s) for s in out.scores)
+            assert out.gate is None if method == "generative" else 0.0 <= out.gate <= 1.0
+
+
+def test_sasrec_alone_reads_the_items_it_knows_and_falls_back_on_only_added_ones(added, confident):
+    rec, _, _ = added
+    history, _ = confident
+    sasrec = rec.with_method("sasrec")
+    mixed = sasrec.recommend(history + [TWIN], k=5, exclude_seen=True)
+    assert mixed == sasrec.recommend(history, k=5, exclude_seen=True) and not mixed.fallback
+    only_new = sasrec.recommend([TWIN, "NEW_OTHER"], k=5)
+    assert only_new.fallback and only_new.items == sasrec.recommend([], k=5).items
+    e = sasrec.explain([TWIN])
+    assert e.recommendations.fallback and e.gate is None
+
+
+def test_sasrec_adapters_give_missing_scores_for_items_it_cannot_read(added):
+    from fusion.adapters import sasrec_outputs, sasrec_scorer
+
+    rec, _, _ = added
+    n = rec.sasrec.num_items
+    hist = [np.array([0, 1]), np.array([0, n]), np.array([n, n + 1])]  # known, mixed, only added items
+    out = sasrec_outputs(rec.sasrec, hist, k=3)
+    np.testing.assert_array_equal(out["items"][2], [-1, -1, -1])
+    assert np.isneginf(out["log_probs"][2]).all() and out["max_prob"][2] == pytest.approx(1 / n)
+    assert out["entropy"][2] == pytest.approx(math.log(n))
+    ref = sasrec_outputs(rec.sasrec, [np.array([0])], k=3)  # the mixed history reads as its known part
+    np.testing.assert_array_equal(out["items"][1], ref["items"][0])
+    scores = sasrec_scorer(rec.sasrec, hist)(np.array([[2, n, -1]] * 3))
+    assert np.isfinite(scores[:2, 0]).all() and np.isnan(scores[:, 1:]).all() and np.isnan(scores[2]).all()
+
+
+def test_bad_new_items_and_recommenders_that_cannot_add_are_clear_errors(tiny_saved, tmp_path):
+    rec = Recommender.from_pretrained(tiny_saved)
+    known = rec.item_ids[3]
+    bad = [([{"item_id": "A", "title": "x"}, {"item_id": "A", "title": "y"}], "'A' appears twice"),
+           ([{"item_id": known, "title": "x"}], f"{known!r} is already in the catalogue"),
+           ([{"title": "no id"}], "new item 1: 'item_id' must be"),
+           ([{"item_id": "B", "description": "only a description"}], "new item 1: item 'B' has no text"),
+           (["B"], "new item 1: expected an object"),
+           ([], "empty")]
+    for items, message in bad:
+        with pytest.raises(DataFormatError, match=message):
+            rec.add_items(items)
+    with pytest.raises(DataFormatError, match="new.jsonl:7"):
+        from genrec.new_items import add_items
+
+        add_items(rec, [{"item_id": "C", "categories": 5}], where=["new.jsonl:7"])
+    ok = [{"item_id": "D", "title": "Fine"}]
+    for attr, value, message in (("quantize_dir", tmp_path, "quantizer.pt is missing"),
+                                 ("quantize_dir", None, "no quantize directory"),
+                                 ("text", None, "no record of the text encoder"), ("generative", None, "no generative")):
+        broken = Recommender.from_pretrained(tiny_saved)
+        setattr(broken, attr, value)
+        with pytest.raises(CheckpointError, match=message):
+            broken.add_items(ok)
+        assert broken.num_items == rec.num_items  # nothing changed
+    assert rec.num_items == len(rec.table.codes) == rec.generative.num_items  # failures left it as it was
+
+
+def test_save_and_load_after_add_items_recommends_the_same(added, confident, tmp_path):
+    rec, _, _ = added
+    history, _ = confident
+    loaded = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "model"))
+    assert loaded.item_ids == rec.item_ids and loaded.table == rec.table and loaded.items == rec.items
+    assert loaded.generative.codebook_sizes == rec.generative.codebook_sizes
+    histories = [history, history + [TWIN], [TWIN], rec.item_ids[:4]]
+    for method in rec.methods:
+        hs = histories if method != "sasrec" else [history, rec.item_ids[:4]]
+        a = rec.with_method(method).recommend_batch(hs, k=5)
+        b = loaded.with_method(method).recommend_batch(hs, k=5)
+        assert [(r.items, r.scores, r.gate) for r in a] == [(r.items, r.scores, r.gate) for r in b], method
+    assert (loaded.quantize_dir / "quantizer.pt").is_file()  # so it can add more items later
+
+
+def test_cli_add_items_end_to_end(tiny_run, emb_cache, tmp_path, capsys):
+    rec = Recommender.from_pretrained(tiny_run)
+    new = tmp_path / "new.jsonl"
+    twin = {**rec.items[5], "item_id": "CLI_TWIN"}
+    fresh = {"item_id": "CLI_FRESH", "title": "Moonlit Cedar Beard Oil", "categories": ["Men", "Beard Care"]}
+    new.write_text(json.dumps(twin) + "\n\n" + json.dumps(fresh) + "\n")
+    out = tmp_path / "model"
+    code = cli.main(["add-items", str(tiny_run), str(new), "--out", str(out), "--cache-dir", str(emb_cache)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "added 2 item(s)" in printed and "CLI_TWIN: [" in printed and "CLI_FRESH: [" in printed
+    saved = Recommender.from_pretrained(out)
+    assert saved.item_ids[-2:] == ["CLI_TWIN", "CLI_FRESH"] and saved.num_items == rec.num_items + 2
+    assert saved.item("CLI_TWIN")["semantic_id"][:-1] == rec.item(rec.item_ids[5])["semantic_id"][:-1]
+    assert saved.item("CLI_FRESH")["title"] == "Moonlit Cedar Beard Oil"
+    # a beam as wide as the catalogue returns every item the generative model can decode: the new ones too
+    everything = saved.with_method("generative").recommend(rec.item_ids[:3], k=saved.num_items)
+    assert sorted(everything.items) == sorted(saved.item_ids)
+    # bad input: the file and line are named, exit code 2, nothing saved
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(fresh) + "\n{not json\n")
+    assert cli.main(["add-items", str(tiny_run), str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert f"{bad}:2: malformed JSON" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert cli.main(["add-items", str(out), str(new), "--out", str(tmp_path / "y")]) == 2
+    assert "'CLI_TWIN' is already in the catalogue" in capsys.readouterr().err
+    assert cli.main(["add-items", str(out), str(new), "--out", str(tiny_run)]) == 2
+    assert "a recipe run directory" in capsys.readouterr().err
+
+
+def test_every_fusion_method_ranks_a_candidate_only_the_generative_model_can_score():
+    """Simulated outputs where the generative model is right on 'generalization' instances: there the
+    target becomes a new item (SASRec cannot score it: NaN, not in its top-K). Every method keeps it in
+    the top 10 (min-max scale: its fused score is the gate's generative share), and the methods whose
+    gate leans on the generative model there put it first."""
+    from fusion.candidates import CandidateScores
+    from fusion.methods import AdaptiveFusion, FixedWeightFusion, LearnedGateFusion
+    from fusion.simulate import simulate_outputs
+
+    valid, test = simulate_outputs(n=400, seed=11), simulate_outputs(n=400, seed=12)
+    feats = ["id_msp", "id_entropy", "gr_top1_logp"]
+    methods = [FixedWeightFusion(), AdaptiveFusion(),
+               *(LearnedGateFusion(scale=s, features=feats, max_epochs=10) for s in ("minmax", "logprob", "mixture"))]
+    c = test.cands
+    col = c.target_index(test.targets)
+    rows = np.flatnonzero(~test.memorization & (col >= 0))
+    id_scores, id_topk = c.id_scores.copy(), c.id_in_topk.copy()
+    id_scores[rows, col[rows]], id_topk[rows, col[rows]] = np.nan, False
+    new = CandidateScores(c.items, id_scores, c.gr_scores, id_topk, c.gr_in_topk)
+    for m in methods:
+        m.fit(valid.cands, valid.targets, valid.indicators)
+        fused = m.fuse(new, test.indicators)
+        assert np.isfinite(fused[rows, col[rows]]).all(), m
+        top = new.topk(fused, 10)[rows]
+        hit = top == test.targets[rows, None]
+        assert hit.any(1).mean() >= 0.95, (m.name, getattr(m, "scale", None))
+        if not isinstance(m, FixedWeightFusion):  # a per-instance gate trusts the generative model here
+            assert hit[:, 0].mean() >= 0.9, (m.name, getattr(m, "scale", None))
+        if getattr(m, "scale", "minmax") == "minmax" and not isinstance(m, LearnedGateFusion):
+            g = m.gates(new, test.indicators).gate[rows]
+            np.testing.assert_allclose(fused[rows, col[rows]], (1 - g) * new.normalized("gr")[rows, col[rows]],
+                                       rtol=1e-5)
+
+
+def test_catalogue_items_without_interactions_keep_their_semantic_ids(tiny_run, emb_cache, tmp_path):
+    """``data.keep_items_without_interactions`` (plain-format data): an item of items.jsonl that no
+    interaction names stays in the catalogue (after the others, whose indices do not move) and gets a
+    semantic ID; off (the default) it is left out and the stage hashes are those of older runs."""
+    import genrec
+    from genrec.artifacts import load_json
+    from genrec.data import load_plain, write_plain
+    from genrec.errors import ConfigError
+    from genrec.recipe import config_from_dict
+    from genrec.recipe.runner import StopAfterStage, _section_for_hash, run_recipe
+    from quantize import SemanticIdTable
+
+    raw = load_json(tiny_run / "config.json")
+    full = genrec.load_dataset(raw["data"]["dataset"])
+    data = tmp_path / "data"
+    write_plain(full, data)
+    unsold = {"item_id": "UNSOLD", "title": full.items[0].title, "categories": list(full.items[0].categories)}
+    with open(data / "items.jsonl", "a", encoding="utf-8") as f:  # same text as item 0: a cached embedding
+        f.write(json.dumps(unsold) + "\n")
+    assert load_plain(data).item_ids == full.item_ids
+    kept = load_plain(data, keep_unused_items=True)
+    assert kept.item_ids == full.item_ids + ["UNSOLD"] and kept.items[-1].title == full.items[0].title
+
+    on = config_from_dict(raw, overrides=[f"data.dataset={data}", "data.keep_items_without_interactions=true",
+                                          f"text.cache_dir={emb_cache}"])
+    with pytest.raises(StopAfterStage):
+        run_recipe(on, tmp_path / "run", stop_after="quantize")
+    table = SemanticIdTable.load(tmp_path / "run" / "quantize" / "semantic_ids.json")
+    assert table.item_ids[-1] == "UNSOLD" and table.num_items == full.num_items + 1
+    np.testing.assert_array_equal(table.codes[-1, :-1], table.codes[0, :-1])  # its text's base codes
+    assert load_json(tmp_path / "run" / "data" / "summary.json")["items_without_interactions"] == 1
+
+    off = config_from_dict(raw)
+    assert "keep_items_without_interactions" not in _section_for_hash(off, "data")
+    assert _section_for_hash(on, "data")["keep_items_without_interactions"] is True
+    with pytest.raises(ConfigError, match="plain-format directories only"):
+        config_from_dict(raw, overrides=["data.keep_items_without_interactions=true"])

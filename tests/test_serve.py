@@ -1,0 +1,339 @@
+"""genrec serve: the HTTP service answers what ``Recommender.recommend_batch`` answers (the same
+items; scores up to float32 rounding when batched with other requests), batches concurrent requests
+into shared model calls, and turns every bad request into a 4xx with a message naming the field or
+id (never a 500 or a hang)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from genrec import cli
+from genrec.recommender import Recommender
+from genrec.serve import create_app
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_saved) -> Recommender:
+    return Recommender.from_pretrained(tiny_saved)
+
+
+@pytest.fixture(scope="module")
+def histories(rec) -> list[list[str]]:
+    return [[rec.item_ids[i] for i in s] for s in rec.train_sequences[:12]]
+
+
+@pytest.fixture(scope="module")
+def client(rec):
+    with TestClient(create_app(rec, max_history_ids=50, max_batch_histories=4, max_body_bytes=4096)) as c:
+        yield c
+
+
+def expected(rec: Recommender, history: list[str], k: int = 10, exclude_seen: bool = False) -> dict:
+    r = rec.recommend_batch([history], k, exclude_seen)[0]
+    return {"method": rec.method_name, "items": [{"item_id": i, "score": s} for i, s in zip(r.items, r.scores)],
+            "gate": r.gate, "unknown_ids": r.unknown_ids, "fallback": r.fallback}
+
+
+def same(got: dict, want: dict) -> bool:
+    """Equal answers: the same items in the same order; scores and gate equal up to float32 rounding
+    (a batched model call pads histories differently from a call of its own)."""
+    def close(a, b):
+        return a == b if a is None or b is None else a == pytest.approx(b, rel=1e-5, abs=1e-5)
+
+    scores = [x["score"] for x in got["items"]], [x["score"] for x in want["items"]]
+    return ([x["item_id"] for x in got["items"]] == [x["item_id"] for x in want["items"]]
+            and all(close(a, b) for a, b in zip(*scores)) and close(got["gate"], want["gate"])
+            and {**got, "items": 0, "gate": 0} == {**want, "items": 0, "gate": 0})
+
+
+def concurrently(n: int, call) -> list:
+    """``call(i)`` for i < n from n threads released at once (so the requests overlap)."""
+    barrier = threading.Barrier(n)
+
+    def go(i):
+        barrier.wait(timeout=10)
+        return call(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(go, range(n)))
+
+
+# -- answers -----------------------------------------------------------------------------------------
+def test_recommend_answers_what_the_library_answers(client, rec, histories):
+    for h in histories[:4]:
+        for k, exclude_seen in ((10, False), (3, True), (1, False)):
+            r = client.post("/recommend", json={"history": h, "k": k, "exclude_seen": exclude_seen})
+            assert r.status_code == 200 and r.json() == expected(rec, h, k, exclude_seen)
+    r = client.post("/recommend", json={"history": ["nope", *histories[0]], "k": 5})  # default: skip, report
+    assert r.json() == expected(rec, ["nope", *histories[0]], 5) and r.json()["unknown_ids"] == ["nope"]
+    r = client.post("/recommend", json={"history": ["nope"], "k": 4})  # nothing known: popular items
+    assert r.status_code == 200 and r.json()["fallback"] is True and len(r.json()["items"]) == 4
+    r = client.post("/recommend", content=f'{{"history": ["{histories[1][0]}"]}}')  # no Content-Type: JSON
+    assert r.status_code == 200 and r.json() == expected(rec, histories[1][:1])
+
+
+def test_batch_answers_what_the_library_answers(client, rec, histories):
+    r = client.post("/recommend/batch", json={"histories": histories[:4], "k": 7, "exclude_seen": True})
+    assert r.status_code == 200
+    got = r.json()
+    assert got["method"] == rec.method_name and len(got["results"]) == 4
+    for h, one in zip(histories[:4], got["results"]):
+        lib = rec.recommend_batch(histories[:4], 7, True)[histories[:4].index(h)]
+        assert [x["item_id"] for x in one["items"]] == lib.items and [x["score"] for x in one["items"]] == lib.scores
+        assert same(one, expected(rec, h, 7, True))
+
+
+def test_health_and_items(client, rec, histories):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["method"] == rec.method_name and h["items"] == rec.num_items
+    assert h["max_k"] == rec.max_k and h["batches"] >= 1 and h["mean_batch_size"] >= 1.0
+    item_id = histories[0][0]
+    r = client.get(f"/items/{item_id}")
+    assert r.status_code == 200 and r.json() == rec.item(item_id) and len(r.json()["semantic_id"]) >= 1
+    r = client.get("/items/no-such-item")
+    assert r.status_code == 404 and r.json() == {"error": "unknown item id 'no-such-item'",
+                                                 "unknown_ids": ["no-such-item"]}
+
+
+# -- bad requests --------------------------------------------------------------------------------------
+GOOD = ["__known__"]
+BAD_REQUESTS = [
+    # (path, JSON body or raw bytes, status, message fragment)
+    ("/recommend", b"{bad", 400, "malformed JSON body: Expecting property name"),
+    ("/recommend", b"", 422, "body: expected a JSON object"),
+    ("/recommend", b"[1, 2]", 422, "body: expected a JSON object"),
+    ("/recommend", b"[" * 2000 + b"]" * 2000, 400, "malformed JSON body"),  # deeper than the parser goes
+    ("/recommend", {"history": []}, 422, "history: empty; give at least one item id"),
+    ("/recommend", {"history": ["x"] * 51}, 422, "history: 51 item ids, more than the 50 accepted"),
+    ("/recommend", {"history": GOOD, "k": 0}, 422, "k: must be between 1 and 10 (fusion.k"),
+    ("/recommend", {"history": GOOD, "k": 11}, 422, "k: must be between 1 and 10 (fusion.k"),
+    ("/recommend", {"history": GOOD, "k": "3"}, 422, "k: Input should be a valid integer"),
+    ("/recommend", {"history": GOOD, "k": 2.0}, 422, "k: Input should be a valid integer"),
+    ("/recommend", {"history": GOOD, "exclude_seen": "yes"}, 422, "exclude_seen: Input should be a valid boolean"),
+    ("/recommend", {"history": GOOD, "on_unknown": "maybe"}, 422, "on_unknown: Input should be 'skip' or 'error'"),
+    ("/recommend", {"history": [1, 2]}, 422, "history.0: Input should be a valid string"),
+    ("/recommend", {"history": "abc"}, 422, "history: Input should be a valid list"),
+    ("/recommend", {"histroy": GOOD}, 422, "histroy: unknown field (expected history, k, exclude_seen, on_unknown)"),
+    ("/recommend", {"k": 3}, 422, "history: required field missing"),
+    ("/recommend", {"history": [*GOOD, "zz1", "zz2"], "on_unknown": "error"}, 422,
+     "history: unknown item id(s) ['zz1', 'zz2']"),
+    ("/recommend/batch", {"histories": []}, 422, "histories: empty; give at least one history"),
+    ("/recommend/batch", {"histories": [GOOD] * 5}, 422, "histories: 5 histories, more than the 4 accepted"),
+    ("/recommend/batch", {"histories": [GOOD, []]}, 422, "histories.1: empty"),
+    ("/recommend/batch", {"histories": [["q"], GOOD, ["r", "q"]], "on_unknown": "error"}, 422,
+     "histories.0: unknown item id(s) ['q']; histories.2: unknown item id(s) ['r', 'q']"),
+    ("/recommend/batch", {"history": GOOD}, 422, "histories: required field missing"),
+    ("/recommend", b"x" * 5000, 413, "request body of 5000 bytes is over the limit of 4096 bytes"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, message", BAD_REQUESTS,
+                         ids=[f"{n}-{s}" for n, (_, _, s, _) in enumerate(BAD_REQUESTS)])
+def test_bad_requests_get_a_4xx_naming_the_problem(client, histories, path, body, status, message):
+    def known(v):
+        return [histories[0][0] if x == "__known__" else x for x in v] if isinstance(v, list) else v
+
+    if isinstance(body, dict):
+        body = {f: ([known(h) for h in v] if f == "histories" else known(v)) for f, v in body.items()}
+        r = client.post(path, json=body)
+    else:
+        r = client.post(path, content=body, headers=JSON)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+    if "unknown item id" in message:
+        assert r.json()["unknown_ids"]
+
+
+def test_body_size_type_and_routes(client, histories):
+    # no Content-Length (chunked): refused by the bytes actually read
+    r = client.post("/recommend", content=(b"x" * 1000 for _ in range(10)), headers=JSON)
+    assert r.status_code == 413 and r.json() == {"error": "request body over the limit of 4096 bytes"}
+    r = client.post("/recommend", content=b'{"history": ["a"]}', headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "Content-Type must be application/json, got 'text/plain'" in r.json()["error"]
+    r = client.get("/recommend")
+    assert r.status_code == 405 and r.json() == {"error": "method GET not allowed on /recommend"}
+    r = client.get("/nowhere")
+    assert r.status_code == 404 and r.json() == {"error": "no endpoint GET /nowhere"}
+    assert client.post("/recommend", json={"history": histories[0][:1]}).status_code == 200  # still serving
+
+
+def test_a_stalled_body_gets_a_408_and_never_reaches_the_app():
+    from genrec.serve import _BodyGuard
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app must not see a request whose body never came")
+
+    async def stalled():
+        await asyncio.sleep(30)
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"50")]}
+    t0 = time.perf_counter()
+    asyncio.run(_BodyGuard(app, 100, 0.1)(scope, stalled, send))
+    assert time.perf_counter() - t0 < 5 and sent[0]["status"] == 408
+    assert json.loads(sent[1]["body"]) == {"error": "request body not received within 0.1 s"}
+
+
+def test_app_arguments_are_checked(rec):
+    with pytest.raises(ValueError, match="max_batch must be a positive integer, got 0"):
+        create_app(rec, max_batch=0)
+    with pytest.raises(ValueError, match="max_wait_ms must be a finite number >= 0"):
+        create_app(rec, max_wait_ms=-1)
+
+
+def test_without_the_lifespan_requests_are_refused_not_hung(rec, histories):
+    c = TestClient(create_app(rec))  # not entered: the worker never starts
+    r = c.post("/recommend", json={"history": histories[0]})
+    assert r.status_code == 503 and "worker is not running" in r.json()["error"]
+    assert c.get("/health").json()["status"] == "stopped"
+
+
+# -- micro-batching ---------------------------------------------------------------------------------------
+def test_concurrent_requests_share_model_calls(rec, histories):
+    n = 16
+    with TestClient(create_app(rec, max_wait_ms=300, max_batch=64)) as c:
+        out = concurrently(n, lambda i: c.post("/recommend", json={"history": histories[i % 12], "k": 1 + i % 10}))
+        health = c.get("/health").json()
+    for i, r in enumerate(out):
+        assert r.status_code == 200 and same(r.json(), expected(rec, histories[i % 12], 1 + i % 10))
+    assert health["requests"] == n and health["histories"] == n
+    assert health["batches"] < n and health["mean_batch_size"] > 1.0, health
+
+
+@pytest.mark.parametrize("method", ["generative", "sasrec"])
+def test_mixed_k_and_exclude_seen_batch_to_the_same_answers(rec, histories, method):
+    # the generative beam widens with k (and, with exclude_seen, with the history): requests are grouped
+    # so that each gets what a call of its own gives; SASRec ranks the catalogue whatever k is
+    one = rec.with_method(method)
+    h = histories
+    cases = [(h[0], 1, False), (h[1], 5, False), (h[2], 10, False), (h[3], 20, False), (h[4], 20, False),
+             (h[5], 64, False), (h[6], 3, True), (h[7], 3, True), (h[6], 12, True), (h[8], 12, True),
+             (h[9], 20, True), (h[9], 20, True)]
+    with TestClient(create_app(one, max_wait_ms=500)) as c:
+        out = concurrently(len(cases), lambda i: c.post("/recommend", json={
+            "history": cases[i][0], "k": cases[i][1], "exclude_seen": cases[i][2]}))
+        health = c.get("/health").json()
+    for (h, k, ex), r in zip(cases, out):
+        assert r.status_code == 200 and same(r.json(), expected(one, h, k, ex)), (k, ex)
+    assert health["batches"] < len(cases)
+
+
+def test_generative_requests_are_grouped_by_their_beam_width(rec, histories):
+    from genrec.serve import MicroBatcher
+
+    beam, h = rec.settings.beam, histories[0]
+    gen = MicroBatcher(rec.with_method("generative"))
+    # the beam is max(beam, k): every k up to the configured beam shares it, a larger k has its own
+    assert gen.key([h], 1, False) == gen.key([histories[1]], beam, False) != gen.key([h], beam + 1, False)
+    # with exclude_seen the beam also grows with the history's distinct known items (the last max_history)
+    distinct = len(set(h[-rec.max_history:]))
+    assert gen.key([h, ["unknown"]], 3, True) == (True, 3, distinct)
+    fused = MicroBatcher(rec)  # a fixed candidate set: only exclude_seen splits the requests
+    assert fused.key([h], 1, False) == fused.key([histories[1]], 10, False) != fused.key([h], 1, True)
+
+
+def test_a_failing_model_call_fails_only_its_request(rec, histories, monkeypatch):
+    bad = rec.with_method(rec.method_name)  # same models, its own attributes
+    poison = histories[3][-1]
+
+    def flaky(hs, *a, **kw):
+        if any(poison in h for h in hs):
+            raise RuntimeError("boom")
+        return rec.recommend_batch(hs, *a, **kw)
+
+    monkeypatch.setattr(bad, "recommend_batch", flaky)
+    clean = [h for h in histories if poison not in h][:3]
+    with TestClient(create_app(bad, max_wait_ms=300)) as c:
+        bodies = [{"history": [poison]}, *({"history": h} for h in clean)]
+        out = concurrently(len(bodies), lambda i: c.post("/recommend", json=bodies[i]))
+        assert out[0].status_code == 500 and out[0].json() == {"error": "the model failed (RuntimeError); see the "
+                                                                        "server log"}
+        for h, r in zip(clean, out[1:]):
+            assert r.status_code == 200 and same(r.json(), expected(rec, h))
+        assert c.post("/recommend", json={"history": clean[0]}).status_code == 200  # the worker lives on
+        assert c.get("/health").json()["failed_batches"] == 1
+
+
+def test_a_slow_model_call_times_out_instead_of_hanging(rec, histories, monkeypatch):
+    slow = rec.with_method(rec.method_name)
+
+    def sleepy(*a, **kw):
+        time.sleep(0.6)
+        return rec.recommend_batch(*a, **kw)
+
+    monkeypatch.setattr(slow, "recommend_batch", sleepy)
+    t0 = time.perf_counter()
+    with TestClient(create_app(slow, request_timeout_s=0.2)) as c:
+        r = c.post("/recommend", json={"history": histories[0]})
+    assert r.status_code == 503 and r.json() == {"error": "no answer within 0.2 s (the model is overloaded); "
+                                                          "retry later"}
+    assert time.perf_counter() - t0 < 5
+
+
+# -- the command -----------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_command_checks_its_arguments(tiny_saved, capsys):
+    assert cli.main(["serve", str(tiny_saved), "--port", "70000"]) == 2
+    assert "argument --port: must be between 1 and 65535, got 70000" in capsys.readouterr().err
+    assert cli.main(["serve", str(tiny_saved), "--max-batch", "0"]) == 2
+    assert "argument --max-batch: must be >= 1, got 0" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", str(tiny_saved), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
+
+
+def test_the_real_server_process_answers_over_http(tiny_run, rec, histories):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "genrec.cli", "serve", str(tiny_run), "--port", str(port),
+                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"the server exited: {proc.communicate()}"
+            assert time.monotonic() < deadline, "the server did not answer /health within 60 s"
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        r = httpx.post(f"{url}/recommend", json={"history": histories[2], "k": 5}, timeout=10)
+        assert r.status_code == 200 and r.json() == expected(rec, histories[2], 5)
+        r = httpx.post(f"{url}/recommend", content=b"{", headers=JSON, timeout=10)
+        assert r.status_code == 400 and "malformed JSON body" in r.json()["error"]
+    finally:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    # a graceful stop: uvicorn finishes, then re-raises SIGTERM so the exit status still tells why
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert f"on http://127.0.0.1:{port}" in out

@@ -21,12 +21,18 @@ then appends it with the next free disambiguation code of its base-code group
   whose two towers score the catalogue of its training together; neither is changed.
 
 Training counts (the popularity fallback, the fusion indicators) are recomputed: new items have none.
+:func:`extend_catalogue` is the same step on embeddings computed already (the recipe's cold-start
+evaluation, ``data.cold_items``, adds its held-out items through it).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from genrec import recommender_files as files
 from genrec.data import item_text_from_record
@@ -34,7 +40,7 @@ from genrec.errors import CheckpointError, DataFormatError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_items"]
+__all__ = ["add_items", "ExtendedCatalogue", "extend_catalogue"]
 
 
 def add_items(recommender: Any, items: Sequence[dict[str, Any]], *, where: Sequence[str] | None = None,
@@ -49,19 +55,16 @@ def add_items(recommender: Any, items: Sequence[dict[str, Any]], *, where: Seque
     :class:`~genrec.errors.CheckpointError`. Everything is computed before the recommender changes,
     so a failure leaves it as it was.
     """
-    from fusion import TrainStats
-    from genrec.generative import with_new_items
-
     ids, texts = _item_records(recommender, items, where)
     records = [files.item_record(i, t) for i, t in zip(ids, texts)]
     _check_can_add(recommender)
     rendered = _render(recommender.text, ids, texts, where)
-    base = _base_codes(recommender, rendered, ids, cache_dir)
-    table = recommender.table.extend(base, ids)
-    generative = with_new_items(recommender.generative, table.codes, table.codebook_sizes)
-    stats = TrainStats(recommender.train_sequences, table.num_items, table.codes)
+    x = _embed(recommender, rendered, ids, cache_dir)
+    ext = extend_catalogue(recommender.table, recommender.generative, recommender.train_sequences,
+                           recommender.quantize_dir, x, ids)
+    table = ext.table
     # commit: new lists rather than in-place appends, so views made by with_method() stay consistent
-    recommender.table, recommender.generative, recommender.stats = table, generative, stats
+    recommender.table, recommender.generative, recommender.stats = table, ext.generative, ext.stats
     recommender.item_ids = list(table.item_ids)
     recommender.index = {iid: i for i, iid in enumerate(recommender.item_ids)}
     recommender.items = list(recommender.items) + records
@@ -140,9 +143,9 @@ def _render(text: dict[str, Any], ids: list[str], items: list[Any], where: Seque
     return out
 
 
-def _base_codes(recommender: Any, texts: list[str], ids: list[str], cache_dir: Any):
-    """Quantizer codes ``[m, levels]`` of the texts: the run's encoder, then its frozen quantizer."""
-    from quantize import TextEncoder, encode_with_saved
+def _embed(recommender: Any, texts: list[str], ids: list[str], cache_dir: Any) -> np.ndarray:
+    """Raw embeddings ``[m, d]`` of the rendered texts with the run's encoder."""
+    from quantize import TextEncoder
 
     enc = recommender.text["encoder"]
     try:
@@ -156,11 +159,39 @@ def _base_codes(recommender: Any, texts: list[str], ids: list[str], cache_dir: A
         log.warning("the text encoder %s now resolves to other weights than the run used (cache key %s, "
                     "was %s): new items' semantic IDs may not be comparable", encoder.model_spec,
                     encoder.cache_key, enc.get("cache_key"))
-    x = encoder.encode(texts, ids)
+    return encoder.encode(texts, ids)
+
+
+@dataclass
+class ExtendedCatalogue:
+    """What adding items changes: the semantic-ID table with the new items appended, a generative
+    model that decodes them, and the training statistics over the larger catalogue."""
+
+    table: Any  # quantize.SemanticIdTable
+    generative: Any  # genrec.generative.HierarchicalGenerative
+    stats: Any  # fusion.TrainStats
+
+
+def extend_catalogue(table: Any, generative: Any, train_sequences: Sequence[np.ndarray], quantize_dir: str | Path,
+                     embeddings: np.ndarray, ids: Sequence[str]) -> ExtendedCatalogue:
+    """The core of :func:`add_items` on precomputed raw embeddings ``[m, d]`` of new items ``ids``:
+    base codes from the frozen quantizer saved in ``quantize_dir`` (and its PCA, if any), the next
+    free disambiguation codes (:meth:`quantize.SemanticIdTable.extend`), a generative model that
+    decodes the new IDs (:func:`genrec.generative.with_new_items`) and training statistics where the
+    new items have no count. Nothing given is changed. A quantizer that cannot encode the embeddings
+    is a :class:`~genrec.errors.CheckpointError`."""
+    from fusion import TrainStats
+    from genrec.generative import with_new_items
+    from quantize import encode_with_saved
+
+    ids = list(ids)
     try:
-        return encode_with_saved(recommender.quantize_dir, x, ids)
+        base = encode_with_saved(quantize_dir, embeddings, ids)
     except CheckpointError:
         raise
     except ValueError as e:  # e.g. the encoder's dimension is not the one the quantizer was fitted on
-        raise CheckpointError(f"{recommender.quantize_dir}: cannot encode the new items with the saved "
-                              f"quantizer: {e}") from None
+        raise CheckpointError(f"{quantize_dir}: cannot encode the new items with the saved quantizer: {e}") from None
+    new_table = table.extend(base, ids)
+    new_generative = with_new_items(generative, new_table.codes, new_table.codebook_sizes)
+    return ExtendedCatalogue(new_table, new_generative, TrainStats(train_sequences, new_table.num_items,
+                                                                   new_table.codes))

@@ -147,7 +147,8 @@ class Recommender:
     @classmethod
     def from_run(cls, run_dir: str | Path, method: str | None = None) -> "Recommender":
         """Load ``method`` from the finished recipe run in ``run_dir`` (its dataset must be readable;
-        :meth:`save_pretrained` makes a copy that needs none)."""
+        :meth:`save_pretrained` makes a copy that needs none). A cold-start run (``data.cold_items``)
+        gives its warm catalogue: its cold items are added back with :meth:`add_items`."""
         from fusion import load_methods
         from genrec.generative import load_generative
         from genrec.recipe import StageContext, config_from_dict
@@ -180,7 +181,9 @@ class Recommender:
 
             kw["joint"] = load_joint(run_dir / "joint" / "best.pt")
         table = SemanticIdTable.load(run_dir / "quantize" / "semantic_ids.json")
-        dataset, split = StageContext(run_dir, config).data()
+        # a cold-start run (data.cold_items) trained on its warm catalogue: that is what it recommends from,
+        # and add_items brings the cold items back
+        dataset, split = StageContext(run_dir, config).training()
         if list(dataset.item_ids) != list(table.item_ids or []):
             raise CheckpointError(f"{run_dir}: the dataset's items no longer match quantize/semantic_ids.json; "
                                   f"rerun the recipe (its data changed)")

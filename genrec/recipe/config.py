@@ -24,7 +24,7 @@ from genrec.sasrec import SASRecConfig
 __all__ = ["ConfigError", "RecipeConfig", "DataSection", "TextSection", "QuantizeSection", "LabelsSection",
            "FusionSection", "ReportSection", "SECTIONS", "TOP_LEVEL", "PRESETS", "FUSION_METHODS", "load_config",
            "config_from_dict", "config_to_dict", "apply_overrides", "validate_config", "resolve_dataset_spec",
-           "gate_option_hints", "joint_config"]
+           "gate_option_hints", "joint_config", "cold_enabled"]
 
 FUSION_METHODS = ("fixed", "adaptive", "learned_minmax", "learned_logprob", "learned_mixture")
 PRESET_NAMES = ("quick", "full")
@@ -43,13 +43,22 @@ class DataSection:
     ``keep_items_without_interactions`` (plain-format directories only; default off): items of
     ``items.jsonl`` that no interaction names stay in the catalogue, so they get semantic IDs and the
     generative model (and fusion through it) can recommend them; SASRec, which learns item
-    embeddings from interactions only, will rank them low."""
+    embeddings from interactions only, will rank them low.
+    ``cold_items`` (default 0: off): cold-start evaluation (:mod:`genrec.cold_start`). A share in
+    (0, 1) removes that seeded (``cold_seed``) share of the catalogue from training entirely
+    (TIGER's protocol); ``natural`` takes the items that occur in no sequence trained on before
+    testing (LIGER's cold targets). The quantizer, SASRec and the generative model are trained on
+    the warm items only; the cold items come back through the add-items path (frozen quantizer,
+    disambiguation, :func:`genrec.new_items.extend_catalogue`) before test, and the report breaks
+    test metrics down by cold and in-set targets."""
 
     dataset: str = "synthetic"
     max_history: int = 50
     min_interactions: int = 3
     cache_dir: str | None = None  # download cache (default $GENREC_CACHE or ~/.cache/genrec)
     keep_items_without_interactions: bool = False
+    cold_items: float | str = 0.0  # 0: off; a share in (0, 1); or "natural"
+    cold_seed: int = 0  # which items a share makes cold
 
 
 @dataclass
@@ -322,6 +331,11 @@ def validate_config(config: RecipeConfig) -> None:
     need(not d.keep_items_without_interactions or d.dataset.partition(":")[0] not in ("synthetic", "amazon2014",
                                                                                     "amazon2023"),
          "data.keep_items_without_interactions", True, f"applies to plain-format directories only, not {d.dataset!r}")
+    cold_share = isinstance(d.cold_items, (int, float)) and not isinstance(d.cold_items, bool)
+    need(d.cold_items == "natural" or (cold_share and 0 <= d.cold_items < 1), "data.cold_items", d.cold_items,
+         "must be 0 (off), a share of the items in (0, 1) or 'natural'")
+    need(not (cold_enabled(config) and f.joint), "fusion.joint", True,
+         "cannot be combined with data.cold_items: the joint model cannot score items added after training")
     allowed_fields = ("title", "brand", "categories", "description", "price", "item_id")
     need(bool(t.fields) and all(x in allowed_fields for x in t.fields), "text.fields", t.fields,
          f"must be a non-empty list of {list(allowed_fields)}")
@@ -380,6 +394,11 @@ def validate_config(config: RecipeConfig) -> None:
     m, _, kk = r.metric.partition("@")
     need(m in ("recall", "ndcg") and kk.isdigit() and int(kk) in r.ks, "report.metric", r.metric,
          f"must be recall@K or ndcg@K with K in report.ks {r.ks}")
+
+
+def cold_enabled(config: RecipeConfig) -> bool:
+    """Whether the config asks for cold-start evaluation (``data.cold_items`` not 0)."""
+    return config.data.cold_items != 0
 
 
 #: what the learned gate keeps to itself: its scale and name come from ``fusion.methods``, the rest is

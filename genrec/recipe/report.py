@@ -18,7 +18,7 @@ from genrec.artifacts import atomic_write_bytes, atomic_write_text, load_json
 from genrec.recipe.config import RecipeConfig
 
 __all__ = ["TIMING_KEYS", "strip_timing", "collect_results", "headline_comparisons", "format_summary",
-           "write_report"]
+           "cold_start_table", "write_report"]
 
 #: keys whose values are wall-clock or memory measurements (they differ between runs)
 TIMING_KEYS = frozenset({"wall_s", "peak_rss_mib", "minutes", "seconds", "timings_s", "timing", "total_wall_s"})
@@ -79,6 +79,8 @@ def collect_results(run_dir: str | Path, config: RecipeConfig, names: Sequence[s
         "stages": stages,
         "timing": {"total_wall_s": total},
     }
+    if "cold_start" in ev:  # only cold-start runs (data.cold_items): other runs' results stay as they were
+        results["cold_start"] = ev["cold_start"]
     results["comparisons"] = headline_comparisons(results)
     return results
 
@@ -139,12 +141,36 @@ def format_summary(results: Mapping[str, Any], run_dir: str | Path | None = None
         mark = " *" if name == results["fusion"]["primary"] else ""
         lines.append(f"{(name + mark):18s}" + "".join(f"{_fmt(m['test'].get(c, {}).get(metric)):>16s}" for c in cats))
     lines += ["", "comparisons:"] + _comparison_lines(results)
+    cold = results.get("cold_start")
+    if cold:
+        lines += ["", f"cold start ({cold['protocol']}, {cold['cold_items']} cold items): test {metric}, "
+                      f"cold / in-set targets ({cold['test_cold_targets']} / {cold['test_in_set_targets']} users)"]
+        lines += [f"{name:18s}{_fmt(row['cold'].get(metric)):>16s}{_fmt(row['in_set'].get(metric)):>16s}"
+                  for name, row in cold["models"].items()]
     stages = results.get("stages", {})
     if stages:
         lines += ["", "time per stage: " + ", ".join(f"{n} {s['timing']['wall_s']:.0f}s" for n, s in stages.items())
                   + f"; total {results['timing']['total_wall_s'] / 60:.1f} min"]
     if run_dir is not None:
         lines.append(f"results: {Path(run_dir) / 'results.json'}, report: {Path(run_dir) / 'report.md'}")
+    return "\n".join(lines)
+
+
+def cold_start_table(cold: Mapping[str, Any], k: int = 10) -> str:
+    """Markdown table of a cold-start run's ``results["cold_start"]``: Recall@k / NDCG@k of every
+    model on cold-target and in-set test users, with the counts in a line above it."""
+    models = cold["models"]
+    first = next(iter(models.values()))
+    n_cold, n_in = first["cold"]["count"], first["in_set"]["count"]
+    total = cold["cold_items"] + cold["warm_items"]
+    lines = [f"Protocol `{cold['protocol']}`: {cold['cold_items']} cold items of {total} "
+             f"(left out of the quantizer's fit, SASRec and the generative model; added back through the "
+             f"add-items path); {n_cold} test users with a cold target, {n_in} with an in-set target; "
+             f"{cold['valid_dropped']} validation instances dropped (cold target or empty history).", "",
+             f"| model | cold R@{k} | cold N@{k} | in-set R@{k} | in-set N@{k} |", "|---|---:|---:|---:|---:|"]
+    for name, row in models.items():
+        lines.append(f"| {name} | {_fmt(row['cold'].get(f'recall@{k}'))} | {_fmt(row['cold'].get(f'ndcg@{k}'))} | "
+                     f"{_fmt(row['in_set'].get(f'recall@{k}'))} | {_fmt(row['in_set'].get(f'ndcg@{k}'))} |")
     return "\n".join(lines)
 
 
@@ -237,6 +263,8 @@ def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str
         cats = list(next(iter(gl.values())))
         md += ["", "| method | " + " | ".join(cats) + " |", "|---|" + "---:|" * len(cats)]
         md += [f"| {m} | " + " | ".join(_fmt(row.get(c), 3) for c in cats) + " |" for m, row in gl.items()]
+    if results.get("cold_start"):
+        md += ["", "## Cold start", "", cold_start_table(results["cold_start"], int(k_main))]
     md += ["", "## Fitted fusion parameters", ""]
     md += [f"- `{m}`: " + ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in p.items())
            for m, p in results["fusion"]["params"].items()]

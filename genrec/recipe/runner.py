@@ -229,6 +229,11 @@ def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -
         out["fingerprint"] = fingerprint
         if not out.get("keep_items_without_interactions"):  # off: the hashes of runs made before the option
             out.pop("keep_items_without_interactions", None)
+        if not out.get("cold_items"):  # off (0): the hashes of runs made before cold-start evaluation
+            out.pop("cold_items", None)
+            out.pop("cold_seed", None)
+        elif out.get("cold_items") == "natural":  # the seed picks nothing there
+            out.pop("cold_seed", None)
     return out
 
 

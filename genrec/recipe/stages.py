@@ -6,13 +6,16 @@ says what each one's hash covers and which stages it reads from.
          -> generative -> labels -> fusion (post-hoc, fitted on validation) [-> joint] -> evaluate -> report
 
 :mod:`genrec.recipe.runner` decides which stages to run (hashes, resume, lock); the stages do the work
-through the library (``genrec``, ``quantize``, ``fusion``) and nothing else.
+through the library (``genrec``, ``quantize``, ``fusion``) and nothing else. Under cold-start
+evaluation (``data.cold_items``, :mod:`genrec.cold_start`) the training stages (quantize, sasrec,
+generative) read :meth:`StageContext.training`, the warm catalogue, and the fusion stage adds the
+cold items back before ranking test.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -20,10 +23,10 @@ import numpy as np
 
 from genrec.artifacts import atomic_write, load_json, save_json
 from genrec.errors import ConfigError
-from genrec.recipe.config import RecipeConfig, joint_config
+from genrec.recipe.config import RecipeConfig, cold_enabled, joint_config
 from genrec.recipe.report import collect_results, strip_timing, write_report
 
-__all__ = ["Stage", "StageContext", "STAGES", "stage_names", "check_catalogue", "load_labels"]
+__all__ = ["Stage", "StageContext", "STAGES", "stage_names", "check_catalogue", "load_labels", "cold_start_metrics"]
 
 
 @dataclass(frozen=True)
@@ -46,25 +49,51 @@ class Stage:
 @dataclass
 class StageContext:
     """What a stage works with: the run directory, the config, the directories of the stages it reads
-    (``inputs``), whether to show progress bars, and the dataset and split, loaded once per run."""
+    (``inputs``), whether to show progress bars, and the dataset and split, loaded once per run.
+
+    With ``data.cold_items`` (:mod:`genrec.cold_start`) the items are renumbered, cold ones last:
+    :meth:`data` is the whole catalogue (test is evaluated there), :meth:`training` the warm view
+    that the quantizer, SASRec and the generative model are fitted on, :meth:`cold` the split itself."""
 
     run_dir: Path
     config: RecipeConfig
     inputs: dict[str, Path] = field(default_factory=dict)
     progress: bool = False
     _data: Any = field(default=None, repr=False)
+    _cold: Any = field(default=None, repr=False)
 
     def data(self):
-        """``(dataset, split)`` of ``config.data``, loaded on first use."""
+        """``(dataset, split)`` of ``config.data``, loaded on first use (the whole catalogue)."""
         if self._data is None:
             import genrec
 
             d = self.config.data
             extra = {"keep_unused_items": True} if d.keep_items_without_interactions else {}
             dataset = genrec.load_dataset(d.dataset, cache_dir=d.cache_dir, **extra)
-            split = genrec.leave_one_out(dataset, max_history=d.max_history, min_interactions=d.min_interactions)
-            self._data = (dataset, split)
+            if cold_enabled(self.config):
+                from genrec.cold_start import NATURAL, choose_cold_items, cold_start_split
+
+                cold = choose_cold_items(dataset, d.cold_items, d.cold_seed, max_history=d.max_history,
+                                         min_interactions=d.min_interactions)
+                self._cold = cold_start_split(dataset, cold, protocol=NATURAL if d.cold_items == NATURAL else "share",
+                                              max_history=d.max_history, min_interactions=d.min_interactions)
+                self._data = (self._cold.dataset, self._cold.split)
+            else:
+                split = genrec.leave_one_out(dataset, max_history=d.max_history,
+                                             min_interactions=d.min_interactions)
+                self._data = (dataset, split)
         return self._data
+
+    def cold(self):
+        """The :class:`genrec.cold_start.ColdStartSplit` of a cold-start run, else None."""
+        self.data()
+        return self._cold
+
+    def training(self):
+        """``(dataset, split)`` that training sees: the warm catalogue under cold-start evaluation,
+        else :meth:`data`."""
+        cold = self.cold()
+        return (cold.warm.dataset, cold.warm) if cold is not None else self.data()
 
 
 def check_catalogue(config: RecipeConfig, num_items: int) -> None:
@@ -78,7 +107,7 @@ def stage_data(ctx: StageContext) -> dict[str, Path]:
     """Load the dataset and split it; ``data/summary.json``: statistics and split sizes."""
     run_dir, config = ctx.run_dir, ctx.config
     dataset, split = ctx.data()
-    check_catalogue(config, split.num_items)  # early, before any model is trained
+    check_catalogue(config, ctx.training()[1].num_items)  # early, before any model is trained
     summary: dict[str, Any] = {"dataset": config.data.dataset, "name": dataset.name, "stats": dataset.stats(),
                                "split": {"users_kept": int(len(split.users)), "train_sequences": len(split.train),
                                          "train_interactions": int(sum(len(s) for s in split.train)),
@@ -90,6 +119,8 @@ def stage_data(ctx: StageContext) -> dict[str, Path]:
     if config.data.keep_items_without_interactions:
         counts = np.bincount(np.concatenate(dataset.sequences), minlength=dataset.num_items)
         summary["items_without_interactions"] = int((counts == 0).sum())
+    if ctx.cold() is not None:
+        summary["cold_start"] = ctx.cold().summary()
     return {"summary": save_json(run_dir / "data" / "summary.json", summary)}
 
 
@@ -136,9 +167,10 @@ def stage_quantize(ctx: StageContext) -> dict[str, Path]:
     from quantize import build_semantic_ids
 
     run_dir, config, inputs = ctx.run_dir, ctx.config, ctx.inputs
-    dataset, _ = ctx.data()
+    dataset, _ = ctx.training()
     q = config.quantize
-    x = np.load(inputs["embed"] / "embeddings.npy")
+    # under cold-start evaluation the cold items are the last rows: the quantizer is fitted without them
+    x = np.load(inputs["embed"] / "embeddings.npy")[:dataset.num_items]
     opts = dict(q.options)
     opts["codebook_size"] = q.codebook_size
     if q.method in ("rq_kmeans", "rq_vae"):
@@ -166,7 +198,7 @@ def stage_sasrec(ctx: StageContext) -> dict[str, Path]:
     from genrec.sasrec import train_sasrec
 
     run_dir, config = ctx.run_dir, ctx.config
-    _, split = ctx.data()
+    _, split = ctx.training()
     out = run_dir / "sasrec"
     result = train_sasrec(split, config.sasrec, out_dir=out, progress=ctx.progress)
     summary = {"best_epoch": result.best_epoch, "valid": strip_timing(result.best_valid)}
@@ -181,7 +213,7 @@ def stage_generative(ctx: StageContext) -> dict[str, Path]:
     from genrec.generative import train_generative
 
     run_dir, config = ctx.run_dir, ctx.config
-    _, split = ctx.data()
+    _, split = ctx.training()
     out = run_dir / "generative"
     result = train_generative(split, _table(run_dir), config.generative, out_dir=out, progress=ctx.progress)
     summary = {"best_epoch": result.best_epoch, "valid": strip_timing(result.best_valid),
@@ -197,6 +229,8 @@ def stage_labels(ctx: StageContext) -> dict[str, Path]:
 
     run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.data()
+    if ctx.cold() is not None:  # memorized means seen in what the models trained on: the warm sequences
+        split = replace(split, train=ctx.training()[1].train)
     labels = label_split(split, max_hop=config.labels.max_hop)
     arrays = {}
     for name, lab in labels.items():
@@ -238,7 +272,10 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     method fitted on validation only and applied to test. ``fusion/topk.npz`` (test top-K lists of
     ``sasrec``, ``gr`` and each method), ``fusion/gates.npz`` (test gate = weight of SASRec, per
     method), ``fusion/methods.pt`` (every fitted method, :func:`fusion.load_methods`),
-    ``fusion/summary.json`` (fitted parameters, union width, timings)."""
+    ``fusion/summary.json`` (fitted parameters, union width, timings). A cold-start run
+    (``data.cold_items``) fits on the warm validation instances with the warm models, then adds the
+    cold items the way ``Recommender.add_items`` does and ranks test over the whole catalogue;
+    ``fusion/semantic_ids.json`` is then the table with the cold items added."""
     try:
         from fusion import TrainStats, run_posthoc, save_methods, single_model_topk
         from fusion.adapters import model_inputs
@@ -249,22 +286,30 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
 
     run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.data()
-    check_catalogue(config, split.num_items)
+    _, train = ctx.training()  # split itself unless cold-start evaluation holds items back
+    check_catalogue(config, train.num_items)
     f = config.fusion
+    out = run_dir / "fusion"
     sasrec = load_sasrec(run_dir / "sasrec" / "best.pt")
     generative = load_generative(run_dir / "generative" / "best.pt")
-    stats = TrainStats(split.train, split.num_items, _table(run_dir).codes)
-    fin = {name: model_inputs(sasrec, generative, getattr(split, name), stats, k=f.k, beam=f.beam,
-                              teacher_forcing=f.teacher_forcing, batch_size=config.generative.eval_batch_size)
-           for name in ("valid", "test")}
+    table = _table(run_dir)
+    stats = TrainStats(train.train, train.num_items, table.codes)
+    test_generative, test_stats, extra = generative, stats, {}
+    if ctx.cold() is not None:
+        ext = _add_cold_items(ctx, table, generative)
+        test_generative, test_stats = ext.generative, ext.stats
+        extra["semantic_ids"] = ext.table.save(out / "semantic_ids.json")
+    fin = {"valid": (generative, train.valid, stats), "test": (test_generative, split.test, test_stats)}
+    fin = {name: model_inputs(sasrec, gen, inst, st, k=f.k, beam=f.beam, teacher_forcing=f.teacher_forcing,
+                              batch_size=config.generative.eval_batch_size)
+           for name, (gen, inst, st) in fin.items()}
     valid, test = fin["valid"], fin["test"]
     methods = _fusion_methods(config)
-    outputs = run_posthoc(methods, valid.cands, split.valid.targets, valid.indicators, test.cands,
+    outputs = run_posthoc(methods, valid.cands, train.valid.targets, valid.indicators, test.cands,
                           test.indicators, k=f.k)
     topk = {"sasrec": single_model_topk(test.cands, "id", f.k), "gr": single_model_topk(test.cands, "gr", f.k)}
     topk.update({name: o.topk for name, o in outputs.items()})
     gates = {name: o.gates.gate.astype(np.float32) for name, o in outputs.items()}
-    out = run_dir / "fusion"
     p_topk = atomic_write(out / "topk.npz", lambda p: _np_savez(p, topk))
     p_gates = atomic_write(out / "gates.npz", lambda p: _np_savez(p, gates))
     summary = {
@@ -278,7 +323,19 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     # every fitted method, gate weights included, loadable with fusion.load_methods (weights_only)
     p_methods = save_methods(out / "methods.pt", {m.name: m for m in methods})
     return {"topk": p_topk, "gates": p_gates, "methods": p_methods,
-            "summary": save_json(out / "summary.json", summary)}
+            "summary": save_json(out / "summary.json", summary), **extra}
+
+
+def _add_cold_items(ctx: StageContext, table, generative):
+    """The cold items added to the warm models exactly as :meth:`genrec.Recommender.add_items` adds
+    new items (frozen quantizer, next free disambiguation codes, ``with_new_items``), from the
+    embeddings the embed stage already computed for them (the last rows)."""
+    from genrec.new_items import extend_catalogue
+
+    cold = ctx.cold()
+    x = np.load(ctx.run_dir / "embed" / "embeddings.npy")[cold.num_warm:]
+    ids = cold.dataset.item_ids[cold.num_warm:]
+    return extend_catalogue(table, generative, cold.warm.train, ctx.run_dir / "quantize", x, ids)
 
 
 def _small_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -318,7 +375,8 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
 
 def stage_evaluate(ctx: StageContext) -> dict[str, Path]:
     """Test metrics of every model overall and per memorization label, and mean gate values by label:
-    ``evaluate/metrics.json``."""
+    ``evaluate/metrics.json``; a cold-start run adds ``cold_start``: every model on the cold-target
+    and the in-set test users (:func:`cold_start_metrics`)."""
     from genrec.analysis import evaluate_by_category
     from genrec.metrics import ranks_from_topk
 
@@ -353,8 +411,29 @@ def stage_evaluate(ctx: StageContext) -> dict[str, Path]:
             row[str(kind)] = float(g[m].mean())
         gate_by_label[name] = row
     out = run_dir / "evaluate"
-    return {"metrics": save_json(out / "metrics.json", {"ks": list(ks), "test": metrics,
-                                                        "gate_by_label": gate_by_label})}
+    content = {"ks": list(ks), "test": metrics, "gate_by_label": gate_by_label}
+    if ctx.cold() is not None:
+        content["cold_start"] = cold_start_metrics(ctx.cold(), ranks, targets, ks)
+    return {"metrics": save_json(out / "metrics.json", content)}
+
+
+def cold_start_metrics(cold, ranks: Mapping[str, np.ndarray], targets: np.ndarray, ks: tuple[int, ...]
+                       ) -> dict[str, Any]:
+    """Test metrics of every model on the users whose target is a cold item and on those whose
+    target is in the training catalogue (``in_set``), with the split's counts; an empty side has
+    count 0 and NaN metrics."""
+    from genrec.metrics import metrics_from_ranks
+
+    is_cold = cold.is_cold(targets)
+    models = {}
+    for name, r in ranks.items():
+        row = {}
+        for side, mask in (("cold", is_cold), ("in_set", ~is_cold)):
+            n = int(mask.sum())
+            row[side] = {"count": n, **(metrics_from_ranks(r[mask], ks) if n else
+                                        {f"{m}@{k}": math.nan for k in ks for m in ("recall", "ndcg")})}
+        models[name] = row
+    return {**cold.summary(), "models": models}
 
 
 def stage_report(ctx: StageContext) -> dict[str, Path]:

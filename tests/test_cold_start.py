@@ -1,0 +1,292 @@
+"""Cold-start evaluation in the recipe (issue 13, ``data.cold_items``): cold items are absent from
+every training sequence, the quantizer's fit and SASRec's item table; they come back through the
+add-items path (frozen quantizer + disambiguation + ``with_new_items``) exactly as
+``Recommender.add_items`` brings them; test metrics are broken down by cold and in-set targets; the
+option off changes no result and no stage hash; bad values are clear ``ConfigError``s."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genrec import cli
+from genrec.artifacts import load_json
+from genrec.cold_start import NATURAL, choose_cold_items, cold_start_split, permute_items
+from genrec.data import SequenceDataset, write_plain
+from genrec.metrics import metrics_from_ranks, ranks_from_topk
+from genrec.recipe import ConfigError, StageContext, config_from_dict, load_config, run_recipe, strip_timing
+from genrec.recommender import Recommender
+from genrec.recommender_files import item_record
+from quantize import SemanticIdTable, encode_with_saved
+
+from conftest import TINY_DEMO
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_YAML = ROOT / "recipes" / "configs" / "demo.yaml"
+SYNTH = "synthetic:num_users=150,num_brands=4,num_categories=4,num_attributes=4"
+COLD = ["data.cold_items=0.2", "data.cold_seed=0"]
+
+
+@pytest.fixture(scope="module")
+def emb_cache(tiny_run, tmp_path_factory):
+    """A copy of the tiny run's embedding cache (same item texts: the encoder is not rerun)."""
+    return shutil.copytree(tiny_run.parent / "emb_cache", tmp_path_factory.mktemp("cold") / "emb_cache")
+
+
+@pytest.fixture(scope="module")
+def tiny(emb_cache):
+    return [*TINY_DEMO, f"text.cache_dir={emb_cache}"]
+
+
+@pytest.fixture(scope="module")
+def cold_run(tiny, tmp_path_factory):
+    """The tiny demo with 20% of the items held out of training (TIGER's protocol)."""
+    out = tmp_path_factory.mktemp("cold_run") / "run"
+    assert cli.main(["demo", "--out", str(out), "--set", *tiny, *COLD]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ctx(cold_run, tiny):
+    return StageContext(cold_run, load_config(DEMO_YAML, overrides=[*tiny, *COLD]))
+
+
+def _synthetic():
+    import genrec
+
+    return genrec.load_dataset(SYNTH)
+
+
+# -- the split itself ---------------------------------------------------------------------------
+
+
+def test_share_is_seeded_and_cold_items_come_last_absent_from_training():
+    ds = _synthetic()
+    cold = choose_cold_items(ds, 0.2, seed=3)
+    assert len(cold) == round(0.2 * ds.num_items) and np.array_equal(cold, choose_cold_items(ds, 0.2, seed=3))
+    assert not np.array_equal(cold, choose_cold_items(ds, 0.2, seed=4))
+    cs = cold_start_split(ds, cold, max_history=10)
+    n_warm = ds.num_items - len(cold)
+    assert cs.num_warm == n_warm and cs.warm.num_items == n_warm and cs.warm.dataset.num_items == n_warm
+    # cold items are the last indices, the same items (by id) as chosen; warm ones keep their order
+    assert cs.dataset.item_ids[n_warm:] == [ds.item_ids[i] for i in cold]
+    assert cs.dataset.item_ids[:n_warm] == [i for j, i in enumerate(ds.item_ids) if j not in set(cold.tolist())]
+    assert all(len(s) == 0 or s.max() < n_warm for s in cs.warm.train)
+    assert all(len(s) == 0 or s.max() < n_warm for s in cs.warm.dataset.sequences)
+    assert all(len(h) and h.max() < n_warm for h in cs.warm.valid.histories) and cs.warm.valid.targets.max() < n_warm
+    # test is the whole data's: same users and targets (by id) as the ordinary split
+    import genrec
+
+    plain = genrec.leave_one_out(ds, max_history=10)
+    assert np.array_equal(cs.split.test.users, plain.test.users)
+    assert [cs.dataset.item_ids[t] for t in cs.split.test.targets] == [ds.item_ids[t] for t in plain.test.targets]
+    assert cs.is_cold(cs.split.test.targets).sum() == np.isin(plain.test.targets, cold).sum() > 0
+    # dropped validation instances: exactly those with a cold target or nothing warm left in the history
+    bad = sum(1 for h, t in zip(cs.split.valid.histories, cs.split.valid.targets) if t >= n_warm or h.min() >= n_warm)
+    assert cs.valid_dropped == bad and len(cs.warm.valid) == len(cs.split.valid) - bad
+    assert cs.summary()["cold_items"] == len(cold) and cs.summary()["protocol"] == "share"
+
+
+def test_permute_items_renumbers_sequences_consistently():
+    ds = _synthetic()
+    order = np.random.default_rng(0).permutation(ds.num_items)
+    p = permute_items(ds, order)
+    for s, t in zip(ds.sequences[:20], p.sequences[:20]):
+        assert [ds.item_ids[i] for i in s] == [p.item_ids[i] for i in t]
+    with pytest.raises(ValueError, match="permutation"):
+        permute_items(ds, order[:-1])
+
+
+def _with_natural_cold(ds: SequenceDataset, items: np.ndarray, users: int = 30) -> SequenceDataset:
+    """``ds`` with ``items`` removed everywhere, then appended as the last interaction of ``users``
+    users: they occur only as test targets."""
+    keep = ~np.isin(np.arange(ds.num_items), items)
+    seqs, times = [], []
+    for u, s in enumerate(ds.sequences):
+        m = keep[s]
+        seqs.append(s[m])
+        times.append(ds.timestamps[u][m] if ds.timestamps is not None else np.arange(m.sum()))
+    long = [u for u, s in enumerate(seqs) if len(s) >= 2][:users]
+    for j, u in enumerate(long):
+        seqs[u] = np.append(seqs[u], items[j % len(items)])
+        times[u] = np.append(times[u], (times[u][-1] + 1) if len(times[u]) else 0)
+    return SequenceDataset("natural", ds.item_ids, ds.user_ids, seqs, ds.items, times)
+
+
+def test_natural_cold_items_are_those_in_no_training_sequence():
+    ds = _synthetic()
+    planted = np.array([3, 17, 40])
+    nat = _with_natural_cold(ds, planted)
+    cold = choose_cold_items(nat, NATURAL, max_history=10)
+    assert set(planted.tolist()) <= set(cold.tolist())
+    import genrec
+
+    seen = np.concatenate(genrec.leave_one_out(nat, max_history=10).train_with_valid())
+    assert not np.isin(cold, seen).any()
+    cs = cold_start_split(nat, cold, protocol=NATURAL, max_history=10)
+    assert cs.valid_dropped == 0  # nothing cold is ever a validation target or in a history
+    assert cs.is_cold(cs.split.test.targets).sum() == 30
+    with pytest.raises(ConfigError, match="no cold item under the 'natural' protocol"):
+        cold_start_split(ds, choose_cold_items(ds, NATURAL, max_history=10), protocol=NATURAL)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1.5", "config key 'data.cold_items' must be 0 \\(off\\), a share of the items in \\(0, 1\\) or 'natural'"),
+    ("-0.1", "config key 'data.cold_items' must be 0"),
+    ("warm", "config key 'data.cold_items' must be 0 .* or 'natural', got 'warm'"),
+    ("true", "config key 'data.cold_items' expects float or str"),
+])
+def test_bad_cold_items_is_a_config_error_naming_the_key(value, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({}, overrides=[f"data.cold_items={value}"])
+
+
+def test_cold_items_with_joint_training_is_refused():
+    with pytest.raises(ConfigError, match="config key 'fusion.joint' cannot be combined with data.cold_items"):
+        config_from_dict({}, overrides=["data.cold_items=0.1", "fusion.joint=true"])
+
+
+# -- the recipe run ------------------------------------------------------------------------------
+
+
+def test_training_stages_never_see_the_cold_items(cold_run, ctx):
+    from genrec.generative import load_generative
+    from genrec.sasrec import load_sasrec
+
+    cold = ctx.cold()
+    n_warm, n = cold.num_warm, cold.num_items
+    assert 0 < n_warm < n and n - n_warm == round(0.2 * n)
+    summary = load_json(cold_run / "data" / "summary.json")["cold_start"]
+    assert summary["warm_items"] == n_warm and summary["cold_items"] == n - n_warm
+    # the quantizer was fitted on the warm items only: its table is the warm catalogue
+    table = SemanticIdTable.load(cold_run / "quantize" / "semantic_ids.json")
+    assert table.item_ids == cold.dataset.item_ids[:n_warm]
+    assert load_json(cold_run / "quantize" / "diagnostics.json")["semantic_ids"]["num_items"] == n_warm
+    # SASRec's item table and the generative model's catalogue are the warm items
+    assert load_sasrec(cold_run / "sasrec" / "best.pt").num_items == n_warm
+    assert load_generative(cold_run / "generative" / "best.pt").num_items == n_warm
+    # what training stages read: no cold item in any training sequence or validation instance
+    _, train = ctx.training()
+    assert train is cold.warm and train.num_items == n_warm
+    assert all(len(s) == 0 or s.max() < n_warm for s in train.train)
+    assert all(h.max() < n_warm for h in train.valid.histories) and train.valid.targets.max() < n_warm
+    # SASRec never proposes a cold item
+    with np.load(cold_run / "fusion" / "topk.npz") as z:
+        assert z["sasrec"].max() < n_warm
+
+
+def test_cold_items_get_semantic_ids_from_the_frozen_quantizer(cold_run, ctx):
+    cold = ctx.cold()
+    n_warm = cold.num_warm
+    warm = SemanticIdTable.load(cold_run / "quantize" / "semantic_ids.json")
+    full = SemanticIdTable.load(cold_run / "fusion" / "semantic_ids.json")
+    assert full.item_ids == cold.dataset.item_ids and np.array_equal(full.codes[:n_warm], warm.codes)
+    x = np.load(cold_run / "embed" / "embeddings.npy")[n_warm:]
+    assert np.array_equal(full.base_codes[n_warm:], encode_with_saved(cold_run / "quantize", x))
+    assert len({tuple(r) for r in full.codes.tolist()}) == full.num_items  # still one ID per item
+
+
+def test_cold_targets_are_recommended_and_metrics_split_by_target(cold_run, ctx):
+    res = json.loads((cold_run / "results.json").read_text())
+    cs = res["cold_start"]
+    cold = ctx.cold()
+    targets = cold.split.test.targets
+    is_cold = cold.is_cold(targets)
+    assert cs["test_cold_targets"] == int(is_cold.sum()) > 0
+    assert set(cs["models"]) == set(res["models"]) == {"sasrec", "gr", "fixed", "adaptive", "learned_minmax"}
+    with np.load(cold_run / "fusion" / "topk.npz") as z:
+        for name, row in cs["models"].items():
+            ranks = ranks_from_topk(z[name], targets)
+            assert row["cold"]["count"] == is_cold.sum() and row["in_set"]["count"] == (~is_cold).sum()
+            for side, mask in (("cold", is_cold), ("in_set", ~is_cold)):
+                expected = metrics_from_ranks(ranks[mask], (5, 10))
+                assert {k: row[side][k] for k in expected} == pytest.approx(expected)
+    assert cs["models"]["sasrec"]["cold"]["recall@10"] == 0.0  # it cannot score items it never saw
+    assert cs["models"]["gr"]["cold"]["recall@10"] > 0  # found through their semantic IDs
+    assert max(cs["models"][m]["cold"]["recall@10"] for m in ("fixed", "adaptive", "learned_minmax")) > 0
+    # the overall metrics stay those of every test user
+    assert res["models"]["gr"]["test"]["all"]["count"] == len(targets)
+    report = (cold_run / "report.md").read_text()
+    assert "## Cold start" in report and "| learned_minmax |" in report.split("## Cold start")[1]
+
+
+def test_the_recipe_ranks_as_a_user_of_add_items_gets(cold_run, ctx, emb_cache):
+    """``Recommender.from_run`` of a cold-start run is its warm catalogue; ``add_items`` with the cold
+    items' records gives the recipe's IDs and the fusion stage's exact test ranking."""
+    cold = ctx.cold()
+    n_warm = cold.num_warm
+    rec = Recommender.from_run(cold_run)
+    assert rec.num_items == n_warm
+    rec.add_items([item_record(cold.dataset.item_ids[i], cold.dataset.items[i]) for i in cold.cold_items],
+                  cache_dir=emb_cache)
+    full = SemanticIdTable.load(cold_run / "fusion" / "semantic_ids.json")
+    assert rec.item_ids == full.item_ids and np.array_equal(rec.table.codes, full.codes)
+    histories = [[rec.item_ids[i] for i in h] for h in cold.split.test.histories]
+    got = rec.recommend_batch(histories, k=10)
+    with np.load(cold_run / "fusion" / "topk.npz") as z:
+        expected = z[rec.method_name]
+    for row, r in zip(expected, got):
+        assert r.items == [rec.item_ids[i] for i in row if i >= 0]
+
+
+def test_natural_protocol_runs_through_the_recipe(tiny, tmp_path):
+    """``data.cold_items: natural`` on plain-format data where three items occur only as test targets:
+    the training data is the ordinary run's, the cold items are exactly those three."""
+    ds = _with_natural_cold(_synthetic(), np.array([3, 17, 40]))
+    write_plain(ds, tmp_path / "data")
+    config = load_config(DEMO_YAML, overrides=[*tiny, f"data.dataset={tmp_path / 'data'}", "data.cold_items=natural"])
+    res = run_recipe(config, tmp_path / "run", progress=False)
+    cs = res["cold_start"]
+    assert cs["protocol"] == NATURAL and cs["cold_items"] == 3 and cs["test_cold_targets"] == 30
+    assert cs["valid_dropped"] == 0
+    cold = StageContext(tmp_path / "run", config).cold()
+    assert sorted(cold.dataset.item_ids[cold.num_warm:]) == sorted(ds.item_ids[i] for i in (3, 17, 40))
+    assert cs["models"]["sasrec"]["cold"]["recall@10"] == 0.0
+    assert all(0 <= row[side]["ndcg@10"] <= 1 for row in cs["models"].values() for side in ("cold", "in_set"))
+
+
+def test_option_off_changes_no_result_and_no_stage_hash(tiny_run, tiny, tmp_path):
+    from genrec.recipe.runner import _section_for_hash
+
+    out = tmp_path / "run"
+    assert cli.main(["demo", "--out", str(out), "--set", *tiny, "data.cold_items=0", "data.cold_seed=5"]) == 0
+    for stage in ("data", "embed", "quantize", "sasrec", "generative", "labels", "fusion", "evaluate", "report"):
+        assert (load_json(out / stage / "stage.done.json")["config_hash"]
+                == load_json(tiny_run / stage / "stage.done.json")["config_hash"]), stage
+    a, b = (strip_timing(json.loads((d / "results.json").read_text())) for d in (out, tiny_run))
+    assert a == b and "cold_start" not in a
+    # the hashed data section is exactly the one of runs made before the option existed
+    config = load_config(DEMO_YAML, overrides=tiny)
+    hashed = _section_for_hash(config, "data", {"files": []})
+    before = {k: v for k, v in asdict(config.data).items()
+              if k not in ("cold_items", "cold_seed", "cache_dir", "keep_items_without_interactions")}
+    assert hashed == {**before, "fingerprint": {"files": []}}
+
+
+def test_bench_runs_end_to_end_on_synthetic_data(cold_run, tiny, tmp_path, capsys):
+    """bench/cold_start_beauty.py on the tiny synthetic data: its cold run resumes the fixture's."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import cold_start_beauty
+
+    out = tmp_path / "bench"
+    shutil.copytree(cold_run, out)
+    sets = [s for s in tiny if not s.startswith("data.dataset")]
+    summary = cold_start_beauty.main(["--config", str(DEMO_YAML), "--preset", "quick", "--dataset", SYNTH,
+                                      "--cold", "0.2", "--seed", "0", "--out", str(out),
+                                      *[a for s in sets for a in ("--set", s)]])
+    text = capsys.readouterr().out
+    assert "| learned_minmax |" in text and "anchor: LIGER" in text and "goal:" in text
+    assert summary["cold_start"] == json.loads((cold_run / "results.json").read_text())["cold_start"]
+    ref = summary["reference"]["learned_minmax"]
+    assert ref["in_set"]["count"] == summary["cold_start"]["test_in_set_targets"] and 0 <= ref["in_set"]["ndcg@10"] <= 1
+    assert ref["cold"]["count"] == summary["cold_start"]["test_cold_targets"]
+    assert isinstance(summary["goal_met"], bool)
+    assert (out / "bench_cold_start.md").read_text().startswith("demo")

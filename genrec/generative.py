@@ -228,14 +228,25 @@ class HierarchicalGenerative(nn.Module):
         """Log-probs of level ``l = codes.shape[2]`` ``[N, K, V_l]`` for prefixes ``codes [N, K, l]``."""
         lvl = codes.shape[2]
         prefix = codes + torch.tensor(self.offsets[:lvl], dtype=torch.long) + 1
-        z = self.head(context[:, None, :], prefix, lvl)  # [N, K, H]
-        logits = self.level_logits(z, lvl)
-        if self.config.constrained_softmax:
-            nodes = torch.zeros(codes.shape[:2], dtype=torch.long)
-            for j in range(lvl):
-                nodes = self.trie.child[j][nodes.clamp_min(0), codes[:, :, j]]
-            logits = logits.masked_fill(~self.trie.valid_mask(lvl, nodes.clamp_min(0)), -torch.inf)
-        return torch.log_softmax(logits, -1), None
+        if not self.config.constrained_softmax:
+            return torch.log_softmax(self.level_logits(self.head(context[:, None, :], prefix, lvl), lvl), -1), None
+        nodes = torch.zeros(codes.shape[:2], dtype=torch.long)
+        for j in range(lvl):
+            nodes = self.trie.child[j][nodes.clamp_min(0), codes[:, :, j]]
+        valid = self.trie.valid_mask(lvl, nodes.clamp_min(0))  # [N, K, V]
+        # A prefix with a single valid child gives it log-probability exactly 0 under the constrained
+        # softmax, so the head runs only for prefixes with a choice: on Beauty 29% of the items' two-code
+        # prefixes and 73% of their three-code ones have one child, a third of the decoding work.
+        out = torch.zeros(valid.shape).masked_fill_(~valid, -torch.inf)
+        choice = valid.sum(-1) > 1  # [N, K]
+        if bool(choice.all()):
+            logits = self.level_logits(self.head(context[:, None, :], prefix, lvl), lvl)
+            return torch.log_softmax(logits.masked_fill(~valid, -torch.inf), -1), None
+        if bool(choice.any()):
+            n, k = choice.nonzero(as_tuple=True)
+            z = self.head(context[n], prefix[n, k], lvl)  # [M, H]
+            out[n, k] = torch.log_softmax(self.level_logits(z, lvl).masked_fill(~valid[n, k], -torch.inf), -1)
+        return out, None
 
     def reorder(self, cache: Any, index: torch.Tensor) -> None:
         return None

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
                          overrides=base + [f"data.cold_items={args.cold}", f"data.cold_seed={args.seed}"])
     results = run_recipe(config, out, progress=None)
     cold = results["cold_start"]
-    primary = config.fusion.primary
+    primary = results["fusion"]["primary"]  # the config's, or the one chosen on validation (fusion.primary: auto)
     table = cold_start_table(cold, 10)
     lines = [f"{config.name} ({config.data.dataset}, preset {config.preset}): cold start", "", table, "",
              f"anchor: {ANCHOR['model']}: R@10 {ANCHOR['recall@10']:.4f}, N@10 {ANCHOR['ndcg@10']:.4f} "

@@ -5,6 +5,7 @@
 - :mod:`fusion.indicators`: per-instance features telling memorization from generalization cases.
 - :mod:`fusion.methods`: fixed-weight, adaptive (MSP-gated) and learned-gate post-hoc fusion.
 - :mod:`fusion.persist`: save fitted post-hoc methods to one safe file and load them back.
+- :mod:`fusion.selection`: cross-fitted validation scores of the methods, to choose one honestly.
 - :mod:`fusion.joint`: both towers and a gate trained together with one objective.
 - :mod:`fusion.adapters`: turn trained models into fusion inputs; :mod:`fusion.report`: tables.
 """
@@ -16,6 +17,7 @@ from fusion.methods import (SCALES, AdaptiveFusion, FixedWeightFusion, FusionMet
                             LearnedGateFusion, convex, params_equal)
 from fusion.persist import load_methods, save_methods
 from fusion.report import FusionOutput, results_by_label, results_markdown, run_posthoc, single_model_topk
+from fusion.selection import CrossFit, cross_fit, fold_assignment, select_best
 
 __all__ = [
     "CandidateScores", "build_candidates", "evaluate_fused", "minmax_normalize", "ndcg_at", "ranks_of",
@@ -25,4 +27,5 @@ __all__ = [
     "LearnedGateFusion", "convex", "params_equal",
     "load_methods", "save_methods",
     "FusionOutput", "results_by_label", "results_markdown", "run_posthoc", "single_model_topk",
+    "CrossFit", "cross_fit", "fold_assignment", "select_best",
 ]

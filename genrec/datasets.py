@@ -9,6 +9,20 @@ Accepted specs::
                                          checked against the type of make_synthetic's default
     amazon2014:Beauty                    Amazon 2014 5-core category (downloaded to the cache)
     amazon2023:All_Beauty                Amazon 2023 category (Hugging Face hub or local JSONL files)
+    recbole:DIR                          RecBole atomic files DIR/NAME.inter (+ DIR/NAME.item), NAME the
+                                         directory's name (genrec.recbole.load_recbole)
+    recbole:DIR,sep=comma,order=file     ... with load_recbole keywords: sep (tab, comma; default
+                                         detected), order, missing_items (error, empty), user_field,
+                                         item_field, time_field
+    parquet:DIR                          DIR/interactions.parquet (+ DIR/items.parquet), default columns
+                                         (genrec.parquet_data.load_parquet)
+    parquet:DIR,user=uid,time=ts         ... with load_parquet keywords: column names user, item, time
+                                         (interactions), item_id, title, brand, categories, description,
+                                         price (items; ``null`` skips one), order
+    parquet:interactions=A.parquet,items=B.parquet,item=sku   the two files named, keywords as above
+
+Keyword values are typed like ``synthetic:``'s (each checked against the loader's signature); a path in
+a ``recbole:`` or ``parquet:`` spec cannot contain a comma.
 
 The keyword forms win over a directory of the same name (use ``./synthetic`` or ``plain:synthetic``
 for such a directory). The cache directory defaults to ``$GENREC_CACHE`` or ``~/.cache/genrec``;
@@ -39,6 +53,8 @@ SPEC_FORMS = (
     "synthetic:KEY=VALUE,... (e.g. synthetic:num_users=500,seed=3)",
     "amazon2014:CATEGORY (e.g. amazon2014:Beauty)",
     "amazon2023:CATEGORY (e.g. amazon2023:All_Beauty)",
+    "recbole:DIR[,sep=comma,...] (RecBole atomic files DIR/NAME.inter, DIR/NAME.item)",
+    "parquet:DIR[,user=COL,...] or parquet:interactions=PATH[,items=PATH,...] (Parquet files)",
 )
 
 
@@ -123,12 +139,54 @@ def load_dataset(spec: str, cache_dir: str | Path | None = None, **kwargs: Any) 
         if kind == "amazon2014":
             return amazon.load_amazon2014(arg.strip(), root / "amazon2014", **kwargs)
         return amazon.load_amazon2023(arg.strip(), root / "amazon2023", **kwargs)
+    if kind in ("recbole", "parquet") and sep:
+        return _load_file_format(kind, arg, spec, kwargs)
     if Path(spec).is_dir():
         return load_plain(spec, **kwargs)
     if not sep and ("/" in spec or os.sep in spec or spec.startswith(".")):
         raise DataNotFoundError(f"{spec}: dataset directory not found (a path spec must be an existing "
                                 f"directory in the plain format)")
     raise _unknown(spec)
+
+
+def split_path_spec(arg: str, spec: str) -> tuple[str | None, str]:
+    """``"DIR,k=v,..."`` -> ``("DIR", "k=v,...")``; ``"k=v,..."`` -> ``(None, "k=v,...")``."""
+    head, _, rest = arg.partition(",")
+    if "=" in head:
+        return None, arg
+    if not head.strip():
+        raise ConfigError(f"dataset spec {spec!r}: missing the directory (e.g. {spec.partition(':')[0]}:data/mine)")
+    return head.strip(), rest
+
+
+def _load_file_format(kind: str, arg: str, spec: str, kwargs: dict[str, Any]) -> SequenceDataset:
+    """``recbole:`` and ``parquet:`` specs: a path, then loader keywords typed by its signature."""
+    path, rest = split_path_spec(arg, spec)
+    if kind == "recbole":
+        from genrec.recbole import load_recbole as loader
+    else:
+        from genrec.parquet_data import load_parquet as loader
+    params = typed_spec_kwargs(rest, spec, loader, kind)
+    for key in ("directory", "interactions", "items") if path is not None or kind == "recbole" else ():
+        if key in params:
+            raise ConfigError(f"dataset spec {spec!r}: {key} is given by the path; write {kind}:PATH,... or "
+                              f"{kind}:interactions=...,items=...")
+    if kind == "recbole":
+        if path is None:
+            raise ConfigError(f"dataset spec {spec!r}: expected recbole:DIR[,key=value,...]")
+        return loader(path, **{**params, **kwargs})
+    if path is not None:
+        from genrec.parquet_data import parquet_files
+
+        inter, items = parquet_files(path)
+        if not Path(path).is_dir():
+            raise DataNotFoundError(f"{path}: dataset directory not found")
+        if not inter.is_file():
+            raise DataNotFoundError(f"{path}: expected interactions.parquet, not found")
+        params.update(interactions=inter, items=items, name=params.get("name") or Path(path).name)
+    elif "interactions" not in params:
+        raise ConfigError(f"dataset spec {spec!r}: expected parquet:DIR or parquet:interactions=PATH[,items=PATH]")
+    return loader(**{**params, **kwargs})
 
 
 __all__ = ["load_dataset", "default_cache_dir", "typed_spec_kwargs", "SPEC_FORMS"]

@@ -109,6 +109,10 @@ def _check_can_add(recommender: Any) -> None:
         raise CheckpointError("this recommender holds no generative model: added items could not be "
                               f"recommended by any of its models ({recommender.methods})")
     text = recommender.text or {}
+    if text.get("precomputed"):
+        raise CheckpointError(f"this recommender's item embeddings were precomputed (text.embeddings: "
+                              f"{text['precomputed']}), not made by a text encoder, so there is no encoder to "
+                              f"embed new items' text with; add them to the embeddings file and rerun the recipe")
     if not isinstance(text.get("encoder"), dict) or not isinstance(text.get("template"), dict):
         raise CheckpointError("this recommender has no record of the text encoder and template its items were "
                               "embedded with (a run's embed/summary.json), so new items cannot be embedded the "

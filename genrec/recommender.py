@@ -7,7 +7,8 @@
     rec.save_pretrained("models/beauty")                           # self-contained: no dataset needed to load
 
 **Methods.** ``method`` picks what ranks the items: a fitted post-hoc fusion method of the run
-(``fixed``, ``adaptive``, ``learned_minmax``, ...; default the config's ``fusion.primary``), the
+(``fixed``, ``adaptive``, ``learned_minmax``, ...; default the run's primary method, the config's
+``fusion.primary`` or, when that is ``auto``, the one chosen on validation), the
 jointly trained model (``joint``), or one tower alone (``sasrec``, ``generative``). A fusion method
 scores a history exactly as the recipe's fusion stage scored the test users: both towers' top-K
 (``fusion.k``; generative beam ``fusion.beam``), each tower scoring the other's candidates, fused
@@ -159,7 +160,11 @@ class Recommender:
         if not (run_dir / "config.json").is_file():
             raise CheckpointError(f"{run_dir}: no config.json; not a recipe run directory")
         config = config_from_dict(load_json(run_dir / "config.json"))
-        name = method or config.fusion.primary
+        if method is None:  # the run's primary: chosen on validation when fusion.primary is auto
+            from genrec.recipe.primary import choose_primary
+
+            method = choose_primary(config, run_dir).method
+        name = method
         needs = {"sasrec": ("sasrec",), "generative": ("generative",), "joint": ("joint",)}.get(
             name, ("sasrec", "generative", "fusion"))
         for stage in ("quantize", *needs):
@@ -192,6 +197,8 @@ class Recommender:
         if summary.is_file():
             s = load_json(summary)
             text = {"encoder": s.get("encoder"), "template": s.get("template"), "fallback": config.text.fallback}
+            if s.get("precomputed"):  # text.embeddings: no encoder, add_items refuses and says why
+                text["precomputed"] = s["precomputed"].get("path")
         settings = files.InferenceSettings(k=config.fusion.k, beam=config.fusion.beam,
                                            teacher_forcing=bool(config.fusion.teacher_forcing),
                                            max_history=config.data.max_history,

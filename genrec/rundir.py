@@ -7,7 +7,8 @@ file contributes its resolved path, its size and a content hash: SHA-256 of the 
 :data:`FULL_HASH_BYTES` (64 MiB); above that, a sampled hash (SHA-256 of 16 blocks of 1 MiB spread
 evenly over the file) plus the modification time in nanoseconds, so a multi-GB file costs ~16 MiB
 of reading. A spec with no files (``synthetic:...``) is fingerprinted by the spec alone (the generator
-is seeded). Files that a loader fetches itself from a hub (``amazon2023`` without local files) are not
+is seeded). ``recbole:`` and ``parquet:`` specs cover their ``.inter`` / ``.item`` and Parquet files.
+Files that a loader fetches itself from a hub (``amazon2023`` without local files) are not
 covered.
 
 **Lock** (:class:`RunLock`). ``run.lock`` in the run directory holds an exclusive ``flock`` and the
@@ -76,6 +77,19 @@ def data_files(spec: str, cache_dir: str | Path | None = None) -> list[Path]:
         cat = arg.strip()
         candidates = [root / "amazon2023" / f"{name}{ext}" for name in (cat, f"meta_{cat}")
                       for ext in (".jsonl", ".jsonl.gz")]
+    elif sep and kind in ("recbole", "parquet"):
+        from genrec.datasets import split_path_spec
+
+        path, rest = split_path_spec(arg, spec)
+        if kind == "recbole":
+            from genrec.recbole import recbole_files
+
+            candidates = [p for p in recbole_files(path) if p is not None] if path is not None else []
+        elif path is not None:
+            candidates = [Path(path) / "interactions.parquet", Path(path) / "items.parquet"]
+        else:  # parquet:interactions=PATH,items=PATH,...
+            kv = dict(part.strip().partition("=")[::2] for part in rest.split(",") if "=" in part)
+            candidates = [Path(kv[k].strip()) for k in ("interactions", "items") if kv.get(k, "").strip()]
     else:
         directory = Path(arg if sep and kind == "plain" else spec).expanduser()
         if not directory.is_dir():

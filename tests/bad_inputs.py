@@ -337,6 +337,26 @@ CASES: list[Case] = [
     Case("spec-unknown-key", "data", "an unknown synthetic spec key",
          lambda w: _import("genrec.load_dataset")("synthetic:users=5"), ConfigError,
          r"unknown synthetic parameter\(s\) \['users'\]"),
+    Case("recbole-untyped-header", "data", "a RecBole .inter header without name:type fields",
+         lambda w: _recbole(w, "untyped", "user_id\titem_id\ttimestamp\nu1\ti1\t1\n"), DataFormatError,
+         r"untyped.inter:1: header field 'user_id' is not written name:type"),
+    Case("recbole-wrong-separator", "data", "a comma-separated RecBole file loaded with sep=tab",
+         lambda w: _recbole(w, "commas", "user_id:token,item_id:token\nu1,i1\n", spec_extra=",sep=tab"),
+         DataFormatError, r"commas.inter:1: header field .* holds a comma: the file looks comma-separated"),
+    Case("recbole-unknown-item", "data", "a RecBole .inter row whose item the .item file lacks",
+         lambda w: _recbole(w, "recunk", "user_id:token\titem_id:token\nu1\ti1\nu1\tnosuch\n",
+                            "item_id:token\ttitle:token_seq\ni1\tOne\n"), DataFormatError,
+         r"recunk.inter:3: 1 interacted item\(s\) have no entry in recunk.item, e.g. \['nosuch'\]"),
+    Case("parquet-missing-column", "data", "Parquet interactions without the named time column",
+         lambda w: _parquet(w, "pqcol", {"user_id": ["u1"], "item_id": ["i1"], "ts": [1]}), DataFormatError,
+         r"interactions.parquet: no column 'timestamp' for the time .*name it with time=COLUMN"),
+    Case("parquet-duplicate-item", "data", "an item id on two rows of items.parquet",
+         lambda w: _parquet(w, "pqdup", {"user_id": ["u1"], "item_id": ["i1"], "timestamp": [1]},
+                            {"item_id": ["i1", "i1"], "title": ["a", "b"]}), DataFormatError,
+         r"items.parquet: row 2: duplicate item_id 'i1' \(first at row 1\)"),
+    Case("embeddings-missing-item", "data", "precomputed embeddings (text.embeddings) lacking an item",
+         lambda w: _embeddings_missing_item(w), DataFormatError,
+         r"vectors.npy: 1 of the dataset's 12 items have no embedding, e.g. \['i0'\]"),
     # --- recipe configs and overrides ---------------------------------------------------------
     Case("config-unknown-key", "config", "a misspelt key in a recipe YAML",
          lambda w: _recipe(w, yaml_text="sasrec:\n  max_epoch: 3\n"), ConfigError,
@@ -525,6 +545,36 @@ def _list_item_id(w: World) -> None:
     first = json.loads(lines[0])
     first["item_id"] = ["i0"]
     _write_items(w, "listid", "\n".join([json.dumps(first), *lines[1:]]) + "\n")
+
+
+def _recbole(w: World, name: str, inter: str, item: str | None = None, spec_extra: str = ""):
+    d = w.root / name
+    d.mkdir(exist_ok=True)
+    (d / f"{name}.inter").write_text(inter, encoding="utf-8")
+    if item is not None:
+        (d / f"{name}.item").write_text(item, encoding="utf-8")
+    return _import("genrec.load_dataset")(f"recbole:{d}{spec_extra}")
+
+
+def _parquet(w: World, name: str, interactions: dict, items: dict | None = None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = w.root / name
+    d.mkdir(exist_ok=True)
+    pq.write_table(pa.table(interactions), d / "interactions.parquet")
+    if items is not None:
+        pq.write_table(pa.table(items), d / "items.parquet")
+    return _import("genrec.load_dataset")(f"parquet:{d}")
+
+
+def _embeddings_missing_item(w: World) -> None:
+    from genrec.item_embeddings import load_item_embeddings
+
+    ds = _load(w, "good")
+    np.save(w.root / "vectors.npy", np.ones((ds.num_items - 1, 4)))
+    (w.root / "vectors.ids.txt").write_text("\n".join(ds.item_ids[1:]) + "\n", encoding="utf-8")
+    load_item_embeddings(w.root / "vectors.npy", ds.item_ids)
 
 
 def _resume_broken(w: World) -> None:

@@ -93,7 +93,7 @@ def test_cli_recommend_end_to_end_and_its_errors(tiny_saved, rec, histories, tmp
     got = [json.loads(line)["items"] for line in out.read_text().splitlines()]
     assert got == [r.items for r in rec.with_method("sasrec").recommend_batch(histories, k=3)]
     for args, message in [
-        (["--k", "11"], "argument --k: 11 exceeds what method 'learned_minmax' can rank (10, fusion.k)"),
+        (["--k", "11"], f"argument --k: 11 exceeds what method '{rec.method_name}' can rank (10, fusion.k)"),
         (["--k", "0"], "argument --k: must be >= 1, got 0"),
         (["--on-unknown", "error"], "user 'u60': unknown item id(s) ['unknown-item']"),
         (["--method", "joint"], "method 'joint' is not available here"),

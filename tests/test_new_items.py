@@ -312,5 +312,5 @@ def test_catalogue_items_without_interactions_keep_their_semantic_ids(tiny_run, 
     off = config_from_dict(raw)
     assert "keep_items_without_interactions" not in _section_for_hash(off, "data")
     assert _section_for_hash(on, "data")["keep_items_without_interactions"] is True
-    with pytest.raises(ConfigError, match="plain-format directories only"):
+    with pytest.raises(ConfigError, match="applies to plain-format directories, recbole: and parquet: specs only"):
         config_from_dict(raw, overrides=["data.keep_items_without_interactions=true"])

@@ -49,6 +49,6 @@ DEMO = {
     "generative": {"hidden": 64, "num_blocks": 1, "num_heads": 2, "head_layers": 1, "dropout": 0.1,
                    "head_dropout": 0.0, "lr": 0.005, "max_epochs": 60, "max_minutes": 1.5, "patience": 3,
                    "eval_beam": 10},
-    "fusion": {"k": 20, "beam": 20, "methods": ["fixed", "adaptive", "learned_minmax"], "primary": "learned_minmax"},
+    "fusion": {"k": 20, "beam": 20, "methods": ["fixed", "adaptive", "learned_minmax"], "primary": "auto"},
     "report": {"ks": [10, 20], "metric": "ndcg@10"},
 }

@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output file: .jsonl or .parquet (written atomically)")
     p.add_argument("--k", type=int, default=10, help="recommendations per user (default 10)")
     p.add_argument("--method", default=None, help="fusion method, 'joint', 'sasrec' or 'generative' "
-                   "(default: the saved one / the recipe's fusion.primary)")
+                   "(default: the saved one / the run's primary: fusion.primary, or the one chosen on "
+                   "validation when it is auto)")
     p.add_argument("--exclude-seen", action="store_true", help="leave each history's items out of its list")
     p.add_argument("--on-unknown", choices=("skip", "error"), default="skip",
                    help="history ids the catalogue does not know: skip and report them (default) or stop")

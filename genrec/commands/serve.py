@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--method", default=None, help="fusion method, 'joint', 'sasrec' or 'generative' "
-                   "(default: the saved one / the recipe's fusion.primary)")
+                   "(default: the saved one / the run's primary: fusion.primary, or the one chosen on "
+                   "validation when it is auto)")
     p.add_argument("--max-batch", type=int, default=64, help="most histories answered by one model call (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=2.0,
                    help="how long the first queued request waits for others to share its model call (default 2)")

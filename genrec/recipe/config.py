@@ -37,11 +37,11 @@ PRESET_NAMES = ("quick", "full")
 @dataclass
 class DataSection:
     """``dataset``: any :func:`genrec.load_dataset` spec (a plain-format directory, ``synthetic[:k=v]``,
-    ``amazon2014:Beauty``, ``amazon2023:All_Beauty``); relative directories are looked up from the
+    ``amazon2014:Beauty``, ``amazon2023:All_Beauty``, ``recbole:DIR[,k=v]``, ``parquet:DIR[,k=v]``); relative directories are looked up from the
     working directory, then from the config file's directory and its parents (so a config under
     ``recipes/configs/`` can name ``../shared/data/...`` relative to the repository root).
-    ``keep_items_without_interactions`` (plain-format directories only; default off): items of
-    ``items.jsonl`` that no interaction names stay in the catalogue, so they get semantic IDs and the
+    ``keep_items_without_interactions`` (plain-format directories, ``recbole:`` and ``parquet:`` only;
+    default off): items of ``items.jsonl`` (``.item``, ``items.parquet``) that no interaction names stay in the catalogue, so they get semantic IDs and the
     generative model (and fusion through it) can recommend them; SASRec, which learns item
     embeddings from interactions only, will rank them low.
     ``cold_items`` (default 0: off): cold-start evaluation (:mod:`genrec.cold_start`). A share in
@@ -63,7 +63,12 @@ class DataSection:
 
 @dataclass
 class TextSection:
-    """Item text and its sentence embeddings (:class:`quantize.TextEncoder`)."""
+    """Item text and its sentence embeddings (:class:`quantize.TextEncoder`).
+
+    ``embeddings``: precomputed item vectors used instead of the encoder (:mod:`genrec.item_embeddings`):
+    a ``.npy`` file with its id list (``embeddings_ids``, default ``X.npy`` -> ``X.ids.txt``) or a
+    ``.parquet`` file (``embeddings_id_column``, ``embeddings_vector_column``); the other settings are
+    then unused. A relative path is found like ``data.dataset``'s directory."""
 
     model: str | None = None  # None: the bundled all-MiniLM-L6-v2 (offline)
     fields: list[str] = field(default_factory=lambda: ["title", "brand", "categories", "description", "price"])
@@ -76,6 +81,10 @@ class TextSection:
     device: str = "cpu"  # where the encoder runs, e.g. "cuda"
     cache: bool = True  # read/write the embedding cache
     cache_dir: str | None = None
+    embeddings: str | None = None  # precomputed item vectors (.npy + id list, or .parquet) instead of the encoder
+    embeddings_ids: str | None = None  # the .npy's id list (None: X.npy -> X.ids.txt)
+    embeddings_id_column: str = "item_id"  # Parquet: the item-id column
+    embeddings_vector_column: str = "embedding"  # Parquet: the vector column
 
 
 @dataclass
@@ -99,13 +108,22 @@ class LabelsSection:
 
 @dataclass
 class FusionSection:
-    """Post-hoc fusion (:mod:`fusion`), fitted on validation and applied to test; optional joint training."""
+    """Post-hoc fusion (:mod:`fusion`), fitted on validation and applied to test; optional joint training.
+
+    ``primary``: the method the summary compares with the single models and that
+    ``Recommender.from_run`` loads by default. ``auto`` (default) picks it on validation only: the
+    post-hoc method with the best cross-fitted ``report.metric`` (``selection_folds`` seeded folds of
+    the validation users, :mod:`fusion.selection`) or the joint model (with ``joint: true``) when its
+    own validation score is higher; ties go to the earlier in ``methods`` (joint last). A method's
+    name (or ``joint``) fixes it instead."""
 
     k: int = 50  # top-K of each model (candidate union) and length of every ranked list
     beam: int = 50  # beam width of the generative model
     teacher_forcing: bool = True  # each model scores the other's candidates
     methods: list[str] = field(default_factory=lambda: list(FUSION_METHODS))
-    primary: str = "learned_minmax"  # the method the summary compares with the single models
+    primary: str = "auto"  # "auto": chosen on validation (cross-fitted); or a method of `methods`, or "joint"
+    selection_folds: int = 5  # cross-fitting folds of the validation split (scores for the choice of primary)
+    selection_seed: int = 0  # which validation users fall in which fold
     gate: dict[str, Any] = field(default_factory=dict)  # LearnedGateFusion options (hidden, lr, max_epochs, ...)
     joint: bool = False  # also train fusion.joint.JointModel (both towers + gate, one objective)
     joint_config: dict[str, Any] = field(default_factory=dict)  # JointConfig overrides (towers: the recipe's)
@@ -292,7 +310,22 @@ def load_config(path: str | Path, preset: str | None = None, overrides: Sequence
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     config.data.dataset = resolve_dataset_spec(config.data.dataset, path.parent)
+    for key in ("embeddings", "embeddings_ids"):  # precomputed vectors: found like a dataset directory
+        if getattr(config.text, key):
+            setattr(config.text, key, _resolve_file(getattr(config.text, key), path.parent))
     return config
+
+
+def _resolve_file(name: str, config_dir: Path) -> str:
+    """A relative file path found from the working directory or from ``config_dir`` and its parents
+    (absolute when found, else as given)."""
+    p = Path(name).expanduser()
+    if p.is_file() or p.is_absolute():
+        return str(p.resolve()) if p.is_file() else str(p)
+    for base in [config_dir.resolve(), *config_dir.resolve().parents]:
+        if (base / p).is_file():
+            return str((base / p).resolve())
+    return name
 
 
 def resolve_dataset_spec(spec: str, config_dir: str | Path | None = None) -> str:
@@ -330,7 +363,8 @@ def validate_config(config: RecipeConfig) -> None:
     need(d.min_interactions >= 3, "data.min_interactions", d.min_interactions, "must be >= 3")
     need(not d.keep_items_without_interactions or d.dataset.partition(":")[0] not in ("synthetic", "amazon2014",
                                                                                     "amazon2023"),
-         "data.keep_items_without_interactions", True, f"applies to plain-format directories only, not {d.dataset!r}")
+         "data.keep_items_without_interactions", True,
+         f"applies to plain-format directories, recbole: and parquet: specs only, not {d.dataset!r}")
     cold_share = isinstance(d.cold_items, (int, float)) and not isinstance(d.cold_items, bool)
     need(d.cold_items == "natural" or (cold_share and 0 <= d.cold_items < 1), "data.cold_items", d.cold_items,
          "must be 0 (off), a share of the items in (0, 1) or 'natural'")
@@ -340,6 +374,8 @@ def validate_config(config: RecipeConfig) -> None:
     need(bool(t.fields) and all(x in allowed_fields for x in t.fields), "text.fields", t.fields,
          f"must be a non-empty list of {list(allowed_fields)}")
     need(t.batch_size >= 1, "text.batch_size", t.batch_size, "must be >= 1")
+    need(t.embeddings is None or t.embeddings.endswith((".npy", ".parquet")), "text.embeddings", t.embeddings,
+         "must name a .npy file (with an id list) or a .parquet file")
     need(t.precision in PRECISIONS, "text.precision", t.precision, f"must be one of {list(PRECISIONS)}")
     need(t.precision == "fp32" or str(t.device).startswith("cpu"), "text.device", t.device,
          f"must be the CPU with text.precision {t.precision!r} (dynamic quantization runs on the CPU only)")
@@ -366,7 +402,10 @@ def validate_config(config: RecipeConfig) -> None:
     for m in f.methods:
         need(m in FUSION_METHODS, "fusion.methods", m, f"must be among {list(FUSION_METHODS)}")
     need(len(set(f.methods)) == len(f.methods), "fusion.methods", f.methods, "must not repeat a method")
-    need(f.primary in f.methods, "fusion.primary", f.primary, f"must be one of fusion.methods {f.methods}")
+    primaries = ["auto", *f.methods, *(["joint"] if f.joint else [])]
+    need(f.primary in primaries, "fusion.primary", f.primary,
+         f"must be 'auto' or one of fusion.methods {f.methods}" + (" or 'joint'" if f.joint else ""))
+    need(f.selection_folds >= 2, "fusion.selection_folds", f.selection_folds, "must be >= 2")
     check_mapping("fusion.gate", f.gate, gate_option_hints())
     for key in ("hidden", "batch_size", "max_epochs", "patience", "k"):
         if key in f.gate:

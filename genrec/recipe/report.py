@@ -16,9 +16,10 @@ import numpy as np
 
 from genrec.artifacts import atomic_write_bytes, atomic_write_text, load_json
 from genrec.recipe.config import RecipeConfig
+from genrec.recipe.primary import choose_primary
 
 __all__ = ["TIMING_KEYS", "strip_timing", "collect_results", "headline_comparisons", "format_summary",
-           "cold_start_table", "write_report"]
+           "cold_start_table", "selection_table", "write_report"]
 
 #: keys whose values are wall-clock or memory measurements (they differ between runs)
 TIMING_KEYS = frozenset({"wall_s", "peak_rss_mib", "minutes", "seconds", "timings_s", "timing", "total_wall_s"})
@@ -46,6 +47,7 @@ def collect_results(run_dir: str | Path, config: RecipeConfig, names: Sequence[s
     ev = load_json(run_dir / "evaluate" / "metrics.json")
     quant = load_json(run_dir / "quantize" / "diagnostics.json")
     fusion = load_json(run_dir / "fusion" / "summary.json")
+    choice = choose_primary(config, run_dir)
     models: dict[str, Any] = {}
     for name, per_label in ev["test"].items():
         models[name] = {"kind": ("single" if name in ("sasrec", "gr") else "joint" if name == "joint" else "fusion"),
@@ -71,7 +73,8 @@ def collect_results(run_dir: str | Path, config: RecipeConfig, names: Sequence[s
         "quantization": quant,
         "models": models,
         "training": training,
-        "fusion": {"primary": config.fusion.primary, "params": fusion["params"], "union_width": fusion["union_width"],
+        "fusion": {"primary": choice.method, "selection": choice.to_dict(),
+                   "params": fusion["params"], "union_width": fusion["union_width"],
                    "indicators": fusion["indicators"], "gate_by_label": ev["gate_by_label"],
                    "timing": fusion.get("timing", {})},
         "metric": config.report.metric,
@@ -180,29 +183,70 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _plot_gates(gate_by_label: Mapping[str, Mapping[str, float]], path: Path) -> Path:
+def gate_distributions(run_dir: str | Path, methods: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Per method (of ``methods`` with saved test gates: the post-hoc ones and ``joint``), per label
+    (the coarse groups, then each generalization kind), the test instances' gate values."""
+    from genrec.recipe.stages import load_labels  # the stages import this module: a late import
+
+    run_dir = Path(run_dir)
+    gates: dict[str, np.ndarray] = {}
+    for path in (run_dir / "fusion" / "gates.npz", run_dir / "joint" / "gates.npz"):
+        if path.exists():
+            with np.load(path) as z:
+                gates.update({n: z[n] for n in z.files if n in methods})
+    labels = load_labels(run_dir, "test")
+    groups, kinds = labels.groups(), labels.kind_names()
+    masks = {cat: groups == cat for cat in ("memorization", "generalization", "uncategorized")}
+    masks.update({str(kind): kinds == kind for kind in sorted(set(kinds[groups == "generalization"]))})
+    masks = {cat: m for cat, m in masks.items() if m.any()}
+    return {name: {cat: g[m] for cat, m in masks.items()} for name, g in gates.items()}
+
+
+def _plot_gates(dists: Mapping[str, Mapping[str, np.ndarray]], primary: str, path: Path) -> Path:
+    """One panel per method: box plot (quartiles, 5-95% whiskers, mean as a triangle) of the test
+    gate per label (instances in brackets); the primary method's panel says so."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    methods = list(gate_by_label)
-    cats = [c for c in next(iter(gate_by_label.values())) if c != "all"]
-    fig = Figure(figsize=(max(6.0, 1.0 * len(cats) + 2), 4.0))
+    methods = list(dists)
+    cats = list(next(iter(dists.values())))
+    ncols = min(3, len(methods))
+    nrows = math.ceil(len(methods) / ncols)
+    fig = Figure(figsize=(max(4.0, 0.7 * len(cats) + 1.5) * ncols, 3.4 * nrows))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / max(len(methods), 1)
-    x = np.arange(len(cats))
     for j, m in enumerate(methods):
-        vals = [gate_by_label[m].get(c, math.nan) for c in cats]
-        ax.bar(x - 0.4 + width * (j + 0.5), [0 if math.isnan(v) else v for v in vals], width, label=m)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(x)
-    ax.set_xticklabels(cats, rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("mean gate (weight of SASRec)")
-    ax.set_title("fusion gate by memorization label (test)")
-    ax.legend(fontsize=8)
+        ax = fig.add_subplot(nrows, ncols, j + 1)
+        ax.boxplot([dists[m][c] for c in cats], whis=(5, 95), showmeans=True, showfliers=False)
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(np.arange(1, len(cats) + 1))
+        ax.set_xticklabels([f"{c} ({len(dists[m][c])})" for c in cats], rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(m + (" (primary)" if m == primary else ""), fontsize=9)
+        if j % ncols == 0:
+            ax.set_ylabel("gate (weight of SASRec)")
+    fig.suptitle("fusion gate per memorization label (test)", fontsize=10)
     fig.tight_layout()
     return atomic_write_bytes(path, _png(fig))
+
+
+def selection_table(results: Mapping[str, Any]) -> str:
+    """Markdown table of the primary's selection: every candidate's validation score (cross-fitted
+    for post-hoc methods) beside its test score overall / memorization / generalization, the chosen
+    one in bold with a check mark."""
+    sel = results["fusion"]["selection"]
+    metric, chosen = sel["metric"], sel["method"]
+    names = [n for n in results["models"] if results["models"][n]["kind"] != "single"]
+    names += [n for n in sel["scores"] if n not in names]
+    lines = [f"| method | validation {metric} | how | test all | test memorization | test generalization | primary |",
+             "|---|---:|---|---:|---:|---:|:---:|"]
+    for n in names:
+        test = results["models"].get(n, {}).get("test", {})
+        v = sel["scores"].get(n)
+        how = "cross-fitted" if n != "joint" and v is not None else "own training" if v is not None else "-"
+        row = [f"**{n}**" if n == chosen else n, _fmt(v), how] + [_fmt(test.get(c, {}).get(metric))
+                                                                 for c in ("all", "memorization", "generalization")]
+        lines.append("| " + " | ".join(row + ["yes" if n == chosen else ""]) + " |")
+    return "\n".join(lines)
 
 
 def _plot_curves(training: Mapping[str, Any], path: Path) -> Path:
@@ -241,8 +285,17 @@ def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str
     md = [f"# {results['name']}: {results['dataset']}", "",
           f"Preset `{results['preset'] or 'none'}`. Leave-one-out, full catalogue, test split; ranked lists of "
           f"length {config.fusion.k}. `*` in the summary marks the primary fusion method "
-          f"(`{config.fusion.primary}`).", "", "## Headline comparisons", ""]
+          f"(`{results['fusion']['primary']}`).", "", "## Headline comparisons", ""]
     md += _comparison_lines(results)
+    sel = results["fusion"]["selection"]
+    how = (f"chosen on validation only (`fusion.primary: auto`): {sel['reason']}" if sel["requested"] == "auto"
+           else f"set in the config (`fusion.primary: {sel['requested']}`); validation scores for reference")
+    md += ["", "## Primary fusion method", "",
+           f"`{sel['method']}`, {how}. Post-hoc methods are scored out of sample: fitted on "
+           f"{(sel['folds'] or 1) - 1} of {sel['folds']} folds of the validation users, scored on the fold left out "
+           f"(mean over folds); the joint model by its own validation score (it trains on the training "
+           f"sequences only). No test data takes part in the choice; test columns are for reading only.", "",
+           selection_table(results)]
     md += ["", "## Test metrics by memorization label", "",
            markdown_table(per_model, table_metrics, ["all", "memorization", "generalization", "uncategorized"]),
            "", "### Every label", "", markdown_table(per_model, [metric])]
@@ -251,10 +304,13 @@ def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str
         paths["plot_categories"] = plot_categories(per_model, plots / "per_category.png", metric=metric,
                                                    title=f"{results['name']} test: {metric}")
         md += ["", f"![{metric} per category](plots/per_category.png)"]
-        if results["fusion"]["gate_by_label"]:
-            paths["plot_gates"] = _plot_gates(results["fusion"]["gate_by_label"], plots / "gates_by_label.png")
+        dists = gate_distributions(run_dir, list(results["fusion"]["gate_by_label"]))
+        if dists:
+            paths["plot_gates"] = _plot_gates(dists, results["fusion"]["primary"], plots / "gates_by_label.png")
             md += ["", "## Fusion gate by label", "",
-                   "Mean weight of SASRec per label (1 = SASRec only, 0 = generative model only).", "",
+                   "Distribution of the weight of SASRec per label on test (1 = SASRec only, 0 = generative "
+                   "model only): boxes are quartiles, whiskers 5-95%, triangles means, instances in brackets; "
+                   "one panel per method, the primary one marked.", "",
                    "![gate by label](plots/gates_by_label.png)"]
         if any(t.get("curve") for t in results["training"].values()):
             paths["plot_curves"] = _plot_curves(results["training"], plots / "validation_curves.png")

@@ -101,7 +101,7 @@ class Recipe:
         except OSError as e:
             raise DataFormatError(f"{e.filename}: cannot read the dataset file: {e.strerror}") from None
         self._plan, self._discard, changed = _plan(config, run_dir, fingerprint)
-        costly = [n for n in self._discard if _stage(n).keeps_work]
+        costly = [n for n in self._discard if _stage(n).keeps_work and not self._plan[n]["rerun_only"]]
         if costly and not self.force:
             trained = [f"{n}/{f}" for n in costly for f in ("best.pt", "last.pt") if (run_dir / n / f).exists()]
             cheap = [n for n in self._discard if n not in costly]
@@ -138,7 +138,11 @@ class Recipe:
             if self.on_stage:
                 self.on_stage(name, "skip", done)
             return done
-        if name in self._discard and sdir.exists():
+        if name in self._discard and sdir.exists() and self._plan[name]["rerun_only"]:
+            log.info("stage %s: run before settings it now hashes existed (or with other values of %s); "
+                     "clearing %s and running it again", name, ", ".join(stage.rerun_keys), sdir)
+            shutil.rmtree(sdir)
+        elif name in self._discard and sdir.exists():
             # finished or interrupted with other settings (allowed by force): its checkpoints cannot be resumed
             log.log(logging.WARNING if stage.keeps_work else logging.INFO,
                     "stage %s: its config, data or upstream stages changed since it ran; clearing %s and "
@@ -225,6 +229,8 @@ def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -
         return asdict(getattr(config, head))[key]
     d = asdict(getattr(config, sec))
     out = {k: v for k, v in d.items() if k not in _UNHASHED and f"{k}@{sec}" not in _UNHASHED}
+    if sec == "text":
+        return _text_for_hash(out)
     if sec == "data":  # the input files themselves, so changed data reruns what depends on it
         out["fingerprint"] = fingerprint
         if not out.get("keep_items_without_interactions"):  # off: the hashes of runs made before the option
@@ -235,6 +241,25 @@ def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -
         elif out.get("cold_items") == "natural":  # the seed picks nothing there
             out.pop("cold_seed", None)
     return out
+
+
+_EMBEDDING_KEYS = ("embeddings", "embeddings_ids", "embeddings_id_column", "embeddings_vector_column")
+
+
+def _text_for_hash(out: dict[str, Any]) -> dict[str, Any]:
+    """The text section's hashed settings: without ``text.embeddings``, the encoder's (the hashes of
+    runs made before the option); with it, the file settings and the files' fingerprints, so a
+    changed file reruns the embed stage (the encoder settings are then unused)."""
+    if not out.get("embeddings"):
+        return {k: v for k, v in out.items() if k not in _EMBEDDING_KEYS}
+    from genrec.item_embeddings import embedding_files
+    from genrec.rundir import file_fingerprint
+
+    hashed = {k: out[k] for k in _EMBEDDING_KEYS}
+    files = embedding_files(out["embeddings"], out["embeddings_ids"])
+    hashed["fingerprint"] = [file_fingerprint(p) if p.is_file() else {"path": str(p), "missing": True}
+                             for p in files]  # a missing file is reported by the embed stage, by name
+    return hashed
 
 
 def _hash_inputs(stage: Stage, config: RecipeConfig, upstream: Mapping[str, str], fingerprint: Any) -> dict:
@@ -270,8 +295,23 @@ def _changed_keys(before: Mapping[str, Any] | None, after: Mapping[str, Any]) ->
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key):
             continue
+        if key == "text.fingerprint":
+            out.append("text.embeddings files")
+            continue
         out.append("data files (" + _data_paths(before, after) + ")" if ".fingerprint" in key else key)
     return sorted(set(out))
+
+
+def _rerun_only(stage: Stage, before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> bool:
+    """Whether only ``stage.rerun_keys`` differ between a marker's hashed inputs and now (same
+    upstream hashes, same version): such a stage reruns without ``force``."""
+    if not stage.rerun_keys or before is None:
+        return False
+    if before.get("upstream") != after.get("upstream") or before.get("version") != after.get("version"):
+        return False
+    old, new = _flat(before.get("config", {})), _flat(after.get("config", {}))
+    diff = [k for k in set(old) | set(new) if old.get(k) != new.get(k)]
+    return bool(diff) and all(k in stage.rerun_keys for k in diff)
 
 
 def _data_paths(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
@@ -306,12 +346,13 @@ def _plan(config: RecipeConfig, run_dir: Path, fingerprint: Any) -> tuple[dict[s
             continue
         src = _hash_inputs(stage, config, hashes, fingerprint)
         hashes[stage.name] = _stage_hash(src)
-        plan[stage.name] = {"hash": hashes[stage.name], "src": src}
+        plan[stage.name] = {"hash": hashes[stage.name], "src": src, "rerun_only": False}
         sdir = run_dir / stage.name
         earlier = _marker(sdir / "stage.done.json") or _marker(sdir / "stage.started.json")
         if earlier is not None and earlier.get("config_hash") != hashes[stage.name]:
             discard.append(stage.name)
-            if stage.keeps_work:
+            plan[stage.name]["rerun_only"] = _rerun_only(stage, earlier.get("hashed"), src)
+            if stage.keeps_work and not plan[stage.name]["rerun_only"]:
                 changed += [k for k in _changed_keys(earlier.get("hashed"), src) if k not in changed]
     return plan, discard, changed
 

@@ -44,6 +44,9 @@ class Stage:
     #: whether redoing it costs real work (trained models, embeddings, fitted fusion); such a stage is
     #: only discarded with ``force``, the others (recomputed in seconds) are simply rerun
     keeps_work: bool = True
+    #: hashed settings whose change (or absence from an older marker: a stage run before the setting
+    #: existed) reruns a ``keeps_work`` stage without ``force``: redoing it costs no training
+    rerun_keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -133,12 +136,15 @@ def _template(config: RecipeConfig):
 
 
 def stage_embed(ctx: StageContext) -> dict[str, Path]:
-    """Item texts -> sentence embeddings: ``embed/embeddings.npy`` ``[n_items, dim]``, ``embed/summary.json``."""
+    """Item texts -> sentence embeddings: ``embed/embeddings.npy`` ``[n_items, dim]``, ``embed/summary.json``
+    (with ``text.embeddings``, the precomputed vectors instead: :func:`_precomputed_embeddings`)."""
     from quantize import TextEncoder, embed_items, item_texts
 
     run_dir, config = ctx.run_dir, ctx.config
     dataset, _ = ctx.data()
     t = config.text
+    if t.embeddings:
+        return _precomputed_embeddings(ctx, dataset)
     encoder = TextEncoder(t.model, batch_size=t.batch_size, max_seq_length=t.max_seq_length,
                           cache_dir=(t.cache_dir if t.cache else False), show_progress=ctx.progress,
                           num_threads=config.num_threads, precision=t.precision, device=t.device)
@@ -149,6 +155,24 @@ def stage_embed(ctx: StageContext) -> dict[str, Path]:
     texts = item_texts(dataset, template, t.fallback)
     summary = {"items": int(len(x)), "dim": int(x.shape[1]), "encoder": encoder.config(),
                "template": template.to_dict(), "examples": texts[:3]}
+    return {"embeddings": path, "summary": save_json(out / "summary.json", summary)}
+
+
+def _precomputed_embeddings(ctx: StageContext, dataset) -> dict[str, Path]:
+    """The embed stage with ``text.embeddings``: the file's vectors in the dataset's item order; the
+    summary records ``precomputed`` (the files' fingerprints) and no encoder, so that
+    ``Recommender.add_items`` knows it has no encoder to embed new items with."""
+    from genrec.item_embeddings import embedding_files, load_item_embeddings
+    from genrec.rundir import file_fingerprint
+
+    t = ctx.config.text
+    x = load_item_embeddings(t.embeddings, dataset.item_ids, ids_path=t.embeddings_ids,
+                             id_column=t.embeddings_id_column, vector_column=t.embeddings_vector_column)
+    out = ctx.run_dir / "embed"
+    path = atomic_write(out / "embeddings.npy", lambda p: _np_save(p, x))
+    files = [file_fingerprint(p) for p in embedding_files(t.embeddings, t.embeddings_ids)]
+    summary = {"items": int(len(x)), "dim": int(x.shape[1]), "encoder": None, "template": None,
+               "precomputed": {"path": str(t.embeddings), "files": files}}
     return {"embeddings": path, "summary": save_json(out / "summary.json", summary)}
 
 
@@ -269,7 +293,10 @@ def _fusion_methods(config: RecipeConfig) -> list:
 
 def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     """Post-hoc fusion: both models' top-K candidates and indicators on validation and test, every
-    method fitted on validation only and applied to test. ``fusion/topk.npz`` (test top-K lists of
+    method fitted on validation only and applied to test. ``fusion/selection.npz``: every method's
+    out-of-fold validation ranks from ``fusion.selection_folds``-fold cross-fitting
+    (:func:`fusion.selection.cross_fit`; :func:`genrec.recipe.primary.choose_primary` picks the primary
+    from them), ``fusion/topk.npz`` (test top-K lists of
     ``sasrec``, ``gr`` and each method), ``fusion/gates.npz`` (test gate = weight of SASRec, per
     method), ``fusion/methods.pt`` (every fitted method, :func:`fusion.load_methods`),
     ``fusion/summary.json`` (fitted parameters, union width, timings). A cold-start run
@@ -279,6 +306,7 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     try:
         from fusion import TrainStats, run_posthoc, save_methods, single_model_topk
         from fusion.adapters import model_inputs
+        from fusion.selection import cross_fit
     except ImportError as e:  # pragma: no cover - the fusion package is part of the project
         raise RuntimeError(f"fusion stage: the fusion package's API is missing ({e})") from None
     from genrec.generative import load_generative
@@ -304,6 +332,10 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
                               batch_size=config.generative.eval_batch_size)
            for name, (gen, inst, st) in fin.items()}
     valid, test = fin["valid"], fin["test"]
+    # the honest scores for choosing a primary: each method refitted without the fold it ranks
+    cf = cross_fit(lambda: _fusion_methods(config), valid.cands, train.valid.targets, valid.indicators,
+                   folds=f.selection_folds, seed=f.selection_seed, k=f.k)
+    p_selection = atomic_write(out / "selection.npz", lambda p: _np_savez(p, cf.arrays()))
     methods = _fusion_methods(config)
     outputs = run_posthoc(methods, valid.cands, train.valid.targets, valid.indicators, test.cands,
                           test.indicators, k=f.k)
@@ -317,13 +349,23 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
         "params": {n: _small_params(o.params) for n, o in outputs.items()},
         "union_width": {"valid": valid.cands.width, "test": test.cands.width},
         "indicators": list(test.indicators.names),
+        "selection": {"folds": f.selection_folds, "seed": f.selection_seed,
+                      "scores": _cross_fit_metrics(cf)},
         "timing": {"inputs": {n: inp.seconds for n, inp in fin.items()},
-                   "methods": {n: o.seconds for n, o in outputs.items()}},
+                   "methods": {n: o.seconds for n, o in outputs.items()},
+                   "selection": cf.seconds},
     }
     # every fitted method, gate weights included, loadable with fusion.load_methods (weights_only)
     p_methods = save_methods(out / "methods.pt", {m.name: m for m in methods})
-    return {"topk": p_topk, "gates": p_gates, "methods": p_methods,
+    return {"topk": p_topk, "gates": p_gates, "methods": p_methods, "selection": p_selection,
             "summary": save_json(out / "summary.json", summary), **extra}
+
+
+def _cross_fit_metrics(cf) -> dict[str, dict[str, float]]:
+    """Per method, cross-fitted validation Recall / NDCG at the usual cut-offs up to the list length."""
+    metrics = [f"{m}@{k}" for k in (5, 10, 20, 50) if k <= cf.k for m in ("recall", "ndcg")]
+    per_metric = {metric: cf.scores(metric) for metric in metrics}
+    return {name: {metric: per_metric[metric][name] for metric in metrics} for name in cf.ranks}
 
 
 def _add_cold_items(ctx: StageContext, table, generative):
@@ -445,7 +487,9 @@ def stage_report(ctx: StageContext) -> dict[str, Path]:
     return paths
 
 
-_FUSION_KEYS = ("data", "fusion.k", "fusion.beam", "fusion.teacher_forcing", "fusion.methods", "fusion.gate")
+_SELECTION_KEYS = ("fusion.selection_folds", "fusion.selection_seed")
+_FUSION_KEYS = ("data", "fusion.k", "fusion.beam", "fusion.teacher_forcing", "fusion.methods", "fusion.gate",
+                *_SELECTION_KEYS)
 STAGES: tuple[Stage, ...] = (
     Stage("data", stage_data, ("data",), (), description="load and split the dataset", keeps_work=False),
     Stage("embed", stage_embed, ("data", "text"), ("data",), description="item text -> sentence embeddings"),
@@ -456,7 +500,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("labels", stage_labels, ("data", "labels"), ("data",), description="memorization / generalization labels",
           keeps_work=False),
     Stage("fusion", stage_fusion, _FUSION_KEYS, ("sasrec", "generative", "quantize"),
-          description="post-hoc fusion fitted on validation, applied to test"),
+          description="post-hoc fusion fitted on validation, applied to test",
+          rerun_keys=_SELECTION_KEYS),  # a fusion stage from before cross-fitting reruns (no training lost)
     Stage("joint", stage_joint, ("data", "sasrec", "generative", "fusion.joint_config"), ("quantize",),
           enabled=lambda c: c.fusion.joint, description="joint training of both towers and a gate"),
     Stage("evaluate", stage_evaluate, ("report.ks",), ("labels", "fusion", "joint"),

@@ -1,0 +1,178 @@
+"""Parquet interactions and items (read with pyarrow) -> :class:`~genrec.data.SequenceDataset`.
+
+Two files, the plain format's content in columns:
+
+* interactions: a user column, an item column (strings or integers) and a time column (integers,
+  floats or a Parquet timestamp, read as an integer in its own unit); other columns are ignored;
+* items (optional): an item-id column plus any of the text columns ``title``, ``brand``,
+  ``categories`` (a list of strings, or one string with ``|`` between categories), ``description``,
+  ``price`` (a number or a string such as ``"$5.99"``; genrec's price policy otherwise). Other
+  columns go to ``ItemText.extra`` (listed once in the log).
+
+Every column name is configurable (``user=``, ``item=``, ``time=``, ``item_id=``, ``title=``, ...;
+``title=none`` drops a text column). Each user's interactions are sorted stably by time
+(``order="timestamp"``, ties keep row order) or kept in row order (``order="file"``). Errors are
+:class:`DataFormatError` naming the file and the 1-based data row (``row 3``): a missing column, a
+column of the wrong type, a null id or time, a non-finite time, a duplicate item id, an interacted
+item without an item row (when an items file is given), an empty file. Without an items file every
+item has empty text (logged; the recipe then needs ``text.fallback`` or ``text.embeddings``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from genrec.data import (
+    ItemText,
+    SequenceDataset,
+    build_dataset,
+    item_text_from_record,
+    order_events,
+    parse_timestamp,
+    warn_bad_prices,
+)
+from genrec.errors import DataFormatError, DataNotFoundError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_parquet", "read_parquet_table", "parquet_files"]
+
+_TEXT = ("title", "brand", "categories", "description", "price")
+
+
+def parquet_files(directory: str | Path) -> tuple[Path, Path | None]:
+    """``(interactions.parquet, items.parquet or None)`` of a directory in the Parquet layout."""
+    directory = Path(directory)
+    inter, items = directory / "interactions.parquet", directory / "items.parquet"
+    return inter, (items if items.is_file() else None)
+
+
+def read_parquet_table(path: str | Path):
+    """A ``pyarrow.Table`` of ``path``; a missing or unreadable file is a :class:`DataFormatError`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"{path}: Parquet file not found")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataFormatError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def _column(table, path: Path, name: str, what: str):
+    if name not in table.column_names:
+        raise DataFormatError(f"{path}: no column {name!r} for the {what} (columns: {table.column_names}); "
+                              f"name it with {what}=COLUMN")
+    return table.column(name)
+
+
+def _ids(table, path: Path, name: str, what: str) -> list[str]:
+    """A string or integer id column as strings; nulls and empty ids are errors naming the row."""
+    import pyarrow.types as pt
+
+    col = _column(table, path, name, what)
+    t = col.type
+    if not (pt.is_string(t) or pt.is_large_string(t) or pt.is_integer(t) or pt.is_dictionary(t)):
+        raise DataFormatError(f"{path}: column {name!r} ({what}) must hold strings or integers, got {t}")
+    values = col.to_pylist()
+    for row, v in enumerate(values, start=1):
+        if v is None or (isinstance(v, str) and not v.strip()):
+            raise DataFormatError(f"{path}: row {row}: empty {what} in column {name!r}")
+    return [str(v).strip() for v in values]
+
+
+def _times(table, path: Path, name: str) -> list[int | float]:
+    import pyarrow as pa
+    import pyarrow.types as pt
+
+    col = _column(table, path, name, "time")
+    t = col.type
+    if pt.is_timestamp(t):  # integer count of the column's unit (s, ms, us or ns): exact
+        col = col.cast(pa.int64())
+    elif not (pt.is_integer(t) or pt.is_floating(t)):
+        raise DataFormatError(f"{path}: column {name!r} (time) must hold numbers or timestamps, got {t}")
+    out = []
+    for row, v in enumerate(col.to_pylist(), start=1):
+        if v is None:
+            raise DataFormatError(f"{path}: row {row}: empty time in column {name!r}")
+        out.append(parse_timestamp(v, f"{path}: row {row}", name))
+    return out
+
+
+def _read_items(path: Path, item_id: str, columns: dict[str, str | None]) -> dict[str, ItemText]:
+    table = read_parquet_table(path)
+    if table.num_rows == 0:
+        raise DataFormatError(f"{path}: empty file (no items)")
+    ids = _ids(table, path, item_id, "item_id")
+    used = {field: col for field, col in columns.items() if col is not None and col in table.column_names}
+    absent = [f"{f}={c}" for f, c in columns.items() if c is not None and c not in table.column_names
+              and c != f]  # a renamed column that is not there is a mistake; a default one may be absent
+    if absent:
+        raise DataFormatError(f"{path}: no column(s) {absent} (columns: {table.column_names})")
+    others = [c for c in table.column_names if c != item_id and c not in used.values()]
+    if others:
+        log.info("%s: column(s) %s are not item text; kept in ItemText.extra, not embedded", path, others)
+    data = {field: table.column(col).to_pylist() for field, col in used.items()}
+    extra = {c: table.column(c).to_pylist() for c in others}
+    items: dict[str, ItemText] = {}
+    first_row: dict[str, int] = {}
+    bad_prices: list[tuple[str, Any]] = []
+    for k, iid in enumerate(ids):
+        row = k + 1
+        if iid in items:
+            raise DataFormatError(f"{path}: row {row}: duplicate item_id {iid!r} (first at row {first_row[iid]})")
+        record = {field: values[k] for field, values in data.items()}
+        text = item_text_from_record(record, f"{path}: row {row}", bad_prices, iid)
+        items[iid] = ItemText(title=text.title, brand=text.brand, categories=text.categories,
+                              description=text.description, price=text.price,
+                              extra={c: v[k] for c, v in extra.items()})
+        first_row[iid] = row
+    warn_bad_prices(str(path), bad_prices)
+    return items
+
+
+def load_parquet(interactions: str | Path, items: str | Path | None = None, name: str | None = None,
+                 user: str = "user_id", item: str = "item_id", time: str = "timestamp", item_id: str = "item_id",
+                 title: str | None = "title", brand: str | None = "brand", categories: str | None = "categories",
+                 description: str | None = "description", price: str | None = "price",
+                 order: Literal["timestamp", "file"] = "timestamp", keep_unused_items: bool = False) -> SequenceDataset:
+    """Load Parquet interactions (and items) with the given column names (see the module doc).
+
+    ``items``: the items file (None: every item with empty text); ``item_id``: its id column;
+    ``title`` ... ``price``: its text columns (None: not read). ``order``: ``"timestamp"`` (stable
+    sort) or ``"file"``. ``keep_unused_items``: items without interactions stay in the catalogue.
+    Item order is that of the items file (else of first interaction); ``name`` defaults to the
+    interactions file's directory name.
+    """
+    inter_path = Path(interactions)
+    table = read_parquet_table(inter_path)
+    if table.num_rows == 0:
+        raise DataFormatError(f"{inter_path}: empty file (no interactions)")
+    users_col = _ids(table, inter_path, user, "user")
+    items_col = _ids(table, inter_path, item, "item")
+    times = _times(table, inter_path, time)
+    events: dict[str, list[tuple[str, int | float]]] = {}
+    for u, i, t in zip(users_col, items_col, times):
+        events.setdefault(u, []).append((i, t))
+    if items is not None:
+        columns = {"title": title, "brand": brand, "categories": categories, "description": description,
+                   "price": price}
+        texts = _read_items(Path(items), item_id, columns)
+        unknown = next(((row, i) for row, i in enumerate(items_col, start=1) if i not in texts), None)
+        if unknown is not None:
+            n = len({i for i in items_col if i not in texts})
+            raise DataFormatError(f"{inter_path}: row {unknown[0]}: item {unknown[1]!r} has no row in {items} "
+                                  f"({n} such item(s))")
+    else:
+        log.info("%s: no items file; every item has empty text (set text.fallback or text.embeddings in a recipe)",
+                 inter_path)
+        texts = {i: ItemText() for i in dict.fromkeys(items_col)}
+    order_events(events, order, str(inter_path))
+    ds = build_dataset(name or inter_path.parent.name, events, texts, source=str(inter_path),
+                       keep_unused=keep_unused_items)
+    log.info("loaded %r", ds)
+    return ds

@@ -1,0 +1,278 @@
+"""RecBole atomic files (``DIR/NAME.inter`` and ``DIR/NAME.item``) -> :class:`~genrec.data.SequenceDataset`.
+
+RecBole's atomic files are delimited text with one header line whose fields are written
+``name:type``, the type one of ``token``, ``token_seq``, ``float``, ``float_seq``. NAME is the
+directory's name (``ml-1m/ml-1m.inter``); either file may be gzipped (``NAME.inter.gz``). The
+separator is a tab (RecBole's default) or a comma; by default it is detected from each file's header
+line (a tab if there is one, else a comma), or set with ``sep="tab"`` / ``sep="comma"``.
+Fields are split on the separator only: no quoting, as in RecBole itself.
+
+``.inter``: the user field (``user_id:token``), the item field (``item_id:token``) and, when present,
+the time field (``timestamp:float``) are found by name (``user_field``, ``item_field``, ``time_field``)
+and must have those types. Every row is one interaction: ratings (``rating:float``) and any other
+fields are ignored, so explicit ratings count as implicit feedback, low ones included, the usual
+practice of sequential recommendation (filter the file first to keep only some). Each user's rows are
+sorted stably by timestamp (``order="timestamp"``, ties keep file order) or kept in file order
+(``order="file"``); without a time field, file order is kept and the row number stands for the time
+(logged).
+
+``.item`` (optional): ``item_id:token`` plus text fields mapped to :class:`~genrec.data.ItemText` by
+name: ``title`` (also ``name``, ``movie_title``), ``brand``, ``categories`` (also ``category``,
+``genre``, ``genres``), ``description``, ``price`` (genrec's price policy: an unreadable price is
+missing, with one warning). A ``token_seq`` value is text whose tokens are joined by spaces; for
+categories, a value holding commas is split on them (``Drama, Romance``; quotes and brackets around a
+part are stripped), else on spaces. Other fields go to ``ItemText.extra`` (listed once in the log)
+and are not embedded.
+
+Items of ``.inter`` without an ``.item`` entry: with no ``.item`` file at all every item has empty
+text (logged; the recipe then needs ``text.fallback`` or ``text.embeddings``); with an ``.item``
+file, ``missing_items="error"`` (default) raises :class:`DataFormatError` naming the count, the
+first ids and the ``.inter`` line of the first, ``missing_items="empty"`` keeps them with empty text
+and logs a warning. Every malformed input is a :class:`DataFormatError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from genrec.data import (
+    ItemText,
+    SequenceDataset,
+    build_dataset,
+    iter_lines,
+    order_events,
+    parse_price,
+    parse_timestamp,
+    price_is_absent,
+    warn_bad_prices,
+)
+from genrec.errors import DataFormatError, DataNotFoundError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_recbole", "recbole_files", "FIELD_TYPES"]
+
+FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
+SEPARATORS = {"tab": "\t", "comma": ",", "\t": "\t", ",": ","}
+
+#: ``.item`` field names (before ``:type``) read as each ItemText field
+_TEXT_ALIASES = {"title": ("title", "name", "movie_title"), "brand": ("brand",),
+                 "categories": ("categories", "category", "genre", "genres"), "description": ("description",),
+                 "price": ("price",)}
+
+
+def recbole_files(directory: str | Path) -> tuple[Path | None, Path | None]:
+    """``(NAME.inter, NAME.item)`` of a RecBole dataset directory (plain or ``.gz``; None when absent)."""
+    directory = Path(directory)
+    found = []
+    for suffix in (".inter", ".item"):
+        cands = [directory / f"{directory.name}{suffix}", directory / f"{directory.name}{suffix}.gz"]
+        found.append(next((c for c in cands if c.is_file()), None))
+    return found[0], found[1]
+
+
+def _separator(sep: str | None, header: str) -> str:
+    if sep is None:  # detect: a tab wins (RecBole's default), titles may hold commas but not tabs
+        return "\t" if "\t" in header else ("," if "," in header else "\t")
+    if sep not in SEPARATORS:
+        raise DataFormatError(f"RecBole separator must be 'tab' or 'comma', got {sep!r}")
+    return SEPARATORS[sep]
+
+
+def _rows(path: Path, sep: str | None) -> Iterator[tuple[int, list[tuple[str, str]] | list[str]]]:
+    """First ``(1, [(name, type), ...])`` of the header, then ``(line, fields)`` of each non-blank row,
+    every row checked to have as many fields as the header."""
+    with contextlib.closing(iter_lines(path)) as lines:
+        _, header_line = next(lines, (1, ""))
+        header_line = header_line.rstrip("\n\r")
+        if not header_line.strip():
+            raise DataFormatError(f"{path}: empty file (expected a header of name:type fields, e.g. "
+                                  f"'user_id:token\\titem_id:token\\ttimestamp:float')")
+        s = _separator(sep, header_line)
+        header: list[tuple[str, str]] = []
+        other = "comma" if s == "\t" else "tab"
+        for raw in header_line.split(s):
+            if SEPARATORS[other] in raw:  # the separator was set (or guessed) wrong
+                raise DataFormatError(f"{path}:1: header field {raw.strip()!r} holds a {other}: the file looks "
+                                      f"{other}-separated (sep={other})")
+            name, colon, ftype = raw.strip().rpartition(":")
+            if not colon or not name:
+                raise DataFormatError(f"{path}:1: header field {raw.strip()!r} is not written name:type "
+                                      f"(types: {', '.join(FIELD_TYPES)})")
+            if ftype not in FIELD_TYPES:
+                raise DataFormatError(f"{path}:1: header field {raw.strip()!r} has unknown type {ftype!r} "
+                                      f"(types: {', '.join(FIELD_TYPES)})")
+            if any(name == h for h, _ in header):
+                raise DataFormatError(f"{path}:1: header field {name!r} appears more than once")
+            header.append((name, ftype))
+        yield 1, header
+        sep_name = "tab" if s == "\t" else "comma"
+        for lineno, line in lines:
+            line = line.rstrip("\n\r")
+            if not line.strip():
+                continue
+            parts = line.split(s)
+            if len(parts) != len(header):
+                raise DataFormatError(f"{path}:{lineno}: expected {len(header)} {sep_name}-separated fields "
+                                      f"(as in the header), got {len(parts)}")
+            yield lineno, parts
+
+
+def _field(path: Path, header: list[tuple[str, str]], name: str, types: tuple[str, ...],
+           required: bool = True) -> int | None:
+    """Column of field ``name``, checked to have one of ``types``."""
+    for k, (h, t) in enumerate(header):
+        if h == name:
+            if t not in types:
+                raise DataFormatError(f"{path}:1: field {name!r} has type {t!r}, expected {' or '.join(types)}")
+            return k
+    if required:
+        raise DataFormatError(f"{path}:1: header lacks the field {name!r} (fields: {[h for h, _ in header]})")
+    return None
+
+
+def _read_inter(path: Path, sep: str | None, user_field: str, item_field: str, time_field: str
+                ) -> tuple[dict[str, list[tuple[str, int | float]]], dict[str, int], bool]:
+    """``user -> [(item, time), ...]`` in file order, each item's first line, and whether times were read."""
+    users: dict[str, list[tuple[str, int | float]]] = {}
+    first_line: dict[str, int] = {}
+    rows = _rows(path, sep)
+    _, header = next(rows)
+    cu = _field(path, header, user_field, ("token",))
+    ci = _field(path, header, item_field, ("token",))
+    ct = _field(path, header, time_field, ("float", "token"), required=False)
+    if ct is None:
+        log.info("%s: no %r field; each user's interactions keep file order", path, time_field)
+    n = 0
+    for lineno, parts in rows:
+        user, item = parts[cu].strip(), parts[ci].strip()
+        if not user or not item:
+            raise DataFormatError(f"{path}:{lineno}: empty {user_field} or {item_field}")
+        t = parse_timestamp(parts[ct], f"{path}:{lineno}", time_field) if ct is not None else n
+        users.setdefault(user, []).append((item, t))
+        first_line.setdefault(item, lineno)
+        n += 1
+    if n == 0:
+        raise DataFormatError(f"{path}: no interactions after the header")
+    return users, first_line, ct is not None
+
+
+def _categories(value: str) -> tuple[str, ...]:
+    parts = value.split(",") if "," in value else value.split()
+    out: list[str] = []
+    for p in parts:
+        p = p.strip().strip("[]").strip().strip("'\"").strip()
+        if p and p not in out:
+            out.append(p)
+    return tuple(out)
+
+
+def _read_item(path: Path, sep: str | None, item_field: str) -> dict[str, ItemText]:
+    """``item -> ItemText`` of an ``.item`` file, in file order."""
+    items: dict[str, ItemText] = {}
+    first_line: dict[str, int] = {}
+    bad_prices: list[tuple[str, Any]] = []
+    rows = _rows(path, sep)
+    _, header = next(rows)
+    ci = _field(path, header, item_field, ("token",))
+    names = [h for h, _ in header]
+    mapped: dict[str, int] = {}
+    for target, aliases in _TEXT_ALIASES.items():
+        k = next((names.index(a) for a in aliases if a in names), None)
+        if k is not None:
+            mapped[target] = k
+    if "price" in mapped and header[mapped["price"]][1] != "float":
+        raise DataFormatError(f"{path}:1: field 'price' has type {header[mapped['price']][1]!r}, expected 'float'")
+    extra_cols = [k for k in range(len(header)) if k != ci and k not in mapped.values()]
+    if extra_cols:
+        log.info("%s: field(s) %s are not item text; kept in ItemText.extra, not embedded", path,
+                 [names[k] for k in extra_cols])
+    for lineno, parts in rows:
+        iid = parts[ci].strip()
+        if not iid:
+            raise DataFormatError(f"{path}:{lineno}: empty {item_field}")
+        if iid in items:
+            raise DataFormatError(f"{path}:{lineno}: duplicate {item_field} {iid!r} (first at line {first_line[iid]})")
+
+        def text(target: str) -> str | None:
+            k = mapped.get(target)
+            v = " ".join(parts[k].split()) if k is not None else ""
+            return v or None
+
+        raw_price = parts[mapped["price"]] if "price" in mapped else None
+        price = parse_price(raw_price)
+        if price is None and not price_is_absent(raw_price):
+            bad_prices.append((iid, raw_price))
+        cats = _categories(parts[mapped["categories"]]) if "categories" in mapped else ()
+        extra = {names[k]: _extra_value(parts[k], header[k][1]) for k in extra_cols}
+        items[iid] = ItemText(title=text("title"), brand=text("brand"), categories=cats,
+                              description=text("description"), price=price, extra=extra)
+        first_line[iid] = lineno
+    if not items:
+        raise DataFormatError(f"{path}: no items after the header")
+    warn_bad_prices(str(path), bad_prices)
+    return items
+
+
+def _extra_value(raw: str, ftype: str) -> Any:
+    """An extra field's value by its declared type (unreadable numbers stay text: extras are not embedded)."""
+    raw = raw.strip()
+    try:
+        if ftype == "float":
+            v = float(raw)
+            return v if math.isfinite(v) else raw
+        if ftype == "float_seq":
+            return [float(x) for x in raw.split()]
+    except ValueError:
+        return raw
+    return raw.split() if ftype == "token_seq" else raw
+
+
+def load_recbole(directory: str | Path, name: str | None = None, sep: Literal["tab", "comma"] | None = None,
+                 order: Literal["timestamp", "file"] = "timestamp",
+                 missing_items: Literal["error", "empty"] = "error", user_field: str = "user_id",
+                 item_field: str = "item_id", time_field: str = "timestamp",
+                 keep_unused_items: bool = False) -> SequenceDataset:
+    """Load a RecBole atomic-file dataset directory (see the module doc for every rule).
+
+    ``sep``: ``"tab"``, ``"comma"`` or None (detected per file). ``order``: ``"timestamp"`` (stable
+    sort) or ``"file"``. ``missing_items``: ``"error"`` or ``"empty"``, for interacted items that the
+    ``.item`` file lacks. ``keep_unused_items``: ``.item`` entries without interactions stay in the
+    catalogue (:func:`genrec.data.build_dataset`). Item order: first appearance in the ``.item`` file,
+    then items that only ``.inter`` names, in order of first interaction.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataNotFoundError(f"{directory}: dataset directory not found")
+    if sep is not None and sep not in SEPARATORS:
+        raise DataFormatError(f"{directory}: RecBole separator must be 'tab' or 'comma', got {sep!r}")
+    if missing_items not in ("error", "empty"):
+        raise ValueError(f"missing_items must be 'error' or 'empty', got {missing_items!r}")
+    inter_path, item_path = recbole_files(directory)
+    if inter_path is None:
+        raise DataNotFoundError(f"{directory}: expected {directory.name}.inter or {directory.name}.inter.gz "
+                                f"(RecBole atomic files are named after their directory), found neither")
+    users, first_line, timed = _read_inter(inter_path, sep, user_field, item_field, time_field)
+    if item_path is None:
+        log.info("%s: no %s.item file; every item has empty text (set text.fallback or text.embeddings in a "
+                 "recipe)", directory, directory.name)
+        items: dict[str, ItemText] = {}
+    else:
+        items = _read_item(item_path, sep, item_field)
+    missing = [i for i in first_line if i not in items]
+    if missing and item_path is not None:
+        if missing_items == "error":
+            raise DataFormatError(f"{inter_path}:{first_line[missing[0]]}: {len(missing)} interacted item(s) have "
+                                  f"no entry in {item_path.name}, e.g. {missing[:5]} (missing_items='empty' keeps "
+                                  f"them with empty text)")
+        log.warning("%s: %d interacted item(s) have no entry in %s; kept with empty text (e.g. %s)",
+                    directory, len(missing), item_path.name, missing[:3])
+    texts = {**items, **{i: ItemText() for i in missing}}
+    order_events(users, order if timed else "file", str(inter_path))
+    ds = build_dataset(name or directory.name, users, texts, source=str(inter_path), keep_unused=keep_unused_items)
+    log.info("loaded %r", ds)
+    return ds

@@ -1,0 +1,101 @@
+"""Which fusion method of a recipe run is the primary one, decided on validation only.
+
+The fusion stage saves every post-hoc method's out-of-fold validation ranks
+(``fusion/selection.npz``, :class:`fusion.selection.CrossFit`); the joint model, when the recipe
+trains it, has its validation score from its own training (``joint/summary.json``: it trains on
+``split.train`` only, which holds no validation or test target; validation picks its best epoch, so
+that score is the maximum over epochs, slightly optimistic compared with a cross-fitted one).
+:func:`choose_primary` compares them on ``report.metric`` and records why it chose what it chose;
+the report stage writes that into ``results.json`` and ``Recommender.from_run`` loads the same
+method by default. The choice is not stored by the fusion stage itself: it also depends on
+``fusion.primary``, ``report.metric`` and the joint stage, none of which are inputs of that stage.
+
+No test data is read here: only the fusion stage's validation artifacts and the joint model's
+validation score.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genrec.artifacts import load_json
+from genrec.errors import CheckpointError
+from genrec.recipe.config import RecipeConfig
+
+__all__ = ["PrimaryChoice", "choose_primary", "load_cross_fit", "SELECTION_FILE"]
+
+#: the fusion stage's out-of-fold validation ranks, relative to the run directory
+SELECTION_FILE = Path("fusion") / "selection.npz"
+
+
+@dataclass
+class PrimaryChoice:
+    """The primary method of a run: ``method``, what the config asked for (``requested``: ``auto`` or
+    a name), ``reason`` (one sentence), and the validation ``scores`` (``metric``) it compared:
+    cross-fitted for the post-hoc methods, the joint model's own (``sources`` says which)."""
+
+    method: str
+    requested: str
+    reason: str
+    metric: str
+    scores: dict[str, float] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    folds: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_cross_fit(run_dir: str | Path):
+    """The fusion stage's :class:`fusion.selection.CrossFit`, or None when it has none (a fusion
+    stage run by a genrec without cross-fitting)."""
+    from fusion.selection import CrossFit
+
+    path = Path(run_dir) / SELECTION_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return CrossFit.from_arrays({k: z[k] for k in z.files})
+
+
+def choose_primary(config: RecipeConfig, run_dir: str | Path) -> PrimaryChoice:
+    """The primary method of the finished fusion (and joint) stages of ``run_dir`` under ``config``:
+    see the module doc. An explicit ``fusion.primary`` is kept (its scores are still reported);
+    ``auto`` takes the best validation score, ties to the earlier of ``fusion.methods`` (joint
+    last). :class:`~genrec.errors.CheckpointError` when ``auto`` finds no cross-fitted scores."""
+    from fusion.selection import select_best
+
+    run_dir = Path(run_dir)
+    f, metric = config.fusion, config.report.metric
+    cf = load_cross_fit(run_dir)
+    scores: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    if cf is not None:
+        for name, v in cf.scores(metric).items():
+            if name in f.methods:
+                scores[name], sources[name] = v, f"cross-fitted on validation ({cf.num_folds} folds)"
+    joint_summary = run_dir / "joint" / "summary.json"
+    if f.joint and joint_summary.is_file():
+        v = load_json(joint_summary).get("valid", {}).get(metric)
+        if v is not None and not math.isnan(float(v)):
+            scores["joint"] = float(v)
+            sources["joint"] = "joint training's validation (best epoch; never trained on validation targets)"
+    folds = cf.num_folds if cf is not None else None
+    if f.primary != "auto":
+        return PrimaryChoice(f.primary, f.primary, "set in the config (fusion.primary)", metric, scores, sources,
+                             folds)
+    if cf is None:
+        raise CheckpointError(f"{run_dir}: fusion.primary is 'auto' but {SELECTION_FILE} is missing (a fusion "
+                              f"stage from before cross-fitting); rerun the recipe to redo the fusion stage")
+    order = [*f.methods, *(["joint"] if "joint" in scores else [])]
+    best = select_best(scores, order)
+    ties = [m for m in order if m != best and scores.get(m) == scores[best]]
+    reason = (f"best validation {metric} ({scores[best]:.4f}): post-hoc methods cross-fitted over {folds} folds"
+              + (", the joint model by its own validation" if "joint" in scores else "")
+              + (f"; tied with {', '.join(ties)}, first in config order" if ties else ""))
+    return PrimaryChoice(best, "auto", reason, metric, scores, sources, folds)

@@ -227,3 +227,31 @@ def test_generative_resume_falls_back_to_the_previous_last_checkpoint(tmp_path, 
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
     for (k, v), (_, w) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(v, w), k
+
+
+def test_step_skips_the_head_only_where_the_answer_is_exactly_zero():
+    """Prefixes with a single valid child get log-prob 0 without running the code head; every other
+    row equals the full computation (head on every row, invalid codes masked, log-softmax)."""
+    from genrec.generative import HierarchicalGenerative
+
+    torch.manual_seed(0)
+    # prefix (0,) has children {0, 1}; (1,) only {2}; (0, 0) two disambiguation codes, the rest one
+    codes = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 2, 0]])
+    model = HierarchicalGenerative(codes, (2, 3, 2), GenerativeConfig(hidden=8, num_blocks=1, num_heads=1)).eval()
+    context = torch.randn(2, 8)
+    prefixes = torch.tensor([[[0, 0], [0, 1], [1, 2]], [[0, 1], [0, 0], [1, 2]]])  # [N=2, K=3, l=2]
+    for lvl in (1, 2):
+        p = prefixes[:, :, :lvl]
+        got, _ = model.step(context, p, None)
+        with torch.no_grad():
+            prefix_tokens = p + torch.tensor(model.offsets[:lvl]) + 1
+            logits = model.level_logits(model.head(context[:, None, :], prefix_tokens, lvl), lvl)
+            nodes = torch.zeros(p.shape[:2], dtype=torch.long)
+            for j in range(lvl):
+                nodes = model.trie.child[j][nodes, p[:, :, j]]
+            valid = model.trie.valid_mask(lvl, nodes)
+            want = torch.log_softmax(logits.masked_fill(~valid, -torch.inf), -1)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        single = valid.sum(-1) == 1
+        assert single.any() and (~single).any()  # both paths taken
+        assert (got[single].exp().sum(-1) == 1).all() and (got[single][valid[single]] == 0).all()

@@ -25,6 +25,7 @@ import numpy as np
 from fusion.candidates import CandidateScores, ranks_of
 from fusion.indicators import Indicators
 from fusion.methods import FusionMethod
+from genrec.errors import ConfigError
 from genrec.metrics import per_instance_ndcg
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ def cross_fit(make_methods: Callable[[], Sequence[FusionMethod]], cands: Candida
     validation targets (the only targets this sees). Fewer instances than ``folds``: one fold per
     instance (at least 2 are needed)."""
     targets = np.asarray(targets)
+    if len(cands) < 2:
+        raise ConfigError(f"fusion.selection_folds: cross-fitting needs at least 2 validation instances, the "
+                          f"validation split has {len(cands)}; name the method in fusion.primary instead of 'auto'")
     if len(cands) < folds:  # a toy validation split: one instance per fold at most
         log.info("cross-fitting %d validation instances in %d folds instead of %d", len(cands), len(cands), folds)
         folds = len(cands)

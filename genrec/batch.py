@@ -145,7 +145,7 @@ def recommend_file(recommender: Any, input_path: str | Path, output_path: str | 
     (formats: module doc), ``chunk_size`` histories per model call, with a progress bar on a terminal."""
     from tqdm import tqdm
 
-    if _suffix(Path(output_path)) not in OUTPUT_FORMATS:  # before any model work
+    if Path(output_path).suffix.lower() not in OUTPUT_FORMATS:  # before any model work (no .gz output)
         raise DataFormatError(f"{output_path}: unknown output format; use {' or '.join(OUTPUT_FORMATS)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

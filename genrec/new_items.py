@@ -139,7 +139,7 @@ def _render(text: dict[str, Any], ids: list[str], items: list[Any], where: Seque
         if not s and fallback is not None:
             s = fallback.format(item_id=iid)
         if not s:
-            fields = sorted({f for names in template._fields for f in names})
+            fields = template.field_names
             name = where[n] if where is not None else f"new item {n + 1}"
             raise DataFormatError(f"{name}: item {iid!r} has no text under the run's template (fields {fields}) "
                                   f"and the run has no fallback text; give it at least one of those fields")

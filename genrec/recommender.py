@@ -23,8 +23,9 @@ out and reported in ``Recommendations.unknown_ids``; with ``on_unknown="error"``
 training items (``fallback=True``; score: their training count), since no model can condition on
 nothing; the same holds for SASRec and the joint model when the history holds only items added after
 their training (:meth:`Recommender.add_items`: they read the items they know and never recommend
-the new ones; the generative model and the fusion methods do). ``exclude_seen=True`` leaves the
-history's items out of the ranking.
+the new ones; the generative model and the fusion methods do). ``exclude_seen=True`` leaves every
+known item of the history out of the ranking (not only the last ``max_history`` the models read); a
+fusion method ranks its fixed candidate union, so it can then return fewer than ``k`` items.
 
 **Saved directories** (:mod:`genrec.recommender_files`) carry a format version and everything needed
 to recommend: models, semantic IDs with raw item ids, item texts, the training sequences the fusion
@@ -44,7 +45,7 @@ import numpy as np
 
 from genrec import recommender_files as files
 from genrec.artifacts import load_json
-from genrec.errors import CheckpointError, DataFormatError, UnknownItemError
+from genrec.errors import CheckpointError, ConfigError, DataFormatError, UnknownItemError
 
 log = logging.getLogger(__name__)
 
@@ -239,11 +240,18 @@ class Recommender:
             if model is not None and model.num_items > n:
                 raise CheckpointError(f"{directory / files.MODEL_FILES[name]}: {model.num_items} items, more than "
                                       f"the {n} of {files.TABLE}")
+        # the generative towers decode semantic IDs: theirs must be the table's (for the joint model's,
+        # its trained items), or decoded items would map to the wrong ids
+        for name, tower in (("generative", kw.get("generative")), ("joint", getattr(kw.get("joint"), "gr_tower", None))):
+            if tower is not None and not np.array_equal(tower.codes, table.codes[:tower.num_items]) or (
+                    name == "generative" and tower is not None and tower.num_items != n):
+                raise CheckpointError(f"{directory / files.MODEL_FILES[name]}: its semantic IDs differ from those of "
+                                      f"{files.TABLE}; the directory mixes files of different recommenders")
         qdir = directory / files.QUANTIZE_DIR
         return cls(table=table, train_sequences=files.load_sequences(directory / files.SEQUENCES, n),
                    method=method or m["method"], settings=m["settings"],
                    items=files.load_items(directory / files.ITEMS, table.item_ids), text=m.get("text"),
-                   quantize_dir=qdir if qdir.is_dir() else None, **kw)
+                   quantize_dir=qdir if (qdir / "quantizer.pt").is_file() else None, **kw)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write a self-contained copy (every model and fusion method it holds) into ``directory``,
@@ -278,7 +286,10 @@ class Recommender:
         files.save_items(d / files.ITEMS, self.items)
         files.save_sequences(d / files.SEQUENCES, self.train_sequences)
         qdir = d / files.QUANTIZE_DIR
-        if self.quantize_dir is not None and self.quantize_dir.resolve() != qdir.resolve():
+        if self.quantize_dir is None:  # a quantizer left by an earlier save is not this recommender's
+            for fname in ("quantizer.pt", "preprocess.pt"):
+                (qdir / fname).unlink(missing_ok=True)
+        elif self.quantize_dir.resolve() != qdir.resolve():
             qdir.mkdir(exist_ok=True)
             for fname in ("quantizer.pt", "preprocess.pt"):
                 src = self.quantize_dir / fname
@@ -326,8 +337,20 @@ class Recommender:
 
     @property
     def max_k(self) -> int:
-        """The largest ``k`` a recommendation can ask for (``fusion.k`` for a fusion method)."""
-        return self.settings.k if self.method_name in self.fusion_methods else self.num_items
+        """The largest ``k`` a recommendation can ask for: ``fusion.k`` for a fusion method (it ranks
+        both towers' top ``fusion.k``), the beam (``fusion.beam``) for the generative model (a wider
+        beam costs memory and time in proportion), the catalogue for SASRec and the joint model."""
+        if self.method_name in self.fusion_methods:
+            return self.settings.k
+        if self.method_name == "generative":
+            return min(self.settings.beam, self.num_items)
+        return self.num_items
+
+    @property
+    def max_k_source(self) -> str:
+        """What sets :attr:`max_k`, for messages: ``"fusion.k"``, ``"fusion.beam"`` or ``"the catalogue"``."""
+        return {"generative": "fusion.beam"}.get(self.method_name, "fusion.k" if self.method_name in
+                                                  self.fusion_methods else "the catalogue")
 
     @property
     def max_history(self) -> int:
@@ -357,12 +380,12 @@ class Recommender:
     def recommend_batch(self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = False,
                         on_unknown: str = "skip") -> list[Recommendations]:
         """:meth:`recommend` for many histories, in batched model calls."""
-        rows, unknown = self._encode(histories, k, on_unknown)
-        rows = self._readable(rows)
+        known, unknown = self._encode(histories, k, on_unknown)
+        rows = self._readable(known)
         out: list[Recommendations | None] = [None] * len(rows)
         live = [n for n, r in enumerate(rows) if len(r)]
         if live:
-            ranked = self._rank([rows[n] for n in live], k, exclude_seen)
+            ranked = self._rank([rows[n] for n in live], k, [known[n] for n in live] if exclude_seen else None)
             for n, (idx, scores, gate) in zip(live, ranked):
                 out[n] = Recommendations([self.item_ids[i] for i in idx], [float(s) for s in scores], unknown[n],
                                          None if gate is None else float(gate))
@@ -379,8 +402,9 @@ class Recommender:
                 on_unknown: str = "skip") -> Explanation:
         """The recommendations of one history with the gate that fused them and the features that
         moved it (see :class:`Explanation`); a single model has no gate."""
-        (row,), (unknown,) = self._encode([history], k, on_unknown)
-        (row,) = self._readable([row])
+        (known,), (unknown,) = self._encode([history], k, on_unknown)
+        (row,) = self._readable([known])
+        seen = [known] if exclude_seen else None
         name = self.method_name
         if not len(row):
             return Explanation(name, self.recommend_batch([history], k, exclude_seen, on_unknown)[0])
@@ -389,19 +413,19 @@ class Recommender:
 
             inputs = self._fusion_inputs([row])
             report = self.method.gates(inputs.cands, inputs.indicators)
-            (idx, scores, gate), = self._fusion_rank(inputs, [row], k, exclude_seen)
-            id_top = single_model_topk(inputs.cands, "id", k)[0]
-            gr_top = single_model_topk(inputs.cands, "gr", k)[0]
-            tops = ([self.item_ids[i] for i in id_top if i >= 0], [self.item_ids[i] for i in gr_top if i >= 0])
+            (idx, scores, gate), = self._fusion_rank(inputs, seen, k, report)
+            shown = set(known.tolist()) if exclude_seen else set()
+            tops = tuple([self.item_ids[i] for i in single_model_topk(inputs.cands, tower, inputs.cands.width)[0]
+                          if i >= 0 and i not in shown][:k] for tower in ("id", "gr"))
         elif name == "joint":
             from fusion.joint import joint_gates
             from genrec.splits import Instances
 
             report = joint_gates(self.joint, Instances(np.zeros(1, np.int64), [row], np.zeros(1, np.int64)))
-            (idx, scores, gate), = self._rank([row], k, exclude_seen)
+            (idx, scores, gate), = self._rank([row], k, seen)
             tops = ([], [])
         else:
-            (idx, scores, _), = self._rank([row], k, exclude_seen)
+            (idx, scores, _), = self._rank([row], k, seen)
             return Explanation(name, Recommendations([self.item_ids[i] for i in idx], [float(s) for s in scores],
                                                      unknown))
         recs = Recommendations([self.item_ids[i] for i in idx], [float(s) for s in scores], unknown, float(gate))
@@ -419,11 +443,9 @@ class Recommender:
                 ) -> tuple[list[np.ndarray], list[list[str]]]:
         """Item-index rows (every known item) and the unknown ids of each history."""
         if on_unknown not in ON_UNKNOWN:
-            raise ValueError(f"on_unknown must be one of {ON_UNKNOWN}, got {on_unknown!r}")
+            raise ConfigError(f"on_unknown must be one of {ON_UNKNOWN}, got {on_unknown!r}")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.max_k:
-            raise ValueError(f"k must be an integer between 1 and {self.max_k}"
-                             f"{' (fusion.k)' if self.method_name in self.fusion_methods else ' (the catalogue)'}, "
-                             f"got {k!r}")
+            raise ConfigError(f"k must be an integer between 1 and {self.max_k} ({self.max_k_source}), got {k!r}")
         if isinstance(histories, (str, bytes)):
             raise DataFormatError("histories: expected a list of histories (lists of item ids), got a string")
         rows, unknown = [], []
@@ -452,17 +474,19 @@ class Recommender:
             rows = id_tower_histories(rows, model.num_items)
         return [r[-self.settings.max_history:] for r in rows]
 
-    def _rank(self, rows: list[np.ndarray], k: int, exclude_seen: bool
+    def _rank(self, rows: list[np.ndarray], k: int, seen: list[np.ndarray] | None
               ) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
-        """Per non-empty history row: (item indices best first, scores, gate or None)."""
+        """Per non-empty history row (what the model reads): (item indices best first, scores, gate or
+        None), leaving out the items of ``seen`` (each history's every known item; None: exclude none)."""
         name = self.method_name
         if name in self.fusion_methods:
-            return self._fusion_rank(self._fusion_inputs(rows), rows, k, exclude_seen)
+            inputs = self._fusion_inputs(rows)
+            return self._fusion_rank(inputs, seen, k, self.method.gates(inputs.cands, inputs.indicators))
         if name == "sasrec":
-            return self._catalogue_rank(rows, k, exclude_seen, self._sasrec_log_probs)
+            return self._catalogue_rank(rows, k, seen, self._sasrec_log_probs)
         if name == "joint":
-            return self._catalogue_rank(rows, k, exclude_seen, self._joint_scores)
-        return self._generative_rank(rows, k, exclude_seen)
+            return self._catalogue_rank(rows, k, seen, self._joint_scores)
+        return self._generative_rank(rows, k, seen)
 
     def _fusion_inputs(self, rows: list[np.ndarray]):
         from fusion.adapters import model_inputs
@@ -473,20 +497,19 @@ class Recommender:
         return model_inputs(self.sasrec, self.generative, inst, self.stats, k=s.k, beam=s.beam,
                             teacher_forcing=s.teacher_forcing, batch_size=s.batch_size)
 
-    def _fusion_rank(self, inputs, rows, k, exclude_seen):
+    def _fusion_rank(self, inputs, seen, k, report):
         from fusion.candidates import topk_items
 
         cands = inputs.cands
-        report = self.method.gates(cands, inputs.indicators)
         fused = np.asarray(self.method.fuse(cands, inputs.indicators), np.float64)  # [n, C]
-        if exclude_seen:
-            seen = np.zeros(cands.items.shape, bool)
-            for j, r in enumerate(rows):
-                seen[j] = np.isin(cands.items[j], r)
-            fused = np.where(seen, -np.inf, fused)
+        if seen is not None:
+            mask = np.zeros(cands.items.shape, bool)
+            for j, r in enumerate(seen):
+                mask[j] = np.isin(cands.items[j], r)
+            fused = np.where(mask, -np.inf, fused)
         order = topk_items(cands.items, fused, cands.width)  # [n, C]: the fusion stage's order, -1 padded
         out = []
-        for j in range(len(rows)):
+        for j in range(len(cands)):
             pos = {int(item): c for c, item in enumerate(cands.items[j])}
             keep = [int(i) for i in order[j] if i >= 0 and np.isfinite(fused[j, pos[int(i)]])][:k]
             out.append((np.asarray(keep, np.int64), fused[j, [pos[i] for i in keep]], float(report.gate[j])))
@@ -507,7 +530,7 @@ class Recommender:
             fused, gate, _ = self.joint.scores(rows[s:s + bs])
             yield np.arange(s, min(s + bs, len(rows))), fused, gate.numpy()
 
-    def _catalogue_rank(self, rows, k, exclude_seen, batches):
+    def _catalogue_rank(self, rows, k, seen, batches):
         import torch
 
         out: list[Any] = [None] * len(rows)
@@ -515,25 +538,31 @@ class Recommender:
             scores = scores.clone()
             if scores.shape[1] < self.num_items:  # items added after training: this model cannot score them
                 scores = torch.cat([scores, torch.full((len(idx), self.num_items - scores.shape[1]), -torch.inf)], 1)
-            if exclude_seen:
+            if seen is not None:
                 for j, r in enumerate(idx):
-                    scores[j, torch.from_numpy(rows[r])] = -torch.inf
+                    scores[j, torch.from_numpy(seen[r])] = -torch.inf
             v, i = scores.topk(min(k, scores.shape[1]), dim=-1)
             for j, r in enumerate(idx):
                 ok = torch.isfinite(v[j])
                 out[r] = (i[j][ok].numpy(), v[j][ok].numpy(), None if gates is None else float(gates[j]))
         return out
 
-    def _generative_rank(self, rows, k, exclude_seen):
+    def _generative_rank(self, rows, k, seen):
         from genrec.generative import recommend
 
-        width = k + (max(len(np.unique(r)) for r in rows) if exclude_seen else 0)
-        beam = recommend(self.generative, rows, beam_size=max(self.settings.beam, width), top_k=None,
-                         batch_size=self.settings.batch_size)
-        out = []
-        for j, r in enumerate(rows):
-            ok = (beam.items[j] >= 0) & np.isfinite(beam.log_probs[j])
-            if exclude_seen:
-                ok &= ~np.isin(beam.items[j], r)
-            out.append((beam.items[j][ok][:k], beam.log_probs[j][ok][:k], None))
+        # The beam is max(fusion.beam, k), widened by a row's distinct seen items (at most max_history of
+        # them) when they are excluded, so that k items remain; rows are decoded in groups of one width,
+        # so a history's answer never depends on the other histories of the batch.
+        widths = np.array([max(self.settings.beam, k + (min(len(np.unique(seen[j])), self.settings.max_history)
+                                                         if seen is not None else 0)) for j in range(len(rows))])
+        out: list[Any] = [None] * len(rows)
+        for width in np.unique(widths):
+            group = np.flatnonzero(widths == width)
+            beam = recommend(self.generative, [rows[j] for j in group], beam_size=int(width), top_k=None,
+                             batch_size=self.settings.batch_size)
+            for g, j in enumerate(group):
+                ok = (beam.items[g] >= 0) & np.isfinite(beam.log_probs[g])
+                if seen is not None:
+                    ok &= ~np.isin(beam.items[g], seen[j])
+                out[j] = (beam.items[g][ok][:k], beam.log_probs[g][ok][:k], None)
         return out

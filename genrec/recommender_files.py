@@ -98,6 +98,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     for key, kind in (("method", str), ("models", list), ("settings", dict)):
         if not isinstance(m.get(key), kind):
             raise CheckpointError(f"{path}: damaged: {key!r} must be a {kind.__name__}")
+    if m.get("text") is not None and not isinstance(m["text"], dict):
+        raise CheckpointError(f"{path}: damaged: 'text' must be an object or null")
     unknown = [x for x in m["models"] if x not in MODEL_FILES]
     if unknown:
         raise CheckpointError(f"{path}: unknown model(s) {unknown}; known: {sorted(MODEL_FILES)}")
@@ -156,16 +158,23 @@ def save_items(path: Path, records: Sequence[dict[str, Any]]) -> Path:
 def load_items(path: Path, item_ids: Sequence[str]) -> list[dict[str, Any]]:
     """``items.jsonl``, checked line by line against the table's item ids."""
     records: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            try:
-                r = json.loads(line)
-            except ValueError as e:
-                raise CheckpointError(f"{path}, line {n}: not JSON ({e})") from None
-            if not isinstance(r, dict) or r.get("item_id") != (item_ids[n - 1] if n <= len(item_ids) else None):
-                raise CheckpointError(f"{path}, line {n}: expected item {item_ids[n - 1] if n <= len(item_ids) else None!r}"
-                                      f" as in {TABLE}")
-            records.append(r)
+    try:
+        # split on "\n" only: str.splitlines would also split inside strings holding U+2028 and the like
+        lines = path.read_text(encoding="utf-8").split("\n")
+        lines = lines[:-1] if lines and lines[-1] == "" else lines
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; save the recommender again") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 ({e.reason} at byte {e.start}); save the recommender again") from None
+    for n, line in enumerate(lines, 1):
+        try:
+            r = json.loads(line)
+        except ValueError as e:
+            raise CheckpointError(f"{path}, line {n}: not JSON ({e})") from None
+        if not isinstance(r, dict) or r.get("item_id") != (item_ids[n - 1] if n <= len(item_ids) else None):
+            raise CheckpointError(f"{path}, line {n}: expected item {item_ids[n - 1] if n <= len(item_ids) else None!r}"
+                                  f" as in {TABLE}")
+        records.append(r)
     if len(records) != len(item_ids):
         raise CheckpointError(f"{path}: {len(records)} items, {TABLE} has {len(item_ids)}")
     return records

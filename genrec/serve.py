@@ -38,9 +38,9 @@ items; scores equal up to float32 rounding, as the model's batched products pad 
 and runs that call in a worker thread (the event loop keeps accepting requests; one model call at
 a time). A group asks for the largest ``k`` among its requests and cuts each answer to its own
 ``k``: the ranking does not depend on ``k`` (fusion methods rank a fixed candidate set, SASRec and
-the joint model the whole catalogue), except for the generative model, whose beam widens to
-``k`` (plus the history's distinct items with ``exclude_seen``); its requests are grouped by that
-beam width so the answers do not change. If a group's call fails, each request of it is retried
+the joint model the whole catalogue, the generative model a beam of ``fusion.beam >= k``), except
+the generative model with ``exclude_seen``, whose beam widens to ``k`` plus the history's distinct
+items: such requests are grouped by ``k`` so the answers do not change. If a group's call fails, each request of it is retried
 alone, so a failure reaches only the request that causes it; a request's answer is awaited with a
 timeout, so nothing hangs.
 """
@@ -143,18 +143,12 @@ class MicroBatcher:
 
     def key(self, histories: Sequence[Sequence[str]], k: int, exclude_seen: bool) -> tuple:
         """Requests with equal keys can share one model call (and take the group's largest ``k``)."""
-        rec = self.recommender
-        if rec.method_name != "generative":
-            return (exclude_seen,)
-        beam = rec.settings.beam
-        if not exclude_seen:  # the beam is max(beam, k): all k <= beam share the configured beam
-            return (False, max(beam, k))
-        # the beam is k + the most distinct known ids among the histories read (the last max_history)
-        distinct = 0
-        for h in histories:
-            known = [i for i in h if i in rec.index][-rec.max_history:]
-            distinct = max(distinct, len(set(known)))
-        return (True, k, distinct)
+        # Every method ranks independently of the other histories of a call. For fusion methods, SASRec
+        # and the joint model the ranking does not depend on k either; the generative model's beam is
+        # max(fusion.beam, k) = fusion.beam for every allowed k, but with exclude_seen it widens with k.
+        if self.recommender.method_name == "generative" and exclude_seen:
+            return (True, k)
+        return (exclude_seen,)
 
     async def submit(self, histories: list[list[str]], k: int, exclude_seen: bool,
                      timeout: float) -> list["Recommendations"]:
@@ -384,7 +378,7 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
 
     rec = recommender
     method, max_k = rec.method_name, rec.max_k
-    k_limit = "fusion.k, the candidates the fusion method ranks" if method in rec.fusion_methods else "the catalogue"
+    k_limit = rec.max_k_source
     batcher = MicroBatcher(rec, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
 
     def check_k(k: int) -> int:
@@ -413,7 +407,7 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
     class RecommendRequest(BaseModel):
         """One history of raw item ids, oldest first."""
 
-        model_config = ConfigDict(strict=True, extra="forbid")
+        model_config = ConfigDict(strict=True, extra="forbid", validate_default=True)
         history: History
         k: K = 10
         exclude_seen: bool = False
@@ -422,7 +416,7 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
     class BatchRequest(BaseModel):
         """Many histories, answered with the same options."""
 
-        model_config = ConfigDict(strict=True, extra="forbid")
+        model_config = ConfigDict(strict=True, extra="forbid", validate_default=True)
         histories: Annotated[list[History], AfterValidator(check_histories)]
         k: K = 10
         exclude_seen: bool = False

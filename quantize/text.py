@@ -71,6 +71,11 @@ class TextTemplate:
             names.append(used)
         object.__setattr__(self, "_fields", tuple(names))
 
+    @property
+    def field_names(self) -> list[str]:
+        """The item fields the template's segments name, sorted."""
+        return sorted({f for names in self._fields for f in names})
+
     @classmethod
     def from_fields(cls, fields: Sequence[str], **kwargs: Any) -> "TextTemplate":
         """A template with the default labelled segment for each field, in the given order."""
@@ -152,7 +157,7 @@ def item_texts(dataset: SequenceDataset, template: TextTemplate | None = None,
             shown = ", ".join(repr(x) for x in ids[:20]) + (" ..." if len(ids) > 20 else "")
             raise DataFormatError(
                 f"{dataset.name}: {len(ids)} item(s) have no text under the template "
-                f"(fields {sorted({f for fs in template._fields for f in fs})}): {shown}; "
+                f"(fields {template.field_names}): {shown}; "
                 f"pass a fallback such as 'Item {{item_id}}' to embed them anyway")
         try:
             for i, iid in zip(empty, ids):

@@ -102,3 +102,10 @@ def test_cli_recommend_end_to_end_and_its_errors(tiny_saved, rec, histories, tmp
         assert message in capsys.readouterr().err
     assert cli.main(["recommend", str(tmp_path), "--input", str(src), "--out", str(out)]) == 2
     assert "neither a saved recommender" in capsys.readouterr().err
+
+
+def test_an_unsupported_output_is_refused_before_any_model_work(rec, histories, tmp_path):
+    src = _jsonl(tmp_path / "h.jsonl", histories)
+    with pytest.raises(DataFormatError, match="recs.jsonl.gz: unknown output format"):
+        recommend_file(rec, src, tmp_path / "recs.jsonl.gz")
+    assert not (tmp_path / "recs.jsonl.gz").exists()

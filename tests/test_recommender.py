@@ -188,3 +188,36 @@ def test_a_joint_model_recommends_explains_and_round_trips(rec, test_histories, 
     assert loaded.methods == ["joint"]
     assert [r.items for r in loaded.recommend_batch(test_histories[:30], k=7, exclude_seen=True)] == \
         [r.items for r in got]
+
+
+def test_exclude_seen_covers_the_whole_history_and_answers_do_not_depend_on_the_batch(rec):
+    # a history longer than max_history (10 here): its older items are excluded too
+    long_history = rec.item_ids[:rec.max_history + 15]
+    for method in ("sasrec", "generative", rec.method_name):
+        r = rec.with_method(method)
+        got = r.recommend(long_history, k=5, exclude_seen=True)
+        assert not set(got.items) & set(long_history), method
+    gen = rec.with_method("generative")
+    short, other = rec.item_ids[40:42], rec.item_ids[:rec.max_history]
+    alone = gen.recommend(short, k=5, exclude_seen=True)
+    assert gen.recommend_batch([short, other], k=5, exclude_seen=True)[0] == alone
+    assert gen.max_k == rec.settings.beam and "fusion.beam" in gen.max_k_source
+
+
+def test_saved_directories_that_mix_recommenders_or_keep_stale_files_are_caught(rec, tmp_path):
+    from genrec.generative import save_generative, with_new_items
+
+    d = rec.save_pretrained(tmp_path / "m")
+    assert (d / "quantize" / "quantizer.pt").is_file()
+    codes = rec.table.codes.copy()
+    codes[[0, 1]] = codes[[1, 0]]  # the same IDs, given to other items
+    other = with_new_items(rec.generative, rec.generative.codes, rec.generative.codebook_sizes)
+    other.item_tokens[1:3] = other.item_tokens[[2, 1]]
+    save_generative(other, d / "generative.pt")
+    with pytest.raises(CheckpointError, match="semantic IDs differ from those of semantic_ids.json"):
+        Recommender.from_pretrained(d)
+    # saving a recommender without a quantizer over a directory that had one removes the stale copy
+    bare = Recommender(table=rec.table, train_sequences=rec.train_sequences, method="sasrec", settings=rec.settings,
+                       sasrec=rec.sasrec, items=rec.items)
+    bare.save_pretrained(d)
+    assert not (d / "quantize" / "quantizer.pt").exists() and Recommender.from_pretrained(d).quantize_dir is None

@@ -220,13 +220,14 @@ def test_concurrent_requests_share_model_calls(rec, histories):
 
 @pytest.mark.parametrize("method", ["generative", "sasrec"])
 def test_mixed_k_and_exclude_seen_batch_to_the_same_answers(rec, histories, method):
-    # the generative beam widens with k (and, with exclude_seen, with the history): requests are grouped
+    # with exclude_seen the generative beam widens with k and the history: such requests are grouped
     # so that each gets what a call of its own gives; SASRec ranks the catalogue whatever k is
     one = rec.with_method(method)
     h = histories
     cases = [(h[0], 1, False), (h[1], 5, False), (h[2], 10, False), (h[3], 20, False), (h[4], 20, False),
              (h[5], 64, False), (h[6], 3, True), (h[7], 3, True), (h[6], 12, True), (h[8], 12, True),
              (h[9], 20, True), (h[9], 20, True)]
+    cases = [(hist, min(k, one.max_k), ex) for hist, k, ex in cases]  # the generative model: k <= fusion.beam
     with TestClient(create_app(one, max_wait_ms=500)) as c:
         out = concurrently(len(cases), lambda i: c.post("/recommend", json={
             "history": cases[i][0], "k": cases[i][1], "exclude_seen": cases[i][2]}))
@@ -241,11 +242,12 @@ def test_generative_requests_are_grouped_by_their_beam_width(rec, histories):
 
     beam, h = rec.settings.beam, histories[0]
     gen = MicroBatcher(rec.with_method("generative"))
-    # the beam is max(beam, k): every k up to the configured beam shares it, a larger k has its own
-    assert gen.key([h], 1, False) == gen.key([histories[1]], beam, False) != gen.key([h], beam + 1, False)
-    # with exclude_seen the beam also grows with the history's distinct known items (the last max_history)
-    distinct = len(set(h[-rec.max_history:]))
-    assert gen.key([h, ["unknown"]], 3, True) == (True, 3, distinct)
+    # the beam is max(fusion.beam, k) = fusion.beam for every allowed k: one group
+    assert rec.with_method("generative").max_k == beam
+    assert gen.key([h], 1, False) == gen.key([histories[1]], beam, False)
+    # with exclude_seen it widens with k (and each history's own distinct items, handled per row by the
+    # library): grouped by k
+    assert gen.key([h, ["unknown"]], 3, True) == gen.key([histories[2]], 3, True) != gen.key([h], 4, True)
     fused = MicroBatcher(rec)  # a fixed candidate set: only exclude_seen splits the requests
     assert fused.key([h], 1, False) == fused.key([histories[1]], 10, False) != fused.key([h], 1, True)
 

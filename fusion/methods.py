@@ -31,10 +31,12 @@ rule every method already applies to a candidate missing from the ID model's top
 methods were fitted under: on the min-max scale (fixed, adaptive, learned ``minmax``) the ID part
 is 0, so the fused score is the gate's generative share ``(1 - g) * gr_norm``; on the log-prob
 scales the ID log-prob is the row's lowest top-K one (:meth:`~fusion.candidates.CandidateScores.filled`).
-Measured by ``bench/new_items_fusion.py`` (10% of the demo's synthetic items withheld from training,
-then added): against the alternatives (min-max: the generative score alone; log-prob: the lowest
-ID log-prob of the row's candidates, or no ID mass) these defaults give every method its best
-overall NDCG@10, and new items are neither buried nor flooding the lists (BENCHMARKS.md).
+The rule was not chosen by a measurement: it is the one the methods were fitted under. Checked
+afterwards by ``bench/new_items_fusion.py`` (10% of the demo's synthetic items withheld from
+training, then added; a synthetic check, not a selection): against the alternatives (min-max: the
+generative score alone; log-prob: the lowest ID log-prob of the row's candidates, or no ID mass) it
+gives each method its best overall NDCG@10 there, while new items are neither buried nor flooding
+the lists (BENCHMARKS.md); on Beauty's natural cold items the min-max methods still bury them.
 """
 
 from __future__ import annotations

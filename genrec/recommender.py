@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -302,7 +302,7 @@ class Recommender:
 
         files.write_manifest(d, {"genrec_version": __version__, "method": self.method_name, "models": models,
                                  "fusion_methods": list(self.fusion_methods), "num_items": len(self.item_ids),
-                                 "settings": files.settings_dict(self.settings), "text": self.text})
+                                 "settings": asdict(self.settings), "text": self.text})
         return d
 
     # -- what it holds -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -178,10 +178,6 @@ def load_items(path: Path, item_ids: Sequence[str]) -> list[dict[str, Any]]:
     if len(records) != len(item_ids):
         raise CheckpointError(f"{path}: {len(records)} items, {TABLE} has {len(item_ids)}")
     return records
-
-
-def settings_dict(settings: InferenceSettings) -> dict[str, Any]:
-    return asdict(settings)
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "InferenceSettings", "read_manifest", "write_manifest",

@@ -383,10 +383,12 @@ def evaluate(model: nn.Module, instances: Instances, beam_size: int = 20, ks: Se
 
 def train_generative(split: LeaveOneOutSplit, table: Any, config: GenerativeConfig | None = None,
                      out_dir: str | Path | None = None, progress: bool = True,
-                     on_eval: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+                     on_eval: Callable[[dict[str, float]], None] | None = None,
+                     init: HierarchicalGenerative | None = None) -> TrainResult:
     """Train :class:`HierarchicalGenerative` on ``split.train`` with the semantic IDs of ``table``
     (a :class:`~quantize.semantic_ids.SemanticIdTable`, or anything with ``codes`` and
     ``codebook_sizes``), early-stopping on validation NDCG@10 of a constrained beam search.
+    ``init``: start from a copy of these weights (same codes and architecture) instead of a fresh model.
 
     All positions of every training sequence are targets at once. With ``out_dir``, checkpoints
     are written after each evaluation and a rerun resumes from ``last.pt``.
@@ -397,6 +399,8 @@ def train_generative(split: LeaveOneOutSplit, table: Any, config: GenerativeConf
                               f"{split.num_items}; was it built for another dataset?")
     setup(config)
     model = HierarchicalGenerative(table.codes, table.codebook_sizes, config)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
 
     def loss_fn(m: HierarchicalGenerative, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         inputs, targets = batch

@@ -236,8 +236,10 @@ def evaluate(model: SASRec, instances: Instances, ks=DEFAULT_KS, mask_history: b
 
 
 def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, out_dir: str | Path | None = None,
-                 progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
-    """Train on ``split.train``, early-stop on validation NDCG@10, return the best model.
+                 progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None,
+                 init: SASRec | None = None) -> TrainResult:
+    """Train on ``split.train``, early-stop on validation NDCG@10, return the best model; ``init``: start
+    from a copy of these weights (same catalogue and architecture) instead of a fresh model.
 
     With ``out_dir``: ``best.pt`` (best weights + config) and ``last.pt`` (full training state) are
     written atomically after each evaluation, and a rerun resumes from ``last.pt``.
@@ -246,6 +248,8 @@ def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, ou
     setup(config)
     device = resolve_device(config.device)
     model = SASRec(split.num_items, config).to(device)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
 
     def loss_fn(m: SASRec, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         inputs, targets = (t.to(device) for t in batch)

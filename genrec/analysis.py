@@ -17,7 +17,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from genrec.memorization import (GENERALIZATION_KINDS, GROUPS, KIND_NAMES, Insta
                                  label_names)
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.splits import Instances
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +148,30 @@ def export_labels_jsonl(path: str | Path, labels: InstanceLabels, instances: Ins
 # Tables and chart
 
 
-def _fmt(x: float, digits: int = 4) -> str:
+def format_metric(x: float | None, digits: int = 4) -> str:
+    """A table cell: ``x`` with ``digits`` decimals, ``-`` for a missing (None / NaN) value."""
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+_fmt = format_metric  # the short name this module's tables use
+
+
+def new_figure(figsize: tuple[float, float]) -> "Figure":
+    """A matplotlib figure on its own Agg canvas, so no global backend is touched (for :func:`save_png`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: "Figure", path: str | Path, dpi: int = 120) -> Path:
+    """Lay out ``fig`` and write it as a PNG atomically; returns the path."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def shares_markdown(labels_by_split: Mapping[str, InstanceLabels]) -> str:
@@ -273,6 +298,7 @@ def token_memorization_markdown(rows: Sequence[Mapping[str, float]]) -> str:
 
 __all__ = [
     "CHART_CATEGORIES", "DEFAULT_ANALYSIS_KS", "category_masks", "evaluate_by_category",
-    "evaluate_topk_by_category", "export_labels_jsonl", "label_records", "markdown_table", "plot_categories",
+    "evaluate_topk_by_category", "export_labels_jsonl", "format_metric", "label_records", "markdown_table",
+    "new_figure", "plot_categories", "save_png",
     "shares_markdown", "token_memorization_markdown", "token_memorization_summary",
 ]

@@ -11,8 +11,25 @@ validation and test instances and writes ``label_shares.md`` / ``.json`` and ``l
 ``semantic_ids.json`` (see :func:`load_codes`); adds n-gram prefix memorization
 (``token_memorization.md`` / ``.json``, ``prefix_hops`` in the JSONL). ``--predictions``: top-K item
 index arrays ``[n_test, K]`` in test-instance order; writes ``per_category.md`` / ``.json`` /
-``.png``. Bad inputs raise :class:`~genrec.errors.GenrecError`
-exceptions (one-line messages naming the file or option on the command line).
+``.png``; a ``.npz`` file gives the array named NAME (or ``NAME=FILE.npz:KEY``), so a recipe
+run's ``fusion/topk.npz`` can be read directly.
+
+The paper's semantic-ID analyses (:mod:`genrec.semantic_id_analysis`, :mod:`genrec.codebook_sweep`):
+
+- with ``--codes``: ``support_coverage.md`` / ``.json``, the test generalization instances by the
+  longest memorized code-prefix transition (n-gram, or unseen) and each model's metrics on each;
+- ``--indicator-validation``: ``indicator_validation.md`` / ``.json`` / ``.png``, the AUC of each
+  indicator for memorization vs generalization and for "``--win-pair A B``: A beats B" (default: the
+  first two ``--predictions``). Indicators: the training-count ones of :mod:`fusion.indicators`
+  (with ``--codes`` their prefix versions; with the ``--id-model`` / ``--gr-model`` predictions the
+  transition counts to their top-1), SASRec's MSP and entropy with ``--sasrec CHECKPOINT``, and any
+  ``[n_test]`` arrays of ``--indicators FILE.npz``;
+- ``--sweep-embeddings FILE.npy`` (``[n_items, d]``): ``codebook_sweep.md`` / ``.json`` / ``.png``,
+  the codebook intervention over ``--sweep-sizes`` x ``--sweep-levels``; quick (no training) unless
+  ``--sweep-train-minutes`` / ``--sweep-train-epochs`` give a training budget per configuration.
+
+Bad inputs raise :class:`~genrec.errors.GenrecError` exceptions (one-line messages naming the file
+or option on the command line).
 """
 
 from __future__ import annotations
@@ -26,11 +43,14 @@ import numpy as np
 from genrec.analysis import (evaluate_topk_by_category, export_labels_jsonl, markdown_table, plot_categories,
                              shares_markdown, token_memorization_markdown, token_memorization_summary)
 from genrec.artifacts import atomic_write_text, save_json
+from genrec.codebook_sweep import codebook_sweep, config_grid, plot_sweep, sweep_markdown
 from genrec.commands.common import TABLE_FILE, load_semantic_id_table, load_split
 from genrec.data import SequenceDataset
 from genrec.errors import ConfigError, DataFormatError, GenrecError
 from genrec.memorization import DEFAULT_MAX_HOP, TransitionGraph, label_instances, token_memorization
 from genrec.metrics import ranks_from_topk
+from genrec.semantic_id_analysis import (indicator_validation, indicator_validation_markdown,
+                                         plot_indicator_validation, support_coverage, support_coverage_markdown)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +74,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default=None, help="metric of the bar chart (default ndcg@<largest K <= 10>)")
     p.add_argument("--token-hop", type=int, default=1,
                    help="prefix memorization counts up to this hop in the summary (default 1: strict)")
+    g = p.add_argument_group("semantic-ID analyses (arXiv 2603.19809, sections 4.2-4.4)")
+    g.add_argument("--indicator-validation", action="store_true",
+                   help="AUC of each indicator for memorization vs generalization and for which model wins")
+    g.add_argument("--win-pair", nargs=2, metavar=("A", "B"),
+                   help="the two --predictions models of the win AUC (default: the first two)")
+    g.add_argument("--id-model", default="sasrec", help="--predictions name of the item-ID model (default sasrec)")
+    g.add_argument("--gr-model", default="gr", help="--predictions name of the generative model (default gr)")
+    g.add_argument("--sasrec", metavar="CHECKPOINT", help="SASRec checkpoint (best.pt or its directory): adds "
+                                                          "its MSP and entropy as indicators")
+    g.add_argument("--generative", metavar="CHECKPOINT",
+                   help="generative model checkpoint (best.pt or its directory): a test beam search adds its "
+                        "confidence (top-1 log-probability, margin) as indicators; its top-1 replaces --gr-model's")
+    g.add_argument("--beam", type=int, default=20, help="beam size of --generative (default 20)")
+    g.add_argument("--indicators", metavar="FILE.npz", help="extra indicators: named [n_test] arrays")
+    g.add_argument("--sweep-embeddings", metavar="FILE.npy",
+                   help="item embeddings [n_items, d]: run the codebook intervention sweep on them")
+    g.add_argument("--sweep-sizes", type=int, nargs="+", default=[64, 256, 1024],
+                   help="codebook sizes of the sweep (default 64 256 1024)")
+    g.add_argument("--sweep-levels", type=int, nargs="+", default=[2, 3, 4],
+                   help="code levels of the sweep (default 2 3 4)")
+    g.add_argument("--sweep-method", default="rq_kmeans", help="quantizer of the sweep (default rq_kmeans)")
+    g.add_argument("--sweep-seed", type=int, default=0, help="quantizer seed of the sweep (default 0)")
+    g.add_argument("--sweep-train-minutes", type=float,
+                   help="also train a generative model per configuration for at most this many minutes "
+                        "(expensive: a benchmark, not the quick mode)")
+    g.add_argument("--sweep-train-epochs", type=int,
+                   help="also train a generative model per configuration for at most this many epochs")
 
 
 def load_codes(path: str | Path, dataset: SequenceDataset) -> np.ndarray:
@@ -177,12 +224,18 @@ def _parse_predictions(pairs: list[str], n_test: int, num_items: int) -> dict[st
         name, sep, file = pair.partition("=")
         if not sep or not name or not file:
             raise ConfigError(f"--predictions expects NAME=FILE, got {pair!r}")
+        key = None
+        if ".npz:" in file:  # FILE.npz:KEY
+            file, _, key = file.rpartition(":")
         if not Path(file).is_file():
             raise DataFormatError(f"--predictions {name}: file {file} not found")
-        try:
-            topk = np.load(file, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise DataFormatError(f"{file}: not a readable .npy array ({e})") from None
+        if file.endswith(".npz"):
+            topk = _npz_array(file, key or name)
+        else:
+            try:
+                topk = np.load(file, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise DataFormatError(f"{file}: not a readable .npy array ({e})") from None
         if topk.ndim != 2 or topk.shape[0] != n_test or not np.issubdtype(topk.dtype, np.integer):
             raise DataFormatError(f"{file}: expected integer top-K item indices [{n_test}, K], "
                                   f"got {topk.dtype} {topk.shape}")
@@ -192,7 +245,96 @@ def _parse_predictions(pairs: list[str], n_test: int, num_items: int) -> dict[st
     return out
 
 
+def _npz_array(file: str | Path, key: str) -> np.ndarray:
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            if key not in z.files:
+                raise DataFormatError(f"{file}: no array named {key!r} (has {', '.join(z.files)})")
+            return z[key]
+    except (ValueError, OSError, EOFError) as e:
+        raise DataFormatError(f"{file}: not a readable .npz archive ({e})") from None
+
+
+def _read_indicator_file(path: str, n_test: int) -> dict[str, np.ndarray]:
+    if not Path(path).is_file():
+        raise DataFormatError(f"--indicators: file {path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, AttributeError) as e:
+        raise DataFormatError(f"{path}: not a readable .npz archive ({e})") from None
+    for k, v in arrays.items():
+        if v.shape != (n_test,) or not np.issubdtype(v.dtype, np.number) or not np.isfinite(v).all():
+            raise DataFormatError(f"{path}: indicator {k!r} must be [{n_test}] finite numbers, got {v.dtype} {v.shape}")
+    return arrays
+
+
+def _read_embeddings(path: str, num_items: int) -> np.ndarray:
+    if not Path(path).is_file():
+        raise DataFormatError(f"--sweep-embeddings: file {path} not found")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataFormatError(f"{path}: not a readable .npy array ({e})") from None
+    if x.ndim != 2 or x.shape[0] != num_items or not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
+        raise DataFormatError(f"{path}: expected finite float embeddings [{num_items}, d] (one row per item), "
+                              f"got {x.dtype} {x.shape}")
+    return x.astype(np.float32)
+
+
+def _indicators(args: argparse.Namespace, split, codes: np.ndarray | None, preds: dict[str, np.ndarray],
+                extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Indicator columns of the test instances from what the command line gives."""
+    from fusion.indicators import TrainStats, compute_indicators  # fusion builds on genrec: import on use
+
+    summary = None
+    if args.sasrec:
+        from genrec.sasrec import load_sasrec, softmax_summary
+
+        model = load_sasrec(args.sasrec)
+        if model.num_items != split.num_items:
+            raise DataFormatError(f"--sasrec {args.sasrec}: the model has {model.num_items} items but the dataset "
+                                  f"has {split.num_items} (a model of another dataset?)")
+        summary = softmax_summary(model, split.test)
+    gr_items, gr_log_probs = preds.get(args.gr_model), None
+    if args.generative:
+        from genrec.generative import load_generative, recommend
+
+        if args.beam < 1:
+            raise ConfigError(f"--beam must be >= 1, got {args.beam}")
+        gen = load_generative(args.generative)
+        if gen.num_items != split.num_items:
+            raise DataFormatError(f"--generative {args.generative}: the model has {gen.num_items} items but the "
+                                  f"dataset has {split.num_items} (a model of another dataset?)")
+        beam = recommend(gen, split.test, args.beam)
+        gr_items, gr_log_probs = beam.items, beam.log_probs
+    stats = TrainStats(split.train, split.num_items, codes)
+    ind = compute_indicators(split.test, stats, id_summary=summary, id_items=preds.get(args.id_model),
+                             gr_items=gr_items, gr_log_probs=gr_log_probs)
+    return {**{name: ind.column(name) for name in ind.names}, **extra}
+
+
+def _sweep_train_config(args: argparse.Namespace):
+    if args.sweep_train_minutes is None and args.sweep_train_epochs is None:
+        return None
+    from genrec.generative import GenerativeConfig
+
+    cfg = GenerativeConfig()
+    if args.sweep_train_minutes is not None:
+        if args.sweep_train_minutes <= 0:
+            raise ConfigError(f"--sweep-train-minutes must be > 0, got {args.sweep_train_minutes}")
+        cfg.max_minutes = args.sweep_train_minutes
+    if args.sweep_train_epochs is not None:
+        if args.sweep_train_epochs < 1:
+            raise ConfigError(f"--sweep-train-epochs must be >= 1, got {args.sweep_train_epochs}")
+        cfg.max_epochs = args.sweep_train_epochs
+        cfg.eval_every = min(cfg.eval_every, cfg.max_epochs)
+    return cfg
+
+
 def run(args: argparse.Namespace) -> int:
+    from quantize.pipeline import METHODS  # quantize (faiss) loaded when the command runs, not at CLI start-up
+
     out = Path(args.out)
     if args.max_hop < 1:
         raise ConfigError(f"--max-hop must be >= 1, got {args.max_hop}")
@@ -206,6 +348,21 @@ def run(args: argparse.Namespace) -> int:
     if bad_ks:
         raise ConfigError(f"--ks {' '.join(map(str, bad_ks))}: cutoffs must be >= 1 and at most the ranked-list "
                           f"length {k_list}" if preds else f"--ks {' '.join(map(str, bad_ks))}: cutoffs must be >= 1")
+
+    if args.win_pair and not all(name in preds for name in args.win_pair):
+        raise ConfigError(f"--win-pair {' '.join(args.win_pair)}: both must be --predictions names "
+                          f"(have {', '.join(preds) or 'none'})")
+    embeddings = _read_embeddings(args.sweep_embeddings, dataset.num_items) if args.sweep_embeddings else None
+    if embeddings is not None and args.sweep_method.lower().replace("-", "_") not in METHODS:
+        raise ConfigError(f"--sweep-method {args.sweep_method!r}: choose from {', '.join(METHODS)}")
+    try:
+        sweep = config_grid(args.sweep_sizes, args.sweep_levels) if embeddings is not None else []
+    except ValueError as e:
+        raise ConfigError(f"--sweep-sizes / --sweep-levels: {e}") from None
+    train_config = _sweep_train_config(args)
+    if args.token_hop < 1:
+        raise ConfigError(f"--token-hop must be >= 1, got {args.token_hop}")
+    extra = _read_indicator_file(args.indicators, len(split.test)) if args.indicators else {}
 
     graph = TransitionGraph(split.train, dataset.num_items, args.max_hop)
     parts = {"valid": split.valid, "test": split.test}
@@ -224,14 +381,44 @@ def run(args: argparse.Namespace) -> int:
                             token=tokens.get(name))
 
     ranks = {name: ranks_from_topk(topk, split.test.targets) for name, topk in preds.items()}
+    k_main = max((k for k in ks if k <= 10), default=ks[0])  # K of the summaries: 10, or the nearest below
     if codes is not None:
-        k_tok = max((k for k in ks if k <= 10), default=ks[0])
-        rows = token_memorization_summary(tokens["test"], labels["test"], ranks, k=k_tok, hop=args.token_hop)
+        rows = token_memorization_summary(tokens["test"], labels["test"], ranks, k=k_main, hop=args.token_hop)
         md = token_memorization_markdown(rows)
         print(f"test generalization instances that are n-gram prefix memorized (hop <= {args.token_hop})\n")
         print(md)
         atomic_write_text(out / "token_memorization.md", md)
-        save_json(out / "token_memorization.json", {"hop": args.token_hop, "k": k_tok, "rows": rows})
+        save_json(out / "token_memorization.json", {"hop": args.token_hop, "k": k_main, "rows": rows})
+        rows = support_coverage(tokens["test"], labels["test"], ranks, k=k_main, hop=args.token_hop)
+        md = support_coverage_markdown(rows)
+        print(f"test generalization instances by their longest memorized code-prefix transition "
+              f"(hop <= {args.token_hop})\n")
+        print(md)
+        atomic_write_text(out / "support_coverage.md", md)
+        save_json(out / "support_coverage.json", {"hop": args.token_hop, "k": k_main, "rows": rows})
+
+    if args.indicator_validation:
+        pair = args.win_pair or (list(preds)[:2] if len(preds) >= 2 else None)
+        result = indicator_validation(_indicators(args, split, codes, preds, extra), labels["test"], ranks, pair,
+                                      k=k_main)
+        md = indicator_validation_markdown(result)
+        print("test indicator validation (ROC AUC; < 0.5: low values point to the positive class)\n")
+        print(md)
+        atomic_write_text(out / "indicator_validation.md", md)
+        save_json(out / "indicator_validation.json", result)
+        plot_indicator_validation(result, out / "indicator_validation.png", title=f"{dataset.name} test indicators")
+
+    if sweep:
+        rows = codebook_sweep(split, embeddings, sweep, labels["test"], method=args.sweep_method,
+                              seed=args.sweep_seed, max_hop=args.max_hop, hop=args.token_hop,
+                              train_config=train_config, k=k_main)
+        md = sweep_markdown(rows)
+        print(f"codebook intervention ({args.sweep_method}; test instances, prefix hop <= {args.token_hop})\n")
+        print(md)
+        atomic_write_text(out / "codebook_sweep.md", md)
+        save_json(out / "codebook_sweep.json", {"method": args.sweep_method, "seed": args.sweep_seed,
+                                                "hop": args.token_hop, "rows": rows})
+        plot_sweep(rows, out / "codebook_sweep.png", title=f"{dataset.name}: codebook intervention")
 
     if preds:
         results = {name: evaluate_topk_by_category(topk, split.test.targets, labels["test"], ks)

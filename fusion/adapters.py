@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from fusion.candidates import CandidateScores, Scorer, build_candidates
 from fusion.indicators import Indicators, TrainStats, compute_indicators
@@ -40,11 +39,12 @@ def id_tower_histories(histories: Instances | Sequence[np.ndarray], num_items: i
     return out
 
 
-def sasrec_outputs(model, instances: Instances | Sequence[np.ndarray], k: int = 50, batch_size: int = 1024
-                   ) -> dict[str, np.ndarray]:
+def sasrec_outputs(model, instances: Instances | Sequence[np.ndarray], k: int = 50, batch_size: int = 1024,
+                   item_chunk: int | None = None) -> dict[str, np.ndarray]:
     """``items [n, k]``, ``log_probs [n, k]`` (best first), ``max_prob [n]`` and ``entropy [n]``; a
-    history with no item SASRec knows gets no items (``-1``, ``-inf``) and the uniform MSP / entropy."""
-    from genrec.sasrec import iter_logits
+    history with no item SASRec knows gets no items (``-1``, ``-inf``) and the uniform MSP / entropy.
+    A large catalogue is scored in item chunks (``genrec.sasrec.softmax_topk``), never users x catalogue."""
+    from genrec.sasrec import softmax_topk
 
     hist = id_tower_histories(instances, model.num_items)
     n = len(hist)
@@ -53,20 +53,18 @@ def sasrec_outputs(model, instances: Instances | Sequence[np.ndarray], k: int = 
     ent = np.full(n, np.log(model.num_items), np.float32)
     live = np.flatnonzero([len(h) > 0 for h in hist])
     if len(live):
-        for rows, logits in iter_logits(model, [hist[j] for j in live], batch_size):
-            r = live[rows]
-            lp = torch.log_softmax(logits, -1)
-            v, i = lp.topk(k, dim=-1)
-            items[r], logp[r] = i.numpy(), v.numpy()
-            msp[r] = v[:, 0].exp().numpy()
-            ent[r] = (-(lp.exp() * lp).sum(-1)).numpy()
+        out = softmax_topk(model, [hist[j] for j in live], k, batch_size, item_chunk)
+        items[live], logp[live] = out["items"], out["log_probs"]
+        msp[live], ent[live] = out["max_prob"], out["entropy"]
     return {"items": items, "log_probs": logp, "max_prob": msp, "entropy": ent}
 
 
-def sasrec_scorer(model, instances: Instances | Sequence[np.ndarray], batch_size: int = 1024) -> Scorer:
+def sasrec_scorer(model, instances: Instances | Sequence[np.ndarray], batch_size: int = 1024,
+                  item_chunk: int | None = None) -> Scorer:
     """Callback: SASRec log-probs of candidates ``[n, C]``; ``-1`` (padding) and items SASRec cannot
-    score (index ``>= model.num_items``, or a history with no item it knows) -> NaN."""
-    from genrec.sasrec import iter_logits
+    score (index ``>= model.num_items``, or a history with no item it knows) -> NaN. A large catalogue
+    is scored in item chunks (``genrec.sasrec.log_probs_of``)."""
+    from genrec.sasrec import log_probs_of
 
     hist = id_tower_histories(instances, model.num_items)
     live = np.flatnonzero([len(h) > 0 for h in hist])
@@ -75,12 +73,10 @@ def sasrec_scorer(model, instances: Instances | Sequence[np.ndarray], batch_size
         out = np.full(cands.shape, np.nan, np.float32)
         if not len(live):
             return out
-        for rows, logits in iter_logits(model, [hist[j] for j in live], batch_size):
-            r = live[rows]
-            c = torch.from_numpy(np.asarray(cands[r], np.int64))
-            known = (c >= 0) & (c < model.num_items)
-            lp = torch.log_softmax(logits, -1).gather(1, c.clamp(0, model.num_items - 1))
-            out[r] = torch.where(known, lp, torch.nan).numpy()
+        c = np.asarray(cands[live], np.int64)
+        known = (c >= 0) & (c < model.num_items)
+        lp = log_probs_of(model, [hist[j] for j in live], c.clip(0, model.num_items - 1), batch_size, item_chunk)
+        out[live] = np.where(known, lp, np.nan)
         return out
 
     return score

@@ -6,6 +6,11 @@ reports NDCG@10 0.0436 on Beauty this way, against 0.0318 for the original BCE l
 Conventions (:mod:`genrec.batching`): dataset item indices are 0-based; inside the model index 0 is
 padding, so item ``i`` is token ``i + 1``. Histories are right-aligned (most recent item last) and
 left-padded. The transformer blocks and the attention mask live in :mod:`genrec.layers`.
+
+Large catalogues: ``SASRecConfig.loss`` picks the full cross-entropy (default), the same loss
+streamed over item chunks (``"chunked"``, exact) or a sampled softmax with log-Q correction
+(``"sampled"``); inference and evaluation score a batch x catalogue logit matrix at once only while
+it stays under :data:`LOGIT_BUDGET` entries, and in item chunks beyond (same ranks, same top-k).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.errors import CheckpointNotFoundError, ConfigError
 from genrec.layers import Block, attention_mask
-from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
+from genrec.metrics import DEFAULT_KS, merge_topk, metrics_from_ranks, ranks_from_score_chunks
 from genrec.splits import Instances, LeaveOneOutSplit
 from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
 
@@ -62,10 +67,37 @@ class SASRecConfig:
     # the training data how often people re-consume (on Amazon 5-core: never) instead of relying on
     # evaluation-time masking, which the full-ranking protocol does not allow.
     repeat_bias: bool = True
+    # The training loss (see :func:`sasrec_loss`). "full" builds a [positions, num_items] logit
+    # matrix: fastest while that fits (every result so far uses it). "chunked" is the same
+    # cross-entropy, exact, streamed over ``loss_chunk`` items at a time, so memory no longer grows
+    # with positions x catalogue. "sampled" is a softmax over the target and ``num_negatives`` items
+    # shared by the batch, drawn from ``negatives`` ("uniform", or "popularity": training frequency)
+    # with log-Q correction: approximate, but its cost no longer grows with the catalogue.
+    loss: str = "full"
+    loss_chunk: int = 8192  # positions x loss_chunk floats at a time: ~200 MB for 6400 positions
+    num_negatives: int = 1024
+    negatives: str = "uniform"
 
     def __post_init__(self) -> None:
         check_nonfinite_loss(self.nonfinite_loss)
         resolve_device(self.device)
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
+        if self.negatives not in NEGATIVES:
+            raise ConfigError(f"negatives must be one of {list(NEGATIVES)}, got {self.negatives!r}")
+        for key in ("loss_chunk", "num_negatives"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+#: values of :attr:`SASRecConfig.loss` and :attr:`SASRecConfig.negatives`
+LOSSES = ("full", "chunked", "sampled")
+NEGATIVES = ("uniform", "popularity")
+#: inference computes at most this many logits (rows x items, 128 MB of float32) at once; a larger
+#: batch x catalogue is scored in item chunks. 1024-row batches stay one chunk up to 32k items (the
+#: Amazon catalogues, 12k-18k items, keep their unchunked numbers); at 1M items, 32k-item chunks.
+LOGIT_BUDGET = 2 ** 25
 
 
 def resolve_device(name: str) -> torch.device:
@@ -118,23 +150,30 @@ class SASRec(nn.Module):
             x = block(x, allowed, pad)
         return self.ln_out(x)
 
-    def item_logits(self, hidden: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden ``[P, H]`` -> logits over the catalogue ``[P, num_items]`` (tied embeddings).
+    def item_logits(self, hidden: torch.Tensor, seen: torch.Tensor | None = None, start: int = 0,
+                    stop: int | None = None) -> torch.Tensor:
+        """hidden ``[P, H]`` -> logits of items ``start .. stop - 1`` ``[P, stop - start]`` (tied
+        embeddings; default: the whole catalogue).
 
         ``seen`` ``[P, S]``: tokens already consumed before each row's prediction (0 = none); they
         get the learned repeat bias.
         """
-        logits = hidden @ self.item_emb.weight[1:].T
+        stop = self.num_items if stop is None else stop
+        logits = hidden @ self.item_emb.weight[1 + start:1 + stop].T
         if self.repeat_bias is not None and seen is not None:
             rows = torch.arange(len(seen), device=seen.device)[:, None].expand_as(seen)
-            real = seen > 0
+            real = (seen > start) & (seen <= stop)  # token = item + 1: the items of this range
             # Each (row, item) pair gets the bias once, however often the item was seen.
-            logits = _add_once(logits, rows[real], seen[real] - 1, self.repeat_bias)
+            logits = _add_once(logits, rows[real], seen[real] - 1 - start, self.repeat_bias, inplace=True)
         return logits
+
+    def last_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The state after the last position, ``[B, L]`` -> ``[B, H]``, whose item logits predict the next item."""
+        return self.forward(tokens)[:, -1]
 
     def last_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Next-item logits after the last position: ``[B, L]`` -> ``[B, num_items]``."""
-        return self.item_logits(self.forward(tokens)[:, -1], seen=tokens)
+        return self.item_logits(self.last_hidden(tokens), seen=tokens)
 
     def position_logits(self, tokens: torch.Tensor, hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Logits at every ``valid`` position (``[B, L]`` bool) of a training batch -> ``[P, num_items]``;
@@ -143,14 +182,171 @@ class SASRec(nn.Module):
         return self.item_logits(hidden[b, t], seen=seen_tokens(tokens, b, t))  # seen: [P, L]
 
 
-def _add_once(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _add_once(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, bias: torch.Tensor,
+              inplace: bool = False) -> torch.Tensor:
     """``logits`` with ``bias`` added at each distinct (row, col) pair (duplicates count once).
 
-    Touches only those entries, not the whole ``[P, num_items]`` matrix.
+    Touches only those entries, not the whole ``[P, num_items]`` matrix; ``inplace`` writes them into
+    ``logits`` itself (for a fresh matmul output, whose backward does not need it): a copy of the
+    matrix per call cost more than the matmul at 1M items.
     """
     flat = torch.unique(rows * logits.shape[1] + cols)
     rows, cols = flat // logits.shape[1], flat % logits.shape[1]
-    return logits.index_put((rows, cols), logits[rows, cols] + bias)
+    put = logits.index_put_ if inplace else logits.index_put
+    return put((rows, cols), logits[rows, cols] + bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses that never hold a positions x catalogue logit matrix
+
+
+def _seen_pairs(seen: torch.Tensor | None, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct ``(row [S], item [S])`` pairs of the real tokens of ``seen`` ``[P, L]`` (empty for None),
+    sorted by ``row * num_items + item``: the entries that get the repeat bias, once each."""
+    if seen is None:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty
+    rows = torch.arange(len(seen), device=seen.device)[:, None].expand_as(seen)
+    real = seen > 0
+    flat = torch.unique(rows[real] * num_items + seen[real] - 1)
+    return flat // num_items, flat % num_items
+
+
+def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor,
+                  cols: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Logits ``[P, stop - start]`` of items ``start .. stop - 1`` with the bias at the seen pairs (distinct,
+    so ``accumulate`` adds it once) -- what ``SASRec.item_logits`` gives for that range."""
+    logits = hidden @ weight[start:stop].T
+    if bias is not None:
+        sel = (cols >= start) & (cols < stop)
+        logits.index_put_((rows[sel], cols[sel] - start), bias.expand(int(sel.sum())), accumulate=True)
+    return logits
+
+
+class _ChunkedLogSumExp(torch.autograd.Function):
+    """``logsumexp`` over the catalogue of the item logits, streamed over item chunks in both passes:
+    backward recomputes each chunk's logits (twice the matmuls of the full loss) instead of keeping
+    them, so memory is ``P x chunk`` rather than ``P x num_items``."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, rows, cols, chunk):  # type: ignore[override]
+        # hidden [P, H], weight [N, H] (items only), bias [] or None, rows / cols [S] seen pairs
+        lse = torch.full((hidden.shape[0],), -torch.inf, dtype=hidden.dtype, device=hidden.device)
+        for start in range(0, weight.shape[0], chunk):
+            part = _chunk_logits(hidden, weight, bias, rows, cols, start, start + chunk).logsumexp(-1)
+            lse = torch.logaddexp(lse, part)  # [P]
+        ctx.chunk = chunk
+        ctx.save_for_backward(hidden, weight, bias, rows, cols, lse)
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        hidden, weight, bias, rows, cols, lse = ctx.saved_tensors
+        grad_h, grad_w = torch.zeros_like(hidden), torch.zeros_like(weight)
+        grad_b = torch.zeros_like(bias) if bias is not None else None
+        for start in range(0, weight.shape[0], ctx.chunk):
+            stop = min(start + ctx.chunk, weight.shape[0])
+            # d lse / d logits = softmax: [P, chunk], scaled by the incoming gradient
+            p = (_chunk_logits(hidden, weight, bias, rows, cols, start, stop) - lse[:, None]).exp() * grad[:, None]
+            grad_h += p @ weight[start:stop]
+            grad_w[start:stop] = p.T @ hidden
+            if grad_b is not None:
+                sel = (cols >= start) & (cols < stop)
+                grad_b += p[rows[sel], cols[sel] - start].sum()
+        return grad_h, grad_w, grad_b, None, None, None
+
+
+def _target_logits(model: SASRec, hidden: torch.Tensor, seen: torch.Tensor | None, targets: torch.Tensor,
+                   target_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``[P]`` logit of each row's target item, as in ``item_logits`` (with the repeat bias when seen);
+    ``target_weights``: the targets' embedding rows ``[P, H]`` when the caller has gathered them."""
+    w = model.item_emb.weight[targets + 1] if target_weights is None else target_weights
+    logits = (hidden * w).sum(-1)
+    if model.repeat_bias is not None and seen is not None:
+        logits = logits + model.repeat_bias * (seen == targets[:, None] + 1).any(1)
+    return logits
+
+
+def chunked_cross_entropy(model: SASRec, hidden: torch.Tensor, seen: torch.Tensor | None, targets: torch.Tensor,
+                          chunk: int) -> torch.Tensor:
+    """Mean cross-entropy of ``targets`` ``[P]`` (item indices) under ``model.item_logits(hidden [P, H], seen)``,
+    exact (the full softmax, value and gradients) but computed ``chunk`` items at a time."""
+    rows, cols = _seen_pairs(seen if model.repeat_bias is not None else None, model.num_items)
+    lse = _ChunkedLogSumExp.apply(hidden, model.item_emb.weight[1:], model.repeat_bias, rows.to(hidden.device),
+                                  cols.to(hidden.device), int(chunk))
+    return (lse - _target_logits(model, hidden, seen, targets)).mean()
+
+
+class NegativeSampler:
+    """Negatives for :func:`sampled_softmax_loss`: ``draw()`` gives ``num`` item indices (with
+    replacement, torch's seeded RNG) and ``log_q`` ``[num_items]`` the log-probability of drawing each.
+
+    ``"uniform"``, or ``"popularity"``: each item's count in ``sequences`` plus one (so every item can
+    be drawn), the usual choice when a few items take most interactions.
+    """
+
+    def __init__(self, num_items: int, num: int, kind: str = "uniform", sequences: list[np.ndarray] | None = None,
+                 device: torch.device | str = "cpu"):
+        if kind not in NEGATIVES:
+            raise ConfigError(f"negatives must be one of {list(NEGATIVES)}, got {kind!r}")
+        self.num_items, self.num, self.kind = num_items, int(num), kind
+        if kind == "uniform":
+            self.q = None
+            self.log_q = torch.full((num_items,), -math.log(num_items), device=device)
+        else:
+            flat = np.concatenate([np.asarray(s, np.int64) for s in sequences]) if sequences else np.zeros(0, np.int64)
+            counts = np.bincount(flat, minlength=num_items)[:num_items].astype(np.float64) + 1.0
+            self.q = torch.as_tensor(counts / counts.sum(), dtype=torch.float32, device=device)
+            self.log_q = self.q.log()
+
+    def draw(self) -> torch.Tensor:
+        """``[num]`` sampled item indices."""
+        if self.q is None:
+            return torch.randint(self.num_items, (self.num,), device=self.log_q.device)
+        return torch.multinomial(self.q, self.num, replacement=True)
+
+
+def sampled_softmax_loss(model: SASRec, hidden: torch.Tensor, seen: torch.Tensor | None, targets: torch.Tensor,
+                         negatives: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Mean sampled-softmax cross-entropy: each row's target against the ``negatives`` ``[K]`` shared by
+    all rows, every logit minus ``log_q`` of its item (log-Q correction, so that the sampled softmax
+    estimates the full one rather than one biased toward often-drawn items); a negative equal to the
+    row's target is left out (an accidental hit)."""
+    # one gather of the rows needed: each gather's backward fills a dense [num_items, H] gradient
+    weights = model.item_emb.weight[torch.cat([targets, negatives]) + 1]  # [P + K, H]
+    pos = _target_logits(model, hidden, seen, targets, weights[:len(targets)]) - log_q[targets]  # [P]
+    neg = hidden @ weights[len(targets):].T  # [P, K]
+    if model.repeat_bias is not None and seen is not None:
+        # seen negatives found from the seen pairs' side ([S] lookups among the distinct negatives),
+        # not by testing all P x K (row, negative) pairs, whose sort dominated the step at 1M items
+        rows, cols = _seen_pairs(seen, model.num_items)
+        distinct, inverse = torch.unique(negatives, return_inverse=True)  # [U], [K]
+        at = torch.searchsorted(distinct, cols).clamp(max=len(distinct) - 1)
+        hit = distinct[at] == cols
+        seen_neg = torch.zeros(len(hidden), len(distinct), dtype=torch.bool, device=hidden.device)
+        seen_neg[rows[hit], at[hit]] = True
+        neg = neg + model.repeat_bias * seen_neg[:, inverse]
+    neg = (neg - log_q[negatives]).masked_fill(negatives[None] == targets[:, None], -torch.inf)
+    logits = torch.cat([pos[:, None], neg], 1)  # [P, 1 + K], the target first
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
+def sasrec_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, config: SASRecConfig,
+                sampler: NegativeSampler | None = None) -> tuple[torch.Tensor, int]:
+    """``(mean loss, positions)`` of a training batch (token matrices ``[B, L]``, targets 0 at padding)
+    under ``config.loss``; ``"sampled"`` needs a ``sampler``."""
+    hidden = model(inputs)  # [B, L, H]
+    valid = targets > 0
+    if config.loss == "full":
+        logits = model.position_logits(inputs, hidden, valid)  # [P, num_items], only real positions
+        return F.cross_entropy(logits, targets[valid] - 1), int(valid.sum())
+    b, t = valid.nonzero(as_tuple=True)
+    h, seen, y = hidden[b, t], seen_tokens(inputs, b, t), targets[valid] - 1  # [P, H], [P, L], [P]
+    if config.loss == "chunked":
+        return chunked_cross_entropy(model, h, seen, y, config.loss_chunk), int(valid.sum())
+    if sampler is None:
+        raise ValueError("loss 'sampled' needs a NegativeSampler")
+    return sampled_softmax_loss(model, h, seen, y, sampler.draw(), sampler.log_q), int(valid.sum())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,16 +359,29 @@ def iter_logits(model: SASRec, instances: Instances | list[np.ndarray], batch_si
 
     Rows come grouped by history length (less padding), so callers scatter results by ``rows``.
     A history item outside the catalogue (e.g. -1) is a ValueError naming the instance, raised here
-    rather than at the first ``next``.
+    rather than at the first ``next``. Each batch holds batch x catalogue logits: for a large
+    catalogue use the chunked functions below (:func:`softmax_topk`, :func:`log_probs_of`, :func:`evaluate`).
     """
-    histories = instances.histories if isinstance(instances, Instances) else instances
-    check_histories(histories, model.num_items)
-    return _iter_logits(model, histories, batch_size)
+    return _iter_logits(model, _checked(model, instances), batch_size)  # checked before the generator starts
 
 
 @torch.no_grad()
 def _iter_logits(model: SASRec, histories: list[np.ndarray], batch_size: int
                  ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    for rows, hidden, tokens in _iter_states(model, histories, batch_size):
+        yield rows, model.item_logits(hidden, seen=tokens).float().cpu()
+
+
+def _checked(model: SASRec, instances: Instances | list[np.ndarray]) -> list[np.ndarray]:
+    histories = instances.histories if isinstance(instances, Instances) else instances
+    check_histories(histories, model.num_items)
+    return histories
+
+
+@torch.no_grad()
+def _iter_states(model: SASRec, histories: list[np.ndarray], batch_size: int
+                 ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """``(rows, last hidden states [b, H], tokens [b, L])`` per batch, on the model's device (eval mode)."""
     order = np.argsort([min(len(h), model.config.max_len) for h in histories], kind="stable")
     was_training = model.training
     if was_training:  # eval() walks every module: skip it for the usual, already-evaluating model
@@ -181,23 +390,116 @@ def _iter_logits(model: SASRec, histories: list[np.ndarray], batch_size: int
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             tokens = histories_to_tokens([histories[r] for r in rows], model.config.max_len)
-            yield rows, model.last_logits(tokens.to(model.item_emb.weight.device)).float().cpu()
+            tokens = tokens.to(model.item_emb.weight.device)
+            yield rows, model.last_hidden(tokens), tokens
     finally:
         if was_training:
             model.train()
 
 
-def predict_topk(model: SASRec, instances: Instances | list[np.ndarray], k: int = 50,
-                 batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` items per instance: ``(items [n, k] int64, log-probs [n, k] float32)``, best first."""
-    n = len(instances)
-    items = np.zeros((n, k), dtype=np.int64)
-    logp = np.zeros((n, k), dtype=np.float32)
-    for rows, logits in iter_logits(model, instances, batch_size):
-        lp = torch.log_softmax(logits, -1)
+def item_chunk_size(rows: int, num_items: int, item_chunk: int | None = None) -> int:
+    """Items scored at once for a batch of ``rows``: ``item_chunk`` when given, else as many as
+    :data:`LOGIT_BUDGET` allows (the whole catalogue when it fits, which keeps the unchunked results)."""
+    if item_chunk is not None:
+        if item_chunk < 1:
+            raise ValueError(f"item_chunk must be >= 1, got {item_chunk}")
+        return min(int(item_chunk), num_items)
+    return max(1, min(num_items, LOGIT_BUDGET // max(1, rows)))
+
+
+def _chunk_scorer(model: SASRec, hidden: torch.Tensor, tokens: torch.Tensor
+                  ) -> Callable[[np.ndarray | None, int, int], torch.Tensor]:
+    """``score(rows, start, stop)``: CPU float32 logits ``[len(rows), stop - start]`` of items
+    ``start .. stop - 1`` for those rows of the batch (None: every row, the batch's tensors as they are)."""
+    def score(rows: np.ndarray | None, start: int, stop: int) -> torch.Tensor:
+        with torch.no_grad():
+            if rows is None:
+                return model.item_logits(hidden, tokens, start, stop).float().cpu()
+            idx = torch.as_tensor(rows, dtype=torch.long, device=hidden.device)
+            return model.item_logits(hidden[idx], tokens[idx], start, stop).float().cpu()
+    return score
+
+
+def _batch_softmax_topk(score: Callable[[np.ndarray | None, int, int], torch.Tensor], num_items: int, k: int,
+                        chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(items [b, k], log-probs [b, k], max prob [b], entropy [b])`` of one batch's softmax; over item
+    chunks (a streamed logsumexp and a running top-k) when ``chunk`` is smaller than the catalogue."""
+    if chunk >= num_items:  # the unchunked computation, exactly as before chunking existed
+        lp = torch.log_softmax(score(None, 0, num_items), -1)
         v, i = lp.topk(k, dim=-1)
-        items[rows], logp[rows] = i.numpy(), v.numpy()
-    return items, logp
+        return i, v, v[:, 0].exp(), -(lp.exp() * lp).sum(-1)
+    best_v = best_i = None
+    m = s = t = None  # running max, sum of exp(z - m), sum of exp(z - m) * z: each [b]
+    for start in range(0, num_items, chunk):
+        z = score(None, start, min(start + chunk, num_items))  # [b, w]
+        m_new = z.max(-1).values if m is None else torch.maximum(m, z.max(-1).values)
+        e = z.sub(m_new[:, None]).exp_()  # [b, w], one temporary
+        e_sum, ez_sum = e.sum(-1), torch.bmm(e[:, None, :], z[:, :, None])[:, 0, 0]  # sum e, sum e * z: [b]
+        if m is None:
+            s, t = e_sum, ez_sum
+        else:
+            scale = (m - m_new).exp()  # re-base the sums kept so far on the new maximum
+            s, t = s * scale + e_sum, t * scale + ez_sum
+        m = m_new
+        v, i = z.topk(min(k, z.shape[1]), dim=-1)  # this chunk's best, then merged: [b, <= k]
+        best_v, best_i = merge_topk(best_v, best_i, v, i + start, k)
+    lse = m + s.log()
+    # H = -sum p log p = lse - sum p z, and sum p z = t / s
+    return best_i, best_v - lse[:, None], (best_v[:, 0] - lse).exp(), lse - t / s
+
+
+def softmax_topk(model: SASRec, instances: Instances | list[np.ndarray], k: int = 50, batch_size: int = 1024,
+                 item_chunk: int | None = None) -> dict[str, np.ndarray]:
+    """``items [n, k]``, ``log_probs [n, k]`` (best first), ``max_prob [n]`` (MSP) and ``entropy [n]`` (nats)
+    of each instance's softmax, never holding more than a batch x ``item_chunk`` logits
+    (:func:`item_chunk_size`); the chunked values equal the unchunked ones up to float rounding."""
+    histories = _checked(model, instances)
+    n = len(histories)
+    out = {"items": np.zeros((n, k), np.int64), "log_probs": np.zeros((n, k), np.float32),
+           "max_prob": np.zeros(n, np.float32), "entropy": np.zeros(n, np.float32)}
+    for rows, hidden, tokens in _iter_states(model, histories, batch_size):
+        chunk = item_chunk_size(len(rows), model.num_items, item_chunk)
+        i, v, msp, ent = _batch_softmax_topk(_chunk_scorer(model, hidden, tokens), model.num_items, k, chunk)
+        out["items"][rows], out["log_probs"][rows] = i.numpy(), v.numpy()
+        out["max_prob"][rows], out["entropy"][rows] = msp.numpy(), ent.numpy()
+    return out
+
+
+def log_probs_of(model: SASRec, instances: Instances | list[np.ndarray], items: np.ndarray, batch_size: int = 1024,
+                 item_chunk: int | None = None) -> np.ndarray:
+    """Log-probabilities ``[n, C]`` (float32) of the items ``items [n, C]`` (indices in the catalogue) under
+    each instance's softmax, computed over item chunks for a large catalogue (see :func:`softmax_topk`)."""
+    histories = _checked(model, instances)
+    items = np.asarray(items, np.int64)
+    if items.shape[:1] != (len(histories),) or items.ndim != 2:
+        raise ValueError(f"items must be [{len(histories)}, C], got {items.shape}")
+    if items.size and (items.min() < 0 or items.max() >= model.num_items):
+        raise ValueError(f"items must lie in 0..{model.num_items - 1}")
+    out = np.zeros(items.shape, np.float32)
+    for rows, hidden, tokens in _iter_states(model, histories, batch_size):
+        score = _chunk_scorer(model, hidden, tokens)
+        c = torch.from_numpy(items[rows])  # [b, C]
+        chunk = item_chunk_size(len(rows), model.num_items, item_chunk)
+        if chunk >= model.num_items:  # unchunked, exactly as before chunking existed
+            out[rows] = torch.log_softmax(score(None, 0, model.num_items), -1).gather(1, c).numpy()
+            continue
+        lse = torch.full((len(rows),), -torch.inf)
+        picked = torch.zeros(c.shape)
+        for start in range(0, model.num_items, chunk):
+            stop = min(start + chunk, model.num_items)
+            z = score(None, start, stop)  # [b, w]
+            lse = torch.logaddexp(lse, z.logsumexp(-1))
+            here = (c >= start) & (c < stop)
+            picked = torch.where(here, z.gather(1, (c - start).clamp(0, stop - start - 1)), picked)
+        out[rows] = (picked - lse[:, None]).numpy()
+    return out
+
+
+def predict_topk(model: SASRec, instances: Instances | list[np.ndarray], k: int = 50,
+                 batch_size: int = 1024, item_chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` items per instance: ``(items [n, k] int64, log-probs [n, k] float32)``, best first."""
+    out = softmax_topk(model, instances, k, batch_size, item_chunk)
+    return out["items"], out["log_probs"]
 
 
 def predict_proba(model: SASRec, instances: Instances | list[np.ndarray], batch_size: int = 1024) -> np.ndarray:
@@ -208,26 +510,24 @@ def predict_proba(model: SASRec, instances: Instances | list[np.ndarray], batch_
     return out
 
 
-def softmax_summary(model: SASRec, instances: Instances | list[np.ndarray], batch_size: int = 1024
-                    ) -> dict[str, np.ndarray]:
+def softmax_summary(model: SASRec, instances: Instances | list[np.ndarray], batch_size: int = 1024,
+                    item_chunk: int | None = None) -> dict[str, np.ndarray]:
     """Per-instance statistics of the softmax without materialising it: ``max_prob`` (MSP, the
     fusion's memorization indicator), ``entropy`` (nats), each ``[n]``."""
-    n = len(instances)
-    msp, ent = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
-    for rows, logits in iter_logits(model, instances, batch_size):
-        lp = torch.log_softmax(logits, -1)
-        msp[rows] = lp.max(-1).values.exp().numpy()
-        ent[rows] = (-(lp.exp() * lp).sum(-1)).numpy()
-    return {"max_prob": msp, "entropy": ent}
+    out = softmax_topk(model, instances, 1, batch_size, item_chunk)
+    return {"max_prob": out["max_prob"], "entropy": out["entropy"]}
 
 
 def evaluate(model: SASRec, instances: Instances, ks=DEFAULT_KS, mask_history: bool = False,
-             batch_size: int = 1024) -> dict[str, float]:
-    """Full-ranking Recall/NDCG@K of the model on ``instances``."""
+             batch_size: int = 1024, item_chunk: int | None = None) -> dict[str, float]:
+    """Full-ranking Recall/NDCG@K of the model on ``instances``; exact, with the catalogue scored in
+    item chunks when a batch x catalogue would pass :data:`LOGIT_BUDGET` (or ``item_chunk`` is given)."""
     ranks = np.zeros(len(instances), dtype=np.int64)
-    for rows, logits in iter_logits(model, instances, batch_size):
+    for rows, hidden, tokens in _iter_states(model, _checked(model, instances), batch_size):
         exclude = [instances.histories[r] for r in rows] if mask_history else None
-        ranks[rows] = ranks_from_scores(logits, instances.targets[rows], exclude=exclude)
+        chunk = item_chunk_size(len(rows), model.num_items, item_chunk)
+        ranks[rows] = ranks_from_score_chunks(_chunk_scorer(model, hidden, tokens), model.num_items,
+                                              instances.targets[rows], chunk, exclude=exclude)
     return metrics_from_ranks(ranks, ks)
 
 
@@ -251,12 +551,12 @@ def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, ou
     if init is not None:
         model.load_state_dict(init.state_dict())
 
+    sampler = (NegativeSampler(split.num_items, config.num_negatives, config.negatives, split.train, device)
+               if config.loss == "sampled" else None)
+
     def loss_fn(m: SASRec, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         inputs, targets = (t.to(device) for t in batch)
-        hidden = m(inputs)  # [B, L, H]
-        valid = targets > 0
-        logits = m.position_logits(inputs, hidden, valid)  # [P, num_items], only real positions
-        return F.cross_entropy(logits, targets[valid] - 1), int(valid.sum())
+        return sasrec_loss(m, inputs, targets, config, sampler)
 
     n_train = sum(1 for s in split.train if len(s) >= 2)
     return fit(model, config, lambda rng: training_batches(split.train, config, rng),

@@ -3,6 +3,7 @@ atomic checkpoints, exact resume after a kill, and a clear stop when the loss di
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -53,6 +54,24 @@ def check_nonfinite_loss(value: str) -> None:
     """ConfigError unless ``value`` is a valid ``nonfinite_loss`` (the configs check it when built)."""
     if value not in NONFINITE_LOSS:
         raise ConfigError(f"nonfinite_loss must be one of {list(NONFINITE_LOSS)}, got {value!r}")
+
+
+def _with_defaults(saved: dict, config: Any) -> dict:
+    """``saved`` (a checkpoint's config dict) with the fields it lacks at their defaults in ``config``'s
+    dataclass (nested configs too): a setting added to genrec after the checkpoint was written then
+    resumes as long as the run uses its default (which is what the checkpoint was trained with)."""
+    if not dataclasses.is_dataclass(config) or not isinstance(saved, dict):
+        return saved
+    out = dict(saved)
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in out:
+            out[f.name] = _with_defaults(out[f.name], value)
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = dataclasses.asdict(d) if dataclasses.is_dataclass(d := f.default_factory()) else d
+    return out
 
 
 def _config_diff(saved: dict, requested: dict, prefix: str = "") -> list[str]:
@@ -115,8 +134,9 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
         resumed = _resume_checkpoint(out, name, unreadable)
         if resumed is not None:
             ckpt, path = resumed
-            if _model_fields(ckpt["config"]) != _model_fields(asdict(config)):
-                changed = ", ".join(_config_diff(_model_fields(ckpt["config"]), _model_fields(asdict(config))))
+            saved = _model_fields(_with_defaults(ckpt["config"], config))
+            if saved != _model_fields(asdict(config)):
+                changed = ", ".join(_config_diff(saved, _model_fields(asdict(config))))
                 raise CheckpointError(f"{path}: checkpoint config differs from the requested config ({changed}); "
                                       "use another out_dir or delete it")
             # On the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are

@@ -301,3 +301,25 @@ def test_history_file_is_complete_after_a_kill_before_it_was_written(tmp_path):
     resumed, _ = scripted_fit({}, curve=[], out=tmp_path, max_epochs=3)
     assert len(resumed.history) == 3
     assert json.loads((tmp_path / "history.json").read_text()) == resumed.history
+
+
+def test_a_setting_added_after_the_checkpoint_resumes_at_its_default(tmp_path):
+    """A last.pt written before SASRec had ``loss`` (and its companions) resumes under a config that
+    leaves them at their defaults, and is refused when the run changes one of them."""
+    from genrec.artifacts import torch_save
+    from genrec.synthetic import cyclic_dataset
+    from genrec.sasrec import SASRecConfig, train_sasrec
+    from genrec.splits import leave_one_out
+
+    split = leave_one_out(cyclic_dataset(num_items=12, num_users=30), max_history=8)
+    config = SASRecConfig(hidden=8, num_blocks=1, max_len=8, max_epochs=1, num_threads=1)
+    train_sasrec(split, config, tmp_path, progress=False)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    for key in ("loss", "loss_chunk", "num_negatives", "negatives"):
+        del ckpt["config"][key]  # as written by genrec before these settings
+    torch_save(tmp_path / "last.pt", ckpt)
+    from dataclasses import replace
+
+    assert train_sasrec(split, replace(config, max_epochs=2), tmp_path, progress=False).history[-1]["epoch"] == 2
+    with pytest.raises(CheckpointError, match="loss: 'full' -> 'sampled'"):
+        train_sasrec(split, replace(config, max_epochs=3, loss="sampled"), tmp_path, progress=False)

@@ -231,6 +231,9 @@ def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -
     out = {k: v for k, v in d.items() if k not in _UNHASHED and f"{k}@{sec}" not in _UNHASHED}
     if sec == "text":
         return _text_for_hash(out)
+    if sec == "sasrec" and out.get("loss", "full") == "full":  # the hashes of runs made before the loss options
+        for key in ("loss", "loss_chunk", "num_negatives", "negatives"):
+            out.pop(key, None)
     if sec == "data":  # the input files themselves, so changed data reruns what depends on it
         out["fingerprint"] = fingerprint
         if not out.get("keep_items_without_interactions"):  # off: the hashes of runs made before the option

@@ -7,6 +7,8 @@
 - :mod:`fusion.persist`: save fitted post-hoc methods to one safe file and load them back.
 - :mod:`fusion.selection`: cross-fitted validation scores of the methods, to choose one honestly.
 - :mod:`fusion.joint`: both towers and a gate trained together with one objective.
+- :mod:`fusion.holdout_joint`: both towers and a gate in one run, the gate fitted on held-out
+  training transitions (never on validation or test targets).
 - :mod:`fusion.adapters`: turn trained models into fusion inputs; :mod:`fusion.report`: tables.
 """
 

@@ -381,13 +381,19 @@ def joint_gates(model: JointModel, instances: Instances, batch_size: int = 512) 
 
 def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None = None,
                 out_dir: str | Path | None = None, progress: bool = False,
-                on_eval: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+                on_eval: Callable[[dict[str, float]], None] | None = None,
+                init: JointModel | None = None) -> TrainResult:
     """Train a :class:`JointModel` (or one tower, ``config.mode``) on ``split.train`` with the semantic
     IDs of ``table`` (``codes``, ``codebook_sizes``), early-stopping on validation NDCG@10; with
-    ``out_dir`` checkpoints are written and a rerun resumes (``genrec.training.fit``)."""
+    ``out_dir`` checkpoints are written and a rerun resumes (``genrec.training.fit``). ``init``: start
+    from a copy of these weights (same architecture) instead of a fresh model."""
     config = config or JointConfig()
     setup(config)
     model = JointModel(split.num_items, table.codes, table.codebook_sizes, config, split.train)
+    if init is not None:
+        # the training statistics are this split's (the gate features read them), the rest init's
+        own = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("token_")}
+        model.load_state_dict({**init.state_dict(), **own})
     n_train = sum(1 for s in split.train if len(s) >= 2)
 
     def loss_fn(m: JointModel, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:

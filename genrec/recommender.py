@@ -168,6 +168,9 @@ class Recommender:
         name = method
         needs = {"sasrec": ("sasrec",), "generative": ("generative",), "joint": ("joint",)}.get(
             name, ("sasrec", "generative", "fusion"))
+        holdout_joint = run_dir / "joint" / "model"
+        if name == "joint" and holdout_joint.is_dir():  # fusion.joint_schedule holdout: its towers + its gate
+            needs = ("joint",)
         for stage in ("quantize", *needs):
             if not (run_dir / stage / "stage.done.json").is_file():
                 raise CheckpointError(f"{run_dir}: stage {stage!r} has not finished there; run the recipe first"
@@ -182,14 +185,20 @@ class Recommender:
             if name not in kw["fusion_methods"]:
                 raise CheckpointError(f"{run_dir / 'fusion' / 'methods.pt'}: no fusion method {name!r}; it holds "
                                       f"{list(kw['fusion_methods'])} (or use one of {list(SINGLE_MODELS)})")
-        if "joint" in needs:
-            from fusion.joint import load_joint
-
-            kw["joint"] = load_joint(run_dir / "joint" / "best.pt")
         table = SemanticIdTable.load(run_dir / "quantize" / "semantic_ids.json")
         # a cold-start run (data.cold_items) trained on its warm catalogue: that is what it recommends from,
         # and add_items brings the cold items back
         dataset, split = StageContext(run_dir, config).training()
+        if "joint" in needs and holdout_joint.is_dir():
+            from fusion.holdout_joint import GATE_NAME, load_holdout_joint
+
+            # a candidate-fusion model: its own towers (trained for it) under the name "joint"
+            hj = load_holdout_joint(holdout_joint, split.train)
+            kw.update(sasrec=hj.sasrec, generative=hj.generative, fusion_methods={GATE_NAME: hj.gate})
+        elif "joint" in needs:
+            from fusion.joint import load_joint
+
+            kw["joint"] = load_joint(run_dir / "joint" / "best.pt")
         if list(dataset.item_ids) != list(table.item_ids or []):
             raise CheckpointError(f"{run_dir}: the dataset's items no longer match quantize/semantic_ids.json; "
                                   f"rerun the recipe (its data changed)")

@@ -211,7 +211,8 @@ def test_optional_joint_stage(reference, tiny, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     events: dict[str, str] = {}
-    config = load_config(DEMO_YAML, overrides=tiny + ["fusion.joint=true", "fusion.joint_config.max_epochs=1"])
+    config = load_config(DEMO_YAML, overrides=tiny + ["fusion.joint=true", "fusion.joint_schedule=end_to_end",
+                                                      "fusion.joint_config.max_epochs=1"])
     assert "joint" in stage_names(config)
     run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
     assert events["fusion"] == "skip" and events["joint"] == "done"

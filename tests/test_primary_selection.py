@@ -243,13 +243,17 @@ def test_a_fusion_stage_from_before_cross_fitting_reruns_without_force(tiny_run,
     assert res["fusion"]["selection"] == load_json(tiny_run / "results.json")["fusion"]["selection"]
 
 
-def test_the_joint_model_competes_with_its_validation_score(tiny_run, tmp_path):
+@pytest.mark.parametrize("schedule", ["holdout", "end_to_end"])
+def test_the_joint_model_competes_with_its_validation_score(tiny_run, tmp_path, schedule):
     run = _copy(tiny_run, tmp_path / "run")
-    config = _config(run, "fusion.joint=true", "fusion.joint_config.max_epochs=1")
+    epochs = "fusion.joint_config.refresh_epochs=1" if schedule == "holdout" else "fusion.joint_config.max_epochs=1"
+    config = _config(run, "fusion.joint=true", f"fusion.joint_schedule={schedule}", epochs)
     res = run_recipe(config, run)
     sel = res["fusion"]["selection"]
-    joint_valid = load_json(run / "joint" / "summary.json")["valid"]["ndcg@10"]
-    assert sel["scores"]["joint"] == joint_valid and "never trained on validation targets" in sel["sources"]["joint"]
+    summary = load_json(run / "joint" / "summary.json")
+    assert summary["schedule"] == schedule
+    assert sel["scores"]["joint"] == summary["valid"]["ndcg@10"]
+    assert "no validation target trains it" in sel["sources"]["joint"]
     order = [*config.fusion.methods, "joint"]
     assert sel["method"] == select_best(sel["scores"], order) == res["fusion"]["primary"]
     section = (run / "report.md").read_text().split("## Primary fusion method")[1].split("\n## ")[0]
@@ -262,3 +266,17 @@ def test_the_joint_model_competes_with_its_validation_score(tiny_run, tmp_path):
     assert all(sum(len(d[c]) for c in groups if c in d) == n_test for d in dists.values())
     assert (run / "plots" / "gates_by_label.png").is_file()
     assert json.loads((run / "fusion" / "summary.json").read_text())["selection"]["folds"] == 5
+    if schedule == "holdout":  # the recommender ranks as the stage did
+        from genrec import Recommender
+        from genrec.recipe import StageContext
+        from genrec.metrics import ranks_from_topk
+
+        rec = Recommender.from_run(run, method="joint")
+        assert rec.methods == ["sasrec", "generative", "joint"]
+        _, split = StageContext(run, config).data()
+        got = rec.recommend_batch([[rec.item_ids[i] for i in h] for h in split.test.histories], k=10,
+                                  exclude_seen=False)
+        top = np.array([[rec.index[i] for i in r.items] + [-1] * (10 - len(r.items)) for r in got])
+        with np.load(run / "joint" / "ranks.npz") as z:
+            ranks = z["joint"]
+        np.testing.assert_array_equal(np.minimum(ranks_from_topk(top, split.test.targets), 10), np.minimum(ranks, 10))

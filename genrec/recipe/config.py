@@ -125,8 +125,11 @@ class FusionSection:
     selection_folds: int = 5  # cross-fitting folds of the validation split (scores for the choice of primary)
     selection_seed: int = 0  # which validation users fall in which fold
     gate: dict[str, Any] = field(default_factory=dict)  # LearnedGateFusion options (hidden, lr, max_epochs, ...)
-    joint: bool = False  # also train fusion.joint.JointModel (both towers + gate, one objective)
-    joint_config: dict[str, Any] = field(default_factory=dict)  # JointConfig overrides (towers: the recipe's)
+    joint: bool = False  # also train a joint model (both towers and a gate in one run)
+    # "holdout": fusion.holdout_joint (the gate fitted on held-out training transitions; joint_config:
+    # HoldoutJointConfig overrides); "end_to_end": fusion.joint (one objective; JointConfig overrides)
+    joint_schedule: str = "holdout"
+    joint_config: dict[str, Any] = field(default_factory=dict)  # overrides (towers: the recipe's)
 
 
 @dataclass
@@ -420,10 +423,14 @@ def validate_config(config: RecipeConfig) -> None:
                  f"must name indicators among {list(INDICATOR_NAMES)} (L: a semantic-ID prefix level)")
     if "holdout" in f.gate:
         need(0 < f.gate["holdout"] < 1, "fusion.gate.holdout", f.gate["holdout"], "must be in (0, 1)")
+    need(f.joint_schedule in JOINT_SCHEDULES, "fusion.joint_schedule", f.joint_schedule,
+         f"must be one of {list(JOINT_SCHEDULES)}")
     if f.joint:
+        from fusion.holdout_joint import HoldoutJointConfig
         from fusion.joint import JointConfig
 
-        check_mapping("fusion.joint_config", f.joint_config, field_hints(JointConfig))
+        cls = HoldoutJointConfig if f.joint_schedule == "holdout" else JointConfig
+        check_mapping("fusion.joint_config", f.joint_config, field_hints(cls))
         try:
             joint_config(config)
         except (TypeError, ValueError) as e:
@@ -433,6 +440,10 @@ def validate_config(config: RecipeConfig) -> None:
     m, _, kk = r.metric.partition("@")
     need(m in ("recall", "ndcg") and kk.isdigit() and int(kk) in r.ks, "report.metric", r.metric,
          f"must be recall@K or ndcg@K with K in report.ks {r.ks}")
+
+
+#: ``fusion.joint_schedule`` values (see :class:`FusionSection`)
+JOINT_SCHEDULES = ("holdout", "end_to_end")
 
 
 def cold_enabled(config: RecipeConfig) -> bool:
@@ -461,11 +472,25 @@ def config_to_dict(config: RecipeConfig) -> dict[str, Any]:
 
 
 def joint_config(config: RecipeConfig):
-    """The :class:`fusion.joint.JointConfig` of a recipe: ``fusion.joint_config`` over the recipe's
-    towers (``sasrec``, ``generative``) and training settings."""
+    """The joint model's config: for ``fusion.joint_schedule: holdout`` a
+    :class:`fusion.holdout_joint.HoldoutJointConfig` (``fusion.joint_config`` over the recipe's towers,
+    candidate lists and gate options), else a :class:`fusion.joint.JointConfig` (``fusion.joint_config``
+    over the recipe's towers and training settings)."""
     from fusion.joint import JointConfig
 
     jc = dict(config.fusion.joint_config)
+    if config.fusion.joint_schedule == "holdout":
+        from fusion.holdout_joint import HoldoutJointConfig
+
+        f = config.fusion
+        jc.setdefault("sasrec", asdict(config.sasrec))
+        jc.setdefault("generative", asdict(config.generative))
+        jc.setdefault("k", f.k)
+        jc.setdefault("beam", f.beam)
+        jc.setdefault("batch_size", config.generative.eval_batch_size)
+        jc.setdefault("gate", dict(f.gate))
+        jc["joint"] = {"num_threads": config.num_threads, **jc.get("joint", {})}
+        return HoldoutJointConfig(**jc)
     jc.setdefault("id_tower", asdict(config.sasrec))
     jc.setdefault("gr_tower", asdict(config.generative))
     jc.setdefault("max_len", config.data.max_history)

@@ -84,7 +84,8 @@ def choose_primary(config: RecipeConfig, run_dir: str | Path) -> PrimaryChoice:
         v = load_json(joint_summary).get("valid", {}).get(metric)
         if v is not None and not math.isnan(float(v)):
             scores["joint"] = float(v)
-            sources["joint"] = "joint training's validation (best epoch; never trained on validation targets)"
+            sources["joint"] = ("joint training's own validation score (no validation target trains it; the best "
+                                "of its early-stopping / tower and gate-scale choices)")
     folds = cf.num_folds if cf is not None else None
     if f.primary != "auto":
         return PrimaryChoice(f.primary, f.primary, "set in the config (fusion.primary)", metric, scores, sources,

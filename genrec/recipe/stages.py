@@ -392,27 +392,40 @@ def _small_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def stage_joint(ctx: StageContext) -> dict[str, Path]:
-    """Joint training of both towers and a gate (:func:`fusion.joint.train_joint`, resumable):
-    ``joint/best.pt``, ``history.json``, ``ranks.npz`` (test ranks, full catalogue), ``gates.npz``,
-    ``summary.json``."""
-    try:
-        from fusion.joint import joint_gates, joint_ranks, train_joint
-    except ImportError as e:  # pragma: no cover
-        raise RuntimeError(f"joint stage: fusion.joint is missing ({e})") from None
-
+    """Joint training of both towers and a gate in one run (resumable): ``fusion.joint_schedule``
+    ``holdout`` (:func:`fusion.holdout_joint.train_holdout_joint`: ``joint/model/`` holds the model,
+    :func:`fusion.holdout_joint.load_holdout_joint`) or ``end_to_end`` (:func:`fusion.joint.train_joint`:
+    ``joint/best.pt``, ``history.json``); both write ``ranks.npz`` (test ranks), ``gates.npz`` (test
+    gate = weight of the ID tower) and ``summary.json`` (``valid``: the validation metrics the primary
+    is chosen on)."""
     run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.data()
     out = run_dir / "joint"
     jc = joint_config(config)
-    result = train_joint(split, _table(run_dir), jc, out_dir=out, progress=ctx.progress)
-    ranks = joint_ranks(result.model, split.test, batch_size=jc.eval_batch_size)
-    gates = joint_gates(result.model, split.test, batch_size=jc.eval_batch_size)
+    if config.fusion.joint_schedule == "holdout":
+        from fusion.holdout_joint import save_holdout_joint, train_holdout_joint
+        from genrec.metrics import ranks_from_topk
+
+        result = train_holdout_joint(split, _table(run_dir), jc, out_dir=out / "training", progress=ctx.progress)
+        items, report = result.model.topk(split.test)
+        ranks, gate = ranks_from_topk(items, split.test.targets), report.gate
+        p_model = save_holdout_joint(result.model, out / "model")
+        summary = {"schedule": "holdout", "valid": strip_timing(result.valid), "selection": result.selection,
+                   "refreshed": result.refreshed, "scale": result.scale, "towers": jc.towers,
+                   "holdout_transitions": result.holdout, "seconds": result.seconds}
+        extra = {"model": p_model}
+    else:
+        from fusion.joint import joint_gates, joint_ranks, train_joint
+
+        result = train_joint(split, _table(run_dir), jc, out_dir=out, progress=ctx.progress)
+        ranks = joint_ranks(result.model, split.test, batch_size=jc.eval_batch_size)
+        gate = joint_gates(result.model, split.test, batch_size=jc.eval_batch_size).gate
+        summary = {"schedule": "end_to_end", "best_epoch": result.best_epoch, "valid": strip_timing(result.best_valid),
+                   "mode": jc.mode, "mixing": jc.mixing}
+        extra = {"history": out / "history.json"}
     p_ranks = atomic_write(out / "ranks.npz", lambda p: _np_savez(p, {"joint": ranks}))
-    p_gates = atomic_write(out / "gates.npz", lambda p: _np_savez(p, {"joint": gates.gate.astype(np.float32)}))
-    summary = {"best_epoch": result.best_epoch, "valid": strip_timing(result.best_valid), "mode": jc.mode,
-               "mixing": jc.mixing}
-    return {"ranks": p_ranks, "gates": p_gates, "history": out / "history.json",
-            "summary": save_json(out / "summary.json", summary)}
+    p_gates = atomic_write(out / "gates.npz", lambda p: _np_savez(p, {"joint": gate.astype(np.float32)}))
+    return {"ranks": p_ranks, "gates": p_gates, "summary": save_json(out / "summary.json", summary), **extra}
 
 
 def stage_evaluate(ctx: StageContext) -> dict[str, Path]:
@@ -502,7 +515,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("fusion", stage_fusion, _FUSION_KEYS, ("sasrec", "generative", "quantize"),
           description="post-hoc fusion fitted on validation, applied to test",
           rerun_keys=_SELECTION_KEYS),  # a fusion stage from before cross-fitting reruns (no training lost)
-    Stage("joint", stage_joint, ("data", "sasrec", "generative", "fusion.joint_config"), ("quantize",),
+    Stage("joint", stage_joint, ("data", "sasrec", "generative", "fusion.joint_schedule", "fusion.joint_config",
+                                 "fusion.k", "fusion.beam", "fusion.gate"), ("quantize",),
           enabled=lambda c: c.fusion.joint, description="joint training of both towers and a gate"),
     Stage("evaluate", stage_evaluate, ("report.ks",), ("labels", "fusion", "joint"),
           description="metrics overall and per label", keeps_work=False),

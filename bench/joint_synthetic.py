@@ -1,0 +1,149 @@
+"""Benchmark: the joint models against their towers and post-hoc fusion on the synthetic mixed dataset.
+
+    python bench/joint_synthetic.py [--seeds 0 1 2] [--shares 0.5 0.8] [--users 600] [--epochs 8]
+                                    [--out runs/bench_joint_synthetic]
+
+For each memorization share (``genrec.make_synthetic(memorization_share=...)``) and seed, on the
+same data: SASRec and the generative model alone; the post-hoc learned gate fitted on validation
+(scale chosen by 5-fold cross-fitting on validation, as the recipe chooses); the end-to-end joint
+model (``fusion.joint``); the held-out-gate joint model (``fusion.holdout_joint``) with separately
+and with jointly trained towers, each at full and half tower width. Every model trains the same
+number of epochs with one validation at the end, so no choice is made on a test split. Prints test
+NDCG@10 overall / memorization / generalization (``genrec.memorization`` labels) as mean and
+standard deviation over seeds, parameters and seconds, and writes ``results.json`` and ``table.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from fusion.holdout_joint import HoldoutJoint, HoldoutJointConfig, train_holdout_joint
+from fusion.indicators import TrainStats
+from fusion.joint import JointConfig, joint_ranks, train_joint
+from fusion.methods import SCALES, LearnedGateFusion
+from fusion.report import single_model_topk
+from fusion.selection import cross_fit, select_best
+from genrec import leave_one_out, make_synthetic
+from genrec.artifacts import save_json
+from genrec.generative import GenerativeConfig, train_generative
+from genrec.memorization import label_split
+from genrec.metrics import metrics_from_ranks, ranks_from_topk
+from genrec.sasrec import SASRecConfig, train_sasrec
+from genrec.synthetic import synthetic_info
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUPS = ("all", "memorization", "generalization")
+
+
+def towers(width: int, epochs: int) -> tuple[SASRecConfig, GenerativeConfig]:
+    """The tests' small towers at ``width`` hidden units, ``epochs`` epochs, one validation at the end."""
+    train = dict(max_len=20, max_epochs=epochs, lr=1e-2, patience=100, eval_every=epochs, num_threads=1)
+    return (SASRecConfig(hidden=width, num_blocks=1, dropout=0.2, **train),
+            GenerativeConfig(hidden=width, num_blocks=1, num_heads=2, head_layers=1, dropout=0.1, head_dropout=0.0,
+                             **train))
+
+
+def by_group(ranks: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    out = {"all": metrics_from_ranks(ranks, (10,))["ndcg@10"]}
+    for g in GROUPS[1:]:
+        out[g] = metrics_from_ranks(ranks[groups == g], (10,))["ndcg@10"] if (groups == g).any() else float("nan")
+    return out
+
+
+def params(*modules) -> int:
+    return int(sum(p.numel() for m in modules for p in m.parameters()))
+
+
+def one_dataset(share: float, seed: int, users: int, epochs: int, k: int = 20) -> dict[str, dict]:
+    ds = make_synthetic(num_users=users, seed=seed, memorization_share=share, num_brands=8, num_categories=6,
+                        num_attributes=4)
+    info = synthetic_info(ds)
+    codes = np.stack([info.category, info.brand, info.attribute], 1)  # ground-truth semantic IDs
+    table = SimpleNamespace(codes=codes, codebook_sizes=[int(codes[:, j].max()) + 1 for j in range(3)])
+    split = leave_one_out(ds, max_history=20)
+    groups = label_split(split)["test"].groups()
+    out: dict[str, dict] = {}
+    for width, size in ((32, "full"), (16, "half")):
+        sas_cfg, gen_cfg = towers(width, epochs)
+        t0 = time.perf_counter()
+        sas = train_sasrec(split, sas_cfg, progress=False).model
+        t_sas = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        gen = train_generative(split, table, gen_cfg, progress=False).model
+        t_gen = time.perf_counter() - t0
+        base = HoldoutJoint(sas, gen, LearnedGateFusion(), TrainStats(split.train, split.num_items, codes),
+                            HoldoutJointConfig(sasrec=sas_cfg, generative=gen_cfg, k=k, beam=k))
+        valid, test = base.inputs(split.valid), base.inputs(split.test)
+        if size == "full":
+            out["sasrec"] = {**by_group(ranks_from_topk(single_model_topk(test.cands, "id", k), split.test.targets),
+                                        groups), "params": params(sas), "seconds": t_sas}
+            out["generative"] = {**by_group(ranks_from_topk(single_model_topk(test.cands, "gr", k),
+                                                            split.test.targets), groups),
+                                 "params": params(gen), "seconds": t_gen}
+        t0 = time.perf_counter()
+        make = lambda: [LearnedGateFusion(scale=s, name=s) for s in SCALES]  # noqa: E731
+        cf = cross_fit(make, valid.cands, split.valid.targets, valid.indicators, k=k)
+        scale = select_best(cf.scores("ndcg@10"), list(SCALES))
+        gate = LearnedGateFusion(scale=scale).fit(valid.cands, split.valid.targets, valid.indicators)
+        ranks = ranks_from_topk(test.cands.topk(gate.fuse(test.cands, test.indicators), k), split.test.targets)
+        out[f"post-hoc ({size})"] = {**by_group(ranks, groups), "params": params(sas, gen, gate.model),
+                                     "seconds": t_sas + t_gen + time.perf_counter() - t0, "scale": scale}
+        t0 = time.perf_counter()
+        e2e = train_joint(split, table, JointConfig(id_tower=sas_cfg, gr_tower=gen_cfg, max_len=20, batch_size=128,
+                                                    lr=1e-2, max_epochs=epochs, patience=100, eval_every=epochs,
+                                                    seed=0, num_threads=1)).model
+        out[f"end-to-end joint ({size})"] = {**by_group(joint_ranks(e2e, split.test), groups), "params": params(e2e),
+                                             "seconds": time.perf_counter() - t0}
+        for kind in ("separate", "joint"):
+            cfg = HoldoutJointConfig(sasrec=sas_cfg, generative=gen_cfg, towers=kind, k=k, beam=k,
+                                     joint=dict(batch_size=128, lr=1e-2, max_epochs=epochs, patience=100,
+                                                eval_every=epochs, seed=0, num_threads=1))
+            t0 = time.perf_counter()
+            r = train_holdout_joint(split, table, cfg)
+            out[f"holdout joint, {kind} towers ({size})"] = {
+                **by_group(r.model.ranks(split.test), groups), "seconds": time.perf_counter() - t0,
+                "params": params(r.model.sasrec, r.model.generative, r.model.gate.model), "scale": r.scale,
+                "refreshed": r.refreshed}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--shares", type=float, nargs="+", default=[0.5, 0.8], help="memorization shares")
+    p.add_argument("--users", type=int, default=600)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--out", default=str(ROOT / "runs/bench_joint_synthetic"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    runs = {share: [one_dataset(share, seed, args.users, args.epochs) for seed in args.seeds] for share in args.shares}
+    lines = []
+    for share, per_seed in runs.items():
+        lines += [f"\nmemorization share {share} ({len(per_seed)} seeds: mean ± std of test NDCG@10)\n",
+                  "| model | params | seconds | all | memorization | generalization |", "|---|---:|---:|---:|---:|---:|"]
+        for name in per_seed[0]:
+            vals = {g: np.array([r[name][g] for r in per_seed]) for g in (*GROUPS, "seconds")}
+            cells = [f"{vals[g].mean():.4f} ± {vals[g].std():.4f}" for g in GROUPS]
+            lines.append(f"| {name} | {per_seed[0][name]['params']:,} | {vals['seconds'].mean():.1f} | "
+                         + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table + "\n")
+    summary = {"args": vars(args), "runs": {str(s): r for s, r in runs.items()}}
+    save_json(out / "results.json", summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Joint model trained in one run with the gate fitted on held-out *training* transitions.
+
+Why (issue 14): on a training position the transition is in the training data by construction,
+so a gate fitted on the training loss (:mod:`fusion.joint`'s end-to-end objective) sees only
+memorization cases and learns to trust the ID tower; the post-hoc gate works because it is fitted
+on held-out transitions, the validation split. This schedule holds transitions out of the training
+data itself, so the gate never sees a validation or test target and the validation split stays a
+clean score for choosing between models. One run, three stages:
+
+1. **towers**: SASRec and the generative model trained on every user's training sequence minus its
+   last item (genrec's own trainers, early-stopped on validation NDCG@10: model selection only);
+2. **gate**: both towers' candidates and indicators for the held-out transitions (history: the
+   shortened sequence; target: the item left out; transition statistics from the shortened
+   sequences, so a held-out transition counts as unseen exactly as a validation one does), and a
+   :class:`~fusion.methods.LearnedGateFusion` fitted on them;
+3. **refresh**: each tower trained ``refresh_epochs`` more epochs on the full training sequences at
+   ``refresh_lr_ratio`` times its learning rate, so the towers learn the held-out transitions too.
+   The fused validation NDCG@10 with and without the refresh decides which towers are kept
+   (``refresh_epochs=0`` skips the stage).
+
+:class:`HoldoutJoint` is the trained model: candidates from both towers, fused per instance by the
+gate, as :mod:`fusion.adapters` builds them for post-hoc fusion. With ``out_dir`` every stage writes
+its result atomically and a rerun resumes where the last one stopped (the towers from their
+``last.pt``, a finished stage is loaded, not redone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fusion.adapters import FusionInputs, model_inputs
+from fusion.candidates import ranks_of
+from fusion.indicators import TrainStats
+from fusion.joint import JointConfig, train_joint
+from fusion.methods import SCALES, GateReport, LearnedGateFusion
+from fusion.persist import load_methods, save_methods
+from genrec.artifacts import load_json, save_json
+from genrec.generative import GenerativeConfig, HierarchicalGenerative, load_generative, train_generative
+from genrec.metrics import DEFAULT_KS, metrics_from_ranks
+from genrec.sasrec import SASRec, SASRecConfig, load_sasrec, train_sasrec
+from genrec.splits import Instances, LeaveOneOutSplit
+
+log = logging.getLogger(__name__)
+
+GATE_NAME = "joint"
+
+
+TOWER_TRAININGS = ("separate", "joint")
+
+
+@dataclass
+class HoldoutJointConfig:
+    """Settings of :func:`train_holdout_joint`: the towers' architectures and, for ``towers="separate"``,
+    their training settings; ``towers="joint"`` trains both with :mod:`fusion.joint`'s one objective
+    (``joint``: :class:`~fusion.joint.JointConfig` training fields such as ``mixing``, ``lr``,
+    ``max_epochs``); the gate (``scale``, any other :class:`~fusion.methods.LearnedGateFusion` field in
+    ``gate``), the candidate lists and the refresh."""
+
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    generative: GenerativeConfig = field(default_factory=GenerativeConfig)
+    towers: str = "separate"  # "separate": each tower its own loss; "joint": fusion.joint's objective
+    joint: dict[str, Any] = field(default_factory=dict)  # JointConfig overrides for towers="joint"
+    scale: str = "auto"  # the gate's score scale (fusion.methods.SCALES); "auto": each fitted, best on validation
+    gate: dict[str, Any] = field(default_factory=dict)  # other LearnedGateFusion settings (hidden, lr, ...)
+    k: int = 50  # each tower's top-k in the candidate union
+    beam: int = 50  # generative beam width (>= k)
+    # share of the users whose last training transition is held out for the gate (a seeded choice):
+    # every transition held out is one the stage-1 towers do not learn from
+    holdout_share: float = 1.0
+    holdout_seed: int = 0
+    refresh_epochs: int = 1  # 0: keep the towers of stage 1
+    refresh_lr_ratio: float = 0.1
+    batch_size: int = 512  # inference batch of the candidate stage
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sasrec, dict):
+            self.sasrec = SASRecConfig(**self.sasrec)
+        if isinstance(self.generative, dict):
+            self.generative = GenerativeConfig(**self.generative)
+        if self.towers not in TOWER_TRAININGS:
+            raise ValueError(f"towers must be one of {TOWER_TRAININGS}, got {self.towers!r}")
+        if self.scale != "auto" and self.scale not in SCALES:
+            raise ValueError(f"scale must be 'auto' or one of {SCALES}, got {self.scale!r}")
+        LearnedGateFusion(**self.gate)  # a bad gate field fails here
+        if self.towers == "joint":
+            self.joint_config()  # and a bad joint field here
+        if self.k < 1 or self.beam < 1 or self.batch_size < 1:
+            raise ValueError(f"k, beam and batch_size must be >= 1; got {self.k}, {self.beam}, {self.batch_size}")
+        if not 0 < self.holdout_share <= 1:
+            raise ValueError(f"holdout_share must be in (0, 1], got {self.holdout_share}")
+        if self.refresh_epochs < 0 or not self.refresh_lr_ratio > 0:
+            raise ValueError(f"refresh_epochs must be >= 0 and refresh_lr_ratio > 0; got {self.refresh_epochs}, "
+                             f"{self.refresh_lr_ratio}")
+
+    def scales(self) -> tuple[str, ...]:
+        return SCALES if self.scale == "auto" else (self.scale,)
+
+    def joint_config(self) -> JointConfig:
+        """The :class:`~fusion.joint.JointConfig` of ``towers="joint"``: ``joint`` over this config's
+        tower architectures, their common history window."""
+        if self.sasrec.max_len != self.generative.max_len:
+            raise ValueError(f"towers='joint' needs one history window; sasrec.max_len {self.sasrec.max_len}, "
+                             f"generative.max_len {self.generative.max_len}")
+        return JointConfig(**{**self.joint, "mode": "joint", "id_tower": self.sasrec, "gr_tower": self.generative,
+                              "max_len": self.sasrec.max_len})
+
+
+def holdout_transitions(split: LeaveOneOutSplit, share: float = 1.0, seed: int = 0
+                        ) -> tuple[list[np.ndarray], Instances]:
+    """The towers' training sequences and the held-out transitions: for a seeded ``share`` of the
+    users, the training sequence without its last item, and the transition into that item (history:
+    the shortened sequence, window ``split.max_history``; target: the item left out). Sequences
+    shorter than 3 items stay whole and give no transition (their only transition would leave a
+    one-item sequence, which trains nothing)."""
+    chosen = np.random.default_rng(seed).random(len(split.train)) < share if share < 1 else \
+        np.ones(len(split.train), bool)
+    short, users, hist, targets = [], [], [], []
+    for u, s, pick in zip(split.users, split.train, chosen):
+        if pick and len(s) >= 3:
+            short.append(s[:-1])
+            users.append(u)
+            hist.append(s[:-1][-split.max_history:])
+            targets.append(s[-1])
+        else:
+            short.append(s)
+    held = Instances(np.asarray(users, np.int64), hist, np.asarray(targets, np.int64))
+    return short, held
+
+
+@dataclass
+class HoldoutJoint:
+    """Both towers and the gate; ``stats`` holds the training transition statistics the indicators read."""
+
+    sasrec: SASRec
+    generative: HierarchicalGenerative
+    gate: LearnedGateFusion
+    stats: TrainStats
+    config: HoldoutJointConfig
+
+    @property
+    def num_items(self) -> int:
+        return self.sasrec.num_items
+
+    def inputs(self, instances: Instances) -> FusionInputs:
+        """The candidate union and indicators of ``instances`` (targets are not read)."""
+        c = self.config
+        return model_inputs(self.sasrec, self.generative, instances, self.stats, k=c.k, beam=c.beam,
+                            batch_size=c.batch_size)
+
+    def topk(self, instances: Instances, k: int | None = None) -> tuple[np.ndarray, GateReport]:
+        """``(items [n, k], gates)``: the fused top-``k`` (default ``config.k``) after each history."""
+        inp = self.inputs(instances)
+        fused = self.gate.fuse(inp.cands, inp.indicators)
+        return inp.cands.topk(fused, k or self.config.k), self.gate.gates(inp.cands, inp.indicators)
+
+    def ranks(self, instances: Instances) -> np.ndarray:
+        """0-based rank of each target in the fused candidate list (``config.k`` or beyond: ``k``)."""
+        inp = self.inputs(instances)
+        return ranks_of(inp.cands, self.gate.fuse(inp.cands, inp.indicators), instances.targets, self.config.k)
+
+
+@dataclass
+class HoldoutJointResult:
+    model: HoldoutJoint
+    valid: dict[str, float]  # fused validation metrics of the kept model
+    selection: dict[str, float]  # validation NDCG@10 of every (towers, scale) candidate, e.g. "refreshed/logprob"
+    refreshed: bool  # whether the refreshed towers were kept
+    scale: str  # the kept gate's scale
+    gates: dict[str, LearnedGateFusion]  # every gate fitted, by scale
+    seconds: dict[str, float]  # wall time per stage (this process; a resumed stage counts its rerun only)
+    holdout: int  # number of held-out transitions the gate was fitted on
+
+
+def _refresh_config(config: Any, epochs: int, ratio: float) -> Any:
+    """The config of a refresh: ``epochs`` epochs at ``ratio`` x the learning rate, constant, one
+    validation at the end."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    over: dict[str, Any] = {"lr": config.lr * ratio, "max_epochs": epochs, "eval_every": epochs, "patience": 1}
+    over.update({k: v for k, v in {"lr_schedule": "constant", "warmup_epochs": 0.0, "max_minutes": None,
+                                   "schedule_epochs": None}.items() if k in fields})
+    return dataclasses.replace(config, **over)
+
+
+def _peak_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _train_towers(split: LeaveOneOutSplit, table: Any, config: HoldoutJointConfig, out: Path | None, suffix: str,
+                  progress: bool, init: Any = None, refresh: bool = False) -> tuple[SASRec, HierarchicalGenerative, Any]:
+    """``(sasrec, generative, state)``: both towers trained on ``split.train`` as ``config.towers`` says
+    (``refresh``: the short refresh schedule from ``init``, the ``state`` of an earlier call)."""
+    sub = (lambda name: out / f"{name}{suffix}") if out is not None else (lambda name: None)
+    again = (lambda c: _refresh_config(c, config.refresh_epochs, config.refresh_lr_ratio)) if refresh else (lambda c: c)
+    if config.towers == "joint":
+        model = train_joint(split, table, again(config.joint_config()), sub("joint"), progress, init=init).model
+        return model.id_tower.eval(), model.gr_tower.eval(), model
+    sasrec = train_sasrec(split, again(config.sasrec), sub("sasrec"), progress,
+                          init=init[0] if init is not None else None).model
+    generative = train_generative(split, table, again(config.generative), sub("generative"), progress,
+                                  init=init[1] if init is not None else None).model
+    return sasrec, generative, (sasrec, generative)
+
+
+def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJointConfig | None = None,
+                        out_dir: str | Path | None = None, progress: bool = False,
+                        ks: Sequence[int] = DEFAULT_KS) -> HoldoutJointResult:
+    """Run the three stages (module doc) on ``split`` with the semantic IDs of ``table`` (``codes``,
+    ``codebook_sizes``). Reads ``split.train`` and, for model selection only (the towers' early
+    stopping; which towers and gate scale are kept), ``split.valid``; never ``split.test``."""
+    config = config or HoldoutJointConfig()
+    out = Path(out_dir) if out_dir is not None else None
+    seconds: dict[str, float] = {}
+    short, held = holdout_transitions(split, config.holdout_share, config.holdout_seed)
+    if not len(held):
+        raise ValueError("no training sequence has 3 or more items: nothing to hold out for the gate")
+
+    t0 = time.perf_counter()
+    sasrec, generative, state = _train_towers(dataclasses.replace(split, train=short), table, config, out, "",
+                                              progress)
+    seconds["towers"] = time.perf_counter() - t0
+    log.info("holdout joint: towers trained (%.1f min); peak RSS so far %.2f GiB", seconds["towers"] / 60, _peak_gib())
+
+    t0 = time.perf_counter()
+    gate_path = out / "gates.pt" if out is not None else None
+    if gate_path is not None and gate_path.is_file():
+        gates = load_methods(gate_path)
+    else:
+        stage1 = HoldoutJoint(sasrec, generative, LearnedGateFusion(), TrainStats(short, split.num_items, table.codes),
+                              config)
+        inp = stage1.inputs(held)
+        gates = {s: LearnedGateFusion(**{**config.gate, "scale": s, "name": f"{GATE_NAME}_{s}"}).fit(
+            inp.cands, held.targets, inp.indicators) for s in config.scales()}
+        if gate_path is not None:
+            save_methods(gate_path, gates)
+    seconds["gate"] = time.perf_counter() - t0
+    log.info("holdout joint: gate fitted on %d held-out transitions (%.0f s); peak RSS so far %.2f GiB", len(held),
+             seconds["gate"], _peak_gib())
+
+    towers = {"stage1": (sasrec, generative)}
+    if config.refresh_epochs:
+        t0 = time.perf_counter()
+        towers["refreshed"] = _train_towers(split, table, config, out, "_refresh", progress, init=state,
+                                            refresh=True)[:2]
+        seconds["refresh"] = time.perf_counter() - t0
+
+    # which towers and which gate: the best fused validation NDCG@10 (ties: stage 1, then SCALES order)
+    t0 = time.perf_counter()
+    stats = TrainStats(split.train, split.num_items, table.codes)
+    ks = [k for k in ks if k <= config.k]
+    metrics: dict[str, dict[str, float]] = {}
+    for name, (sas, gen) in towers.items():
+        inp = HoldoutJoint(sas, gen, LearnedGateFusion(), stats, config).inputs(split.valid)
+        for s, gate in gates.items():
+            ranks = ranks_of(inp.cands, gate.fuse(inp.cands, inp.indicators), split.valid.targets, config.k)
+            metrics[f"{name}/{s}"] = metrics_from_ranks(ranks, ks)
+    seconds["validation"] = time.perf_counter() - t0
+    selection = {n: m["ndcg@10"] for n, m in metrics.items()}
+    best = max(selection, key=lambda n: (selection[n], -list(selection).index(n)))
+    tower_name, scale = best.split("/")
+    log.info("holdout joint: fused validation N@10 %s; keeping %s", {n: round(v, 4) for n, v in selection.items()},
+             best)
+    model = HoldoutJoint(*towers[tower_name], gates[scale], stats, config)
+    return HoldoutJointResult(model, metrics[best], selection, tower_name == "refreshed", scale, gates, seconds,
+                              len(held))
+
+
+def save_holdout_joint(model: HoldoutJoint, directory: str | Path) -> Path:
+    """Write ``sasrec.pt``, ``generative.pt``, ``gate.pt`` and ``config.json`` into ``directory``
+    (each atomically); the statistics are rebuilt from the training sequences on load."""
+    from genrec.generative import save_generative
+    from genrec.sasrec import save_sasrec
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_sasrec(model.sasrec, d / "sasrec.pt")
+    save_generative(model.generative, d / "generative.pt")
+    save_methods(d / "gate.pt", {GATE_NAME: model.gate})
+    save_json(d / "config.json", asdict(model.config))
+    return d
+
+
+def load_holdout_joint(directory: str | Path, train: Sequence[np.ndarray]) -> HoldoutJoint:
+    """Load a model saved by :func:`save_holdout_joint`; ``train``: the training sequences it was
+    trained on (for the indicators' transition statistics)."""
+    d = Path(directory)
+    config = HoldoutJointConfig(**load_json(d / "config.json"))
+    sasrec, generative = load_sasrec(d / "sasrec.pt"), load_generative(d / "generative.pt")
+    gate = load_methods(d / "gate.pt")[GATE_NAME]
+    return HoldoutJoint(sasrec, generative, gate, TrainStats(train, sasrec.num_items, generative.codes), config)
+
+
+__all__ = ["HoldoutJointConfig", "HoldoutJoint", "HoldoutJointResult", "holdout_transitions", "train_holdout_joint",
+           "save_holdout_joint", "load_holdout_joint"]

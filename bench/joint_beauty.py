@@ -50,7 +50,13 @@ def main(argv: list[str] | None = None) -> dict:
                         "training transitions)")
     p.add_argument("--width", choices=("full", "half"), default="full",
                    help="holdout: the towers at the recipe's full-preset width, or half of it")
+    p.add_argument("--table", nargs="*", metavar="NAME=RESULTS_JSON",
+                   help="print the Wide & Deep table instead of training: the single models and the primary "
+                        "post-hoc method of --run, then each joint benchmark's results.json (--out of a holdout run)")
+    p.add_argument("--run", default=str(ROOT / "runs/beauty_full"), help="the full recipe run of --table")
     args = p.parse_args(argv)
+    if args.table is not None:
+        return wide_and_deep_table(Path(args.run), args.table)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
 
@@ -141,6 +147,38 @@ def run_holdout(args: argparse.Namespace, split, labels, table) -> dict:
                "peak_rss_gib": peak_gib, "params": params, "gate_by_label": by_label, "config": asdict(config)}
     save_json(Path(args.out) / "results.json", summary)
     return summary
+
+
+def wide_and_deep_table(run: Path, joint_results: list[str]) -> dict:
+    """The issue-14 table: parameters, training minutes, test NDCG@10 overall and per label, for the
+    recipe run's SASRec, generative model and primary post-hoc method, and each joint run given."""
+    from genrec.generative import load_generative
+    from genrec.recipe.primary import choose_primary
+    from genrec.recipe import config_from_dict
+    from genrec.sasrec import load_sasrec
+
+    res = json.loads((run / "results.json").read_text())
+    config = config_from_dict(json.loads((run / "config.json").read_text()))
+    primary = choose_primary(config, run).method
+    n_sas = sum(p.numel() for p in load_sasrec(run / "sasrec" / "best.pt").parameters())
+    n_gen = sum(p.numel() for p in load_generative(run / "generative" / "best.pt").parameters())
+    minutes = {k: res["training"][k]["curve"][-1]["minutes"] for k in ("sasrec", "gr")}
+    rows = {"SASRec": (n_sas, minutes["sasrec"], res["models"]["sasrec"]["test"]),
+            "generative": (n_gen, minutes["gr"], res["models"]["gr"]["test"]),
+            f"post-hoc ({primary}, fitted on validation)": (n_sas + n_gen, minutes["sasrec"] + minutes["gr"],
+                                                            res["models"][primary]["test"])}
+    for item in joint_results:
+        name, _, path = item.partition("=")
+        j = json.loads(Path(path).read_text())
+        (per_label,) = j["results"].values()
+        rows[name] = (sum(j["params"].values()), j["minutes_this_process"], per_label)
+    groups = ("all", "memorization", "generalization", "uncategorized")
+    lines = ["| model | parameters | training min | " + " | ".join(f"N@10 {g}" for g in groups) + " |",
+             "|---|---:|---:|" + "---:|" * len(groups)]
+    for name, (n, m, t) in rows.items():
+        lines.append(f"| {name} | {n:,} | {m:.1f} | " + " | ".join(f"{t[g]['ndcg@10']:.4f}" for g in groups) + " |")
+    print("\n".join(lines))
+    return {"rows": {k: {"params": n, "minutes": m, "test": t} for k, (n, m, t) in rows.items()}}
 
 
 if __name__ == "__main__":

@@ -16,6 +16,13 @@ Files are UTF-8 (a leading byte-order mark is skipped). Timestamps written as in
 policy (every loader): an absent price is None; a price that is not one finite non-negative number
 (NaN, inf, a range such as ``"$5.99 - $12.99"``, text) is None too, and the loader logs one warning
 with the count and the first item ids.
+
+Loading is vectorised (:class:`InteractionColumns`, :func:`build_dataset_columns`): files are read in
+bulk with pyarrow and grouped and sorted with numpy, so that millions of rows take seconds. The
+line-by-line readers stay the reference: any file the bulk readers cannot prove they read the same
+way (``\r`` line ends, blank lines of spaces, unusual numbers, any error) goes through them, so that
+results are the same either way and errors name the line. Items without any text share one empty
+:class:`ItemText`.
 """
 
 from __future__ import annotations
@@ -170,6 +177,143 @@ def build_dataset(
         raise DataFormatError(f"{source or name}: an integer timestamp is outside the 64-bit range") from None
     return SequenceDataset(name=name, item_ids=item_ids, user_ids=user_ids, sequences=sequences,
                            items=[item_texts[i] for i in item_ids], timestamps=timestamps)
+
+
+@dataclass
+class InteractionColumns:
+    """Interactions as parallel arrays, in file order (what the bulk readers produce).
+
+    ``user_ids`` / ``item_ids``: the distinct ids in order of first appearance, each one appearing in
+    at least one row; ``users`` / ``items``: each row's index into them (int64); ``times``: each
+    row's timestamp, int64 when every one is an integer, else float64.
+    """
+
+    user_ids: list[str]
+    users: np.ndarray
+    item_ids: list[str]
+    items: np.ndarray
+    times: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def factorize_ids(column: Any) -> tuple[list[str], np.ndarray]:
+    """Distinct ids of a pyarrow string, integer or dictionary column and each row's index into them.
+
+    Ids are ``str(value).strip()``, exactly as the row-by-row loaders write them, in order of first
+    appearance; values that only differ in surrounding whitespace become one id. A null or blank
+    value gives the id ``""``, for the caller to reject.
+    """
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    nulls = column.null_count > 0
+    # hashing, distinct values in order of first appearance (a null is one more value)
+    encoded = column.dictionary_encode(null_encoding="encode" if nulls else "mask")
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    # strip the distinct values only, in Python, so that whitespace means what str.strip() means
+    values = encoded.dictionary.to_pylist()
+    if nulls:
+        stripped = ["" if v is None else str(v).strip() for v in values]
+    elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        stripped = [v.strip() for v in values]
+    elif pa.types.is_integer(column.type):
+        stripped = list(map(str, values))  # no whitespace to strip
+    else:  # e.g. a dictionary of other values: as the row-by-row loaders write them
+        stripped = [str(v).strip() for v in values]
+    if len(set(stripped)) == len(stripped):
+        return stripped, codes
+    first: dict[str, int] = {}  # " a" and "a" are one id, as in the row-by-row loaders
+    remap = np.fromiter((first.setdefault(s, len(first)) for s in stripped), dtype=np.int64, count=len(stripped))
+    return list(first), remap[codes]
+
+
+def parse_time_strings(column: Any) -> np.ndarray | None:
+    """Timestamps of a pyarrow string column with :func:`parse_timestamp`'s result, or None when a
+    value needs it row by row (to get its exact value or its error).
+
+    All integers (spaces around allowed) give int64; otherwise plain decimals and integers give
+    float64, unless a value is not finite or beyond 2**53 in magnitude (where a float could no longer
+    tell integers apart: :func:`build_dataset` rejects that mix, naming the user).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    trimmed = pc.utf8_trim(column, characters=" \t")
+    try:  # Arrow reads "[+-]digits" only, each of which int() reads to the same value
+        return pc.cast(trimmed, pa.int64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    # every value an integer to int() ("+3", or beyond int64): int64 or an error, row by row
+    if pc.all(pc.match_substring_regex(trimmed, r"^[+-]?[0-9]+$")).as_py():
+        return None
+    # restrict the float parser to forms whose value float() gives too (correctly rounded both ways)
+    if not pc.all(pc.match_substring_regex(trimmed, r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")).as_py():
+        return None
+    try:
+        times = pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if not np.isfinite(times).all() or (np.abs(times) > 2.0 ** 53).any():
+        return None
+    return times
+
+
+def build_dataset_columns(name: str, interactions: InteractionColumns, item_texts: dict[str, ItemText],
+                          order: str = "file", source: str = "", keep_unused: bool = False) -> SequenceDataset:
+    """:func:`build_dataset` for interactions as arrays, with :func:`order_events`'s ``order`` applied.
+
+    The same dataset as ``order_events`` then ``build_dataset`` on the same rows (users in order of
+    first appearance, item indices in ``item_texts`` order, ``order="timestamp"`` a stable sort by
+    time within each user, ``"file"`` the row order with the same warning), in a few vectorised
+    passes instead of Python work per row. Each user's sequence and timestamps are views into two
+    shared arrays.
+    """
+    if order not in ("file", "timestamp"):
+        raise ValueError(f"order must be 'file' or 'timestamp', got {order!r}")
+    inter = interactions
+    used = set(inter.item_ids)
+    unknown = sorted(used.difference(item_texts))
+    if unknown:
+        raise DataFormatError(f"{source or name}: {len(unknown)} interacted item(s) have no item entry, "
+                              f"e.g. {unknown[:5]}")
+    item_ids = [i for i in item_texts if i in used]
+    unused = len(item_texts) - len(item_ids)
+    if unused and keep_unused:
+        item_ids += [i for i in item_texts if i not in used]
+        log.info("%s: %d item(s) with metadata but no interaction kept in the catalogue", name, unused)
+    elif unused:
+        log.info("%s: %d item(s) with metadata but no interaction left out of the vocabulary", name, unused)
+    index = {iid: k for k, iid in enumerate(item_ids)}
+    to_index = np.fromiter(map(index.__getitem__, inter.item_ids), dtype=np.int64, count=len(inter.item_ids))
+    # group rows by user, keeping row order (users are numbered in order of first appearance)
+    users, times, items = inter.users, inter.times, inter.items
+    if not (users[1:] >= users[:-1]).all():  # not already grouped
+        perm = np.argsort(users, kind="stable")
+        users, times, items = users[perm], times[perm], items[perm]
+    descending = (users[1:] == users[:-1]) & (times[1:] < times[:-1])  # a user's next row is older
+    if order == "timestamp" and descending.any():
+        # stable within each user: ties keep row order, as order_events' sorted(); rows sorted by
+        # time in the file (a common layout) are in order once grouped and skip this
+        perm = np.lexsort((inter.times, inter.users))
+        users, times, items = inter.users[perm], inter.times[perm], inter.items[perm]
+    elif order == "file":
+        bad = np.unique(users[1:][descending]).size
+        if bad:
+            log.warning("%s: %d user(s) have rows out of timestamp order; keeping file order "
+                        "(pass order='timestamp' to sort)", source, bad)
+    flat = to_index[items]
+    ends = np.cumsum(np.bincount(users, minlength=len(inter.user_ids))).tolist()
+    starts = [0] + ends[:-1]
+    # slices rather than one array per user: np.split costs seconds per million users in overhead
+    return SequenceDataset(name=name, item_ids=item_ids, user_ids=list(inter.user_ids),
+                           sequences=[flat[a:b] for a, b in zip(starts, ends)],
+                           items=[item_texts[i] for i in item_ids],
+                           timestamps=[times[a:b] for a, b in zip(starts, ends)])
 
 
 def item_text_from_record(record: dict[str, Any], where: str,
@@ -378,30 +522,163 @@ def parse_timestamp(value: Any, where: str, field: str = "timestamp") -> int | f
 
 
 # ----------------------------------------------------------------------------------------------
+# Bulk reading of delimited text: the line-by-line readers above are the reference and name the line
+# of every error; the bulk path below gives the same result in Arrow and numpy, and declines (None) on
+# anything it cannot prove it reads the same way, so that the line-by-line reader handles (and
+# reports) it.
+
+
+def simple_text_bytes(path: Path) -> bytes | None:
+    """The bytes of a text file (gunzipped, byte-order mark dropped) when the bulk reader can take
+    it: valid UTF-8 with ``\\n`` line ends only. None otherwise (corrupt gzip, bad UTF-8, ``\\r``)."""
+    try:
+        with _open_binary(path) as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError
+        return None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if b"\r" in data:  # universal newlines also end lines at "\r": leave those files to the line reader
+        return None
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return data
+
+
+def split_header(data: bytes) -> tuple[str, bytes]:
+    """``(first line without its line end, the rest)`` of :func:`simple_text_bytes`'s result."""
+    end = data.find(b"\n")
+    if end < 0:
+        return data.decode("utf-8"), b""
+    return data[:end].decode("utf-8"), data[end + 1:]
+
+
+def read_delimited_columns(rows: bytes, sep: str, ncol: int, wanted: Sequence[int]) -> list[Any] | None:
+    """Columns ``wanted`` (pyarrow string arrays) of ``rows``, lines of ``ncol`` fields split on ``sep``
+    (no quoting), or None when a line is not exactly that (blank lines of spaces, a wrong field
+    count), leaving it to the line reader to skip or report. Empty lines are skipped, as there."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = [f"f{k}" for k in range(ncol)]
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(rows),
+            read_options=pacsv.ReadOptions(column_names=names),
+            parse_options=pacsv.ParseOptions(delimiter=sep, quote_char=False, double_quote=False,
+                                             escape_char=False, newlines_in_values=False, ignore_empty_lines=True),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                 include_columns=[names[k] for k in wanted],
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return [table.column(names[k]) for k in wanted]
+
+
+# ----------------------------------------------------------------------------------------------
 # Plain directory format
 
 
+_ITEM_KEYS = frozenset(TEXT_FIELDS) | {"item_id"}
+_EMPTY_TEXT = ItemText()
+_JSONL_BATCH = 65536  # lines parsed by one json.loads call in the bulk reader
+
+
+def _item_id(obj: dict[str, Any], where: str) -> str:
+    """The ``item_id`` of one ``items.jsonl`` object as a string; errors name ``where``."""
+    raw_id = obj.get("item_id")
+    if raw_id is None or raw_id == "":
+        raise DataFormatError(f"{where}: missing 'item_id'")
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int, float)):
+        raise DataFormatError(f"{where}: 'item_id' must be a string or number, got {type(raw_id).__name__}")
+    return str(raw_id)
+
+
+def _item_text(obj: dict[str, Any], where: str, bad_prices: list[tuple[str, Any]], iid: str) -> ItemText:
+    """:func:`item_text_from_record`, except that an item with no text at all (vectors stand in for
+    text) gets one shared frozen empty ItemText (the same value) rather than an object per item."""
+    if obj.keys() <= _ITEM_KEYS and all(v is None or v == "" or v == [] for k, v in obj.items() if k != "item_id"):
+        return _EMPTY_TEXT
+    return item_text_from_record(obj, where, bad_prices, iid)
+
+
+def _read_items_bulk(path: Path) -> dict[str, ItemText] | None:
+    """:func:`read_items_jsonl` with one ``json.loads`` per batch of lines instead of one per line,
+    or None when anything is unusual (not simple text, malformed JSON, any error): then the line
+    reader gives the same result or names the line."""
+    data = simple_text_bytes(path)
+    if data is None:
+        return None
+    lines = [line for line in data.split(b"\n") if line.strip()]
+    del data
+    items: dict[str, ItemText] = {}
+    bad_prices: list[tuple[str, Any]] = []
+    for start in range(0, len(lines), _JSONL_BATCH):
+        batch = lines[start:start + _JSONL_BATCH]
+        try:
+            objs = json.loads((b"[" + b",".join(batch) + b"]").decode("utf-8"))
+        except (ValueError, RecursionError):
+            return None
+        # one object per line, or a line held several values (or half of one): the line reader decides
+        if not isinstance(objs, list) or len(objs) != len(batch):
+            return None
+        for obj in objs:
+            if not isinstance(obj, dict):
+                return None
+            try:
+                iid = _item_id(obj, str(path))
+                if iid in items:
+                    return None
+                items[iid] = _item_text(obj, str(path), bad_prices, iid)
+            except DataFormatError:
+                return None
+    if not items:
+        return None
+    warn_bad_prices(str(path), bad_prices)
+    return items
+
+
 def read_items_jsonl(path: Path) -> dict[str, ItemText]:
-    """Read ``items.jsonl[.gz]`` into ``item_id -> ItemText`` (file order kept)."""
+    """Read ``items.jsonl[.gz]`` into ``item_id -> ItemText`` (file order kept).
+
+    Items without any text share one empty :class:`ItemText`. Simple files are parsed in batches;
+    anything unusual goes line by line, so that errors name the line.
+    """
+    bulk = _read_items_bulk(path)
+    if bulk is not None:
+        return bulk
     items: dict[str, ItemText] = {}
     first_line: dict[str, int] = {}
     bad_prices: list[tuple[str, Any]] = []
     for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
-        raw_id = obj.get("item_id")
-        if raw_id is None or raw_id == "":
-            raise DataFormatError(f"{where}: missing 'item_id'")
-        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int, float)):
-            raise DataFormatError(f"{where}: 'item_id' must be a string or number, got {type(raw_id).__name__}")
-        iid = str(raw_id)
+        iid = _item_id(obj, where)
         if iid in items:
             raise DataFormatError(f"{where}: duplicate item_id {iid!r} (first at line {first_line[iid]})")
-        items[iid] = item_text_from_record(obj, where, bad_prices, iid)
+        items[iid] = _item_text(obj, where, bad_prices, iid)
         first_line[iid] = lineno
     if not items:
         raise DataFormatError(f"{path}: empty file (no items)")
     warn_bad_prices(str(path), bad_prices)
     return items
+
+
+def _tsv_header(path: Path, header_line: str) -> tuple[int, int, int, int]:
+    """Columns of user_id, item_id, timestamp and the column count, from the interactions header."""
+    if not header_line.strip():
+        raise DataFormatError(f"{path}: empty file (expected header 'user_id\\titem_id\\ttimestamp')")
+    header = [h.strip() for h in header_line.rstrip("\n\r").split("\t")]
+    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in header]
+    if missing:
+        raise DataFormatError(f"{path}:1: header {header} lacks column(s) {missing} "
+                              f"(expected 'user_id\\titem_id\\ttimestamp')")
+    dup = next((h for k, h in enumerate(header) if h and h in header[:k]), None)
+    if dup is not None:  # with two copies, which one holds the data would be a guess
+        raise DataFormatError(f"{path}:1: header column {dup!r} appears more than once (header {header})")
+    return header.index("user_id"), header.index("item_id"), header.index("timestamp"), len(header)
 
 
 def read_interactions_tsv(path: Path, items: dict[str, ItemText] | None = None
@@ -413,18 +690,7 @@ def read_interactions_tsv(path: Path, items: dict[str, ItemText] | None = None
     users: dict[str, list[tuple[str, int | float]]] = {}
     with contextlib.closing(iter_lines(path)) as lines:
         _, header_line = next(lines, (1, ""))
-        if not header_line.strip():
-            raise DataFormatError(f"{path}: empty file (expected header 'user_id\\titem_id\\ttimestamp')")
-        header = [h.strip() for h in header_line.rstrip("\n\r").split("\t")]
-        missing = [c for c in ("user_id", "item_id", "timestamp") if c not in header]
-        if missing:
-            raise DataFormatError(f"{path}:1: header {header} lacks column(s) {missing} "
-                                  f"(expected 'user_id\\titem_id\\ttimestamp')")
-        dup = next((h for k, h in enumerate(header) if h and h in header[:k]), None)
-        if dup is not None:  # with two copies, which one holds the data would be a guess
-            raise DataFormatError(f"{path}:1: header column {dup!r} appears more than once (header {header})")
-        cu, ci, ct = header.index("user_id"), header.index("item_id"), header.index("timestamp")
-        ncol = len(header)
+        cu, ci, ct, ncol = _tsv_header(path, header_line)
         n_rows = 0
         for lineno, line in lines:
             line = line.rstrip("\n\r")
@@ -444,6 +710,34 @@ def read_interactions_tsv(path: Path, items: dict[str, ItemText] | None = None
     if n_rows == 0:
         raise DataFormatError(f"{path}: no interactions after the header")
     return users
+
+
+def read_interaction_columns(path: Path, items: dict[str, ItemText] | None = None) -> InteractionColumns | None:
+    """:func:`read_interactions_tsv` in bulk (Arrow's CSV reader, no Python work per row), as columns.
+
+    None when the file needs the line-by-line reader: when it is not simple text (see
+    :func:`simple_text_bytes`), a line is blank or has the wrong field count, an id is empty, a
+    timestamp is not a plain number, an item lacks an entry in ``items``, or there are no rows. That
+    reader then gives the same result or the error naming the line.
+    """
+    data = simple_text_bytes(path)
+    if data is None:
+        return None
+    header_line, rows = split_header(data)
+    cu, ci, ct, ncol = _tsv_header(path, header_line)  # the same header errors as the line reader
+    columns = read_delimited_columns(rows, "\t", ncol, (cu, ci, ct))
+    if columns is None or len(columns[0]) == 0:
+        return None
+    user_ids, users = factorize_ids(columns[0])
+    item_ids, item_codes = factorize_ids(columns[1])
+    if "" in user_ids or "" in item_ids:
+        return None
+    if items is not None and any(i not in items for i in item_ids):
+        return None
+    times = parse_time_strings(columns[2])
+    if times is None:
+        return None
+    return InteractionColumns(user_ids=user_ids, users=users, item_ids=item_ids, items=item_codes, times=times)
 
 
 def order_events(users: dict[str, list[tuple[str, float]]], order: str, source: str) -> None:
@@ -476,9 +770,15 @@ def load_plain(directory: str | Path, name: str | None = None, order: str = "fil
     items_path = find_file(directory, "items.jsonl")
     inter_path = find_file(directory, "interactions.tsv")
     items = read_items_jsonl(items_path)
-    users = read_interactions_tsv(inter_path, items)
-    order_events(users, order, str(inter_path))
-    ds = build_dataset(name or directory.name, users, items, source=str(inter_path), keep_unused=keep_unused_items)
+    columns = read_interaction_columns(inter_path, items)
+    if columns is not None:
+        ds = build_dataset_columns(name or directory.name, columns, items, order=order, source=str(inter_path),
+                                   keep_unused=keep_unused_items)
+    else:  # rows the bulk reader leaves to the line reader (blank lines, unusual numbers, errors)
+        users = read_interactions_tsv(inter_path, items)
+        order_events(users, order, str(inter_path))
+        ds = build_dataset(name or directory.name, users, items, source=str(inter_path),
+                           keep_unused=keep_unused_items)
     log.info("loaded %r", ds)
     return ds
 

@@ -24,12 +24,15 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from genrec.data import (
+    InteractionColumns,
     ItemText,
     SequenceDataset,
-    build_dataset,
+    build_dataset_columns,
+    factorize_ids,
     item_text_from_record,
-    order_events,
     parse_timestamp,
     warn_bad_prices,
 )
@@ -70,23 +73,40 @@ def _column(table, path: Path, name: str, what: str):
     return table.column(name)
 
 
-def _ids(table, path: Path, name: str, what: str) -> list[str]:
-    """A string or integer id column as strings; nulls and empty ids are errors naming the row."""
+def _id_column(table, path: Path, name: str, what: str):
+    """The column holding ids, checked to be of strings or integers."""
     import pyarrow.types as pt
 
     col = _column(table, path, name, what)
     t = col.type
     if not (pt.is_string(t) or pt.is_large_string(t) or pt.is_integer(t) or pt.is_dictionary(t)):
         raise DataFormatError(f"{path}: column {name!r} ({what}) must hold strings or integers, got {t}")
-    values = col.to_pylist()
-    for row, v in enumerate(values, start=1):
+    return col
+
+
+def _raise_empty_id(col, path: Path, name: str, what: str) -> None:
+    """Raise the error for the first null or blank id (row by row: only run on a column that has one)."""
+    for row, v in enumerate(col.to_pylist(), start=1):
         if v is None or (isinstance(v, str) and not v.strip()):
             raise DataFormatError(f"{path}: row {row}: empty {what} in column {name!r}")
-    return [str(v).strip() for v in values]
+    raise AssertionError(f"{path}: column {name!r} has no empty {what}")  # callers only come here with one
 
 
-def _times(table, path: Path, name: str) -> list[int | float]:
+def _ids(table, path: Path, name: str, what: str) -> tuple[list[str], np.ndarray]:
+    """A string or integer id column as distinct stripped ids (order of first appearance) and each
+    row's index into them; nulls and empty ids are errors naming the first such row."""
+    col = _id_column(table, path, name, what)
+    ids, codes = factorize_ids(col)  # a null id is "" there
+    if "" in ids:
+        _raise_empty_id(col, path, name, what)
+    return ids, codes
+
+
+def _times(table, path: Path, name: str) -> np.ndarray:
+    """The time column as int64 (integers, timestamps) or float64; a null, a non-finite number or an
+    integer beyond int64 is an error naming the first such row."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.types as pt
 
     col = _column(table, path, name, "time")
@@ -95,19 +115,28 @@ def _times(table, path: Path, name: str) -> list[int | float]:
         col = col.cast(pa.int64())
     elif not (pt.is_integer(t) or pt.is_floating(t)):
         raise DataFormatError(f"{path}: column {name!r} (time) must hold numbers or timestamps, got {t}")
-    out = []
-    for row, v in enumerate(col.to_pylist(), start=1):
-        if v is None:
-            raise DataFormatError(f"{path}: row {row}: empty time in column {name!r}")
-        out.append(parse_timestamp(v, f"{path}: row {row}", name))
-    return out
+    values = None
+    if col.null_count == 0:
+        if pt.is_floating(col.type):
+            values = col.cast(pa.float64()).to_numpy()
+            if not np.isfinite(values).all():
+                values = None
+        elif not (pt.is_unsigned_integer(col.type) and pc.max(col).as_py() >= 2 ** 63):
+            values = col.cast(pa.int64()).to_numpy()
+    if values is None:  # report the first bad row as parse_timestamp words it
+        for row, v in enumerate(col.to_pylist(), start=1):
+            if v is None:
+                raise DataFormatError(f"{path}: row {row}: empty time in column {name!r}")
+            parse_timestamp(v, f"{path}: row {row}", name)
+        raise AssertionError(f"{path}: column {name!r} has no bad time")  # only reached with one
+    return values
 
 
 def _read_items(path: Path, item_id: str, columns: dict[str, str | None]) -> dict[str, ItemText]:
     table = read_parquet_table(path)
     if table.num_rows == 0:
         raise DataFormatError(f"{path}: empty file (no items)")
-    ids = _ids(table, path, item_id, "item_id")
+    ids, codes = _ids(table, path, item_id, "item_id")
     used = {field: col for field, col in columns.items() if col is not None and col in table.column_names}
     absent = [f"{f}={c}" for f, c in columns.items() if c is not None and c not in table.column_names
               and c != f]  # a renamed column that is not there is a mistake; a default one may be absent
@@ -116,23 +145,43 @@ def _read_items(path: Path, item_id: str, columns: dict[str, str | None]) -> dic
     others = [c for c in table.column_names if c != item_id and c not in used.values()]
     if others:
         log.info("%s: column(s) %s are not item text; kept in ItemText.extra, not embedded", path, others)
-    data = {field: table.column(col).to_pylist() for field, col in used.items()}
-    extra = {c: table.column(c).to_pylist() for c in others}
-    items: dict[str, ItemText] = {}
-    first_row: dict[str, int] = {}
+    n = table.num_rows
+    rows = np.arange(n)
+    first_row = np.full(len(ids), n, dtype=np.int64)
+    np.minimum.at(first_row, codes, rows)
+    repeated = np.flatnonzero(first_row[codes] != rows)
+    stop = int(repeated[0]) if len(repeated) else n  # row `stop` repeats an id: rows after it are not read
+    # Rows with no text and no extra column all get one shared empty ItemText (it is frozen), not an
+    # object each: catalogues of vectors without text have millions of them.
+    empty = ItemText()
+    texts = [empty] * stop
     bad_prices: list[tuple[str, Any]] = []
-    for k, iid in enumerate(ids):
-        row = k + 1
-        if iid in items:
-            raise DataFormatError(f"{path}: row {row}: duplicate item_id {iid!r} (first at row {first_row[iid]})")
-        record = {field: values[k] for field, values in data.items()}
-        text = item_text_from_record(record, f"{path}: row {row}", bad_prices, iid)
-        items[iid] = ItemText(title=text.title, brand=text.brand, categories=text.categories,
-                              description=text.description, price=text.price,
-                              extra={c: v[k] for c, v in extra.items()})
-        first_row[iid] = row
-    warn_bad_prices(str(path), bad_prices)
-    return items
+    if used or others:
+        import pyarrow.compute as pc
+
+        if others:
+            needed = np.arange(stop)
+        else:
+            present = np.zeros(n, dtype=bool)
+            for col in used.values():
+                present |= pc.is_valid(table.column(col)).to_numpy(zero_copy_only=False)
+            needed = np.flatnonzero(present[:stop])
+        data = {field: table.column(col).to_pylist() for field, col in used.items()}
+        extra = {c: table.column(c).to_pylist() for c in others}
+        for k in needed.tolist():
+            iid = ids[codes[k]]
+            record = {field: values[k] for field, values in data.items()}
+            text = item_text_from_record(record, f"{path}: row {k + 1}", bad_prices, iid)
+            texts[k] = ItemText(title=text.title, brand=text.brand, categories=text.categories,
+                                description=text.description, price=text.price,
+                                extra={c: v[k] for c, v in extra.items()})
+    if stop < n:
+        iid = ids[codes[stop]]
+        raise DataFormatError(f"{path}: row {stop + 1}: duplicate item_id {iid!r} "
+                              f"(first at row {first_row[codes[stop]] + 1})")
+    if used or others:
+        warn_bad_prices(str(path), bad_prices)
+    return dict(zip(ids, texts))  # no duplicate: row k holds ids[k]
 
 
 def load_parquet(interactions: str | Path, items: str | Path | None = None, name: str | None = None,
@@ -152,27 +201,24 @@ def load_parquet(interactions: str | Path, items: str | Path | None = None, name
     table = read_parquet_table(inter_path)
     if table.num_rows == 0:
         raise DataFormatError(f"{inter_path}: empty file (no interactions)")
-    users_col = _ids(table, inter_path, user, "user")
-    items_col = _ids(table, inter_path, item, "item")
+    user_ids, users = _ids(table, inter_path, user, "user")
+    item_ids, item_codes = _ids(table, inter_path, item, "item")
     times = _times(table, inter_path, time)
-    events: dict[str, list[tuple[str, int | float]]] = {}
-    for u, i, t in zip(users_col, items_col, times):
-        events.setdefault(u, []).append((i, t))
     if items is not None:
         columns = {"title": title, "brand": brand, "categories": categories, "description": description,
                    "price": price}
         texts = _read_items(Path(items), item_id, columns)
-        unknown = next(((row, i) for row, i in enumerate(items_col, start=1) if i not in texts), None)
-        if unknown is not None:
-            n = len({i for i in items_col if i not in texts})
-            raise DataFormatError(f"{inter_path}: row {unknown[0]}: item {unknown[1]!r} has no row in {items} "
-                                  f"({n} such item(s))")
+        unknown = ~np.fromiter(map(texts.__contains__, item_ids), dtype=bool, count=len(item_ids))
+        if unknown.any():
+            row = int(np.argmax(unknown[item_codes]))
+            raise DataFormatError(f"{inter_path}: row {row + 1}: item {item_ids[item_codes[row]]!r} has no row in "
+                                  f"{items} ({int(unknown.sum())} such item(s))")
     else:
         log.info("%s: no items file; every item has empty text (set text.fallback or text.embeddings in a recipe)",
                  inter_path)
-        texts = {i: ItemText() for i in dict.fromkeys(items_col)}
-    order_events(events, order, str(inter_path))
-    ds = build_dataset(name or inter_path.parent.name, events, texts, source=str(inter_path),
-                       keep_unused=keep_unused_items)
+        texts = dict.fromkeys(item_ids, ItemText())  # one shared (frozen) empty text, not one per item
+    rows = InteractionColumns(user_ids=user_ids, users=users, item_ids=item_ids, items=item_codes, times=times)
+    ds = build_dataset_columns(name or inter_path.parent.name, rows, texts, order=order,
+                               source=str(inter_path), keep_unused=keep_unused_items)
     log.info("loaded %r", ds)
     return ds

@@ -39,15 +39,24 @@ import math
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+import numpy as np
+
 from genrec.data import (
+    InteractionColumns,
     ItemText,
     SequenceDataset,
     build_dataset,
+    build_dataset_columns,
+    factorize_ids,
     iter_lines,
     order_events,
     parse_price,
+    parse_time_strings,
     parse_timestamp,
     price_is_absent,
+    read_delimited_columns,
+    simple_text_bytes,
+    split_header,
     warn_bad_prices,
 )
 from genrec.errors import DataFormatError, DataNotFoundError
@@ -83,32 +92,38 @@ def _separator(sep: str | None, header: str) -> str:
     return SEPARATORS[sep]
 
 
+def _header(path: Path, header_line: str, sep: str | None) -> tuple[str, list[tuple[str, str]]]:
+    """The separator and the ``[(name, type), ...]`` fields of a header line."""
+    header_line = header_line.rstrip("\n\r")
+    if not header_line.strip():
+        raise DataFormatError(f"{path}: empty file (expected a header of name:type fields, e.g. "
+                              f"'user_id:token\\titem_id:token\\ttimestamp:float')")
+    s = _separator(sep, header_line)
+    header: list[tuple[str, str]] = []
+    other = "comma" if s == "\t" else "tab"
+    for raw in header_line.split(s):
+        if SEPARATORS[other] in raw:  # the separator was set (or guessed) wrong
+            raise DataFormatError(f"{path}:1: header field {raw.strip()!r} holds a {other}: the file looks "
+                                  f"{other}-separated (sep={other})")
+        name, colon, ftype = raw.strip().rpartition(":")
+        if not colon or not name:
+            raise DataFormatError(f"{path}:1: header field {raw.strip()!r} is not written name:type "
+                                  f"(types: {', '.join(FIELD_TYPES)})")
+        if ftype not in FIELD_TYPES:
+            raise DataFormatError(f"{path}:1: header field {raw.strip()!r} has unknown type {ftype!r} "
+                                  f"(types: {', '.join(FIELD_TYPES)})")
+        if any(name == h for h, _ in header):
+            raise DataFormatError(f"{path}:1: header field {name!r} appears more than once")
+        header.append((name, ftype))
+    return s, header
+
+
 def _rows(path: Path, sep: str | None) -> Iterator[tuple[int, list[tuple[str, str]] | list[str]]]:
     """First ``(1, [(name, type), ...])`` of the header, then ``(line, fields)`` of each non-blank row,
     every row checked to have as many fields as the header."""
     with contextlib.closing(iter_lines(path)) as lines:
         _, header_line = next(lines, (1, ""))
-        header_line = header_line.rstrip("\n\r")
-        if not header_line.strip():
-            raise DataFormatError(f"{path}: empty file (expected a header of name:type fields, e.g. "
-                                  f"'user_id:token\\titem_id:token\\ttimestamp:float')")
-        s = _separator(sep, header_line)
-        header: list[tuple[str, str]] = []
-        other = "comma" if s == "\t" else "tab"
-        for raw in header_line.split(s):
-            if SEPARATORS[other] in raw:  # the separator was set (or guessed) wrong
-                raise DataFormatError(f"{path}:1: header field {raw.strip()!r} holds a {other}: the file looks "
-                                      f"{other}-separated (sep={other})")
-            name, colon, ftype = raw.strip().rpartition(":")
-            if not colon or not name:
-                raise DataFormatError(f"{path}:1: header field {raw.strip()!r} is not written name:type "
-                                      f"(types: {', '.join(FIELD_TYPES)})")
-            if ftype not in FIELD_TYPES:
-                raise DataFormatError(f"{path}:1: header field {raw.strip()!r} has unknown type {ftype!r} "
-                                      f"(types: {', '.join(FIELD_TYPES)})")
-            if any(name == h for h, _ in header):
-                raise DataFormatError(f"{path}:1: header field {name!r} appears more than once")
-            header.append((name, ftype))
+        s, header = _header(path, header_line, sep)
         yield 1, header
         sep_name = "tab" if s == "\t" else "comma"
         for lineno, line in lines:
@@ -159,6 +174,36 @@ def _read_inter(path: Path, sep: str | None, user_field: str, item_field: str, t
     if n == 0:
         raise DataFormatError(f"{path}: no interactions after the header")
     return users, first_line, ct is not None
+
+
+def _read_inter_columns(path: Path, sep: str | None, user_field: str, item_field: str, time_field: str
+                        ) -> tuple[InteractionColumns, bool] | None:
+    """:func:`_read_inter` in bulk (no Python work per row): the rows as columns and whether times were
+    read, or None when the file needs the line reader (see :func:`genrec.data.read_interaction_columns`)."""
+    data = simple_text_bytes(path)
+    if data is None:
+        return None
+    header_line, rest = split_header(data)
+    s, header = _header(path, header_line, sep)  # the same header errors as the line reader
+    cu = _field(path, header, user_field, ("token",))
+    ci = _field(path, header, item_field, ("token",))
+    ct = _field(path, header, time_field, ("float", "token"), required=False)
+    columns = read_delimited_columns(rest, s, len(header), (cu, ci) if ct is None else (cu, ci, ct))
+    if columns is None or len(columns[0]) == 0:
+        return None
+    user_ids, users = factorize_ids(columns[0])
+    item_ids, items = factorize_ids(columns[1])
+    if "" in user_ids or "" in item_ids:
+        return None
+    if ct is None:
+        log.info("%s: no %r field; each user's interactions keep file order", path, time_field)
+        times = np.arange(len(users), dtype=np.int64)  # the row number stands for the time
+    else:
+        times = parse_time_strings(columns[2])
+        if times is None:
+            return None
+    return InteractionColumns(user_ids=user_ids, users=users, item_ids=item_ids, items=items, times=times), \
+        ct is not None
 
 
 def _categories(value: str) -> tuple[str, ...]:
@@ -256,14 +301,23 @@ def load_recbole(directory: str | Path, name: str | None = None, sep: Literal["t
     if inter_path is None:
         raise DataNotFoundError(f"{directory}: expected {directory.name}.inter or {directory.name}.inter.gz "
                                 f"(RecBole atomic files are named after their directory), found neither")
-    users, first_line, timed = _read_inter(inter_path, sep, user_field, item_field, time_field)
+    bulk = _read_inter_columns(inter_path, sep, user_field, item_field, time_field)
+    if bulk is not None:
+        rows, timed = bulk
+        inter_items = rows.item_ids  # in order of first appearance, as first_line's keys
+    else:  # rows the bulk reader leaves to the line reader (blank lines, unusual numbers, errors)
+        users, first_line, timed = _read_inter(inter_path, sep, user_field, item_field, time_field)
+        inter_items = list(first_line)
     if item_path is None:
         log.info("%s: no %s.item file; every item has empty text (set text.fallback or text.embeddings in a "
                  "recipe)", directory, directory.name)
         items: dict[str, ItemText] = {}
     else:
         items = _read_item(item_path, sep, item_field)
-    missing = [i for i in first_line if i not in items]
+    missing = [i for i in inter_items if i not in items]
+    if missing and item_path is not None and missing_items == "error" and bulk is not None:
+        # the error names the .inter line of the first missing item: the line reader knows it
+        _, first_line, _ = _read_inter(inter_path, sep, user_field, item_field, time_field)
     if missing and item_path is not None:
         if missing_items == "error":
             raise DataFormatError(f"{inter_path}:{first_line[missing[0]]}: {len(missing)} interacted item(s) have "
@@ -271,8 +325,14 @@ def load_recbole(directory: str | Path, name: str | None = None, sep: Literal["t
                                   f"them with empty text)")
         log.warning("%s: %d interacted item(s) have no entry in %s; kept with empty text (e.g. %s)",
                     directory, len(missing), item_path.name, missing[:3])
-    texts = {**items, **{i: ItemText() for i in missing}}
-    order_events(users, order if timed else "file", str(inter_path))
-    ds = build_dataset(name or directory.name, users, texts, source=str(inter_path), keep_unused=keep_unused_items)
+    # one shared (frozen) empty text for the items without an entry, not one object each
+    texts = {**items, **dict.fromkeys(missing, ItemText())}
+    if bulk is not None:
+        ds = build_dataset_columns(name or directory.name, rows, texts, order=order if timed else "file",
+                                   source=str(inter_path), keep_unused=keep_unused_items)
+    else:
+        order_events(users, order if timed else "file", str(inter_path))
+        ds = build_dataset(name or directory.name, users, texts, source=str(inter_path),
+                           keep_unused=keep_unused_items)
     log.info("loaded %r", ds)
     return ds

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from fusion.methods import GateHead, GateReport
 from fusion.indicators import Indicators
+from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, repeat_mixture
@@ -339,8 +340,11 @@ def _batches(histories: list[np.ndarray], size: int):
 
 
 def evaluate_joint(model: JointModel, instances: Instances, ks=DEFAULT_KS, batch_size: int = 512) -> dict[str, float]:
-    """Full-ranking Recall/NDCG@K of the fused (or single-tower) scores."""
-    return metrics_from_ranks(joint_ranks(model, instances, batch_size), ks)
+    """Full-ranking Recall/NDCG@K of the fused (or single-tower) scores; inside
+    :func:`genrec.distributed.sharded_evaluation` each rank ranks its share of the instances."""
+    n = len(instances)
+    ranks = joint_ranks(model, distributed.shard_instances(instances), batch_size)
+    return metrics_from_ranks(distributed.gather_rows(ranks, n), ks)
 
 
 def joint_ranks(model: JointModel, instances: Instances, batch_size: int = 512) -> np.ndarray:

@@ -12,10 +12,15 @@ Scores are sums over levels of the model's (full-softmax) log-probabilities of e
 invalid codes masked out afterwards (as ``transformers``' ``prefix_allowed_tokens_fn`` does), so
 a beam result's score equals :func:`score_candidates` of the same item. Padding (``-1`` items,
 ``-inf`` scores) follows :mod:`genrec.batching`.
+
+Device: the search runs where the model's parameters are (:func:`decoder_device`), with the trie's
+tables copied there once (:func:`trie_on`); the returned arrays are NumPy, on the host.
 """
 
 from __future__ import annotations
 
+import copy
+import weakref
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +31,33 @@ from genrec.batching import check_histories
 from genrec.trie import PrefixTrie  # re-exported: beam_search's callers build the trie they pass in
 
 __all__ = ["PrefixTrie", "CodeDecoder", "BeamResult", "beam_search", "score_candidates", "beam_from_context",
-           "score_from_context", "length_batches"]
+           "score_from_context", "length_batches", "decoder_device", "trie_on"]
+
+# per trie, its copies on other devices (a Beauty trie's last table is ~25 MB: copied once, not per batch)
+_DEVICE_TRIES: "weakref.WeakKeyDictionary[PrefixTrie, dict[torch.device, PrefixTrie]]" = weakref.WeakKeyDictionary()
+
+
+def decoder_device(model: Any) -> torch.device:
+    """The device of a decoder's parameters (the CPU for a model without any)."""
+    params = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
+    first = next(params, None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def trie_on(trie: PrefixTrie, device: torch.device | str) -> PrefixTrie:
+    """``trie`` with its tables on ``device`` (``trie`` itself on the CPU; other devices' copies are
+    made once per trie and kept while the trie lives)."""
+    device = torch.device(device)
+    if trie.codes.device == device:
+        return trie
+    copies = _DEVICE_TRIES.setdefault(trie, {})
+    if device not in copies:
+        moved = copy.copy(trie)
+        moved.codes = trie.codes.to(device)
+        moved.child = [t.to(device) for t in trie.child]
+        moved.item_nodes = trie.item_nodes.to(device)
+        copies[device] = moved
+    return copies[device]
 
 
 class CodeDecoder(Protocol):
@@ -60,11 +91,14 @@ def beam_from_context(model: CodeDecoder, trie: PrefixTrie, context: Any, num_hi
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Constrained beam search for ``N = num_histories`` histories already encoded by ``model.start``:
     items ``[N, K]`` (-1 pads), sequence log-probs ``[N, K]`` (best first) and codes ``[N, K, L]``.
-    Callers that also score candidates of the same histories (:func:`score_from_context`) encode once."""
+    Callers that also score candidates of the same histories (:func:`score_from_context`) encode once.
+    The tensors are on the model's device (:func:`decoder_device`)."""
     N = num_histories
-    codes = torch.zeros(N, 1, 0, dtype=torch.long)  # [N, K, l]
-    nodes = torch.zeros(N, 1, dtype=torch.long)  # prefix node of each beam
-    scores = torch.zeros(N, 1)  # [N, K] accumulated log-probs
+    device = decoder_device(model)
+    trie = trie_on(trie, device)
+    codes = torch.zeros(N, 1, 0, dtype=torch.long, device=device)  # [N, K, l]
+    nodes = torch.zeros(N, 1, dtype=torch.long, device=device)  # prefix node of each beam
+    scores = torch.zeros(N, 1, device=device)  # [N, K] accumulated log-probs
     cache = None
     for lvl in range(trie.num_levels):
         logp, cache = model.step(context, codes, cache)  # [N, K, V]
@@ -93,19 +127,21 @@ def score_from_context(model: CodeDecoder, trie: PrefixTrie, context: Any, candi
     # callers often pass mostly padding (fusion asks only for the items a model is missing).
     real = cand >= 0
     cols = np.argsort(~real, axis=1, kind="stable")[:, :max(int(real.sum(1).max()) if real.size else 0, 1)]
-    c = torch.from_numpy(np.take_along_axis(cand, cols, 1))  # [N, C']
+    device = decoder_device(model)
+    trie = trie_on(trie, device)
+    c = torch.from_numpy(np.take_along_axis(cand, cols, 1)).to(device)  # [N, C']
     N, C = c.shape
     codes = trie.codes[c.clamp_min(0)]  # [N, C, L]
-    total = torch.zeros(N, C)
+    total = torch.zeros(N, C, device=device)
     logp, cache = model.step(context, codes[:, :1, :0], None)  # level 0 is shared by all candidates
     total += logp[:, 0].gather(1, codes[:, :, 0])
     if trie.num_levels > 1:
-        cache = model.reorder(cache, torch.zeros(N, C, dtype=torch.long))
+        cache = model.reorder(cache, torch.zeros(N, C, dtype=torch.long, device=device))
     for lvl in range(1, trie.num_levels):
         logp, cache = model.step(context, codes[:, :, :lvl], cache)
         total += logp.gather(2, codes[:, :, lvl:lvl + 1])[..., 0]
     scored = np.full(cand.shape, -np.inf, dtype=np.float32)
-    np.put_along_axis(scored, cols, torch.where(c >= 0, total, -torch.inf).numpy(), 1)
+    np.put_along_axis(scored, cols, torch.where(c >= 0, total, -torch.inf).cpu().numpy(), 1)
     return scored
 
 
@@ -136,7 +172,8 @@ def beam_search(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray
         context = model.start([histories[r] for r in rows], None if users is None else np.asarray(users)[rows])
         it, sc, cd = beam_from_context(model, trie, context, len(rows), beam_size)
         k = min(top_k, it.shape[1])
-        items[rows, :k], logp[rows, :k], codes[rows, :k] = it[:, :k].numpy(), sc[:, :k].numpy(), cd[:, :k].numpy()
+        it, sc, cd = (t[:, :k].cpu().numpy() for t in (it, sc, cd))
+        items[rows, :k], logp[rows, :k], codes[rows, :k] = it, sc, cd
     return BeamResult(items=items, log_probs=logp, codes=codes)
 
 

@@ -29,13 +29,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.errors import CheckpointNotFoundError, DataFormatError
-from genrec.beam_search import BeamResult, beam_from_context, length_batches, score_from_context
+from genrec.beam_search import (BeamResult, beam_from_context, decoder_device, length_batches, score_from_context,
+                                trie_on)
 from genrec.layers import Block, attention_mask
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.trie import PrefixTrie, trie_of
+from genrec.sasrec import resolve_device
 from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
 from genrec.splits import Instances, LeaveOneOutSplit
 
@@ -85,9 +88,12 @@ class GenerativeConfig:
     seed: int = 0
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's default
     nonfinite_loss: str = "error"  # a NaN/inf training loss: "error" stops, "skip" leaves the step out
+    # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available); under torchrun "cuda" is each rank's own GPU
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         check_nonfinite_loss(self.nonfinite_loss)
+        resolve_device(self.device)  # a ConfigError naming the device now, not at training time
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,7 +114,7 @@ class CodeHead(nn.Module):
 
     def forward(self, h: torch.Tensor, prefix: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
         # h: [..., H]; prefix: [..., l] code tokens (offset + 1); level: int or [l'] levels -> [..., H]
-        z = h + self.prefix_emb(prefix).sum(-2) + self.level_emb(torch.as_tensor(level))
+        z = h + self.prefix_emb(prefix).sum(-2) + self.level_emb(torch.as_tensor(level, device=h.device))
         for block in self.blocks:
             z = z + block(z)
         return self.ln(z)
@@ -164,7 +170,7 @@ class HierarchicalGenerative(nn.Module):
     @property
     def codes(self) -> np.ndarray:
         """Semantic IDs ``[n_items, num_levels]``."""
-        return (self.item_tokens[1:] - 1 - torch.tensor(self.offsets)).numpy()
+        return (self.item_tokens[1:].cpu() - 1 - torch.tensor(self.offsets)).numpy()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Item tokens ``[B, T]`` (0 = padding, item i = i+1) -> hidden states ``[B, T, H]``."""
@@ -200,12 +206,13 @@ class HierarchicalGenerative(nn.Module):
         P, L = tok.shape
         # prefix of level l = tokens of levels < l: [P, L, L] with the diagonal and above zeroed
         prefix = tok[:, None, :].expand(P, L, L).tril(-1)
-        z = self.head(hidden[:, None, :], prefix, torch.arange(L))  # [P, L, H]
+        z = self.head(hidden[:, None, :], prefix, torch.arange(L, device=hidden.device))  # [P, L, H]
         total = hidden.new_zeros(P)
+        trie = trie_on(self.trie, hidden.device)
         for lvl in range(L):
             logits = self.level_logits(z[:, lvl], lvl)
             if self.config.constrained_softmax:
-                logits = logits.masked_fill(~self.trie.valid_mask(lvl, self.trie.item_nodes[lvl, targets]), -torch.inf)
+                logits = logits.masked_fill(~trie.valid_mask(lvl, trie.item_nodes[lvl, targets]), -torch.inf)
             code = (tok[:, lvl] - 1 - self.offsets[lvl])[:, None]
             total = total + torch.log_softmax(logits, -1).gather(1, code)[:, 0]
         return total
@@ -222,22 +229,24 @@ class HierarchicalGenerative(nn.Module):
     # -- CodeDecoder protocol ----------------------------------------------------------------------
     def start(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
         """Hidden state after each history ``[N, H]`` (users are not used)."""
-        return self.forward(histories_to_tokens(histories, self.config.max_len))[:, -1]
+        return self.forward(histories_to_tokens(histories, self.config.max_len).to(self.item_tokens.device))[:, -1]
 
     def step(self, context: torch.Tensor, codes: torch.Tensor, cache: Any) -> tuple[torch.Tensor, None]:
         """Log-probs of level ``l = codes.shape[2]`` ``[N, K, V_l]`` for prefixes ``codes [N, K, l]``."""
         lvl = codes.shape[2]
-        prefix = codes + torch.tensor(self.offsets[:lvl], dtype=torch.long) + 1
+        device = codes.device
+        prefix = codes + torch.tensor(self.offsets[:lvl], dtype=torch.long, device=device) + 1
         if not self.config.constrained_softmax:
             return torch.log_softmax(self.level_logits(self.head(context[:, None, :], prefix, lvl), lvl), -1), None
-        nodes = torch.zeros(codes.shape[:2], dtype=torch.long)
+        trie = trie_on(self.trie, device)
+        nodes = torch.zeros(codes.shape[:2], dtype=torch.long, device=device)
         for j in range(lvl):
-            nodes = self.trie.child[j][nodes.clamp_min(0), codes[:, :, j]]
-        valid = self.trie.valid_mask(lvl, nodes.clamp_min(0))  # [N, K, V]
+            nodes = trie.child[j][nodes.clamp_min(0), codes[:, :, j]]
+        valid = trie.valid_mask(lvl, nodes.clamp_min(0))  # [N, K, V]
         # A prefix with a single valid child gives it log-probability exactly 0 under the constrained
         # softmax, so the head runs only for prefixes with a choice: on Beauty 29% of the items' two-code
         # prefixes and 73% of their three-code ones have one child, a third of the decoding work.
-        out = torch.zeros(valid.shape).masked_fill_(~valid, -torch.inf)
+        out = torch.zeros(valid.shape, device=device).masked_fill_(~valid, -torch.inf)
         choice = valid.sum(-1) > 1  # [N, K]
         if bool(choice.all()):
             logits = self.level_logits(self.head(context[:, None, :], prefix, lvl), lvl)
@@ -280,7 +289,8 @@ def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size:
     With a repeat gate (``GenerativeConfig.repeat_gate``) every score is the explore/repeat
     mixture's, and the beam's items are re-sorted by it. Works for any :class:`CodeDecoder` with
     ``codes``; an empty history (this module's model needs one item; TIGER reads it as a cold start)
-    or one holding an item outside the catalogue is a ValueError naming the history."""
+    or one holding an item outside the catalogue is a ValueError naming the history. Runs on the
+    model's device; the results are NumPy arrays."""
     histories = instances.histories if isinstance(instances, Instances) else instances
     users = instances.users if isinstance(instances, Instances) else None
     trie = trie_of(model)
@@ -310,7 +320,7 @@ def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size:
             context = model.start(hist, None if users is None else np.asarray(users)[rows])
             offset = _repeat_offsets(model, trie, hist, context) if repeat else None
             if beam_size is not None:
-                it, sc, cd = (t.numpy() for t in beam_from_context(model, trie, context, len(rows), beam_size))
+                it, sc, cd = (t.cpu().numpy() for t in beam_from_context(model, trie, context, len(rows), beam_size))
                 if offset is not None:
                     sc = (sc + offset(it)).astype(np.float32)
                     order = np.argsort(-sc, axis=1, kind="stable")
@@ -338,7 +348,7 @@ def _repeat_offsets(model: nn.Module, trie: PrefixTrie, histories: list[np.ndarr
         h = np.unique(h[-model.config.max_len:])
         seen[k, :len(h)] = h
     log_p_seen = torch.logsumexp(torch.from_numpy(score_from_context(model, trie, context, seen)), 1)  # [N]
-    logit = model.repeat_head(context)[:, 0]  # [N]
+    logit = model.repeat_head(context)[:, 0].cpu()  # [N], on the host with the NumPy scores
 
     def offsets(items: np.ndarray) -> np.ndarray:
         in_history = torch.from_numpy((items[:, :, None] == seen[:, None, :]).any(-1) & (items >= 0))  # [N, C]
@@ -365,14 +375,18 @@ def evaluate(model: nn.Module, instances: Instances, beam_size: int = 20, ks: Se
              batch_size: int = 512) -> dict[str, float]:
     """Recall/NDCG@K over the full catalogue from a beam search of width ``beam_size`` (a target
     outside the beam is a miss, even for K > beam_size), plus ``invalid_rate``: the share of
-    returned code tuples that are no item's semantic ID."""
+    returned code tuples that are no item's semantic ID. Inside
+    :func:`genrec.distributed.sharded_evaluation` each rank searches its share of the instances."""
+    n = len(instances)
+    instances = distributed.shard_instances(instances)  # all of them outside a sharded evaluation
     result = recommend(model, instances, beam_size, batch_size=batch_size)
     ranks = ranks_from_topk(result.items, instances.targets)
     ranks[ranks >= result.items.shape[1]] = np.iinfo(np.int64).max  # outside the beam: a miss at every K
-    metrics = metrics_from_ranks(ranks, ks)
+    metrics = metrics_from_ranks(distributed.gather_rows(ranks, n), ks)
     returned = np.isfinite(result.log_probs)  # [n, K]; beams beyond the number of valid items are padding
     codes = model.codes
     valid = (result.items >= 0) & (codes[result.items.clip(0)] == result.codes).all(-1)
+    returned, valid = distributed.gather_rows(returned, n), distributed.gather_rows(valid, n)
     metrics["invalid_rate"] = float((~valid[returned]).mean())
     return metrics
 
@@ -398,12 +412,14 @@ def train_generative(split: LeaveOneOutSplit, table: Any, config: GenerativeConf
         raise DataFormatError(f"the semantic-ID table has {len(table.codes)} items but the dataset has "
                               f"{split.num_items}; was it built for another dataset?")
     setup(config)
+    device = resolve_device(config.device)  # after setup: under torchrun "cuda" is this rank's GPU
     model = HierarchicalGenerative(table.codes, table.codebook_sizes, config)
     if init is not None:
         model.load_state_dict(init.state_dict())
+    model.to(device)
 
     def loss_fn(m: HierarchicalGenerative, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        inputs, targets = batch
+        inputs, targets = (t.to(device) for t in batch)
         hidden = m(inputs)  # [B, T, H]
         valid = targets > 0
         loss = m.code_loss(hidden[valid], targets[valid] - 1)
@@ -425,9 +441,9 @@ def save_generative(model: HierarchicalGenerative, path: str | Path) -> None:
                       "codes": torch.from_numpy(model.codes), "codebook_sizes": list(model.codebook_sizes)})
 
 
-def load_generative(path: str | Path) -> HierarchicalGenerative:
+def load_generative(path: str | Path, device: str = "cpu") -> HierarchicalGenerative:
     """Load a model saved by :func:`train_generative` (``best.pt``, or its directory) or
-    :func:`save_generative`."""
+    :func:`save_generative` onto ``device`` (wherever it was trained: the weights are read to the CPU first)."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
@@ -438,7 +454,7 @@ def load_generative(path: str | Path) -> HierarchicalGenerative:
     model = HierarchicalGenerative(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"],
                                    GenerativeConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
-    return model.eval()
+    return model.to(resolve_device(device)).eval()
 
 
 def with_new_items(model: HierarchicalGenerative, codes: np.ndarray, codebook_sizes: Sequence[int]
@@ -483,4 +499,4 @@ def with_new_items(model: HierarchicalGenerative, codes: np.ndarray, codebook_si
             value = torch.cat([value, value.new_zeros(len(codes) - n, value.shape[1])])
         state[key] = value.clone()
     new.load_state_dict(state)  # strict: every other weight must keep its shape
-    return new.train(model.training)
+    return new.to(decoder_device(model)).train(model.training)

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.errors import CheckpointNotFoundError, ConfigError
@@ -521,14 +522,17 @@ def softmax_summary(model: SASRec, instances: Instances | list[np.ndarray], batc
 def evaluate(model: SASRec, instances: Instances, ks=DEFAULT_KS, mask_history: bool = False,
              batch_size: int = 1024, item_chunk: int | None = None) -> dict[str, float]:
     """Full-ranking Recall/NDCG@K of the model on ``instances``; exact, with the catalogue scored in
-    item chunks when a batch x catalogue would pass :data:`LOGIT_BUDGET` (or ``item_chunk`` is given)."""
+    item chunks when a batch x catalogue would pass :data:`LOGIT_BUDGET` (or ``item_chunk`` is given).
+    Inside :func:`genrec.distributed.sharded_evaluation` each rank ranks its share of the instances."""
+    n = len(instances)
+    instances = distributed.shard_instances(instances)  # all of them outside a sharded evaluation
     ranks = np.zeros(len(instances), dtype=np.int64)
     for rows, hidden, tokens in _iter_states(model, _checked(model, instances), batch_size):
         exclude = [instances.histories[r] for r in rows] if mask_history else None
         chunk = item_chunk_size(len(rows), model.num_items, item_chunk)
         ranks[rows] = ranks_from_score_chunks(_chunk_scorer(model, hidden, tokens), model.num_items,
                                               instances.targets[rows], chunk, exclude=exclude)
-    return metrics_from_ranks(ranks, ks)
+    return metrics_from_ranks(distributed.gather_rows(ranks, n), ks)
 
 
 # ----------------------------------------------------------------------------------------------

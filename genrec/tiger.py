@@ -26,6 +26,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories
 from genrec.generative import evaluate
+from genrec.sasrec import resolve_device
 from genrec.trie import PrefixTrie, trie_of
 from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
 from genrec.splits import Instances, LeaveOneOutSplit
@@ -61,9 +62,12 @@ class TigerConfig:
     seed: int = 0
     num_threads: int | None = None
     nonfinite_loss: str = "error"  # a NaN/inf training loss: "error" stops, "skip" leaves the step out
+    # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available); under torchrun "cuda" is each rank's own GPU
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         check_nonfinite_loss(self.nonfinite_loss)
+        resolve_device(self.device)  # a ConfigError naming the device now, not at training time
 
 
 class TigerModel(nn.Module):
@@ -94,14 +98,16 @@ class TigerModel(nn.Module):
     @property
     def codes(self) -> np.ndarray:
         """Semantic IDs ``[n_items, num_levels]``."""
-        return (self.item_tokens[1:] - FIRST_CODE - torch.tensor(self.offsets)).numpy()
+        return (self.item_tokens[1:].cpu() - FIRST_CODE - torch.tensor(self.offsets)).numpy()
 
-    def encoder_inputs(self, histories: list[np.ndarray], users: np.ndarray | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded encoder tokens and attention mask ``[N, S]`` of (user token +) history codes."""
+    def encoder_inputs(self, histories: list[np.ndarray], users: np.ndarray | None = None,
+                       device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded encoder tokens and attention mask ``[N, S]`` of (user token +) history codes,
+        on ``device`` (None: the model's)."""
+        item_tokens = self.item_tokens.cpu()  # assembled on the host, row by row, then moved once
         rows = []
         for k, h in enumerate(histories):
-            toks = self.item_tokens[torch.as_tensor(np.asarray(h[-self.config.max_items:], dtype=np.int64) + 1)]
+            toks = item_tokens[torch.as_tensor(np.asarray(h[-self.config.max_items:], dtype=np.int64) + 1)]
             toks = toks.reshape(-1)
             if self.config.user_buckets and users is not None:
                 toks = torch.cat([torch.tensor([self.user_offset + int(users[k]) % self.config.user_buckets]), toks])
@@ -110,6 +116,7 @@ class TigerModel(nn.Module):
         ids = torch.full((len(rows), S), PAD, dtype=torch.long)
         for k, r in enumerate(rows):
             ids[k, :len(r)] = r
+        ids = ids.to(self.item_tokens.device if device is None else device)
         return ids, ids != PAD
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -182,7 +189,7 @@ class TigerModel(nn.Module):
             kv = F.linear(padded, w_kv).view(N, S, 2, nh, dk)
             # keys as [N, heads, dk, S] and values as [N, heads, S, dk], contiguous: plain batched GEMMs per step
             cross.append((kv[:, :, 0].permute(0, 2, 3, 1).contiguous(), kv[:, :, 1].transpose(1, 2).contiguous()))
-        bias = torch.zeros(N, 1, 1, S).masked_fill(~mask[:, None, None, :], -torch.inf)
+        bias = torch.zeros(N, 1, 1, S, device=ids.device).masked_fill(~mask[:, None, None, :], -torch.inf)
         L = self.num_levels
         self_bias = self.t5.decoder.block[0].layer[0].SelfAttention.compute_bias(L, L)[0]  # [heads, L, L]
         return {"cross": cross, "mask": bias, "self_bias": self_bias, "weights": weights}
@@ -193,7 +200,7 @@ class TigerModel(nn.Module):
         N, K, lvl = codes.shape
         R = N * K
         if lvl == 0:
-            tok = torch.full((N, K), PAD, dtype=torch.long)
+            tok = torch.full((N, K), PAD, dtype=torch.long, device=codes.device)
         else:
             tok = codes[:, :, -1] + self.offsets[lvl - 1] + FIRST_CODE
         dec, weights = self.t5.decoder, context["weights"]
@@ -237,7 +244,7 @@ class TigerModel(nn.Module):
         out = []
         for kvs in cache:
             K_old = kvs[-1].shape[1]  # levels >= 1 all have the old beams' rows
-            rows = (index + torch.arange(N)[:, None] * K_old).reshape(-1)
+            rows = (index + torch.arange(N, device=index.device)[:, None] * K_old).reshape(-1)
             out.append(kvs[:1] + [kv.reshape(N * K_old, *kv.shape[2:]).index_select(0, rows).view(N, K, *kv.shape[2:])
                                   for kv in kvs[1:]])
         return out
@@ -268,7 +275,8 @@ def tiger_batches(model: TigerModel, examples: tuple[list[np.ndarray], np.ndarra
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for b in rng.permutation(len(chunks)):
         rows = chunks[b]
-        ids, mask = model.encoder_inputs([hist[r] for r in rows], users[rows])
+        # on the host: loss_fn moves the batch (under DDP a rank builds, and skips, the others' batches too)
+        ids, mask = model.encoder_inputs([hist[r] for r in rows], users[rows], device="cpu")
         yield ids, mask, torch.from_numpy(targets[rows])
 
 
@@ -279,12 +287,13 @@ def train_tiger(split: LeaveOneOutSplit, table: Any, config: TigerConfig | None 
     validation NDCG@10 of a constrained beam search (on ``eval_users`` sampled users)."""
     config = config or TigerConfig()
     setup(config)
-    model = TigerModel(table.codes, table.codebook_sizes, config)
+    device = resolve_device(config.device)  # after setup: under torchrun "cuda" is this rank's GPU
+    model = TigerModel(table.codes, table.codebook_sizes, config).to(device)
     examples = tiger_examples(split.train, split.users, config.max_items)
     valid = split.valid.sample(config.eval_users, config.seed)
 
     def loss_fn(m: TigerModel, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, int]:
-        ids, mask, targets = batch
+        ids, mask, targets = (t.to(device) for t in batch)
         return m(ids, mask, targets), len(targets)
 
     return fit(model, config, lambda rng: tiger_batches(model, examples, config.batch_size, rng),
@@ -300,15 +309,16 @@ def save_tiger(model: TigerModel, path: str | Path) -> None:
                       "codes": torch.from_numpy(model.codes), "codebook_sizes": list(model.codebook_sizes)})
 
 
-def load_tiger(path: str | Path) -> TigerModel:
-    """Load a model saved by :func:`train_tiger` (``best.pt`` or its directory) or :func:`save_tiger`."""
+def load_tiger(path: str | Path, device: str = "cpu") -> TigerModel:
+    """Load a model saved by :func:`train_tiger` (``best.pt`` or its directory) or :func:`save_tiger`
+    onto ``device`` (wherever it was trained)."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
     ckpt = load_checkpoint(path, kind="TIGER model checkpoint", keys=("model", "config", "codes", "codebook_sizes"))
     model = TigerModel(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"], TigerConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
-    return model.eval()
+    return model.to(resolve_device(device)).eval()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,9 +363,9 @@ def hf_generate(model: TigerModel, instances: Instances | list[np.ndarray], num_
                                 length_penalty=0.0, early_stopping=True, do_sample=False,
                                 return_dict_in_generate=True, output_scores=True)
         seqs = out.sequences[:, 1:1 + model.num_levels].reshape(len(rows), num_beams, -1)
-        codes = seqs - FIRST_CODE - torch.tensor(model.offsets)
+        codes = (seqs - FIRST_CODE - torch.tensor(model.offsets, device=seqs.device)).cpu()
         flat = codes.reshape(-1, model.num_levels)
         item = torch.tensor([trie.walk(c) for c in flat.tolist()]).reshape(len(rows), num_beams)
         sc = out.sequences_scores.reshape(len(rows), num_beams)
-        items[rows], scores[rows] = item[:, :top_k].numpy(), sc[:, :top_k].float().numpy()
+        items[rows], scores[rows] = item[:, :top_k].numpy(), sc[:, :top_k].float().cpu().numpy()
     return items, scores

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from genrec import distributed
 from genrec.artifacts import load_checkpoint, save_json, torch_save
 from genrec.errors import CheckpointError, ConfigError, TrainingDivergedError
 
@@ -118,10 +119,26 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     :class:`~genrec.errors.CheckpointError`. The best weights come from the resumed checkpoint when
     its best epoch is its own epoch, else from whichever of ``best.pt`` / ``best.prev.pt`` loads and
     holds that epoch; none does: :class:`~genrec.errors.CheckpointError` (nothing is recomputed).
+
+    Distributed (a process group of N > 1 ranks, e.g. under ``torchrun``; see
+    :mod:`genrec.distributed`): the model is wrapped in ``DistributedDataParallel``; every rank draws
+    the same seeded epoch order and takes every N-th batch of it from its rank on (the union is the
+    single-process epoch, so an optimiser step sees N batches and an epoch has ``ceil(num_batches / N)``
+    steps); each rank's loss is weighted by its share of the step's examples, so DDP's gradient
+    average is the mean over all of them. A rank left without a batch in an epoch's last step
+    contributes a zero-weight pass. Validation runs inside
+    :func:`genrec.distributed.sharded_evaluation` and rank 0's metrics are used everywhere. Rank 0
+    alone writes the checkpoints (the others wait at a barrier); on resume every rank loads
+    ``last.pt`` (the directory must be shared by all machines) and its own saved RNG state; a run
+    resumes only with the world size it was started with. ``on_eval`` and the per-evaluation log
+    line run on rank 0 only; every rank returns the same result.
     """
     nonfinite = getattr(config, "nonfinite_loss", "error")
     check_nonfinite_loss(nonfinite)
     device = next(model.parameters()).device
+    world = distributed.world_size()
+    main = distributed.is_main()
+    steps_per_epoch = math.ceil(num_batches / world)  # N batches per optimiser step under DDP
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
     state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": 0, "bad_evals": 0, "history": [], "seconds": 0.0}
@@ -141,42 +158,68 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                                       "use another out_dir or delete it")
             # On the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are
             # copied to the model's device by load_state_dict.
+            saved_world = ckpt["state"].get("world_size", 1)
+            if saved_world != world:
+                raise CheckpointError(f"{path}: checkpoint written by a run of world_size {saved_world}, resumed with "
+                                      f"world_size {world}; resume with the same number of processes "
+                                      f"(torchrun --nproc_per_node) or use another out_dir")
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             rng.bit_generator.state = ckpt["numpy_rng"]
             torch.set_rng_state(ckpt["torch_rng"])
             if ckpt.get("cuda_rng") is not None and device.type == "cuda":
                 torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            if world > 1:  # each rank's own random streams (dropout, sampled negatives) at the checkpoint
+                _set_rank_rng(ckpt["rank_rng"][distributed.rank()], device)
             state = ckpt["state"]
             best_state = _best_weights(out, state, ckpt["model"], device, name, unreadable)
             log.info("resumed %s from %s at epoch %d", name, path, state["epoch"])
 
     max_minutes = getattr(config, "max_minutes", None)
     min_delta = getattr(config, "min_delta", 0.0)
-    state.setdefault("step", state["epoch"] * num_batches)  # checkpoints from before the schedule existed
+    state.setdefault("step", state["epoch"] * steps_per_epoch)  # checkpoints from before the schedule existed
     state.setdefault("skipped_steps", 0)
+    if world > 1:
+        state["world_size"] = world
     # torch's LambdaLR with genrec's factor; positioned from the step count, so resume is exact
     for group in opt.param_groups:
         group.setdefault("initial_lr", config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config, num_batches), last_epoch=state["step"] - 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config, steps_per_epoch),
+                                                  last_epoch=state["step"] - 1)
+    # DDP calls loss_fn through its own forward, so the gradients of every step are all-reduced
+    step_loss = _ddp_loss(model, loss_fn, device) if world > 1 else None
+    distributed.barrier()  # every rank has read its checkpoints before rank 0 may replace them
 
     def out_of_time() -> bool:
         return max_minutes is not None and state["seconds"] >= 60 * max_minutes
+
+    def add_time(seconds: float) -> None:
+        state["seconds"] += seconds
+        if world > 1:  # rank 0's clock everywhere: every rank must stop at the same epoch, or DDP hangs
+            state["seconds"] = distributed.broadcast_object(state["seconds"])
 
     while state["epoch"] < config.max_epochs and state["bad_evals"] < config.patience and not out_of_time():
         t0 = time.perf_counter()
         model.train()
         total, count, steps, skipped = 0.0, 0, 0, 0
         # disable=None: progress bars on a terminal only, never in log files
-        for batch in tqdm(batches(rng), total=num_batches, disable=None if progress else True,
+        epoch_batches = batches(rng) if world == 1 else _rank_batches(batches(rng), world, distributed.rank())
+        for batch in tqdm(epoch_batches, total=steps_per_epoch, disable=None if progress and main else True,
                           desc=f"{name} epoch {state['epoch'] + 1}", leave=False):
-            if max_minutes is not None and state["seconds"] + time.perf_counter() - t0 >= 60 * max_minutes:
+            late = max_minutes is not None and state["seconds"] + time.perf_counter() - t0 >= 60 * max_minutes
+            if world > 1 and max_minutes is not None:  # every rank stops at the same step, or DDP hangs
+                late = distributed.all_reduce_sum([float(late)], _reduce_device(device))[0] > 0
+            if late:
                 break  # out of time: the epoch ends early (and is evaluated and saved as usual)
             step = state["step"]
-            loss, n = loss_fn(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            value = loss.item()  # checked before the update, so a NaN never reaches the weights
+            if step_loss is None:
+                loss, n = loss_fn(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                value = loss.item()  # checked before the update, so a NaN never reaches the weights
+            else:
+                opt.zero_grad(set_to_none=True)
+                value, n = step_loss(*batch)  # the all-ranks mean loss and example count
             state["step"] = step + 1
             steps += 1
             if not math.isfinite(value):
@@ -207,11 +250,14 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
         state["epoch"] += 1
         last = state["epoch"] >= config.max_epochs
         if state["epoch"] % config.eval_every and not last:
-            state["seconds"] += time.perf_counter() - t0
+            add_time(time.perf_counter() - t0)
             if not out_of_time():
                 continue
-        metrics = evaluate_fn(model)
-        state["seconds"] += time.perf_counter() - t0
+        with distributed.sharded_evaluation():
+            metrics = evaluate_fn(model)
+        # rank 0's numbers everywhere: the early-stopping decisions must agree on every rank
+        metrics = distributed.broadcast_object(metrics)
+        add_time(time.perf_counter() - t0)
         row = {"epoch": state["epoch"], "train_loss": total / max(count, 1), "minutes": state["seconds"] / 60,
                **metrics}
         if nonfinite == "skip":
@@ -232,11 +278,13 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
             state.update(ref_ndcg=ndcg, bad_evals=0)
         else:
             state["bad_evals"] += 1
-        log.info("%s epoch %d loss %.4f valid N@10 %.4f R@10 %.4f (%.1f min)%s", name, state["epoch"],
-                 row["train_loss"], ndcg, metrics["recall@10"], row["minutes"], " *" if improved else "")
-        if on_eval:
+        if main:  # one line per evaluation, not one per rank
+            log.info("%s epoch %d loss %.4f valid N@10 %.4f R@10 %.4f (%.1f min)%s", name, state["epoch"],
+                     row["train_loss"], ndcg, metrics["recall@10"], row["minutes"], " *" if improved else "")
+        if on_eval and main:  # callbacks write progress files: rank 0's only
             on_eval(row)
-        if out:
+        rank_rng = distributed.all_gather_object(_rank_rng(device)) if out and world > 1 else None
+        if out and main:
             extra = checkpoint_extra or {}
             if improved:
                 _save_keeping_previous(out / "best.pt", {"model": best_state, "config": asdict(config),
@@ -245,18 +293,96 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                "state": state, "config": asdict(config), **extra}, unreadable)
+                "state": state, "config": asdict(config), **extra,
+                **({"rank_rng": rank_rng} if world > 1 else {})}, unreadable)
             save_json(out / "history.json", state["history"])
-    if out:
+        if out:
+            distributed.barrier()  # rank 0's checkpoint is complete before any rank can stop or be killed
+    if out and main:
         # once more: a run killed between its last checkpoint and this file resumes with no epoch
         # left to run, and must not keep a history one evaluation short
         save_json(out / "history.json", state["history"])
+    distributed.barrier()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     best = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
     return TrainResult(model=model, best_epoch=state["best_epoch"], best_valid=best, history=state["history"],
                        skipped_steps=state["skipped_steps"])
+
+
+def _rank_batches(epoch: Iterable[Any], world: int, rank: int) -> Iterable[tuple[Any, bool]]:
+    """``(batch, own)`` per optimiser step: this rank's batch of each group of ``world`` consecutive
+    batches. Every rank runs through the whole epoch, so the seeded generator stays in step on all
+    of them. When the last group is short, a rank without a batch gets the group's first one with
+    ``own=False`` (a zero-weight pass: DDP needs every rank in every all-reduce)."""
+    group: list[Any] = []
+    for batch in epoch:
+        group.append(batch)
+        if len(group) == world:
+            yield group[rank], True
+            group = []
+    if group:
+        yield (group[rank], True) if rank < len(group) else (group[0], False)
+
+
+class _LossModule(nn.Module):
+    """``loss_fn(model, batch)`` as a module's forward, so that DDP can wrap it."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, int]]):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, int]:
+        return self.loss_fn(self.model, batch)
+
+
+def _ddp_loss(model: nn.Module, loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, int]],
+              device: torch.device) -> Callable[[Any, bool], tuple[float, int]]:
+    """One DDP forward + backward on this rank's batch; returns the all-ranks mean loss and example
+    count (a non-finite mean when any rank's loss is: every rank then skips or stops together)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    # find_unused_parameters: some models leave parameters out of a loss (a joint model's single
+    # tower, an unused repeat head); DDP would otherwise wait for their gradients forever
+    ddp = DistributedDataParallel(_LossModule(model, loss_fn),
+                                  device_ids=[device.index] if device.type == "cuda" else None,
+                                  find_unused_parameters=True)
+    world = distributed.world_size()
+    reduce_on = _reduce_device(device)
+
+    def step(batch: Any, own: bool) -> tuple[float, int]:
+        loss, n = ddp(batch)
+        n = int(n) if own else 0
+        value = loss.item()
+        bad = 0.0 if math.isfinite(value) else 1.0  # also for a zero-weight pass: 0 * NaN is NaN
+        total_n, weighted, bad_ranks = distributed.all_reduce_sum([n, value * n if not bad else 0.0, bad], reduce_on)
+        # DDP averages the gradients over the ranks: weighting rank r's mean loss by
+        # n_r * world / total makes the average the gradient of the mean over all examples
+        (loss * (n * world / max(total_n, 1.0))).backward()
+        mean = math.nan if bad_ranks else weighted / max(total_n, 1.0)
+        return mean, int(total_n)
+
+    return step
+
+
+def _reduce_device(device: torch.device) -> torch.device:
+    # nccl reduces CUDA tensors only; gloo CPU ones
+    return device if device.type == "cuda" and distributed.is_distributed() and \
+        torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _rank_rng(device: torch.device) -> dict[str, Any]:
+    """This rank's torch random states (CPU, and its CUDA device), for a DDP checkpoint."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rank_rng(saved: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(saved["torch"])
+    if saved.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(saved["cuda"], device)
 
 
 def _last_loss(state: dict) -> str:
@@ -370,7 +496,10 @@ def lr_factor(config: Any, steps_per_epoch: int) -> Callable[[int], float]:
 
 
 def setup(config: Any) -> None:
-    """Threads, flush-denormal and the torch seed, before a model is built."""
+    """Threads, flush-denormal and the torch seed, before a model is built; under ``torchrun``
+    also joins the process group (:func:`genrec.distributed.init_from_env`), which pins each rank
+    to its own GPU."""
+    distributed.init_from_env()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.set_flush_denormal(True)  # denormals make CPU matmuls crawl late in training

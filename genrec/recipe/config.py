@@ -3,7 +3,7 @@ a validated :class:`RecipeConfig`.
 
 Sections ``data``, ``text``, ``quantize``, ``sasrec`` (:class:`genrec.sasrec.SASRecConfig` fields),
 ``generative`` (:class:`genrec.generative.GenerativeConfig` fields), ``labels``, ``fusion``,
-``report``, plus top-level ``name``, ``preset`` and ``num_threads``. A preset (``quick`` or ``full``,
+``report``, plus top-level ``name``, ``preset``, ``num_threads`` and ``device``. A preset (``quick`` or ``full``,
 :data:`PRESETS`) is merged *under* the file's explicit values, and overrides go on top. Values follow
 :mod:`genrec.config` (YAML 1.2 scalars, every key and type checked, did-you-mean for unknown keys);
 errors are :class:`~genrec.errors.ConfigError` naming the key (and the file).
@@ -146,6 +146,9 @@ class RecipeConfig:
     name: str = "recipe"
     preset: str | None = None
     num_threads: int | None = None  # torch threads of every stage (None: torch's default)
+    # where every stage runs ("cpu", "cuda", "cuda:1", "auto"): fills each of text.device,
+    # sasrec.device and generative.device the file or overrides leave unset (None: their own defaults)
+    device: str | None = None
     data: DataSection = field(default_factory=DataSection)
     text: TextSection = field(default_factory=TextSection)
     quantize: QuantizeSection = field(default_factory=QuantizeSection)
@@ -160,7 +163,7 @@ class RecipeConfig:
 SECTIONS: dict[str, type] = {"data": DataSection, "text": TextSection, "quantize": QuantizeSection,
                              "sasrec": SASRecConfig, "generative": GenerativeConfig, "labels": LabelsSection,
                              "fusion": FusionSection, "report": ReportSection}
-TOP_LEVEL = ("name", "preset", "num_threads")
+TOP_LEVEL = ("name", "preset", "num_threads", "device")
 
 #: Budgets merged under a config's explicit values. ``quick``: a first result on Amazon Beauty in
 #: about 10 minutes on 2 CPU cores (short item text, small models, a few epochs, top-20 fusion);
@@ -250,7 +253,8 @@ def config_from_dict(raw: Mapping[str, Any] | None, preset: str | None = None, o
 
     ``preset`` (or the mapping's own ``preset``) is merged under the explicit values, then
     ``overrides`` are applied. ``sasrec.max_len`` / ``generative.max_len`` default to
-    ``data.max_history``; ``num_threads`` fills every unset ``num_threads``."""
+    ``data.max_history``; ``num_threads`` fills every unset ``num_threads``, ``device`` every unset
+    ``text.device`` / ``sasrec.device`` / ``generative.device``."""
     raw = dict(raw or {})
     if not isinstance(raw, dict):
         raise ConfigError(f"a recipe config must be a mapping, got {type(raw).__name__}")
@@ -284,12 +288,26 @@ def config_from_dict(raw: Mapping[str, Any] | None, preset: str | None = None, o
     nt = top.get("num_threads")
     if nt is not None and (not isinstance(nt, int) or isinstance(nt, bool) or nt < 1):
         raise ConfigError(f"config key 'num_threads' must be a positive integer or null, got {nt!r}")
+    device = top.get("device")
+    if device is not None:
+        from genrec.sasrec import resolve_device  # torch only when the key is used
+
+        if not isinstance(device, str):
+            raise ConfigError(f"config key 'device' must be a device name such as 'cuda' or null, got {device!r}")
+        try:
+            resolve_device(device)
+        except ConfigError as e:
+            raise ConfigError(f"config key 'device': {e}") from None
     sections = {sec: _build_section(sec, cls, merged[sec]) for sec, cls in SECTIONS.items()}
     if nt is not None:
         for sec in ("sasrec", "generative"):
             if getattr(sections[sec], "num_threads") is None:
                 sections[sec].num_threads = nt
-    config = RecipeConfig(name=name, preset=merged.get("preset"), num_threads=nt, **sections,
+    if device is not None:
+        for sec in ("text", "sasrec", "generative"):
+            if "device" not in merged[sec]:  # a section's own device wins
+                sections[sec].device = device
+    config = RecipeConfig(name=name, preset=merged.get("preset"), num_threads=nt, device=device, **sections,
                           source=str(source) if source else None)
     validate_config(config)
     return config
@@ -466,6 +484,8 @@ def gate_option_hints() -> dict[str, Any]:
 def config_to_dict(config: RecipeConfig) -> dict[str, Any]:
     """Plain dict of a config (what :func:`config_from_dict` reads back to an equal config)."""
     out = {"name": config.name, "preset": config.preset, "num_threads": config.num_threads}
+    if config.device is not None:  # only when set: the configs written before the key stay as they were
+        out["device"] = config.device
     for sec in SECTIONS:
         out[sec] = asdict(getattr(config, sec))
     return out

@@ -318,8 +318,8 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     check_catalogue(config, train.num_items)
     f = config.fusion
     out = run_dir / "fusion"
-    sasrec = load_sasrec(run_dir / "sasrec" / "best.pt")
-    generative = load_generative(run_dir / "generative" / "best.pt")
+    sasrec = load_sasrec(run_dir / "sasrec" / "best.pt", device=config.sasrec.device)
+    generative = load_generative(run_dir / "generative" / "best.pt", device=config.generative.device)
     table = _table(run_dir)
     stats = TrainStats(train.train, train.num_items, table.codes)
     test_generative, test_stats, extra = generative, stats, {}

@@ -1,0 +1,159 @@
+"""Distributed data parallel helpers: genrec's trainers run under ``torchrun`` (torch.distributed,
+env:// rendezvous) and fall back to one process when no process group is running.
+
+Under ``torchrun --nproc_per_node N``, :func:`genrec.training.setup` calls :func:`init_from_env`
+(gloo on the CPU, nccl with CUDA; each process on ``cuda:LOCAL_RANK``), and
+:func:`genrec.training.fit` then shards the training batches and the validation instances across
+the ranks. Every helper here is a no-op (or the identity) in a single process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from genrec.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# True only inside sharded_evaluation() while a process group runs: the evaluators then score
+# their rank's rows and gather the rest (see evaluation_rows / gather_rows).
+_SHARDING = {"active": False}
+
+
+def is_distributed() -> bool:
+    """Whether a torch.distributed process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's global rank (0 without a process group)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """The number of processes training together (1 without a process group)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def local_rank() -> int:
+    """This process's rank on its machine (``LOCAL_RANK``, set by torchrun; 0 otherwise)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    """True on rank 0 (the one that writes checkpoints and logs), and in a single process."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for in a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def init_from_env(backend: str | None = None) -> bool:
+    """Join the process group that ``torchrun`` describes in ``RANK`` / ``WORLD_SIZE`` /
+    ``MASTER_ADDR`` / ``MASTER_PORT`` (env:// rendezvous) unless one already runs; True when the run is
+    distributed. ``backend``: None picks nccl when CUDA is available, else gloo. With CUDA each
+    process is pinned to ``cuda:LOCAL_RANK``, so a model placed on ``"cuda"`` lands on its own GPU."""
+    if is_distributed():
+        return True
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1 or "RANK" not in os.environ:
+        return False
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE={size} asks for distributed training but {' and '.join(missing)} "
+                          "is not set; launch with torchrun (which sets them) or set them yourself")
+    if not dist.is_available():
+        raise ConfigError(f"WORLD_SIZE={size} asks for distributed training, but this torch build has no "
+                          "torch.distributed")
+    cuda = torch.cuda.is_available()
+    if cuda:  # before the process group: nccl binds each rank to its current device
+        torch.cuda.set_device(local_rank() % torch.cuda.device_count())
+    if not dist.is_initialized():
+        dist.init_process_group(backend or ("nccl" if cuda else "gloo"), init_method="env://")
+    log.info("distributed: rank %d of %d (%s)", rank(), world_size(), dist.get_backend())
+    return is_distributed()
+
+
+def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """The element-wise sum of ``values`` over all ranks (float64; ``device``: one the backend
+    serves, the model's under nccl)."""
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)  # [len(values)]
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself in a single process)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextlib.contextmanager
+def sharded_evaluation() -> Iterator[None]:
+    """Within this block (every rank enters it together) the evaluators that support sharding
+    (``genrec.sasrec.evaluate``, ``genrec.generative.evaluate``, ``fusion.joint.evaluate_joint``)
+    score only their rank's instances and gather the per-instance results, so the metrics are
+    computed once over all instances and equal the single-process ones. Outside it they score
+    everything on each rank: an evaluator called by one rank alone never waits for the others."""
+    before = _SHARDING["active"]
+    _SHARDING["active"] = is_distributed()
+    try:
+        yield
+    finally:
+        _SHARDING["active"] = before
+
+
+def evaluation_rows(n: int) -> np.ndarray:
+    """The instance rows ``[m]`` this rank evaluates: every ``world_size``-th from its rank inside
+    :func:`sharded_evaluation`, else all ``n``."""
+    if not (_SHARDING["active"] and is_distributed()):
+        return np.arange(n)
+    return np.arange(rank(), n, world_size())
+
+
+def shard_instances(instances: Any) -> Any:
+    """``instances.subset(evaluation_rows(len(instances)))`` when sharding, else ``instances``
+    itself (no copy): anything with ``__len__`` and ``subset(rows)``, e.g. :class:`genrec.splits.Instances`."""
+    rows = evaluation_rows(len(instances))
+    return instances if len(rows) == len(instances) else instances.subset(rows)
+
+
+def gather_rows(local: np.ndarray, n: int) -> np.ndarray:
+    """The full ``[n, ...]`` array from each rank's ``local`` values ``[m, ...]`` for its
+    :func:`evaluation_rows`; ``local`` itself when not sharding."""
+    if not (_SHARDING["active"] and is_distributed()):
+        return local
+    parts = all_gather_object(np.ascontiguousarray(local))
+    out = np.empty((n, *local.shape[1:]), dtype=local.dtype)
+    for r, part in enumerate(parts):
+        out[np.arange(r, n, world_size())] = part
+    return out
+
+
+__all__ = ["is_distributed", "rank", "world_size", "local_rank", "is_main", "barrier", "init_from_env",
+           "all_reduce_sum", "all_gather_object", "broadcast_object", "sharded_evaluation", "evaluation_rows",
+           "shard_instances", "gather_rows"]

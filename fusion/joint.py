@@ -27,6 +27,7 @@ Item tokens and padding follow :mod:`genrec.batching` (item ``k`` is token ``k +
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -42,12 +43,13 @@ from fusion.methods import GateHead, GateReport
 from fusion.indicators import Indicators
 from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
+from genrec.beam_search import trie_on
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, repeat_mixture
 from genrec.errors import CheckpointError
-from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
+from genrec.training import TrainResult, autocast, check_nonfinite_loss, check_precision, fit, model_precision, setup
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
-from genrec.sasrec import SASRec, SASRecConfig
+from genrec.sasrec import SASRec, SASRecConfig, resolve_device
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,8 @@ TARGET_SCOPE_FEATURES = ("id_msp", "id_entropy", "gr_code_max_logp", "gr_code_en
 @dataclass
 class JointConfig:
     """Training settings of :func:`train_joint`; tower architectures in ``id_tower`` / ``gr_tower``
-    (their own training fields are ignored: one optimiser, one schedule)."""
+    (their own training fields, ``device`` and ``precision`` are ignored: one optimiser, one
+    schedule, one device: the joint model's)."""
 
     mode: str = "joint"  # "joint", or "id" / "gr" for one tower alone
     mixing: str = "mixture"  # "mixture" or "logit" (module doc)
@@ -97,9 +100,13 @@ class JointConfig:
     seed: int = 0
     num_threads: int | None = None
     nonfinite_loss: str = "error"  # a NaN/inf training loss: "error" stops, "skip" leaves the step out
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto"; both towers and the gate run there
+    precision: str = "fp32"  # "bf16": bfloat16 autocast of training and scoring (CUDA only)
 
     def __post_init__(self) -> None:
         check_nonfinite_loss(self.nonfinite_loss)
+        resolve_device(self.device)  # a ConfigError naming the device now, not at training time
+        check_precision(self.precision, self.device)
         if isinstance(self.id_tower, dict):
             self.id_tower = SASRecConfig(**self.id_tower)
         if isinstance(self.gr_tower, dict):
@@ -120,7 +127,7 @@ class JointConfig:
 
 class _PrefixIndex:
     """For each level ``l``: one representative item per distinct length-``l`` code prefix (the trie's
-    node order), and each item's node and code at that level."""
+    node order), and each item's node and code at that level; :meth:`on` gives its copy on a device."""
 
     def __init__(self, gr: HierarchicalGenerative):
         trie = gr.trie
@@ -132,6 +139,20 @@ class _PrefixIndex:
             self.rep.append(torch.from_numpy(rep))
         self.item_nodes = trie.item_nodes  # [L, n_items]
         self.item_codes = trie.codes.T.contiguous()  # [L, n_items]
+        self._copies: dict[torch.device, _PrefixIndex] = {}
+
+    def on(self, device: torch.device) -> "_PrefixIndex":
+        """This index with its tables on ``device`` (itself on the CPU; other devices' copies are
+        made once: they are read at every training position)."""
+        if self.item_nodes.device == device:
+            return self
+        if device not in self._copies:
+            moved = copy.copy(self)
+            moved.rep = [r.to(device) for r in self.rep]
+            moved.item_nodes, moved.item_codes = self.item_nodes.to(device), self.item_codes.to(device)
+            moved._copies = {}
+            self._copies[device] = moved
+        return self._copies[device]
 
 
 def gr_catalogue_log_probs(gr: HierarchicalGenerative, hidden: torch.Tensor, index: _PrefixIndex | None = None,
@@ -139,20 +160,23 @@ def gr_catalogue_log_probs(gr: HierarchicalGenerative, hidden: torch.Tensor, ind
     """Log-probability of every catalogue item, ``[P, n_items]``, from tower hidden states ``[P, H]``
     (differentiable; equal to ``genrec.generative.score_items`` of all items). ``seen [P, S]``: the
     item tokens each row has consumed (0 = padding), for a tower with a repeat gate."""
-    index = index or _PrefixIndex(gr)
-    total = hidden.new_zeros(hidden.shape[0], gr.num_items)
+    device = hidden.device
+    index = (index or _PrefixIndex(gr)).on(device)
+    trie = trie_on(gr.trie, device)
+    # float32 sums even under bf16 autocast: the catalogue log-probs are compared across items
+    total = hidden.new_zeros(hidden.shape[0], gr.num_items, dtype=torch.float32)
     for lvl in range(gr.num_levels):
         prefix = gr.item_tokens[1:][index.rep[lvl], :lvl]  # [M, lvl] flat code tokens of each prefix
         z = gr.head(hidden[:, None, :], prefix[None], lvl)  # [P, M, H]
         logits = gr.level_logits(z, lvl)  # [P, M, V_l]
         if gr.config.constrained_softmax:
-            allowed = gr.trie.valid_mask(lvl, torch.arange(len(index.rep[lvl])))  # [M, V_l]
+            allowed = trie.valid_mask(lvl, torch.arange(len(index.rep[lvl]), device=device))  # [M, V_l]
             logits = logits.masked_fill(~allowed, -torch.inf)
         lp = torch.log_softmax(logits, -1)
         total = total + lp[:, index.item_nodes[lvl], index.item_codes[lvl]]  # [P, n_items]
     if seen is not None and gr.repeat_head is not None:
         in_history = torch.zeros_like(total, dtype=torch.bool)
-        rows = torch.arange(len(seen))[:, None].expand_as(seen)
+        rows = torch.arange(len(seen), device=seen.device)[:, None].expand_as(seen)
         in_history[rows[seen > 0], seen[seen > 0] - 1] = True
         log_p_history = torch.logsumexp(total.masked_fill(~in_history, -torch.inf), 1)
         total = repeat_mixture(total, in_history, gr.repeat_head(hidden)[:, 0], log_p_history)
@@ -194,8 +218,10 @@ class JointModel(nn.Module):
         super().__init__()
         self.config = config
         self.num_items = num_items
-        id_cfg = SASRecConfig(**{**asdict(config.id_tower), "max_len": config.max_len})
-        gr_cfg = GenerativeConfig(**{**asdict(config.gr_tower), "max_len": config.max_len})
+        # the towers take the joint model's device and precision (their beam search and scoring read them)
+        shared = {"max_len": config.max_len, "device": config.device, "precision": config.precision}
+        id_cfg = SASRecConfig(**{**asdict(config.id_tower), **shared})
+        gr_cfg = GenerativeConfig(**{**asdict(config.gr_tower), **shared})
         self.id_tower = SASRec(num_items, id_cfg)
         self.gr_tower = HierarchicalGenerative(codes, codebook_sizes, gr_cfg)
         if self.gr_tower.num_items != num_items:
@@ -225,13 +251,14 @@ class JointModel(nn.Module):
         target scope: of ``targets [P]`` only, ``[P]``, or None without targets), ``None`` for a tower
         the mode does not use, and the gate features ``[P, F]`` (detached)."""
         B, L = tokens.shape
+        device = tokens.device
         if valid is None:
-            valid = torch.zeros(B, L, dtype=torch.bool)
+            valid = torch.zeros(B, L, dtype=torch.bool, device=device)
             valid[:, -1] = True
         mode = self.config.mode
         b, t = valid.nonzero(as_tuple=True)
         lp_id = lp_gr = None
-        zeros = torch.zeros(len(b))
+        zeros = torch.zeros(len(b), device=device)
         feats = [zeros, zeros, zeros, zeros]
         if mode in ("joint", "id"):
             hidden = self.id_tower(tokens)
@@ -254,6 +281,11 @@ class JointModel(nn.Module):
         length = (tokens > 0).cumsum(1)[b, t].float()
         feats += [torch.log1p(length), self.token_popularity[last], self.token_source_count[last]]
         return lp_id, lp_gr, torch.stack(feats, 1)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (its scoring runs there)."""
+        return self.token_popularity.device
 
     def gate_logit(self, feats: torch.Tensor) -> torch.Tensor:
         return self.gate(self.gate_norm(feats))
@@ -300,7 +332,7 @@ class JointModel(nn.Module):
     def gates(self, histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(gate [n], features [n, F])`` after each history, without scoring the catalogue (in
         the target scope :meth:`scores` also runs the generative beam, which the gate does not need)."""
-        _, _, feats = self.log_probs(histories_to_tokens(histories, self.config.max_len))
+        _, _, feats = self.log_probs(histories_to_tokens(histories, self.config.max_len).to(self.device))
         return torch.sigmoid(self.gate_logit(feats)), feats
 
     @torch.no_grad()
@@ -310,7 +342,8 @@ class JointModel(nn.Module):
         Target scope: the generative tower's exact log-probs of its beam's top-``candidates`` (the
         beam's own scores) and of the ID tower's top-``candidates`` (``genrec.generative.score_items``);
         other items get no generative mass (with the mixture their fused score is ``log g + log p_id``)."""
-        tokens = histories_to_tokens(histories, self.config.max_len)
+        device = self.device
+        tokens = histories_to_tokens(histories, self.config.max_len).to(device)
         lp_id, lp_gr, feats = self.log_probs(tokens)
         logit = self.gate_logit(feats)
         if self.scope == "target" and self.config.mode != "id":
@@ -320,13 +353,13 @@ class JointModel(nn.Module):
             beam = recommend(self.gr_tower, histories, beam_size=k, top_k=k)  # items [n, k], -1 = none
             cands, gr = beam.items, beam.log_probs
             if lp_id is not None:
-                id_top = lp_id.topk(k, -1).indices.numpy()
+                id_top = lp_id.topk(k, -1).indices.cpu().numpy()
                 cands = np.concatenate([cands, id_top], 1)
                 gr = np.concatenate([gr, score_items(self.gr_tower, histories, id_top)], 1)
-            gr = torch.from_numpy(np.asarray(gr, np.float32))
-            lp_gr = torch.full((len(histories), self.num_items), -torch.inf)
-            c = torch.from_numpy(cands)
-            rows = torch.arange(len(histories))[:, None].expand_as(c)
+            gr = torch.from_numpy(np.asarray(gr, np.float32)).to(device)
+            lp_gr = torch.full((len(histories), self.num_items), -torch.inf, device=device)
+            c = torch.from_numpy(cands).to(device)
+            rows = torch.arange(len(histories), device=device)[:, None].expand_as(c)
             ok = c >= 0
             lp_gr[rows[ok], c[ok]] = gr[ok]
         return self.fused(lp_id, lp_gr, logit), torch.sigmoid(logit), feats
@@ -354,9 +387,10 @@ def joint_ranks(model: JointModel, instances: Instances, batch_size: int = 512) 
     model.eval()
     ranks = np.zeros(len(instances), np.int64)
     try:
-        for rows, hist in _batches(instances.histories, batch_size):
-            fused, _, _ = model.scores(hist)
-            ranks[rows] = ranks_from_scores(fused, instances.targets[rows])
+        with autocast(model_precision(model), model.device):  # a bf16 model's forwards on CUDA
+            for rows, hist in _batches(instances.histories, batch_size):
+                fused, _, _ = model.scores(hist)
+                ranks[rows] = ranks_from_scores(fused.float().cpu(), instances.targets[rows])
     finally:
         model.train(was)
     return ranks
@@ -371,11 +405,11 @@ def joint_gates(model: JointModel, instances: Instances, batch_size: int = 512) 
     contrib = np.zeros_like(feats)
     for rows, hist in _batches(instances.histories, batch_size):
         g, f = model.gates(hist)
-        gate[rows], feats[rows] = g.numpy(), f.numpy()
+        gate[rows], feats[rows] = g.float().cpu().numpy(), f.float().cpu().numpy()
         with torch.enable_grad():
             z = model.gate_norm(f).detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(model.gate(z).sum(), z)
-        contrib[rows] = (grad * z).detach().numpy()
+        contrib[rows] = (grad * z).detach().float().cpu().numpy()
     return GateReport(gate, Indicators(model.feature_names, feats), contrib)
 
 
@@ -393,15 +427,17 @@ def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None 
     from a copy of these weights (same architecture) instead of a fresh model."""
     config = config or JointConfig()
     setup(config)
+    device = resolve_device(config.device)  # after setup: under torchrun "cuda" is this rank's GPU
     model = JointModel(split.num_items, table.codes, table.codebook_sizes, config, split.train)
     if init is not None:
         # the training statistics are this split's (the gate features read them), the rest init's
         own = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("token_")}
         model.load_state_dict({**init.state_dict(), **own})
+    model.to(device)
     n_train = sum(1 for s in split.train if len(s) >= 2)
 
     def loss_fn(m: JointModel, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        return m.loss(*batch)
+        return m.loss(*(t.to(device) for t in batch))
 
     valid = split.valid.sample(config.eval_users, config.seed)
     return fit(model, config, lambda rng: training_batches(split.train, config, rng),
@@ -419,9 +455,10 @@ def save_joint(model: JointModel, path: str | Path) -> Path:
                              "codebook_sizes": list(model.gr_tower.codebook_sizes), "num_items": model.num_items})
 
 
-def load_joint(path: str | Path) -> JointModel:
+def load_joint(path: str | Path, device: str = "cpu") -> JointModel:
     """Load a model saved by :func:`train_joint` (``best.pt``, or its directory) or :func:`save_joint`
-    (weights only; a file of another shape is a :class:`~genrec.errors.CheckpointError`)."""
+    onto ``device``, wherever it was trained (weights only; a file of another shape is a
+    :class:`~genrec.errors.CheckpointError`)."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
@@ -433,7 +470,7 @@ def load_joint(path: str | Path) -> JointModel:
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: not a joint model this genrec can load ({e})") from e
-    return model.eval()
+    return model.to(resolve_device(device)).eval()
 
 
 __all__ = ["JointConfig", "JointModel", "GATE_FEATURES", "TARGET_SCOPE_FEATURES", "gr_catalogue_log_probs",

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from genrec.batching import check_histories
+from genrec.training import autocast, model_precision
 from genrec.trie import PrefixTrie  # re-exported: beam_search's callers build the trie they pass in
 
 __all__ = ["PrefixTrie", "CodeDecoder", "BeamResult", "beam_search", "score_candidates", "beam_from_context",
@@ -168,12 +169,14 @@ def beam_search(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray
     items = np.full((n, top_k), -1, dtype=np.int64)
     logp = np.full((n, top_k), -np.inf, dtype=np.float32)
     codes = np.full((n, top_k, trie.num_levels), -1, dtype=np.int64)
-    for rows in length_batches(histories, batch_size):
-        context = model.start([histories[r] for r in rows], None if users is None else np.asarray(users)[rows])
-        it, sc, cd = beam_from_context(model, trie, context, len(rows), beam_size)
-        k = min(top_k, it.shape[1])
-        it, sc, cd = (t[:, :k].cpu().numpy() for t in (it, sc, cd))
-        items[rows, :k], logp[rows, :k], codes[rows, :k] = it, sc, cd
+    with autocast(model_precision(model), decoder_device(model)):  # a bf16 model's forwards on CUDA
+        for rows in length_batches(histories, batch_size):
+            context = model.start([histories[r] for r in rows], None if users is None else np.asarray(users)[rows])
+            it, sc, cd = beam_from_context(model, trie, context, len(rows), beam_size)
+            k = min(top_k, it.shape[1])
+            it, sc, cd = (t[:, :k].float().cpu().numpy() if t.is_floating_point() else t[:, :k].cpu().numpy()
+                          for t in (it, sc, cd))
+            items[rows, :k], logp[rows, :k], codes[rows, :k] = it, sc, cd
     return BeamResult(items=items, log_probs=logp, codes=codes)
 
 
@@ -190,9 +193,10 @@ def score_candidates(model: CodeDecoder, trie: PrefixTrie, histories: list[np.nd
         raise ValueError(f"candidate item index >= {trie.num_items}")
     _check(model, trie, histories)
     out = np.full(cand.shape, -np.inf, dtype=np.float32)
-    for rows in length_batches(histories, batch_size):
-        context = model.start([histories[r] for r in rows], None if users is None else np.asarray(users)[rows])
-        out[rows] = score_from_context(model, trie, context, cand[rows])
+    with autocast(model_precision(model), decoder_device(model)):
+        for rows in length_batches(histories, batch_size):
+            context = model.start([histories[r] for r in rows], None if users is None else np.asarray(users)[rows])
+            out[rows] = score_from_context(model, trie, context, cand[rows])
     return out
 
 

@@ -39,7 +39,7 @@ from genrec.layers import Block, attention_mask
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.trie import PrefixTrie, trie_of
 from genrec.sasrec import resolve_device
-from genrec.training import TrainResult, check_nonfinite_loss, fit, setup
+from genrec.training import TrainResult, check_nonfinite_loss, check_precision, fit, setup
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,12 @@ class GenerativeConfig:
     nonfinite_loss: str = "error"  # a NaN/inf training loss: "error" stops, "skip" leaves the step out
     # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available); under torchrun "cuda" is each rank's own GPU
     device: str = "cpu"
+    precision: str = "fp32"  # "bf16": bfloat16 autocast of training, evaluation and decoding (CUDA only)
 
     def __post_init__(self) -> None:
         check_nonfinite_loss(self.nonfinite_loss)
         resolve_device(self.device)  # a ConfigError naming the device now, not at training time
+        check_precision(self.precision, self.device)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ atomic checkpoints, exact resume after a kill, and a clear stop when the loss di
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -37,11 +38,16 @@ class TrainResult:
 
 
 # Settings a run may change on resume (a longer schedule, other threads) without invalidating it.
+# ``precision`` is one of them: autocast keeps the weights and the optimiser state in float32 either
+# way, so a bf16 run killed on a GPU may resume in fp32 (e.g. on the CPU) and vice versa.
 _RESUMABLE = {"max_epochs", "max_minutes", "patience", "min_delta", "eval_batch_size", "num_threads", "eval_beam",
-              "device", "eval_users", "nonfinite_loss"}
+              "device", "eval_users", "nonfinite_loss", "precision"}
 
 #: values of the configs' ``nonfinite_loss``: stop with :class:`TrainingDivergedError`, or skip the step
 NONFINITE_LOSS = ("error", "skip")
+
+#: values of the configs' ``precision``: float32 everywhere, or bfloat16 autocast on CUDA
+PRECISIONS = ("fp32", "bf16")
 
 _TRAINING_KEYS = ("model", "optimizer", "numpy_rng", "torch_rng", "state", "config")
 
@@ -55,6 +61,43 @@ def check_nonfinite_loss(value: str) -> None:
     """ConfigError unless ``value`` is a valid ``nonfinite_loss`` (the configs check it when built)."""
     if value not in NONFINITE_LOSS:
         raise ConfigError(f"nonfinite_loss must be one of {list(NONFINITE_LOSS)}, got {value!r}")
+
+
+# the device types bf16 autocasts on (CUDA; the tests add the CPU to exercise the bf16 code paths)
+_AUTOCAST_DEVICES = ("cuda",)
+
+
+def check_precision(precision: str, device: str, key: str = "precision") -> None:
+    """ConfigError (naming ``key``) unless ``precision`` is one of :data:`PRECISIONS` and, for
+    ``"bf16"``, ``device`` (a config's device name, ``"auto"`` included) is a CUDA device.
+
+    bf16 is refused on the CPU rather than run with CPU autocast: without bf16 matrix units CPU
+    autocast is slower than fp32 and still changes the results, so it would buy nothing."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"config key {key!r} must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16":
+        kind = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device).type
+        if kind not in _AUTOCAST_DEVICES:
+            raise ConfigError(f"config key {key!r} is 'bf16' (bfloat16 autocast) but the device is {device!r}"
+                              f"{' (no CUDA here)' if device == 'auto' else ''}: bf16 runs on CUDA only; set "
+                              f"{key}: fp32 or a CUDA device")
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The context that runs a forward pass at ``precision`` on ``device``: bfloat16 autocast for
+    ``"bf16"`` on a CUDA device, else nothing (float32). A bf16 model loaded on the CPU thus
+    evaluates in fp32 instead of failing."""
+    kind = torch.device(device).type
+    if precision == "bf16" and kind in _AUTOCAST_DEVICES:
+        return torch.autocast(device_type=kind, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def model_precision(model: Any) -> str:
+    """The ``precision`` of a model's config (``"fp32"`` for a model without one; a DDP or fusion
+    wrapper is looked through via its ``module`` / ``config`` attributes)."""
+    model = getattr(model, "module", model)
+    return getattr(getattr(model, "config", None), "precision", "fp32")
 
 
 def _with_defaults(saved: dict, config: Any) -> dict:
@@ -120,6 +163,10 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     its best epoch is its own epoch, else from whichever of ``best.pt`` / ``best.prev.pt`` loads and
     holds that epoch; none does: :class:`~genrec.errors.CheckpointError` (nothing is recomputed).
 
+    Precision: ``config.precision`` (optional, default ``"fp32"``) ``"bf16"`` runs each forward and
+    loss, and the validation, under ``torch.autocast(device_type="cuda", dtype=torch.bfloat16)``; the
+    weights, gradients and optimiser state stay float32. It needs a CUDA model (else ConfigError).
+
     Distributed (a process group of N > 1 ranks, e.g. under ``torchrun``; see
     :mod:`genrec.distributed`): the model is wrapped in ``DistributedDataParallel``; every rank draws
     the same seeded epoch order and takes every N-th batch of it from its rank on (the union is the
@@ -136,6 +183,10 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     nonfinite = getattr(config, "nonfinite_loss", "error")
     check_nonfinite_loss(nonfinite)
     device = next(model.parameters()).device
+    precision = getattr(config, "precision", "fp32")
+    check_precision(precision, str(device))
+    # the forward and the loss in bf16 on CUDA (precision="bf16"); backward and the optimiser stay fp32
+    amp = lambda: autocast(precision, device)  # noqa: E731 (a fresh context per use)
     world = distributed.world_size()
     main = distributed.is_main()
     steps_per_epoch = math.ceil(num_batches / world)  # N batches per optimiser step under DDP
@@ -213,13 +264,14 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                 break  # out of time: the epoch ends early (and is evaluated and saved as usual)
             step = state["step"]
             if step_loss is None:
-                loss, n = loss_fn(model, batch)
+                with amp():
+                    loss, n = loss_fn(model, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 value = loss.item()  # checked before the update, so a NaN never reaches the weights
             else:
                 opt.zero_grad(set_to_none=True)
-                value, n = step_loss(*batch)  # the all-ranks mean loss and example count
+                value, n = step_loss(*batch, amp)  # the all-ranks mean loss and example count
             state["step"] = step + 1
             steps += 1
             if not math.isfinite(value):
@@ -253,7 +305,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
             add_time(time.perf_counter() - t0)
             if not out_of_time():
                 continue
-        with distributed.sharded_evaluation():
+        with distributed.sharded_evaluation(), amp():
             metrics = evaluate_fn(model)
         # rank 0's numbers everywhere: the early-stopping decisions must agree on every rank
         metrics = distributed.broadcast_object(metrics)
@@ -339,7 +391,7 @@ class _LossModule(nn.Module):
 
 
 def _ddp_loss(model: nn.Module, loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, int]],
-              device: torch.device) -> Callable[[Any, bool], tuple[float, int]]:
+              device: torch.device) -> Callable[[Any, bool, Callable[[], Any]], tuple[float, int]]:
     """One DDP forward + backward on this rank's batch; returns the all-ranks mean loss and example
     count (a non-finite mean when any rank's loss is: every rank then skips or stops together)."""
     from torch.nn.parallel import DistributedDataParallel
@@ -352,8 +404,9 @@ def _ddp_loss(model: nn.Module, loss_fn: Callable[[nn.Module, Any], tuple[torch.
     world = distributed.world_size()
     reduce_on = _reduce_device(device)
 
-    def step(batch: Any, own: bool) -> tuple[float, int]:
-        loss, n = ddp(batch)
+    def step(batch: Any, own: bool, amp: Callable[[], Any]) -> tuple[float, int]:
+        with amp():  # the forward under autocast; the backward below outside it, as torch advises
+            loss, n = ddp(batch)
         n = int(n) if own else 0
         value = loss.item()
         bad = 0.0 if math.isfinite(value) else 1.0  # also for a zero-weight pass: 0 * NaN is NaN

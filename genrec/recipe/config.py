@@ -298,15 +298,15 @@ def config_from_dict(raw: Mapping[str, Any] | None, preset: str | None = None, o
             resolve_device(device)
         except ConfigError as e:
             raise ConfigError(f"config key 'device': {e}") from None
+    if device is not None:
+        # before the sections are built: their own checks (e.g. ``precision: bf16`` needs CUDA) see it
+        for sec in ("text", "sasrec", "generative"):
+            merged[sec] = {"device": device, **merged[sec]}  # a section's own device wins
     sections = {sec: _build_section(sec, cls, merged[sec]) for sec, cls in SECTIONS.items()}
     if nt is not None:
         for sec in ("sasrec", "generative"):
             if getattr(sections[sec], "num_threads") is None:
                 sections[sec].num_threads = nt
-    if device is not None:
-        for sec in ("text", "sasrec", "generative"):
-            if "device" not in merged[sec]:  # a section's own device wins
-                sections[sec].device = device
     config = RecipeConfig(name=name, preset=merged.get("preset"), num_threads=nt, device=device, **sections,
                           source=str(source) if source else None)
     validate_config(config)
@@ -515,6 +515,7 @@ def joint_config(config: RecipeConfig):
     jc.setdefault("gr_tower", asdict(config.generative))
     jc.setdefault("max_len", config.data.max_history)
     jc.setdefault("num_threads", config.num_threads)
+    jc.setdefault("device", config.sasrec.device)  # the towers' device (the recipe's ``device`` fills it)
     for key in ("lr", "batch_size", "max_epochs", "patience", "seed"):
         jc.setdefault(key, getattr(config.sasrec, key))
     return JointConfig(**jc)

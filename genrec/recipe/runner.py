@@ -14,6 +14,15 @@ input data files (:mod:`genrec.rundir`) and its upstream stages' hashes. A stage
 matches is skipped; a stage without one (a killed run) runs again, the training stages resuming from
 their checkpoints, so a resumed run ends with the same results. A stage whose hash changed would be
 discarded: refused with the changed keys named, unless ``force``.
+
+Under ``torchrun`` (a process group of several ranks, :mod:`genrec.distributed`): rank 0 holds the
+lock, plans, writes every marker and runs the stages that do not train; the training stages
+(``Stage.every_rank``: sasrec, generative, joint) run on every rank, their trainers sharding the
+batches with DDP (their checkpoints written by rank 0; the small summaries after training, the same
+on every rank, are written atomically by each). The other ranks wait at each stage's end and then
+read what rank 0 wrote; a stage that fails on rank 0 fails on every rank with its message (a trainer
+failing on one rank alone stops the group through torchrun). The run directory must be shared by
+all ranks. In a single process nothing of this applies.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import resource
 import shutil
 import sys
@@ -72,26 +82,74 @@ class Recipe:
         self._plan: dict[str, dict] = {}
         self._discard: list[str] = []
         self._done: dict[str, Path] = {}
+        self._dist: Any = None  # genrec.distributed under torchrun with several ranks, else None
+
+    def _main(self) -> bool:
+        """True where markers are written: rank 0, or the single process."""
+        return self._dist is None or self._dist.is_main()
+
+    def _from_main(self, action: Callable[[], Any]) -> Any:
+        """``action()`` on rank 0 with its result (or its error, raised on every rank) handed to all
+        ranks; ``action()`` itself in a single process. Also a barrier: no rank goes on before rank 0
+        has finished."""
+        if self._dist is None:
+            return action()
+        outcome: tuple[str, Any] = ("ok", None)
+        error: BaseException | None = None
+        if self._dist.is_main():
+            try:
+                outcome = ("ok", action())
+            except BaseException as e:  # every rank must hear of it, or the others wait forever
+                error, outcome = e, ("error", (type(e), str(e)))
+        outcome = self._dist.broadcast_object(outcome)
+        if error is not None:
+            raise error
+        if outcome[0] == "error":
+            cls, message = outcome[1]
+            try:
+                raised = cls(f"on rank 0: {message}")
+            except Exception:  # an error class that takes other arguments
+                raised = RuntimeError(f"on rank 0: {cls.__name__}: {message}")
+            raise raised
+        return outcome[1]
 
     def __enter__(self) -> "Recipe":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: join its process group
+            from genrec import distributed
+
+            if distributed.init_from_env():
+                self._dist = distributed
+                self.context.progress = self.context.progress and distributed.is_main()
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)  # every rank: the directory must be shared
         except OSError as e:
             raise RunDirectoryError(f"{self.run_dir}: cannot create the run directory: {e.strerror}") from None
         if self.config.num_threads:
             import torch
 
             torch.set_num_threads(self.config.num_threads)
-        self._lock.__enter__()
-        try:
-            self._prepare()
-        except BaseException:
-            self._lock.__exit__(None, None, None)
-            raise
+
+        def lock_and_prepare() -> None:  # on rank 0 only: one lock for the whole group
+            self._lock.__enter__()
+            try:
+                self._prepare()
+            except BaseException:
+                self._lock.__exit__(None, None, None)
+                raise
+
+        self._from_main(lock_and_prepare)  # a held lock or a refused plan stops every rank
+        if self._dist is not None:  # rank 0's plan everywhere
+            try:
+                self._plan, self._discard = self._dist.broadcast_object((self._plan, self._discard))
+            except BaseException:
+                if self._main():
+                    self._lock.__exit__(None, None, None)
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._lock.__exit__(*exc)
+        if self._main():
+            self._lock.__exit__(*exc)
 
     def _prepare(self) -> None:
         """Fingerprint the data, plan every stage's hash, refuse to discard work unless forced."""
@@ -131,13 +189,40 @@ class Recipe:
         run_dir, h, src = self.run_dir, self._plan[name]["hash"], self._plan[name]["src"]
         sdir = run_dir / name
         marker = sdir / "stage.done.json"
-        done = _marker(marker)
+        main = self._main()
+        done = self._from_main(lambda: _marker(marker))  # rank 0's reading everywhere
         if done is not None and done.get("config_hash") == h:
             log.info("stage %s: done earlier, skipped", name)
             self._done[name] = sdir
-            if self.on_stage:
+            if self.on_stage and main:
                 self.on_stage(name, "skip", done)
             return done
+        self._from_main(lambda: self._begin(stage, sdir, {"stage": name, "config_hash": h, "hashed": src}))
+        if self.on_stage and main:
+            self.on_stage(name, "start", {"description": stage.description})
+        self.context.inputs = {k: self._done[k] for k in stage.after if k in self._done}
+
+        def run_and_mark() -> dict[str, Any]:
+            info = self._run(stage, h, src)
+            if main:
+                _write(sdir, lambda: save_json(marker, info), name)  # last: the stage counts as done only now
+            return info
+
+        if self._dist is not None and stage.every_rank:
+            # a trainer: every rank trains (DDP), rank 0 alone writes the marker, then all go on
+            info = run_and_mark()
+            self._from_main(lambda: None)
+        else:
+            info = self._from_main(run_and_mark)  # rank 0 runs it, the others wait for its outcome
+        self._done[name] = sdir
+        log.info("stage %s: done in %.1fs", name, info["timing"]["wall_s"])
+        if self.on_stage and main:
+            self.on_stage(name, "done", info)
+        return info
+
+    def _begin(self, stage: Stage, sdir: Path, started: dict[str, Any]) -> None:
+        """Clear what a changed stage left (see :meth:`run_stage`) and write its start marker."""
+        name = stage.name
         if name in self._discard and sdir.exists() and self._plan[name]["rerun_only"]:
             log.info("stage %s: run before settings it now hashes existed (or with other values of %s); "
                      "clearing %s and running it again", name, ", ".join(stage.rerun_keys), sdir)
@@ -148,11 +233,12 @@ class Recipe:
                     "stage %s: its config, data or upstream stages changed since it ran; clearing %s and "
                     "running it again", name, sdir)
             shutil.rmtree(sdir)
-        started = {"stage": name, "config_hash": h, "hashed": src}
         _write(sdir, lambda: save_json(sdir / "stage.started.json", started), name)
-        if self.on_stage:
-            self.on_stage(name, "start", {"description": stage.description})
-        self.context.inputs = {k: self._done[k] for k in stage.after if k in self._done}
+
+    def _run(self, stage: Stage, h: str, src: dict[str, Any]) -> dict[str, Any]:
+        """Run ``stage`` in this process; the content of its done marker."""
+        name, run_dir = stage.name, self.run_dir
+        sdir = run_dir / name
         scoped = _reset_peak_rss()
         t0 = time.perf_counter()
         try:
@@ -162,18 +248,12 @@ class Recipe:
         except Exception as e:
             raise RuntimeError(f"stage {name!r} failed: {type(e).__name__}: {e}") from e
         wall = time.perf_counter() - t0
-        info = {"stage": name, "config_hash": h,
+        return {"stage": name, "config_hash": h,
                 "artifacts": {k: str(Path(p).relative_to(run_dir)) if Path(p).is_relative_to(run_dir) else str(p)
                               for k, p in artifacts.items()},
                 "timing": {"wall_s": wall, "peak_rss_mib": _peak_rss_mib(),
                            "peak_rss_scope": "stage" if scoped else "process"},
                 "hashed": src}
-        _write(sdir, lambda: save_json(marker, info), name)  # last: the stage counts as done only now
-        self._done[name] = sdir
-        log.info("stage %s: done in %.1fs", name, wall)
-        if self.on_stage:
-            self.on_stage(name, "done", info)
-        return info
 
     def results(self) -> dict[str, Any] | None:
         """``results.json``'s content once the report stage has run, else None."""
@@ -197,7 +277,9 @@ def run_recipe(config: RecipeConfig, run_dir: str | Path, *, progress: bool | No
     if stop_after is not None and stop_after not in names:
         raise ValueError(f"stop_after={stop_after!r} is not a stage of this recipe; stages: {names}")
     with Recipe(config, run_dir, force=force, progress=progress, on_stage=on_stage) as recipe:
-        bar = tqdm(total=len(names), desc="recipe", unit="stage", disable=None if progress is None else not progress)
+        quiet = not recipe._main()  # one bar, rank 0's, under torchrun
+        bar = tqdm(total=len(names), desc="recipe", unit="stage",
+                   disable=True if quiet else (None if progress is None else not progress))
         try:
             for name in names:
                 bar.set_postfix_str(name)
@@ -231,6 +313,8 @@ def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -
     out = {k: v for k, v in d.items() if k not in _UNHASHED and f"{k}@{sec}" not in _UNHASHED}
     if sec == "text":
         return _text_for_hash(out)
+    if sec in ("sasrec", "generative") and out.get("precision") == "fp32":  # the hashes of runs made before it
+        out.pop("precision")
     if sec == "sasrec" and out.get("loss", "full") == "full":  # the hashes of runs made before the loss options
         for key in ("loss", "loss_chunk", "num_negatives", "negatives"):
             out.pop(key, None)

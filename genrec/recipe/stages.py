@@ -47,6 +47,9 @@ class Stage:
     #: hashed settings whose change (or absence from an older marker: a stage run before the setting
     #: existed) reruns a ``keeps_work`` stage without ``force``: redoing it costs no training
     rerun_keys: tuple[str, ...] = ()
+    #: under torchrun (several ranks): whether every rank runs it (the trainers, which shard their
+    #: batches with DDP); the other stages run on rank 0 alone while the rest wait (genrec.recipe.runner)
+    every_rank: bool = False
 
 
 @dataclass
@@ -507,9 +510,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("data", stage_data, ("data",), (), description="load and split the dataset", keeps_work=False),
     Stage("embed", stage_embed, ("data", "text"), ("data",), description="item text -> sentence embeddings"),
     Stage("quantize", stage_quantize, ("quantize",), ("embed",), description="embeddings -> semantic IDs"),
-    Stage("sasrec", stage_sasrec, ("data", "sasrec"), ("data",), description="train the SASRec item-ID model"),
+    Stage("sasrec", stage_sasrec, ("data", "sasrec"), ("data",), description="train the SASRec item-ID model",
+          every_rank=True),
     Stage("generative", stage_generative, ("data", "generative"), ("quantize",),
-          description="train the semantic-ID generative model"),
+          description="train the semantic-ID generative model", every_rank=True),
     Stage("labels", stage_labels, ("data", "labels"), ("data",), description="memorization / generalization labels",
           keeps_work=False),
     Stage("fusion", stage_fusion, _FUSION_KEYS, ("sasrec", "generative", "quantize"),
@@ -517,7 +521,7 @@ STAGES: tuple[Stage, ...] = (
           rerun_keys=_SELECTION_KEYS),  # a fusion stage from before cross-fitting reruns (no training lost)
     Stage("joint", stage_joint, ("data", "sasrec", "generative", "fusion.joint_schedule", "fusion.joint_config",
                                  "fusion.k", "fusion.beam", "fusion.gate"), ("quantize",),
-          enabled=lambda c: c.fusion.joint, description="joint training of both towers and a gate"),
+          enabled=lambda c: c.fusion.joint, description="joint training of both towers and a gate", every_rank=True),
     Stage("evaluate", stage_evaluate, ("report.ks",), ("labels", "fusion", "joint"),
           description="metrics overall and per label", keeps_work=False),
     Stage("report", stage_report, ("name", "preset", "report", "fusion.primary"),

@@ -1,0 +1,291 @@
+"""Benchmark: every GPU figure of issue 16 in one short run on one CUDA GPU (about 12 minutes).
+
+    python bench/gpu_all.py [--data ../shared/data/amazon2014/beauty] [--out runs/gpu_all]
+                            [--json runs/gpu_all/gpu_all.json] [--precision fp32|bf16]
+                            [--recipe-minutes 6] [--tiger-minutes 4] [--beam-seconds 30]
+                            [--only recipe,tiger,beam]
+
+1. ``recipe``: the Beauty ``full`` recipe end to end on the GPU (``genrec run
+   recipes/configs/amazon2014_beauty.yaml --preset full --set device=cuda``, a fresh run directory),
+   in a child process stopped after ``--recipe-minutes``; its wall time (target <= 5 minutes) and
+   test NDCG@10 against the quality bars: SASRec >= 0.0436, generative >= 0.0384, adaptive fusion
+   >= 0.0476, best fusion >= 0.0500.
+2. ``tiger``: the T5 TIGER preset (:class:`genrec.tiger.TigerConfig`) trained on the GPU for at most
+   ``--tiger-minutes`` (early stopping on validation) on the recipe's semantic IDs; test NDCG@10
+   (beam ``--tiger-beam``) against TIGER's published 0.0384, and whether it converged (stopped by
+   its patience) or ran out of time.
+3. ``beam``: constrained beam search (beam 20) users/s on the GPU, for the recipe's generative model
+   and the T5 preset, each timed over as many test users as ``--beam-seconds`` allows (after a
+   warm-up batch; CUDA is synchronised before each clock reading).
+
+Prints one table and writes every figure to ``--json``. Each part has its own time budget, so a
+part that overruns is reported (``timed out``) and the others still run. Without CUDA the script
+refuses before doing anything. ``--precision bf16`` runs the recipe's trainers and the T5 preset
+with bfloat16 autocast (fp32 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+BEAUTY_CONFIG = ROOT / "recipes" / "configs" / "amazon2014_beauty.yaml"
+#: the Beauty ``full`` recipe's quality bars (BENCHMARKS.md): test NDCG@10 per model
+RECIPE_BARS = {"sasrec": 0.0436, "gr": 0.0384, "adaptive": 0.0476, "best fusion": 0.0500}
+TIGER_PUBLISHED_NDCG10 = 0.0384  # TIGER (Rajput et al., 2023), Beauty
+PARTS = ("recipe", "tiger", "beam")
+
+log = logging.getLogger("gpu_all")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module doc)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(BEAUTY_CONFIG), help="the Beauty recipe config")
+    p.add_argument("--data", default=None, help="override data.dataset (default: the config's)")
+    p.add_argument("--out", default=str(ROOT / "runs" / "gpu_all"), help="work directory (run directories inside)")
+    p.add_argument("--json", default=None, help="where to write the figures (default: OUT/gpu_all.json)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--recipe-minutes", type=float, default=6.0, help="the recipe child process is stopped after this")
+    p.add_argument("--tiger-minutes", type=float, default=4.0, help="T5 preset training budget")
+    p.add_argument("--tiger-beam", type=int, default=20, help="beam of the T5 preset's test evaluation")
+    p.add_argument("--beam-seconds", type=float, default=30.0, help="decoding budget per model")
+    p.add_argument("--beam-batch", type=int, default=512, help="users per beam-search batch")
+    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run, of {','.join(PARTS)}")
+    args = p.parse_args(argv)
+    parts = [x.strip() for x in args.only.split(",") if x.strip()]
+    bad = [x for x in parts if x not in PARTS]
+    if bad or not parts:
+        p.error(f"--only: unknown part(s) {bad or args.only!r}; choose from {','.join(PARTS)}")
+    args.parts = parts
+    for key in ("recipe_minutes", "tiger_minutes", "beam_seconds"):
+        if getattr(args, key) <= 0:
+            p.error(f"--{key.replace('_', '-')} must be > 0")
+    args.json = args.json or str(Path(args.out) / "gpu_all.json")
+    return args
+
+
+def require_cuda() -> None:
+    """Exit with a clear message (status 2) unless a CUDA GPU is usable: every figure here is a GPU one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.stderr.write("bench/gpu_all.py measures GPU figures and needs a CUDA GPU: torch.cuda.is_available() is "
+                         "False on this machine (torch %s, CUDA build %s). Nothing was run.\n"
+                         % (torch.__version__, torch.version.cuda))
+        raise SystemExit(2)
+
+
+def run_recipe_part(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """The Beauty full recipe on the GPU in a child process (so its time budget can stop it)."""
+    overrides = ["device=cuda", "num_threads=4"]
+    if args.precision == "bf16":
+        overrides += ["sasrec.precision=bf16", "generative.precision=bf16"]
+    if args.data:
+        overrides.append(f"data.dataset={args.data}")
+    cmd = [sys.executable, "-c", "import sys; from genrec.cli import main; sys.exit(main(sys.argv[1:]))",
+           "run", args.config, "--preset", "full", "--out", str(run_dir), "--force",
+           *[x for o in overrides for x in ("--set", o)]]
+    if run_dir.exists():  # end to end means from nothing: an earlier run's stages would be skipped
+        shutil.rmtree(run_dir)
+    log.info("recipe: %s", " ".join(cmd[3:]))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, timeout=60 * args.recipe_minutes, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        return {"status": "timed out", "wall_s": time.perf_counter() - t0, "budget_min": args.recipe_minutes}
+    wall = time.perf_counter() - t0
+    out: dict[str, Any] = {"status": "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})",
+                           "wall_s": wall, "target_s": 300.0}
+    if proc.returncode != 0:
+        out["stderr_tail"] = proc.stderr[-2000:]
+        return out
+    results = json.loads((run_dir / "results.json").read_text())
+    test = {name: m["test"]["all"]["ndcg@10"] for name, m in results["models"].items()}
+    fusions = {k: v for k, v in test.items() if k not in ("sasrec", "gr", "generative")}
+    figures = {"sasrec": test.get("sasrec"), "gr": test.get("gr", test.get("generative")),
+               "adaptive": test.get("adaptive"), "best fusion": max(fusions.values()) if fusions else None}
+    out["test_ndcg@10"] = test
+    out["bars"] = {k: {"value": figures[k], "bar": bar, "met": figures[k] is not None and figures[k] >= bar}
+                   for k, bar in RECIPE_BARS.items()}
+    out["stage_wall_s"] = {}
+    for stage_dir in sorted(run_dir.iterdir()):
+        marker = stage_dir / "stage.done.json"
+        if marker.is_file():
+            out["stage_wall_s"][stage_dir.name] = json.loads(marker.read_text())["timing"]["wall_s"]
+    return out
+
+
+def _split_and_table(args: argparse.Namespace, run_dir: Path):
+    import genrec
+    from genrec.recipe import load_config
+    from quantize import SemanticIdTable
+
+    config = load_config(args.config, preset="full", overrides=[f"data.dataset={args.data}"] if args.data else [])
+    d = config.data
+    dataset = genrec.load_dataset(d.dataset, cache_dir=d.cache_dir)
+    split = genrec.leave_one_out(dataset, max_history=d.max_history, min_interactions=d.min_interactions)
+    sid = run_dir / "quantize" / "semantic_ids.json"
+    if not sid.is_file():
+        raise FileNotFoundError(f"{sid}: the recipe's semantic IDs are missing (run the recipe part first)")
+    return split, SemanticIdTable.load(sid)
+
+
+def run_tiger_part(args: argparse.Namespace, run_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """The T5 preset trained on the GPU within its budget; its test NDCG@10 against TIGER's."""
+    import torch
+
+    from genrec.generative import evaluate
+    from genrec.tiger import TigerConfig, train_tiger
+
+    split, table = _split_and_table(args, run_dir)
+    config = TigerConfig(device="cuda", precision=args.precision, max_minutes=args.tiger_minutes,
+                         eval_batch_size=256, num_threads=4)
+    t0 = time.perf_counter()
+    result = train_tiger(split, table, config, out_dir=out_dir, progress=False)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    test = evaluate(result.model, split.test, beam_size=args.tiger_beam, batch_size=256)
+    torch.cuda.synchronize()
+    last = result.history[-1]["epoch"] if result.history else 0
+    # converged: stopped by its patience (no validation gain in the last evaluations), not by the clock
+    converged = last < config.max_epochs and (last - result.best_epoch) >= config.patience * config.eval_every
+    return {"status": "ok", "train_s": train_s, "test_eval_s": time.perf_counter() - t0, "epochs": last,
+            "best_epoch": result.best_epoch, "converged": converged, "test": test,
+            "test_ndcg@10": test["ndcg@10"], "published_ndcg@10": TIGER_PUBLISHED_NDCG10,
+            "met": test["ndcg@10"] >= TIGER_PUBLISHED_NDCG10}
+
+
+def users_per_second(model: Any, trie: Any, split: Any, batch: int, seconds: float, users: bool) -> dict[str, Any]:
+    """Beam-search (beam 20) throughput of ``model`` on the GPU over as many test users as
+    ``seconds`` allows, after one warm-up batch."""
+    import numpy as np
+    import torch
+
+    from genrec.beam_search import beam_search
+
+    test = split.test
+    order = np.random.default_rng(0).permutation(len(test))
+    warm = order[:batch]
+    beam_search(model, trie, [test.histories[r] for r in warm], 20, users=test.users[warm] if users else None,
+                batch_size=batch)
+    torch.cuda.synchronize()
+    done, t0 = 0, time.perf_counter()
+    while done < len(order) and time.perf_counter() - t0 < seconds:
+        rows = order[done:done + batch]
+        beam_search(model, trie, [test.histories[r] for r in rows], 20, users=test.users[rows] if users else None,
+                    batch_size=batch)
+        torch.cuda.synchronize()
+        done += len(rows)
+    wall = time.perf_counter() - t0
+    return {"users": int(done), "seconds": wall, "users_per_s": done / wall if wall > 0 else None}
+
+
+def run_beam_part(args: argparse.Namespace, run_dir: Path, tiger_dir: Path) -> dict[str, Any]:
+    """Beam-search users/s on the GPU for the recipe's generative model and the T5 preset."""
+    from genrec.beam_search import PrefixTrie
+    from genrec.generative import load_generative
+    from genrec.tiger import load_tiger
+
+    split, table = _split_and_table(args, run_dir)
+    trie = PrefixTrie.from_table(table)
+    out: dict[str, Any] = {}
+    gen = run_dir / "generative" / "best.pt"
+    if gen.is_file():
+        out["generative"] = users_per_second(load_generative(gen, device="cuda"), trie, split, args.beam_batch,
+                                             args.beam_seconds, users=False)
+    else:
+        out["generative"] = {"status": f"skipped: {gen} is missing"}
+    t5 = tiger_dir / "best.pt"
+    if t5.is_file():
+        out["tiger"] = users_per_second(load_tiger(t5, device="cuda"), trie, split, min(args.beam_batch, 256),
+                                        args.beam_seconds, users=True)
+    else:
+        out["tiger"] = {"status": f"skipped: {t5} is missing"}
+    return out
+
+
+def _timed(name: str, fn: Any) -> dict[str, Any]:
+    """``fn()``'s figures, or what went wrong: one failing part never loses the others' figures."""
+    t0 = time.perf_counter()
+    try:
+        return fn()
+    except Exception as e:  # reported in the table and the JSON
+        log.exception("%s failed", name)
+        return {"status": f"failed: {type(e).__name__}: {e}", "wall_s": time.perf_counter() - t0}
+
+
+def table(figures: dict[str, Any]) -> str:
+    """The printed summary of ``figures``."""
+    lines = [f"{'figure':44s} {'value':>12s}  note", "-" * 80]
+
+    def row(name: str, value: Any, note: str = "") -> None:
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"{name:44s} {text:>12s}  {note}")
+
+    r = figures.get("recipe")
+    if r is not None:
+        row("Beauty full recipe, wall (s)", round(r.get("wall_s", 0.0), 1), f"{r['status']}; target <= 300 s")
+        for k, b in r.get("bars", {}).items():
+            row(f"  {k} test N@10", b["value"], f"bar {b['bar']}: {'met' if b['met'] else 'missed'}")
+    t = figures.get("tiger")
+    if t is not None:
+        if "test_ndcg@10" in t:
+            row("T5 TIGER preset test N@10", t["test_ndcg@10"],
+                f"TIGER {TIGER_PUBLISHED_NDCG10}: {'met' if t['met'] else 'missed'}; {t['epochs']} epochs in "
+                f"{t['train_s']:.0f} s, {'converged' if t['converged'] else 'stopped by its time budget'}")
+        else:
+            row("T5 TIGER preset test N@10", "-", t.get("status", ""))
+    b = figures.get("beam")
+    if b is not None:
+        for k in ("generative", "tiger"):
+            v = b.get(k, {})
+            if "users_per_s" in v:
+                row(f"beam search users/s ({k}, beam 20)", round(v["users_per_s"], 1),
+                    f"{v['users']} users in {v['seconds']:.1f} s")
+            else:
+                row(f"beam search users/s ({k}, beam 20)", "-", v.get("status", ""))
+        if "status" in b and not any(k in b for k in ("generative", "tiger")):
+            row("beam search", "-", b["status"])
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the parts asked for, print the table, write the JSON; 2 without CUDA."""
+    args = parse_args(argv)
+    require_cuda()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    import torch
+
+    work = Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    run_dir, tiger_dir = work / "beauty_full", work / "tiger"
+    figures: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                               "precision": args.precision, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    t0 = time.perf_counter()
+    if "recipe" in args.parts:
+        figures["recipe"] = _timed("recipe", lambda: run_recipe_part(args, run_dir))
+    if "tiger" in args.parts:
+        figures["tiger"] = _timed("tiger", lambda: run_tiger_part(args, run_dir, tiger_dir))
+    if "beam" in args.parts:
+        figures["beam"] = _timed("beam", lambda: run_beam_part(args, run_dir, tiger_dir))
+    figures["total_s"] = time.perf_counter() - t0
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    print(table(figures))
+    print(f"total {figures['total_s']:.0f} s; figures in {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

@@ -24,10 +24,12 @@ torch.set_num_threads(1)
 EPOCHS = 8
 # one validation, at the last epoch: the towers do not depend on which epoch validation prefers
 TOWERS = dict(max_len=20, max_epochs=EPOCHS, lr=1e-2, patience=100, eval_every=EPOCHS, num_threads=1)
-CONFIG = HoldoutJointConfig(sasrec=replace(SMALL_ID, **TOWERS), generative=replace(SMALL_GR, **TOWERS), k=20, beam=20)
+CONFIG = HoldoutJointConfig(sasrec=replace(SMALL_ID, **TOWERS), generative=replace(SMALL_GR, **TOWERS), k=20, beam=20,
+                            towers="separate", holdout_share=1.0)
 # the towers trained together with fusion.joint's mixture objective, same epochs
 JOINT_TOWERS = replace(CONFIG, towers="joint", joint=dict(batch_size=128, lr=1e-2, max_epochs=EPOCHS, patience=100,
-                                                          eval_every=EPOCHS, seed=0, num_threads=1))
+                                                          eval_every=EPOCHS, seed=0, num_threads=1, aux_weight=0.0,
+                                                          lr_schedule="constant", warmup_epochs=0.0))
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:

@@ -246,8 +246,9 @@ def test_a_fusion_stage_from_before_cross_fitting_reruns_without_force(tiny_run,
 @pytest.mark.parametrize("schedule", ["holdout", "end_to_end"])
 def test_the_joint_model_competes_with_its_validation_score(tiny_run, tmp_path, schedule):
     run = _copy(tiny_run, tmp_path / "run")
-    epochs = "fusion.joint_config.refresh_epochs=1" if schedule == "holdout" else "fusion.joint_config.max_epochs=1"
-    config = _config(run, "fusion.joint=true", f"fusion.joint_schedule={schedule}", epochs)
+    epochs = (["fusion.joint_config.joint.max_epochs=2", "fusion.joint_config.joint.eval_every=2"]
+              if schedule == "holdout" else ["fusion.joint_config.max_epochs=1"])
+    config = _config(run, "fusion.joint=true", f"fusion.joint_schedule={schedule}", *epochs)
     res = run_recipe(config, run)
     sel = res["fusion"]["selection"]
     summary = load_json(run / "joint" / "summary.json")

@@ -264,3 +264,18 @@ def test_fusion_stage_saves_every_fitted_method(reference):
         for key, value in res["fusion"]["params"][name].items():
             if key != "features":
                 assert method.params()[key] == pytest.approx(value), (name, key)
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_under_torchrun_only_rank_0_talks(tiny, tmp_path, monkeypatch, capsys, rank):
+    """Every torchrun rank runs ``genrec run``: rank 0 alone prints and writes run.log."""
+    from genrec.commands.run import execute
+
+    monkeypatch.setenv("RANK", rank)
+    config = load_config(DEMO_YAML, overrides=tiny)
+    assert execute(config, tmp_path / "run", until="data") == 0
+    out = capsys.readouterr()
+    assert (rank == "0") == ("stopped after stage data" in out.err)
+    assert (rank == "0") == (tmp_path / "run" / "run.log").is_file()
+    if rank == "1":
+        assert out.out == out.err == ""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import time
@@ -53,6 +54,13 @@ def command_line(args: argparse.Namespace, fallback: str) -> str:
     return shlex.join(["genrec", *argv]) if argv is not None else fallback
 
 
+def talks() -> bool:
+    """Whether this process prints: under torchrun every rank runs the command, and rank 0 alone
+    talks (console and run.log) while the others train their shards silently (``RANK`` is torchrun's
+    variable: the process group starts later, inside the recipe)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def print_stage(name: str, event: str, info: dict, position: str = "") -> None:
     """Stage progress lines on stderr (the summary goes to stdout), copied to the log file;
     ``position``: e.g. ``"3/9"``, shown before the stage name."""
@@ -76,7 +84,8 @@ def run_stages(config, out: Path, until: str | None = None, force: bool = False)
     names = stage_names(config)
 
     def on_stage(name: str, event: str, info: dict) -> None:
-        print_stage(name, event, info, f"{names.index(name) + 1}/{len(names)}")
+        if talks():
+            print_stage(name, event, info, f"{names.index(name) + 1}/{len(names)}")
 
     with Recipe(config, out, force=force, on_stage=on_stage) as recipe:
         for name in names:
@@ -93,13 +102,22 @@ def execute(config, out: Path, until: str | None = None, label: str = "genrec ru
     130 when interrupted. The full log goes to ``out/run.log`` (appended, after a header line naming
     ``command`` and the time); the console shows the stage lines, bars and the summary."""
     from genrec.errors import GenrecError
-    from genrec.logs import FILE_ONLY, log_to_file, say
+    from genrec.logs import FILE_ONLY, log_to_file
+    from genrec.logs import say as say_line
     from genrec.recipe import StopAfterStage, format_summary
+
+    speaks = talks()
+
+    def say(message: str = "", **kw) -> None:
+        if speaks:
+            say_line(message, **kw)
 
     t0 = time.perf_counter()
     with ExitStack() as stack:
+        log_file: Path | None = None
         try:
-            log_file: Path | None = stack.enter_context(log_to_file(out / LOG_FILE, header=command or label))
+            if speaks:
+                log_file = stack.enter_context(log_to_file(out / LOG_FILE, header=command or label))
         except OSError:  # not a directory, no permission: the recipe says what is wrong with `out`
             log_file = None
         say(f"{label}: {config.name} ({config.data.dataset}, preset {config.preset or 'none'}) -> {out}"

@@ -41,24 +41,10 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
-from genrec.data import (
-    InteractionColumns,
-    ItemText,
-    SequenceDataset,
-    build_dataset,
-    build_dataset_columns,
-    factorize_ids,
-    iter_lines,
-    order_events,
-    parse_price,
-    parse_time_strings,
-    parse_timestamp,
-    price_is_absent,
-    read_delimited_columns,
-    simple_text_bytes,
-    split_header,
-    warn_bad_prices,
-)
+from genrec.columns import (InteractionColumns, factorize_ids, parse_time_strings, read_delimited_columns,
+                            simple_text_bytes, split_header)
+from genrec.data import (ItemText, SequenceDataset, build_dataset, build_dataset_columns, iter_lines, order_events,
+                         parse_price, parse_timestamp, price_is_absent, warn_bad_prices)
 from genrec.errors import DataFormatError, DataNotFoundError
 
 log = logging.getLogger(__name__)

@@ -13,18 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from genrec.data import (
-    InteractionColumns,
-    ItemText,
-    SequenceDataset,
-    build_dataset,
-    build_dataset_columns,
-    factorize_ids,
-    load_plain,
-    order_events,
-    parse_time_strings,
-    read_interaction_columns,
-)
+from genrec.columns import InteractionColumns, factorize_ids, parse_time_strings
+from genrec.data import (ItemText, SequenceDataset, build_dataset, build_dataset_columns, load_plain, order_events,
+                         read_interaction_columns)
 from genrec.errors import DataFormatError
 from genrec.parquet_data import load_parquet
 from genrec.recbole import load_recbole

@@ -4,6 +4,7 @@ atomic checkpoints, exact resume after a kill, and a clear stop when the loss di
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import math
@@ -305,8 +306,10 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
             add_time(time.perf_counter() - t0)
             if not out_of_time():
                 continue
+        trim_heap()  # between the training batches' and the evaluation's many tensor shapes
         with distributed.sharded_evaluation(), amp():
             metrics = evaluate_fn(model)
+        trim_heap()
         # rank 0's numbers everywhere: the early-stopping decisions must agree on every rank
         metrics = distributed.broadcast_object(metrics)
         add_time(time.perf_counter() - t0)
@@ -361,6 +364,25 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     best = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
     return TrainResult(model=model, best_epoch=state["best_epoch"], best_valid=best, history=state["history"],
                        skipped_steps=state["skipped_steps"])
+
+
+def trim_heap() -> None:
+    """Give the C heap's free memory back to the operating system (glibc's ``malloc_trim``; a no-op
+    where there is none). Training and evaluation batches come in many shapes, and glibc keeps what
+    they freed in fragments it cannot reuse for the next shapes: on Beauty the generative model's
+    resident memory grew by ~0.6 GiB per epoch with validation (10 GiB after 36 epochs) without this,
+    and returns to ~0.5 GiB after each evaluation with it."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
+        except (AttributeError, OSError):  # not glibc (macOS, musl, Windows)
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
 
 
 def _rank_batches(epoch: Iterable[Any], world: int, rank: int) -> Iterable[tuple[Any, bool]]:

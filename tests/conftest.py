@@ -22,7 +22,7 @@ def beauty_dir() -> Path:
 TINY_DEMO = ["num_threads=1", "data.dataset=synthetic:num_users=150,num_brands=4,num_categories=4,num_attributes=4",
              "data.max_history=10", "quantize.codebook_size=4",
              "sasrec.hidden=16", "sasrec.max_epochs=2", "sasrec.batch_size=64",
-             "generative.hidden=16", "generative.max_epochs=2", "generative.max_minutes=null", "generative.eval_beam=5",
+             "generative.hidden=16", "generative.max_epochs=3", "generative.max_minutes=null", "generative.eval_beam=5",
              "generative.batch_size=64", "fusion.k=10", "fusion.beam=10", "fusion.gate.max_epochs=5",
              "report.ks=[5,10]"]
 

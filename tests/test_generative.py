@@ -20,8 +20,10 @@ def cyclic_table(num_items=24) -> SemanticIdTable:
     return SemanticIdTable.from_codes(np.stack([i // 6, i % 3], 1), [4, 3])
 
 
+# the default hybrid input, without its ID dropout: a regulariser with nothing to regularise on 24
+# cyclic items that only slows the tiny model down (it has a test of its own)
 SMALL = dict(hidden=32, num_blocks=1, num_heads=2, head_layers=1, dropout=0.0, head_dropout=0.0, lr=5e-3,
-             batch_size=32, max_len=10, eval_beam=10, num_threads=1)
+             batch_size=32, max_len=10, eval_beam=10, num_threads=1, item_embedding_dropout=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +49,15 @@ def test_learns_deterministic_pattern(split, trained):
     np.testing.assert_allclose(score_items(trained.model, split.test, top.items), top.log_probs, atol=1e-5)
 
 
-def test_pure_semantic_ids_generalise_to_unseen_code_pairs(trained):
-    # the model reads items through their codes only: its parameters have no per-item table
-    names = [n for n, _ in trained.model.named_parameters()]
-    assert not any(n.startswith("item_emb") for n in names)
+def test_the_semantic_preset_reads_items_through_their_codes_only(trained):
+    from genrec.generative import HierarchicalGenerative, preset_config
+
+    # preset "semantic" has no per-item table, so it reads unseen code combinations like known ones;
+    # the default (hybrid) model adds one
+    table = cyclic_table()
+    semantic = HierarchicalGenerative(table.codes, table.codebook_sizes, preset_config("semantic", **SMALL))
+    assert not any(n.startswith("item_emb") for n, _ in semantic.named_parameters())
+    assert any(n.startswith("item_emb") for n, _ in trained.model.named_parameters())
 
 
 def test_save_load_round_trip(tmp_path, split, trained):
@@ -255,3 +262,39 @@ def test_step_skips_the_head_only_where_the_answer_is_exactly_zero():
         single = valid.sum(-1) == 1
         assert single.any() and (~single).any()  # both paths taken
         assert (got[single].exp().sum(-1) == 1).all() and (got[single][valid[single]] == 0).all()
+
+
+def test_item_embedding_dropout_drops_whole_id_embeddings_in_training_only():
+    from genrec.errors import ConfigError
+    from genrec.generative import HierarchicalGenerative
+
+    table = cyclic_table()
+    kw = {**SMALL, "item_embedding": True}
+    model = HierarchicalGenerative(table.codes, table.codebook_sizes,
+                                   GenerativeConfig(**{**kw, "item_embedding_dropout": 0.999999}))
+    plain = HierarchicalGenerative(table.codes, table.codebook_sizes, GenerativeConfig(**{**kw, "item_embedding_dropout": 0.0}))
+    plain.load_state_dict(model.state_dict())
+    tokens = torch.tensor([[0, 3, 5, 7], [2, 4, 6, 8]])
+    with torch.no_grad():
+        model.eval(), plain.eval()
+        torch.testing.assert_close(model(tokens), plain(tokens))  # evaluation: every ID embedding is read
+        model.train()
+        dropped = model(tokens)
+        plain.item_emb.weight.zero_()  # what a model reads for items it has no ID embedding of (new items)
+        plain.eval()
+        torch.testing.assert_close(dropped, plain(tokens))
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="item_embedding_dropout must lie in"):
+            GenerativeConfig(item_embedding_dropout=bad)
+
+
+def test_presets_name_the_hybrid_and_the_pure_semantic_model():
+    from genrec.errors import ConfigError
+    from genrec.generative import preset_config
+
+    assert preset_config("hierarchical") == GenerativeConfig()
+    assert preset_config("semantic", hidden=64) == GenerativeConfig(item_embedding=False, item_embedding_dropout=0.0,
+                                                                    hidden=64)
+    assert GenerativeConfig().item_embedding and GenerativeConfig().item_embedding_dropout == 0.5
+    with pytest.raises(ConfigError, match="unknown generative preset 'big'"):
+        preset_config("big")

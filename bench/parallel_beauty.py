@@ -14,7 +14,6 @@ memory; ``--out``/results.json keeps them. Goal (issue 15): test NDCG@10 >= 0.04
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import resource
 import shutil

@@ -36,7 +36,7 @@ from genrec.batching import check_histories, histories_to_tokens, seen_tokens, t
 from genrec.errors import CheckpointNotFoundError, ConfigError, DataFormatError
 from genrec.beam_search import (BeamResult, beam_from_context, decoder_device, length_batches, score_from_context,
                                 trie_on)
-from genrec.layers import Block, attention_mask
+from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.trie import PrefixTrie, trie_of
 from genrec.sasrec import resolve_device
@@ -180,18 +180,8 @@ class HierarchicalGenerative(nn.Module):
         self.out_emb = None if config.tie_embeddings else nn.Embedding(self.vocab + 1, h)
         self.out_bias = nn.Parameter(torch.zeros(self.vocab + 1))
         self.repeat_head = nn.Linear(h, 1) if config.repeat_gate else None
-        self.apply(self._init)
+        self.apply(xavier_init)
         self.trie = PrefixTrie(codes, self.codebook_sizes)  # valid children of every prefix (not a parameter)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.xavier_normal_(m.weight)
-            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
-                with torch.no_grad():
-                    m.weight[m.padding_idx].zero_()
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
     @property
     def codes(self) -> np.ndarray:
@@ -209,13 +199,7 @@ class HierarchicalGenerative(nn.Module):
             if self.training and p > 0:  # whole embeddings, not features: an item is either known or not
                 ids = ids * (torch.rand(B, T, 1, device=tokens.device) >= p)
             x = x + ids
-        x = x * math.sqrt(self.config.hidden)
-        x = x + self.pos_emb(torch.arange(self.config.max_len - T, self.config.max_len, device=tokens.device))
-        x = self.drop(x).masked_fill(pad[..., None], 0.0)
-        allowed = attention_mask(pad)  # [B, 1, T, T]: earlier real items and itself
-        for block in self.blocks:
-            x = block(x, allowed, pad)
-        return self.ln_out(x)
+        return encode_sequence(x * math.sqrt(self.config.hidden), pad, self.pos_emb, self.drop, self.blocks, self.ln_out)
 
     def level_logits(self, z: torch.Tensor, level: int) -> torch.Tensor:
         """Head output ``[..., H]`` -> logits over level ``level``'s codes ``[..., codebook_sizes[level]]``."""

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SelfAttention", "Block", "attention_mask"]
+__all__ = ["SelfAttention", "Block", "attention_mask", "encode_sequence", "xavier_init"]
 
 
 def attention_mask(pad: torch.Tensor) -> torch.Tensor:
@@ -67,3 +67,30 @@ class Block(nn.Module):
         x = q + self.attn(q, x, allowed)  # SASRec's residual is taken from the normalised query
         x = x + self.ffn(self.ln_ffn(x))
         return x.masked_fill(pad[..., None], 0.0)
+
+
+def encode_sequence(x: torch.Tensor, pad: torch.Tensor, pos_emb: nn.Embedding, drop: nn.Module,
+                    blocks: nn.ModuleList, ln_out: nn.LayerNorm) -> torch.Tensor:
+    """The item-level causal transformer of the semantic-ID models: input item vectors ``x [B, T, H]``
+    (already scaled), ``pad [B, T]`` (True = padding) -> hidden states ``[B, T, H]``. Positions are
+    counted from the right (histories are left-padded), so the last item always has the last of
+    ``pos_emb``'s ``max_len`` embeddings."""
+    T, max_len = x.shape[1], pos_emb.num_embeddings
+    x = x + pos_emb(torch.arange(max_len - T, max_len, device=x.device))
+    x = drop(x).masked_fill(pad[..., None], 0.0)
+    allowed = attention_mask(pad)  # [B, 1, T, T]: earlier real items and itself
+    for block in blocks:
+        x = block(x, allowed, pad)
+    return ln_out(x)
+
+
+def xavier_init(m: nn.Module) -> None:
+    """Xavier-normal weights for linear and embedding layers (padding rows zero), zero biases: the
+    initialisation of the semantic-ID models, applied with ``model.apply(xavier_init)``."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.xavier_normal_(m.weight)
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)

@@ -36,7 +36,7 @@ from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.errors import CheckpointNotFoundError, ConfigError, DataFormatError
 from genrec.generative import repeat_mixture
-from genrec.layers import Block, attention_mask
+from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_scores
 from genrec.sasrec import resolve_device
 from genrec.splits import Instances, LeaveOneOutSplit
@@ -128,17 +128,7 @@ class ParallelCodeModel(nn.Module):
         self.out_emb = None if config.tie_embeddings else nn.Embedding(self.num_levels * self.width + 1, h)
         self.out_bias = nn.Parameter(torch.zeros(self.num_levels, self.width))
         self.repeat_head = nn.Linear(h, 1) if config.repeat_gate else None
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.xavier_normal_(m.weight)
-            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
-                with torch.no_grad():
-                    m.weight[m.padding_idx].zero_()
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
+        self.apply(xavier_init)
 
     @property
     def codes(self) -> np.ndarray:
@@ -153,13 +143,7 @@ class ParallelCodeModel(nn.Module):
         x = self.code_emb(self.item_tokens[tokens]).mean(2)  # [B, T, M, H] -> [B, T, H]
         if self.item_emb is not None:
             x = x + self.item_emb(tokens)
-        x = x * math.sqrt(self.config.hidden)
-        x = x + self.pos_emb(torch.arange(self.config.max_len - T, self.config.max_len, device=tokens.device))
-        x = self.drop(x).masked_fill(pad[..., None], 0.0)
-        allowed = attention_mask(pad)  # [B, 1, T, T]
-        for block in self.blocks:
-            x = block(x, allowed, pad)
-        return self.ln_out(x)
+        return encode_sequence(x * math.sqrt(self.config.hidden), pad, self.pos_emb, self.drop, self.blocks, self.ln_out)
 
     def level_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states ``[P, H]`` -> per-level code log-probabilities ``[P, M, K]`` (``-inf`` past

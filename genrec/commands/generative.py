@@ -33,13 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from genrec.commands.common import load_split
     from genrec import parallel_generative
-    from genrec.generative import evaluate, preset_config, train_generative
+    from genrec.generative import evaluate as evaluate_beam, preset_config, train_generative
     from genrec.tiger import TigerConfig, train_tiger
 
     if args.test_beam < 1 or args.max_history < 1:
         raise ConfigError(f"--test-beam and --max-history must be >= 1, got {args.test_beam} and {args.max_history}")
     table = load_semantic_id_table(args.semantic_ids)
-    test_kw: dict = {"beam_size": args.test_beam}
+    evaluate, test_kw = evaluate_beam, {"beam_size": args.test_beam}
     if args.model == "tiger":
         config = apply_overrides(TigerConfig(), args.set)
         train = train_tiger

@@ -182,7 +182,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "full": {
         "quantize": {"levels": 3, "codebook_size": 256},
-        "generative": {"max_minutes": 40.0},  # a safety cap; the 36-epoch schedule takes ~30 min on Beauty
+        "generative": {"max_minutes": 40.0},  # a safety cap; the 36-epoch schedule takes ~14 min on Beauty
         # joint training is off: at equal compute it costs as much again as both towers (~40 min on
         # Beauty); fusion.joint=true adds it (bench/joint_beauty.py measures it on its own)
         "fusion": {"k": 50, "beam": 50, "methods": list(FUSION_METHODS), "joint": False},

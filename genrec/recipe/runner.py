@@ -45,6 +45,7 @@ from genrec.errors import DataFormatError, GenrecError, RunDirectoryError
 from genrec.recipe.config import TOP_LEVEL, RecipeConfig, config_to_dict
 from genrec.recipe.stages import STAGES, Stage, StageContext, stage_names
 from genrec.rundir import RunLock, data_fingerprint
+from genrec.training import trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,7 @@ class Recipe:
         """Run ``stage`` in this process; the content of its done marker."""
         name, run_dir = stage.name, self.run_dir
         sdir = run_dir / name
+        trim_heap()  # what earlier stages freed goes back to the OS before this stage's peak is measured
         scoped = _reset_peak_rss()
         t0 = time.perf_counter()
         try:

@@ -235,10 +235,7 @@ class HierarchicalGenerative(nn.Module):
                     valid: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy of the repeat gate at every ``valid`` position ``[B, T]``: is the
         target token ``targets [B, T]`` among the input tokens ``[B, T]`` up to that position?"""
-        b, t = valid.nonzero(as_tuple=True)
-        seen = seen_tokens(tokens, b, t)  # [P, T]
-        repeated = (seen == targets[b, t][:, None]).any(1).float()  # [P]
-        return F.binary_cross_entropy_with_logits(self.repeat_head(hidden[b, t])[:, 0], repeated)
+        return repeat_gate_loss(self.repeat_head, tokens, hidden, targets, valid)
 
     # -- CodeDecoder protocol ----------------------------------------------------------------------
     def start(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
@@ -273,6 +270,16 @@ class HierarchicalGenerative(nn.Module):
 
     def reorder(self, cache: Any, index: torch.Tensor) -> None:
         return None
+
+
+def repeat_gate_loss(repeat_head: nn.Module, tokens: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor,
+                     valid: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of a repeat gate (``repeat_head``: hidden ``[P, H]`` -> logit ``[P, 1]``) at
+    every ``valid`` position ``[B, T]``: is the target token ``targets [B, T]`` among the input tokens
+    ``[B, T]`` up to that position? Shared by the semantic-ID models."""
+    b, t = valid.nonzero(as_tuple=True)
+    repeated = (seen_tokens(tokens, b, t) == targets[b, t][:, None]).any(1).float()  # [P]
+    return F.binary_cross_entropy_with_logits(repeat_head(hidden[b, t])[:, 0], repeated)
 
 
 # ----------------------------------------------------------------------------------------------

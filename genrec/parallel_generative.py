@@ -33,9 +33,9 @@ import torch.nn.functional as F
 
 from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
-from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
+from genrec.batching import check_histories, histories_to_tokens, training_batches
 from genrec.errors import CheckpointNotFoundError, ConfigError, DataFormatError
-from genrec.generative import repeat_mixture
+from genrec.generative import repeat_gate_loss, repeat_mixture
 from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_scores
 from genrec.sasrec import resolve_device
@@ -180,9 +180,7 @@ class ParallelCodeModel(nn.Module):
     def repeat_loss(self, tokens: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor,
                     valid: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy of the repeat gate at every ``valid`` position ``[B, T]``."""
-        b, t = valid.nonzero(as_tuple=True)
-        repeated = (seen_tokens(tokens, b, t) == targets[b, t][:, None]).any(1).float()  # [P]
-        return F.binary_cross_entropy_with_logits(self.repeat_head(hidden[b, t])[:, 0], repeated)
+        return repeat_gate_loss(self.repeat_head, tokens, hidden, targets, valid)
 
 
 # ----------------------------------------------------------------------------------------------

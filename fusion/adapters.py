@@ -7,7 +7,9 @@ the generative model's beam (``genrec.generative.recommend``) and teacher-forced
 (``genrec.generative.score_items``).
 
 Items added after training (``genrec.new_items``): the generative model knows them through their
-semantic IDs, SASRec has no embedding for them (item index ``>= sasrec.num_items``). SASRec reads
+semantic IDs; SASRec knows them when it was extended with them (each new item gets its nearest
+catalogue item's embedding, :func:`genrec.sasrec.with_new_items`), and otherwise has no embedding
+for them (item index ``>= sasrec.num_items``). SASRec then reads
 each history without them (:func:`id_tower_histories`), never proposes them, and its score of such
 a candidate is NaN (missing), which every fusion method handles (``fusion.methods``, "Candidates the
 ID model cannot score"). A history made only of such items leaves SASRec nothing to read: it then

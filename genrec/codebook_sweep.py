@@ -21,6 +21,7 @@ and its validation curve are added.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -32,6 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genrec.analysis import evaluate_by_category, new_figure, save_png
+from genrec.artifacts import load_json, save_json
 from genrec.memorization import DEFAULT_MAX_HOP, GROUPS, InstanceLabels, token_memorization
 from genrec.semantic_id_analysis import support_category, support_levels
 from genrec.splits import LeaveOneOutSplit
@@ -81,11 +83,13 @@ def _conversion(memorized: list[np.ndarray], groups: np.ndarray) -> dict[str, li
 def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Sequence[CodebookConfig],
                    labels: InstanceLabels, *, method: str = "rq_kmeans", seed: int = 0,
                    max_hop: int = DEFAULT_MAX_HOP, hop: int = 1, quantizer_options: Mapping[str, Any] | None = None,
-                   train_config: Any | None = None, k: int = 10) -> list[dict]:
+                   train_config: Any | None = None, k: int = 10, rows_dir: str | Path | None = None) -> list[dict]:
     """One JSON-able row per configuration (module doc) for the test instances of ``split``, whose
     item-level ``labels`` are given. ``embeddings``: ``[num_items, d]`` item vectors, row ``j`` = item
     ``j``. ``train_config``: a :class:`~genrec.generative.GenerativeConfig` to also train and
-    evaluate a generative model per configuration (expensive); None is the quick mode."""
+    evaluate a generative model per configuration (expensive); None is the quick mode. With
+    ``rows_dir`` each finished row is written there (atomically) and a rerun with the same inputs and
+    settings reuses it, so a killed sweep resumes at the configuration it was on."""
     from quantize.pipeline import build_semantic_ids
 
     x = np.asarray(embeddings)
@@ -98,8 +102,16 @@ def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Seq
         raise ValueError(f"unknown quantizer {method!r}; choose from {sorted(_LEVEL_OPTION)}")
     groups = labels.groups()
     gen = groups == "generalization"
+    row_key = {"method": key, "seed": seed, "max_hop": max_hop, "hop": hop, "k": k,
+               "quantizer_options": dict(quantizer_options or {}), "inputs": _inputs_digest(split, x, labels),
+               "train_config": None if train_config is None else repr(train_config)}
     rows = []
     for cfg in tqdm(list(configs), desc="codebook sweep", leave=False, disable=None):
+        saved = _saved_row(rows_dir, cfg, row_key)
+        if saved is not None:
+            log.info("codebook %s: reusing %s", cfg.name, Path(rows_dir) / f"{cfg.name}.json")
+            rows.append(saved)
+            continue
         t0 = time.perf_counter()
         opts = {**(quantizer_options or {}), _LEVEL_OPTION[key]: cfg.levels, "codebook_size": cfg.codebook_size}
         result = build_semantic_ids(split.dataset, key, embeddings=x, seed=seed, **opts)
@@ -122,8 +134,39 @@ def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Seq
         log.info("codebook %s: %.2f%% colliding items, generalization -> 1-gram %.1f%%, -> %d-gram %.1f%% (%.1fs)",
                  cfg.name, 100 * row["collisions"]["colliding_share"], 100 * row["conversion"]["generalization"][0],
                  cfg.levels, 100 * row["conversion"]["generalization"][-1], row["seconds"])
+        if rows_dir is not None:
+            save_json(Path(rows_dir) / f"{cfg.name}.json", {"key": row_key, "row": row})
         rows.append(row)
     return rows
+
+
+def _inputs_digest(split: LeaveOneOutSplit, embeddings: np.ndarray, labels: InstanceLabels) -> str:
+    """SHA-256 of what a row is computed from: the embeddings, the training sequences, the test
+    instances and their labels (a saved row of other data is never reused)."""
+    h = hashlib.sha256(np.ascontiguousarray(embeddings).tobytes())
+    for seq in split.train:
+        h.update(np.asarray(seq, np.int64).tobytes() + b"|")
+    for hist in split.test.histories:
+        h.update(np.asarray(hist, np.int64).tobytes() + b"|")
+    h.update(np.asarray(split.test.targets, np.int64).tobytes())
+    h.update("\n".join(map(str, labels.groups())).encode())
+    return h.hexdigest()
+
+
+def _saved_row(rows_dir: str | Path | None, cfg: CodebookConfig, key: dict) -> dict | None:
+    """The row of ``cfg`` saved by an earlier run with the same ``key``, else None."""
+    path = None if rows_dir is None else Path(rows_dir) / f"{cfg.name}.json"
+    if path is None or not path.exists():
+        return None
+    try:
+        saved = load_json(path)
+    except ValueError as err:  # a damaged file (a sweep never leaves one: rows are written atomically)
+        log.warning("%s: unreadable (%s); recomputing", path, err)
+        return None
+    if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("row"), dict):
+        log.info("%s: saved for other inputs or settings; recomputing", path)
+        return None
+    return saved["row"]
 
 
 def _train_and_evaluate(split: LeaveOneOutSplit, table: Any, config: Any, labels: InstanceLabels, k: int) -> dict:

@@ -14,11 +14,15 @@ then appends it with the next free disambiguation code of its base-code group
 - the generative model, at once: a copy of it decodes the new IDs
   (:func:`genrec.generative.with_new_items`; a disambiguation code beyond the trained ones gets the
   mean of the trained ones' embeddings);
-- every post-hoc fusion method, through the generative model: SASRec has no embedding for the new
-  item, so its score is missing and the fused score rests on the generative share
-  (:mod:`fusion.methods`, "Candidates the ID model cannot score");
-- not SASRec alone, which ranks the items it was trained on, and not the joint model (``method="joint"``),
-  whose two towers score the catalogue of its training together; neither is changed.
+- SASRec, given the item embeddings of the catalogue (the recommender keeps the run's text
+  embeddings): a copy of it gives each new item the ID embedding of its nearest catalogue item by
+  text cosine (:func:`nearest_items`, :func:`genrec.sasrec.with_new_items`), so it reads and scores
+  the new item as it would that neighbour. Without item embeddings (a recommender saved before they
+  were kept) SASRec is left as it is and cannot score the new items;
+- every post-hoc fusion method, through both towers (or through the generative model alone when
+  SASRec cannot score the item: :mod:`fusion.methods`, "Candidates the ID model cannot score");
+- not the end-to-end joint model (``method="joint"`` of ``fusion.joint_schedule: end_to_end``),
+  whose two towers score the catalogue of its training together; it is not changed.
 
 Training counts (the popularity fallback, the fusion indicators) are recomputed: new items have none.
 :func:`extend_catalogue` is the same step on embeddings computed already (the recipe's cold-start
@@ -40,7 +44,7 @@ from genrec.errors import CheckpointError, DataFormatError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_items", "ExtendedCatalogue", "extend_catalogue"]
+__all__ = ["add_items", "ExtendedCatalogue", "extend_catalogue", "nearest_items"]
 
 
 def add_items(recommender: Any, items: Sequence[dict[str, Any]], *, where: Sequence[str] | None = None,
@@ -61,10 +65,12 @@ def add_items(recommender: Any, items: Sequence[dict[str, Any]], *, where: Seque
     rendered = _render(recommender.text, ids, texts, where)
     x = _embed(recommender, rendered, ids, cache_dir)
     ext = extend_catalogue(recommender.table, recommender.generative, recommender.train_sequences,
-                           recommender.quantize_dir, x, ids)
+                           recommender.quantize_dir, x, ids, sasrec=recommender.sasrec,
+                           item_embeddings=recommender.item_embeddings)
     table = ext.table
     # commit: new lists rather than in-place appends, so views made by with_method() stay consistent
     recommender.table, recommender.generative, recommender.stats = table, ext.generative, ext.stats
+    recommender.sasrec, recommender.item_embeddings = ext.sasrec, ext.item_embeddings
     recommender.item_ids = list(table.item_ids)
     recommender.index = {iid: i for i, iid in enumerate(recommender.item_ids)}
     recommender.items = list(recommender.items) + records
@@ -169,23 +175,55 @@ def _embed(recommender: Any, texts: list[str], ids: list[str], cache_dir: Any) -
 @dataclass
 class ExtendedCatalogue:
     """What adding items changes: the semantic-ID table with the new items appended, a generative
-    model that decodes them, and the training statistics over the larger catalogue."""
+    model that decodes them, the training statistics over the larger catalogue, the item embeddings
+    with theirs appended (None if none were given) and a SASRec that scores them (the one given,
+    unchanged, when it could not be extended)."""
 
     table: Any  # quantize.SemanticIdTable
     generative: Any  # genrec.generative.HierarchicalGenerative
     stats: Any  # fusion.TrainStats
+    sasrec: Any = None  # genrec.sasrec.SASRec
+    item_embeddings: np.ndarray | None = None  # [num_items, d] raw text embeddings, row i = item i
+
+
+def nearest_items(known: np.ndarray, new: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """``int64 [m]``: for each row of ``new`` ``[m, d]`` the index of the row of ``known`` ``[n, d]``
+    with the highest cosine similarity (ties: the lowest index). ``known`` is read in chunks of
+    ``chunk`` rows, so memory stays ``O(m * chunk)`` however large the catalogue."""
+    known, new = np.asarray(known, np.float32), np.asarray(new, np.float32)
+    if known.ndim != 2 or new.ndim != 2 or known.shape[1] != new.shape[1] or not len(known):
+        raise ValueError(f"need known [n >= 1, d] and new [m, d] embeddings, got {known.shape} and {new.shape}")
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    q = unit(new)
+    best = np.full(len(new), -np.inf, np.float32)
+    arg = np.zeros(len(new), np.int64)
+    for start in range(0, len(known), chunk):
+        sim = q @ unit(known[start:start + chunk]).T  # [m, chunk]
+        j = sim.argmax(1)
+        s = sim[np.arange(len(new)), j]
+        better = s > best  # strictly: an earlier chunk keeps a tie
+        best[better], arg[better] = s[better], start + j[better]
+    return arg
 
 
 def extend_catalogue(table: Any, generative: Any, train_sequences: Sequence[np.ndarray], quantize_dir: str | Path,
-                     embeddings: np.ndarray, ids: Sequence[str]) -> ExtendedCatalogue:
+                     embeddings: np.ndarray, ids: Sequence[str], *, sasrec: Any = None,
+                     item_embeddings: np.ndarray | None = None) -> ExtendedCatalogue:
     """The core of :func:`add_items` on precomputed raw embeddings ``[m, d]`` of new items ``ids``:
     base codes from the frozen quantizer saved in ``quantize_dir`` (and its PCA, if any), the next
     free disambiguation codes (:meth:`quantize.SemanticIdTable.extend`), a generative model that
-    decodes the new IDs (:func:`genrec.generative.with_new_items`) and training statistics where the
-    new items have no count. Nothing given is changed. A quantizer that cannot encode the embeddings
-    is a :class:`~genrec.errors.CheckpointError`."""
+    decodes the new IDs (:func:`genrec.generative.with_new_items`), training statistics where the
+    new items have no count and, given ``sasrec`` and the catalogue's ``item_embeddings``
+    (``[table.num_items, d]``, the same encoder as ``embeddings``), a SASRec that scores the new items
+    through their nearest catalogue items. Nothing given is changed. A quantizer that cannot encode
+    the embeddings, or item embeddings of another catalogue size or dimension, is a
+    :class:`~genrec.errors.CheckpointError`."""
     from fusion import TrainStats
     from genrec.generative import with_new_items
+    from genrec.sasrec import with_new_items as sasrec_with_new_items
     from quantize import encode_with_saved
 
     ids = list(ids)
@@ -197,5 +235,21 @@ def extend_catalogue(table: Any, generative: Any, train_sequences: Sequence[np.n
         raise CheckpointError(f"{quantize_dir}: cannot encode the new items with the saved quantizer: {e}") from None
     new_table = table.extend(base, ids)
     new_generative = with_new_items(generative, new_table.codes, new_table.codebook_sizes)
-    return ExtendedCatalogue(new_table, new_generative, TrainStats(train_sequences, new_table.num_items,
-                                                                   new_table.codes))
+    new_sasrec, all_embeddings = sasrec, None
+    if item_embeddings is not None:
+        item_embeddings = np.asarray(item_embeddings, np.float32)
+        if item_embeddings.shape != (table.num_items, np.shape(embeddings)[1]):
+            raise CheckpointError(f"the item embeddings are {item_embeddings.shape}, not [{table.num_items}, "
+                                  f"{np.shape(embeddings)[1]}] (one row per catalogue item, the new items' encoder)")
+        all_embeddings = np.concatenate([item_embeddings, np.asarray(embeddings, np.float32)])
+    if sasrec is not None and (item_embeddings is None or sasrec.num_items != table.num_items):
+        # e.g. a recommender saved without item embeddings, or items added to it before: SASRec keeps
+        # the catalogue it has and the fusion treats the new items as ones it cannot score
+        log.info("SASRec cannot score the new items (%s)", "no item embeddings" if item_embeddings is None
+                 else f"it scores {sasrec.num_items} of the {table.num_items} catalogue items")
+    elif sasrec is not None:
+        neighbours = nearest_items(item_embeddings, embeddings)
+        new_sasrec = sasrec_with_new_items(sasrec, neighbours)
+    return ExtendedCatalogue(new_table, new_generative,
+                             TrainStats(train_sequences, new_table.num_items, new_table.codes),
+                             new_sasrec, all_embeddings)

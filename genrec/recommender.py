@@ -21,9 +21,10 @@ rank the whole catalogue; the generative model returns its beam's best (the beam
 out and reported in ``Recommendations.unknown_ids``; with ``on_unknown="error"`` they raise
 :class:`~genrec.errors.UnknownItemError`. A history with no known item gets the most popular
 training items (``fallback=True``; score: their training count), since no model can condition on
-nothing; the same holds for SASRec and the joint model when the history holds only items added after
-their training (:meth:`Recommender.add_items`: they read the items they know and never recommend
-the new ones; the generative model and the fusion methods do). ``exclude_seen=True`` leaves every
+nothing; the same holds for a model that cannot read the items added after its training
+(:meth:`Recommender.add_items`: the end-to-end joint model, and SASRec in a recommender saved without
+item embeddings) when the history holds only such items: it reads the items it knows and never
+recommends the new ones. ``exclude_seen=True`` leaves every
 known item of the history out of the ranking (not only the last ``max_history`` the models read); a
 fusion method ranks its fixed candidate union, so it can then return fewer than ``k`` items.
 
@@ -115,7 +116,7 @@ class Recommender:
                  settings: files.InferenceSettings, sasrec: Any = None, generative: Any = None,
                  joint: Any = None, fusion_methods: dict[str, Any] | None = None,
                  items: Sequence[dict[str, Any]] | None = None, text: dict[str, Any] | None = None,
-                 quantize_dir: Path | None = None) -> None:
+                 quantize_dir: Path | None = None, item_embeddings: np.ndarray | None = None) -> None:
         from fusion import TrainStats
 
         if table.item_ids is None:
@@ -128,6 +129,8 @@ class Recommender:
         self.items = list(items) if items is not None else [{"item_id": i} for i in self.item_ids]
         self.text = text  # the run's encoder and template (add_items embeds new items the same way)
         self.quantize_dir = quantize_dir
+        # raw text embeddings [num_items, d] (None: not kept): add_items gives SASRec new items through them
+        self.item_embeddings = item_embeddings
         self.train_sequences = [np.asarray(s, np.int64) for s in train_sequences]
         self.stats = TrainStats(self.train_sequences, len(self.item_ids), table.codes)
         self.method_name = method
@@ -203,7 +206,10 @@ class Recommender:
             raise CheckpointError(f"{run_dir}: the dataset's items no longer match quantize/semantic_ids.json; "
                                   f"rerun the recipe (its data changed)")
         summary = run_dir / "embed" / "summary.json"
-        text = None
+        text, embeddings = None, None
+        if (run_dir / "embed" / "embeddings.npy").is_file():  # a cold-start run's: warm items first
+            embeddings = np.load(run_dir / "embed" / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+            embeddings = np.array(embeddings[:table.num_items], np.float32) if len(embeddings) >= table.num_items else None
         if summary.is_file():
             s = load_json(summary)
             text = {"encoder": s.get("encoder"), "template": s.get("template"), "fallback": config.text.fallback}
@@ -215,7 +221,7 @@ class Recommender:
                                            batch_size=config.generative.eval_batch_size)
         return cls(table=table, train_sequences=split.train, method=name, settings=settings,
                    items=[files.item_record(i, t) for i, t in zip(dataset.item_ids, dataset.items)],
-                   text=text, quantize_dir=run_dir / "quantize", **kw)
+                   text=text, quantize_dir=run_dir / "quantize", item_embeddings=embeddings, **kw)
 
     @classmethod
     def _from_saved(cls, directory: Path, method: str | None) -> "Recommender":
@@ -260,7 +266,8 @@ class Recommender:
         return cls(table=table, train_sequences=files.load_sequences(directory / files.SEQUENCES, n),
                    method=method or m["method"], settings=m["settings"],
                    items=files.load_items(directory / files.ITEMS, table.item_ids), text=m.get("text"),
-                   quantize_dir=qdir if (qdir / "quantizer.pt").is_file() else None, **kw)
+                   quantize_dir=qdir if (qdir / "quantizer.pt").is_file() else None,
+                   item_embeddings=files.load_embeddings(directory / files.EMBEDDINGS, n), **kw)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write a self-contained copy (every model and fusion method it holds) into ``directory``,
@@ -294,6 +301,10 @@ class Recommender:
         self.table.save(d / files.TABLE)
         files.save_items(d / files.ITEMS, self.items)
         files.save_sequences(d / files.SEQUENCES, self.train_sequences)
+        if self.item_embeddings is not None:
+            files.save_embeddings(d / files.EMBEDDINGS, self.item_embeddings)
+        else:  # embeddings left by an earlier save are not this recommender's
+            (d / files.EMBEDDINGS).unlink(missing_ok=True)
         qdir = d / files.QUANTIZE_DIR
         if self.quantize_dir is None:  # a quantizer left by an earlier save is not this recommender's
             for fname in ("quantizer.pt", "preprocess.pt"):
@@ -374,8 +385,9 @@ class Recommender:
 
     def add_items(self, items: Sequence[dict[str, Any]], *, cache_dir: Any = None) -> list[str]:
         """Add new catalogue items (dicts: ``item_id`` plus text fields) without retraining, in place;
-        returns their ids. The generative model and the fusion methods can recommend them at once,
-        SASRec and the joint model cannot (:func:`genrec.new_items.add_items`)."""
+        returns their ids. The generative model, SASRec (through each new item's nearest catalogue
+        item by text, when the recommender keeps item embeddings) and the fusion methods can
+        recommend them at once; the end-to-end joint model cannot (:func:`genrec.new_items.add_items`)."""
         from genrec.new_items import add_items
 
         return add_items(self, items, cache_dir=cache_dir)

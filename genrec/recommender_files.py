@@ -8,6 +8,8 @@
                               popularity fallback and the fusion indicators are computed from them
     DIR/sasrec.pt, generative.pt, joint.pt, fusion_methods.pt   the models it holds (weights only)
     DIR/quantize/quantizer.pt [preprocess.pt]                   the frozen quantizer (for add_items)
+    DIR/item_embeddings.npy   [optional] the items' raw text embeddings ``float32 [num_items, d]``:
+                              add_items finds each new item's nearest item in them for SASRec
 
 Every file is written atomically, the manifest last, so a directory with a manifest is complete.
 Reading checks the format name and version first: another version is a
@@ -37,6 +39,7 @@ SEQUENCES = "train_sequences.npz"
 MODEL_FILES = {"sasrec": "sasrec.pt", "generative": "generative.pt", "joint": "joint.pt",
                "fusion": "fusion_methods.pt"}
 QUANTIZE_DIR = "quantize"
+EMBEDDINGS = "item_embeddings.npy"
 #: the item text fields kept in ``items.jsonl`` (``genrec.data.ItemText``)
 TEXT_FIELDS = ("title", "brand", "categories", "description", "price")
 
@@ -134,6 +137,31 @@ def load_sequences(path: Path, num_items: int) -> list[np.ndarray]:
     if len(flat) and (flat.min() < 0 or flat.max() >= num_items):
         raise CheckpointError(f"{path}: damaged: item indices outside the catalogue of {num_items} items")
     return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def save_embeddings(path: Path, embeddings: np.ndarray) -> Path:
+    """Item embeddings ``float32 [num_items, d]`` as a plain ``.npy`` (no pickle)."""
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:  # a file object: np.save would append ".npy" to the temporary name
+            np.save(f, np.asarray(embeddings, np.float32), allow_pickle=False)
+
+    return atomic_write(path, write)
+
+
+def load_embeddings(path: Path, num_items: int) -> np.ndarray | None:
+    """The embeddings :func:`save_embeddings` wrote (None when the file is absent: a directory saved
+    without them); a file that is not ``float32 [num_items, d]`` with finite values is a
+    :class:`CheckpointError` naming it."""
+    if not path.is_file():
+        return None
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path}: cannot read the item embeddings ({e}); save the recommender again") from None
+    if x.dtype != np.float32 or x.ndim != 2 or len(x) != num_items or not np.isfinite(x).all():
+        raise CheckpointError(f"{path}: damaged: expected finite float32 [{num_items}, d] item embeddings, got "
+                              f"{x.dtype} {list(x.shape)}")
+    return x
 
 
 def item_record(item_id: str, text: Any) -> dict[str, Any]:

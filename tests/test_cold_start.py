@@ -178,9 +178,9 @@ def test_training_stages_never_see_the_cold_items(cold_run, ctx):
     assert train is cold.warm and train.num_items == n_warm
     assert all(len(s) == 0 or s.max() < n_warm for s in train.train)
     assert all(h.max() < n_warm for h in train.valid.histories) and train.valid.targets.max() < n_warm
-    # SASRec never proposes a cold item
+    # at test SASRec scores the cold items through their nearest warm items (add_items' path): it proposes them
     with np.load(cold_run / "fusion" / "topk.npz") as z:
-        assert z["sasrec"].max() < n_warm
+        assert z["sasrec"].max() >= n_warm
 
 
 def test_cold_items_get_semantic_ids_from_the_frozen_quantizer(cold_run, ctx):
@@ -209,7 +209,6 @@ def test_cold_targets_are_recommended_and_metrics_split_by_target(cold_run, ctx)
             for side, mask in (("cold", is_cold), ("in_set", ~is_cold)):
                 expected = metrics_from_ranks(ranks[mask], (5, 10))
                 assert {k: row[side][k] for k in expected} == pytest.approx(expected)
-    assert cs["models"]["sasrec"]["cold"]["recall@10"] == 0.0  # it cannot score items it never saw
     assert cs["models"]["gr"]["cold"]["recall@10"] > 0  # found through their semantic IDs
     assert max(cs["models"][m]["cold"]["recall@10"] for m in ("fixed", "adaptive", "learned_minmax")) > 0
     # the overall metrics stay those of every test user
@@ -249,7 +248,6 @@ def test_natural_protocol_runs_through_the_recipe(tiny, tmp_path):
     assert cs["valid_dropped"] == 0
     cold = StageContext(tmp_path / "run", config).cold()
     assert sorted(cold.dataset.item_ids[cold.num_warm:]) == sorted(ds.item_ids[i] for i in (3, 17, 40))
-    assert cs["models"]["sasrec"]["cold"]["recall@10"] == 0.0
     assert all(0 <= row[side]["ndcg@10"] <= 1 for row in cs["models"].values() for side in ("cold", "in_set"))
 
 

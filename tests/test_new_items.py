@@ -1,7 +1,8 @@
 """New items without retraining (issue 13): ``Recommender.add_items`` / ``genrec add-items`` give new
-items semantic IDs from the run's encoder and frozen quantizer, and the generative model and every
-fusion method can recommend them at once; SASRec cannot and never returns them; errors are clear;
-the result saves and loads unchanged."""
+items semantic IDs from the run's encoder and frozen quantizer, and the generative model, SASRec
+(through the new item's nearest catalogue item by text) and every fusion method can recommend them at
+once; without item embeddings SASRec cannot and never returns them; errors are clear; the result
+saves and loads unchanged."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import torch
 from genrec import cli
 from genrec.errors import CheckpointError, DataFormatError
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, recommend, score_items, with_new_items
+from genrec.new_items import nearest_items
 from genrec.recommender import Recommender
+from genrec.sasrec import SASRec, SASRecConfig
+from genrec.sasrec import with_new_items as sasrec_with_new_items
 
 TWIN = "NEW_TWIN"
 
@@ -43,16 +47,32 @@ def confident(tiny_saved):
     return [rec.item_ids[i] for i in cands[j]], rec.item_ids[beam.items[j, 0]]
 
 
-@pytest.fixture(scope="module")
-def added(tiny_saved, confident, emb_cache):
-    """The tiny saved recommender with two items added: a twin of ``confident``'s top item (same
-    text, new id) and a copy of another item's text."""
-    rec = Recommender.from_pretrained(tiny_saved)
+def _add_twins(rec: Recommender, confident, emb_cache):
     _, top = confident
     other = rec.item_ids[0] if rec.item_ids[0] != top else rec.item_ids[1]
     items = [{**rec.items[rec.index[top]], "item_id": TWIN}, {**rec.items[rec.index[other]], "item_id": "NEW_OTHER"}]
     assert rec.add_items(items, cache_dir=emb_cache) == [TWIN, "NEW_OTHER"]
     return rec, top, other
+
+
+@pytest.fixture(scope="module")
+def added(tiny_saved, confident, emb_cache):
+    """The tiny saved recommender with two items added: a twin of ``confident``'s top item (same
+    text, new id) and a copy of another item's text."""
+    rec = Recommender.from_pretrained(tiny_saved)
+    assert rec.item_embeddings is not None and rec.item_embeddings.shape[0] == rec.num_items
+    return _add_twins(rec, confident, emb_cache)
+
+
+@pytest.fixture(scope="module")
+def added_without_embeddings(tiny_saved, confident, emb_cache, tmp_path_factory):
+    """The same two items added to a copy of the saved recommender without its item embeddings (as
+    saved before they were kept): SASRec cannot score them."""
+    copy = shutil.copytree(tiny_saved, tmp_path_factory.mktemp("no_embeddings") / "model")
+    (copy / "item_embeddings.npy").unlink()
+    rec = Recommender.from_pretrained(copy)
+    assert rec.item_embeddings is None
+    return _add_twins(rec, confident, emb_cache)
 
 
 def test_add_items_grows_the_table_the_generative_model_and_the_counts(tiny_saved, added):
@@ -70,7 +90,13 @@ def test_add_items_grows_the_table_the_generative_model_and_the_counts(tiny_save
     g = rec.generative
     assert g.num_items == n + 2 and g.codebook_sizes == rec.table.codebook_sizes
     np.testing.assert_array_equal(g.codes, rec.table.codes)
-    assert rec.sasrec.num_items == n  # the ID tower is not touched
+    # SASRec reads and scores each new item as its nearest catalogue item by text: the twin as its original
+    assert rec.sasrec.num_items == n + 2
+    emb = rec.sasrec.item_emb.weight
+    assert torch.equal(emb[:n + 1], before.sasrec.item_emb.weight)  # trained rows unchanged
+    assert torch.equal(emb[n + 1], emb[rec.index[top] + 1]) and torch.equal(emb[n + 2], emb[rec.index[other] + 1])
+    assert rec.item_embeddings.shape == (n + 2, before.item_embeddings.shape[1])
+    np.testing.assert_allclose(rec.item_embeddings[n], before.item_embeddings[rec.index[top]], atol=1e-5)
     assert rec.stats.num_items == n + 2 and rec.stats.popularity[n:].tolist() == [0, 0]
     assert len(rec.items) == n + 2 and rec.items[n]["item_id"] == TWIN
 
@@ -126,9 +152,55 @@ def test_a_new_item_whose_codes_are_most_likely_is_recommended(added, confident)
     for method in rec.fusion_methods:
         out = rec.with_method(method).recommend(history, k=5)
         assert TWIN in out.items[:3], (method, out.items)
-    # SASRec cannot score added items: never returned, even when asked for its whole catalogue
+    # SASRec scores the twin as its original: the two are next to each other with equal scores
+    ranked = rec.with_method("sasrec").recommend(history, k=rec.num_items)
+    assert len(ranked.items) == rec.num_items
+    a, b = ranked.items.index(TWIN), ranked.items.index(top)
+    assert abs(a - b) == 1 and ranked.scores[a] == pytest.approx(ranked.scores[b], abs=1e-5)
+
+
+def test_without_item_embeddings_sasrec_cannot_score_added_items(added_without_embeddings, confident):
+    rec, _, _ = added_without_embeddings
+    history, _ = confident
+    assert rec.sasrec.num_items == rec.num_items - 2 and rec.item_embeddings is None
+    # never returned, even when asked for its whole catalogue
     ranked = rec.with_method("sasrec").recommend(history, k=rec.num_items)
     assert len(ranked.items) == rec.sasrec.num_items and not {TWIN, "NEW_OTHER"} & set(ranked.items)
+    for method in rec.fusion_methods:  # the fusion still recommends the twin, through the generative model
+        assert TWIN in rec.with_method(method).recommend(history, k=5).items[:3], method
+
+
+def test_nearest_items_is_the_brute_force_cosine_argmax_in_any_chunks():
+    rng = np.random.default_rng(0)
+    known, new = rng.normal(size=(50, 6)).astype(np.float32), rng.normal(size=(7, 6)).astype(np.float32)
+    new[0] = 3.0 * known[17]  # cosine ignores the norm
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    brute = (unit(new) @ unit(known).T).argmax(1)
+    for chunk in (1, 7, 50, 4096):
+        np.testing.assert_array_equal(nearest_items(known, new, chunk=chunk), brute)
+    assert nearest_items(known, new)[0] == 17
+    twins = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]], np.float32)
+    assert nearest_items(twins, np.array([[5.0, 0.0]]), chunk=2).tolist() == [0]  # a tie: the lowest index
+    with pytest.raises(ValueError, match="embeddings"):
+        nearest_items(known, new[:, :3])
+
+
+def test_sasrec_with_new_items_copies_the_neighbours_rows():
+    torch.manual_seed(0)
+    model = SASRec(5, SASRecConfig(hidden=8, num_heads=2, num_blocks=1, max_len=4)).eval()
+    rng = torch.get_rng_state()
+    new = sasrec_with_new_items(model, np.array([3, 0]))
+    assert torch.equal(torch.get_rng_state(), rng)  # deterministic: the global random state is untouched
+    assert new.num_items == 7 and not new.training
+    w, w0 = new.item_emb.weight, model.item_emb.weight
+    assert torch.equal(w[:6], w0) and torch.equal(w[6], w0[4]) and torch.equal(w[7], w0[1])
+    tokens = torch.tensor([[0, 2, 3, 5]])  # items 1, 2, 4: the sources 3 and 0 get no repeat bias
+    with torch.no_grad():
+        old_logits, new_logits = model.last_logits(tokens), new.last_logits(tokens)
+    torch.testing.assert_close(new_logits[:, :5], old_logits)
+    torch.testing.assert_close(new_logits[:, 5:], old_logits[:, [3, 0]])
+    with pytest.raises(ValueError, match="below 5"):
+        sasrec_with_new_items(model, np.array([5]))
 
 
 def test_histories_holding_added_items_are_read_by_the_generative_model_and_fusion(added, confident):
@@ -144,8 +216,8 @@ def test_histories_holding_added_items_are_read_by_the_generative_model_and_fusi
             assert out.gate is None if method == "generative" else 0.0 <= out.gate <= 1.0
 
 
-def test_sasrec_alone_reads_the_items_it_knows_and_falls_back_on_only_added_ones(added, confident):
-    rec, _, _ = added
+def test_sasrec_alone_reads_the_items_it_knows_and_falls_back_on_only_added_ones(added_without_embeddings, confident):
+    rec, _, _ = added_without_embeddings
     history, _ = confident
     sasrec = rec.with_method("sasrec")
     mixed = sasrec.recommend(history + [TWIN], k=5, exclude_seen=True)
@@ -156,10 +228,10 @@ def test_sasrec_alone_reads_the_items_it_knows_and_falls_back_on_only_added_ones
     assert e.recommendations.fallback and e.gate is None
 
 
-def test_sasrec_adapters_give_missing_scores_for_items_it_cannot_read(added):
+def test_sasrec_adapters_give_missing_scores_for_items_it_cannot_read(added_without_embeddings):
     from fusion.adapters import sasrec_outputs, sasrec_scorer
 
-    rec, _, _ = added
+    rec, _, _ = added_without_embeddings
     n = rec.sasrec.num_items
     hist = [np.array([0, 1]), np.array([0, n]), np.array([n, n + 1])]  # known, mixed, only added items
     out = sasrec_outputs(rec.sasrec, hist, k=3)
@@ -206,9 +278,10 @@ def test_save_and_load_after_add_items_recommends_the_same(added, confident, tmp
     loaded = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "model"))
     assert loaded.item_ids == rec.item_ids and loaded.table == rec.table and loaded.items == rec.items
     assert loaded.generative.codebook_sizes == rec.generative.codebook_sizes
+    np.testing.assert_array_equal(loaded.item_embeddings, rec.item_embeddings)
     histories = [history, history + [TWIN], [TWIN], rec.item_ids[:4]]
     for method in rec.methods:
-        hs = histories if method != "sasrec" else [history, rec.item_ids[:4]]
+        hs = histories
         a = rec.with_method(method).recommend_batch(hs, k=5)
         b = loaded.with_method(method).recommend_batch(hs, k=5)
         assert [(r.items, r.scores, r.gate) for r in a] == [(r.items, r.scores, r.gate) for r in b], method

@@ -155,6 +155,16 @@ def test_bad_run_and_saved_directories_are_clear_errors(tiny_run, rec, tmp_path)
     with pytest.raises(CheckpointError, match=r"items.jsonl: 5 items, semantic_ids.json has 64"):
         Recommender.from_pretrained(saved)
     (saved / "items.jsonl").write_text("\n".join(lines) + "\n")
+    emb = np.load(saved / "item_embeddings.npy")
+    for bad, message in ((emb[:5], r"expected finite float32 \[64, d\] item embeddings, got float32 \[5, "),
+                         (emb.astype(np.float64), "got float64"), (np.where(emb > 0, np.nan, emb), "expected finite")):
+        np.save(saved / "item_embeddings.npy", bad)
+        with pytest.raises(CheckpointError, match="item_embeddings.npy: damaged: .*" + message):
+            Recommender.from_pretrained(saved)
+    (saved / "item_embeddings.npy").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="item_embeddings.npy: cannot read the item embeddings"):
+        Recommender.from_pretrained(saved)
+    np.save(saved / "item_embeddings.npy", emb)
     # a model file holding a pickled object is refused, and its payload never runs
     torch.save({"model": object()}, saved / "sasrec.pt")
     with pytest.raises(CheckpointError, match="sasrec.pt"):
@@ -221,3 +231,4 @@ def test_saved_directories_that_mix_recommenders_or_keep_stale_files_are_caught(
                        sasrec=rec.sasrec, items=rec.items)
     bare.save_pretrained(d)
     assert not (d / "quantize" / "quantizer.pt").exists() and Recommender.from_pretrained(d).quantize_dir is None
+    assert not (d / "item_embeddings.npy").exists() and Recommender.from_pretrained(d).item_embeddings is None

@@ -205,6 +205,30 @@ def test_sweep_is_deterministic_and_finer_codes_convert_less():
         codebook_sweep(split, EMB[:5], grid, labels)
 
 
+def test_sweep_resumes_from_saved_rows(tmp_path, monkeypatch):
+    import quantize.pipeline
+
+    split = leave_one_out(_dataset(), max_history=50, min_interactions=3)
+    labels = label_split(split)["test"]
+    grid = config_grid([2], [1, 2])
+    first = codebook_sweep(split, EMB, grid, labels, seed=1, rows_dir=tmp_path / "rows")
+    assert sorted(p.name for p in (tmp_path / "rows").iterdir()) == ["2x1.json", "2x2.json"]
+
+    def refuse(*a, **kw):
+        raise AssertionError("a saved configuration was recomputed")
+
+    monkeypatch.setattr(quantize.pipeline, "build_semantic_ids", refuse)
+    assert codebook_sweep(split, EMB, grid, labels, seed=1, rows_dir=tmp_path / "rows") == first
+    # other settings or other data: the saved rows are not theirs
+    with pytest.raises(AssertionError, match="recomputed"):
+        codebook_sweep(split, EMB, grid, labels, seed=2, rows_dir=tmp_path / "rows")
+    with pytest.raises(AssertionError, match="recomputed"):
+        codebook_sweep(split, EMB + 1.0, grid, labels, seed=1, rows_dir=tmp_path / "rows")
+    (tmp_path / "rows" / "2x1.json").write_text("{not json")  # a damaged row is recomputed, not trusted
+    with pytest.raises(AssertionError, match="recomputed"):
+        codebook_sweep(split, EMB, grid, labels, seed=1, rows_dir=tmp_path / "rows")
+
+
 def test_sweep_training_mode_adds_test_metrics_and_curve():
     from genrec.generative import GenerativeConfig
 

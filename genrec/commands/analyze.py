@@ -411,7 +411,7 @@ def run(args: argparse.Namespace) -> int:
     if sweep:
         rows = codebook_sweep(split, embeddings, sweep, labels["test"], method=args.sweep_method,
                               seed=args.sweep_seed, max_hop=args.max_hop, hop=args.token_hop,
-                              train_config=train_config, k=k_main)
+                              train_config=train_config, k=k_main, rows_dir=out / "codebook_sweep_rows")
         md = sweep_markdown(rows)
         print(f"codebook intervention ({args.sweep_method}; test instances, prefix hop <= {args.token_hop})\n")
         print(md)

@@ -325,15 +325,15 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     generative = load_generative(run_dir / "generative" / "best.pt", device=config.generative.device)
     table = _table(run_dir)
     stats = TrainStats(train.train, train.num_items, table.codes)
-    test_generative, test_stats, extra = generative, stats, {}
+    test_sasrec, test_generative, test_stats, extra = sasrec, generative, stats, {}
     if ctx.cold() is not None:
-        ext = _add_cold_items(ctx, table, generative)
-        test_generative, test_stats = ext.generative, ext.stats
+        ext = _add_cold_items(ctx, table, generative, sasrec)
+        test_sasrec, test_generative, test_stats = ext.sasrec, ext.generative, ext.stats
         extra["semantic_ids"] = ext.table.save(out / "semantic_ids.json")
-    fin = {"valid": (generative, train.valid, stats), "test": (test_generative, split.test, test_stats)}
-    fin = {name: model_inputs(sasrec, gen, inst, st, k=f.k, beam=f.beam, teacher_forcing=f.teacher_forcing,
+    fin = {"valid": (sasrec, generative, train.valid, stats), "test": (test_sasrec, test_generative, split.test, test_stats)}
+    fin = {name: model_inputs(sas, gen, inst, st, k=f.k, beam=f.beam, teacher_forcing=f.teacher_forcing,
                               batch_size=config.generative.eval_batch_size)
-           for name, (gen, inst, st) in fin.items()}
+           for name, (sas, gen, inst, st) in fin.items()}
     valid, test = fin["valid"], fin["test"]
     # the honest scores for choosing a primary: each method refitted without the fold it ranks
     cf = cross_fit(lambda: _fusion_methods(config), valid.cands, train.valid.targets, valid.indicators,
@@ -371,16 +371,18 @@ def _cross_fit_metrics(cf) -> dict[str, dict[str, float]]:
     return {name: {metric: per_metric[metric][name] for metric in metrics} for name in cf.ranks}
 
 
-def _add_cold_items(ctx: StageContext, table, generative):
+def _add_cold_items(ctx: StageContext, table, generative, sasrec):
     """The cold items added to the warm models exactly as :meth:`genrec.Recommender.add_items` adds
-    new items (frozen quantizer, next free disambiguation codes, ``with_new_items``), from the
-    embeddings the embed stage already computed for them (the last rows)."""
+    new items (frozen quantizer, next free disambiguation codes, ``with_new_items``; SASRec through
+    each cold item's nearest warm item), from the embeddings the embed stage already computed for
+    them (the last rows)."""
     from genrec.new_items import extend_catalogue
 
     cold = ctx.cold()
-    x = np.load(ctx.run_dir / "embed" / "embeddings.npy")[cold.num_warm:]
+    x = np.load(ctx.run_dir / "embed" / "embeddings.npy")
     ids = cold.dataset.item_ids[cold.num_warm:]
-    return extend_catalogue(table, generative, cold.warm.train, ctx.run_dir / "quantize", x, ids)
+    return extend_catalogue(table, generative, cold.warm.train, ctx.run_dir / "quantize", x[cold.num_warm:], ids,
+                            sasrec=sasrec, item_embeddings=x[:cold.num_warm])
 
 
 def _small_params(params: Mapping[str, Any]) -> dict[str, Any]:

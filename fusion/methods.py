@@ -25,8 +25,9 @@ Methods (``g`` = weight of the ID model):
    and ``"mixture"`` (``log(g * p_id + (1 - g) * p_gr)`` of the same distributions). Instances whose
    target is in neither list contribute nothing.
 
-**Candidates the ID model cannot score** (items added after training, ``genrec.new_items``: SASRec
-has no embedding for them, so their ID score is NaN even with teacher forcing) are ranked by the
+**Candidates the ID model cannot score** (items added after training to a SASRec that was not
+extended with them, ``genrec.new_items``: it has no embedding for them, so their ID score is NaN even
+with teacher forcing) are ranked by the
 rule every method already applies to a candidate missing from the ID model's top-K, the rule the
 methods were fitted under: on the min-max scale (fixed, adaptive, learned ``minmax``) the ID part
 is 0, so the fused score is the gate's generative share ``(1 - g) * gr_norm``; on the log-prob

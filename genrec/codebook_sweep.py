@@ -141,14 +141,21 @@ def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Seq
 
 
 def _inputs_digest(split: LeaveOneOutSplit, embeddings: np.ndarray, labels: InstanceLabels) -> str:
-    """SHA-256 of what a row is computed from: the embeddings, the training sequences, the test
-    instances and their labels (a saved row of other data is never reused)."""
+    """SHA-256 of what a row is computed from: the embeddings, the training sequences, the validation
+    and test instances (validation early-stops the training mode) and the labels (a saved row of
+    other data is never reused). Each sequence is hashed after its length."""
     h = hashlib.sha256(np.ascontiguousarray(embeddings).tobytes())
-    for seq in split.train:
-        h.update(np.asarray(seq, np.int64).tobytes() + b"|")
-    for hist in split.test.histories:
-        h.update(np.asarray(hist, np.int64).tobytes() + b"|")
-    h.update(np.asarray(split.test.targets, np.int64).tobytes())
+
+    def add(seqs) -> None:
+        h.update(np.int64(len(seqs)).tobytes())
+        for seq in seqs:
+            seq = np.asarray(seq, np.int64)
+            h.update(np.int64(len(seq)).tobytes() + seq.tobytes())
+
+    add(split.train)
+    for inst in (split.valid, split.test):
+        add(inst.histories)
+        h.update(np.asarray(inst.targets, np.int64).tobytes())
     h.update("\n".join(map(str, labels.groups())).encode())
     return h.hexdigest()
 

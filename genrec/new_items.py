@@ -16,8 +16,9 @@ then appends it with the next free disambiguation code of its base-code group
   mean of the trained ones' embeddings);
 - SASRec, given the item embeddings of the catalogue (the recommender keeps the run's text
   embeddings): a copy of it gives each new item the ID embedding of its nearest catalogue item by
-  text cosine (:func:`nearest_items`, :func:`genrec.sasrec.with_new_items`), so it reads and scores
-  the new item as it would that neighbour. Without item embeddings (a recommender saved before they
+  text cosine among those with training interactions (:func:`nearest_items`,
+  :func:`genrec.sasrec.with_new_items`), so it reads and scores the new item as it would that
+  neighbour. Without item embeddings (a recommender saved before they
   were kept) SASRec is left as it is and cannot score the new items;
 - every post-hoc fusion method, through both towers (or through the generative model alone when
   SASRec cannot score the item: :mod:`fusion.methods`, "Candidates the ID model cannot score");
@@ -186,26 +187,37 @@ class ExtendedCatalogue:
     item_embeddings: np.ndarray | None = None  # [num_items, d] raw text embeddings, row i = item i
 
 
-def nearest_items(known: np.ndarray, new: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def nearest_items(known: np.ndarray, new: np.ndarray, allowed: np.ndarray | None = None, chunk: int = 4096
+                  ) -> np.ndarray:
     """``int64 [m]``: for each row of ``new`` ``[m, d]`` the index of the row of ``known`` ``[n, d]``
-    with the highest cosine similarity (ties: the lowest index). ``known`` is read in chunks of
-    ``chunk`` rows, so memory stays ``O(m * chunk)`` however large the catalogue."""
-    known, new = np.asarray(known, np.float32), np.asarray(new, np.float32)
-    if known.ndim != 2 or new.ndim != 2 or known.shape[1] != new.shape[1] or not len(known):
-        raise ValueError(f"need known [n >= 1, d] and new [m, d] embeddings, got {known.shape} and {new.shape}")
+    with the highest cosine similarity (ties: the lowest index), among the rows where ``allowed``
+    (bool ``[n]``; None: all) is true. Both are read in blocks of ``chunk`` rows (``known`` may be a
+    memory map), so memory stays ``O(chunk^2)`` however large either is."""
+    new = np.asarray(new, np.float32)
+    if np.ndim(known) != 2 or new.ndim != 2 or np.shape(known)[1] != new.shape[1] or not len(known):
+        raise ValueError(f"need known [n >= 1, d] and new [m, d] embeddings, got {np.shape(known)} and {new.shape}")
+    if allowed is not None and (np.shape(allowed) != (len(known),) or not np.any(allowed)):
+        raise ValueError(f"allowed must be a bool mask [{len(known)}] with at least one true entry")
 
     def unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
-    q = unit(new)
     best = np.full(len(new), -np.inf, np.float32)
     arg = np.zeros(len(new), np.int64)
     for start in range(0, len(known), chunk):
-        sim = q @ unit(known[start:start + chunk]).T  # [m, chunk]
-        j = sim.argmax(1)
-        s = sim[np.arange(len(new)), j]
-        better = s > best  # strictly: an earlier chunk keeps a tie
-        best[better], arg[better] = s[better], start + j[better]
+        block = unit(known[start:start + chunk])
+        if allowed is not None and not np.any(allowed[start:start + chunk]):
+            continue
+        for q0 in range(0, len(new), chunk):
+            best_q, arg_q = best[q0:q0 + chunk], arg[q0:q0 + chunk]  # views: written in place
+            sim = unit(new[q0:q0 + chunk]) @ block.T  # [<= chunk, <= chunk]
+            if allowed is not None:
+                sim[:, ~np.asarray(allowed[start:start + chunk], bool)] = -np.inf
+            j = sim.argmax(1)
+            s = sim[np.arange(len(sim)), j]
+            better = s > best_q  # strictly: an earlier block keeps a tie
+            best_q[better], arg_q[better] = s[better], start + j[better]
     return arg
 
 
@@ -237,9 +249,8 @@ def extend_catalogue(table: Any, generative: Any, train_sequences: Sequence[np.n
     new_generative = with_new_items(generative, new_table.codes, new_table.codebook_sizes)
     new_sasrec, all_embeddings = sasrec, None
     if item_embeddings is not None:
-        item_embeddings = np.asarray(item_embeddings, np.float32)
-        if item_embeddings.shape != (table.num_items, np.shape(embeddings)[1]):
-            raise CheckpointError(f"the item embeddings are {item_embeddings.shape}, not [{table.num_items}, "
+        if np.shape(item_embeddings) != (table.num_items, np.shape(embeddings)[1]):
+            raise CheckpointError(f"the item embeddings are {list(np.shape(item_embeddings))}, not [{table.num_items}, "
                                   f"{np.shape(embeddings)[1]}] (one row per catalogue item, the new items' encoder)")
         all_embeddings = np.concatenate([item_embeddings, np.asarray(embeddings, np.float32)])
     if sasrec is not None and (item_embeddings is None or sasrec.num_items != table.num_items):
@@ -248,7 +259,11 @@ def extend_catalogue(table: Any, generative: Any, train_sequences: Sequence[np.n
         log.info("SASRec cannot score the new items (%s)", "no item embeddings" if item_embeddings is None
                  else f"it scores {sasrec.num_items} of the {table.num_items} catalogue items")
     elif sasrec is not None:
-        neighbours = nearest_items(item_embeddings, embeddings)
+        # neighbours among the items SASRec trained on (an item without interactions, or one added
+        # before, has no embedding learnt from data); all items if none has any
+        counts = np.bincount(np.concatenate([np.asarray(q, np.int64) for q in train_sequences] or [np.zeros(0, np.int64)]),
+                             minlength=table.num_items)[:table.num_items]
+        neighbours = nearest_items(item_embeddings, embeddings, allowed=counts > 0 if (counts > 0).any() else None)
         new_sasrec = sasrec_with_new_items(sasrec, neighbours)
     return ExtendedCatalogue(new_table, new_generative,
                              TrainStats(train_sequences, new_table.num_items, new_table.codes),

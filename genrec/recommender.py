@@ -206,10 +206,8 @@ class Recommender:
             raise CheckpointError(f"{run_dir}: the dataset's items no longer match quantize/semantic_ids.json; "
                                   f"rerun the recipe (its data changed)")
         summary = run_dir / "embed" / "summary.json"
-        text, embeddings = None, None
-        if (run_dir / "embed" / "embeddings.npy").is_file():  # a cold-start run's: warm items first
-            embeddings = np.load(run_dir / "embed" / "embeddings.npy", mmap_mode="r", allow_pickle=False)
-            embeddings = np.array(embeddings[:table.num_items], np.float32) if len(embeddings) >= table.num_items else None
+        text = None
+        embeddings = files.load_embeddings(run_dir / "embed" / "embeddings.npy", table.num_items, at_least=True)
         if summary.is_file():
             s = load_json(summary)
             text = {"encoder": s.get("encoder"), "template": s.get("template"), "fallback": config.text.fallback}
@@ -485,9 +483,9 @@ class Recommender:
         return rows, unknown
 
     def _readable(self, rows: list[np.ndarray]) -> list[np.ndarray]:
-        """The last ``max_history`` items of each row that the method's model can read: SASRec and the
-        joint model skip items added after their training (``add_items``); a row left empty gets the
-        popularity fallback."""
+        """The last ``max_history`` items of each row that the method's model can read: a model that was
+        not extended with the items added after its training (``add_items``: the end-to-end joint
+        model; SASRec without item embeddings) skips them; a row left empty gets the popularity fallback."""
         model = {"sasrec": self.sasrec, "joint": self.joint}.get(self.method_name)
         if model is not None:
             from fusion.adapters import id_tower_histories

@@ -148,19 +148,27 @@ def save_embeddings(path: Path, embeddings: np.ndarray) -> Path:
     return atomic_write(path, write)
 
 
-def load_embeddings(path: Path, num_items: int) -> np.ndarray | None:
-    """The embeddings :func:`save_embeddings` wrote (None when the file is absent: a directory saved
-    without them); a file that is not ``float32 [num_items, d]`` with finite values is a
+def load_embeddings(path: Path, num_items: int, at_least: bool = False) -> np.ndarray | None:
+    """The item embeddings in ``path`` (:func:`save_embeddings`, or a recipe run's
+    ``embed/embeddings.npy``, whose first ``num_items`` rows are taken when ``at_least``: a cold-start
+    run's warm items come first), memory-mapped (read only when items are added); None when the file
+    is absent. A file that cannot be read, or is not finite float32 ``[num_items, d]``, is a
     :class:`CheckpointError` naming it."""
     if not path.is_file():
         return None
     try:
-        x = np.load(path, allow_pickle=False)
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise CheckpointError(f"{path}: cannot read the item embeddings ({e}); save the recommender again") from None
-    if x.dtype != np.float32 or x.ndim != 2 or len(x) != num_items or not np.isfinite(x).all():
+    rows_ok = len(x) >= num_items if at_least else len(x) == num_items
+    if x.dtype != np.float32 or x.ndim != 2 or not rows_ok:
         raise CheckpointError(f"{path}: damaged: expected finite float32 [{num_items}, d] item embeddings, got "
                               f"{x.dtype} {list(x.shape)}")
+    x = x[:num_items]
+    for start in range(0, num_items, 65536):  # in blocks: no [num_items, d] temporary
+        if not np.isfinite(x[start:start + 65536]).all():
+            raise CheckpointError(f"{path}: damaged: expected finite float32 [{num_items}, d] item embeddings, "
+                                  f"found non-finite values from row {start}")
     return x
 
 

@@ -287,4 +287,10 @@ def test_bench_runs_end_to_end_on_synthetic_data(cold_run, tiny, tmp_path, capsy
     assert ref["in_set"]["count"] == summary["cold_start"]["test_in_set_targets"] and 0 <= ref["in_set"]["ndcg@10"] <= 1
     assert ref["cold"]["count"] == summary["cold_start"]["test_cold_targets"]
     assert isinstance(summary["goal_met"], bool)
+    # the same warm models without the cold items added: every model, on the in-set users
+    plain = summary["in_set_without_added_items"]
+    assert set(plain) == set(summary["cold_start"]["models"])
+    assert all(r["count"] == summary["cold_start"]["test_in_set_targets"] and 0 <= r["ndcg@10"] <= 1
+               for r in plain.values())
+    assert "without the cold items added" in text
     assert (out / "bench_cold_start.md").read_text().startswith("demo")

@@ -60,8 +60,14 @@ def added(tiny_saved, confident, emb_cache):
     """The tiny saved recommender with two items added: a twin of ``confident``'s top item (same
     text, new id) and a copy of another item's text."""
     rec = Recommender.from_pretrained(tiny_saved)
-    assert rec.item_embeddings is not None and rec.item_embeddings.shape[0] == rec.num_items
     return _add_twins(rec, confident, emb_cache)
+
+
+def test_recommenders_keep_the_runs_item_embeddings(tiny_run, tiny_saved):
+    run = np.load(tiny_run / "embed" / "embeddings.npy")
+    for rec in (Recommender.from_pretrained(tiny_run), Recommender.from_pretrained(tiny_saved)):
+        assert rec.item_embeddings.dtype == np.float32
+        np.testing.assert_array_equal(rec.item_embeddings, run)
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +187,32 @@ def test_nearest_items_is_the_brute_force_cosine_argmax_in_any_chunks():
     assert nearest_items(known, new)[0] == 17
     twins = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]], np.float32)
     assert nearest_items(twins, np.array([[5.0, 0.0]]), chunk=2).tolist() == [0]  # a tie: the lowest index
+    # only allowed rows are candidates (e.g. items with training interactions)
+    allowed = np.ones(50, bool)
+    allowed[[17, *brute]] = False
+    masked = (unit(new) @ unit(known).T)
+    masked[:, ~allowed] = -np.inf
+    for chunk in (3, 4096):
+        np.testing.assert_array_equal(nearest_items(known, new, allowed=allowed, chunk=chunk), masked.argmax(1))
     with pytest.raises(ValueError, match="embeddings"):
         nearest_items(known, new[:, :3])
+    with pytest.raises(ValueError, match="at least one true"):
+        nearest_items(known, new, allowed=np.zeros(50, bool))
+
+
+def test_extend_catalogue_refuses_item_embeddings_of_another_shape(tiny_saved, emb_cache):
+    from genrec.new_items import extend_catalogue
+
+    rec = Recommender.from_pretrained(tiny_saved)
+    x = np.asarray(rec.item_embeddings[:2]) + 0.01  # two "new" items near items 0 and 1
+    for bad in (rec.item_embeddings[1:], np.asarray(rec.item_embeddings)[:, :-1]):
+        with pytest.raises(CheckpointError, match="the item embeddings are"):
+            extend_catalogue(rec.table, rec.generative, rec.train_sequences, rec.quantize_dir, x, ["a", "b"],
+                             sasrec=rec.sasrec, item_embeddings=bad)
+    ext = extend_catalogue(rec.table, rec.generative, rec.train_sequences, rec.quantize_dir, x, ["a", "b"],
+                           sasrec=rec.sasrec, item_embeddings=rec.item_embeddings)
+    assert ext.sasrec.num_items == rec.num_items + 2 and ext.item_embeddings.shape[0] == rec.num_items + 2
+    assert rec.sasrec.num_items == rec.num_items  # nothing given is changed
 
 
 def test_sasrec_with_new_items_copies_the_neighbours_rows():
@@ -298,7 +328,9 @@ def test_cli_add_items_end_to_end(tiny_run, emb_cache, tmp_path, capsys):
     code = cli.main(["add-items", str(tiny_run), str(new), "--out", str(out), "--cache-dir", str(emb_cache)])
     printed = capsys.readouterr().out
     assert code == 0 and "added 2 item(s)" in printed and "CLI_TWIN: [" in printed and "CLI_FRESH: [" in printed
+    assert "recommendable by: sasrec, generative" in printed
     saved = Recommender.from_pretrained(out)
+    assert saved.sasrec.num_items == saved.num_items
     assert saved.item_ids[-2:] == ["CLI_TWIN", "CLI_FRESH"] and saved.num_items == rec.num_items + 2
     assert saved.item("CLI_TWIN")["semantic_id"][:-1] == rec.item(rec.item_ids[5])["semantic_id"][:-1]
     assert saved.item("CLI_FRESH")["title"] == "Moonlit Cedar Beard Oil"

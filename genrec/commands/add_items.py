@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {iid}: {c}")
     if len(ids) > SHOWN:
         print(f"  ... and {len(ids) - SHOWN} more")
-    can = [m for m in rec.methods if m not in ("sasrec", "joint")]
+    blind = {"joint"} | ({"sasrec"} if rec.sasrec is not None and rec.sasrec.num_items < rec.num_items else set())
+    can = [m for m in rec.methods if m not in blind]
     print(f"recommendable by: {', '.join(can)} (not by {', '.join(m for m in rec.methods if m not in can) or '-'}: "
           f"trained before these items existed)")
     return 0

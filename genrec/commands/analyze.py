@@ -27,6 +27,8 @@ The paper's semantic-ID analyses (:mod:`genrec.semantic_id_analysis`, :mod:`genr
 - ``--sweep-embeddings FILE.npy`` (``[n_items, d]``): ``codebook_sweep.md`` / ``.json`` / ``.png``,
   the codebook intervention over ``--sweep-sizes`` x ``--sweep-levels``; quick (no training) unless
   ``--sweep-train-minutes`` / ``--sweep-train-epochs`` give a training budget per configuration.
+  Each finished configuration is kept in ``codebook_sweep_rows/``, so a killed sweep rerun with the
+  same inputs and options resumes at the configuration it was on.
 
 Bad inputs raise :class:`~genrec.errors.GenrecError` exceptions (one-line messages naming the file
 or option on the command line).

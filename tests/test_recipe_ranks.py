@@ -162,6 +162,7 @@ def _report(ctx):
 
 
 def _gloo_worker(rank: int, port: int, run_dir: str) -> None:
+    import gc
     import os
 
     import torch
@@ -175,6 +176,7 @@ def _gloo_worker(rank: int, port: int, run_dir: str) -> None:
     config = config_from_dict({"data": {"dataset": "synthetic:num_users=50"}})
     _run(config, run_dir, ["prep", "train", "report"])
     _run(config, run_dir, ["prep", "train", "report"])  # again: every stage is skipped on both ranks
+    gc.collect()  # the trainer's DDP wrapper (and its reducer) gone before the group it uses is destroyed
     dist.barrier()
     dist.destroy_process_group()
 
@@ -197,6 +199,7 @@ def test_the_runner_under_a_real_gloo_group(tmp_path):
 
 
 def _demo_worker(rank: int, port: int, run_dir: str, cache: str) -> None:
+    import gc
     import os
 
     import torch
@@ -215,6 +218,7 @@ def _demo_worker(rank: int, port: int, run_dir: str, cache: str) -> None:
     assert first == again and first is not None  # every rank reads rank 0's results.json
     assert set(events) <= {"skip"}  # the rerun skips every stage (only rank 0 calls on_stage)
     assert bool(events) == (rank == 0)
+    gc.collect()  # as in _gloo_worker
     dist.barrier()
     dist.destroy_process_group()
 

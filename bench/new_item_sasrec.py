@@ -9,7 +9,7 @@ new item, by each rule:
 - ``unscorable``: the item cannot be scored and is left out of histories (SASRec before this rule
   existed: a new item never ranks);
 - ``nearest``: the embedding of its nearest other item by text cosine (:func:`genrec.new_items.nearest_items`,
-  what :func:`genrec.sasrec.with_new_items` does);
+  what :func:`genrec.new_items.sasrec_with_new_items` does);
 - ``blend k``: the softmax(cosine / 0.05)-weighted mean of its ``k`` nearest items' embeddings;
 - ``trained``: its own trained embedding (the upper bound no new item can have).
 

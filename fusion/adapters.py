@@ -8,7 +8,7 @@ the generative model's beam (``genrec.generative.recommend``) and teacher-forced
 
 Items added after training (``genrec.new_items``): the generative model knows them through their
 semantic IDs; SASRec knows them when it was extended with them (each new item gets its nearest
-catalogue item's embedding, :func:`genrec.sasrec.with_new_items`), and otherwise has no embedding
+catalogue item's embedding, :func:`genrec.new_items.sasrec_with_new_items`), and otherwise has no embedding
 for them (item index ``>= sasrec.num_items``). SASRec then reads
 each history without them (:func:`id_tower_histories`), never proposes them, and its score of such
 a candidate is NaN (missing), which every fusion method handles (``fusion.methods``, "Candidates the

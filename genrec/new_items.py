@@ -17,7 +17,7 @@ then appends it with the next free disambiguation code of its base-code group
 - SASRec, given the item embeddings of the catalogue (the recommender keeps the run's text
   embeddings): a copy of it gives each new item the ID embedding of its nearest catalogue item by
   text cosine among those with training interactions (:func:`nearest_items`,
-  :func:`genrec.sasrec.with_new_items`), so it reads and scores the new item as it would that
+  :func:`sasrec_with_new_items`), so it reads and scores the new item as it would that
   neighbour. Without item embeddings (a recommender saved before they
   were kept) SASRec is left as it is and cannot score the new items;
 - every post-hoc fusion method, through both towers (or through the generative model alone when
@@ -45,7 +45,7 @@ from genrec.errors import CheckpointError, DataFormatError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_items", "ExtendedCatalogue", "extend_catalogue", "nearest_items"]
+__all__ = ["add_items", "ExtendedCatalogue", "extend_catalogue", "nearest_items", "sasrec_with_new_items"]
 
 
 def add_items(recommender: Any, items: Sequence[dict[str, Any]], *, where: Sequence[str] | None = None,
@@ -221,6 +221,31 @@ def nearest_items(known: np.ndarray, new: np.ndarray, allowed: np.ndarray | None
     return arg
 
 
+def sasrec_with_new_items(model: Any, source_items: np.ndarray) -> Any:
+    """A copy of ``model`` whose catalogue has ``len(source_items)`` more items, appended at the end,
+    without training: new item ``j`` gets the embedding of trained item ``source_items[j]`` (its
+    nearest neighbour by text, :func:`nearest_items`), so SASRec reads it in a
+    history and gives it the same logit as that neighbour (the two then share the softmax mass, so
+    the neighbour's probability drops). Other weights are copied. Deterministic (the global random
+    state is left untouched). Why a copy and not a blend of several neighbours: measured on
+    simulated new items (BENCHMARKS.md, "SASRec scores new items through their nearest item")."""
+    import torch
+
+    from genrec.sasrec import SASRec
+
+    source = torch.as_tensor(np.asarray(source_items, dtype=np.int64))
+    if source.ndim != 1 or (len(source) and (int(source.min()) < 0 or int(source.max()) >= model.num_items)):
+        raise ValueError(f"source_items must be 1-D item indices below {model.num_items}")
+    with torch.random.fork_rng(devices=[]):  # the fresh initialisation is overwritten below
+        new = SASRec(model.num_items + len(source), model.config)
+    state = model.state_dict()
+    weight = state["item_emb.weight"]  # [num_items + 1, H]; row 0 is padding
+    state["item_emb.weight"] = torch.cat([weight, weight[source + 1]])
+    new.load_state_dict(state)
+    device = next(model.parameters()).device
+    return new.to(device).train(model.training)
+
+
 def extend_catalogue(table: Any, generative: Any, train_sequences: Sequence[np.ndarray], quantize_dir: str | Path,
                      embeddings: np.ndarray, ids: Sequence[str], *, sasrec: Any = None,
                      item_embeddings: np.ndarray | None = None) -> ExtendedCatalogue:
@@ -235,7 +260,6 @@ def extend_catalogue(table: Any, generative: Any, train_sequences: Sequence[np.n
     :class:`~genrec.errors.CheckpointError`."""
     from fusion import TrainStats
     from genrec.generative import with_new_items
-    from genrec.sasrec import with_new_items as sasrec_with_new_items
     from quantize import encode_with_saved
 
     ids = list(ids)

@@ -589,23 +589,3 @@ def save_sasrec(model: SASRec, path: str | Path) -> None:
     """Save weights and config atomically, loadable with :func:`load_sasrec`."""
     torch_save(path, {"model": model.state_dict(), "config": asdict(model.config), "num_items": model.num_items})
 
-
-def with_new_items(model: SASRec, source_items: np.ndarray) -> SASRec:
-    """A copy of ``model`` whose catalogue has ``len(source_items)`` more items, appended at the end,
-    without training: new item ``j`` gets the embedding of trained item ``source_items[j]`` (its
-    nearest neighbour by text, :func:`genrec.new_items.nearest_items`), so SASRec reads it in a
-    history and gives it the same logit as that neighbour (the two then share the softmax mass, so
-    the neighbour's probability drops). Other weights are copied. Deterministic (the global random
-    state is left untouched). Why a copy and not a blend of several neighbours: measured on
-    simulated new items (BENCHMARKS.md, "SASRec scores new items through their nearest item")."""
-    source = torch.as_tensor(np.asarray(source_items, dtype=np.int64))
-    if source.ndim != 1 or (len(source) and (int(source.min()) < 0 or int(source.max()) >= model.num_items)):
-        raise ValueError(f"source_items must be 1-D item indices below {model.num_items}")
-    with torch.random.fork_rng(devices=[]):  # the fresh initialisation is overwritten below
-        new = SASRec(model.num_items + len(source), model.config)
-    state = model.state_dict()
-    weight = state["item_emb.weight"]  # [num_items + 1, H]; row 0 is padding
-    state["item_emb.weight"] = torch.cat([weight, weight[source + 1]])
-    new.load_state_dict(state)
-    device = next(model.parameters()).device
-    return new.to(device).train(model.training)

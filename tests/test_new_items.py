@@ -17,10 +17,9 @@ import torch
 from genrec import cli
 from genrec.errors import CheckpointError, DataFormatError
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, recommend, score_items, with_new_items
-from genrec.new_items import nearest_items
+from genrec.new_items import nearest_items, sasrec_with_new_items
 from genrec.recommender import Recommender
 from genrec.sasrec import SASRec, SASRecConfig
-from genrec.sasrec import with_new_items as sasrec_with_new_items
 
 TWIN = "NEW_TWIN"
 

@@ -83,10 +83,12 @@ def _conversion(memorized: list[np.ndarray], groups: np.ndarray) -> dict[str, li
 def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Sequence[CodebookConfig],
                    labels: InstanceLabels, *, method: str = "rq_kmeans", seed: int = 0,
                    max_hop: int = DEFAULT_MAX_HOP, hop: int = 1, quantizer_options: Mapping[str, Any] | None = None,
-                   train_config: Any | None = None, k: int = 10, rows_dir: str | Path | None = None) -> list[dict]:
+                   pca_dim: int | None = None, whiten: bool = False, train_config: Any | None = None, k: int = 10,
+                   rows_dir: str | Path | None = None) -> list[dict]:
     """One JSON-able row per configuration (module doc) for the test instances of ``split``, whose
     item-level ``labels`` are given. ``embeddings``: ``[num_items, d]`` item vectors, row ``j`` = item
-    ``j``. ``train_config``: a :class:`~genrec.generative.GenerativeConfig` to also train and
+    ``j``. ``pca_dim`` / ``whiten``: the embeddings' preprocessing before the quantizer, as
+    :func:`quantize.build_semantic_ids`'s. ``train_config``: a :class:`~genrec.generative.GenerativeConfig` to also train and
     evaluate a generative model per configuration (expensive); None is the quick mode. With
     ``rows_dir`` each finished row is written there (atomically) and a rerun with the same inputs and
     settings reuses it, so a killed sweep resumes at the configuration it was on."""
@@ -105,6 +107,8 @@ def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Seq
     row_key = {"method": key, "seed": seed, "max_hop": max_hop, "hop": hop, "k": k,
                "quantizer_options": dict(quantizer_options or {}), "inputs": _inputs_digest(split, x, labels),
                "train_config": None if train_config is None else repr(train_config)}
+    if pca_dim is not None or whiten:  # only then: rows saved before these options existed stay valid
+        row_key["preprocess"] = {"pca_dim": pca_dim, "whiten": bool(whiten)}
     rows = []
     for cfg in tqdm(list(configs), desc="codebook sweep", leave=False, disable=None):
         saved = _saved_row(rows_dir, cfg, row_key)
@@ -114,7 +118,8 @@ def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Seq
             continue
         t0 = time.perf_counter()
         opts = {**(quantizer_options or {}), _LEVEL_OPTION[key]: cfg.levels, "codebook_size": cfg.codebook_size}
-        result = build_semantic_ids(split.dataset, key, embeddings=x, seed=seed, **opts)
+        result = build_semantic_ids(split.dataset, key, embeddings=x, pca_dim=pca_dim, whiten=whiten, seed=seed,
+                                    **opts)
         base = result.table.codes[:, :cfg.levels]  # quantizer codes, without the disambiguation level
         token = token_memorization(split.train, split.test, base, max_hop)
         memorized = [token.memorized(n, hop) for n in range(1, cfg.levels + 1)]

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             if config.fusion.joint:
                 recipe.run_stage("joint")   # both towers and the gate trained together
             recipe.run_stage("evaluate")    # metrics overall and per label
+            recipe.run_stage("analysis")    # the paper's semantic-ID analyses (support, indicators, codebooks)
             recipe.run_stage("report")      # results.json, report.md, plots
             results = recipe.results()
     except GenrecError as e:

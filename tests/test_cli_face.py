@@ -80,7 +80,7 @@ def test_console_is_quiet_without_verbose(fresh_run):
         assert word not in proc.stderr, f"{word!r} on the console:\n{proc.stderr}"
     lines = proc.stderr.splitlines()
     # nothing but the command's own lines: the header, one start and one done line per stage, the stop
-    assert all(re.match(r"(genrec run: |\[\d/9 (data|embed|quantize)\] )", line) for line in lines), proc.stderr
+    assert all(re.match(r"(genrec run: |\[\d+/10 (data|embed|quantize)\] )", line) for line in lines), proc.stderr
     assert lines[0].endswith(f"(log: {out / 'run.log'})")
     assert [line.split("] ", 1)[1][:4] for line in lines[1:-1]] == ["load", "done", "item", "done", "embe", "done"]
     assert "stopped after stage quantize" in lines[-1]
@@ -93,7 +93,7 @@ def test_run_log_holds_the_full_log(fresh_run):
     assert first.startswith("===== ") and "genrec run " in first and "--until quantize" in first
     assert re.search(r"INFO genrec\.\S+: stage embed: done in", text)
     assert "INFO quantize.embed: loading sentence encoder" in text  # the encoder did load in that process
-    assert "[3/9 quantize] done in" in text  # the console's lines are in the log too
+    assert "[3/10 quantize] done in" in text  # the console's lines are in the log too
     assert "Loading weights" not in text and "AVX512" not in text  # third-party INFO: only with -v
 
 
@@ -105,15 +105,15 @@ def test_verbose_brings_info_back_and_resume_appends(fresh_run, capsys):
     assert cli.main(["demo", "-v", "--out", str(out), "--set", *TINY, f"text.cache_dir={cache}"]) == 0
     captured = capsys.readouterr()
     assert re.search(r"^\d\d:\d\d:\d\d INFO genrec\.training: sasrec epoch 1 loss", captured.err, re.M)
-    assert "[3/9 quantize] already done, skipped" in captured.err
-    assert "[9/9 report] done in" in captured.err and "test ndcg@10" in captured.out
+    assert "[3/10 quantize] already done, skipped" in captured.err
+    assert "[10/10 report] done in" in captured.err and "test ndcg@10" in captured.out
     assert "Traceback" not in captured.err
     headers = [line for line in (out / "run.log").read_text().splitlines() if line.startswith("===== ")]
     assert len(headers) == 2 and "genrec demo -v --out" in headers[1]
     # without -v, in this process too: no INFO on the console, the run is all skips
     assert cli.main(["demo", "--out", str(out), "--set", *TINY, f"text.cache_dir={cache}"]) == 0
     err = capsys.readouterr().err
-    assert "INFO" not in err and "[9/9 report] already done, skipped" in err
+    assert "INFO" not in err and "[10/10 report] already done, skipped" in err
 
 
 @pytest.mark.parametrize("error, code, says", [

@@ -217,6 +217,25 @@ def test_cold_targets_are_recommended_and_metrics_split_by_target(cold_run, ctx)
     assert "## Cold start" in report and "| learned_minmax |" in report.split("## Cold start")[1]
 
 
+def test_analyses_of_a_cold_start_run_use_the_codes_test_was_ranked_with(cold_run, ctx):
+    """Support coverage over the whole catalogue's IDs (the cold items added), labels from the warm
+    training sequences; no codebook sweep, which would fit codes on the cold items."""
+    from genrec.memorization import token_memorization
+    from genrec.recipe import load_labels
+    from genrec.semantic_id_analysis import support_coverage
+
+    an = json.loads((cold_run / "results.json").read_text())["analysis"]
+    assert an["summary"]["ran"] == ["support_coverage", "indicator_validation"]
+    assert "cold-start run" in an["summary"]["skipped"]["codebook_sweep"]
+    cold = ctx.cold()
+    full = SemanticIdTable.load(cold_run / "fusion" / "semantic_ids.json")
+    token = token_memorization(ctx.training()[1].train, cold.split.test, full.codes, 4)
+    expected = support_coverage(token, load_labels(cold_run, "test"), k=10)
+    assert [(r["category"], r["count"]) for r in an["support_coverage"]["rows"]] == \
+        [(r["category"], r["count"]) for r in expected]
+    assert "- codebook sweep: not run (a cold-start run" in (cold_run / "report.md").read_text()
+
+
 def test_the_recipe_ranks_as_a_user_of_add_items_gets(cold_run, ctx, emb_cache):
     """``Recommender.from_run`` of a cold-start run is its warm catalogue; ``add_items`` with the cold
     items' records gives the recipe's IDs and the fusion stage's exact test ranking."""

@@ -123,8 +123,8 @@ def test_changed_config_reruns_that_stage_and_downstream(reference, tiny, tmp_pa
     changed = load_config(DEMO_YAML, overrides=tiny + ["fusion.methods=[fixed, adaptive]", "fusion.primary=adaptive"])
     before = _results(out)
     # without force: refused, naming the changed keys and the stages it would discard; nothing touched
-    with pytest.raises(RunDirectoryError, match=r"changed: fusion.methods\); running would discard "
-                                                r"the stages fusion \(and rerun evaluate, report\)\. Rerun with --force"):
+    with pytest.raises(RunDirectoryError, match=r"changed: fusion.methods\); running would discard the stages "
+                                                r"fusion \(and rerun evaluate, analysis, report\)\. Rerun with --force"):
         run_recipe(changed, out)
     assert _results(out) == before and (out / "fusion" / "stage.done.json").is_file()
     run_recipe(changed, out, force=True,
@@ -167,6 +167,8 @@ def test_preset_is_merged_under_explicit_values():
     ({"fusion": {"gate": {"hiddn": 3}}}, [], r"'fusion.gate.hiddn'"),
     ({"report": {"ks": [10, 100]}}, [], r"'report.ks' must not exceed fusion.k \(50\)"),
     ({"report": {"metric": "mrr@10"}}, [], r"'report.metric'"),
+    ({"analysis": {"codebook_sizes": [1, 64]}}, [], r"'analysis.codebook_sizes' must all be >= 2"),
+    ({"analysis": {"token_hop": 0}}, [], r"'analysis.token_hop' must be >= 1, got 0"),
     ({"preset": "fast"}, [], r"'preset' must be one of \['quick', 'full'\], got 'fast'"),
     ({"models": {}}, [], r"unknown config key 'models'"),
     ({"data": ["synthetic"]}, [], r"section 'data' must be a mapping"),
@@ -264,6 +266,77 @@ def test_fusion_stage_saves_every_fitted_method(reference):
         for key, value in res["fusion"]["params"][name].items():
             if key != "features":
                 assert method.params()[key] == pytest.approx(value), (name, key)
+
+
+def test_analysis_stage_gives_the_papers_three_analyses(reference, tiny):
+    """Support coverage, indicator validation and the codebook sweep of the run, each consistent with
+    what the other stages wrote, and a report section for each."""
+    import numpy as np
+
+    from genrec.metrics import per_instance_ndcg, ranks_from_topk
+    from genrec.recipe import StageContext, load_labels
+
+    res = _results(reference)
+    an = res["analysis"]
+    assert an["summary"] == {"ran": ["support_coverage", "indicator_validation", "codebook_sweep"], "skipped": {}}
+    labels = load_labels(reference, "test")
+    gen = labels.groups() == "generalization"
+    # support coverage: the levels partition the generalization instances; its "all" row is the
+    # evaluate stage's generalization metric of every model
+    cov = an["support_coverage"]
+    levels = [r for r in cov["rows"] if r["category"] != "all"]
+    assert [r["n"] for r in levels] == list(range(cov["levels"], -1, -1))
+    assert sum(r["count"] for r in levels) == gen.sum() and sum(r["share"] for r in levels) == pytest.approx(1)
+    assert levels[0]["count"] == 0  # the full ID (disambiguation level last) is the item: never at hop 1
+    whole = cov["rows"][-1]
+    for model in ("sasrec", "gr", res["fusion"]["primary"]):
+        assert whole[f"{model} ndcg@10"] == pytest.approx(res["models"][model]["test"]["generalization"]["ndcg@10"])
+    # indicator validation: one row per saved test indicator; the win counts are the instances
+    # where the two models' NDCG@10 differ
+    ind = an["indicator_validation"]
+    with np.load(reference / "fusion" / "indicators.npz") as z:
+        assert [r["indicator"] for r in ind["rows"]] == list(z.files) == res["fusion"]["indicators"]
+    targets = StageContext(reference, load_config(DEMO_YAML, overrides=tiny)).data()[1].test.targets
+    with np.load(reference / "fusion" / "topk.npz") as z:
+        ndcg = {m: per_instance_ndcg(ranks_from_topk(z[m], targets), 10) for m in ("sasrec", "gr")}
+    assert ind["counts"]["decided"] == (ndcg["sasrec"] != ndcg["gr"]).sum() > 0
+    assert ind["counts"]["sasrec wins"] == (ndcg["sasrec"] > ndcg["gr"]).sum()
+    assert ind["pair"] == ["sasrec", "gr"]
+    assert ind["counts"]["memorization"] == (labels.groups() == "memorization").sum()
+    assert all(0 <= r["auc_memorization"] <= 1 for r in ind["rows"])
+    # the codebook sweep: every configuration of the demo config's analysis section, in order
+    sweep = an["codebook_sweep"]
+    assert [r["config"] for r in sweep["rows"]] == ["8x2", "8x3", "16x2", "16x3", "32x2", "32x3"]
+    for r in sweep["rows"]:
+        assert r["conversion"]["memorization"] == pytest.approx([1.0] * r["levels"])  # a memorized item's prefixes
+        assert r["collisions"]["colliding_share"] >= 0
+    report = (reference / "report.md").read_text()
+    for heading in ("### Support coverage", "### Indicator validation", "### Codebook intervention"):
+        assert heading in report
+    for png in ("indicator_validation.png", "codebook_sweep.png"):
+        assert (reference / "analysis" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_analysis_says_what_it_skipped_and_why(reference, tiny, tmp_path):
+    """Analyses switched off, and indicator validation over a fusion stage from before the indicators
+    were saved: each one named in results.json and the report with its reason, nothing else rerun."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "fusion" / "indicators.npz").unlink()
+    config = load_config(DEMO_YAML, overrides=tiny + ["analysis.codebook_sizes=[]", "analysis.support_coverage=false"])
+    events: dict[str, str] = {}
+    run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
+    assert [n for n, e in events.items() if e == "done"] == ["analysis", "report"]
+    an = _results(out)["analysis"]
+    assert an["summary"]["ran"] == [] and set(an["summary"]["skipped"]) == {"support_coverage", "indicator_validation",
+                                                                              "codebook_sweep"}
+    assert "delete the fusion directory to rerun it" in an["summary"]["skipped"]["indicator_validation"]
+    report = (out / "report.md").read_text()
+    assert "- indicator validation: not run (fusion/indicators.npz is missing" in report
+    assert "- codebook sweep: not run (analysis.codebook_sizes or analysis.codebook_levels is empty)" in report
+    assert "### Support coverage" not in report
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])

@@ -50,5 +50,6 @@ DEMO = {
                    "head_dropout": 0.0, "lr": 0.005, "max_epochs": 60, "max_minutes": 1.5, "patience": 3,
                    "eval_beam": 10},
     "fusion": {"k": 20, "beam": 20, "methods": ["fixed", "adaptive", "learned_minmax"], "primary": "auto"},
+    "analysis": {"codebook_sizes": [8, 16, 32], "codebook_levels": [2, 3]},
     "report": {"ks": [10, 20], "metric": "ndcg@10"},
 }

@@ -3,7 +3,7 @@ a validated :class:`RecipeConfig`.
 
 Sections ``data``, ``text``, ``quantize``, ``sasrec`` (:class:`genrec.sasrec.SASRecConfig` fields),
 ``generative`` (:class:`genrec.generative.GenerativeConfig` fields), ``labels``, ``fusion``,
-``report``, plus top-level ``name``, ``preset``, ``num_threads`` and ``device``. A preset (``quick`` or ``full``,
+``analysis``, ``report``, plus top-level ``name``, ``preset``, ``num_threads`` and ``device``. A preset (``quick`` or ``full``,
 :data:`PRESETS`) is merged *under* the file's explicit values, and overrides go on top. Values follow
 :mod:`genrec.config` (YAML 1.2 scalars, every key and type checked, did-you-mean for unknown keys);
 errors are :class:`~genrec.errors.ConfigError` naming the key (and the file).
@@ -22,8 +22,8 @@ from genrec.generative import GenerativeConfig
 from genrec.sasrec import SASRecConfig
 
 __all__ = ["ConfigError", "RecipeConfig", "DataSection", "TextSection", "QuantizeSection", "LabelsSection",
-           "FusionSection", "ReportSection", "SECTIONS", "TOP_LEVEL", "PRESETS", "FUSION_METHODS", "load_config",
-           "config_from_dict", "config_to_dict", "apply_overrides", "validate_config", "resolve_dataset_spec",
+           "FusionSection", "AnalysisSection", "ReportSection", "SECTIONS", "TOP_LEVEL", "PRESETS", "FUSION_METHODS",
+           "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "validate_config", "resolve_dataset_spec",
            "gate_option_hints", "joint_config", "cold_enabled"]
 
 FUSION_METHODS = ("fixed", "adaptive", "learned_minmax", "learned_logprob", "learned_mixture")
@@ -133,6 +133,21 @@ class FusionSection:
 
 
 @dataclass
+class AnalysisSection:
+    """The paper's semantic-ID analyses in the report (arXiv 2603.19809, sections 4.2-4.4; the
+    ``analysis`` stage, :mod:`genrec.recipe.analyses`): support coverage of the test generalization
+    instances, indicator validation (AUCs), and the quick codebook intervention sweep (no training:
+    a quantizer fit per configuration; seconds each on Beauty). Empty ``codebook_sizes`` or
+    ``codebook_levels`` skip the sweep."""
+
+    support_coverage: bool = True
+    indicator_validation: bool = True
+    codebook_sizes: list[int] = field(default_factory=lambda: [64, 256, 1024])
+    codebook_levels: list[int] = field(default_factory=lambda: [2, 3, 4])
+    token_hop: int = 1  # a prefix transition counts as memorized up to this hop (1: strict)
+
+
+@dataclass
 class ReportSection:
     ks: list[int] = field(default_factory=lambda: [10, 20])
     metric: str = "ndcg@10"  # of the summary, the comparisons and the charts
@@ -156,13 +171,14 @@ class RecipeConfig:
     generative: GenerativeConfig = field(default_factory=GenerativeConfig)
     labels: LabelsSection = field(default_factory=LabelsSection)
     fusion: FusionSection = field(default_factory=FusionSection)
+    analysis: AnalysisSection = field(default_factory=AnalysisSection)
     report: ReportSection = field(default_factory=ReportSection)
     source: str | None = field(default=None, compare=False)  # the YAML file it came from (not hashed)
 
 
 SECTIONS: dict[str, type] = {"data": DataSection, "text": TextSection, "quantize": QuantizeSection,
                              "sasrec": SASRecConfig, "generative": GenerativeConfig, "labels": LabelsSection,
-                             "fusion": FusionSection, "report": ReportSection}
+                             "fusion": FusionSection, "analysis": AnalysisSection, "report": ReportSection}
 TOP_LEVEL = ("name", "preset", "num_threads", "device")
 
 #: Budgets merged under a config's explicit values. ``quick``: a first result on Amazon Beauty in
@@ -453,6 +469,10 @@ def validate_config(config: RecipeConfig) -> None:
             joint_config(config)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config section 'fusion.joint_config': {e}") from None
+    a = config.analysis
+    need(all(s >= 2 for s in a.codebook_sizes), "analysis.codebook_sizes", a.codebook_sizes, "must all be >= 2")
+    need(all(lv >= 1 for lv in a.codebook_levels), "analysis.codebook_levels", a.codebook_levels, "must all be >= 1")
+    need(a.token_hop >= 1, "analysis.token_hop", a.token_hop, "must be >= 1")
     need(bool(r.ks) and all(k >= 1 for k in r.ks), "report.ks", r.ks, "must be a non-empty list of positive ints")
     need(max(r.ks) <= f.k, "report.ks", r.ks, f"must not exceed fusion.k ({f.k}): ranked lists have length k")
     m, _, kk = r.metric.partition("@")

@@ -15,8 +15,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from genrec.artifacts import atomic_write_bytes, atomic_write_text, load_json
+from genrec.recipe.analyses import analyses_markdown, load_analyses
 from genrec.recipe.config import RecipeConfig
 from genrec.recipe.primary import choose_primary
+from genrec.recipe.run_files import load_labels
 
 __all__ = ["TIMING_KEYS", "strip_timing", "collect_results", "headline_comparisons", "format_summary",
            "cold_start_table", "selection_table", "write_report"]
@@ -82,6 +84,9 @@ def collect_results(run_dir: str | Path, config: RecipeConfig, names: Sequence[s
         "stages": stages,
         "timing": {"total_wall_s": total},
     }
+    analyses = load_analyses(run_dir) if "analysis" in names else None
+    if analyses is not None:  # runs whose config has the stage: the others' results stay as they were
+        results["analysis"] = analyses
     if "cold_start" in ev:  # only cold-start runs (data.cold_items): other runs' results stay as they were
         results["cold_start"] = ev["cold_start"]
     results["comparisons"] = headline_comparisons(results)
@@ -186,8 +191,6 @@ def _png(fig) -> bytes:
 def gate_distributions(run_dir: str | Path, methods: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
     """Per method (of ``methods`` with saved test gates: the post-hoc ones and ``joint``), per label
     (the coarse groups, then each generalization kind), the test instances' gate values."""
-    from genrec.recipe.stages import load_labels  # the stages import this module: a late import
-
     run_dir = Path(run_dir)
     gates: dict[str, np.ndarray] = {}
     for path in (run_dir / "fusion" / "gates.npz", run_dir / "joint" / "gates.npz"):
@@ -338,6 +341,8 @@ def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str
            f"(largest group {c.get('largest_group')}); relative reconstruction error "
            f"{_fmt(q.get('reconstruction', {}).get('relative'), 3)}; codebook utilisation "
            + ", ".join(f"{cb['utilisation']:.0%}" for cb in q.get("codebooks", [])) + "."]
+    if results.get("analysis"):
+        md += analyses_markdown(results["analysis"], results["fusion"]["primary"], config.report.plots)
     md += ["", "## Stages", "", "| stage | wall time (s) | peak memory (MiB) |", "|---|---:|---:|"]
     for name, s in results["stages"].items():
         md.append(f"| {name} | {s['timing']['wall_s']:.1f} | {s['timing']['peak_rss_mib']:.0f} |")

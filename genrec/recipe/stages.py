@@ -21,9 +21,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from genrec.artifacts import atomic_write, load_json, save_json
+from genrec.artifacts import atomic_write, save_json
 from genrec.errors import ConfigError
+from genrec.recipe.analyses import stage_analysis
 from genrec.recipe.config import RecipeConfig, cold_enabled, joint_config
+from genrec.recipe.run_files import load_labels, semantic_id_table, test_ranks
 from genrec.recipe.report import collect_results, strip_timing, write_report
 
 __all__ = ["Stage", "StageContext", "STAGES", "stage_names", "check_catalogue", "load_labels", "cold_start_metrics"]
@@ -213,12 +215,6 @@ def stage_quantize(ctx: StageContext) -> dict[str, Path]:
     return {k: Path(v) for k, v in paths.items()}
 
 
-def _table(run_dir: Path):
-    from quantize import SemanticIdTable
-
-    return SemanticIdTable.load(run_dir / "quantize" / "semantic_ids.json")
-
-
 def stage_sasrec(ctx: StageContext) -> dict[str, Path]:
     """Train SASRec (resumable): ``sasrec/best.pt``, ``last.pt``, ``history.json``, ``summary.json``
     (best epoch, validation metrics; test metrics are computed in the evaluate stage)."""
@@ -242,7 +238,7 @@ def stage_generative(ctx: StageContext) -> dict[str, Path]:
     run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.training()
     out = run_dir / "generative"
-    result = train_generative(split, _table(run_dir), config.generative, out_dir=out, progress=ctx.progress)
+    result = train_generative(split, semantic_id_table(run_dir), config.generative, out_dir=out, progress=ctx.progress)
     summary = {"best_epoch": result.best_epoch, "valid": strip_timing(result.best_valid),
                "valid_beam": config.generative.eval_beam}
     return {"model": out / "best.pt", "history": out / "history.json",
@@ -269,17 +265,6 @@ def stage_labels(ctx: StageContext) -> dict[str, Path]:
     return {"labels": path, "summary": save_json(out / "summary.json", summary)}
 
 
-def load_labels(run_dir: str | Path, split: str = "test"):
-    """The :class:`~genrec.memorization.InstanceLabels` saved by the labels stage."""
-    from genrec.memorization import InstanceLabels
-
-    run_dir = Path(run_dir)
-    max_hop = load_json(run_dir / "labels" / "summary.json")["max_hop"]
-    with np.load(run_dir / "labels" / "labels.npz") as z:
-        return InstanceLabels(kind=z[f"{split}_kind"], hop=z[f"{split}_hop"], kind_hops=z[f"{split}_kind_hops"],
-                              max_hop=max_hop)
-
-
 def _fusion_methods(config: RecipeConfig) -> list:
     from fusion import AdaptiveFusion, FixedWeightFusion, LearnedGateFusion
 
@@ -301,7 +286,8 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     (:func:`fusion.selection.cross_fit`; :func:`genrec.recipe.primary.choose_primary` picks the primary
     from them), ``fusion/topk.npz`` (test top-K lists of
     ``sasrec``, ``gr`` and each method), ``fusion/gates.npz`` (test gate = weight of SASRec, per
-    method), ``fusion/methods.pt`` (every fitted method, :func:`fusion.load_methods`),
+    method), ``fusion/indicators.npz`` (the test instances' indicator columns, by name),
+    ``fusion/methods.pt`` (every fitted method, :func:`fusion.load_methods`),
     ``fusion/summary.json`` (fitted parameters, union width, timings). A cold-start run
     (``data.cold_items``) fits on the warm validation instances with the warm models, then adds the
     cold items the way ``Recommender.add_items`` does and ranks test over the whole catalogue;
@@ -323,7 +309,7 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     out = run_dir / "fusion"
     sasrec = load_sasrec(run_dir / "sasrec" / "best.pt", device=config.sasrec.device)
     generative = load_generative(run_dir / "generative" / "best.pt", device=config.generative.device)
-    table = _table(run_dir)
+    table = semantic_id_table(run_dir)
     stats = TrainStats(train.train, train.num_items, table.codes)
     test_sasrec, test_generative, test_stats, extra = sasrec, generative, stats, {}
     if ctx.cold() is not None:
@@ -347,6 +333,8 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     gates = {name: o.gates.gate.astype(np.float32) for name, o in outputs.items()}
     p_topk = atomic_write(out / "topk.npz", lambda p: _np_savez(p, topk))
     p_gates = atomic_write(out / "gates.npz", lambda p: _np_savez(p, gates))
+    test_indicators = {name: test.indicators.column(name) for name in test.indicators.names}
+    p_indicators = atomic_write(out / "indicators.npz", lambda p: _np_savez(p, test_indicators))
     summary = {
         "methods": list(outputs),
         "params": {n: _small_params(o.params) for n, o in outputs.items()},
@@ -361,7 +349,7 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     # every fitted method, gate weights included, loadable with fusion.load_methods (weights_only)
     p_methods = save_methods(out / "methods.pt", {m.name: m for m in methods})
     return {"topk": p_topk, "gates": p_gates, "methods": p_methods, "selection": p_selection,
-            "summary": save_json(out / "summary.json", summary), **extra}
+            "indicators": p_indicators, "summary": save_json(out / "summary.json", summary), **extra}
 
 
 def _cross_fit_metrics(cf) -> dict[str, dict[str, float]]:
@@ -411,7 +399,8 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
         from fusion.holdout_joint import save_holdout_joint, train_holdout_joint
         from genrec.metrics import ranks_from_topk
 
-        result = train_holdout_joint(split, _table(run_dir), jc, out_dir=out / "training", progress=ctx.progress)
+        result = train_holdout_joint(split, semantic_id_table(run_dir), jc, out_dir=out / "training",
+                                     progress=ctx.progress)
         items, report = result.model.topk(split.test)
         ranks, gate = ranks_from_topk(items, split.test.targets), report.gate
         p_model = save_holdout_joint(result.model, out / "model")
@@ -422,7 +411,7 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
     else:
         from fusion.joint import joint_gates, joint_ranks, train_joint
 
-        result = train_joint(split, _table(run_dir), jc, out_dir=out, progress=ctx.progress)
+        result = train_joint(split, semantic_id_table(run_dir), jc, out_dir=out, progress=ctx.progress)
         ranks = joint_ranks(result.model, split.test, batch_size=jc.eval_batch_size)
         gate = joint_gates(result.model, split.test, batch_size=jc.eval_batch_size).gate
         summary = {"schedule": "end_to_end", "best_epoch": result.best_epoch, "valid": strip_timing(result.best_valid),
@@ -438,22 +427,17 @@ def stage_evaluate(ctx: StageContext) -> dict[str, Path]:
     ``evaluate/metrics.json``; a cold-start run adds ``cold_start``: every model on the cold-target
     and the in-set test users (:func:`cold_start_metrics`)."""
     from genrec.analysis import evaluate_by_category
-    from genrec.metrics import ranks_from_topk
 
     run_dir, config, inputs = ctx.run_dir, ctx.config, ctx.inputs
     _, split = ctx.data()
     labels = load_labels(run_dir, "test")
     targets = split.test.targets
-    ranks: dict[str, np.ndarray] = {}
-    with np.load(run_dir / "fusion" / "topk.npz") as z:
-        for name in z.files:
-            ranks[name] = ranks_from_topk(z[name], targets)
+    joint = "joint" in inputs and (run_dir / "joint" / "ranks.npz").exists()
+    ranks = test_ranks(run_dir, targets, joint)
     gates: dict[str, np.ndarray] = {}
     with np.load(run_dir / "fusion" / "gates.npz") as z:
         gates.update({n: z[n] for n in z.files})
-    if (run_dir / "joint" / "ranks.npz").exists() and "joint" in inputs:
-        with np.load(run_dir / "joint" / "ranks.npz") as z:
-            ranks["joint"] = z["joint"]
+    if joint:
         with np.load(run_dir / "joint" / "gates.npz") as z:
             gates["joint"] = z["joint"]
     ks = tuple(config.report.ks)
@@ -526,8 +510,12 @@ STAGES: tuple[Stage, ...] = (
           enabled=lambda c: c.fusion.joint, description="joint training of both towers and a gate", every_rank=True),
     Stage("evaluate", stage_evaluate, ("report.ks",), ("labels", "fusion", "joint"),
           description="metrics overall and per label", keeps_work=False),
+    Stage("analysis", stage_analysis, ("analysis", "report.metric", "report.plots"),
+          ("data", "embed", "quantize", "labels", "fusion", "joint", "evaluate"),
+          description="the paper's semantic-ID analyses", keeps_work=False),
     Stage("report", stage_report, ("name", "preset", "report", "fusion.primary"),
-          ("data", "embed", "quantize", "sasrec", "generative", "labels", "fusion", "joint", "evaluate"),
+          ("data", "embed", "quantize", "sasrec", "generative", "labels", "fusion", "joint", "evaluate",
+           "analysis"),
           description="results.json, report.md and plots", keeps_work=False),
 )
 

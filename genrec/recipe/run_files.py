@@ -1,0 +1,47 @@
+"""Readers of what a recipe run's stages wrote, shared by the stages, the analyses and the report
+(so none of them imports another's module for it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from genrec.artifacts import load_json
+
+__all__ = ["load_labels", "semantic_id_table", "test_ranks"]
+
+
+def load_labels(run_dir: str | Path, split: str = "test"):
+    """The :class:`~genrec.memorization.InstanceLabels` saved by the labels stage."""
+    from genrec.memorization import InstanceLabels
+
+    run_dir = Path(run_dir)
+    max_hop = load_json(run_dir / "labels" / "summary.json")["max_hop"]
+    with np.load(run_dir / "labels" / "labels.npz") as z:
+        return InstanceLabels(kind=z[f"{split}_kind"], hop=z[f"{split}_hop"], kind_hops=z[f"{split}_kind_hops"],
+                              max_hop=max_hop)
+
+
+def semantic_id_table(run_dir: str | Path, with_cold_items: bool = False):
+    """The quantize stage's :class:`~quantize.SemanticIdTable`; ``with_cold_items``: the fusion stage's
+    table of a cold-start run, the cold items added (the catalogue test is ranked over)."""
+    from quantize import SemanticIdTable
+
+    run_dir = Path(run_dir)
+    path = run_dir / "fusion" / "semantic_ids.json" if with_cold_items else run_dir / "quantize" / "semantic_ids.json"
+    return SemanticIdTable.load(path)
+
+
+def test_ranks(run_dir: str | Path, targets: np.ndarray, joint: bool) -> dict[str, np.ndarray]:
+    """0-based test rank of the target per model: the single models and each post-hoc method from
+    ``fusion/topk.npz`` (outside the list: its length), and with ``joint`` the joint model's."""
+    from genrec.metrics import ranks_from_topk
+
+    run_dir = Path(run_dir)
+    with np.load(run_dir / "fusion" / "topk.npz") as z:
+        ranks = {name: ranks_from_topk(z[name], targets) for name in z.files}
+    if joint:
+        with np.load(run_dir / "joint" / "ranks.npz") as z:
+            ranks["joint"] = z["joint"]
+    return ranks

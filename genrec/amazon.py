@@ -52,12 +52,11 @@ from genrec.data import (
     SequenceDataset,
     build_dataset,
     item_text_from_record,
-    iter_jsonl,
-    iter_lines,
     order_events,
     parse_timestamp,
     warn_bad_prices,
 )
+from genrec.text_files import iter_jsonl, iter_lines
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from genrec.artifacts import atomic_write, atomic_write_text
-from genrec.data import iter_jsonl, iter_lines, read_interactions_tsv
+from genrec.data import read_interactions_tsv
 from genrec.errors import DataFormatError
+from genrec.text_files import iter_jsonl, iter_lines
 
 log = logging.getLogger(__name__)
 

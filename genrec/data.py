@@ -28,21 +28,19 @@ results are the same either way and errors name the line. Items without any text
 from __future__ import annotations
 
 import contextlib
-import gzip
-import io
 import json
 import logging
 import math
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from genrec.columns import (InteractionColumns, factorize_ids, open_binary, parse_time_strings,
+from genrec.columns import (InteractionColumns, factorize_ids, parse_time_strings,
                             read_delimited_columns, simple_text_bytes, split_header)
 from genrec.errors import DataFormatError, DataNotFoundError
+from genrec.text_files import find_file, iter_jsonl, iter_lines
 
 log = logging.getLogger(__name__)
 
@@ -318,96 +316,6 @@ def warn_bad_prices(source: str, bad_prices: list[tuple[str, Any]]) -> None:
         examples = ", ".join(f"{iid} ({_short_repr(raw)})" for iid, raw in bad_prices[:3])
         log.warning("%s: %d item(s) have a price that is not one finite non-negative number; price left "
                     "missing (e.g. %s)", source, len(bad_prices), examples)
-
-
-def open_text(path: Path) -> io.TextIOBase:
-    """Open a UTF-8 text file, transparently gunzipping ``*.gz``; a leading byte-order mark is skipped.
-
-    Prefer :func:`iter_lines`, which turns decoding and gzip failures into :class:`DataFormatError`.
-    """
-    return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig")
-
-
-def _locate_bad_utf8(path: Path) -> tuple[int, int, bytes] | None:
-    """``(line, byte offset, bad bytes)`` of the first invalid UTF-8 in ``path`` (None if not found).
-
-    Only run after a decoding error: the text reader decodes whole chunks, so its error says neither
-    the line nor the file offset. Latin-1 maps bytes 1:1 to characters, so with ``newline=""`` the
-    lines split exactly as in the text reader and their lengths are byte counts.
-    """
-    offset = 0
-    try:
-        with io.TextIOWrapper(open_binary(path), encoding="latin-1", newline="") as f:
-            for lineno, line in enumerate(f, start=1):
-                raw = line.encode("latin-1")
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    return lineno, offset + e.start, raw[e.start:e.end]
-                offset += len(raw)
-    except (EOFError, zlib.error, gzip.BadGzipFile):
-        pass
-    return None
-
-
-def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` (1-based, newline kept) of a UTF-8 text file, gunzipping ``*.gz``.
-
-    A truncated or corrupt gzip file or invalid UTF-8 raises :class:`DataFormatError` naming the
-    file and the line reached (for UTF-8, the line and byte offset of the first bad byte).
-    """
-    lineno = 0
-    gz = str(path).endswith(".gz")
-    try:
-        with open_text(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                yield lineno, line
-    except UnicodeDecodeError:
-        hint = "save the file as UTF-8"
-        if not gz:
-            with open(path, "rb") as f:
-                if f.read(2) == b"\x1f\x8b":
-                    hint = f"it looks gzip-compressed: name it {path.name}.gz"
-        found = _locate_bad_utf8(path)
-        if found is None:
-            raise DataFormatError(f"{path}:{lineno + 1}: not valid UTF-8 ({hint})") from None
-        line_no, offset, bad = found
-        what = " ".join(f"0x{b:02x}" for b in bad)
-        where = "decompressed byte offset" if gz else "byte offset"
-        raise DataFormatError(f"{path}:{line_no}: not valid UTF-8 (byte {what} at {where} {offset}; {hint})") from None
-    except EOFError:
-        raise DataFormatError(f"{path}:{lineno + 1}: truncated or corrupt gzip file (the compressed data ends "
-                              f"before its end-of-stream marker; {lineno} complete line(s) read); re-download "
-                              f"or re-create it") from None
-    except (zlib.error, gzip.BadGzipFile) as e:
-        raise DataFormatError(f"{path}:{lineno + 1}: corrupt gzip file ({e}; {lineno} complete line(s) read); "
-                              f"re-download or re-create it") from None
-
-
-def find_file(directory: Path, stem: str) -> Path:
-    """``directory/stem`` or ``directory/stem.gz``; a clear error when neither exists."""
-    for cand in (directory / stem, directory / f"{stem}.gz"):
-        if cand.is_file():
-            return cand
-    raise DataNotFoundError(f"{directory}: expected {stem} or {stem}.gz, found neither")
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line; malformed JSON names the line."""
-    for lineno, line in iter_lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataFormatError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-        except ValueError as e:  # e.g. an integer literal longer than Python's digit limit
-            raise DataFormatError(f"{path}:{lineno}: malformed JSON ({e})") from None
-        except RecursionError:
-            raise DataFormatError(f"{path}:{lineno}: malformed JSON (nested too deeply)") from None
-        if not isinstance(obj, dict):
-            raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        yield lineno, obj
 
 
 def parse_timestamp(value: Any, where: str, field: str = "timestamp") -> int | float:

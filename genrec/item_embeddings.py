@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from genrec.data import iter_lines
+from genrec.text_files import iter_lines
 from genrec.errors import DataFormatError, DataNotFoundError
 
 log = logging.getLogger(__name__)

@@ -43,9 +43,10 @@ import numpy as np
 
 from genrec.columns import (InteractionColumns, factorize_ids, parse_time_strings, read_delimited_columns,
                             simple_text_bytes, split_header)
-from genrec.data import (ItemText, SequenceDataset, build_dataset, build_dataset_columns, iter_lines, order_events,
-                         parse_price, parse_timestamp, price_is_absent, warn_bad_prices)
+from genrec.data import (ItemText, SequenceDataset, build_dataset, build_dataset_columns, order_events, parse_price,
+                         parse_timestamp, price_is_absent, warn_bad_prices)
 from genrec.errors import DataFormatError, DataNotFoundError
+from genrec.text_files import iter_lines
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def read_items(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The objects of a JSONL file and where each came from (``path:line``); a malformed line or a
     file with no object is a :class:`~genrec.errors.DataFormatError` naming the file (and line)."""
-    from genrec.data import iter_jsonl
+    from genrec.text_files import iter_jsonl
     from genrec.errors import DataFormatError
 
     items, where = [], []

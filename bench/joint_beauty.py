@@ -135,15 +135,15 @@ def run_holdout(args: argparse.Namespace, split, labels, table) -> dict:
     by_label = {g: float(gates.gate[groups == g].mean()) for g in ("memorization", "generalization", "uncategorized")
                 if (groups == g).any()}
     print(f"config: {config}")
-    print(f"held-out transitions: {result.holdout}; kept: {'refreshed' if result.refreshed else 'stage-1'} towers, "
-          f"{result.scale} gate")
+    print(f"held-out transitions: {result.holdout}; kept: {result.towers} towers, {result.scale} gate")
     print(f"fused validation N@10 of each choice: {result.selection}; kept: {result.valid}")
     print(f"stage seconds (this process): {result.seconds}; total {t_train / 60:.2f} min; test scoring {t_test:.0f}s; "
           f"peak RSS {peak_gib:.2f} GiB; parameters {params}")
     print(f"mean gate (weight of the ID tower) by label: {by_label}")
     print(results_markdown({f"joint ({args.width})": res}))
     summary = {"results": {f"joint_{args.width}": res}, "valid": result.valid, "selection": result.selection,
-               "scale": result.scale, "refreshed": result.refreshed, "holdout_transitions": result.holdout,
+               "scale": result.scale, "refreshed": result.refreshed, "kept_towers": result.towers,
+               "holdout_transitions": result.holdout,
                "seconds": result.seconds, "minutes_this_process": t_train / 60, "test_seconds": t_test,
                "peak_rss_gib": peak_gib, "params": params, "gate_by_label": by_label, "config": asdict(config)}
     save_json(Path(args.out) / "results.json", summary)

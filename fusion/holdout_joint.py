@@ -16,7 +16,10 @@ clean score for choosing between models. One run, three stages:
 3. **refresh**: each tower trained ``refresh_epochs`` more epochs on the full training sequences at
    ``refresh_lr_ratio`` times its learning rate, so the towers learn the held-out transitions too.
    The fused validation NDCG@10 with and without the refresh decides which towers are kept
-   (``refresh_epochs=0`` skips the stage).
+   (``refresh_epochs=0`` skips the stage). ``retrain=True`` adds towers trained from scratch on the
+   full training sequences with their whole schedules (what separately trained towers are, at twice
+   the tower time): the gate fitted in stage 2 then fuses towers that learned every transition, and
+   validation chooses among the stage-1, refreshed and retrained towers.
 
 :class:`HoldoutJoint` is the trained model: candidates from both towers, fused per instance by the
 gate, as :mod:`fusion.adapters` builds them for post-hoc fusion. With ``out_dir`` every stage writes
@@ -85,6 +88,7 @@ class HoldoutJointConfig:
     holdout_seed: int = 0
     refresh_epochs: int = 1  # 0: keep the towers of stage 1
     refresh_lr_ratio: float = 0.1
+    retrain: bool = False  # also towers trained from scratch on every training transition (module doc)
     batch_size: int = 512  # inference batch of the candidate stage
 
     def __post_init__(self) -> None:
@@ -180,6 +184,7 @@ class HoldoutJointResult:
     valid: dict[str, float]  # fused validation metrics of the kept model
     selection: dict[str, float]  # validation NDCG@10 of every (towers, scale) candidate, e.g. "refreshed/logprob"
     refreshed: bool  # whether the refreshed towers were kept
+    towers: str  # which towers were kept: "stage1", "refreshed" or "retrained"
     scale: str  # the kept gate's scale
     gates: dict[str, LearnedGateFusion]  # every gate fitted, by scale
     seconds: dict[str, float]  # wall time per stage (this process; a resumed stage counts its rerun only)
@@ -259,6 +264,10 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
         towers["refreshed"] = _train_towers(split, table, config, out, "_refresh", progress, init=state,
                                             refresh=True)[:2]
         seconds["refresh"] = time.perf_counter() - t0
+    if config.retrain:
+        t0 = time.perf_counter()
+        towers["retrained"] = _train_towers(split, table, config, out, "_retrain", progress)[:2]
+        seconds["retrain"] = time.perf_counter() - t0
 
     # which towers and which gate: the best fused validation NDCG@10 (ties: stage 1, then SCALES order)
     t0 = time.perf_counter()
@@ -277,8 +286,8 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
     log.info("holdout joint: fused validation N@10 %s; keeping %s", {n: round(v, 4) for n, v in selection.items()},
              best)
     model = HoldoutJoint(*towers[tower_name], gates[scale], stats, config)
-    return HoldoutJointResult(model, metrics[best], selection, tower_name == "refreshed", scale, gates, seconds,
-                              len(held))
+    return HoldoutJointResult(model, metrics[best], selection, tower_name == "refreshed", tower_name, scale, gates,
+                              seconds, len(held))
 
 
 def save_holdout_joint(model: HoldoutJoint, directory: str | Path) -> Path:

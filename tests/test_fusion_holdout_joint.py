@@ -15,7 +15,7 @@ from fusion.methods import SCALES, LearnedGateFusion, params_equal
 from fusion.report import single_model_topk
 from genrec.generative import train_generative
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
-from genrec.sasrec import train_sasrec
+from genrec.sasrec import load_sasrec, train_sasrec
 from genrec.splits import Instances
 from genrec.memorization import label_split
 from tests.test_fusion_joint import SMALL_GR, SMALL_ID, synthetic_split
@@ -134,6 +134,26 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypa
     # and the saved model ranks the same
     loaded = load_holdout_joint(save_holdout_joint(resumed.model, tmp_path / "saved"), split.train)
     np.testing.assert_array_equal(loaded.ranks(split.test), resumed.model.ranks(split.test))
+
+
+def test_retrained_towers_are_the_separately_trained_ones_under_the_held_out_gate(tmp_path):
+    """``retrain``: towers trained from scratch on every training transition (the same weights as
+    training them alone), fused by the gate fitted on the stage-1 towers' held-out transitions;
+    validation chooses among the three tower sets."""
+    from fusion.methods import params_equal as same
+
+    ds, split, table = synthetic_split(num_users=200)
+    config = replace(CONFIG, refresh_epochs=0, retrain=True)
+    result = train_holdout_joint(split, table, config, out_dir=tmp_path / "run")
+    assert set(result.selection) == {f"{t}/{s}" for t in ("stage1", "retrained") for s in SCALES}
+    assert result.towers == max(result.selection, key=result.selection.get).split("/")[0]
+    alone = train_sasrec(split, CONFIG.sasrec, progress=False).model
+    retrained = load_sasrec(tmp_path / "run" / "sasrec_retrain").state_dict()
+    for name, value in alone.state_dict().items():
+        assert torch.equal(value, retrained[name]), name
+    stage1 = load_sasrec(tmp_path / "run" / "sasrec").state_dict()
+    assert not all(torch.equal(v, stage1[n]) for n, v in alone.state_dict().items())  # stage 1 lacked transitions
+    assert same(result.gates[result.scale].params(), result.model.gate.params())
 
 
 def test_config_checks():

@@ -405,8 +405,8 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
         ranks, gate = ranks_from_topk(items, split.test.targets), report.gate
         p_model = save_holdout_joint(result.model, out / "model")
         summary = {"schedule": "holdout", "valid": strip_timing(result.valid), "selection": result.selection,
-                   "refreshed": result.refreshed, "scale": result.scale, "towers": jc.towers,
-                   "holdout_transitions": result.holdout, "seconds": result.seconds}
+                   "refreshed": result.refreshed, "kept_towers": result.towers, "scale": result.scale,
+                   "towers": jc.towers, "holdout_transitions": result.holdout, "seconds": result.seconds}
         extra = {"model": p_model}
     else:
         from fusion.joint import joint_gates, joint_ranks, train_joint

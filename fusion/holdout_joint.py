@@ -48,6 +48,7 @@ from genrec.artifacts import load_json, save_json
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, load_generative, train_generative
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks
 from genrec.sasrec import SASRec, SASRecConfig, load_sasrec, train_sasrec
+from genrec.training import trim_heap
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,9 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
     sasrec, generative, state = _train_towers(dataclasses.replace(split, train=short), table, config, out, "",
                                               progress)
     seconds["towers"] = time.perf_counter() - t0
+    # between stages the heap goes back to the OS: training leaves it fragmented, and the inference
+    # stages' many batch shapes then grew this process past 8 GiB on Beauty (2.3 GiB each alone)
+    trim_heap()
     log.info("holdout joint: towers trained (%.1f min); peak RSS so far %.2f GiB", seconds["towers"] / 60, _peak_gib())
 
     t0 = time.perf_counter()
@@ -255,6 +259,7 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
         if gate_path is not None:
             save_methods(gate_path, gates)
     seconds["gate"] = time.perf_counter() - t0
+    trim_heap()
     log.info("holdout joint: gate fitted on %d held-out transitions (%.0f s); peak RSS so far %.2f GiB", len(held),
              seconds["gate"], _peak_gib())
 
@@ -264,10 +269,12 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
         towers["refreshed"] = _train_towers(split, table, config, out, "_refresh", progress, init=state,
                                             refresh=True)[:2]
         seconds["refresh"] = time.perf_counter() - t0
+        trim_heap()
     if config.retrain:
         t0 = time.perf_counter()
         towers["retrained"] = _train_towers(split, table, config, out, "_retrain", progress)[:2]
         seconds["retrain"] = time.perf_counter() - t0
+        trim_heap()
 
     # which towers and which gate: the best fused validation NDCG@10 (ties: stage 1, then SCALES order)
     t0 = time.perf_counter()
@@ -275,6 +282,8 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
     ks = [k for k in ks if k <= config.k]
     metrics: dict[str, dict[str, float]] = {}
     for name, (sas, gen) in towers.items():
+        inp = None  # the previous towers' inputs are freed before the next are built
+        trim_heap()
         inp = HoldoutJoint(sas, gen, LearnedGateFusion(), stats, config).inputs(split.valid)
         for s, gate in gates.items():
             ranks = ranks_of(inp.cands, gate.fuse(inp.cands, inp.indicators), split.valid.targets, config.k)

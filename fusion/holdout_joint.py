@@ -226,11 +226,23 @@ def _train_towers(split: LeaveOneOutSplit, table: Any, config: HoldoutJointConfi
 
 def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJointConfig | None = None,
                         out_dir: str | Path | None = None, progress: bool = False,
-                        ks: Sequence[int] = DEFAULT_KS) -> HoldoutJointResult:
+                        ks: Sequence[int] = DEFAULT_KS,
+                        full_towers: tuple[SASRec, HierarchicalGenerative] | None = None) -> HoldoutJointResult:
     """Run the three stages (module doc) on ``split`` with the semantic IDs of ``table`` (``codes``,
     ``codebook_sizes``). Reads ``split.train`` and, for model selection only (the towers' early
-    stopping; which towers and gate scale are kept), ``split.valid``; never ``split.test``."""
+    stopping; which towers and gate scale are kept), ``split.valid``; never ``split.test``.
+
+    ``full_towers``: with ``retrain`` and ``towers="separate"``, towers already trained on all of
+    ``split.train`` with ``config``'s tower settings (a recipe's own SASRec and generative stages),
+    used as the retrained towers instead of training them a second time."""
     config = config or HoldoutJointConfig()
+    if full_towers is not None:
+        if not (config.retrain and config.towers == "separate"):
+            raise ValueError("full_towers stand for the retrained towers: they need retrain=True and "
+                             f"towers='separate' (got retrain={config.retrain}, towers={config.towers!r})")
+        if any(t.num_items != split.num_items for t in full_towers):
+            raise ValueError(f"full_towers score {[t.num_items for t in full_towers]} items; the split has "
+                             f"{split.num_items}")
     out = Path(out_dir) if out_dir is not None else None
     seconds: dict[str, float] = {}
     short, held = holdout_transitions(split, config.holdout_share, config.holdout_seed)
@@ -272,7 +284,8 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
         trim_heap()
     if config.retrain:
         t0 = time.perf_counter()
-        towers["retrained"] = _train_towers(split, table, config, out, "_retrain", progress)[:2]
+        towers["retrained"] = (tuple(t.eval() for t in full_towers) if full_towers is not None
+                               else _train_towers(split, table, config, out, "_retrain", progress)[:2])
         seconds["retrain"] = time.perf_counter() - t0
         trim_heap()
 

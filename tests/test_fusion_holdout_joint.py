@@ -156,6 +156,19 @@ def test_retrained_towers_are_the_separately_trained_ones_under_the_held_out_gat
     assert same(result.gates[result.scale].params(), result.model.gate.params())
 
 
+def test_full_towers_stand_for_the_retrained_ones(tmp_path):
+    ds, split, table = synthetic_split(num_users=200)
+    config = replace(CONFIG, refresh_epochs=0, retrain=True)
+    sas = train_sasrec(split, CONFIG.sasrec, progress=False).model
+    gen = train_generative(split, table, CONFIG.generative, progress=False).model
+    given = train_holdout_joint(split, table, config, out_dir=tmp_path / "given", full_towers=(sas, gen))
+    trained = train_holdout_joint(split, table, config, out_dir=tmp_path / "trained")
+    assert not (tmp_path / "given" / "sasrec_retrain").exists() and (tmp_path / "trained" / "sasrec_retrain").exists()
+    assert given.selection == trained.selection  # the same towers either way: same seed, same data
+    with pytest.raises(ValueError, match="retrain=True and towers='separate'"):
+        train_holdout_joint(split, table, replace(config, retrain=False), full_towers=(sas, gen))
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="scale"):
         HoldoutJointConfig(scale="product")

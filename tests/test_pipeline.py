@@ -223,6 +223,33 @@ def test_optional_joint_stage(reference, tiny, tmp_path):
     assert res["training"]["joint"]["curve"]
 
 
+def test_holdout_joint_stage_reuses_the_recipes_towers_as_its_retrained_ones(reference, tiny, tmp_path):
+    """``retrain`` with separate towers of the recipe's settings: the joint model's retrained towers
+    are the recipe's SASRec and generative stages' models (nothing trained twice)."""
+    import shutil
+
+    from fusion.holdout_joint import load_holdout_joint
+    from genrec.recipe import StageContext
+    from genrec.sasrec import load_sasrec
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    config = load_config(DEMO_YAML, overrides=tiny + ["fusion.joint=true", "fusion.joint_config.towers=separate",
+                                                      "fusion.joint_config.retrain=true",
+                                                      "fusion.joint_config.refresh_epochs=0"])
+    run_recipe(config, out)
+    summary = json.loads((out / "joint" / "summary.json").read_text())
+    assert set(summary["selection"]) == {f"{t}/{s}" for t in ("stage1", "retrained")
+                                         for s in ("minmax", "logprob", "mixture")}
+    assert not (out / "joint" / "training" / "sasrec_retrain").exists()  # not trained again
+    # the saved model holds the kept towers: the recipe's own when validation kept the retrained ones
+    split = StageContext(out, config).data()[1]
+    model = load_holdout_joint(out / "joint" / "model", split.train)
+    recipe = load_sasrec(out / "sasrec" / "best.pt").state_dict()
+    same = all(torch.equal(v, recipe[n]) for n, v in model.sasrec.state_dict().items())
+    assert same == (summary["kept_towers"] == "retrained")
+
+
 def test_interrupted_stage_with_other_settings_is_cleared(reference, tiny, tmp_path):
     import shutil
 

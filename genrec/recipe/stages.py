@@ -400,7 +400,7 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
         from genrec.metrics import ranks_from_topk
 
         result = train_holdout_joint(split, semantic_id_table(run_dir), jc, out_dir=out / "training",
-                                     progress=ctx.progress)
+                                     progress=ctx.progress, full_towers=_recipe_towers(ctx, jc))
         items, report = result.model.topk(split.test)
         ranks, gate = ranks_from_topk(items, split.test.targets), report.gate
         p_model = save_holdout_joint(result.model, out / "model")
@@ -420,6 +420,22 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
     p_ranks = atomic_write(out / "ranks.npz", lambda p: _np_savez(p, {"joint": ranks}))
     p_gates = atomic_write(out / "gates.npz", lambda p: _np_savez(p, {"joint": gate.astype(np.float32)}))
     return {"ranks": p_ranks, "gates": p_gates, "summary": save_json(out / "summary.json", summary), **extra}
+
+
+def _recipe_towers(ctx: StageContext, jc) -> tuple | None:
+    """The recipe's own SASRec and generative model when the holdout joint schedule would retrain
+    exactly them (``retrain`` with separate towers of the recipe's settings), else None. They are
+    read from their stages' directories: those stages run before this one and are fixed by the
+    ``data`` / ``sasrec`` / ``generative`` sections this stage's hash covers."""
+    from genrec.generative import load_generative
+    from genrec.sasrec import load_sasrec
+
+    config = ctx.config
+    if not (jc.retrain and jc.towers == "separate" and jc.sasrec == config.sasrec
+            and jc.generative == config.generative):
+        return None
+    return (load_sasrec(ctx.run_dir / "sasrec" / "best.pt", device=config.sasrec.device),
+            load_generative(ctx.run_dir / "generative" / "best.pt", device=config.generative.device))
 
 
 def stage_evaluate(ctx: StageContext) -> dict[str, Path]:

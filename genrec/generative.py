@@ -40,7 +40,7 @@ from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.trie import PrefixTrie, trie_of
 from genrec.sasrec import resolve_device
-from genrec.training import TrainResult, check_nonfinite_loss, check_precision, fit, setup
+from genrec.training import TrainResult, check_nonfinite_loss, check_precision, fit, setup, trim_heap
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -335,8 +335,15 @@ def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size:
     was_training = model.training
     if was_training:  # eval() walks every module: skip it for the usual, already-evaluating model
         model.eval()
+    since_trim = 0  # histories decoded since the heap was last given back (long passes only)
     try:
         for rows in length_batches(histories, batch_size):
+            if since_trim >= TRIM_EVERY:
+                # a pass over many histories frees tensors of many shapes; glibc keeps the fragments, and
+                # after training in the same process one pass over Beauty's 22k users grew to 6 GiB
+                trim_heap()
+                since_trim = 0
+            since_trim += len(rows)
             hist = [histories[r] for r in rows]
             context = model.start(hist, None if users is None else np.asarray(users)[rows])
             offset = _repeat_offsets(model, trie, hist, context) if repeat else None
@@ -357,6 +364,11 @@ def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size:
             model.train()
     beam = None if beam_size is None else BeamResult(items=items, log_probs=logp, codes=codes)
     return beam, scores
+
+
+#: histories decoded between two :func:`~genrec.training.trim_heap` calls in :func:`decode` (a service's
+#: small batches never reach it; a long batch pass trims every few seconds, at a few ms each)
+TRIM_EVERY = 4096
 
 
 def _repeat_offsets(model: nn.Module, trie: PrefixTrie, histories: list[np.ndarray], context: torch.Tensor

@@ -78,6 +78,30 @@ def test_rerun_skips_every_stage(reference, tiny):
     assert (reference / "results.json").read_text() == before
 
 
+def test_a_stage_produced_again_reruns_what_read_it(reference, tiny, tmp_path):
+    """A stage directory deleted and rerun with the same settings: every stage that read it runs
+    again (with a warning), not only the deleted one; markers from before run ids match anything."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    shutil.rmtree(out / "evaluate")
+    events: dict[str, str] = {}
+    config = load_config(DEMO_YAML, overrides=tiny)
+    run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
+    assert [n for n, e in events.items() if e == "done"] == ["evaluate", "analysis", "report"]
+    assert strip_timing(_results(out)) == strip_timing(_results(reference))
+    markers = {n: json.loads((out / n / "stage.done.json").read_text()) for n in stage_names(config)}
+    assert markers["analysis"]["upstream_runs"]["evaluate"] == markers["evaluate"]["run_id"]
+    # markers written before run ids existed: nothing reruns
+    for n, m in markers.items():
+        m.pop("run_id"), m.pop("upstream_runs")
+        (out / n / "stage.done.json").write_text(json.dumps(m))
+    events.clear()
+    run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
+    assert set(events.values()) == {"skip"}
+
+
 def test_resume_at_every_stage_boundary(reference, tiny, tmp_path):
     config = load_config(DEMO_YAML, overrides=tiny)
     out = tmp_path / "run"

@@ -11,7 +11,9 @@ or simply :func:`run_recipe` (every enabled stage, in order).
 When a stage finishes, ``<stage>/stage.done.json`` is written last, holding the hash of what the
 stage depends on: its config sections (:data:`_UNHASHED` settings left out), a fingerprint of the
 input data files (:mod:`genrec.rundir`) and its upstream stages' hashes. A stage whose marker
-matches is skipped; a stage without one (a killed run) runs again, the training stages resuming from
+matches is skipped (unless a stage it reads was produced again since: each marker records its
+own run id and those of the stages it read, and a mismatch clears and reruns it); a stage without
+one (a killed run) runs again, the training stages resuming from
 their checkpoints, so a resumed run ends with the same results. A stage whose hash changed would be
 discarded: refused with the changed keys named, unless ``force``.
 
@@ -36,6 +38,7 @@ import resource
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -83,6 +86,7 @@ class Recipe:
         self._plan: dict[str, dict] = {}
         self._discard: list[str] = []
         self._done: dict[str, Path] = {}
+        self._runs: dict[str, str | None] = {}  # stage -> the run id in its done marker (None: an older marker)
         self._dist: Any = None  # genrec.distributed under torchrun with several ranks, else None
 
     def _main(self) -> bool:
@@ -192,19 +196,28 @@ class Recipe:
         marker = sdir / "stage.done.json"
         main = self._main()
         done = self._from_main(lambda: _marker(marker))  # rank 0's reading everywhere
-        if done is not None and done.get("config_hash") == h:
+        upstream_runs = {a: self._runs.get(a) for a in stage.after if a in self._done}
+        rerun_upstream = _reran_upstream(done, upstream_runs)
+        if done is not None and done.get("config_hash") == h and not rerun_upstream:
             log.info("stage %s: done earlier, skipped", name)
             self._done[name] = sdir
+            self._runs[name] = done.get("run_id")
             if self.on_stage and main:
                 self.on_stage(name, "skip", done)
             return done
+        if rerun_upstream and done is not None and done.get("config_hash") == h:
+            # same settings, but what it read was produced again since (a deleted stage directory
+            # rerun, say): its outputs describe the old artifacts, and a trainer must not resume them
+            log.warning("stage %s: %s ran again after it; clearing %s and running it again", name,
+                        ", ".join(rerun_upstream), sdir)
+            self._from_main(lambda: shutil.rmtree(sdir))
         self._from_main(lambda: self._begin(stage, sdir, {"stage": name, "config_hash": h, "hashed": src}))
         if self.on_stage and main:
             self.on_stage(name, "start", {"description": stage.description})
         self.context.inputs = {k: self._done[k] for k in stage.after if k in self._done}
 
         def run_and_mark() -> dict[str, Any]:
-            info = self._run(stage, h, src)
+            info = {**self._run(stage, h, src), "run_id": uuid.uuid4().hex, "upstream_runs": upstream_runs}
             if main:
                 _write(sdir, lambda: save_json(marker, info), name)  # last: the stage counts as done only now
             return info
@@ -216,6 +229,7 @@ class Recipe:
         else:
             info = self._from_main(run_and_mark)  # rank 0 runs it, the others wait for its outcome
         self._done[name] = sdir
+        self._runs[name] = self._from_main(lambda: _marker(marker))["run_id"]  # rank 0's id on every rank
         log.info("stage %s: done in %.1fs", name, info["timing"]["wall_s"])
         if self.on_stage and main:
             self.on_stage(name, "done", info)
@@ -411,6 +425,16 @@ def _data_paths(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
     a, b = files(before), files(after)
     changed = [p for p in sorted(set(a) | set(b)) if a.get(p) != b.get(p)]
     return ", ".join(changed) if changed else "the dataset spec"
+
+
+def _reran_upstream(done: Mapping[str, Any] | None, upstream_runs: Mapping[str, str | None]) -> list[str]:
+    """The upstream stages that produced their artifacts again after ``done`` (a stage's done marker)
+    read them: their run ids differ from those the marker recorded. Markers from before run ids were
+    recorded (no ``upstream_runs``) match anything."""
+    recorded = (done or {}).get("upstream_runs")
+    if not isinstance(recorded, Mapping):
+        return []
+    return [a for a, run in upstream_runs.items() if a in recorded and recorded[a] != run]
 
 
 def _marker(path: Path) -> dict[str, Any] | None:

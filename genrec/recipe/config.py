@@ -137,8 +137,8 @@ class AnalysisSection:
     """The paper's semantic-ID analyses in the report (arXiv 2603.19809, sections 4.2-4.4; the
     ``analysis`` stage, :mod:`genrec.recipe.analyses`): support coverage of the test generalization
     instances, indicator validation (AUCs), and the quick codebook intervention sweep (no training:
-    a quantizer fit per configuration; seconds each on Beauty). Empty ``codebook_sizes`` or
-    ``codebook_levels`` skip the sweep."""
+    a quantizer fit per configuration; seconds each on Beauty with RQ-KMeans, but a training each
+    with ``quantize.method: rq_vae``). Empty ``codebook_sizes`` or ``codebook_levels`` skip the sweep."""
 
     support_coverage: bool = True
     indicator_validation: bool = True

@@ -88,8 +88,9 @@ def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Seq
     """One JSON-able row per configuration (module doc) for the test instances of ``split``, whose
     item-level ``labels`` are given. ``embeddings``: ``[num_items, d]`` item vectors, row ``j`` = item
     ``j``. ``pca_dim`` / ``whiten``: the embeddings' preprocessing before the quantizer, as
-    :func:`quantize.build_semantic_ids`'s. ``train_config``: a :class:`~genrec.generative.GenerativeConfig` to also train and
-    evaluate a generative model per configuration (expensive); None is the quick mode. With
+    :func:`quantize.build_semantic_ids`'s. ``train_config``: a
+    :class:`~genrec.generative.GenerativeConfig` to also train and evaluate a generative model per
+    configuration (expensive); None is the quick mode. With
     ``rows_dir`` each finished row is written there (atomically) and a rerun with the same inputs and
     settings reuses it, so a killed sweep resumes at the configuration it was on."""
     from quantize.pipeline import build_semantic_ids

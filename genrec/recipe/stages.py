@@ -424,9 +424,8 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
 
 def _recipe_towers(ctx: StageContext, jc) -> tuple | None:
     """The recipe's own SASRec and generative model when the holdout joint schedule would retrain
-    exactly them (``retrain`` with separate towers of the recipe's settings), else None. They are
-    read from their stages' directories: those stages run before this one and are fixed by the
-    ``data`` / ``sasrec`` / ``generative`` sections this stage's hash covers."""
+    exactly them (``retrain`` with separate towers of the recipe's settings), else None. Both stages
+    are upstream of this one, so a rerun of either reruns it (:mod:`genrec.recipe.runner`)."""
     from genrec.generative import load_generative
     from genrec.sasrec import load_sasrec
 
@@ -434,8 +433,8 @@ def _recipe_towers(ctx: StageContext, jc) -> tuple | None:
     if not (jc.retrain and jc.towers == "separate" and jc.sasrec == config.sasrec
             and jc.generative == config.generative):
         return None
-    return (load_sasrec(ctx.run_dir / "sasrec" / "best.pt", device=config.sasrec.device),
-            load_generative(ctx.run_dir / "generative" / "best.pt", device=config.generative.device))
+    return (load_sasrec(ctx.inputs["sasrec"] / "best.pt", device=config.sasrec.device),
+            load_generative(ctx.inputs["generative"] / "best.pt", device=config.generative.device))
 
 
 def stage_evaluate(ctx: StageContext) -> dict[str, Path]:
@@ -522,7 +521,7 @@ STAGES: tuple[Stage, ...] = (
           description="post-hoc fusion fitted on validation, applied to test",
           rerun_keys=_SELECTION_KEYS),  # a fusion stage from before cross-fitting reruns (no training lost)
     Stage("joint", stage_joint, ("data", "sasrec", "generative", "fusion.joint_schedule", "fusion.joint_config",
-                                 "fusion.k", "fusion.beam", "fusion.gate"), ("quantize",),
+                                 "fusion.k", "fusion.beam", "fusion.gate"), ("sasrec", "generative", "quantize"),
           enabled=lambda c: c.fusion.joint, description="joint training of both towers and a gate", every_rank=True),
     Stage("evaluate", stage_evaluate, ("report.ks",), ("labels", "fusion", "joint"),
           description="metrics overall and per label", keeps_work=False),

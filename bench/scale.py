@@ -24,6 +24,13 @@ evaluate  full-ranking test evaluation of ``--eval-users`` users (item-chunked);
           quadratically when both grow: the one stage worse than linear by its definition
 topk      SASRec's top-50, MSP and entropy (the fusion's inputs) of the same users
 
+``--pipeline`` instead runs the whole recipe (``genrec run``: data, embed (the precomputed vectors),
+quantize, sasrec, generative, labels, fusion, evaluate, analysis, report) on the written files, in a
+child process, under the time budgets ``--sasrec-minutes`` / ``--generative-minutes`` and with
+validation and test on ``--eval-users`` sampled users (``data.eval_users``; every model trains on every
+user). It prints each stage's wall time and peak memory (the runner's ``stage.done.json``), the whole
+run's wall time and peak resident memory, and the test metrics of every model.
+
 Per stage it prints the wall time, the peak resident memory of the process during the stage (sampled
 every 20 ms) and that peak minus the memory at the stage's start. ``--plot`` draws wall time against
 interactions on log-log axes, one line per stage (with a linear-growth reference).
@@ -133,6 +140,89 @@ def run_one(args: argparse.Namespace, items: int, interactions: int) -> dict:
             "stages": rows}
 
 
+PIPELINE_CONFIG = """\
+# written by bench/scale.py --pipeline: the whole recipe on a generated {items:,}-item dataset
+name: scale_{items}
+num_threads: {threads}
+data:
+  dataset: parquet:{data_dir}
+  keep_items_without_interactions: true  # every item has a vector; a few no user reached
+  eval_users: {eval_users}
+text:
+  embeddings: {data_dir}/item_vectors.npy
+quantize:
+  method: rq_kmeans
+  levels: 3
+  codebook_size: 256
+sasrec:
+  loss: {loss}
+  num_negatives: {num_negatives}
+  batch_size: {batch_size}
+  max_minutes: {sasrec_minutes}
+  patience: 2
+generative:
+  item_embedding: {generative_item_embedding}
+  batch_size: {generative_batch_size}
+  max_minutes: {generative_minutes}
+  eval_every: 1
+  eval_beam: 20
+fusion:
+  k: {k}
+  beam: {k}
+analysis:
+  codebook_sizes: []  # the sweep refits the quantizer per configuration: minutes each at this size
+"""
+
+
+def run_pipeline(args: argparse.Namespace, items: int, interactions: int) -> dict:
+    """Generate and write one size, then time ``genrec run`` on it in a child process."""
+    from genrec.synthetic_scale import make_scale_dataset, write_scale_dataset
+
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="genrec-scale-"))
+    data_dir = workdir / f"{items}x{interactions}"
+    t0 = time.perf_counter()
+    ds = make_scale_dataset(items, interactions, dim=args.dim, seed=args.seed)
+    write_scale_dataset(ds, data_dir)
+    del ds
+    print(f"{items:,} items, {interactions:,} interactions: generated and written in "
+          f"{time.perf_counter() - t0:.1f} s ({data_dir})", flush=True)
+    config = workdir / f"scale_{items}.yaml"
+    config.write_text(PIPELINE_CONFIG.format(
+        items=items, threads=args.threads, data_dir=data_dir, eval_users=args.eval_users, loss=args.loss,
+        num_negatives=args.num_negatives, batch_size=args.batch_size, sasrec_minutes=args.sasrec_minutes,
+        generative_item_embedding=str(args.generative_item_embedding).lower(),
+        generative_batch_size=args.generative_batch_size, generative_minutes=args.generative_minutes, k=args.k))
+    run_dir = workdir / f"run_{items}x{interactions}"
+    cmd = [sys.executable, "-m", "genrec.cli", "run", str(config), "--out", str(run_dir)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"genrec run failed (exit {proc.returncode}); config {config}, run {run_dir}")
+    stages = []
+    for marker in sorted(run_dir.glob("*/stage.done.json"), key=lambda p: p.stat().st_mtime):
+        timing = json.loads(marker.read_text()).get("timing", {})
+        stages.append({"stage": marker.parent.name, "seconds": timing.get("wall_s", float("nan")),
+                       "peak_gib": timing.get("peak_rss_mib", float("nan")) / 1024})
+    # the runner resets the kernel's peak-RSS counter at each stage, so the run's peak is the stages' maximum
+    peak_gib = max(s["peak_gib"] for s in stages)
+    results = json.loads((run_dir / "results.json").read_text())
+    test = {name: m["test"]["all"] for name, m in results["models"].items()}
+    return {"items": items, "interactions": interactions, "run_dir": str(run_dir), "wall_s": wall,
+            "peak_gib": peak_gib, "stages": stages, "test": test, "data": results["data"]}
+
+
+def pipeline_table(r: dict) -> str:
+    """Markdown: each stage's seconds and peak GiB, the whole run, then each model's test metrics."""
+    lines = ["| stage | seconds | peak GiB |", "|---|---:|---:|"]
+    lines += [f"| {s['stage']} | {s['seconds']:.1f} | {s['peak_gib']:.2f} |" for s in r["stages"]]
+    lines.append(f"| **whole run** (`genrec run`) | **{r['wall_s']:.1f}** | **{r['peak_gib']:.2f}** |")
+    lines += ["", "| model | recall@10 | ndcg@10 |", "|---|---:|---:|"]
+    lines += [f"| {name} | {m.get('recall@10', float('nan')):.4f} | {m.get('ndcg@10', float('nan')):.4f} |"
+              for name, m in r["test"].items()]
+    return "\n".join(lines)
+
+
 def table(results: list[dict]) -> str:
     """A markdown table: one row per stage, two columns (seconds, peak GiB) per size."""
     head = "| stage | " + " | ".join(f"{r['items']:,} items / {r['interactions']:,} inter. (s, peak GiB)"
@@ -195,12 +285,30 @@ def main() -> None:
     p.add_argument("--workdir", help="where the generated files go (default: a new temporary directory)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--plot", help="write a log-log plot of wall time against size here (PNG)")
+    p.add_argument("--pipeline", action="store_true", help="run the whole recipe (genrec run) at each size")
+    p.add_argument("--sasrec-minutes", type=float, default=20.0, help="--pipeline: SASRec's training budget")
+    p.add_argument("--generative-minutes", type=float, default=30.0,
+                   help="--pipeline: the generative model's training budget")
+    p.add_argument("--generative-batch-size", type=int, default=1024)
+    p.add_argument("--generative-item-embedding", action="store_true",
+                   help="--pipeline: the hybrid item-ID input (a [num_items, hidden] table: slow Adam steps at 1M)")
+    p.add_argument("--k", type=int, default=20, help="--pipeline: fusion.k and fusion.beam")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child process: one size, JSON out
     args = p.parse_args()
     if len(args.items) != len(args.interactions):
         p.error("--items and --interactions need the same number of values (paired sizes)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    if args.pipeline:
+        out = []
+        for items, inter in zip(args.items, args.interactions):
+            r = run_pipeline(args, items, inter)
+            print()
+            print(pipeline_table(r), flush=True)
+            out.append(r)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
+        return
     if args.one:
         print("RESULT " + json.dumps(run_one(args, args.items[0], args.interactions[0])), flush=True)
         return

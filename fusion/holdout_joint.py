@@ -21,6 +21,12 @@ clean score for choosing between models. One run, three stages:
    the tower time): the gate fitted in stage 2 then fuses towers that learned every transition, and
    validation chooses among the stage-1, refreshed and retrained towers.
 
+How the towers train is ``towers``: ``"separate"`` (each its own loss), ``"joint"`` (:mod:`fusion.joint`'s
+one objective) or ``"both"``: stage 1 trains both pairs, each gets its own gate from the same held-out
+transitions, and validation chooses among every (pair, stage, gate scale) candidate, since which pair
+wins depends on the data (BENCHMARKS.md: separate on Beauty, joint on the synthetic dataset). With
+``"both"``, ``retrain`` applies to the separate pair (in the recipe those towers exist already).
+
 :class:`HoldoutJoint` is the trained model: candidates from both towers, fused per instance by the
 gate, as :mod:`fusion.adapters` builds them for post-hoc fusion. With ``out_dir`` every stage writes
 its result atomically and a rerun resumes where the last one stopped (the towers from their
@@ -57,6 +63,8 @@ GATE_NAME = "joint"
 
 
 TOWER_TRAININGS = ("separate", "joint")
+#: values of ``HoldoutJointConfig.towers``: one way of training the towers, or both and validation chooses
+TOWER_CHOICES = (*TOWER_TRAININGS, "both")
 #: training settings of ``towers="joint"`` under ``HoldoutJointConfig.joint``: those measured on Beauty
 #: (one warm-up epoch, cosine decay over 24 epochs, validation every 3rd on 5,000 sampled users; the
 #: per-tower losses at half weight beside the mixture so neither tower starves where the other wins)
@@ -76,7 +84,8 @@ class HoldoutJointConfig:
     generative: GenerativeConfig = field(default_factory=GenerativeConfig)
     # "joint": both towers trained with fusion.joint's objective (on Beauty: the same validation
     # score as "separate" at half the time and a quarter of the memory, BENCHMARKS.md); "separate":
-    # each tower its own loss, with its own config's training settings
+    # each tower its own loss, with its own config's training settings; "both": each pair trained, and
+    # validation chooses (module doc)
     towers: str = "joint"
     joint: dict[str, Any] = field(default_factory=dict)  # JointConfig overrides for towers="joint"
     scale: str = "auto"  # the gate's score scale (fusion.methods.SCALES); "auto": each fitted, best on validation
@@ -97,12 +106,12 @@ class HoldoutJointConfig:
             self.sasrec = SASRecConfig(**self.sasrec)
         if isinstance(self.generative, dict):
             self.generative = GenerativeConfig(**self.generative)
-        if self.towers not in TOWER_TRAININGS:
-            raise ValueError(f"towers must be one of {TOWER_TRAININGS}, got {self.towers!r}")
+        if self.towers not in TOWER_CHOICES:
+            raise ValueError(f"towers must be one of {TOWER_CHOICES}, got {self.towers!r}")
         if self.scale != "auto" and self.scale not in SCALES:
             raise ValueError(f"scale must be 'auto' or one of {SCALES}, got {self.scale!r}")
         LearnedGateFusion(**self.gate)  # a bad gate field fails here
-        if self.towers == "joint":
+        if self.towers in ("joint", "both"):
             self.joint_config()  # and a bad joint field here
         if self.k < 1 or self.beam < 1 or self.batch_size < 1:
             raise ValueError(f"k, beam and batch_size must be >= 1; got {self.k}, {self.beam}, {self.batch_size}")
@@ -187,9 +196,10 @@ class HoldoutJointResult:
     refreshed: bool  # whether the refreshed towers were kept
     towers: str  # which towers were kept: "stage1", "refreshed" or "retrained"
     scale: str  # the kept gate's scale
-    gates: dict[str, LearnedGateFusion]  # every gate fitted, by scale
+    gates: dict[str, LearnedGateFusion]  # every gate fitted, by scale (the kept tower training's)
     seconds: dict[str, float]  # wall time per stage (this process; a resumed stage counts its rerun only)
     holdout: int  # number of held-out transitions the gate was fitted on
+    tower_training: str = ""  # how the kept towers were trained: "separate" or "joint"
 
 
 def _refresh_config(config: Any, epochs: int, ratio: float) -> Any:
@@ -232,14 +242,14 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
     ``codebook_sizes``). Reads ``split.train`` and, for model selection only (the towers' early
     stopping; which towers and gate scale are kept), ``split.valid``; never ``split.test``.
 
-    ``full_towers``: with ``retrain`` and ``towers="separate"``, towers already trained on all of
+    ``full_towers``: with ``retrain`` and ``towers="separate"`` (or ``"both"``), towers already trained on all of
     ``split.train`` with ``config``'s tower settings (a recipe's own SASRec and generative stages),
     used as the retrained towers instead of training them a second time."""
     config = config or HoldoutJointConfig()
     if full_towers is not None:
-        if not (config.retrain and config.towers == "separate"):
-            raise ValueError("full_towers stand for the retrained towers: they need retrain=True and "
-                             f"towers='separate' (got retrain={config.retrain}, towers={config.towers!r})")
+        if not (config.retrain and config.towers in ("separate", "both")):
+            raise ValueError("full_towers stand for the retrained separate towers: they need retrain=True and "
+                             f"towers='separate' or 'both' (got retrain={config.retrain}, towers={config.towers!r})")
         if any(t.num_items != split.num_items for t in full_towers):
             raise ValueError(f"full_towers score {[t.num_items for t in full_towers]} items; the split has "
                              f"{split.num_items}")
@@ -248,68 +258,79 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
     short, held = holdout_transitions(split, config.holdout_share, config.holdout_seed)
     if not len(held):
         raise ValueError("no training sequence has 3 or more items: nothing to hold out for the gate")
+    kinds = TOWER_TRAININGS if config.towers == "both" else (config.towers,)
+    # candidate names: "stage1/logprob" with one tower training, "joint:stage1/logprob" with both
+    label = (lambda kind, name: f"{kind}:{name}") if len(kinds) > 1 else (lambda kind, name: name)
 
-    t0 = time.perf_counter()
-    sasrec, generative, state = _train_towers(dataclasses.replace(split, train=short), table, config, out, "",
-                                              progress)
-    seconds["towers"] = time.perf_counter() - t0
-    # between stages the heap goes back to the OS: training leaves it fragmented, and the inference
-    # stages' many batch shapes then grew this process past 8 GiB on Beauty (2.3 GiB each alone)
-    trim_heap()
-    log.info("holdout joint: towers trained (%.1f min); peak RSS so far %.2f GiB", seconds["towers"] / 60, _peak_gib())
-
-    t0 = time.perf_counter()
-    gate_path = out / "gates.pt" if out is not None else None
-    if gate_path is not None and gate_path.is_file():
-        gates = load_methods(gate_path)
-    else:
-        stage1 = HoldoutJoint(sasrec, generative, LearnedGateFusion(), TrainStats(short, split.num_items, table.codes),
-                              config)
-        inp = stage1.inputs(held)
-        gates = {s: LearnedGateFusion(**{**config.gate, "scale": s, "name": f"{GATE_NAME}_{s}"}).fit(
-            inp.cands, held.targets, inp.indicators) for s in config.scales()}
-        if gate_path is not None:
-            save_methods(gate_path, gates)
-    seconds["gate"] = time.perf_counter() - t0
-    trim_heap()
-    log.info("holdout joint: gate fitted on %d held-out transitions (%.0f s); peak RSS so far %.2f GiB", len(held),
-             seconds["gate"], _peak_gib())
-
-    towers = {"stage1": (sasrec, generative)}
-    if config.refresh_epochs:
+    towers: dict[str, tuple[str, tuple[SASRec, HierarchicalGenerative]]] = {}  # label -> (kind, towers)
+    gates: dict[str, dict[str, LearnedGateFusion]] = {}  # kind -> scale -> gate
+    for kind in kinds:
+        kc = dataclasses.replace(config, towers=kind)
         t0 = time.perf_counter()
-        towers["refreshed"] = _train_towers(split, table, config, out, "_refresh", progress, init=state,
-                                            refresh=True)[:2]
-        seconds["refresh"] = time.perf_counter() - t0
+        sasrec, generative, state = _train_towers(dataclasses.replace(split, train=short), table, kc, out, "",
+                                                  progress)
+        seconds[label(kind, "towers")] = time.perf_counter() - t0
+        # between stages the heap goes back to the OS: training leaves it fragmented, and the inference
+        # stages' many batch shapes then grew this process past 8 GiB on Beauty (2.3 GiB each alone)
         trim_heap()
-    if config.retrain:
-        t0 = time.perf_counter()
-        towers["retrained"] = (tuple(t.eval() for t in full_towers) if full_towers is not None
-                               else _train_towers(split, table, config, out, "_retrain", progress)[:2])
-        seconds["retrain"] = time.perf_counter() - t0
-        trim_heap()
+        log.info("holdout joint: %s towers trained (%.1f min); peak RSS so far %.2f GiB", kind,
+                 seconds[label(kind, "towers")] / 60, _peak_gib())
 
-    # which towers and which gate: the best fused validation NDCG@10 (ties: stage 1, then SCALES order)
+        t0 = time.perf_counter()
+        gate_path = out / ("gates.pt" if len(kinds) == 1 else f"gates_{kind}.pt") if out is not None else None
+        if gate_path is not None and gate_path.is_file():
+            gates[kind] = load_methods(gate_path)
+        else:
+            stage1 = HoldoutJoint(sasrec, generative, LearnedGateFusion(),
+                                  TrainStats(short, split.num_items, table.codes), kc)
+            inp = stage1.inputs(held)
+            gates[kind] = {s: LearnedGateFusion(**{**config.gate, "scale": s, "name": f"{GATE_NAME}_{s}"}).fit(
+                inp.cands, held.targets, inp.indicators) for s in config.scales()}
+            inp = None
+            if gate_path is not None:
+                save_methods(gate_path, gates[kind])
+        seconds[label(kind, "gate")] = time.perf_counter() - t0
+        trim_heap()
+        log.info("holdout joint: %s gate fitted on %d held-out transitions (%.0f s); peak RSS so far %.2f GiB",
+                 kind, len(held), seconds[label(kind, "gate")], _peak_gib())
+
+        towers[label(kind, "stage1")] = (kind, (sasrec, generative))
+        if config.refresh_epochs:
+            t0 = time.perf_counter()
+            towers[label(kind, "refreshed")] = (kind, _train_towers(split, table, kc, out, "_refresh", progress,
+                                                                    init=state, refresh=True)[:2])
+            seconds[label(kind, "refresh")] = time.perf_counter() - t0
+            trim_heap()
+        if config.retrain and (kind == "separate" or len(kinds) == 1):
+            t0 = time.perf_counter()
+            towers[label(kind, "retrained")] = (kind, tuple(t.eval() for t in full_towers) if full_towers is not None
+                                                else _train_towers(split, table, kc, out, "_retrain", progress)[:2])
+            seconds[label(kind, "retrain")] = time.perf_counter() - t0
+            trim_heap()
+
+    # which towers and which gate: the best fused validation NDCG@10 (ties: the earlier candidate)
     t0 = time.perf_counter()
     stats = TrainStats(split.train, split.num_items, table.codes)
     ks = [k for k in ks if k <= config.k]
     metrics: dict[str, dict[str, float]] = {}
-    for name, (sas, gen) in towers.items():
+    for name, (kind, (sas, gen)) in towers.items():
         inp = None  # the previous towers' inputs are freed before the next are built
         trim_heap()
         inp = HoldoutJoint(sas, gen, LearnedGateFusion(), stats, config).inputs(split.valid)
-        for s, gate in gates.items():
+        for s, gate in gates[kind].items():
             ranks = ranks_of(inp.cands, gate.fuse(inp.cands, inp.indicators), split.valid.targets, config.k)
             metrics[f"{name}/{s}"] = metrics_from_ranks(ranks, ks)
     seconds["validation"] = time.perf_counter() - t0
     selection = {n: m["ndcg@10"] for n, m in metrics.items()}
     best = max(selection, key=lambda n: (selection[n], -list(selection).index(n)))
-    tower_name, scale = best.split("/")
+    tower_label, scale = best.split("/")
+    kind, kept = towers[tower_label]
+    tower_name = tower_label.rpartition(":")[2]
     log.info("holdout joint: fused validation N@10 %s; keeping %s", {n: round(v, 4) for n, v in selection.items()},
              best)
-    model = HoldoutJoint(*towers[tower_name], gates[scale], stats, config)
-    return HoldoutJointResult(model, metrics[best], selection, tower_name == "refreshed", tower_name, scale, gates,
-                              seconds, len(held))
+    model = HoldoutJoint(*kept, gates[kind][scale], stats, dataclasses.replace(config, towers=kind))
+    return HoldoutJointResult(model, metrics[best], selection, tower_name == "refreshed", tower_name, scale,
+                              gates[kind], seconds, len(held), kind)
 
 
 def save_holdout_joint(model: HoldoutJoint, directory: str | Path) -> Path:

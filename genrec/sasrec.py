@@ -55,6 +55,7 @@ class SASRecConfig:
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 200
+    max_minutes: float | None = None  # stop training after this much wall time (None: no limit)
     patience: int = 2  # evaluations without validation NDCG@10 progress before stopping
     min_delta: float = 0.01  # relative NDCG@10 gain that counts as progress (1%)
     eval_every: int = 1  # epochs between validation runs

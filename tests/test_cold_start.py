@@ -284,7 +284,8 @@ def test_option_off_changes_no_result_and_no_stage_hash(tiny_run, tiny, tmp_path
     config = load_config(DEMO_YAML, overrides=tiny)
     hashed = _section_for_hash(config, "data", {"files": []})
     before = {k: v for k, v in asdict(config.data).items()
-              if k not in ("cold_items", "cold_seed", "cache_dir", "keep_items_without_interactions")}
+              if k not in ("cold_items", "cold_seed", "cache_dir", "keep_items_without_interactions", "eval_users",
+                           "eval_seed")}
     assert hashed == {**before, "fingerprint": {"files": []}}
 
 

@@ -169,6 +169,30 @@ def test_full_towers_stand_for_the_retrained_ones(tmp_path):
         train_holdout_joint(split, table, replace(config, retrain=False), full_towers=(sas, gen))
 
 
+def test_both_tower_trainings_and_validation_chooses(tmp_path):
+    """``towers="both"``: each pair trained exactly as alone (the same validation scores as the
+    single-training runs, candidate by candidate), each with its own gate; the kept one is the best
+    on validation, and it saves and loads as a model of its own kind."""
+    ds, split, table = synthetic_split(num_users=200)
+    config = replace(JOINT_TOWERS, refresh_epochs=0, retrain=True)
+    both = train_holdout_joint(split, table, replace(config, towers="both"), out_dir=tmp_path / "both")
+    alone = {kind: train_holdout_joint(split, table, replace(config, towers=kind)) for kind in ("separate", "joint")}
+    expected = {f"separate:{t}/{s}": alone["separate"].selection[f"{t}/{s}"] for t in ("stage1", "retrained")
+                for s in SCALES}
+    expected.update({f"joint:stage1/{s}": alone["joint"].selection[f"stage1/{s}"] for s in SCALES})
+    assert both.selection == pytest.approx(expected, abs=1e-12)  # no retrained joint pair: retrain is the separate one's
+    best = max(both.selection, key=both.selection.get)
+    assert best == f"{both.tower_training}:{both.towers}/{both.scale}"
+    assert both.model.config.towers == both.tower_training
+    assert params_equal(both.model.gate.params(), alone[both.tower_training].gates[both.scale].params())
+    for kind in ("separate", "joint"):
+        assert (tmp_path / "both" / f"gates_{kind}.pt").is_file()
+    loaded = load_holdout_joint(save_holdout_joint(both.model, tmp_path / "saved"), split.train)
+    np.testing.assert_array_equal(loaded.ranks(split.test), both.model.ranks(split.test))
+    resumed = train_holdout_joint(split, table, replace(config, towers="both"), out_dir=tmp_path / "both")
+    assert resumed.selection == both.selection
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="scale"):
         HoldoutJointConfig(scale="product")
@@ -176,6 +200,8 @@ def test_config_checks():
         HoldoutJointConfig(gate={"no_such_field": 1})
     with pytest.raises(ValueError, match="refresh"):
         HoldoutJointConfig(refresh_epochs=-1)
+    with pytest.raises(ValueError, match="towers must be one of .*'both'"):
+        HoldoutJointConfig(towers="shared")
     assert HoldoutJointConfig(sasrec={"hidden": 16}).sasrec.hidden == 16
     ds, split, table = synthetic_split(num_users=40)
     tiny = replace(split, train=[s[:2] for s in split.train])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -68,6 +69,38 @@ def test_demo_end_to_end_tiny(reference, capsys):
         assert (reference / "plots" / png).read_bytes()[:4] == b"\x89PNG"
     assert set(res["fusion"]["gate_by_label"]) == {"fixed", "adaptive", "learned_minmax"}
     assert res["training"]["sasrec"]["curve"] and res["training"]["gr"]["curve"]
+
+
+def test_eval_users_evaluates_a_seeded_sample_of_users(reference, tiny, tmp_path):
+    """``data.eval_users``: validation and test hold the same seeded users, every stage works on them,
+    training still sees every user, and the report says so."""
+    from genrec.recipe.stages import StageContext
+
+    n = 60
+    config = load_config(DEMO_YAML, overrides=tiny + [f"data.eval_users={n}"])
+    full = StageContext(reference, load_config(DEMO_YAML, overrides=tiny)).data()[1]
+    split = StageContext(tmp_path, config).data()[1]
+    assert len(split.valid) == len(split.test) == n < len(full.test)
+    assert np.array_equal(split.valid.users, split.test.users) and np.isin(split.test.users, full.test.users).all()
+    assert len(split.train) == len(full.train)  # every user still trains
+    pos = np.searchsorted(full.test.users, split.test.users)
+    assert np.array_equal(split.test.targets, full.test.targets[pos])
+    assert np.array_equal(split.valid.targets, full.valid.targets[pos])
+    again = StageContext(tmp_path, load_config(DEMO_YAML, overrides=tiny + [f"data.eval_users={n}"])).data()[1]
+    assert np.array_equal(again.test.users, split.test.users)  # seeded
+    other = StageContext(tmp_path, load_config(DEMO_YAML, overrides=tiny + [f"data.eval_users={n}",
+                                                                             "data.eval_seed=1"])).data()[1]
+    assert not np.array_equal(other.test.users, split.test.users)
+
+    out = tmp_path / "run"
+    run_recipe(config, out)
+    res = _results(out)
+    assert res["data"]["split"]["test"] == n and res["data"]["split"]["eval_users_sampled"]
+    assert res["labels"]["test"]["count"] == n
+    topk = np.load(out / "fusion" / "topk.npz")
+    assert all(topk[name].shape[0] == n for name in topk.files)
+    assert "seeded sample of 60 of the 150 users" in (out / "report.md").read_text()
+    assert not _results(reference)["data"]["split"]["eval_users_sampled"]
 
 
 def test_rerun_skips_every_stage(reference, tiny):
@@ -193,6 +226,9 @@ def test_preset_is_merged_under_explicit_values():
     ({"report": {"metric": "mrr@10"}}, [], r"'report.metric'"),
     ({"analysis": {"codebook_sizes": [1, 64]}}, [], r"'analysis.codebook_sizes' must all be >= 2"),
     ({"analysis": {"token_hop": 0}}, [], r"'analysis.token_hop' must be >= 1, got 0"),
+    ({"data": {"eval_users": 0}}, [], r"'data.eval_users' must be >= 1 or null, got 0"),
+    ({"data": {"eval_users": 100, "cold_items": 0.05}}, [], r"'data.eval_users' cannot be combined with data.cold_items"),
+    ({"sasrec": {"max_minutes": 0}}, [], r"'sasrec.max_minutes' must be > 0 or null, got 0"),
     ({"preset": "fast"}, [], r"'preset' must be one of \['quick', 'full'\], got 'fast'"),
     ({"models": {}}, [], r"unknown config key 'models'"),
     ({"data": ["synthetic"]}, [], r"section 'data' must be a mapping"),

@@ -275,6 +275,15 @@ def _plot_curves(training: Mapping[str, Any], path: Path) -> Path:
     return atomic_write_bytes(path, _png(fig))
 
 
+def _sample_note(results: Mapping[str, Any]) -> str:
+    """A sentence for runs evaluated on a sample of users (``data.eval_users``), else ''."""
+    split = results["data"].get("split", {})
+    if not split.get("eval_users_sampled"):
+        return ""
+    return (f" Validation and test use a seeded sample of {split['test']:,} of the {split['users_kept']:,} users "
+            f"(`data.eval_users`), each still ranked against the whole catalogue.")
+
+
 def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str, Any]) -> dict[str, Path]:
     """``report.md`` with tables (overall + per label, quantization, fusion, stages) and PNG plots."""
     from genrec.analysis import markdown_table, plot_categories
@@ -288,7 +297,7 @@ def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str
     md = [f"# {results['name']}: {results['dataset']}", "",
           f"Preset `{results['preset'] or 'none'}`. Leave-one-out, full catalogue, test split; ranked lists of "
           f"length {config.fusion.k}. `*` in the summary marks the primary fusion method "
-          f"(`{results['fusion']['primary']}`).", "", "## Headline comparisons", ""]
+          f"(`{results['fusion']['primary']}`).{_sample_note(results)}", "", "## Headline comparisons", ""]
     md += _comparison_lines(results)
     sel = results["fusion"]["selection"]
     how = (f"chosen on validation only (`fusion.primary: auto`): {sel['reason']}" if sel["requested"] == "auto"

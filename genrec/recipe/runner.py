@@ -334,8 +334,13 @@ def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -
     if sec == "sasrec" and out.get("loss", "full") == "full":  # the hashes of runs made before the loss options
         for key in ("loss", "loss_chunk", "num_negatives", "negatives"):
             out.pop(key, None)
+    if sec == "sasrec" and out.get("max_minutes") is None:  # the hashes of runs made before the option
+        out.pop("max_minutes", None)
     if sec == "data":  # the input files themselves, so changed data reruns what depends on it
         out["fingerprint"] = fingerprint
+        if out.get("eval_users") is None:  # every user: the hashes of runs made before the option
+            out.pop("eval_users", None)
+            out.pop("eval_seed", None)
         if not out.get("keep_items_without_interactions"):  # off: the hashes of runs made before the option
             out.pop("keep_items_without_interactions", None)
         if not out.get("cold_items"):  # off (0): the hashes of runs made before cold-start evaluation

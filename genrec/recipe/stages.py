@@ -89,6 +89,9 @@ class StageContext:
             else:
                 split = genrec.leave_one_out(dataset, max_history=d.max_history,
                                              min_interactions=d.min_interactions)
+                if d.eval_users is not None:  # the same seeded users in both splits (rows align by user)
+                    split = replace(split, valid=split.valid.sample(d.eval_users, d.eval_seed),
+                                    test=split.test.sample(d.eval_users, d.eval_seed))
                 self._data = (dataset, split)
         return self._data
 
@@ -120,7 +123,8 @@ def stage_data(ctx: StageContext) -> dict[str, Path]:
                                "split": {"users_kept": int(len(split.users)), "train_sequences": len(split.train),
                                          "train_interactions": int(sum(len(s) for s in split.train)),
                                          "valid": len(split.valid), "test": len(split.test),
-                                         "max_history": split.max_history}}
+                                         "max_history": split.max_history,
+                                         "eval_users_sampled": len(split.test) < len(split.users)}}
     info = getattr(dataset, "synthetic", None)
     if info is not None:
         summary["synthetic_kind_shares"] = info.kind_shares()
@@ -406,7 +410,8 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
         p_model = save_holdout_joint(result.model, out / "model")
         summary = {"schedule": "holdout", "valid": strip_timing(result.valid), "selection": result.selection,
                    "refreshed": result.refreshed, "kept_towers": result.towers, "scale": result.scale,
-                   "towers": jc.towers, "holdout_transitions": result.holdout, "seconds": result.seconds}
+                   "towers": jc.towers, "kept_tower_training": result.tower_training,
+                   "holdout_transitions": result.holdout, "seconds": result.seconds}
         extra = {"model": p_model}
     else:
         from fusion.joint import joint_gates, joint_ranks, train_joint
@@ -424,13 +429,13 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
 
 def _recipe_towers(ctx: StageContext, jc) -> tuple | None:
     """The recipe's own SASRec and generative model when the holdout joint schedule would retrain
-    exactly them (``retrain`` with separate towers of the recipe's settings), else None. Both stages
+    exactly them (``retrain`` with separate towers, or both kinds, of the recipe's settings), else None. Both stages
     are upstream of this one, so a rerun of either reruns it (:mod:`genrec.recipe.runner`)."""
     from genrec.generative import load_generative
     from genrec.sasrec import load_sasrec
 
     config = ctx.config
-    if not (jc.retrain and jc.towers == "separate" and jc.sasrec == config.sasrec
+    if not (jc.retrain and jc.towers in ("separate", "both") and jc.sasrec == config.sasrec
             and jc.generative == config.generative):
         return None
     return (load_sasrec(ctx.inputs["sasrec"] / "best.pt", device=config.sasrec.device),

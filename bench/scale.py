@@ -293,12 +293,21 @@ def main() -> None:
     p.add_argument("--generative-item-embedding", action="store_true",
                    help="--pipeline: the hybrid item-ID input (a [num_items, hidden] table: slow Adam steps at 1M)")
     p.add_argument("--k", type=int, default=20, help="--pipeline: fusion.k and fusion.beam")
+    p.add_argument("--from-json", nargs="+", metavar="JSON",
+                   help="no run: the table (and --plot) of earlier --json outputs, sizes in the given order")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child process: one size, JSON out
     args = p.parse_args()
     if len(args.items) != len(args.interactions):
         p.error("--items and --interactions need the same number of values (paired sizes)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    if args.from_json:
+        results = [r for path in args.from_json for r in json.loads(Path(path).read_text())]
+        print(table(results))
+        if args.plot:
+            plot(results, args.plot)
+            print(f"plot: {args.plot}")
+        return
     if args.pipeline:
         out = []
         for items, inter in zip(args.items, args.interactions):

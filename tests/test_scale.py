@@ -198,3 +198,53 @@ def test_chunked_ranks_equal_ranks_from_scores_with_ties_nan_and_masks(chunk):
 def test_chunked_ranks_reject_targets_outside_the_catalogue():
     with pytest.raises(ValueError, match="targets must lie in 0..9"):
         ranks_from_score_chunks(lambda rows, a, b: torch.zeros(1, b - a), 10, np.array([10]), 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole-pipeline benchmark (bench/scale.py --pipeline) at a tiny size
+
+
+def test_pipeline_bench_runs_the_whole_recipe_on_generated_data(tmp_path):
+    """``bench/scale.py --pipeline``: generated Parquet + vectors, ``genrec run`` in a child process
+    with sampled evaluation users and time budgets; every stage's timing and every model's metrics
+    come back, and the run evaluated exactly the sampled users."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("scale_bench", root / "bench" / "scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "scale.json"
+    import sys
+    argv = sys.argv
+    sys.argv = ["scale.py", "--pipeline", "--items", "2000", "--interactions", "16000", "--dim", "16",
+                "--eval-users", "300", "--sasrec-minutes", "0.05", "--generative-minutes", "0.1", "--threads", "1",
+                "--batch-size", "256", "--num-negatives", "64", "--k", "20", "--workdir", str(tmp_path),
+                "--json", str(out)]
+    try:
+        bench.main()
+    finally:
+        sys.argv = argv
+    (result,) = json.loads(out.read_text())
+    assert [s["stage"] for s in result["stages"]] == ["data", "embed", "quantize", "sasrec", "generative", "labels",
+                                                      "fusion", "evaluate", "analysis", "report"]
+    assert all(s["seconds"] >= 0 and s["peak_gib"] > 0 for s in result["stages"])
+    assert result["wall_s"] >= sum(s["seconds"] for s in result["stages"])
+    assert result["data"]["split"]["test"] == 300 and result["data"]["split"]["eval_users_sampled"]
+    assert {"sasrec", "gr", "learned_logprob"} <= set(result["test"])
+    assert all(0 <= m["ndcg@10"] <= 1 for m in result["test"].values())
+
+
+def test_sasrec_max_minutes_cuts_training_short():
+    """``SASRecConfig.max_minutes``: past the budget the epoch in progress ends, is evaluated and kept."""
+    ds = make_scale_dataset(500, 6000, dim=8, seed=0)
+    split = leave_one_out(ds)
+    config = SASRecConfig(hidden=16, num_blocks=1, max_epochs=50, patience=100, batch_size=32, num_threads=1,
+                          max_minutes=1e-4)
+    result = train_sasrec(split, config, progress=False)
+    assert [row["epoch"] for row in result.history] == [1] and result.best_epoch == 1
+    unlimited = train_sasrec(split, SASRecConfig(**{**config.__dict__, "max_minutes": None, "max_epochs": 2}),
+                             progress=False)
+    assert len(unlimited.history) == 2

@@ -31,6 +31,8 @@ validation and test on ``--eval-users`` sampled users (``data.eval_users``; ever
 user). It prints each stage's wall time and peak memory (the runner's ``stage.done.json``), the whole
 run's wall time and peak resident memory, and the test metrics of every model.
 
+``--from-json A.json B.json`` runs nothing: it prints the table (and ``--plot``) of earlier ``--json`` outputs.
+
 Per stage it prints the wall time, the peak resident memory of the process during the stage (sampled
 every 20 ms) and that peak minus the memory at the stage's start. ``--plot`` draws wall time against
 interactions on log-log axes, one line per stage (with a linear-growth reference).

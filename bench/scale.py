@@ -160,6 +160,7 @@ sasrec:
   loss: {loss}
   num_negatives: {num_negatives}
   batch_size: {batch_size}
+  loss_chunk: {loss_chunk}
   max_minutes: {sasrec_minutes}
   patience: 2
 generative:
@@ -192,6 +193,7 @@ def run_pipeline(args: argparse.Namespace, items: int, interactions: int) -> dic
     config.write_text(PIPELINE_CONFIG.format(
         items=items, threads=args.threads, data_dir=data_dir, eval_users=args.eval_users, loss=args.loss,
         num_negatives=args.num_negatives, batch_size=args.batch_size, sasrec_minutes=args.sasrec_minutes,
+        loss_chunk=args.loss_chunk,
         generative_item_embedding=str(args.generative_item_embedding).lower(),
         generative_batch_size=args.generative_batch_size, generative_minutes=args.generative_minutes, k=args.k))
     run_dir = workdir / f"run_{items}x{interactions}"
@@ -296,7 +298,8 @@ def main() -> None:
                    help="--pipeline: the hybrid item-ID input (a [num_items, hidden] table: slow Adam steps at 1M)")
     p.add_argument("--k", type=int, default=20, help="--pipeline: fusion.k and fusion.beam")
     p.add_argument("--from-json", nargs="+", metavar="JSON",
-                   help="no run: the table (and --plot) of earlier --json outputs, sizes in the given order")
+                   help="no run: the table (and --plot) of earlier stage-by-stage --json outputs (not --pipeline's), "
+                        "sizes in the given order")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child process: one size, JSON out
     args = p.parse_args()
     if len(args.items) != len(args.interactions):
@@ -305,6 +308,11 @@ def main() -> None:
 
     if args.from_json:
         results = [r for path in args.from_json for r in json.loads(Path(path).read_text())]
+        for r in results:
+            missing = [s for s in STAGES if s not in {row["stage"] for row in r["stages"]}]
+            if missing:
+                p.error(f"--from-json: the {r['items']:,}-item result has no stage {missing[0]!r}; "
+                        f"these files come from stage-by-stage runs (--json without --pipeline)")
         print(table(results))
         if args.plot:
             plot(results, args.plot)

@@ -239,8 +239,10 @@ def _parse_predictions(pairs: list[str], n_test: int, num_items: int) -> dict[st
             except (ValueError, OSError, EOFError) as e:
                 raise DataFormatError(f"{file}: not a readable .npy array ({e})") from None
         if topk.ndim != 2 or topk.shape[0] != n_test or not np.issubdtype(topk.dtype, np.integer):
+            hint = (" (a recipe run with data.eval_users ranked only its sampled test users)"
+                    if topk.ndim == 2 and topk.shape[0] < n_test else "")
             raise DataFormatError(f"{file}: expected integer top-K item indices [{n_test}, K], "
-                                  f"got {topk.dtype} {topk.shape}")
+                                  f"got {topk.dtype} {topk.shape}{hint}")
         if topk.max(initial=-1) >= num_items:  # entries < 0 are padding (see ranks_from_topk)
             raise DataFormatError(f"{file}: item index {topk.max()} out of range (catalogue has {num_items} items)")
         out[name] = topk

@@ -52,9 +52,10 @@ class DataSection:
     disambiguation, :func:`genrec.new_items.extend_catalogue`) before test, and the report breaks
     test metrics down by cold and in-set targets.
     ``eval_users`` (default null: every user): validate and test on a seeded (``eval_seed``) sample of
-    this many users, the same users in both splits, still ranked against the whole catalogue; every
-    model trains on every user's training sequence. Full ranking costs users x items, so at a million
-    items this is what keeps evaluation, the fusion's candidates and its fit inside hours (issue 18)."""
+    this many users (at least ``fusion.selection_folds``), the same users in both splits, still ranked
+    against the whole catalogue; every model trains on every user's training sequence. Full ranking
+    costs users x items, so at a million items this is what keeps evaluation, the fusion's candidates
+    and its fit inside hours (issue 18)."""
 
     dataset: str = "synthetic"
     max_history: int = 50
@@ -411,7 +412,9 @@ def validate_config(config: RecipeConfig) -> None:
     cold_share = isinstance(d.cold_items, (int, float)) and not isinstance(d.cold_items, bool)
     need(d.cold_items == "natural" or (cold_share and 0 <= d.cold_items < 1), "data.cold_items", d.cold_items,
          "must be 0 (off), a share of the items in (0, 1) or 'natural'")
-    need(d.eval_users is None or d.eval_users >= 1, "data.eval_users", d.eval_users, "must be >= 1 or null")
+    need(d.eval_users is None or d.eval_users >= max(2, f.selection_folds), "data.eval_users", d.eval_users,
+         f"must be null or at least fusion.selection_folds ({f.selection_folds}): the fusion is cross-fitted over "
+         f"that many folds of the validation users")
     need(d.eval_users is None or not cold_enabled(config), "data.eval_users", d.eval_users,
          "cannot be combined with data.cold_items (the cold-start protocol evaluates every cold target)")
     need(not (cold_enabled(config) and f.joint), "fusion.joint", True,

@@ -41,6 +41,7 @@ from genrec.generative import GenerativeConfig, train_generative
 from genrec.memorization import label_split
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.sasrec import SASRecConfig, train_sasrec
+from genrec.semantic_id_analysis import roc_auc
 from genrec.synthetic import synthetic_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,12 +65,8 @@ def by_group(ranks: np.ndarray, groups: np.ndarray) -> dict[str, float]:
 
 def gate_auc(gate: np.ndarray, groups: np.ndarray) -> float:
     """AUC of the gate (SASRec's weight) for memorization against generalization test instances."""
-    from scipy.stats import mannwhitneyu
-
-    mem, gen = gate[groups == "memorization"], gate[groups == "generalization"]
-    if not len(mem) or not len(gen):
-        return float("nan")
-    return float(mannwhitneyu(mem, gen).statistic / (len(mem) * len(gen)))
+    keep = np.isin(groups, ("memorization", "generalization"))
+    return roc_auc(gate[keep], groups[keep] == "memorization")
 
 
 def holdout_row(r, split, groups: np.ndarray, seconds: float) -> dict:

@@ -204,7 +204,7 @@ def test_chunked_ranks_reject_targets_outside_the_catalogue():
 # The whole-pipeline benchmark (bench/scale.py --pipeline) at a tiny size
 
 
-def test_pipeline_bench_runs_the_whole_recipe_on_generated_data(tmp_path):
+def test_pipeline_bench_runs_the_whole_recipe_on_generated_data(tmp_path, monkeypatch):
     """``bench/scale.py --pipeline``: generated Parquet + vectors, ``genrec run`` in a child process
     with sampled evaluation users and time budgets; every stage's timing and every model's metrics
     come back, and the run evaluated exactly the sampled users."""
@@ -217,16 +217,11 @@ def test_pipeline_bench_runs_the_whole_recipe_on_generated_data(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "scale.json"
-    import sys
-    argv = sys.argv
-    sys.argv = ["scale.py", "--pipeline", "--items", "2000", "--interactions", "16000", "--dim", "16",
-                "--eval-users", "300", "--sasrec-minutes", "0.05", "--generative-minutes", "0.1", "--threads", "1",
-                "--batch-size", "256", "--num-negatives", "64", "--k", "20", "--workdir", str(tmp_path),
-                "--json", str(out)]
-    try:
-        bench.main()
-    finally:
-        sys.argv = argv
+    monkeypatch.setattr("sys.argv", [
+        "scale.py", "--pipeline", "--items", "2000", "--interactions", "16000", "--dim", "16", "--eval-users", "300",
+        "--sasrec-minutes", "0.05", "--generative-minutes", "0.1", "--threads", "1", "--batch-size", "256",
+        "--num-negatives", "64", "--k", "20", "--workdir", str(tmp_path), "--json", str(out)])
+    bench.main()
     (result,) = json.loads(out.read_text())
     assert [s["stage"] for s in result["stages"]] == ["data", "embed", "quantize", "sasrec", "generative", "labels",
                                                       "fusion", "evaluate", "analysis", "report"]

@@ -258,7 +258,9 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
     short, held = holdout_transitions(split, config.holdout_share, config.holdout_seed)
     if not len(held):
         raise ValueError("no training sequence has 3 or more items: nothing to hold out for the gate")
-    kinds = TOWER_TRAININGS if config.towers == "both" else (config.towers,)
+    # with both, the joint pair trains first: its training is the lighter one, and the separate pair's
+    # retrained towers come in from the recipe; the other order peaked at 5.34 GiB on Beauty (BENCHMARKS.md)
+    kinds = TOWER_TRAININGS[::-1] if config.towers == "both" else (config.towers,)
     # candidate names: "stage1/logprob" with one tower training, "joint:stage1/logprob" with both
     label = (lambda kind, name: f"{kind}:{name}") if len(kinds) > 1 else (lambda kind, name: name)
 
@@ -313,7 +315,8 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
     stats = TrainStats(split.train, split.num_items, table.codes)
     ks = [k for k in ks if k <= config.k]
     metrics: dict[str, dict[str, float]] = {}
-    for name, (kind, (sas, gen)) in towers.items():
+    # candidates in TOWER_TRAININGS order whatever the training order, so ties go to the separate pair
+    for name, (kind, (sas, gen)) in sorted(towers.items(), key=lambda t: TOWER_TRAININGS.index(t[1][0])):
         inp = None  # the previous towers' inputs are freed before the next are built
         trim_heap()
         inp = HoldoutJoint(sas, gen, LearnedGateFusion(), stats, config).inputs(split.valid)

@@ -258,8 +258,8 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
     short, held = holdout_transitions(split, config.holdout_share, config.holdout_seed)
     if not len(held):
         raise ValueError("no training sequence has 3 or more items: nothing to hold out for the gate")
-    # with both, the joint pair trains first: its training is the lighter one, and the separate pair's
-    # retrained towers come in from the recipe; the other order peaked at 5.34 GiB on Beauty (BENCHMARKS.md)
+    # with both, the joint pair trains first: measured on Beauty, the stage then peaks at 3.54 GiB, and
+    # at 5.34 GiB in the other order (the heap the separate pair leaves grows further; BENCHMARKS.md)
     kinds = TOWER_TRAININGS[::-1] if config.towers == "both" else (config.towers,)
     # candidate names: "stage1/logprob" with one tower training, "joint:stage1/logprob" with both
     label = (lambda kind, name: f"{kind}:{name}") if len(kinds) > 1 else (lambda kind, name: name)

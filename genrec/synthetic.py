@@ -33,11 +33,25 @@ Held-out rule instances (what makes unseen compositional pairs)
     item is replaced by a memorization step (so the realised memorization share is slightly above
     ``memorization_share``; the realised kinds are recorded).
 
+    So by default a held-out rule pair occurs only at the validation and test transitions, and a
+    model fitted on held-out *training* transitions (each user's last training item left out, as
+    :mod:`fusion.holdout_joint` does) never sees one there (the only unseen pairs there are ones that
+    happen to occur once). Real data has new pairs at every position; ``train_unseen_share`` > 0 adds
+    a third held-out group ("train-only" items, the held-out items then split in thirds) whose
+    compositional transition may be used only as the *last training* transition (into the
+    third-to-last item) of a user with at least 5 items, whose shortened training sequence still
+    has a transition. A user of at least 5 items whose last two transitions are not compositional and
+    whose last training transition is starts it from a train-only item with probability
+    ``train_unseen_share``. Those pairs are in the training data, but not in it once every user's
+    last training item is left out (``holdout_share=1``; with a share below 1, pairs drawn by users
+    who keep their last training item stay in it).
+
 Generation
     Each user's length is uniform in ``seq_len`` (inclusive) and each transition's kind is drawn
     independently. Sequences are built *backwards* from their last transition (both maps are
-    bijections, so sources are found by inverting them); this lets the generator place the final
-    (and second-to-last) transitions where the held-out instances require. Timestamps are strictly
+    bijections, so sources are found by inverting them) from an anchor placed where the held-out
+    instances require: the last, the second-to-last or (``train_unseen_share``) the third-to-last
+    transition, the transitions after the anchor drawn forwards. Timestamps are strictly
     increasing integers (seconds, random gaps of one hour to thirty days).
 
 The realised structure is attached to the dataset as ``dataset.synthetic`` (a :class:`SyntheticInfo`:
@@ -64,6 +78,7 @@ KIND_NAMES = ("memorization", "compositional", "noise")
 HELD_NONE = 0
 HELD_VALID = 1
 HELD_TEST = 2
+HELD_TRAIN = 3
 
 _CATEGORIES = (  # (top level, category), interleaved so the first few span several top levels
     ("Skin Care", "Cleanser"), ("Hair Care", "Shampoo"), ("Makeup", "Lipstick"), ("Fragrance", "Perfume"),
@@ -89,7 +104,7 @@ class SyntheticInfo:
     attribute: np.ndarray  # [num_items] attribute index
     compositional_next: np.ndarray  # [num_items] item index of the compositional next item (-1: not in vocab)
     memorization_next: np.ndarray  # [num_items, fanout] item indices of the memorization next items (-1: idem)
-    heldout: np.ndarray  # [num_items] int8: HELD_NONE, HELD_VALID or HELD_TEST
+    heldout: np.ndarray  # [num_items] int8: HELD_NONE, HELD_VALID, HELD_TEST or HELD_TRAIN
     kinds: list[np.ndarray]  # per user: [len(sequence) - 1] int8 kind of each transition
     brand_names: list[str]
     category_names: list[str]
@@ -160,6 +175,7 @@ def make_synthetic(
     memorization_fanout: int = 1,
     heldout_share: float = 0.2,
     unseen_share: float = 0.5,
+    train_unseen_share: float = 0.0,
     seq_len: tuple[int, int] = (5, 15),
     seed: int = 0,
     name: str = "synthetic",
@@ -177,7 +193,8 @@ def make_synthetic(
         raise ValueError(f"num_categories must be >= 2 (the compositional rule advances the category), "
                          f"got {num_categories}")
     for pname, v in (("memorization_share", memorization_share), ("noise_share", noise_share),
-                     ("heldout_share", heldout_share), ("unseen_share", unseen_share)):
+                     ("heldout_share", heldout_share), ("unseen_share", unseen_share),
+                     ("train_unseen_share", train_unseen_share)):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{pname} must be in [0, 1], got {v}")
     if memorization_share + noise_share > 1.0:
@@ -206,12 +223,15 @@ def make_synthetic(
         mem_inv[mem[:, k], k] = cat_idx
 
     held = np.zeros(n, dtype=np.int8)
-    n_held = int(round(heldout_share * n)) // 2
+    groups = 3 if train_unseen_share > 0 else 2
+    n_held = int(round(heldout_share * n)) // groups
     perm = rng.permutation(n)
     held[perm[:n_held]] = HELD_TEST
     held[perm[n_held:2 * n_held]] = HELD_VALID
+    held[perm[2 * n_held:groups * n_held]] = HELD_TRAIN
     test_pool = np.flatnonzero(held == HELD_TEST)
     valid_pool = np.flatnonzero(held == HELD_VALID)
+    train_pool = np.flatnonzero(held == HELD_TRAIN)
     open_pool = np.flatnonzero(held == HELD_NONE)
     if unseen_share > 0 and n_held == 0:
         log.warning("%s: heldout_share=%s holds out no item; no compositional pair is unseen by construction",
@@ -249,6 +269,12 @@ def make_synthetic(
     def pick(pool: np.ndarray) -> int:
         return int(pool[rng.integers(len(pool))]) if len(pool) else int(rng.integers(n))
 
+    def allowed(src: int, j: int, L: int) -> bool:
+        """Whether transition ``j`` of a length-``L`` sequence may be the compositional step out of ``src``."""
+        h = held[src]
+        return bool(h == HELD_NONE or (h == HELD_TEST and j == L - 2) or (h == HELD_VALID and j == L - 3)
+                    or (h == HELD_TRAIN and j == L - 4 and L >= 5))
+
     def forward(x: int, kind: int) -> int:
         if kind == KIND_MEMORIZATION:
             return int(mem[x, rng.integers(memorization_fanout)])
@@ -265,20 +291,28 @@ def make_synthetic(
         if kinds[-1] == KIND_COMPOSITIONAL:
             x = pick(test_pool) if rng.random() < unseen_share else pick(open_pool)
             seq[-2], seq[-1] = x, comp[x]
+            start = L - 3
         elif kinds[-2] == KIND_COMPOSITIONAL and L >= 3:
             w = pick(valid_pool) if rng.random() < unseen_share else pick(open_pool)
             seq[-3], seq[-2] = w, comp[w]
             seq[-1] = forward(int(seq[-2]), int(kinds[-1]))
+            start = L - 4
+        elif train_unseen_share > 0 and L >= 5 and kinds[-3] == KIND_COMPOSITIONAL and rng.random() < train_unseen_share:
+            v = pick(train_pool)  # the last training transition: a pair seen nowhere else
+            seq[-4], seq[-3] = v, comp[v]
+            seq[-2] = forward(int(seq[-3]), int(kinds[-2]))
+            seq[-1] = forward(int(seq[-2]), int(kinds[-1]))
+            start = L - 5
         else:
             x = int(rng.integers(n))
             seq[-2], seq[-1] = x, forward(x, int(kinds[-1]))
-        start = L - 4 if (kinds[-1] != KIND_COMPOSITIONAL and kinds[-2] == KIND_COMPOSITIONAL) else L - 3
+            start = L - 3
         for j in range(start, -1, -1):  # transition j: seq[j] -> seq[j + 1]
             y = int(seq[j + 1])
             kind = int(kinds[j])
             if kind == KIND_COMPOSITIONAL:
                 src = int(comp_inv[y])
-                if held[src] == HELD_TEST or (held[src] == HELD_VALID and j != L - 3):
+                if not allowed(src, j, L):
                     kind = KIND_MEMORIZATION
                     kinds[j] = kind
                     fallbacks += 1
@@ -335,5 +369,5 @@ def cyclic_dataset(num_items: int = 20, num_users: int = 120, length: int = 8, s
 
 
 __all__ = ["make_synthetic", "cyclic_dataset", "synthetic_info", "SyntheticInfo", "KIND_MEMORIZATION", "KIND_COMPOSITIONAL",
-           "KIND_NOISE", "KIND_NAMES", "HELD_NONE", "HELD_VALID", "HELD_TEST"]
+           "KIND_NOISE", "KIND_NAMES", "HELD_NONE", "HELD_VALID", "HELD_TEST", "HELD_TRAIN"]
 

@@ -10,8 +10,10 @@ import pytest
 from genrec.data import SequenceDataset
 from genrec.datasets import load_dataset
 from genrec.splits import leave_one_out
+from fusion.holdout_joint import holdout_transitions
 from genrec.synthetic import (
     HELD_TEST,
+    HELD_TRAIN,
     KIND_COMPOSITIONAL,
     KIND_MEMORIZATION,
     KIND_NOISE,
@@ -30,6 +32,19 @@ def train_pairs(split) -> set[tuple[int, int]]:
     for s in split.train_with_valid():
         pairs.update(zip(s[:-1].tolist(), s[1:].tolist()))
     return pairs
+
+
+def test_the_default_dataset_is_pinned():
+    """The generator's options draw nothing when off: the default dataset stays the one every
+    benchmark and test figure was measured on (a digest of its sequences and held-out flags)."""
+    import hashlib
+
+    ds = make_synthetic(num_users=300, seed=7)
+    h = hashlib.sha256()
+    for s in ds.sequences:
+        h.update(np.asarray(s, np.int64).tobytes())
+    h.update(synthetic_info(ds).heldout.astype(np.int8).tobytes())
+    assert h.hexdigest() == "62c9d4540b22c81293b984efd0eeb764bc300c7a6d49b64f4d5646833cbe3c65"
 
 
 def test_deterministic_with_seed():
@@ -143,6 +158,40 @@ def test_validation_has_unseen_compositional_pairs(default_ds):
     unseen = np.array([(int(a), int(b)) not in train_only
                        for a, b in zip(split.valid.last_items()[comp], split.valid.targets[comp])])
     assert unseen.mean() > 0.15
+
+
+def test_train_unseen_share_puts_never_seen_pairs_at_the_last_training_transition():
+    """``train_unseen_share``: train-only items' compositional pairs occur only as a user's last training
+    transition, so once each user's last training item is left out (a held-out gate's training data)
+    every such held-out transition is a pair the shortened data never shows, and there are more
+    unseen held-out transitions than by default (where only pairs that happen to occur once are)."""
+    def unseen_held_out(ds):
+        split = leave_one_out(ds)
+        short, held = holdout_transitions(split)
+        pairs = {p for s in short for p in zip(s[:-1].tolist(), s[1:].tolist())}
+        return np.array([(int(a), int(b)) not in pairs for a, b in zip(held.last_items(), held.targets)]), split, held
+
+    ds = make_synthetic(num_users=800, train_unseen_share=1.0, seed=4)
+    info = synthetic_info(ds)
+    train_only = np.flatnonzero(info.heldout == HELD_TRAIN)
+    assert len(train_only) > 100 and (info.heldout == HELD_TEST).sum() > 100  # 128 each (thirds), some unused
+    positions = []  # from the end of the sequence, of every compositional step out of a train-only item
+    for seq, kinds in zip(ds.sequences, info.kinds):
+        for j in np.flatnonzero((kinds == KIND_COMPOSITIONAL) & np.isin(seq[:-1], train_only)):
+            positions.append(len(seq) - 1 - j)
+    assert len(positions) > 50 and set(positions) == {3}  # the transition into the third-to-last item
+    unseen, split, held_out = unseen_held_out(ds)
+    rule = info.compositional_next[held_out.last_items()] == held_out.targets
+    from_train_only = rule & (info.heldout[held_out.last_items()] == HELD_TRAIN)
+    assert from_train_only.sum() > 50 and unseen[from_train_only].all()
+    unseen_default, _, _ = unseen_held_out(make_synthetic(num_users=800, seed=4))
+    assert unseen.mean() > unseen_default.mean() + 0.05
+    # the test transitions keep their never-seen pairs
+    comp = info.last_kinds()[split.users] == KIND_COMPOSITIONAL
+    seen = train_pairs(split)
+    held = comp & (info.heldout[split.test.last_items()] == HELD_TEST)
+    assert held.sum() > 50 and not any((int(a), int(b)) in seen for a, b in
+                                       zip(split.test.last_items()[held], split.test.targets[held]))
 
 
 def test_spec_and_validation():

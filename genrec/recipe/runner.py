@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping
 
 from genrec.artifacts import load_json, save_json
 from genrec.errors import DataFormatError, GenrecError, RunDirectoryError
-from genrec.recipe.config import TOP_LEVEL, RecipeConfig, config_to_dict
+from genrec.recipe.config import TOP_LEVEL, RecipeConfig, config_to_dict, holdout_towers_default
 from genrec.recipe.stages import STAGES, Stage, StageContext, stage_names
 from genrec.rundir import RunLock, data_fingerprint
 from genrec.training import trim_heap
@@ -324,7 +324,12 @@ def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -
         return getattr(config, sec)
     if "." in sec:  # one setting of a section, e.g. "fusion.k"
         head, _, key = sec.partition(".")
-        return asdict(getattr(config, head))[key]
+        value = asdict(getattr(config, head))[key]
+        if sec == "fusion.joint_config" and config.fusion.joint_schedule == "holdout":
+            # the tower training in effect, not only the one set: a joint stage trained under the former
+            # default ("separate") reruns under the current one
+            value = {**value, "towers": value.get("towers", holdout_towers_default(config))}
+        return value
     d = asdict(getattr(config, sec))
     out = {k: v for k, v in d.items() if k not in _UNHASHED and f"{k}@{sec}" not in _UNHASHED}
     if sec == "text":

@@ -309,6 +309,22 @@ def test_holdout_joint_stage_reuses_the_recipes_towers_as_its_retrained_ones(ref
     recipe = load_sasrec(out / "sasrec" / "best.pt").state_dict()
     same = all(torch.equal(v, recipe[n]) for n, v in model.sasrec.state_dict().items())
     assert same == (summary["kept_towers"] == "retrained")
+    # the default tower training is "both" now: a joint stage made with "separate" is not reused silently
+    default = load_config(DEMO_YAML, overrides=tiny + ["fusion.joint=true", "fusion.joint_config.retrain=true",
+                                                       "fusion.joint_config.refresh_epochs=0"])
+    with pytest.raises(RunDirectoryError, match=r"changed: fusion\.joint_config\.towers.*discard the stages joint"):
+        run_recipe(default, out)
+
+
+def test_the_recipes_joint_towers_default_to_both_unless_the_history_windows_differ():
+    from genrec.recipe.config import joint_config
+
+    assert joint_config(config_from_dict({}, overrides=["fusion.joint=true"])).towers == "both"
+    differ = config_from_dict({}, overrides=["fusion.joint=true", "sasrec.max_len=20", "generative.max_len=30"])
+    assert joint_config(differ).towers == "separate"  # a jointly trained pair needs one window
+    with pytest.raises(ConfigError, match="one history window"):
+        config_from_dict({}, overrides=["fusion.joint=true", "sasrec.max_len=20", "generative.max_len=30",
+                                        "fusion.joint_config.towers=both"])
 
 
 def test_interrupted_stage_with_other_settings_is_cleared(reference, tiny, tmp_path):

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "training transitions)")
     p.add_argument("--width", choices=("full", "half"), default="full",
                    help="holdout: the towers at the recipe's full-preset width, or half of it")
+    p.add_argument("--depth", choices=("full", "half"), default="full",
+                   help="holdout: the towers at the recipe's full-preset depth, or half of it (transformer "
+                        "blocks and the generative code head's layers, at least 1 each)")
     p.add_argument("--table", nargs="*", metavar="NAME=RESULTS_JSON",
                    help="print the Wide & Deep table instead of training: the single models and the primary "
                         "post-hoc method of --run, then each joint benchmark's results.json (--out of a holdout run)")
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run_holdout(args: argparse.Namespace, split, labels, table) -> dict:
     """The held-out-gate schedule with the full recipe's tower settings (``--width half``: half the
-    hidden width of each tower); test scored once, after training."""
+    hidden width of each tower; ``--depth half``: half its blocks); test scored once, after training."""
     from dataclasses import asdict, replace
 
     from fusion.holdout_joint import HoldoutJointConfig, train_holdout_joint
@@ -116,6 +119,9 @@ def run_holdout(args: argparse.Namespace, split, labels, table) -> dict:
     if args.width == "half":
         sas = replace(sas, hidden=sas.hidden // 2)
         gen = replace(gen, hidden=gen.hidden // 2)
+    if args.depth == "half":
+        sas = replace(sas, num_blocks=max(1, sas.num_blocks // 2))
+        gen = replace(gen, num_blocks=max(1, gen.num_blocks // 2), head_layers=max(1, gen.head_layers // 2))
     config = apply_overrides(HoldoutJointConfig(sasrec=sas, generative=gen, k=recipe.fusion.k, beam=recipe.fusion.beam,
                                                 batch_size=gen.eval_batch_size), args.set)
     t0 = time.perf_counter()
@@ -140,8 +146,9 @@ def run_holdout(args: argparse.Namespace, split, labels, table) -> dict:
     print(f"stage seconds (this process): {result.seconds}; total {t_train / 60:.2f} min; test scoring {t_test:.0f}s; "
           f"peak RSS {peak_gib:.2f} GiB; parameters {params}")
     print(f"mean gate (weight of the ID tower) by label: {by_label}")
-    print(results_markdown({f"joint ({args.width})": res}))
-    summary = {"results": {f"joint_{args.width}": res}, "valid": result.valid, "selection": result.selection,
+    size = args.width if args.depth == "full" else f"{args.width} width, half depth"
+    print(results_markdown({f"joint ({size})": res}))
+    summary = {"results": {f"joint_{args.width}" + ("_half_depth" if args.depth == "half" else ""): res}, "valid": result.valid, "selection": result.selection,
                "scale": result.scale, "refreshed": result.refreshed, "kept_towers": result.towers,
                "holdout_transitions": result.holdout,
                "seconds": result.seconds, "minutes_this_process": t_train / 60, "test_seconds": t_test,

@@ -19,7 +19,7 @@ from fusion.methods import (SCALES, AdaptiveFusion, FixedWeightFusion, FusionMet
                             LearnedGateFusion, convex, params_equal)
 from fusion.persist import load_methods, save_methods
 from fusion.report import FusionOutput, results_by_label, results_markdown, run_posthoc, single_model_topk
-from fusion.selection import CrossFit, cross_fit, fold_assignment, select_best
+from fusion.selection import CrossFit, cross_fit, cross_fitted_choice, fold_assignment, select_best
 
 __all__ = [
     "CandidateScores", "build_candidates", "evaluate_fused", "minmax_normalize", "ndcg_at", "ranks_of",
@@ -29,5 +29,5 @@ __all__ = [
     "LearnedGateFusion", "convex", "params_equal",
     "load_methods", "save_methods",
     "FusionOutput", "results_by_label", "results_markdown", "run_posthoc", "single_model_topk",
-    "CrossFit", "cross_fit", "fold_assignment", "select_best",
+    "CrossFit", "cross_fit", "cross_fitted_choice", "fold_assignment", "select_best",
 ]

@@ -200,6 +200,9 @@ class HoldoutJointResult:
     seconds: dict[str, float]  # wall time per stage (this process; a resumed stage counts its rerun only)
     holdout: int  # number of held-out transitions the gate was fitted on
     tower_training: str = ""  # how the kept towers were trained: "separate" or "joint"
+    # every candidate's 0-based fused validation ranks [n_valid] (capped at k), keyed as in selection: what
+    # an out-of-sample estimate of the choice needs (fusion.selection.cross_fitted_choice)
+    candidate_ranks: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _refresh_config(config: Any, epochs: int, ratio: float) -> Any:
@@ -315,6 +318,7 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
     stats = TrainStats(split.train, split.num_items, table.codes)
     ks = [k for k in ks if k <= config.k]
     metrics: dict[str, dict[str, float]] = {}
+    candidate_ranks: dict[str, np.ndarray] = {}
     # candidates in TOWER_TRAININGS order whatever the training order, so ties go to the separate pair
     for name, (kind, (sas, gen)) in sorted(towers.items(), key=lambda t: TOWER_TRAININGS.index(t[1][0])):
         inp = None  # the previous towers' inputs are freed before the next are built
@@ -323,6 +327,7 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
         for s, gate in gates[kind].items():
             ranks = ranks_of(inp.cands, gate.fuse(inp.cands, inp.indicators), split.valid.targets, config.k)
             metrics[f"{name}/{s}"] = metrics_from_ranks(ranks, ks)
+            candidate_ranks[f"{name}/{s}"] = ranks
     seconds["validation"] = time.perf_counter() - t0
     selection = {n: m["ndcg@10"] for n, m in metrics.items()}
     best = max(selection, key=lambda n: (selection[n], -list(selection).index(n)))
@@ -333,7 +338,7 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
              best)
     model = HoldoutJoint(*kept, gates[kind][scale], stats, dataclasses.replace(config, towers=kind))
     return HoldoutJointResult(model, metrics[best], selection, tower_name == "refreshed", tower_name, scale,
-                              gates[kind], seconds, len(held), kind)
+                              gates[kind], seconds, len(held), kind, candidate_ranks)
 
 
 def save_holdout_joint(model: HoldoutJoint, directory: str | Path) -> Path:

@@ -30,7 +30,7 @@ from genrec.metrics import per_instance_ndcg
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CrossFit", "fold_assignment", "cross_fit", "metric_values", "select_best"]
+__all__ = ["CrossFit", "fold_assignment", "cross_fit", "cross_fitted_choice", "metric_values", "select_best"]
 
 
 def fold_assignment(n: int, folds: int, seed: int = 0) -> np.ndarray:
@@ -134,3 +134,25 @@ def select_best(scores: Mapping[str, float], order: Sequence[str]) -> str:
     if best is None:
         raise ValueError(f"no method of {list(order)} has a score")
     return best
+
+
+def cross_fitted_choice(ranks: Mapping[str, np.ndarray], folds: np.ndarray, choose_by: str = "ndcg@10",
+                        metric: str = "ndcg@10") -> float:
+    """Out-of-sample value of picking the best of fixed candidates on validation: for each fold, the
+    candidate with the best mean ``choose_by`` on the other folds (ties: the earliest in ``ranks``)
+    is scored by ``metric`` on that fold; the mean of the fold means. ``ranks``: each candidate's
+    0-based validation ranks ``[n]``; ``folds``: ``int [n]`` fold of each instance (e.g.
+    :attr:`CrossFit.folds`). The best candidate's own in-sample score is biased upwards by the
+    choice itself, the more so the more candidates there are; this is not."""
+    folds = np.asarray(folds)
+    names = list(ranks)
+    if not names or any(np.shape(ranks[n]) != folds.shape for n in names):
+        raise ValueError(f"need at least one candidate and ranks of the folds' shape {folds.shape}")
+    chosen_by = {n: metric_values(ranks[n], choose_by) for n in names}
+    scored = {n: metric_values(ranks[n], metric) for n in names}
+    out = []
+    for f in np.unique(folds):
+        fit = folds != f
+        best = max(names, key=lambda n: (chosen_by[n][fit].mean() if fit.any() else 0.0, -names.index(n)))
+        out.append(scored[best][~fit].mean())
+    return float(np.mean(out))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fusion import CandidateScores, FixedWeightFusion, GateReport, Indicators
-from fusion.selection import CrossFit, cross_fit, fold_assignment, metric_values, select_best
+from fusion.selection import CrossFit, cross_fit, cross_fitted_choice, fold_assignment, metric_values, select_best
 from genrec.artifacts import load_json, save_json
 from genrec.errors import RunDirectoryError
 from genrec.recipe import ConfigError, config_from_dict, run_recipe
@@ -74,6 +74,24 @@ def test_cross_fitting_picks_the_out_of_sample_winner_not_the_in_sample_one():
     # the score is the mean over folds of each fold's mean
     v = metric_values(cf.ranks["fixed"], "ndcg@3")
     assert scores["fixed"] == pytest.approx(np.mean([v[cf.folds == f].mean() for f in range(5)]))
+
+
+def test_a_cross_fitted_choice_among_candidates_is_scored_out_of_sample():
+    """The best of several fixed candidates on all of validation is biased upwards by the choice; the
+    cross-fitted choice picks on the other folds and scores the fold left out."""
+    folds = np.repeat([0, 1], 4)
+    # "lucky" wins fold 0 by far and loses fold 1; "steady" is good on both: in sample, lucky is best
+    ranks = {"lucky": np.array([0, 0, 0, 0, 50, 50, 50, 50]), "steady": np.array([3, 3, 3, 3, 3, 3, 3, 3])}
+    in_sample = {n: metric_values(r, "ndcg@10").mean() for n, r in ranks.items()}
+    assert max(in_sample, key=in_sample.get) == "lucky"
+    # fold 0 is scored with the choice made on fold 1 (steady) and vice versa (lucky, which misses there)
+    expected = np.mean([metric_values(ranks["steady"][:4], "ndcg@10").mean(), 0.0])
+    assert cross_fitted_choice(ranks, folds) == pytest.approx(expected)
+    assert cross_fitted_choice(ranks, folds) < max(in_sample.values())
+    assert cross_fitted_choice({"one": ranks["steady"]}, folds, metric="recall@3") == 0.0  # rank 3 misses @3
+    assert cross_fitted_choice({"a": ranks["steady"], "b": ranks["steady"]}, folds) == in_sample["steady"]  # ties
+    with pytest.raises(ValueError, match="ranks of the folds' shape"):
+        cross_fitted_choice({"a": np.zeros(3)}, folds)
 
 
 def test_folds_are_deterministic_balanced_and_seeded():
@@ -253,12 +271,20 @@ def test_the_joint_model_competes_with_its_validation_score(tiny_run, tmp_path, 
     sel = res["fusion"]["selection"]
     summary = load_json(run / "joint" / "summary.json")
     assert summary["schedule"] == schedule
-    assert sel["scores"]["joint"] == summary["valid"]["ndcg@10"]
     assert "no validation target trains it" in sel["sources"]["joint"]
+    if schedule == "holdout":  # its choice among candidates, cross-fitted on the post-hoc methods' folds
+        with np.load(run / "joint" / "candidates.npz") as z:
+            cands = {n: z[n] for n in z.files}
+        assert set(cands) == set(summary["selection"])
+        assert sel["scores"]["joint"] == pytest.approx(cross_fitted_choice(cands, load_cross_fit(run).folds))
+        assert "cross-fitted" in sel["sources"]["joint"]
+    else:
+        assert sel["scores"]["joint"] == summary["valid"]["ndcg@10"]
     order = [*config.fusion.methods, "joint"]
     assert sel["method"] == select_best(sel["scores"], order) == res["fusion"]["primary"]
     section = (run / "report.md").read_text().split("## Primary fusion method")[1].split("\n## ")[0]
-    assert "| own training |" in section
+    row = next(line for line in section.splitlines() if line.startswith(("| joint |", "| **joint** |")))
+    assert ("| cross-fitted |" if schedule == "holdout" else "| own training |") in row
     # the gate plot shows every method's distribution per label, the joint model's too
     dists = gate_distributions(run, list(res["fusion"]["gate_by_label"]))
     assert set(dists) == {*config.fusion.methods, "joint"}

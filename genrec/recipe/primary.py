@@ -2,9 +2,11 @@
 
 The fusion stage saves every post-hoc method's out-of-fold validation ranks
 (``fusion/selection.npz``, :class:`fusion.selection.CrossFit`); the joint model, when the recipe
-trains it, has its validation score from its own training (``joint/summary.json``: it trains on
-``split.train`` only, which holds no validation or test target; validation picks its best epoch, so
-that score is the maximum over epochs, slightly optimistic compared with a cross-fitted one).
+trains it, trains on ``split.train`` only, which holds no validation or test target. Its validation
+choice among candidates is what needs care: the holdout schedule saves every (towers, gate scale)
+candidate's validation ranks (``joint/candidates.npz``), and its score here is that choice
+cross-fitted on the same folds (:func:`fusion.selection.cross_fitted_choice`); the end-to-end
+schedule's is its own validation score (``joint/summary.json``, the best epoch's: slightly optimistic).
 :func:`choose_primary` compares them on ``report.metric`` and records why it chose what it chose;
 the report stage writes that into ``results.json`` and ``Recommender.from_run`` loads the same
 method by default. The choice is not stored by the fusion stage itself: it also depends on
@@ -27,10 +29,12 @@ from genrec.artifacts import load_json
 from genrec.errors import CheckpointError
 from genrec.recipe.config import RecipeConfig
 
-__all__ = ["PrimaryChoice", "choose_primary", "load_cross_fit", "SELECTION_FILE"]
+__all__ = ["PrimaryChoice", "choose_primary", "load_cross_fit", "SELECTION_FILE", "JOINT_CANDIDATES_FILE"]
 
 #: the fusion stage's out-of-fold validation ranks, relative to the run directory
 SELECTION_FILE = Path("fusion") / "selection.npz"
+#: the holdout joint schedule's validation ranks of each of its candidates (``fusion.holdout_joint``)
+JOINT_CANDIDATES_FILE = Path("joint") / "candidates.npz"
 
 
 @dataclass
@@ -68,7 +72,7 @@ def choose_primary(config: RecipeConfig, run_dir: str | Path) -> PrimaryChoice:
     see the module doc. An explicit ``fusion.primary`` is kept (its scores are still reported);
     ``auto`` takes the best validation score, ties to the earlier of ``fusion.methods`` (joint
     last). :class:`~genrec.errors.CheckpointError` when ``auto`` finds no cross-fitted scores."""
-    from fusion.selection import select_best
+    from fusion.selection import cross_fitted_choice, select_best
 
     run_dir = Path(run_dir)
     f, metric = config.fusion, config.report.metric
@@ -80,7 +84,18 @@ def choose_primary(config: RecipeConfig, run_dir: str | Path) -> PrimaryChoice:
             if name in f.methods:
                 scores[name], sources[name] = v, f"cross-fitted on validation ({cf.num_folds} folds)"
     joint_summary = run_dir / "joint" / "summary.json"
-    if f.joint and joint_summary.is_file():
+    candidates = run_dir / JOINT_CANDIDATES_FILE
+    if (f.joint and joint_summary.is_file() and candidates.is_file() and cf is not None
+            and load_json(joint_summary).get("schedule") == "holdout"):
+        # the holdout schedule's choice among its (towers, gate scale) candidates, cross-fitted on the
+        # post-hoc methods' folds: an in-sample best of several candidates would lean towards it
+        with np.load(candidates) as z:
+            ranks = {name: z[name] for name in z.files}
+        if ranks and all(len(r) == len(cf.folds) for r in ranks.values()):
+            scores["joint"] = cross_fitted_choice(ranks, cf.folds, choose_by="ndcg@10", metric=metric)
+            sources["joint"] = (f"its choice among {len(ranks)} (towers, gate scale) candidates cross-fitted on "
+                                f"validation ({cf.num_folds} folds; no validation target trains it)")
+    if f.joint and "joint" not in scores and joint_summary.is_file():
         v = load_json(joint_summary).get("valid", {}).get(metric)
         if v is not None and not math.isnan(float(v)):
             scores["joint"] = float(v)
@@ -97,6 +112,7 @@ def choose_primary(config: RecipeConfig, run_dir: str | Path) -> PrimaryChoice:
     best = select_best(scores, order)
     ties = [m for m in order if m != best and scores.get(m) == scores[best]]
     reason = (f"best validation {metric} ({scores[best]:.4f}): post-hoc methods cross-fitted over {folds} folds"
-              + (", the joint model by its own validation" if "joint" in scores else "")
+              + ((", the joint model's choice among its candidates likewise" if "cross-fitted" in sources["joint"]
+                  else ", the joint model by its own validation") if "joint" in scores else "")
               + (f"; tied with {', '.join(ties)}, first in config order" if ties else ""))
     return PrimaryChoice(best, "auto", reason, metric, scores, sources, folds)

@@ -245,7 +245,8 @@ def selection_table(results: Mapping[str, Any]) -> str:
     for n in names:
         test = results["models"].get(n, {}).get("test", {})
         v = sel["scores"].get(n)
-        how = "cross-fitted" if n != "joint" and v is not None else "own training" if v is not None else "-"
+        cross = n != "joint" or "cross-fitted" in sel.get("sources", {}).get(n, "")
+        how = "-" if v is None else "cross-fitted" if cross else "own training"
         row = [f"**{n}**" if n == chosen else n, _fmt(v), how] + [_fmt(test.get(c, {}).get(metric))
                                                                  for c in ("all", "memorization", "generalization")]
         lines.append("| " + " | ".join(row + ["yes" if n == chosen else ""]) + " |")

@@ -408,11 +408,14 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
         items, report = result.model.topk(split.test)
         ranks, gate = ranks_from_topk(items, split.test.targets), report.gate
         p_model = save_holdout_joint(result.model, out / "model")
+        # every candidate's validation ranks: the primary choice cross-fits the joint model's own choice
+        # among them on the fusion stage's folds (genrec.recipe.primary)
+        p_cands = atomic_write(out / "candidates.npz", lambda p: _np_savez(p, result.candidate_ranks))
         summary = {"schedule": "holdout", "valid": strip_timing(result.valid), "selection": result.selection,
                    "refreshed": result.refreshed, "kept_towers": result.towers, "scale": result.scale,
                    "towers": jc.towers, "kept_tower_training": result.tower_training,
                    "holdout_transitions": result.holdout, "seconds": result.seconds}
-        extra = {"model": p_model}
+        extra = {"model": p_model, "candidates": p_cands}
     else:
         from fusion.joint import joint_gates, joint_ranks, train_joint
 

@@ -65,6 +65,8 @@ GATE_NAME = "joint"
 TOWER_TRAININGS = ("separate", "joint")
 #: values of ``HoldoutJointConfig.towers``: one way of training the towers, or both and validation chooses
 TOWER_CHOICES = (*TOWER_TRAININGS, "both")
+#: the fused validation metric that chooses among the (towers, gate scale) candidates
+CHOICE_METRIC = "ndcg@10"
 #: training settings of ``towers="joint"`` under ``HoldoutJointConfig.joint``: those measured on Beauty
 #: (one warm-up epoch, cosine decay over 24 epochs, validation every 3rd on 5,000 sampled users; the
 #: per-tower losses at half weight beside the mixture so neither tower starves where the other wins)
@@ -329,7 +331,7 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
             metrics[f"{name}/{s}"] = metrics_from_ranks(ranks, ks)
             candidate_ranks[f"{name}/{s}"] = ranks
     seconds["validation"] = time.perf_counter() - t0
-    selection = {n: m["ndcg@10"] for n, m in metrics.items()}
+    selection = {n: m[CHOICE_METRIC] for n, m in metrics.items()}
     best = max(selection, key=lambda n: (selection[n], -list(selection).index(n)))
     tower_label, scale = best.split("/")
     kind, kept = towers[tower_label]

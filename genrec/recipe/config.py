@@ -121,7 +121,8 @@ class FusionSection:
     ``Recommender.from_run`` loads by default. ``auto`` (default) picks it on validation only: the
     post-hoc method with the best cross-fitted ``report.metric`` (``selection_folds`` seeded folds of
     the validation users, :mod:`fusion.selection`) or the joint model (with ``joint: true``) when its
-    own validation score is higher; ties go to the earlier in ``methods`` (joint last). A method's
+    validation score is higher (the holdout schedule's choice among its candidates cross-fitted on
+    the same folds, the end-to-end one's own); ties go to the earlier in ``methods`` (joint last). A method's
     name (or ``joint``) fixes it instead."""
 
     k: int = 50  # top-K of each model (candidate union) and length of every ranked list

@@ -12,12 +12,13 @@ the report stage writes that into ``results.json`` and ``Recommender.from_run`` 
 method by default. The choice is not stored by the fusion stage itself: it also depends on
 ``fusion.primary``, ``report.metric`` and the joint stage, none of which are inputs of that stage.
 
-No test data is read here: only the fusion stage's validation artifacts and the joint model's
-validation score.
+No test data is read here: only the fusion stage's validation artifacts and the joint stage's
+validation ranks or score.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +28,9 @@ import numpy as np
 
 from genrec.artifacts import load_json
 from genrec.errors import CheckpointError
-from genrec.recipe.config import RecipeConfig
+from genrec.recipe.config import RecipeConfig, joint_config
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PrimaryChoice", "choose_primary", "load_cross_fit", "SELECTION_FILE", "JOINT_CANDIDATES_FILE"]
 
@@ -41,7 +44,8 @@ JOINT_CANDIDATES_FILE = Path("joint") / "candidates.npz"
 class PrimaryChoice:
     """The primary method of a run: ``method``, what the config asked for (``requested``: ``auto`` or
     a name), ``reason`` (one sentence), and the validation ``scores`` (``metric``) it compared:
-    cross-fitted for the post-hoc methods, the joint model's own (``sources`` says which)."""
+    cross-fitted for the post-hoc methods and the holdout joint model's choice among its candidates,
+    the end-to-end joint model's own (``sources`` says which)."""
 
     method: str
     requested: str
@@ -72,6 +76,7 @@ def choose_primary(config: RecipeConfig, run_dir: str | Path) -> PrimaryChoice:
     see the module doc. An explicit ``fusion.primary`` is kept (its scores are still reported);
     ``auto`` takes the best validation score, ties to the earlier of ``fusion.methods`` (joint
     last). :class:`~genrec.errors.CheckpointError` when ``auto`` finds no cross-fitted scores."""
+    from fusion.holdout_joint import CHOICE_METRIC
     from fusion.selection import cross_fitted_choice, select_best
 
     run_dir = Path(run_dir)
@@ -85,14 +90,19 @@ def choose_primary(config: RecipeConfig, run_dir: str | Path) -> PrimaryChoice:
                 scores[name], sources[name] = v, f"cross-fitted on validation ({cf.num_folds} folds)"
     joint_summary = run_dir / "joint" / "summary.json"
     candidates = run_dir / JOINT_CANDIDATES_FILE
-    if (f.joint and joint_summary.is_file() and candidates.is_file() and cf is not None
-            and load_json(joint_summary).get("schedule") == "holdout"):
+    holdout = f.joint and joint_summary.is_file() and load_json(joint_summary).get("schedule") == "holdout"
+    # its ranks stop at its own list length: a metric cut beyond it cannot be read from them
+    within = int(metric.partition("@")[2]) <= joint_config(config).k if holdout else False
+    if holdout and within and cf is not None and not candidates.is_file():
+        log.warning("%s: no %s (a joint stage from before it was saved): the joint model competes with its "
+                    "in-sample validation score", run_dir, JOINT_CANDIDATES_FILE)
+    if holdout and within and cf is not None and candidates.is_file():
         # the holdout schedule's choice among its (towers, gate scale) candidates, cross-fitted on the
         # post-hoc methods' folds: an in-sample best of several candidates would lean towards it
         with np.load(candidates) as z:
             ranks = {name: z[name] for name in z.files}
         if ranks and all(len(r) == len(cf.folds) for r in ranks.values()):
-            scores["joint"] = cross_fitted_choice(ranks, cf.folds, choose_by="ndcg@10", metric=metric)
+            scores["joint"] = cross_fitted_choice(ranks, cf.folds, choose_by=CHOICE_METRIC, metric=metric)
             sources["joint"] = (f"its choice among {len(ranks)} (towers, gate scale) candidates cross-fitted on "
                                 f"validation ({cf.num_folds} folds; no validation target trains it)")
     if f.joint and "joint" not in scores and joint_summary.is_file():

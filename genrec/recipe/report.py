@@ -306,8 +306,11 @@ def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str
     md += ["", "## Primary fusion method", "",
            f"`{sel['method']}`, {how}. Post-hoc methods are scored out of sample: fitted on "
            f"{(sel['folds'] or 1) - 1} of {sel['folds']} folds of the validation users, scored on the fold left out "
-           f"(mean over folds); the joint model by its own validation score (it trains on the training "
-           f"sequences only). No test data takes part in the choice; test columns are for reading only.", "",
+           "(mean over folds); the joint model "
+           + ("by its choice among its candidates, cross-fitted on the same folds"
+              if "cross-fitted" in sel.get("sources", {}).get("joint", "") else "by its own validation score")
+           + " (it trains on the training sequences only). No test data takes part in the choice; test columns "
+           "are for reading only.", "",
            selection_table(results)]
     md += ["", "## Test metrics by memorization label", "",
            markdown_table(per_model, table_metrics, ["all", "memorization", "generalization", "uncategorized"]),

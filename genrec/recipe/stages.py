@@ -393,8 +393,9 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
     ``holdout`` (:func:`fusion.holdout_joint.train_holdout_joint`: ``joint/model/`` holds the model,
     :func:`fusion.holdout_joint.load_holdout_joint`) or ``end_to_end`` (:func:`fusion.joint.train_joint`:
     ``joint/best.pt``, ``history.json``); both write ``ranks.npz`` (test ranks), ``gates.npz`` (test
-    gate = weight of the ID tower) and ``summary.json`` (``valid``: the validation metrics the primary
-    is chosen on)."""
+    gate = weight of the ID tower) and ``summary.json`` (``valid``: the kept model's validation
+    metrics); ``holdout`` also ``candidates.npz``, every candidate's validation ranks, from which the
+    primary choice cross-fits the joint model's own choice (:mod:`genrec.recipe.primary`)."""
     run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.data()
     out = run_dir / "joint"

@@ -1,22 +1,17 @@
 """bench/gpu_all.py without a GPU: its arguments parse, and it refuses (status 2, a clear message)
 before running anything when CUDA is unavailable. The GPU figures themselves are not measured here."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("gpu_all", ROOT / "bench" / "gpu_all.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/gpu_all.py")
 
 
 def test_arguments_parse(bench, tmp_path):

@@ -2,23 +2,18 @@
 produced for both tower sizes, the files are written, and ``--train-unseen-share`` reaches the data.
 The figures themselves are measured by the benchmark (BENCHMARKS.md), not here."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("joint_synthetic", ROOT / "bench" / "joint_synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/joint_synthetic.py")
 
 
 def test_the_benchmark_runs_every_model_and_writes_its_table(bench, tmp_path, monkeypatch):

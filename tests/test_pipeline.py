@@ -346,11 +346,9 @@ def test_interrupted_stage_with_other_settings_is_cleared(reference, tiny, tmp_p
 
 def test_recipe_script_is_the_same_as_genrec_run(reference, tiny, tmp_path, capsys):
     """recipes/amazon.py calls the stages one by one; it ends with genrec run's results."""
-    import importlib.util
+    from tests.scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("amazon_recipe", ROOT / "recipes" / "amazon.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("recipes/amazon.py", "amazon_recipe")
     out = tmp_path / "run"
     assert script.main([str(DEMO_YAML), "--out", str(out), "--set", *tiny]) == 0
     assert strip_timing(_results(out)) == strip_timing(_results(reference))

@@ -208,14 +208,11 @@ def test_pipeline_bench_runs_the_whole_recipe_on_generated_data(tmp_path, monkey
     """``bench/scale.py --pipeline``: generated Parquet + vectors, ``genrec run`` in a child process
     with sampled evaluation users and time budgets; every stage's timing and every model's metrics
     come back, and the run evaluated exactly the sampled users."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("scale_bench", root / "bench" / "scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from tests.scripts import load_script
+
+    bench = load_script("bench/scale.py", "scale_bench")
     out = tmp_path / "scale.json"
     monkeypatch.setattr("sys.argv", [
         "scale.py", "--pipeline", "--items", "2000", "--interactions", "16000", "--dim", "16", "--eval-users", "300",

@@ -278,8 +278,10 @@ def test_the_joint_model_competes_with_its_validation_score(tiny_run, tmp_path, 
         assert set(cands) == set(summary["selection"])
         assert sel["scores"]["joint"] == pytest.approx(cross_fitted_choice(cands, load_cross_fit(run).folds))
         assert "cross-fitted" in sel["sources"]["joint"]
+        assert sel["cross_fitted"] == [*config.fusion.methods, "joint"]
     else:
         assert sel["scores"]["joint"] == summary["valid"]["ndcg@10"]
+        assert sel["cross_fitted"] == list(config.fusion.methods)
     order = [*config.fusion.methods, "joint"]
     assert sel["method"] == select_best(sel["scores"], order) == res["fusion"]["primary"]
     section = (run / "report.md").read_text().split("## Primary fusion method")[1].split("\n## ")[0]
@@ -307,3 +309,24 @@ def test_the_joint_model_competes_with_its_validation_score(tiny_run, tmp_path, 
         with np.load(run / "joint" / "ranks.npz") as z:
             ranks = z["joint"]
         np.testing.assert_array_equal(np.minimum(ranks_from_topk(top, split.test.targets), 10), np.minimum(ranks, 10))
+
+
+def test_the_selection_table_reads_which_scores_are_cross_fitted():
+    from genrec.recipe.report import selection_table
+
+    models = {n: {"kind": "fusion", "test": {"all": {"ndcg@10": 0.05}}} for n in ("fixed", "joint")}
+    sel = {"metric": "ndcg@10", "method": "joint", "scores": {"fixed": 0.06, "joint": 0.07},
+           "sources": {"fixed": "cross-fitted on validation (5 folds)", "joint": "cross-fitted wording"}}
+
+    def how(selection):
+        table = selection_table({"models": models, "fusion": {"selection": selection}})
+        return {line.split("|")[1].strip(" *"): line.split("|")[3].strip() for line in table.splitlines()[2:]}
+
+    # the structured field decides, whatever the words say
+    assert how({**sel, "cross_fitted": ["fixed"]}) == {"fixed": "cross-fitted", "joint": "own training"}
+    assert how({**sel, "cross_fitted": ["fixed", "joint"]}) == {"fixed": "cross-fitted", "joint": "cross-fitted"}
+    # a selection saved before the field existed: post-hoc methods were always cross-fitted, the joint
+    # model when its sources said so
+    assert how(sel) == {"fixed": "cross-fitted", "joint": "cross-fitted"}
+    assert how({**sel, "sources": {"joint": "its own validation"}}) == {"fixed": "cross-fitted",
+                                                                         "joint": "own training"}

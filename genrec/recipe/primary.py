@@ -45,7 +45,8 @@ class PrimaryChoice:
     """The primary method of a run: ``method``, what the config asked for (``requested``: ``auto`` or
     a name), ``reason`` (one sentence), and the validation ``scores`` (``metric``) it compared:
     cross-fitted for the post-hoc methods and the holdout joint model's choice among its candidates,
-    the end-to-end joint model's own (``sources`` says which)."""
+    the end-to-end joint model's own (``sources`` says how, in words; ``cross_fitted`` lists the
+    methods whose score is out of sample)."""
 
     method: str
     requested: str
@@ -54,6 +55,7 @@ class PrimaryChoice:
     scores: dict[str, float] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     folds: int | None = None
+    cross_fitted: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,10 +86,12 @@ def choose_primary(config: RecipeConfig, run_dir: str | Path) -> PrimaryChoice:
     cf = load_cross_fit(run_dir)
     scores: dict[str, float] = {}
     sources: dict[str, str] = {}
+    cross_fitted: list[str] = []
     if cf is not None:
         for name, v in cf.scores(metric).items():
             if name in f.methods:
                 scores[name], sources[name] = v, f"cross-fitted on validation ({cf.num_folds} folds)"
+                cross_fitted.append(name)
     joint_summary = run_dir / "joint" / "summary.json"
     candidates = run_dir / JOINT_CANDIDATES_FILE
     holdout = f.joint and joint_summary.is_file() and load_json(joint_summary).get("schedule") == "holdout"
@@ -105,6 +109,7 @@ def choose_primary(config: RecipeConfig, run_dir: str | Path) -> PrimaryChoice:
             scores["joint"] = cross_fitted_choice(ranks, cf.folds, choose_by=CHOICE_METRIC, metric=metric)
             sources["joint"] = (f"its choice among {len(ranks)} (towers, gate scale) candidates cross-fitted on "
                                 f"validation ({cf.num_folds} folds; no validation target trains it)")
+            cross_fitted.append("joint")
     if f.joint and "joint" not in scores and joint_summary.is_file():
         v = load_json(joint_summary).get("valid", {}).get(metric)
         if v is not None and not math.isnan(float(v)):
@@ -114,7 +119,7 @@ def choose_primary(config: RecipeConfig, run_dir: str | Path) -> PrimaryChoice:
     folds = cf.num_folds if cf is not None else None
     if f.primary != "auto":
         return PrimaryChoice(f.primary, f.primary, "set in the config (fusion.primary)", metric, scores, sources,
-                             folds)
+                             folds, cross_fitted)
     if cf is None:
         raise CheckpointError(f"{run_dir}: fusion.primary is 'auto' but {SELECTION_FILE} is missing (a fusion "
                               f"stage from before cross-fitting); rerun the recipe to redo the fusion stage")
@@ -122,7 +127,7 @@ def choose_primary(config: RecipeConfig, run_dir: str | Path) -> PrimaryChoice:
     best = select_best(scores, order)
     ties = [m for m in order if m != best and scores.get(m) == scores[best]]
     reason = (f"best validation {metric} ({scores[best]:.4f}): post-hoc methods cross-fitted over {folds} folds"
-              + ((", the joint model's choice among its candidates likewise" if "cross-fitted" in sources["joint"]
+              + ((", the joint model's choice among its candidates likewise" if "joint" in cross_fitted
                   else ", the joint model by its own validation") if "joint" in scores else "")
               + (f"; tied with {', '.join(ties)}, first in config order" if ties else ""))
-    return PrimaryChoice(best, "auto", reason, metric, scores, sources, folds)
+    return PrimaryChoice(best, "auto", reason, metric, scores, sources, folds, cross_fitted)

@@ -232,6 +232,14 @@ def _plot_gates(dists: Mapping[str, Mapping[str, np.ndarray]], primary: str, pat
     return atomic_write_bytes(path, _png(fig))
 
 
+def _cross_fitted(sel: Mapping[str, Any], name: str) -> bool:
+    """Whether ``name``'s validation score in a primary selection (``PrimaryChoice.to_dict``) is out
+    of sample; a selection saved before ``cross_fitted`` was recorded says it in ``sources``' words."""
+    if "cross_fitted" in sel:
+        return name in sel["cross_fitted"]
+    return name != "joint" or "cross-fitted" in sel.get("sources", {}).get(name, "")
+
+
 def selection_table(results: Mapping[str, Any]) -> str:
     """Markdown table of the primary's selection: every candidate's validation score (cross-fitted
     for post-hoc methods) beside its test score overall / memorization / generalization, the chosen
@@ -245,8 +253,7 @@ def selection_table(results: Mapping[str, Any]) -> str:
     for n in names:
         test = results["models"].get(n, {}).get("test", {})
         v = sel["scores"].get(n)
-        cross = n != "joint" or "cross-fitted" in sel.get("sources", {}).get(n, "")
-        how = "-" if v is None else "cross-fitted" if cross else "own training"
+        how = "-" if v is None else "cross-fitted" if _cross_fitted(sel, n) else "own training"
         row = [f"**{n}**" if n == chosen else n, _fmt(v), how] + [_fmt(test.get(c, {}).get(metric))
                                                                  for c in ("all", "memorization", "generalization")]
         lines.append("| " + " | ".join(row + ["yes" if n == chosen else ""]) + " |")
@@ -308,7 +315,7 @@ def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str
            f"{(sel['folds'] or 1) - 1} of {sel['folds']} folds of the validation users, scored on the fold left out "
            "(mean over folds); the joint model "
            + ("by its choice among its candidates, cross-fitted on the same folds"
-              if "cross-fitted" in sel.get("sources", {}).get("joint", "") else "by its own validation score")
+              if _cross_fitted(sel, "joint") else "by its own validation score")
            + " (it trains on the training sequences only). No test data takes part in the choice; test columns "
            "are for reading only.", "",
            selection_table(results)]

@@ -314,3 +314,26 @@ def test_bench_runs_end_to_end_on_synthetic_data(cold_run, tiny, tmp_path, capsy
                for r in plain.values())
     assert "without the cold items added" in text
     assert (out / "bench_cold_start.md").read_text().startswith("demo")
+
+
+def test_new_item_bench_scores_variants_and_the_content_term_on_validation(cold_run, capsys):
+    """bench/new_item_generative.py on the tiny cold run: every variant and method, and the content
+    term's choice honours its in-set constraint on the data it was chosen on."""
+    from tests.scripts import load_script
+
+    bench = load_script("bench/new_item_generative.py")
+    res = bench.main(["--run", str(cold_run), "--in-set-users", "40", "--threads", "1", "--weights", "1", "0.5",
+                      "--content-candidates", "5", "--out", str(cold_run.parent / "new_items.json")])
+    text = capsys.readouterr().out
+    saved = load_json(cold_run.parent / "new_items.json")
+    assert set(res) == {"own codes", "proxy x 1", "proxy x 0.5"}
+    methods = set(res["own codes"]) - {"sasrec", "generative"}
+    assert methods and set(saved["content"]) == methods
+    for name, c in saved["content"].items():
+        assert all(tuple(t) in bench.CONTENT_GRID for t in c["cross_fitted"]["chosen"])
+        best, own = c["in-sample best within 2%"], c["own codes (a = b = 0)"]
+        assert best["in_set"] >= 0.98 * c["in_set_without_cold"] - 1e-9
+        if own["in_set"] >= 0.98 * c["in_set_without_cold"]:  # the best within the bound beats any other there
+            assert best["new"] >= own["new"]
+        assert all(0 <= v <= 1 for v in (best["new"], c["cross_fitted"]["new"], c["cross_fitted"]["in_set"]))
+        assert f"| {name} | **cross-fitted** |" in text

@@ -3,6 +3,7 @@ chosen on validation of a cold-start run.
 
     python bench/new_item_generative.py [--run runs/bench_cold_share5_s8] [--in-set-users 4000]
                                         [--weights 1 0.5 0.25 0.1] [--threads 2]
+                                        [--content | --no-content] [--content-candidates 20] [--out FILE]
 
 ``--run`` is a finished recipe run with ``data.cold_items`` (``bench/cold_start_beauty.py`` makes
 one): its models trained on the warm catalogue only, and the cold items come back exactly as
@@ -20,13 +21,20 @@ item its generative score:
   candidates and the fusion's indicators stay those of the own-codes pass).
 
 Then (``--content``, on by default) a content term for the fusion: each row's ``--content-candidates``
-cold items most similar by text to the history's last item join the union (both towers score them),
-and a cold candidate's fused score becomes ``fused + a + b * max(cos - tau, 0)`` (``cos``: its text
-cosine to the last item). ``(a, b, tau)`` is chosen on a grid per fusion method, two-fold cross-fitted
-over the validation users: on one fold the best new-target NDCG@10 whose in-set NDCG@10 stays within
-2% of the same fold ranked without the cold items, scored on the other fold.
+cold items most similar by text to the history's last item join the union (both towers score them;
+the min-max methods give a candidate outside both top-k lists 0 whatever its scores, so for them only
+the term orders these), and a cold candidate's fused score becomes
+``fused + spread * (a + b * max(cos - tau, 0))`` (``cos``: its text cosine to the last item; ``spread``:
+the standard deviation of the method's fused scores of warm candidates, as the methods' scales
+differ). ``(a, b, tau)`` is chosen on a grid per fusion method, two-fold cross-fitted over the
+validation users: on one fold the best new-target NDCG@10 whose in-set NDCG@10 stays within 2% of the
+same users' with every cold candidate ranked last, scored on the other fold. (That reference keeps
+the cold items' share of the towers' top-k lists and of the union's normalisers, which the models
+without the cold items added would fill with warm items: the recipe's cold-start report compares
+with those.)
 
-Prints validation NDCG@10 / Recall@10 on the cold-target ("new") and in-set users. Validation only:
+Prints validation NDCG@10 / Recall@10 of the variants on the cold-target ("new") and in-set users,
+then the content term's NDCG@10. Validation only:
 the test split is never read. The in-set users are validation instances the towers early-stopped on
 and the fusion methods were fitted on, so their figures are in-sample (alike for every variant). The
 "generative" rows rank the generative model's own beam by the variant's scores: a proxy re-scores
@@ -75,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if any(not w > 0 for w in args.weights):
         p.error(f"--weights must all be > 0 (their logs are added), got {args.weights}")
+    if args.content_candidates < 1:
+        p.error(f"--content-candidates must be >= 1, got {args.content_candidates}")
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     config = config_from_dict(load_json(run / "config.json"))
@@ -133,75 +143,107 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         save_json(args.out, {"args": vars(args), "new_users": int(side.sum()), "in_set_users": int((~side).sum()),
                              "results": results, "content": content})
-    return results
+    return {"variants": results, "content": content}
 
 
-#: the content term's grid: offset a, weight b and floor tau of ``fused + a + b * max(cos - tau, 0)``
-CONTENT_GRID = [(a, b, tau) for a in np.arange(-5.0, 1.01, 0.5) for b in (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
-                for tau in (0.0, 0.5, 0.7)]
+#: the content term's grid, in units of each method's fused-score spread (the methods' scales differ):
+#: offset a, weight b and floor tau of ``fused + spread * (a + b * max(cos - tau, 0))``; tau matters
+#: only where b > 0. ``EXCLUDE`` (cold candidates dropped) is always feasible under the in-set bound.
+EXCLUDE = (-math.inf, 0.0, 0.0)
+CONTENT_GRID = [EXCLUDE] + [(-3.0 + 0.25 * i, b, tau) for i in range(15) for b in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
+                            for tau in ((0.0,) if b == 0 else (0.0, 0.5, 0.7))]
+#: the in-set bound: in-set NDCG@10 at least this share of the same users' with every cold candidate last
+IN_SET_BOUND = 0.98
+
+
+def content_candidates(cands: CandidateScores, inst: Instances, unit: np.ndarray, num_warm: int, per_row: int,
+                       id_scorer, gr_scorer) -> tuple[CandidateScores, np.ndarray]:
+    """``cands`` plus, per row, the ``per_row`` cold items (index ``>= num_warm``) most similar by
+    text (rows of ``unit``: unit-norm embeddings) to the history's last item, leaving out history
+    items and those already candidates; both towers score the additions (``id_scorer``,
+    ``gr_scorer``). Returns the extended candidates and every candidate's text cosine ``[n, C']``
+    to its row's last item (-1 for padding)."""
+    last = unit[inst.last_items()]  # [n, d]
+    cos = last @ unit[num_warm:].T  # [n, cold items]
+    for j, h in enumerate(inst.histories):
+        h = np.asarray(h)
+        cos[j, h[h >= num_warm] - num_warm] = -np.inf  # a history item is not the new item sought
+    m = min(per_row, cos.shape[1])
+    top = np.argpartition(-cos, m - 1, axis=1)[:, :m]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(cos, top, 1), 1, kind="stable"), 1)
+    ok = np.isfinite(np.take_along_axis(cos, top, 1))
+    extra = np.where(ok, top + num_warm, -1)
+    extra = np.where((extra[:, :, None] == cands.items[:, None, :]).any(2), -1, extra)  # [n, m]
+    no = np.zeros(extra.shape, bool)
+    cx = CandidateScores(np.concatenate([cands.items, extra], 1),
+                         np.concatenate([cands.id_scores, id_scorer(extra)], 1).astype(np.float32),
+                         np.concatenate([cands.gr_scores, gr_scorer(extra)], 1).astype(np.float32),
+                         np.concatenate([cands.id_in_topk, no], 1), np.concatenate([cands.gr_in_topk, no], 1))
+    cand_cos = np.einsum("nd,ncd->nc", last, unit[np.maximum(cx.items, 0)])
+    return cx, np.where(cx.valid, cand_cos, -1.0).astype(np.float32)
+
+
+def cross_fitted_rule(new_ndcg: np.ndarray, in_ndcg: np.ndarray, ref_in: np.ndarray, fold_new: np.ndarray,
+                      fold_in: np.ndarray) -> dict | None:
+    """Two-fold cross-fitting of the content term: per fold ``f``, the grid point with the best mean
+    new-target NDCG@10 on the other fold among those whose in-set NDCG@10 there is at least
+    ``IN_SET_BOUND`` of ``ref_in``'s, scored on fold ``f``. ``new_ndcg [G, n_new]`` / ``in_ndcg
+    [G, n_in]``: per grid point and user; ``ref_in [n_in]``: the in-set users' reference figures;
+    ``fold_*``: each user's fold (0 or 1). None when a fold lacks new-target or in-set users."""
+    if any(not np.any(f == v) for f in (fold_new, fold_in) for v in (0, 1)):
+        return None
+    chosen, new_f, in_f = [], [], []
+    for f in (0, 1):
+        fit_new, fit_in = fold_new != f, fold_in != f
+        ok = in_ndcg[:, fit_in].mean(1) >= IN_SET_BOUND * ref_in[fit_in].mean() - 1e-12
+        g = int(np.argmax(np.where(ok, new_ndcg[:, fit_new].mean(1), -np.inf)))
+        chosen.append(g)
+        new_f.append(float(new_ndcg[g, fold_new == f].mean()))
+        in_f.append(float(in_ndcg[g, fold_in == f].mean()))
+    return {"chosen": chosen, "new": float(np.mean(new_f)), "in_set": float(np.mean(in_f))}
 
 
 def content_term(ext, inst: Instances, inp, methods: dict, x: np.ndarray, num_warm: int, side: np.ndarray,
                  per_row: int, batch_size: int, seed: int) -> dict:
     """The content-term experiment of the module doc; prints its table, returns its figures."""
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    last = np.array([h[-1] for h in inst.histories])
-    cos = unit[last] @ unit.T  # [n, N] text cosine of every item to each history's last item
-    for j, h in enumerate(inst.histories):
-        cos[j, h] = -np.inf  # history items are not the new item sought
-    c = inp.cands
-    extra = np.argsort(-cos[:, num_warm:], 1)[:, :per_row] + num_warm  # [n, m] most similar cold items
-    extra = np.where((extra[:, :, None] == c.items[:, None, :]).any(2), -1, extra)
-    ex_id = sasrec_scorer(ext.sasrec, inst)(extra)
-    ex_gr = generative_scorer(ext.generative, inst, batch_size)(extra)
-    no = np.zeros(extra.shape, bool)
-    cx = CandidateScores(np.concatenate([c.items, extra], 1), np.concatenate([c.id_scores, ex_id], 1),
-                         np.concatenate([c.gr_scores, ex_gr], 1), np.concatenate([c.id_in_topk, no], 1),
-                         np.concatenate([c.gr_in_topk, no], 1))
-    cand_cos = np.where(cx.valid, np.take_along_axis(cos, np.maximum(cx.items, 0), 1), -1.0)
-    cand_cos = np.nan_to_num(cand_cos, neginf=-1.0)
+    unit = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    cx, cand_cos = content_candidates(inp.cands, inst, unit, num_warm, per_row, sasrec_scorer(ext.sasrec, inst),
+                                      generative_scorer(ext.generative, inst, batch_size))
     new_cell = cx.items >= num_warm
     ti = cx.target_index(inst.targets)
-    rng = np.random.default_rng(seed)
-    fold = np.zeros(len(side), np.int64)
-    for part in (side, ~side):  # both folds get half of the new-target and of the in-set users
-        idx = np.flatnonzero(part)
-        fold[rng.permutation(idx)[: len(idx) // 2]] = 1
-    print(f"\ncontent term: {per_row} cold items by text per row; (a, b, tau) chosen on one validation fold, "
-          f"scored on the other (mean of both)\n\n| method | rule | new N@10 | in-set N@10 | "
-          f"in-set without cold items | a, b, tau per fold |\n|---|---|---:|---:|---:|---|")
+    rng = np.random.default_rng([seed, 1])
+    fold_new, fold_in = (rng.permutation(np.arange(int(n)) % 2) for n in (side.sum(), (~side).sum()))
+    print(f"\ncontent term: up to {per_row} cold items by text per row; a, b in units of each method's fused-score "
+          f"spread; (a, b, tau) chosen on one validation fold under the {IN_SET_BOUND:.0%} in-set bound, scored on "
+          f"the other (mean of both)\n\n| method | rule | new N@10 | in-set N@10 | in-set, cold items last "
+          f"| a, b, tau |\n|---|---|---:|---:|---:|---|")
     out = {}
     for name, method in methods.items():
         fused = method.fuse(cx, inp.indicators)
-        ndcg = lambda s: per_instance_ndcg(union_ranks(s, ti, cx.valid), 10)  # noqa: E731
-        ref = ndcg(np.where(new_cell, -np.inf, fused))  # in-set figures without the cold items
-        grid = np.stack([ndcg(np.where(new_cell, fused + a + b * np.maximum(cand_cos - tau, 0), fused))
-                         for a, b, tau in CONTENT_GRID])  # [G, n]
-        rows = {"own codes (a = b = 0)": CONTENT_GRID.index((0.0, 0.0, 0.0))}
-        chosen, new_f, in_f = [], [], []
-        for f in (0, 1):
-            fit, held = fold != f, fold == f
-            ok = grid[:, fit & ~side].mean(1) >= 0.98 * ref[fit & ~side].mean()
-            g = int(np.argmax(np.where(ok, grid[:, fit & side].mean(1), -np.inf)))
-            chosen.append(CONTENT_GRID[g])
-            new_f.append(grid[g, held & side].mean())
-            in_f.append(grid[g, held & ~side].mean())
-        res = {"cross_fitted": {"new": float(np.mean(new_f)), "in_set": float(np.mean(in_f)),
-                                "chosen": [list(map(float, t)) for t in chosen]},
-               "in_set_without_cold": float(ref[~side].mean())}
-        ok_all = grid[:, ~side].mean(1) >= 0.98 * ref[~side].mean()
-        g_all = int(np.argmax(np.where(ok_all, grid[:, side].mean(1), -np.inf)))
-        rows["in-sample best within 2%"] = g_all
+        finite = np.isfinite(fused) & cx.valid & ~new_cell
+        spread = float(np.std(fused[finite])) or 1.0
+        grid = np.stack([per_instance_ndcg(union_ranks(
+            np.where(new_cell, fused + spread * (a + b * np.maximum(cand_cos - tau, 0)), fused), ti, cx.valid), 10)
+            for a, b, tau in CONTENT_GRID])  # [G, n]
+        ref = grid[CONTENT_GRID.index(EXCLUDE)]  # every cold candidate ranked last
+        cf = cross_fitted_rule(grid[:, side], grid[:, ~side], ref[~side], fold_new, fold_in)
+        ok = grid[:, ~side].mean(1) >= IN_SET_BOUND * ref[~side].mean() - 1e-12
+        rows = {"extended union, no content term": CONTENT_GRID.index((0.0, 0.0, 0.0)),
+                "in-sample best within the bound": int(np.argmax(np.where(ok, grid[:, side].mean(1), -np.inf)))}
+        res = {"spread": spread, "in_set_cold_last": float(ref[~side].mean())}
         for label, g in rows.items():
             res[label] = {"new": float(grid[g, side].mean()), "in_set": float(grid[g, ~side].mean()),
-                          "a_b_tau": list(map(float, CONTENT_GRID[g]))}
+                          "a_b_tau": list(CONTENT_GRID[g])}
             print(f"| {name} | {label} | {grid[g, side].mean():.4f} | {grid[g, ~side].mean():.4f} | "
                   f"{ref[~side].mean():.4f} | {CONTENT_GRID[g]} |")
-        print(f"| {name} | **cross-fitted** | {res['cross_fitted']['new']:.4f} | {res['cross_fitted']['in_set']:.4f} | "
-              f"{ref[~side].mean():.4f} | {chosen} |", flush=True)
+        if cf is None:
+            print(f"| {name} | cross-fitted | n/a (a fold without new-target or in-set users) | | | |")
+        else:
+            res["cross_fitted"] = {**cf, "chosen": [list(CONTENT_GRID[g]) for g in cf["chosen"]]}
+            print(f"| {name} | **cross-fitted** | {cf['new']:.4f} | {cf['in_set']:.4f} | {ref[~side].mean():.4f} | "
+                  f"{' / '.join(str(CONTENT_GRID[g]) for g in cf['chosen'])} |", flush=True)
         out[name] = res
     return out
-
 
 if __name__ == "__main__":
     main()

@@ -46,7 +46,7 @@ class PrimaryChoice:
     a name), ``reason`` (one sentence), and the validation ``scores`` (``metric``) it compared:
     cross-fitted for the post-hoc methods and the holdout joint model's choice among its candidates,
     the end-to-end joint model's own (``sources`` says how, in words; ``cross_fitted`` lists the
-    methods whose score is out of sample)."""
+    methods whose score is cross-fitted on validation folds)."""
 
     method: str
     requested: str

@@ -233,8 +233,8 @@ def _plot_gates(dists: Mapping[str, Mapping[str, np.ndarray]], primary: str, pat
 
 
 def _cross_fitted(sel: Mapping[str, Any], name: str) -> bool:
-    """Whether ``name``'s validation score in a primary selection (``PrimaryChoice.to_dict``) is out
-    of sample; a selection saved before ``cross_fitted`` was recorded says it in ``sources``' words."""
+    """Whether ``name``'s validation score in a primary selection (``PrimaryChoice.to_dict``) is
+    cross-fitted; a selection saved before ``cross_fitted`` was recorded says it in ``sources``' words."""
     if "cross_fitted" in sel:
         return name in sel["cross_fitted"]
     return name != "joint" or "cross-fitted" in sel.get("sources", {}).get(name, "")
@@ -310,13 +310,16 @@ def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str
     sel = results["fusion"]["selection"]
     how = (f"chosen on validation only (`fusion.primary: auto`): {sel['reason']}" if sel["requested"] == "auto"
            else f"set in the config (`fusion.primary: {sel['requested']}`); validation scores for reference")
+    scored = ("Post-hoc methods are scored out of sample: fitted on "
+              f"{sel['folds'] - 1} of {sel['folds']} folds of the validation users, scored on the fold left out "
+              "(mean over folds)" if sel.get("folds") else
+              "This run's fusion stage saved no cross-fitted scores (it predates them)")
+    if "joint" in sel["scores"]:
+        scored += ("; the joint model " + ("by its choice among its candidates, cross-fitted on the same folds"
+                                           if _cross_fitted(sel, "joint") else "by its own validation score")
+                   + " (it trains on the training sequences only)")
     md += ["", "## Primary fusion method", "",
-           f"`{sel['method']}`, {how}. Post-hoc methods are scored out of sample: fitted on "
-           f"{(sel['folds'] or 1) - 1} of {sel['folds']} folds of the validation users, scored on the fold left out "
-           "(mean over folds); the joint model "
-           + ("by its choice among its candidates, cross-fitted on the same folds"
-              if _cross_fitted(sel, "joint") else "by its own validation score")
-           + " (it trains on the training sequences only). No test data takes part in the choice; test columns "
+           f"`{sel['method']}`, {how}. {scored}. No test data takes part in the choice; test columns "
            "are for reading only.", "",
            selection_table(results)]
     md += ["", "## Test metrics by memorization label", "",

@@ -11,7 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SelfAttention", "Block", "attention_mask", "encode_sequence", "xavier_init"]
+__all__ = ["SelfAttention", "Block", "attention_mask", "encode_sequence", "xavier_init", "unit_rows"]
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[n, d]`` with every row scaled to unit L2 norm (an all-zero row stays zero)."""
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def attention_mask(pad: torch.Tensor) -> torch.Tensor:

@@ -221,26 +221,37 @@ def nearest_items(known: np.ndarray, new: np.ndarray, allowed: np.ndarray | None
     return arg
 
 
-def sasrec_with_new_items(model: Any, source_items: np.ndarray) -> Any:
+def sasrec_with_new_items(model: Any, source_items: np.ndarray, new_item_text: np.ndarray | None = None) -> Any:
     """A copy of ``model`` whose catalogue has ``len(source_items)`` more items, appended at the end,
     without training: new item ``j`` gets the embedding of trained item ``source_items[j]`` (its
     nearest neighbour by text, :func:`nearest_items`), so SASRec reads it in a
     history and gives it the same logit as that neighbour (the two then share the softmax mass, so
     the neighbour's probability drops). Other weights are copied. Deterministic (the global random
     state is left untouched). Why a copy and not a blend of several neighbours: measured on
-    simulated new items (BENCHMARKS.md, "SASRec scores new items through their nearest item")."""
+    simulated new items (BENCHMARKS.md, "SASRec scores new items through their nearest item").
+    A content-aware SASRec (``config.text_dim`` > 0) also needs the new items' text embeddings
+    ``new_item_text`` ``[len(source_items), text_dim]``: its new item adds the projection of its own
+    text to the neighbour's ID embedding."""
     import torch
 
+    from genrec.layers import unit_rows
     from genrec.sasrec import SASRec
 
     source = torch.as_tensor(np.asarray(source_items, dtype=np.int64))
     if source.ndim != 1 or (len(source) and (int(source.min()) < 0 or int(source.max()) >= model.num_items)):
         raise ValueError(f"source_items must be 1-D item indices below {model.num_items}")
+    content = model.config.text_dim > 0
+    if content and np.shape(new_item_text) != (len(source), model.config.text_dim):
+        raise ValueError(f"a content-aware SASRec needs new_item_text [{len(source)}, {model.config.text_dim}], "
+                         f"got {None if new_item_text is None else list(np.shape(new_item_text))}")
     with torch.random.fork_rng(devices=[]):  # the fresh initialisation is overwritten below
         new = SASRec(model.num_items + len(source), model.config)
     state = model.state_dict()
     weight = state["item_emb.weight"]  # [num_items + 1, H]; row 0 is padding
     state["item_emb.weight"] = torch.cat([weight, weight[source + 1]])
+    if content:
+        text = unit_rows(torch.as_tensor(np.asarray(new_item_text), dtype=torch.float32))
+        state["item_text"] = torch.cat([state["item_text"], text.to(state["item_text"].device)])
     new.load_state_dict(state)
     device = next(model.parameters()).device
     return new.to(device).train(model.training)
@@ -288,7 +299,8 @@ def extend_catalogue(table: Any, generative: Any, train_sequences: Sequence[np.n
         counts = np.bincount(np.concatenate([np.asarray(q, np.int64) for q in train_sequences] or [np.zeros(0, np.int64)]),
                              minlength=table.num_items)[:table.num_items]
         neighbours = nearest_items(item_embeddings, embeddings, allowed=counts > 0 if (counts > 0).any() else None)
-        new_sasrec = sasrec_with_new_items(sasrec, neighbours)
+        new_sasrec = sasrec_with_new_items(sasrec, neighbours,
+                                           np.asarray(embeddings, np.float32) if sasrec.config.text_dim else None)
     return ExtendedCatalogue(new_table, new_generative,
                              TrainStats(train_sequences, new_table.num_items, new_table.codes),
                              new_sasrec, all_embeddings)

@@ -30,7 +30,7 @@ from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.errors import CheckpointNotFoundError, ConfigError
-from genrec.layers import Block, attention_mask
+from genrec.layers import Block, attention_mask, unit_rows
 from genrec.metrics import DEFAULT_KS, merge_topk, metrics_from_ranks, ranks_from_score_chunks
 from genrec.splits import Instances, LeaveOneOutSplit
 from genrec.training import TrainResult, autocast, check_nonfinite_loss, check_precision, fit, model_precision, setup
@@ -70,6 +70,10 @@ class SASRecConfig:
     # the training data how often people re-consume (on Amazon 5-core: never) instead of relying on
     # evaluation-time masking, which the full-ranking protocol does not allow.
     repeat_bias: bool = True
+    # Content-aware item vectors: > 0 adds to each item's ID embedding a learned projection of its
+    # text embedding of this size (``SASRec(item_text=...)``), so items with few interactions borrow
+    # from similar texts and a new item has a vector of its own; 0 (default): ID embeddings only.
+    text_dim: int = 0
     # The training loss (see :func:`sasrec_loss`). "full" builds a [positions, num_items] logit
     # matrix: fastest while that fits (every result so far uses it). "chunked" is the same
     # cross-entropy, exact, streamed over ``loss_chunk`` items at a time, so memory no longer grows
@@ -93,6 +97,8 @@ class SASRecConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        if isinstance(self.text_dim, bool) or not isinstance(self.text_dim, int) or self.text_dim < 0:
+            raise ConfigError(f"text_dim must be a non-negative integer, got {self.text_dim!r}")
 
 
 #: values of :attr:`SASRecConfig.loss` and :attr:`SASRecConfig.negatives`
@@ -122,18 +128,44 @@ def resolve_device(name: str) -> torch.device:
 class SASRec(nn.Module):
     """Item-ID sequential recommender; ``forward`` gives per-position hidden states."""
 
-    def __init__(self, num_items: int, config: SASRecConfig):
+    def __init__(self, num_items: int, config: SASRecConfig, item_text: np.ndarray | torch.Tensor | None = None):
+        """``item_text`` ``[num_items, config.text_dim]``: the items' text embeddings, when
+        ``config.text_dim`` > 0 (a model about to load a state dict may leave them out: zeros)."""
         super().__init__()
         self.num_items = num_items
         self.config = config
         h = config.hidden
         self.item_emb = nn.Embedding(num_items + 1, h, padding_idx=0)
+        self.text_proj = nn.Linear(config.text_dim, h, bias=False) if config.text_dim else None
+        if config.text_dim:  # row 0 (padding) stays zero; unit rows, as set_item_text writes them
+            self.register_buffer("item_text", torch.zeros(num_items + 1, config.text_dim))
         self.pos_emb = nn.Embedding(config.max_len, h)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(h, config.num_heads, config.dropout) for _ in range(config.num_blocks))
         self.ln_out = nn.LayerNorm(h, eps=1e-8)
         self.repeat_bias = nn.Parameter(torch.zeros(())) if config.repeat_bias else None
         self.apply(self._init)
+        if item_text is not None:
+            self.set_item_text(item_text)
+
+    def set_item_text(self, item_text: np.ndarray | torch.Tensor) -> None:
+        """Store the items' text embeddings ``[num_items, config.text_dim]`` (L2-normalised per row)."""
+        if self.text_proj is None:
+            raise ValueError("this SASRec has no content part (config.text_dim is 0)")
+        shape = tuple(np.shape(item_text))
+        if shape != (self.num_items, self.config.text_dim):
+            raise ValueError(f"item_text must be [{self.num_items}, {self.config.text_dim}] (items x text_dim), "
+                             f"got {list(shape)}")
+        with torch.no_grad():
+            self.item_text[1:] = unit_rows(torch.as_tensor(np.asarray(item_text), dtype=torch.float32))
+
+    def item_vectors(self, rows: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """Item vectors (the tied input and output embeddings) of token rows ``rows`` (token = item + 1;
+        an index tensor or a slice; None: all, padding included): the ID embedding, plus the projected
+        text embedding when ``config.text_dim`` > 0."""
+        rows = slice(None) if rows is None else rows
+        w = self.item_emb.weight[rows]
+        return w if self.text_proj is None else w + self.text_proj(self.item_text[rows])
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -146,7 +178,8 @@ class SASRec(nn.Module):
         """tokens ``[B, L]`` (0 = padding, item i = i+1) -> hidden states ``[B, L, H]``."""
         B, L = tokens.shape
         pad = tokens == 0
-        x = self.item_emb(tokens) * math.sqrt(self.config.hidden)
+        x = self.item_emb(tokens) if self.text_proj is None else self.item_vectors(tokens)
+        x = x * math.sqrt(self.config.hidden)
         x = x + self.pos_emb(torch.arange(self.config.max_len - L, self.config.max_len, device=tokens.device))
         x = self.drop(x).masked_fill(pad[..., None], 0.0)
         allowed = attention_mask(pad)  # [B, 1, L, L]: earlier real items and itself
@@ -163,7 +196,7 @@ class SASRec(nn.Module):
         get the learned repeat bias.
         """
         stop = self.num_items if stop is None else stop
-        logits = hidden @ self.item_emb.weight[1 + start:1 + stop].T
+        logits = hidden @ self.item_vectors(slice(1 + start, 1 + stop)).T
         if self.repeat_bias is not None and seen is not None:
             rows = torch.arange(len(seen), device=seen.device)[:, None].expand_as(seen)
             real = (seen > start) & (seen <= stop)  # token = item + 1: the items of this range
@@ -264,7 +297,7 @@ def _target_logits(model: SASRec, hidden: torch.Tensor, seen: torch.Tensor | Non
                    target_weights: torch.Tensor | None = None) -> torch.Tensor:
     """``[P]`` logit of each row's target item, as in ``item_logits`` (with the repeat bias when seen);
     ``target_weights``: the targets' embedding rows ``[P, H]`` when the caller has gathered them."""
-    w = model.item_emb.weight[targets + 1] if target_weights is None else target_weights
+    w = model.item_vectors(targets + 1) if target_weights is None else target_weights
     logits = (hidden * w).sum(-1)
     if model.repeat_bias is not None and seen is not None:
         logits = logits + model.repeat_bias * (seen == targets[:, None] + 1).any(1)
@@ -276,7 +309,7 @@ def chunked_cross_entropy(model: SASRec, hidden: torch.Tensor, seen: torch.Tenso
     """Mean cross-entropy of ``targets`` ``[P]`` (item indices) under ``model.item_logits(hidden [P, H], seen)``,
     exact (the full softmax, value and gradients) but computed ``chunk`` items at a time."""
     rows, cols = _seen_pairs(seen if model.repeat_bias is not None else None, model.num_items)
-    lse = _ChunkedLogSumExp.apply(hidden, model.item_emb.weight[1:], model.repeat_bias, rows.to(hidden.device),
+    lse = _ChunkedLogSumExp.apply(hidden, model.item_vectors(slice(1, None)), model.repeat_bias, rows.to(hidden.device),
                                   cols.to(hidden.device), int(chunk))
     return (lse - _target_logits(model, hidden, seen, targets)).mean()
 
@@ -317,7 +350,7 @@ def sampled_softmax_loss(model: SASRec, hidden: torch.Tensor, seen: torch.Tensor
     estimates the full one rather than one biased toward often-drawn items); a negative equal to the
     row's target is left out (an accidental hit)."""
     # one gather of the rows needed: each gather's backward fills a dense [num_items, H] gradient
-    weights = model.item_emb.weight[torch.cat([targets, negatives]) + 1]  # [P + K, H]
+    weights = model.item_vectors(torch.cat([targets, negatives]) + 1)  # [P + K, H]
     pos = _target_logits(model, hidden, seen, targets, weights[:len(targets)]) - log_q[targets]  # [P]
     neg = hidden @ weights[len(targets):].T  # [P, K]
     if model.repeat_bias is not None and seen is not None:
@@ -545,9 +578,11 @@ def evaluate(model: SASRec, instances: Instances, ks=DEFAULT_KS, mask_history: b
 
 def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, out_dir: str | Path | None = None,
                  progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None,
-                 init: SASRec | None = None) -> TrainResult:
+                 init: SASRec | None = None, item_text: np.ndarray | None = None) -> TrainResult:
     """Train on ``split.train``, early-stop on validation NDCG@10, return the best model; ``init``: start
-    from a copy of these weights (same catalogue and architecture) instead of a fresh model.
+    from a copy of these weights (same catalogue and architecture) instead of a fresh model;
+    ``item_text`` ``[num_items, config.text_dim]``: the items' text embeddings, needed exactly when
+    ``config.text_dim`` > 0 (a :class:`~genrec.errors.ConfigError` otherwise).
 
     With ``out_dir``: ``best.pt`` (best weights + config) and ``last.pt`` (full training state) are
     written atomically after each evaluation, and a rerun resumes from ``last.pt``.
@@ -555,7 +590,10 @@ def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, ou
     config = config or SASRecConfig()
     setup(config)
     device = resolve_device(config.device)
-    model = SASRec(split.num_items, config).to(device)
+    if bool(config.text_dim) != (item_text is not None):
+        raise ConfigError(f"sasrec.text_dim is {config.text_dim}: the items' text embeddings must be given exactly "
+                          f"when it is > 0 (train_sasrec(item_text=...)); got {'some' if item_text is not None else 'none'}")
+    model = SASRec(split.num_items, config, item_text).to(device)
     if init is not None:
         model.load_state_dict(init.state_dict())
 

@@ -391,3 +391,26 @@ def test_the_content_terms_cross_fitting_scores_each_fold_with_a_choice_made_on_
     inn[0] = 0.5
     assert bench.cross_fitted_rule(new, inn, ref, fold_new, fold_in)["chosen"] == [0, 0]
     assert bench.cross_fitted_rule(new, inn, ref, np.zeros(n_new, int), fold_in) is None
+
+
+def test_content_sasrec_bench_compares_both_models_on_the_cold_runs_validation(cold_run, ctx, tmp_path, capsys):
+    """bench/content_sasrec_cold.py on the tiny cold run: the content-aware SASRec trains on the warm
+    data, and a model without the cold items never ranks a cold target."""
+    from tests.scripts import load_script
+
+    bench = load_script("bench/content_sasrec_cold.py")
+    out = tmp_path / "content.json"
+    res = bench.main(["--run", str(cold_run), "--in-set-users", "40", "--threads", "1", "--set", "max_epochs=2",
+                      "--out", str(out)])
+    assert load_json(out)["results"] == res["results"]
+    text = capsys.readouterr().out
+    assert set(res["results"]) == {"plain, warm catalogue", "plain, cold items added", "content-aware, warm catalogue",
+                                   "content-aware, cold items added", "content-aware, cold items added, text only"}
+    assert res["new_users"] > 0 and res["in_set_users"] > 0
+    for name, m in res["results"].items():
+        assert 0 <= m["new"]["ndcg@10"] <= 1 and 0 < m["in_set"]["ndcg@10"] <= 1
+        if "warm catalogue" in name:
+            assert m["new"]["ndcg@10"] == 0
+        assert f"| {name} |" in text
+    with pytest.raises(SystemExit):
+        bench.main(["--run", str(cold_run), "--set", "text_dim=-1"])

@@ -108,6 +108,8 @@ class HoldoutJointConfig:
             self.sasrec = SASRecConfig(**self.sasrec)
         if isinstance(self.generative, dict):
             self.generative = GenerativeConfig(**self.generative)
+        if self.sasrec.text_dim:  # its towers are trained without item text
+            raise ValueError("sasrec.text_dim must be 0: the holdout joint schedule has no content-aware SASRec yet")
         if self.towers not in TOWER_CHOICES:
             raise ValueError(f"towers must be one of {TOWER_CHOICES}, got {self.towers!r}")
         if self.scale != "auto" and self.scale not in SCALES:

@@ -111,6 +111,8 @@ class JointConfig:
             self.id_tower = SASRecConfig(**self.id_tower)
         if isinstance(self.gr_tower, dict):
             self.gr_tower = GenerativeConfig(**self.gr_tower)
+        if self.id_tower.text_dim:  # its towers are built from these configs, without item text
+            raise ValueError("id_tower.text_dim must be 0: the joint model has no content-aware SASRec yet")
         if self.mode not in MODES or self.mixing not in MIXINGS:
             raise ValueError(f"mode must be in {MODES} and mixing in {MIXINGS}; got {self.mode!r}, {self.mixing!r}")
         if self.gr_scope not in GR_SCOPES:

@@ -223,8 +223,8 @@ def nearest_items(known: np.ndarray, new: np.ndarray, allowed: np.ndarray | None
 
 def sasrec_with_new_items(model: Any, source_items: np.ndarray, new_item_text: np.ndarray | None = None) -> Any:
     """A copy of ``model`` whose catalogue has ``len(source_items)`` more items, appended at the end,
-    without training: new item ``j`` gets the embedding of trained item ``source_items[j]`` (its
-    nearest neighbour by text, :func:`nearest_items`), so SASRec reads it in a
+    without training: new item ``j`` gets the ID embedding of trained item ``source_items[j]`` (its
+    nearest neighbour by text, :func:`nearest_items`), so a plain SASRec reads it in a
     history and gives it the same logit as that neighbour (the two then share the softmax mass, so
     the neighbour's probability drops). Other weights are copied. Deterministic (the global random
     state is left untouched). Why a copy and not a blend of several neighbours: measured on
@@ -250,7 +250,7 @@ def sasrec_with_new_items(model: Any, source_items: np.ndarray, new_item_text: n
     weight = state["item_emb.weight"]  # [num_items + 1, H]; row 0 is padding
     state["item_emb.weight"] = torch.cat([weight, weight[source + 1]])
     if content:
-        text = unit_rows(torch.as_tensor(np.asarray(new_item_text), dtype=torch.float32))
+        text = unit_rows(torch.as_tensor(new_item_text, dtype=torch.float32).detach().cpu())
         state["item_text"] = torch.cat([state["item_text"], text.to(state["item_text"].device)])
     new.load_state_dict(state)
     device = next(model.parameters()).device

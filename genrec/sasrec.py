@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
-from genrec.errors import CheckpointNotFoundError, ConfigError
+from genrec.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from genrec.layers import Block, attention_mask, unit_rows
 from genrec.metrics import DEFAULT_KS, merge_topk, metrics_from_ranks, ranks_from_score_chunks
 from genrec.splits import Instances, LeaveOneOutSplit
@@ -126,7 +126,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 class SASRec(nn.Module):
-    """Item-ID sequential recommender; ``forward`` gives per-position hidden states."""
+    """Item-ID sequential recommender (content-aware item vectors when ``config.text_dim`` > 0);
+    ``forward`` gives per-position hidden states."""
 
     def __init__(self, num_items: int, config: SASRecConfig, item_text: np.ndarray | torch.Tensor | None = None):
         """``item_text`` ``[num_items, config.text_dim]``: the items' text embeddings, when
@@ -156,8 +157,12 @@ class SASRec(nn.Module):
         if shape != (self.num_items, self.config.text_dim):
             raise ValueError(f"item_text must be [{self.num_items}, {self.config.text_dim}] (items x text_dim), "
                              f"got {list(shape)}")
+        text = torch.as_tensor(item_text, dtype=torch.float32).detach()
+        if not torch.isfinite(text).all():
+            bad = int((~torch.isfinite(text)).any(1).nonzero()[0])
+            raise ValueError(f"item_text row {bad} (item {bad}) is not finite")
         with torch.no_grad():
-            self.item_text[1:] = unit_rows(torch.as_tensor(np.asarray(item_text), dtype=torch.float32))
+            self.item_text[1:] = unit_rows(text.to(self.item_text.device))
 
     def item_vectors(self, rows: torch.Tensor | slice | None = None) -> torch.Tensor:
         """Item vectors (the tied input and output embeddings) of token rows ``rows`` (token = item + 1;
@@ -596,6 +601,10 @@ def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, ou
     model = SASRec(split.num_items, config, item_text).to(device)
     if init is not None:
         model.load_state_dict(init.state_dict())
+        if item_text is not None:  # the text given, not the one init was trained with
+            model.set_item_text(item_text)
+    if item_text is not None and out_dir is not None:
+        _check_resumed_text(Path(out_dir) / "last.pt", model.item_text)
 
     sampler = (NegativeSampler(split.num_items, config.num_negatives, config.negatives, split.train, device)
                if config.loss == "sampled" else None)
@@ -609,6 +618,20 @@ def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, ou
                math.ceil(n_train / config.batch_size), loss_fn,
                lambda m: evaluate(m, split.valid, batch_size=config.eval_batch_size),
                out_dir, progress, on_eval, {"num_items": split.num_items}, "sasrec")
+
+
+def _check_resumed_text(path: Path, text: torch.Tensor) -> None:
+    """A content-aware run resumed from ``path`` must have been trained on the same item text: a
+    :class:`~genrec.errors.CheckpointError` otherwise (an unreadable checkpoint is left to ``fit``)."""
+    if not path.is_file():
+        return
+    try:
+        saved = load_checkpoint(path, kind="SASRec checkpoint", keys=("model",))["model"].get("item_text")
+    except CheckpointError:
+        return
+    if saved is None or saved.shape != text.shape or not torch.allclose(saved, text.cpu()):
+        raise CheckpointError(f"{path}: trained on other item text embeddings than the ones given; use another "
+                              "out_dir or delete it")
 
 
 def load_sasrec(path: str | Path, device: str = "cpu") -> SASRec:

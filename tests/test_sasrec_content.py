@@ -131,3 +131,31 @@ def test_the_recipe_refuses_it_with_a_clear_error_until_its_stage_reads_the_embe
     with pytest.raises(ConfigError, match="config key 'sasrec.text_dim' must be 0 in a recipe"):
         config_from_dict({}, overrides=["sasrec.text_dim=384"])
     assert config_from_dict({}).sasrec.text_dim == 0
+
+
+def test_joint_configs_refuse_it_and_a_resumed_run_needs_the_same_text(tmp_path):
+    from fusion.holdout_joint import HoldoutJointConfig
+    from fusion.joint import JointConfig
+    from genrec.errors import CheckpointError
+    from genrec.recipe import config_from_dict
+
+    with pytest.raises(ValueError, match="text_dim must be 0"):
+        JointConfig(id_tower={"text_dim": 8})
+    with pytest.raises(ValueError, match="text_dim must be 0"):
+        HoldoutJointConfig(sasrec={"text_dim": 8})
+    with pytest.raises(ConfigError, match="text_dim"):
+        config_from_dict({}, overrides=["fusion.joint=true", "fusion.joint_config.sasrec.text_dim=8"])
+
+    split = leave_one_out(cyclic_dataset(), max_history=9)
+    config = SASRecConfig(**SMALL, lr=5e-3, batch_size=32, max_epochs=1, eval_batch_size=64, text_dim=TEXT_DIM)
+    text = _text(split.num_items)
+    first = train_sasrec(split, config, tmp_path, progress=False, item_text=text).model
+    with pytest.raises(CheckpointError, match="other item text"):
+        train_sasrec(split, config, tmp_path, progress=False, item_text=_text(split.num_items, seed=5))
+    # warm start from a model trained on other text: the text given is the one used
+    other = train_sasrec(split, config, progress=False, init=first, item_text=_text(split.num_items, seed=5)).model
+    assert not torch.allclose(other.item_text, first.item_text)
+    bad = text.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match="row 3"):
+        SASRec(split.num_items, config, bad)

@@ -43,7 +43,6 @@ from genrec.metrics import metrics_from_ranks, ranks_from_topk  # noqa: E402
 from genrec.new_items import nearest_items, sasrec_with_new_items  # noqa: E402
 from genrec.recipe import StageContext, config_from_dict  # noqa: E402
 from genrec.sasrec import load_sasrec, train_sasrec  # noqa: E402
-from genrec.splits import Instances  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -74,13 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     minutes = (time.perf_counter() - t0) / 60
     plain = load_sasrec(run / "sasrec" / "best.pt")
 
-    valid = cold.split.valid
-    is_new = valid.targets >= nw
-    in_set = np.flatnonzero(~is_new)
-    rng = np.random.default_rng(args.seed)
-    rows = np.r_[np.flatnonzero(is_new), np.sort(rng.choice(in_set, min(args.in_set_users, len(in_set)), replace=False))]
-    inst = Instances(users=valid.users[rows], histories=[valid.histories[j] for j in rows], targets=valid.targets[rows])
-    side = is_new[rows]
+    inst, side = cold.validation_sample(args.in_set_users, args.seed)
     counts = np.bincount(np.concatenate(cold.warm.train), minlength=nw)[:nw]
     proxy = nearest_items(x[:nw], x[nw:], allowed=counts > 0)
     content_added = sasrec_with_new_items(content, proxy, x[nw:]).eval()

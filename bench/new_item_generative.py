@@ -102,13 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     proxy = np.arange(cold.num_items)
     proxy[cold.num_warm:] = nearest_items(x[:cold.num_warm], x[cold.num_warm:], allowed=counts > 0)
 
-    valid = cold.split.valid
-    is_new = valid.targets >= cold.num_warm
-    rng = np.random.default_rng(args.seed)
-    in_set = np.flatnonzero(~is_new)
-    rows = np.r_[np.flatnonzero(is_new), np.sort(rng.choice(in_set, min(args.in_set_users, len(in_set)), replace=False))]
-    inst = Instances(users=valid.users[rows], histories=[valid.histories[j] for j in rows], targets=valid.targets[rows])
-    side = is_new[rows]
+    inst, side = cold.validation_sample(args.in_set_users, args.seed)
     k, beam = config.fusion.k, config.fusion.beam
     print(f"{run}: {cold.num_items - cold.num_warm} cold items added; validation users: {int(side.sum())} with a "
           f"cold target, {int((~side).sum())} in-set (sampled); fusion k={k}, beam={beam}\n", flush=True)

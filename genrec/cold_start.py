@@ -72,6 +72,17 @@ class ColdStartSplit:
         """Boolean mask of ``items`` (permuted indices) that are cold."""
         return np.asarray(items) >= self.num_warm
 
+    def validation_sample(self, in_set_users: int, seed: int = 0) -> tuple[Instances, np.ndarray]:
+        """The validation instances whose target is cold (left out of training and every choice:
+        new-item cases) followed by a seeded sample of ``in_set_users`` of the others, and ``[n]`` bool
+        marking the cold-target ones."""
+        valid = self.split.valid
+        cold = self.is_cold(valid.targets)
+        in_set = np.flatnonzero(~cold)
+        sample = np.random.default_rng(seed).choice(in_set, min(in_set_users, len(in_set)), replace=False)
+        rows = np.r_[np.flatnonzero(cold), np.sort(sample)]
+        return valid.subset(rows), cold[rows]
+
     def summary(self) -> dict[str, int | str]:
         """Counts for ``data/summary.json``: items, test targets and validation instances by side."""
         cold_targets = int(self.is_cold(self.split.test.targets).sum())

@@ -414,3 +414,17 @@ def test_content_sasrec_bench_compares_both_models_on_the_cold_runs_validation(c
         assert f"| {name} |" in text
     with pytest.raises(SystemExit):
         bench.main(["--run", str(cold_run), "--set", "text_dim=-1"])
+
+
+def test_validation_sample_holds_every_cold_target_then_a_seeded_in_set_sample(ctx):
+    cold = ctx.cold()
+    valid = cold.split.valid
+    inst, side = cold.validation_sample(5, seed=3)
+    n_cold = int(cold.is_cold(valid.targets).sum())
+    assert n_cold > 0 and side[:n_cold].all() and not side[n_cold:].any() and len(side) == n_cold + 5
+    assert cold.is_cold(inst.targets).tolist() == side.tolist()
+    again, _ = cold.validation_sample(5, seed=3)
+    other, _ = cold.validation_sample(5, seed=4)
+    assert again.users.tolist() == inst.users.tolist() and other.users.tolist() != inst.users.tolist()
+    everyone, side_all = cold.validation_sample(10 ** 6)
+    assert len(everyone.targets) == len(valid.targets) and side_all.sum() == n_cold

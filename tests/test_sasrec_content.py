@@ -9,8 +9,8 @@ import torch
 
 from genrec.errors import ConfigError
 from genrec.new_items import sasrec_with_new_items
-from genrec.sasrec import (NegativeSampler, SASRec, SASRecConfig, evaluate, load_sasrec, sasrec_loss, save_sasrec,
-                           train_sasrec)
+from genrec.sasrec import SASRec, SASRecConfig, evaluate, load_sasrec, save_sasrec, train_sasrec
+from genrec.sasrec_losses import NegativeSampler, sasrec_loss
 from genrec.splits import leave_one_out
 from genrec.synthetic import cyclic_dataset
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from genrec.errors import ConfigError
-from genrec.sasrec import (NegativeSampler, SASRec, SASRecConfig, chunked_cross_entropy, evaluate, sampled_softmax_loss,
-                           sasrec_loss, train_sasrec)
+from genrec.sasrec import SASRec, SASRecConfig, evaluate, train_sasrec
+from genrec.sasrec_losses import NegativeSampler, chunked_cross_entropy, sampled_softmax_loss, sasrec_loss
 from genrec.splits import leave_one_out
 from genrec.synthetic import cyclic_dataset
 

@@ -108,8 +108,6 @@ class HoldoutJointConfig:
             self.sasrec = SASRecConfig(**self.sasrec)
         if isinstance(self.generative, dict):
             self.generative = GenerativeConfig(**self.generative)
-        if self.sasrec.text_dim:  # its towers are trained without item text
-            raise ValueError("sasrec.text_dim must be 0: the holdout joint schedule has no content-aware SASRec yet")
         if self.towers not in TOWER_CHOICES:
             raise ValueError(f"towers must be one of {TOWER_CHOICES}, got {self.towers!r}")
         if self.scale != "auto" and self.scale not in SCALES:
@@ -226,16 +224,19 @@ def _peak_gib() -> float:
 
 
 def _train_towers(split: LeaveOneOutSplit, table: Any, config: HoldoutJointConfig, out: Path | None, suffix: str,
-                  progress: bool, init: Any = None, refresh: bool = False) -> tuple[SASRec, HierarchicalGenerative, Any]:
+                  progress: bool, init: Any = None, refresh: bool = False,
+                  item_text: np.ndarray | None = None) -> tuple[SASRec, HierarchicalGenerative, Any]:
     """``(sasrec, generative, state)``: both towers trained on ``split.train`` as ``config.towers`` says
-    (``refresh``: the short refresh schedule from ``init``, the ``state`` of an earlier call)."""
+    (``refresh``: the short refresh schedule from ``init``, the ``state`` of an earlier call;
+    ``item_text``: a content-aware SASRec's text embeddings)."""
     sub = (lambda name: out / f"{name}{suffix}") if out is not None else (lambda name: None)
     again = (lambda c: _refresh_config(c, config.refresh_epochs, config.refresh_lr_ratio)) if refresh else (lambda c: c)
     if config.towers == "joint":
-        model = train_joint(split, table, again(config.joint_config()), sub("joint"), progress, init=init).model
+        model = train_joint(split, table, again(config.joint_config()), sub("joint"), progress, init=init,
+                            item_text=item_text).model
         return model.id_tower.eval(), model.gr_tower.eval(), model
     sasrec = train_sasrec(split, again(config.sasrec), sub("sasrec"), progress,
-                          init=init[0] if init is not None else None).model
+                          init=init[0] if init is not None else None, item_text=item_text).model
     generative = train_generative(split, table, again(config.generative), sub("generative"), progress,
                                   init=init[1] if init is not None else None).model
     return sasrec, generative, (sasrec, generative)
@@ -244,14 +245,16 @@ def _train_towers(split: LeaveOneOutSplit, table: Any, config: HoldoutJointConfi
 def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJointConfig | None = None,
                         out_dir: str | Path | None = None, progress: bool = False,
                         ks: Sequence[int] = DEFAULT_KS,
-                        full_towers: tuple[SASRec, HierarchicalGenerative] | None = None) -> HoldoutJointResult:
+                        full_towers: tuple[SASRec, HierarchicalGenerative] | None = None,
+                        item_text: np.ndarray | None = None) -> HoldoutJointResult:
     """Run the three stages (module doc) on ``split`` with the semantic IDs of ``table`` (``codes``,
     ``codebook_sizes``). Reads ``split.train`` and, for model selection only (the towers' early
     stopping; which towers and gate scale are kept), ``split.valid``; never ``split.test``.
 
     ``full_towers``: with ``retrain`` and ``towers="separate"`` (or ``"both"``), towers already trained on all of
     ``split.train`` with ``config``'s tower settings (a recipe's own SASRec and generative stages),
-    used as the retrained towers instead of training them a second time."""
+    used as the retrained towers instead of training them a second time. ``item_text`` ``[num_items, dim]``:
+    the items' text embeddings, needed exactly when ``sasrec.text_dim`` is set (content-aware ID towers)."""
     config = config or HoldoutJointConfig()
     if full_towers is not None:
         if not (config.retrain and config.towers in ("separate", "both")):
@@ -277,7 +280,7 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
         kc = dataclasses.replace(config, towers=kind)
         t0 = time.perf_counter()
         sasrec, generative, state = _train_towers(dataclasses.replace(split, train=short), table, kc, out, "",
-                                                  progress)
+                                                  progress, item_text=item_text)
         seconds[label(kind, "towers")] = time.perf_counter() - t0
         # between stages the heap goes back to the OS: training leaves it fragmented, and the inference
         # stages' many batch shapes then grew this process past 8 GiB on Beauty (2.3 GiB each alone)
@@ -307,13 +310,14 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
         if config.refresh_epochs:
             t0 = time.perf_counter()
             towers[label(kind, "refreshed")] = (kind, _train_towers(split, table, kc, out, "_refresh", progress,
-                                                                    init=state, refresh=True)[:2])
+                                                                    init=state, refresh=True, item_text=item_text)[:2])
             seconds[label(kind, "refresh")] = time.perf_counter() - t0
             trim_heap()
         if config.retrain and (kind == "separate" or len(kinds) == 1):
             t0 = time.perf_counter()
             towers[label(kind, "retrained")] = (kind, tuple(t.eval() for t in full_towers) if full_towers is not None
-                                                else _train_towers(split, table, kc, out, "_retrain", progress)[:2])
+                                                else _train_towers(split, table, kc, out, "_retrain", progress,
+                                                                   item_text=item_text)[:2])
             seconds[label(kind, "retrain")] = time.perf_counter() - t0
             trim_heap()
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -49,7 +49,7 @@ from genrec.generative import GenerativeConfig, HierarchicalGenerative, repeat_m
 from genrec.errors import CheckpointError
 from genrec.training import TrainResult, autocast, check_nonfinite_loss, check_precision, fit, model_precision, setup
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
-from genrec.sasrec import SASRec, SASRecConfig, resolve_device
+from genrec.sasrec import SASRec, SASRecConfig, check_resumed_text, resolve_device, resolve_text_dim
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,6 @@ class JointConfig:
             self.id_tower = SASRecConfig(**self.id_tower)
         if isinstance(self.gr_tower, dict):
             self.gr_tower = GenerativeConfig(**self.gr_tower)
-        if self.id_tower.text_dim:  # its towers are built from these configs, without item text
-            raise ValueError("id_tower.text_dim must be 0: the joint model has no content-aware SASRec yet")
         if self.mode not in MODES or self.mixing not in MIXINGS:
             raise ValueError(f"mode must be in {MODES} and mixing in {MIXINGS}; got {self.mode!r}, {self.mixing!r}")
         if self.gr_scope not in GR_SCOPES:
@@ -216,7 +214,10 @@ class JointModel(nn.Module):
     """SASRec tower + hierarchical semantic-ID tower + gate head (module doc)."""
 
     def __init__(self, num_items: int, codes: np.ndarray, codebook_sizes: Sequence[int], config: JointConfig,
-                 train: Sequence[np.ndarray] | None = None):
+                 train: Sequence[np.ndarray] | None = None, item_text: np.ndarray | None = None):
+        """``item_text`` ``[num_items, id_tower.text_dim]``: the items' text embeddings of a
+        content-aware ID tower (:class:`genrec.sasrec.SASRec`; a model about to load a state dict may
+        leave them out)."""
         super().__init__()
         self.config = config
         self.num_items = num_items
@@ -224,7 +225,7 @@ class JointModel(nn.Module):
         shared = {"max_len": config.max_len, "device": config.device, "precision": config.precision}
         id_cfg = SASRecConfig(**{**asdict(config.id_tower), **shared})
         gr_cfg = GenerativeConfig(**{**asdict(config.gr_tower), **shared})
-        self.id_tower = SASRec(num_items, id_cfg)
+        self.id_tower = SASRec(num_items, id_cfg, item_text)
         self.gr_tower = HierarchicalGenerative(codes, codebook_sizes, gr_cfg)
         if self.gr_tower.num_items != num_items:
             raise ValueError(f"codes have {self.gr_tower.num_items} items, the catalogue {num_items}")
@@ -422,19 +423,25 @@ def joint_gates(model: JointModel, instances: Instances, batch_size: int = 512) 
 def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None = None,
                 out_dir: str | Path | None = None, progress: bool = False,
                 on_eval: Callable[[dict[str, float]], None] | None = None,
-                init: JointModel | None = None) -> TrainResult:
+                init: JointModel | None = None, item_text: np.ndarray | None = None) -> TrainResult:
     """Train a :class:`JointModel` (or one tower, ``config.mode``) on ``split.train`` with the semantic
     IDs of ``table`` (``codes``, ``codebook_sizes``), early-stopping on validation NDCG@10; with
     ``out_dir`` checkpoints are written and a rerun resumes (``genrec.training.fit``). ``init``: start
-    from a copy of these weights (same architecture) instead of a fresh model."""
+    from a copy of these weights (same architecture) instead of a fresh model. ``item_text``
+    ``[num_items, dim]``: the items' text embeddings, needed exactly when ``id_tower.text_dim`` is set
+    (a content-aware ID tower, as :func:`genrec.sasrec.train_sasrec`)."""
     config = config or JointConfig()
     setup(config)
     device = resolve_device(config.device)  # after setup: under torchrun "cuda" is this rank's GPU
-    model = JointModel(split.num_items, table.codes, table.codebook_sizes, config, split.train)
+    config = replace(config, id_tower=resolve_text_dim(config.id_tower, item_text))
+    model = JointModel(split.num_items, table.codes, table.codebook_sizes, config, split.train, item_text)
     if init is not None:
         # the training statistics are this split's (the gate features read them), the rest init's
-        own = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("token_")}
+        own = {k: v.clone() for k, v in model.state_dict().items()
+               if k.startswith("token_") or k == "id_tower.item_text"}  # and the text given
         model.load_state_dict({**init.state_dict(), **own})
+    if item_text is not None and out_dir is not None:
+        check_resumed_text(Path(out_dir) / "last.pt", model.id_tower.item_text, key="id_tower.item_text")
     model.to(device)
     n_train = sum(1 for s in split.train if len(s) >= 2)
 

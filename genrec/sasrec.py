@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -72,8 +72,9 @@ class SASRecConfig:
     repeat_bias: bool = True
     # Content-aware item vectors: > 0 adds to each item's ID embedding a learned projection of its
     # text embedding of this size (``SASRec(item_text=...)``), so items with few interactions borrow
-    # from similar texts and a new item has a vector of its own; 0 (default): ID embeddings only.
-    text_dim: int = 0
+    # from similar texts and a new item has a vector of its own; 0 (default): ID embeddings only;
+    # "auto": the size of the text embeddings given to train_sasrec (the recipe's embed stage).
+    text_dim: int | Literal["auto"] = 0
     # The training loss (see :func:`genrec.sasrec_losses.sasrec_loss`). "full" builds a [positions, num_items] logit
     # matrix: fastest while that fits (every result so far uses it). "chunked" is the same
     # cross-entropy, exact, streamed over ``loss_chunk`` items at a time, so memory no longer grows
@@ -97,8 +98,9 @@ class SASRecConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-        if isinstance(self.text_dim, bool) or not isinstance(self.text_dim, int) or self.text_dim < 0:
-            raise ConfigError(f"text_dim must be a non-negative integer, got {self.text_dim!r}")
+        if self.text_dim != "auto" and (isinstance(self.text_dim, bool) or not isinstance(self.text_dim, int)
+                                        or self.text_dim < 0):
+            raise ConfigError(f"text_dim must be a non-negative integer or 'auto', got {self.text_dim!r}")
 
 
 #: inference computes at most this many logits (rows x items, 128 MB of float32) at once; a larger
@@ -130,6 +132,9 @@ class SASRec(nn.Module):
         """``item_text`` ``[num_items, config.text_dim]``: the items' text embeddings, when
         ``config.text_dim`` > 0 (a model about to load a state dict may leave them out: zeros)."""
         super().__init__()
+        if config.text_dim == "auto":
+            raise ValueError("SASRec needs text_dim resolved to the text embeddings' size, not 'auto' "
+                             "(train_sasrec resolves it from item_text)")
         self.num_items = num_items
         self.config = config
         h = config.hidden
@@ -431,7 +436,7 @@ def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, ou
     """Train on ``split.train``, early-stop on validation NDCG@10, return the best model; ``init``: start
     from a copy of these weights (same catalogue and architecture) instead of a fresh model;
     ``item_text`` ``[num_items, config.text_dim]``: the items' text embeddings, needed exactly when
-    ``config.text_dim`` > 0 (a :class:`~genrec.errors.ConfigError` otherwise).
+    ``config.text_dim`` > 0 or ``"auto"`` (then their width; a :class:`~genrec.errors.ConfigError` otherwise).
 
     With ``out_dir``: ``best.pt`` (best weights + config) and ``last.pt`` (full training state) are
     written atomically after each evaluation, and a rerun resumes from ``last.pt``.
@@ -439,16 +444,14 @@ def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, ou
     config = config or SASRecConfig()
     setup(config)
     device = resolve_device(config.device)
-    if bool(config.text_dim) != (item_text is not None):
-        raise ConfigError(f"sasrec.text_dim is {config.text_dim}: the items' text embeddings must be given exactly "
-                          f"when it is > 0 (train_sasrec(item_text=...)); got {'some' if item_text is not None else 'none'}")
+    config = resolve_text_dim(config, item_text)
     model = SASRec(split.num_items, config, item_text).to(device)
     if init is not None:
         model.load_state_dict(init.state_dict())
         if item_text is not None:  # the text given, not the one init was trained with
             model.set_item_text(item_text)
     if item_text is not None and out_dir is not None:
-        _check_resumed_text(Path(out_dir) / "last.pt", model.item_text)
+        check_resumed_text(Path(out_dir) / "last.pt", model.item_text)
 
     sampler = (NegativeSampler(split.num_items, config.num_negatives, config.negatives, split.train, device)
                if config.loss == "sampled" else None)
@@ -464,13 +467,27 @@ def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, ou
                out_dir, progress, on_eval, {"num_items": split.num_items}, "sasrec")
 
 
-def _check_resumed_text(path: Path, text: torch.Tensor) -> None:
-    """A content-aware run resumed from ``path`` must have been trained on the same item text: a
-    :class:`~genrec.errors.CheckpointError` otherwise (an unreadable checkpoint is left to ``fit``)."""
+def resolve_text_dim(config: SASRecConfig, item_text: np.ndarray | None) -> SASRecConfig:
+    """``config`` with ``text_dim: "auto"`` replaced by the width of ``item_text``; a
+    :class:`~genrec.errors.ConfigError` unless the text is given exactly when ``text_dim`` is set."""
+    if bool(config.text_dim) != (item_text is not None):
+        raise ConfigError(f"sasrec.text_dim is {config.text_dim}: the items' text embeddings must be given exactly "
+                          f"when it is > 0 (train_sasrec(item_text=...)); got {'some' if item_text is not None else 'none'}")
+    if config.text_dim == "auto":  # checkpoints record the resolved width
+        if np.ndim(item_text) != 2:
+            raise ConfigError(f"item_text must be [num_items, text_dim], got shape {list(np.shape(item_text))}")
+        config = replace(config, text_dim=int(np.shape(item_text)[1]))
+    return config
+
+
+def check_resumed_text(path: Path, text: torch.Tensor, key: str = "item_text") -> None:
+    """A content-aware run resumed from checkpoint ``path`` must have been trained on the same item
+    text (state-dict entry ``key``): a :class:`~genrec.errors.CheckpointError` otherwise (an
+    unreadable checkpoint is left to ``fit``)."""
     if not path.is_file():
         return
     try:
-        saved = load_checkpoint(path, kind="SASRec checkpoint", keys=("model",))["model"].get("item_text")
+        saved = load_checkpoint(path, kind="checkpoint", keys=("model",))["model"].get(key)
     except CheckpointError:
         return
     if saved is None or saved.shape != text.shape or not torch.allclose(saved, text.cpu()):

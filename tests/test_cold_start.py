@@ -428,3 +428,41 @@ def test_validation_sample_holds_every_cold_target_then_a_seeded_in_set_sample(c
     assert again.users.tolist() == inst.users.tolist() and other.users.tolist() != inst.users.tolist()
     everyone, side_all = cold.validation_sample(10 ** 6)
     assert len(everyone.targets) == len(valid.targets) and side_all.sum() == n_cold
+
+
+def test_a_content_aware_sasrec_in_the_recipe_scores_cold_items_by_their_own_text(tiny, emb_cache, tmp_path):
+    """``sasrec.text_dim: auto``: the sasrec stage reads the embed stage's warm rows (its hash follows
+    them); the cold items come back with their own text in SASRec's item vectors, exactly as
+    ``Recommender.add_items`` adds them, and a saved recommender gives the same lists."""
+    from genrec.layers import unit_rows
+    from genrec.sasrec import load_sasrec
+
+    out = tmp_path / "run"
+    overrides = [*tiny, *COLD, "sasrec.text_dim=auto"]
+    assert cli.main(["demo", "--out", str(out), "--set", *overrides]) == 0
+    assert load_json(out / "sasrec" / "stage.done.json")["hashed"]["upstream"].keys() == {"data", "embed"}
+    cold = StageContext(out, load_config(DEMO_YAML, overrides=overrides)).cold()
+    x = np.load(out / "embed" / "embeddings.npy")
+    model = load_sasrec(out / "sasrec")
+    assert model.num_items == cold.num_warm and model.config.text_dim == x.shape[1]
+    torch.testing.assert_close(model.item_text[1:], unit_rows(torch.from_numpy(x[:cold.num_warm])))
+
+    rec = Recommender.from_run(out)
+    rec.add_items([item_record(cold.dataset.item_ids[i], cold.dataset.items[i]) for i in cold.cold_items],
+                  cache_dir=emb_cache)
+    assert rec.sasrec.num_items == rec.num_items == cold.dataset.num_items
+    new_rows = torch.arange(cold.num_warm + 1, cold.dataset.num_items + 1)
+    torch.testing.assert_close(rec.sasrec.item_text[new_rows], unit_rows(torch.from_numpy(x[cold.num_warm:])))
+    histories = [[rec.item_ids[i] for i in h] for h in cold.split.test.histories]
+    got = rec.recommend_batch(histories, k=10)
+    with np.load(out / "fusion" / "topk.npz") as z:
+        expected = z[rec.method_name]
+    assert [r.items for r in got] == [[rec.item_ids[i] for i in row if i >= 0] for row in expected]
+    # each cold item: its nearest warm item's ID embedding plus its own text, not a copy of that item
+    with torch.no_grad():
+        ids, vectors = rec.sasrec.item_emb.weight, rec.sasrec.item_vectors()
+        for row in new_rows.tolist():
+            source = int(torch.nonzero((ids[1:cold.num_warm + 1] == ids[row]).all(1))[0]) + 1
+            assert not torch.allclose(vectors[row], vectors[source])
+    again = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "saved"))
+    assert [r.pairs() for r in again.recommend_batch(histories, k=10)] == [r.pairs() for r in got]

@@ -316,6 +316,32 @@ def test_holdout_joint_stage_reuses_the_recipes_towers_as_its_retrained_ones(ref
         run_recipe(default, out)
 
 
+def test_a_content_aware_recipe_sasrec_reaches_the_holdout_joint_towers(reference, tiny, tmp_path):
+    """``sasrec.text_dim: auto`` with the joint stage: its stage-1 SASRec reads the embed stage's vectors
+    as the recipe's does, and the recipe's content-aware towers are reused as its retrained ones."""
+    import shutil
+
+    from fusion.holdout_joint import load_holdout_joint
+    from genrec.layers import unit_rows
+    from genrec.recipe import StageContext
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    config = load_config(DEMO_YAML, overrides=tiny + ["sasrec.text_dim=auto", "fusion.joint=true",
+                                                      "fusion.joint_config.towers=separate",
+                                                      "fusion.joint_config.retrain=true",
+                                                      "fusion.joint_config.refresh_epochs=0"])
+    run_recipe(config, out, force=True)
+    text = unit_rows(torch.from_numpy(np.load(out / "embed" / "embeddings.npy")))
+    stage1 = torch.load(out / "joint" / "training" / "sasrec" / "best.pt", weights_only=True)
+    torch.testing.assert_close(stage1["model"]["item_text"][1:], text)
+    assert stage1["config"]["text_dim"] == text.shape[1]
+    assert not (out / "joint" / "training" / "sasrec_retrain").exists()  # the recipe's towers, reused
+    model = load_holdout_joint(out / "joint" / "model", StageContext(out, config).data()[1].train)
+    torch.testing.assert_close(model.sasrec.item_text[1:], text)
+    assert "joint" in _results(out)["models"]
+
+
 def test_the_recipes_joint_towers_default_to_both_unless_the_history_windows_differ():
     from genrec.recipe.config import joint_config
 

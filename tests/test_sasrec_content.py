@@ -3,6 +3,8 @@ a learned projection of its text embedding. Off by default (the model is then un
 training loss reaches the projection; save/load keeps the text; new items added without training
 read their own text."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -125,26 +127,46 @@ def test_a_new_item_reads_its_own_text_beside_its_neighbours_id_embedding():
         sasrec_with_new_items(model, np.array([4]))
 
 
-def test_the_recipe_refuses_it_with_a_clear_error_until_its_stage_reads_the_embeddings():
+def test_auto_text_dim_takes_the_width_of_the_text_given():
+    split = leave_one_out(cyclic_dataset(), max_history=9)
+    config = SASRecConfig(**SMALL, lr=5e-3, batch_size=32, max_epochs=1, eval_batch_size=64, text_dim="auto")
+    model = train_sasrec(split, config, progress=False, item_text=_text(split.num_items)).model
+    assert model.config.text_dim == TEXT_DIM and model.text_proj.in_features == TEXT_DIM
+    with pytest.raises(ConfigError, match="text_dim is auto"):
+        train_sasrec(split, config, progress=False)
+    with pytest.raises(ValueError, match="resolved"):
+        SASRec(split.num_items, config)
+
+
+def test_recipe_hashes_follow_the_embed_stage_only_for_a_content_aware_sasrec():
+    """A plain SASRec's stage hash is the one of runs made before the option (no text_dim key, no embed
+    upstream), so changing the text encoder does not retrain it; a content-aware one reruns."""
     from genrec.recipe import config_from_dict
+    from genrec.recipe.runner import _plan, _section_for_hash
 
-    with pytest.raises(ConfigError, match="config key 'sasrec.text_dim' must be 0 in a recipe"):
-        config_from_dict({}, overrides=["sasrec.text_dim=384"])
-    assert config_from_dict({}).sasrec.text_dim == 0
+    def sasrec_hash(*overrides: str) -> str:
+        plan, _, _ = _plan(config_from_dict({}, overrides=list(overrides)), Path("/nonexistent"), {"files": []})
+        return plan["sasrec"]["hash"], plan["sasrec"]["src"]["upstream"]
+
+    plain = config_from_dict({})
+    assert "text_dim" not in _section_for_hash(plain, "sasrec")
+    h_plain, up_plain = sasrec_hash()
+    assert up_plain.keys() == {"data"}
+    assert sasrec_hash("text.max_description_chars=100")[0] == h_plain
+    h_content, up_content = sasrec_hash("sasrec.text_dim=auto")
+    assert up_content.keys() == {"data", "embed"} and h_content != h_plain
+    assert sasrec_hash("sasrec.text_dim=auto", "text.max_description_chars=100")[0] != h_content
+    # the joint stage reads the embed stage exactly when its ID towers are content-aware
+    for overrides, reads in ((["fusion.joint=true"], False), (["fusion.joint=true", "sasrec.text_dim=auto"], True),
+                             (["fusion.joint=true", "fusion.joint_config.sasrec.text_dim=auto"], True)):
+        plan, _, _ = _plan(config_from_dict({}, overrides=overrides), Path("/nonexistent"), {"files": []})
+        assert ("embed" in plan["joint"]["src"]["upstream"]) == reads, overrides
+    with pytest.raises(ConfigError, match="sasrec.text_dim"):
+        config_from_dict({}, overrides=["sasrec.text_dim=big"])
 
 
-def test_joint_configs_refuse_it_and_a_resumed_run_needs_the_same_text(tmp_path):
-    from fusion.holdout_joint import HoldoutJointConfig
-    from fusion.joint import JointConfig
+def test_a_resumed_run_needs_the_same_text_and_a_warm_start_uses_the_text_given(tmp_path):
     from genrec.errors import CheckpointError
-    from genrec.recipe import config_from_dict
-
-    with pytest.raises(ValueError, match="text_dim must be 0"):
-        JointConfig(id_tower={"text_dim": 8})
-    with pytest.raises(ValueError, match="text_dim must be 0"):
-        HoldoutJointConfig(sasrec={"text_dim": 8})
-    with pytest.raises(ConfigError, match="text_dim"):
-        config_from_dict({}, overrides=["fusion.joint=true", "fusion.joint_config.sasrec.text_dim=8"])
 
     split = leave_one_out(cyclic_dataset(), max_history=9)
     config = SASRecConfig(**SMALL, lr=5e-3, batch_size=32, max_epochs=1, eval_batch_size=64, text_dim=TEXT_DIM)
@@ -159,3 +181,83 @@ def test_joint_configs_refuse_it_and_a_resumed_run_needs_the_same_text(tmp_path)
     bad[3, 0] = np.nan
     with pytest.raises(ValueError, match="row 3"):
         SASRec(split.num_items, config, bad)
+
+
+def _joint_setup():
+    from types import SimpleNamespace
+
+    from genrec import make_synthetic
+    from genrec.synthetic import synthetic_info
+
+    ds = make_synthetic(num_users=60, seed=0, num_brands=4, num_categories=4, num_attributes=3)
+    info = synthetic_info(ds)
+    codes = np.stack([info.category, info.brand, info.attribute], 1)
+    table = SimpleNamespace(codes=codes, codebook_sizes=[int(codes[:, j].max()) + 1 for j in range(3)])
+    split = leave_one_out(ds, max_history=10)
+    return split, table, _text(split.num_items)
+
+
+def test_the_end_to_end_joint_model_trains_a_content_aware_id_tower(tmp_path):
+    """``id_tower.text_dim``: the joint objective reaches the text projection; the text is kept in the
+    checkpoint (load gives the same scores); a resumed run needs the same text."""
+    from fusion.joint import JointConfig, JointModel, evaluate_joint, load_joint, train_joint
+    from genrec.errors import CheckpointError
+    from genrec.generative import GenerativeConfig
+
+    split, table, text = _joint_setup()
+    config = JointConfig(id_tower=SASRecConfig(**SMALL, text_dim="auto"),
+                         gr_tower=GenerativeConfig(hidden=16, num_blocks=1, num_heads=2, head_layers=1),
+                         max_len=9, batch_size=64, max_epochs=1, num_threads=1)
+    model = JointModel(split.num_items, table.codes, table.codebook_sizes,
+                       JointConfig(**{**config.__dict__, "id_tower": SASRecConfig(**SMALL, text_dim=TEXT_DIM)}),
+                       split.train, text)
+    inputs, targets = next(iter(_joint_batches(split)))
+    model.loss(inputs, targets)[0].backward()
+    assert model.id_tower.text_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="text_dim is auto"):
+        train_joint(split, table, config)
+    result = train_joint(split, table, config, out_dir=tmp_path, item_text=text)
+    assert result.model.config.id_tower.text_dim == TEXT_DIM
+    loaded = load_joint(tmp_path)
+    torch.testing.assert_close(loaded.id_tower.item_text, result.model.id_tower.item_text)
+    assert evaluate_joint(loaded, split.valid) == evaluate_joint(result.model.eval(), split.valid)
+    with pytest.raises(CheckpointError, match="other item text"):
+        train_joint(split, table, config, out_dir=tmp_path, item_text=_text(split.num_items, seed=3))
+
+
+def _joint_batches(split):
+    from genrec.batching import training_batches
+
+    return training_batches(split.train, SASRecConfig(**SMALL, batch_size=16), np.random.default_rng(0))
+
+
+def test_the_holdout_joint_schedule_trains_content_aware_towers():
+    from fusion.holdout_joint import HoldoutJointConfig, train_holdout_joint
+    from genrec.generative import GenerativeConfig
+
+    split, table, text = _joint_setup()
+    towers = dict(max_len=9, max_epochs=1, num_threads=1)
+    config = HoldoutJointConfig(sasrec=SASRecConfig(**{**SMALL, **towers}, text_dim="auto"),
+                                generative=GenerativeConfig(hidden=16, num_blocks=1, num_heads=2, head_layers=1,
+                                                            **towers),
+                                k=10, beam=10, towers="separate", refresh_epochs=0)
+    with pytest.raises(ConfigError, match="text_dim is auto"):
+        train_holdout_joint(split, table, config)
+    result = train_holdout_joint(split, table, config, item_text=text)
+    torch.testing.assert_close(result.model.sasrec.item_text[1:], torch.from_numpy(text) /
+                               torch.from_numpy(text).norm(dim=1, keepdim=True))
+
+
+def test_a_text_dim_that_is_not_the_embeddings_width_is_a_config_error_naming_both(tiny_run, tmp_path):
+    import shutil
+
+    from conftest import TINY_DEMO
+    from genrec.recipe import load_config, run_recipe
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    width = np.load(run / "embed" / "embeddings.npy").shape[1]
+    config = load_config(Path(__file__).resolve().parents[1] / "recipes" / "configs" / "demo.yaml",
+                         overrides=[*TINY_DEMO, f"text.cache_dir={tiny_run.parent / 'emb_cache'}", "sasrec.text_dim=5"])
+    with pytest.raises(ConfigError, match=f"'sasrec.text_dim' is 5 but the embed stage's vectors are {width}-d"):
+        run_recipe(config, run, progress=False, force=True)
+    assert (run / "embed" / "stage.done.json").is_file()  # the stages before it are kept

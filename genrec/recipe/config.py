@@ -406,11 +406,6 @@ def validate_config(config: RecipeConfig) -> None:
     need(bool(d.dataset.strip()), "data.dataset", d.dataset, "must name a dataset")
     need(d.max_history >= 1, "data.max_history", d.max_history, "must be >= 1")
     need(d.min_interactions >= 3, "data.min_interactions", d.min_interactions, "must be >= 3")
-    # the content-aware SASRec is a library option so far: the sasrec stage does not read the embed
-    # stage's vectors (nor would its hash follow them)
-    need(config.sasrec.text_dim == 0, "sasrec.text_dim", config.sasrec.text_dim,
-         "must be 0 in a recipe (content-aware SASRec is library-only for now: "
-         "genrec.sasrec.train_sasrec(item_text=...))")
     need(not d.keep_items_without_interactions or d.dataset.partition(":")[0] not in ("synthetic", "amazon2014",
                                                                                     "amazon2023"),
          "data.keep_items_without_interactions", True,

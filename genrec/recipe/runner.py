@@ -188,7 +188,8 @@ class Recipe:
         stage = _stage(name)
         if name not in self._plan:
             raise ValueError(f"stage {name!r} is not enabled by this config; stages: {stage_names(self.config)}")
-        missing = [a for a in stage.after if a in self._plan and a not in self._done]
+        reads = stage.upstream(self.config)
+        missing = [a for a in reads if a in self._plan and a not in self._done]
         if missing:
             raise ValueError(f"stage {name!r} reads {missing}: run those first")
         run_dir, h, src = self.run_dir, self._plan[name]["hash"], self._plan[name]["src"]
@@ -196,7 +197,7 @@ class Recipe:
         marker = sdir / "stage.done.json"
         main = self._main()
         done = self._from_main(lambda: _marker(marker))  # rank 0's reading everywhere
-        upstream_runs = {a: self._runs.get(a) for a in stage.after if a in self._done}
+        upstream_runs = {a: self._runs.get(a) for a in reads if a in self._done}
         rerun_upstream = _reran_upstream(done, upstream_runs)
         if done is not None and done.get("config_hash") == h and not rerun_upstream:
             log.info("stage %s: done earlier, skipped", name)
@@ -214,7 +215,7 @@ class Recipe:
         self._from_main(lambda: self._begin(stage, sdir, {"stage": name, "config_hash": h, "hashed": src}))
         if self.on_stage and main:
             self.on_stage(name, "start", {"description": stage.description})
-        self.context.inputs = {k: self._done[k] for k in stage.after if k in self._done}
+        self.context.inputs = {k: self._done[k] for k in reads if k in self._done}
 
         def run_and_mark() -> dict[str, Any]:
             info = {**self._run(stage, h, src), "run_id": uuid.uuid4().hex, "upstream_runs": upstream_runs}
@@ -341,6 +342,8 @@ def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -
             out.pop(key, None)
     if sec == "sasrec" and out.get("max_minutes") is None:  # the hashes of runs made before the option
         out.pop("max_minutes", None)
+    if sec == "sasrec" and not out.get("text_dim"):  # ID embeddings only: the hashes of runs made before it
+        out.pop("text_dim", None)
     if sec == "data":  # the input files themselves, so changed data reruns what depends on it
         out["fingerprint"] = fingerprint
         if out.get("eval_users") is None:  # every user: the hashes of runs made before the option
@@ -380,7 +383,7 @@ def _hash_inputs(stage: Stage, config: RecipeConfig, upstream: Mapping[str, str]
     fingerprint) and its upstream stages' hashes."""
     return {"stage": stage.name, "version": 2,
             "config": {s: _section_for_hash(config, s, fingerprint) for s in stage.sections},
-            "upstream": {k: upstream[k] for k in stage.after if k in upstream}}
+            "upstream": {k: upstream[k] for k in stage.upstream(config) if k in upstream}}
 
 
 def _stage_hash(src: Mapping[str, Any]) -> str:

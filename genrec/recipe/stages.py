@@ -52,6 +52,13 @@ class Stage:
     #: under torchrun (several ranks): whether every rank runs it (the trainers, which shard their
     #: batches with DDP); the other stages run on rank 0 alone while the rest wait (genrec.recipe.runner)
     every_rank: bool = False
+    #: stages it reads only under some configs, as (stage, condition) pairs: upstream exactly then, so
+    #: its hash follows them only then (a plain SASRec does not rerun when the text encoder changes)
+    after_when: tuple[tuple[str, Callable[[RecipeConfig], bool]], ...] = ()
+
+    def upstream(self, config: RecipeConfig) -> tuple[str, ...]:
+        """The stages whose artifacts it reads under ``config``: ``after`` and the ``after_when`` that hold."""
+        return self.after + tuple(name for name, holds in self.after_when if holds(config))
 
 
 @dataclass
@@ -221,16 +228,38 @@ def stage_quantize(ctx: StageContext) -> dict[str, Path]:
 
 def stage_sasrec(ctx: StageContext) -> dict[str, Path]:
     """Train SASRec (resumable): ``sasrec/best.pt``, ``last.pt``, ``history.json``, ``summary.json``
-    (best epoch, validation metrics; test metrics are computed in the evaluate stage)."""
+    (best epoch, validation metrics; test metrics are computed in the evaluate stage). With
+    ``sasrec.text_dim`` set, a content-aware SASRec that reads the embed stage's item vectors."""
     from genrec.sasrec import train_sasrec
 
     run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.training()
     out = run_dir / "sasrec"
-    result = train_sasrec(split, config.sasrec, out_dir=out, progress=ctx.progress)
+    result = train_sasrec(split, config.sasrec, out_dir=out, progress=ctx.progress,
+                          item_text=_sasrec_item_text(ctx, split.num_items, config.sasrec.text_dim))
     summary = {"best_epoch": result.best_epoch, "valid": strip_timing(result.best_valid)}
     return {"model": out / "best.pt", "history": out / "history.json",
             "summary": save_json(out / "summary.json", summary)}
+
+
+def _sasrec_item_text(ctx: StageContext, num_items: int, text_dim: int | str,
+                      key: str = "sasrec.text_dim") -> np.ndarray | None:
+    """The embed stage's vectors of the first ``num_items`` items (under cold-start evaluation the cold
+    items, the last rows, are left out) for a content-aware SASRec (``text_dim``, config key ``key``,
+    set), else None."""
+    if not text_dim:
+        return None
+    item_text = np.load(ctx.inputs["embed"] / "embeddings.npy")[:num_items]
+    if text_dim != "auto" and item_text.shape[1] != text_dim:
+        raise ConfigError(f"config key '{key}' is {text_dim} but the embed stage's vectors are "
+                          f"{item_text.shape[1]}-d; set it to {item_text.shape[1]} or 'auto'")
+    return item_text
+
+
+def _joint_text_dim(config: RecipeConfig) -> int | str:
+    """``text_dim`` of the joint model's ID tower(s) (``fusion.joint_config``, the recipe's ``sasrec`` by default)."""
+    jc = joint_config(config)
+    return (jc.sasrec if config.fusion.joint_schedule == "holdout" else jc.id_tower).text_dim
 
 
 def stage_generative(ctx: StageContext) -> dict[str, Path]:
@@ -405,7 +434,9 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
         from genrec.metrics import ranks_from_topk
 
         result = train_holdout_joint(split, semantic_id_table(run_dir), jc, out_dir=out / "training",
-                                     progress=ctx.progress, full_towers=_recipe_towers(ctx, jc))
+                                     progress=ctx.progress, full_towers=_recipe_towers(ctx, jc),
+                                     item_text=_sasrec_item_text(ctx, split.num_items, jc.sasrec.text_dim,
+                                                                 "fusion.joint_config.sasrec.text_dim"))
         items, report = result.model.topk(split.test)
         ranks, gate = ranks_from_topk(items, split.test.targets), report.gate
         p_model = save_holdout_joint(result.model, out / "model")
@@ -420,7 +451,9 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
     else:
         from fusion.joint import joint_gates, joint_ranks, train_joint
 
-        result = train_joint(split, semantic_id_table(run_dir), jc, out_dir=out, progress=ctx.progress)
+        result = train_joint(split, semantic_id_table(run_dir), jc, out_dir=out, progress=ctx.progress,
+                             item_text=_sasrec_item_text(ctx, split.num_items, jc.id_tower.text_dim,
+                                                         "fusion.joint_config.id_tower.text_dim"))
         ranks = joint_ranks(result.model, split.test, batch_size=jc.eval_batch_size)
         gate = joint_gates(result.model, split.test, batch_size=jc.eval_batch_size).gate
         summary = {"schedule": "end_to_end", "best_epoch": result.best_epoch, "valid": strip_timing(result.best_valid),
@@ -521,7 +554,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("embed", stage_embed, ("data", "text"), ("data",), description="item text -> sentence embeddings"),
     Stage("quantize", stage_quantize, ("quantize",), ("embed",), description="embeddings -> semantic IDs"),
     Stage("sasrec", stage_sasrec, ("data", "sasrec"), ("data",), description="train the SASRec item-ID model",
-          every_rank=True),
+          every_rank=True, after_when=(("embed", lambda c: bool(c.sasrec.text_dim)),)),
     Stage("generative", stage_generative, ("data", "generative"), ("quantize",),
           description="train the semantic-ID generative model", every_rank=True),
     Stage("labels", stage_labels, ("data", "labels"), ("data",), description="memorization / generalization labels",
@@ -531,7 +564,8 @@ STAGES: tuple[Stage, ...] = (
           rerun_keys=_SELECTION_KEYS),  # a fusion stage from before cross-fitting reruns (no training lost)
     Stage("joint", stage_joint, ("data", "sasrec", "generative", "fusion.joint_schedule", "fusion.joint_config",
                                  "fusion.k", "fusion.beam", "fusion.gate"), ("sasrec", "generative", "quantize"),
-          enabled=lambda c: c.fusion.joint, description="joint training of both towers and a gate", every_rank=True),
+          enabled=lambda c: c.fusion.joint, description="joint training of both towers and a gate", every_rank=True,
+          after_when=(("embed", lambda c: bool(_joint_text_dim(c))),)),
     Stage("evaluate", stage_evaluate, ("report.ks",), ("labels", "fusion", "joint"),
           description="metrics overall and per label", keeps_work=False),
     Stage("analysis", stage_analysis, ("analysis", "report.metric", "report.plots"),

@@ -2,14 +2,16 @@
 
     python bench/joint_beauty.py [--minutes 40] [--threads 2] [--out runs/bench_joint]
                                  [--semantic-ids runs/beauty_semantic_ids] [--fusion-results runs/bench_fusion/results.json]
-                                 [--set key=value ...]
+                                 [--set key=value ...] [--schedule holdout [--width half] [--depth half]]
+                                 [--item-text runs/RUN/embed/embeddings.npy]
 
 Trains :class:`fusion.joint.JointModel` (12,101 items: the target scope, see ``JointConfig.gr_scope``)
 for ``--minutes`` of wall time (training + validation; the default is the compute the post-hoc
 route spends: SASRec ~8.5 min + generative model ~30 min + fusion fitting), then prints test
 Recall/NDCG@10 overall and per memorization label, and, given the post-hoc benchmark's
 ``results.json`` (``bench/fusion_beauty.py --out``), the joint row next to the post-hoc table.
-A rerun with the same ``--out`` resumes.
+A rerun with the same ``--out`` resumes. ``--item-text``: content-aware ID towers
+(``SASRecConfig.text_dim``) reading these item text embeddings.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import json
 import logging
 import resource
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import genrec
@@ -53,6 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--depth", choices=("full", "half"), default="full",
                    help="holdout: the towers at the recipe's full-preset depth, or half of it (transformer "
                         "blocks and the generative code head's layers, at least 1 each)")
+    p.add_argument("--item-text", default=None, metavar="EMBEDDINGS_NPY",
+                   help="content-aware ID towers (sasrec text_dim 'auto'): the items' text embeddings, one row per "
+                        "dataset item in its order (a recipe run's embed/embeddings.npy)")
     p.add_argument("--table", nargs="*", metavar="NAME=RESULTS_JSON",
                    help="print the Wide & Deep table instead of training: the single models and the primary "
                         "post-hoc method of --run, then each joint benchmark's results.json (--out of a holdout run)")
@@ -67,15 +74,24 @@ def main(argv: list[str] | None = None) -> dict:
     split = genrec.leave_one_out(dataset)
     labels = label_split(split)
     table = SemanticIdTable.load(args.semantic_ids)
+    item_text = None
+    if args.item_text is not None:
+        item_text = np.load(args.item_text)
+        if item_text.ndim != 2 or len(item_text) < split.num_items:
+            raise SystemExit(f"{args.item_text}: shape {list(item_text.shape)}, not one row per item "
+                             f"({split.num_items} items)")
+        item_text = item_text[:split.num_items]
     if args.schedule == "holdout":
-        return run_holdout(args, split, labels, table)
+        return run_holdout(args, split, labels, table, item_text)
     # the towers' own measured settings where they agree: cosine decay with one warm-up epoch,
     # validation every 3rd epoch on 5,000 sampled users (a full one costs ~2.5 min here)
     config = apply_overrides(JointConfig(max_minutes=args.minutes, num_threads=args.threads, lr_schedule="cosine",
                                          warmup_epochs=1.0, max_epochs=24, eval_every=3, eval_users=5000,
                                          patience=3), args.set)
+    if item_text is not None:
+        config = replace(config, id_tower=replace(config.id_tower, text_dim="auto"))
     t0 = time.perf_counter()
-    result = train_joint(split, table, config, out_dir=args.out, progress=True)
+    result = train_joint(split, table, config, out_dir=args.out, progress=True, item_text=item_text)
     t_train = time.perf_counter() - t0
     t1 = time.perf_counter()
     ranks = joint_ranks(result.model, split.test, batch_size=config.eval_batch_size)
@@ -105,10 +121,11 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def run_holdout(args: argparse.Namespace, split, labels, table) -> dict:
+def run_holdout(args: argparse.Namespace, split, labels, table, item_text: np.ndarray | None = None) -> dict:
     """The held-out-gate schedule with the full recipe's tower settings (``--width half``: half the
-    hidden width of each tower; ``--depth half``: half its blocks); test scored once, after training."""
-    from dataclasses import asdict, replace
+    hidden width of each tower; ``--depth half``: half its blocks; ``item_text``: content-aware ID
+    towers); test scored once, after training."""
+    from dataclasses import asdict
 
     from fusion.holdout_joint import HoldoutJointConfig, train_holdout_joint
     from genrec.recipe.config import load_config
@@ -122,10 +139,12 @@ def run_holdout(args: argparse.Namespace, split, labels, table) -> dict:
     if args.depth == "half":
         sas = replace(sas, num_blocks=max(1, sas.num_blocks // 2))
         gen = replace(gen, num_blocks=max(1, gen.num_blocks // 2), head_layers=max(1, gen.head_layers // 2))
+    if item_text is not None:
+        sas = replace(sas, text_dim="auto")
     config = apply_overrides(HoldoutJointConfig(sasrec=sas, generative=gen, k=recipe.fusion.k, beam=recipe.fusion.beam,
                                                 batch_size=gen.eval_batch_size), args.set)
     t0 = time.perf_counter()
-    result = train_holdout_joint(split, table, config, out_dir=args.out, progress=True)
+    result = train_holdout_joint(split, table, config, out_dir=args.out, progress=True, item_text=item_text)
     t_train = time.perf_counter() - t0
     t1 = time.perf_counter()
     items, gates = result.model.topk(split.test)

@@ -183,3 +183,31 @@ def test_joint_benchmark_runs_on_synthetic(tmp_path, monkeypatch):
     assert 0 <= res["all"]["ndcg@10"] <= 1 and (tmp_path / "joint" / "results.json").exists()
     assert set(summary["gate_by_label"]) <= {"memorization", "generalization", "uncategorized"}
     sys.modules.pop("joint_beauty", None)
+
+
+def test_joint_benchmark_holdout_schedule_with_content_aware_towers(tmp_path, monkeypatch):
+    """``--schedule holdout --depth half --item-text``: half-depth towers, the ID towers reading the text given."""
+    spec = "synthetic:num_users=150,num_brands=4,num_categories=4,num_attributes=4,seed=0"
+    _, split, table = synthetic_split(num_users=150, num_brands=4, num_categories=4, num_attributes=4)
+    from quantize.semantic_ids import SemanticIdTable
+
+    SemanticIdTable.from_codes(table.codes, table.codebook_sizes).save(tmp_path / "sid.json")
+    text = np.random.default_rng(0).normal(size=(split.num_items, 6)).astype(np.float32)
+    np.save(tmp_path / "text.npy", text)
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import joint_beauty
+
+    args = ["--data", spec, "--semantic-ids", str(tmp_path / "sid.json"), "--threads", "1", "--schedule", "holdout",
+            "--depth", "half", "--out", str(tmp_path / "joint"),
+            "--set", "sasrec.max_epochs=1", "generative.max_epochs=1", "generative.max_minutes=null", "towers=separate",
+            "refresh_epochs=0", "k=10", "beam=10"]
+    summary = joint_beauty.main([*args, "--item-text", str(tmp_path / "text.npy")])
+    assert summary["config"]["sasrec"]["text_dim"] == "auto" and summary["config"]["sasrec"]["num_blocks"] == 1
+    stage1 = torch.load(tmp_path / "joint" / "sasrec" / "best.pt", weights_only=True)
+    assert stage1["config"]["text_dim"] == 6
+    np.testing.assert_allclose(stage1["model"]["item_text"][1:].numpy(),
+                               text / np.linalg.norm(text, axis=1, keepdims=True), rtol=1e-5)
+    np.save(tmp_path / "short.npy", text[:-1])
+    with pytest.raises(SystemExit, match="not one row per item"):
+        joint_beauty.main([*args, "--item-text", str(tmp_path / "short.npy")])
+    sys.modules.pop("joint_beauty", None)

@@ -3,7 +3,8 @@ a cold-start run's validation users, against the run's plain SASRec (issue 13's 
 towers).
 
     python bench/content_sasrec_cold.py [--run runs/bench_cold_share5_s8] [--in-set-users 4000]
-                                        [--threads 2] [--out FILE]
+                                        [--threads 2] [--out FILE] [--content-model CHECKPOINT]
+                                        [--id-weights 0 0.5 ...]
 
 Trains the content-aware SASRec on the run's warm training data with the run's SASRec settings
 (early stopping on the warm validation users, as the run's own SASRec did), then ranks the
@@ -15,8 +16,12 @@ full catalogue, SASRec alone:
 - ``cold items added``: :func:`genrec.new_items.sasrec_with_new_items`, what ``add_items`` does: a new
   item gets its text-nearest warm item's ID embedding (the plain model: its whole vector) and, in
   the content-aware model, the projection of its own text;
-- ``cold items added, text only``: the content-aware model's new items without the neighbour's ID
-  embedding (zero ID part).
+- ``cold items added, ID part x w``: the content-aware model's new items with the neighbour's ID
+  embedding scaled by each ``--id-weights`` ``w`` (0: text only).
+
+``--content-model``: a content-aware SASRec already trained on the run's warm data (e.g. the
+``sasrec/best.pt`` of the same cold-start recipe run with ``sasrec.text_dim: auto``) instead of
+training one here.
 
 Prints validation NDCG@10 / Recall@10 per group. The test split is never read.
 """
@@ -54,6 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="SASRec settings of the content model")
     p.add_argument("--out", help="also write the figures to this JSON file")
+    p.add_argument("--content-model", help="a content-aware SASRec checkpoint trained on the run's warm data")
+    p.add_argument("--id-weights", nargs="*", type=float, default=[0.0],
+                   help="scales of the neighbour's ID embedding for new items of the content-aware model")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -69,7 +77,12 @@ def main(argv: list[str] | None = None) -> dict:
     except ConfigError as e:
         p.error(str(e))
     t0 = time.perf_counter()
-    content = train_sasrec(cold.warm, sas_config, progress=False, item_text=x[:nw]).model.eval()
+    if args.content_model:
+        content = load_sasrec(args.content_model)
+        if not content.config.text_dim or content.num_items != nw:
+            raise SystemExit(f"{args.content_model}: not a content-aware SASRec of the run's {nw} warm items")
+    else:
+        content = train_sasrec(cold.warm, sas_config, progress=False, item_text=x[:nw]).model.eval()
     minutes = (time.perf_counter() - t0) / 60
     plain = load_sasrec(run / "sasrec" / "best.pt")
 
@@ -77,13 +90,15 @@ def main(argv: list[str] | None = None) -> dict:
     counts = np.bincount(np.concatenate(cold.warm.train), minlength=nw)[:nw]
     proxy = nearest_items(x[:nw], x[nw:], allowed=counts > 0)
     content_added = sasrec_with_new_items(content, proxy, x[nw:]).eval()
-    text_only = sasrec_with_new_items(content, proxy, x[nw:]).eval()
-    with torch.no_grad():
-        text_only.item_emb.weight[nw + 1:] = 0.0
     models = {"plain, warm catalogue": plain, "plain, cold items added": sasrec_with_new_items(plain, proxy).eval(),
-              "content-aware, warm catalogue": content, "content-aware, cold items added": content_added,
-              "content-aware, cold items added, text only": text_only}
-    print(f"{run}: content-aware SASRec trained in {minutes:.1f} min ({args.threads} threads); validation users: "
+              "content-aware, warm catalogue": content, "content-aware, cold items added": content_added}
+    for w in args.id_weights:
+        scaled = sasrec_with_new_items(content, proxy, x[nw:]).eval()
+        with torch.no_grad():
+            scaled.item_emb.weight[nw + 1:] *= w
+        models[f"content-aware, cold items added, ID part x {w:g}"] = scaled
+    source = f"loaded from {args.content_model}" if args.content_model else f"trained in {minutes:.1f} min"
+    print(f"{run}: content-aware SASRec {source} ({args.threads} threads); validation users: "
           f"{int(side.sum())} with a cold target, {int((~side).sum())} in-set (sampled)\n\n"
           "| SASRec | new N@10 | new R@10 | in-set N@10 | in-set R@10 |\n|---|---:|---:|---:|---:|")
     results = {}

@@ -139,8 +139,9 @@ def run_holdout(args: argparse.Namespace, split, labels, table, item_text: np.nd
     if args.depth == "half":
         sas = replace(sas, num_blocks=max(1, sas.num_blocks // 2))
         gen = replace(gen, num_blocks=max(1, gen.num_blocks // 2), head_layers=max(1, gen.head_layers // 2))
-    if item_text is not None:
-        sas = replace(sas, text_dim="auto")
+    # the full preset's content-aware SASRec reads item text: with --item-text only (plain towers otherwise,
+    # as every figure measured before the preset turned it on)
+    sas = replace(sas, text_dim="auto" if item_text is not None else 0)
     config = apply_overrides(HoldoutJointConfig(sasrec=sas, generative=gen, k=recipe.fusion.k, beam=recipe.fusion.beam,
                                                 batch_size=gen.eval_batch_size), args.set)
     t0 = time.perf_counter()

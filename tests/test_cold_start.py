@@ -401,11 +401,13 @@ def test_content_sasrec_bench_compares_both_models_on_the_cold_runs_validation(c
     bench = load_script("bench/content_sasrec_cold.py")
     out = tmp_path / "content.json"
     res = bench.main(["--run", str(cold_run), "--in-set-users", "40", "--threads", "1", "--set", "max_epochs=2",
-                      "--out", str(out)])
+                      "--out", str(out), "--id-weights", "0", "1"])
     assert load_json(out)["results"] == res["results"]
     text = capsys.readouterr().out
+    scaled = "content-aware, cold items added, ID part x "
     assert set(res["results"]) == {"plain, warm catalogue", "plain, cold items added", "content-aware, warm catalogue",
-                                   "content-aware, cold items added", "content-aware, cold items added, text only"}
+                                   "content-aware, cold items added", scaled + "0", scaled + "1"}
+    assert res["results"][scaled + "1"] == res["results"]["content-aware, cold items added"]
     assert res["new_users"] > 0 and res["in_set_users"] > 0
     for name, m in res["results"].items():
         assert 0 <= m["new"]["ndcg@10"] <= 1 and 0 < m["in_set"]["ndcg@10"] <= 1
@@ -414,6 +416,8 @@ def test_content_sasrec_bench_compares_both_models_on_the_cold_runs_validation(c
         assert f"| {name} |" in text
     with pytest.raises(SystemExit):
         bench.main(["--run", str(cold_run), "--set", "text_dim=-1"])
+    with pytest.raises(SystemExit, match="not a content-aware SASRec"):  # the run's own SASRec is a plain one
+        bench.main(["--run", str(cold_run), "--content-model", str(cold_run / "sasrec" / "best.pt")])
 
 
 def test_validation_sample_holds_every_cold_target_then_a_seeded_in_set_sample(ctx):

@@ -261,3 +261,25 @@ def test_a_text_dim_that_is_not_the_embeddings_width_is_a_config_error_naming_bo
     with pytest.raises(ConfigError, match=f"'sasrec.text_dim' is 5 but the embed stage's vectors are {width}-d"):
         run_recipe(config, run, progress=False, force=True)
     assert (run / "embed" / "stage.done.json").is_file()  # the stages before it are kept
+
+
+def test_the_sasrec_command_trains_on_item_text_given_by_id(tmp_path, capsys):
+    """``genrec sasrec --item-text``: the vectors are matched to the dataset's items by id (a .npy file
+    and its id list, here in reverse order); an item without a vector is a clear error naming the file."""
+    import genrec
+    from genrec import cli
+
+    spec = "synthetic:num_users=60,num_brands=4,num_categories=4,num_attributes=3"
+    ids = genrec.load_dataset(spec).item_ids
+    text = _text(len(ids))
+    np.save(tmp_path / "text.npy", text[::-1].copy())
+    (tmp_path / "text.ids.txt").write_text("\n".join(ids[::-1]) + "\n")
+    args = ["sasrec", spec, "--max-history", "9", "--set", "hidden=16", "num_blocks=1", "max_epochs=1",
+            "num_threads=1"]
+    assert cli.main([*args, "--out", str(tmp_path / "run"), "--item-text", str(tmp_path / "text.npy")]) == 0
+    model = load_sasrec(tmp_path / "run")
+    assert model.config.text_dim == TEXT_DIM
+    torch.testing.assert_close(model.item_text[1:], torch.from_numpy(text / np.linalg.norm(text, axis=1, keepdims=True)))
+    (tmp_path / "text.ids.txt").write_text("\n".join(["other"] + list(ids[::-1])[1:]) + "\n")
+    assert cli.main([*args, "--out", str(tmp_path / "bad"), "--item-text", str(tmp_path / "text.npy")]) != 0
+    assert f"{tmp_path / 'text.npy'}: 1 of the dataset's {len(ids)} items have no embedding" in capsys.readouterr().err

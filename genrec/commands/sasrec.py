@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from genrec.artifacts import save_json
@@ -21,6 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-history", type=int, default=50)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="SASRecConfig overrides, e.g. --set hidden=64 max_epochs=20")
+    p.add_argument("--item-text", metavar="EMBEDDINGS", default=None,
+                   help="a content-aware SASRec (text_dim 'auto' unless set) reading these item text embeddings: "
+                        "a .npy file with its id list (FILE.ids.txt) or a .parquet file with item_id and "
+                        "embedding columns, as the recipe's text.embeddings")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,10 +32,17 @@ def run(args: argparse.Namespace) -> int:
     from genrec.sasrec import SASRecConfig, evaluate, train_sasrec
 
     config = apply_overrides(SASRecConfig(max_len=args.max_history), args.set)
+    if args.item_text is not None and not config.text_dim:
+        config = replace(config, text_dim="auto")
     t0 = time.perf_counter()
     dataset, split = load_split(args.dataset, args.max_history)
+    item_text = None
+    if args.item_text is not None:
+        from genrec.item_embeddings import load_item_embeddings
+
+        item_text = load_item_embeddings(args.item_text, dataset.item_ids)
     print(f"{dataset!r}: {len(split.test)} test users")
-    result = train_sasrec(split, config, out_dir=args.out)
+    result = train_sasrec(split, config, out_dir=args.out, item_text=item_text)
     test = evaluate(result.model, split.test)
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -44,6 +44,7 @@ from fusion.adapters import sasrec_outputs  # noqa: E402
 from genrec.artifacts import load_json, save_json  # noqa: E402
 from genrec.config import override_dataclass  # noqa: E402
 from genrec.errors import ConfigError  # noqa: E402
+from genrec.layers import unit_rows  # noqa: E402
 from genrec.metrics import metrics_from_ranks, ranks_from_topk  # noqa: E402
 from genrec.new_items import nearest_items, sasrec_with_new_items  # noqa: E402
 from genrec.recipe import StageContext, config_from_dict  # noqa: E402
@@ -79,12 +80,17 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     if args.content_model:
         content = load_sasrec(args.content_model)
-        if not content.config.text_dim or content.num_items != nw:
-            raise SystemExit(f"{args.content_model}: not a content-aware SASRec of the run's {nw} warm items")
+        if (not content.config.text_dim or content.num_items != nw
+                or not torch.allclose(content.item_text[1:], unit_rows(torch.from_numpy(x[:nw])), atol=1e-6)):
+            raise SystemExit(f"{args.content_model}: not a content-aware SASRec of the run's {nw} warm items and "
+                             f"their text embeddings")
     else:
         content = train_sasrec(cold.warm, sas_config, progress=False, item_text=x[:nw]).model.eval()
     minutes = (time.perf_counter() - t0) / 60
     plain = load_sasrec(run / "sasrec" / "best.pt")
+    if plain.config.text_dim:
+        raise SystemExit(f"{run}: its SASRec is content-aware (sasrec.text_dim); the baseline needs a run with a "
+                         "plain one (sasrec.text_dim=0)")
 
     inst, side = cold.validation_sample(args.in_set_users, args.seed)
     counts = np.bincount(np.concatenate(cold.warm.train), minlength=nw)[:nw]

@@ -77,10 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     item_text = None
     if args.item_text is not None:
         item_text = np.load(args.item_text)
-        if item_text.ndim != 2 or len(item_text) < split.num_items:
+        if item_text.ndim != 2 or len(item_text) != split.num_items:
             raise SystemExit(f"{args.item_text}: shape {list(item_text.shape)}, not one row per item "
                              f"({split.num_items} items)")
-        item_text = item_text[:split.num_items]
     if args.schedule == "holdout":
         return run_holdout(args, split, labels, table, item_text)
     # the towers' own measured settings where they agree: cosine decay with one warm-up epoch,
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = apply_overrides(JointConfig(max_minutes=args.minutes, num_threads=args.threads, lr_schedule="cosine",
                                          warmup_epochs=1.0, max_epochs=24, eval_every=3, eval_users=5000,
                                          patience=3), args.set)
-    if item_text is not None:
+    if item_text is not None and not config.id_tower.text_dim:
         config = replace(config, id_tower=replace(config.id_tower, text_dim="auto"))
     t0 = time.perf_counter()
     result = train_joint(split, table, config, out_dir=args.out, progress=True, item_text=item_text)

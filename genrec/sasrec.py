@@ -471,13 +471,17 @@ def resolve_text_dim(config: SASRecConfig, item_text: np.ndarray | None) -> SASR
     """``config`` with ``text_dim: "auto"`` replaced by the width of ``item_text``; a
     :class:`~genrec.errors.ConfigError` unless the text is given exactly when ``text_dim`` is set."""
     if bool(config.text_dim) != (item_text is not None):
-        raise ConfigError(f"sasrec.text_dim is {config.text_dim}: the items' text embeddings must be given exactly "
-                          f"when it is > 0 (train_sasrec(item_text=...)); got {'some' if item_text is not None else 'none'}")
-    if config.text_dim == "auto":  # checkpoints record the resolved width
-        if np.ndim(item_text) != 2:
-            raise ConfigError(f"item_text must be [num_items, text_dim], got shape {list(np.shape(item_text))}")
-        config = replace(config, text_dim=int(np.shape(item_text)[1]))
-    return config
+        raise ConfigError(f"SASRec text_dim is {config.text_dim}: the items' text embeddings (item_text) must be "
+                          f"given exactly when it is set; got {'some' if item_text is not None else 'none'}")
+    if item_text is None:
+        return config
+    if np.ndim(item_text) != 2:
+        raise ConfigError(f"item_text must be [num_items, text_dim], got shape {list(np.shape(item_text))}")
+    width = int(np.shape(item_text)[1])
+    if config.text_dim not in ("auto", width):
+        raise ConfigError(f"SASRec text_dim is {config.text_dim} but the item text embeddings are {width}-d; "
+                          f"set it to {width} or 'auto'")
+    return replace(config, text_dim=width)  # checkpoints record the resolved width
 
 
 def check_resumed_text(path: Path, text: torch.Tensor, key: str = "item_text") -> None:

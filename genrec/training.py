@@ -420,8 +420,13 @@ def _ddp_loss(model: nn.Module, loss_fn: Callable[[nn.Module, Any], tuple[torch.
 
     # find_unused_parameters: some models leave parameters out of a loss (a joint model's single
     # tower, an unused repeat head); DDP would otherwise wait for their gradients forever
-    ddp = DistributedDataParallel(_LossModule(model, loss_fn),
-                                  device_ids=[device.index] if device.type == "cuda" else None,
+    module = _LossModule(model, loss_fn)
+    # constant buffers, the same on every rank (a content-aware SASRec's item text, [items, dim]), are
+    # not re-sent from rank 0 before every forward as DDP does with buffers (BatchNorm statistics still are)
+    constant = [name for name, _ in module.named_buffers() if name.rpartition(".")[2] == "item_text"]
+    if constant and hasattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model"):
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, constant)
+    ddp = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
                                   find_unused_parameters=True)
     world = distributed.world_size()
     reduce_on = _reduce_device(device)

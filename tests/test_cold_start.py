@@ -418,6 +418,25 @@ def test_content_sasrec_bench_compares_both_models_on_the_cold_runs_validation(c
         bench.main(["--run", str(cold_run), "--set", "text_dim=-1"])
     with pytest.raises(SystemExit, match="not a content-aware SASRec"):  # the run's own SASRec is a plain one
         bench.main(["--run", str(cold_run), "--content-model", str(cold_run / "sasrec" / "best.pt")])
+    # a content-aware model trained elsewhere on the warm data and its text: read, not trained again
+    from dataclasses import replace as _replace
+
+    from genrec.sasrec import save_sasrec, train_sasrec
+
+    cold, x = ctx.cold(), np.load(cold_run / "embed" / "embeddings.npy")
+    model = train_sasrec(cold.warm, _replace(ctx.config.sasrec, max_epochs=1, text_dim="auto"), progress=False,
+                         item_text=x[:cold.num_warm]).model
+    save_sasrec(model, tmp_path / "content.pt")
+    loaded = bench.main(["--run", str(cold_run), "--in-set-users", "40", "--threads", "1",
+                         "--content-model", str(tmp_path / "content.pt")])
+    assert loaded["results"]["plain, cold items added"] == res["results"]["plain, cold items added"]
+    assert "loaded from" in capsys.readouterr().out
+    other = x.copy()
+    other[0] += 1.0
+    save_sasrec(train_sasrec(cold.warm, _replace(ctx.config.sasrec, max_epochs=1, text_dim="auto"), progress=False,
+                             item_text=other[:cold.num_warm]).model, tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="their text embeddings"):
+        bench.main(["--run", str(cold_run), "--content-model", str(tmp_path / "other.pt")])
 
 
 def test_validation_sample_holds_every_cold_target_then_a_seeded_in_set_sample(ctx):

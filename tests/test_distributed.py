@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 from genrec import distributed
 from genrec.artifacts import load_checkpoint
 from genrec.errors import CheckpointError
+from genrec.layers import unit_rows
 from genrec.generative import GenerativeConfig, evaluate as evaluate_generative, train_generative
 from genrec.sasrec import SASRecConfig, evaluate as evaluate_sasrec, train_sasrec
 from genrec.splits import leave_one_out
@@ -129,8 +130,14 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     with distributed.sharded_evaluation():
         res["joint_sharded_valid"] = evaluate_joint(joint.model, split.valid)
     res["joint_full_valid"] = evaluate_joint(joint.model, split.valid)
+    # a content-aware SASRec (its constant item-text buffer is not synchronised each step)
+    text = np.random.default_rng(0).normal(size=(split.num_items, 6)).astype(np.float32)
+    content = train_sasrec(split, SASRecConfig(**SASREC, max_epochs=2, text_dim="auto"), progress=False,
+                           item_text=text).model
+    res["content_text_kept"] = bool(torch.allclose(content.item_text[1:], unit_rows(torch.from_numpy(text))))
     # every rank holds the same weights (DDP keeps them in sync)
-    for name, model in (("generative", gen.model), ("tiger", tiger.model), ("joint", joint.model)):
+    for name, model in (("generative", gen.model), ("tiger", tiger.model), ("joint", joint.model),
+                        ("content", content)):
         weights = torch.cat([p.detach().flatten() for p in model.parameters()])
         res[f"{name}_weights_agree"] = all(torch.equal(w, weights) for w in distributed.all_gather_object(weights))
     if rank == 0:
@@ -195,6 +202,7 @@ def test_sharded_evaluation_equals_the_single_process_metrics(ddp):
     assert res["generative_sharded_valid"] == res["generative_full_valid"]
     assert res["joint_sharded_valid"] == res["joint_full_valid"]
     assert res["generative_weights_agree"] and res["tiger_weights_agree"] and res["joint_weights_agree"]
+    assert res["content_weights_agree"] and res["content_text_kept"]
     assert len(res["tiger_history"]) == 2 and len(res["joint_history"]) == 2
 
 

@@ -342,6 +342,20 @@ def test_a_content_aware_recipe_sasrec_reaches_the_holdout_joint_towers(referenc
     assert "joint" in _results(out)["models"]
 
 
+def test_a_joint_towers_settings_go_over_the_recipes_own():
+    from genrec.recipe.config import joint_config
+
+    base = ["fusion.joint=true", "sasrec.hidden=48", "generative.hidden=96"]
+    holdout = joint_config(config_from_dict({}, overrides=[*base, "fusion.joint_config.sasrec.num_blocks=1",
+                                                           "fusion.joint_config.sasrec.text_dim=auto"]))
+    assert (holdout.sasrec.hidden, holdout.sasrec.num_blocks, holdout.sasrec.text_dim) == (48, 1, "auto")
+    assert holdout.generative.hidden == 96
+    end_to_end = joint_config(config_from_dict({}, overrides=[*base, "fusion.joint_schedule=end_to_end",
+                                                              "fusion.joint_config.gr_tower.num_blocks=1"]))
+    assert (end_to_end.gr_tower.hidden, end_to_end.gr_tower.num_blocks) == (96, 1)
+    assert end_to_end.id_tower.hidden == 48
+
+
 def test_the_recipes_joint_towers_default_to_both_unless_the_history_windows_differ():
     from genrec.recipe.config import joint_config
 

@@ -3,6 +3,7 @@ a learned projection of its text embedding. Off by default (the model is then un
 training loss reaches the projection; save/load keeps the text; new items added without training
 read their own text."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,8 @@ def test_auto_text_dim_takes_the_width_of_the_text_given():
         train_sasrec(split, config, progress=False)
     with pytest.raises(ValueError, match="resolved"):
         SASRec(split.num_items, config)
+    with pytest.raises(ConfigError, match=f"text_dim is 5 but the item text embeddings are {TEXT_DIM}-d"):
+        train_sasrec(split, SASRecConfig(**SMALL, text_dim=5), progress=False, item_text=_text(split.num_items))
 
 
 def test_recipe_hashes_follow_the_embed_stage_only_for_a_content_aware_sasrec():
@@ -279,7 +282,10 @@ def test_the_sasrec_command_trains_on_item_text_given_by_id(tmp_path, capsys):
     assert cli.main([*args, "--out", str(tmp_path / "run"), "--item-text", str(tmp_path / "text.npy")]) == 0
     model = load_sasrec(tmp_path / "run")
     assert model.config.text_dim == TEXT_DIM
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["text_dim"] == TEXT_DIM
     torch.testing.assert_close(model.item_text[1:], torch.from_numpy(text / np.linalg.norm(text, axis=1, keepdims=True)))
     (tmp_path / "text.ids.txt").write_text("\n".join(["other"] + list(ids[::-1])[1:]) + "\n")
     assert cli.main([*args, "--out", str(tmp_path / "bad"), "--item-text", str(tmp_path / "text.npy")]) != 0
     assert f"{tmp_path / 'text.npy'}: 1 of the dataset's {len(ids)} items have no embedding" in capsys.readouterr().err
+    assert cli.main([*args, "text_dim=0", "--out", str(tmp_path / "off"), "--item-text", str(tmp_path / "text.npy")]) != 0
+    assert "--item-text needs a content-aware SASRec" in capsys.readouterr().err

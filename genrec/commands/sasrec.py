@@ -10,6 +10,7 @@ from pathlib import Path
 
 from genrec.artifacts import save_json
 from genrec.config import override_dataclass as apply_overrides
+from genrec.errors import ConfigError
 from genrec.metrics import format_metrics
 
 
@@ -33,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = apply_overrides(SASRecConfig(max_len=args.max_history), args.set)
     if args.item_text is not None and not config.text_dim:
+        if any(pair.partition("=")[0].strip() == "text_dim" for pair in args.set):
+            raise ConfigError("--item-text needs a content-aware SASRec: text_dim 'auto' or the vectors' width, "
+                              "not the 0 given with --set")
         config = replace(config, text_dim="auto")
     t0 = time.perf_counter()
     dataset, split = load_split(args.dataset, args.max_history)
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     test = evaluate(result.model, split.test)
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    save_json(Path(args.out) / "metrics.json", {"dataset": args.dataset, "config": asdict(config),
+    save_json(Path(args.out) / "metrics.json", {"dataset": args.dataset, "config": asdict(result.model.config),
                                                 "best_epoch": result.best_epoch, "valid": result.best_valid,
                                                 "test": test, "wall_seconds": wall, "peak_rss_gib": peak})
     print(f"best epoch {result.best_epoch}; valid {format_metrics(result.best_valid)}")

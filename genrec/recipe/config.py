@@ -535,9 +535,18 @@ def holdout_towers_default(config: RecipeConfig) -> str:
     return "both" if config.sasrec.max_len == config.generative.max_len else "separate"
 
 
+def _over(recipe: dict[str, Any], given: Any) -> Any:
+    """A joint tower's settings: those given in ``fusion.joint_config`` over the recipe's own tower
+    (a tower given whole, e.g. a config object, is taken as it is)."""
+    if given is None:
+        return recipe
+    return {**recipe, **given} if isinstance(given, Mapping) else given
+
+
 def joint_config(config: RecipeConfig):
     """The joint model's config: for ``fusion.joint_schedule: holdout`` a
-    :class:`fusion.holdout_joint.HoldoutJointConfig` (``fusion.joint_config`` over the recipe's towers,
+    :class:`fusion.holdout_joint.HoldoutJointConfig` (``fusion.joint_config`` over the recipe's towers
+    (a tower's settings given there, e.g. ``fusion.joint_config.sasrec.hidden``, over the recipe's own),
     candidate lists and gate options), else a :class:`fusion.joint.JointConfig` (``fusion.joint_config``
     over the recipe's towers and training settings)."""
     from fusion.joint import JointConfig
@@ -556,16 +565,16 @@ def joint_config(config: RecipeConfig):
         jc.setdefault("towers", holdout_towers_default(config))
         jc.setdefault("retrain", True)
         jc.setdefault("refresh_epochs", 0)
-        jc.setdefault("sasrec", asdict(config.sasrec))
-        jc.setdefault("generative", asdict(config.generative))
+        jc["sasrec"] = _over(asdict(config.sasrec), jc.get("sasrec"))
+        jc["generative"] = _over(asdict(config.generative), jc.get("generative"))
         jc.setdefault("k", f.k)
         jc.setdefault("beam", f.beam)
         jc.setdefault("batch_size", config.generative.eval_batch_size)
         jc.setdefault("gate", dict(f.gate))
         jc["joint"] = {"num_threads": config.num_threads, "device": config.sasrec.device, **jc.get("joint", {})}
         return HoldoutJointConfig(**jc)
-    jc.setdefault("id_tower", asdict(config.sasrec))
-    jc.setdefault("gr_tower", asdict(config.generative))
+    jc["id_tower"] = _over(asdict(config.sasrec), jc.get("id_tower"))
+    jc["gr_tower"] = _over(asdict(config.generative), jc.get("gr_tower"))
     jc.setdefault("max_len", config.data.max_history)
     jc.setdefault("num_threads", config.num_threads)
     jc.setdefault("device", config.sasrec.device)  # the towers' device (the recipe's ``device`` fills it)

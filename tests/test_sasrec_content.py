@@ -128,6 +128,31 @@ def test_a_new_item_reads_its_own_text_beside_its_neighbours_id_embedding():
         sasrec_with_new_items(model, np.array([4]))
 
 
+def test_inference_projects_the_catalogue_once_and_follows_every_weight_change():
+    model = _model(torch.float32).eval()
+    fresh = lambda: (model.item_emb.weight + model.text_proj(model.item_text)).detach()  # noqa: E731
+    with torch.no_grad():
+        first = model.item_vectors()
+        assert model.item_vectors().data_ptr() == first.data_ptr()  # cached, not recomputed
+        torch.testing.assert_close(first, fresh())
+        torch.testing.assert_close(model.item_vectors(torch.tensor([3, 5])), fresh()[[3, 5]])
+    # a training step, a weight loaded, new text: the next inference call sees them
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.item_vectors(torch.tensor([1, 2])).sum().backward()  # training mode: not from the cache
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model.item_vectors(), first)
+        torch.testing.assert_close(model.item_vectors(), fresh())
+        model.load_state_dict(_model(torch.float32).state_dict())
+        torch.testing.assert_close(model.item_vectors(), fresh())
+        model.set_item_text(_text(seed=4))
+        torch.testing.assert_close(model.item_vectors(), fresh())
+    # with gradients on, the vectors are built in the graph (never the cached, detached table)
+    assert model.item_vectors().requires_grad
+
+
 def test_auto_text_dim_takes_the_width_of_the_text_given():
     split = leave_one_out(cyclic_dataset(), max_history=9)
     config = SASRecConfig(**SMALL, lr=5e-3, batch_size=32, max_epochs=1, eval_batch_size=64, text_dim="auto")

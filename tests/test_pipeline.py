@@ -342,6 +342,24 @@ def test_a_content_aware_recipe_sasrec_reaches_the_holdout_joint_towers(referenc
     assert "joint" in _results(out)["models"]
 
 
+@pytest.mark.parametrize("content", [False, True], ids=["plain", "content-aware"])
+def test_an_embed_stage_produced_again_retrains_only_a_content_aware_sasrec(reference, tiny, tmp_path, content):
+    """The embed stage rerun with the same settings (its directory deleted): a content-aware SASRec
+    read the old vectors, so it is cleared and retrained; a plain one never read them and is kept."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    config = load_config(DEMO_YAML, overrides=tiny + [f"sasrec.text_dim={'auto' if content else 0}"])
+    if content:
+        run_recipe(config, out, force=True)
+    shutil.rmtree(out / "embed")
+    events: dict[str, str] = {}
+    run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
+    assert events["embed"] == "done"
+    assert events["sasrec"] == ("done" if content else "skip")
+
+
 def test_a_joint_towers_settings_go_over_the_recipes_own():
     from genrec.recipe.config import joint_config
 

@@ -15,7 +15,8 @@ met: cold-target NDCG@10 >= 0.040 for the primary fusion method, with its in-set
 of the same model without the cold-start machinery (the reference run, same config without
 ``data.cold_items``, evaluated on the same in-set users; it also trained on the interactions the
 protocol removes). It also prints this run's own models on the in-set users without the cold items
-added, which isolates what adding them costs. Both runs resume, so a rerun only re-evaluates. ``--dataset`` (any ``genrec.load_dataset`` spec) and ``--set`` make it run on small
+added, which isolates what adding them costs, and, where the run fitted the new-item mixture
+(``fusion.new_item_mixture``), the methods' figures without it. Both runs resume, so a rerun only re-evaluates. ``--dataset`` (any ``genrec.load_dataset`` spec) and ``--set`` make it run on small
 data, which is how the tests run it.
 """
 
@@ -60,6 +61,20 @@ def reference_by_target(reference: Path, cold_run: Path, cold_config, ks=(10,)) 
             out[name] = {side: {"count": int(m.sum()), **(metrics_from_ranks(ranks[m], ks) if m.any() else {})}
                          for side, m in (("cold", is_cold), ("in_set", ~is_cold))}
     return out
+
+
+def without_mixture(run: Path, config, ks=(10,)) -> dict[str, dict]:
+    """Cold-target and in-set test metrics of the methods the run fitted a new-item mixture for
+    (``fusion/topk_without_mixture.npz``), ranked without it; empty when it fitted none."""
+    path = run / "fusion" / "topk_without_mixture.npz"
+    if not path.is_file():
+        return {}
+    cold = StageContext(run, config).cold()
+    test = cold.split.test
+    is_cold = cold.is_cold(test.targets)
+    with np.load(path) as z:
+        return {name: {side: metrics_from_ranks(ranks_from_topk(z[name], test.targets)[m], ks)
+                       for side, m in (("cold", is_cold), ("in_set", ~is_cold))} for name in z.files}
 
 
 def without_added_items(run: Path, config, ks=(10,)) -> dict[str, dict]:
@@ -144,6 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
                           "same users: "
                       + ", ".join(f"{n} {ref[n][side].get('ndcg@10', float('nan')):.4f} / "
                                   f"{cold['models'][n][side]['ndcg@10']:.4f}" for n in ref if n in cold["models"])]
+    mixed = without_mixture(out, config)
+    if mixed:
+        summary["without_mixture"] = mixed
+        lines += ["", "the same methods without the new-item mixture (fusion.new_item_mixture; cold N@10 / in-set N@10): "
+                  + ", ".join(f"{n} {m['cold']['ndcg@10']:.4f} / {m['in_set']['ndcg@10']:.4f}" for n, m in mixed.items())]
     plain = without_added_items(out, config)
     summary["in_set_without_added_items"] = plain
     base = plain[primary]["ndcg@10"]

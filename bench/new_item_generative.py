@@ -33,6 +33,12 @@ the cold items' share of the towers' top-k lists and of the union's normalisers,
 without the cold items added would fill with warm items: the recipe's cold-start report compares
 with those.)
 
+Then (``--mixture``, on by default) the new-item mixture of :mod:`fusion.new_item_mixture`: a row's
+warm candidates are scored ``log(1 - pi) + log softmax(fused / T_warm)`` and a cold item
+``log pi + log softmax(z / T)`` over all cold items, where ``z`` is SASRec's logit of the cold item
+(through its nearest warm item, plus its own text in a content-aware SASRec), and the
+``--content-candidates`` cold items of highest ``z`` join the union. ``(pi, T, T_warm)`` is chosen on a grid, cross-fitted as the content term's.
+
 Prints validation NDCG@10 / Recall@10 of the variants on the cold-target ("new") and in-set users,
 then the content term's NDCG@10. Validation only:
 the test split is never read. The in-set users are validation instances the towers early-stopped on
@@ -55,8 +61,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fusion import load_methods  # noqa: E402
-from fusion.adapters import generative_scorer, model_inputs, sasrec_scorer  # noqa: E402
+from fusion.adapters import generative_scorer, id_tower_histories, model_inputs, sasrec_scorer  # noqa: E402
 from fusion.candidates import CandidateScores, ranks_of, union_ranks  # noqa: E402
+from fusion.new_item_mixture import (IN_SET_BOUND, fit_new_item_mixture, mixture_ranks,  # noqa: E402
+                                     new_item_logits)
 from fusion.report import single_model_topk  # noqa: E402
 from genrec.artifacts import load_json, save_json  # noqa: E402
 from genrec.generative import load_generative  # noqa: E402
@@ -79,6 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--content", action=argparse.BooleanOptionalAction, default=True,
                    help="also the content term (module doc)")
     p.add_argument("--content-candidates", type=int, default=20, help="cold items added to each row by text")
+    p.add_argument("--mixture", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the new-item mixture (module doc)")
     p.add_argument("--out", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     if any(not w > 0 for w in args.weights):
@@ -134,10 +144,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.content:
         content = content_term(ext, inst, inp, methods, x, cold.num_warm, side, args.content_candidates,
                                config.generative.eval_batch_size, args.seed)
+    mixture = {}
+    if args.mixture:
+        mixture = mixture_term(ext, inst, inp, methods, cold.num_warm, side, args.content_candidates, args.seed)
     if args.out:
         save_json(args.out, {"args": vars(args), "new_users": int(side.sum()), "in_set_users": int((~side).sum()),
-                             "results": results, "content": content})
-    return {"variants": results, "content": content}
+                             "results": results, "content": content, "mixture": mixture})
+    return {"variants": results, "content": content, "mixture": mixture}
 
 
 #: the content term's grid, in units of each method's fused-score spread (the methods' scales differ):
@@ -146,35 +159,28 @@ def main(argv: list[str] | None = None) -> dict:
 EXCLUDE = (-math.inf, 0.0, 0.0)
 CONTENT_GRID = [EXCLUDE] + [(-3.0 + 0.25 * i, b, tau) for i in range(15) for b in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
                             for tau in ((0.0,) if b == 0 else (0.0, 0.5, 0.7))]
-#: the in-set bound: in-set NDCG@10 at least this share of the same users' with every cold candidate last
-IN_SET_BOUND = 0.98
 
 
-def content_candidates(cands: CandidateScores, inst: Instances, unit: np.ndarray, num_warm: int, per_row: int,
-                       id_scorer, gr_scorer) -> tuple[CandidateScores, np.ndarray]:
-    """``cands`` plus, per row, the ``per_row`` cold items (index ``>= num_warm``) most similar by
-    text (rows of ``unit``: unit-norm embeddings) to the history's last item, leaving out history
-    items and those already candidates; both towers score the additions (``id_scorer``,
-    ``gr_scorer``). Returns the extended candidates and every candidate's text cosine ``[n, C']``
-    to its row's last item (-1 for padding)."""
-    last = unit[inst.last_items()]  # [n, d]
-    cos = last @ unit[num_warm:].T  # [n, cold items]
+def cold_candidates(cands: CandidateScores, inst: Instances, relevance: np.ndarray, num_warm: int, per_row: int,
+                    id_scorer, gr_scorer) -> CandidateScores:
+    """``cands`` plus, per row, the ``per_row`` cold items (index ``>= num_warm``) of highest
+    ``relevance [n, cold items]`` (column j: item ``num_warm + j``), leaving out history items and
+    those already candidates; both towers score the additions (``id_scorer``, ``gr_scorer``)."""
+    rel = np.array(relevance, np.float64)
     for j, h in enumerate(inst.histories):
         h = np.asarray(h)
-        cos[j, h[h >= num_warm] - num_warm] = -np.inf  # a history item is not the new item sought
-    m = min(per_row, cos.shape[1])
-    top = np.argpartition(-cos, m - 1, axis=1)[:, :m]
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(cos, top, 1), 1, kind="stable"), 1)
-    ok = np.isfinite(np.take_along_axis(cos, top, 1))
+        rel[j, h[h >= num_warm] - num_warm] = -np.inf  # a history item is not the new item sought
+    m = min(per_row, rel.shape[1])
+    top = np.argpartition(-rel, m - 1, axis=1)[:, :m]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(rel, top, 1), 1, kind="stable"), 1)
+    ok = np.isfinite(np.take_along_axis(rel, top, 1))
     extra = np.where(ok, top + num_warm, -1)
     extra = np.where((extra[:, :, None] == cands.items[:, None, :]).any(2), -1, extra)  # [n, m]
     no = np.zeros(extra.shape, bool)
-    cx = CandidateScores(np.concatenate([cands.items, extra], 1),
-                         np.concatenate([cands.id_scores, id_scorer(extra)], 1).astype(np.float32),
-                         np.concatenate([cands.gr_scores, gr_scorer(extra)], 1).astype(np.float32),
-                         np.concatenate([cands.id_in_topk, no], 1), np.concatenate([cands.gr_in_topk, no], 1))
-    cand_cos = np.einsum("nd,ncd->nc", last, unit[np.maximum(cx.items, 0)])
-    return cx, np.where(cx.valid, cand_cos, -1.0).astype(np.float32)
+    return CandidateScores(np.concatenate([cands.items, extra], 1),
+                           np.concatenate([cands.id_scores, id_scorer(extra)], 1).astype(np.float32),
+                           np.concatenate([cands.gr_scores, gr_scorer(extra)], 1).astype(np.float32),
+                           np.concatenate([cands.id_in_topk, no], 1), np.concatenate([cands.gr_in_topk, no], 1))
 
 
 def cross_fitted_rule(new_ndcg: np.ndarray, in_ndcg: np.ndarray, ref_in: np.ndarray, fold_new: np.ndarray,
@@ -201,8 +207,10 @@ def content_term(ext, inst: Instances, inp, methods: dict, x: np.ndarray, num_wa
                  per_row: int, batch_size: int, seed: int) -> dict:
     """The content-term experiment of the module doc; prints its table, returns its figures."""
     unit = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-    cx, cand_cos = content_candidates(inp.cands, inst, unit, num_warm, per_row, sasrec_scorer(ext.sasrec, inst),
-                                      generative_scorer(ext.generative, inst, batch_size))
+    last = unit[inst.last_items()]  # [n, d]
+    cx = cold_candidates(inp.cands, inst, last @ unit[num_warm:].T, num_warm, per_row,
+                         sasrec_scorer(ext.sasrec, inst), generative_scorer(ext.generative, inst, batch_size))
+    cand_cos = np.where(cx.valid, np.einsum("nd,ncd->nc", last, unit[np.maximum(cx.items, 0)]), -1.0)
     new_cell = cx.items >= num_warm
     ti = cx.target_index(inst.targets)
     rng = np.random.default_rng([seed, 1])
@@ -230,14 +238,53 @@ def content_term(ext, inst: Instances, inp, methods: dict, x: np.ndarray, num_wa
                           "a_b_tau": list(CONTENT_GRID[g])}
             print(f"| {name} | {label} | {grid[g, side].mean():.4f} | {grid[g, ~side].mean():.4f} | "
                   f"{ref[~side].mean():.4f} | {CONTENT_GRID[g]} |")
-        if cf is None:
-            print(f"| {name} | cross-fitted | n/a (a fold without new-target or in-set users) | | | |")
-        else:
-            res["cross_fitted"] = {**cf, "chosen": [list(CONTENT_GRID[g]) for g in cf["chosen"]]}
-            print(f"| {name} | **cross-fitted** | {cf['new']:.4f} | {cf['in_set']:.4f} | {ref[~side].mean():.4f} | "
-                  f"{' / '.join(str(CONTENT_GRID[g]) for g in cf['chosen'])} |", flush=True)
+        cross_fitted_row(name, cf, CONTENT_GRID, float(ref[~side].mean()), res)
         out[name] = res
     return out
+
+
+def cross_fitted_row(name: str, cf: dict | None, points: list, ref_in: float, res: dict) -> None:
+    """Print a method's cross-fitted row (:func:`cross_fitted_rule`'s result over grid ``points``; None:
+    not available) and record it in ``res``."""
+    if cf is None:
+        print(f"| {name} | cross-fitted | n/a (a fold without new-target or in-set users) | | | |")
+        return
+    res["cross_fitted"] = {**cf, "chosen": [list(points[g]) for g in cf["chosen"]]}
+    print(f"| {name} | **cross-fitted** | {cf['new']:.4f} | {cf['in_set']:.4f} | {ref_in:.4f} | "
+          f"{' / '.join(str(points[g]) for g in cf['chosen'])} |", flush=True)
+
+
+def mixture_term(ext, inst: Instances, inp, methods: dict, num_warm: int, side: np.ndarray, per_row: int,
+                 seed: int) -> dict:
+    """The mixture experiment of the module doc (:mod:`fusion.new_item_mixture`); prints its table,
+    returns its figures."""
+    z = new_item_logits(ext.sasrec, id_tower_histories(inst, ext.sasrec.num_items), num_warm)
+    rng = np.random.default_rng([seed, 1])
+    fold_new, fold_in = (rng.permutation(np.arange(int(n)) % 2) for n in (side.sum(), (~side).sum()))
+    print(f"\nmixture: up to {per_row} cold items by SASRec's logit per row; (log pi, T, T_warm) chosen on one "
+          f"validation fold under the {IN_SET_BOUND:.0%} in-set bound, scored on the other (mean of both)\n\n"
+          "| method | rule | new N@10 | in-set N@10 | in-set, cold items last | log pi, T, T_warm |\n|---|---|---:|---:|---:|---|")
+    out = {}
+    for name, method in methods.items():
+        points, ranks = mixture_ranks(inp.cands.items, method.fuse(inp.cands, inp.indicators), z, num_warm,
+                                      inst.histories, inst.targets, per_row)
+        grid = np.stack([per_instance_ndcg(r, 10) for r in ranks])  # [G, n]
+        ref = grid[0]  # every cold item last
+        cf = cross_fitted_rule(grid[:, side], grid[:, ~side], ref[~side], fold_new, fold_in)
+        best = fit_new_item_mixture(ranks, points, side, IN_SET_BOUND)
+        best = 0 if best is None else best
+        res = {"in_set_cold_last": float(ref[~side].mean()),
+               "in-sample best within the bound": {"new": float(grid[best, side].mean()),
+                                                   "in_set": float(grid[best, ~side].mean()),
+                                                   "log_pi_t_twarm": list(points[best])}}
+        print(f"| {name} | in-sample best within the bound | {grid[best, side].mean():.4f} | "
+              f"{grid[best, ~side].mean():.4f} | {ref[~side].mean():.4f} | {points[best]} |")
+        cross_fitted_row(name, cf, points, float(ref[~side].mean()), res)
+        res["curve"] = [{"log_pi_t_twarm": list(points[g]), "new": float(grid[g, side].mean()),
+                         "in_set": float(grid[g, ~side].mean())} for g in range(len(points))]
+        out[name] = res
+    return out
+
 
 if __name__ == "__main__":
     main()

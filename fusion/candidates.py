@@ -193,7 +193,7 @@ def union_ranks(fused: np.ndarray, target_index: np.ndarray, valid: np.ndarray |
     """
     fused = np.asarray(fused, np.float64)
     if valid is not None:
-        fused = np.where(valid, np.nan_to_num(fused, nan=-np.inf), -np.inf)
+        fused = np.where(valid & ~np.isnan(fused), fused, -np.inf)  # (nan_to_num would make -inf finite)
     n, C = fused.shape
     ti = np.asarray(target_index)
     ok = ti >= 0

@@ -116,7 +116,8 @@ class Recommender:
                  settings: files.InferenceSettings, sasrec: Any = None, generative: Any = None,
                  joint: Any = None, fusion_methods: dict[str, Any] | None = None,
                  items: Sequence[dict[str, Any]] | None = None, text: dict[str, Any] | None = None,
-                 quantize_dir: Path | None = None, item_embeddings: np.ndarray | None = None) -> None:
+                 quantize_dir: Path | None = None, item_embeddings: np.ndarray | None = None,
+                 trained_items: int | None = None, new_item_mixtures: dict[str, Any] | None = None) -> None:
         from fusion import TrainStats
 
         if table.item_ids is None:
@@ -135,6 +136,13 @@ class Recommender:
         self.stats = TrainStats(self.train_sequences, len(self.item_ids), table.codes)
         self.method_name = method
         self._check_method(method)
+        # items 0 .. trained_items - 1 are the catalogue the models trained with; later ones came
+        # through add_items (the new-item mixture ranks them apart)
+        self.trained_items = len(self.item_ids) if trained_items is None else int(trained_items)
+        if not 0 < self.trained_items <= len(self.item_ids):
+            raise CheckpointError(f"trained_items={trained_items} must be between 1 and the catalogue's "
+                                  f"{len(self.item_ids)} items")
+        self.new_item_mixtures: dict[str, Any] = dict(new_item_mixtures or {})  # method -> NewItemMixture
 
     # -- loading and saving ------------------------------------------------------------------------
     @classmethod
@@ -217,9 +225,11 @@ class Recommender:
                                            teacher_forcing=bool(config.fusion.teacher_forcing),
                                            max_history=config.data.max_history,
                                            batch_size=config.generative.eval_batch_size)
+        mixtures = files.load_new_item_mixtures(run_dir / "fusion" / files.MIXTURES)
         return cls(table=table, train_sequences=split.train, method=name, settings=settings,
                    items=[files.item_record(i, t) for i, t in zip(dataset.item_ids, dataset.items)],
-                   text=text, quantize_dir=run_dir / "quantize", item_embeddings=embeddings, **kw)
+                   text=text, quantize_dir=run_dir / "quantize", item_embeddings=embeddings,
+                   new_item_mixtures=mixtures, **kw)
 
     @classmethod
     def _from_saved(cls, directory: Path, method: str | None) -> "Recommender":
@@ -265,7 +275,9 @@ class Recommender:
                    method=method or m["method"], settings=m["settings"],
                    items=files.load_items(directory / files.ITEMS, table.item_ids), text=m.get("text"),
                    quantize_dir=qdir if (qdir / "quantizer.pt").is_file() else None,
-                   item_embeddings=files.load_embeddings(directory / files.EMBEDDINGS, n), **kw)
+                   item_embeddings=files.load_embeddings(directory / files.EMBEDDINGS, n),
+                   trained_items=m["trained_items"] if m["trained_items"] is not None else n,
+                   new_item_mixtures=m["new_item_mixtures"], **kw)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write a self-contained copy (every model and fusion method it holds) into ``directory``,
@@ -320,7 +332,9 @@ class Recommender:
 
         files.write_manifest(d, {"genrec_version": __version__, "method": self.method_name, "models": models,
                                  "fusion_methods": list(self.fusion_methods), "num_items": len(self.item_ids),
-                                 "settings": asdict(self.settings), "text": self.text})
+                                 "settings": asdict(self.settings), "text": self.text,
+                                 "trained_items": self.trained_items,
+                                 "new_item_mixtures": {n: mix.to_dict() for n, mix in self.new_item_mixtures.items()}})
         return d
 
     # -- what it holds -----------------------------------------------------------------------------
@@ -352,6 +366,33 @@ class Recommender:
     @property
     def num_items(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def new_item_mixture(self) -> Any:
+        """The :class:`fusion.new_item_mixture.NewItemMixture` that ranks the items added after training
+        against the trained ones for the method in use (None, the default: the method's own scores rank
+        both; see :meth:`add_items`). A cold-start run with ``fusion.new_item_mixture`` fits one per
+        fusion method on its validation users; set one with :meth:`set_new_item_mixture`."""
+        return self.new_item_mixtures.get(self.method_name)
+
+    def set_new_item_mixture(self, mixture: Any, method: str | None = None) -> None:
+        """Use ``mixture`` (a :class:`~fusion.new_item_mixture.NewItemMixture`, or None for none) for
+        ``method`` (default: the one in use), a fusion method: items added with :meth:`add_items` are
+        then ranked against the trained ones by the mixture (``mixture.log_prior`` sets how much of
+        the probability they get), scored by SASRec (which reads them through their nearest trained
+        item; a recommender without item embeddings cannot, and ranks as without the mixture)."""
+        from fusion.new_item_mixture import NewItemMixture
+
+        method = self.method_name if method is None else method
+        if method not in self.fusion_methods:
+            raise ConfigError(f"the new-item mixture ranks a fusion method's candidates; {method!r} is not one of "
+                              f"{list(self.fusion_methods)}")
+        if mixture is None:  # a new dict: a recommender made by with_method shares this one's
+            self.new_item_mixtures = {n: m for n, m in self.new_item_mixtures.items() if n != method}
+            return
+        if not isinstance(mixture, NewItemMixture):
+            raise ConfigError(f"mixture must be a NewItemMixture or None, got {type(mixture).__name__}")
+        self.new_item_mixtures = {**self.new_item_mixtures, method: mixture}
 
     @property
     def max_k(self) -> int:
@@ -432,7 +473,7 @@ class Recommender:
 
             inputs = self._fusion_inputs([row])
             report = self.method.gates(inputs.cands, inputs.indicators)
-            (idx, scores, gate), = self._fusion_rank(inputs, seen, k, report)
+            (idx, scores, gate), = self._fusion_rank([row], inputs, seen, k, report)
             shown = set(known.tolist()) if exclude_seen else set()
             tops = tuple([self.item_ids[i] for i in single_model_topk(inputs.cands, tower, inputs.cands.width)[0]
                           if i >= 0 and i not in shown][:k] for tower in ("id", "gr"))
@@ -500,7 +541,7 @@ class Recommender:
         name = self.method_name
         if name in self.fusion_methods:
             inputs = self._fusion_inputs(rows)
-            return self._fusion_rank(inputs, seen, k, self.method.gates(inputs.cands, inputs.indicators))
+            return self._fusion_rank(rows, inputs, seen, k, self.method.gates(inputs.cands, inputs.indicators))
         if name == "sasrec":
             return self._catalogue_rank(rows, k, seen, self._sasrec_log_probs)
         if name == "joint":
@@ -516,20 +557,28 @@ class Recommender:
         return model_inputs(self.sasrec, self.generative, inst, self.stats, k=s.k, beam=s.beam,
                             teacher_forcing=s.teacher_forcing, batch_size=s.batch_size)
 
-    def _fusion_rank(self, inputs, seen, k, report):
+    def _fusion_rank(self, rows, inputs, seen, k, report):
         from fusion.candidates import topk_items
 
         cands = inputs.cands
+        items = cands.items
         fused = np.asarray(self.method.fuse(cands, inputs.indicators), np.float64)  # [n, C]
+        mixture = self.new_item_mixture
+        if mixture is not None and self.num_items > self.trained_items and self.sasrec.num_items == self.num_items:
+            from fusion.new_item_mixture import mix_new_items, new_item_logits
+
+            # new items ranked apart: the candidates plus each row's best new items by SASRec
+            z = new_item_logits(self.sasrec, rows, self.trained_items, self.settings.batch_size)
+            items, fused = mix_new_items(items, fused, z, self.trained_items, mixture, rows)
         if seen is not None:
-            mask = np.zeros(cands.items.shape, bool)
+            mask = np.zeros(items.shape, bool)
             for j, r in enumerate(seen):
-                mask[j] = np.isin(cands.items[j], r)
+                mask[j] = np.isin(items[j], r)
             fused = np.where(mask, -np.inf, fused)
-        order = topk_items(cands.items, fused, cands.width)  # [n, C]: the fusion stage's order, -1 padded
+        order = topk_items(items, fused, items.shape[1])  # [n, C]: the fusion stage's order, -1 padded
         out = []
         for j in range(len(cands)):
-            pos = {int(item): c for c, item in enumerate(cands.items[j])}
+            pos = {int(item): c for c, item in enumerate(items[j]) if item >= 0}
             keep = [int(i) for i in order[j] if i >= 0 and np.isfinite(fused[j, pos[int(i)]])][:k]
             out.append((np.asarray(keep, np.int64), fused[j, [pos[i] for i in keep]], float(report.gate[j])))
         return out

@@ -1,7 +1,9 @@
 """The saved recommender directory: what :meth:`genrec.Recommender.save_pretrained` writes and
 :meth:`~genrec.Recommender.from_pretrained` reads, with no dataset or run directory needed::
 
-    DIR/recommender.json      manifest: format, format_version, method, models, settings, text encoder
+    DIR/recommender.json      manifest: format, format_version, method, models, settings, text encoder,
+                              trained_items (items after it came through add_items) and the new-item
+                              mixtures (``fusion.new_item_mixture``) by fusion method
     DIR/semantic_ids.json     semantic-ID table with the raw item ids (quantize.SemanticIdTable)
     DIR/items.jsonl           one line per item, in index order: {"item_id", "title", "brand", ...}
     DIR/train_sequences.npz   the training sequences (``items`` int64, ``offsets`` int64 [n+1]): the
@@ -40,6 +42,8 @@ MODEL_FILES = {"sasrec": "sasrec.pt", "generative": "generative.pt", "joint": "j
                "fusion": "fusion_methods.pt"}
 QUANTIZE_DIR = "quantize"
 EMBEDDINGS = "item_embeddings.npy"
+#: a run's fitted new-item mixtures (``RUN/fusion/new_item_mixture.json``: ``{method: settings}``)
+MIXTURES = "new_item_mixture.json"
 #: the item text fields kept in ``items.jsonl`` (``genrec.data.ItemText``)
 TEXT_FIELDS = ("title", "brand", "categories", "description", "price")
 
@@ -107,7 +111,37 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if unknown:
         raise CheckpointError(f"{path}: unknown model(s) {unknown}; known: {sorted(MODEL_FILES)}")
     m["settings"] = InferenceSettings.from_dict(m["settings"], str(path))
+    # both optional: directories saved before the new-item mixture have neither
+    trained = m.setdefault("trained_items", None)
+    if trained is not None and (isinstance(trained, bool) or not isinstance(trained, int) or trained < 1):
+        raise CheckpointError(f"{path}: damaged: 'trained_items' must be an integer >= 1, got {trained!r}")
+    mixtures = m.get("new_item_mixtures")
+    m["new_item_mixtures"] = {} if mixtures is None else new_item_mixtures_from(mixtures, f"{path}: new_item_mixtures")
     return m
+
+
+def new_item_mixtures_from(raw: Any, where: str) -> dict[str, Any]:
+    """``{method: NewItemMixture}`` from its JSON form ``{method: {"log_prior", ...}}``; anything else
+    is a :class:`CheckpointError` naming ``where`` and the method."""
+    from fusion.new_item_mixture import NewItemMixture
+
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where}: expected an object of fusion method -> mixture settings")
+    try:
+        return {str(name): NewItemMixture.from_dict(v, f"{where}: {name}") for name, v in raw.items()}
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def load_new_item_mixtures(path: Path) -> dict[str, Any]:
+    """A run's fitted new-item mixtures (:data:`MIXTURES`); none when the file is absent."""
+    if not path.is_file():
+        return {}
+    try:
+        raw = load_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: damaged ({e}); run the fusion stage again") from None
+    return new_item_mixtures_from(raw, str(path))
 
 
 def save_sequences(path: Path, sequences: Sequence[np.ndarray]) -> Path:
@@ -217,4 +251,5 @@ def load_items(path: Path, item_ids: Sequence[str]) -> list[dict[str, Any]]:
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "InferenceSettings", "read_manifest", "write_manifest",
-           "save_sequences", "load_sequences", "item_record", "save_items", "load_items", "MODEL_FILES"]
+           "save_sequences", "load_sequences", "item_record", "save_items", "load_items", "MODEL_FILES", "MIXTURES",
+           "new_item_mixtures_from", "load_new_item_mixtures"]

@@ -290,6 +290,26 @@ def test_option_off_changes_no_result_and_no_stage_hash(tiny_run, tiny, tmp_path
     assert hashed == {**before, "fingerprint": {"files": []}}
 
 
+def test_the_new_item_mixture_enters_the_fusion_hash_only_where_it_is_read(tiny):
+    """``fusion.new_item_mixture`` is read by cold-start runs only and off by default: elsewhere (and
+    off) the fusion stage's hash is the one of runs made before the option; on, changing it reruns."""
+    from genrec.recipe.runner import _hash_inputs, _stage
+
+    def hashed(*sets):
+        config = load_config(DEMO_YAML, overrides=[*tiny, *sets])
+        return _hash_inputs(_stage("fusion"), config, {}, {"files": []})["config"]
+
+    before = hashed()
+    assert "fusion.new_item_mixture" not in before and before == hashed("fusion.new_item_mixture=true")
+    assert "fusion.new_item_mixture" not in hashed(*COLD)
+    on = hashed(*COLD, "fusion.new_item_mixture=true")
+    assert on["fusion.new_item_mixture"] == {"on": True, "users": 4000}
+    assert hashed(*COLD, "fusion.new_item_mixture=true", "fusion.new_item_mixture_users=10")[
+        "fusion.new_item_mixture"]["users"] == 10
+    with pytest.raises(ConfigError, match="fusion.new_item_mixture_users"):
+        load_config(DEMO_YAML, overrides=[*tiny, "fusion.new_item_mixture_users=0"])
+
+
 def test_bench_runs_end_to_end_on_synthetic_data(cold_run, tiny, tmp_path, capsys):
     """bench/cold_start_beauty.py on the tiny synthetic data: its cold run resumes the fixture's."""
     sys.path.insert(0, str(ROOT / "bench"))
@@ -352,17 +372,72 @@ def test_new_item_bench_scores_variants_and_the_content_term_on_validation(cold_
     base = CandidateScores(np.tile(np.arange(width), (n, 1)), np.zeros((n, width), np.float32),
                                  np.zeros((n, width), np.float32), np.ones((n, width), bool), np.ones((n, width), bool))
     scorer = lambda c: np.where(c >= 0, 1.0, np.nan).astype(np.float32)  # noqa: E731
-    cx, cos = bench.content_candidates(base, valid, unit, cold.num_warm, 4, scorer, scorer)
+    last = unit[valid.last_items()]
+    cx = bench.cold_candidates(base, valid, last @ unit[cold.num_warm:].T, cold.num_warm, 4, scorer, scorer)
     added = cx.items[:, width:]
     assert cx.width == width + 4 and (added >= 0).any()
-    for row, row_cos, h in zip(added, cos[:, width:], valid.histories):
-        real = row >= 0
-        row = row[real]
+    for row, h in zip(added, valid.histories):
+        row = row[row >= 0]
         assert (row >= cold.num_warm).all() and len(set(row)) == len(row)
         assert not set(row) & set(h) and not set(row) & set(range(width))
-        sims = unit[row] @ unit[h[-1]]  # each addition's text cosine to the last item, most similar first
-        assert np.allclose(row_cos[real], sims, atol=1e-5) and (np.diff(sims) <= 1e-6).all()
+        sims = unit[row] @ unit[h[-1]]  # the most relevant (here: similar to the last item) first
+        assert (np.diff(sims) <= 1e-6).all()
+        others = np.setdiff1d(np.arange(cold.num_warm, cold.num_items), np.r_[row, h])
+        if len(row) == 4 and len(others):  # and none left out is more relevant than the last one added
+            assert (unit[others] @ unit[h[-1]]).max() <= sims[-1] + 1e-6
     assert (cx.id_scores[:, width:][added >= 0] == 1).all()  # the towers scored every addition
+
+
+def test_new_item_bench_fits_the_mixture_for_a_content_aware_sasrec(cold_run, ctx, tmp_path, capsys):
+    """The bench's mixture on a copy of the tiny cold run whose SASRec is content-aware: the new items'
+    logits are SASRec's; the in-sample choice honours the in-set bound and every cold candidate last
+    is a grid point."""
+    from dataclasses import replace as _replace
+
+    from fusion.new_item_mixture import log_softmax_rows, new_item_logits
+    from genrec.new_items import sasrec_with_new_items
+    from genrec.sasrec import save_sasrec, train_sasrec
+    from tests.scripts import load_script
+
+    bench = load_script("bench/new_item_generative.py")
+    run = tmp_path / "run"
+    shutil.copytree(cold_run, run)
+    cold, x = ctx.cold(), np.load(cold_run / "embed" / "embeddings.npy")
+    model = train_sasrec(cold.warm, _replace(ctx.config.sasrec, max_epochs=1, text_dim="auto"), progress=False,
+                         item_text=x[:cold.num_warm]).model
+    save_sasrec(model, run / "sasrec" / "best.pt")
+    res = bench.main(["--run", str(run), "--in-set-users", "40", "--threads", "1", "--weights", "1", "--no-content",
+                      "--content-candidates", "5"])
+    text = capsys.readouterr().out
+    assert res["content"] == {} and set(res["mixture"]) == set(res["variants"]["own codes"]) - {"sasrec", "generative"}
+    for name, m in res["mixture"].items():
+        best = m["in-sample best within the bound"]
+        assert best["in_set"] >= bench.IN_SET_BOUND * m["in_set_cold_last"] - 1e-9
+        last = m["curve"][0]
+        assert last["log_pi_t_twarm"][0] == -np.inf and last["new"] == 0 and last["in_set"] == m["in_set_cold_last"]
+        assert best["new"] == max(c["new"] for c in m["curve"]
+                                  if c["in_set"] >= bench.IN_SET_BOUND * m["in_set_cold_last"] - 1e-12)
+        assert f"| {name} | **cross-fitted** |" in text or f"| {name} | cross-fitted | n/a" in text
+    # the new items' logits: SASRec's, repeat bias included (histories with cold items among them),
+    # in batches smaller than the instances
+    valid = cold.split.valid
+    rows = [j for j, h in enumerate(valid.histories) if (h >= cold.num_warm).any()][:10]
+    rows += [j for j, h in enumerate(valid.histories) if (h < cold.num_warm).all()][:20]
+    inst = valid.subset(np.array(rows))
+    ext = sasrec_with_new_items(model, np.arange(cold.num_cold, dtype=np.int64) % cold.num_warm, x[cold.num_warm:])
+    z = new_item_logits(ext, inst.histories, cold.num_warm, batch_size=7)
+    ext.eval()
+    with torch.no_grad():
+        from genrec.batching import histories_to_tokens
+
+        want = torch.cat([ext.last_logits(histories_to_tokens([h], ext.config.max_len))
+                          for h in inst.histories])[:, cold.num_warm:].numpy()
+    assert z.shape == (len(rows), cold.num_cold) and np.allclose(z, want, atol=1e-4)
+    m = np.array([[True, False, True], [False, False, False]])
+    v = np.array([[1.0, 5.0, 2.0], [1.0, 2.0, 3.0]])
+    out = log_softmax_rows(v, m)
+    assert np.allclose(out[0, [0, 2]], torch.log_softmax(torch.tensor([1.0, 2.0]), 0).numpy())
+    assert out[0, 1] == -np.inf and np.isneginf(out[1]).all()
 
 
 def test_the_content_terms_cross_fitting_scores_each_fold_with_a_choice_made_on_the_other():
@@ -461,7 +536,7 @@ def test_a_content_aware_sasrec_in_the_recipe_scores_cold_items_by_their_own_tex
     from genrec.sasrec import load_sasrec
 
     out = tmp_path / "run"
-    overrides = [*tiny, *COLD, "sasrec.text_dim=auto"]
+    overrides = [*tiny, *COLD, "sasrec.text_dim=auto", "fusion.new_item_mixture=true"]
     assert cli.main(["demo", "--out", str(out), "--set", *overrides]) == 0
     assert load_json(out / "sasrec" / "stage.done.json")["hashed"]["upstream"].keys() == {"data", "embed"}
     cold = StageContext(out, load_config(DEMO_YAML, overrides=overrides)).cold()
@@ -489,3 +564,43 @@ def test_a_content_aware_sasrec_in_the_recipe_scores_cold_items_by_their_own_tex
             assert not torch.allclose(vectors[row], vectors[source])
     again = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "saved"))
     assert [r.pairs() for r in again.recommend_batch(histories, k=10)] == [r.pairs() for r in got]
+
+    # the new-item mixture fitted per method on validation, used for test and by the recommender
+    from fusion.new_item_mixture import IN_SET_BOUND, NewItemMixture
+
+    summary = load_json(out / "fusion" / "summary.json")["new_item_mixture"]
+    fitted = load_json(out / "fusion" / "new_item_mixture.json")
+    assert summary["valid_new_users"] == int(cold.is_cold(cold.split.valid.targets).sum())
+    assert set(summary["methods"]) == set(load_json(out / "fusion" / "summary.json")["methods"])
+    assert fitted, "no method's mixture beat ranking the cold items last on the tiny run's validation"
+    for name, m in summary["methods"].items():
+        v = m["valid_ndcg@10"]
+        assert (name in fitted) == (m["log_prior"] is not None)
+        if name in fitted:
+            assert v["in_set"] >= IN_SET_BOUND * v["in_set_new_items_last"] - 1e-9 and v["new"] > 0
+    with np.load(out / "fusion" / "topk_without_mixture.npz") as z:
+        assert set(z.files) == set(fitted)
+        with np.load(out / "fusion" / "topk.npz") as mixed:
+            for name in z.files:  # the mixture's test lists hold cold items the plain ones rank lower or not at all
+                assert (mixed[name] >= cold.num_warm).sum() != (z[name] >= cold.num_warm).sum()
+    from tests.scripts import load_script
+
+    config = load_config(DEMO_YAML, overrides=overrides)
+    plain_metrics = load_script("bench/cold_start_beauty.py").without_mixture(out, config)
+    assert set(plain_metrics) == set(fitted)
+    results = load_json(out / "results.json")["cold_start"]["models"]
+    for name, m in plain_metrics.items():  # the run's own figures are the mixture's; these differ on the cold side
+        assert m["cold"]["ndcg@10"] != results[name]["cold"]["ndcg@10"] or \
+            m["in_set"]["ndcg@10"] != results[name]["in_set"]["ndcg@10"]
+    mixtures = {n: NewItemMixture.from_dict(d) for n, d in fitted.items()}
+    assert rec.new_item_mixtures == again.new_item_mixtures == mixtures
+    assert rec.trained_items == again.trained_items == cold.num_warm
+    with np.load(out / "fusion" / "topk.npz") as mixed, np.load(out / "fusion" / "topk_without_mixture.npz") as z:
+        for name in fitted:  # each method ranks as its test lists with the mixture, and as the plain ones without
+            other = again.with_method(name)
+            assert [r.items for r in other.recommend_batch(histories, k=10)] == \
+                [[rec.item_ids[i] for i in row if i >= 0] for row in mixed[name]]
+            other.set_new_item_mixture(None)
+            assert other.new_item_mixture is None and again.new_item_mixtures == mixtures
+            assert [r.items for r in other.recommend_batch(histories, k=10)] == \
+                [[rec.item_ids[i] for i in row if i >= 0] for row in z[name]]

@@ -44,6 +44,15 @@ def test_fusion_union_ranks_treat_nan_target_as_miss():
     assert ndcg_at(ranks, 10) == pytest.approx(0.5)
 
 
+def test_fusion_union_ranks_with_a_validity_mask_keep_infinite_scores():
+    fused = np.array([[-np.inf, 0.2, 0.1], [0.3, np.inf, np.nan], [0.3, 0.2, 0.1]])
+    valid = np.array([[True, True, True], [True, True, True], [True, True, False]])
+    # a target scored -inf is a miss (not the last candidate), as one scored +inf or padded; a candidate
+    # scored +inf is ahead of the target, a NaN one (as padding) behind it
+    assert union_ranks(fused, np.array([0, 1, 2]), valid).tolist() == [MISS_RANK] * 3
+    assert union_ranks(fused, np.array([1, 0, 0]), valid).tolist() == [0, 1, 0]
+
+
 def test_nan_scores_of_other_items_never_make_a_hit():
     scores = np.full((2, 50), np.nan, np.float32)
     scores[:, 7] = 0.5  # only the target is finite

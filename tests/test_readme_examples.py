@@ -46,6 +46,7 @@ def test_python_example_runs(workdir, capsys):
     assert (workdir / "models" / "demo" / "recommender.json").is_file()
     assert namespace["sasrec"].method_name == "sasrec" and namespace["new"] == ["new-1"]
     assert "new-1" in rec.index and rec.item("new-1")["title"] == "Vanilla Shampoo"
+    assert rec.new_item_mixture == namespace["fusion"].NewItemMixture(-3.0)
 
 
 def test_command_line_examples_run(workdir, capsys):

@@ -123,7 +123,14 @@ class FusionSection:
     the validation users, :mod:`fusion.selection`) or the joint model (with ``joint: true``) when its
     validation score is higher (the holdout schedule's choice among its candidates cross-fitted on
     the same folds, the end-to-end one's own); ties go to the earlier in ``methods`` (joint last). A method's
-    name (or ``joint``) fixes it instead."""
+    name (or ``joint``) fixes it instead.
+
+    ``new_item_mixture`` (cold-start runs only; default off): rank the cold items against the warm
+    ones with :mod:`fusion.new_item_mixture`, its prior and temperatures fitted per method on the
+    validation users whose target is cold plus ``new_item_mixture_users`` sampled in-set ones
+    (in-set NDCG@10 kept within 2% of every cold item ranked last); ``fusion/summary.json`` lists
+    each method's validation figures with and without it. Off by default: on Beauty it places the
+    cold items worse than the methods' own scores do (BENCHMARKS.md)."""
 
     k: int = 50  # top-K of each model (candidate union) and length of every ranked list
     beam: int = 50  # beam width of the generative model
@@ -138,6 +145,11 @@ class FusionSection:
     # HoldoutJointConfig overrides); "end_to_end": fusion.joint (one objective; JointConfig overrides)
     joint_schedule: str = "holdout"
     joint_config: dict[str, Any] = field(default_factory=dict)  # overrides (towers: the recipe's)
+    # cold-start runs (data.cold_items) only, opt-in: fit fusion.new_item_mixture per method on the
+    # validation users with a cold target plus this many sampled in-set ones, and rank test with it
+    # (Recommender.from_run loads the fits); other runs ignore both
+    new_item_mixture: bool = False
+    new_item_mixture_users: int = 4000
 
 
 @dataclass
@@ -460,6 +472,7 @@ def validate_config(config: RecipeConfig) -> None:
     need(f.primary in primaries, "fusion.primary", f.primary,
          f"must be 'auto' or one of fusion.methods {f.methods}" + (" or 'joint'" if f.joint else ""))
     need(f.selection_folds >= 2, "fusion.selection_folds", f.selection_folds, "must be >= 2")
+    need(f.new_item_mixture_users >= 1, "fusion.new_item_mixture_users", f.new_item_mixture_users, "must be >= 1")
     check_mapping("fusion.gate", f.gate, gate_option_hints())
     for key in ("hidden", "batch_size", "max_epochs", "patience", "k"):
         if key in f.gate:

@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 __all__ = ["Recipe", "run_recipe", "StopAfterStage"]
 
 # Settings that do not change any result (threads, inference batch sizes, caches): not hashed.
+#: what _section_for_hash returns for a setting left out of the hash (a default that runs made
+#: before the setting existed had)
+_OMIT = object()
 _UNHASHED = {"num_threads", "eval_batch_size", "cache", "cache_dir", "batch_size@text", "device",
              "nonfinite_loss"}  # skipping non-finite steps only matters in a run that had them
 
@@ -323,6 +326,10 @@ def _stage(name: str) -> Stage:
 def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -> Any:
     if sec in TOP_LEVEL:
         return getattr(config, sec)
+    if sec == "fusion.new_item_mixture":  # read by cold-start runs only, and off by default
+        if not (config.data.cold_items and config.fusion.new_item_mixture):
+            return _OMIT  # the hashes of runs made before the option
+        return {"on": True, "users": config.fusion.new_item_mixture_users}
     if "." in sec:  # one setting of a section, e.g. "fusion.k"
         head, _, key = sec.partition(".")
         value = asdict(getattr(config, head))[key]
@@ -382,7 +389,7 @@ def _hash_inputs(stage: Stage, config: RecipeConfig, upstream: Mapping[str, str]
     """What a stage's hash covers: its config sections (the data section with the input files'
     fingerprint) and its upstream stages' hashes."""
     return {"stage": stage.name, "version": 2,
-            "config": {s: _section_for_hash(config, s, fingerprint) for s in stage.sections},
+            "config": {s: v for s in stage.sections if (v := _section_for_hash(config, s, fingerprint)) is not _OMIT},
             "upstream": {k: upstream[k] for k in stage.upstream(config) if k in upstream}}
 
 

@@ -26,6 +26,7 @@ from genrec.errors import ConfigError
 from genrec.recipe.analyses import stage_analysis
 from genrec.recipe.config import RecipeConfig, cold_enabled, joint_config
 from genrec.recipe.run_files import load_labels, semantic_id_table, test_ranks
+from genrec.recommender_files import MIXTURES
 from genrec.recipe.report import collect_results, strip_timing, write_report
 
 __all__ = ["Stage", "StageContext", "STAGES", "stage_names", "check_catalogue", "load_labels", "cold_start_metrics"]
@@ -349,6 +350,8 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
         ext = _add_cold_items(ctx, table, generative, sasrec)
         test_sasrec, test_generative, test_stats = ext.sasrec, ext.generative, ext.stats
         extra["semantic_ids"] = ext.table.save(out / "semantic_ids.json")
+    else:
+        ext = None
     fin = {"valid": (sasrec, generative, train.valid, stats), "test": (test_sasrec, test_generative, split.test, test_stats)}
     fin = {name: model_inputs(sas, gen, inst, st, k=f.k, beam=f.beam, teacher_forcing=f.teacher_forcing,
                               batch_size=config.generative.eval_batch_size)
@@ -363,6 +366,16 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
                           test.indicators, k=f.k)
     topk = {"sasrec": single_model_topk(test.cands, "id", f.k), "gr": single_model_topk(test.cands, "gr", f.k)}
     topk.update({name: o.topk for name, o in outputs.items()})
+    mixture_summary = None
+    if ctx.cold() is not None and f.new_item_mixture:
+        mixtures, mixture_summary, mixed = _fit_new_item_mixtures(ctx, ext, methods, split.test, test)
+        # the plain lists stay for comparison; the mixture's are the test lists of the run
+        extra["topk_without_mixture"] = atomic_write(out / "topk_without_mixture.npz",
+                                                     lambda p: _np_savez(p, {n: topk[n] for n in mixed}))
+        topk.update(mixed)
+        extra["new_item_mixture"] = save_json(out / MIXTURES, {n: m.to_dict() for n, m in mixtures.items()})
+    else:
+        (out / MIXTURES).unlink(missing_ok=True)  # a fit of an earlier run of the stage is not this one's
     gates = {name: o.gates.gate.astype(np.float32) for name, o in outputs.items()}
     p_topk = atomic_write(out / "topk.npz", lambda p: _np_savez(p, topk))
     p_gates = atomic_write(out / "gates.npz", lambda p: _np_savez(p, gates))
@@ -375,6 +388,7 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
         "indicators": list(test.indicators.names),
         "selection": {"folds": f.selection_folds, "seed": f.selection_seed,
                       "scores": _cross_fit_metrics(cf)},
+        **({"new_item_mixture": mixture_summary} if mixture_summary is not None else {}),
         "timing": {"inputs": {n: inp.seconds for n, inp in fin.items()},
                    "methods": {n: o.seconds for n, o in outputs.items()},
                    "selection": cf.seconds},
@@ -390,6 +404,54 @@ def _cross_fit_metrics(cf) -> dict[str, dict[str, float]]:
     metrics = [f"{m}@{k}" for k in (5, 10, 20, 50) if k <= cf.k for m in ("recall", "ndcg")]
     per_metric = {metric: cf.scores(metric) for metric in metrics}
     return {name: {metric: per_metric[metric][name] for metric in metrics} for name in cf.ranks}
+
+
+def _fit_new_item_mixtures(ctx: StageContext, ext, methods: list, test_instances, test) -> tuple[dict, dict, dict]:
+    """A cold-start run's new-item mixture (:mod:`fusion.new_item_mixture`) per method: fitted on the
+    validation users whose target is cold (left out of every other choice) plus a seeded sample of
+    in-set ones, ranked with the cold items added as on test; then each fitted method's test top-K
+    under its mixture. Returns ``(mixtures, summary, test top-K lists)`` (a method no mixture
+    improves on validation keeps its plain list and gets none)."""
+    from fusion.adapters import id_tower_histories, model_inputs
+    from fusion.candidates import ranks_of, topk_items
+    from fusion.new_item_mixture import (DEFAULT_CANDIDATES, IN_SET_BOUND, NewItemMixture, fit_new_item_mixture,
+                                         mix_new_items, mixture_ranks, new_item_logits)
+    from genrec.metrics import per_instance_ndcg
+
+    config, cold = ctx.config, ctx.cold()
+    f = config.fusion
+    inst, is_new = cold.validation_sample(f.new_item_mixture_users, f.selection_seed)
+    bs = config.generative.eval_batch_size
+    valid = model_inputs(ext.sasrec, ext.generative, inst, ext.stats, k=f.k, beam=f.beam,
+                         teacher_forcing=f.teacher_forcing, batch_size=bs)
+    first_new, sas = cold.num_warm, ext.sasrec
+    z_valid = new_item_logits(sas, id_tower_histories(inst, sas.num_items), first_new, bs)
+    z_test = new_item_logits(sas, id_tower_histories(test_instances, sas.num_items), first_new, bs)
+    mixtures, summary, mixed = {}, {"valid_new_users": int(is_new.sum()), "valid_in_set_users": int((~is_new).sum()),
+                                    "bound": IN_SET_BOUND, "methods": {}}, {}
+    candidates = DEFAULT_CANDIDATES
+    for m in methods:
+        points, ranks = mixture_ranks(valid.cands.items, m.fuse(valid.cands, valid.indicators), z_valid, first_new,
+                                      inst.histories, inst.targets, candidates)
+        best = fit_new_item_mixture(ranks, points, is_new)
+        ndcg = [per_instance_ndcg(ranks[g], 10) for g in (0, best or 0)]
+        # the method's own ranking of the same users (new items scored by both towers), to compare with
+        plain = per_instance_ndcg(ranks_of(valid.cands, m.fuse(valid.cands, valid.indicators), inst.targets, f.k), 10)
+        summary["methods"][m.name] = {
+            **{key: None if best is None else points[best][j]
+               for j, key in enumerate(("log_prior", "temperature", "warm_temperature"))},
+            "valid_ndcg@10": {"new": float(ndcg[1][is_new].mean()), "in_set": float(ndcg[1][~is_new].mean()),
+                              "in_set_new_items_last": float(ndcg[0][~is_new].mean()),
+                              "new_without_mixture": float(plain[is_new].mean()),
+                              "in_set_without_mixture": float(plain[~is_new].mean())}}
+        if best is None:
+            continue
+        lp, t, tw = points[best]
+        mixtures[m.name] = NewItemMixture(lp, t, candidates, tw)
+        items, scores = mix_new_items(test.cands.items, m.fuse(test.cands, test.indicators), z_test, first_new,
+                                      mixtures[m.name], test_instances.histories)
+        mixed[m.name] = topk_items(items, scores, f.k)
+    return mixtures, summary, mixed
 
 
 def _add_cold_items(ctx: StageContext, table, generative, sasrec):
@@ -548,7 +610,7 @@ def stage_report(ctx: StageContext) -> dict[str, Path]:
 
 _SELECTION_KEYS = ("fusion.selection_folds", "fusion.selection_seed")
 _FUSION_KEYS = ("data", "fusion.k", "fusion.beam", "fusion.teacher_forcing", "fusion.methods", "fusion.gate",
-                *_SELECTION_KEYS)
+                "fusion.new_item_mixture", *_SELECTION_KEYS)
 STAGES: tuple[Stage, ...] = (
     Stage("data", stage_data, ("data",), (), description="load and split the dataset", keeps_work=False),
     Stage("embed", stage_embed, ("data", "text"), ("data",), description="item text -> sentence embeddings"),

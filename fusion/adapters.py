@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -42,10 +42,12 @@ def id_tower_histories(histories: Instances | Sequence[np.ndarray], num_items: i
 
 
 def sasrec_outputs(model, instances: Instances | Sequence[np.ndarray], k: int = 50, batch_size: int = 1024,
-                   item_chunk: int | None = None) -> dict[str, np.ndarray]:
+                   item_chunk: int | None = None, states: bool = False) -> dict[str, np.ndarray]:
     """``items [n, k]``, ``log_probs [n, k]`` (best first), ``max_prob [n]`` and ``entropy [n]``; a
     history with no item SASRec knows gets no items (``-1``, ``-inf``) and the uniform MSP / entropy.
-    A large catalogue is scored in item chunks (``genrec.sasrec.softmax_topk``), never users x catalogue."""
+    A large catalogue is scored in item chunks (``genrec.sasrec.softmax_topk``), never users x catalogue.
+    ``states``: also SASRec's states (``hidden``, ``lse``, NaN for such a history), which
+    :func:`sasrec_state_scorer` scores candidates from."""
     from genrec.sasrec import softmax_topk
 
     hist = id_tower_histories(instances, model.num_items)
@@ -53,21 +55,23 @@ def sasrec_outputs(model, instances: Instances | Sequence[np.ndarray], k: int = 
     items, logp = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
     msp = np.full(n, 1.0 / model.num_items, np.float32)
     ent = np.full(n, np.log(model.num_items), np.float32)
+    extra = {"hidden": np.full((n, model.config.hidden), np.nan, np.float32),
+             "lse": np.full(n, np.nan, np.float32)} if states else {}
     live = np.flatnonzero([len(h) > 0 for h in hist])
     if len(live):
-        out = softmax_topk(model, [hist[j] for j in live], k, batch_size, item_chunk)
+        out = softmax_topk(model, [hist[j] for j in live], k, batch_size, item_chunk, states=states)
         items[live], logp[live] = out["items"], out["log_probs"]
         msp[live], ent[live] = out["max_prob"], out["entropy"]
-    return {"items": items, "log_probs": logp, "max_prob": msp, "entropy": ent}
+        for key in extra:
+            extra[key][live] = out[key]
+    return {"items": items, "log_probs": logp, "max_prob": msp, "entropy": ent, **extra}
 
 
-def sasrec_scorer(model, instances: Instances | Sequence[np.ndarray], batch_size: int = 1024,
-                  item_chunk: int | None = None) -> Scorer:
-    """Callback: SASRec log-probs of candidates ``[n, C]``; ``-1`` (padding) and items SASRec cannot
-    score (index ``>= model.num_items``, or a history with no item it knows) -> NaN. A large catalogue
-    is scored in item chunks (``genrec.sasrec.log_probs_of``)."""
-    from genrec.sasrec import log_probs_of
-
+def _readable_scorer(model, instances: Instances | Sequence[np.ndarray],
+                     log_probs: Callable[[list[np.ndarray], np.ndarray, np.ndarray], np.ndarray]) -> Scorer:
+    """The SASRec scorers' shared part: ``log_probs(histories, rows, items)`` scores in-catalogue items
+    of the histories SASRec can read (``rows``: their indices); padding, items it cannot score and
+    histories with no item it knows -> NaN."""
     hist = id_tower_histories(instances, model.num_items)
     live = np.flatnonzero([len(h) > 0 for h in hist])
 
@@ -77,11 +81,32 @@ def sasrec_scorer(model, instances: Instances | Sequence[np.ndarray], batch_size
             return out
         c = np.asarray(cands[live], np.int64)
         known = (c >= 0) & (c < model.num_items)
-        lp = log_probs_of(model, [hist[j] for j in live], c.clip(0, model.num_items - 1), batch_size, item_chunk)
+        lp = log_probs([hist[j] for j in live], live, c.clip(0, model.num_items - 1))
         out[live] = np.where(known, lp, np.nan)
         return out
 
     return score
+
+
+def sasrec_state_scorer(model, instances: Instances | Sequence[np.ndarray], outputs: dict[str, np.ndarray]) -> Scorer:
+    """:func:`sasrec_scorer` from the states :func:`sasrec_outputs` kept (``states=True``) for the same
+    ``instances``: no second pass of the model (``genrec.sasrec.log_probs_from_states``; equal up to
+    float rounding)."""
+    from genrec.sasrec import log_probs_from_states
+
+    return _readable_scorer(model, instances, lambda hist, rows, items: log_probs_from_states(
+        model, hist, outputs["hidden"][rows], outputs["lse"][rows], items))
+
+
+def sasrec_scorer(model, instances: Instances | Sequence[np.ndarray], batch_size: int = 1024,
+                  item_chunk: int | None = None) -> Scorer:
+    """Callback: SASRec log-probs of candidates ``[n, C]``; ``-1`` (padding) and items SASRec cannot
+    score (index ``>= model.num_items``, or a history with no item it knows) -> NaN. A large catalogue
+    is scored in item chunks (``genrec.sasrec.log_probs_of``)."""
+    from genrec.sasrec import log_probs_of
+
+    return _readable_scorer(model, instances,
+                            lambda hist, rows, items: log_probs_of(model, hist, items, batch_size, item_chunk))
 
 
 def generative_scorer(model, instances: Instances, batch_size: int = 512) -> Scorer:
@@ -141,7 +166,7 @@ def model_inputs(sasrec, generative, instances: Instances, stats: TrainStats, k:
 
     sec: dict[str, float] = {}
     t0 = time.perf_counter()
-    ids = sasrec_outputs(sasrec, instances, k)
+    ids = sasrec_outputs(sasrec, instances, k, states=teacher_forcing)
     sec["sasrec_topk"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     # One generative pass gives the beam and, with teacher forcing, the scores of SASRec's top-k:
@@ -165,7 +190,7 @@ def model_inputs(sasrec, generative, instances: Instances, stats: TrainStats, k:
         gr_scorer = lookup_scorer(ids["items"], gr_of_id_items, generative_scorer(generative, instances, batch_size))
     t0 = time.perf_counter()
     cands = build_candidates(ids["items"], ids["log_probs"], beam_result.items, beam_result.log_probs,
-                             timed(sasrec_scorer(sasrec, instances)) if teacher_forcing else None,
+                             timed(sasrec_state_scorer(sasrec, instances, ids)) if teacher_forcing else None,
                              timed(gr_scorer) if teacher_forcing else None)
     sec["union"] = time.perf_counter() - t0 - sec["cross_scoring"]  # fusion-side work, not inference
     t0 = time.perf_counter()
@@ -175,5 +200,6 @@ def model_inputs(sasrec, generative, instances: Instances, stats: TrainStats, k:
     return FusionInputs(cands, ind, sec)
 
 
-__all__ = ["id_tower_histories", "sasrec_outputs", "sasrec_scorer", "generative_scorer", "lookup_scorer", "FusionInputs",
+__all__ = ["id_tower_histories", "sasrec_outputs", "sasrec_scorer", "sasrec_state_scorer", "generative_scorer",
+           "lookup_scorer", "FusionInputs",
            "model_inputs"]

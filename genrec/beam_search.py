@@ -32,6 +32,7 @@ from genrec.training import autocast, model_precision
 from genrec.trie import PrefixTrie  # re-exported: beam_search's callers build the trie they pass in
 
 __all__ = ["PrefixTrie", "CodeDecoder", "BeamResult", "beam_search", "score_candidates", "beam_from_context",
+           "first_level",
            "score_from_context", "length_batches", "decoder_device", "trie_on"]
 
 # per trie, its copies on other devices (a Beauty trie's last table is ~25 MB: copied once, not per batch)
@@ -88,12 +89,22 @@ class BeamResult:
 
 
 @torch.no_grad()
-def beam_from_context(model: CodeDecoder, trie: PrefixTrie, context: Any, num_histories: int, beam_size: int
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def first_level(model: CodeDecoder, context: Any, num_histories: int) -> tuple[torch.Tensor, Any]:
+    """``model.step`` at level 0 (no code chosen yet): log-probs ``[N, 1, V_0]`` and the cache, the
+    same for every beam and candidate of a history; :func:`beam_from_context` and
+    :func:`score_from_context` take it (``first``) so that a caller doing both computes it once."""
+    codes = torch.zeros(num_histories, 1, 0, dtype=torch.long, device=decoder_device(model))
+    return model.step(context, codes, None)
+
+
+@torch.no_grad()
+def beam_from_context(model: CodeDecoder, trie: PrefixTrie, context: Any, num_histories: int, beam_size: int,
+                      first: tuple[torch.Tensor, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Constrained beam search for ``N = num_histories`` histories already encoded by ``model.start``:
     items ``[N, K]`` (-1 pads), sequence log-probs ``[N, K]`` (best first) and codes ``[N, K, L]``.
-    Callers that also score candidates of the same histories (:func:`score_from_context`) encode once.
-    The tensors are on the model's device (:func:`decoder_device`)."""
+    Callers that also score candidates of the same histories (:func:`score_from_context`) encode once
+    (and may pass both the level-0 step, :func:`first_level`). The tensors are on the model's device
+    (:func:`decoder_device`)."""
     N = num_histories
     device = decoder_device(model)
     trie = trie_on(trie, device)
@@ -102,7 +113,7 @@ def beam_from_context(model: CodeDecoder, trie: PrefixTrie, context: Any, num_hi
     scores = torch.zeros(N, 1, device=device)  # [N, K] accumulated log-probs
     cache = None
     for lvl in range(trie.num_levels):
-        logp, cache = model.step(context, codes, cache)  # [N, K, V]
+        logp, cache = first if lvl == 0 and first is not None else model.step(context, codes, cache)  # [N, K, V]
         V = logp.shape[-1]
         nxt = trie.child[lvl][nodes.clamp_min(0)]  # [N, K, V] next node / item, -1 invalid
         valid = (nxt >= 0) & torch.isfinite(scores)[..., None]
@@ -120,9 +131,11 @@ def beam_from_context(model: CodeDecoder, trie: PrefixTrie, context: Any, num_hi
 
 
 @torch.no_grad()
-def score_from_context(model: CodeDecoder, trie: PrefixTrie, context: Any, candidates: np.ndarray) -> np.ndarray:
+def score_from_context(model: CodeDecoder, trie: PrefixTrie, context: Any, candidates: np.ndarray,
+                       first: tuple[torch.Tensor, Any] | None = None) -> np.ndarray:
     """Teacher-forced log-probabilities ``float32 [N, C]`` of ``candidates`` ``int64 [N, C]`` (-1:
-    padding, ``-inf``) for ``N`` histories already encoded by ``model.start``."""
+    padding, ``-inf``) for ``N`` histories already encoded by ``model.start`` (``first``: their
+    level-0 step, :func:`first_level`, if computed already)."""
     cand = np.asarray(candidates, dtype=np.int64)
     # Real candidates first in each row, then only as many columns as the fullest row needs:
     # callers often pass mostly padding (fusion asks only for the items a model is missing).
@@ -134,7 +147,7 @@ def score_from_context(model: CodeDecoder, trie: PrefixTrie, context: Any, candi
     N, C = c.shape
     codes = trie.codes[c.clamp_min(0)]  # [N, C, L]
     total = torch.zeros(N, C, device=device)
-    logp, cache = model.step(context, codes[:, :1, :0], None)  # level 0 is shared by all candidates
+    logp, cache = first if first is not None else model.step(context, codes[:, :1, :0], None)  # shared by all
     total += logp[:, 0].gather(1, codes[:, :, 0])
     if trie.num_levels > 1:
         cache = model.reorder(cache, torch.zeros(N, C, dtype=torch.long, device=device))

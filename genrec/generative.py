@@ -34,8 +34,8 @@ from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.errors import CheckpointNotFoundError, ConfigError, DataFormatError
-from genrec.beam_search import (BeamResult, beam_from_context, decoder_device, length_batches, score_from_context,
-                                trie_on)
+from genrec.beam_search import (BeamResult, beam_from_context, decoder_device, first_level, length_batches,
+                                score_from_context, trie_on)
 from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.trie import PrefixTrie, trie_of
@@ -346,9 +346,18 @@ def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size:
             since_trim += len(rows)
             hist = [histories[r] for r in rows]
             context = model.start(hist, None if users is None else np.asarray(users)[rows])
-            offset = _repeat_offsets(model, trie, hist, context) if repeat else None
+            first = first_level(model, context, len(rows))  # level 0: shared by the beam and every candidate
+            # one teacher-forced pass scores the history's items (the repeat gate's statistics) and the
+            # candidates together
+            seen = _seen_items(model, hist) if repeat else np.zeros((len(rows), 0), np.int64)
+            scored = None
+            if repeat or cand is not None:
+                scored = score_from_context(model, trie, context, seen if cand is None else
+                                            np.concatenate([seen, cand[rows]], 1), first)
+            offset = _repeat_offsets(model, seen, scored[:, :seen.shape[1]], context) if repeat else None
             if beam_size is not None:
-                it, sc, cd = (t.cpu().numpy() for t in beam_from_context(model, trie, context, len(rows), beam_size))
+                it, sc, cd = (t.cpu().numpy() for t in beam_from_context(model, trie, context, len(rows), beam_size,
+                                                                          first))
                 if offset is not None:
                     sc = (sc + offset(it)).astype(np.float32)
                     order = np.argsort(-sc, axis=1, kind="stable")
@@ -357,7 +366,7 @@ def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size:
                 k = min(top_k, it.shape[1])
                 items[rows, :k], logp[rows, :k], codes[rows, :k] = it[:, :k], sc[:, :k], cd[:, :k]
             if cand is not None:
-                s = score_from_context(model, trie, context, cand[rows])
+                s = scored[:, seen.shape[1]:]
                 scores[rows] = s if offset is None else (s + offset(cand[rows])).astype(np.float32)
     finally:
         if was_training:
@@ -371,16 +380,22 @@ def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size:
 TRIM_EVERY = 4096
 
 
-def _repeat_offsets(model: nn.Module, trie: PrefixTrie, histories: list[np.ndarray], context: torch.Tensor
-                    ) -> Callable[[np.ndarray], np.ndarray]:
-    """For one encoded batch: a function ``items [N, C] -> log-prob offsets [N, C]`` that turns the
-    code-level distribution into the explore/repeat mixture (see ``GenerativeConfig.repeat_gate``)."""
+def _seen_items(model: nn.Module, histories: list[np.ndarray]) -> np.ndarray:
+    """``int64 [N, W]``: the distinct items of each history the model reads (its last ``max_len``), -1 padded."""
     width = max(len(h[-model.config.max_len:]) for h in histories)
-    seen = np.full((len(histories), width), -1, dtype=np.int64)  # the history items the model sees
+    seen = np.full((len(histories), width), -1, dtype=np.int64)
     for k, h in enumerate(histories):
         h = np.unique(h[-model.config.max_len:])
         seen[k, :len(h)] = h
-    log_p_seen = torch.logsumexp(torch.from_numpy(score_from_context(model, trie, context, seen)), 1)  # [N]
+    return seen
+
+
+def _repeat_offsets(model: nn.Module, seen: np.ndarray, seen_scores: np.ndarray, context: torch.Tensor
+                    ) -> Callable[[np.ndarray], np.ndarray]:
+    """For one encoded batch: a function ``items [N, C] -> log-prob offsets [N, C]`` that turns the
+    code-level distribution into the explore/repeat mixture (see ``GenerativeConfig.repeat_gate``),
+    given the history items ``seen [N, W]`` (:func:`_seen_items`) and their code-level log-probs."""
+    log_p_seen = torch.logsumexp(torch.from_numpy(np.ascontiguousarray(seen_scores)), 1)  # [N]
     logit = model.repeat_head(context)[:, 0].cpu()  # [N], on the host with the NumPy scores
 
     def offsets(items: np.ndarray) -> np.ndarray:

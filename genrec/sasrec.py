@@ -332,13 +332,15 @@ def _chunk_scorer(model: SASRec, hidden: torch.Tensor, tokens: torch.Tensor
 
 
 def _batch_softmax_topk(score: Callable[[np.ndarray | None, int, int], torch.Tensor], num_items: int, k: int,
-                        chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(items [b, k], log-probs [b, k], max prob [b], entropy [b])`` of one batch's softmax; over item
-    chunks (a streamed logsumexp and a running top-k) when ``chunk`` is smaller than the catalogue."""
+                        chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(items [b, k], log-probs [b, k], max prob [b], entropy [b], logsumexp of the logits [b])`` of one
+    batch's softmax; over item chunks (a streamed logsumexp and a running top-k) when ``chunk`` is
+    smaller than the catalogue."""
     if chunk >= num_items:  # the unchunked computation, exactly as before chunking existed
-        lp = torch.log_softmax(score(None, 0, num_items), -1)
+        z = score(None, 0, num_items)
+        lp = torch.log_softmax(z, -1)
         v, i = lp.topk(k, dim=-1)
-        return i, v, v[:, 0].exp(), -(lp.exp() * lp).sum(-1)
+        return i, v, v[:, 0].exp(), -(lp.exp() * lp).sum(-1), z.logsumexp(-1)
     best_v = best_i = None
     m = s = t = None  # running max, sum of exp(z - m), sum of exp(z - m) * z: each [b]
     for start in range(0, num_items, chunk):
@@ -356,24 +358,66 @@ def _batch_softmax_topk(score: Callable[[np.ndarray | None, int, int], torch.Ten
         best_v, best_i = merge_topk(best_v, best_i, v, i + start, k)
     lse = m + s.log()
     # H = -sum p log p = lse - sum p z, and sum p z = t / s
-    return best_i, best_v - lse[:, None], (best_v[:, 0] - lse).exp(), lse - t / s
+    return best_i, best_v - lse[:, None], (best_v[:, 0] - lse).exp(), lse - t / s, lse
 
 
 def softmax_topk(model: SASRec, instances: Instances | list[np.ndarray], k: int = 50, batch_size: int = 1024,
-                 item_chunk: int | None = None) -> dict[str, np.ndarray]:
+                 item_chunk: int | None = None, states: bool = False) -> dict[str, np.ndarray]:
     """``items [n, k]``, ``log_probs [n, k]`` (best first), ``max_prob [n]`` (MSP) and ``entropy [n]`` (nats)
     of each instance's softmax, never holding more than a batch x ``item_chunk`` logits
-    (:func:`item_chunk_size`); the chunked values equal the unchunked ones up to float rounding."""
+    (:func:`item_chunk_size`); the chunked values equal the unchunked ones up to float rounding.
+    ``states``: also ``hidden [n, H]`` (float32, the state whose logits these are) and ``lse [n]``
+    (the logsumexp of its logits), from which :func:`log_probs_from_states` scores other items
+    without running the model again."""
     histories = _checked(model, instances)
     n = len(histories)
     out = {"items": np.zeros((n, k), np.int64), "log_probs": np.zeros((n, k), np.float32),
            "max_prob": np.zeros(n, np.float32), "entropy": np.zeros(n, np.float32)}
+    if states:
+        out["hidden"] = np.zeros((n, model.config.hidden), np.float32)
+        out["lse"] = np.zeros(n, np.float32)
     for rows, hidden, tokens in _iter_states(model, histories, batch_size):
         chunk = item_chunk_size(len(rows), model.num_items, item_chunk)
-        i, v, msp, ent = _batch_softmax_topk(_chunk_scorer(model, hidden, tokens), model.num_items, k, chunk)
+        i, v, msp, ent, lse = _batch_softmax_topk(_chunk_scorer(model, hidden, tokens), model.num_items, k, chunk)
         out["items"][rows], out["log_probs"][rows] = i.numpy(), v.numpy()
         out["max_prob"][rows], out["entropy"][rows] = msp.numpy(), ent.numpy()
+        if states:
+            out["hidden"][rows], out["lse"][rows] = hidden.float().cpu().numpy(), lse.numpy()
     return out
+
+
+@torch.no_grad()
+def log_probs_from_states(model: SASRec, histories: list[np.ndarray], hidden: np.ndarray, lse: np.ndarray,
+                          items: np.ndarray) -> np.ndarray:
+    """Log-probabilities ``float32 [n, C]`` of ``items [n, C]`` (catalogue indices) from the states
+    :func:`softmax_topk` kept (``states=True``) for the same ``histories``: each item's logit (the
+    repeat bias included for an item among the last ``max_len`` of its history) minus ``lse``. Equal
+    to :func:`log_probs_of` up to float rounding, without running the transformer or the catalogue again."""
+    items = np.asarray(items, np.int64)
+    if items.ndim != 2 or len(items) != len(histories) or np.shape(hidden)[:1] != (len(histories),):
+        raise ValueError(f"need items [n, C], hidden [n, H] and lse [n] of n={len(histories)} histories")
+    if items.size and (items.min() < 0 or items.max() >= model.num_items):
+        raise ValueError(f"items must lie in 0..{model.num_items - 1}")
+    was_training = model.training
+    model.eval()
+    try:
+        device = model.item_emb.weight.device
+        c = torch.from_numpy(items).to(device)
+        vectors = model.item_vectors(c + 1)  # [n, C, H]
+        h = torch.as_tensor(np.asarray(hidden, np.float32), device=device)
+        logits = torch.einsum("nch,nh->nc", vectors.float(), h)
+        if model.repeat_bias is not None:
+            width = max(1, min(model.config.max_len, max((len(x) for x in histories), default=1)))
+            seen = np.full((len(histories), width), -1, np.int64)
+            for j, x in enumerate(histories):
+                x = np.asarray(x, np.int64)[-model.config.max_len:]
+                seen[j, :len(x)] = x
+            in_history = torch.from_numpy((items[:, :, None] == seen[:, None, :]).any(-1)).to(device)
+            logits = logits + model.repeat_bias.float() * in_history
+        out = logits - torch.as_tensor(np.asarray(lse, np.float32), device=device)[:, None]
+        return out.cpu().numpy().astype(np.float32)
+    finally:
+        model.train(was_training)
 
 
 def log_probs_of(model: SASRec, instances: Instances | list[np.ndarray], items: np.ndarray, batch_size: int = 1024,

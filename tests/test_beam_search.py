@@ -163,3 +163,23 @@ def test_tiger_packed_encoder_matches_transformers(table, histories):
         ours = model._encode(ids, mask, model._decoding_weights())  # [T, D]
         ref = model.t5.encoder(input_ids=ids, attention_mask=mask).last_hidden_state[mask]  # [T, D]
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["hierarchical", "tiger"])
+def test_a_shared_first_level_changes_neither_the_beam_nor_the_scores(table, histories, kind):
+    """decode computes level 0 once for the beam and the candidates (``first``): the same results as
+    each computing its own."""
+    from genrec.beam_search import beam_from_context, first_level, score_from_context
+    from genrec.trie import PrefixTrie as Trie
+
+    model = tiny_hierarchical(table) if kind == "hierarchical" else tiny_tiger(table)
+    trie = Trie(table.codes, table.codebook_sizes)
+    with torch.no_grad():
+        context = model.start(histories, np.arange(len(histories)) if kind == "tiger" else None)
+        first = first_level(model, context, len(histories))
+        for a, b in zip(beam_from_context(model, trie, context, len(histories), 5),
+                        beam_from_context(model, trie, context, len(histories), 5, first)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        cands = np.random.default_rng(0).integers(-1, len(table.codes), size=(len(histories), 6))
+        np.testing.assert_array_equal(score_from_context(model, trie, context, cands),
+                                      score_from_context(model, trie, context, cands, first))

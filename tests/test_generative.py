@@ -136,6 +136,24 @@ def test_repeat_gate_is_a_distribution_over_the_catalogue(split, trained):
     np.testing.assert_allclose(np.exp(log_p.astype(np.float64)).sum(1), 1.0, atol=1e-4)
 
 
+def test_one_decoding_pass_gives_what_the_beam_and_the_scoring_give_alone(split, trained):
+    """decode scores the history items (repeat gate) and the candidates in one teacher-forced pass and
+    shares level 0 with the beam: the same numbers as recommend and score_items, which do each alone."""
+    from genrec.generative import decode
+
+    model = trained.model
+    cands = np.random.default_rng(0).integers(-1, split.num_items, size=(len(split.test), 7))
+    cands[:, 0] = [h[-1] for h in split.test.histories]  # a history item: the repeat mixture's other branch
+    beam, scores = decode(model, split.test, beam_size=6, candidates=cands, batch_size=5)
+    alone = recommend(model, split.test, beam_size=6, batch_size=5)
+    np.testing.assert_array_equal(beam.items, alone.items)
+    np.testing.assert_array_equal(beam.log_probs, alone.log_probs)
+    np.testing.assert_array_equal(scores, score_items(model, split.test, cands, batch_size=5))
+    found = beam.items >= 0  # the beam's items scored by teacher forcing: their beam log-probs
+    np.testing.assert_allclose(score_items(model, split.test, np.where(found, beam.items, -1))[found],
+                               beam.log_probs[found], rtol=1e-5, atol=1e-5)
+
+
 def test_repeat_gate_learns_that_walks_never_repeat(split, trained):
     # cyclic walks of length 8 over 24 items never revisit an item: the gate must learn r ~ 0
     model = trained.model

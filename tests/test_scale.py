@@ -170,6 +170,31 @@ def test_fusion_adapters_chunked_equal_unchunked(model_and_split):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_the_fusions_id_scorer_reuses_sasrecs_states(model_and_split, chunk):
+    """model_inputs scores the generative tower's candidates with SASRec from the states its top-k pass
+    kept: the same log-probs as a second pass (repeat bias on history items included), NaN where
+    SASRec cannot score."""
+    from fusion.adapters import sasrec_state_scorer
+    from genrec.sasrec import log_probs_from_states
+
+    model, split = model_and_split
+    histories = [np.array([3, 60, 4]), np.array([58]), np.array([1, 2, 59])] + list(split.test.histories[:30])
+    out = sasrec_outputs(model, histories, k=6, item_chunk=chunk, states=True)
+    np.testing.assert_array_equal(out["items"], sasrec_outputs(model, histories, k=6, item_chunk=chunk)["items"])
+    assert np.isnan(out["hidden"][1]).all() and np.isnan(out["lse"][1])  # no item SASRec knows
+    rng = np.random.default_rng(2)
+    cands = rng.integers(-1, 62, size=(len(histories), 9))
+    cands[5:, 0] = [h[-1] for h in histories[5:]]  # items of the history: the repeat bias applies
+    a, b = sasrec_state_scorer(model, histories, out)(cands), sasrec_scorer(model, histories, item_chunk=chunk)(cands)
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="items must lie in"):
+        log_probs_from_states(model, histories[3:5], out["hidden"][3:5], out["lse"][3:5], np.array([[0], [57]]))
+    with pytest.raises(ValueError, match="need items"):
+        log_probs_from_states(model, histories[3:5], out["hidden"][3:4], out["lse"][3:5], np.array([[0], [1]]))
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 11])
 def test_chunked_ranks_equal_ranks_from_scores_with_ties_nan_and_masks(chunk):
     rng = np.random.default_rng(0)

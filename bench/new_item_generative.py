@@ -280,8 +280,10 @@ def mixture_term(ext, inst: Instances, inp, methods: dict, num_warm: int, side: 
         print(f"| {name} | in-sample best within the bound | {grid[best, side].mean():.4f} | "
               f"{grid[best, ~side].mean():.4f} | {ref[~side].mean():.4f} | {points[best]} |")
         cross_fitted_row(name, cf, points, float(ref[~side].mean()), res)
-        res["curve"] = [{"log_pi_t_twarm": list(points[g]), "new": float(grid[g, side].mean()),
-                         "in_set": float(grid[g, ~side].mean())} for g in range(len(points))]
+        # point 0 (every cold item last) has log pi = -inf: None in the JSON output
+        res["curve"] = [{"log_pi_t_twarm": [None if not math.isfinite(v) else v for v in points[g]],
+                         "new": float(grid[g, side].mean()), "in_set": float(grid[g, ~side].mean())}
+                        for g in range(len(points))]
         out[name] = res
     return out
 

@@ -183,13 +183,14 @@ def topk_items(items: np.ndarray, fused: np.ndarray, k: int = 50) -> np.ndarray:
 
 
 def union_ranks(fused: np.ndarray, target_index: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """0-based rank of each target among its row's candidates by ``fused [n, C]`` (the same order as
-    :func:`topk_items`: higher first, ties in candidate order); :data:`~genrec.metrics.MISS_RANK` when
-    not a candidate.
+    """0-based rank of each target among its row's candidates by ``fused [n, C]`` (the order of
+    :func:`topk_items` among finite scores: higher first, ties in candidate order);
+    :data:`~genrec.metrics.MISS_RANK` when not a candidate.
 
     An O(n * C) comparison instead of a sort, for grid searches and early stopping. A target scored
-    NaN or +-inf is a miss too, and other candidates scored NaN count as ahead of it, as in
-    :func:`genrec.metrics.ranks_from_scores`.
+    NaN or +-inf is a miss too. Without ``valid``, other candidates scored NaN count as ahead of it, as
+    in :func:`genrec.metrics.ranks_from_scores`; with it, NaN-scored candidates count as padding
+    (behind it).
     """
     fused = np.asarray(fused, np.float64)
     if valid is not None:

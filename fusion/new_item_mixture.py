@@ -27,12 +27,13 @@ in-set cost (BENCHMARKS.md), so it is a control for new items' exposure (``pi``)
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["NewItemMixture", "new_item_logits", "log_softmax_rows", "mix_new_items", "mixture_ranks",
+__all__ = ["NewItemMixture", "new_item_logits", "log_softmax_rows", "mix_new_items", "mixture_topk", "mixture_ranks",
            "fit_new_item_mixture", "new_item_candidates", "MIXTURE_LOG_PRIORS", "MIXTURE_TEMPERATURES",
            "MIXTURE_WARM_TEMPERATURES",
            "IN_SET_BOUND", "DEFAULT_CANDIDATES"]
@@ -60,14 +61,19 @@ class NewItemMixture:
     warm_temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.log_prior, (int, float)) and math.isfinite(self.log_prior) and self.log_prior < 0):
+        def real(v: Any) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+        if not (real(self.log_prior) and self.log_prior < 0):
             raise ValueError(f"log_prior must be a finite number below 0 (log of a share), got {self.log_prior!r}")
         for name in ("temperature", "warm_temperature"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a finite number above 0, got {v!r}")
-        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
+            if not (real(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number above 0, got {getattr(self, name)!r}")
+        if not isinstance(self.candidates, numbers.Integral) or isinstance(self.candidates, bool) or self.candidates < 1:
             raise ValueError(f"candidates must be an integer >= 1, got {self.candidates!r}")
+        for name, kind in (("log_prior", float), ("temperature", float), ("warm_temperature", float),
+                           ("candidates", int)):  # plain Python numbers (NumPy ones are accepted)
+            object.__setattr__(self, name, kind(getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,6 +181,17 @@ def mix_new_items(items: np.ndarray, fused: np.ndarray, new_logits: np.ndarray, 
     return all_items, _mixed_scores(all_items, warm_logp, new_logp, first_new, mixture.log_prior)
 
 
+def mixture_topk(items: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """``int64 [n, k]``: each row's ``items`` by :func:`mix_new_items`' ``scores``, best first, without
+    the candidates scored -inf or NaN (-1 there, as for padding): what ``Recommender.recommend`` returns."""
+    scores = np.where(np.isfinite(scores) & (items >= 0), scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    out = np.where(np.isfinite(np.take_along_axis(scores, order, 1)), np.take_along_axis(items, order, 1), -1)
+    if out.shape[1] < k:
+        out = np.pad(out, ((0, 0), (0, k - out.shape[1])), constant_values=-1)
+    return out.astype(np.int64)
+
+
 def mixture_ranks(items: np.ndarray, fused: np.ndarray, new_logits: np.ndarray, first_new: int,
                   histories: Sequence[np.ndarray], targets: np.ndarray, candidates: int = DEFAULT_CANDIDATES,
                   log_priors: Sequence[float] = MIXTURE_LOG_PRIORS,
@@ -208,7 +225,7 @@ def mixture_ranks(items: np.ndarray, fused: np.ndarray, new_logits: np.ndarray, 
     return points, np.stack(ranks)
 
 
-def fit_new_item_mixture(ranks: np.ndarray, points: Sequence[tuple[float, float]], is_new: np.ndarray,
+def fit_new_item_mixture(ranks: np.ndarray, points: Sequence[tuple[float, float, float]], is_new: np.ndarray,
                          bound: float = IN_SET_BOUND, k: int = 10) -> int | None:
     """Index of the grid point (:func:`mixture_ranks`) with the best NDCG@``k`` on the instances whose
     target is new (``is_new [n]``) among those keeping the others' NDCG@``k`` at least ``bound`` of

@@ -392,6 +392,12 @@ class Recommender:
             return
         if not isinstance(mixture, NewItemMixture):
             raise ConfigError(f"mixture must be a NewItemMixture or None, got {type(mixture).__name__}")
+        if self.num_items == self.trained_items:
+            log.warning("new-item mixture set, but no item was added after training: it changes nothing until "
+                        "add_items adds some")
+        elif self.sasrec.num_items < self.num_items:
+            log.warning("new-item mixture set, but SASRec cannot score the items added after training (a "
+                        "recommender without item embeddings): it changes nothing")
         self.new_item_mixtures = {**self.new_item_mixtures, method: mixture}
 
     @property
@@ -569,7 +575,8 @@ class Recommender:
 
             # new items ranked apart: the candidates plus each row's best new items by SASRec
             z = new_item_logits(self.sasrec, rows, self.trained_items, self.settings.batch_size)
-            items, fused = mix_new_items(items, fused, z, self.trained_items, mixture, rows)
+            # new items already read (all the known history when excluded, else what the models read) are not added
+            items, fused = mix_new_items(items, fused, z, self.trained_items, mixture, rows if seen is None else seen)
         if seen is not None:
             mask = np.zeros(items.shape, bool)
             for j, r in enumerate(seen):

@@ -32,8 +32,11 @@ from genrec.artifacts import atomic_write, atomic_write_text, load_json, save_js
 from genrec.errors import CheckpointError
 
 FORMAT = "genrec-recommender"
-#: bump when the directory's content changes incompatibly; directories of another version are refused
-FORMAT_VERSION = 1
+#: bump when the directory's content changes incompatibly; directories of another version are refused.
+#: Version 2 adds the new-item mixtures (``new_item_mixtures``, ``trained_items``); a directory that
+#: holds none is still written as version 1, which genrec before version 2 reads the same way.
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 MANIFEST = "recommender.json"
 TABLE = "semantic_ids.json"
 ITEMS = "items.jsonl"
@@ -80,8 +83,10 @@ class InferenceSettings:
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
-    """Write ``recommender.json`` (last, after every other file)."""
-    return save_json(directory / MANIFEST, {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest})
+    """Write ``recommender.json`` (last, after every other file): version 1 unless it holds new-item
+    mixtures, which a reader of version 1 would silently ignore."""
+    version = FORMAT_VERSION if manifest.get("new_item_mixtures") else 1
+    return save_json(directory / MANIFEST, {"format": FORMAT, "format_version": version, **manifest})
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -99,9 +104,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a genrec recommender manifest (format "
                               f"{m.get('format') if isinstance(m, dict) else None!r}, expected {FORMAT!r})")
     version = m.get("format_version")
-    if version != FORMAT_VERSION or isinstance(version, bool):
-        raise CheckpointError(f"{path}: recommender format version {version!r}; this genrec reads version "
-                              f"{FORMAT_VERSION}: load it with the genrec that saved it, or save it again")
+    if version not in READ_VERSIONS or isinstance(version, bool):
+        raise CheckpointError(f"{path}: recommender format version {version!r}; this genrec reads versions "
+                              f"{', '.join(map(str, READ_VERSIONS))}: load it with the genrec that saved it, or save "
+                              f"it again")
     for key, kind in (("method", str), ("models", list), ("settings", dict)):
         if not isinstance(m.get(key), kind):
             raise CheckpointError(f"{path}: damaged: {key!r} must be a {kind.__name__}")

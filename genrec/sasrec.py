@@ -388,36 +388,41 @@ def softmax_topk(model: SASRec, instances: Instances | list[np.ndarray], k: int 
 
 @torch.no_grad()
 def log_probs_from_states(model: SASRec, histories: list[np.ndarray], hidden: np.ndarray, lse: np.ndarray,
-                          items: np.ndarray) -> np.ndarray:
+                          items: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Log-probabilities ``float32 [n, C]`` of ``items [n, C]`` (catalogue indices) from the states
     :func:`softmax_topk` kept (``states=True``) for the same ``histories``: each item's logit (the
-    repeat bias included for an item among the last ``max_len`` of its history) minus ``lse``. Equal
-    to :func:`log_probs_of` up to float rounding, without running the transformer or the catalogue again."""
+    repeat bias included for an item among the last ``max_len`` of its history) minus ``lse``, in
+    batches of ``batch_size`` rows. Equal to :func:`log_probs_of` up to float rounding, without
+    running the transformer or the catalogue again."""
     items = np.asarray(items, np.int64)
-    if items.ndim != 2 or len(items) != len(histories) or np.shape(hidden)[:1] != (len(histories),):
-        raise ValueError(f"need items [n, C], hidden [n, H] and lse [n] of n={len(histories)} histories")
+    n = len(histories)
+    if items.ndim != 2 or len(items) != n or np.shape(hidden)[:1] != (n,) or np.shape(lse) != (n,):
+        raise ValueError(f"need items [n, C], hidden [n, H] and lse [n] of n={n} histories, got "
+                         f"{list(items.shape)}, {list(np.shape(hidden))} and {list(np.shape(lse))}")
     if items.size and (items.min() < 0 or items.max() >= model.num_items):
         raise ValueError(f"items must lie in 0..{model.num_items - 1}")
+    out = np.zeros(items.shape, np.float32)
     was_training = model.training
     model.eval()
     try:
         device = model.item_emb.weight.device
-        c = torch.from_numpy(items).to(device)
-        vectors = model.item_vectors(c + 1)  # [n, C, H]
-        h = torch.as_tensor(np.asarray(hidden, np.float32), device=device)
-        logits = torch.einsum("nch,nh->nc", vectors.float(), h)
-        if model.repeat_bias is not None:
-            width = max(1, min(model.config.max_len, max((len(x) for x in histories), default=1)))
-            seen = np.full((len(histories), width), -1, np.int64)
-            for j, x in enumerate(histories):
-                x = np.asarray(x, np.int64)[-model.config.max_len:]
-                seen[j, :len(x)] = x
-            in_history = torch.from_numpy((items[:, :, None] == seen[:, None, :]).any(-1)).to(device)
-            logits = logits + model.repeat_bias.float() * in_history
-        out = logits - torch.as_tensor(np.asarray(lse, np.float32), device=device)[:, None]
-        return out.cpu().numpy().astype(np.float32)
+        for s in range(0, n, batch_size):
+            c = torch.from_numpy(items[s:s + batch_size]).to(device)
+            vectors = model.item_vectors(c + 1).float()  # [b, C, H]
+            h = torch.as_tensor(np.asarray(hidden[s:s + batch_size], np.float32), device=device)
+            logits = torch.einsum("bch,bh->bc", vectors, h)
+            if model.repeat_bias is not None:
+                part = [np.asarray(x, np.int64)[-model.config.max_len:] for x in histories[s:s + batch_size]]
+                seen = np.full((len(part), max(1, max(len(x) for x in part))), -1, np.int64)
+                for j, x in enumerate(part):
+                    seen[j, :len(x)] = x
+                in_history = (items[s:s + batch_size, :, None] == seen[:, None, :]).any(-1)  # [b, C]
+                logits = logits + model.repeat_bias.float() * torch.from_numpy(in_history).to(device)
+            lse_b = torch.as_tensor(np.asarray(lse[s:s + batch_size], np.float32), device=device)
+            out[s:s + batch_size] = (logits - lse_b[:, None]).cpu().numpy()
     finally:
         model.train(was_training)
+    return out
 
 
 def log_probs_of(model: SASRec, instances: Instances | list[np.ndarray], items: np.ndarray, batch_size: int = 1024,

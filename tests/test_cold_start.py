@@ -261,8 +261,13 @@ def test_natural_protocol_runs_through_the_recipe(tiny, tmp_path):
     the training data is the ordinary run's, the cold items are exactly those three."""
     ds = _with_natural_cold(_synthetic(), np.array([3, 17, 40]))
     write_plain(ds, tmp_path / "data")
-    config = load_config(DEMO_YAML, overrides=[*tiny, f"data.dataset={tmp_path / 'data'}", "data.cold_items=natural"])
+    config = load_config(DEMO_YAML, overrides=[*tiny, f"data.dataset={tmp_path / 'data'}", "data.cold_items=natural",
+                                                "fusion.new_item_mixture=true"])
     res = run_recipe(config, tmp_path / "run", progress=False)
+    # no validation target is a natural cold item: nothing to fit the new-item mixture on, said and skipped
+    summary = load_json(tmp_path / "run" / "fusion" / "summary.json")
+    assert summary["new_item_mixture"] == {"skipped": "no validation instance has a cold target"}
+    assert not (tmp_path / "run" / "fusion" / "new_item_mixture.json").exists()
     cs = res["cold_start"]
     assert cs["protocol"] == NATURAL and cs["cold_items"] == 3 and cs["test_cold_targets"] == 30
     assert cs["valid_dropped"] == 0
@@ -414,7 +419,7 @@ def test_new_item_bench_fits_the_mixture_for_a_content_aware_sasrec(cold_run, ct
         best = m["in-sample best within the bound"]
         assert best["in_set"] >= bench.IN_SET_BOUND * m["in_set_cold_last"] - 1e-9
         last = m["curve"][0]
-        assert last["log_pi_t_twarm"][0] == -np.inf and last["new"] == 0 and last["in_set"] == m["in_set_cold_last"]
+        assert last["log_pi_t_twarm"][0] is None and last["new"] == 0 and last["in_set"] == m["in_set_cold_last"]
         assert best["new"] == max(c["new"] for c in m["curve"]
                                   if c["in_set"] >= bench.IN_SET_BOUND * m["in_set_cold_last"] - 1e-12)
         assert f"| {name} | **cross-fitted** |" in text or f"| {name} | cross-fitted | n/a" in text

@@ -9,7 +9,7 @@ import pytest
 
 from fusion.candidates import union_ranks
 from fusion.new_item_mixture import (NewItemMixture, fit_new_item_mixture, log_softmax_rows, mix_new_items,
-                                     mixture_ranks, new_item_candidates)
+                                     mixture_ranks, mixture_topk, new_item_candidates)
 from genrec.metrics import MISS_RANK
 
 
@@ -17,6 +17,8 @@ def test_settings_are_checked_and_round_trip():
     m = NewItemMixture(log_prior=-3.0, temperature=0.5, candidates=7, warm_temperature=0.1)
     assert NewItemMixture.from_dict(m.to_dict()) == m
     assert NewItemMixture.from_dict({"log_prior": -2}).temperature == 1.0
+    numpy_made = NewItemMixture(np.float32(-2.0), np.float64(0.5), np.int64(3))  # NumPy numbers: plain ones kept
+    assert numpy_made == NewItemMixture(-2.0, 0.5, 3) and type(numpy_made.candidates) is int
     for bad in ({"log_prior": 0.0}, {"log_prior": float("-inf")}, {"log_prior": -1, "temperature": 0},
                 {"log_prior": -1, "candidates": 0}, {"log_prior": -1, "candidates": True}, {"log_prior": "x"},
                 {"log_prior": -1, "warm_temperature": -1.0}, {"log_prior": -1, "temperature": True}):
@@ -70,6 +72,13 @@ def test_mixture_scores_follow_the_formula_and_rank_new_items_by_their_text():
     w2 = np.array([4.0, 2.0, 0.0])
     assert np.allclose(sharp[0, :3], math.log(0.8) + w2 - np.log(np.exp(w2).sum()))
     assert np.allclose(sharp[0, 4:], scores[0, 4:])
+
+
+def test_topk_leaves_out_what_cannot_be_recommended():
+    items = np.array([[4, 2, -1, 7], [1, 3, 5, 6]])
+    scores = np.array([[0.5, -np.inf, 3.0, np.nan], [1.0, 2.0, 3.0, 0.0]])
+    assert mixture_topk(items, scores, 3).tolist() == [[4, -1, -1], [5, 3, 1]]
+    assert mixture_topk(items, scores, 6).shape == (2, 6)
 
 
 def test_grid_ranks_match_the_scores_and_the_fit_honours_the_bound():

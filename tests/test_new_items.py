@@ -422,7 +422,8 @@ def test_catalogue_items_without_interactions_keep_their_semantic_ids(tiny_run, 
         config_from_dict(raw, overrides=["data.keep_items_without_interactions=true"])
 
 
-def test_the_new_item_mixture_ranks_added_items_apart_and_round_trips(added, added_without_embeddings, tmp_path):
+def test_the_new_item_mixture_ranks_added_items_apart_and_round_trips(added, added_without_embeddings, tmp_path,
+                                                                      caplog, monkeypatch):
     """``set_new_item_mixture``: the prior decides how much of the ranking the added items get (almost
     all of it: they lead; almost none: they leave the top 10); the setting and the trained catalogue
     survive save/load; without SASRec scores for the new items the mixture changes nothing."""
@@ -446,12 +447,29 @@ def test_the_new_item_mixture_ranks_added_items_apart_and_round_trips(added, add
     rec.set_new_item_mixture(NewItemMixture(log_prior=-1e-3, temperature=2.0, warm_temperature=0.5))
     again = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "saved"))
     assert again.trained_items == rec.trained_items and again.new_item_mixtures == rec.new_item_mixtures
+    from genrec.recommender_files import FORMAT_VERSION
+
+    assert load_json(tmp_path / "saved" / MANIFEST)["format_version"] == FORMAT_VERSION == 2  # unreadable before
     assert again.recommend(history, k=10).pairs() == rec.recommend(history, k=10).pairs()
     # the recommender whose SASRec cannot score the new items ranks as it does without the mixture
     blind, _, _ = added_without_embeddings
     other = blind.with_method(blind.method_name)
-    other.set_new_item_mixture(NewItemMixture(log_prior=-1e-3))
+    with caplog.at_level("WARNING", logger="genrec.recommender"):
+        other.set_new_item_mixture(NewItemMixture(log_prior=-1e-3))
+    assert "SASRec cannot score the items added" in caplog.text
     assert other.recommend(history, k=10).pairs() == blind.recommend(history, k=10).pairs()
+    # with the history excluded, a new item read before the last max_history items (which the models
+    # read) is not among the new items added as candidates (it would take a slot and then be masked)
+    import fusion.new_item_mixture as mixture_module
+
+    passed = []
+    real = mixture_module.mix_new_items
+    monkeypatch.setattr(mixture_module, "mix_new_items", lambda *a: passed.append(a[-1]) or real(*a))
+    read = sorted(new_ids)[0]
+    filler = [rec.item_ids[i % rec.trained_items] for i in range(rec.max_history)]
+    for exclude in (True, False):
+        shown = rec.recommend([read] + filler, k=10, exclude_seen=exclude).items
+        assert (rec.index[read] in passed[-1][0]) == exclude and (read not in shown or not exclude)
     # bad settings and damaged files
     with pytest.raises(ConfigError, match="'sasrec' is not one of"):
         rec.set_new_item_mixture(NewItemMixture(-1.0), method="sasrec")

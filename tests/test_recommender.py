@@ -48,7 +48,8 @@ def test_recommendations_equal_the_recipes_fused_test_ranking(rec, tiny_run, tes
 def test_every_method_and_single_model_round_trips_through_save_pretrained(rec, tiny_run, tmp_path, test_histories):
     saved = rec.save_pretrained(tmp_path / "model")
     manifest = load_json(saved / MANIFEST)
-    assert manifest["format_version"] == FORMAT_VERSION and manifest["models"] == ["sasrec", "generative", "fusion"]
+    # no new-item mixture: still version 1, which a genrec from before version 2 reads
+    assert manifest["format_version"] == 1 and manifest["models"] == ["sasrec", "generative", "fusion"]
     loaded = Recommender.from_pretrained(saved)
     assert loaded.item_ids == rec.item_ids and loaded.methods == rec.methods
     assert loaded.item(rec.item_ids[3]) == rec.item(rec.item_ids[3])
@@ -141,7 +142,7 @@ def test_bad_run_and_saved_directories_are_clear_errors(tiny_run, rec, tmp_path)
     manifest = load_json(saved / MANIFEST)
     save_json(saved / MANIFEST, {**manifest, "format_version": FORMAT_VERSION + 1})
     with pytest.raises(CheckpointError, match=rf"recommender format version {FORMAT_VERSION + 1}; this genrec reads "
-                                              rf"version {FORMAT_VERSION}"):
+                                              rf"versions 1, {FORMAT_VERSION}"):
         Recommender.from_pretrained(saved)
     save_json(saved / MANIFEST, {**manifest, "format": "something-else"})
     with pytest.raises(CheckpointError, match="not a genrec recommender manifest"):

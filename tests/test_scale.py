@@ -191,8 +191,15 @@ def test_the_fusions_id_scorer_reuses_sasrecs_states(model_and_split, chunk):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="items must lie in"):
         log_probs_from_states(model, histories[3:5], out["hidden"][3:5], out["lse"][3:5], np.array([[0], [57]]))
-    with pytest.raises(ValueError, match="need items"):
-        log_probs_from_states(model, histories[3:5], out["hidden"][3:4], out["lse"][3:5], np.array([[0], [1]]))
+    live = np.arange(len(histories)) != 1
+    live_hist = [h for h, ok in zip(histories, live) if ok]
+    c = np.clip(cands[live], 0, 56)
+    batched = log_probs_from_states(model, live_hist, out["hidden"][live], out["lse"][live], c, batch_size=4)
+    np.testing.assert_array_equal(batched, log_probs_from_states(model, live_hist, out["hidden"][live],
+                                                                 out["lse"][live], c))
+    for hidden, lse in ((out["hidden"][3:4], out["lse"][3:5]), (out["hidden"][3:5], out["lse"][3:4])):
+        with pytest.raises(ValueError, match="need items"):
+            log_probs_from_states(model, histories[3:5], hidden, lse, np.array([[0], [1]]))
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 11])

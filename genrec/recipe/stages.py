@@ -14,6 +14,7 @@ cold items back before ranking test.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,9 +26,11 @@ from genrec.artifacts import atomic_write, save_json
 from genrec.errors import ConfigError
 from genrec.recipe.analyses import stage_analysis
 from genrec.recipe.config import RecipeConfig, cold_enabled, joint_config
+from genrec.recipe.report import collect_results, strip_timing, write_report
 from genrec.recipe.run_files import load_labels, semantic_id_table, test_ranks
 from genrec.recommender_files import MIXTURES
-from genrec.recipe.report import collect_results, strip_timing, write_report
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Stage", "StageContext", "STAGES", "stage_names", "check_catalogue", "load_labels", "cold_start_metrics"]
 
@@ -366,16 +369,18 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
                           test.indicators, k=f.k)
     topk = {"sasrec": single_model_topk(test.cands, "id", f.k), "gr": single_model_topk(test.cands, "gr", f.k)}
     topk.update({name: o.topk for name, o in outputs.items()})
-    mixture_summary = None
+    mixture_summary, mixtures, mixed = None, {}, {}
     if ctx.cold() is not None and f.new_item_mixture:
         mixtures, mixture_summary, mixed = _fit_new_item_mixtures(ctx, ext, methods, split.test, test)
+    if mixtures:
         # the plain lists stay for comparison; the mixture's are the test lists of the run
         extra["topk_without_mixture"] = atomic_write(out / "topk_without_mixture.npz",
                                                      lambda p: _np_savez(p, {n: topk[n] for n in mixed}))
         topk.update(mixed)
         extra["new_item_mixture"] = save_json(out / MIXTURES, {n: m.to_dict() for n, m in mixtures.items()})
-    else:
-        (out / MIXTURES).unlink(missing_ok=True)  # a fit of an earlier run of the stage is not this one's
+    else:  # files of an earlier run of the stage are not this one's
+        (out / MIXTURES).unlink(missing_ok=True)
+        (out / "topk_without_mixture.npz").unlink(missing_ok=True)
     gates = {name: o.gates.gate.astype(np.float32) for name, o in outputs.items()}
     p_topk = atomic_write(out / "topk.npz", lambda p: _np_savez(p, topk))
     p_gates = atomic_write(out / "gates.npz", lambda p: _np_savez(p, gates))
@@ -413,14 +418,17 @@ def _fit_new_item_mixtures(ctx: StageContext, ext, methods: list, test_instances
     under its mixture. Returns ``(mixtures, summary, test top-K lists)`` (a method no mixture
     improves on validation keeps its plain list and gets none)."""
     from fusion.adapters import id_tower_histories, model_inputs
-    from fusion.candidates import ranks_of, topk_items
+    from fusion.candidates import ranks_of
     from fusion.new_item_mixture import (DEFAULT_CANDIDATES, IN_SET_BOUND, NewItemMixture, fit_new_item_mixture,
-                                         mix_new_items, mixture_ranks, new_item_logits)
+                                         mix_new_items, mixture_ranks, mixture_topk, new_item_logits)
     from genrec.metrics import per_instance_ndcg
 
     config, cold = ctx.config, ctx.cold()
     f = config.fusion
     inst, is_new = cold.validation_sample(f.new_item_mixture_users, f.selection_seed)
+    if not is_new.any():  # e.g. data.cold_items: natural, whose cold items are no validation target
+        log.warning("fusion.new_item_mixture: no validation instance has a cold target to fit it on; skipped")
+        return {}, {"skipped": "no validation instance has a cold target"}, {}
     bs = config.generative.eval_batch_size
     valid = model_inputs(ext.sasrec, ext.generative, inst, ext.stats, k=f.k, beam=f.beam,
                          teacher_forcing=f.teacher_forcing, batch_size=bs)
@@ -450,7 +458,7 @@ def _fit_new_item_mixtures(ctx: StageContext, ext, methods: list, test_instances
         mixtures[m.name] = NewItemMixture(lp, t, candidates, tw)
         items, scores = mix_new_items(test.cands.items, m.fuse(test.cands, test.indicators), z_test, first_new,
                                       mixtures[m.name], test_instances.histories)
-        mixed[m.name] = topk_items(items, scores, f.k)
+        mixed[m.name] = mixture_topk(items, scores, f.k)
     return mixtures, summary, mixed
 
 
@@ -623,7 +631,8 @@ STAGES: tuple[Stage, ...] = (
           keeps_work=False),
     Stage("fusion", stage_fusion, _FUSION_KEYS, ("sasrec", "generative", "quantize"),
           description="post-hoc fusion fitted on validation, applied to test",
-          rerun_keys=_SELECTION_KEYS),  # a fusion stage from before cross-fitting reruns (no training lost)
+          # a fusion stage from before cross-fitting, or with the new-item mixture switched, reruns (no training lost)
+          rerun_keys=(*_SELECTION_KEYS, "fusion.new_item_mixture")),
     Stage("joint", stage_joint, ("data", "sasrec", "generative", "fusion.joint_schedule", "fusion.joint_config",
                                  "fusion.k", "fusion.beam", "fusion.gate"), ("sasrec", "generative", "quantize"),
           enabled=lambda c: c.fusion.joint, description="joint training of both towers and a gate", every_rank=True,

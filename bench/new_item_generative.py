@@ -4,6 +4,7 @@ chosen on validation of a cold-start run.
     python bench/new_item_generative.py [--run runs/bench_cold_share5_s8] [--in-set-users 4000]
                                         [--weights 1 0.5 0.25 0.1] [--threads 2]
                                         [--content | --no-content] [--content-candidates 20] [--out FILE]
+                                        [--content-grid default|wide] [--mixture | --no-mixture]
 
 ``--run`` is a finished recipe run with ``data.cold_items`` (``bench/cold_start_beauty.py`` makes
 one): its models trained on the warm catalogue only, and the cold items come back exactly as
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--content", action=argparse.BooleanOptionalAction, default=True,
                    help="also the content term (module doc)")
     p.add_argument("--content-candidates", type=int, default=20, help="cold items added to each row by text")
+    p.add_argument("--content-grid", choices=("default", "wide"), default="default",
+                   help="the content term's (a, b, tau) grid: CONTENT_GRID or CONTENT_GRID_WIDE")
     p.add_argument("--mixture", action=argparse.BooleanOptionalAction, default=True,
                    help="also the new-item mixture (module doc)")
     p.add_argument("--out", help="also write the figures to this JSON file")
@@ -143,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     content = {}
     if args.content:
         content = content_term(ext, inst, inp, methods, x, cold.num_warm, side, args.content_candidates,
-                               config.generative.eval_batch_size, args.seed)
+                               config.generative.eval_batch_size, args.seed,
+                               CONTENT_GRID_WIDE if args.content_grid == "wide" else CONTENT_GRID)
     mixture = {}
     if args.mixture:
         mixture = mixture_term(ext, inst, inp, methods, cold.num_warm, side, args.content_candidates, args.seed)
@@ -159,6 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
 EXCLUDE = (-math.inf, 0.0, 0.0)
 CONTENT_GRID = [EXCLUDE] + [(-3.0 + 0.25 * i, b, tau) for i in range(15) for b in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
                             for tau in ((0.0,) if b == 0 else (0.0, 0.5, 0.7))]
+#: ``--content-grid wide``: larger weights and floors too (session 14: the default grid's choice sat at its edge)
+CONTENT_GRID_WIDE = [EXCLUDE] + [(-3.0 + 0.25 * i, b, tau) for i in range(15)
+                                 for b in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0)
+                                 for tau in ((0.0,) if b == 0 else (0.0, 0.5, 0.7, 0.75, 0.8, 0.85, 0.9))]
 
 
 def cold_candidates(cands: CandidateScores, inst: Instances, relevance: np.ndarray, num_warm: int, per_row: int,
@@ -204,8 +212,10 @@ def cross_fitted_rule(new_ndcg: np.ndarray, in_ndcg: np.ndarray, ref_in: np.ndar
 
 
 def content_term(ext, inst: Instances, inp, methods: dict, x: np.ndarray, num_warm: int, side: np.ndarray,
-                 per_row: int, batch_size: int, seed: int) -> dict:
-    """The content-term experiment of the module doc; prints its table, returns its figures."""
+                 per_row: int, batch_size: int, seed: int, content_grid: list | None = None) -> dict:
+    """The content-term experiment of the module doc over ``content_grid`` (default :data:`CONTENT_GRID`);
+    prints its table, returns its figures."""
+    grid_points = CONTENT_GRID if content_grid is None else content_grid
     unit = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
     last = unit[inst.last_items()]  # [n, d]
     cx = cold_candidates(inp.cands, inst, last @ unit[num_warm:].T, num_warm, per_row,
@@ -226,19 +236,19 @@ def content_term(ext, inst: Instances, inp, methods: dict, x: np.ndarray, num_wa
         spread = float(np.std(fused[finite])) or 1.0
         grid = np.stack([per_instance_ndcg(union_ranks(
             np.where(new_cell, fused + spread * (a + b * np.maximum(cand_cos - tau, 0)), fused), ti, cx.valid), 10)
-            for a, b, tau in CONTENT_GRID])  # [G, n]
-        ref = grid[CONTENT_GRID.index(EXCLUDE)]  # every cold candidate ranked last
+            for a, b, tau in grid_points])  # [G, n]
+        ref = grid[grid_points.index(EXCLUDE)]  # every cold candidate ranked last
         cf = cross_fitted_rule(grid[:, side], grid[:, ~side], ref[~side], fold_new, fold_in)
         ok = grid[:, ~side].mean(1) >= IN_SET_BOUND * ref[~side].mean() - 1e-12
-        rows = {"extended union, no content term": CONTENT_GRID.index((0.0, 0.0, 0.0)),
+        rows = {"extended union, no content term": grid_points.index((0.0, 0.0, 0.0)),
                 "in-sample best within the bound": int(np.argmax(np.where(ok, grid[:, side].mean(1), -np.inf)))}
         res = {"spread": spread, "in_set_cold_last": float(ref[~side].mean())}
         for label, g in rows.items():
             res[label] = {"new": float(grid[g, side].mean()), "in_set": float(grid[g, ~side].mean()),
-                          "a_b_tau": list(CONTENT_GRID[g])}
+                          "a_b_tau": list(grid_points[g])}
             print(f"| {name} | {label} | {grid[g, side].mean():.4f} | {grid[g, ~side].mean():.4f} | "
-                  f"{ref[~side].mean():.4f} | {CONTENT_GRID[g]} |")
-        cross_fitted_row(name, cf, CONTENT_GRID, float(ref[~side].mean()), res)
+                  f"{ref[~side].mean():.4f} | {grid_points[g]} |")
+        cross_fitted_row(name, cf, grid_points, float(ref[~side].mean()), res)
         out[name] = res
     return out
 

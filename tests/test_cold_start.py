@@ -367,6 +367,13 @@ def test_new_item_bench_scores_variants_and_the_content_term_on_validation(cold_
         assert f"| {name} | **cross-fitted** |" in text or f"| {name} | cross-fitted | n/a" in text
     with pytest.raises(SystemExit):
         bench.main(["--run", str(cold_run), "--content-candidates", "0"])
+    # the wide grid holds the default one: its in-sample best within the bound is at least as good
+    assert set(bench.CONTENT_GRID) <= set(bench.CONTENT_GRID_WIDE)
+    wide = bench.main(["--run", str(cold_run), "--in-set-users", "40", "--threads", "1", "--weights", "1",
+                       "--content-candidates", "5", "--content-grid", "wide", "--no-mixture"])
+    for name, c in res["content"].items():
+        key = "in-sample best within the bound"
+        assert wide["content"][name][key]["new"] >= c[key]["new"] - 1e-12
 
     # the candidates the content term adds, on the cold run's validation instances
     cold = ctx.cold()

@@ -164,6 +164,17 @@ def _mixed_scores(items: np.ndarray, warm_logp: np.ndarray, new_logp_all: np.nda
                     np.where(is_new, log_prior + new_logp, math.log1p(-math.exp(log_prior)) + warm_logp))
 
 
+def _with_new_candidates(items: np.ndarray, fused: np.ndarray, new_logits: np.ndarray, first_new: int,
+                         candidates: int, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates ``items [n, C]`` plus each row's new ones (:func:`new_item_candidates`), their
+    fused scores (-inf for the additions) and the mask of trained candidates with a finite score."""
+    items = np.asarray(items, np.int64)
+    extra = new_item_candidates(items, new_logits, first_new, candidates, histories)
+    all_items = np.concatenate([items, extra], 1)
+    fused = np.concatenate([np.asarray(fused, np.float64), np.full(extra.shape, -np.inf)], 1)
+    return all_items, fused, (all_items >= 0) & (all_items < first_new) & np.isfinite(fused)
+
+
 def mix_new_items(items: np.ndarray, fused: np.ndarray, new_logits: np.ndarray, first_new: int,
                   mixture: NewItemMixture, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """``(items [n, C + candidates], scores)``: the fusion's candidates ``items [n, C]`` (-1 padded)
@@ -171,11 +182,7 @@ def mix_new_items(items: np.ndarray, fused: np.ndarray, new_logits: np.ndarray, 
     ``mixture.candidates`` new items of highest ``new_logits [n, new items]`` (item
     ``first_new + column``; :func:`new_item_logits`). Rank by the scores, higher first; -inf: not
     recommendable."""
-    items = np.asarray(items, np.int64)
-    extra = new_item_candidates(items, new_logits, first_new, mixture.candidates, histories)
-    all_items = np.concatenate([items, extra], 1)
-    fused = np.concatenate([np.asarray(fused, np.float64), np.full(extra.shape, -np.inf)], 1)
-    warm = (all_items >= 0) & (all_items < first_new) & np.isfinite(fused)
+    all_items, fused, warm = _with_new_candidates(items, fused, new_logits, first_new, mixture.candidates, histories)
     new_logp = log_softmax_rows(np.asarray(new_logits, np.float64) / mixture.temperature)
     warm_logp = log_softmax_rows(fused / mixture.warm_temperature, warm)
     return all_items, _mixed_scores(all_items, warm_logp, new_logp, first_new, mixture.log_prior)
@@ -203,12 +210,8 @@ def mixture_ranks(items: np.ndarray, fused: np.ndarray, new_logits: np.ndarray, 
     :data:`genrec.metrics.MISS_RANK` for a target outside the candidates."""
     from fusion.candidates import union_ranks
 
-    items = np.asarray(items, np.int64)
-    extra = new_item_candidates(items, new_logits, first_new, candidates, histories)
-    all_items = np.concatenate([items, extra], 1)
-    fused = np.concatenate([np.asarray(fused, np.float64), np.full(extra.shape, -np.inf)], 1)
+    all_items, fused, warm = _with_new_candidates(items, fused, new_logits, first_new, candidates, histories)
     valid = all_items >= 0
-    warm = valid & (all_items < first_new) & np.isfinite(fused)
     hit = (all_items == np.asarray(targets, np.int64)[:, None]) & valid
     target_index = np.where(hit.any(1), hit.argmax(1), -1)
     points = [(-math.inf, 1.0, 1.0)]

@@ -111,3 +111,32 @@ def test_grid_ranks_match_the_scores_and_the_fit_honours_the_bound():
     # a bound nothing but point 0 meets, and no new-target instance: no mixture
     assert fit_new_item_mixture(ranks, points, is_new, bound=1.5) is None
     assert fit_new_item_mixture(ranks, points, np.zeros(n, bool)) is None
+
+
+def test_the_benchs_cross_fitting_scores_each_fold_with_a_choice_made_on_the_other():
+    """bench/new_item_generative.py's two-fold cross-fitting (the content term's and the mixture's)."""
+    from tests.scripts import load_script
+
+    bench = load_script("bench/new_item_generative.py")
+    rng = np.random.default_rng(0)
+    G, n_new, n_in = 6, 8, 10
+    new, inn = rng.random((G, n_new)), np.full((G, n_in), 0.5)
+    ref = np.full(n_in, 0.5)
+    fold_new, fold_in = np.arange(n_new) % 2, np.arange(n_in) % 2
+    inn[1] = 0.4  # grid point 1 breaks the in-set bound everywhere: never chosen
+    new[1] = 1.0
+    cf = bench.cross_fitted_rule(new, inn, ref, fold_new, fold_in)
+    for f, g in enumerate(cf["chosen"]):
+        fit = fold_new != f
+        assert g == int(np.argmax(np.where(np.arange(G) == 1, -np.inf, new[:, fit].mean(1))))
+    # a fold's own scores never change the choice it is scored with
+    changed = new.copy()
+    changed[:, fold_new == 0] = rng.random((G, int((fold_new == 0).sum())))
+    assert bench.cross_fitted_rule(changed, inn, ref, fold_new, fold_in)["chosen"][0] == cf["chosen"][0]
+    expect = np.mean([new[g, fold_new == f].mean() for f, g in enumerate(cf["chosen"])])
+    assert cf["new"] == pytest.approx(expect)
+    # no feasible point but the always-feasible one, and a fold without new-target users
+    inn[:] = 0.4
+    inn[0] = 0.5
+    assert bench.cross_fitted_rule(new, inn, ref, fold_new, fold_in)["chosen"] == [0, 0]
+    assert bench.cross_fitted_rule(new, inn, ref, np.zeros(n_new, int), fold_in) is None

@@ -14,7 +14,6 @@ cold items back before ranking test.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,9 +27,8 @@ from genrec.recipe.analyses import stage_analysis
 from genrec.recipe.config import RecipeConfig, cold_enabled, joint_config
 from genrec.recipe.report import collect_results, strip_timing, write_report
 from genrec.recipe.run_files import load_labels, semantic_id_table, test_ranks
+from genrec.recipe.cold_fusion import add_cold_items, fit_new_item_mixtures
 from genrec.recommender_files import MIXTURES
-
-log = logging.getLogger(__name__)
 
 __all__ = ["Stage", "StageContext", "STAGES", "stage_names", "check_catalogue", "load_labels", "cold_start_metrics"]
 
@@ -350,7 +348,7 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     stats = TrainStats(train.train, train.num_items, table.codes)
     test_sasrec, test_generative, test_stats, extra = sasrec, generative, stats, {}
     if ctx.cold() is not None:
-        ext = _add_cold_items(ctx, table, generative, sasrec)
+        ext = add_cold_items(ctx, table, generative, sasrec)
         test_sasrec, test_generative, test_stats = ext.sasrec, ext.generative, ext.stats
         extra["semantic_ids"] = ext.table.save(out / "semantic_ids.json")
     else:
@@ -371,7 +369,7 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     topk.update({name: o.topk for name, o in outputs.items()})
     mixture_summary, mixtures, mixed = None, {}, {}
     if ctx.cold() is not None and f.new_item_mixture:
-        mixtures, mixture_summary, mixed = _fit_new_item_mixtures(ctx, ext, methods, split.test, test)
+        mixtures, mixture_summary, mixed = fit_new_item_mixtures(ctx, ext, methods, split.test, test)
     if mixtures:
         # the plain lists stay for comparison; the mixture's are the test lists of the run
         extra["topk_without_mixture"] = atomic_write(out / "topk_without_mixture.npz",
@@ -409,71 +407,6 @@ def _cross_fit_metrics(cf) -> dict[str, dict[str, float]]:
     metrics = [f"{m}@{k}" for k in (5, 10, 20, 50) if k <= cf.k for m in ("recall", "ndcg")]
     per_metric = {metric: cf.scores(metric) for metric in metrics}
     return {name: {metric: per_metric[metric][name] for metric in metrics} for name in cf.ranks}
-
-
-def _fit_new_item_mixtures(ctx: StageContext, ext, methods: list, test_instances, test) -> tuple[dict, dict, dict]:
-    """A cold-start run's new-item mixture (:mod:`fusion.new_item_mixture`) per method: fitted on the
-    validation users whose target is cold (left out of every other choice) plus a seeded sample of
-    in-set ones, ranked with the cold items added as on test; then each fitted method's test top-K
-    under its mixture. Returns ``(mixtures, summary, test top-K lists)`` (a method no mixture
-    improves on validation keeps its plain list and gets none)."""
-    from fusion.adapters import id_tower_histories, model_inputs
-    from fusion.candidates import ranks_of
-    from fusion.new_item_mixture import (DEFAULT_CANDIDATES, IN_SET_BOUND, NewItemMixture, fit_new_item_mixture,
-                                         mix_new_items, mixture_ranks, mixture_topk, new_item_logits)
-    from genrec.metrics import per_instance_ndcg
-
-    config, cold = ctx.config, ctx.cold()
-    f = config.fusion
-    inst, is_new = cold.validation_sample(f.new_item_mixture_users, f.selection_seed)
-    if not is_new.any():  # e.g. data.cold_items: natural, whose cold items are no validation target
-        log.warning("fusion.new_item_mixture: no validation instance has a cold target to fit it on; skipped")
-        return {}, {"skipped": "no validation instance has a cold target"}, {}
-    bs = config.generative.eval_batch_size
-    valid = model_inputs(ext.sasrec, ext.generative, inst, ext.stats, k=f.k, beam=f.beam,
-                         teacher_forcing=f.teacher_forcing, batch_size=bs)
-    first_new, sas = cold.num_warm, ext.sasrec
-    z_valid = new_item_logits(sas, id_tower_histories(inst, sas.num_items), first_new, bs)
-    z_test = new_item_logits(sas, id_tower_histories(test_instances, sas.num_items), first_new, bs)
-    mixtures, summary, mixed = {}, {"valid_new_users": int(is_new.sum()), "valid_in_set_users": int((~is_new).sum()),
-                                    "bound": IN_SET_BOUND, "methods": {}}, {}
-    candidates = DEFAULT_CANDIDATES
-    for m in methods:
-        points, ranks = mixture_ranks(valid.cands.items, m.fuse(valid.cands, valid.indicators), z_valid, first_new,
-                                      inst.histories, inst.targets, candidates)
-        best = fit_new_item_mixture(ranks, points, is_new)
-        ndcg = [per_instance_ndcg(ranks[g], 10) for g in (0, best or 0)]
-        # the method's own ranking of the same users (new items scored by both towers), to compare with
-        plain = per_instance_ndcg(ranks_of(valid.cands, m.fuse(valid.cands, valid.indicators), inst.targets, f.k), 10)
-        summary["methods"][m.name] = {
-            **{key: None if best is None else points[best][j]
-               for j, key in enumerate(("log_prior", "temperature", "warm_temperature"))},
-            "valid_ndcg@10": {"new": float(ndcg[1][is_new].mean()), "in_set": float(ndcg[1][~is_new].mean()),
-                              "in_set_new_items_last": float(ndcg[0][~is_new].mean()),
-                              "new_without_mixture": float(plain[is_new].mean()),
-                              "in_set_without_mixture": float(plain[~is_new].mean())}}
-        if best is None:
-            continue
-        lp, t, tw = points[best]
-        mixtures[m.name] = NewItemMixture(lp, t, candidates, tw)
-        items, scores = mix_new_items(test.cands.items, m.fuse(test.cands, test.indicators), z_test, first_new,
-                                      mixtures[m.name], test_instances.histories)
-        mixed[m.name] = mixture_topk(items, scores, f.k)
-    return mixtures, summary, mixed
-
-
-def _add_cold_items(ctx: StageContext, table, generative, sasrec):
-    """The cold items added to the warm models exactly as :meth:`genrec.Recommender.add_items` adds
-    new items (frozen quantizer, next free disambiguation codes, ``with_new_items``; SASRec through
-    each cold item's nearest warm item), from the embeddings the embed stage already computed for
-    them (the last rows)."""
-    from genrec.new_items import extend_catalogue
-
-    cold = ctx.cold()
-    x = np.load(ctx.run_dir / "embed" / "embeddings.npy")
-    ids = cold.dataset.item_ids[cold.num_warm:]
-    return extend_catalogue(table, generative, cold.warm.train, ctx.run_dir / "quantize", x[cold.num_warm:], ids,
-                            sasrec=sasrec, item_embeddings=x[:cold.num_warm])
 
 
 def _small_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """Benchmark: a content-aware SASRec (``sasrec.text_dim``: ID embedding + projected text embedding) on
-a cold-start run's validation users, against the run's plain SASRec (issue 13's new items, issue 14's
+a cold-start run's validation users, against the run's own SASRec (issue 13's new items, issue 14's
 towers).
 
     python bench/content_sasrec_cold.py [--run runs/bench_cold_share5_s8] [--in-set-users 4000]
                                         [--threads 2] [--out FILE] [--content-model CHECKPOINT]
-                                        [--id-weights 0 0.5 ...]
+                                        [--id-weights 0 0.5 ...] [--save-model FILE]
 
 Trains the content-aware SASRec on the run's warm training data with the run's SASRec settings
 (early stopping on the warm validation users, as the run's own SASRec did), then ranks the
@@ -13,9 +13,11 @@ seeded sample of the in-set ones (in sample for both models: they early-stopped 
 full catalogue, SASRec alone:
 
 - ``warm catalogue``: the cold items left out (what the models were trained on);
-- ``cold items added``: :func:`genrec.new_items.sasrec_with_new_items`, what ``add_items`` does: a new
+- ``cold items added``: :func:`genrec.new_items.sasrec_with_new_items` with ``id_part="neighbour"``: a new
   item gets its text-nearest warm item's ID embedding (the plain model: its whole vector) and, in
   the content-aware model, the projection of its own text;
+- ``unknown-ID vector`` (a content model trained with ``--set id_dropout=P``): the new items get the
+  learned unknown-ID vector plus their own text, as the items dropped in training did;
 - ``cold items added, ID part x w``: the content-aware model's new items with the neighbour's ID
   embedding scaled by each ``--id-weights`` ``w`` (0: text only).
 
@@ -23,7 +25,8 @@ full catalogue, SASRec alone:
 ``sasrec/best.pt`` of the same cold-start recipe run with ``sasrec.text_dim: auto``) instead of
 training one here.
 
-Prints validation NDCG@10 / Recall@10 per group. The test split is never read.
+Prints validation NDCG@10 / Recall@10 per group, and the new-target users' NDCG@10 with their targets
+ranked among the new items alone (how well each model orders new items, apart from where it puts them). The test split is never read.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from genrec.layers import unit_rows  # noqa: E402
 from genrec.metrics import metrics_from_ranks, ranks_from_topk  # noqa: E402
 from genrec.new_items import nearest_items, sasrec_with_new_items  # noqa: E402
 from genrec.recipe import StageContext, config_from_dict  # noqa: E402
-from genrec.sasrec import load_sasrec, train_sasrec  # noqa: E402
+from genrec.sasrec import iter_logits, load_sasrec, save_sasrec, train_sasrec  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="SASRec settings of the content model")
     p.add_argument("--out", help="also write the figures to this JSON file")
     p.add_argument("--content-model", help="a content-aware SASRec checkpoint trained on the run's warm data")
+    p.add_argument("--save-model", help="save the content-aware SASRec trained here to this file")
     p.add_argument("--id-weights", nargs="*", type=float, default=[0.0],
                    help="scales of the neighbour's ID embedding for new items of the content-aware model")
     args = p.parse_args(argv)
@@ -86,39 +90,63 @@ def main(argv: list[str] | None = None) -> dict:
                              f"their text embeddings")
     else:
         content = train_sasrec(cold.warm, sas_config, progress=False, item_text=x[:nw]).model.eval()
+        if args.save_model:
+            save_sasrec(content, args.save_model)
     minutes = (time.perf_counter() - t0) / 60
-    plain = load_sasrec(run / "sasrec" / "best.pt")
-    if plain.config.text_dim:
-        raise SystemExit(f"{run}: its SASRec is content-aware (sasrec.text_dim); the baseline needs a run with a "
-                         "plain one (sasrec.text_dim=0)")
+    baseline = load_sasrec(run / "sasrec" / "best.pt")
+    kind = "run's content-aware" if baseline.config.text_dim else "plain"  # the run's own SASRec
 
     inst, side = cold.validation_sample(args.in_set_users, args.seed)
     counts = np.bincount(np.concatenate(cold.warm.train), minlength=nw)[:nw]
     proxy = nearest_items(x[:nw], x[nw:], allowed=counts > 0)
-    content_added = sasrec_with_new_items(content, proxy, x[nw:]).eval()
-    models = {"plain, warm catalogue": plain, "plain, cold items added": sasrec_with_new_items(plain, proxy).eval(),
-              "content-aware, warm catalogue": content, "content-aware, cold items added": content_added}
+    text = x[nw:] if baseline.config.text_dim else None
+    models = {f"{kind}, warm catalogue": baseline,
+              f"{kind}, cold items added": sasrec_with_new_items(baseline, proxy, text, "neighbour").eval(),
+              "content-aware, warm catalogue": content,
+              "content-aware, cold items added": sasrec_with_new_items(content, proxy, x[nw:], "neighbour").eval()}
+    if content.unknown_id is not None:  # trained with id_dropout: new items as ID-less items
+        models["content-aware, cold items added, unknown-ID vector"] = sasrec_with_new_items(
+            content, proxy, x[nw:], "unknown").eval()
     for w in args.id_weights:
-        scaled = sasrec_with_new_items(content, proxy, x[nw:]).eval()
+        scaled = sasrec_with_new_items(content, proxy, x[nw:], "neighbour").eval()
         with torch.no_grad():
             scaled.item_emb.weight[nw + 1:] *= w
         models[f"content-aware, cold items added, ID part x {w:g}"] = scaled
     source = f"loaded from {args.content_model}" if args.content_model else f"trained in {minutes:.1f} min"
     print(f"{run}: content-aware SASRec {source} ({args.threads} threads); validation users: "
           f"{int(side.sum())} with a cold target, {int((~side).sum())} in-set (sampled)\n\n"
-          "| SASRec | new N@10 | new R@10 | in-set N@10 | in-set R@10 |\n|---|---:|---:|---:|---:|")
+          "| SASRec | new N@10 | new R@10 | new N@10 among new items | in-set N@10 | in-set R@10 |\n"
+          "|---|---:|---:|---:|---:|---:|")
     results = {}
     for name, model in models.items():
         r = ranks_from_topk(sasrec_outputs(model, inst, 50)["items"], inst.targets)
         m = {part: metrics_from_ranks(r[mask], (10,)) for part, mask in (("new", side), ("in_set", ~side))}
+        if model.num_items > nw:  # the new-target users' targets ranked among the new items alone
+            m["new_among_new"] = metrics_from_ranks(new_item_ranks(model, inst, side, nw), (10,))
         results[name] = m
-        print(f"| {name} | {m['new']['ndcg@10']:.4f} | {m['new']['recall@10']:.4f} | {m['in_set']['ndcg@10']:.4f} | "
-              f"{m['in_set']['recall@10']:.4f} |", flush=True)
+        among = m["new_among_new"]["ndcg@10"] if "new_among_new" in m else float("nan")
+        print(f"| {name} | {m['new']['ndcg@10']:.4f} | {m['new']['recall@10']:.4f} | {among:.4f} | "
+              f"{m['in_set']['ndcg@10']:.4f} | {m['in_set']['recall@10']:.4f} |", flush=True)
     summary = {"args": vars(args), "minutes": minutes, "new_users": int(side.sum()), "in_set_users": int((~side).sum()),
                "results": results}
     if args.out:
         save_json(args.out, summary)
     return summary
+
+
+def new_item_ranks(model, inst, side: np.ndarray, num_warm: int) -> np.ndarray:
+    """0-based rank of each new-target user's target among the new items (``num_warm`` onwards) by the
+    model's logits: how well it orders new items, whatever their place among the trained ones."""
+    rows = np.flatnonzero(side)
+    histories = [inst.histories[i] for i in rows]
+    ranks = np.empty(len(rows), np.int64)
+    with torch.no_grad():
+        for batch, logits in iter_logits(model, histories):
+            new = logits[:, num_warm:]  # [b, new items]
+            target = torch.as_tensor(inst.targets[rows[batch]] - num_warm)
+            own = new.gather(1, target[:, None])
+            ranks[batch] = (new > own).sum(1).numpy()
+    return ranks
 
 
 if __name__ == "__main__":

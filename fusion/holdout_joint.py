@@ -117,6 +117,8 @@ class HoldoutJointConfig:
             self.joint_config()  # and a bad joint field here
         if self.k < 1 or self.beam < 1 or self.batch_size < 1:
             raise ValueError(f"k, beam and batch_size must be >= 1; got {self.k}, {self.beam}, {self.batch_size}")
+        if self.k < 10:  # a shorter fused list has no NDCG@10 (CHOICE_METRIC) to choose the towers by
+            raise ValueError(f"k must be >= 10: validation chooses the towers by the fused {CHOICE_METRIC}; got {self.k}")
         if not 0 < self.holdout_share <= 1:
             raise ValueError(f"holdout_share must be in (0, 1], got {self.holdout_share}")
         if self.refresh_epochs < 0 or not self.refresh_lr_ratio > 0:

@@ -49,7 +49,8 @@ from genrec.generative import GenerativeConfig, HierarchicalGenerative, repeat_m
 from genrec.errors import CheckpointError
 from genrec.training import TrainResult, autocast, check_nonfinite_loss, check_precision, fit, model_precision, setup
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
-from genrec.sasrec import SASRec, SASRecConfig, check_resumed_text, resolve_device, resolve_text_dim
+from genrec.sasrec import SASRec, SASRecConfig, resolve_device
+from genrec.sasrec_text import check_resumed_text, resolve_text_dim
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)

@@ -290,11 +290,17 @@ def load_amazon2014(category: str, cache_dir: str | Path, download: bool = True,
     Offline or with ``download=False``, a missing file raises :class:`DatasetUnavailableError`
     naming its URL and the exact path to put it at.
     """
+    reviews, meta = fetch_amazon2014(category, cache_dir, download)
+    return amazon2014_from_files(reviews, meta, name=f"amazon2014-{category}", k=k)
+
+
+def fetch_amazon2014(category: str, cache_dir: str | Path, download: bool = True) -> tuple[Path, Path]:
+    """``(reviews, meta)`` paths of an Amazon 2014 category in ``cache_dir``, downloading missing files
+    (:class:`DatasetUnavailableError` when that fails or ``download=False``)."""
     cache_dir = Path(cache_dir)
     reviews_url, meta_url = amazon2014_urls(category)
-    reviews = _ensure_file(reviews_url, cache_dir / f"reviews_{category}_5.json.gz", download)
-    meta = _ensure_file(meta_url, cache_dir / f"meta_{category}.json.gz", download)
-    return amazon2014_from_files(reviews, meta, name=f"amazon2014-{category}", k=k)
+    return (_ensure_file(reviews_url, cache_dir / f"reviews_{category}_5.json.gz", download),
+            _ensure_file(meta_url, cache_dir / f"meta_{category}.json.gz", download))
 
 
 # ----------------------------------------------------------------------------------------------

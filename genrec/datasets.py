@@ -105,6 +105,18 @@ def _unknown(spec: str) -> ConfigError:
     return ConfigError(f"unknown dataset spec {spec!r}; accepted forms:\n  {forms}")
 
 
+def fetch_dataset_files(spec: str, cache_dir: str | Path | None = None) -> None:
+    """Download the files :func:`load_dataset` would download for ``spec`` and does not find in the
+    cache (Amazon 2014 categories; nothing for other specs), without reading them: a run fingerprints
+    its data files before its first stage, so they must exist by then."""
+    kind, sep, arg = str(spec).strip().partition(":")
+    if kind == "amazon2014" and sep and arg.strip():
+        from genrec import amazon
+
+        root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        amazon.fetch_amazon2014(arg.strip(), root / "amazon2014")
+
+
 def load_dataset(spec: str, cache_dir: str | Path | None = None, **kwargs: Any) -> SequenceDataset:
     """Load the dataset named by ``spec`` (see module doc); ``kwargs`` go to the underlying loader.
 
@@ -189,4 +201,4 @@ def _load_file_format(kind: str, arg: str, spec: str, kwargs: dict[str, Any]) ->
     return loader(**{**params, **kwargs})
 
 
-__all__ = ["load_dataset", "default_cache_dir", "typed_spec_kwargs", "SPEC_FORMS"]
+__all__ = ["load_dataset", "fetch_dataset_files", "default_cache_dir", "typed_spec_kwargs", "SPEC_FORMS"]

@@ -136,6 +136,23 @@ def merge_topk(values: torch.Tensor | None, items: torch.Tensor | None, new_valu
     return v, torch.cat([items, new_items], 1).gather(1, order)
 
 
+def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)`` ``[n, k]`` of the ``k`` highest ``scores`` ``[n, m]`` per row, ties broken
+    by the lower index, so a row's first ``j`` items are the same for every ``k >= j`` (``Tensor.topk``
+    breaks ties arbitrarily: asked for 10 or for 50 it may keep different tied items). NaN ranks last."""
+    k = min(k, scores.shape[1])
+    scores = torch.nan_to_num(scores, nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)  # infinities kept
+    kth = scores.topk(k, dim=-1).values[:, -1:]  # [n, 1]: the k-th best value
+    above = scores > kth
+    tied = scores == kth
+    need = k - above.sum(1, keepdim=True)  # [n, 1] tied items to keep: the lowest indices
+    keep = above | (tied & (tied.cumsum(1) <= need))  # exactly k per row
+    index = keep.nonzero()[:, 1].view(len(scores), k)  # ascending index per row
+    values = scores.gather(1, index)
+    order = values.argsort(dim=1, descending=True, stable=True)  # equal values keep index order
+    return values.gather(1, order), index.gather(1, order)
+
+
 def ranks_from_topk(topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """0-based rank of each target in its ranked list ``topk[n, K]``; ``K`` (a miss) if absent.
 

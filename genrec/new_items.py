@@ -113,8 +113,11 @@ def _item_records(recommender: Any, items: Any, where: Sequence[str] | None) -> 
 def _check_can_add(recommender: Any) -> None:
     """What adding needs from the recommender: a generative model, the encoder record, the quantizer."""
     if recommender.generative is None:
+        hint = ("; the end-to-end joint model scores only the catalogue it trained on: load the run's post-hoc "
+                "fusion or generative model instead (method=..., `genrec add-items --method`)"
+                if recommender.joint is not None else "")
         raise CheckpointError("this recommender holds no generative model: added items could not be "
-                              f"recommended by any of its models ({recommender.methods})")
+                              f"recommended by any of its models ({recommender.methods}){hint}")
     text = recommender.text or {}
     if text.get("precomputed"):
         raise CheckpointError(f"this recommender's item embeddings were precomputed (text.embeddings: "
@@ -221,7 +224,8 @@ def nearest_items(known: np.ndarray, new: np.ndarray, allowed: np.ndarray | None
     return arg
 
 
-def sasrec_with_new_items(model: Any, source_items: np.ndarray, new_item_text: np.ndarray | None = None) -> Any:
+def sasrec_with_new_items(model: Any, source_items: np.ndarray, new_item_text: np.ndarray | None = None,
+                          id_part: str = "auto") -> Any:
     """A copy of ``model`` whose catalogue has ``len(source_items)`` more items, appended at the end,
     without training: new item ``j`` gets the ID embedding of trained item ``source_items[j]`` (its
     nearest neighbour by text, :func:`nearest_items`), so a plain SASRec reads it in a
@@ -231,7 +235,11 @@ def sasrec_with_new_items(model: Any, source_items: np.ndarray, new_item_text: n
     simulated new items (BENCHMARKS.md, "SASRec scores new items through their nearest item").
     A content-aware SASRec (``config.text_dim`` > 0) also needs the new items' text embeddings
     ``new_item_text`` ``[len(source_items), text_dim]``: its new item adds the projection of its own
-    text to the neighbour's ID embedding."""
+    text to the neighbour's ID embedding.
+
+    ``id_part``: ``"neighbour"`` (the above), ``"unknown"`` (the learned unknown-ID vector of a model
+    trained with ``config.id_dropout``, which scores a new item by its text alone, as training
+    taught it to) or ``"auto"`` (``"unknown"`` for such a model, ``"neighbour"`` otherwise)."""
     import torch
 
     from genrec.layers import unit_rows
@@ -244,11 +252,17 @@ def sasrec_with_new_items(model: Any, source_items: np.ndarray, new_item_text: n
     if content and np.shape(new_item_text) != (len(source), model.config.text_dim):
         raise ValueError(f"a content-aware SASRec needs new_item_text [{len(source)}, {model.config.text_dim}], "
                          f"got {None if new_item_text is None else list(np.shape(new_item_text))}")
+    if id_part not in ("auto", "neighbour", "unknown"):
+        raise ValueError(f"id_part must be 'auto', 'neighbour' or 'unknown', got {id_part!r}")
+    if id_part == "unknown" and model.unknown_id is None:
+        raise ValueError("id_part='unknown' needs a SASRec trained with id_dropout > 0 (it has no unknown-ID vector)")
+    unknown = id_part == "unknown" or (id_part == "auto" and model.unknown_id is not None)
     with torch.random.fork_rng(devices=[]):  # the fresh initialisation is overwritten below
         new = SASRec(model.num_items + len(source), model.config)
     state = model.state_dict()
     weight = state["item_emb.weight"]  # [num_items + 1, H]; row 0 is padding
-    state["item_emb.weight"] = torch.cat([weight, weight[source + 1]])
+    added = state["unknown_id"].expand(len(source), -1) if unknown else weight[source + 1]  # [new, H]
+    state["item_emb.weight"] = torch.cat([weight, added])
     if content:
         text = unit_rows(torch.as_tensor(new_item_text, dtype=torch.float32).detach().cpu())
         state["item_text"] = torch.cat([state["item_text"], text.to(state["item_text"].device)])

@@ -12,9 +12,12 @@
 jointly trained model (``joint``), or one tower alone (``sasrec``, ``generative``). A fusion method
 scores a history exactly as the recipe's fusion stage scored the test users: both towers' top-K
 (``fusion.k``; generative beam ``fusion.beam``), each tower scoring the other's candidates, fused
-per instance by the method's gate; so ``k`` can be at most ``fusion.k``. SASRec and the joint model
-rank the whole catalogue; the generative model returns its beam's best (the beam is widened to
-``k`` when ``k`` is larger).
+per instance by the method's gate; so ``k`` can be at most ``fusion.k`` (for the held-out-gate joint
+model, its own ``fusion.joint_config`` k and beam, both towers always scoring each other's
+candidates, as its stage fitted and evaluated it). SASRec and the end-to-end joint model rank the
+whole catalogue, tied scores by the lower catalogue index, so the first ``j`` items never depend on
+the ``k`` asked for; the generative model returns its beam's best (the beam is widened to ``k`` when
+``k`` is larger).
 
 **Histories** are raw item ids, oldest first; only the last ``max_history`` (the recipe's
 ``data.max_history``) are read. Unknown ids: with ``on_unknown="skip"`` (the default) they are left
@@ -37,7 +40,6 @@ plain JSON / ``.npz`` without pickle, so loading never runs code from the files.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -131,7 +133,8 @@ class Recommender:
         needs = {"sasrec": ("sasrec",), "generative": ("generative",), "joint": ("joint",)}.get(
             name, ("sasrec", "generative", "fusion"))
         holdout_joint = run_dir / "joint" / "model"
-        if name == "joint" and holdout_joint.is_dir():  # fusion.joint_schedule holdout: its towers + its gate
+        holdout = name == "joint" and holdout_joint.is_dir()  # fusion.joint_schedule holdout: its towers + gate
+        if holdout:
             needs = ("joint",)
         for stage in ("quantize", *needs):
             if not (run_dir / stage / "stage.done.json").is_file():
@@ -151,7 +154,7 @@ class Recommender:
         # a cold-start run (data.cold_items) trained on its warm catalogue: that is what it recommends from,
         # and add_items brings the cold items back
         dataset, split = StageContext(run_dir, config).training()
-        if "joint" in needs and holdout_joint.is_dir():
+        if holdout:
             from fusion.holdout_joint import GATE_NAME, load_holdout_joint
 
             # a candidate-fusion model: its own towers (trained for it) under the name "joint"
@@ -172,9 +175,11 @@ class Recommender:
             text = {"encoder": s.get("encoder"), "template": s.get("template"), "fallback": config.text.fallback}
             if s.get("precomputed"):  # text.embeddings: no encoder, add_items refuses and says why
                 text["precomputed"] = s["precomputed"].get("path")
-        settings = files.InferenceSettings(k=config.fusion.k, beam=config.fusion.beam,
-                                           teacher_forcing=bool(config.fusion.teacher_forcing),
-                                           max_history=config.data.max_history,
+        # the held-out-gate joint model ranks as it was fitted and evaluated: its own k and beam, both
+        # towers scoring each other's candidates (fusion.joint_config may set other values than fusion's)
+        k, beam, forcing = ((hj.config.k, hj.config.beam, True) if holdout
+                            else (config.fusion.k, config.fusion.beam, bool(config.fusion.teacher_forcing)))
+        settings = files.InferenceSettings(k=k, beam=beam, teacher_forcing=forcing, max_history=config.data.max_history,
                                            batch_size=config.generative.eval_batch_size)
         mixtures = files.load_new_item_mixtures(run_dir / "fusion" / files.MIXTURES)
         return cls(table=table, train_sequences=split.train, method=name, settings=settings,
@@ -192,7 +197,7 @@ class Recommender:
         m = files.read_manifest(directory)
         try:
             table = SemanticIdTable.load(directory / files.TABLE)
-        except (ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError) as e:  # missing, unreadable or damaged
             raise CheckpointError(f"{directory / files.TABLE}: damaged ({e})") from None
         if table.item_ids is None:
             raise CheckpointError(f"{directory / files.TABLE}: no item ids")
@@ -222,13 +227,16 @@ class Recommender:
                 raise CheckpointError(f"{directory / files.MODEL_FILES[name]}: its semantic IDs differ from those of "
                                       f"{files.TABLE}; the directory mixes files of different recommenders")
         qdir = directory / files.QUANTIZE_DIR
-        return cls(table=table, train_sequences=files.load_sequences(directory / files.SEQUENCES, n),
-                   method=method or m["method"], settings=m["settings"],
-                   items=files.load_items(directory / files.ITEMS, table.item_ids), text=m.get("text"),
-                   quantize_dir=qdir if (qdir / "quantizer.pt").is_file() else None,
-                   item_embeddings=files.load_embeddings(directory / files.EMBEDDINGS, n),
-                   trained_items=m["trained_items"] if m["trained_items"] is not None else n,
-                   new_item_mixtures=m["new_item_mixtures"], **kw)
+        sequences = files.load_sequences(directory / files.SEQUENCES, n)
+        items = files.load_items(directory / files.ITEMS, table.item_ids)
+        embeddings = files.load_embeddings(directory / files.EMBEDDINGS, n)
+        try:  # the manifest's method and trained_items are checked here: name the manifest
+            return cls(table=table, train_sequences=sequences, method=method or m["method"], settings=m["settings"],
+                       items=items, text=m.get("text"), quantize_dir=qdir if (qdir / "quantizer.pt").is_file() else None,
+                       item_embeddings=embeddings, trained_items=m["trained_items"] if m["trained_items"] is not None
+                       else n, new_item_mixtures=m["new_item_mixtures"], **kw)
+        except CheckpointError as e:
+            raise CheckpointError(f"{directory / files.MANIFEST}: {e}") from None
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write a self-contained copy (every model and fusion method it holds) into ``directory``,
@@ -266,19 +274,7 @@ class Recommender:
             files.save_embeddings(d / files.EMBEDDINGS, self.item_embeddings)
         else:  # embeddings left by an earlier save are not this recommender's
             (d / files.EMBEDDINGS).unlink(missing_ok=True)
-        qdir = d / files.QUANTIZE_DIR
-        if self.quantize_dir is None:  # a quantizer left by an earlier save is not this recommender's
-            for fname in ("quantizer.pt", "preprocess.pt"):
-                (qdir / fname).unlink(missing_ok=True)
-        elif self.quantize_dir.resolve() != qdir.resolve():
-            qdir.mkdir(exist_ok=True)
-            for fname in ("quantizer.pt", "preprocess.pt"):
-                src = self.quantize_dir / fname
-                if src.is_file():
-                    shutil.copyfile(src, qdir / (fname + ".tmp"))
-                    (qdir / (fname + ".tmp")).replace(qdir / fname)
-                else:
-                    (qdir / fname).unlink(missing_ok=True)
+        files.copy_quantizer(self.quantize_dir, d)
         from genrec import __version__
 
         files.write_manifest(d, {"genrec_version": __version__, "method": self.method_name, "models": models,
@@ -559,6 +555,8 @@ class Recommender:
     def _catalogue_rank(self, rows, k, seen, batches):
         import torch
 
+        from genrec.metrics import stable_topk
+
         out: list[Any] = [None] * len(rows)
         for idx, scores, gates in batches(rows):
             scores = scores.clone()
@@ -567,7 +565,7 @@ class Recommender:
             if seen is not None:
                 for j, r in enumerate(idx):
                     scores[j, torch.from_numpy(seen[r])] = -torch.inf
-            v, i = scores.topk(min(k, scores.shape[1]), dim=-1)
+            v, i = stable_topk(scores, k)  # ties by item index: the first j items never depend on k
             for j, r in enumerate(idx):
                 ok = torch.isfinite(v[j])
                 out[r] = (i[j][ok].numpy(), v[j][ok].numpy(), None if gates is None else float(gates[j]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -148,6 +149,22 @@ def load_new_item_mixtures(path: Path) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: damaged ({e}); run the fusion stage again") from None
     return new_item_mixtures_from(raw, str(path))
+
+
+def copy_quantizer(source: Path | None, directory: Path) -> None:
+    """Copy the quantizer files of ``source`` (a run's quantize directory; None: none) into
+    ``directory``'s :data:`QUANTIZE_DIR`, each atomically; files there from an earlier save that
+    ``source`` lacks are removed (they are not this recommender's)."""
+    qdir = directory / QUANTIZE_DIR
+    if source is not None and source.resolve() == qdir.resolve():
+        return
+    for fname in ("quantizer.pt", "preprocess.pt"):
+        if source is not None and (source / fname).is_file():
+            qdir.mkdir(exist_ok=True)
+            shutil.copyfile(source / fname, qdir / (fname + ".tmp"))
+            (qdir / (fname + ".tmp")).replace(qdir / fname)
+        else:
+            (qdir / fname).unlink(missing_ok=True)
 
 
 def save_sequences(path: Path, sequences: Sequence[np.ndarray]) -> Path:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
@@ -28,9 +28,10 @@ import torch.nn as nn
 from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
-from genrec.errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from genrec.errors import CheckpointNotFoundError, ConfigError
 from genrec.layers import Block, attention_mask, unit_rows
 from genrec.sasrec_losses import LOSSES, NEGATIVES, NegativeSampler, sasrec_loss
+from genrec.sasrec_text import check_resumed_text, resolve_text_dim
 from genrec.metrics import DEFAULT_KS, merge_topk, metrics_from_ranks, ranks_from_score_chunks
 from genrec.splits import Instances, LeaveOneOutSplit
 from genrec.training import TrainResult, autocast, check_nonfinite_loss, check_precision, fit, model_precision, setup
@@ -75,6 +76,11 @@ class SASRecConfig:
     # from similar texts and a new item has a vector of its own; 0 (default): ID embeddings only;
     # "auto": the size of the text embeddings given to train_sasrec (the recipe's embed stage).
     text_dim: int | Literal["auto"] = 0
+    # Item-ID dropout for new items (DropoutNet, Volkovs et al. 2017; needs text_dim): in each training
+    # batch this share of the catalogue's items swap their ID embedding for one learned "unknown ID"
+    # vector, in histories and as candidates alike, so the model learns to score an item from its text
+    # alone, calibrated against the items it knows: how a new item added without retraining is scored.
+    id_dropout: float = 0.0
     # The training loss (see :func:`genrec.sasrec_losses.sasrec_loss`). "full" builds a [positions, num_items] logit
     # matrix: fastest while that fits (every result so far uses it). "chunked" is the same
     # cross-entropy, exact, streamed over ``loss_chunk`` items at a time, so memory no longer grows
@@ -101,6 +107,12 @@ class SASRecConfig:
         if self.text_dim != "auto" and (isinstance(self.text_dim, bool) or not isinstance(self.text_dim, int)
                                         or self.text_dim < 0):
             raise ConfigError(f"text_dim must be a non-negative integer or 'auto', got {self.text_dim!r}")
+        if isinstance(self.id_dropout, bool) or not isinstance(self.id_dropout, (int, float)) \
+                or not 0.0 <= self.id_dropout < 1.0:
+            raise ConfigError(f"id_dropout must lie in [0, 1), got {self.id_dropout!r}")
+        if self.id_dropout and not self.text_dim:
+            raise ConfigError("id_dropout needs a content-aware SASRec (text_dim > 0 or 'auto'): without text an "
+                              "item that lost its ID has nothing left to be scored by")
 
 
 #: inference computes at most this many logits (rows x items, 128 MB of float32) at once; a larger
@@ -147,6 +159,8 @@ class SASRec(nn.Module):
         self.blocks = nn.ModuleList(Block(h, config.num_heads, config.dropout) for _ in range(config.num_blocks))
         self.ln_out = nn.LayerNorm(h, eps=1e-8)
         self.repeat_bias = nn.Parameter(torch.zeros(())) if config.repeat_bias else None
+        # [H]: the ID part of an item whose ID embedding is dropped (config.id_dropout) or unknown (a new item)
+        self.unknown_id = nn.Parameter(torch.zeros(h)) if config.id_dropout else None
         self.apply(self._init)
         if item_text is not None:
             self.set_item_text(item_text)
@@ -175,7 +189,20 @@ class SASRec(nn.Module):
             return self.item_emb.weight[rows]
         if not self.training and not torch.is_grad_enabled():  # inference: project the catalogue once
             return self._projected_table()[rows]
-        return self.item_emb.weight[rows] + self.text_proj(self.item_text[rows])
+        ids = self.item_emb.weight[rows]
+        dropped = self.__dict__.get("_dropped_ids") if self.training else None
+        if dropped is not None:
+            ids = torch.where(dropped[rows][..., None], self.unknown_id, ids)
+        return ids + self.text_proj(self.item_text[rows])
+
+    def _sample_dropped_ids(self, device: torch.device) -> None:
+        """Draw this training batch's items without ID embedding (``config.id_dropout``), used by every
+        :meth:`item_vectors` call until the next forward pass: inputs and candidates agree."""
+        dropped = None
+        if self.training and self.unknown_id is not None:
+            dropped = torch.rand(self.num_items + 1, device=device) < self.config.id_dropout  # [num_items + 1]
+            dropped[0] = False  # padding
+        self.__dict__["_dropped_ids"] = dropped
 
     def _projected_table(self) -> torch.Tensor:
         """Every item vector ``[num_items + 1, hidden]``, kept while the weights, the text, their
@@ -205,6 +232,7 @@ class SASRec(nn.Module):
         """tokens ``[B, L]`` (0 = padding, item i = i+1) -> hidden states ``[B, L, H]``."""
         B, L = tokens.shape
         pad = tokens == 0
+        self._sample_dropped_ids(tokens.device)
         x = self.item_emb(tokens) if self.text_proj is None else self.item_vectors(tokens)
         x = x * math.sqrt(self.config.hidden)
         x = x + self.pos_emb(torch.arange(self.config.max_len - L, self.config.max_len, device=tokens.device))
@@ -534,38 +562,6 @@ def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, ou
                math.ceil(n_train / config.batch_size), loss_fn,
                lambda m: evaluate(m, split.valid, batch_size=config.eval_batch_size),
                out_dir, progress, on_eval, {"num_items": split.num_items}, "sasrec")
-
-
-def resolve_text_dim(config: SASRecConfig, item_text: np.ndarray | None) -> SASRecConfig:
-    """``config`` with ``text_dim: "auto"`` replaced by the width of ``item_text``; a
-    :class:`~genrec.errors.ConfigError` unless the text is given exactly when ``text_dim`` is set."""
-    if bool(config.text_dim) != (item_text is not None):
-        raise ConfigError(f"SASRec text_dim is {config.text_dim}: the items' text embeddings (item_text) must be "
-                          f"given exactly when it is set; got {'some' if item_text is not None else 'none'}")
-    if item_text is None:
-        return config
-    if np.ndim(item_text) != 2:
-        raise ConfigError(f"item_text must be [num_items, text_dim], got shape {list(np.shape(item_text))}")
-    width = int(np.shape(item_text)[1])
-    if config.text_dim not in ("auto", width):
-        raise ConfigError(f"SASRec text_dim is {config.text_dim} but the item text embeddings are {width}-d; "
-                          f"set it to {width} or 'auto'")
-    return replace(config, text_dim=width)  # checkpoints record the resolved width
-
-
-def check_resumed_text(path: Path, text: torch.Tensor, key: str = "item_text") -> None:
-    """A content-aware run resumed from checkpoint ``path`` must have been trained on the same item
-    text (state-dict entry ``key``): a :class:`~genrec.errors.CheckpointError` otherwise (an
-    unreadable checkpoint is left to ``fit``)."""
-    if not path.is_file():
-        return
-    try:
-        saved = load_checkpoint(path, kind="checkpoint", keys=("model",))["model"].get(key)
-    except CheckpointError:
-        return
-    if saved is None or saved.shape != text.shape or not torch.allclose(saved, text.cpu()):
-        raise CheckpointError(f"{path}: trained on other item text embeddings than the ones given; use another "
-                              "out_dir or delete it")
 
 
 def load_sasrec(path: str | Path, device: str = "cpu") -> SASRec:

@@ -20,7 +20,8 @@ unknown item id (also an unknown path). 413: a body over ``max_body_bytes``, ref
 ``Content-Length`` or, without a truthful one, by the bytes actually read, before any parsing.
 415: a ``Content-Type`` that is not JSON. 422: a well-formed request the service cannot answer:
 a missing, extra or mistyped field (validation is strict: ids are JSON strings, ``k`` an integer,
-flags booleans), ``k`` outside 1..``recommender.max_k`` (the message gives the limit), an empty
+flags booleans), ``k`` outside 1..``recommender.max_k`` (the message gives the limit; a request
+without ``k`` gets 10, or ``max_k`` where that is smaller), an empty
 history (the issue's reading: the popularity fallback is not a recommendation worth a call; a
 history whose ids are all *unknown* still gets it, with ``fallback: true``), a history of more
 than ``max_history_ids`` ids or a batch of more than ``max_batch_histories`` histories, and, under
@@ -32,7 +33,8 @@ failure of the model itself (logged with its traceback).
 
 **Micro-batching.** ``/recommend`` and ``/recommend/batch`` requests are validated (unknown ids
 included) in the event loop, then queued; one worker coroutine takes the first queued request,
-gathers more until ``max_batch`` histories or ``max_wait_ms`` after the first, groups them so that
+gathers more until ``max_batch`` histories or ``max_wait_ms`` after the first (a request of more
+histories than ``max_batch`` is a call of its own), groups them so that
 one :meth:`Recommender.recommend_batch` call answers a group as a call of its own would (the same
 items; scores equal up to float32 rounding, as the model's batched products pad differently),
 and runs that call in a worker thread (the event loop keeps accepting requests; one model call at
@@ -110,6 +112,7 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._held: _Job | None = None  # taken from the queue but left for the next batch (it would overflow)
         self._running: list[_Job] = []  # the jobs of the model call in progress
+        self._gathered: list[_Job] = []  # the current batch: taken from the queue, not all answered yet
 
     @property
     def running(self) -> bool:
@@ -133,8 +136,8 @@ class MicroBatcher:
                 await task
             except asyncio.CancelledError:
                 pass
-        pending = list(self._running) + ([self._held] if self._held else [])
-        self._held = None
+        pending = list(self._gathered) + list(self._running) + ([self._held] if self._held else [])
+        self._held, self._gathered = None, []
         while self._queue is not None and not self._queue.empty():
             pending.append(self._queue.get_nowait())
         for job in pending:
@@ -190,6 +193,7 @@ class MicroBatcher:
         while True:
             first = await self._next(None)
             jobs, size = [first], len(first.histories)
+            self._gathered = jobs  # stop() answers every one of them, served or not
             deadline = loop.time() + self.max_wait
             while size < self.max_batch:
                 job = await self._next(deadline - loop.time())
@@ -206,6 +210,7 @@ class MicroBatcher:
                     groups.setdefault(job.key, []).append(job)
             for group in groups.values():
                 await self._serve(group)
+            self._gathered = []
 
     async def _serve(self, group: list[_Job]) -> None:
         """Answer one group with one model call (each job alone if that fails); every future is
@@ -219,7 +224,8 @@ class MicroBatcher:
                     raise
                 log.warning("a batch of %d requests failed; answering each alone", len(group), exc_info=True)
                 for job in group:
-                    await self._serve([job])
+                    if not job.future.done():  # its caller may have given up meanwhile
+                        await self._serve([job])
                 return
             for job, recs in zip(group, answers):
                 if not job.future.done():
@@ -381,6 +387,8 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
     k_limit = rec.max_k_source
     batcher = MicroBatcher(rec, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
 
+    default_k = min(10, max_k)  # a request without k is never refused for it
+
     def check_k(k: int) -> int:
         if not 1 <= k <= max_k:
             raise ValueError(f"must be between 1 and {max_k} ({k_limit}), got {k}")
@@ -409,7 +417,7 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
 
         model_config = ConfigDict(strict=True, extra="forbid", validate_default=True)
         history: History
-        k: K = 10
+        k: K = default_k
         exclude_seen: bool = False
         on_unknown: Literal["skip", "error"] = "skip"
 
@@ -418,7 +426,7 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
 
         model_config = ConfigDict(strict=True, extra="forbid", validate_default=True)
         histories: Annotated[list[History], AfterValidator(check_histories)]
-        k: K = 10
+        k: K = default_k
         exclude_seen: bool = False
         on_unknown: Literal["skip", "error"] = "skip"
 

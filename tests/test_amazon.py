@@ -365,3 +365,34 @@ def test_amazon2023_price_policy(caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["toy: 2 item(s) have a price that is not one finite non-negative number; price left missing "
                         "(e.g. P1 (nan), P2 ('$5.99 - $12.99'))"]
+
+
+def test_a_recipe_fetches_a_downloaded_dataset_before_fingerprinting_it(tmp_path, monkeypatch):
+    """A first run on an Amazon 2014 category downloads it before any stage records the data's
+    fingerprint, so running again (a resume) finds the data unchanged and skips the finished stages."""
+    from genrec.recipe import StopAfterStage, config_from_dict, run_recipe
+    from genrec.rundir import data_fingerprint
+
+    users, items = [f"U{u}" for u in range(6)], [f"I{i}" for i in range(6)]  # everyone bought everything: 5-core
+    served = []
+
+    def fake_download(url: str, dest, timeout: float = 60.0):
+        served.append(url)
+        lines = ([review14(u, i, 100 * n + m) for n, u in enumerate(users) for m, i in enumerate(items)]
+                 if "reviews_" in url else [f"{{'asin': '{i}', 'title': 'Item {i}'}}" for i in items])
+        return write_gz(Path(dest), lines)
+
+    monkeypatch.setattr(amazon, "download", fake_download)
+    cache = tmp_path / "cache"
+    config = config_from_dict({"data": {"dataset": "amazon2014:Toys", "cache_dir": str(cache)},
+                               "fusion": {"k": 5, "beam": 5}, "report": {"ks": [5], "metric": "ndcg@5"}})
+    events: dict[str, str] = {}
+    with pytest.raises(StopAfterStage):
+        run_recipe(config, tmp_path / "run", stop_after="data", on_stage=lambda n, e, i: events.__setitem__(n, e))
+    assert len(served) == 2 and events["data"] == "done"
+    marker = json.loads((tmp_path / "run" / "data" / "stage.done.json").read_text())
+    fingerprint = data_fingerprint("amazon2014:Toys", cache)
+    assert len(fingerprint["files"]) == 2 and marker["hashed"]["config"]["data"]["fingerprint"] == fingerprint
+    with pytest.raises(StopAfterStage):
+        run_recipe(config, tmp_path / "run", stop_after="data", on_stage=lambda n, e, i: events.__setitem__(n, e))
+    assert events["data"] == "skip" and len(served) == 2

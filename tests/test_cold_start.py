@@ -313,6 +313,17 @@ def test_the_new_item_mixture_enters_the_fusion_hash_only_where_it_is_read(tiny)
         "fusion.new_item_mixture"]["users"] == 10
     with pytest.raises(ConfigError, match="fusion.new_item_mixture_users"):
         load_config(DEMO_YAML, overrides=[*tiny, "fusion.new_item_mixture_users=0"])
+    # switching it on or off, or changing its users, reruns the fusion stage without --force
+    from genrec.recipe.runner import _rerun_only
+
+    def inputs(config_hashed):
+        return {"config": config_hashed, "upstream": {}, "version": 1}
+
+    off = hashed(*COLD)
+    users = hashed(*COLD, "fusion.new_item_mixture=true", "fusion.new_item_mixture_users=10")
+    for a, b in ((off, on), (on, off), (on, users)):
+        assert _rerun_only(_stage("fusion"), inputs(a), inputs(b))
+    assert not _rerun_only(_stage("fusion"), inputs(off), inputs(hashed(*COLD, "fusion.k=12", "fusion.beam=12")))
 
 
 def test_bench_runs_end_to_end_on_synthetic_data(cold_run, tiny, tmp_path, capsys):

@@ -224,6 +224,8 @@ def test_config_checks():
         HoldoutJointConfig(refresh_epochs=-1)
     with pytest.raises(ValueError, match="towers must be one of .*'both'"):
         HoldoutJointConfig(towers="shared")
+    with pytest.raises(ValueError, match="k must be >= 10.*ndcg@10; got 5"):
+        HoldoutJointConfig(k=5, beam=5)
     assert HoldoutJointConfig(sasrec={"hidden": 16}).sasrec.hidden == 16
     ds, split, table = synthetic_split(num_users=40)
     tiny = replace(split, train=[s[:2] for s in split.train])

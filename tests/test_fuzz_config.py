@@ -88,3 +88,26 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
         raise AssertionError("no error")
     path.write_text("sasrec:\n  lr: 1e-3\n", encoding="utf-8")
     assert load_config(path).sasrec.lr == 1e-3
+
+
+def test_settings_found_wanting_by_review_are_config_errors_naming_the_key():
+    """Each once passed validation (failing later, after hours of training) or raised another exception."""
+    import pytest
+
+    cases = [
+        ({"fusion": {"joint_config": {"sasrec": 5}}}, ["fusion.joint_config.sasrec.hidden=32"],
+         "'fusion.joint_config.sasrec' is not a mapping"),
+        ({}, ["fusion.joint=true", "fusion.joint_config.gate.hidden=abc"], "fusion.joint_config.gate.hidden"),
+        ({}, ["text.max_seq_length=0"], "text.max_seq_length"),
+        ({}, ["text.max_description_chars=-1"], "text.max_description_chars"),
+        ({}, ["quantize.method=pq", "quantize.subspaces=0"], "quantize.subspaces"),
+        ({}, ["fusion.joint=true", "fusion.k=5", "fusion.beam=5", "report.ks=[5]", "report.metric=ndcg@5"],
+         "k must be >= 10"),
+    ]
+    for raw, overrides, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict(raw, overrides=overrides)
+    for raw in ([1, 2], "fusion"):
+        with pytest.raises(ConfigError, match="must be a mapping"):
+            config_from_dict(raw)
+    config_from_dict({}, overrides=["fusion.joint=true", "fusion.joint_config.gate.hidden=8", "text.max_seq_length=null"])

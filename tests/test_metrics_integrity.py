@@ -62,3 +62,20 @@ def test_nan_scores_of_other_items_never_make_a_hit():
     assert metrics_from_ranks(ranks, ks=(10,))["ndcg@10"] == 0.0
     fused = np.array([[np.nan, np.nan, 0.3]])
     assert union_ranks(fused, np.array([2])).tolist() == [2]
+def test_stable_topk_breaks_ties_by_index_and_keeps_infinities():
+    import torch
+
+    from genrec.metrics import stable_topk
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (6, 40), generator=g).float()  # many ties
+    scores[0, :5] = float("nan")
+    scores[1, :3] = -float("inf")
+    scores[2, 7] = float("inf")
+    for k in (1, 5, 12, 40, 50):
+        values, index = stable_topk(scores, k)
+        clean = torch.nan_to_num(scores, nan=-float("inf"), posinf=float("inf"), neginf=-float("inf"))
+        for r in range(len(scores)):  # reference: sort by (score descending, index ascending)
+            want = sorted(range(40), key=lambda j: (-clean[r, j].item(), j))[:k]
+            assert index[r].tolist() == want and values[r].tolist() == clean[r, want].tolist()
+    assert stable_topk(scores, 40)[0][1, -3:].isneginf().all() and stable_topk(scores, 1)[0][2, 0].isposinf()

@@ -338,6 +338,12 @@ def test_cli_add_items_end_to_end(tiny_run, emb_cache, tmp_path, capsys):
 
     beam = recommend(saved.generative, [np.array([0, 1, 2])], beam_size=saved.num_items)
     assert sorted(saved.item_ids[i] for i in beam.items[0] if i >= 0) == sorted(saved.item_ids)
+    # --method picks the run's model to extend
+    assert cli.main(["add-items", str(tiny_run), str(new), "--out", str(tmp_path / "gen"), "--cache-dir",
+                     str(emb_cache), "--method", "generative"]) == 0
+    assert "recommendable by: generative (not by -" in capsys.readouterr().out
+    gen = Recommender.from_pretrained(tmp_path / "gen")
+    assert gen.method_name == "generative" and gen.item_ids[-2:] == ["CLI_TWIN", "CLI_FRESH"]
     # bad input: the file and line are named, exit code 2, nothing saved
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(fresh) + "\n{not json\n")

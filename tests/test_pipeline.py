@@ -111,21 +111,56 @@ def test_rerun_skips_every_stage(reference, tiny):
     assert (reference / "results.json").read_text() == before
 
 
-def test_a_stage_produced_again_reruns_what_read_it(reference, tiny, tmp_path):
-    """A stage directory deleted and rerun with the same settings: every stage that read it runs
-    again (with a warning), not only the deleted one; markers from before run ids match anything."""
+def test_a_stage_produced_again_reruns_what_read_it(reference, tiny, tmp_path, monkeypatch):
+    """A stage directory deleted and rerun with the same settings: the stages that read it stay valid
+    when it produced the same files (its run id is their digest), and run again (with a warning) when
+    it produced others; an interrupted stage whose input was produced again starts over; markers from
+    before run ids match anything."""
     import shutil
+
+    from genrec.recipe import stages
 
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     shutil.rmtree(out / "evaluate")
     events: dict[str, str] = {}
     config = load_config(DEMO_YAML, overrides=tiny)
-    run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
+
+    def run() -> None:
+        events.clear()
+        run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
+
+    run()  # evaluate is deterministic: the same files, the same id
+    assert [n for n, e in events.items() if e == "done"] == ["evaluate"]
+    evaluate = next(s for s in stages.STAGES if s.name == "evaluate")
+    original = evaluate.run
+
+    def other_outputs(ctx):  # the same stage producing other files (e.g. other numerics)
+        artifacts = original(ctx)
+        with open(artifacts["metrics"], "a") as f:
+            f.write(" ")
+        return artifacts
+
+    from dataclasses import replace
+
+    from genrec.recipe import runner
+
+    shutil.rmtree(out / "evaluate")
+    patched = tuple(replace(s, run=other_outputs) if s is evaluate else s for s in stages.STAGES)
+    monkeypatch.setattr(runner, "STAGES", patched)
+    monkeypatch.setattr(stages, "STAGES", patched)
+    run()
     assert [n for n, e in events.items() if e == "done"] == ["evaluate", "analysis", "report"]
     assert strip_timing(_results(out)) == strip_timing(_results(reference))
     markers = {n: json.loads((out / n / "stage.done.json").read_text()) for n in stage_names(config)}
     assert markers["analysis"]["upstream_runs"]["evaluate"] == markers["evaluate"]["run_id"]
+    # interrupted after its input was produced again: started over, not resumed
+    monkeypatch.undo()
+    (out / "report" / "stage.done.json").unlink()
+    (out / "report" / "leftover.txt").write_text("from the interrupted run")
+    shutil.rmtree(out / "evaluate")
+    run()
+    assert events["report"] == "done" and not (out / "report" / "leftover.txt").exists()
     # markers written before run ids existed: nothing reruns
     for n, m in markers.items():
         m.pop("run_id"), m.pop("upstream_runs")
@@ -343,20 +378,42 @@ def test_a_content_aware_recipe_sasrec_reaches_the_holdout_joint_towers(referenc
 
 
 @pytest.mark.parametrize("content", [False, True], ids=["plain", "content-aware"])
-def test_an_embed_stage_produced_again_retrains_only_a_content_aware_sasrec(reference, tiny, tmp_path, content):
-    """The embed stage rerun with the same settings (its directory deleted): a content-aware SASRec
-    read the old vectors, so it is cleared and retrained; a plain one never read them and is kept."""
+def test_an_embed_stage_produced_again_retrains_only_a_content_aware_sasrec(reference, tiny, tmp_path, content,
+                                                                           monkeypatch):
+    """The embed stage rerun with the same settings (its directory deleted): the same vectors keep
+    every SASRec; other vectors (other numerics, say) clear and retrain a content-aware SASRec, which
+    read the old ones, while a plain one never read them and is kept."""
     import shutil
+    from dataclasses import replace
+
+    from genrec.recipe import runner, stages
 
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     config = load_config(DEMO_YAML, overrides=tiny + [f"sasrec.text_dim={'auto' if content else 0}"])
     if content:
         run_recipe(config, out, force=True)
-    shutil.rmtree(out / "embed")
     events: dict[str, str] = {}
-    run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
-    assert events["embed"] == "done"
+
+    def rerun_embed() -> None:
+        shutil.rmtree(out / "embed")
+        events.clear()
+        run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
+        assert events["embed"] == "done"
+
+    rerun_embed()
+    assert events["sasrec"] == "skip"
+    embed = next(s for s in stages.STAGES if s.name == "embed")
+
+    def other_vectors(ctx):
+        artifacts = embed.run(ctx)
+        np.save(artifacts["embeddings"], np.load(artifacts["embeddings"]) * 1.001)
+        return artifacts
+
+    patched = tuple(replace(s, run=other_vectors) if s is embed else s for s in stages.STAGES)
+    monkeypatch.setattr(runner, "STAGES", patched)
+    monkeypatch.setattr(stages, "STAGES", patched)
+    rerun_embed()
     assert events["sasrec"] == ("done" if content else "skip")
 
 

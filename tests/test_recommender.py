@@ -4,6 +4,7 @@ explain(), exclude_seen, unknown ids and the saved directory's format checks."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -199,6 +200,33 @@ def test_a_joint_model_recommends_explains_and_round_trips(rec, test_histories, 
     assert loaded.methods == ["joint"]
     assert [r.items for r in loaded.recommend_batch(test_histories[:30], k=7, exclude_seen=True)] == \
         [r.items for r in got]
+    # it cannot take new items, and says what can
+    from genrec.new_items import add_items
+
+    with pytest.raises(CheckpointError, match="end-to-end joint model scores only the catalogue it trained on"):
+        add_items(loaded, [{"item_id": "NEW", "title": "New"}])
+
+
+def test_sasrec_answers_keep_tied_items_in_index_order_whatever_k(rec, test_histories):
+    """Tied scores (a new item copies its neighbour's SASRec vector) rank the lower index first, so
+    the first j items never depend on the k asked for (the service batches requests of mixed k)."""
+    one = rec.with_method("sasrec")
+    one.sasrec = copy.deepcopy(rec.sasrec)
+    with torch.no_grad():  # items 3 and 8 get item 5's vector: three-way ties in every row
+        one.sasrec.item_emb.weight[[4, 9]] = one.sasrec.item_emb.weight[6].clone()
+        if one.sasrec.text_proj is not None:
+            one.sasrec.item_text[[4, 9]] = one.sasrec.item_text[6].clone()
+    hs = test_histories[:20]
+    full = one.recommend_batch(hs, k=one.num_items)
+    checked = 0
+    for j, (r, h) in enumerate(zip(full, hs)):
+        at = [r.items.index(rec.item_ids[i]) for i in (3, 5, 8) if rec.item_ids[i] not in h]  # no repeat bias
+        if len(at) > 1 and len({r.scores[p] for p in at}) == 1:  # tied to the bit
+            assert at == sorted(at), j  # the lower index first
+            checked += 1
+    assert checked >= 10
+    for k in (1, 4, 5, 6, 9, 12):
+        assert [r.items for r in one.recommend_batch(hs, k=k)] == [r.items[:k] for r in full], k
 
 
 def test_exclude_seen_covers_the_whole_history_and_answers_do_not_depend_on_the_batch(rec):

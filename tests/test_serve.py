@@ -290,6 +290,79 @@ def test_a_slow_model_call_times_out_instead_of_hanging(rec, histories, monkeypa
     assert time.perf_counter() - t0 < 5
 
 
+def test_a_request_without_k_is_answered_where_max_k_is_below_ten(rec, histories):
+    from dataclasses import replace
+
+    small = rec.with_method(rec.method_name)
+    small.settings = replace(rec.settings, k=5)  # a fusion method: max_k = fusion.k = 5
+    assert small.max_k == 5
+    with TestClient(create_app(small)) as c:
+        r = c.post("/recommend", json={"history": histories[0]})
+        assert r.status_code == 200 and len(r.json()["items"]) == 5
+        r = c.post("/recommend", json={"history": histories[0], "k": 6})
+        assert r.status_code == 422 and "between 1 and 5 (fusion.k), got 6" in r.json()["error"]
+
+
+def test_shutdown_answers_every_waiting_request_at_once(rec, histories, monkeypatch):
+    """Requests gathered into the batch being served, but in a group not yet called, get the
+    shutdown 503 at once, not the request timeout."""
+    from genrec.serve import ApiError, MicroBatcher
+
+    slow = rec.with_method(rec.method_name)
+
+    def sleepy(*a, **kw):
+        time.sleep(0.5)
+        return rec.recommend_batch(*a, **kw)
+
+    monkeypatch.setattr(slow, "recommend_batch", sleepy)
+
+    async def scenario():
+        b = MicroBatcher(slow, max_wait_ms=50)
+        b.start()
+        # two groups of one batch (exclude_seen differs): the second waits for the first's call
+        first = asyncio.ensure_future(b.submit([histories[0]], 10, False, 30.0))
+        second = asyncio.ensure_future(b.submit([histories[1]], 10, True, 30.0))
+        await asyncio.sleep(0.25)  # gathered, the first group's call under way
+        t0 = time.perf_counter()
+        await b.stop()
+        out = await asyncio.gather(first, second, return_exceptions=True)
+        return out, time.perf_counter() - t0
+
+    (a, b), waited = asyncio.run(scenario())
+    for r in (a, b):
+        assert isinstance(r, ApiError) and r.status == 503 and "shutting down" in str(r), r
+    assert waited < 2.0
+
+
+def test_a_failed_batch_retries_only_requests_still_awaited(rec, histories, monkeypatch):
+    from genrec.serve import ApiError, MicroBatcher
+
+    calls = []
+    bad = rec.with_method(rec.method_name)
+
+    def failing(hs, *a, **kw):
+        calls.append(len(hs))
+        if len(hs) > 1:
+            time.sleep(0.3)  # the second request's caller gives up meanwhile
+            raise RuntimeError("boom")
+        return rec.recommend_batch(hs, *a, **kw)
+
+    monkeypatch.setattr(bad, "recommend_batch", failing)
+
+    async def scenario():
+        b = MicroBatcher(bad, max_wait_ms=10)
+        b.start()
+        out = await asyncio.gather(*(b.submit([h], 10, False, t) for h, t in zip(histories, (30.0, 0.15, 30.0))),
+                                   return_exceptions=True)
+        await b.stop()
+        return out
+
+    a, gave_up, c = asyncio.run(scenario())
+    assert calls == [3, 1, 1]  # the group, then each request still awaited alone
+    assert a[0].items and c[0].items
+    assert isinstance(gave_up, ApiError) and gave_up.status == 503
+
+
 # -- the command -----------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:

@@ -1,4 +1,4 @@
-"""``genrec add-items PATH NEW_ITEMS.jsonl --out DIR``: add new catalogue items to a trained
+"""``genrec add-items PATH NEW_ITEMS.jsonl --out DIR [--method M]``: add new catalogue items to a trained
 recommender without retraining (:func:`genrec.new_items.add_items`) and save the result."""
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                  "(title, brand, categories, description, price)")
     p.add_argument("--out", required=True, help="directory to save the extended recommender in (loadable with "
                                                 "Recommender.from_pretrained)")
+    p.add_argument("--method", default=None,
+                   help="which of the run's models to load and extend (default: the saved one, or the run's "
+                        "primary); the end-to-end joint model cannot take new items")
     p.add_argument("--cache-dir", default=None,
                    help="embedding cache (default $GENREC_CACHE/embeddings or ~/.cache/genrec/embeddings)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if (out / "config.json").is_file() and not (out / MANIFEST).is_file():
         raise ConfigError(f"--out {out}: a recipe run directory; save the extended recommender elsewhere")
     items, where = read_items(Path(args.items))
-    rec = Recommender.from_pretrained(args.path)
+    rec = Recommender.from_pretrained(args.path, args.method)
     before = rec.table.codebook_sizes[-1]
     ids = add_items(rec, items, where=where, cache_dir=False if args.no_cache else args.cache_dir)
     rec.save_pretrained(out)
@@ -61,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {iid}: {c}")
     if len(ids) > SHOWN:
         print(f"  ... and {len(ids) - SHOWN} more")
-    blind = {"joint"} | ({"sasrec"} if rec.sasrec is not None and rec.sasrec.num_items < rec.num_items else set())
+    # the end-to-end joint model scores the catalogue of its training; the held-out-gate one (a fusion
+    # method over its towers) takes new items as every fusion method does
+    blind = (({"joint"} if rec.joint is not None else set())
+             | ({"sasrec"} if rec.sasrec is not None and rec.sasrec.num_items < rec.num_items else set()))
     can = [m for m in rec.methods if m not in blind]
     print(f"recommendable by: {', '.join(can)} (not by {', '.join(m for m in rec.methods if m not in can) or '-'}: "
           f"trained before these items existed)")

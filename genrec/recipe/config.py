@@ -1,10 +1,9 @@
 """Recipe configuration: one YAML file (plus a preset and ``section.key=value`` overrides) ->
 a validated :class:`RecipeConfig`.
 
-Sections ``data``, ``text``, ``quantize``, ``sasrec`` (:class:`genrec.sasrec.SASRecConfig` fields),
-``generative`` (:class:`genrec.generative.GenerativeConfig` fields), ``labels``, ``fusion``,
-``analysis``, ``report``, plus top-level ``name``, ``preset``, ``num_threads`` and ``device``. A preset (``quick`` or ``full``,
-:data:`PRESETS`) is merged *under* the file's explicit values, and overrides go on top. Values follow
+Sections ``data``, ``text``, ``quantize``, ``sasrec`` / ``generative`` (their models' config fields),
+``labels``, ``fusion``, ``analysis``, ``report``, plus top-level ``name``, ``preset``, ``num_threads``,
+``device``. A preset (:data:`PRESETS`) is merged *under* the file's values, overrides on top. Values follow
 :mod:`genrec.config` (YAML 1.2 scalars, every key and type checked, did-you-mean for unknown keys);
 errors are :class:`~genrec.errors.ConfigError` naming the key (and the file).
 """
@@ -279,8 +278,10 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             node = sec.setdefault(path[1], {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {pair!r}: '{section}.{path[1]}' is not a mapping")
-            for p in path[2:-1]:
+            for depth, p in enumerate(path[2:-1], start=3):
                 node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {pair!r}: '{'.'.join(path[:depth])}' is not a mapping")
             node[path[-1]] = value
         else:
             out[section][key] = value
@@ -295,9 +296,9 @@ def config_from_dict(raw: Mapping[str, Any] | None, preset: str | None = None, o
     ``overrides`` are applied. ``sasrec.max_len`` / ``generative.max_len`` default to
     ``data.max_history``; ``num_threads`` fills every unset ``num_threads``, ``device`` every unset
     ``text.device`` / ``sasrec.device`` / ``generative.device``."""
-    raw = dict(raw or {})
-    if not isinstance(raw, dict):
+    if not isinstance(raw or {}, Mapping):
         raise ConfigError(f"a recipe config must be a mapping, got {type(raw).__name__}")
+    raw = dict(raw or {})
     raw = apply_overrides(raw, overrides)
     bad = [k for k in raw if k not in SECTIONS and k not in TOP_LEVEL]
     if bad:
@@ -440,6 +441,8 @@ def validate_config(config: RecipeConfig) -> None:
     need(bool(t.fields) and all(x in allowed_fields for x in t.fields), "text.fields", t.fields,
          f"must be a non-empty list of {list(allowed_fields)}")
     need(t.batch_size >= 1, "text.batch_size", t.batch_size, "must be >= 1")
+    for key, value in (("max_seq_length", t.max_seq_length), ("max_description_chars", t.max_description_chars)):
+        need(value is None or value >= 1, f"text.{key}", value, "must be >= 1 or null")  # null: no limit
     need(t.embeddings is None or t.embeddings.endswith((".npy", ".parquet")), "text.embeddings", t.embeddings,
          "must name a .npy file (with an id list) or a .parquet file")
     need(t.precision in PRECISIONS, "text.precision", t.precision, f"must be one of {list(PRECISIONS)}")
@@ -450,6 +453,7 @@ def validate_config(config: RecipeConfig) -> None:
     if q.method in ("rq_kmeans", "rq_vae"):
         need(q.levels is not None and q.levels >= 1, "quantize.levels", q.levels, f"must be >= 1 for {q.method}")
     need(q.pca_dim is None or q.pca_dim >= 1, "quantize.pca_dim", q.pca_dim, "must be >= 1 or null")
+    need(q.subspaces is None or q.subspaces >= 1, "quantize.subspaces", q.subspaces, "must be >= 1 or null")
     for sec in ("sasrec", "generative"):
         c = getattr(config, sec)
         for key in ("max_len", "hidden", "num_blocks", "num_heads", "batch_size", "max_epochs", "patience",
@@ -496,6 +500,8 @@ def validate_config(config: RecipeConfig) -> None:
 
         cls = HoldoutJointConfig if f.joint_schedule == "holdout" else JointConfig
         check_mapping("fusion.joint_config", f.joint_config, field_hints(cls))
+        if isinstance(f.joint_config.get("gate"), Mapping):  # typed as fusion.gate's options
+            check_mapping("fusion.joint_config.gate", f.joint_config["gate"], gate_option_hints())
         try:
             joint_config(config)
         except (TypeError, ValueError) as e:
@@ -570,12 +576,9 @@ def joint_config(config: RecipeConfig):
         from fusion.holdout_joint import HoldoutJointConfig
 
         f = config.fusion
-        # the recipe's schedule (BENCHMARKS.md issue 14): both stage-1 tower pairs (separate and jointly
-        # trained), each with its gate fitted on their held-out transitions, and the recipe's own
-        # full-data towers under the separate pair's gate; validation chooses. On Beauty it keeps the
-        # recipe's towers (0.0734 against 0.0711 for the joint pair) in 38.3 min and 3.54 GiB; on the
-        # synthetic data the joint pair (0.731 test against 0.610 for the former default, separate
-        # stage-1 towers). The recipe's towers are reused, so only the stage-1 pairs cost training time
+        # the recipe's schedule (BENCHMARKS.md issue 14): both stage-1 tower pairs, each under its gate fitted
+        # on their held-out transitions, and the recipe's own towers (reused, not retrained) under the separate
+        # pair's gate; validation chooses (Beauty: the recipe's towers; the synthetic data: the joint pair)
         jc.setdefault("towers", holdout_towers_default(config))
         jc.setdefault("retrain", True)
         jc.setdefault("refresh_epochs", 0)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from genrec.artifacts import load_json, save_json
+from genrec.datasets import fetch_dataset_files
 from genrec.errors import DataFormatError, GenrecError, RunDirectoryError
 from genrec.recipe.config import TOP_LEVEL, RecipeConfig, config_to_dict, holdout_towers_default
 from genrec.recipe.stages import STAGES, Stage, StageContext, stage_names
@@ -162,6 +163,9 @@ class Recipe:
     def _prepare(self) -> None:
         """Fingerprint the data, plan every stage's hash, refuse to discard work unless forced."""
         config, run_dir = self.config, self.run_dir
+        # files a first run downloads must exist before the fingerprint, or its stages would record none
+        # and the next invocation (a resume) would see the data as changed
+        fetch_dataset_files(config.data.dataset, config.data.cache_dir)
         try:
             fingerprint = data_fingerprint(config.data.dataset, config.data.cache_dir)
         except OSError as e:
@@ -202,6 +206,14 @@ class Recipe:
         done = self._from_main(lambda: _marker(marker))  # rank 0's reading everywhere
         upstream_runs = {a: self._runs.get(a) for a in reads if a in self._done}
         rerun_upstream = _reran_upstream(done, upstream_runs)
+        started = self._from_main(lambda: _marker(sdir / "stage.started.json")) if done is None else None
+        resumed_on = _reran_upstream(started, upstream_runs)
+        if resumed_on:
+            # interrupted, and what it read was produced again since: its checkpoints describe the old
+            # artifacts, so it starts over rather than resume them
+            log.warning("stage %s: %s ran again since it was interrupted; clearing %s and starting it over", name,
+                        ", ".join(resumed_on), sdir)
+            self._from_main(lambda: shutil.rmtree(sdir))
         if done is not None and done.get("config_hash") == h and not rerun_upstream:
             log.info("stage %s: done earlier, skipped", name)
             self._done[name] = sdir
@@ -215,13 +227,15 @@ class Recipe:
             log.warning("stage %s: %s ran again after it; clearing %s and running it again", name,
                         ", ".join(rerun_upstream), sdir)
             self._from_main(lambda: shutil.rmtree(sdir))
-        self._from_main(lambda: self._begin(stage, sdir, {"stage": name, "config_hash": h, "hashed": src}))
+        self._from_main(lambda: self._begin(stage, sdir, {"stage": name, "config_hash": h, "hashed": src,
+                                                          "upstream_runs": upstream_runs}))
         if self.on_stage and main:
             self.on_stage(name, "start", {"description": stage.description})
         self.context.inputs = {k: self._done[k] for k in reads if k in self._done}
 
         def run_and_mark() -> dict[str, Any]:
-            info = {**self._run(stage, h, src), "run_id": uuid.uuid4().hex, "upstream_runs": upstream_runs}
+            info = self._run(stage, h, src)
+            info = {**info, "run_id": _outputs_digest(run_dir, info["artifacts"]), "upstream_runs": upstream_runs}
             if main:
                 _write(sdir, lambda: save_json(marker, info), name)  # last: the stage counts as done only now
             return info
@@ -351,6 +365,8 @@ def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -
         out.pop("max_minutes", None)
     if sec == "sasrec" and not out.get("text_dim"):  # ID embeddings only: the hashes of runs made before it
         out.pop("text_dim", None)
+    if sec == "sasrec" and not out.get("id_dropout"):  # off: the hashes of runs made before the option
+        out.pop("id_dropout", None)
     if sec == "data":  # the input files themselves, so changed data reruns what depends on it
         out["fingerprint"] = fingerprint
         if out.get("eval_users") is None:  # every user: the hashes of runs made before the option
@@ -434,7 +450,8 @@ def _rerun_only(stage: Stage, before: Mapping[str, Any] | None, after: Mapping[s
         return False
     old, new = _flat(before.get("config", {})), _flat(after.get("config", {}))
     diff = [k for k in set(old) | set(new) if old.get(k) != new.get(k)]
-    return bool(diff) and all(k in stage.rerun_keys for k in diff)
+    # a rerun key whose value is a mapping is flattened into "key.sub" entries
+    return bool(diff) and all(any(k == rk or k.startswith(rk + ".") for rk in stage.rerun_keys) for k in diff)
 
 
 def _data_paths(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
@@ -455,6 +472,24 @@ def _reran_upstream(done: Mapping[str, Any] | None, upstream_runs: Mapping[str, 
     if not isinstance(recorded, Mapping):
         return []
     return [a for a, run in upstream_runs.items() if a in recorded and recorded[a] != run]
+
+
+def _outputs_digest(run_dir: Path, artifacts: Mapping[str, str]) -> str:
+    """A stage run's id: the SHA-256 of its artifacts' files (a directory: every file in it), so a
+    deterministic stage produced again (its directory deleted, say) keeps its id and the stages that
+    read it stay valid, while different outputs get a new id and those stages rerun. A stage with no
+    artifact file gets a random id (every run counts as new)."""
+    digest, hashed = hashlib.sha256(), 0
+    for key in sorted(artifacts):
+        path = Path(artifacts[key]) if Path(artifacts[key]).is_absolute() else run_dir / artifacts[key]
+        paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+        for p in paths:
+            digest.update(f"{key}:{p.relative_to(path) if path.is_dir() else ''}\0".encode())
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            hashed += 1
+    return digest.hexdigest()[:32] if hashed else uuid.uuid4().hex
 
 
 def _marker(path: Path) -> dict[str, Any] | None:

@@ -11,10 +11,11 @@ or simply :func:`run_recipe` (every enabled stage, in order).
 When a stage finishes, ``<stage>/stage.done.json`` is written last, holding the hash of what the
 stage depends on: its config sections (:data:`_UNHASHED` settings left out), a fingerprint of the
 input data files (:mod:`genrec.rundir`) and its upstream stages' hashes. A stage whose marker
-matches is skipped (unless a stage it reads was produced again since: each marker records its
-own run id and those of the stages it read, and a mismatch clears and reruns it); a stage without
-one (a killed run) runs again, the training stages resuming from
-their checkpoints, so a resumed run ends with the same results. A stage whose hash changed would be
+matches is skipped (unless a stage it reads was produced again since with other files: each marker
+records its own run id, a digest of its outputs, and those of the stages it read, and a mismatch
+clears and reruns it); a stage without one (a killed run) runs again, the training stages resuming
+from their checkpoints (unless a stage they read was produced again since: they start over), so a
+resumed run ends with the same results. A stage whose hash changed would be
 discarded: refused with the changed keys named, unless ``force``.
 
 Under ``torchrun`` (a process group of several ranks, :mod:`genrec.distributed`): rank 0 holds the

@@ -4,7 +4,7 @@ chosen on validation of a cold-start run.
     python bench/new_item_generative.py [--run runs/bench_cold_share5_s8] [--in-set-users 4000]
                                         [--weights 1 0.5 0.25 0.1] [--threads 2]
                                         [--content | --no-content] [--content-candidates 20] [--out FILE]
-                                        [--content-grid default|wide] [--mixture | --no-mixture]
+                                        [--content-grid default|wide] [--mixture | --no-mixture] [--test]
 
 ``--run`` is a finished recipe run with ``data.cold_items`` (``bench/cold_start_beauty.py`` makes
 one): its models trained on the warm catalogue only, and the cold items come back exactly as
@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="the content term's (a, b, tau) grid: CONTENT_GRID or CONTENT_GRID_WIDE")
     p.add_argument("--mixture", action=argparse.BooleanOptionalAction, default=True,
                    help="also the new-item mixture (module doc)")
+    p.add_argument("--test", action="store_true",
+                   help="then apply each method's content term chosen on validation (in-sample best within the "
+                        "bound, as a recipe would fit it) to every test user, once")
     p.add_argument("--out", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     if any(not w > 0 for w in args.weights):
@@ -148,13 +151,50 @@ def main(argv: list[str] | None = None) -> dict:
         content = content_term(ext, inst, inp, methods, x, cold.num_warm, side, args.content_candidates,
                                config.generative.eval_batch_size, args.seed,
                                CONTENT_GRID_WIDE if args.content_grid == "wide" else CONTENT_GRID)
+    test = {}
+    if args.test and content:
+        test = content_term_test(ext, cold, content, x, args.content_candidates, config, methods)
     mixture = {}
     if args.mixture:
         mixture = mixture_term(ext, inst, inp, methods, cold.num_warm, side, args.content_candidates, args.seed)
     if args.out:
         save_json(args.out, {"args": vars(args), "new_users": int(side.sum()), "in_set_users": int((~side).sum()),
-                             "results": results, "content": content, "mixture": mixture})
-    return {"variants": results, "content": content, "mixture": mixture}
+                             "results": results, "content": content, "mixture": mixture, "test": test})
+    return {"variants": results, "content": content, "mixture": mixture, "test": test}
+
+
+def content_term_test(ext, cold, content: dict, x: np.ndarray, per_row: int, config, methods: dict) -> dict:
+    """Each method's content term, ``(a, b, tau)`` and ``spread`` as chosen on validation (in-sample best
+    within the bound), applied to every test user: NDCG@10 of the cold-target and in-set test users with
+    the term and with every cold candidate ranked last (the same models, cold items never recommended).
+    Prints its table, returns its figures. The choice read validation only; test is read once, here."""
+    inst = cold.split.test
+    side = cold.is_cold(inst.targets)
+    bs = config.generative.eval_batch_size
+    inp = model_inputs(ext.sasrec, ext.generative, inst, ext.stats, k=config.fusion.k, beam=config.fusion.beam,
+                       batch_size=bs)
+    unit = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    last = unit[inst.last_items()]
+    cx = cold_candidates(inp.cands, inst, last @ unit[cold.num_warm:].T, cold.num_warm, per_row,
+                         sasrec_scorer(ext.sasrec, inst), generative_scorer(ext.generative, inst, bs))
+    cand_cos = np.where(cx.valid, np.einsum("nd,ncd->nc", last, unit[np.maximum(cx.items, 0)]), -1.0)
+    new_cell, ti = cx.items >= cold.num_warm, cx.target_index(inst.targets)
+    print(f"\ncontent term on test ({int(side.sum())} cold-target, {int((~side).sum())} in-set users), the rule "
+          "chosen on validation\n\n| method | cold N@10 | in-set N@10 | in-set N@10, cold items last | a, b, tau |\n"
+          "|---|---:|---:|---:|---|")
+    out = {}
+    for name, method in methods.items():
+        a, b, tau = content[name]["in-sample best within the bound"]["a_b_tau"]
+        fused = method.fuse(cx, inp.indicators)
+        spread = content[name]["spread"]
+        ruled = per_instance_ndcg(union_ranks(np.where(new_cell, fused + spread * (a + b * np.maximum(cand_cos - tau, 0)),
+                                                       fused), ti, cx.valid), 10)
+        last_ = per_instance_ndcg(union_ranks(np.where(new_cell, -np.inf, fused), ti, cx.valid), 10)
+        out[name] = {"cold": float(ruled[side].mean()), "in_set": float(ruled[~side].mean()),
+                     "in_set_cold_last": float(last_[~side].mean()), "a_b_tau": [a, b, tau]}
+        print(f"| {name} | {ruled[side].mean():.4f} | {ruled[~side].mean():.4f} | {last_[~side].mean():.4f} | "
+              f"{(a, b, tau)} |", flush=True)
+    return out
 
 
 #: the content term's grid, in units of each method's fused-score spread (the methods' scales differ):

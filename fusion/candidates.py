@@ -173,10 +173,11 @@ def build_candidates(id_items: np.ndarray, id_scores: np.ndarray, gr_items: np.n
 
 def topk_items(items: np.ndarray, fused: np.ndarray, k: int = 50) -> np.ndarray:
     """``int64 [n, k]`` of ``items [n, C]`` ordered by ``fused [n, C]`` descending (stable; padding and
-    NaN last, then dropped as ``-1``)."""
-    fused = np.where(items >= 0, np.nan_to_num(np.asarray(fused, np.float64), nan=-np.inf), -np.inf)
+    candidates scored NaN or +-inf dropped as ``-1``, as :func:`union_ranks` counts such a target a miss)."""
+    fused = np.asarray(fused, np.float64)
+    fused = np.where((items >= 0) & np.isfinite(fused), fused, -np.inf)
     order = np.argsort(-fused, axis=1, kind="stable")[:, :k]
-    out = np.take_along_axis(items, order, 1)  # padding (-1) sorts last and stays -1
+    out = np.where(np.isfinite(np.take_along_axis(fused, order, 1)), np.take_along_axis(items, order, 1), -1)
     if out.shape[1] < k:
         out = np.concatenate([out, np.full((len(out), k - out.shape[1]), -1, np.int64)], 1)
     return out.astype(np.int64)

@@ -50,7 +50,8 @@ from fusion.indicators import TrainStats
 from fusion.joint import JointConfig, train_joint
 from fusion.methods import SCALES, GateReport, LearnedGateFusion
 from fusion.persist import load_methods, save_methods
-from genrec.artifacts import load_json, save_json
+from genrec.artifacts import json_safe, load_json, save_json
+from genrec.errors import CheckpointError
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, load_generative, train_generative
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks
 from genrec.sasrec import SASRec, SASRecConfig, load_sasrec, train_sasrec
@@ -266,6 +267,8 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
             raise ValueError(f"full_towers score {[t.num_items for t in full_towers]} items; the split has "
                              f"{split.num_items}")
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        _check_held_out(out, config)
     seconds: dict[str, float] = {}
     short, held = holdout_transitions(split, config.holdout_share, config.holdout_seed)
     if not len(held):
@@ -292,7 +295,12 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
 
         t0 = time.perf_counter()
         gate_path = out / ("gates.pt" if len(kinds) == 1 else f"gates_{kind}.pt") if out is not None else None
-        if gate_path is not None and gate_path.is_file():
+        # what the saved gates were fitted with: other settings refit them (seconds), never reuse them
+        gate_settings = json_safe({"scales": list(config.scales()), "gate": config.gate, "k": config.k,
+                                   "beam": config.beam})
+        settings_path = gate_path.with_suffix(".json") if gate_path is not None else None
+        if (gate_path is not None and gate_path.is_file() and settings_path.is_file()
+                and load_json(settings_path) == gate_settings):
             gates[kind] = load_methods(gate_path)
         else:
             stage1 = HoldoutJoint(sasrec, generative, LearnedGateFusion(),
@@ -303,6 +311,7 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
             inp = None
             if gate_path is not None:
                 save_methods(gate_path, gates[kind])
+                save_json(settings_path, gate_settings)
         seconds[label(kind, "gate")] = time.perf_counter() - t0
         trim_heap()
         log.info("holdout joint: %s gate fitted on %d held-out transitions (%.0f s); peak RSS so far %.2f GiB",
@@ -364,6 +373,21 @@ def save_holdout_joint(model: HoldoutJoint, directory: str | Path) -> Path:
     save_methods(d / "gate.pt", {GATE_NAME: model.gate})
     save_json(d / "config.json", asdict(model.config))
     return d
+
+
+def _check_held_out(out: Path, config: HoldoutJointConfig) -> None:
+    """The towers resumed from ``out`` must have held out the transitions ``config`` holds out: a
+    :class:`~genrec.errors.CheckpointError` otherwise (recorded in ``out/held_out.json`` on first use)."""
+    path = out / "held_out.json"
+    now = {"holdout_share": config.holdout_share, "holdout_seed": config.holdout_seed}
+    if path.is_file():
+        saved = load_json(path)
+        if saved != now:
+            raise CheckpointError(f"{path}: this directory's towers held out other transitions ({saved}; now {now}); "
+                                  "use another out_dir or delete it")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(path, now)
 
 
 def load_holdout_joint(directory: str | Path, train: Sequence[np.ndarray]) -> HoldoutJoint:

@@ -44,7 +44,9 @@ class Indicators:
 
     def __post_init__(self) -> None:
         self.names = tuple(self.names)
-        self.values = np.asarray(self.values, dtype=np.float32).reshape(-1, len(self.names))
+        values = np.asarray(self.values, dtype=np.float32)
+        # [n, 0] (no feature selected) keeps its n rows, which reshape(-1, 0) cannot infer
+        self.values = values.reshape(len(values) if values.ndim == 2 else -1, len(self.names))
 
     def __len__(self) -> int:
         return self.values.shape[0]

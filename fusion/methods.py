@@ -385,6 +385,8 @@ class LearnedGateFusion:
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
+        if not 0 <= self.holdout < 1:  # 1 would hold out every row and train on none
+            raise ValueError(f"holdout must be in [0, 1), got {self.holdout!r}")
 
     def _scores(self, cands: CandidateScores) -> tuple[np.ndarray, np.ndarray]:
         if self.scale == "minmax":
@@ -415,6 +417,9 @@ class LearnedGateFusion:
         perm = rng.permutation(use)
         n_hold = int(round(self.holdout * len(perm))) if len(perm) >= 10 else 0
         hold, train = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+        if not len(train):  # a gate left at its random initialisation must not pass for a fitted one
+            raise ValueError(f"{self.name}: no instance to fit the gate on: no target is among the candidates of "
+                             f"the {len(ti)} instances given")
         z, a, b, valid = self._tensors(cands, feats)
         t = torch.from_numpy(ti)
         opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -116,7 +116,7 @@ def beam_from_context(model: CodeDecoder, trie: PrefixTrie, context: Any, num_hi
         logp, cache = first if lvl == 0 and first is not None else model.step(context, codes, cache)  # [N, K, V]
         V = logp.shape[-1]
         nxt = trie.child[lvl][nodes.clamp_min(0)]  # [N, K, V] next node / item, -1 invalid
-        valid = (nxt >= 0) & torch.isfinite(scores)[..., None]
+        valid = (nxt >= 0) & torch.isfinite(scores)[..., None] & ~torch.isnan(logp)  # NaN would take beam slots
         total = torch.where(valid, scores[..., None] + logp, -torch.inf).reshape(N, -1)  # [N, K * V]
         k = min(beam_size, total.shape[1])
         scores, flat = total.topk(k, dim=1)  # [N, k], best first

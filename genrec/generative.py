@@ -33,14 +33,15 @@ import torch.nn.functional as F
 from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
-from genrec.errors import CheckpointNotFoundError, ConfigError, DataFormatError
+from genrec.errors import CheckpointError, CheckpointNotFoundError, ConfigError, DataFormatError
 from genrec.beam_search import (BeamResult, beam_from_context, decoder_device, first_level, length_batches,
                                 score_from_context, trie_on)
 from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.trie import PrefixTrie, trie_of
 from genrec.sasrec import resolve_device
-from genrec.training import TrainResult, check_nonfinite_loss, check_precision, fit, setup, trim_heap
+from genrec.training import (TrainResult, autocast, check_nonfinite_loss, check_precision, fit, model_precision, setup,
+                             trim_heap)
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,17 @@ class HierarchicalGenerative(nn.Module):
         self.apply(xavier_init)
         self.trie = PrefixTrie(codes, self.codebook_sizes)  # valid children of every prefix (not a parameter)
 
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, refusing weights trained on other semantic IDs: the trie that
+        constrains decoding is this model's, built from its codes (a
+        :class:`~genrec.errors.CheckpointError`)."""
+        tokens = state_dict.get("item_tokens") if hasattr(state_dict, "get") else None
+        if tokens is not None and (tuple(tokens.shape) != tuple(self.item_tokens.shape)
+                                   or not torch.equal(tokens.cpu(), self.item_tokens.cpu())):
+            raise CheckpointError(f"the weights were trained on other semantic IDs (item_tokens {list(tokens.shape)}, "
+                                  f"this model's {list(self.item_tokens.shape)} or other codes)")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     @property
     def codes(self) -> np.ndarray:
         """Semantic IDs ``[n_items, num_levels]``."""
@@ -308,7 +320,11 @@ def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size:
     :func:`score_items` are this function with one of the two parts; their numbers agree exactly.
 
     With a repeat gate (``GenerativeConfig.repeat_gate``) every score is the explore/repeat
-    mixture's, and the beam's items are re-sorted by it. Works for any :class:`CodeDecoder` with
+    mixture's and the beam's items are re-sorted by it. The beam is searched on the code-level
+    distribution, so the re-sorted list is the mixture's exact top-k only for items other than the
+    history's, down to ``beam_size`` minus the history items in the beam; a history item the
+    code-level beam missed is not returned even where the gate says "repeat" (Amazon's gates say
+    "never": BENCHMARKS.md). Works for any :class:`CodeDecoder` with
     ``codes``; an empty history (this module's model needs one item; TIGER reads it as a cold start)
     or one holding an item outside the catalogue is a ValueError naming the history. Runs on the
     model's device; the results are NumPy arrays."""
@@ -337,37 +353,38 @@ def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size:
         model.eval()
     since_trim = 0  # histories decoded since the heap was last given back (long passes only)
     try:
-        for rows in length_batches(histories, batch_size):
-            if since_trim >= TRIM_EVERY:
-                # a pass over many histories frees tensors of many shapes; glibc keeps the fragments, and
-                # after training in the same process one pass over Beauty's 22k users grew to 6 GiB
-                trim_heap()
-                since_trim = 0
-            since_trim += len(rows)
-            hist = [histories[r] for r in rows]
-            context = model.start(hist, None if users is None else np.asarray(users)[rows])
-            first = first_level(model, context, len(rows))  # level 0: shared by the beam and every candidate
-            # one teacher-forced pass scores the history's items (the repeat gate's statistics) and the
-            # candidates together
-            seen = _seen_items(model, hist) if repeat else np.zeros((len(rows), 0), np.int64)
-            scored = None
-            if repeat or cand is not None:
-                scored = score_from_context(model, trie, context, seen if cand is None else
-                                            np.concatenate([seen, cand[rows]], 1), first)
-            offset = _repeat_offsets(model, seen, scored[:, :seen.shape[1]], context) if repeat else None
-            if beam_size is not None:
-                it, sc, cd = (t.cpu().numpy() for t in beam_from_context(model, trie, context, len(rows), beam_size,
-                                                                          first))
-                if offset is not None:
-                    sc = (sc + offset(it)).astype(np.float32)
-                    order = np.argsort(-sc, axis=1, kind="stable")
-                    it, sc = np.take_along_axis(it, order, 1), np.take_along_axis(sc, order, 1)
-                    cd = np.take_along_axis(cd, order[:, :, None], 1)
-                k = min(top_k, it.shape[1])
-                items[rows, :k], logp[rows, :k], codes[rows, :k] = it[:, :k], sc[:, :k], cd[:, :k]
-            if cand is not None:
-                s = scored[:, seen.shape[1]:]
-                scores[rows] = s if offset is None else (s + offset(cand[rows])).astype(np.float32)
+        with autocast(model_precision(model), decoder_device(model)):  # a bf16 model's forwards on CUDA
+            for rows in length_batches(histories, batch_size):
+                if since_trim >= TRIM_EVERY:
+                    # a pass over many histories frees tensors of many shapes; glibc keeps the fragments, and
+                    # after training in the same process one pass over Beauty's 22k users grew to 6 GiB
+                    trim_heap()
+                    since_trim = 0
+                since_trim += len(rows)
+                hist = [histories[r] for r in rows]
+                context = model.start(hist, None if users is None else np.asarray(users)[rows])
+                first = first_level(model, context, len(rows))  # level 0: shared by the beam and every candidate
+                # one teacher-forced pass scores the history's items (the repeat gate's statistics) and the
+                # candidates together
+                seen = _seen_items(model, hist) if repeat else np.zeros((len(rows), 0), np.int64)
+                scored = None
+                if repeat or cand is not None:
+                    scored = score_from_context(model, trie, context, seen if cand is None else
+                                                np.concatenate([seen, cand[rows]], 1), first)
+                offset = _repeat_offsets(model, seen, scored[:, :seen.shape[1]], context) if repeat else None
+                if beam_size is not None:
+                    it, sc, cd = (t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
+                                  for t in beam_from_context(model, trie, context, len(rows), beam_size, first))
+                    if offset is not None:
+                        sc = (sc + offset(it)).astype(np.float32)
+                        order = np.argsort(-sc, axis=1, kind="stable")
+                        it, sc = np.take_along_axis(it, order, 1), np.take_along_axis(sc, order, 1)
+                        cd = np.take_along_axis(cd, order[:, :, None], 1)
+                    k = min(top_k, it.shape[1])
+                    items[rows, :k], logp[rows, :k], codes[rows, :k] = it[:, :k], sc[:, :k], cd[:, :k]
+                if cand is not None:
+                    s = scored[:, seen.shape[1]:]
+                    scores[rows] = s if offset is None else (s + offset(cand[rows])).astype(np.float32)
     finally:
         if was_training:
             model.train()
@@ -396,7 +413,7 @@ def _repeat_offsets(model: nn.Module, seen: np.ndarray, seen_scores: np.ndarray,
     code-level distribution into the explore/repeat mixture (see ``GenerativeConfig.repeat_gate``),
     given the history items ``seen [N, W]`` (:func:`_seen_items`) and their code-level log-probs."""
     log_p_seen = torch.logsumexp(torch.from_numpy(np.ascontiguousarray(seen_scores)), 1)  # [N]
-    logit = model.repeat_head(context)[:, 0].cpu()  # [N], on the host with the NumPy scores
+    logit = model.repeat_head(context)[:, 0].float().cpu()  # [N], on the host with the NumPy scores
 
     def offsets(items: np.ndarray) -> np.ndarray:
         in_history = torch.from_numpy((items[:, :, None] == seen[:, None, :]).any(-1) & (items >= 0))  # [N, C]

@@ -215,7 +215,10 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                 raise CheckpointError(f"{path}: checkpoint written by a run of world_size {saved_world}, resumed with "
                                       f"world_size {world}; resume with the same number of processes "
                                       f"(torchrun --nproc_per_node) or use another out_dir")
-            model.load_state_dict(ckpt["model"])
+            try:
+                model.load_state_dict(ckpt["model"])
+            except (CheckpointError, RuntimeError) as e:  # e.g. another catalogue or semantic-ID table
+                raise CheckpointError(f"{path}: cannot resume from it: {e}; use another out_dir or delete it") from None
             opt.load_state_dict(ckpt["optimizer"])
             rng.bit_generator.state = ckpt["numpy_rng"]
             torch.set_rng_state(ckpt["torch_rng"])

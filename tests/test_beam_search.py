@@ -183,3 +183,28 @@ def test_a_shared_first_level_changes_neither_the_beam_nor_the_scores(table, his
         cands = np.random.default_rng(0).integers(-1, len(table.codes), size=(len(histories), 6))
         np.testing.assert_array_equal(score_from_context(model, trie, context, cands),
                                       score_from_context(model, trie, context, cands, first))
+
+
+def test_a_nan_log_probability_never_takes_a_beam_slot():
+    """A NaN score (broken weights) is left out instead of displacing valid items: torch.topk ranks
+    NaN first, and the row would come back short."""
+    from genrec.beam_search import beam_from_context
+
+    trie = PrefixTrie(np.array([[0, 0], [0, 1], [1, 0], [1, 1]]), [2, 2])
+
+    class Fixed:  # a decoder whose level-1 distribution after code 1 is NaN
+        def step(self, context, codes, cache):
+            n, k, level = codes.shape
+            logp = torch.full((n, k, 2), float(np.log(0.5)))
+            if level == 1:
+                logp[codes[:, :, 0] == 1] = float("nan")
+            return logp, None
+
+        def reorder(self, cache, index):
+            return None
+
+        def parameters(self):
+            return iter([torch.zeros(1)])
+
+    items, scores, _ = beam_from_context(Fixed(), trie, None, 1, beam_size=2)
+    assert sorted(items[0].tolist()) == [0, 1] and torch.isfinite(scores).all()

@@ -95,3 +95,38 @@ def test_indicators_from_training_counts():
     with pytest.raises(KeyError):
         ind.column("nope")
     assert Indicators(("a",), np.zeros((3, 1))).select(["a"]).values.shape == (3, 1)
+
+
+def test_indicators_keep_their_rows_with_no_feature_selected():
+    from fusion.indicators import Indicators
+
+    ind = Indicators(("a", "b"), np.arange(6, dtype=np.float32).reshape(3, 2))
+    none = ind.select([])
+    assert none.values.shape == (3, 0) and len(none) == 3 and len(none.subset(np.array([0, 2]))) == 2
+
+
+def test_topk_items_drop_candidates_scored_nan_or_infinite_as_union_ranks_misses_them():
+    from fusion.candidates import topk_items, union_ranks
+
+    items = np.array([[5, 6, 7, 8, -1]])
+    fused = np.array([[1.0, np.nan, 0.5, -np.inf, 9.0]])
+    np.testing.assert_array_equal(topk_items(items, fused, 5), [[5, 7, -1, -1, -1]])
+    for target, index in ((6, 1), (8, 3)):  # a target the list leaves out is a miss for union_ranks too
+        assert target not in topk_items(items, fused, 5) and union_ranks(fused, np.array([index]))[0] >= 5
+
+
+def test_a_gate_cannot_hold_out_every_row_or_fit_on_none():
+    import pytest
+
+    from fusion.candidates import CandidateScores
+    from fusion.indicators import Indicators
+    from fusion.methods import LearnedGateFusion
+
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="holdout must be in"):
+            LearnedGateFusion(holdout=bad)
+    items = np.array([[1, 2], [3, 4]])
+    cands = CandidateScores(items, np.zeros((2, 2), np.float32), np.zeros((2, 2), np.float32),
+                            np.ones((2, 2), bool), np.ones((2, 2), bool))
+    with pytest.raises(ValueError, match="no target is among the candidates"):
+        LearnedGateFusion().fit(cands, np.array([7, 8]), Indicators(("x",), np.zeros((2, 1))))

@@ -13,6 +13,7 @@ from fusion.holdout_joint import (HoldoutJointConfig, holdout_transitions, load_
                                   train_holdout_joint)
 from fusion.methods import SCALES, LearnedGateFusion, params_equal
 from fusion.report import single_model_topk
+from genrec.errors import CheckpointError
 from genrec.generative import train_generative
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.sasrec import load_sasrec, train_sasrec
@@ -155,6 +156,18 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypa
     # and the saved model ranks the same
     loaded = load_holdout_joint(save_holdout_joint(resumed.model, tmp_path / "saved"), split.train)
     np.testing.assert_array_equal(loaded.ranks(split.test), resumed.model.ranks(split.test))
+
+
+def test_a_rerun_with_other_gate_settings_refits_the_gates_and_other_held_out_transitions_are_refused(tmp_path):
+    ds, split, table = synthetic_split(num_users=120)
+    quick = replace(CONFIG, refresh_epochs=0, scale="minmax")
+    first = train_holdout_joint(split, table, quick, out_dir=tmp_path / "run")
+    assert set(first.selection) == {"stage1/minmax"}
+    again = train_holdout_joint(split, table, replace(quick, scale="auto"), out_dir=tmp_path / "run")
+    assert set(again.selection) == {f"stage1/{s}" for s in SCALES}  # refit for every scale, not the saved one
+    assert again.selection["stage1/minmax"] == first.selection["stage1/minmax"]  # the same towers, resumed
+    with pytest.raises(CheckpointError, match=r"held_out.json: this directory's towers held out other transitions"):
+        train_holdout_joint(split, table, replace(quick, holdout_seed=1), out_dir=tmp_path / "run")
 
 
 def test_retrained_towers_are_the_separately_trained_ones_under_the_held_out_gate(tmp_path):

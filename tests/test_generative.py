@@ -316,3 +316,38 @@ def test_presets_name_the_hybrid_and_the_pure_semantic_model():
     assert GenerativeConfig().item_embedding and GenerativeConfig().item_embedding_dropout == 0.5
     with pytest.raises(ConfigError, match="unknown generative preset 'big'"):
         preset_config("big")
+
+
+def test_weights_of_other_semantic_ids_are_refused_on_load_and_resume(split, tmp_path):
+    """The trie that constrains decoding is built from the model's codes: loading weights trained on
+    another table of the same shape (or resuming its run) is an error naming the checkpoint."""
+    from dataclasses import replace
+
+    from genrec.errors import CheckpointError
+    from genrec.generative import HierarchicalGenerative
+
+    table = cyclic_table()
+    other = SemanticIdTable.from_codes(table.codes[::-1].copy(), table.codebook_sizes)  # same shape, other codes
+    config = GenerativeConfig(**SMALL, max_epochs=1)
+    a = HierarchicalGenerative(table.codes, table.codebook_sizes, config)
+    b = HierarchicalGenerative(other.codes, other.codebook_sizes, config)
+    with pytest.raises(CheckpointError, match="other semantic IDs"):
+        b.load_state_dict(a.state_dict())
+    HierarchicalGenerative(table.codes, table.codebook_sizes, config).load_state_dict(a.state_dict())  # same: fine
+    train_generative(split, table, config, tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError, match=r"last.pt: cannot resume from it: the weights were trained on other"):
+        train_generative(split, other, replace(config, max_epochs=2), tmp_path / "run", progress=False)
+
+
+def test_decoding_runs_under_the_models_precision(split, trained, monkeypatch):
+    """recommend and score_items enter the model's autocast context (bf16 on CUDA), as training's
+    validation and beam_search do, so every entry point decodes at one precision."""
+    import genrec.generative as generative
+
+    calls = []
+    real = generative.autocast
+    monkeypatch.setattr(generative, "autocast", lambda precision, device: calls.append((precision, str(device)))
+                        or real(precision, device))
+    recommend(trained.model, split.test, beam_size=3)
+    score_items(trained.model, split.test, np.zeros((len(split.test), 1), np.int64))
+    assert calls == [("fp32", "cpu"), ("fp32", "cpu")]

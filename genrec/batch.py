@@ -3,10 +3,14 @@
 Input (:func:`read_histories`), by extension (``.gz`` allowed):
 
 - ``.jsonl``: one object per line, ``{"user_id": "u1", "history": ["i3", "i9", ...]}`` (oldest first;
-  ``user_id`` optional, default the line number);
+  ``user_id`` optional, default ``"line:N"``, N the line number);
 - ``.tsv``: a header naming either ``user_id`` and ``history`` (item ids separated by spaces), or
   ``user_id``, ``item_id`` and ``timestamp`` (an interaction log such as a plain-format dataset's
   ``interactions.tsv``: each user's rows in file order form the history).
+
+Each user once (a repeated ``user_id`` is an error naming both lines), ids stripped of surrounding
+space and never empty; a file with no history is an error. The output path is checked writable
+before any model work.
 
 Output (:func:`write_recommendations`), by extension, written atomically: ``.jsonl`` (one object per
 user: ``user_id``, ``items``, ``scores``, ``gate``, ``unknown_ids``, ``fallback``) or ``.parquet``
@@ -46,15 +50,22 @@ def read_histories(path: str | Path) -> tuple[list[str], list[list[str]]]:
     if not path.is_file():
         raise DataFormatError(f"{path}: no such input file")
     kind = _suffix(path)
-    if kind == ".jsonl":
-        return _read_jsonl(path)
-    if kind == ".tsv":
-        return _read_tsv(path)
-    raise DataFormatError(f"{path}: unknown input format {kind or '(no extension)'!r}; use .jsonl or .tsv")
+    if kind not in (".jsonl", ".tsv"):
+        raise DataFormatError(f"{path}: unknown input format {kind or '(no extension)'!r}; use .jsonl or .tsv")
+    users, histories, lines = _read_jsonl(path) if kind == ".jsonl" else _read_tsv(path)
+    if not users:
+        raise DataFormatError(f"{path}: no histories (expected one user per line)")
+    first: dict[str, int] = {}
+    for user, line in zip(users, lines):  # one output row per user: a repeated id would be ambiguous
+        if user in first:
+            raise DataFormatError(f"{path}:{line}: user_id {user!r} repeats line {first[user]}; give each user "
+                                  "one line (or an interaction log with user_id, item_id, timestamp)")
+        first[user] = line
+    return users, histories
 
 
-def _read_jsonl(path: Path) -> tuple[list[str], list[list[str]]]:
-    users, histories = [], []
+def _read_jsonl(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    users, histories, lines = [], [], []
     for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
         unknown = sorted(set(obj) - {"user_id", "history"})
@@ -65,29 +76,32 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[list[str]]]:
                                                     for i in history):
             raise DataFormatError(f"{where}: 'history' must be a list of item ids (strings), got "
                                   f"{type(history).__name__ if not isinstance(history, list) else 'a list with other values'}")
-        user = obj.get("user_id", str(lineno))
+        user = obj.get("user_id", f"line:{lineno}")  # no id given: named by its line, never like a real id
         if isinstance(user, bool) or not isinstance(user, (str, int)):
             raise DataFormatError(f"{where}: 'user_id' must be a string, got {type(user).__name__}")
-        users.append(str(user))
+        if not str(user).strip():
+            raise DataFormatError(f"{where}: empty user_id")
+        users.append(str(user).strip())  # as the .tsv reader reads ids
         histories.append([str(i) for i in history])
-    return users, histories
+        lines.append(lineno)
+    return users, histories, lines
 
 
-def _read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
+def _read_tsv(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
     lines = iter_lines(path)
     _, header_line = next(lines, (1, ""))
     header = [h.strip() for h in header_line.rstrip("\r\n").split("\t")]
     lines.close()
     if "history" not in header:
         if "item_id" in header:  # an interaction log
-            by_user = read_interactions_tsv(path)
-            return list(by_user), [[item for item, _ in events] for events in by_user.values()]
+            by_user = read_interactions_tsv(path)  # one history per user by construction
+            return list(by_user), [[item for item, _ in events] for events in by_user.values()], [0] * len(by_user)
         raise DataFormatError(f"{path}:1: header {header} needs 'user_id' and 'history' (space-separated item ids), "
                               f"or 'user_id', 'item_id' and 'timestamp' (an interaction log)")
     if "user_id" not in header or len(set(header)) != len(header):
         raise DataFormatError(f"{path}:1: header {header} needs 'user_id' and 'history', each once")
     cu, ch = header.index("user_id"), header.index("history")
-    users, histories = [], []
+    users, histories, lines = [], [], []
     for lineno, line in iter_lines(path):
         if lineno == 1 or not line.strip():
             continue
@@ -98,7 +112,8 @@ def _read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
             raise DataFormatError(f"{path}:{lineno}: empty user_id")
         users.append(parts[cu].strip())
         histories.append(parts[ch].split())
-    return users, histories
+        lines.append(lineno)
+    return users, histories, lines
 
 
 def write_recommendations(path: str | Path, user_ids: Sequence[str], recs: Sequence[Any]) -> Path:
@@ -127,6 +142,21 @@ def write_recommendations(path: str | Path, user_ids: Sequence[str], recs: Seque
                           f"{' or '.join(OUTPUT_FORMATS)}")
 
 
+def _check_writable(out: Path) -> None:
+    """Refuse an output path that cannot be written (a directory, an unwritable folder) before any model
+    work, naming it (:class:`~genrec.errors.DataFormatError`)."""
+    import tempfile
+
+    if out.is_dir():
+        raise DataFormatError(f"{out}: is a directory; give a file path for the recommendations")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".check"):
+            pass
+    except OSError as e:
+        raise DataFormatError(f"{out}: cannot write there ({e.strerror or e})") from None
+
+
 @dataclass
 class BatchSummary:
     """What :func:`recommend_file` did: users, seconds of model work, users per second, how many
@@ -146,8 +176,10 @@ def recommend_file(recommender: Any, input_path: str | Path, output_path: str | 
     (formats: module doc), ``chunk_size`` histories per model call, with a progress bar on a terminal."""
     from tqdm import tqdm
 
-    if Path(output_path).suffix.lower() not in OUTPUT_FORMATS:  # before any model work (no .gz output)
+    out = Path(output_path)
+    if out.suffix.lower() not in OUTPUT_FORMATS:  # before any model work (no .gz output)
         raise DataFormatError(f"{output_path}: unknown output format; use {' or '.join(OUTPUT_FORMATS)}")
+    _check_writable(out)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     users, histories = read_histories(input_path)

@@ -189,7 +189,7 @@ def _train_and_evaluate(split: LeaveOneOutSplit, table: Any, config: Any, labels
 
     result = train_generative(split, table, config, progress=False)
     beam = recommend(result.model, split.test, config.eval_beam, batch_size=config.eval_batch_size)
-    ranks = ranks_from_topk(beam.items, split.test.targets)  # outside the beam: rank = beam size, a miss
+    ranks = ranks_from_topk(beam.items, split.test.targets)  # outside the beam: a miss at every K
     by_cat = evaluate_by_category(ranks, labels, ks=(k,), hops=False)
     metric = f"ndcg@{k}"
     return {"test": {g: by_cat[g][metric] for g in ("all", "memorization", "generalization", "uncategorized")},

@@ -362,11 +362,13 @@ _JSONL_BATCH = 65536  # lines parsed by one json.loads call in the bulk reader
 def _item_id(obj: dict[str, Any], where: str) -> str:
     """The ``item_id`` of one ``items.jsonl`` object as a string; errors name ``where``."""
     raw_id = obj.get("item_id")
-    if raw_id is None or raw_id == "":
+    if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
         raise DataFormatError(f"{where}: missing 'item_id'")
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int, float)):
         raise DataFormatError(f"{where}: 'item_id' must be a string or number, got {type(raw_id).__name__}")
-    return str(raw_id)
+    if isinstance(raw_id, float) and not math.isfinite(raw_id):
+        raise DataFormatError(f"{where}: 'item_id' must be a string or number, got {raw_id!r}")
+    return str(raw_id).strip()  # as the interactions file's ids are read
 
 
 def _item_text(obj: dict[str, Any], where: str, bad_prices: list[tuple[str, Any]], iid: str) -> ItemText:
@@ -395,7 +397,8 @@ def _read_items_bulk(path: Path) -> dict[str, ItemText] | None:
         except (ValueError, RecursionError):
             return None
         # one object per line, or a line held several values (or half of one): the line reader decides
-        if not isinstance(objs, list) or len(objs) != len(batch):
+        if not isinstance(objs, list) or len(objs) != len(batch) or not all(
+                line.strip().startswith(b"{") and line.strip().endswith(b"}") for line in batch):
             return None
         for obj in objs:
             if not isinstance(obj, dict):
@@ -568,6 +571,11 @@ def write_plain(dataset: SequenceDataset, directory: str | Path) -> None:
     """Write a dataset in the plain directory format (atomically, file by file)."""
     from genrec.artifacts import atomic_write_text
 
+    for kind, ids in (("user", dataset.user_ids), ("item", dataset.item_ids)):  # what the reader could not read back
+        bad = next((i for i in ids if any(c in str(i) for c in "\t\n\r") or str(i) != str(i).strip()), None)
+        if bad is not None:
+            raise DataFormatError(f"{kind} id {str(bad)!r} holds a tab, a line break or surrounding space: the plain "
+                                  "format (tab-separated) cannot hold it")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     rows = ["user_id\titem_id\ttimestamp"]

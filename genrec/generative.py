@@ -445,8 +445,7 @@ def evaluate(model: nn.Module, instances: Instances, beam_size: int = 20, ks: Se
     n = len(instances)
     instances = distributed.shard_instances(instances)  # all of them outside a sharded evaluation
     result = recommend(model, instances, beam_size, batch_size=batch_size)
-    ranks = ranks_from_topk(result.items, instances.targets)
-    ranks[ranks >= result.items.shape[1]] = np.iinfo(np.int64).max  # outside the beam: a miss at every K
+    ranks = ranks_from_topk(result.items, instances.targets)  # outside the beam: a miss at every K
     metrics = metrics_from_ranks(distributed.gather_rows(ranks, n), ks)
     returned = np.isfinite(result.log_probs)  # [n, K]; beams beyond the number of valid items are padding
     codes = model.codes

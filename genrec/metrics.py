@@ -154,7 +154,8 @@ def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def ranks_from_topk(topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """0-based rank of each target in its ranked list ``topk[n, K]``; ``K`` (a miss) if absent.
+    """0-based rank of each target in its ranked list ``topk[n, K]``; :data:`MISS_RANK` if absent, a
+    miss at every cutoff (were it ``K``, a cutoff beyond the list would count every miss as a hit).
 
     Entries < 0 are padding (a list shorter than K).
     """
@@ -162,8 +163,8 @@ def ranks_from_topk(topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
     targets = np.asarray(targets)
     if topk.ndim != 2 or targets.shape != (topk.shape[0],):
         raise ValueError(f"topk must be [n, K] and targets [n]; got {topk.shape} and {targets.shape}")
-    hit = topk == targets[:, None]
-    ranks = np.where(hit.any(1), hit.argmax(1), topk.shape[1])
+    hit = (topk == targets[:, None]) & (topk >= 0)
+    ranks = np.where(hit.any(1), hit.argmax(1), MISS_RANK)
     return ranks.astype(np.int64)
 
 

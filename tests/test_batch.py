@@ -42,7 +42,9 @@ def test_every_input_format_reads_the_same_histories(tmp_path, histories):
         f.write(log)
     assert read_histories(tmp_path / "log.tsv.gz") == (users, histories)
     (tmp_path / "nouser.jsonl").write_text('{"history": ["a"]}\n\n{"history": []}\n')
-    assert read_histories(tmp_path / "nouser.jsonl") == (["1", "3"], [["a"], []])
+    assert read_histories(tmp_path / "nouser.jsonl") == (["line:1", "line:3"], [["a"], []])
+    (tmp_path / "spaced.jsonl").write_text('{"user_id": " u9 ", "history": ["a"]}\n{"user_id": 3, "history": []}\n')
+    assert read_histories(tmp_path / "spaced.jsonl") == (["u9", "3"], [["a"], []])  # as the .tsv reader reads ids
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -54,6 +56,12 @@ def test_every_input_format_reads_the_same_histories(tmp_path, histories):
     ("bad.tsv", "user\thistory\n", r"bad.tsv:1: header \['user', 'history'\] needs 'user_id' and 'history'"),
     ("bad.tsv", "user_id\titem\n", r"bad.tsv:1: header .* needs 'user_id' and 'history'"),
     ("bad.csv", "user_id,history\n", r"bad.csv: unknown input format '.csv'"),
+    ("bad.jsonl", '{"user_id": "u1", "history": ["a"]}\n\n{"user_id": "u1", "history": ["b"]}\n',
+     r"bad.jsonl:3: user_id 'u1' repeats line 1"),
+    ("bad.tsv", "user_id\thistory\nu1\ta\nu1 \tb\n", r"bad.tsv:3: user_id 'u1' repeats line 2"),
+    ("bad.jsonl", '{"user_id": "  ", "history": ["a"]}\n', r"bad.jsonl:1: empty user_id"),
+    ("bad.jsonl", "\n\n", r"bad.jsonl: no histories"),
+    ("bad.tsv", "user_id\thistory\n", r"bad.tsv: no histories"),
 ])
 def test_bad_input_files_name_the_file_and_line(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
@@ -104,8 +112,16 @@ def test_cli_recommend_end_to_end_and_its_errors(tiny_saved, rec, histories, tmp
     assert "neither a saved recommender" in capsys.readouterr().err
 
 
-def test_an_unsupported_output_is_refused_before_any_model_work(rec, histories, tmp_path):
+def test_an_unsupported_output_is_refused_before_any_model_work(rec, histories, tmp_path, monkeypatch):
     src = _jsonl(tmp_path / "h.jsonl", histories)
     with pytest.raises(DataFormatError, match="recs.jsonl.gz: unknown output format"):
         recommend_file(rec, src, tmp_path / "recs.jsonl.gz")
     assert not (tmp_path / "recs.jsonl.gz").exists()
+    one = rec.with_method(rec.method_name)
+    monkeypatch.setattr(one, "recommend_batch", lambda *a, **k: pytest.fail("model work before the output check"))
+    (tmp_path / "taken.jsonl").mkdir()
+    with pytest.raises(DataFormatError, match="taken.jsonl: is a directory"):
+        recommend_file(one, src, tmp_path / "taken.jsonl")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataFormatError, match=r"recs.jsonl: cannot write there"):
+        recommend_file(one, src, tmp_path / "file" / "recs.jsonl")  # its folder is a file

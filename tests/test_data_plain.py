@@ -371,6 +371,36 @@ def test_write_plain_round_trip(tmp_path):
     assert not list((tmp_path / "out").glob("*.tmp"))
 
 
+def test_write_plain_refuses_ids_the_format_cannot_hold(tmp_path):
+    from dataclasses import replace
+
+    ds = load_plain(make_dir(tmp_path / "d", ROWS, gz=True))
+    for bad in ("u\t1", "u\n1", " u1"):
+        with pytest.raises(DataFormatError, match="user id .* tab, a line break or surrounding space"):
+            write_plain(replace(ds, user_ids=[bad, *ds.user_ids[1:]]), tmp_path / "out")
+    assert not (tmp_path / "out" / "interactions.tsv").exists()
+
+
+@pytest.mark.parametrize("lines, error", [
+    (['{"item_id": " a ", "title": "A"}', '{"item_id": "b"}'], None),  # ids stripped, as the interactions' are
+    (['{"item_id": "a"}', '{"item_id": "   "}'], r"items.jsonl:2: missing 'item_id'"),
+    (['{"item_id": "a"}', '{"item_id": NaN}'], r"items.jsonl:2: 'item_id' must be a string or number, got nan"),
+    # one line with two objects and one object over two lines: the same count of values as lines
+    (['{"item_id": "a"}, {"item_id": "b", "title": ["x"', '"y"]}'], r"items.jsonl:1: malformed JSON"),
+])
+def test_items_file_ids_and_line_structure(tmp_path, lines, error):
+    from genrec.data import read_items_jsonl
+
+    for ending in ("\n", "\r\n"):  # the bulk reader and the line reader agree
+        path = tmp_path / "items.jsonl"
+        path.write_bytes(ending.join(lines).encode() + ending.encode())
+        if error is None:
+            assert list(read_items_jsonl(path)) == ["a", "b"]
+        else:
+            with pytest.raises(DataFormatError, match=error):
+                read_items_jsonl(path)
+
+
 # ----------------------------------------------------------------------------------------------
 # leave-one-out
 
@@ -452,7 +482,10 @@ def test_ranks_from_scores_exclude():
 
 def test_ranks_from_topk():
     topk = np.array([[5, 3, 1], [2, -1, -1], [7, 8, 9]])
-    assert ranks_from_topk(topk, np.array([1, 2, 4])).tolist() == [2, 0, 3]
+    assert ranks_from_topk(topk, np.array([1, 2, 4])).tolist() == [2, 0, MISS_RANK]
+    # a target absent from a 3-item list is a miss at every cutoff, those beyond the list included
+    m = metrics_from_ranks(ranks_from_topk(topk, np.array([1, 2, 4])), (2, 3, 10))
+    assert m["recall@2"] == pytest.approx(1 / 3) and m["recall@3"] == m["recall@10"] == pytest.approx(2 / 3)
 
 
 def test_metrics_from_ranks_hand_computed():

@@ -192,7 +192,9 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     main = distributed.is_main()
     steps_per_epoch = math.ceil(num_batches / world)  # N batches per optimiser step under DDP
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed)  # the batch order: the same on every rank, which shard it
+    if world > 1:  # each rank its own dropout masks, as one process draws new ones for each of the N batches
+        torch.manual_seed(config.seed + distributed.rank())  # (the weights came from one seed, then DDP's broadcast)
     state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": 0, "bad_evals": 0, "history": [], "seconds": 0.0}
     out = Path(out_dir) if out_dir else None
     if out is not None and out.exists() and not out.is_dir():  # fail before training, not at the first save

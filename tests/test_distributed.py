@@ -106,6 +106,12 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     assert distributed.init_from_env()
     res = {"toy": toy_fit(4), "toy_poisoned": toy_fit(4, poison=5, nonfinite_loss="skip"),
            "toy_timed": toy_fit(4, max_minutes=1e-9)}
+    # the random numbers a training step draws (dropout masks): each rank its own
+    draws = []
+    fit(torch.nn.Linear(2, 1), ToyConfig(max_epochs=1), lambda rng: [torch.zeros(2, 2)] * 2, 2,
+        lambda m, x: (draws.append(torch.rand(1).item()) or m(x).sum() * 0.0, len(x)),
+        lambda m: {"ndcg@10": 0.0, "recall@10": 0.0}, None, progress=False)
+    res["rank_draws"] = distributed.all_gather_object(draws[0])
     split = cyclic_split()
     # SASRec: uninterrupted, and killed after 2 epochs then resumed
     straight = train_sasrec(split, SASRecConfig(**SASREC, max_epochs=4), f"{tmp}/sasrec_a", progress=False)
@@ -159,6 +165,11 @@ def ddp(tmp_path_factory):
     mp.spawn(_worker, args=(_free_port(), str(tmp)), nprocs=WORLD, join=True)
     with open(tmp / "result.json") as f:
         return json.load(f), tmp
+
+
+def test_ddp_ranks_draw_their_own_random_numbers(ddp):
+    res, _ = ddp
+    assert len(res["rank_draws"]) == WORLD and len(set(res["rank_draws"])) == WORLD
 
 
 def test_ddp_gradient_is_the_full_batch_gradient(ddp):

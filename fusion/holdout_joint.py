@@ -36,6 +36,7 @@ its result atomically and a rerun resumes where the last one stopped (the towers
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,7 +51,7 @@ from fusion.indicators import TrainStats
 from fusion.joint import JointConfig, train_joint
 from fusion.methods import SCALES, GateReport, LearnedGateFusion
 from fusion.persist import load_methods, save_methods
-from genrec.artifacts import json_safe, load_json, save_json
+from genrec.artifacts import load_json, save_json
 from genrec.errors import CheckpointError
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, load_generative, train_generative
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks
@@ -296,8 +297,8 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
         t0 = time.perf_counter()
         gate_path = out / ("gates.pt" if len(kinds) == 1 else f"gates_{kind}.pt") if out is not None else None
         # what the saved gates were fitted with: other settings refit them (seconds), never reuse them
-        gate_settings = json_safe({"scales": list(config.scales()), "gate": config.gate, "k": config.k,
-                                   "beam": config.beam})
+        gate_settings = json.loads(json.dumps({"scales": list(config.scales()), "gate": config.gate, "k": config.k,
+                                               "beam": config.beam}))  # as it reads back from the file
         settings_path = gate_path.with_suffix(".json") if gate_path is not None else None
         if (gate_path is not None and gate_path.is_file() and settings_path.is_file()
                 and load_json(settings_path) == gate_settings):

@@ -6,15 +6,12 @@ numbers, strings, lists, dicts: nothing that runs code) and turns every failure 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
-
-import numpy as np
 
 from genrec.errors import CheckpointError, CheckpointNotFoundError
 
@@ -51,29 +48,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def save_json(path: str | Path, obj: Any) -> Path:
-    """Write strict JSON atomically (indented, keys kept in insertion order): a NaN or infinite number
-    (a metric of an empty group, say) is written as ``null``, which every JSON reader accepts (``jq``,
-    JavaScript; Python's ``NaN`` token is not JSON)."""
-    text = json.dumps(json_safe(obj), indent=2, ensure_ascii=False, default=_json_default, allow_nan=False)
-    return atomic_write_text(path, text + "\n")
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with every non-finite float (NumPy ones included) replaced by None, containers copied."""
-    if isinstance(obj, float) or (isinstance(obj, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
-        return json_safe(obj.tolist())
-    return obj
+    """Write JSON atomically (indented, keys kept in insertion order). NaN (a metric of an empty
+    group) is written as Python's ``NaN`` token, which :func:`load_json` reads back as NaN."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
 
 
 def load_json(path: str | Path) -> Any:
+    """A JSON file's content; a damaged one (malformed, not UTF-8) is a :class:`CheckpointError`
+    naming it (a ``ValueError``, as ``json`` raises)."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise CheckpointError(f"{path}: damaged JSON file ({e})") from None
 
 
 def torch_save(path: str | Path, obj: Any) -> Path:
@@ -90,6 +77,8 @@ def torch_save(path: str | Path, obj: Any) -> Path:
 
 
 def _json_default(o: Any) -> Any:
+    import numpy as np
+
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):

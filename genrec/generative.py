@@ -320,11 +320,11 @@ def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size:
     :func:`score_items` are this function with one of the two parts; their numbers agree exactly.
 
     With a repeat gate (``GenerativeConfig.repeat_gate``) every score is the explore/repeat
-    mixture's and the beam's items are re-sorted by it. The beam is searched on the code-level
-    distribution, so the re-sorted list is the mixture's exact top-k only for items other than the
-    history's, down to ``beam_size`` minus the history items in the beam; a history item the
-    code-level beam missed is not returned even where the gate says "repeat" (Amazon's gates say
-    "never": BENCHMARKS.md). Works for any :class:`CodeDecoder` with
+    mixture's: the beam's items and the history's items (scored anyway; where the gate says
+    "repeat" they belong on top even outside the code-level beam) are re-sorted by it, so the list
+    is the mixture's exact top-k for the history's items and, for the others, down to
+    ``beam_size`` minus the history items in the beam (the beam is searched on the code-level
+    distribution). Works for any :class:`CodeDecoder` with
     ``codes``; an empty history (this module's model needs one item; TIGER reads it as a cold start)
     or one holding an item outside the catalogue is a ValueError naming the history. Runs on the
     model's device; the results are NumPy arrays."""
@@ -376,7 +376,14 @@ def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size:
                     it, sc, cd = (t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
                                   for t in beam_from_context(model, trie, context, len(rows), beam_size, first))
                     if offset is not None:
-                        sc = (sc + offset(it)).astype(np.float32)
+                        # the history items compete too: where the gate says "repeat" they belong on top even
+                        # when their code-level probabilities kept them out of the beam (scored above already)
+                        fresh = (seen >= 0) & ~(seen[:, :, None] == it[:, None, :]).any(-1)  # [b, W]
+                        it = np.concatenate([it, np.where(fresh, seen, -1)], 1)
+                        sc = np.concatenate([sc, np.where(fresh, scored[:, :seen.shape[1]], -np.inf)], 1)
+                        seen_codes = trie.codes[torch.from_numpy(np.maximum(seen, 0))].cpu().numpy()  # [b, W, L]
+                        cd = np.concatenate([cd, np.where(fresh[:, :, None], seen_codes, -1)], 1)
+                        sc = np.where(it >= 0, sc + offset(it), -np.inf).astype(np.float32)
                         order = np.argsort(-sc, axis=1, kind="stable")
                         it, sc = np.take_along_axis(it, order, 1), np.take_along_axis(sc, order, 1)
                         cd = np.take_along_axis(cd, order[:, :, None], 1)

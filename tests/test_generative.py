@@ -167,6 +167,24 @@ def test_repeat_gate_learns_that_walks_never_repeat(split, trained):
     assert not any(np.isin(items[0], h) for items, h in zip(top.items, split.test.histories))
 
 
+def test_a_repeating_users_history_items_are_returned_even_outside_the_code_level_beam(split, trained):
+    """With the gate forced to "repeat", history items outside the code-level beam belong in the top-k:
+    the beam's answer is the exact top-k of scoring the whole catalogue."""
+    import copy
+
+    model = copy.deepcopy(trained.model)
+    with torch.no_grad():
+        model.repeat_head.weight.zero_()
+        model.repeat_head.bias.fill_(8.0)  # r = sigmoid(8) for every history
+    all_items = np.tile(np.arange(split.num_items), (len(split.test), 1))
+    scores = score_items(model, split.test, all_items)
+    top = recommend(model, split.test, beam_size=10)
+    want = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    for j in range(len(split.test)):
+        np.testing.assert_array_equal(np.sort(top.items[j]), np.sort(want[j]))
+        np.testing.assert_allclose(top.log_probs[j], scores[j, top.items[j]], rtol=1e-5, atol=1e-5)
+
+
 def test_repeat_gate_off_gives_the_plain_code_distribution(split):
     result = train_generative(split, cyclic_table(), GenerativeConfig(**SMALL, max_epochs=2, repeat_gate=False),
                               progress=False)

@@ -4,6 +4,7 @@ every stage boundary and inside the training stages, clear errors for bad config
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,32 @@ def test_a_stage_produced_again_reruns_what_read_it(reference, tiny, tmp_path, m
     events.clear()
     run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
     assert set(events.values()) == {"skip"}
+
+
+def test_damaged_files_in_a_run_directory_are_named_not_tracebacks(reference, tiny, tmp_path):
+    import shutil
+
+    from genrec.artifacts import load_json
+    from genrec.errors import CheckpointError, RunDirectoryError
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "evaluate" / "stage.done.json").write_text("[]")  # valid JSON, not a marker: the stage reruns
+    events: dict[str, str] = {}
+    config = load_config(DEMO_YAML, overrides=tiny)
+    run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
+    assert events["evaluate"] == "done"
+    (out / "bad.json").write_bytes(b'{"a": \xff')
+    with pytest.raises(CheckpointError, match=r"bad.json: damaged JSON file"):
+        load_json(out / "bad.json")
+    # a new run is never started inside a saved recommender or a model's training directory
+    for taken in ("recommender.json", "best.pt"):
+        other = tmp_path / f"other_{taken}"
+        other.mkdir()
+        (other / taken).write_text("{}")
+        with pytest.raises(RunDirectoryError, match=f"holds {taken}, not a recipe run"):
+            run_recipe(config, other)
+        assert not (other / "config.json").exists()
 
 
 def test_resume_at_every_stage_boundary(reference, tiny, tmp_path):
@@ -569,3 +596,15 @@ def test_under_torchrun_only_rank_0_talks(tiny, tmp_path, monkeypatch, capsys, r
     assert (rank == "0") == (tmp_path / "run" / "run.log").is_file()
     if rank == "1":
         assert out.out == out.err == ""
+
+
+def test_a_run_whose_test_split_lacks_a_category_still_reports(tmp_path):
+    """Small data can leave a label category (here: generalization) without a test instance: its
+    metrics are NaN in the JSON files, and the analysis and report stages still write their tables."""
+    config = load_config(DEMO_YAML, overrides=["data.dataset=synthetic:num_users=150,seed=0", "sasrec.max_epochs=1",
+                                               "generative.max_epochs=1"])
+    run_recipe(config, tmp_path / "run")
+    res = _results(tmp_path / "run")
+    assert res["labels"]["test"]["shares"]["generalization"] == 0.0  # the case this test is about
+    assert math.isnan(res["models"]["sasrec"]["test"]["generalization"]["ndcg@10"])
+    assert "## " in (tmp_path / "run" / "report.md").read_text()

@@ -164,6 +164,11 @@ class Recipe:
     def _prepare(self) -> None:
         """Fingerprint the data, plan every stage's hash, refuse to discard work unless forced."""
         config, run_dir = self.config, self.run_dir
+        if not (run_dir / "config.json").is_file():  # a new run: never inside another tool's output
+            taken = [f for f in ("recommender.json", "best.pt", "last.pt") if (run_dir / f).is_file()]
+            if taken:
+                raise RunDirectoryError(f"{run_dir}: holds {', '.join(taken)}, not a recipe run (a saved recommender "
+                                        "or a model's training directory); choose another --out")
         # files a first run downloads must exist before the fingerprint, or its stages would record none
         # and the next invocation (a resume) would see the data as changed
         fetch_dataset_files(config.data.dataset, config.data.cache_dir)
@@ -498,10 +503,13 @@ def _marker(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return load_json(path)
+        content = load_json(path)
     except (OSError, ValueError):
+        content = None
+    if not isinstance(content, dict):  # unreadable, or valid JSON of another shape
         log.warning("%s is unreadable; treating its stage as not done", path)
         return None
+    return content
 
 
 def _plan(config: RecipeConfig, run_dir: Path, fingerprint: Any) -> tuple[dict[str, dict], list[str], list[str]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -72,7 +73,7 @@ def _read_ids(path: Path) -> list[str]:
 def _read_npy(path: Path, ids_path: Path) -> tuple[list[str], np.ndarray]:
     try:
         x = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataFormatError(f"{path}: not a .npy array of item embeddings ({e})") from None
     if not isinstance(x, np.ndarray) or x.ndim != 2 or 0 in x.shape:
         raise DataFormatError(f"{path}: item embeddings must be a non-empty 2-d array [items, dim], got shape "

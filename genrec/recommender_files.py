@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -186,7 +187,7 @@ def load_sequences(path: Path, num_items: int) -> list[np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             flat, offsets = z["items"].astype(np.int64), z["offsets"].astype(np.int64)
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: cannot read the training sequences ({e}); save the recommender again") from None
     if (offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(flat)
             or (np.diff(offsets) < 0).any()):
@@ -215,7 +216,7 @@ def load_embeddings(path: Path, num_items: int, at_least: bool = False) -> np.nd
         return None
     try:
         x = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: cannot read the item embeddings ({e}); save the recommender again") from None
     rows_ok = len(x) >= num_items if at_least else len(x) == num_items
     if x.dtype != np.float32 or x.ndim != 2 or not rows_ok:

@@ -185,6 +185,10 @@ def test_quantize_bad_inputs(data, tmp_path, capsys):
                    f"an existing directory in the plain format)")
     rc, err = run_cli(capsys, ["quantize", *out, str(data / "bad")])
     assert rc == 2 and err.endswith("timestamp 'yesterday' is not a number")
+    (tmp_path / "zip.npy").write_bytes(b"PK\x03\x04garbage")  # NumPy reads it as a (damaged) .npz
+    rc, err = run_cli(capsys, ["quantize", "--out", str(tmp_path / "q"), "--embeddings", str(tmp_path / "zip.npy"),
+                               str(data / "good")])
+    assert rc == 2 and f"{tmp_path / 'zip.npy'}" in err and "Traceback" not in err
     assert not (tmp_path / "q").exists()
     # a valid run with the same embeddings and an override before the dataset
     rc, err = run_cli(capsys, ["quantize", *out, "--codebook-size", "3", "--levels", "2", "--set", "niter=5",

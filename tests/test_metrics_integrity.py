@@ -79,3 +79,4 @@ def test_stable_topk_breaks_ties_by_index_and_keeps_infinities():
             want = sorted(range(40), key=lambda j: (-clean[r, j].item(), j))[:k]
             assert index[r].tolist() == want and values[r].tolist() == clean[r, want].tolist()
     assert stable_topk(scores, 40)[0][1, -3:].isneginf().all() and stable_topk(scores, 1)[0][2, 0].isposinf()
+

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +150,7 @@ def _read_code_array(path: Path) -> np.ndarray:
                 return z["codes"]
             if len(keys) == 1:
                 return z[keys[0]]
-    except (ValueError, OSError, EOFError) as e:  # truncated, pickled or not a NumPy file at all
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # truncated, pickled or not a NumPy file at all
         raise DataFormatError(f"{path}: not a readable {path.suffix} array ({e})") from None
     raise DataFormatError(f"{path}: expected an array named 'codes' (or a single array), found {keys}")
 
@@ -236,7 +237,7 @@ def _parse_predictions(pairs: list[str], n_test: int, num_items: int) -> dict[st
         else:
             try:
                 topk = np.load(file, allow_pickle=False)
-            except (ValueError, OSError, EOFError) as e:
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
                 raise DataFormatError(f"{file}: not a readable .npy array ({e})") from None
         if topk.ndim != 2 or topk.shape[0] != n_test or not np.issubdtype(topk.dtype, np.integer):
             hint = (" (a recipe run with data.eval_users ranked only its sampled test users)"
@@ -255,7 +256,7 @@ def _npz_array(file: str | Path, key: str) -> np.ndarray:
             if key not in z.files:
                 raise DataFormatError(f"{file}: no array named {key!r} (has {', '.join(z.files)})")
             return z[key]
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataFormatError(f"{file}: not a readable .npz archive ({e})") from None
 
 
@@ -265,7 +266,7 @@ def _read_indicator_file(path: str, n_test: int) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError, AttributeError) as e:
+    except (ValueError, OSError, EOFError, AttributeError, zipfile.BadZipFile) as e:
         raise DataFormatError(f"{path}: not a readable .npz archive ({e})") from None
     for k, v in arrays.items():
         if v.shape != (n_test,) or not np.issubdtype(v.dtype, np.number) or not np.isfinite(v).all():
@@ -278,7 +279,7 @@ def _read_embeddings(path: str, num_items: int) -> np.ndarray:
         raise DataFormatError(f"--sweep-embeddings: file {path} not found")
     try:
         x = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataFormatError(f"{path}: not a readable .npy array ({e})") from None
     if x.ndim != 2 or x.shape[0] != num_items or not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
         raise DataFormatError(f"{path}: expected finite float embeddings [{num_items}, d] (one row per item), "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def _load_embeddings(path: str) -> np.ndarray:
         x = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataFormatError(f"{path}: embeddings file not found") from None
-    except (ValueError, OSError, EOFError):
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
         raise DataFormatError(f"{path}: not a .npy array of embeddings (save them with numpy.save)") from None
     if not isinstance(x, np.ndarray) or x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise DataFormatError(f"{path}: expected a numeric [num_items, dim] array, got "

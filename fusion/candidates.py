@@ -212,7 +212,7 @@ def ndcg_at(ranks: np.ndarray, k: int = 10) -> float:
 
 
 def ranks_of(cands: CandidateScores, fused: np.ndarray, targets: np.ndarray, k: int = 50) -> np.ndarray:
-    """Ranks of ``targets`` in the fused top-``k`` lists (``k`` = miss), via ``genrec.metrics``."""
+    """Ranks of ``targets`` in the fused top-``k`` lists (absent: ``genrec.metrics.MISS_RANK``)."""
     return ranks_from_topk(cands.topk(fused, k), targets)
 
 

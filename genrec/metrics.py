@@ -139,7 +139,7 @@ def merge_topk(values: torch.Tensor | None, items: torch.Tensor | None, new_valu
 def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(values, indices)`` ``[n, k]`` of the ``k`` highest ``scores`` ``[n, m]`` per row, ties broken
     by the lower index, so a row's first ``j`` items are the same for every ``k >= j`` (``Tensor.topk``
-    breaks ties arbitrarily: asked for 10 or for 50 it may keep different tied items). NaN ranks last."""
+    breaks ties arbitrarily: asked for 10 or for 50 it may keep different tied items). NaN ranks as -inf."""
     k = min(k, scores.shape[1])
     scores = torch.nan_to_num(scores, nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)  # infinities kept
     kth = scores.topk(k, dim=-1).values[:, -1:]  # [n, 1]: the k-th best value

@@ -100,8 +100,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
                               f"Recommender.save_pretrained, or load a recipe run directory)")
     try:
         m = load_json(path)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: damaged ({e}); save the recommender again") from None
+    except ValueError as e:  # load_json's error names the file already
+        raise CheckpointError(f"{e}; save the recommender again") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a genrec recommender manifest (format "
                               f"{m.get('format') if isinstance(m, dict) else None!r}, expected {FORMAT!r})")
@@ -147,8 +147,8 @@ def load_new_item_mixtures(path: Path) -> dict[str, Any]:
         return {}
     try:
         raw = load_json(path)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: damaged ({e}); run the fusion stage again") from None
+    except ValueError as e:  # load_json's error names the file already
+        raise CheckpointError(f"{e}; run the fusion stage again") from None
     return new_item_mixtures_from(raw, str(path))
 
 

@@ -493,6 +493,10 @@ def test_the_new_item_mixture_ranks_added_items_apart_and_round_trips(added, add
         save_json(saved / MANIFEST, {**manifest, key: value})
         with pytest.raises(CheckpointError, match=message):
             Recommender.from_pretrained(saved)
+    (saved / MANIFEST).write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"recommender.json: damaged JSON file \(.*\); save the recommender again") as e:
+        Recommender.from_pretrained(saved)
+    assert str(e.value).count(str(saved / MANIFEST)) == 1
     legacy = {k: v for k, v in manifest.items() if k not in ("trained_items", "new_item_mixtures")}
     save_json(saved / MANIFEST, legacy)  # saved before the mixture: every item counts as trained
     old = Recommender.from_pretrained(saved)

@@ -35,7 +35,7 @@ def semantic_id_table(run_dir: str | Path, with_cold_items: bool = False):
 
 def test_ranks(run_dir: str | Path, targets: np.ndarray, joint: bool) -> dict[str, np.ndarray]:
     """0-based test rank of the target per model: the single models and each post-hoc method from
-    ``fusion/topk.npz`` (outside the list: its length), and with ``joint`` the joint model's."""
+    ``fusion/topk.npz`` (outside the list: ``genrec.metrics.MISS_RANK``), and with ``joint`` the joint model's."""
     from genrec.metrics import ranks_from_topk
 
     run_dir = Path(run_dir)

@@ -482,9 +482,9 @@ def _reran_upstream(done: Mapping[str, Any] | None, upstream_runs: Mapping[str, 
 
 def _outputs_digest(run_dir: Path, artifacts: Mapping[str, str]) -> str:
     """A stage run's id: the SHA-256 of its artifacts' files (a directory: every file in it), so a
-    deterministic stage produced again (its directory deleted, say) keeps its id and the stages that
-    read it stay valid, while different outputs get a new id and those stages rerun. A stage with no
-    artifact file gets a random id (every run counts as new)."""
+    stage produced again with identical files (its directory deleted, say) keeps its id and the stages
+    that read it stay valid, while different outputs get a new id and those stages rerun. A stage
+    whose files record timings, or with no artifact file (a random id), always counts as new."""
     digest, hashed = hashlib.sha256(), 0
     for key in sorted(artifacts):
         path = Path(artifacts[key]) if Path(artifacts[key]).is_absolute() else run_dir / artifacts[key]

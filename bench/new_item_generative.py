@@ -173,11 +173,7 @@ def content_term_test(ext, cold, content: dict, x: np.ndarray, per_row: int, con
     bs = config.generative.eval_batch_size
     inp = model_inputs(ext.sasrec, ext.generative, inst, ext.stats, k=config.fusion.k, beam=config.fusion.beam,
                        batch_size=bs)
-    unit = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-    last = unit[inst.last_items()]
-    cx = cold_candidates(inp.cands, inst, last @ unit[cold.num_warm:].T, cold.num_warm, per_row,
-                         sasrec_scorer(ext.sasrec, inst), generative_scorer(ext.generative, inst, bs))
-    cand_cos = np.where(cx.valid, np.einsum("nd,ncd->nc", last, unit[np.maximum(cx.items, 0)]), -1.0)
+    cx, cand_cos = text_candidates(ext, inst, inp, x, cold.num_warm, per_row, bs)
     new_cell, ti = cx.items >= cold.num_warm, cx.target_index(inst.targets)
     print(f"\ncontent term on test ({int(side.sum())} cold-target, {int((~side).sum())} in-set users), the rule "
           "chosen on validation\n\n| method | cold N@10 | in-set N@10 | in-set N@10, cold items last | a, b, tau |\n"
@@ -251,16 +247,23 @@ def cross_fitted_rule(new_ndcg: np.ndarray, in_ndcg: np.ndarray, ref_in: np.ndar
     return {"chosen": chosen, "new": float(np.mean(new_f)), "in_set": float(np.mean(in_f))}
 
 
+def text_candidates(ext, inst: Instances, inp, x: np.ndarray, num_warm: int, per_row: int, batch_size: int):
+    """The content term's candidates: ``inp``'s plus each row's ``per_row`` cold items most similar by text
+    to the last history item (both towers score them), and every candidate's text cosine to that item
+    ``[n, C]`` (-1 for padding)."""
+    unit = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    last = unit[inst.last_items()]  # [n, d]
+    cx = cold_candidates(inp.cands, inst, last @ unit[num_warm:].T, num_warm, per_row,
+                         sasrec_scorer(ext.sasrec, inst), generative_scorer(ext.generative, inst, batch_size))
+    return cx, np.where(cx.valid, np.einsum("nd,ncd->nc", last, unit[np.maximum(cx.items, 0)]), -1.0)
+
+
 def content_term(ext, inst: Instances, inp, methods: dict, x: np.ndarray, num_warm: int, side: np.ndarray,
                  per_row: int, batch_size: int, seed: int, content_grid: list | None = None) -> dict:
     """The content-term experiment of the module doc over ``content_grid`` (default :data:`CONTENT_GRID`);
     prints its table, returns its figures."""
     grid_points = CONTENT_GRID if content_grid is None else content_grid
-    unit = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-    last = unit[inst.last_items()]  # [n, d]
-    cx = cold_candidates(inp.cands, inst, last @ unit[num_warm:].T, num_warm, per_row,
-                         sasrec_scorer(ext.sasrec, inst), generative_scorer(ext.generative, inst, batch_size))
-    cand_cos = np.where(cx.valid, np.einsum("nd,ncd->nc", last, unit[np.maximum(cx.items, 0)]), -1.0)
+    cx, cand_cos = text_candidates(ext, inst, inp, x, num_warm, per_row, batch_size)
     new_cell = cx.items >= num_warm
     ti = cx.target_index(inst.targets)
     rng = np.random.default_rng([seed, 1])

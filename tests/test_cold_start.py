@@ -316,9 +316,7 @@ def test_the_new_item_mixture_enters_the_fusion_hash_only_where_it_is_read(tiny)
     # switching it on or off, or changing its users, reruns the fusion stage without --force
     from genrec.recipe.runner import _rerun_only
 
-    def inputs(config_hashed):
-        return {"config": config_hashed, "upstream": {}, "version": 1}
-
+    inputs = lambda config_hashed: {"config": config_hashed, "upstream": {}, "version": 1}  # noqa: E731
     off = hashed(*COLD)
     users = hashed(*COLD, "fusion.new_item_mixture=true", "fusion.new_item_mixture_users=10")
     for a, b in ((off, on), (on, off), (on, users)):

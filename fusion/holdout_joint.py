@@ -52,11 +52,12 @@ from fusion.joint import JointConfig, train_joint
 from fusion.methods import SCALES, GateReport, LearnedGateFusion
 from fusion.persist import load_methods, save_methods
 from genrec.artifacts import load_json, save_json
-from genrec.errors import CheckpointError
+from genrec.errors import CheckpointError, ConfigError, DataFormatError
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, load_generative, train_generative
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks
 from genrec.sasrec import SASRec, SASRecConfig, load_sasrec, train_sasrec
 from genrec.training import trim_heap
+from genrec.model_settings import saved_config
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,12 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
     seconds: dict[str, float] = {}
     short, held = holdout_transitions(split, config.holdout_share, config.holdout_seed)
     if not len(held):
-        raise ValueError("no training sequence has 3 or more items: nothing to hold out for the gate")
+        eligible = sum(len(s) >= 3 for s in split.train)
+        if not eligible:
+            raise DataFormatError("no training sequence has 3 or more items: nothing to hold out for the gate")
+        raise ConfigError(f"holdout_share {config.holdout_share} with holdout_seed {config.holdout_seed} drew none "
+                          f"of the {eligible} training sequences with 3 or more items: nothing to hold out for the "
+                          f"gate; raise holdout_share")
     # with both, the joint pair trains first: measured on Beauty, the stage then peaks at 3.54 GiB, and
     # at 5.34 GiB in the other order (the heap the separate pair leaves grows further; BENCHMARKS.md)
     kinds = TOWER_TRAININGS[::-1] if config.towers == "both" else (config.towers,)
@@ -297,8 +303,8 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
         t0 = time.perf_counter()
         gate_path = out / ("gates.pt" if len(kinds) == 1 else f"gates_{kind}.pt") if out is not None else None
         # what the saved gates were fitted with: other settings refit them (seconds), never reuse them
-        gate_settings = json.loads(json.dumps({"scales": list(config.scales()), "gate": config.gate, "k": config.k,
-                                               "beam": config.beam}))  # as it reads back from the file
+        gate_settings = json.loads(json.dumps({"towers": kind, "scales": list(config.scales()), "gate": config.gate,
+                                               "k": config.k, "beam": config.beam}))  # as it reads back from the file
         settings_path = gate_path.with_suffix(".json") if gate_path is not None else None
         if (gate_path is not None and gate_path.is_file() and settings_path.is_file()
                 and load_json(settings_path) == gate_settings):
@@ -395,7 +401,7 @@ def load_holdout_joint(directory: str | Path, train: Sequence[np.ndarray]) -> Ho
     """Load a model saved by :func:`save_holdout_joint`; ``train``: the training sequences it was
     trained on (for the indicators' transition statistics)."""
     d = Path(directory)
-    config = HoldoutJointConfig(**load_json(d / "config.json"))
+    config = HoldoutJointConfig(**saved_config(load_json(d / "config.json")))
     sasrec, generative = load_sasrec(d / "sasrec.pt"), load_generative(d / "generative.pt")
     gate = load_methods(d / "gate.pt")[GATE_NAME]
     return HoldoutJoint(sasrec, generative, gate, TrainStats(train, sasrec.num_items, generative.codes), config)

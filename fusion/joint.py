@@ -47,9 +47,10 @@ from genrec.beam_search import trie_on
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, repeat_mixture
 from genrec.errors import CheckpointError
-from genrec.training import TrainResult, autocast, check_nonfinite_loss, check_precision, fit, model_precision, setup
+from genrec.training import TrainResult, fit, setup
+from genrec.model_settings import autocast, check_training_config, model_precision, resolve_device, saved_config
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
-from genrec.sasrec import SASRec, SASRecConfig, resolve_device
+from genrec.sasrec import SASRec, SASRecConfig
 from genrec.sasrec_text import check_resumed_text, resolve_text_dim
 from genrec.splits import Instances, LeaveOneOutSplit
 
@@ -105,9 +106,7 @@ class JointConfig:
     precision: str = "fp32"  # "bf16": bfloat16 autocast of training and scoring (CUDA only)
 
     def __post_init__(self) -> None:
-        check_nonfinite_loss(self.nonfinite_loss)
-        resolve_device(self.device)  # a ConfigError naming the device now, not at training time
-        check_precision(self.precision, self.device)
+        check_training_config(self)
         if isinstance(self.id_tower, dict):
             self.id_tower = SASRecConfig(**self.id_tower)
         if isinstance(self.gr_tower, dict):
@@ -292,9 +291,13 @@ class JointModel(nn.Module):
         return self.token_popularity.device
 
     def gate_logit(self, feats: torch.Tensor) -> torch.Tensor:
+        """The gate's logit ``[P]`` for features ``[P, F]``."""
+        if self.training and feats.shape[0] < 2:  # batch statistics need two rows: the running ones serve
+            norm = self.gate_norm
+            return self.gate(F.batch_norm(feats, norm.running_mean, norm.running_var, training=False, eps=norm.eps))
         return self.gate(self.gate_norm(feats))
 
-    def fused(self, lp_id: torch.Tensor | None, lp_gr: torch.Tensor | None, gate_logit: torch.Tensor
+    def fused(self, lp_id: torch.Tensor | None, lp_gr: torch.Tensor | None, gate_logit: torch.Tensor | None
               ) -> torch.Tensor:
         """Fused catalogue log-scores ``[P, n_items]`` (a single tower's log-probs in one-tower modes)."""
         if lp_gr is None:
@@ -326,7 +329,8 @@ class JointModel(nn.Module):
                 loss = loss - self.config.aux_weight * (lp_id_t.mean() + lp_gr_t.mean())
             return loss, int(valid.sum())
         lp_id, lp_gr, feats = self.log_probs(tokens, valid)
-        fused = self.fused(lp_id, lp_gr, self.gate_logit(feats))
+        both = lp_id is not None and lp_gr is not None  # one-tower modes have no gate to train
+        fused = self.fused(lp_id, lp_gr, self.gate_logit(feats) if both else None)
         loss = F.nll_loss(fused, t)
         if self.config.aux_weight and lp_id is not None and lp_gr is not None:
             loss = loss + self.config.aux_weight * (F.nll_loss(lp_id, t) + F.nll_loss(lp_gr, t))
@@ -476,7 +480,7 @@ def load_joint(path: str | Path, device: str = "cpu") -> JointModel:
                            keys=("model", "config", "codes", "codebook_sizes", "num_items"))
     try:
         model = JointModel(int(ckpt["num_items"]), np.asarray(ckpt["codes"]), ckpt["codebook_sizes"],
-                           JointConfig(**ckpt["config"]))
+                           JointConfig(**saved_config(ckpt["config"])))
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: not a joint model this genrec can load ({e})") from e

@@ -230,7 +230,10 @@ def plot_categories(results: Results, path: str | Path, metric: str = "ndcg@10",
     if not models:
         raise ValueError("no results to plot")
     first = results[models[0]]
-    cats = [c for c in categories if c in first]
+    if not any(metric in row for res in results.values() for row in res.values()):
+        raise ValueError(f"no result holds the metric {metric!r}")
+    # an empty category is left out: a bar of 0 would read as a model that scored 0 there
+    cats = [c for c in categories if c in first and first[c].get("count", 0) > 0]
     fig = Figure(figsize=(max(6.0, 1.1 * len(cats) + 2), 4.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -238,7 +241,7 @@ def plot_categories(results: Results, path: str | Path, metric: str = "ndcg@10",
     x = np.arange(len(cats))
     for j, m in enumerate(models):
         vals = [results[m].get(c, {}).get(metric, math.nan) for c in cats]
-        vals = [0.0 if v is None or math.isnan(v) else v for v in vals]
+        vals = [math.nan if v is None else v for v in vals]  # NaN: no bar
         ax.bar(x - 0.4 + width * (j + 0.5), vals, width, label=m)
     labels = [f"{c}\n(n={int(first[c].get('count', 0))})" for c in cats]
     ax.set_xticks(x)

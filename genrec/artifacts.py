@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from genrec.errors import CheckpointError, CheckpointNotFoundError
+from genrec.errors import CheckpointError, CheckpointNotFoundError, DataFormatError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -61,6 +61,22 @@ def load_json(path: str | Path) -> Any:
             return json.load(f)
         except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
             raise CheckpointError(f"{path}: damaged JSON file ({e})") from None
+
+
+def load_arrays(path: str | Path) -> Any:
+    """A ``.npy`` file's ndarray, or a ``.npz`` archive's arrays as a dict by name (whatever the file's suffix
+    says), read without pickles; a file NumPy cannot read (truncated, pickled, a damaged archive, not
+    NumPy at all) is a :class:`~genrec.errors.DataFormatError` naming it."""
+    import numpy as np
+
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                return {name: loaded[name] for name in loaded.files}
+        return loaded
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataFormatError(f"{path}: not a readable NumPy .npy / .npz file ({e})") from None
 
 
 def torch_save(path: str | Path, obj: Any) -> Path:

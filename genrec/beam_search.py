@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from genrec.batching import check_histories
-from genrec.training import autocast, model_precision
+from genrec.errors import CheckpointError
+from genrec.model_settings import autocast, model_precision
 from genrec.trie import PrefixTrie  # re-exported: beam_search's callers build the trie they pass in
 
 __all__ = ["PrefixTrie", "CodeDecoder", "BeamResult", "beam_search", "score_candidates", "beam_from_context",
@@ -159,6 +160,18 @@ def score_from_context(model: CodeDecoder, trie: PrefixTrie, context: Any, candi
     return scored
 
 
+def check_same_codes(model: torch.nn.Module, state_dict: Any) -> None:
+    """:class:`~genrec.errors.CheckpointError` unless ``state_dict``'s ``item_tokens`` (a decoder's
+    semantic IDs as tokens) are ``model``'s own: the trie that constrains its decoding is built from
+    its codes, so weights trained on other semantic IDs of the same shape would load silently and
+    decode with one table while reading histories with another."""
+    tokens = state_dict.get("item_tokens") if hasattr(state_dict, "get") else None
+    own = model.item_tokens
+    if tokens is not None and (tuple(tokens.shape) != tuple(own.shape) or not torch.equal(tokens.cpu(), own.cpu())):
+        raise CheckpointError(f"the weights were trained on other semantic IDs (item_tokens {list(tokens.shape)}, "
+                              f"this model's {list(own.shape)} or other codes)")
+
+
 def length_batches(histories: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
     """Row indices in batches of similar history length (less padding), the order every decoding
     entry point uses, so their numbers agree to the bit."""
@@ -166,13 +179,15 @@ def length_batches(histories: list[np.ndarray], batch_size: int) -> list[np.ndar
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
+@torch.no_grad()
 def beam_search(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray], beam_size: int = 20,
                 top_k: int | None = None, users: np.ndarray | None = None, batch_size: int = 512
                 ) -> BeamResult:
     """Constrained beam search: the ``top_k`` (default ``beam_size``) best valid items per history.
 
     Histories are processed in batches of similar length (less padding); with a beam at least as
-    wide as the number of valid prefixes at every level the result is the exact top-K.
+    wide as the number of valid prefixes at every level the result is the exact top-K. The model
+    decodes in eval mode (no dropout) and is left in the mode it came in.
     """
     top_k = beam_size if top_k is None else top_k
     if not 1 <= top_k <= beam_size:
@@ -182,14 +197,20 @@ def beam_search(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray
     items = np.full((n, top_k), -1, dtype=np.int64)
     logp = np.full((n, top_k), -np.inf, dtype=np.float32)
     codes = np.full((n, top_k, trie.num_levels), -1, dtype=np.int64)
-    with autocast(model_precision(model), decoder_device(model)):  # a bf16 model's forwards on CUDA
-        for rows in length_batches(histories, batch_size):
-            context = model.start([histories[r] for r in rows], None if users is None else np.asarray(users)[rows])
-            it, sc, cd = beam_from_context(model, trie, context, len(rows), beam_size)
-            k = min(top_k, it.shape[1])
-            it, sc, cd = (t[:, :k].float().cpu().numpy() if t.is_floating_point() else t[:, :k].cpu().numpy()
-                          for t in (it, sc, cd))
-            items[rows, :k], logp[rows, :k], codes[rows, :k] = it, sc, cd
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast(model_precision(model), decoder_device(model)):  # a bf16 model's forwards on CUDA
+            for rows in length_batches(histories, batch_size):
+                context = model.start([histories[r] for r in rows],
+                                      None if users is None else np.asarray(users)[rows])
+                it, sc, cd = beam_from_context(model, trie, context, len(rows), beam_size)
+                k = min(top_k, it.shape[1])
+                it, sc, cd = (t[:, :k].float().cpu().numpy() if t.is_floating_point() else t[:, :k].cpu().numpy()
+                              for t in (it, sc, cd))
+                items[rows, :k], logp[rows, :k], codes[rows, :k] = it, sc, cd
+    finally:
+        model.train(was_training)
     return BeamResult(items=items, log_probs=logp, codes=codes)
 
 

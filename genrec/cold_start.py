@@ -124,10 +124,16 @@ def permute_items(dataset: SequenceDataset, order: np.ndarray, name: str | None 
                            dataset.timestamps)
 
 
-def _warm_instances(inst: Instances, num_warm: int) -> tuple[Instances, int]:
+def _warm_instances(inst: Instances, full: SequenceDataset, before_target: int, num_warm: int, max_history: int
+                    ) -> tuple[Instances, int]:
     """Instances with cold items removed from the histories, those with a cold target or an empty
-    remaining history dropped; and how many were dropped."""
-    hist = [h[h < num_warm] for h in inst.histories]
+    remaining history dropped; and how many were dropped. Each history is the user's whole sequence
+    up to the target (``before_target`` items from its end) without the cold items, then cut to
+    ``max_history``: cut first, it would lose warm items for every cold one in the window."""
+    hist = []
+    for u in inst.users:
+        prefix = full.sequences[u][:-before_target]
+        hist.append(prefix[prefix < num_warm][-max_history:])
     keep = np.flatnonzero((inst.targets < num_warm) & np.array([len(h) > 0 for h in hist], bool))
     kept = Instances(users=inst.users[keep], histories=[hist[i] for i in keep], targets=inst.targets[keep])
     return kept, len(inst) - len(keep)
@@ -155,9 +161,9 @@ def cold_start_split(dataset: SequenceDataset, cold: np.ndarray, *, protocol: st
     times = None if full.timestamps is None else [t[s < num_warm] for s, t in zip(full.sequences, full.timestamps)]
     warm_ds = SequenceDataset(f"{dataset.name}-warm", full.item_ids[:num_warm], list(full.user_ids), warm_seqs,
                               full.items[:num_warm], times)
-    valid, dropped = _warm_instances(split.valid, num_warm)
+    valid, dropped = _warm_instances(split.valid, full, 2, num_warm, max_history)
     # the test side of the warm view is never read by training; kept consistent (warm targets only)
-    test, _ = _warm_instances(split.test, num_warm)
+    test, _ = _warm_instances(split.test, full, 1, num_warm, max_history)
     warm = LeaveOneOutSplit(dataset=warm_ds, users=split.users, train=[s[s < num_warm] for s in split.train],
                             valid=valid, test=test, max_history=max_history)
     if len(valid) == 0:

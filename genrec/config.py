@@ -183,6 +183,9 @@ def build_dataclass(name: str, cls: type, values: Mapping[str, Any]) -> Any:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
+        key = re.match(r"config key '([^']+)' (.*)", str(e), re.DOTALL)  # the class named its key: qualify it
+        if key:
+            raise ConfigError(f"config key '{name}.{key.group(1)}' {key.group(2)}") from None
         raise ConfigError(f"config section '{name}': {e}") from None
 
 

@@ -33,15 +33,14 @@ import torch.nn.functional as F
 from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
-from genrec.errors import CheckpointError, CheckpointNotFoundError, ConfigError, DataFormatError
-from genrec.beam_search import (BeamResult, beam_from_context, decoder_device, first_level, length_batches,
-                                score_from_context, trie_on)
+from genrec.errors import CheckpointNotFoundError, ConfigError, DataFormatError
+from genrec.beam_search import (BeamResult, beam_from_context, check_same_codes, decoder_device, first_level,
+                                length_batches, score_from_context, trie_on)
 from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.trie import PrefixTrie, trie_of
-from genrec.sasrec import resolve_device
-from genrec.training import (TrainResult, autocast, check_nonfinite_loss, check_precision, fit, model_precision, setup,
-                             trim_heap)
+from genrec.training import TrainResult, fit, setup, trim_heap
+from genrec.model_settings import autocast, check_training_config, model_precision, resolve_device, saved_config
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -102,9 +101,7 @@ class GenerativeConfig:
     precision: str = "fp32"  # "bf16": bfloat16 autocast of training, evaluation and decoding (CUDA only)
 
     def __post_init__(self) -> None:
-        check_nonfinite_loss(self.nonfinite_loss)
-        resolve_device(self.device)  # a ConfigError naming the device now, not at training time
-        check_precision(self.precision, self.device)
+        check_training_config(self)
         if not 0.0 <= self.item_embedding_dropout < 1.0:
             raise ConfigError(f"item_embedding_dropout must lie in [0, 1), got {self.item_embedding_dropout}")
 
@@ -188,11 +185,7 @@ class HierarchicalGenerative(nn.Module):
         """``nn.Module.load_state_dict``, refusing weights trained on other semantic IDs: the trie that
         constrains decoding is this model's, built from its codes (a
         :class:`~genrec.errors.CheckpointError`)."""
-        tokens = state_dict.get("item_tokens") if hasattr(state_dict, "get") else None
-        if tokens is not None and (tuple(tokens.shape) != tuple(self.item_tokens.shape)
-                                   or not torch.equal(tokens.cpu(), self.item_tokens.cpu())):
-            raise CheckpointError(f"the weights were trained on other semantic IDs (item_tokens {list(tokens.shape)}, "
-                                  f"this model's {list(self.item_tokens.shape)} or other codes)")
+        check_same_codes(self, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
@@ -523,7 +516,7 @@ def load_generative(path: str | Path, device: str = "cpu") -> HierarchicalGenera
     ckpt = load_checkpoint(path, kind="generative model checkpoint",
                            keys=("model", "config", "codes", "codebook_sizes"))
     model = HierarchicalGenerative(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"],
-                                   GenerativeConfig(**ckpt["config"]))
+                                   GenerativeConfig(**saved_config(ckpt["config"])))
     model.load_state_dict(ckpt["model"])
     return model.to(resolve_device(device)).eval()
 

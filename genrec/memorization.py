@@ -68,6 +68,8 @@ from genrec.splits import Instances, LeaveOneOutSplit
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_HOP = 4
+#: the largest ``max_hop``: hops are stored as int8 with 127 as "none"
+MAX_HOP = 126
 
 
 class Kind(enum.IntEnum):
@@ -199,8 +201,8 @@ class TransitionGraph:
     """
 
     def __init__(self, sequences: Sequence[np.ndarray], num_nodes: int, max_hop: int = DEFAULT_MAX_HOP):
-        if max_hop < 1:
-            raise ValueError(f"max_hop must be >= 1, got {max_hop}")
+        if not 1 <= max_hop <= MAX_HOP:
+            raise ValueError(f"max_hop must be in [1, {MAX_HOP}], got {max_hop}")
         self.num_nodes = int(num_nodes)
         self.max_hop = int(max_hop)
         flat, seq_id = _flatten(sequences)

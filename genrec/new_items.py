@@ -140,14 +140,15 @@ def _check_can_add(recommender: Any) -> None:
 def _render(text: dict[str, Any], ids: list[str], items: list[Any], where: Sequence[str] | None) -> list[str]:
     """The items' texts exactly as the run's embed stage rendered its own (``quantize.item_texts``)."""
     from quantize import TextTemplate
+    from quantize.text import render_fallback
 
     template = TextTemplate.from_dict(text["template"])
     fallback = text.get("fallback")
     out = []
     for n, (iid, item) in enumerate(zip(ids, items)):
-        s = template.render(item)
+        s = template.render(item, iid)
         if not s and fallback is not None:
-            s = fallback.format(item_id=iid)
+            s = render_fallback(fallback, iid)
         if not s:
             fields = template.field_names
             name = where[n] if where is not None else f"new item {n + 1}"

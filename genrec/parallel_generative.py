@@ -34,13 +34,14 @@ import torch.nn.functional as F
 from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, training_batches
+from genrec.beam_search import check_same_codes
 from genrec.errors import CheckpointNotFoundError, ConfigError, DataFormatError
 from genrec.generative import repeat_gate_loss, repeat_mixture
 from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_scores
-from genrec.sasrec import resolve_device
 from genrec.splits import Instances, LeaveOneOutSplit
-from genrec.training import TrainResult, check_nonfinite_loss, check_precision, fit, setup
+from genrec.training import TrainResult, fit, setup
+from genrec.model_settings import check_training_config, resolve_device, saved_config
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,7 @@ class ParallelConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        check_nonfinite_loss(self.nonfinite_loss)
-        resolve_device(self.device)
-        check_precision(self.precision, self.device)
+        check_training_config(self)
         if self.temperature is not None and not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0 (or None for dot-product logits), got {self.temperature}")
 
@@ -129,6 +128,12 @@ class ParallelCodeModel(nn.Module):
         self.out_bias = nn.Parameter(torch.zeros(self.num_levels, self.width))
         self.repeat_head = nn.Linear(h, 1) if config.repeat_gate else None
         self.apply(xavier_init)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, refusing weights trained on other semantic IDs
+        (:func:`~genrec.beam_search.check_same_codes`): a resumed run names its checkpoint."""
+        check_same_codes(self, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def codes(self) -> np.ndarray:
@@ -317,6 +322,6 @@ def load_parallel(path: str | Path, device: str = "cpu") -> ParallelCodeModel:
     if not path.exists():
         raise CheckpointNotFoundError(f"{path}: no parallel-code model checkpoint; train (or save) the model first")
     ckpt = load_checkpoint(path, kind="parallel-code model checkpoint", keys=("model", "config", "codes", "codebook_sizes"))
-    model = ParallelCodeModel(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"], ParallelConfig(**ckpt["config"]))
+    model = ParallelCodeModel(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"], ParallelConfig(**saved_config(ckpt["config"])))
     model.load_state_dict(ckpt["model"])
     return model.to(resolve_device(device)).eval()

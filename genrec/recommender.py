@@ -119,12 +119,13 @@ class Recommender:
         from genrec.generative import load_generative
         from genrec.recipe import StageContext, config_from_dict
         from genrec.sasrec import load_sasrec
+        from genrec.model_settings import saved_config
         from quantize import SemanticIdTable
 
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").is_file():
             raise CheckpointError(f"{run_dir}: no config.json; not a recipe run directory")
-        config = config_from_dict(load_json(run_dir / "config.json"))
+        config = config_from_dict(saved_config(load_json(run_dir / "config.json")))
         if method is None:  # the run's primary: chosen on validation when fusion.primary is auto
             from genrec.recipe.primary import choose_primary
 

@@ -34,7 +34,8 @@ from genrec.sasrec_losses import LOSSES, NEGATIVES, NegativeSampler, sasrec_loss
 from genrec.sasrec_text import check_resumed_text, resolve_text_dim
 from genrec.metrics import DEFAULT_KS, merge_topk, metrics_from_ranks, ranks_from_score_chunks
 from genrec.splits import Instances, LeaveOneOutSplit
-from genrec.training import TrainResult, autocast, check_nonfinite_loss, check_precision, fit, model_precision, setup
+from genrec.training import TrainResult, fit, setup
+from genrec.model_settings import autocast, check_training_config, model_precision, resolve_device, saved_config
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,7 @@ class SASRecConfig:
     negatives: str = "uniform"
 
     def __post_init__(self) -> None:
-        check_nonfinite_loss(self.nonfinite_loss)
-        resolve_device(self.device)
-        check_precision(self.precision, self.device)
+        check_training_config(self)
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
         if self.negatives not in NEGATIVES:
@@ -119,17 +118,6 @@ class SASRecConfig:
 #: batch x catalogue is scored in item chunks. 1024-row batches stay one chunk up to 32k items (the
 #: Amazon catalogues, 12k-18k items, keep their unchunked numbers); at 1M items, 32k-item chunks.
 LOGIT_BUDGET = 2 ** 25
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``
-    (a name it does not know is a :class:`~genrec.errors.ConfigError`)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device {name!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1' or 'auto')") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -572,7 +560,7 @@ def load_sasrec(path: str | Path, device: str = "cpu") -> SASRec:
     if not path.exists():
         raise CheckpointNotFoundError(f"{path}: no SASRec checkpoint; train (or save) the model first")
     ckpt = load_checkpoint(path, kind="SASRec checkpoint", keys=("model", "config", "num_items"))
-    model = SASRec(ckpt["num_items"], SASRecConfig(**ckpt["config"]))
+    model = SASRec(ckpt["num_items"], SASRecConfig(**saved_config(ckpt["config"])))
     model.load_state_dict(ckpt["model"])
     return model.to(resolve_device(device)).eval()
 

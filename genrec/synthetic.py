@@ -233,6 +233,12 @@ def make_synthetic(
     valid_pool = np.flatnonzero(held == HELD_VALID)
     train_pool = np.flatnonzero(held == HELD_TRAIN)
     open_pool = np.flatnonzero(held == HELD_NONE)
+    if len(open_pool) == 0 and unseen_share < 1:
+        # every compositional anchor outside the unseen share comes from open items: with none, they
+        # would be drawn from held-out ones and a validation-only pair would also be a test pair
+        raise ValueError(f"heldout_share={heldout_share} holds out every item, leaving none for the "
+                         f"{1 - unseen_share:.0%} of compositional transitions that are seen in training; lower "
+                         f"heldout_share or set unseen_share=1")
     if unseen_share > 0 and n_held == 0:
         log.warning("%s: heldout_share=%s holds out no item; no compositional pair is unseen by construction",
                     name, heldout_share)

@@ -73,7 +73,8 @@ def scale_info(dataset: SequenceDataset) -> ScaleInfo:
 
 
 def _check(num_items: int, num_interactions: int, num_clusters: int, seq_len: tuple[int, int], dim: int,
-           vectors: str, item_share: float, cluster_share: float, popularity_skew: float) -> tuple[int, int]:
+           vectors: str, item_share: float, cluster_share: float, popularity_skew: float, noise: float
+           ) -> tuple[int, int]:
     lo, hi = (int(x) for x in seq_len)
     if not 3 <= lo <= hi:
         raise ValueError(f"seq_len must be (min, max) with 3 <= min <= max (leave-one-out needs 3 items), got {seq_len}")
@@ -88,12 +89,14 @@ def _check(num_items: int, num_interactions: int, num_clusters: int, seq_len: tu
     if vectors not in VECTOR_KINDS:
         raise ValueError(f"vectors must be one of {list(VECTOR_KINDS)}, got {vectors!r}")
     for name, v in (("item_share", item_share), ("cluster_share", cluster_share)):
-        if not 0.0 <= v <= 1.0:
+        if not 0.0 <= v <= 1.0:  # (NaN fails)
             raise ValueError(f"{name} must be in [0, 1], got {v}")
     if item_share + cluster_share > 1.0:
         raise ValueError(f"item_share + cluster_share must be <= 1, got {item_share + cluster_share}")
-    if popularity_skew < 1.0:
-        raise ValueError(f"popularity_skew must be >= 1 (1 = uniform), got {popularity_skew}")
+    if not 1.0 <= popularity_skew < float("inf"):  # written so NaN fails too
+        raise ValueError(f"popularity_skew must be a finite number >= 1 (1 = uniform), got {popularity_skew}")
+    if not 0.0 <= noise < float("inf"):
+        raise ValueError(f"noise must be a finite number >= 0, got {noise}")
     return lo, hi
 
 
@@ -127,7 +130,7 @@ def make_scale_dataset(num_items: int = 10_000, num_interactions: int = 100_000,
     if num_clusters is None:
         num_clusters = max(1, int(round(np.sqrt(num_items))))
     lo, hi = _check(num_items, num_interactions, num_clusters, seq_len, dim, vectors, item_share, cluster_share,
-                    popularity_skew)
+                    popularity_skew, noise)
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     n, c = int(num_items), int(num_clusters)

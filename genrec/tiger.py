@@ -25,10 +25,12 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories
+from genrec.beam_search import check_same_codes
+from genrec.errors import DataFormatError
 from genrec.generative import evaluate
-from genrec.sasrec import resolve_device
 from genrec.trie import PrefixTrie, trie_of
-from genrec.training import TrainResult, check_nonfinite_loss, check_precision, fit, setup
+from genrec.training import TrainResult, fit, setup
+from genrec.model_settings import check_training_config, resolve_device, saved_config
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -67,9 +69,7 @@ class TigerConfig:
     precision: str = "fp32"  # "bf16": bfloat16 autocast of training, evaluation and decoding (CUDA only)
 
     def __post_init__(self) -> None:
-        check_nonfinite_loss(self.nonfinite_loss)
-        resolve_device(self.device)  # a ConfigError naming the device now, not at training time
-        check_precision(self.precision, self.device)
+        check_training_config(self)
 
 
 class TigerModel(nn.Module):
@@ -96,6 +96,12 @@ class TigerModel(nn.Module):
                       feed_forward_proj="relu", pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD,
                       tie_word_embeddings=True)
         self.t5 = T5ForConditionalGeneration(t5)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, refusing weights trained on other semantic IDs
+        (:func:`~genrec.beam_search.check_same_codes`): a resumed run names its checkpoint."""
+        check_same_codes(self, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def codes(self) -> np.ndarray:
@@ -231,7 +237,8 @@ class TigerModel(nn.Module):
             ff = block.layer[2]
             x = x + ff.DenseReluDense.wo(F.relu_(ff.DenseReluDense.wi(ff.layer_norm(x))))
         x = dec.final_layer_norm(x)
-        if self.t5.config.scale_decoder_outputs:
+        # transformers 5 names the rescaling; 4.x rescaled exactly when the embeddings were tied
+        if getattr(self.t5.config, "scale_decoder_outputs", self.t5.config.tie_word_embeddings):
             x = x * (self.t5.model_dim ** -0.5)
         logits = F.linear(x, weights["head"])  # [R, V padded]
         logits[:, self.t5.config.vocab_size:] = -torch.inf
@@ -288,6 +295,9 @@ def train_tiger(split: LeaveOneOutSplit, table: Any, config: TigerConfig | None 
     """Train the T5 preset on ``split.train`` (one example per target), early-stopping on the
     validation NDCG@10 of a constrained beam search (on ``eval_users`` sampled users)."""
     config = config or TigerConfig()
+    if len(table.codes) != split.num_items:
+        raise DataFormatError(f"the semantic-ID table has {len(table.codes)} items but the dataset has "
+                              f"{split.num_items}; was it built for another dataset?")
     setup(config)
     device = resolve_device(config.device)  # after setup: under torchrun "cuda" is this rank's GPU
     model = TigerModel(table.codes, table.codebook_sizes, config).to(device)
@@ -318,7 +328,7 @@ def load_tiger(path: str | Path, device: str = "cpu") -> TigerModel:
     if path.is_dir():
         path = path / "best.pt"
     ckpt = load_checkpoint(path, kind="TIGER model checkpoint", keys=("model", "config", "codes", "codebook_sizes"))
-    model = TigerModel(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"], TigerConfig(**ckpt["config"]))
+    model = TigerModel(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"], TigerConfig(**saved_config(ckpt["config"])))
     model.load_state_dict(ckpt["model"])
     return model.to(resolve_device(device)).eval()
 
@@ -336,6 +346,8 @@ def hf_generate(model: TigerModel, instances: Instances | list[np.ndarray], num_
     users = instances.users if isinstance(instances, Instances) else None
     check_histories(histories, model.num_items, model.min_history, "TigerModel")
     top_k = top_k or num_beams
+    if not 1 <= top_k <= num_beams:  # generate returns num_beams sequences per history
+        raise ValueError(f"need 1 <= top_k <= num_beams, got top_k={top_k}, num_beams={num_beams}")
     trie: PrefixTrie = trie_of(model)
     allowed_cache: dict[tuple[int, ...], list[int]] = {}
 

@@ -3,7 +3,6 @@ atomic checkpoints, exact resume after a kill, and a clear stop when the loss di
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import logging
@@ -22,7 +21,8 @@ from tqdm.auto import tqdm
 
 from genrec import distributed
 from genrec.artifacts import load_checkpoint, save_json, torch_save
-from genrec.errors import CheckpointError, ConfigError, TrainingDivergedError
+from genrec.errors import CheckpointError, ConfigError, DataFormatError, TrainingDivergedError
+from genrec.model_settings import LR_SCHEDULES, autocast, check_nonfinite_loss, check_precision, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -44,61 +44,12 @@ class TrainResult:
 _RESUMABLE = {"max_epochs", "max_minutes", "patience", "min_delta", "eval_batch_size", "num_threads", "eval_beam",
               "device", "eval_users", "nonfinite_loss", "precision"}
 
-#: values of the configs' ``nonfinite_loss``: stop with :class:`TrainingDivergedError`, or skip the step
-NONFINITE_LOSS = ("error", "skip")
-
-#: values of the configs' ``precision``: float32 everywhere, or bfloat16 autocast on CUDA
-PRECISIONS = ("fp32", "bf16")
-
 _TRAINING_KEYS = ("model", "optimizer", "numpy_rng", "torch_rng", "state", "config")
 
 
 def _model_fields(config: dict) -> dict:
     # nested too: fusion.joint's tower configs carry training fields that its loop ignores
     return {k: _model_fields(v) if isinstance(v, dict) else v for k, v in config.items() if k not in _RESUMABLE}
-
-
-def check_nonfinite_loss(value: str) -> None:
-    """ConfigError unless ``value`` is a valid ``nonfinite_loss`` (the configs check it when built)."""
-    if value not in NONFINITE_LOSS:
-        raise ConfigError(f"nonfinite_loss must be one of {list(NONFINITE_LOSS)}, got {value!r}")
-
-
-# the device types bf16 autocasts on (CUDA; the tests add the CPU to exercise the bf16 code paths)
-_AUTOCAST_DEVICES = ("cuda",)
-
-
-def check_precision(precision: str, device: str, key: str = "precision") -> None:
-    """ConfigError (naming ``key``) unless ``precision`` is one of :data:`PRECISIONS` and, for
-    ``"bf16"``, ``device`` (a config's device name, ``"auto"`` included) is a CUDA device.
-
-    bf16 is refused on the CPU rather than run with CPU autocast: without bf16 matrix units CPU
-    autocast is slower than fp32 and still changes the results, so it would buy nothing."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"config key {key!r} must be one of {list(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16":
-        kind = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device).type
-        if kind not in _AUTOCAST_DEVICES:
-            raise ConfigError(f"config key {key!r} is 'bf16' (bfloat16 autocast) but the device is {device!r}"
-                              f"{' (no CUDA here)' if device == 'auto' else ''}: bf16 runs on CUDA only; set "
-                              f"{key}: fp32 or a CUDA device")
-
-
-def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """The context that runs a forward pass at ``precision`` on ``device``: bfloat16 autocast for
-    ``"bf16"`` on a CUDA device, else nothing (float32). A bf16 model loaded on the CPU thus
-    evaluates in fp32 instead of failing."""
-    kind = torch.device(device).type
-    if precision == "bf16" and kind in _AUTOCAST_DEVICES:
-        return torch.autocast(device_type=kind, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def model_precision(model: Any) -> str:
-    """The ``precision`` of a model's config (``"fp32"`` for a model without one; a DDP or fusion
-    wrapper is looked through via its ``module`` / ``config`` attributes)."""
-    model = getattr(model, "module", model)
-    return getattr(getattr(model, "config", None), "precision", "fp32")
 
 
 def _with_defaults(saved: dict, config: Any) -> dict:
@@ -181,6 +132,9 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     resumes only with the world size it was started with. ``on_eval`` and the per-evaluation log
     line run on rank 0 only; every rank returns the same result.
     """
+    if num_batches < 1:  # else every epoch trains nothing and an untrained model is returned as trained
+        raise DataFormatError(f"{name}: no training batch: the training sequences hold no transition (every "
+                              f"one has fewer than 2 items)")
     nonfinite = getattr(config, "nonfinite_loss", "error")
     check_nonfinite_loss(nonfinite)
     device = next(model.parameters()).device
@@ -225,7 +179,13 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
             rng.bit_generator.state = ckpt["numpy_rng"]
             torch.set_rng_state(ckpt["torch_rng"])
             if ckpt.get("cuda_rng") is not None and device.type == "cuda":
-                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+                saved = ckpt["cuda_rng"]  # the model GPU's state (a list of every GPU's: older checkpoints)
+                if isinstance(saved, (list, tuple)):
+                    saved = saved[device.index or 0] if len(saved) > (device.index or 0) else None
+                if saved is not None:
+                    torch.cuda.set_rng_state(saved, device)
+                else:  # resumed on a machine with fewer GPUs: a fresh stream, not a crash
+                    log.warning("%s: no saved CUDA random state for %s; the resumed run draws fresh ones", path, device)
             if world > 1:  # each rank's own random streams (dropout, sampled negatives) at the checkpoint
                 _set_rank_rng(ckpt["rank_rng"][distributed.rank()], device)
             state = ckpt["state"]
@@ -269,6 +229,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
             if late:
                 break  # out of time: the epoch ends early (and is evaluated and saved as usual)
             step = state["step"]
+            norm_stats = _norm_statistics(model) if nonfinite == "skip" else None
             if step_loss is None:
                 with amp():
                     loss, n = loss_fn(model, batch)
@@ -287,6 +248,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                         f"{steps} of {num_batches} (optimiser step {step + 1}); {_last_loss(state)}. "
                         f"{_divergence_advice(config)}")
                 skipped += 1
+                _restore_norm_statistics(norm_stats)  # the forward of a skipped step must leave no trace
                 with warnings.catch_warnings():  # "scheduler stepped before the optimizer": on purpose here
                     warnings.simplefilter("ignore", UserWarning)
                     scheduler.step()  # the step still counts for the schedule
@@ -309,6 +271,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
         last = state["epoch"] >= config.max_epochs
         if state["epoch"] % config.eval_every and not last:
             add_time(time.perf_counter() - t0)
+            t0 = time.perf_counter()  # counted: out of time, the evaluation below adds its own time only
             if not out_of_time():
                 continue
         trim_heap()  # between the training batches' and the evaluation's many tensor shapes
@@ -352,7 +315,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
             _save_keeping_previous(out / "last.pt", {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "state": state, "config": asdict(config), **extra,
                 **({"rank_rng": rank_rng} if world > 1 else {})}, unreadable)
             save_json(out / "history.json", state["history"])
@@ -475,6 +438,18 @@ def _last_loss(state: dict) -> str:
     return "no finite loss yet" if last is None else f"the last finite loss was {last:.6g}"
 
 
+def _norm_statistics(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each batch-norm buffer and a copy of it: a training-mode forward updates the running
+    statistics, and one over NaN features would leave them NaN for every later evaluation."""
+    return [(b, b.detach().clone()) for name, b in model.named_buffers()
+            if name.rpartition(".")[2] in ("running_mean", "running_var", "num_batches_tracked")]
+
+
+def _restore_norm_statistics(saved: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+    for buffer, copy in saved or ():
+        buffer.copy_(copy)
+
+
 def _divergence_advice(config: Any, skipping: bool = False) -> str:
     advice = f"Try a lower learning rate (lr is {config.lr:g}, in a new out_dir)"
     if not skipping:
@@ -543,14 +518,14 @@ def _best_weights(out: Path, state: dict, last_model: dict, device: torch.device
         if ckpt.get("epoch") == best_epoch:
             if path != best:
                 log.warning("%s: the best %s weights (epoch %d) come from %s", best, name, best_epoch, path)
+                # best.pt holds an unconfirmed epoch (killed before last.pt): the next best is written
+                # over it, never rotated over the confirmed best.prev.pt, which a second kill would need
+                unreadable.add(best)
             return ckpt["model"]
         problems.append(f"{path} holds epoch {ckpt.get('epoch')}")
     raise CheckpointError(f"{best}: cannot restore the best {name} weights (epoch {best_epoch}) needed to resume: "
                           f"{'; '.join(problems)}; restore {best.name} from a copy, or delete the directory {out} "
                           f"to train {name} from scratch")
-
-
-LR_SCHEDULES = ("constant", "cosine")
 
 
 def lr_schedule(config: Any, steps_per_epoch: int) -> Callable[[int], float]:
@@ -583,8 +558,9 @@ def lr_factor(config: Any, steps_per_epoch: int) -> Callable[[int], float]:
 def setup(config: Any) -> None:
     """Threads, flush-denormal and the torch seed, before a model is built; under ``torchrun``
     also joins the process group (:func:`genrec.distributed.init_from_env`), which pins each rank
-    to its own GPU."""
-    distributed.init_from_env()
+    to its own GPU; the backend follows the config's device (nccl for CUDA, gloo for a CPU model even
+    on a GPU machine: nccl cannot reduce CPU tensors)."""
+    distributed.init_from_env("nccl" if resolve_device(getattr(config, "device", "cpu")).type == "cuda" else "gloo")
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.set_flush_denormal(True)  # denormals make CPU matmuls crawl late in training

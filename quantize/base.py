@@ -91,6 +91,13 @@ def effective_k(k: int, n: int, what: str) -> int:
     return k
 
 
+def check_kmeans_settings(niter: int, max_points_per_centroid: int) -> None:
+    """ValueError naming the setting unless both are >= 1 (faiss aborts or trains nothing otherwise)."""
+    for key, value in (("niter", niter), ("max_points_per_centroid", max_points_per_centroid)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+
+
 def kmeans(x: np.ndarray, k: int, *, seed: int, niter: int = 20, max_points_per_centroid: int = 256,
            spherical: bool = False) -> np.ndarray:
     """faiss k-means centroids ``float32 [k, d]`` of ``x [n, d]`` (``n >= k``), deterministic for ``seed``."""

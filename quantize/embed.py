@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import uuid
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -61,7 +62,8 @@ def resolve_model(model: str | None) -> tuple[str, str]:
         p = p.resolve()
         stamp = []
         for f in sorted(p.rglob("*")):
-            if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".pt", ".onnx"):
+            # weights, configs and tokenizer vocabularies: a changed vocab.txt changes every vector
+            if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".pt", ".onnx", ".txt", ".model"):
                 st = f.stat()
                 stamp.append(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns}")
         return str(p), f"local:{p}:" + hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
@@ -107,7 +109,7 @@ class EmbeddingCache:
             try:
                 with np.load(path) as z:
                     keys, vecs = z["keys"], z["vectors"]
-            except (FileNotFoundError, OSError, KeyError, ValueError) as e:
+            except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
                 log.warning("embedding cache: skipping unreadable shard %s (%s)", path, e)
                 continue
             s = len(self._shards)

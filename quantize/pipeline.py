@@ -81,13 +81,17 @@ class SemanticIdResult:
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write table, diagnostics, quantizer (and preprocessor) into ``out_dir``."""
         out = Path(out_dir)
-        paths = {"table": self.table.save(out / TABLE_FILE),
-                 "diagnostics": save_json(out / DIAGNOSTICS_FILE, self.diagnostics),
-                 "quantizer": self.quantizer.save(out / QUANTIZER_FILE)}
+        # An earlier save's table and preprocessor go first: killed part-way, the directory must not
+        # pair this quantizer with an earlier run's PCA or codes (the table, written last, marks a
+        # complete save; without it the directory does not load).
+        for stale in (TABLE_FILE, PREPROCESS_FILE):
+            (out / stale).unlink(missing_ok=True)
+        paths = {}
         if self.preprocessor is not None:
             paths["preprocess"] = self.preprocessor.save(out / PREPROCESS_FILE)
-        else:
-            (out / PREPROCESS_FILE).unlink(missing_ok=True)  # a stale one from an earlier run would mislead
+        paths["quantizer"] = self.quantizer.save(out / QUANTIZER_FILE)
+        paths["diagnostics"] = save_json(out / DIAGNOSTICS_FILE, self.diagnostics)
+        paths["table"] = self.table.save(out / TABLE_FILE)
         return paths
 
     @classmethod

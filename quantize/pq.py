@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from quantize.base import Quantizer, as_embeddings, effective_k, faiss_threading, kmeans, nearest
+from quantize.base import (Quantizer, as_embeddings, check_kmeans_settings, effective_k, faiss_threading, kmeans,
+                           nearest)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class PQ(Quantizer):
         super().__init__(seed)
         if subspaces < 1 or codebook_size < 1:
             raise ValueError(f"need subspaces >= 1 and codebook_size >= 1, got {subspaces}, {codebook_size}")
+        check_kmeans_settings(niter, max_points_per_centroid)
         self.subspaces = int(subspaces)
         self.codebook_size = int(codebook_size)
         self.niter = int(niter)
@@ -109,6 +111,8 @@ class OPQ(PQ):
     def __init__(self, subspaces: int = 4, codebook_size: int = 256, niter: int = 20,
                  max_points_per_centroid: int = 256, opq_iters: int = 25, seed: int = 0) -> None:
         super().__init__(subspaces, codebook_size, niter, max_points_per_centroid, seed)
+        if isinstance(opq_iters, bool) or not isinstance(opq_iters, int) or opq_iters < 1:
+            raise ValueError(f"opq_iters must be an integer >= 1, got {opq_iters!r}")
         self.opq_iters = int(opq_iters)
         self.rotation: np.ndarray | None = None  # float32 [d, d], rows orthonormal: x_rot = x @ R.T
 
@@ -123,6 +127,8 @@ class OPQ(PQ):
         if d % self.subspaces:
             raise ValueError(f"opq: dimension {d} is not divisible by {self.subspaces} sub-spaces "
                              f"(use pq, or PCA to a multiple of {self.subspaces})")
+        if n < 2:  # the rotation's PQ has at least 2 codes (1 bit) to fit
+            raise ValueError(f"opq: learning a rotation needs at least 2 training vectors, got {n} (use pq)")
         if n < d:  # faiss aborts the process (not an exception) when learning the rotation from n < d points
             raise ValueError(f"opq: learning a {d}x{d} rotation needs at least {d} training vectors, got {n} "
                              f"(use pq, or PCA to fewer dimensions)")

@@ -50,7 +50,8 @@ class Preprocessor:
         k = min(self.pca_dim or d, d, n)
         if self.pca_dim is not None and k < self.pca_dim:
             raise ValueError(f"pca_dim={self.pca_dim} exceeds min(n_items={n}, dim={d})")
-        pca = PCA(n_components=k, svd_solver="full", random_state=self.seed).fit(x)
+        with np.errstate(invalid="ignore", divide="ignore"):  # no variance: sklearn divides 0 by 0 (see below)
+            pca = PCA(n_components=k, svd_solver="full", random_state=self.seed).fit(x)
         self.mean = pca.mean_.astype(np.float32)
         self.components = pca.components_.astype(np.float32)
         var = pca.explained_variance_.astype(np.float32)
@@ -61,7 +62,9 @@ class Preprocessor:
             self.scale = np.sqrt(var)
         else:
             self.scale = np.ones(k, np.float32)
-        self.explained_variance_ratio = float(pca.explained_variance_ratio_.sum())
+        # data without variance (one item, identical rows): every direction keeps all of it (none)
+        total = float(np.var(x, axis=0, ddof=1).sum()) if n > 1 else 0.0
+        self.explained_variance_ratio = float(pca.explained_variance_ratio_.sum()) if total > 0 else 1.0
         return self.transform(x)
 
     def transform(self, embeddings: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:

@@ -143,14 +143,17 @@ class RQVAE(Quantizer):
         sizes = tuple(effective_k(k, n, f"rq_vae level {lv}") for lv, k in enumerate(self.requested_sizes))
         if self.standardize:
             self.mean = x.mean(0)
-            # Floor the scale: a constant dimension must not blow up.
-            self.scale = np.maximum(x.std(0), 1e-6 * max(float(x.std()), 1e-12)).astype(np.float32)
+            # A (near-)constant dimension keeps scale 1, as sklearn's StandardScaler does: dividing by
+            # a tiny std would blow up a new item that differs there (encode) by ~1e6.
+            std = x.std(0)
+            self.scale = np.where(std < 1e-6 * max(float(x.std()), 1e-12), 1.0, std).astype(np.float32)
         else:
             self.mean, self.scale = np.zeros(d, np.float32), np.ones(d, np.float32)
         self.mean = self.mean.astype(np.float32)
-        self.dim, self._sizes = d, sizes
-        # Own RNG stream: the result depends on `seed` only, and the caller's global RNG is untouched.
-        with torch.random.fork_rng(devices=[]):
+        # Own RNG stream: the result depends on `seed` only, and the caller's global RNG (CUDA's
+        # included, which manual_seed also reseeds) is untouched.
+        devices = [torch.device(self.device).index or 0] if torch.device(self.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             gen = torch.Generator().manual_seed(self.seed)
             self.module = _build_modules(d, self.hidden_dims, self.latent_dim, sizes, self.dropout).to(self.device)
@@ -159,6 +162,7 @@ class RQVAE(Quantizer):
                 self._kmeans_init(data)
             self._train(data, gen)
         self.module.eval()
+        self.dim, self._sizes = d, sizes  # fitted only once trained: a diverged fit leaves it unfitted
         return self._encode(x)
 
     @staticmethod

@@ -18,16 +18,22 @@ from genrec.data import TEXT_FIELDS, DataFormatError, ItemText, SequenceDataset
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TextTemplate", "DEFAULT_TEMPLATE", "clean_text", "item_text", "item_texts"]
+__all__ = ["TextTemplate", "DEFAULT_TEMPLATE", "clean_text", "item_text", "item_texts", "render_fallback"]
 
 _WS = re.compile(r"\s+")
-_TAG = re.compile(r"<[^>]{0,200}>")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone ones (JSON's "\\ud800"): no UTF-8 form to hash or tokenize
+# HTML tags by name (item text is not HTML: "sizes <5mm and >2mm" or "I <3 it" must survive), with
+# attributes; the names are those product descriptions carry
+_TAG_NAMES = ("a|abbr|b|big|blockquote|body|br|center|code|col|dd|del|div|dl|dt|em|font|h[1-6]|head|hr|html|i|"
+              "img|ins|li|meta|ol|p|pre|s|small|span|strike|strong|style|sub|sup|table|tbody|td|tfoot|th|thead|"
+              "title|tr|tt|u|ul")
+_TAG = re.compile(rf"</?(?:{_TAG_NAMES})(?:\s[^<>]{{0,200}})?/?>", re.IGNORECASE)
 
 
 def clean_text(value: str, strip_tags: bool = True) -> str:
     """Unescape HTML entities (``&amp;`` -> ``&``, twice for double-escaped source text), optionally
-    drop HTML tags, and collapse whitespace."""
-    s = html.unescape(html.unescape(value))
+    drop HTML tags (known tag names only: a ``<`` in plain text stays), and collapse whitespace."""
+    s = _SURROGATE.sub("\ufffd", html.unescape(html.unescape(value)))
     if strip_tags:
         s = _TAG.sub(" ", s)
     return _WS.sub(" ", s).strip()
@@ -68,6 +74,10 @@ class TextTemplate:
             if bad or not used:
                 raise ValueError(f"template segment {seg!r} must name one or more of {sorted(allowed)}"
                                  + (f", not {bad}" if bad else ""))
+            try:  # every field renders as a string: a format spec such as {price:.2f} fails here, not mid-run
+                seg.format(**{f: "x" for f in used})
+            except (ValueError, IndexError, KeyError) as e:
+                raise ValueError(f"bad template segment {seg!r}: {e} (fields are strings: no format spec)") from None
             names.append(used)
         object.__setattr__(self, "_fields", tuple(names))
 
@@ -149,7 +159,7 @@ def item_texts(dataset: SequenceDataset, template: TextTemplate | None = None,
     ``"Item {item_id}"``) used for those items instead.
     """
     template = template or DEFAULT_TEMPLATE
-    texts = [template.render(it) for it in dataset.items]
+    texts = [template.render(it, iid) for it, iid in zip(dataset.items, dataset.item_ids)]
     empty = [i for i, t in enumerate(texts) if not t]
     if empty:
         ids = [dataset.item_ids[i] for i in empty]
@@ -159,14 +169,24 @@ def item_texts(dataset: SequenceDataset, template: TextTemplate | None = None,
                 f"{dataset.name}: {len(ids)} item(s) have no text under the template "
                 f"(fields {template.field_names}): {shown}; "
                 f"pass a fallback such as 'Item {{item_id}}' to embed them anyway")
-        try:
-            for i, iid in zip(empty, ids):
-                texts[i] = fallback.format(item_id=iid)
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"fallback {fallback!r} must be a format string over {{item_id}}: {e}") from None
+        for i, iid in zip(empty, ids):
+            texts[i] = render_fallback(fallback, iid)
         if not all(texts[i] for i in empty):
             raise ValueError(f"fallback {fallback!r} renders an empty text")
         # Fallback texts carry little meaning (and equal ones embed equally): say so, it is the caller's choice.
         log.warning("%s: %d item(s) without text use the fallback %r, e.g. %s",
                                             dataset.name, len(ids), fallback, ids[:5])
     return texts
+
+
+def render_fallback(fallback: str, item_id: str) -> str:
+    """``fallback`` (a format string over ``{item_id}`` alone: no attribute, index, conversion or
+    format spec, which could render differently from run to run) for the item ``item_id``."""
+    try:
+        parts = list(string.Formatter().parse(fallback))
+    except ValueError as e:
+        raise ValueError(f"fallback {fallback!r} must be a format string over {{item_id}}: {e}") from None
+    if any(name is not None and (name != "item_id" or spec or conv) for _, name, spec, conv in parts):
+        raise ValueError(f"fallback {fallback!r} must be a format string over {{item_id}} alone (no other "
+                         f"field, attribute, conversion or format spec)")
+    return fallback.format(item_id=item_id)

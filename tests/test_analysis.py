@@ -113,6 +113,20 @@ def test_markdown_table_and_chart(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_chart_leaves_out_empty_categories_and_refuses_unknown_metrics(tmp_path, monkeypatch):
+    """A bar of 0 for a category with no instance would read as a model scoring 0 there."""
+    from matplotlib.axes import Axes
+
+    drawn = []
+    monkeypatch.setattr(Axes, "set_xticklabels", lambda self, labels, **kw: drawn.extend(labels))
+    results = {"A": evaluate_by_category(RANKS, make_labels(), ks=(5,))}
+    plot_categories(results, tmp_path / "chart.png", metric="ndcg@5",
+                    categories=["memorization", "transitivity", "generalization"])
+    assert [label.split("\n")[0] for label in drawn] == ["memorization", "generalization"]
+    with pytest.raises(ValueError, match="no result holds the metric 'NDCG@5'"):
+        plot_categories(results, tmp_path / "chart.png", metric="NDCG@5")
+
+
 def test_shares_markdown():
     md = shares_markdown({"valid": make_labels(), "test": make_labels()})
     assert "| label | valid n | valid share | test n | test share |" in md

@@ -6,7 +6,7 @@ from genrec.beam_search import beam_search, score_candidates
 from genrec.generative import GenerativeConfig, HierarchicalGenerative
 from genrec.splits import Instances
 from genrec.tiger import FIRST_CODE, TigerConfig, TigerModel, hf_generate
-from genrec.trie import PrefixTrie
+from genrec.trie import PrefixTrie, trie_of
 from quantize.semantic_ids import SemanticIdTable
 
 torch.set_num_threads(1)
@@ -208,3 +208,44 @@ def test_a_nan_log_probability_never_takes_a_beam_slot():
 
     items, scores, _ = beam_from_context(Fixed(), trie, None, 1, beam_size=2)
     assert sorted(items[0].tolist()) == [0, 1] and torch.isfinite(scores).all()
+
+
+def test_beam_search_decodes_in_eval_mode_without_a_graph(table, histories):
+    """The public entry point: dropout off (the same answer twice from a model left in training
+    mode), no autograd graph kept, and the model handed back in the mode it came in."""
+    model = tiny_hierarchical(table).train()  # dropout 0.3 when training
+    first = beam_search(model, trie_of(model), histories, beam_size=5)
+    second = beam_search(model, trie_of(model), histories, beam_size=5)
+    np.testing.assert_array_equal(first.items, second.items)
+    assert model.training
+    model.eval()
+    np.testing.assert_array_equal(beam_search(model, trie_of(model), histories, beam_size=5).items, first.items)
+    tiger = tiny_tiger(table).train()
+    with torch.enable_grad():
+        context = tiger.start([histories[0]], None)
+    assert any(t.requires_grad for t in _tensors(context))  # what the decorator now prevents
+    beam_search(tiger, trie_of(tiger), histories, beam_size=5)
+    with pytest.raises(ValueError, match="need 1 <= top_k <= num_beams, got top_k=6, num_beams=5"):
+        hf_generate(tiger.eval(), histories, num_beams=5, top_k=6)
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def test_tiger_refuses_a_table_of_another_dataset(table):
+    from genrec.errors import DataFormatError
+    from genrec.splits import leave_one_out
+    from genrec.synthetic import cyclic_dataset
+    from genrec.tiger import train_tiger
+
+    split = leave_one_out(cyclic_dataset(num_items=50, num_users=20, length=5))
+    with pytest.raises(DataFormatError, match="semantic-ID table has 60 items but the dataset has 50"):
+        train_tiger(split, table, TigerConfig(max_epochs=1))

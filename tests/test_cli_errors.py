@@ -106,6 +106,24 @@ def test_sasrec_bad_inputs(data, tmp_path, capsys):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("command, pair, message", [
+    ("sasrec", "hidden=0", "config key 'hidden' must be an integer >= 1, got 0"),
+    ("sasrec", "num_heads=3", "config key 'hidden' must be divisible by num_heads (3), got 64"),
+    ("sasrec", "dropout=1.5", "config key 'dropout' must be in [0, 1), got 1.5"),
+    ("generative", "lr=-1", "config key 'lr' must be > 0, got -1.0"),
+    ("generative", "eval_beam=0", "config key 'eval_beam' must be an integer >= 1, got 0"),
+    ("generative", "max_minutes=0", "config key 'max_minutes' must be > 0 or null, got 0.0"),
+])
+def test_out_of_range_settings_name_the_key(data, tmp_path, capsys, command, pair, message):
+    """Ranges are the model configs' own checks, so the single-model commands refuse what the recipe
+    refuses, before any data is read or model built (they were a traceback from inside the model)."""
+    extra = ["--semantic-ids", str(data / "sid")] if command == "generative" else []
+    rc, err = run_cli(capsys, [command, "--out", str(tmp_path / "run"), *extra, "--set", pair, str(data / "good")])
+    config = "SASRecConfig" if command == "sasrec" else "GenerativeConfig"
+    assert rc == 2 and err == f"genrec {command}: error: {config}: {message}"
+    assert not (tmp_path / "run").exists()
+
+
 def _last_line(data) -> int:
     return len((data / "bad" / "interactions.tsv").read_text().splitlines())
 
@@ -157,7 +175,7 @@ def test_analyze_bad_inputs(data, tmp_path, capsys):
     rc, err = run_cli(capsys, ["analyze", *out, str(data / "good"), "--codes", str(data / "nowhere")])
     assert rc == 2 and err == f"genrec analyze: error: {data / 'nowhere'}: semantic-ID table not found"
     rc, err = run_cli(capsys, ["analyze", *out, str(data / "good"), "--max-hop", "0"])
-    assert rc == 2 and err == "genrec analyze: error: --max-hop must be >= 1, got 0"
+    assert rc == 2 and err == "genrec analyze: error: --max-hop must be in [1, 126], got 0"
     assert not (tmp_path / "out").exists()
     # analyze takes no --set: argparse's usage error (exit 2), not a traceback
     with pytest.raises(SystemExit) as e:

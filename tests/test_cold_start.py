@@ -19,7 +19,7 @@ import torch
 from fusion.candidates import CandidateScores
 from genrec import cli
 from genrec.artifacts import load_json
-from genrec.cold_start import NATURAL, choose_cold_items, cold_start_split, permute_items
+from genrec.cold_start import NATURAL, choose_cold_items, cold_start_split
 from genrec.data import SequenceDataset, write_plain
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.recipe import ConfigError, StageContext, config_from_dict, load_config, run_recipe, strip_timing
@@ -91,19 +91,15 @@ def test_share_is_seeded_and_cold_items_come_last_absent_from_training():
     assert [cs.dataset.item_ids[t] for t in cs.split.test.targets] == [ds.item_ids[t] for t in plain.test.targets]
     assert cs.is_cold(cs.split.test.targets).sum() == np.isin(plain.test.targets, cold).sum() > 0
     # dropped validation instances: exactly those with a cold target or nothing warm left in the history
-    bad = sum(1 for h, t in zip(cs.split.valid.histories, cs.split.valid.targets) if t >= n_warm or h.min() >= n_warm)
+    prefixes = [cs.dataset.sequences[u][:-2] for u in cs.split.valid.users]
+    bad = sum(1 for s, t in zip(prefixes, cs.split.valid.targets) if t >= n_warm or s.min() >= n_warm)
     assert cs.valid_dropped == bad and len(cs.warm.valid) == len(cs.split.valid) - bad
+    # a warm history: the cold items removed from the whole prefix, then the window cut (cut first,
+    # each cold item in the window cost a warm one)
+    warm = {int(u): s[s < n_warm][-10:] for u, s in zip(cs.split.valid.users, prefixes)}
+    assert all(np.array_equal(h, warm[int(u)]) for u, h in zip(cs.warm.valid.users, cs.warm.valid.histories))
+    assert any(len(h) == 10 > len(o[o < n_warm]) for h, o in zip(warm.values(), cs.split.valid.histories))
     assert cs.summary()["cold_items"] == len(cold) and cs.summary()["protocol"] == "share"
-
-
-def test_permute_items_renumbers_sequences_consistently():
-    ds = _synthetic()
-    order = np.random.default_rng(0).permutation(ds.num_items)
-    p = permute_items(ds, order)
-    for s, t in zip(ds.sequences[:20], p.sequences[:20]):
-        assert [ds.item_ids[i] for i in s] == [p.item_ids[i] for i in t]
-    with pytest.raises(ValueError, match="permutation"):
-        permute_items(ds, order[:-1])
 
 
 def _with_natural_cold(ds: SequenceDataset, items: np.ndarray, users: int = 30) -> SequenceDataset:

@@ -245,6 +245,17 @@ def test_helpers_are_the_identity_in_one_process():
     distributed.barrier()
 
 
+@pytest.mark.parametrize("device, backend", [("cpu", "gloo"), ("cuda", "nccl"), ("cuda:1", "nccl")])
+def test_the_process_group_backend_follows_the_model_device(monkeypatch, device, backend):
+    """A CPU model on a GPU machine: gloo, as nccl cannot reduce its CPU tensors."""
+    from genrec import training
+
+    chosen = []
+    monkeypatch.setattr(distributed, "init_from_env", lambda backend=None: chosen.append(backend))
+    training.setup(SASRecConfig(device=device, num_threads=torch.get_num_threads()))
+    assert chosen == [backend]
+
+
 def test_a_world_without_a_rendezvous_address_is_a_clear_error(monkeypatch):
     from genrec.errors import ConfigError
 

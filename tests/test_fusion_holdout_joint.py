@@ -13,7 +13,7 @@ from fusion.holdout_joint import (HoldoutJointConfig, holdout_transitions, load_
                                   train_holdout_joint)
 from fusion.methods import SCALES, LearnedGateFusion, params_equal
 from fusion.report import single_model_topk
-from genrec.errors import CheckpointError
+from genrec.errors import CheckpointError, ConfigError, DataFormatError
 from genrec.generative import train_generative
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.sasrec import load_sasrec, train_sasrec
@@ -242,6 +242,8 @@ def test_config_checks():
     assert HoldoutJointConfig(sasrec={"hidden": 16}).sasrec.hidden == 16
     ds, split, table = synthetic_split(num_users=40)
     tiny = replace(split, train=[s[:2] for s in split.train])
-    with pytest.raises(ValueError, match="3 or more items"):
+    with pytest.raises(DataFormatError, match="3 or more items"):
         train_holdout_joint(tiny, table, CONFIG)
+    with pytest.raises(ConfigError, match=r"holdout_share 1e-09 with holdout_seed 0 drew none of the \d+ training "):
+        train_holdout_joint(split, table, replace(CONFIG, holdout_share=1e-9))
     assert isinstance(holdout_transitions(tiny)[1], Instances)

@@ -1,6 +1,7 @@
 """Joint training on the synthetic memorization / generalization dataset, and the Beauty benchmark's
 pieces on synthetic data with tiny models."""
 
+import dataclasses
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -211,3 +212,46 @@ def test_joint_benchmark_holdout_schedule_with_content_aware_towers(tmp_path, mo
     with pytest.raises(SystemExit, match="not one row per item"):
         joint_beauty.main([*args, "--item-text", str(tmp_path / "short.npy")])
     sys.modules.pop("joint_beauty", None)
+
+
+def test_one_position_batches_train_in_every_mode():
+    """The gate's batch norm needs two rows for batch statistics: a batch with a single next-item
+    position (the short last batch of length-sorted sequences) used to crash training."""
+    ds, split, table = synthetic_split(num_users=60)
+    one = dataclasses.replace(split, train=[s[:2] for s in split.train if len(s) >= 2])  # one position each
+    for mode in ("joint", "id"):
+        cfg = JointConfig(mode=mode, id_tower=SMALL_ID, gr_tower=SMALL_GR, max_len=20, batch_size=len(one.train) - 1,
+                          max_epochs=1, seed=0)
+        assert train_joint(one, table, cfg).best_epoch == 1
+
+
+def test_a_skipped_step_leaves_the_gate_statistics_alone(monkeypatch):
+    """nonfinite_loss='skip': the skipped step's forward ran in training mode over NaN features; its
+    batch-norm update used to leave the running statistics NaN, so every later gate was NaN."""
+    _, split, table = synthetic_split(num_users=60)
+    calls = {"n": 0}
+    real = JointModel.log_probs
+
+    def poisoned(self, *args, **kwargs):
+        lp_id, lp_gr, feats = real(self, *args, **kwargs)
+        calls["n"] += 1
+        return lp_id, lp_gr, (feats * float("nan") if calls["n"] == 2 else feats)
+
+    monkeypatch.setattr(JointModel, "log_probs", poisoned)
+    cfg = JointConfig(id_tower=SMALL_ID, gr_tower=SMALL_GR, max_len=20, batch_size=16, max_epochs=1, seed=0,
+                      nonfinite_loss="skip")
+    result = train_joint(split, table, cfg)
+    assert result.skipped_steps == 1
+    assert torch.isfinite(result.model.gate_norm.running_mean).all()
+    assert torch.isfinite(result.model.gate_norm.running_var).all()
+    assert np.isfinite(joint_gates(result.model, split.test.subset(np.arange(10))).gate).all()
+
+
+def test_no_training_transition_is_an_error_not_an_untrained_model():
+    from genrec.errors import DataFormatError
+
+    _, split, table = synthetic_split(num_users=60)
+    empty = dataclasses.replace(split, train=[s[:1] for s in split.train])
+    cfg = JointConfig(id_tower=SMALL_ID, gr_tower=SMALL_GR, max_len=20, max_epochs=1)
+    with pytest.raises(DataFormatError, match=r"joint\[joint\]: no training batch"):
+        train_joint(empty, table, cfg)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fusion.joint import JointConfig, evaluate_joint, joint_gates, load_joint, save_joint, train_joint
-from genrec import leave_one_out, make_synthetic, training
+from genrec import leave_one_out, make_synthetic, model_settings
 from genrec.errors import ConfigError
 from genrec.generative import GenerativeConfig
 from genrec.recipe.config import config_from_dict, joint_config
@@ -72,7 +72,7 @@ def test_the_recipe_device_reaches_the_joint_model():
 def test_joint_bf16_paths(monkeypatch, data, scope):
     """bf16 autocast on the CPU standing in for CUDA: training, the fused scores (catalogue and
     candidate scopes) and the gate report run with bf16 activations."""
-    monkeypatch.setattr(training, "_AUTOCAST_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(model_settings, "AUTOCAST_DEVICES", ("cuda", "cpu"))
     split, table = data
     config = cfg(gr_scope=scope, candidates=5, precision="bf16")  # accepted on the CPU here
     model = train_joint(split, table, config).model

@@ -501,3 +501,16 @@ def test_the_new_item_mixture_ranks_added_items_apart_and_round_trips(added, add
     save_json(saved / MANIFEST, legacy)  # saved before the mixture: every item counts as trained
     old = Recommender.from_pretrained(saved)
     assert old.trained_items == old.num_items and old.new_item_mixtures == {}
+
+
+def test_permute_items_renumbers_sequences_consistently():
+    import genrec
+    from genrec.cold_start import permute_items
+
+    ds = genrec.load_dataset("synthetic:num_users=150,num_brands=4,num_categories=4,num_attributes=4")
+    order = np.random.default_rng(0).permutation(ds.num_items)
+    p = permute_items(ds, order)
+    for s, t in zip(ds.sequences[:20], p.sequences[:20]):
+        assert [ds.item_ids[i] for i in s] == [p.item_ids[i] for i in t]
+    with pytest.raises(ValueError, match="permutation"):
+        permute_items(ds, order[:-1])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.errors import CheckpointNotFoundError, DataFormatError
+from genrec.errors import CheckpointError, CheckpointNotFoundError, DataFormatError
 from genrec.parallel_generative import (ParallelCodeModel, ParallelConfig, catalogue_log_probs, evaluate,
                                         load_parallel, recommend, save_parallel, score_items, train_parallel)
 from genrec.splits import leave_one_out
@@ -122,6 +122,12 @@ def test_bad_inputs_are_clear_errors(split, trained):
         score_items(trained.model, [np.array([1, 2])], np.array([1, 2]))
     with pytest.raises(ValueError, match="outside its level's codebook"):
         ParallelCodeModel(np.array([[0, 3]]), [2, 3], ParallelConfig(hidden=8, num_heads=1))
+    # weights of other semantic IDs of the same shape (a resume over another table): refused
+    other = pq_table()
+    other.codes[[0, 1]] = other.codes[[1, 0]]
+    with pytest.raises(CheckpointError, match="trained on other semantic IDs"):
+        ParallelCodeModel(other.codes, other.codebook_sizes, trained.model.config).load_state_dict(
+            trained.model.state_dict())
 
 
 @pytest.mark.parametrize("model", ["parallel", "semantic"])

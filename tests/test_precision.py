@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from genrec import training
+from genrec import model_settings, training
 from genrec.errors import ConfigError
 from genrec.generative import GenerativeConfig, recommend, score_items, train_generative
 from genrec.recipe.config import config_from_dict
@@ -69,13 +69,39 @@ def test_bf16_on_a_cuda_device_name_is_accepted_without_a_gpu():
     assert GenerativeConfig(precision="bf16", device="cuda:1").precision == "bf16"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="'auto' is CUDA here")
+def test_a_bf16_model_trained_with_auto_loads_without_a_gpu(cpu_bf16, split, tmp_path):
+    """``device: auto`` + bf16 trained on CUDA (bf16 runs nowhere else): its checkpoint, and a recipe
+    config saying so, load on a machine without one (evaluated in fp32), as with ``device: cuda``."""
+    from genrec.sasrec import load_sasrec
+
+    trained = train_sasrec(split, _bf16(SASRecConfig(**SAS)), tmp_path, progress=False).model
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
+    ckpt["config"]["device"] = "auto"  # as a GPU run with device auto wrote it
+    torch.save(ckpt, tmp_path / "best.pt")
+    monkeypatch_off = pytest.MonkeyPatch()
+    monkeypatch_off.setattr(model_settings, "AUTOCAST_DEVICES", ("cuda",))  # this machine: no bf16 anywhere
+    try:
+        model = load_sasrec(tmp_path / "best.pt")
+        assert model.config.precision == "bf16" and model.config.device == "cuda"
+        for a, b in zip(model.parameters(), trained.parameters()):
+            assert torch.equal(a.cpu(), b.cpu())
+        saved = {"data": {"dataset": "synthetic:tiny"}, "device": "auto",  # a run's config.json: sections in full
+                 "sasrec": {"precision": "bf16", "device": "auto"}}
+        with pytest.raises(ConfigError, match="no CUDA here"):  # a new run: refused, as before
+            config_from_dict(saved)
+        assert config_from_dict(model_settings.saved_config(saved)).sasrec.device == "cuda"  # a finished one
+    finally:
+        monkeypatch_off.undo()
+
+
 def test_the_autocast_context_is_a_no_op_off_cuda():
-    with training.autocast("bf16", "cpu"):
+    with model_settings.autocast("bf16", "cpu"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
 def test_recipe_bf16_needs_the_recipe_device_too():
-    with pytest.raises(ConfigError, match="'precision' is 'bf16'"):
+    with pytest.raises(ConfigError, match="'sasrec.precision' is 'bf16'"):
         config_from_dict({"data": {"dataset": "synthetic:tiny"}, "sasrec": {"precision": "bf16"}})
     # the top-level device reaches the section before it is checked
     config = config_from_dict({"data": {"dataset": "synthetic:tiny"}, "device": "cuda",
@@ -93,7 +119,7 @@ def test_old_checkpoint_configs_resume_at_the_default():
 def cpu_bf16(monkeypatch):
     """bf16 autocast on the CPU, standing in for CUDA: the same dtype paths (bf16 activations
     reaching topk, NumPy conversions, fp32 accumulators) run without a GPU."""
-    monkeypatch.setattr(training, "_AUTOCAST_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(model_settings, "AUTOCAST_DEVICES", ("cuda", "cpu"))
 
 
 def test_an_fp32_run_resumes_in_bf16(cpu_bf16, tmp_path, split):
@@ -108,7 +134,7 @@ def _bf16(config):
 
 
 def test_sasrec_bf16_paths(cpu_bf16, split):
-    with training.autocast("bf16", "cpu"):  # the stand-in is really on
+    with model_settings.autocast("bf16", "cpu"):  # the stand-in is really on
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     result = train_sasrec(split, _bf16(SASRecConfig(**SAS)), progress=False)
     assert all(p.dtype == torch.float32 for p in result.model.parameters())  # weights stay fp32

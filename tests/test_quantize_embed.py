@@ -117,6 +117,21 @@ def test_cache_shards_compact_and_survive_reload(tmp_path):
     assert not hit.any()
 
 
+def test_damaged_cache_shard_is_skipped_not_fatal(tmp_path, caplog):
+    """A truncated shard (a killed copy, a full disk) costs its vectors, recomputed, not the run."""
+    cache = EmbeddingCache(tmp_path)
+    keys = text_keys(["a", "b", "c", "d"])
+    vecs = np.arange(20, dtype=np.float32).reshape(4, 5)
+    cache.put(keys[:2], vecs[:2])
+    (first,) = tmp_path.glob("shard-*.npz")
+    cache.put(keys[2:], vecs[2:])
+    first.write_bytes(first.read_bytes()[:40])  # numpy reads it as a damaged zip archive
+    hit, got = EmbeddingCache(tmp_path).get(keys)
+    assert hit.tolist() == [False, False, True, True]
+    np.testing.assert_array_equal(got, vecs[2:])  # the hits' vectors
+    assert "skipping unreadable shard" in caplog.text and first.name in caplog.text
+
+
 def test_int8_precision_agrees_with_fp32_and_has_its_own_cache(tmp_path, minilm):
     texts = ["Lavender shampoo for dry hair", "Matte red lipstick", "Stainless steel nail clippers",
              "Hydrating face cream with SPF 30", "Volumising mascara, black"]

@@ -68,6 +68,31 @@ def test_build_every_method_with_pca(method, cfg, tmp_path):
     np.testing.assert_array_equal(back.encode_new(res.embeddings), res.table.base_codes)
 
 
+def test_save_over_an_earlier_result_never_pairs_old_and_new_files(tmp_path, monkeypatch):
+    """Saving without PCA over a save with PCA, killed before the table is written: the directory
+    holds no table (it does not load) rather than this quantizer beside the earlier PCA."""
+    ds = toy_dataset()
+    x = clustered_embeddings(ds.num_items)
+    build_semantic_ids(ds, "rq_kmeans", embeddings=x, pca_dim=8, levels=2, codebook_size=8).save(tmp_path)
+    res = build_semantic_ids(ds, "rq_kmeans", embeddings=x, levels=2, codebook_size=4)
+    monkeypatch.setattr(type(res.table), "save", lambda self, path: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        res.save(tmp_path)
+    assert not (tmp_path / "semantic_ids.json").exists() and not (tmp_path / "preprocess.pt").exists()
+    monkeypatch.undo()
+    res.save(tmp_path)
+    assert SemanticIdResult.load(tmp_path).table == res.table
+
+
+def test_pca_of_data_without_variance_reports_a_number():
+    from quantize.preprocess import Preprocessor
+
+    pre = Preprocessor(pca_dim=1)
+    with np.errstate(all="raise"):
+        pre.fit_transform(np.ones((3, 4), np.float32))
+    assert pre.explained_variance_ratio == 1.0  # was NaN, written into diagnostics.json
+
+
 def test_build_rejects_bad_embeddings_naming_the_item():
     ds = toy_dataset(20)
     x = clustered_embeddings(20)
@@ -116,3 +141,20 @@ def test_cli_precomputed_embeddings_and_errors(tmp_path, capsys):
     assert "bad option" in capsys.readouterr().err
     assert main(["quantize", str(tmp_path / "data"), "--method", "pq", "--levels", "2", "--out", str(out)]) == 2
     assert "--subspaces" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"nitre": 5}, r"config key 'quantize.options': bad option for quantizer 'rq_kmeans'.*'nitre'"),
+    ({"niter": 0}, r"config key 'quantize.options': niter must be an integer >= 1, got 0"),
+    ({"seed": 3}, r"config key 'quantize.options.seed' is a setting of its own: set quantize.seed"),
+    ({"codebook_size": [512, 256, 256]}, r"'quantize.options.codebook_size' is a setting of its own"),
+])
+def test_recipe_quantizer_options_are_checked_with_the_config(options, message):
+    """They used to fail after the data and embed stages (seed: a TypeError traceback), or be
+    overwritten silently (codebook_size, levels)."""
+    from genrec.recipe import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"quantize": {"options": options}})
+    config = config_from_dict({"quantize": {"method": "rq_vae", "levels": 2, "options": {"epochs": 3}}})
+    assert config.quantize.quantizer_options() == {"epochs": 3, "codebook_size": 256, "levels": 2}

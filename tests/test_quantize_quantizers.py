@@ -182,3 +182,31 @@ def test_rq_vae_stops_on_a_diverged_loss(data):
     q = make_quantizer("rq_vae", seed=0, **{**CONFIGS["rq_vae"], "lr": 1e30, "epochs": 3})
     with pytest.raises(TrainingDivergedError, match=r"rq_vae training diverged: the loss is (nan|inf) at epoch"):
         q.fit(data[0])
+    assert not q.fitted  # a diverged fit is no quantizer to save or encode with
+    with pytest.raises(RuntimeError, match="not fitted"):
+        q.encode(data[0][:3])
+
+
+def test_rq_vae_constant_dimension_does_not_blow_up_new_items(data):
+    """A dimension constant in training keeps scale 1: a new item differing there by 0.01 stays an
+    ordinary input (a 1e-6 scale made it ~1e4 and sent every new item to one code)."""
+    x = data[0].copy()
+    x[:, 0] = 0.5
+    q = make_quantizer("rq_vae", seed=0, **CONFIGS["rq_vae"])
+    q.fit(x)
+    assert q.scale[0] == 1.0
+    new = x[:8].copy()
+    new[:, 0] = 0.51
+    np.testing.assert_array_equal(q.encode(new), q.encode(x[:8]))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: RQKMeans(niter=-1), "niter must be an integer >= 1, got -1"),
+    (lambda: RQKMeans(max_points_per_centroid=0), "max_points_per_centroid must be an integer >= 1, got 0"),
+    (lambda: PQ(niter=0), "niter must be an integer >= 1"),
+    (lambda: OPQ(opq_iters=0), "opq_iters must be an integer >= 1"),
+    (lambda: OPQ(subspaces=1, codebook_size=2).fit(np.ones((1, 1), np.float32)), "at least 2 training vectors"),
+])
+def test_bad_quantizer_settings_are_clear_errors(make, message):
+    with pytest.raises(ValueError, match=message):  # faiss aborted or raised a RuntimeError on these
+        make()

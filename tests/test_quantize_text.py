@@ -30,6 +30,12 @@ def test_html_entities_unescaped_and_tags_stripped():
     text = item_text(it)
     assert "Dr. Scholl's Bath & Spa" in text and "Brand: A & B" in text and "Description: Soft skin" in text
     assert "&" in text and "&amp;" not in text and "<" not in text
+    # only known tags go: a "<" or ">" in plain text (escaped or not) is kept with what follows it
+    assert clean_text("Fits sizes &lt;5mm and &gt;2mm") == "Fits sizes <5mm and >2mm"
+    assert clean_text("I <3 this; weight < 2kg, height > 1m") == "I <3 this; weight < 2kg, height > 1m"
+    assert clean_text("x<y and y>z") == "x<y and y>z"
+    assert clean_text("Caf\ud800 au lait") == "Caf\ufffd au lait"  # JSON allows a lone surrogate; UTF-8 does not
+    assert clean_text("a&lt;BR /&gt;b <font color='red'>c</font>") == "a b c"
 
 
 def test_custom_segments_fields_and_skipped_categories():
@@ -43,7 +49,8 @@ def test_custom_segments_fields_and_skipped_categories():
     assert TextTemplate.from_dict(tpl.to_dict()) == tpl
 
 
-@pytest.mark.parametrize("segments", [("Title: {titel}",), ("no fields",), ("{title",)])
+@pytest.mark.parametrize("segments", [("Title: {titel}",), ("no fields",), ("{title",), ("Price: {price:.2f}",),
+                                      ("{title!x}",)])
 def test_bad_template_segments_are_rejected(segments):
     with pytest.raises(ValueError, match="segment"):
         TextTemplate(segments=segments)
@@ -72,3 +79,12 @@ def test_explicit_fallback_for_empty_items():
     assert item_texts(ds, fallback="Item {item_id}") == ["Title: A", "Item x9"]
     with pytest.raises(ValueError, match="fallback"):
         item_texts(ds, fallback="Item {name}")
+    for bad in ("Item {item_id.upper}", "Item {item_id:>9}", "Item {item_id!r}", "Item {item_id[0]}"):
+        with pytest.raises(ValueError, match="over {item_id} alone"):  # could render differently per run
+            item_texts(ds, fallback=bad)
+
+
+def test_item_id_field_is_rendered():
+    """``{item_id}`` is an allowed field: it renders (it used to drop its segment for every item)."""
+    ds = make_dataset([ItemText(title="A"), ItemText()], ids=["a7", "x9"])
+    assert item_texts(ds, TextTemplate.from_fields(["title", "item_id"])) == ["Title: A; Item: a7", "Item: x9"]

@@ -74,7 +74,9 @@ def test_clustered_vectors_follow_clusters_and_random_ones_do_not():
 @pytest.mark.parametrize("kwargs,key", [
     (dict(seq_len=(2, 5)), "seq_len"), (dict(num_clusters=0), "num_clusters"), (dict(vectors="text"), "vectors"),
     (dict(item_share=0.7, cluster_share=0.5), "item_share"), (dict(num_interactions=3), "num_interactions"),
-    (dict(popularity_skew=0.5), "popularity_skew"), (dict(dim=0), "dim")])
+    (dict(popularity_skew=0.5), "popularity_skew"), (dict(dim=0), "dim"),
+    (dict(popularity_skew=float("nan")), "popularity_skew must be a finite number >= 1"),
+    (dict(noise=float("nan")), "noise must be a finite number >= 0")])
 def test_generator_bad_arguments_name_the_argument(kwargs, key):
     args = dict(num_items=100, num_interactions=1_000) | kwargs
     with pytest.raises(ValueError, match=key):

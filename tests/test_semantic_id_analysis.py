@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -322,9 +323,26 @@ def test_analyze_bad_semantic_id_analysis_inputs(tmp_path):
     np.savez(tmp_path / "topk.npz", sasrec=np.zeros((4, 5), dtype=np.int64))
     with pytest.raises(DataFormatError, match=r"topk.npz: no array named 'gr' \(has sasrec\)"):
         _run_analyze([data, "--out", out, "--predictions", f"gr={tmp_path / 'topk.npz'}"])
+    topk = ["--predictions", f"sasrec={tmp_path / 'topk.npz'}"]
     with pytest.raises(ConfigError, match="--win-pair sasrec gr: both must be --predictions names"):
-        _run_analyze([data, "--out", out, "--predictions", f"sasrec={tmp_path / 'topk.npz'}",
-                      "--win-pair", "sasrec", "gr"])
+        _run_analyze([data, "--out", out, *topk, "--indicator-validation", "--win-pair", "sasrec", "gr"])
+    # options that would be silently ignored, out of range or clashing: refused before any output
+    for argv, message in [
+            (["--win-pair", "sasrec", "gr"], "--win-pair acts only with --indicator-validation"),
+            (["--indicator-validation", "--win-pair", "sasrec", "sasrec"], "--win-pair sasrec sasrec: two different"),
+            (["--indicator-validation", "--gr-model", "tiger"], "--gr-model tiger: not a --predictions name"),
+            (["--beam", "5"], "--beam acts only with --generative"),
+            (["--metric", "bogus"], r"--metric 'bogus': the chart plots one of the table's metrics: recall@5, ndcg@5$"),
+            (["--token-hop", "2"], "--token-hop acts only with --codes or --sweep-embeddings"),
+            (["--token-hop", "5", "--codes", str(tmp_path / "emb.npy")], r"--token-hop must be in \[1, --max-hop 4\]"),
+            (["--max-hop", "127"], r"--max-hop must be in \[1, 126\], got 127"),
+            (["--sweep-levels", "2"], "--sweep-levels acts only with --sweep-embeddings"),
+            ([f"sasrec={tmp_path / 'topk.npz'}"], "the name 'sasrec' is given twice")]:  # after topk's
+        with pytest.raises(ConfigError, match=message):
+            _run_analyze([data, "--out", out, *topk, *argv])
+    assert not Path(out).exists()
+    assert _run_analyze([data, "--out", out, *topk, "--ks", "5", "5", "--metric", "recall@5"]) == 0
+    assert json.loads((Path(out) / "per_category.json").read_text())["ks"] == [5]  # repeated cutoffs once
     np.savez(tmp_path / "extra.npz", short=np.ones(3))
     with pytest.raises(DataFormatError, match=r"extra.npz: indicator 'short' must be \[4\] finite numbers"):
         _run_analyze([data, "--out", out, "--indicator-validation", "--indicators", str(tmp_path / "extra.npz")])

@@ -209,5 +209,9 @@ def test_spec_and_validation():
         make_synthetic(num_categories=1)
     with pytest.raises(ValueError, match="memorization_share \\+ noise_share"):
         make_synthetic(memorization_share=0.8, noise_share=0.3)
+    # every item held out leaves no open anchor: a validation-only pair would be drawn for test too
+    with pytest.raises(ValueError, match="heldout_share=1.0 holds out every item"):
+        make_synthetic(num_users=50, heldout_share=1.0, unseen_share=0.0)
+    assert make_synthetic(num_users=50, heldout_share=1.0, unseen_share=1.0).num_users == 50
     with pytest.raises(ValueError, match="not a synthetic dataset"):
         synthetic_info(SequenceDataset(name="x", item_ids=[], user_ids=[], sequences=[], items=[]))

@@ -144,6 +144,26 @@ def scripted_fit(losses_at, curve=None, out=None, steps_per_epoch=3, **config):
     return result, weights
 
 
+def test_an_epoch_out_of_time_between_evaluations_counts_its_time_once(monkeypatch):
+    """eval_every 2, out of time in epoch 1: its 40 s (a fake clock: each step 20 s; the limit of 30 s
+    cuts the epoch after 2 of 3 steps) were added before the evaluation and again after it."""
+    import genrec.training as training
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock["now"])
+    model = torch.nn.Linear(1, 1)
+
+    def loss_fn(m, batch):
+        clock["now"] += 20.0
+        return (m(batch) ** 2).mean(), len(batch)
+
+    config = Guarded(eval_every=2)
+    config.max_minutes = 0.5
+    result = fit(model, config, lambda rng: [torch.ones(4, 1)] * 3, 3, loss_fn,
+                 lambda m: {"ndcg@10": 0.1, "recall@10": 0.0}, progress=False, name="toy")
+    assert [(r["epoch"], r["minutes"] * 60) for r in result.history] == [(1, 40.0)]
+
+
 def test_nan_loss_stops_training_naming_model_epoch_step_and_last_finite_loss():
     with pytest.raises(TrainingDivergedError) as err:
         scripted_fit({5: math.nan}, max_epochs=4)  # global step 5 = epoch 2, step 2 of 3
@@ -228,6 +248,33 @@ def test_resume_falls_back_to_the_previous_last_checkpoint(tmp_path, caplog):
     assert resumed.best_epoch == straight.best_epoch == 5
     assert torch.equal(resumed.model.weight, straight.model.weight)
     assert load_checkpoint(b / "last.pt")["state"]["epoch"] == 5  # the damaged file was replaced
+
+
+def test_two_kills_between_writing_best_and_last_still_resume(tmp_path, monkeypatch):
+    """Killed after best.pt (epoch 3) but before last.pt, twice: the first resume restores epoch 1's
+    weights from best.prev.pt; its replayed epoch 3 used to rotate the unconfirmed best.pt over
+    best.prev.pt, so the second resume had no epoch-1 weights left."""
+    import genrec.training as training
+
+    curve = [0.3, 0.1, 0.5, 0.2]
+    straight, _ = scripted_fit({}, curve=curve, out=tmp_path / "a", max_epochs=4)
+    b = tmp_path / "b"
+    scripted_fit({}, curve=curve, out=b, max_epochs=2)
+    real = training._save_keeping_previous
+
+    def killed_at_epoch_3(path, obj, unreadable):
+        if path.name == "last.pt" and obj["state"]["epoch"] == 3:
+            raise KeyboardInterrupt
+        real(path, obj, unreadable)
+
+    monkeypatch.setattr(training, "_save_keeping_previous", killed_at_epoch_3)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            scripted_fit({}, curve=curve[2:], out=b, max_epochs=4)
+    monkeypatch.undo()
+    resumed, _ = scripted_fit({}, curve=curve[2:], out=b, max_epochs=4)
+    assert [r["ndcg@10"] for r in resumed.history] == curve and resumed.best_epoch == straight.best_epoch == 3
+    assert torch.equal(resumed.model.weight, straight.model.weight)
 
 
 def test_resume_after_a_kill_between_renaming_and_writing_last(tmp_path):

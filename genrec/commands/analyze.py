@@ -37,20 +37,20 @@ or option on the command line).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from genrec.analysis import (evaluate_topk_by_category, export_labels_jsonl, markdown_table, plot_categories,
                              shares_markdown, token_memorization_markdown, token_memorization_summary)
-from genrec.artifacts import atomic_write_text, save_json
+from genrec.artifacts import atomic_write_text, load_arrays, save_json
 from genrec.codebook_sweep import codebook_sweep, config_grid, plot_sweep, sweep_markdown
 from genrec.commands.common import TABLE_FILE, load_semantic_id_table, load_split
 from genrec.data import SequenceDataset
 from genrec.errors import ConfigError, DataFormatError, GenrecError
-from genrec.memorization import DEFAULT_MAX_HOP, TransitionGraph, label_instances, token_memorization
+from genrec.memorization import DEFAULT_MAX_HOP, MAX_HOP, TransitionGraph, label_instances, token_memorization
 from genrec.metrics import ranks_from_topk
 from genrec.semantic_id_analysis import (indicator_validation, indicator_validation_markdown,
                                          plot_indicator_validation, support_coverage, support_coverage_markdown)
@@ -141,18 +141,14 @@ def load_codes(path: str | Path, dataset: SequenceDataset) -> np.ndarray:
 
 
 def _read_code_array(path: Path) -> np.ndarray:
-    try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.keys())
-            if "codes" in keys:
-                return z["codes"]
-            if len(keys) == 1:
-                return z[keys[0]]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # truncated, pickled or not a NumPy file at all
-        raise DataFormatError(f"{path}: not a readable {path.suffix} array ({e})") from None
-    raise DataFormatError(f"{path}: expected an array named 'codes' (or a single array), found {keys}")
+    loaded = load_arrays(path)
+    if not isinstance(loaded, dict):
+        return loaded
+    if "codes" in loaded:
+        return loaded["codes"]
+    if len(loaded) == 1:
+        return next(iter(loaded.values()))
+    raise DataFormatError(f"{path}: expected an array named 'codes' (or a single array), found {list(loaded)}")
 
 
 def _table_codes(path: Path, dataset: SequenceDataset) -> np.ndarray:
@@ -232,13 +228,11 @@ def _parse_predictions(pairs: list[str], n_test: int, num_items: int) -> dict[st
             file, _, key = file.rpartition(":")
         if not Path(file).is_file():
             raise DataFormatError(f"--predictions {name}: file {file} not found")
-        if file.endswith(".npz"):
-            topk = _npz_array(file, key or name)
-        else:
-            try:
-                topk = np.load(file, allow_pickle=False)
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-                raise DataFormatError(f"{file}: not a readable .npy array ({e})") from None
+        topk = load_arrays(file)
+        if isinstance(topk, dict):  # an archive: the array named KEY, or NAME
+            if (key or name) not in topk:
+                raise DataFormatError(f"{file}: no array named {key or name!r} (has {', '.join(topk)})")
+            topk = topk[key or name]
         if topk.ndim != 2 or topk.shape[0] != n_test or not np.issubdtype(topk.dtype, np.integer):
             hint = (" (a recipe run with data.eval_users ranked only its sampled test users)"
                     if topk.ndim == 2 and topk.shape[0] < n_test else "")
@@ -250,24 +244,12 @@ def _parse_predictions(pairs: list[str], n_test: int, num_items: int) -> dict[st
     return out
 
 
-def _npz_array(file: str | Path, key: str) -> np.ndarray:
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            if key not in z.files:
-                raise DataFormatError(f"{file}: no array named {key!r} (has {', '.join(z.files)})")
-            return z[key]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataFormatError(f"{file}: not a readable .npz archive ({e})") from None
-
-
 def _read_indicator_file(path: str, n_test: int) -> dict[str, np.ndarray]:
     if not Path(path).is_file():
         raise DataFormatError(f"--indicators: file {path} not found")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError, AttributeError, zipfile.BadZipFile) as e:
-        raise DataFormatError(f"{path}: not a readable .npz archive ({e})") from None
+    arrays = load_arrays(path)
+    if not isinstance(arrays, dict):
+        raise DataFormatError(f"{path}: expected a .npz archive of named indicator arrays, got one .npy array")
     for k, v in arrays.items():
         if v.shape != (n_test,) or not np.issubdtype(v.dtype, np.number) or not np.isfinite(v).all():
             raise DataFormatError(f"{path}: indicator {k!r} must be [{n_test}] finite numbers, got {v.dtype} {v.shape}")
@@ -277,10 +259,9 @@ def _read_indicator_file(path: str, n_test: int) -> dict[str, np.ndarray]:
 def _read_embeddings(path: str, num_items: int) -> np.ndarray:
     if not Path(path).is_file():
         raise DataFormatError(f"--sweep-embeddings: file {path} not found")
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataFormatError(f"{path}: not a readable .npy array ({e})") from None
+    x = load_arrays(path)
+    if isinstance(x, dict):
+        raise DataFormatError(f"{path}: expected one .npy array of embeddings, got a .npz archive")
     if x.ndim != 2 or x.shape[0] != num_items or not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
         raise DataFormatError(f"{path}: expected finite float embeddings [{num_items}, d] (one row per item), "
                               f"got {x.dtype} {x.shape}")
@@ -305,8 +286,6 @@ def _indicators(args: argparse.Namespace, split, codes: np.ndarray | None, preds
     if args.generative:
         from genrec.generative import load_generative, recommend
 
-        if args.beam < 1:
-            raise ConfigError(f"--beam must be >= 1, got {args.beam}")
         gen = load_generative(args.generative)
         if gen.num_items != split.num_items:
             raise DataFormatError(f"--generative {args.generative}: the model has {gen.num_items} items but the "
@@ -337,26 +316,78 @@ def _sweep_train_config(args: argparse.Namespace):
     return cfg
 
 
+#: options that only act with another one: (the options, what they need, whether that is given)
+_DEPENDENT_OPTIONS = (
+    (("win_pair", "id_model", "gr_model", "sasrec", "generative", "indicators"), "--indicator-validation",
+     lambda a: a.indicator_validation),
+    (("beam",), "--generative", lambda a: a.generative),
+    (("metric",), "--predictions", lambda a: a.predictions),
+    (("token_hop",), "--codes or --sweep-embeddings", lambda a: a.codes or a.sweep_embeddings),
+    (("sweep_sizes", "sweep_levels", "sweep_method", "sweep_seed", "sweep_train_minutes", "sweep_train_epochs"),
+     "--sweep-embeddings", lambda a: a.sweep_embeddings),
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser
+
+
+def _option_given(args: argparse.Namespace, option: str) -> bool:
+    """Whether ``option`` differs from its default (argparse keeps no record of what was typed)."""
+    return getattr(args, option) != _parser().get_default(option)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Range checks, and an error for an option that would be silently ignored (it needs another)."""
+    if not 1 <= args.max_hop <= MAX_HOP:
+        raise ConfigError(f"--max-hop must be in [1, {MAX_HOP}], got {args.max_hop}")
+    if not 1 <= args.token_hop <= args.max_hop:
+        raise ConfigError(f"--token-hop must be in [1, --max-hop {args.max_hop}], got {args.token_hop}")
+    if args.beam < 1:
+        raise ConfigError(f"--beam must be >= 1, got {args.beam}")
+    if args.win_pair and args.win_pair[0] == args.win_pair[1]:
+        raise ConfigError(f"--win-pair {' '.join(args.win_pair)}: two different models are needed")
+    names = [pair.partition("=")[0] for pair in args.predictions]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"--predictions: the name {repeated[0]!r} is given twice")
+    for options, needs, present in _DEPENDENT_OPTIONS:
+        for option in options:
+            if _option_given(args, option) and not present(args):
+                raise ConfigError(f"--{option.replace('_', '-')} acts only with {needs}; add it or drop the option")
+
+
 def run(args: argparse.Namespace) -> int:
     from quantize.pipeline import METHODS  # quantize (faiss) loaded when the command runs, not at CLI start-up
 
     out = Path(args.out)
-    if args.max_hop < 1:
-        raise ConfigError(f"--max-hop must be >= 1, got {args.max_hop}")
+    _check_options(args)
     dataset, split = load_split(args.dataset, args.max_history, order=args.order)
     # check inputs before the (cheap) labelling so a typo fails fast
     codes = load_codes(args.codes, dataset) if args.codes else None
     preds = _parse_predictions(args.predictions, len(split.test), dataset.num_items)
     k_list = min((p.shape[1] for p in preds.values()), default=10)
-    ks = tuple(args.ks) if args.ks else tuple(k for k in (5, 10, 20) if k <= k_list) or (k_list,)
+    ks = tuple(sorted(set(args.ks))) if args.ks else tuple(k for k in (5, 10, 20) if k <= k_list) or (k_list,)
     bad_ks = [k for k in ks if k < 1 or (preds and k > k_list)]
     if bad_ks:
         raise ConfigError(f"--ks {' '.join(map(str, bad_ks))}: cutoffs must be >= 1 and at most the ranked-list "
                           f"length {k_list}" if preds else f"--ks {' '.join(map(str, bad_ks))}: cutoffs must be >= 1")
-
-    if args.win_pair and not all(name in preds for name in args.win_pair):
-        raise ConfigError(f"--win-pair {' '.join(args.win_pair)}: both must be --predictions names "
-                          f"(have {', '.join(preds) or 'none'})")
+    k_main = max((k for k in ks if k <= 10), default=ks[0])  # K of the summaries: 10, or the nearest below
+    metrics = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
+    if args.metric is not None and args.metric not in metrics:
+        raise ConfigError(f"--metric {args.metric!r}: the chart plots one of the table's metrics: {', '.join(metrics)}")
+    if args.indicator_validation:
+        if args.win_pair and not all(name in preds for name in args.win_pair):
+            raise ConfigError(f"--win-pair {' '.join(args.win_pair)}: both must be --predictions names "
+                              f"(have {', '.join(preds) or 'none'})")
+        for option in ("id_model", "gr_model"):
+            name = getattr(args, option)
+            if _option_given(args, option) and name not in preds:
+                raise ConfigError(f"--{option.replace('_', '-')} {name}: not a --predictions name "
+                                  f"(have {', '.join(preds) or 'none'})")
     embeddings = _read_embeddings(args.sweep_embeddings, dataset.num_items) if args.sweep_embeddings else None
     if embeddings is not None and args.sweep_method.lower().replace("-", "_") not in METHODS:
         raise ConfigError(f"--sweep-method {args.sweep_method!r}: choose from {', '.join(METHODS)}")
@@ -365,8 +396,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(f"--sweep-sizes / --sweep-levels: {e}") from None
     train_config = _sweep_train_config(args)
-    if args.token_hop < 1:
-        raise ConfigError(f"--token-hop must be >= 1, got {args.token_hop}")
     extra = _read_indicator_file(args.indicators, len(split.test)) if args.indicators else {}
 
     graph = TransitionGraph(split.train, dataset.num_items, args.max_hop)
@@ -386,7 +415,6 @@ def run(args: argparse.Namespace) -> int:
                             token=tokens.get(name))
 
     ranks = {name: ranks_from_topk(topk, split.test.targets) for name, topk in preds.items()}
-    k_main = max((k for k in ks if k <= 10), default=ks[0])  # K of the summaries: 10, or the nearest below
     if codes is not None:
         rows = token_memorization_summary(tokens["test"], labels["test"], ranks, k=k_main, hop=args.token_hop)
         md = token_memorization_markdown(rows)
@@ -428,13 +456,12 @@ def run(args: argparse.Namespace) -> int:
     if preds:
         results = {name: evaluate_topk_by_category(topk, split.test.targets, labels["test"], ks)
                    for name, topk in preds.items()}
-        metrics = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
         md = markdown_table(results, metrics)
         print("test metrics per category\n")
         print(md)
         atomic_write_text(out / "per_category.md", md)
         save_json(out / "per_category.json", {"ks": list(ks), "results": results})
-        metric = args.metric or f"ndcg@{max((k for k in ks if k <= 10), default=ks[0])}"
+        metric = args.metric or f"ndcg@{k_main}"
         plot_categories(results, out / "per_category.png", metric=metric, title=f"{dataset.name} test: {metric}")
     log.info("wrote analysis to %s", out)
     return 0

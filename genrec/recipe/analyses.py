@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from genrec.artifacts import load_json, save_json
+from genrec.artifacts import load_arrays, load_json, save_json
+from genrec.errors import DataFormatError
 
 if TYPE_CHECKING:
     from genrec.recipe.stages import StageContext
@@ -45,11 +46,10 @@ def _read_indicators(path: Path, n: int) -> dict[str, np.ndarray] | None:
     """The fusion stage's test indicators, or None for a fusion stage from before they were saved."""
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as z:
-        out = {name: z[name] for name in z.files}
-    bad = [name for name, v in out.items() if v.shape != (n,)]
+    out = load_arrays(path)
+    bad = [name for name, v in out.items() if v.shape != (n,)] if isinstance(out, dict) else ["(one unnamed array)"]
     if bad:
-        raise ValueError(f"{path}: indicators {bad} do not have one value per test instance ({n})")
+        raise DataFormatError(f"{path}: indicators {bad} do not have one value per test instance ({n})")
     return out
 
 
@@ -133,6 +133,9 @@ def load_analyses(run_dir: str | Path) -> dict[str, Any] | None:
         return None
     result: dict[str, Any] = {"summary": load_json(out / "summary.json")}
     for name in result["summary"]["ran"]:
+        if not (out / f"{name}.json").is_file():
+            raise DataFormatError(f"{out / 'summary.json'}: lists the analysis {name!r} but {out / (name + '.json')} "
+                                  f"is missing; delete {out} and run the recipe again to redo the analysis stage")
         result[name] = load_json(out / f"{name}.json")
     return result
 
@@ -159,10 +162,13 @@ def analyses_markdown(analyses: Mapping[str, Any], primary: str, plots: bool) ->
                   if any(key.startswith(f"{m} ") for key in cov["rows"][0])]
         md += ["", "### Support coverage", "",
                f"The test generalization instances (no item-level transition from the last history item to "
-               f"the target within {'one hop' if cov['hop'] == 1 else str(cov['hop']) + ' hops'} in training) by "
-               f"the longest semantic-ID prefix transition that training does have, and each model's metrics "
-               f"on them. The IDs have {cov['levels']} levels, the last the disambiguation code, so the "
-               f"{cov['levels']}-gram row is the item itself and empty by definition.", "",
+               f"the target in training: memorization is hop 1) by the longest semantic-ID prefix transition "
+               f"that training has within {'one hop' if cov['hop'] == 1 else str(cov['hop']) + ' hops'}, and "
+               f"each model's metrics on them. The IDs have {cov['levels']} levels, the last the disambiguation "
+               f"code, so the {cov['levels']}-gram row is the item itself"
+               + (", empty by definition at hop 1." if cov["hop"] == 1 else
+                  f": at hop {cov['hop']} it holds the instances whose target follows the history item at "
+                  f"distance 2 to {cov['hop']}."), "",
                support_coverage_markdown(_support_rows(cov, models)).rstrip("\n")]
     ind = analyses.get("indicator_validation")
     if ind:

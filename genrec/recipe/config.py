@@ -106,6 +106,11 @@ class QuantizeSection:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # other quantizer options (e.g. niter)
 
+    def quantizer_options(self) -> dict[str, Any]:
+        """The quantizer's constructor arguments: ``options`` plus the sizes this section sets."""
+        sizes = {"levels": self.levels} if self.method in ("rq_kmeans", "rq_vae") else {"subspaces": self.subspaces}
+        return {**self.options, "codebook_size": self.codebook_size, **{k: v for k, v in sizes.items() if v is not None}}
+
 
 @dataclass
 class LabelsSection:
@@ -331,7 +336,7 @@ def config_from_dict(raw: Mapping[str, Any] | None, preset: str | None = None, o
         raise ConfigError(f"config key 'num_threads' must be a positive integer or null, got {nt!r}")
     device = top.get("device")
     if device is not None:
-        from genrec.sasrec import resolve_device  # torch only when the key is used
+        from genrec.model_settings import resolve_device  # torch only when the key is used
 
         if not isinstance(device, str):
             raise ConfigError(f"config key 'device' must be a device name such as 'cuda' or null, got {device!r}")
@@ -411,9 +416,9 @@ def resolve_dataset_spec(spec: str, config_dir: str | Path | None = None) -> str
 
 def validate_config(config: RecipeConfig) -> None:
     """Range and choice checks across sections (types were checked when building)."""
-    from genrec.training import LR_SCHEDULES
+    from genrec.memorization import MAX_HOP
     from quantize.embed import PRECISIONS
-    from quantize.pipeline import METHODS
+    from quantize.pipeline import METHODS, make_quantizer
 
     def need(cond: bool, key: str, value: Any, what: str) -> None:
         if not cond:
@@ -454,19 +459,13 @@ def validate_config(config: RecipeConfig) -> None:
         need(q.levels is not None and q.levels >= 1, "quantize.levels", q.levels, f"must be >= 1 for {q.method}")
     need(q.pca_dim is None or q.pca_dim >= 1, "quantize.pca_dim", q.pca_dim, "must be >= 1 or null")
     need(q.subspaces is None or q.subspaces >= 1, "quantize.subspaces", q.subspaces, "must be >= 1 or null")
-    for sec in ("sasrec", "generative"):
-        c = getattr(config, sec)
-        for key in ("max_len", "hidden", "num_blocks", "num_heads", "batch_size", "max_epochs", "patience",
-                    "eval_every"):
-            need(getattr(c, key) >= 1, f"{sec}.{key}", getattr(c, key), "must be >= 1")
-        need(c.lr > 0, f"{sec}.lr", c.lr, "must be > 0")
-        need(getattr(c, "lr_schedule", "constant") in LR_SCHEDULES, f"{sec}.lr_schedule",
-             getattr(c, "lr_schedule", "constant"), f"must be one of {list(LR_SCHEDULES)}")
-        need(0 <= c.dropout < 1, f"{sec}.dropout", c.dropout, "must be in [0, 1)")
-        need(c.max_minutes is None or c.max_minutes > 0, f"{sec}.max_minutes", c.max_minutes, "must be > 0 or null")
-        need(c.hidden % c.num_heads == 0, f"{sec}.hidden", c.hidden, f"must be divisible by num_heads ({c.num_heads})")
-    need(config.generative.eval_beam >= 1, "generative.eval_beam", config.generative.eval_beam, "must be >= 1")
-    need(config.labels.max_hop >= 1, "labels.max_hop", config.labels.max_hop, "must be >= 1")
+    for key in set(q.options) & {"codebook_size", "levels", "subspaces", "seed", "pca_dim", "whiten", "embeddings"}:
+        need(False, f"quantize.options.{key}", q.options[key], f"is a setting of its own: set quantize.{key}")
+    try:  # a misspelt or ill-typed option fails now, not after the data and embed stages
+        make_quantizer(q.method, seed=q.seed, **q.quantizer_options())
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config key 'quantize.options': {e}") from None
+    need(1 <= config.labels.max_hop <= MAX_HOP, "labels.max_hop", config.labels.max_hop, f"must be in [1, {MAX_HOP}]")
     need(f.k >= 2, "fusion.k", f.k, "must be >= 2")
     need(f.beam >= 1, "fusion.beam", f.beam, "must be >= 1")
     need(bool(f.methods), "fusion.methods", f.methods, "must list at least one method")
@@ -509,7 +508,8 @@ def validate_config(config: RecipeConfig) -> None:
     a = config.analysis
     need(all(s >= 2 for s in a.codebook_sizes), "analysis.codebook_sizes", a.codebook_sizes, "must all be >= 2")
     need(all(lv >= 1 for lv in a.codebook_levels), "analysis.codebook_levels", a.codebook_levels, "must all be >= 1")
-    need(a.token_hop >= 1, "analysis.token_hop", a.token_hop, "must be >= 1")
+    need(1 <= a.token_hop <= config.labels.max_hop, "analysis.token_hop", a.token_hop,
+         f"must be in [1, labels.max_hop ({config.labels.max_hop})]")
     need(bool(r.ks) and all(k >= 1 for k in r.ks), "report.ks", r.ks, "must be a non-empty list of positive ints")
     need(max(r.ks) <= f.k, "report.ks", r.ks, f"must not exceed fusion.k ({f.k}): ranked lists have length k")
     m, _, kk = r.metric.partition("@")

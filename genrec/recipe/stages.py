@@ -21,8 +21,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from genrec.artifacts import atomic_write, save_json
-from genrec.errors import ConfigError
+from genrec.artifacts import atomic_write, load_arrays, save_json
+from genrec.errors import ConfigError, GenrecError
 from genrec.recipe.analyses import stage_analysis
 from genrec.recipe.config import RecipeConfig, cold_enabled, joint_config
 from genrec.recipe.report import collect_results, strip_timing, write_report
@@ -212,17 +212,13 @@ def stage_quantize(ctx: StageContext) -> dict[str, Path]:
     dataset, _ = ctx.training()
     q = config.quantize
     # under cold-start evaluation the cold items are the last rows: the quantizer is fitted without them
-    x = np.load(inputs["embed"] / "embeddings.npy")[:dataset.num_items]
-    opts = dict(q.options)
-    opts["codebook_size"] = q.codebook_size
-    if q.method in ("rq_kmeans", "rq_vae"):
-        opts["levels"] = q.levels
-    elif q.subspaces is not None:
-        opts["subspaces"] = q.subspaces
+    x = load_arrays(inputs["embed"] / "embeddings.npy")[:dataset.num_items]
     try:
         result = build_semantic_ids(dataset, q.method, embeddings=x, pca_dim=q.pca_dim, whiten=q.whiten,
-                                    seed=q.seed, **opts)
-    except ValueError as e:
+                                    seed=q.seed, **q.quantizer_options())
+    except GenrecError:
+        raise
+    except ValueError as e:  # the settings meet the data (e.g. more sub-spaces than dimensions)
         raise ConfigError(f"config section 'quantize': {e}") from None
     paths = result.save(run_dir / "quantize")
     return {k: Path(v) for k, v in paths.items()}

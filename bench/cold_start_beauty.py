@@ -32,9 +32,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from genrec.artifacts import atomic_write_text, load_json, save_json  # noqa: E402
+from genrec.artifacts import atomic_write_text, save_json  # noqa: E402
 from genrec.metrics import metrics_from_ranks, ranks_from_topk  # noqa: E402
-from genrec.recipe import StageContext, config_from_dict, load_config, run_recipe  # noqa: E402
+from genrec.recipe import StageContext, load_config, run_recipe  # noqa: E402
+from genrec.recipe.run_files import run_config  # noqa: E402
 from genrec.recipe.report import cold_start_table  # noqa: E402
 
 ANCHOR = {"model": "LIGER (arXiv 2411.18814), Beauty cold targets", "recall@10": 0.1008, "ndcg@10": 0.0380}
@@ -49,7 +50,7 @@ def reference_by_target(reference: Path, cold_run: Path, cold_config, ks=(10,)) 
     """Per model of the reference run: metrics on the test users whose target is cold (``cold``:
     what the models would reach had they trained on those items) and in-set (``in_set``) in the
     cold-start run; the same users, since both runs split the same data the same way."""
-    _, ref_split = StageContext(reference, config_from_dict(load_json(reference / "config.json"))).data()
+    _, ref_split = StageContext(reference, run_config(reference)).data()
     cold = StageContext(cold_run, cold_config).cold()
     if not np.array_equal(ref_split.test.users, cold.split.test.users):
         raise SystemExit(f"{reference}: its test users differ from the cold-start run's; not a reference for it")

@@ -44,13 +44,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fusion.adapters import sasrec_outputs  # noqa: E402
-from genrec.artifacts import load_json, save_json  # noqa: E402
+from genrec.artifacts import save_json  # noqa: E402
 from genrec.config import override_dataclass  # noqa: E402
 from genrec.errors import ConfigError  # noqa: E402
 from genrec.layers import unit_rows  # noqa: E402
 from genrec.metrics import metrics_from_ranks, ranks_from_topk  # noqa: E402
 from genrec.new_items import nearest_items, sasrec_with_new_items  # noqa: E402
-from genrec.recipe import StageContext, config_from_dict  # noqa: E402
+from genrec.recipe import StageContext  # noqa: E402
+from genrec.recipe.run_files import run_config  # noqa: E402
 from genrec.sasrec import iter_logits, load_sasrec, save_sasrec, train_sasrec  # noqa: E402
 
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    config = config_from_dict(load_json(run / "config.json"))
+    config = run_config(run)
     cold = StageContext(run, config).cold()
     if cold is None:
         raise SystemExit(f"{run}: not a cold-start run (data.cold_items is not set)")

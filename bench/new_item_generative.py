@@ -67,11 +67,12 @@ from fusion.candidates import CandidateScores, ranks_of, union_ranks  # noqa: E4
 from fusion.new_item_mixture import (IN_SET_BOUND, fit_new_item_mixture, mixture_ranks,  # noqa: E402
                                      new_item_logits)
 from fusion.report import single_model_topk  # noqa: E402
-from genrec.artifacts import load_json, save_json  # noqa: E402
+from genrec.artifacts import save_json  # noqa: E402
 from genrec.generative import load_generative  # noqa: E402
 from genrec.metrics import metrics_from_ranks, per_instance_ndcg, ranks_from_topk  # noqa: E402
 from genrec.new_items import extend_catalogue, nearest_items  # noqa: E402
-from genrec.recipe import StageContext, config_from_dict  # noqa: E402
+from genrec.recipe import StageContext  # noqa: E402
+from genrec.recipe.run_files import run_config  # noqa: E402
 from genrec.sasrec import load_sasrec  # noqa: E402
 from genrec.splits import Instances  # noqa: E402
 from quantize import SemanticIdTable  # noqa: E402
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--content-candidates must be >= 1, got {args.content_candidates}")
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    config = config_from_dict(load_json(run / "config.json"))
+    config = run_config(run)
     cold = StageContext(run, config).cold()
     if cold is None:
         raise SystemExit(f"{run}: not a cold-start run (data.cold_items is not set)")

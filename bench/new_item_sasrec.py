@@ -31,10 +31,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from genrec.artifacts import load_json  # noqa: E402
 from genrec.metrics import metrics_from_ranks  # noqa: E402
 from genrec.new_items import nearest_items  # noqa: E402
-from genrec.recipe import StageContext, config_from_dict  # noqa: E402
+from genrec.recipe import StageContext  # noqa: E402
+from genrec.recipe.run_files import run_config  # noqa: E402
 from genrec.sasrec import SASRec, iter_logits, load_sasrec  # noqa: E402
 from genrec.splits import Instances  # noqa: E402
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    _, split = StageContext(run, config_from_dict(load_json(run / "config.json"))).training()
+    _, split = StageContext(run, run_config(run)).training()
     n = split.num_items
     rng = np.random.default_rng(args.seed)
     new = np.sort(rng.choice(n, int(round(args.share * n)), replace=False))

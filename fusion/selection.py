@@ -112,7 +112,11 @@ def cross_fit(make_methods: Callable[[], Sequence[FusionMethod]], cands: Candida
         fit_rows, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
         fit_c, fit_i, held_c, held_i = (cands.subset(fit_rows), indicators.subset(fit_rows), cands.subset(held),
                                         indicators.subset(held))
-        for m in make_methods():
+        methods = list(make_methods())
+        names = [m.name for m in methods]
+        if len(set(names)) < len(names):  # one name's ranks would overwrite the other's
+            raise ConfigError(f"cross-fitting needs distinct method names, got {names}")
+        for m in methods:
             t0 = time.perf_counter()
             m.fit(fit_c, targets[fit_rows], fit_i)
             r = ranks.setdefault(m.name, np.full(len(cands), k, np.int64))

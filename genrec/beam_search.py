@@ -197,8 +197,9 @@ def beam_search(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray
     items = np.full((n, top_k), -1, dtype=np.int64)
     logp = np.full((n, top_k), -np.inf, dtype=np.float32)
     codes = np.full((n, top_k, trie.num_levels), -1, dtype=np.int64)
-    was_training = model.training
-    model.eval()
+    was_training = getattr(model, "training", False)  # a CodeDecoder need not be an nn.Module
+    if was_training:
+        model.eval()
     try:
         with autocast(model_precision(model), decoder_device(model)):  # a bf16 model's forwards on CUDA
             for rows in length_batches(histories, batch_size):
@@ -210,7 +211,8 @@ def beam_search(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray
                               for t in (it, sc, cd))
                 items[rows, :k], logp[rows, :k], codes[rows, :k] = it, sc, cd
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
     return BeamResult(items=items, log_probs=logp, codes=codes)
 
 

@@ -328,6 +328,8 @@ def parse_timestamp(value: Any, where: str, field: str = "timestamp") -> int | f
     t: int | float = value
     if isinstance(value, str):
         s = value.strip()
+        if "_" in s:  # Python's int() / float() read "1_000"; no data format writes one, Arrow refuses it
+            raise DataFormatError(f"{where}: {field} {value!r} is not a number")
         try:
             t = int(s)
         except ValueError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -59,14 +60,17 @@ def check_training_config(config: Any) -> None:
         value = getattr(config, key, 1)
         if value is None and key in ("eval_users", "schedule_epochs"):  # None: all users / max_epochs
             continue
-        need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, "must be an integer >= 1")
+        need(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1, key,
+             "must be an integer >= 1")
     need(isinstance(config.lr, (int, float)) and math.isfinite(config.lr) and config.lr > 0, "lr", "must be > 0")
     for key in ("weight_decay", "warmup_epochs", "min_delta"):
         value = getattr(config, key, 0.0)
         need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, key, "must be >= 0")
-    for key in ("dropout", "head_dropout", "final_lr_ratio"):
+    for key in ("dropout", "head_dropout"):
         value = getattr(config, key, 0.0)
         need(isinstance(value, (int, float)) and 0 <= value < 1, key, "must be in [0, 1)")
+    ratio = getattr(config, "final_lr_ratio", 0.0)  # 1: a cosine schedule that stays at lr
+    need(isinstance(ratio, (int, float)) and 0 <= ratio <= 1, "final_lr_ratio", "must be in [0, 1]")
     minutes = config.max_minutes
     need(minutes is None or (isinstance(minutes, (int, float)) and minutes > 0), "max_minutes",
          "must be > 0 or null")  # null: no limit

@@ -117,15 +117,13 @@ class Recommender:
         gives its warm catalogue: its cold items are added back with :meth:`add_items`."""
         from fusion import load_methods
         from genrec.generative import load_generative
-        from genrec.recipe import StageContext, config_from_dict
+        from genrec.recipe import StageContext
+        from genrec.recipe.run_files import run_config
         from genrec.sasrec import load_sasrec
-        from genrec.model_settings import saved_config
         from quantize import SemanticIdTable
 
         run_dir = Path(run_dir)
-        if not (run_dir / "config.json").is_file():
-            raise CheckpointError(f"{run_dir}: no config.json; not a recipe run directory")
-        config = config_from_dict(saved_config(load_json(run_dir / "config.json")))
+        config = run_config(run_dir)
         if method is None:  # the run's primary: chosen on validation when fusion.primary is auto
             from genrec.recipe.primary import choose_primary
 

@@ -325,6 +325,12 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
         # once more: a run killed between its last checkpoint and this file resumes with no epoch
         # left to run, and must not keep a history one evaluation short
         save_json(out / "history.json", state["history"])
+        if out / "best.pt" in unreadable and best_state is not None:
+            # best.pt still holds what the resume could not use (an unconfirmed epoch, a damaged
+            # file) and no better epoch replaced it: the run's best weights, for whoever loads best.pt
+            _save_keeping_previous(out / "best.pt", {"model": best_state, "config": asdict(config),
+                                                     "epoch": state["best_epoch"], **(checkpoint_extra or {})},
+                                   unreadable)
     distributed.barrier()
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -559,7 +565,8 @@ def setup(config: Any) -> None:
     """Threads, flush-denormal and the torch seed, before a model is built; under ``torchrun``
     also joins the process group (:func:`genrec.distributed.init_from_env`), which pins each rank
     to its own GPU; the backend follows the config's device (nccl for CUDA, gloo for a CPU model even
-    on a GPU machine: nccl cannot reduce CPU tensors)."""
+    on a GPU machine: nccl cannot reduce CPU tensors). The first model a process trains sets it: the
+    models of one distributed run share a device kind (the recipe's ``device`` key)."""
     distributed.init_from_env("nccl" if resolve_device(getattr(config, "device", "cpu")).type == "cuda" else "gloo")
     if config.num_threads:
         torch.set_num_threads(config.num_threads)

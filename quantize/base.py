@@ -237,15 +237,19 @@ class Quantizer(ABC):
         blob = unpack_arrays(load_checkpoint(path, kind="quantizer file"))
         if blob.get("format") != _FORMAT:
             raise CheckpointError(f"{path}: not a genrec quantizer file")
-        klass = QUANTIZERS.get(blob["name"])
+        klass = QUANTIZERS.get(blob.get("name"))
         if klass is None:
-            raise CheckpointError(f"{path}: unknown quantizer {blob['name']!r}")
+            raise CheckpointError(f"{path}: unknown quantizer {blob.get('name')!r}")
         if cls is not Quantizer and not issubclass(klass, cls):
             raise CheckpointError(f"{path}: holds a {blob['name']!r} quantizer, not {cls.name!r}")
-        q = klass(**blob["config"])
-        q.dim = blob["dim"]
-        q._sizes = tuple(int(s) for s in blob["codebook_sizes"])
-        q._set_state(blob["state"])
+        try:  # a file of the right format whose content does not fit (edited, or another genrec version)
+            q = klass(**blob["config"])
+            q.dim = blob["dim"]
+            q._sizes = tuple(int(s) for s in blob["codebook_sizes"])
+            q._set_state(blob["state"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"{path}: a damaged or incompatible {blob['name']!r} quantizer file "
+                                  f"({type(e).__name__}: {e})") from None
         return q
 
     def __repr__(self) -> str:

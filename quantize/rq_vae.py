@@ -140,6 +140,7 @@ class RQVAE(Quantizer):
 
         x = as_embeddings(embeddings, ids)
         n, d = x.shape
+        self.dim = self._sizes = None  # unfitted until this fit has trained (a refit that fails included)
         sizes = tuple(effective_k(k, n, f"rq_vae level {lv}") for lv, k in enumerate(self.requested_sizes))
         if self.standardize:
             self.mean = x.mean(0)
@@ -152,7 +153,8 @@ class RQVAE(Quantizer):
         self.mean = self.mean.astype(np.float32)
         # Own RNG stream: the result depends on `seed` only, and the caller's global RNG (CUDA's
         # included, which manual_seed also reseeds) is untouched.
-        devices = [torch.device(self.device).index or 0] if torch.device(self.device).type == "cuda" else []
+        dev = torch.device(self.device)
+        devices = [torch.cuda.current_device() if dev.index is None else dev.index] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             gen = torch.Generator().manual_seed(self.seed)

@@ -24,10 +24,13 @@ _WS = re.compile(r"\s+")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # lone ones (JSON's "\\ud800"): no UTF-8 form to hash or tokenize
 # HTML tags by name (item text is not HTML: "sizes <5mm and >2mm" or "I <3 it" must survive), with
 # attributes; the names are those product descriptions carry
-_TAG_NAMES = ("a|abbr|b|big|blockquote|body|br|center|code|col|dd|del|div|dl|dt|em|font|h[1-6]|head|hr|html|i|"
-              "img|ins|li|meta|ol|p|pre|s|small|span|strike|strong|style|sub|sup|table|tbody|td|tfoot|th|thead|"
-              "title|tr|tt|u|ul")
-_TAG = re.compile(rf"</?(?:{_TAG_NAMES})(?:\s[^<>]{{0,200}})?/?>", re.IGNORECASE)
+_TAG_NAMES = ("a|abbr|article|b|big|blockquote|body|br|button|caption|center|cite|code|col|dd|del|div|dl|dt|em|"
+              "figure|font|footer|form|h[1-6]|head|header|hr|html|i|iframe|img|input|ins|label|li|link|meta|nav|"
+              "noscript|ol|option|p|pre|q|s|script|section|select|small|span|strike|strong|style|sub|sup|table|"
+              "tbody|td|tfoot|th|thead|title|tr|tt|u|ul")
+# known tags, namespaced ones (Word's <o:p>) and comments
+_TAG = re.compile(rf"</?(?:(?:{_TAG_NAMES})|[A-Za-z]+:[A-Za-z0-9]+)(?:\s[^<>]{{0,200}})?/?>|<!--.{{0,2000}}?-->",
+                  re.IGNORECASE | re.DOTALL)
 
 
 def clean_text(value: str, strip_tags: bool = True) -> str:

@@ -46,3 +46,40 @@ def tiny_saved(tiny_run, tmp_path_factory) -> Path:
     from genrec.recommender import Recommender
 
     return Recommender.from_pretrained(tiny_run).save_pretrained(tmp_path_factory.mktemp("tiny_saved") / "model")
+
+
+#: the cold-start setting of the tiny cold run (TIGER's protocol: a seeded 20% of the items held out)
+COLD = ["data.cold_items=0.2", "data.cold_seed=0"]
+DEMO_YAML = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "demo.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_emb_cache(tiny_run, tmp_path_factory):
+    """A copy of the tiny run's embedding cache (same item texts: the encoder is not rerun)."""
+    import shutil
+
+    return shutil.copytree(tiny_run.parent / "emb_cache", tmp_path_factory.mktemp("cold") / "emb_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_cached(tiny_emb_cache):
+    """TINY_DEMO with the cache copy: recipe runs of the tiny demo's items embed nothing."""
+    return (*TINY_DEMO, f"text.cache_dir={tiny_emb_cache}")  # a tuple: shared by the session, never changed
+
+
+@pytest.fixture(scope="session")
+def cold_run(tiny_cached, tmp_path_factory):
+    """The tiny demo with 20% of the items held out of training (TIGER's protocol)."""
+    from genrec import cli
+
+    out = tmp_path_factory.mktemp("cold_run") / "run"
+    assert cli.main(["demo", "--out", str(out), "--set", *tiny_cached, *COLD]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def cold_ctx(cold_run, tiny_cached):
+    """The cold run's stage context (its config as the run read it)."""
+    from genrec.recipe import StageContext, load_config
+
+    return StageContext(cold_run, load_config(DEMO_YAML, overrides=[*tiny_cached, *COLD]))

@@ -153,6 +153,9 @@ def test_non_numeric_timestamp(tmp_path):
     d = make_dir(tmp_path / "d", ["u1\ta\t1", "u1\tb\t2", "u1\tc\tyesterday"])
     with pytest.raises(DataFormatError, match=r"interactions\.tsv:4: timestamp 'yesterday' is not a number"):
         load_plain(d)
+    d = make_dir(tmp_path / "e", ["u1\ta\t1", "u1\tb\t1_000", "u1\tc\t3"])  # int() would read 1000
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv:3: timestamp '1_000' is not a number"):
+        load_plain(d)
 
 
 def test_interaction_with_unknown_item(tmp_path):

@@ -74,6 +74,8 @@ def test_cross_fitting_picks_the_out_of_sample_winner_not_the_in_sample_one():
     # the score is the mean over folds of each fold's mean
     v = metric_values(cf.ranks["fixed"], "ndcg@3")
     assert scores["fixed"] == pytest.approx(np.mean([v[cf.folds == f].mean() for f in range(5)]))
+    with pytest.raises(ConfigError, match=r"distinct method names, got \['fixed', 'fixed'\]"):
+        cross_fit(lambda: [FixedWeightFusion(), FixedWeightFusion()], cands, targets, ind, folds=5, k=6)
 
 
 def test_a_cross_fitted_choice_among_candidates_is_scored_out_of_sample():

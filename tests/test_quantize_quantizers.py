@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from genrec.errors import CheckpointError
 from quantize import OPQ, PQ, RQVAE, Quantizer, RQKMeans, load_quantizer, make_quantizer, reconstruction_error
 
 torch.set_num_threads(1)
@@ -100,6 +101,11 @@ def test_save_load_round_trip(name, data, fitted, tmp_path):
     other = RQKMeans if name != "rq_kmeans" else PQ
     with pytest.raises(ValueError, match="holds"):
         other.load(path)
+    blob = torch.load(path, weights_only=True)
+    del blob["state"]  # the right format, the content of another version: an error naming the file
+    torch.save(blob, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match=r"edited.pt: a damaged or incompatible .* quantizer file \(KeyError"):
+        load_quantizer(tmp_path / "edited.pt")
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -36,6 +36,7 @@ def test_html_entities_unescaped_and_tags_stripped():
     assert clean_text("x<y and y>z") == "x<y and y>z"
     assert clean_text("Caf\ud800 au lait") == "Caf\ufffd au lait"  # JSON allows a lone surrogate; UTF-8 does not
     assert clean_text("a&lt;BR /&gt;b <font color='red'>c</font>") == "a b c"
+    assert clean_text("<o:p>Word</o:p> <!-- a\ncomment --><section>paste</section>") == "Word paste"
 
 
 def test_custom_segments_fields_and_skipped_categories():

@@ -272,6 +272,10 @@ def test_two_kills_between_writing_best_and_last_still_resume(tmp_path, monkeypa
         with pytest.raises(KeyboardInterrupt):
             scripted_fit({}, curve=curve[2:], out=b, max_epochs=4)
     monkeypatch.undo()
+    # a rerun that ends before replaying epoch 3 leaves best.pt with the run's own best (epoch 1)
+    assert load_checkpoint(b / "best.pt")["epoch"] == 3
+    assert scripted_fit({}, curve=[], out=b, max_epochs=2)[0].best_epoch == 1
+    assert load_checkpoint(b / "best.pt")["epoch"] == 1
     resumed, _ = scripted_fit({}, curve=curve[2:], out=b, max_epochs=4)
     assert [r["ndcg@10"] for r in resumed.history] == curve and resumed.best_epoch == straight.best_epoch == 3
     assert torch.equal(resumed.model.weight, straight.model.weight)

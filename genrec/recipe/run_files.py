@@ -9,7 +9,21 @@ import numpy as np
 
 from genrec.artifacts import load_json
 
-__all__ = ["load_labels", "semantic_id_table", "test_ranks"]
+__all__ = ["load_labels", "run_config", "semantic_id_table", "test_ranks"]
+
+
+def run_config(run_dir: str | Path):
+    """The :class:`~genrec.recipe.RecipeConfig` a finished run was made with (its ``config.json``),
+    readable on any machine (:func:`genrec.model_settings.saved_config`: a bf16 run made with
+    ``device: auto`` loads where no GPU is); a directory without one is a CheckpointError."""
+    from genrec.errors import CheckpointError
+    from genrec.model_settings import saved_config
+    from genrec.recipe.config import config_from_dict
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no config.json; not a recipe run directory")
+    return config_from_dict(saved_config(load_json(path)))
 
 
 def load_labels(run_dir: str | Path, split: str = "test"):

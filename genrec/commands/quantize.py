@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subspaces", type=int, default=None, help="pq/opq sub-spaces (default 4)")
     p.add_argument("--codebook-size", type=int, default=None, help="codes per level (default 256)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="other quantizer options, values as JSON, e.g. --set epochs=100 lr=0.001")
+                   help="other quantizer options, values read as in a YAML file, e.g. --set epochs=100 lr=0.001")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pca-dim", type=int, default=None, help="PCA to this many dimensions first")
     p.add_argument("--whiten", action="store_true", help="whiten (unit variance per principal direction)")

@@ -30,10 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="budget preset merged under the file's values (default: the file's 'preset')")
     p.add_argument("--out", default=None, help="run directory (default runs/<name>-<preset>)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="config overrides, values as JSON, e.g. --set sasrec.max_epochs=5 fusion.k=20")
+                   help="config overrides, values read as in a YAML file, e.g. --set sasrec.max_epochs=5 fusion.k=20")
     p.add_argument("--until", default=None, metavar="STAGE",
                    help="stop after this stage (data, embed, quantize, sasrec, generative, labels, fusion, "
-                        "joint, evaluate, report)")
+                        "joint, evaluate, analysis, report)")
     p.add_argument("--show", action="store_true", help="print the resolved config and stage list, run nothing")
     p.add_argument("--force", action="store_true",
                    help="when the config or data changed since stages of the run directory ran, discard those "

@@ -57,8 +57,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from quantize.semantic_ids import SemanticIdTable
 
+    sid = Path(args.semantic_ids) / "semantic_ids.json"
+    if not sid.is_file():
+        p.error(f"--semantic-ids {args.semantic_ids}: no semantic_ids.json there; pass a Beauty semantic-ID "
+                f"directory (`genrec quantize`'s output, or a recipe run's quantize/, e.g. runs/beauty_s14/quantize)")
     split = genrec.leave_one_out(genrec.load_plain(args.data))
-    table = SemanticIdTable.load(Path(args.semantic_ids) / "semantic_ids.json")
+    table = SemanticIdTable.load(sid)
     config = TigerConfig(max_epochs=1, max_minutes=args.train_minutes, eval_users=500, num_threads=args.threads)
     model = train_tiger(split, table, config, out_dir=args.model_dir).model.eval()
     users = np.random.default_rng(0).choice(len(split.test), min(args.users, len(split.test)), replace=False)

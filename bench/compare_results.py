@@ -34,23 +34,27 @@ def differences(a: Any, b: Any, path: str = "") -> Iterator[str]:
             yield f"{path}: {len(a)} vs {len(b)} entries"
         for i, (x, y) in enumerate(zip(a, b)):
             yield from differences(x, y, f"{path}[{i}]")
+    elif type(a) is not type(b) and not all(type(v) in (int, float) for v in (a, b)):  # True vs 1: a difference
+        yield f"{path}: {a!r} vs {b!r}"
     elif not (a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))):
         yield f"{path}: {a!r} vs {b!r}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("a", help="run directory (or results.json) A")
     p.add_argument("b", help="run directory (or results.json) B")
     p.add_argument("--ignore", action="append", default=[], metavar="PREFIX",
                    help="leave out keys starting with this dotted prefix (repeatable)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     def load(x: str) -> Any:
         path = Path(x) / "results.json" if Path(x).is_dir() else Path(x)
         return strip_timing(json.loads(path.read_text(encoding="utf-8")))
 
-    diffs = [d for d in differences(load(args.a), load(args.b)) if not any(d.startswith(i) for i in args.ignore)]
+    # a prefix names whole keys: "labels.valid" ignores "labels.valid.x" and "labels.valid[0]", not "labels.valid2"
+    diffs = [d for d in differences(load(args.a), load(args.b))
+             if not any(d == i or d.startswith((f"{i}.", f"{i}[", f"{i}:")) for i in args.ignore)]
     for d in diffs:
         print(d)
     print(f"{len(diffs)} difference(s)" + (f" (ignoring {', '.join(args.ignore)})" if args.ignore else ""))

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     baseline = load_sasrec(run / "sasrec" / "best.pt")
     kind = "run's content-aware" if baseline.config.text_dim else "plain"  # the run's own SASRec
 
-    inst, side = cold.validation_sample(args.in_set_users, args.seed)
+    inst, side = cold.validation_sample(args.in_set_users, args.seed, need_both=True)
     counts = np.bincount(np.concatenate(cold.warm.train), minlength=nw)[:nw]
     proxy = nearest_items(x[:nw], x[nw:], allowed=counts > 0)
     text = x[nw:] if baseline.config.text_dim else None
@@ -146,7 +146,7 @@ def new_item_ranks(model, inst, side: np.ndarray, num_warm: int) -> np.ndarray:
             new = logits[:, num_warm:]  # [b, new items]
             target = torch.as_tensor(inst.targets[rows[batch]] - num_warm)
             own = new.gather(1, target[:, None])
-            ranks[batch] = (new > own).sum(1).numpy()
+            ranks[batch] = (new >= own).sum(1).numpy() - 1  # ties count against the target
     return ranks
 
 

@@ -1,9 +1,12 @@
-"""Benchmark: every GPU figure of issue 16 in one short run on one CUDA GPU (about 12 minutes).
+"""Benchmark: every GPU figure of issue 16 in one short run on one CUDA GPU (at most ~9.5 minutes).
 
     python bench/gpu_all.py [--data ../shared/data/amazon2014/beauty] [--out runs/gpu_all]
                             [--json runs/gpu_all/gpu_all.json] [--precision fp32|bf16]
-                            [--recipe-minutes 6] [--tiger-minutes 4] [--beam-seconds 30]
-                            [--only recipe,tiger,beam]
+                            [--recipe-minutes 5] [--tiger-minutes 2] [--beam-seconds 15]
+                            [--total-minutes 9.5] [--set section.key=value ...] [--only recipe,tiger,beam]
+
+On the device machine (no package index, no ../shared, no bundled encoder): ``bench/gpu_prepare.sh``
+prepares, here, the wheels, data and item vectors it needs and prints the one device command.
 
 1. ``recipe``: the Beauty ``full`` recipe end to end on the GPU (``genrec run
    recipes/configs/amazon2014_beauty.yaml --preset full --set device=cuda``, a fresh run directory),
@@ -18,10 +21,14 @@
    and the T5 preset, each timed over as many test users as ``--beam-seconds`` allows (after a
    warm-up batch; CUDA is synchronised before each clock reading).
 
-Prints one table and writes every figure to ``--json``. Each part has its own time budget, so a
-part that overruns is reported (``timed out``) and the others still run. Without CUDA the script
-refuses before doing anything. ``--precision bf16`` runs the recipe's trainers and the T5 preset
-with bfloat16 autocast (fp32 otherwise).
+Prints the table and rewrites every figure to ``--json`` after each part, so a run stopped from
+outside keeps what finished. Each part has its own time budget within ``--total-minutes`` (a part
+that no longer fits is skipped and says so), so a part that overruns is reported (``timed out``,
+with the recipe stages that finished) and the others still run. Without CUDA the script refuses
+before doing anything. ``--set`` passes recipe overrides (e.g. ``text.embeddings=FILE.npy``).
+``--precision bf16`` runs the recipe's trainers and the T5 preset with bfloat16 autocast (fp32
+otherwise); the beam part decodes at the trained models' precision, so fp32 against bf16 decoding
+takes two runs.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository's genrec, installed or not (the device machine: not)
 BEAUTY_CONFIG = ROOT / "recipes" / "configs" / "amazon2014_beauty.yaml"
 #: the Beauty ``full`` recipe's quality bars (BENCHMARKS.md): test NDCG@10 per model
 RECIPE_BARS = {"sasrec": 0.0436, "gr": 0.0384, "adaptive": 0.0476, "best fusion": 0.0500}
@@ -55,10 +63,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(ROOT / "runs" / "gpu_all"), help="work directory (run directories inside)")
     p.add_argument("--json", default=None, help="where to write the figures (default: OUT/gpu_all.json)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--recipe-minutes", type=float, default=6.0, help="the recipe child process is stopped after this")
-    p.add_argument("--tiger-minutes", type=float, default=4.0, help="T5 preset training budget")
+    p.add_argument("--recipe-minutes", type=float, default=5.0, help="the recipe child process is stopped after this")
+    p.add_argument("--tiger-minutes", type=float, default=2.0, help="T5 preset training budget")
     p.add_argument("--tiger-beam", type=int, default=20, help="beam of the T5 preset's test evaluation")
-    p.add_argument("--beam-seconds", type=float, default=30.0, help="decoding budget per model")
+    p.add_argument("--beam-seconds", type=float, default=15.0, help="decoding budget per model")
+    p.add_argument("--total-minutes", type=float, default=9.5,
+                   help="the whole run's budget: a part that no longer fits is skipped (the device allows 10)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="recipe config overrides for every part, e.g. text.embeddings=FILE.npy")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 4, help="CPU threads of the CPU-side work")
     p.add_argument("--beam-batch", type=int, default=512, help="users per beam-search batch")
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run, of {','.join(PARTS)}")
     args = p.parse_args(argv)
@@ -67,7 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if bad or not parts:
         p.error(f"--only: unknown part(s) {bad or args.only!r}; choose from {','.join(PARTS)}")
     args.parts = parts
-    for key in ("recipe_minutes", "tiger_minutes", "beam_seconds"):
+    for key in ("recipe_minutes", "tiger_minutes", "beam_seconds", "total_minutes"):
         if getattr(args, key) <= 0:
             p.error(f"--{key.replace('_', '-')} must be > 0")
     args.json = args.json or str(Path(args.out) / "gpu_all.json")
@@ -87,11 +100,9 @@ def require_cuda() -> None:
 
 def run_recipe_part(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     """The Beauty full recipe on the GPU in a child process (so its time budget can stop it)."""
-    overrides = ["device=cuda", "num_threads=4"]
+    overrides = ["device=cuda", f"num_threads={args.threads}", *_overrides(args)]
     if args.precision == "bf16":
         overrides += ["sasrec.precision=bf16", "generative.precision=bf16"]
-    if args.data:
-        overrides.append(f"data.dataset={args.data}")
     cmd = [sys.executable, "-c", "import sys; from genrec.cli import main; sys.exit(main(sys.argv[1:]))",
            "run", args.config, "--preset", "full", "--out", str(run_dir), "--force",
            *[x for o in overrides for x in ("--set", o)]]
@@ -99,30 +110,45 @@ def run_recipe_part(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         shutil.rmtree(run_dir)
     log.info("recipe: %s", " ".join(cmd[3:]))
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, timeout=60 * args.recipe_minutes, capture_output=True, text=True)
-    except subprocess.TimeoutExpired:
-        return {"status": "timed out", "wall_s": time.perf_counter() - t0, "budget_min": args.recipe_minutes}
+    budget = min(args.recipe_minutes, args.left_minutes())
+    log_path = run_dir.parent / "recipe.log"  # the child's output: kept when the budget stops it
+    with open(log_path, "w") as child_log:
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, timeout=60 * budget, stdout=child_log, stderr=subprocess.STDOUT)
+        except subprocess.TimeoutExpired:
+            return {"status": "timed out", "wall_s": time.perf_counter() - t0, "budget_min": budget,
+                    "stage_wall_s": _stage_walls(run_dir), "log_tail": _tail(log_path)}
     wall = time.perf_counter() - t0
     out: dict[str, Any] = {"status": "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})",
-                           "wall_s": wall, "target_s": 300.0}
+                           "wall_s": wall, "target_s": 300.0, "stage_wall_s": _stage_walls(run_dir)}
     if proc.returncode != 0:
-        out["stderr_tail"] = proc.stderr[-2000:]
+        out["log_tail"] = _tail(log_path)
         return out
     results = json.loads((run_dir / "results.json").read_text())
     test = {name: m["test"]["all"]["ndcg@10"] for name, m in results["models"].items()}
-    fusions = {k: v for k, v in test.items() if k not in ("sasrec", "gr", "generative")}
+    primary = results["fusion"]["primary"]  # chosen on validation: the "best fusion" bar reads it, not test's best
     figures = {"sasrec": test.get("sasrec"), "gr": test.get("gr", test.get("generative")),
-               "adaptive": test.get("adaptive"), "best fusion": max(fusions.values()) if fusions else None}
-    out["test_ndcg@10"] = test
+               "adaptive": test.get("adaptive"), "best fusion": test.get(primary)}
+    out["test_ndcg@10"], out["primary"] = test, primary
     out["bars"] = {k: {"value": figures[k], "bar": bar, "met": figures[k] is not None and figures[k] >= bar}
                    for k, bar in RECIPE_BARS.items()}
-    out["stage_wall_s"] = {}
-    for stage_dir in sorted(run_dir.iterdir()):
-        marker = stage_dir / "stage.done.json"
-        if marker.is_file():
-            out["stage_wall_s"][stage_dir.name] = json.loads(marker.read_text())["timing"]["wall_s"]
     return out
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    return ([f"data.dataset={args.data}"] if args.data else []) + list(args.set)
+
+
+def _stage_walls(run_dir: Path) -> dict[str, float]:
+    """Wall seconds of each stage of ``run_dir`` that finished."""
+    walls = {}
+    for marker in sorted(run_dir.glob("*/stage.done.json")):
+        walls[marker.parent.name] = json.loads(marker.read_text())["timing"]["wall_s"]
+    return walls
+
+
+def _tail(path: Path, chars: int = 2000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.is_file() else ""
 
 
 def _split_and_table(args: argparse.Namespace, run_dir: Path):
@@ -130,7 +156,7 @@ def _split_and_table(args: argparse.Namespace, run_dir: Path):
     from genrec.recipe import load_config
     from quantize import SemanticIdTable
 
-    config = load_config(args.config, preset="full", overrides=[f"data.dataset={args.data}"] if args.data else [])
+    config = load_config(args.config, preset="full", overrides=_overrides(args))
     d = config.data
     dataset = genrec.load_dataset(d.dataset, cache_dir=d.cache_dir)
     split = genrec.leave_one_out(dataset, max_history=d.max_history, min_interactions=d.min_interactions)
@@ -148,8 +174,14 @@ def run_tiger_part(args: argparse.Namespace, run_dir: Path, out_dir: Path) -> di
     from genrec.tiger import TigerConfig, train_tiger
 
     split, table = _split_and_table(args, run_dir)
-    config = TigerConfig(device="cuda", precision=args.precision, max_minutes=args.tiger_minutes,
-                         eval_batch_size=256, num_threads=4)
+    # the budget left, less ~1 min for the test decode after it
+    minutes = min(args.tiger_minutes, args.left_minutes() - 1.0)
+    if minutes <= 0:
+        return {"status": "skipped: no time left in --total-minutes"}
+    config = TigerConfig(device="cuda", precision=args.precision, max_minutes=minutes, eval_batch_size=256,
+                         num_threads=args.threads)
+    if out_dir.exists():  # trained here from nothing: an earlier run's checkpoints would be resumed
+        shutil.rmtree(out_dir)
     t0 = time.perf_counter()
     result = train_tiger(split, table, config, out_dir=out_dir, progress=False)
     train_s = time.perf_counter() - t0
@@ -158,32 +190,31 @@ def run_tiger_part(args: argparse.Namespace, run_dir: Path, out_dir: Path) -> di
     torch.cuda.synchronize()
     last = result.history[-1]["epoch"] if result.history else 0
     # converged: stopped by its patience (no validation gain in the last evaluations), not by the clock
-    converged = last < config.max_epochs and (last - result.best_epoch) >= config.patience * config.eval_every
+    converged = (last < config.max_epochs and (last - result.best_epoch) >= config.patience * config.eval_every
+                 and result.history[-1]["minutes"] < minutes)
     return {"status": "ok", "train_s": train_s, "test_eval_s": time.perf_counter() - t0, "epochs": last,
             "best_epoch": result.best_epoch, "converged": converged, "test": test,
             "test_ndcg@10": test["ndcg@10"], "published_ndcg@10": TIGER_PUBLISHED_NDCG10,
             "met": test["ndcg@10"] >= TIGER_PUBLISHED_NDCG10}
 
 
-def users_per_second(model: Any, trie: Any, split: Any, batch: int, seconds: float, users: bool) -> dict[str, Any]:
-    """Beam-search (beam 20) throughput of ``model`` on the GPU over as many test users as
-    ``seconds`` allows, after one warm-up batch."""
+def users_per_second(model: Any, split: Any, batch: int, seconds: float) -> dict[str, Any]:
+    """Decoding (beam 20, ``genrec.generative.recommend``: the repeat gate's history scoring
+    included, as in the published CPU figure) throughput of ``model`` on the GPU over as many test
+    users as ``seconds`` allows, after one warm-up batch."""
     import numpy as np
     import torch
 
-    from genrec.beam_search import beam_search
+    from genrec.generative import recommend
 
     test = split.test
     order = np.random.default_rng(0).permutation(len(test))
-    warm = order[:batch]
-    beam_search(model, trie, [test.histories[r] for r in warm], 20, users=test.users[warm] if users else None,
-                batch_size=batch)
+    recommend(model, test.subset(order[:batch]), 20, batch_size=batch)
     torch.cuda.synchronize()
     done, t0 = 0, time.perf_counter()
     while done < len(order) and time.perf_counter() - t0 < seconds:
         rows = order[done:done + batch]
-        beam_search(model, trie, [test.histories[r] for r in rows], 20, users=test.users[rows] if users else None,
-                    batch_size=batch)
+        recommend(model, test.subset(rows), 20, batch_size=batch)
         torch.cuda.synchronize()
         done += len(rows)
     wall = time.perf_counter() - t0
@@ -192,23 +223,22 @@ def users_per_second(model: Any, trie: Any, split: Any, batch: int, seconds: flo
 
 def run_beam_part(args: argparse.Namespace, run_dir: Path, tiger_dir: Path) -> dict[str, Any]:
     """Beam-search users/s on the GPU for the recipe's generative model and the T5 preset."""
-    from genrec.beam_search import PrefixTrie
     from genrec.generative import load_generative
     from genrec.tiger import load_tiger
 
-    split, table = _split_and_table(args, run_dir)
-    trie = PrefixTrie.from_table(table)
+    split, _ = _split_and_table(args, run_dir)
+    seconds = min(args.beam_seconds, max(0.0, 60 * args.left_minutes() - 60) / 2)  # loads and warm-ups: ~1 min
+    if seconds <= 0:
+        return {"status": "skipped: no time left in --total-minutes"}
     out: dict[str, Any] = {}
     gen = run_dir / "generative" / "best.pt"
     if gen.is_file():
-        out["generative"] = users_per_second(load_generative(gen, device="cuda"), trie, split, args.beam_batch,
-                                             args.beam_seconds, users=False)
+        out["generative"] = users_per_second(load_generative(gen, device="cuda"), split, args.beam_batch, seconds)
     else:
         out["generative"] = {"status": f"skipped: {gen} is missing"}
     t5 = tiger_dir / "best.pt"
     if t5.is_file():
-        out["tiger"] = users_per_second(load_tiger(t5, device="cuda"), trie, split, min(args.beam_batch, 256),
-                                        args.beam_seconds, users=True)
+        out["tiger"] = users_per_second(load_tiger(t5, device="cuda"), split, min(args.beam_batch, 256), seconds)
     else:
         out["tiger"] = {"status": f"skipped: {t5} is missing"}
     return out
@@ -271,21 +301,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir, tiger_dir = work / "beauty_full", work / "tiger"
     figures: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                                "precision": args.precision, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    from genrec.artifacts import atomic_write_text
+
     t0 = time.perf_counter()
-    if "recipe" in args.parts:
-        figures["recipe"] = _timed("recipe", lambda: run_recipe_part(args, run_dir))
-    if "tiger" in args.parts:
-        figures["tiger"] = _timed("tiger", lambda: run_tiger_part(args, run_dir, tiger_dir))
-    if "beam" in args.parts:
-        figures["beam"] = _timed("beam", lambda: run_beam_part(args, run_dir, tiger_dir))
-    figures["total_s"] = time.perf_counter() - t0
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(figures, indent=2, default=str) + "\n")
-    print(table(figures))
+    args.left_minutes = lambda: args.total_minutes - (time.perf_counter() - t0) / 60
+    parts = {"recipe": lambda: run_recipe_part(args, run_dir),
+             "tiger": lambda: run_tiger_part(args, run_dir, tiger_dir),
+             "beam": lambda: run_beam_part(args, run_dir, tiger_dir)}
+    for name in PARTS:
+        if name not in args.parts:
+            continue
+        figures[name] = (_timed(name, parts[name]) if args.left_minutes() > 0.5
+                         else {"status": "skipped: no time left in --total-minutes"})
+        figures["total_s"] = time.perf_counter() - t0
+        # after every part: a run stopped from outside keeps the parts that finished
+        atomic_write_text(args.json, json.dumps(figures, indent=2, default=str) + "\n")
+        print(table(figures), flush=True)
     print(f"total {figures['total_s']:.0f} s; figures in {args.json}")
     return 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.stdout.reconfigure(line_buffering=True)  # each line as it comes, also into a pipe
     raise SystemExit(main())

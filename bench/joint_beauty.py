@@ -186,7 +186,13 @@ def wide_and_deep_table(run: Path, joint_results: list[str]) -> dict:
 
     res = json.loads((run / "results.json").read_text())
     config = config_from_dict(json.loads((run / "config.json").read_text()))
-    primary = choose_primary(config, run).method
+    choice = choose_primary(config, run)
+    primary = choice.method
+    if primary not in config.fusion.methods:  # the joint model won: this row is the best post-hoc method
+        from fusion.selection import select_best
+
+        primary = select_best({m: choice.scores.get(m, float("nan")) for m in config.fusion.methods},
+                              config.fusion.methods)
     n_sas = sum(p.numel() for p in load_sasrec(run / "sasrec" / "best.pt").parameters())
     n_gen = sum(p.numel() for p in load_generative(run / "generative" / "best.pt").parameters())
     minutes = {k: res["training"][k]["curve"][-1]["minutes"] for k in ("sasrec", "gr")}

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     proxy = np.arange(cold.num_items)
     proxy[cold.num_warm:] = nearest_items(x[:cold.num_warm], x[cold.num_warm:], allowed=counts > 0)
 
-    inst, side = cold.validation_sample(args.in_set_users, args.seed)
+    inst, side = cold.validation_sample(args.in_set_users, args.seed, need_both=True)
     k, beam = config.fusion.k, config.fusion.beam
     print(f"{run}: {cold.num_items - cold.num_warm} cold items added; validation users: {int(side.sum())} with a "
           f"cold target, {int((~side).sum())} in-set (sampled); fusion k={k}, beam={beam}\n", flush=True)

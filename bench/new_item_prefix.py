@@ -11,7 +11,8 @@ their own log-probabilities. Ranked over the whole catalogue (generative model a
 added as ``Recommender.add_items`` adds them), on the run's validation users whose target is a cold
 item ("new") and a seeded sample of the others ("in-set"); for each L the ``w`` of best new-target
 NDCG@10 whose in-set NDCG@10 stays within 2% of the cold items ranked last, against the own codes
-with a constant lift. Validation only; ties are ranked pessimistically.
+with a constant lift. Validation only, and in-sample: each variant's best of 49 values of ``w`` on
+the same users (an upper bound for a rule fitted on other users); ties are ranked pessimistically.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     gr = extend_catalogue(SemanticIdTable.load(run / "quantize" / "semantic_ids.json"),
                           load_generative(run / "generative" / "best.pt"), cold.warm.train, run / "quantize",
                           x[cold.num_warm:], cold.dataset.item_ids[cold.num_warm:]).generative.eval()
-    inst, side = cold.validation_sample(args.in_set_users, 0)
+    inst, side = cold.validation_sample(args.in_set_users, 0, need_both=True)
     t0 = time.perf_counter()
     full = np.empty((len(inst), gr.num_items), np.float32)  # every item's log-prob for every user
     with torch.no_grad():

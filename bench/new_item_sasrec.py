@@ -49,7 +49,9 @@ def rebuilt(model, rows: np.ndarray, embedding: torch.Tensor):
 
 
 def ranks_of(model, inst: Instances, unscorable: np.ndarray | None = None) -> np.ndarray:
-    """0-based full-catalogue rank of each instance's target (items of ``unscorable`` never rank)."""
+    """0-based full-catalogue rank of each instance's target (items of ``unscorable`` never rank); an
+    item scored exactly as the target ranks ahead of it (the ``nearest`` rule copies a neighbour's
+    vector, so new item and neighbour tie: the target must not win every such tie)."""
     out = np.zeros(len(inst), np.int64)
     cols = None if unscorable is None else torch.from_numpy(unscorable)
     for idx, logits in iter_logits(model, inst, 1024):
@@ -57,7 +59,7 @@ def ranks_of(model, inst: Instances, unscorable: np.ndarray | None = None) -> np
             logits = logits.index_fill(1, cols, -torch.inf)
         t = torch.from_numpy(inst.targets[idx])
         target = logits.gather(1, t[:, None])
-        out[idx] = np.where(torch.isfinite(target[:, 0]).numpy(), (logits > target).sum(1).numpy(), 10 ** 9)
+        out[idx] = np.where(torch.isfinite(target[:, 0]).numpy(), (logits >= target).sum(1).numpy() - 1, 10 ** 9)
     return out
 
 

@@ -55,7 +55,9 @@ def main() -> None:
     config = SASRecConfig(**parse_overrides(args.set))
     t1 = time.perf_counter()
     result = train_sasrec(split, config, out_dir=args.out)
-    t_train = time.perf_counter() - t1
+    # the run's own clock (training + validation, summed over resumes): a resumed or finished run
+    # directory took ~0 s in this process
+    t_train = 60 * result.history[-1]["minutes"] if result.history else time.perf_counter() - t1
     test = evaluate(result.model, split.test)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"config: {config}")

@@ -101,7 +101,8 @@ async def drive(url: str, histories: list[list[str]], clients: int, max_requests
 
     try:
         # warm-up, not counted: every connection opened, the model's first calls done
-        await asyncio.gather(*(one(pool[n % clients], n) for n in range(max(warmup, clients))))
+        warm = await asyncio.gather(*(one(pool[n % clients], n) for n in range(max(warmup, clients))))
+        warmup_errors = [err for _, err in warm if err is not None]  # reported, never dropped
         before = (await pool[0].get("/health")).json()
         issued = 0
         start = time.perf_counter()
@@ -112,8 +113,9 @@ async def drive(url: str, histories: list[list[str]], clients: int, max_requests
             while issued < max_requests and time.perf_counter() < deadline:
                 issued += 1
                 latency, err = await one(client, warmup + issued)
-                latencies.append(latency)
-                if err is not None:
+                if err is None:  # a fast refusal is no answer: latencies and requests/s count successes
+                    latencies.append(latency)
+                else:
                     errors.append(err)
 
         await asyncio.gather(*(user(c) for c in pool))
@@ -123,7 +125,8 @@ async def drive(url: str, histories: list[list[str]], clients: int, max_requests
         await asyncio.gather(*(c.aclose() for c in pool), return_exceptions=True)
     ms = np.asarray(latencies) * 1000
     batches = after["batches"] - before["batches"]
-    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "first_errors": errors[:3],
+    return {"clients": clients, "requests": len(latencies) + len(errors), "answered": len(latencies),
+            "errors": len(errors), "first_errors": errors[:3], "warmup_errors": len(warmup_errors),
             "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
             "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
             "requests_per_s": len(latencies) / wall if wall > 0 else 0.0, "seconds": wall,
@@ -231,7 +234,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "threads": args.threads, "k": args.k,
                                                "levels": results}, indent=2))
-    failed = sum(r["errors"] for r in results)
+    failed = sum(r["errors"] + r["warmup_errors"] for r in results)
     if failed:
         print(f"{failed} requests failed, e.g. {[e for r in results for e in r['first_errors']][:3]}; "
               f"server log tail:\n{tail}", file=sys.stderr)

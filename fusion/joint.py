@@ -119,6 +119,8 @@ class JointConfig:
             raise ValueError("gr_scope 'target' needs mixing 'mixture' (log-linear pooling needs every item's log-prob)")
         if self.candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {self.candidates}")
+        if not 0 <= self.aux_weight < float("inf"):  # a negative weight makes the loss unbounded below
+            raise ValueError(f"aux_weight must be a finite number >= 0, got {self.aux_weight}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -72,12 +72,18 @@ class ColdStartSplit:
         """Boolean mask of ``items`` (permuted indices) that are cold."""
         return np.asarray(items) >= self.num_warm
 
-    def validation_sample(self, in_set_users: int, seed: int = 0) -> tuple[Instances, np.ndarray]:
+    def validation_sample(self, in_set_users: int, seed: int = 0, need_both: bool = False
+                          ) -> tuple[Instances, np.ndarray]:
         """The validation instances whose target is cold (left out of training and every choice:
         new-item cases) followed by a seeded sample of ``in_set_users`` of the others, and ``[n]`` bool
-        marking the cold-target ones."""
+        marking the cold-target ones. ``need_both``: a ConfigError unless both kinds are present (under
+        the natural protocol no validation target is cold, by definition)."""
         valid = self.split.valid
         cold = self.is_cold(valid.targets)
+        if need_both and (cold.all() or not cold.any()):
+            raise ConfigError(f"the {self.protocol!r} cold-start split has {int(cold.sum())} cold-target and "
+                              f"{int((~cold).sum())} in-set validation instances; this needs both (the natural "
+                              f"protocol's cold items are never validation targets: use a share of the items)")
         in_set = np.flatnonzero(~cold)
         sample = np.random.default_rng(seed).choice(in_set, min(in_set_users, len(in_set)), replace=False)
         rows = np.r_[np.flatnonzero(cold), np.sort(sample)]

@@ -89,7 +89,7 @@ def test_trie_matches_table(table):
 
 
 def test_trie_rejects_duplicate_ids():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="two items share a semantic ID"):
         PrefixTrie(np.array([[0, 1], [0, 1]]))
 
 

@@ -72,6 +72,8 @@ def test_new_item_bench_scores_variants_and_the_content_term_on_validation(cold_
         if plain["in_set"] >= bench.IN_SET_BOUND * c["in_set_cold_last"]:  # feasible, so not better than best
             assert best["new"] >= plain["new"]
         assert f"| {name} | **cross-fitted** |" in text or f"| {name} | cross-fitted | n/a" in text
+    # (on the tiny run the plain extended union breaks the in-set bound for every method, so the
+    # comparison above may not run; the bound itself is checked for every method)
     with pytest.raises(SystemExit):
         bench.main(["--run", str(cold_run), "--content-candidates", "0"])
     # the wide grid holds the default one: its in-sample best within the bound is at least as good
@@ -95,6 +97,7 @@ def test_new_item_bench_scores_variants_and_the_content_term_on_validation(cold_
     cx = bench.cold_candidates(base, valid, last @ unit[cold.num_warm:].T, cold.num_warm, 4, scorer, scorer)
     added = cx.items[:, width:]
     assert cx.width == width + 4 and (added >= 0).any()
+    full_rows = 0
     for row, h in zip(added, valid.histories):
         row = row[row >= 0]
         assert (row >= cold.num_warm).all() and len(set(row)) == len(row)
@@ -104,6 +107,8 @@ def test_new_item_bench_scores_variants_and_the_content_term_on_validation(cold_
         others = np.setdiff1d(np.arange(cold.num_warm, cold.num_items), np.r_[row, h])
         if len(row) == 4 and len(others):  # and none left out is more relevant than the last one added
             assert (unit[others] @ unit[h[-1]]).max() <= sims[-1] + 1e-6
+            full_rows += 1
+    assert full_rows > 0  # the "none left out is more relevant" check ran
     assert (cx.id_scores[:, width:][added >= 0] == 1).all()  # the towers scored every addition
 
 

@@ -149,6 +149,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypa
         train_holdout_joint(split, table, CONFIG, out_dir=tmp_path / "killed")  # towers loaded, gate fitted
     assert (tmp_path / "killed" / "gates.pt").is_file()
     monkeypatch.setattr(hj, "train_generative", real_refresh)
+    monkeypatch.setattr(LearnedGateFusion, "fit", killed)  # the saved gates are reused, not refitted
     resumed = train_holdout_joint(split, table, CONFIG, out_dir=tmp_path / "killed")
     assert params_equal(full.model.gate.params(), resumed.model.gate.params())
     assert resumed.selection == full.selection and resumed.valid == full.valid
@@ -240,6 +241,9 @@ def test_config_checks():
     with pytest.raises(ValueError, match="k must be >= 10.*ndcg@10; got 5"):
         HoldoutJointConfig(k=5, beam=5)
     assert HoldoutJointConfig(sasrec={"hidden": 16}).sasrec.hidden == 16
+    from genrec.recipe import config_from_dict  # the joint model's list must reach every reported cut-off
+    with pytest.raises(ConfigError, match=r"'fusion.joint_config.k' must be at least max\(report.ks\) \(50\)"):
+        config_from_dict({"fusion": {"k": 50, "joint": True, "joint_config": {"k": 20}}, "report": {"ks": [10, 50]}})
     ds, split, table = synthetic_split(num_users=40)
     tiny = replace(split, train=[s[:2] for s in split.train])
     with pytest.raises(DataFormatError, match="3 or more items"):

@@ -119,6 +119,10 @@ def test_target_scope_trains_scales_and_fuses_on_candidates():
 def test_joint_config_checks():
     with pytest.raises(ValueError):
         JointConfig(mode="both")
+    with pytest.raises(ValueError, match="aux_weight must be a finite number >= 0, got -0.5"):
+        JointConfig(aux_weight=-0.5)
+    with pytest.raises(ValueError, match="config key 'batch_size' must be an integer >= 1, got 0"):
+        JointConfig(batch_size=0)  # was a ZeroDivisionError in training
     cfg = JointConfig(id_tower={"hidden": 16}, gr_tower={"hidden": 16})
     assert cfg.id_tower.hidden == 16 and cfg.gr_tower.hidden == 16
     assert cfg.nonfinite_loss == "error"
@@ -163,6 +167,8 @@ def test_fusion_benchmark_runs_on_synthetic(tmp_path, monkeypatch):
     assert set(res) == {"sasrec", "gr", "fixed", "adaptive", "learned_minmax"}
     assert {"all", "memorization", "generalization", "uncategorized"} <= set(res["fixed"])
     assert (tmp_path / "out" / "table.md").exists() and summary["seconds"]["fusion"] < 60
+    cv = summary["cross_fitted_valid_ndcg@10"]  # the bar's "best fusion" is validation's, not test's
+    assert set(cv) == {"fixed", "adaptive", "learned_minmax"} and summary["chosen_on_validation"] == max(cv, key=cv.get)
     sys.modules.pop("fusion_beauty", None)
 
 

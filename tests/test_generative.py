@@ -1,5 +1,7 @@
 import json
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -70,14 +72,16 @@ def test_save_load_round_trip(tmp_path, split, trained):
     np.testing.assert_array_equal(loaded.codes, cyclic_table().codes)
 
 
-def test_resume_after_kill_is_exact(tmp_path, split):
+def test_resume_after_kill_is_exact(tmp_path, split, caplog):
     # the cosine horizon is pinned (schedule_epochs), so stopping at max_epochs=2 stands in for a kill
     kw = {**SMALL, "dropout": 0.2, "schedule_epochs": 4, "eval_every": 1, "patience": 10}
     config = GenerativeConfig(**kw, max_epochs=4)
     straight = train_generative(split, cyclic_table(), config, out_dir=tmp_path / "a", progress=False)
     train_generative(split, cyclic_table(), GenerativeConfig(**kw, max_epochs=2),
                      out_dir=tmp_path / "b", progress=False)  # "killed" after two epochs
-    resumed = train_generative(split, cyclic_table(), config, out_dir=tmp_path / "b", progress=False)
+    with caplog.at_level(logging.INFO, logger="genrec.training"):
+        resumed = train_generative(split, cyclic_table(), config, out_dir=tmp_path / "b", progress=False)
+    assert f"resumed generative from {tmp_path / 'b' / 'last.pt'} at epoch 2" in caplog.text  # not a restart
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
     for (k, v), (_, w) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(v, w), k
@@ -257,7 +261,7 @@ def test_checkpoints_load_safely_and_damage_is_a_checkpoint_error(tmp_path, trai
         load_tiger(tmp_path)
 
 
-def test_generative_resume_falls_back_to_the_previous_last_checkpoint(tmp_path, split):
+def test_generative_resume_falls_back_to_the_previous_last_checkpoint(tmp_path, split, caplog):
     kw = {**SMALL, "schedule_epochs": 4, "eval_every": 1, "patience": 10}
     straight = train_generative(split, cyclic_table(), GenerativeConfig(**kw, max_epochs=4), progress=False)
     b = tmp_path / "b"
@@ -265,8 +269,10 @@ def test_generative_resume_falls_back_to_the_previous_last_checkpoint(tmp_path, 
     np.testing.assert_array_equal(torch.load(b / "last.pt", weights_only=True)["codes"].numpy(), cyclic_table().codes)
     data = (b / "last.pt").read_bytes()
     (b / "last.pt").write_bytes(data[: len(data) // 2])
-    resumed = train_generative(split, cyclic_table(), GenerativeConfig(**kw, max_epochs=4), out_dir=b,
-                               progress=False)
+    with caplog.at_level(logging.INFO, logger="genrec.training"):
+        resumed = train_generative(split, cyclic_table(), GenerativeConfig(**kw, max_epochs=4), out_dir=b,
+                                   progress=False)
+    assert f"resumed generative from {b / 'last.prev.pt'} at epoch 2" in caplog.text  # the fallback, not a restart
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
     for (k, v), (_, w) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(v, w), k

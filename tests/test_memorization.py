@@ -54,9 +54,9 @@ def test_adjacency_drops_self_loops_and_transposes():
 
 
 def test_bad_sequences_rejected():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"sequence entries must lie in \[0, {N_ITEMS}\)"):
         TransitionGraph(seqs([0, N_ITEMS]), N_ITEMS)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"max_hop must be in \[1, 126\], got 0"):
         TransitionGraph(seqs([0, 1]), N_ITEMS, max_hop=0)
 
 
@@ -273,9 +273,9 @@ def test_prefix_ids():
     p1, p2 = prefix_ids(CODES, 1), prefix_ids(CODES, 2)
     assert (p1[0] == p1[1] == p1[5]) and p1[2] == p1[3] and len(set(p1.tolist())) == 3
     assert len(set(p2.tolist())) == 6
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"prefix length must be in \[1, 2\], got 3"):
         prefix_ids(CODES, 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="codes must be integers"):
         prefix_ids(CODES.astype(float), 1)
 
 
@@ -304,7 +304,7 @@ def test_full_code_collisions_count_as_prefix_memorization():
 
 
 def test_token_memorization_rejects_short_code_tables():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="codes has 6 rows but instances use item 7"):
         token_memorization(seqs([0, 1]), (seqs([4]), np.array([7])), CODES)
 
 

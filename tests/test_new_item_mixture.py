@@ -19,10 +19,13 @@ def test_settings_are_checked_and_round_trip():
     assert NewItemMixture.from_dict({"log_prior": -2}).temperature == 1.0
     numpy_made = NewItemMixture(np.float32(-2.0), np.float64(0.5), np.int64(3))  # NumPy numbers: plain ones kept
     assert numpy_made == NewItemMixture(-2.0, 0.5, 3) and type(numpy_made.candidates) is int
-    for bad in ({"log_prior": 0.0}, {"log_prior": float("-inf")}, {"log_prior": -1, "temperature": 0},
-                {"log_prior": -1, "candidates": 0}, {"log_prior": -1, "candidates": True}, {"log_prior": "x"},
-                {"log_prior": -1, "warm_temperature": -1.0}, {"log_prior": -1, "temperature": True}):
-        with pytest.raises(ValueError):
+    for bad, key in (({"log_prior": 0.0}, "log_prior"), ({"log_prior": float("-inf")}, "log_prior"),
+                     ({"log_prior": -1, "temperature": 0}, "temperature"), ({"log_prior": -1, "candidates": 0},
+                                                                              "candidates"),
+                     ({"log_prior": -1, "candidates": True}, "candidates"), ({"log_prior": "x"}, "log_prior"),
+                     ({"log_prior": -1, "warm_temperature": -1.0}, "warm_temperature"),
+                     ({"log_prior": -1, "temperature": True}, "temperature")):
+        with pytest.raises(ValueError, match=rf"^{key} must be .*, got {bad[key]!r}$"):  # the key it is about
             NewItemMixture(**bad)
     with pytest.raises(ValueError, match="mix.json: unknown key"):
         NewItemMixture.from_dict({"log_prior": -1, "prior": 0.1}, "mix.json")

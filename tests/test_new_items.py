@@ -277,6 +277,7 @@ def test_sasrec_adapters_give_missing_scores_for_items_it_cannot_read(added_with
 
 def test_bad_new_items_and_recommenders_that_cannot_add_are_clear_errors(tiny_saved, tmp_path):
     rec = Recommender.from_pretrained(tiny_saved)
+    before = (list(rec.item_ids), rec.table.codes.copy(), rec.generative.num_items, rec.sasrec.num_items)
     known = rec.item_ids[3]
     bad = [([{"item_id": "A", "title": "x"}, {"item_id": "A", "title": "y"}], "'A' appears twice"),
            ([{"item_id": known, "title": "x"}], f"{known!r} is already in the catalogue"),
@@ -300,7 +301,9 @@ def test_bad_new_items_and_recommenders_that_cannot_add_are_clear_errors(tiny_sa
         with pytest.raises(CheckpointError, match=message):
             broken.add_items(ok)
         assert broken.num_items == rec.num_items  # nothing changed
-    assert rec.num_items == len(rec.table.codes) == rec.generative.num_items  # failures left it as it was
+    ids, codes, n_gen, n_sas = before  # failures left it exactly as it was
+    assert rec.item_ids == ids and np.array_equal(rec.table.codes, codes)
+    assert (rec.generative.num_items, rec.sasrec.num_items) == (n_gen, n_sas) == (len(ids), len(ids))
 
 
 def test_save_and_load_after_add_items_recommends_the_same(added, confident, tmp_path):

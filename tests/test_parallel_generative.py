@@ -1,5 +1,7 @@
 import itertools
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -99,13 +101,15 @@ def test_save_load_round_trip(tmp_path, split, trained):
         load_parallel(tmp_path / "missing.pt")
 
 
-def test_resume_after_kill_is_exact(tmp_path, split):
+def test_resume_after_kill_is_exact(tmp_path, split, caplog):
     # the cosine horizon is pinned (schedule_epochs), so stopping at max_epochs=2 stands in for a kill
     kw = {**SMALL, "dropout": 0.2, "schedule_epochs": 4, "patience": 10}
     config = ParallelConfig(**kw, max_epochs=4)
     straight = train_parallel(split, pq_table(), config, out_dir=tmp_path / "a", progress=False)
     train_parallel(split, pq_table(), ParallelConfig(**kw, max_epochs=2), out_dir=tmp_path / "b", progress=False)
-    resumed = train_parallel(split, pq_table(), config, out_dir=tmp_path / "b", progress=False)
+    with caplog.at_level(logging.INFO, logger="genrec.training"):
+        resumed = train_parallel(split, pq_table(), config, out_dir=tmp_path / "b", progress=False)
+    assert f"resumed parallel from {tmp_path / 'b' / 'last.pt'} at epoch 2" in caplog.text  # not a restart
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
     for (k, v), (_, w) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(v, w), k

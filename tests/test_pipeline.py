@@ -14,8 +14,9 @@ import yaml
 from genrec import cli
 from genrec.commands import demo as demo_cmd
 from genrec.errors import RunDirectoryError
-from genrec.recipe import (ConfigError, StopAfterStage, config_from_dict, load_config, run_recipe,
-                             stage_names, strip_timing)
+from genrec.metrics import metrics_from_ranks
+from genrec.recipe import (ConfigError, StageContext, StopAfterStage, config_from_dict, load_config, run_recipe,
+                           stage_names, strip_timing)
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,13 +57,12 @@ def test_demo_end_to_end_tiny(reference, capsys):
     for stage in names:
         assert (reference / stage / "stage.done.json").is_file()
     assert {"sasrec", "gr", "fixed", "adaptive", "learned_minmax"} <= set(res["models"])
-    for m in res["models"].values():
-        assert {"all", "memorization", "generalization"} <= set(m["test"])
-        assert 0.0 <= m["test"]["all"]["ndcg@10"] <= 1.0
-    assert res["quantization"]["semantic_ids"]["all_unique"]
-    assert len(res["comparisons"]) == 3 and all(isinstance(c["holds"], bool) for c in res["comparisons"])
-    for s in res["stages"].values():
-        assert s["timing"]["wall_s"] >= 0 and s["timing"]["peak_rss_mib"] > 0
+    from genrec.recipe.run_files import run_config, test_ranks  # the reported metrics, recomputed from the lists
+    targets = StageContext(reference, run_config(reference)).data()[1].test.targets
+    for name, ranks in test_ranks(reference, targets, joint=False).items():
+        assert metrics_from_ranks(ranks, (10,)) == pytest.approx(
+            {k: v for k, v in res["models"][name]["test"]["all"].items() if k.endswith("@10")})
+    assert res["quantization"]["semantic_ids"]["all_unique"] and len(res["comparisons"]) == 3
     report = (reference / "report.md").read_text()
     assert "Headline comparisons" in report and "| memorization |" in report
     for png in ("per_category.png", "gates_by_label.png", "validation_curves.png"):

@@ -117,7 +117,7 @@ def test_folds_are_deterministic_balanced_and_seeded():
 def test_select_best_ties_go_to_the_given_order_and_nan_never_wins():
     assert select_best({"a": 0.3, "b": 0.3, "c": 0.1}, ["b", "a", "c"]) == "b"
     assert select_best({"a": float("nan"), "b": 0.0}, ["a", "b"]) == "b"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"no method of \['a', 'z'\] has a score"):
         select_best({"a": float("nan")}, ["a", "z"])
 
 

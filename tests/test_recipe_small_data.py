@@ -18,4 +18,28 @@ def test_a_run_whose_test_split_lacks_a_category_still_reports(tmp_path):
     res = load_json(tmp_path / "run" / "results.json")
     assert res["labels"]["test"]["shares"]["generalization"] == 0.0  # the case this test is about
     assert math.isnan(res["models"]["sasrec"]["test"]["generalization"]["ndcg@10"])
-    assert "## " in (tmp_path / "run" / "report.md").read_text()
+    report = (tmp_path / "run" / "report.md").read_text()
+    # a claim about a category without instances is not judged (it read "DOES NOT HOLD")
+    (claim,) = [c for c in res["comparisons"] if c["category"] == "generalization"]
+    assert claim["holds"] is None and "n/a (a side has no value)" in report
+    # epochs run: the last validated epoch (the curve has a row per validation, not per epoch)
+    gr = res["training"]["gr"]
+    assert f"| gr | {gr['best_epoch']} | {gr['valid']['ndcg@10']:.4f} | {gr['curve'][-1]['epoch']} |" in report
+
+
+def test_compare_results_tells_booleans_from_numbers_and_ignores_whole_keys(tmp_path, capsys):
+    """bench/compare_results.py, the check behind "same results" claims: True and 1 differ; an
+    --ignore prefix covers a key and what is under it, not a longer key that starts the same."""
+    import json
+
+    from tests.scripts import load_script
+
+    compare = load_script("bench/compare_results.py")
+    a = {"flag": True, "n": 1, "labels": {"valid": [1, 2], "valid2": 3}, "x": float("nan")}
+    b = {"flag": 1, "n": 1.0, "labels": {"valid": [1, 5], "valid2": 4}, "x": float("nan")}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--ignore", "labels.valid"]) == 1
+    out = capsys.readouterr().out
+    assert "flag: True vs 1" in out and "labels.valid2: 3 vs 4" in out and "labels.valid[1]" not in out
+    assert "n:" not in out and "x:" not in out and "2 difference(s)" in out

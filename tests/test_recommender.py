@@ -89,10 +89,13 @@ def test_exclude_seen_removes_history_items_and_keeps_the_order_of_the_rest(rec,
         r = rec.with_method(method)
         for h in test_histories[:20]:
             full = r.recommend(h, k=10).items
-            kept = r.recommend(h, k=5, exclude_seen=True).items
-            assert not set(kept) & set(h)
-            assert kept == [i for i in full if i not in set(h)][:5] or method == "generative"
-            assert len(kept) == 5
+            kept = r.recommend(h, k=5, exclude_seen=True)
+            assert not set(kept.items) & set(h) and len(kept.items) == 5
+            assert kept.scores == sorted(kept.scores, reverse=True)
+            if method != "generative":  # exact scorers: the same ranking, history items left out
+                assert kept.items == [i for i in full if i not in set(h)][:5]
+            # (the generative model decodes with a beam widened by the history's length when excluding
+            # it, and a beam search of another width may order its tail otherwise)
 
 
 def test_explain_gives_the_gate_and_the_features_that_moved_it(rec, test_histories):
@@ -120,7 +123,10 @@ def test_unknown_ids_are_skipped_and_reported_or_refused(rec):
         rec.recommend(["nope", *known], on_unknown="error")
     assert info.value.item_ids == ["nope"]
     empty = rec.recommend([], k=4)  # nothing to condition on: the most popular training items
-    assert len(empty.items) == 4 and empty.scores == sorted(empty.scores, reverse=True) and empty.fallback
+    counts = np.bincount(np.concatenate(rec.train_sequences), minlength=rec.num_items)
+    popular = np.argsort(-counts, kind="stable")[:4]  # ties: the lower index first
+    assert empty.items == [rec.item_ids[i] for i in popular] and empty.fallback
+    assert empty.scores == [float(c) for c in counts[popular]]  # training interaction counts
     assert rec.recommend(["nope"], k=4).items == empty.items
     with pytest.raises(DataFormatError, match="a single string"):
         rec.recommend(known[0])

@@ -186,6 +186,16 @@ def test_stale_results_do_not_outlive_a_changed_run(plain_dir, cache, tmp_path):
     with pytest.raises(StopAfterStage):  # a changed setting, stopped before the report is rewritten
         run_recipe(_config(plain_dir, cache, "sasrec.hidden=8"), out, stop_after="sasrec", force=True)
     assert not (out / "results.json").exists() and not (out / "report.md").exists()
+    # the same settings, a stage produced again (its directory deleted): the report is out of date too
+    with pytest.raises(RunDirectoryError, match=r"\(changed: the settings of stages they read\); running would"):
+        run_recipe(_config(plain_dir, cache, "sasrec.hidden=8"), out)  # fusion's marker predates sasrec's change
+    run_recipe(_config(plain_dir, cache, "sasrec.hidden=8"), out, force=True)
+    import shutil
+
+    shutil.rmtree(out / "labels")
+    with pytest.raises(StopAfterStage):
+        run_recipe(_config(plain_dir, cache, "sasrec.hidden=8"), out, stop_after="labels")
+    assert not (out / "results.json").exists() and not (out / "report.md").exists()
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_a_clear_error(plain_dir, cache, tmp_path, monkeypatch):
@@ -215,3 +225,21 @@ def test_an_unwritable_run_directory_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "open", read_only)
     with pytest.raises(RunDirectoryError, match=r"cannot create the lock file run.lock \(Read-only file system\)"):
         run_recipe(_config("synthetic:num_users=50", tmp_path), tmp_path / "run")
+
+
+def test_a_stage_reports_its_own_peak_memory_after_an_exec():
+    """``ru_maxrss`` never falls below the parent's peak after an exec, so a benchmark that built 1 GB
+    of data before starting ``genrec run`` saw ~1 GB for every small stage; the stages read the
+    kernel's resettable ``VmHWM``."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    big = np.ones(125_000_000)  # 1 GB resident in this (the parent) process
+    big.sum()
+    child = ("from genrec.recipe.runner import _peak_rss_mib, _reset_peak_rss\n"
+             "_reset_peak_rss()\nprint(_peak_rss_mib())")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout
+    del big
+    assert 10 < float(out) < 700  # the child's own imports, not the parent's gigabyte

@@ -1,5 +1,7 @@
 import re
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -66,13 +68,15 @@ def test_save_load_round_trip(trained, tmp_path):
         load_sasrec(tmp_path / "missing.pt")
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, caplog):
     split = leave_one_out(cyclic_dataset(num_users=60), max_history=10)
     cfg = dict(SMALL, patience=100)
     straight = train_sasrec(split, SASRecConfig(**cfg, max_epochs=4), out_dir=tmp_path / "a", progress=False)
     train_sasrec(split, SASRecConfig(**cfg, max_epochs=2), out_dir=tmp_path / "b", progress=False)  # "killed"
     assert (tmp_path / "b" / "last.pt").exists() and (tmp_path / "b" / "best.pt").exists()
-    resumed = train_sasrec(split, SASRecConfig(**cfg, max_epochs=4), out_dir=tmp_path / "b", progress=False)
+    with caplog.at_level(logging.INFO, logger="genrec.training"):
+        resumed = train_sasrec(split, SASRecConfig(**cfg, max_epochs=4), out_dir=tmp_path / "b", progress=False)
+    assert f"resumed sasrec from {tmp_path / 'b' / 'last.pt'} at epoch 2" in caplog.text  # not a restart
     assert [r["ndcg@10"] for r in resumed.history] == [r["ndcg@10"] for r in straight.history]
     for (k, v), (_, w) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         torch.testing.assert_close(v, w, msg=k)

@@ -343,6 +343,8 @@ def test_analyze_bad_semantic_id_analysis_inputs(tmp_path):
     assert not Path(out).exists()
     assert _run_analyze([data, "--out", out, *topk, "--ks", "5", "5", "--metric", "recall@5"]) == 0
     assert json.loads((Path(out) / "per_category.json").read_text())["ks"] == [5]  # repeated cutoffs once
+    assert _run_analyze([data, "--out", out]) == 0  # no predictions now: the earlier tables would mislead
+    assert (Path(out) / "label_shares.md").is_file() and not list(Path(out).glob("per_category.*"))
     np.savez(tmp_path / "extra.npz", short=np.ones(3))
     with pytest.raises(DataFormatError, match=r"extra.npz: indicator 'short' must be \[4\] finite numbers"):
         _run_analyze([data, "--out", out, "--indicator-validation", "--indicators", str(tmp_path / "extra.npz")])

@@ -105,7 +105,9 @@ def test_fit_applies_the_schedule_per_step_and_resumes_exactly(tmp_path):
 
     straight = train(6, tmp_path / "a")
     train(3, tmp_path / "b")  # "killed" half way ...
+    del seen[:]
     resumed = train(6, tmp_path / "b")  # ... and resumed: the schedule continues at step 9
+    assert [row["epoch"] for row in seen] == [4, 5, 6]  # only the epochs left ran (a restart would rerun 1-6)
     assert torch.equal(straight.weight, resumed.weight) and torch.equal(straight.bias, resumed.bias)
     state = load_checkpoint(tmp_path / "b" / "last.pt")["state"]
     assert state["step"] == 18

@@ -57,6 +57,9 @@ from genrec.semantic_id_analysis import (indicator_validation, indicator_validat
 
 log = logging.getLogger(__name__)
 
+#: what only some invocations write (the labels and shares are always written)
+OPTIONAL_OUTPUTS = tuple(f"{name}.{ext}" for name in ("token_memorization", "support_coverage", "indicator_validation",
+                                                     "codebook_sweep", "per_category") for ext in ("md", "json", "png"))
 CODE_FILE_NAMES = ("codes.npy", "semantic_ids.npy", "codes.npz", "codes.tsv", "semantic_ids.tsv", TABLE_FILE)
 
 
@@ -404,6 +407,8 @@ def run(args: argparse.Namespace) -> int:
     tokens = ({name: token_memorization(split.train, inst, codes, args.max_hop) for name, inst in parts.items()}
               if codes is not None else {})
 
+    for stale in OPTIONAL_OUTPUTS:  # an earlier run's into the same --out would pass for this run's
+        (out / stale).unlink(missing_ok=True)
     shares_md = shares_markdown(labels)
     print(f"{dataset.name}: label shares (edges from training sequences, hops <= {args.max_hop})\n")
     print(shares_md)

@@ -19,8 +19,9 @@ def fit_new_item_mixtures(ctx: Any, ext, methods: list, test_instances, test) ->
     """A cold-start run's new-item mixture (:mod:`fusion.new_item_mixture`) per method: fitted on the
     validation users whose target is cold (left out of every other choice) plus a seeded sample of
     in-set ones, ranked with the cold items added as on test; then each fitted method's test top-K
-    under its mixture. Returns ``(mixtures, summary, test top-K lists)`` (a method no mixture
-    improves on validation keeps its plain list and gets none)."""
+    under its mixture. Returns ``(mixtures, summary, test top-K lists)``: a mixture is adopted only where
+    it beats the method's plain list (new items scored by both towers) on the new-target users and keeps
+    the in-set users within the bound of it; a method none does keeps its plain list and gets none."""
     from fusion.adapters import id_tower_histories, model_inputs
     from fusion.candidates import ranks_of
     from fusion.new_item_mixture import (DEFAULT_CANDIDATES, IN_SET_BOUND, NewItemMixture, fit_new_item_mixture,
@@ -47,14 +48,20 @@ def fit_new_item_mixtures(ctx: Any, ext, methods: list, test_instances, test) ->
         points, ranks = mixture_ranks(valid.cands.items, fused, z_valid, first_new, inst.histories, inst.targets,
                                       candidates)
         best = fit_new_item_mixture(ranks, points, is_new)
-        ndcg = [per_instance_ndcg(ranks[g], 10) for g in (0, best or 0)]
         # the method's own ranking of the same users (new items scored by both towers), to compare with
         plain = per_instance_ndcg(ranks_of(valid.cands, fused, inst.targets, f.k), 10)
+        if best is not None:  # adopted only where it beats the list it replaces, on both sides
+            mix = per_instance_ndcg(ranks[best], 10)
+            if not (mix[is_new].mean() > plain[is_new].mean()
+                    and mix[~is_new].mean() >= IN_SET_BOUND * plain[~is_new].mean() - 1e-12):
+                best = None
+        used = plain if best is None else per_instance_ndcg(ranks[best], 10)  # the list test gets
+        last = per_instance_ndcg(ranks[0], 10)
         summary["methods"][m.name] = {
             **{key: None if best is None else points[best][j]
                for j, key in enumerate(("log_prior", "temperature", "warm_temperature"))},
-            "valid_ndcg@10": {"new": float(ndcg[1][is_new].mean()), "in_set": float(ndcg[1][~is_new].mean()),
-                              "in_set_new_items_last": float(ndcg[0][~is_new].mean()),
+            "valid_ndcg@10": {"new": float(used[is_new].mean()), "in_set": float(used[~is_new].mean()),
+                              "in_set_new_items_last": float(last[~is_new].mean()),
                               "new_without_mixture": float(plain[is_new].mean()),
                               "in_set_without_mixture": float(plain[~is_new].mean())}}
         if best is None:

@@ -502,9 +502,12 @@ def validate_config(config: RecipeConfig) -> None:
         if isinstance(f.joint_config.get("gate"), Mapping):  # typed as fusion.gate's options
             check_mapping("fusion.joint_config.gate", f.joint_config["gate"], gate_option_hints())
         try:
-            joint_config(config)
+            jc = joint_config(config)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config section 'fusion.joint_config': {e}") from None
+        jk = getattr(jc, "k", None)  # the holdout schedule's ranked-list length (end to end: the catalogue)
+        need(jk is None or max(r.ks, default=0) <= jk, "fusion.joint_config.k", jk,
+             f"must be at least max(report.ks) ({max(r.ks, default=0)}): the joint model's list has length k")
     a = config.analysis
     need(all(s >= 2 for s in a.codebook_sizes), "analysis.codebook_sizes", a.codebook_sizes, "must all be >= 2")
     need(all(lv >= 1 for lv in a.codebook_levels), "analysis.codebook_levels", a.codebook_levels, "must all be >= 1")
@@ -543,9 +546,7 @@ def config_to_dict(config: RecipeConfig) -> dict[str, Any]:
     out = {"name": config.name, "preset": config.preset, "num_threads": config.num_threads}
     if config.device is not None:  # only when set: the configs written before the key stay as they were
         out["device"] = config.device
-    for sec in SECTIONS:
-        out[sec] = asdict(getattr(config, sec))
-    return out
+    return {**out, **{sec: asdict(getattr(config, sec)) for sec in SECTIONS}}
 
 
 def holdout_towers_default(config: RecipeConfig) -> str:
@@ -558,9 +559,7 @@ def holdout_towers_default(config: RecipeConfig) -> str:
 def _over(recipe: dict[str, Any], given: Any) -> Any:
     """A joint tower's settings: those given in ``fusion.joint_config`` over the recipe's own tower
     (a tower given whole, e.g. a config object, is taken as it is)."""
-    if given is None:
-        return recipe
-    return {**recipe, **given} if isinstance(given, Mapping) else given
+    return recipe if given is None else {**recipe, **given} if isinstance(given, Mapping) else given
 
 
 def joint_config(config: RecipeConfig):

@@ -96,7 +96,7 @@ def collect_results(run_dir: str | Path, config: RecipeConfig, names: Sequence[s
 def headline_comparisons(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The three claims of the product, measured on test: GR ahead on generalization instances,
     SASRec ahead on memorization ones, fusion (``fusion.primary``) ahead of both overall.
-    Each entry: ``claim``, the two sides' values, ``holds`` (False when a side is missing too)."""
+    Each entry: ``claim``, the two sides' values, ``holds`` (None when a side is missing)."""
     metric = results["metric"]
     models = results["models"]
     primary = results["fusion"]["primary"]
@@ -106,7 +106,8 @@ def headline_comparisons(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         return float(v) if v is not None else math.nan
 
     def cmp(claim: str, a: str, b: str, cat: str, a_val: float, b_val: float, b_name: str | None = None) -> dict:
-        holds = bool(not math.isnan(a_val) and not math.isnan(b_val) and a_val > b_val)
+        # None: a side has no value (e.g. no instance of the category): the claim cannot be judged
+        holds = None if math.isnan(a_val) or math.isnan(b_val) else bool(a_val > b_val)
         return {"claim": claim, "category": cat, "metric": metric, "winner": a, "winner_value": a_val,
                 "loser": b_name or b, "loser_value": b_val, "holds": holds}
 
@@ -129,7 +130,7 @@ def _fmt(x: Any, digits: int = 4) -> str:
 def _comparison_lines(results: Mapping[str, Any]) -> list[str]:
     lines = []
     for c in results["comparisons"]:
-        verdict = "holds" if c["holds"] else "DOES NOT HOLD"
+        verdict = "n/a (a side has no value)" if c["holds"] is None else "holds" if c["holds"] else "DOES NOT HOLD"
         lines.append(f"- {c['claim']}: {c['winner']} {_fmt(c['winner_value'])} vs {c['loser']} "
                      f"{_fmt(c['loser_value'])} ({c['metric']}, {c['category']}) -> {verdict}")
     return lines
@@ -330,18 +331,18 @@ def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str
         paths["plot_categories"] = plot_categories(per_model, plots / "per_category.png", metric=metric,
                                                    title=f"{results['name']} test: {metric}")
         md += ["", f"![{metric} per category](plots/per_category.png)"]
-        dists = gate_distributions(run_dir, list(results["fusion"]["gate_by_label"]))
-        if dists:
-            paths["plot_gates"] = _plot_gates(dists, results["fusion"]["primary"], plots / "gates_by_label.png")
-            md += ["", "## Fusion gate by label", "",
-                   "Distribution of the weight of SASRec per label on test (1 = SASRec only, 0 = generative "
-                   "model only): boxes are quartiles, whiskers 5-95%, triangles means, instances in brackets; "
-                   "one panel per method, the primary one marked.", "",
-                   "![gate by label](plots/gates_by_label.png)"]
         if any(t.get("curve") for t in results["training"].values()):
             paths["plot_curves"] = _plot_curves(results["training"], plots / "validation_curves.png")
     gl = results["fusion"]["gate_by_label"]
-    if gl:
+    if gl:  # the heading whether or not there is a plot: the table is gate values, not metrics
+        md += ["", "## Fusion gate by label", "",
+               "The mean weight of SASRec per label on test (1 = SASRec only, 0 = generative model only)."]
+        dists = gate_distributions(run_dir, list(gl)) if config.report.plots else None
+        if dists:
+            paths["plot_gates"] = _plot_gates(dists, results["fusion"]["primary"],
+                                              run_dir / "plots" / "gates_by_label.png")
+            md += ["", "Distributions: boxes are quartiles, whiskers 5-95%, triangles means, instances in brackets; "
+                   "one panel per method, the primary one marked.", "", "![gate by label](plots/gates_by_label.png)"]
         cats = list(next(iter(gl.values())))
         md += ["", "| method | " + " | ".join(cats) + " |", "|---|" + "---:|" * len(cats)]
         md += [f"| {m} | " + " | ".join(_fmt(row.get(c), 3) for c in cats) + " |" for m, row in gl.items()]
@@ -352,8 +353,9 @@ def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str
            for m, p in results["fusion"]["params"].items()]
     md += ["", "## Training", "", "| model | best epoch | valid N@10 | epochs run |", "|---|---:|---:|---:|"]
     for name, t in results["training"].items():
-        md.append(f"| {name} | {t.get('best_epoch')} | {_fmt(t.get('valid', {}).get('ndcg@10'))} | "
-                  f"{len(t.get('curve', []))} |")
+        curve = t.get("curve") or []  # one row per validation: every eval_every-th epoch and the last
+        md.append(f"| {name} | {_fmt(t.get('best_epoch'))} | {_fmt(t.get('valid', {}).get('ndcg@10'))} | "
+                  f"{curve[-1].get('epoch', len(curve)) if curve else '-'} |")
     if config.report.plots and "plot_curves" in paths:
         md += ["", "![validation curves](plots/validation_curves.png)"]
     q = results["quantization"]

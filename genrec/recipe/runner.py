@@ -183,7 +183,8 @@ class Recipe:
             cheap = [n for n in self._discard if n not in costly]
             raise RunDirectoryError(
                 f"{run_dir}: the config or data changed since this run directory's stages ran "
-                f"(changed: {', '.join(changed)}); running would discard the stages {', '.join(costly)}"
+                f"(changed: {', '.join(changed) or 'the settings of stages they read'}); running would discard "
+                f"the stages {', '.join(costly)}"
                 + (f", trained models included ({', '.join(trained)})" if trained else "")
                 + (f" (and rerun {', '.join(cheap)})" if cheap else "")
                 + ". Rerun with --force (run_recipe(force=True)) to discard and redo them, or choose a fresh "
@@ -272,6 +273,8 @@ class Recipe:
                     "stage %s: its config, data or upstream stages changed since it ran; clearing %s and "
                     "running it again", name, sdir)
             shutil.rmtree(sdir)
+        for stale in ("results.json", "report.md"):  # any stage that runs makes the last report out of date
+            (self.run_dir / stale).unlink(missing_ok=True)
         _write(sdir, lambda: save_json(sdir / "stage.started.json", started), name)
 
     def _run(self, stage: Stage, h: str, src: dict[str, Any]) -> dict[str, Any]:
@@ -562,6 +565,17 @@ def _write(where: Path, action: Callable[[], Any], stage: str) -> Any:
 
 
 def _peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB: the kernel's ``VmHWM`` (reset per stage by
+    :func:`_reset_peak_rss`), else ``ru_maxrss``, which never resets and, after an exec, never falls
+    below the parent's peak (a benchmark that built its data before starting ``genrec run`` saw its
+    own peak as every small stage's)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 

@@ -2,7 +2,8 @@
 # Prepares, on this (CPU) machine, what bench/gpu_all.py needs on the device machine, where nothing
 # can be fetched: .gpu_carry/ (git-ignored through .git/info/exclude, ~45 MB, under the 64 MiB a
 # device call carries) holds
-#   wheels/     the dependencies its image lacks (pydantic and its own, faiss-cpu), for Python 3.12;
+#   wheels/     the dependencies its image lacks (pydantic and its own, faiss-cpu), for its Python 3.12
+#               (KINDS.md of the device tool; faiss' own needs, numpy and packaging, are in the image);
 #   beauty/     the Beauty data (../shared does not travel);
 #   beauty_emb.npy + beauty_emb.ids.txt   the items' MiniLM vectors (the bundled encoder, 91 MB, is
 #               over the carry limit), computed here with the recipe's encoder and template.
@@ -14,7 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/amazon2014/beauty}
-grep -qx '/.gpu_carry/' .git/info/exclude 2>/dev/null || echo '/.gpu_carry/' >> .git/info/exclude
+EXCLUDE=$(git rev-parse --git-path info/exclude)  # a worktree's .git is a file
+mkdir -p "$(dirname "$EXCLUDE")"
+grep -qx '/.gpu_carry/' "$EXCLUDE" 2>/dev/null || echo '/.gpu_carry/' >> "$EXCLUDE"
 mkdir -p .gpu_carry/wheels .gpu_carry/beauty
 PLATFORMS=""
 for n in 2_28 2_27 2_17 2014 1; do

@@ -191,8 +191,9 @@ def wide_and_deep_table(run: Path, joint_results: list[str]) -> dict:
     if primary not in config.fusion.methods:  # the joint model won: this row is the best post-hoc method
         from fusion.selection import select_best
 
-        primary = select_best({m: choice.scores.get(m, float("nan")) for m in config.fusion.methods},
-                              config.fusion.methods)
+        scored = {m: choice.scores.get(m, float("nan")) for m in config.fusion.methods}
+        if any(v == v for v in scored.values()):  # a run from before the post-hoc scores were saved: as it was
+            primary = select_best(scored, config.fusion.methods)
     n_sas = sum(p.numel() for p in load_sasrec(run / "sasrec" / "best.pt").parameters())
     n_gen = sum(p.numel() for p in load_generative(run / "generative" / "best.pt").parameters())
     minutes = {k: res["training"][k]["curve"][-1]["minutes"] for k in ("sasrec", "gr")}

@@ -5,6 +5,7 @@ and the autocast context the models run their forward passes in."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import numbers
 from typing import Any
@@ -52,6 +53,11 @@ def check_training_config(config: Any) -> None:
     divisible by ``num_heads``) are in range, and its ``nonfinite_loss`` / ``device`` / ``precision``
     valid: every model config calls it when built, so ``genrec sasrec --set hidden=0`` fails at once
     with the key named, as the recipe's checks do, not with a traceback from inside the model."""
+    for f in dataclasses.fields(config) if dataclasses.is_dataclass(config) else ():
+        value = getattr(config, f.name)  # NumPy numbers as plain ones: checkpoints store the config
+        if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:  # a NumPy scalar
+            setattr(config, f.name, value.item())
+
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
             raise ConfigError(f"config key {key!r} {what}, got {getattr(config, key)!r}")

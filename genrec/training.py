@@ -507,6 +507,9 @@ def _best_weights(out: Path, state: dict, last_model: dict, device: torch.device
     if best_epoch == 0:
         return None
     if best_epoch == state["epoch"]:  # the resumed checkpoint's own weights are the best ones
+        # best.pt may hold a later epoch written just before a kill (last.pt never confirmed it): it is
+        # written over, not rotated, and rewritten at the end if no better epoch replaces it
+        unreadable.add(out / "best.pt")
         return {k: v.to(device) for k, v in last_model.items()}
     best = out / "best.pt"
     problems = []

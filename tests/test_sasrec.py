@@ -253,3 +253,13 @@ def test_out_of_catalogue_history_items_are_rejected(trained, bad):
         evaluate(model, instances)
     # valid histories still work
     predict_topk(model, histories[:1], k=5)
+
+
+def test_numpy_settings_train_into_a_loadable_checkpoint(tmp_path):
+    """NumPy numbers in a config (a sweep over np.arange, say) are stored as plain ones: the
+    checkpoint's config must load with weights_only (NumPy scalars would be refused there)."""
+    split = leave_one_out(cyclic_dataset(num_users=30), max_history=10)
+    config = SASRecConfig(**{**SMALL, "max_epochs": np.int64(1), "lr": np.float32(1e-2), "repeat_bias": np.bool_(True)})
+    assert type(config.max_epochs) is int and type(config.lr) is float and type(config.repeat_bias) is bool
+    train_sasrec(split, config, out_dir=tmp_path, progress=False)
+    assert load_sasrec(tmp_path).config.max_epochs == 1

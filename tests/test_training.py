@@ -281,6 +281,15 @@ def test_two_kills_between_writing_best_and_last_still_resume(tmp_path, monkeypa
     resumed, _ = scripted_fit({}, curve=curve[2:], out=b, max_epochs=4)
     assert [r["ndcg@10"] for r in resumed.history] == curve and resumed.best_epoch == straight.best_epoch == 3
     assert torch.equal(resumed.model.weight, straight.model.weight)
+    # the same when the last confirmed epoch was itself the best (its weights come from last.pt)
+    c = tmp_path / "c"
+    scripted_fit({}, curve=[0.1, 0.3], out=c, max_epochs=2)
+    monkeypatch.setattr(training, "_save_keeping_previous", killed_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        scripted_fit({}, curve=[0.5], out=c, max_epochs=3)  # epoch 3's best.pt written, its last.pt not
+    monkeypatch.undo()
+    assert scripted_fit({}, curve=[], out=c, max_epochs=2)[0].best_epoch == 2
+    assert load_checkpoint(c / "best.pt")["epoch"] == 2  # not the unconfirmed epoch 3
 
 
 def test_resume_after_a_kill_between_renaming_and_writing_last(tmp_path):

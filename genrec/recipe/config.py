@@ -132,10 +132,11 @@ class FusionSection:
     ``new_item_mixture`` (cold-start runs only; default off): rank the cold items against the warm
     ones with :mod:`fusion.new_item_mixture`, its prior and temperatures fitted per method on the
     validation users whose target is cold plus ``new_item_mixture_users`` sampled in-set ones
-    (in-set NDCG@10 kept within 2% of every cold item ranked last); ``fusion/summary.json`` lists
+    (in-set NDCG@10 kept within 2% of every cold item ranked last), adopted only where it beats the
+    method's own list on both sides (new targets, in-set within 2%); ``fusion/summary.json`` lists
     each method's validation figures with and without it (in sample: the in-set users are ones the
-    methods were fitted on, and the grid's best is read on the same users). Off by default: on Beauty
-    it places the cold items worse than the methods' own scores do (BENCHMARKS.md)."""
+    methods were fitted on, the grid's best read on the same users). Off: on Beauty it places the cold
+    items worse than the methods' own scores do (BENCHMARKS.md), so it is likely adopted for none."""
 
     k: int = 50  # top-K of each model (candidate union) and length of every ranked list
     beam: int = 50  # beam width of the generative model

@@ -221,6 +221,10 @@ class Recipe:
             log.warning("stage %s: %s ran again since it was interrupted; clearing %s and starting it over", name,
                         ", ".join(resumed_on), sdir)
             self._from_main(lambda: shutil.rmtree(sdir))
+        lost = [f for f in ((done or {}).get("artifacts") or {}).values() if not (run_dir / f).exists()]
+        if lost:  # outputs removed since (the report's, when a stage ran: see _begin) or lost: made again
+            log.info("stage %s: %s missing; running it again", name, ", ".join(lost))
+            done = None
         if done is not None and done.get("config_hash") == h and not rerun_upstream:
             log.info("stage %s: done earlier, skipped", name)
             self._done[name] = sdir

@@ -5,6 +5,7 @@ cross-fitting beats in-sample scores, folds are deterministic, test targets neve
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -264,7 +265,7 @@ def test_a_fusion_stage_from_before_cross_fitting_reruns_without_force(tiny_run,
 
 
 @pytest.mark.parametrize("schedule", ["holdout", "end_to_end"])
-def test_the_joint_model_competes_with_its_validation_score(tiny_run, tmp_path, schedule):
+def test_the_joint_model_competes_with_its_validation_score(tiny_run, tmp_path, schedule, caplog):
     run = _copy(tiny_run, tmp_path / "run")
     # the holdout model's own candidate lists (k=12, beam=14) differ from the post-hoc methods' (10, 10)
     epochs = (["fusion.joint_config.joint.max_epochs=2", "fusion.joint_config.joint.eval_every=2",
@@ -283,6 +284,12 @@ def test_the_joint_model_competes_with_its_validation_score(tiny_run, tmp_path, 
         assert sel["scores"]["joint"] == pytest.approx(cross_fitted_choice(cands, load_cross_fit(run).folds))
         assert "cross-fitted" in sel["sources"]["joint"]
         assert set(sel["cross_fitted"]) == {*config.fusion.methods, "joint"}
+        # candidate lists of other rows than the folds (a stale file): said, and its in-sample score used
+        np.savez(run / "joint" / "candidates.npz", **{n: r[:-1] for n, r in cands.items()})
+        with caplog.at_level(logging.WARNING, logger="genrec.recipe.primary"):
+            again = choose_primary(config, run)
+        assert "does not match the validation folds" in caplog.text
+        assert again.scores["joint"] == summary["valid"]["ndcg@10"] and "joint" not in again.cross_fitted
     else:
         assert sel["scores"]["joint"] == summary["valid"]["ndcg@10"]
         assert set(sel["cross_fitted"]) == set(config.fusion.methods)

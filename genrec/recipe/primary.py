@@ -110,6 +110,10 @@ def choose_primary(config: RecipeConfig, run_dir: str | Path) -> PrimaryChoice:
             sources["joint"] = (f"its choice among {len(ranks)} (towers, gate scale) candidates cross-fitted on "
                                 f"validation ({cf.num_folds} folds; no validation target trains it)")
             cross_fitted.append("joint")
+        else:
+            log.warning("%s: %s does not match the validation folds (%s rows, %d expected): the joint model "
+                        "competes with its in-sample validation score", run_dir, JOINT_CANDIDATES_FILE,
+                        sorted({len(r) for r in ranks.values()}), len(cf.folds))
     if f.joint and "joint" not in scores and joint_summary.is_file():
         v = load_json(joint_summary).get("valid", {}).get(metric)
         if v is not None and not math.isnan(float(v)):

@@ -368,7 +368,9 @@ def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str
            + ", ".join(f"{cb['utilisation']:.0%}" for cb in q.get("codebooks", [])) + "."]
     if results.get("analysis"):
         md += analyses_markdown(results["analysis"], results["fusion"]["primary"], config.report.plots)
-    md += ["", "## Stages", "", "| stage | wall time (s) | peak memory (MiB) |", "|---|---:|---:|"]
+    md += ["", "## Stages", "", "Each stage's last run (a stage resumed after an interruption counts the run that "
+           "finished it; the training curves' minutes add up every run).", "",
+           "| stage | wall time (s) | peak memory (MiB) |", "|---|---:|---:|"]
     for name, s in results["stages"].items():
         md.append(f"| {name} | {s['timing']['wall_s']:.1f} | {s['timing']['peak_rss_mib']:.0f} |")
     paths["report"] = atomic_write_text(run_dir / "report.md", "\n".join(md) + "\n")

@@ -243,3 +243,32 @@ def test_a_stage_reports_its_own_peak_memory_after_an_exec():
     out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout
     del big
     assert 10 < float(out) < 700  # the child's own imports, not the parent's gigabyte
+
+
+def test_a_stage_whose_outputs_are_gone_runs_again_and_a_killed_rerun_counts_as_interrupted(plain_dir, cache,
+                                                                                             tmp_path, monkeypatch):
+    """A finished stage whose recorded output was deleted runs again (the report after it too); if that
+    run is killed, its old done marker is gone, so the next run does not skip it on stale outputs."""
+    from dataclasses import replace
+
+    from genrec.recipe import runner, stages
+
+    out = tmp_path / "run"
+    config = _config(plain_dir, cache)
+    run_recipe(config, out)
+    (out / "evaluate" / "metrics.json").unlink()
+
+    def killed(ctx):
+        raise KeyboardInterrupt
+
+    patched = tuple(replace(s, run=killed) if s.name == "evaluate" else s for s in stages.STAGES)
+    monkeypatch.setattr(runner, "STAGES", patched)
+    monkeypatch.setattr(stages, "STAGES", patched)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(config, out)
+    assert not (out / "evaluate" / "stage.done.json").exists() and (out / "evaluate" / "stage.started.json").exists()
+    monkeypatch.undo()
+    events: dict[str, str] = {}
+    run_recipe(config, out, on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
+    assert [n for n, e in events.items() if e == "done"] == ["evaluate", "report"]
+    assert (out / "evaluate" / "metrics.json").is_file() and (out / "results.json").is_file()

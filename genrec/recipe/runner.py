@@ -210,7 +210,11 @@ class Recipe:
         sdir = run_dir / name
         marker = sdir / "stage.done.json"
         main = self._main()
-        done = self._from_main(lambda: _marker(marker))  # rank 0's reading everywhere
+        def read_done() -> tuple[dict | None, list[str]]:  # the marker, and the outputs it records that are gone
+            d = _marker(marker)
+            return d, [f for f in ((d or {}).get("artifacts") or {}).values() if not (run_dir / f).exists()]
+
+        done, lost = self._from_main(read_done)  # rank 0's reading everywhere
         upstream_runs = {a: self._runs.get(a) for a in reads if a in self._done}
         rerun_upstream = _reran_upstream(done, upstream_runs)
         started = self._from_main(lambda: _marker(sdir / "stage.started.json")) if done is None else None
@@ -221,11 +225,9 @@ class Recipe:
             log.warning("stage %s: %s ran again since it was interrupted; clearing %s and starting it over", name,
                         ", ".join(resumed_on), sdir)
             self._from_main(lambda: shutil.rmtree(sdir))
-        lost = [f for f in ((done or {}).get("artifacts") or {}).values() if not (run_dir / f).exists()]
         if lost:  # outputs removed since (the report's, when a stage ran: see _begin) or lost: made again
             log.info("stage %s: %s missing; running it again", name, ", ".join(lost))
-            done = None
-        if done is not None and done.get("config_hash") == h and not rerun_upstream:
+        if done is not None and done.get("config_hash") == h and not rerun_upstream and not lost:
             log.info("stage %s: done earlier, skipped", name)
             self._done[name] = sdir
             self._runs[name] = done.get("run_id")
@@ -279,6 +281,8 @@ class Recipe:
             shutil.rmtree(sdir)
         for stale in ("results.json", "report.md"):  # any stage that runs makes the last report out of date
             (self.run_dir / stale).unlink(missing_ok=True)
+        # an earlier done marker must not outlive this run: killed, the stage counts as interrupted
+        (sdir / "stage.done.json").unlink(missing_ok=True)
         _write(sdir, lambda: save_json(sdir / "stage.started.json", started), name)
 
     def _run(self, stage: Stage, h: str, src: dict[str, Any]) -> dict[str, Any]:

@@ -229,10 +229,12 @@ def mixture_ranks(items: np.ndarray, fused: np.ndarray, new_logits: np.ndarray, 
 
 
 def fit_new_item_mixture(ranks: np.ndarray, points: Sequence[tuple[float, float, float]], is_new: np.ndarray,
-                         bound: float = IN_SET_BOUND, k: int = 10) -> int | None:
+                         bound: float = IN_SET_BOUND, k: int = 10, plain: np.ndarray | None = None) -> int | None:
     """Index of the grid point (:func:`mixture_ranks`) with the best NDCG@``k`` on the instances whose
     target is new (``is_new [n]``) among those keeping the others' NDCG@``k`` at least ``bound`` of
-    point 0's (every new item last); None when no new-target instance beats point 0."""
+    point 0's (every new item last); None when no new-target instance beats point 0. ``plain [n]``:
+    the 0-based ranks of the list a mixture would replace; then a point must also beat it on the
+    new targets and keep the others within ``bound`` of it."""
     from genrec.metrics import per_instance_ndcg
 
     ndcg = np.stack([per_instance_ndcg(r, k) for r in ranks])  # [G, n]
@@ -241,6 +243,11 @@ def fit_new_item_mixture(ranks: np.ndarray, points: Sequence[tuple[float, float,
         return None
     in_set = ndcg[:, ~is_new].mean(1) if (~is_new).any() else np.zeros(len(ndcg))
     ok = in_set >= bound * in_set[0] - 1e-12
+    floor = ndcg[0, is_new].mean()
+    if plain is not None:
+        base = per_instance_ndcg(np.asarray(plain), k)
+        ok &= in_set >= bound * (base[~is_new].mean() if (~is_new).any() else 0.0) - 1e-12
+        floor = max(floor, base[is_new].mean())
     new = np.where(ok, ndcg[:, is_new].mean(1), -np.inf)
     best = int(np.argmax(new))
-    return best if best > 0 and new[best] > new[0] else None
+    return best if best > 0 and new[best] > floor else None

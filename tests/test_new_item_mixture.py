@@ -111,6 +111,11 @@ def test_grid_ranks_match_the_scores_and_the_fit_honours_the_bound():
     ok = nd[:, ~is_new].mean(1) >= 0.98 * nd[0, ~is_new].mean() - 1e-12
     assert best is not None and ok[best]
     assert nd[best, is_new].mean() == max(nd[g, is_new].mean() for g in range(len(points)) if ok[g])
+    # against the list it would replace: the best point that also beats it on new targets and keeps
+    # the others within the bound of it (here: a list as good as the best point on every instance)
+    assert fit_new_item_mixture(ranks, points, is_new, bound=0.98, plain=ranks[best]) is None
+    worse = np.where(is_new, MISS_RANK, ranks[0])  # no new target found, the in-set users as point 0
+    assert fit_new_item_mixture(ranks, points, is_new, bound=0.98, plain=worse) == best
     # a bound nothing but point 0 meets, and no new-target instance: no mixture
     assert fit_new_item_mixture(ranks, points, is_new, bound=1.5) is None
     assert fit_new_item_mixture(ranks, points, np.zeros(n, bool)) is None

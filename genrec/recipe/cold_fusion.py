@@ -47,14 +47,11 @@ def fit_new_item_mixtures(ctx: Any, ext, methods: list, test_instances, test) ->
         fused = m.fuse(valid.cands, valid.indicators)
         points, ranks = mixture_ranks(valid.cands.items, fused, z_valid, first_new, inst.histories, inst.targets,
                                       candidates)
-        best = fit_new_item_mixture(ranks, points, is_new)
-        # the method's own ranking of the same users (new items scored by both towers), to compare with
-        plain = per_instance_ndcg(ranks_of(valid.cands, fused, inst.targets, f.k), 10)
-        if best is not None:  # adopted only where it beats the list it replaces, on both sides
-            mix = per_instance_ndcg(ranks[best], 10)
-            if not (mix[is_new].mean() > plain[is_new].mean()
-                    and mix[~is_new].mean() >= IN_SET_BOUND * plain[~is_new].mean() - 1e-12):
-                best = None
+        # the method's own ranking of the same users (new items scored by both towers): a mixture must
+        # beat it on both sides, or the method keeps it
+        plain_ranks = ranks_of(valid.cands, fused, inst.targets, f.k)
+        best = fit_new_item_mixture(ranks, points, is_new, plain=plain_ranks)
+        plain = per_instance_ndcg(plain_ranks, 10)
         used = plain if best is None else per_instance_ndcg(ranks[best], 10)  # the list test gets
         last = per_instance_ndcg(ranks[0], 10)
         summary["methods"][m.name] = {

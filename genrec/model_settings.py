@@ -80,8 +80,8 @@ def check_training_config(config: Any) -> None:
     minutes = config.max_minutes
     need(minutes is None or (isinstance(minutes, (int, float)) and minutes > 0), "max_minutes",
          "must be > 0 or null")  # null: no limit
-    if getattr(config, "lr_schedule", "constant") not in LR_SCHEDULES:
-        need(False, "lr_schedule", f"must be one of {list(LR_SCHEDULES)}")
+    need(getattr(config, "lr_schedule", "constant") in LR_SCHEDULES, "lr_schedule",
+         f"must be one of {list(LR_SCHEDULES)}")
     if hasattr(config, "hidden"):  # (TIGER's T5 attention is num_heads x d_kv wide, whatever d_model)
         need(config.hidden % config.num_heads == 0, "hidden", f"must be divisible by num_heads ({config.num_heads})")
     check_nonfinite_loss(config.nonfinite_loss)

@@ -215,6 +215,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
         if world > 1:  # rank 0's clock everywhere: every rank must stop at the same epoch, or DDP hangs
             state["seconds"] = distributed.broadcast_object(state["seconds"])
 
+    norm_buffers = _norm_buffers(model) if nonfinite == "skip" else []
     while state["epoch"] < config.max_epochs and state["bad_evals"] < config.patience and not out_of_time():
         t0 = time.perf_counter()
         model.train()
@@ -229,7 +230,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
             if late:
                 break  # out of time: the epoch ends early (and is evaluated and saved as usual)
             step = state["step"]
-            norm_stats = _norm_statistics(model) if nonfinite == "skip" else None
+            norm_stats = [(b, b.clone()) for b in norm_buffers]  # restored if this step is skipped
             if step_loss is None:
                 with amp():
                     loss, n = loss_fn(model, batch)
@@ -248,7 +249,8 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                         f"{steps} of {num_batches} (optimiser step {step + 1}); {_last_loss(state)}. "
                         f"{_divergence_advice(config)}")
                 skipped += 1
-                _restore_norm_statistics(norm_stats)  # the forward of a skipped step must leave no trace
+                for buffer, before in norm_stats:  # the forward of a skipped step must leave no trace
+                    buffer.copy_(before)
                 with warnings.catch_warnings():  # "scheduler stepped before the optimizer": on purpose here
                     warnings.simplefilter("ignore", UserWarning)
                     scheduler.step()  # the step still counts for the schedule
@@ -444,16 +446,11 @@ def _last_loss(state: dict) -> str:
     return "no finite loss yet" if last is None else f"the last finite loss was {last:.6g}"
 
 
-def _norm_statistics(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each batch-norm buffer and a copy of it: a training-mode forward updates the running
-    statistics, and one over NaN features would leave them NaN for every later evaluation."""
-    return [(b, b.detach().clone()) for name, b in model.named_buffers()
+def _norm_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """The batch-norm running statistics: a training-mode forward updates them, and one over NaN
+    features would leave them NaN for every later evaluation."""
+    return [b for name, b in model.named_buffers()
             if name.rpartition(".")[2] in ("running_mean", "running_var", "num_batches_tracked")]
-
-
-def _restore_norm_statistics(saved: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
-    for buffer, copy in saved or ():
-        buffer.copy_(copy)
 
 
 def _divergence_advice(config: Any, skipping: bool = False) -> str:

@@ -91,9 +91,10 @@ def effective_k(k: int, n: int, what: str) -> int:
     return k
 
 
-def check_kmeans_settings(niter: int, max_points_per_centroid: int) -> None:
-    """ValueError naming the setting unless both are >= 1 (faiss aborts or trains nothing otherwise)."""
-    for key, value in (("niter", niter), ("max_points_per_centroid", max_points_per_centroid)):
+def check_positive_ints(**settings: Any) -> None:
+    """ValueError naming the setting unless each is an integer >= 1 (faiss aborts or trains nothing
+    on such k-means settings)."""
+    for key, value in settings.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
 

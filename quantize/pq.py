@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from quantize.base import (Quantizer, as_embeddings, check_kmeans_settings, effective_k, faiss_threading, kmeans,
+from quantize.base import (Quantizer, as_embeddings, check_positive_ints, effective_k, faiss_threading, kmeans,
                            nearest)
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class PQ(Quantizer):
         super().__init__(seed)
         if subspaces < 1 or codebook_size < 1:
             raise ValueError(f"need subspaces >= 1 and codebook_size >= 1, got {subspaces}, {codebook_size}")
-        check_kmeans_settings(niter, max_points_per_centroid)
+        check_positive_ints(niter=niter, max_points_per_centroid=max_points_per_centroid)
         self.subspaces = int(subspaces)
         self.codebook_size = int(codebook_size)
         self.niter = int(niter)
@@ -111,8 +111,7 @@ class OPQ(PQ):
     def __init__(self, subspaces: int = 4, codebook_size: int = 256, niter: int = 20,
                  max_points_per_centroid: int = 256, opq_iters: int = 25, seed: int = 0) -> None:
         super().__init__(subspaces, codebook_size, niter, max_points_per_centroid, seed)
-        if isinstance(opq_iters, bool) or not isinstance(opq_iters, int) or opq_iters < 1:
-            raise ValueError(f"opq_iters must be an integer >= 1, got {opq_iters!r}")
+        check_positive_ints(opq_iters=opq_iters)
         self.opq_iters = int(opq_iters)
         self.rotation: np.ndarray | None = None  # float32 [d, d], rows orthonormal: x_rot = x @ R.T
 

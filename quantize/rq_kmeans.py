@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from quantize.base import Quantizer, as_embeddings, check_kmeans_settings, effective_k, kmeans, nearest
+from quantize.base import Quantizer, as_embeddings, check_positive_ints, effective_k, kmeans, nearest
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class RQKMeans(Quantizer):
                  max_points_per_centroid: int = 256, seed: int = 0) -> None:
         super().__init__(seed)
         self.requested_sizes = level_sizes(levels, codebook_size)
-        check_kmeans_settings(niter, max_points_per_centroid)
+        check_positive_ints(niter=niter, max_points_per_centroid=max_points_per_centroid)
         self.niter = int(niter)
         self.max_points_per_centroid = int(max_points_per_centroid)
         self.centroids: list[np.ndarray] = []  # per level, float32 [k_l, d]

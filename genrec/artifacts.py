@@ -47,10 +47,33 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def save_json(path: str | Path, obj: Any) -> Path:
+def save_json(path: str | Path, obj: Any, *, strict: bool = False) -> Path:
     """Write JSON atomically (indented, keys kept in insertion order). NaN (a metric of an empty
-    group) is written as Python's ``NaN`` token, which :func:`load_json` reads back as NaN."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+    group) is written as Python's ``NaN`` token, which :func:`load_json` reads back as NaN. With
+    ``strict``, every non-finite number is written as ``null`` instead, so that any JSON reader
+    (``jq``, JavaScript) accepts the file: for files people read (a run's ``results.json``), not for
+    state genrec reads back (a fitted offset of -inf must stay -inf)."""
+    if strict:
+        obj = finite_or_none(obj)
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default, allow_nan=not strict)
+    return atomic_write_text(path, text + "\n")
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite number (NumPy's included) replaced by None; containers copied."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return finite_or_none(obj.tolist())
+    return obj
 
 
 def load_json(path: str | Path) -> Any:

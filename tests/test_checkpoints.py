@@ -200,3 +200,24 @@ def test_preprocessor_file_loads_safely(tmp_path):
     (tmp_path / "pre.pt").write_bytes((tmp_path / "pre.pt").read_bytes()[:100])
     with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'pre.pt'} is truncated or corrupt")):
         Preprocessor.load(tmp_path / "pre.pt")
+
+
+def test_json_artifacts_keep_non_finite_numbers_and_strict_ones_write_null(tmp_path):
+    """State genrec reads back keeps NaN / -inf exactly; a file for people (``strict``) is JSON any reader
+    accepts, non-finite numbers (NumPy's and those inside arrays included) written as null."""
+    import json
+
+    from genrec.artifacts import load_json, save_json
+
+    obj = {"offset": float("-inf"), "auc": np.float32("nan"), "x": np.array([1.5, np.inf]), "n": np.int64(3),
+           "rows": ({"ok": 0.25, "none": None},)}
+    back = load_json(save_json(tmp_path / "state.json", obj))
+    assert back["offset"] == float("-inf") and np.isnan(back["auc"]) and back["x"] == [1.5, float("inf")]
+    strict = save_json(tmp_path / "people.json", obj, strict=True)
+
+    def refuse(token):
+        raise AssertionError(token)
+
+    assert json.loads(strict.read_text(), parse_constant=refuse) == {
+        "offset": None, "auc": None, "x": [1.5, None], "n": 3, "rows": [{"ok": 0.25, "none": None}]}
+    assert obj["x"][1] == np.inf  # the caller's objects are not changed

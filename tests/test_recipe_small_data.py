@@ -1,23 +1,33 @@
 """The recipe on data too small to fill every label category: the report is still written."""
 
-import math
+import json
 from pathlib import Path
 
+import pytest
+
 from genrec.artifacts import load_json
-from genrec.recipe import load_config, run_recipe
+from genrec.recipe import format_summary, load_config, run_recipe
 
 DEMO_YAML = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "demo.yaml"
 
 
+def _refuse(token: str) -> None:
+    raise AssertionError(f"{token} is not JSON: jq and JavaScript refuse the file")
+
+
 def test_a_run_whose_test_split_lacks_a_category_still_reports(tmp_path):
     """Small data can leave a label category (here: generalization) without a test instance: its
-    metrics are NaN in the JSON files, and the analysis and report stages still write their tables."""
+    metrics are NaN inside the run and null in ``results.json`` (strict JSON, which jq and JavaScript
+    read), and the analysis and report stages and the summary still write their tables."""
     config = load_config(DEMO_YAML, overrides=["data.dataset=synthetic:num_users=150,seed=0", "sasrec.max_epochs=1",
                                                "generative.max_epochs=1"])
-    run_recipe(config, tmp_path / "run")
+    returned = run_recipe(config, tmp_path / "run")
     res = load_json(tmp_path / "run" / "results.json")
     assert res["labels"]["test"]["shares"]["generalization"] == 0.0  # the case this test is about
-    assert math.isnan(res["models"]["sasrec"]["test"]["generalization"]["ndcg@10"])
+    assert res["models"]["sasrec"]["test"]["generalization"]["ndcg@10"] is None  # strict JSON: null, not NaN
+    json.loads((tmp_path / "run" / "results.json").read_text(), parse_constant=_refuse)
+    assert returned == res
+    assert "n/a" in format_summary(res)
     report = (tmp_path / "run" / "report.md").read_text()
     # a claim about a category without instances is not judged (it read "DOES NOT HOLD")
     (claim,) = [c for c in res["comparisons"] if c["category"] == "generalization"]

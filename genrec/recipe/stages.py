@@ -540,7 +540,7 @@ def stage_report(ctx: StageContext) -> dict[str, Path]:
     """``results.json`` and ``report.md`` (+ ``plots/*.png``) in the run directory."""
     run_dir, config = ctx.run_dir, ctx.config
     results = collect_results(run_dir, config, stage_names(config))
-    paths = {"results": save_json(run_dir / "results.json", results)}
+    paths = {"results": save_json(run_dir / "results.json", results, strict=True)}  # jq- and JS-readable
     paths.update(write_report(run_dir, config, results))
     return paths
 

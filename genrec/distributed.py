@@ -117,7 +117,8 @@ def sharded_evaluation() -> Iterator[None]:
     """Within this block (every rank enters it together) the evaluators that support sharding
     (``genrec.sasrec.evaluate``, ``genrec.generative.evaluate``, ``fusion.joint.evaluate_joint``)
     score only their rank's instances and gather the per-instance results, so the metrics are
-    computed once over all instances and equal the single-process ones. Outside it they score
+    computed once over all instances and equal the single-process ones up to float rounding (a rank's
+    batches hold other rows, and a score can move by ~1e-6 with the batch's padding). Outside it they score
     everything on each rank: an evaluator called by one rank alone never waits for the others."""
     before = _SHARDING["active"]
     _SHARDING["active"] = is_distributed()

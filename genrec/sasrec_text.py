@@ -38,15 +38,18 @@ def resolve_text_dim(config: SASRecConfig, item_text: np.ndarray | None) -> SASR
 
 
 def check_resumed_text(path: Path, text: torch.Tensor, key: str = "item_text") -> None:
-    """A content-aware run resumed from checkpoint ``path`` must have been trained on the same item
-    text (state-dict entry ``key``): a :class:`~genrec.errors.CheckpointError` otherwise (an
-    unreadable checkpoint is left to ``fit``)."""
-    if not path.is_file():
+    """A content-aware run resumed from checkpoint ``path`` (``last.pt``) must have been trained on the
+    same item text (state-dict entry ``key``): a :class:`~genrec.errors.CheckpointError` otherwise. The
+    checkpoint checked is the one ``fit`` resumes from: ``path``, or ``last.prev.pt`` when ``path``
+    cannot be read (neither readable: left to ``fit``, which says so)."""
+    for candidate in (path, path.with_name(path.stem + ".prev" + path.suffix)):
+        if not candidate.is_file():
+            continue
+        try:
+            saved = load_checkpoint(candidate, kind="checkpoint", keys=("model",))["model"].get(key)
+        except CheckpointError:
+            continue
+        if saved is None or saved.shape != text.shape or not torch.allclose(saved, text.cpu()):
+            raise CheckpointError(f"{candidate}: trained on other item text embeddings than the ones given; use "
+                                  "another out_dir or delete it")
         return
-    try:
-        saved = load_checkpoint(path, kind="checkpoint", keys=("model",))["model"].get(key)
-    except CheckpointError:
-        return
-    if saved is None or saved.shape != text.shape or not torch.allclose(saved, text.cpu()):
-        raise CheckpointError(f"{path}: trained on other item text embeddings than the ones given; use another "
-                              "out_dir or delete it")

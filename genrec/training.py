@@ -95,8 +95,10 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     the patience. Batches are moved to the model's device by ``loss_fn``.
     ``config`` (a dataclass) needs ``lr, weight_decay, max_epochs, patience, eval_every, seed``;
     optional ``lr_schedule`` (``"constant"`` or ``"cosine"``: decay to ``final_lr_ratio * lr`` over
-    ``schedule_epochs``, default ``max_epochs``) and ``warmup_epochs`` (linear warm-up), stepped
-    per batch, so the schedule is a function of the step count only (deterministic, exact on resume).
+    ``schedule_epochs``, default the ``max_epochs`` the run started with, kept on resume) and
+    ``warmup_epochs`` (a linear warm-up over the first steps, times the decay: :func:`lr_factor`),
+    stepped per batch, so the schedule is a function of the step count only (deterministic, exact
+    on resume).
     ``batches(rng)`` yields one epoch; ``loss_fn(model, batch) -> (mean loss, count)``.
 
     Divergence: a NaN or infinite training loss raises :class:`TrainingDivergedError` (model name,
@@ -201,11 +203,24 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     # torch's LambdaLR with genrec's factor; positioned from the step count, so resume is exact
     for group in opt.param_groups:
         group.setdefault("initial_lr", config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config, steps_per_epoch),
-                                                  last_epoch=state["step"] - 1)
+    # the cosine horizon is fixed when the run starts: a run resumed with a larger max_epochs (allowed)
+    # would otherwise restart its decay half way (the lr jumping from its floor back up)
+    horizon = getattr(config, "schedule_epochs", None) or config.max_epochs
+    if state.setdefault("schedule_epochs", horizon) != horizon and getattr(config, "lr_schedule", "") == "cosine":
+        log.warning("%s: resumed with max_epochs %d; the cosine schedule keeps the horizon of %d epochs it started "
+                    "with (later epochs run at final_lr_ratio x lr; set schedule_epochs to choose it)",
+                    name, config.max_epochs, state["schedule_epochs"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_factor(config, steps_per_epoch, schedule_epochs=state["schedule_epochs"]), last_epoch=state["step"] - 1)
     # DDP calls loss_fn through its own forward, so the gradients of every step are all-reduced
     step_loss = _ddp_loss(model, loss_fn, device) if world > 1 else None
     distributed.barrier()  # every rank has read its checkpoints before rank 0 may replace them
+    if out and main and out / "best.pt" in unreadable and best_state is not None:
+        # best.pt does not hold the resumed best epoch (a later epoch written just before a kill, or a
+        # damaged file): it gets the best weights now, so that every later improvement rotates a
+        # confirmed best.pt to best.prev.pt and two more kills still find the best epoch
+        _save_keeping_previous(out / "best.pt", {"model": best_state, "config": asdict(config),
+                                                 "epoch": state["best_epoch"], **(checkpoint_extra or {})}, unreadable)
 
     def out_of_time() -> bool:
         return max_minutes is not None and state["seconds"] >= 60 * max_minutes
@@ -246,7 +261,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                 if nonfinite == "error":
                     raise TrainingDivergedError(
                         f"{name} training diverged: the loss is {value} at epoch {state['epoch'] + 1}, step "
-                        f"{steps} of {num_batches} (optimiser step {step + 1}); {_last_loss(state)}. "
+                        f"{steps} of {steps_per_epoch} (optimiser step {step + 1}); {_last_loss(state)}. "
                         f"{_divergence_advice(config)}")
                 skipped += 1
                 for buffer, before in norm_stats:  # the forward of a skipped step must leave no trace
@@ -269,6 +284,14 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                     f"{name} training diverged: the loss was NaN or infinite at every one of the {steps} steps of "
                     f"epoch {state['epoch'] + 1} (all skipped, nonfinite_loss='skip'); {_last_loss(state)}. "
                     f"{_divergence_advice(config, skipping=True)}")
+        if steps > skipped and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            # an update from a finite loss (an infinite gradient, say) made a weight NaN: the next step's
+            # loss would say so, but after the epoch's last step the ruined model would be validated
+            # (every target a miss: NDCG 0, a finite number), saved and maybe kept as the best model
+            raise TrainingDivergedError(
+                f"{name} training diverged: a weight is NaN or infinite after the last update of epoch "
+                f"{state['epoch'] + 1} (optimiser step {state['step']}); {_last_loss(state)}. "
+                f"{_divergence_advice(config, skipping=True)}")
         state["epoch"] += 1
         last = state["epoch"] >= config.max_epochs
         if state["epoch"] % config.eval_every and not last:
@@ -283,7 +306,9 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
         # rank 0's numbers everywhere: the early-stopping decisions must agree on every rank
         metrics = distributed.broadcast_object(metrics)
         add_time(time.perf_counter() - t0)
-        row = {"epoch": state["epoch"], "train_loss": total / max(count, 1), "minutes": state["seconds"] / 60,
+        # an epoch cut by max_minutes before its first step trained nothing: no loss, not 0
+        row = {"epoch": state["epoch"], "train_loss": total / count if count else math.nan,
+               "minutes": state["seconds"] / 60,
                **metrics}
         if nonfinite == "skip":
             row["skipped_steps"] = state["skipped_steps"]
@@ -327,12 +352,6 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
         # once more: a run killed between its last checkpoint and this file resumes with no epoch
         # left to run, and must not keep a history one evaluation short
         save_json(out / "history.json", state["history"])
-        if out / "best.pt" in unreadable and best_state is not None:
-            # best.pt still holds what the resume could not use (an unconfirmed epoch, a damaged
-            # file) and no better epoch replaced it: the run's best weights, for whoever loads best.pt
-            _save_keeping_previous(out / "best.pt", {"model": best_state, "config": asdict(config),
-                                                     "epoch": state["best_epoch"], **(checkpoint_extra or {})},
-                                   unreadable)
     distributed.barrier()
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -504,8 +523,8 @@ def _best_weights(out: Path, state: dict, last_model: dict, device: torch.device
     if best_epoch == 0:
         return None
     if best_epoch == state["epoch"]:  # the resumed checkpoint's own weights are the best ones
-        # best.pt may hold a later epoch written just before a kill (last.pt never confirmed it): it is
-        # written over, not rotated, and rewritten at the end if no better epoch replaces it
+        # best.pt may hold a later epoch written just before a kill (last.pt never confirmed it): fit
+        # writes these weights over it (not rotated) before training on
         unreadable.add(out / "best.pt")
         return {k: v.to(device) for k, v in last_model.items()}
     best = out / "best.pt"
@@ -524,8 +543,8 @@ def _best_weights(out: Path, state: dict, last_model: dict, device: torch.device
         if ckpt.get("epoch") == best_epoch:
             if path != best:
                 log.warning("%s: the best %s weights (epoch %d) come from %s", best, name, best_epoch, path)
-                # best.pt holds an unconfirmed epoch (killed before last.pt): the next best is written
-                # over it, never rotated over the confirmed best.prev.pt, which a second kill would need
+                # best.pt holds an unconfirmed epoch or is damaged: fit writes the confirmed best over it
+                # (never rotated over best.prev.pt) before training on
                 unreadable.add(best)
             return ckpt["model"]
         problems.append(f"{path} holds epoch {ckpt.get('epoch')}")
@@ -541,15 +560,16 @@ def lr_schedule(config: Any, steps_per_epoch: int) -> Callable[[int], float]:
     return lambda step: config.lr * factor(step)
 
 
-def lr_factor(config: Any, steps_per_epoch: int) -> Callable[[int], float]:
-    """The multiplier of ``config.lr`` at each optimiser step (0-based): a linear warm-up over
-    ``warmup_epochs``, then constant or a cosine decay to ``final_lr_ratio`` over ``schedule_epochs``
-    (default ``max_epochs``); :func:`fit` hands it to ``torch.optim.lr_scheduler.LambdaLR``."""
+def lr_factor(config: Any, steps_per_epoch: int, schedule_epochs: int | None = None) -> Callable[[int], float]:
+    """The multiplier of ``config.lr`` at each optimiser step (0-based): constant, or a cosine decay
+    from step 0 to ``final_lr_ratio`` over ``schedule_epochs`` (the argument, else the config's, else
+    ``max_epochs``), times a linear warm-up over the first ``warmup_epochs`` (the two overlap: the
+    decay has begun when the warm-up ends); :func:`fit` hands it to ``torch.optim.lr_scheduler.LambdaLR``."""
     kind = getattr(config, "lr_schedule", "constant")
     if kind not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
     warmup = max(0.0, float(getattr(config, "warmup_epochs", 0.0) or 0.0)) * steps_per_epoch
-    horizon = max(1, (getattr(config, "schedule_epochs", None) or config.max_epochs) * steps_per_epoch)
+    horizon = max(1, (schedule_epochs or getattr(config, "schedule_epochs", None) or config.max_epochs) * steps_per_epoch)
     final = float(getattr(config, "final_lr_ratio", 0.0) or 0.0)
 
     def factor_at(step: int) -> float:

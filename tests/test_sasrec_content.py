@@ -4,6 +4,7 @@ training loss reaches the projection; save/load keeps the text; new items added 
 read their own text."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,20 @@ def test_recipe_hashes_follow_the_embed_stage_only_for_a_content_aware_sasrec():
         assert ("embed" in plan["joint"]["src"]["upstream"]) == reads, overrides
     with pytest.raises(ConfigError, match="sasrec.text_dim"):
         config_from_dict({}, overrides=["sasrec.text_dim=big"])
+
+
+def test_a_run_resumed_from_last_prev_needs_the_same_text_too(tmp_path):
+    """last.pt damaged: fit resumes from last.prev.pt, whose text was not checked (the other text was
+    silently replaced by the checkpoint's)."""
+    from genrec.errors import CheckpointError
+
+    split = leave_one_out(cyclic_dataset(), max_history=9)
+    config = SASRecConfig(**SMALL, lr=5e-3, batch_size=32, max_epochs=2, eval_batch_size=64, text_dim=TEXT_DIM)
+    train_sasrec(split, config, tmp_path, progress=False, item_text=_text(split.num_items))
+    (tmp_path / "last.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"last\.prev\.pt: trained on other item text"):
+        train_sasrec(split, replace(config, max_epochs=3), tmp_path, progress=False,
+                     item_text=_text(split.num_items, seed=5))
 
 
 def test_a_resumed_run_needs_the_same_text_and_a_warm_start_uses_the_text_given(tmp_path):

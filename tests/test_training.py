@@ -113,6 +113,48 @@ def test_fit_applies_the_schedule_per_step_and_resumes_exactly(tmp_path):
     assert state["step"] == 18
 
 
+def test_a_longer_max_epochs_on_resume_keeps_the_cosine_horizon(tmp_path, caplog):
+    """Without schedule_epochs the cosine decay spans max_epochs. A finished 3-epoch run resumed with
+    max_epochs=6 used to restart the decay half way (the lr jumping from 0.003 back to 0.05); it
+    keeps its 3-epoch horizon (the last 3 epochs at the floor) and says so."""
+    @dataclass
+    class Sched(Config):
+        lr_schedule: str = "cosine"
+        final_lr_ratio: float = 0.1
+        patience: int = 100
+
+    lrs = []
+
+    def train(max_epochs):
+        model = torch.nn.Linear(1, 1)
+        opt_lr = {}
+
+        def loss_fn(m, batch):
+            lrs.append(opt_lr["opt"].param_groups[0]["lr"] if "opt" in opt_lr else None)
+            return (m(batch) ** 2).mean(), len(batch)
+
+        real_adam = torch.optim.Adam
+
+        def adam(*a, **kw):
+            opt_lr["opt"] = real_adam(*a, **kw)
+            return opt_lr["opt"]
+
+        torch.optim.Adam = adam
+        try:
+            fit(model, Sched(lr=0.05, max_epochs=max_epochs), lambda rng: [torch.ones(4, 1)] * 3, 3, loss_fn,
+                lambda m: {"ndcg@10": 0.1, "recall@10": 0.0}, tmp_path, progress=False)
+        finally:
+            torch.optim.Adam = real_adam
+
+    train(3)
+    with caplog.at_level("WARNING", logger="genrec.training"):
+        train(6)
+    assert len(lrs) == 18
+    assert all(a >= b - 1e-12 for a, b in zip(lrs, lrs[1:])), lrs  # never back up
+    assert lrs[-1] == pytest.approx(0.005) and lrs[9] == pytest.approx(0.005)
+    assert "keeps the horizon of 3 epochs" in caplog.text
+
+
 # ----------------------------------------------------------------------------------------------
 # Divergence: non-finite training losses and validation metrics
 
@@ -166,6 +208,25 @@ def test_an_epoch_out_of_time_between_evaluations_counts_its_time_once(monkeypat
     assert [(r["epoch"], r["minutes"] * 60) for r in result.history] == [(1, 40.0)]
 
 
+def test_an_epoch_out_of_time_before_its_first_step_has_no_training_loss(monkeypatch):
+    """Drawing the epoch's batches takes 100 s of a 30 s budget, so epoch 1 ends before its first
+    step: it is evaluated as usual, but its train_loss is NaN (no loss), not 0.0 (a perfect one)."""
+    import genrec.training as training
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock["now"])
+
+    def batches(rng):
+        clock["now"] += 100.0
+        return [torch.ones(4, 1)] * 3
+
+    config = Guarded()
+    config.max_minutes = 0.5
+    result = fit(torch.nn.Linear(1, 1), config, batches, 3, lambda m, b: ((m(b) ** 2).mean(), len(b)),
+                 lambda m: {"ndcg@10": 0.1, "recall@10": 0.0}, progress=False, name="toy")
+    assert [r["epoch"] for r in result.history] == [1] and math.isnan(result.history[0]["train_loss"])
+
+
 def test_nan_loss_stops_training_naming_model_epoch_step_and_last_finite_loss():
     with pytest.raises(TrainingDivergedError) as err:
         scripted_fit({5: math.nan}, max_epochs=4)  # global step 5 = epoch 2, step 2 of 3
@@ -190,6 +251,28 @@ def test_skip_leaves_nonfinite_steps_out_and_reports_them(caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "toy epoch 1: skipped 1 of 3 steps with a non-finite loss (nonfinite_loss='skip'; 1 in all)" in warnings
     assert "toy epoch 2: skipped 1 of 3 steps with a non-finite loss (nonfinite_loss='skip'; 2 in all)" in warnings
+
+
+def test_a_nan_weight_after_an_epochs_last_update_is_a_divergence_not_a_result(tmp_path):
+    """The last step's loss is finite (0) but its gradient is NaN (sqrt at 0), so Adam's update makes
+    the weight NaN. No later step's loss could notice; the ruined model was validated, saved as
+    best.pt and returned as trained. The epoch's end now checks the weights."""
+    model = torch.nn.Linear(1, 1)
+    calls = {"step": 0}
+
+    def loss_fn(m, batch):
+        calls["step"] += 1
+        if calls["step"] == 3:
+            return torch.sqrt((m.weight - m.weight.detach()) ** 2).sum(), len(batch)
+        return (m(batch) ** 2).mean(), len(batch)
+
+    with pytest.raises(TrainingDivergedError, match=r"^toy training diverged: a weight is NaN or infinite after the "
+                                                    r"last update of epoch 1 \(optimiser step 3\); the last finite "
+                                                    r"loss was 0\. Try a lower learning rate \(lr is 0\.1, in a new "
+                                                    r"out_dir\)\.$"):
+        fit(model, Guarded(patience=100), lambda rng: [torch.ones(4, 1)] * 3, 3, loss_fn,
+            lambda m: {"ndcg@10": 0.1, "recall@10": 0.0}, tmp_path, progress=False, name="toy")
+    assert not (tmp_path / "best.pt").exists() and not (tmp_path / "last.pt").exists()
 
 
 def test_skip_still_stops_when_every_step_of_an_epoch_is_nonfinite():
@@ -290,6 +373,36 @@ def test_two_kills_between_writing_best_and_last_still_resume(tmp_path, monkeypa
     monkeypatch.undo()
     assert scripted_fit({}, curve=[], out=c, max_epochs=2)[0].best_epoch == 2
     assert load_checkpoint(c / "best.pt")["epoch"] == 2  # not the unconfirmed epoch 3
+
+
+@pytest.mark.parametrize("flat", [1, 2], ids=["next-epoch", "after-two-flat-epochs"])
+def test_a_kill_after_resuming_at_the_best_epoch_still_resumes(tmp_path, monkeypatch, flat):
+    """Resumed at its best epoch (2), the run improves again later and is killed between that epoch's
+    best.pt and last.pt: best.pt used to be written over without keeping epoch 2 anywhere best.pt /
+    best.prev.pt are read from ("best.pt holds epoch 4; best.prev.pt holds epoch 1"). Now epoch 2's
+    weights are written to best.pt at the resume, so the improvement rotates them to best.prev.pt."""
+    import genrec.training as training
+
+    curve = [0.1, 0.3] + [0.2] * flat + [0.5]
+    last = len(curve)
+    straight, _ = scripted_fit({}, curve=curve, out=tmp_path / "a", max_epochs=last)
+    b = tmp_path / "b"
+    scripted_fit({}, curve=curve[:2], out=b, max_epochs=2)
+    real = training._save_keeping_previous
+
+    def killed_at_the_last_epoch(path, obj, unreadable):
+        if path.name == "last.pt" and obj["state"]["epoch"] == last:
+            raise KeyboardInterrupt
+        real(path, obj, unreadable)
+
+    monkeypatch.setattr(training, "_save_keeping_previous", killed_at_the_last_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        scripted_fit({}, curve=curve[2:], out=b, max_epochs=last)
+    monkeypatch.undo()
+    assert load_checkpoint(b / "best.pt")["epoch"] == last and load_checkpoint(b / "best.prev.pt")["epoch"] == 2
+    resumed, _ = scripted_fit({}, curve=curve[-1:], out=b, max_epochs=last)
+    assert [r["ndcg@10"] for r in resumed.history] == curve and resumed.best_epoch == straight.best_epoch == last
+    assert torch.equal(resumed.model.weight, straight.model.weight)
 
 
 def test_resume_after_a_kill_between_renaming_and_writing_last(tmp_path):

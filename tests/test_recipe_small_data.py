@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import pytest
 
 from genrec.artifacts import load_json
 from genrec.recipe import format_summary, load_config, run_recipe

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from genrec.artifacts import atomic_write, atomic_write_text
 from genrec.data import read_interactions_tsv
 from genrec.errors import DataFormatError
-from genrec.text_files import iter_jsonl, iter_lines
+from genrec.text_files import is_unicode, iter_jsonl, iter_lines
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,13 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
             raise DataFormatError(f"{where}: 'user_id' must be a string, got {type(user).__name__}")
         if not str(user).strip():
             raise DataFormatError(f"{where}: empty user_id")
-        users.append(str(user).strip())  # as the .tsv reader reads ids
-        histories.append([str(i) for i in history])
+        if not is_unicode(str(user)) or not all(is_unicode(str(i)) for i in history):
+            raise DataFormatError(f"{where}: an id is not valid Unicode (a lone surrogate such as \\ud800)")
+        items = [str(i).strip() for i in history]  # as the .tsv reader reads ids: stripped, never empty
+        if "" in items:
+            raise DataFormatError(f"{where}: history item {items.index('')} is an empty id")
+        users.append(str(user).strip())
+        histories.append(items)
         lines.append(lineno)
     return users, histories, lines
 
@@ -103,7 +108,7 @@ def _read_tsv(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
     cu, ch = header.index("user_id"), header.index("history")
     users, histories, lines = [], [], []
     for lineno, line in iter_lines(path):
-        if lineno == 1 or not line.strip():
+        if lineno == 1 or not line.rstrip("\r\n"):  # a blank line; one of tabs or spaces is a row (refused)
             continue
         parts = line.rstrip("\r\n").split("\t")
         if len(parts) != len(header):
@@ -169,12 +174,16 @@ class BatchSummary:
     fallbacks: int
 
 
-def recommend_file(recommender: Any, input_path: str | Path, output_path: str | Path, k: int = 10,
+def recommend_file(recommender: Any, input_path: str | Path, output_path: str | Path, k: int | None = None,
                    exclude_seen: bool = False, on_unknown: str = "skip", chunk_size: int = 2048,
                    progress: bool | None = None) -> BatchSummary:
-    """Recommend ``k`` items for every history of ``input_path`` and write them to ``output_path``
-    (formats: module doc), ``chunk_size`` histories per model call, with a progress bar on a terminal."""
+    """Recommend ``k`` items (default 10, or fewer where the method ranks fewer: ``max_k``) for every
+    history of ``input_path`` and write them to ``output_path`` (formats: module doc), ``chunk_size``
+    histories per model call, with a progress bar on a terminal."""
     from tqdm import tqdm
+
+    if k is None:
+        k = min(10, recommender.max_k)
 
     out = Path(output_path)
     if out.suffix.lower() not in OUTPUT_FORMATS:  # before any model work (no .gz output)

@@ -10,12 +10,13 @@
                            "unknown_ids", "fallback"}``
 ``POST /recommend/batch``  ``{"histories": [[ids], ...], "k", "exclude_seen", "on_unknown"}`` ->
                            ``{"method", "results": [<one /recommend answer per history>]}``
-``GET /health``            ``{"status": "ok", "method", "items", "max_k", "max_history", "requests",
+``GET /health`` (or HEAD)  ``{"status": "ok", "method", "items", "max_k", "max_history", "requests",
                            "histories", "batches", "mean_batch_size", "queued", "failed_batches"}``
 ``GET /items/{item_id}``   the item's text fields, ``index`` and ``semantic_id``
 =========================  ==================================================================================
 
-**Status codes.** 200 on success. 400: a body that is not valid JSON. 404: ``GET /items`` of an
+**Status codes.** 200 on success. 400: a body that is not valid JSON, or a ``Content-Length`` that
+is not a number. 404: ``GET /items`` of an
 unknown item id (also an unknown path). 413: a body over ``max_body_bytes``, refused by its
 ``Content-Length`` or, without a truthful one, by the bytes actually read, before any parsing.
 415: a ``Content-Type`` that is not JSON. 422: a well-formed request the service cannot answer:
@@ -23,13 +24,14 @@ a missing, extra or mistyped field (validation is strict: ids are JSON strings, 
 flags booleans), ``k`` outside 1..``recommender.max_k`` (the message gives the limit; a request
 without ``k`` gets 10, or ``max_k`` where that is smaller), an empty
 history (the issue's reading: the popularity fallback is not a recommendation worth a call; a
-history whose ids are all *unknown* still gets it, with ``fallback: true``), a history of more
+history whose ids are all *unknown* still gets it, with ``fallback: true``), an id that is not
+valid Unicode (JSON's ``"\\ud800"``: a lone surrogate), a history of more
 than ``max_history_ids`` ids or a batch of more than ``max_batch_histories`` histories, and, under
 ``on_unknown: "error"``, unknown history ids (``unknown_ids`` in the error body). 422 rather than
 404 for those: the endpoint exists, the body's content is what is wrong. 408: a body that does not
 arrive within ``body_timeout_s``. 405: a method an endpoint does not take. 503: the request queue is
 full, the service is shutting down, or no answer came within ``request_timeout_s``; 500 only for a
-failure of the model itself (logged with its traceback).
+failure of the model itself (logged with its traceback; a damaged model file included).
 
 **Micro-batching.** ``/recommend`` and ``/recommend/batch`` requests are validated (unknown ids
 included) in the event loop, then queued; one worker coroutine takes the first queued request,
@@ -53,6 +55,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -64,7 +67,8 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from genrec.errors import GenrecError
+from genrec.errors import CheckpointError, DataNotFoundError, GenrecError
+from genrec.text_files import is_unicode
 
 if TYPE_CHECKING:
     from genrec.recommender import Recommendations, Recommender
@@ -284,7 +288,7 @@ class _BodyGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         length = headers.get("content-length")
         if length is not None:
-            if not length.strip().isdigit():
+            if not re.fullmatch(r"[0-9]+", length.strip()):  # str.isdigit() takes "²", which int() refuses
                 return await self._reply(send, 400, f"bad Content-Length header {length!r}")
             if int(length) > self.max_bytes:
                 return await self._reply(send, 413, f"request body of {int(length)} bytes is over the limit of "
@@ -400,6 +404,9 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
         if len(h) > max_history_ids:
             raise ValueError(f"{len(h)} item ids, more than the {max_history_ids} accepted "
                              f"(the model reads the last {rec.max_history})")
+        for i, item_id in enumerate(h):  # JSON's "\ud800" escape reads as a lone surrogate: no item, no answer
+            if not is_unicode(item_id):
+                raise ValueError(f"item id {i} is not valid Unicode (a lone surrogate: {item_id!r})")
         return h
 
     def check_histories(hs: list[list[str]]) -> list[list[str]]:
@@ -516,6 +523,8 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
             return await batcher.submit(histories, k, exclude_seen, request_timeout_s)
         except ApiError:
             raise
+        except (CheckpointError, DataNotFoundError) as e:  # a damaged or missing model file: not the client's fault
+            raise ApiError(500, f"the model failed ({type(e).__name__}); see the server log") from None
         except GenrecError as e:  # the library refused the input itself (checked here first; kept as a net)
             raise ApiError(422, str(e)) from None
         except Exception as e:
@@ -535,7 +544,7 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
         recs = await answer(body.histories, body.k, body.exclude_seen)
         return {"method": method, "results": [_result(method, r) for r in recs]}
 
-    @app.get("/health", summary="liveness and batching counters")
+    @app.api_route("/health", methods=["GET", "HEAD"], summary="liveness and batching counters")
     async def health() -> JSONResponse:
         b = batcher
         return JSONResponse(status_code=200 if b.running else 503, content={

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from genrec.columns import open_binary
 from genrec.errors import DataFormatError, DataNotFoundError
 
-__all__ = ["open_text", "iter_lines", "find_file", "iter_jsonl"]
+__all__ = ["open_text", "iter_lines", "find_file", "iter_jsonl", "is_unicode"]
 
 
 def open_text(path: Path) -> io.TextIOBase:
@@ -87,6 +87,16 @@ def find_file(directory: Path, stem: str) -> Path:
         if cand.is_file():
             return cand
     raise DataNotFoundError(f"{directory}: expected {stem} or {stem}.gz, found neither")
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8: JSON's ``"\\ud800"`` escape reads as a lone surrogate,
+    which no file, response or Parquet column can hold (ids with one are refused where they are read)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -43,8 +43,8 @@ def test_every_input_format_reads_the_same_histories(tmp_path, histories):
     assert read_histories(tmp_path / "log.tsv.gz") == (users, histories)
     (tmp_path / "nouser.jsonl").write_text('{"history": ["a"]}\n\n{"history": []}\n')
     assert read_histories(tmp_path / "nouser.jsonl") == (["line:1", "line:3"], [["a"], []])
-    (tmp_path / "spaced.jsonl").write_text('{"user_id": " u9 ", "history": ["a"]}\n{"user_id": 3, "history": []}\n')
-    assert read_histories(tmp_path / "spaced.jsonl") == (["u9", "3"], [["a"], []])  # as the .tsv reader reads ids
+    (tmp_path / "spaced.jsonl").write_text('{"user_id": " u9 ", "history": [" a", 7]}\n{"user_id": 3, "history": []}\n')
+    assert read_histories(tmp_path / "spaced.jsonl") == (["u9", "3"], [["a", "7"], []])  # as the .tsv reader reads ids
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -62,6 +62,11 @@ def test_every_input_format_reads_the_same_histories(tmp_path, histories):
     ("bad.jsonl", '{"user_id": "  ", "history": ["a"]}\n', r"bad.jsonl:1: empty user_id"),
     ("bad.jsonl", "\n\n", r"bad.jsonl: no histories"),
     ("bad.tsv", "user_id\thistory\n", r"bad.tsv: no histories"),
+    # a lone surrogate (JSON's \ud800) could never be written out: refused while reading, not after the work
+    ("bad.jsonl", '{"user_id": "u1", "history": ["\\ud800"]}\n', r"bad.jsonl:1: an id is not valid Unicode"),
+    ("bad.jsonl", '{"user_id": "u\\udc80", "history": ["a"]}\n', r"bad.jsonl:1: an id is not valid Unicode"),
+    ("bad.jsonl", '{"user_id": "u1", "history": ["a", " "]}\n', r"bad.jsonl:1: history item 1 is an empty id"),
+    ("bad.tsv", "user_id\thistory\nu1\ta\n\t\n", r"bad.tsv:3: empty user_id"),  # was skipped silently
 ])
 def test_bad_input_files_name_the_file_and_line(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
@@ -110,6 +115,26 @@ def test_cli_recommend_end_to_end_and_its_errors(tiny_saved, rec, histories, tmp
         assert message in capsys.readouterr().err
     assert cli.main(["recommend", str(tmp_path), "--input", str(src), "--out", str(out)]) == 2
     assert "neither a saved recommender" in capsys.readouterr().err
+
+
+def test_the_default_k_is_never_refused_where_the_method_ranks_fewer_than_ten(tiny_saved, histories, tmp_path,
+                                                                             capsys):
+    """A model saved with fusion.k 5: `genrec recommend` without --k used to stop with "argument --k: 10
+    exceeds what method ... can rank (5, fusion.k)"; the default is now min(10, max_k), as the service's."""
+    import shutil
+
+    small = tmp_path / "model"
+    shutil.copytree(tiny_saved, small)
+    manifest = json.loads((small / "recommender.json").read_text())
+    manifest["settings"]["k"] = 5
+    (small / "recommender.json").write_text(json.dumps(manifest))
+    src = _jsonl(tmp_path / "h.jsonl", histories[:4])
+    out = tmp_path / "recs.jsonl"
+    assert cli.main(["recommend", str(small), "--input", str(src), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert "k=5)" in capsys.readouterr().out
+    assert [len(json.loads(line)["items"]) for line in out.read_text().splitlines()] == [5] * 4
+    assert cli.main(["recommend", str(small), "--input", str(src), "--out", str(out), "--k", "6"]) == 2
+    assert "argument --k: 6 exceeds what method" in capsys.readouterr().err
 
 
 def test_an_unsupported_output_is_refused_before_any_model_work(rec, histories, tmp_path, monkeypatch):

@@ -98,12 +98,14 @@ def test_batch_answers_what_the_library_answers(client, rec, histories):
 
 
 def test_health_and_items(client, rec, histories):
+    assert client.post("/recommend", json={"history": histories[0]}).status_code == 200  # not left to other tests
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["method"] == rec.method_name and h["items"] == rec.num_items
     assert h["max_k"] == rec.max_k and h["batches"] >= 1 and h["mean_batch_size"] >= 1.0
     item_id = histories[0][0]
     r = client.get(f"/items/{item_id}")
     assert r.status_code == 200 and r.json() == rec.item(item_id) and len(r.json()["semantic_id"]) >= 1
+    assert client.head("/health").status_code == 200  # HEAD-based probes (was 405)
     r = client.get("/items/no-such-item")
     assert r.status_code == 404 and r.json() == {"error": "unknown item id 'no-such-item'",
                                                  "unknown_ids": ["no-such-item"]}
@@ -138,6 +140,10 @@ BAD_REQUESTS = [
      "histories.0: unknown item id(s) ['q']; histories.2: unknown item id(s) ['r', 'q']"),
     ("/recommend/batch", {"history": GOOD}, 422, "histories: required field missing"),
     ("/recommend", b"x" * 5000, 413, "request body of 5000 bytes is over the limit of 4096 bytes"),
+    # JSON's \ud800 escape is a lone surrogate: no item has it, and no answer could echo it (was a 500)
+    ("/recommend", b'{"history": ["a", "\\ud800"]}', 422, "history: item id 1 is not valid Unicode"),
+    ("/recommend", b'{"history": ["\\ud800"], "on_unknown": "error"}', 422, "history: item id 0 is not valid"),
+    ("/recommend/batch", b'{"histories": [["a"], ["\\udc80"]]}', 422, "histories.1: item id 0 is not valid Unicode"),
 ]
 
 
@@ -228,13 +234,25 @@ def test_mixed_k_and_exclude_seen_batch_to_the_same_answers(rec, histories, meth
              (h[5], 64, False), (h[6], 3, True), (h[7], 3, True), (h[6], 12, True), (h[8], 12, True),
              (h[9], 20, True), (h[9], 20, True)]
     cases = [(hist, min(k, one.max_k), ex) for hist, k, ex in cases]  # the generative model: k <= fusion.beam
+    calls = []  # (histories, k, exclude_seen) of each model call
+    real = one.recommend_batch
+
+    def recorded(hs, k, exclude_seen=False, *a, **kw):
+        calls.append((len(hs), k, exclude_seen))
+        return real(hs, k, exclude_seen, *a, **kw)
+
+    one.recommend_batch = recorded
     with TestClient(create_app(one, max_wait_ms=500)) as c:
         out = concurrently(len(cases), lambda i: c.post("/recommend", json={
             "history": cases[i][0], "k": cases[i][1], "exclude_seen": cases[i][2]}))
         health = c.get("/health").json()
+    one.recommend_batch = real  # the expected answers below are not the server's calls
     for (h, k, ex), r in zip(cases, out):
         assert r.status_code == 200 and same(r.json(), expected(one, h, k, ex)), (k, ex)
     assert health["batches"] < len(cases)
+    if method == "generative":  # exclude_seen requests are called with their own k, never a larger one's
+        for k in {k for _, k, ex in cases if ex}:
+            assert sum(n for n, ck, ex in calls if ex and ck == k) == sum(1 for _, ck, ex in cases if ex and ck == k)
 
 
 def test_generative_requests_are_grouped_by_their_beam_width(rec, histories):
@@ -272,6 +290,46 @@ def test_a_failing_model_call_fails_only_its_request(rec, histories, monkeypatch
             assert r.status_code == 200 and same(r.json(), expected(rec, h))
         assert c.post("/recommend", json={"history": clean[0]}).status_code == 200  # the worker lives on
         assert c.get("/health").json()["failed_batches"] == 1
+
+
+def test_a_damaged_model_file_is_a_server_error_not_the_clients(rec, histories, monkeypatch):
+    """A CheckpointError raised inside the model call (a file it reads lazily is damaged) is the
+    server's failure: 500, not a 422 that tells the client to fix its request."""
+    from genrec.errors import CheckpointError
+
+    broken = rec.with_method(rec.method_name)
+
+    def damaged(*a, **kw):
+        raise CheckpointError("model/item_embeddings.npy: truncated")
+
+    monkeypatch.setattr(broken, "recommend_batch", damaged)
+    with TestClient(create_app(broken)) as c:
+        r = c.post("/recommend", json={"history": histories[0]})
+    assert r.status_code == 500 and r.json() == {"error": "the model failed (CheckpointError); see the server log"}
+
+
+def test_a_content_length_of_non_ascii_digits_is_a_400():
+    """"\xb2" (superscript two) passes str.isdigit() but not int(): the guard raised ValueError (a 500 under
+    servers that pass such a header through)."""
+    import asyncio
+
+    from genrec.serve import _BodyGuard
+
+    sent = []
+
+    async def app(scope, receive, send):  # never reached
+        raise AssertionError("the app was called")
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/recommend",
+             "headers": [(b"content-length", "\xb2".encode("latin-1")), (b"content-type", b"application/json")]}
+    asyncio.run(_BodyGuard(app, 4096, 5.0)(scope, receive, send))
+    assert sent[0]["status"] == 400 and b"bad Content-Length header" in sent[1]["body"]
 
 
 def test_a_slow_model_call_times_out_instead_of_hanging(rec, histories, monkeypatch):

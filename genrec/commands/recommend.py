@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="histories: .jsonl ({user_id, history}) or .tsv "
                    "(user_id + history, or an interaction log user_id/item_id/timestamp); .gz allowed")
     p.add_argument("--out", required=True, help="output file: .jsonl or .parquet (written atomically)")
-    p.add_argument("--k", type=int, default=10, help="recommendations per user (default 10)")
+    p.add_argument("--k", type=int, default=None, help="recommendations per user (default 10, or what the "
+                   "method can rank when that is fewer)")
     p.add_argument("--method", default=None, help="fusion method, 'joint', 'sasrec' or 'generative' "
                    "(default: the saved one / the run's primary: fusion.primary, or the one chosen on "
                    "validation when it is auto)")
@@ -43,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rec = Recommender.from_pretrained(args.path, method=args.method)
+    if args.k is None:  # the default is never refused (a model with fusion.k or beam below 10)
+        args.k = min(10, rec.max_k)
     if args.k > rec.max_k:
         raise ConfigError(f"argument --k: {args.k} exceeds what method {rec.method_name!r} can rank "
                           f"({rec.max_k}{', fusion.k' if rec.method_name in rec.fusion_methods else ''})")

@@ -40,8 +40,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from genrec import recommender_files as files
-from genrec.data import item_text_from_record
+from genrec.data import item_text_from_record, warn_bad_prices
 from genrec.errors import CheckpointError, DataFormatError
+from genrec.text_files import is_unicode
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def _item_records(recommender: Any, items: Any, where: Sequence[str] | None) -> 
     ids: list[str] = []
     texts = []
     first: dict[str, str] = {}
+    bad_prices: list[tuple[str, Any]] = []  # unreadable prices: left missing, one warning
     for n, item in enumerate(items):
         name = where[n] if where is not None else f"new item {n + 1}"
         if not isinstance(item, dict):
@@ -100,13 +102,18 @@ def _item_records(recommender: Any, items: Any, where: Sequence[str] | None) -> 
         if isinstance(raw, bool) or not isinstance(raw, (str, int)) or not str(raw).strip():
             raise DataFormatError(f"{name}: 'item_id' must be a non-empty string (or integer), got {raw!r}")
         iid = str(raw)
+        if iid != iid.strip() or any(not c.isprintable() for c in iid) or not is_unicode(iid):
+            # histories from .tsv files or interaction logs (split on white space, stripped) could never name it
+            raise DataFormatError(f"{name}: 'item_id' {iid!r} has surrounding white space, a control character or "
+                                  f"a lone surrogate; give it as the histories will")
         if iid in recommender.index:
             raise DataFormatError(f"{name}: item {iid!r} is already in the catalogue")
         if iid in first:
             raise DataFormatError(f"{name}: item {iid!r} appears twice (first at {first[iid]})")
         first[iid] = name
         ids.append(iid)
-        texts.append(item_text_from_record(item, name, item_id=iid))
+        texts.append(item_text_from_record(item, name, bad_prices, item_id=iid))
+    warn_bad_prices("new items", bad_prices)
     return ids, texts
 
 

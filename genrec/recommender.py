@@ -16,8 +16,8 @@ per instance by the method's gate; so ``k`` can be at most ``fusion.k`` (for the
 model, its own ``fusion.joint_config`` k and beam, both towers always scoring each other's
 candidates, as its stage fitted and evaluated it). SASRec and the end-to-end joint model rank the
 whole catalogue, tied scores by the lower catalogue index, so the first ``j`` items never depend on
-the ``k`` asked for; the generative model returns its beam's best (the beam is widened to ``k`` when
-``k`` is larger).
+the ``k`` asked for; the generative model returns its beam's best (``k`` is at most ``fusion.beam``;
+with ``exclude_seen`` the beam widens by the history's distinct items, so that ``k`` remain).
 
 **Histories** are raw item ids, oldest first; only the last ``max_history`` (the recipe's
 ``data.max_history``) are read. Unknown ids: with ``on_unknown="skip"`` (the default) they are left
@@ -402,11 +402,16 @@ class Recommender:
                 out[n] = Recommendations([self.item_ids[i] for i in idx], [float(s) for s in scores], unknown[n],
                                          None if gate is None else float(gate))
         if len(live) < len(rows):
-            popular = np.argsort(-self.stats.popularity, kind="stable")[:k]
+            popular = np.argsort(-self.stats.popularity, kind="stable")
+            model = {"sasrec": self.sasrec, "joint": self.joint}.get(self.method_name)
+            if model is not None:  # a model that cannot score added items never recommends them
+                popular = popular[popular < model.num_items]
             for n in range(len(rows)):
-                if out[n] is None:  # no known item: the most popular training items
-                    out[n] = Recommendations([self.item_ids[i] for i in popular],
-                                             [float(self.stats.popularity[i]) for i in popular], unknown[n],
+                if out[n] is None:  # no known item (that the model reads): the most popular training items
+                    top = popular[~np.isin(popular, known[n])] if exclude_seen else popular
+                    top = top[:k]
+                    out[n] = Recommendations([self.item_ids[i] for i in top],
+                                             [float(self.stats.popularity[i]) for i in top], unknown[n],
                                              fallback=True)
         return out  # type: ignore[return-value]
 
@@ -573,11 +578,13 @@ class Recommender:
     def _generative_rank(self, rows, k, seen):
         from genrec.generative import recommend
 
-        # The beam is max(fusion.beam, k), widened by a row's distinct seen items (at most max_history of
-        # them) when they are excluded, so that k items remain; rows are decoded in groups of one width,
-        # so a history's answer never depends on the other histories of the batch.
-        widths = np.array([max(self.settings.beam, k + (min(len(np.unique(seen[j])), self.settings.max_history)
-                                                         if seen is not None else 0)) for j in range(len(rows))])
+        # The beam is max(fusion.beam, k), widened by a row's distinct seen items when they are excluded
+        # (any of them can be in the beam, not only the last max_history the model reads), so that k
+        # items remain; rows are decoded in groups of one width, so that a history's items never depend on
+        # the other histories of the batch (their scores can, by ~1e-6: the batch pads them differently)
+        n_items = self.generative.num_items
+        widths = np.array([min(n_items, max(self.settings.beam, k + (len(np.unique(seen[j])) if seen is not None
+                                                                     else 0))) for j in range(len(rows))])
         out: list[Any] = [None] * len(rows)
         for width in np.unique(widths):
             group = np.flatnonzero(widths == width)

@@ -209,7 +209,8 @@ def save_embeddings(path: Path, embeddings: np.ndarray) -> Path:
 def load_embeddings(path: Path, num_items: int, at_least: bool = False) -> np.ndarray | None:
     """The item embeddings in ``path`` (:func:`save_embeddings`, or a recipe run's
     ``embed/embeddings.npy``, whose first ``num_items`` rows are taken when ``at_least``: a cold-start
-    run's warm items come first), memory-mapped (read only when items are added); None when the file
+    run's warm items come first), memory-mapped (checked for finite values in blocks at load, then read
+    again only when items are added); None when the file
     is absent. A file that cannot be read, or is not finite float32 ``[num_items, d]``, is a
     :class:`CheckpointError` naming it."""
     if not path.is_file():

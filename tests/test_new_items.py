@@ -175,6 +175,15 @@ def test_without_item_embeddings_sasrec_cannot_score_added_items(added_without_e
     assert len(ranked.items) == rec.sasrec.num_items and not {TWIN, "NEW_OTHER"} & set(ranked.items)
     for method in rec.fusion_methods:  # the fusion still recommends the twin, through the generative model
         assert TWIN in rec.with_method(method).recommend(history, k=5).items, method
+    # a history of added items only: the popularity fallback, which leaves the new items out for SASRec and
+    # the history's items out under exclude_seen (it returned both)
+    sas = rec.with_method("sasrec")
+    fallback = sas.recommend([TWIN], k=sas.max_k, exclude_seen=True)
+    assert fallback.fallback and len(fallback.items) == rec.sasrec.num_items
+    assert not {TWIN, "NEW_OTHER"} & set(fallback.items)
+    top = rec.item_ids[int(np.argmax(rec.stats.popularity))]
+    assert top in sas.recommend([TWIN], k=3).items
+    assert top not in sas.recommend([TWIN, top], k=sas.max_k, exclude_seen=True).items
 
 
 def test_nearest_items_is_the_brute_force_cosine_argmax_in_any_chunks():
@@ -275,7 +284,7 @@ def test_sasrec_adapters_give_missing_scores_for_items_it_cannot_read(added_with
     assert np.isfinite(scores[:2, 0]).all() and np.isnan(scores[:, 1:]).all() and np.isnan(scores[2]).all()
 
 
-def test_bad_new_items_and_recommenders_that_cannot_add_are_clear_errors(tiny_saved, tmp_path):
+def test_bad_new_items_and_recommenders_that_cannot_add_are_clear_errors(tiny_saved, tmp_path, caplog):
     rec = Recommender.from_pretrained(tiny_saved)
     before = (list(rec.item_ids), rec.table.codes.copy(), rec.generative.num_items, rec.sasrec.num_items)
     known = rec.item_ids[3]
@@ -284,10 +293,18 @@ def test_bad_new_items_and_recommenders_that_cannot_add_are_clear_errors(tiny_sa
            ([{"title": "no id"}], "new item 1: 'item_id' must be"),
            ([{"item_id": "B", "description": "only a description"}], "new item 1: item 'B' has no text"),
            (["B"], "new item 1: expected an object"),
-           ([], "empty")]
+           ([], "empty"),
+           # no history read from a file could name these (one shadowed an existing item: "i00003 ")
+           ([{"item_id": f"{known} ", "title": "x"}], "has surrounding white space, a control character"),
+           ([{"item_id": "a\tb", "title": "x"}], "has surrounding white space, a control character"),
+           ([{"item_id": "\ud800", "title": "x"}], "or a lone surrogate")]
     for items, message in bad:
         with pytest.raises(DataFormatError, match=message):
             rec.add_items(items)
+    priced = Recommender.from_pretrained(tiny_saved)
+    with caplog.at_level("WARNING", logger="genrec.data"):  # an unreadable price: left missing, with a warning
+        priced.add_items([{"item_id": "P", "title": "x", "price": "abc"}])
+    assert priced.item("P").get("price") is None and "new items: 1 item(s) have a price" in caplog.text
     with pytest.raises(DataFormatError, match="new.jsonl:7"):
         from genrec.new_items import add_items
 

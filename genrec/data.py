@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -261,6 +262,8 @@ def item_text_from_record(record: dict[str, Any], where: str,
         flat: list[str] = []
         for c in cats:  # accept nested category paths too
             for x in (c if isinstance(c, list) else [c]):
+                if x is None:  # a null in the list: no category (it became the word "None")
+                    continue
                 x = str(x).strip()
                 if x and x not in flat:
                     flat.append(x)
@@ -275,6 +278,9 @@ def item_text_from_record(record: dict[str, Any], where: str,
     extra = {k: v for k, v in record.items() if k not in TEXT_FIELDS and k != "item_id"}
     return ItemText(title=text("title"), brand=text("brand"), categories=categories,
                     description=text("description"), price=price, extra=extra)
+
+
+_PRICE = re.compile(r"(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]*)?|\.[0-9]+", re.ASCII)
 
 
 def price_is_absent(value: Any) -> bool:
@@ -296,10 +302,11 @@ def parse_price(value: Any) -> float | None:
         except OverflowError:  # an integer too large for a float
             return None
     elif isinstance(value, str):
-        try:
-            p = float(value.strip().replace("$", "").replace(",", ""))
-        except ValueError:
+        s = value.strip().removeprefix("$").strip()
+        # commas only as thousands separators: "12,50" (a decimal comma) is not 1250
+        if not _PRICE.fullmatch(s):
             return None
+        p = float(s.replace(",", ""))
     else:
         return None
     return p if math.isfinite(p) and p >= 0 else None
@@ -328,7 +335,8 @@ def parse_timestamp(value: Any, where: str, field: str = "timestamp") -> int | f
     t: int | float = value
     if isinstance(value, str):
         s = value.strip()
-        if "_" in s:  # Python's int() / float() read "1_000"; no data format writes one, Arrow refuses it
+        if "_" in s or not s.isascii():  # Python's int() / float() read "1_000" and "١٢" (any script's
+            # digits); no data format writes one, Arrow refuses them
             raise DataFormatError(f"{where}: {field} {value!r} is not a number")
         try:
             t = int(s)
@@ -358,7 +366,7 @@ def parse_timestamp(value: Any, where: str, field: str = "timestamp") -> int | f
 
 _ITEM_KEYS = frozenset(TEXT_FIELDS) | {"item_id"}
 _EMPTY_TEXT = ItemText()
-_JSONL_BATCH = 65536  # lines parsed by one json.loads call in the bulk reader
+_JSONL_BATCH = 65536  # lines parsed per batch in the bulk reader
 
 
 def _item_id(obj: dict[str, Any], where: str) -> str:
@@ -382,9 +390,9 @@ def _item_text(obj: dict[str, Any], where: str, bad_prices: list[tuple[str, Any]
 
 
 def _read_items_bulk(path: Path) -> dict[str, ItemText] | None:
-    """:func:`read_items_jsonl` with one ``json.loads`` per batch of lines instead of one per line,
-    or None when anything is unusual (not simple text, malformed JSON, any error): then the line
-    reader gives the same result or names the line."""
+    """:func:`read_items_jsonl` from the whole file's bytes at once (no per-line decoding and line
+    numbering), or None when anything is unusual (not simple text, malformed JSON, any error): then
+    the line reader gives the same result or names the line."""
     data = simple_text_bytes(path)
     if data is None:
         return None
@@ -394,13 +402,10 @@ def _read_items_bulk(path: Path) -> dict[str, ItemText] | None:
     bad_prices: list[tuple[str, Any]] = []
     for start in range(0, len(lines), _JSONL_BATCH):
         batch = lines[start:start + _JSONL_BATCH]
-        try:
-            objs = json.loads((b"[" + b",".join(batch) + b"]").decode("utf-8"))
+        try:  # each line alone: a batch joined by commas let a line of two objects cancel one object split
+            # over two lines (the count still matched)
+            objs = [json.loads(line) for line in batch]
         except (ValueError, RecursionError):
-            return None
-        # one object per line, or a line held several values (or half of one): the line reader decides
-        if not isinstance(objs, list) or len(objs) != len(batch) or not all(
-                line.strip().startswith(b"{") and line.strip().endswith(b"}") for line in batch):
             return None
         for obj in objs:
             if not isinstance(obj, dict):
@@ -421,7 +426,7 @@ def _read_items_bulk(path: Path) -> dict[str, ItemText] | None:
 def read_items_jsonl(path: Path) -> dict[str, ItemText]:
     """Read ``items.jsonl[.gz]`` into ``item_id -> ItemText`` (file order kept).
 
-    Items without any text share one empty :class:`ItemText`. Simple files are parsed in batches;
+    Items without any text share one empty :class:`ItemText`. Simple files are read in one piece;
     anything unusual goes line by line, so that errors name the line.
     """
     bulk = _read_items_bulk(path)
@@ -471,7 +476,7 @@ def read_interactions_tsv(path: Path, items: dict[str, ItemText] | None = None
         n_rows = 0
         for lineno, line in lines:
             line = line.rstrip("\n\r")
-            if not line.strip():
+            if not line.strip() and "\t" not in line:  # a blank line; "\t\t" is a row of empty fields (refused)
                 continue
             parts = line.split("\t")
             if len(parts) != ncol:
@@ -562,11 +567,12 @@ def load_plain(directory: str | Path, name: str | None = None, order: str = "fil
 
 def format_timestamp(t: Any) -> str:
     """Timestamp as written by :func:`write_plain`: integers exactly (int64 ns stay intact), integral
-    floats within the int64 range without ``.0``, other floats in their shortest round-trip form."""
+    floats up to 2**53 without ``.0``, other floats in their shortest round-trip form (a larger integral
+    float written as an integer would read back as one too large to mix with the file's decimals)."""
     if isinstance(t, (int, np.integer)):
         return str(int(t))
     t = float(t)
-    return str(int(t)) if t.is_integer() and abs(t) < 2 ** 63 else repr(t)
+    return str(int(t)) if t.is_integer() and abs(t) <= 2 ** 53 else repr(t)
 
 
 def write_plain(dataset: SequenceDataset, directory: str | Path) -> None:

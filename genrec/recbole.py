@@ -115,7 +115,7 @@ def _rows(path: Path, sep: str | None) -> Iterator[tuple[int, list[tuple[str, st
         sep_name = "tab" if s == "\t" else "comma"
         for lineno, line in lines:
             line = line.rstrip("\n\r")
-            if not line.strip():
+            if not line.strip() and s not in line:  # a blank line; a row of empty fields is refused below
                 continue
             parts = line.split(s)
             if len(parts) != len(header):

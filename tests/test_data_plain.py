@@ -156,6 +156,10 @@ def test_non_numeric_timestamp(tmp_path):
     d = make_dir(tmp_path / "e", ["u1\ta\t1", "u1\tb\t1_000", "u1\tc\t3"])  # int() would read 1000
     with pytest.raises(DataFormatError, match=r"interactions\.tsv:3: timestamp '1_000' is not a number"):
         load_plain(d)
+    for digits in ("\u0661\u0662", "\uff13"):  # Arabic-Indic 12, fullwidth 3: int() reads any script's digits
+        d = make_dir(tmp_path / f"f{len(digits)}", ["u1\ta\t1", f"u1\tb\t{digits}"])
+        with pytest.raises(DataFormatError, match=rf"interactions\.tsv:3: timestamp '{digits}' is not a number"):
+            load_plain(d)
 
 
 def test_interaction_with_unknown_item(tmp_path):
@@ -307,6 +311,28 @@ def test_decimal_timestamps_still_accepted_as_float(tmp_path):
                                                                                    "u1\tc\t1000"]
 
 
+def test_float_timestamps_beyond_2_53_round_trip(tmp_path):
+    """1e16 used to be written as 10000000000000000, an integer too large for a float beside 1.5: the
+    exported directory could not be loaded back."""
+    ds = load_plain(make_dir(tmp_path / "d", ["u1\ta\t1.5", "u1\tb\t1e16", "u1\tc\t2e16"]))
+    write_plain(ds, tmp_path / "out")
+    back = load_plain(tmp_path / "out")
+    assert back.timestamps[0].tolist() == [1.5, 1e16, 2e16] and item_seq(back, 0) == ["a", "b", "c"]
+
+
+def test_a_null_in_a_categories_list_is_no_category():
+    from genrec.data import item_text_from_record
+
+    text = item_text_from_record({"categories": ["Beauty", None, ["Hair", None]]}, "items.jsonl:1")
+    assert text.categories == ("Beauty", "Hair")  # was ("Beauty", "None", "Hair"): the word reached the embedding
+
+
+def test_a_row_of_empty_fields_is_refused_not_skipped(tmp_path):
+    d = make_dir(tmp_path / "d", ["u1\ta\t1", "\t\t", "u1\tb\t2"])
+    with pytest.raises(DataFormatError, match=r"interactions\.tsv:3: empty user_id or item_id"):
+        load_plain(d)
+
+
 def test_timestamp_outside_int64(tmp_path):
     d = make_dir(tmp_path / "d", ["u1\ta\t1", "u1\tb\t9223372036854775808"])
     with pytest.raises(DataFormatError, match=r"interactions\.tsv:3: timestamp '9223372036854775808' is outside the "
@@ -318,19 +344,21 @@ def test_timestamp_outside_int64(tmp_path):
 
 
 def test_price_policy_unreadable_prices_become_none_with_one_warning(tmp_path, caplog):
-    bad = {"p1": float("nan"), "p2": "$5.99 - $12.99", "p3": "call us", "p4": -2, "p5": float("inf"), "p6": [1]}
-    good = {"q1": "$1,234.50", "q2": 0, "q3": None, "q4": "", "q5": "None"}
+    bad = {"p1": float("nan"), "p2": "$5.99 - $12.99", "p3": "call us", "p4": -2, "p5": float("inf"), "p6": [1],
+           "p7": "12,50", "p8": "$1.234,56"}  # decimal commas: they read as 1250 and 1.23456
+    good = {"q1": "$1,234.50", "q2": 0, "q3": None, "q4": "", "q5": "None", "q6": "$ 12.5", "q7": ".99"}
     items = [{"item_id": i, "title": i, "price": p} for i, p in {**bad, **good}.items()]
     text = "\n".join(json.dumps(r) for r in items) + "\n"  # json writes NaN / Infinity, which json reads back
     rows = [f"u1\t{r['item_id']}\t{k}" for k, r in enumerate(items)]
     with caplog.at_level(logging.WARNING, logger="genrec.data"):
         ds = load_plain(make_dir(tmp_path / "d", rows, items_text=text))
     assert {i: ds.items[ds.item_index[i]].price for i in [*bad, *good]} == \
-           {**{i: None for i in bad}, "q1": 1234.5, "q2": 0.0, "q3": None, "q4": None, "q5": None}
+           {**{i: None for i in bad}, "q1": 1234.5, "q2": 0.0, "q3": None, "q4": None, "q5": None, "q6": 12.5,
+            "q7": 0.99}
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert warnings[0].getMessage().endswith(
-        "items.jsonl: 6 item(s) have a price that is not one finite non-negative number; price left missing "
+        "items.jsonl: 8 item(s) have a price that is not one finite non-negative number; price left missing "
         "(e.g. p1 (nan), p2 ('$5.99 - $12.99'), p3 ('call us'))")
 
 
@@ -390,6 +418,8 @@ def test_write_plain_refuses_ids_the_format_cannot_hold(tmp_path):
     (['{"item_id": "a"}', '{"item_id": NaN}'], r"items.jsonl:2: 'item_id' must be a string or number, got nan"),
     # one line with two objects and one object over two lines: the same count of values as lines
     (['{"item_id": "a"}, {"item_id": "b", "title": ["x"', '"y"]}'], r"items.jsonl:1: malformed JSON"),
+    # the same with every line between braces (the bulk reader's batch parse took it as items a, b, c)
+    (['{"item_id":"a"},{"item_id":"b"}', '{"item_id":"c","t":[{}', '{}]}'], r"items.jsonl:1: malformed JSON"),
 ])
 def test_items_file_ids_and_line_structure(tmp_path, lines, error):
     from genrec.data import read_items_jsonl

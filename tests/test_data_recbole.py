@@ -152,6 +152,8 @@ BAD = [
      r"bad.inter:2: timestamp 'soon' is not a number"),
     ("nan-timestamp", INTER + "u1\ta\t5\tnan\n", None, DataFormatError, r"bad.inter:2: timestamp 'nan' is not finite"),
     ("empty-user", INTER + "\ta\t5\t1\n", None, DataFormatError, r"bad.inter:2: empty user_id or item_id"),
+    # a row of tabs: refused as a row of commas is (it was skipped as a blank line)
+    ("empty-row", INTER + "u1\ta\t5\t1\n\t\t\t\n", None, DataFormatError, r"bad.inter:3: empty user_id or item_id"),
     ("empty-file", "", None, DataFormatError, r"bad.inter: empty file"),
     ("header-only", INTER, None, DataFormatError, r"bad.inter: no interactions after the header"),
     ("duplicate-item", INTER + "u1\ta\t5\t1\n", ITEM + "a\tA\t\t\t\t\nb\tB\t\t\t\t\na\tA2\t\t\t\t\n",

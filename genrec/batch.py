@@ -137,8 +137,9 @@ def write_recommendations(path: str | Path, user_ids: Sequence[str], recs: Seque
         table = pa.table({
             "user_id": pa.array(list(user_ids), pa.string()),
             "items": pa.array([r.items for r in recs], pa.list_(pa.string())),
-            "scores": pa.array([r.scores for r in recs], pa.list_(pa.float32())),
-            "gate": pa.array([r.gate for r in recs], pa.float32()),
+            # float64, as the JSONL output's numbers: both formats give the same values
+            "scores": pa.array([r.scores for r in recs], pa.list_(pa.float64())),
+            "gate": pa.array([r.gate for r in recs], pa.float64()),
             "unknown_ids": pa.array([r.unknown_ids for r in recs], pa.list_(pa.string())),
             "fallback": pa.array([r.fallback for r in recs], pa.bool_()),
         })

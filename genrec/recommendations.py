@@ -13,7 +13,7 @@ __all__ = ["Recommendations", "Explanation"]
 class Recommendations:
     """One history's ranked items: ``items`` (raw ids, best first) and their ``scores`` (the method's
     own scale: fused score, log-probability, or training count for the fallback), the history ids
-    that were not in the catalogue, the gate (weight of the ID tower; None without one) and whether
+    that were not in the catalogue (each once, in history order), the gate (weight of the ID tower; None without one) and whether
     the popularity ``fallback`` answered (no known item in the history)."""
 
     items: list[str]

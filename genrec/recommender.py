@@ -471,7 +471,7 @@ class Recommender:
                 raise DataFormatError(f"history {n}: expected a list of item ids, got "
                                       f"{'a single string' if isinstance(history, (str, bytes)) else type(history).__name__}")
             ids = [str(i) for i in history]
-            missing = [i for i in ids if i not in self.index]
+            missing = list(dict.fromkeys(i for i in ids if i not in self.index))  # each once, first seen first
             if missing and on_unknown == "error":
                 raise UnknownItemError(f"history {n}: unknown item id(s) {missing[:5]}"
                                        + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""), missing)

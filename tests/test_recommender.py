@@ -117,7 +117,7 @@ def test_explain_gives_the_gate_and_the_features_that_moved_it(rec, test_histori
 
 def test_unknown_ids_are_skipped_and_reported_or_refused(rec):
     known = rec.item_ids[:3]
-    skipped = rec.recommend(["nope", *known, "nada"], k=5)
+    skipped = rec.recommend(["nope", *known, "nada", "nope"], k=5)  # each unknown id once, as the service's 422
     assert skipped.unknown_ids == ["nope", "nada"] and skipped.items == rec.recommend(known, k=5).items
     with pytest.raises(UnknownItemError, match=r"history 0: unknown item id\(s\) \['nope'\]") as info:
         rec.recommend(["nope", *known], on_unknown="error")

@@ -26,6 +26,7 @@ feature                      meaning
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -33,6 +34,8 @@ import numpy as np
 
 from genrec.memorization import prefix_ids
 from genrec.splits import Instances
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,13 +80,28 @@ class Standardizer:
 
     @classmethod
     def fit(cls, ind: Indicators) -> "Standardizer":
-        mean = ind.values.mean(0) if len(ind) else np.zeros(len(ind.names), np.float32)
-        std = ind.values.std(0) if len(ind) else np.ones(len(ind.names), np.float32)
-        return cls(ind.names, mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
+        """Mean and std of each column over finite values, in float64: float32 sums give a constant column
+        a std of ~1e-4, which then blew a later row's other value up ~1e4-fold (the gate saturated). A
+        column constant here (or with no finite value) keeps std 1: it carries no information."""
+        x = np.asarray(ind.values, np.float64)
+        finite = np.isfinite(x)
+        count = finite.sum(0)
+        safe = np.where(finite, x, 0.0)
+        mean = safe.sum(0) / np.maximum(count, 1)
+        std = np.sqrt(np.where(finite, (safe - mean) ** 2, 0.0).sum(0) / np.maximum(count, 1))
+        constant = (count == 0) | (std <= 1e-6 * np.maximum(1.0, np.abs(mean)))
+        return cls(ind.names, mean.astype(np.float32), np.where(constant, 1.0, std).astype(np.float32))
 
     def transform(self, ind: Indicators) -> np.ndarray:
-        """``[n, F]`` standardised values of ``ind`` (columns matched by name)."""
-        return ((ind.select(self.names).values - self.mean) / self.std).astype(np.float32)
+        """``[n, F]`` standardised values of ``ind`` (columns matched by name); a NaN or infinite value
+        becomes 0, the fitted mean (a feature without a value moves no gate; it made every score NaN)."""
+        z = (ind.select(self.names).values - self.mean) / self.std
+        bad = ~np.isfinite(z)
+        if bad.any():
+            log.warning("%d non-finite indicator value(s) in %d row(s) (%s) read as the fitted mean", int(bad.sum()),
+                        int(bad.any(1).sum()), ", ".join(n for n, b in zip(self.names, bad.any(0)) if b))
+            z = np.where(bad, 0.0, z)
+        return z.astype(np.float32)
 
     def state(self) -> dict[str, Any]:
         """Names (a list) and ``mean`` / ``std`` (float32 tensors): loadable with ``weights_only=True``."""

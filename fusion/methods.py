@@ -281,7 +281,12 @@ class AdaptiveFusion:
         if indicators is None:
             raise ValueError(f"{self.name} needs indicators")
         feat = indicators.select([self.indicator])
-        logit = self.q * (feat.values[:, 0].astype(np.float64) - self.tau)
+        x = feat.values[:, 0].astype(np.float64)
+        if not np.isfinite(x).all():  # no value: the threshold itself (gate 0.5); NaN made every score NaN
+            log.warning("%s: %d non-finite %s value(s) read as the threshold (gate 0.5)", self.name,
+                        int((~np.isfinite(x)).sum()), self.indicator)
+            x = np.where(np.isfinite(x), x, self.tau)
+        logit = self.q * (x - self.tau)
         return GateReport(_sigmoid(logit).astype(np.float32), feat, logit[:, None].astype(np.float32))
 
     def fuse(self, cands: CandidateScores, indicators: Indicators | None = None) -> np.ndarray:
@@ -401,6 +406,16 @@ class LearnedGateFusion:
 
     def fit(self, cands: CandidateScores, targets: np.ndarray, indicators: Indicators | None = None
             ) -> "LearnedGateFusion":
+        """Fit the gate; a fit that fails (no instance to fit on, divergence) leaves the method as it was
+        (unfitted, or its earlier fit), never a random gate that would pass for a fitted one."""
+        before = (self.features, self.standardizer, self.model, self.history, self.best_epoch)
+        try:
+            return self._fit(cands, targets, indicators)
+        except BaseException:
+            self.features, self.standardizer, self.model, self.history, self.best_epoch = before
+            raise
+
+    def _fit(self, cands: CandidateScores, targets: np.ndarray, indicators: Indicators | None) -> "LearnedGateFusion":
         if indicators is None:
             raise ValueError(f"{self.name} needs indicators")
         feats = indicators.select(list(self.features) if self.features is not None else list(indicators.names))

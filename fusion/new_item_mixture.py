@@ -203,12 +203,14 @@ def mixture_ranks(items: np.ndarray, fused: np.ndarray, new_logits: np.ndarray, 
                   histories: Sequence[np.ndarray], targets: np.ndarray, candidates: int = DEFAULT_CANDIDATES,
                   log_priors: Sequence[float] = MIXTURE_LOG_PRIORS,
                   temperatures: Sequence[float] = MIXTURE_TEMPERATURES,
-                  warm_temperatures: Sequence[float] = MIXTURE_WARM_TEMPERATURES
+                  warm_temperatures: Sequence[float] = MIXTURE_WARM_TEMPERATURES, length: int | None = None
                   ) -> tuple[list[tuple[float, float, float]], np.ndarray]:
     """Every grid point's ranks of ``targets``: ``(points, ranks [G, n])``, point 0 = every new item last
     (``(-inf, 1.0, 1.0)``), then each ``(log pi, T, T_warm)``; ranks 0-based,
-    :data:`genrec.metrics.MISS_RANK` for a target outside the candidates."""
+    :data:`genrec.metrics.MISS_RANK` for a target outside the candidates or, with ``length``, outside the
+    first ``length`` (the list served: ``fusion.k``; a rank beyond it is no hit of that list)."""
     from fusion.candidates import union_ranks
+    from genrec.metrics import MISS_RANK
 
     all_items, fused, warm = _with_new_candidates(items, fused, new_logits, first_new, candidates, histories)
     valid = all_items >= 0
@@ -225,7 +227,8 @@ def mixture_ranks(items: np.ndarray, fused: np.ndarray, new_logits: np.ndarray, 
                 points.append((float(lp), float(t), float(tw)))
                 ranks.append(union_ranks(_mixed_scores(all_items, warm_logp, new_logps[t], first_new, lp),
                                          target_index, valid))
-    return points, np.stack(ranks)
+    out = np.stack(ranks)
+    return points, out if length is None else np.where(out < length, out, MISS_RANK)
 
 
 def fit_new_item_mixture(ranks: np.ndarray, points: Sequence[tuple[float, float, float]], is_new: np.ndarray,

@@ -130,3 +130,23 @@ def test_a_gate_cannot_hold_out_every_row_or_fit_on_none():
                             np.ones((2, 2), bool), np.ones((2, 2), bool))
     with pytest.raises(ValueError, match="no target is among the candidates"):
         LearnedGateFusion().fit(cands, np.array([7, 8]), Indicators(("x",), np.zeros((2, 1))))
+    # the failed fit leaves no random gate behind that could be saved or used as a fitted one
+    gate = LearnedGateFusion()
+    with pytest.raises(ValueError, match="no target is among the candidates"):
+        gate.fit(cands, np.array([7, 8]), Indicators(("x",), np.zeros((2, 1))))
+    assert gate.model is None and gate.standardizer is None
+    with pytest.raises(RuntimeError, match="call fit\\(\\) first"):
+        gate.fuse(cands, Indicators(("x",), np.zeros((2, 1))))
+
+
+def test_a_constant_indicator_column_carries_no_weight_and_a_missing_value_reads_as_the_mean(caplog):
+    """float32 statistics gave a constant column (log1p(50), every history of one length) a std of ~1e-4,
+    so a test row of another length (log1p(60)) standardised to ~2e3 and saturated the gate."""
+    rng = np.random.default_rng(0)
+    values = np.stack([np.full(5000, np.log1p(50)), rng.normal(size=5000)], 1).astype(np.float32)
+    s = Standardizer.fit(Indicators(("length", "r"), values))
+    assert s.std[0] == 1.0 and s.mean[0] == pytest.approx(np.log1p(50))
+    assert s.std[1] == pytest.approx(values[:, 1].astype(np.float64).std(), rel=1e-6)
+    z = s.transform(Indicators(("length", "r"), np.array([[np.log1p(60), 0.5], [np.nan, np.inf]], np.float32)))
+    assert abs(z[0, 0]) < 1 and np.isfinite(z).all()
+    assert z[1].tolist() == [0.0, 0.0] and "2 non-finite indicator value(s) in 1 row(s) (length, r)" in caplog.text

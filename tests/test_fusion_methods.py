@@ -46,6 +46,13 @@ def test_adaptive_and_learned_gate_discover_the_msp_gate(msp_case):
     msp = valid.indicators.column("id_msp")
     # the threshold lies between the two cases' MSP ranges
     assert msp[~valid.memorization].mean() < adaptive.tau < msp[valid.memorization].mean()
+    # a NaN indicator reads as the threshold (gate 0.5): it made the row's every score NaN, an empty list
+    from fusion.indicators import Indicators
+
+    broken = Indicators(test.indicators.names, test.indicators.values.copy())
+    broken.values[0, list(broken.names).index("id_msp")] = np.nan
+    assert adaptive.gates(test.cands, broken).gate[0] == 0.5
+    assert np.isfinite(adaptive.fuse(test.cands, broken)[0][test.cands.valid[0]]).all()
 
 
 def test_learned_gate_finds_a_signal_msp_does_not_carry(hidden_case):

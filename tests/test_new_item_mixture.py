@@ -118,6 +118,10 @@ def test_grid_ranks_match_the_scores_and_the_fit_honours_the_bound():
     assert fit_new_item_mixture(ranks, points, is_new, bound=0.98, plain=worse) == best
     # a bound nothing but point 0 meets, and no new-target instance: no mixture
     assert fit_new_item_mixture(ranks, points, is_new, bound=1.5) is None
+    # with a served list of 2 items a rank beyond it is a miss: the fit must not count hits the list lacks
+    _, short = mixture_ranks(items, fused, z, first_new, hist, targets, candidates=3, log_priors=(-6.0, -2.0, -0.5),
+                             temperatures=(1.0, 2.0), warm_temperatures=(0.1, 1.0), length=2)
+    assert (short == np.where(ranks < 2, ranks, MISS_RANK)).all() and (ranks >= 2).any()
     assert fit_new_item_mixture(ranks, points, np.zeros(n, bool)) is None
 
 

@@ -46,7 +46,7 @@ def fit_new_item_mixtures(ctx: Any, ext, methods: list, test_instances, test) ->
     for m in methods:
         fused = m.fuse(valid.cands, valid.indicators)
         points, ranks = mixture_ranks(valid.cands.items, fused, z_valid, first_new, inst.histories, inst.targets,
-                                      candidates)
+                                      candidates, length=f.k)  # scored as the plain list: its first fusion.k
         # the method's own ranking of the same users (new items scored by both towers): a mixture must
         # beat it on both sides, or the method keeps it
         plain_ranks = ranks_of(valid.cands, fused, inst.targets, f.k)

@@ -19,10 +19,11 @@ tables copied there once (:func:`trie_on`); the returned arrays are NumPy, on th
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import weakref
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -187,7 +188,9 @@ def beam_search(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray
 
     Histories are processed in batches of similar length (less padding); with a beam at least as
     wide as the number of valid prefixes at every level the result is the exact top-K. The model
-    decodes in eval mode (no dropout) and is left in the mode it came in.
+    decodes in eval mode (no dropout) and is left in the mode it came in. Code-level scores only: the
+    generative model's repeat gate is applied by :func:`genrec.generative.recommend` /
+    ``score_items``, which the rest of genrec uses.
     """
     top_k = beam_size if top_k is None else top_k
     if not 1 <= top_k <= beam_size:
@@ -197,23 +200,30 @@ def beam_search(model: CodeDecoder, trie: PrefixTrie, histories: list[np.ndarray
     items = np.full((n, top_k), -1, dtype=np.int64)
     logp = np.full((n, top_k), -np.inf, dtype=np.float32)
     codes = np.full((n, top_k, trie.num_levels), -1, dtype=np.int64)
+    with eval_mode(model), autocast(model_precision(model), decoder_device(model)):  # bf16 forwards on CUDA
+        for rows in length_batches(histories, batch_size):
+            context = model.start([histories[r] for r in rows],
+                                  None if users is None else np.asarray(users)[rows])
+            it, sc, cd = beam_from_context(model, trie, context, len(rows), beam_size)
+            k = min(top_k, it.shape[1])
+            it, sc, cd = (t[:, :k].float().cpu().numpy() if t.is_floating_point() else t[:, :k].cpu().numpy()
+                          for t in (it, sc, cd))
+            items[rows, :k], logp[rows, :k], codes[rows, :k] = it, sc, cd
+    return BeamResult(items=items, log_probs=logp, codes=codes)
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """``model`` in eval mode (no dropout) inside the block, its own mode restored after: decoding and
+    scoring a model left in training mode must give its deterministic numbers."""
     was_training = getattr(model, "training", False)  # a CodeDecoder need not be an nn.Module
     if was_training:
         model.eval()
     try:
-        with autocast(model_precision(model), decoder_device(model)):  # a bf16 model's forwards on CUDA
-            for rows in length_batches(histories, batch_size):
-                context = model.start([histories[r] for r in rows],
-                                      None if users is None else np.asarray(users)[rows])
-                it, sc, cd = beam_from_context(model, trie, context, len(rows), beam_size)
-                k = min(top_k, it.shape[1])
-                it, sc, cd = (t[:, :k].float().cpu().numpy() if t.is_floating_point() else t[:, :k].cpu().numpy()
-                              for t in (it, sc, cd))
-                items[rows, :k], logp[rows, :k], codes[rows, :k] = it, sc, cd
+        yield
     finally:
         if was_training:
             model.train()
-    return BeamResult(items=items, log_probs=logp, codes=codes)
 
 
 @torch.no_grad()
@@ -229,7 +239,9 @@ def score_candidates(model: CodeDecoder, trie: PrefixTrie, histories: list[np.nd
         raise ValueError(f"candidate item index >= {trie.num_items}")
     _check(model, trie, histories)
     out = np.full(cand.shape, -np.inf, dtype=np.float32)
-    with autocast(model_precision(model), decoder_device(model)):
+    if not cand.shape[1]:  # no candidate to score
+        return out
+    with eval_mode(model), autocast(model_precision(model), decoder_device(model)):  # the beam's numbers
         for rows in length_batches(histories, batch_size):
             context = model.start([histories[r] for r in rows], None if users is None else np.asarray(users)[rows])
             out[rows] = score_from_context(model, trie, context, cand[rows])

@@ -72,8 +72,9 @@ class GenerativeConfig:
     constrained_softmax: bool = True  # each level's softmax only over the prefix's valid children
     # RepeatNet's explore/repeat mixture (Ren et al., 2019): a learned probability r(h) that the next
     # item is one already in the history. Items in the history get r * p(i) / p(H), others
-    # (1 - r) * p(i) / (1 - p(H)): still a distribution over the catalogue, learned from the training
-    # data instead of evaluation-time masking (on Amazon 5-core r ends near 0: nobody re-buys).
+    # (1 - r) * p(i) / (1 - p(H)): still a distribution over the catalogue (with constrained_softmax; an
+    # unconstrained one leaves mass on invalid IDs, so the catalogue sums to less than 1), learned from
+    # the training data instead of evaluation-time masking (on Amazon 5-core r ends near 0: nobody re-buys).
     repeat_gate: bool = True
     # Schedule: one linear warm-up epoch, then cosine decay to 0 over max_epochs. On Beauty this
     # reaches in 36 epochs (~30 min on 2 cores) what a constant lr 2e-3 had not reached in 45 min.
@@ -412,7 +413,8 @@ def _repeat_offsets(model: nn.Module, seen: np.ndarray, seen_scores: np.ndarray,
     """For one encoded batch: a function ``items [N, C] -> log-prob offsets [N, C]`` that turns the
     code-level distribution into the explore/repeat mixture (see ``GenerativeConfig.repeat_gate``),
     given the history items ``seen [N, W]`` (:func:`_seen_items`) and their code-level log-probs."""
-    log_p_seen = torch.logsumexp(torch.from_numpy(np.ascontiguousarray(seen_scores)), 1)  # [N]
+    scores = np.where(np.isnan(seen_scores), -np.inf, seen_scores)  # as the beam: a NaN item is no item (it
+    log_p_seen = torch.logsumexp(torch.from_numpy(np.ascontiguousarray(scores)), 1)  # made the row all NaN) [N]
     logit = model.repeat_head(context)[:, 0].float().cpu()  # [N], on the host with the NumPy scores
 
     def offsets(items: np.ndarray) -> np.ndarray:

@@ -34,11 +34,12 @@ import torch.nn.functional as F
 from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, training_batches
-from genrec.beam_search import check_same_codes
+from genrec.beam_search import check_same_codes, eval_mode
 from genrec.errors import CheckpointNotFoundError, ConfigError, DataFormatError
 from genrec.generative import repeat_gate_loss, repeat_mixture
 from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_scores
+from genrec.model_settings import autocast, model_precision
 from genrec.splits import Instances, LeaveOneOutSplit
 from genrec.training import TrainResult, fit, setup
 from genrec.model_settings import check_training_config, resolve_device, saved_config
@@ -215,15 +216,11 @@ def catalogue_log_probs(model: ParallelCodeModel, histories: list[np.ndarray]) -
 def _batches(model: ParallelCodeModel, histories: list[np.ndarray], batch_size: int
              ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     check_histories(histories, model.num_items, model.min_history, type(model).__name__)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(histories), batch_size):
-                rows = np.arange(start, min(start + batch_size, len(histories)))
-                yield rows, catalogue_log_probs(model, [histories[r] for r in rows])
-    finally:
-        model.train(was_training)
+    device = next(model.parameters()).device
+    with eval_mode(model), torch.no_grad(), autocast(model_precision(model), device):  # bf16 as in fit's validation
+        for start in range(0, len(histories), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(histories)))
+            yield rows, catalogue_log_probs(model, [histories[r] for r in rows])
 
 
 def _histories(instances: Instances | list[np.ndarray]) -> list[np.ndarray]:

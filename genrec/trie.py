@@ -71,7 +71,10 @@ class PrefixTrie:
         return self.child[level][nodes] >= 0
 
     def walk(self, prefix: Sequence[int]) -> int:
-        """Node of a code prefix (item index for a full ID); ``-1`` if the prefix is not valid."""
+        """Node of a code prefix (item index for a full ID); ``-1`` if the prefix is not valid (a
+        code out of range, a prefix no item has, or one longer than a semantic ID)."""
+        if len(prefix) > self.num_levels:
+            return -1
         node = 0
         for lvl, c in enumerate(prefix):
             if node < 0 or not 0 <= c < self.codebook_sizes[lvl]:

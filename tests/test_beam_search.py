@@ -86,6 +86,7 @@ def test_trie_matches_table(table):
     invalid = [p for p in [(a, b) for a in range(5) for b in range(5)] if not table.is_valid_prefix(p)]
     assert invalid and all(trie.walk(p) == -1 for p in invalid)
     assert trie.walk((9,)) == -1
+    assert trie.walk((*table.id_of(0), 0)) == -1  # longer than a semantic ID (was an IndexError)
 
 
 def test_trie_rejects_duplicate_ids():
@@ -133,6 +134,12 @@ def test_narrow_beam_valid_and_scores_match(table, histories, kind):
     s_sparse = score_candidates(model, trie, histories, sparse, users=users, batch_size=4)
     np.testing.assert_allclose(s_sparse[sparse >= 0], s_dense[sparse >= 0], atol=1e-5)
     assert np.isneginf(s_sparse[sparse < 0]).all()
+    # a model left in training mode (dropout) scores as in eval mode, and stays in training mode
+    model.train()
+    again = score_candidates(model, trie, histories, result.items, users=users, batch_size=5)
+    assert model.training
+    np.testing.assert_allclose(again, result.log_probs, atol=1e-5)
+    assert score_candidates(model, trie, histories, np.zeros((len(histories), 0), np.int64)).shape == (len(histories), 0)
 
 
 def test_beam_wider_than_catalogue_pads():

@@ -189,6 +189,21 @@ def test_a_repeating_users_history_items_are_returned_even_outside_the_code_leve
         np.testing.assert_allclose(top.log_probs[j], scores[j, top.items[j]], rtol=1e-5, atol=1e-5)
 
 
+def test_a_history_item_scored_nan_leaves_the_beam_finite(split, trained):
+    """Codes whose scores are NaN are kept out of the beam; the repeat gate's sum over the history items
+    took a NaN history item in and made the whole row NaN (every score, in arbitrary order)."""
+    import copy
+
+    model = copy.deepcopy(trained.model)
+    with torch.no_grad():
+        model.head.prefix_emb.weight[1] = float("nan")  # level-0 code 0 as a prefix: its items' scores are NaN
+    first = trained.model.item_tokens[1:, 0].numpy() == 1  # items whose first code is 0 (token 1)
+    hist = [np.array([int(np.flatnonzero(first)[0])]), np.array([int(np.flatnonzero(~first)[0])])]
+    top = recommend(model, hist, beam_size=5)
+    assert np.isfinite(top.log_probs).all() and not first[top.items].any()
+    assert (np.diff(top.log_probs, axis=1) <= 0).all()
+
+
 def test_repeat_gate_off_gives_the_plain_code_distribution(split):
     result = train_generative(split, cyclic_table(), GenerativeConfig(**SMALL, max_epochs=2, repeat_gate=False),
                               progress=False)

@@ -28,17 +28,46 @@ from typing import Any, Iterable, Mapping, Sequence
 from genrec.errors import ConfigError
 
 __all__ = ["yaml_load", "parse_value", "type_name", "check_value", "build_dataclass",
-           "did_you_mean", "override_dataclass"]
+           "did_you_mean", "override_dataclass", "deep_merge"]
 
 
 def _yaml_loader() -> type:
     import yaml
 
     class Loader(yaml.SafeLoader):
-        """SafeLoader with YAML 1.2 floats (``1e-3``, ``1E5``, ``.5``) and no other change."""
+        """SafeLoader with YAML 1.2's core schema for scalars (floats such as ``1e-3``; ``true`` /
+        ``false`` the only booleans, so ``yes`` / ``off`` stay text; decimal integers, ``010`` being ten,
+        not YAML 1.1's octal eight, and ``1:30`` text, not 90) and a repeated key refused (the last one
+        silently won)."""
 
-    # The resolver table is shared with SafeLoader's class; copy it before adding to it.
-    Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+        def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice (first on line {seen[key].line + 1})",
+                        key_node.start_mark)
+                seen[key] = key_node.start_mark
+            return super().construct_mapping(node, deep=deep)
+
+    def construct_int(loader, node):  # noqa: ANN001
+        text = loader.construct_scalar(node)
+        sign, digits = (-1, text[1:]) if text[0] == "-" else (1, text.lstrip("+"))
+        if digits[:2] in ("0x", "0o"):
+            return sign * int(digits[2:], 16 if digits[1] == "x" else 8)
+        return sign * int(digits, 10)
+
+    # The resolver table is shared with SafeLoader's class; copy it, leaving out YAML 1.1's bool and
+    # int patterns, before adding to it.
+    Loader.yaml_implicit_resolvers = {
+        k: [(tag, r) for tag, r in v if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")]
+        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                                 list("-+0123456789"))
+    Loader.add_constructor("tag:yaml.org,2002:int", construct_int)
     float_re = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                                |\.[0-9_]+(?:[eE][-+][0-9]+)?
@@ -70,7 +99,8 @@ def yaml_load(text: str, where: str = "<string>") -> Any:
 
 def parse_value(raw: str) -> Any:
     """One ``--set`` value: YAML (``5``, ``1e-3``, ``true``, ``null``, ``[10, 20]``, ``{a: 1}``) or,
-    when that fails or gives something else, the text itself."""
+    when that fails or gives something else, the text itself (``Item #{item_id}`` whole: YAML would
+    read `` #...`` as a comment and keep ``Item``)."""
     if not raw.strip():
         return raw
     try:
@@ -79,7 +109,19 @@ def parse_value(raw: str) -> Any:
         return raw
     if value is None and raw.strip() not in ("null", "~", "Null", "NULL"):
         return raw
+    if "#" in raw and isinstance(value, str) and value != raw.strip():  # a comment cut the text
+        return raw
     return value if isinstance(value, (bool, int, float, str, list, dict)) or value is None else raw
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base`` (copies), mappings merged key by key at every depth; any other value
+    of ``over`` replaces the one below it."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(out.get(k), Mapping) and isinstance(v, Mapping) \
+            else copy.deepcopy(v)
+    return out
 
 
 @functools.lru_cache(maxsize=None)

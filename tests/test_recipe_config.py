@@ -39,3 +39,34 @@ from genrec.recipe import ConfigError, config_from_dict
 def test_bad_config_values_give_clear_errors(raw, overrides, match):
     with pytest.raises(ConfigError, match=match):
         config_from_dict(raw, overrides=overrides)
+
+
+@pytest.mark.parametrize("raw, overrides, match", [
+    ({}, ["sasrec.seed=1:30"], r"'sasrec.seed' expects int, got '1:30'"),  # YAML 1.1 read 90
+    ({}, ["fusion.joint=yes"], r"'fusion.joint' expects bool, got 'yes'"),  # YAML 1.1 read True
+])
+def test_yaml_1_1_look_alikes_are_not_silently_converted(raw, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(raw, overrides=overrides)
+
+
+def test_values_follow_yaml_1_2_and_a_repeated_key_is_refused(tmp_path):
+    from genrec.config import parse_value
+    from genrec.recipe import load_config
+
+    assert [parse_value(v) for v in ("010", "-7", "0x1f", "true", "off", "Item #{item_id}", "a # b")] == \
+           [10, -7, 31, True, "off", "Item #{item_id}", "a # b"]  # YAML 1.1: 8, ..., False, "Item", "a"
+    assert config_from_dict({}, overrides=["text.fallback=Item #{item_id}"]).text.fallback == "Item #{item_id}"
+    bad = tmp_path / "twice.yaml"
+    bad.write_text("name: x\nsasrec:\n  hidden: 32\nfusion:\n  k: 20\nsasrec:\n  lr: 0.001\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML \(line 6, column 1\): key 'sasrec' appears "
+                                          r"twice \(first on line 2\)"):
+        load_config(bad)
+
+
+def test_a_preset_keeps_its_nested_settings_under_the_users_own():
+    """The quick preset's fusion.gate.max_epochs (40) was dropped as soon as the user set fusion.gate.hidden."""
+    for c in (config_from_dict({}, preset="quick", overrides=["fusion.gate.hidden=32"]),
+              config_from_dict({"fusion": {"gate": {"hidden": 32}}}, preset="quick")):
+        assert c.fusion.gate == {"max_epochs": 40, "hidden": 32}
+    assert config_from_dict({"fusion": {"gate": {"max_epochs": 5}}}, preset="quick").fusion.gate == {"max_epochs": 5}

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from genrec.config import build_dataclass, check_mapping, did_you_mean, field_hints, parse_value, yaml_load
+from genrec.config import build_dataclass, check_mapping, deep_merge, did_you_mean, field_hints, parse_value, yaml_load
 from genrec.errors import ConfigError
 from genrec.generative import GenerativeConfig
 from genrec.sasrec import SASRecConfig
@@ -240,13 +240,13 @@ def _build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``, recursively for sections (a mapping value replaces nothing else)."""
+    """``over`` on top of ``base``, recursively for sections and the mappings inside them (a preset's
+    ``fusion.gate.max_epochs`` stays when the file sets ``fusion.gate.hidden``); any other value
+    replaces the one below it."""
     out = copy.deepcopy(dict(base))
     for k, v in over.items():
-        if k in SECTIONS and isinstance(out.get(k), Mapping) and isinstance(v, Mapping):
-            out[k] = {**out[k], **copy.deepcopy(dict(v))}
-        else:
-            out[k] = copy.deepcopy(v)
+        out[k] = deep_merge(out[k], v) if k in SECTIONS and isinstance(out.get(k), Mapping) and \
+            isinstance(v, Mapping) else copy.deepcopy(v)
     return out
 
 

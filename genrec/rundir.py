@@ -140,9 +140,15 @@ class RunLock:
         previous = self._holder()
         if previous.get("pid") is not None:
             log.info("%s: taking over the lock of pid %s, which is no longer running", self.path, previous["pid"])
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+        except OSError as e:  # a full disk: give the lock back (it stayed held for the process's lifetime)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise RunDirectoryError(f"{self.path}: cannot write the lock file ({e.strerror}); free space in "
+                                    f"{self.path.parent} or use another run directory") from None
         self._fd = fd
         return self
 

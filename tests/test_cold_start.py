@@ -246,7 +246,7 @@ def test_natural_protocol_runs_through_the_recipe(tiny_cached, tmp_path):
 
 
 def test_option_off_changes_no_result_and_no_stage_hash(tiny_run, tiny_cached, tmp_path):
-    from genrec.recipe.runner import _section_for_hash
+    from genrec.recipe.stage_hash import section_for_hash
 
     out = tmp_path / "run"
     assert cli.main(["demo", "--out", str(out), "--set", *tiny_cached, "data.cold_items=0", "data.cold_seed=5"]) == 0
@@ -257,7 +257,7 @@ def test_option_off_changes_no_result_and_no_stage_hash(tiny_run, tiny_cached, t
     assert a == b and "cold_start" not in a
     # the hashed data section is exactly the one of runs made before the option existed
     config = load_config(DEMO_YAML, overrides=tiny_cached)
-    hashed = _section_for_hash(config, "data", {"files": []})
+    hashed = section_for_hash(config, "data", {"files": []})
     before = {k: v for k, v in asdict(config.data).items()
               if k not in ("cold_items", "cold_seed", "cache_dir", "keep_items_without_interactions", "eval_users",
                            "eval_seed")}
@@ -267,11 +267,12 @@ def test_option_off_changes_no_result_and_no_stage_hash(tiny_run, tiny_cached, t
 def test_the_new_item_mixture_enters_the_fusion_hash_only_where_it_is_read(tiny_cached):
     """``fusion.new_item_mixture`` is read by cold-start runs only and off by default: elsewhere (and
     off) the fusion stage's hash is the one of runs made before the option; on, changing it reruns."""
-    from genrec.recipe.runner import _hash_inputs, _stage
+    from genrec.recipe.runner import _stage
+    from genrec.recipe.stage_hash import hash_inputs
 
     def hashed(*sets):
         config = load_config(DEMO_YAML, overrides=[*tiny_cached, *sets])
-        return _hash_inputs(_stage("fusion"), config, {}, {"files": []})["config"]
+        return hash_inputs(_stage("fusion"), config, {}, {"files": []})["config"]
 
     before = hashed()
     assert "fusion.new_item_mixture" not in before and before == hashed("fusion.new_item_mixture=true")

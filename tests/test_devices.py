@@ -136,10 +136,10 @@ def test_recipe_device_fills_every_unset_stage_device():
 
 def test_recipe_device_leaves_the_stage_hashes_unchanged():
     from genrec.recipe import config_from_dict
-    from genrec.recipe.runner import _section_for_hash
+    from genrec.recipe.stage_hash import section_for_hash
     from genrec.recipe.stages import STAGES
 
     plain, on_gpu = config_from_dict({}), config_from_dict({}, overrides=["device=cuda"])
     for stage in STAGES:
         for sec in stage.sections:
-            assert _section_for_hash(plain, sec) == _section_for_hash(on_gpu, sec), (stage.name, sec)
+            assert section_for_hash(plain, sec) == section_for_hash(on_gpu, sec), (stage.name, sec)

@@ -420,7 +420,8 @@ def test_catalogue_items_without_interactions_keep_their_semantic_ids(tiny_run, 
     from genrec.data import load_plain, write_plain
     from genrec.errors import ConfigError
     from genrec.recipe import config_from_dict
-    from genrec.recipe.runner import StopAfterStage, _section_for_hash, run_recipe
+    from genrec.recipe.runner import StopAfterStage, run_recipe
+    from genrec.recipe.stage_hash import section_for_hash
     from quantize import SemanticIdTable
 
     raw = load_json(tiny_run / "config.json")
@@ -444,8 +445,8 @@ def test_catalogue_items_without_interactions_keep_their_semantic_ids(tiny_run, 
     assert load_json(tmp_path / "run" / "data" / "summary.json")["items_without_interactions"] == 1
 
     off = config_from_dict(raw)
-    assert "keep_items_without_interactions" not in _section_for_hash(off, "data")
-    assert _section_for_hash(on, "data")["keep_items_without_interactions"] is True
+    assert "keep_items_without_interactions" not in section_for_hash(off, "data")
+    assert section_for_hash(on, "data")["keep_items_without_interactions"] is True
     with pytest.raises(ConfigError, match="applies to plain-format directories, recbole: and parquet: specs only"):
         config_from_dict(raw, overrides=["data.keep_items_without_interactions=true"])
 

@@ -167,13 +167,13 @@ def test_bf16_on_cuda_trains_and_decodes(split, table):
 
 
 def test_the_default_precision_leaves_the_stage_hashes_unchanged():
-    from genrec.recipe import runner
+    from genrec.recipe import stage_hash
 
     config = config_from_dict({"data": {"dataset": "synthetic:tiny"}})
     for sec in ("sasrec", "generative"):
-        hashed = runner._section_for_hash(config, sec)
+        hashed = stage_hash.section_for_hash(config, sec)
         assert "precision" not in hashed, sec  # the hashes of runs made before the setting
     bf16 = config_from_dict({"data": {"dataset": "synthetic:tiny"}, "device": "cuda",
                              "sasrec": {"precision": "bf16"}})
-    assert runner._section_for_hash(bf16, "sasrec")["precision"] == "bf16"  # a bf16 run is another run
-    assert "precision" not in runner._section_for_hash(bf16, "generative")
+    assert stage_hash.section_for_hash(bf16, "sasrec")["precision"] == "bf16"  # a bf16 run is another run
+    assert "precision" not in stage_hash.section_for_hash(bf16, "generative")

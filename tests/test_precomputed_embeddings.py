@@ -111,12 +111,12 @@ def test_bad_embedding_files(tmp_path, case):
 
 def test_config_checks_the_suffix_and_keeps_old_hashes():
     from genrec.recipe import config_from_dict
-    from genrec.recipe.runner import _section_for_hash
+    from genrec.recipe.stage_hash import section_for_hash
 
     with pytest.raises(ConfigError, match=r"'text.embeddings' must name a .npy file .* got 'vectors.csv'"):
         config_from_dict({}, overrides=["text.embeddings=vectors.csv"])
     # without text.embeddings the hashed text section is what it was before the option existed
-    hashed = _section_for_hash(config_from_dict({}), "text")
+    hashed = section_for_hash(config_from_dict({}), "text")
     assert not any(k.startswith("embeddings") for k in hashed) and "model" in hashed
 
 

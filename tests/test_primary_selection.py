@@ -227,20 +227,20 @@ def test_an_explicit_primary_still_wins(tiny_run, tmp_path):
 def test_a_fusion_stage_from_before_cross_fitting_reruns_without_force(tiny_run, tmp_path):
     """An old run directory (its fusion marker hashed no selection settings) resumes: the training
     stages are skipped, the fusion stage reruns without --force; any other change is still refused."""
-    from genrec.recipe.runner import _stage_hash
+    from genrec.recipe.stage_hash import stage_hash
 
     run = _copy(tiny_run, tmp_path / "run")
     marker_path = run / "fusion" / "stage.done.json"
     marker = load_json(marker_path)
     for key in ("fusion.selection_folds", "fusion.selection_seed"):
         del marker["hashed"]["config"][key]
-    old = {"fusion": _stage_hash(marker["hashed"])}
+    old = {"fusion": stage_hash(marker["hashed"])}
     marker["config_hash"] = old["fusion"]
     save_json(marker_path, marker)
     for stage in ("evaluate", "report"):  # downstream markers hashed the old fusion stage (and evaluate)
         m = load_json(run / stage / "stage.done.json")
         m["hashed"]["upstream"].update({k: v for k, v in old.items() if k in m["hashed"]["upstream"]})
-        old[stage] = m["config_hash"] = _stage_hash(m["hashed"])
+        old[stage] = m["config_hash"] = stage_hash(m["hashed"])
         save_json(run / stage / "stage.done.json", m)
     marker = load_json(marker_path)
     (run / SELECTION_FILE).unlink()
@@ -251,7 +251,7 @@ def test_a_fusion_stage_from_before_cross_fitting_reruns_without_force(tiny_run,
 
     refused = _copy(run, tmp_path / "refused")
     marker["hashed"]["config"]["fusion.k"] = 20  # an old fusion stage that also differs in a real setting
-    marker["config_hash"] = _stage_hash(marker["hashed"])
+    marker["config_hash"] = stage_hash(marker["hashed"])
     save_json(refused / "fusion" / "stage.done.json", marker)
     with pytest.raises(RunDirectoryError, match=r"changed: fusion.k, fusion.selection_folds"):
         run_recipe(config, refused)

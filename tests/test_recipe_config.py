@@ -70,3 +70,22 @@ def test_a_preset_keeps_its_nested_settings_under_the_users_own():
               config_from_dict({"fusion": {"gate": {"hidden": 32}}}, preset="quick")):
         assert c.fusion.gate == {"max_epochs": 40, "hidden": 32}
     assert config_from_dict({"fusion": {"gate": {"max_epochs": 5}}}, preset="quick").fusion.gate == {"max_epochs": 5}
+
+
+def test_a_local_text_encoders_files_are_in_the_embed_stages_hash(tmp_path):
+    """text.model as a local directory: new weights there reused the old embeddings (only the path string
+    was hashed); a hub name or the bundled default hashes as before (runs made earlier keep their hashes)."""
+    import os
+
+    from genrec.recipe.stage_hash import section_for_hash
+
+    model = tmp_path / "encoder"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    config = config_from_dict({}, overrides=[f"text.model={model}"])
+    before = section_for_hash(config, "text")
+    (model / "model.safetensors").write_bytes(b"weights v2, longer")
+    os.utime(model / "model.safetensors", ns=(1, 1))
+    assert before["model_identity"] != section_for_hash(config, "text")["model_identity"]
+    assert "model_identity" not in section_for_hash(config_from_dict({}), "text")
+    assert "model_identity" not in section_for_hash(config_from_dict({}, overrides=["text.model=org/name"]), "text")

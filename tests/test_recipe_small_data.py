@@ -52,3 +52,26 @@ def test_compare_results_tells_booleans_from_numbers_and_ignores_whole_keys(tmp_
     out = capsys.readouterr().out
     assert "flag: True vs 1" in out and "labels.valid2: 3 vs 4" in out and "labels.valid[1]" not in out
     assert "n:" not in out and "x:" not in out and "2 difference(s)" in out
+
+
+def test_a_forced_run_stopped_before_its_changed_stage_leaves_no_stale_stage_passing_for_done(tiny_run, tiny_cached,
+                                                                                             tmp_path):
+    """config.json takes the new settings at once; the fusion stage fitted under the old fusion.k kept its
+    done marker until it ran again, so a run stopped before it served the old fusion with the new k."""
+    import shutil
+
+    import pytest
+
+    from genrec.errors import CheckpointError
+    from genrec.recipe import StopAfterStage
+    from genrec.recommender import Recommender
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    changed = load_config(DEMO_YAML, overrides=[*tiny_cached, "fusion.k=5", "fusion.beam=5", "report.ks=[5]",
+                                                        "report.metric=ndcg@5"])
+    with pytest.raises(StopAfterStage):
+        run_recipe(changed, run, force=True, stop_after="labels")
+    assert load_json(run / "config.json")["fusion"]["k"] == 5
+    assert not (run / "fusion" / "stage.done.json").exists() and (run / "labels" / "stage.done.json").exists()
+    with pytest.raises(CheckpointError, match="stage 'fusion' has not finished there"):
+        Recommender.from_run(run)

@@ -118,6 +118,26 @@ def test_second_run_on_a_locked_directory_is_refused(tmp_path):
         pass
 
 
+def test_a_lock_file_that_cannot_be_written_is_released_and_named(tmp_path, monkeypatch):
+    """A full disk while writing the holder record: the lock stayed held for the process's lifetime (a
+    notebook could not run there again) and the OSError reached the CLI as a traceback."""
+    import errno
+
+    import genrec.rundir as rundir
+
+    real = os.write
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "write", full)
+    with pytest.raises(RunDirectoryError, match=r"run.lock: cannot write the lock file \(No space left on device\)"):
+        RunLock(tmp_path / "run").__enter__()
+    monkeypatch.setattr(rundir.os, "write", real)
+    with RunLock(tmp_path / "run"):  # free again
+        pass
+
+
 @pytest.fixture(scope="module")
 def reference(plain_dir, cache, tmp_path_factory):
     """The tiny recipe on ``plain_dir``, uninterrupted: its results."""

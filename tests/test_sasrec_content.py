@@ -171,14 +171,15 @@ def test_recipe_hashes_follow_the_embed_stage_only_for_a_content_aware_sasrec():
     """A plain SASRec's stage hash is the one of runs made before the option (no text_dim key, no embed
     upstream), so changing the text encoder does not retrain it; a content-aware one reruns."""
     from genrec.recipe import config_from_dict
-    from genrec.recipe.runner import _plan, _section_for_hash
+    from genrec.recipe.runner import _plan
+    from genrec.recipe.stage_hash import section_for_hash
 
     def sasrec_hash(*overrides: str) -> str:
         plan, _, _ = _plan(config_from_dict({}, overrides=list(overrides)), Path("/nonexistent"), {"files": []})
         return plan["sasrec"]["hash"], plan["sasrec"]["src"]["upstream"]
 
     plain = config_from_dict({})
-    assert "text_dim" not in _section_for_hash(plain, "sasrec")
+    assert "text_dim" not in section_for_hash(plain, "sasrec")
     h_plain, up_plain = sasrec_hash()
     assert up_plain.keys() == {"data"}
     assert sasrec_hash("text.max_description_chars=100")[0] == h_plain

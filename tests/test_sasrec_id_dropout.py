@@ -121,14 +121,15 @@ def test_recipe_hashes_leave_the_option_out_when_it_is_off():
     from pathlib import Path
 
     from genrec.recipe import config_from_dict
-    from genrec.recipe.runner import _plan, _section_for_hash
+    from genrec.recipe.runner import _plan
+    from genrec.recipe.stage_hash import section_for_hash
 
     def sasrec_hash(*overrides: str) -> str:
         plan, _, _ = _plan(config_from_dict({}, overrides=list(overrides)), Path("/nonexistent"), {"files": []})
         return plan["sasrec"]["hash"]
 
     content = config_from_dict({}, overrides=["sasrec.text_dim=auto"])
-    assert "id_dropout" not in _section_for_hash(content, "sasrec")
+    assert "id_dropout" not in section_for_hash(content, "sasrec")
     assert sasrec_hash("sasrec.text_dim=auto", "sasrec.id_dropout=0.0") == sasrec_hash("sasrec.text_dim=auto")
     assert sasrec_hash("sasrec.text_dim=auto", "sasrec.id_dropout=0.05") != sasrec_hash("sasrec.text_dim=auto")
     with pytest.raises(ConfigError, match="id_dropout"):

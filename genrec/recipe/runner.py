@@ -9,7 +9,7 @@ resumes, what changed is refused unless forced, and nothing half-written ever co
 or simply :func:`run_recipe` (every enabled stage, in order).
 
 When a stage finishes, ``<stage>/stage.done.json`` is written last, holding the hash of what the
-stage depends on: its config sections (:data:`_UNHASHED` settings left out), a fingerprint of the
+stage depends on (:mod:`genrec.recipe.stage_hash`): its config sections, a fingerprint of the
 input data files (:mod:`genrec.rundir`) and its upstream stages' hashes. A stage whose marker
 matches is skipped (unless a stage it reads was produced again since with other files: each marker
 records its own run id, a digest of its outputs, and those of the stages it read, and a mismatch
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import logging
 import os
 import resource
@@ -40,28 +39,21 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from genrec.artifacts import load_json, save_json
 from genrec.datasets import fetch_dataset_files
 from genrec.errors import DataFormatError, GenrecError, RunDirectoryError
-from genrec.recipe.config import TOP_LEVEL, RecipeConfig, config_to_dict, holdout_towers_default
+from genrec.recipe.config import RecipeConfig, config_to_dict
 from genrec.recipe.stages import STAGES, Stage, StageContext, stage_names
+from genrec.recipe.stage_hash import flat_keys, hash_inputs, stage_hash
 from genrec.rundir import RunLock, data_fingerprint
 from genrec.training import trim_heap
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Recipe", "run_recipe", "StopAfterStage"]
-
-# Settings that do not change any result (threads, inference batch sizes, caches): not hashed.
-#: what _section_for_hash returns for a setting left out of the hash (a default that runs made
-#: before the setting existed had)
-_OMIT = object()
-_UNHASHED = {"num_threads", "eval_batch_size", "cache", "cache_dir", "batch_size@text", "device",
-             "nonfinite_loss"}  # skipping non-finite steps only matters in a run that had them
 
 OnStage = Callable[[str, str, dict[str, Any]], None]
 
@@ -189,6 +181,9 @@ class Recipe:
                 + (f" (and rerun {', '.join(cheap)})" if cheap else "")
                 + ". Rerun with --force (run_recipe(force=True)) to discard and redo them, or choose a fresh "
                   "run directory (--out)")
+        for name in self._discard:  # config.json is about to describe the new settings: no stage done under the
+            # old ones may pass for done (a run stopped before reaching them served the old fusion with the new k)
+            _write(run_dir, lambda n=name: (run_dir / n / "stage.done.json").unlink(missing_ok=True), name)
         _write(run_dir, lambda: save_json(run_dir / "config.json", config_to_dict(config)), "recipe")
         report = _marker(run_dir / "report" / "stage.done.json")
         if report is None or report.get("config_hash") != self._plan["report"]["hash"]:
@@ -354,97 +349,12 @@ def _stage(name: str) -> Stage:
     raise ValueError(f"no stage {name!r}; stages: {stage_names()}")
 
 
-def _section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) -> Any:
-    if sec in TOP_LEVEL:
-        return getattr(config, sec)
-    if sec == "fusion.new_item_mixture":  # read by cold-start runs only, and off by default
-        if not (config.data.cold_items and config.fusion.new_item_mixture):
-            return _OMIT  # the hashes of runs made before the option
-        return {"on": True, "users": config.fusion.new_item_mixture_users}
-    if "." in sec:  # one setting of a section, e.g. "fusion.k"
-        head, _, key = sec.partition(".")
-        value = asdict(getattr(config, head))[key]
-        if sec == "fusion.joint_config" and config.fusion.joint_schedule == "holdout":
-            # the tower training in effect, not only the one set: a joint stage trained under the former
-            # default ("separate") reruns under the current one
-            value = {**value, "towers": value.get("towers", holdout_towers_default(config))}
-        return value
-    d = asdict(getattr(config, sec))
-    out = {k: v for k, v in d.items() if k not in _UNHASHED and f"{k}@{sec}" not in _UNHASHED}
-    if sec == "text":
-        return _text_for_hash(out)
-    if sec in ("sasrec", "generative") and out.get("precision") == "fp32":  # the hashes of runs made before it
-        out.pop("precision")
-    if sec == "sasrec" and out.get("loss", "full") == "full":  # the hashes of runs made before the loss options
-        for key in ("loss", "loss_chunk", "num_negatives", "negatives"):
-            out.pop(key, None)
-    if sec == "sasrec" and out.get("max_minutes") is None:  # the hashes of runs made before the option
-        out.pop("max_minutes", None)
-    if sec == "sasrec" and not out.get("text_dim"):  # ID embeddings only: the hashes of runs made before it
-        out.pop("text_dim", None)
-    if sec == "sasrec" and not out.get("id_dropout"):  # off: the hashes of runs made before the option
-        out.pop("id_dropout", None)
-    if sec == "data":  # the input files themselves, so changed data reruns what depends on it
-        out["fingerprint"] = fingerprint
-        if out.get("eval_users") is None:  # every user: the hashes of runs made before the option
-            out.pop("eval_users", None)
-            out.pop("eval_seed", None)
-        if not out.get("keep_items_without_interactions"):  # off: the hashes of runs made before the option
-            out.pop("keep_items_without_interactions", None)
-        if not out.get("cold_items"):  # off (0): the hashes of runs made before cold-start evaluation
-            out.pop("cold_items", None)
-            out.pop("cold_seed", None)
-        elif out.get("cold_items") == "natural":  # the seed picks nothing there
-            out.pop("cold_seed", None)
-    return out
-
-
-_EMBEDDING_KEYS = ("embeddings", "embeddings_ids", "embeddings_id_column", "embeddings_vector_column")
-
-
-def _text_for_hash(out: dict[str, Any]) -> dict[str, Any]:
-    """The text section's hashed settings: without ``text.embeddings``, the encoder's (the hashes of
-    runs made before the option); with it, the file settings and the files' fingerprints, so a
-    changed file reruns the embed stage (the encoder settings are then unused)."""
-    if not out.get("embeddings"):
-        return {k: v for k, v in out.items() if k not in _EMBEDDING_KEYS}
-    from genrec.item_embeddings import embedding_files
-    from genrec.rundir import file_fingerprint
-
-    hashed = {k: out[k] for k in _EMBEDDING_KEYS}
-    files = embedding_files(out["embeddings"], out["embeddings_ids"])
-    hashed["fingerprint"] = [file_fingerprint(p) if p.is_file() else {"path": str(p), "missing": True}
-                             for p in files]  # a missing file is reported by the embed stage, by name
-    return hashed
-
-
-def _hash_inputs(stage: Stage, config: RecipeConfig, upstream: Mapping[str, str], fingerprint: Any) -> dict:
-    """What a stage's hash covers: its config sections (the data section with the input files'
-    fingerprint) and its upstream stages' hashes."""
-    return {"stage": stage.name, "version": 2,
-            "config": {s: v for s in stage.sections if (v := _section_for_hash(config, s, fingerprint)) is not _OMIT},
-            "upstream": {k: upstream[k] for k in stage.upstream(config) if k in upstream}}
-
-
-def _stage_hash(src: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(src, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: json.dumps(obj, sort_keys=True, default=str)}
-
-
 def _changed_keys(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[str]:
     """The config keys (``section.key``) whose hashed values differ; input data changes read
     ``data files (path)``."""
     if before is None:
         return ["(unknown: the stage was run by an older genrec)"]
-    old, new = _flat(before.get("config", {})), _flat(after.get("config", {}))
+    old, new = flat_keys(before.get("config", {})), flat_keys(after.get("config", {}))
     ups_old, ups_new = before.get("upstream", {}), after.get("upstream", {})
     out = [f"stage {k} added" for k in ups_new if k not in ups_old]
     out += [f"stage {k} removed" for k in ups_old if k not in ups_new]
@@ -465,7 +375,7 @@ def _rerun_only(stage: Stage, before: Mapping[str, Any] | None, after: Mapping[s
         return False
     if before.get("upstream") != after.get("upstream") or before.get("version") != after.get("version"):
         return False
-    old, new = _flat(before.get("config", {})), _flat(after.get("config", {}))
+    old, new = flat_keys(before.get("config", {})), flat_keys(after.get("config", {}))
     diff = [k for k in set(old) | set(new) if old.get(k) != new.get(k)]
     # a rerun key whose value is a mapping is flattened into "key.sub" entries
     return bool(diff) and all(any(k == rk or k.startswith(rk + ".") for rk in stage.rerun_keys) for k in diff)
@@ -532,8 +442,8 @@ def _plan(config: RecipeConfig, run_dir: Path, fingerprint: Any) -> tuple[dict[s
     for stage in STAGES:
         if not stage.enabled(config):
             continue
-        src = _hash_inputs(stage, config, hashes, fingerprint)
-        hashes[stage.name] = _stage_hash(src)
+        src = hash_inputs(stage, config, hashes, fingerprint)
+        hashes[stage.name] = stage_hash(src)
         plan[stage.name] = {"hash": hashes[stage.name], "src": src, "rerun_only": False}
         sdir = run_dir / stage.name
         earlier = _marker(sdir / "stage.done.json") or _marker(sdir / "stage.started.json")

@@ -48,7 +48,8 @@ from genrec.batching import check_histories, histories_to_tokens, seen_tokens, t
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, repeat_mixture
 from genrec.errors import CheckpointError
 from genrec.training import TrainResult, fit, setup
-from genrec.model_settings import autocast, check_training_config, model_precision, resolve_device, saved_config
+from genrec.model_settings import (autocast, check_training_config, model_precision, saved_config,
+                                   usable_device)
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
 from genrec.sasrec import SASRec, SASRecConfig
 from genrec.sasrec_text import check_resumed_text, resolve_text_dim
@@ -439,7 +440,7 @@ def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None 
     (a content-aware ID tower, as :func:`genrec.sasrec.train_sasrec`)."""
     config = config or JointConfig()
     setup(config)
-    device = resolve_device(config.device)  # after setup: under torchrun "cuda" is this rank's GPU
+    device = usable_device(config.device)  # after setup: under torchrun "cuda" is this rank's GPU
     config = replace(config, id_tower=resolve_text_dim(config.id_tower, item_text))
     model = JointModel(split.num_items, table.codes, table.codebook_sizes, config, split.train, item_text)
     if init is not None:
@@ -486,7 +487,7 @@ def load_joint(path: str | Path, device: str = "cpu") -> JointModel:
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: not a joint model this genrec can load ({e})") from e
-    return model.to(resolve_device(device)).eval()
+    return model.to(usable_device(device)).eval()
 
 
 __all__ = ["JointConfig", "JointModel", "GATE_FEATURES", "TARGET_SCOPE_FEATURES", "gr_catalogue_log_probs",

@@ -40,7 +40,8 @@ from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.trie import PrefixTrie, trie_of
 from genrec.training import TrainResult, fit, setup, trim_heap
-from genrec.model_settings import autocast, check_training_config, model_precision, resolve_device, saved_config
+from genrec.model_settings import (autocast, check_training_config, model_precision, saved_config,
+                                   usable_device)
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -478,7 +479,7 @@ def train_generative(split: LeaveOneOutSplit, table: Any, config: GenerativeConf
         raise DataFormatError(f"the semantic-ID table has {len(table.codes)} items but the dataset has "
                               f"{split.num_items}; was it built for another dataset?")
     setup(config)
-    device = resolve_device(config.device)  # after setup: under torchrun "cuda" is this rank's GPU
+    device = usable_device(config.device)  # after setup: under torchrun "cuda" is this rank's GPU
     model = HierarchicalGenerative(table.codes, table.codebook_sizes, config)
     if init is not None:
         model.load_state_dict(init.state_dict())
@@ -520,7 +521,7 @@ def load_generative(path: str | Path, device: str = "cpu") -> HierarchicalGenera
     model = HierarchicalGenerative(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"],
                                    GenerativeConfig(**saved_config(ckpt["config"])))
     model.load_state_dict(ckpt["model"])
-    return model.to(resolve_device(device)).eval()
+    return model.to(usable_device(device)).eval()
 
 
 def with_new_items(model: HierarchicalGenerative, codes: np.ndarray, codebook_sizes: Sequence[int]

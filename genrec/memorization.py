@@ -33,8 +33,9 @@ order of :class:`Kind` (substitutability > symmetry > transitivity > second-orde
 view); note that by the definitions a memorization instance also satisfies substitutability@2.
 A single-edge kind from an item at distance ``d`` over an edge of gap ``g`` holds at hop
 ``max(d, g)`` (at least 2 for substitutability; none if that exceeds the history length).
-Consequence: an edge ``i -> t`` of gap ``g >= 2`` always brings transitivity@1 through the items in
-between, so substitutability mostly comes from earlier history items (``d >= 2``). Fine label names
+Consequence: an edge ``i -> t`` of gap ``g >= 2`` also makes two-edge paths through the items in
+between, so a transitivity label (at gap 2: @1; at larger gaps a higher hop) often comes first, and
+substitutability mostly comes from earlier history items (``d >= 2``). Fine label names
 are ``memorization``, ``<kind>@<hop>`` and ``uncategorized`` (:func:`label_names`); coarse groups
 are memorization / generalization / uncategorized.
 
@@ -320,6 +321,18 @@ def _reduce_min(inst: np.ndarray, hop: np.ndarray, n: int) -> np.ndarray:
     return best
 
 
+def _window(histories: Sequence[np.ndarray], max_hop: int) -> np.ndarray:
+    """The last ``max_hop`` items of every history, flat (what the labels read; -1 would pass for none)."""
+    return np.concatenate([np.asarray(h[-max_hop:], np.int64) for h in histories]) if len(histories) else \
+        np.zeros(0, np.int64)
+
+
+def _check_items(items: np.ndarray, num_nodes: int, what: str) -> None:
+    if len(items) and (int(items.min()) < 0 or int(items.max()) >= num_nodes):
+        bad = int(items.min()) if int(items.min()) < 0 else int(items.max())
+        raise ValueError(f"{what} {bad} is outside the graph's items 0..{num_nodes - 1}")
+
+
 def label_instances(graph: TransitionGraph, instances: Instances | tuple[Sequence[np.ndarray], np.ndarray],
                     hop_needs_history: bool = True) -> InstanceLabels:
     """Label every instance (see module doc) against the item-level edges of ``graph``.
@@ -336,6 +349,9 @@ def label_instances(graph: TransitionGraph, instances: Instances | tuple[Sequenc
     n, hmax = len(targets), graph.max_hop
     t0 = time.perf_counter()
     inst, d, u, t = _history_slots(histories, targets, hmax)
+    # edge keys are u * num_nodes + v: an item outside 0..num_nodes-1 would read another edge's gap
+    _check_items(targets, graph.num_nodes, "target")
+    _check_items(_window(histories, hmax), graph.num_nodes, "history item")
 
     kind_hops = np.full((n, 5), -1, dtype=np.int8)
     g_ut = graph.gap(u, t).astype(np.int64)
@@ -450,8 +466,8 @@ def token_memorization(train: Sequence[np.ndarray], instances: Instances | tuple
     targets = np.asarray(targets, dtype=np.int64)
     n_inst = len(targets)
     inst, d, u, t = _history_slots(histories, targets, max_hop)
-    if len(u) and max(int(u.max()), int(t.max())) >= codes.shape[0]:
-        raise ValueError(f"codes has {codes.shape[0]} rows but instances use item {max(u.max(), t.max())}")
+    _check_items(targets, codes.shape[0], "target")
+    _check_items(_window(histories, max_hop), codes.shape[0], "history item")
     hops = np.full((n_inst, codes.shape[1]), -1, dtype=np.int8)
     for n in range(1, codes.shape[1] + 1):
         pid = prefix_ids(codes, n)

@@ -34,7 +34,7 @@ def ranks_from_scores(
     A target scored NaN or +-inf also gets :data:`MISS_RANK`, and other items scored NaN count as
     ranked ahead of the target: a diverged model never scores a hit.
     """
-    s = torch.as_tensor(scores, dtype=torch.float32)
+    s = _exact(torch.as_tensor(scores))  # float64 compared as given: float32 would tie near-equal scores
     t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
     if s.ndim != 2 or t.shape != (s.shape[0],):
         raise ValueError(f"scores must be [n, items] and targets [n]; got {tuple(s.shape)} and {tuple(t.shape)}")
@@ -85,15 +85,19 @@ def ranks_from_score_chunks(
         ex_cols = np.concatenate([np.asarray(e, np.int64) for e in exclude]) if n else np.zeros(0, np.int64)
         masked = np.zeros(n, dtype=bool)
         masked[ex_rows[ex_cols == t[ex_rows]]] = True
-    target_scores = torch.empty(n, dtype=torch.float32)
+    target_scores = None  # [n], in the scores' own precision (float64 kept: float32 would tie near-equal ones)
     for c in np.unique(t // chunk):  # pass 1: [rows, chunk] scores per chunk that holds a target
         rows = np.flatnonzero(t // chunk == c)
-        s = score(rows, int(c) * chunk, min(int(c + 1) * chunk, num_items)).float()
+        s = _exact(score(rows, int(c) * chunk, min(int(c + 1) * chunk, num_items)))
+        if target_scores is None:
+            target_scores = torch.empty(n, dtype=s.dtype)
         target_scores[torch.as_tensor(rows)] = s[torch.arange(len(rows)), torch.as_tensor(t[rows] - c * chunk)]
+    if target_scores is None:  # no instance
+        target_scores = torch.empty(0)
     ahead = torch.zeros(n, dtype=torch.long)
     for start in range(0, num_items, chunk):  # pass 2: count, chunk by chunk
         stop = min(start + chunk, num_items)
-        s = score(None, start, stop).float()  # [n, stop - start]
+        s = _exact(score(None, start, stop)).to(target_scores.dtype)  # [n, stop - start]
         if exclude is not None:
             s = s.clone()  # the masking below must not write into the caller's scores
             sel = (ex_cols >= start) & (ex_cols < stop)
@@ -110,6 +114,11 @@ def ranks_from_score_chunks(
         ranks[masked] = MISS_RANK
     ranks[~torch.isfinite(target_scores).numpy()] = MISS_RANK
     return ranks
+
+
+def _exact(scores: torch.Tensor) -> torch.Tensor:
+    """Scores to rank by: float64 as given, anything else (bf16, half) as float32."""
+    return scores if scores.dtype == torch.float64 else scores.float()
 
 
 def _count_true(mask: torch.Tensor) -> torch.Tensor:

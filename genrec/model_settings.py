@@ -40,6 +40,26 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device {name!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1' or 'auto')") from None
 
 
+def usable_device(name: str) -> torch.device:
+    """:func:`resolve_device`, checked against this machine: a CUDA device that torch cannot see (no GPU,
+    a CPU-only torch, an index beyond the GPUs) is a :class:`~genrec.errors.ConfigError` naming it, where
+    torch would raise an AssertionError or RuntimeError from deep inside the first model move."""
+    device = resolve_device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r}: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                              "use 'cpu' or 'auto'")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {name!r}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
+    elif device.type not in ("cpu", "meta"):
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as e:
+            raise ConfigError(f"device {name!r} is not usable here ({str(e).splitlines()[0]})") from None
+    return device
+
+
 #: integer settings of the model configs that must be >= 1 where a config has them
 _POSITIVE_INTS = ("max_len", "max_items", "hidden", "d_model", "d_ff", "d_kv", "num_blocks", "num_heads",
                   "num_encoder_layers", "num_decoder_layers", "batch_size", "max_epochs", "patience", "eval_every",

@@ -39,10 +39,9 @@ from genrec.errors import CheckpointNotFoundError, ConfigError, DataFormatError
 from genrec.generative import repeat_gate_loss, repeat_mixture
 from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_scores
-from genrec.model_settings import autocast, model_precision
 from genrec.splits import Instances, LeaveOneOutSplit
 from genrec.training import TrainResult, fit, setup
-from genrec.model_settings import check_training_config, resolve_device, saved_config
+from genrec.model_settings import autocast, check_training_config, model_precision, saved_config, usable_device
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +284,7 @@ def train_parallel(split: LeaveOneOutSplit, table: Any, config: ParallelConfig |
         raise DataFormatError(f"the semantic-ID table has {len(table.codes)} items but the dataset has "
                               f"{split.num_items}; was it built for another dataset?")
     setup(config)
-    device = resolve_device(config.device)
+    device = usable_device(config.device)
     model = ParallelCodeModel(table.codes, table.codebook_sizes, config).to(device)
 
     def loss_fn(m: ParallelCodeModel, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -321,4 +320,4 @@ def load_parallel(path: str | Path, device: str = "cpu") -> ParallelCodeModel:
     ckpt = load_checkpoint(path, kind="parallel-code model checkpoint", keys=("model", "config", "codes", "codebook_sizes"))
     model = ParallelCodeModel(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"], ParallelConfig(**saved_config(ckpt["config"])))
     model.load_state_dict(ckpt["model"])
-    return model.to(resolve_device(device)).eval()
+    return model.to(usable_device(device)).eval()

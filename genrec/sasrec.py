@@ -35,7 +35,8 @@ from genrec.sasrec_text import check_resumed_text, resolve_text_dim
 from genrec.metrics import DEFAULT_KS, merge_topk, metrics_from_ranks, ranks_from_score_chunks
 from genrec.splits import Instances, LeaveOneOutSplit
 from genrec.training import TrainResult, fit, setup
-from genrec.model_settings import autocast, check_training_config, model_precision, resolve_device, saved_config
+from genrec.model_settings import (autocast, check_training_config, model_precision, saved_config,
+                                   usable_device)
 
 log = logging.getLogger(__name__)
 
@@ -528,7 +529,7 @@ def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, ou
     """
     config = config or SASRecConfig()
     setup(config)
-    device = resolve_device(config.device)
+    device = usable_device(config.device)
     config = resolve_text_dim(config, item_text)
     model = SASRec(split.num_items, config, item_text).to(device)
     if init is not None:
@@ -562,7 +563,7 @@ def load_sasrec(path: str | Path, device: str = "cpu") -> SASRec:
     ckpt = load_checkpoint(path, kind="SASRec checkpoint", keys=("model", "config", "num_items"))
     model = SASRec(ckpt["num_items"], SASRecConfig(**saved_config(ckpt["config"])))
     model.load_state_dict(ckpt["model"])
-    return model.to(resolve_device(device)).eval()
+    return model.to(usable_device(device)).eval()
 
 
 def save_sasrec(model: SASRec, path: str | Path) -> None:

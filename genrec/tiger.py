@@ -30,7 +30,7 @@ from genrec.errors import DataFormatError
 from genrec.generative import evaluate
 from genrec.trie import PrefixTrie, trie_of
 from genrec.training import TrainResult, fit, setup
-from genrec.model_settings import check_training_config, resolve_device, saved_config
+from genrec.model_settings import check_training_config, saved_config, usable_device
 from genrec.splits import Instances, LeaveOneOutSplit
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ def train_tiger(split: LeaveOneOutSplit, table: Any, config: TigerConfig | None 
         raise DataFormatError(f"the semantic-ID table has {len(table.codes)} items but the dataset has "
                               f"{split.num_items}; was it built for another dataset?")
     setup(config)
-    device = resolve_device(config.device)  # after setup: under torchrun "cuda" is this rank's GPU
+    device = usable_device(config.device)  # after setup: under torchrun "cuda" is this rank's GPU
     model = TigerModel(table.codes, table.codebook_sizes, config).to(device)
     examples = tiger_examples(split.train, split.users, config.max_items)
     valid = split.valid.sample(config.eval_users, config.seed)
@@ -330,7 +330,7 @@ def load_tiger(path: str | Path, device: str = "cpu") -> TigerModel:
     ckpt = load_checkpoint(path, kind="TIGER model checkpoint", keys=("model", "config", "codes", "codebook_sizes"))
     model = TigerModel(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"], TigerConfig(**saved_config(ckpt["config"])))
     model.load_state_dict(ckpt["model"])
-    return model.to(resolve_device(device)).eval()
+    return model.to(usable_device(device)).eval()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -229,6 +229,10 @@ def test_load_codes_formats(tmp_path):
     keyed = ["item_id\tc0\tc1"] + [f"item{j}\t{a}\t{b}" for j, (a, b) in reversed(list(enumerate(codes)))]
     (tmp_path / "keyed.tsv").write_text("\n".join(keyed) + "\n")
     assert (load_codes(tmp_path / "keyed.tsv", ds) == codes).all()
+    (tmp_path / "twice.tsv").write_text("\n".join(keyed + ["item0\t9\t9"]) + "\n")  # the later row silently won
+    with pytest.raises(DataFormatError, match=rf"twice.tsv:{len(keyed) + 1}: item_id 'item0' repeated \(first at line "
+                                              rf"{len(keyed)}\)"):
+        load_codes(tmp_path / "twice.tsv", ds)
     (tmp_path / "sid").mkdir()
     np.save(tmp_path / "sid" / "codes.npy", codes)
     assert (load_codes(tmp_path / "sid", ds) == codes).all()

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from genrec.cli import main
 from genrec.data import ItemText, SequenceDataset, write_plain
@@ -213,3 +214,14 @@ def test_quantize_bad_inputs(data, tmp_path, capsys):
                                str(data / "good")])
     assert rc == 0 and err == ""
     assert json.loads((tmp_path / "q" / "semantic_ids.json").read_text())["num_items"] == 12
+    # --show of a readable JSON that is no diagnostics file, and devices this machine cannot use: named, no traceback
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "diagnostics.json").write_text("{}")
+    rc, err = run_cli(capsys, ["quantize", "--show", str(tmp_path / "other")])
+    assert rc == 2 and err.startswith(f"genrec quantize: error: {tmp_path / 'other' / 'diagnostics.json'}: not a "
+                                      "diagnostics file of genrec quantize (KeyError")
+    for device, message in (("nonsense", "is not a torch device"),
+                            *([("cuda", "torch sees no CUDA GPU here")] if not torch.cuda.is_available() else [])):
+        rc, err = run_cli(capsys, ["quantize", *out, "--method", "rq_vae", "--device", device, str(data / "good")])
+        assert rc == 2 and err.startswith(f"genrec quantize: error: argument --device: device {device!r}") and \
+            message in err, err

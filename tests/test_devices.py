@@ -143,3 +143,19 @@ def test_recipe_device_leaves_the_stage_hashes_unchanged():
     for stage in STAGES:
         for sec in stage.sections:
             assert section_for_hash(plain, sec) == section_for_hash(on_gpu, sec), (stage.name, sec)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a CUDA GPU")
+def test_a_gpu_this_machine_lacks_is_a_config_error_naming_it(tmp_path, split, capsys):
+    """torch raised "AssertionError: Torch not compiled with CUDA enabled" (a traceback in the CLI) from the
+    first model move, after the data had loaded."""
+    from genrec import cli
+
+    config = SASRecConfig(hidden=16, num_blocks=1, max_len=8, max_epochs=1)
+    with pytest.raises(ConfigError, match=r"device 'cuda': torch sees no CUDA GPU here"):
+        train_sasrec(split, SASRecConfig(**{**config.__dict__, "device": "cuda"}), progress=False)
+    save_sasrec(train_sasrec(split, config, progress=False).model, tmp_path / "s.pt")
+    with pytest.raises(ConfigError, match=r"device 'cuda:1': torch sees no CUDA GPU here"):
+        load_sasrec(tmp_path / "s.pt", device="cuda:1")
+    assert cli.main(["sasrec", "synthetic:num_users=30", "--set", "device=cuda", "max_epochs=1"]) == 2
+    assert "device 'cuda': torch sees no CUDA GPU here" in capsys.readouterr().err

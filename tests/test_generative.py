@@ -129,7 +129,14 @@ def test_cli(tmp_path):
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["invalid_rate"] == 0.0 and "ndcg@5" in metrics["test"]
+    assert "recall@10" not in metrics["test"]  # a 5-item beam has no recall@10 (it read as recall@5)
     assert (out / "best.pt").exists()
+    # a table of other items (same count) is refused: each item would train on another's codes
+    t = cyclic_table()
+    SemanticIdTable(t.codes, t.codebook_sizes, [f"x{k}" for k in range(t.num_items)]).save(
+        tmp_path / "other" / "semantic_ids.json")
+    assert main(["generative", str(tmp_path / "data"), "--semantic-ids", str(tmp_path / "other"), "--out",
+                 str(tmp_path / "run2"), "--set", "max_epochs=1"]) == 2
 
 
 def test_repeat_gate_is_a_distribution_over_the_catalogue(split, trained):

@@ -304,8 +304,19 @@ def test_full_code_collisions_count_as_prefix_memorization():
 
 
 def test_token_memorization_rejects_short_code_tables():
-    with pytest.raises(ValueError, match="codes has 6 rows but instances use item 7"):
+    with pytest.raises(ValueError, match=r"target 7 is outside the graph's items 0..5"):
         token_memorization(seqs([0, 1]), (seqs([4]), np.array([7])), CODES)
+
+
+def test_items_outside_the_graph_are_refused_not_mislabelled():
+    """Edge keys are u * num_nodes + v: target 5 of a 5-item graph read the edge (1 -> 0) as (1 -> 5)
+    and was labelled memorization; a -1 in a history was skipped as an empty slot."""
+    graph = TransitionGraph([np.array([2, 0])], 5)
+    with pytest.raises(ValueError, match=r"target 5 is outside the graph's items 0..4"):
+        label_instances(graph, (seqs([1]), np.array([5])))
+    with pytest.raises(ValueError, match=r"history item -1 is outside the graph's items 0..4"):
+        label_instances(graph, (seqs([2, -1]), np.array([0])))
+    assert label_instances(graph, (seqs([2]), np.array([0]))).groups().tolist() == ["memorization"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -227,6 +227,12 @@ def test_chunked_ranks_equal_ranks_from_scores_with_ties_nan_and_masks(chunk):
         np.testing.assert_array_equal(got, expected)
     assert expected[0] == MISS_RANK
     assert max(calls) <= chunk
+    # float64 scores 2e-7 apart are not tied (float32 made them equal: the target lost a place)
+    close = np.tile(np.array([-12.0000003, -12.0000001, -15.0]), (2, 1))
+    assert ranks_from_scores(close, np.array([1, 0])).tolist() == [0, 1]
+    got = ranks_from_score_chunks(lambda rows, a, b: torch.from_numpy(close[:, a:b] if rows is None else close[rows, a:b]),
+                                  3, np.array([1, 0]), chunk)
+    assert got.tolist() == [0, 1]
 
 
 def test_chunked_ranks_reject_targets_outside_the_catalogue():

@@ -340,6 +340,8 @@ def test_analyze_bad_semantic_id_analysis_inputs(tmp_path):
             ([f"sasrec={tmp_path / 'topk.npz'}"], "the name 'sasrec' is given twice")]:  # after topk's
         with pytest.raises(ConfigError, match=message):
             _run_analyze([data, "--out", out, *topk, *argv])
+    with pytest.raises(ConfigError, match="--ks acts only with --predictions"):  # was silently ignored
+        _run_analyze([data, "--out", out, "--ks", "100"])
     assert not Path(out).exists()
     assert _run_analyze([data, "--out", out, *topk, "--ks", "5", "5", "--metric", "recall@5"]) == 0
     assert json.loads((Path(out) / "per_category.json").read_text())["ks"] == [5]  # repeated cutoffs once

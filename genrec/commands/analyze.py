@@ -201,12 +201,15 @@ def _read_code_text(path: Path, dataset: SequenceDataset) -> np.ndarray:
         return np.array([[int(x) for x in r] for _, r in rows], dtype=np.int64)
     codes = np.full((dataset.num_items, width.pop() - 1), -1, dtype=np.int64)
     seen = np.zeros(dataset.num_items, dtype=bool)
+    first_line = np.zeros(dataset.num_items, dtype=np.int64)
     for lineno, r in rows:
         j = dataset.item_index.get(r[0])
         if j is None:
             raise DataFormatError(f"{path}:{lineno}: unknown item_id {r[0]!r}")
+        if seen[j]:  # the later row silently won
+            raise DataFormatError(f"{path}:{lineno}: item_id {r[0]!r} repeated (first at line {first_line[j]})")
         codes[j] = [int(x) for x in r[1:]]
-        seen[j] = True
+        seen[j], first_line[j] = True, lineno
     if not seen.all():
         raise DataFormatError(f"{path}: {int((~seen).sum())} item(s) have no code row")
     return codes
@@ -324,7 +327,7 @@ _DEPENDENT_OPTIONS = (
     (("win_pair", "id_model", "gr_model", "sasrec", "generative", "indicators"), "--indicator-validation",
      lambda a: a.indicator_validation),
     (("beam",), "--generative", lambda a: a.generative),
-    (("metric",), "--predictions", lambda a: a.predictions),
+    (("metric", "ks"), "--predictions", lambda a: a.predictions),
     (("token_hop",), "--codes or --sweep-embeddings", lambda a: a.codes or a.sweep_embeddings),
     (("sweep_sizes", "sweep_levels", "sweep_method", "sweep_seed", "sweep_train_minutes", "sweep_train_epochs"),
      "--sweep-embeddings", lambda a: a.sweep_embeddings),

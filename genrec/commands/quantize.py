@@ -119,7 +119,13 @@ def run(args: argparse.Namespace) -> int:
         if not path.is_file():
             print(f"genrec quantize: error: {path} not found", file=sys.stderr)
             return 2
-        print(format_diagnostics(load_json(path)))
+        try:
+            text = format_diagnostics(load_json(path))
+        except (KeyError, TypeError, AttributeError, ValueError) as e:  # readable JSON of another shape
+            print(f"genrec quantize: error: {path}: not a diagnostics file of genrec quantize "
+                  f"({type(e).__name__}: {e})", file=sys.stderr)
+            return 2
+        print(text)
         return 0
     if not args.dataset:
         print("genrec quantize: error: a dataset is required (or --show DIR)", file=sys.stderr)
@@ -128,6 +134,13 @@ def run(args: argparse.Namespace) -> int:
     from quantize import TextEncoder, TextTemplate, build_semantic_ids
 
     try:
+        from genrec.errors import ConfigError
+        from genrec.model_settings import usable_device
+
+        try:  # before loading anything: "nonsense" or a GPU this machine lacks
+            usable_device(args.device)
+        except ConfigError as e:
+            raise ConfigError(f"argument --device: {e}") from None
         cfg = _parse_set(args.set, args.method)
         for name, key in (("levels", "levels"), ("subspaces", "subspaces"), ("codebook_size", "codebook_size")):
             value = getattr(args, name)

@@ -51,7 +51,8 @@ def naive_labels(sets: tuple[list[dict], list[dict]], histories, targets, max_ho
             names.append("memorization")
             continue
         found = None
-        for h in range(1, max_hop + 1):
+        for h in range(1, min(max_hop, len(hist)) + 1):  # hop h only for histories of >= h items (the library's
+            # default, hop_needs_history=True, as the paper's code)
             for kind in ("substitutability", "symmetry", "transitivity", "second_order_symmetry"):
                 for d in range(1, min(h, len(hist)) + 1):
                     u = hist[-d]

@@ -375,3 +375,22 @@ def _beauty_reference(graph: TransitionGraph, history: list[int], t: int) -> dic
                 if ok and kind not in found:
                     found[kind] = h
     return found
+
+
+def test_the_bench_naive_labeller_agrees_with_the_library_on_short_histories():
+    """bench/labels_beauty.py's set-based reference checked every hop whatever the history length (the
+    old rule), so it disagreed with label_instances on histories shorter than max_hop, which Beauty's
+    test users never have: [3, 0, 1] -> 2 read transitivity@4 there, uncategorized in the library."""
+    from tests.scripts import load_script
+
+    bench = load_script("bench/labels_beauty.py")
+    train = seqs([3, 7, 8, 9, 5], [5, 2])
+    case = (seqs([3, 0, 1]), np.array([2]))
+    assert label_instances(TransitionGraph(train, 10, max_hop=4), case).names().tolist() == ["uncategorized"]
+    assert bench.naive_labels(bench.naive_sets(train, 4), *case, 4) == ["uncategorized"]
+    rng = np.random.default_rng(0)
+    train = [rng.integers(0, 12, size=rng.integers(2, 8)) for _ in range(30)]
+    histories = [rng.integers(0, 12, size=rng.integers(1, 6)) for _ in range(300)]
+    targets = rng.integers(0, 12, size=300)
+    want = label_instances(TransitionGraph(train, 12, max_hop=4), (histories, targets)).names().tolist()
+    assert bench.naive_labels(bench.naive_sets(train, 4), histories, targets, 4) == want

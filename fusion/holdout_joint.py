@@ -7,8 +7,9 @@ on held-out transitions, the validation split. This schedule holds transitions o
 data itself, so the gate never sees a validation or test target and the validation split stays a
 clean score for choosing between models. One run, three stages:
 
-1. **towers**: SASRec and the generative model trained on every user's training sequence minus its
-   last item (genrec's own trainers, early-stopped on validation NDCG@10: model selection only);
+1. **towers**: SASRec and the generative model trained on the training sequences, a seeded
+   ``holdout_share`` of the users' without its last item (genrec's own trainers, early-stopped on
+   validation NDCG@10: model selection only);
 2. **gate**: both towers' candidates and indicators for the held-out transitions (history: the
    shortened sequence; target: the item left out; transition statistics from the shortened
    sequences, so a held-out transition counts as unseen exactly as a validation one does), and a
@@ -36,8 +37,10 @@ its result atomically and a rerun resumes where the last one stopped (the towers
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -228,6 +231,31 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def _towers_digest(*models: Any) -> str:
+    """SHA-256 (16 hex digits) of the towers' weights: what gates fitted on their outputs depend on."""
+    h = hashlib.sha256()
+    for model in models:
+        for name, tensor in model.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _restart_if_other_init(out: Path, kind: str, suffix: str, digest: str) -> None:
+    """Clear the ``suffix`` tower directories of ``kind`` when they were started from other stage-1 towers
+    (``init.json`` in ``out`` records the digest each started from)."""
+    record = out / f"init{suffix}_{kind}.json"
+    dirs = [out / f"{name}{suffix}" for name in (("joint",) if kind == "joint" else ("sasrec", "generative"))]
+    if record.is_file() and load_json(record).get("stage1_towers") != digest:
+        log.info("holdout joint: the stage-1 %s towers changed; the %s towers start again", kind, suffix[1:])
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    if any(d.exists() for d in dirs) and not record.is_file():  # from before the record: cannot tell, restart
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    save_json(record, {"stage1_towers": digest})
+
+
 def _train_towers(split: LeaveOneOutSplit, table: Any, config: HoldoutJointConfig, out: Path | None, suffix: str,
                   progress: bool, init: Any = None, refresh: bool = False,
                   item_text: np.ndarray | None = None) -> tuple[SASRec, HierarchicalGenerative, Any]:
@@ -302,9 +330,12 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
 
         t0 = time.perf_counter()
         gate_path = out / ("gates.pt" if len(kinds) == 1 else f"gates_{kind}.pt") if out is not None else None
-        # what the saved gates were fitted with: other settings refit them (seconds), never reuse them
+        # what the saved gates were fitted with: other settings, or other stage-1 towers (a rerun with a
+        # larger max_epochs resumes and trains them on), refit them (seconds), never reuse them
+        digest = _towers_digest(sasrec, generative)
         gate_settings = json.loads(json.dumps({"towers": kind, "scales": list(config.scales()), "gate": config.gate,
-                                               "k": config.k, "beam": config.beam}))  # as it reads back from the file
+                                               "k": config.k, "beam": config.beam,
+                                               "stage1_towers": digest}))  # as it reads back from the file
         settings_path = gate_path.with_suffix(".json") if gate_path is not None else None
         if (gate_path is not None and gate_path.is_file() and settings_path.is_file()
                 and load_json(settings_path) == gate_settings):
@@ -327,6 +358,8 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
         towers[label(kind, "stage1")] = (kind, (sasrec, generative))
         if config.refresh_epochs:
             t0 = time.perf_counter()
+            if out is not None:  # a refresh started from other stage-1 towers starts again from these
+                _restart_if_other_init(out, kind, "_refresh", digest)
             towers[label(kind, "refreshed")] = (kind, _train_towers(split, table, kc, out, "_refresh", progress,
                                                                     init=state, refresh=True, item_text=item_text)[:2])
             seconds[label(kind, "refresh")] = time.perf_counter() - t0

@@ -80,7 +80,8 @@ class JointConfig:
     # How the generative tower enters the objective: "catalogue" (exact log-probs of every item, cost
     # ~ number of distinct code prefixes per position), "target" (the target's log-prob only: scales
     # to any catalogue; mixing "mixture" only; evaluation fuses on candidates, see JointModel.scores),
-    # or "auto": catalogue up to catalogue_max_items items, target beyond.
+    # or "auto": catalogue up to catalogue_max_items items when a batch's activations fit in
+    # CATALOGUE_SCOPE_BYTES (catalogue_scope_bytes: it grows with the distinct code prefixes), else target.
     gr_scope: str = "auto"
     catalogue_max_items: int = 4096
     candidates: int = 50  # target scope: top-K of each tower (GR beam width) fused at evaluation
@@ -126,6 +127,19 @@ class JointConfig:
 
 # ----------------------------------------------------------------------------------------------
 # Generative tower: differentiable catalogue log-probs
+
+
+#: the most activation memory ``gr_scope="auto"`` lets the catalogue scope keep for a batch's backward pass
+CATALOGUE_SCOPE_BYTES = 2 * 2**30
+
+
+def catalogue_scope_bytes(config: "JointConfig", gr: HierarchicalGenerative) -> int:
+    """An estimate of the activations the catalogue scope keeps for one training batch's backward pass:
+    the code head runs on every distinct code prefix at every position, ``[positions, prefixes, 4H]``
+    float32 per head layer. It grows with the prefixes, not the items: 4,000 items with 3 x 256 codes
+    (~3,900 prefixes) need ~86 MiB a position at the default width, ~84 GiB for a batch of 128 histories."""
+    prefixes = sum(len(r) for r in _PrefixIndex(gr).rep)
+    return config.batch_size * config.max_len * prefixes * 4 * gr.config.hidden * max(1, gr.config.head_layers) * 4
 
 
 class _PrefixIndex:
@@ -233,7 +247,8 @@ class JointModel(nn.Module):
         if self.gr_tower.num_items != num_items:
             raise ValueError(f"codes have {self.gr_tower.num_items} items, the catalogue {num_items}")
         self.scope = config.gr_scope if config.gr_scope != "auto" else (
-            "catalogue" if num_items <= config.catalogue_max_items else "target")
+            "catalogue" if num_items <= config.catalogue_max_items
+            and catalogue_scope_bytes(config, self.gr_tower) <= CATALOGUE_SCOPE_BYTES else "target")
         if self.scope == "target" and config.mixing != "mixture":
             raise ValueError(f"{num_items} items: the target scope (gr_scope) needs mixing 'mixture'")
         self.feature_names = GATE_FEATURES if self.scope == "catalogue" else TARGET_SCOPE_FEATURES

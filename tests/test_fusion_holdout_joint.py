@@ -2,6 +2,7 @@
 generalization dataset: what the gate is fitted on, what it learns, resume, leakage."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from fusion.holdout_joint import (HoldoutJointConfig, holdout_transitions, load_
                                   train_holdout_joint)
 from fusion.methods import SCALES, LearnedGateFusion, params_equal
 from fusion.report import single_model_topk
+from genrec.artifacts import load_json
 from genrec.errors import CheckpointError, ConfigError, DataFormatError
 from genrec.generative import train_generative
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
@@ -169,6 +171,40 @@ def test_a_rerun_with_other_gate_settings_refits_the_gates_and_other_held_out_tr
     assert again.selection["stage1/minmax"] == first.selection["stage1/minmax"]  # the same towers, resumed
     with pytest.raises(CheckpointError, match=r"held_out.json: this directory's towers held out other transitions"):
         train_holdout_joint(split, table, replace(quick, holdout_seed=1), out_dir=tmp_path / "run")
+
+
+
+def test_a_rerun_whose_stage1_towers_train_on_refits_the_gates_and_restarts_the_refresh(tmp_path, monkeypatch):
+    """max_epochs may grow on a rerun: the stage-1 towers resume and train on, and the gates fitted on the
+    old towers' outputs were reused (their settings matched); the refresh resumed from the old towers."""
+    ds, split, table = synthetic_split(num_users=120)
+    epochs = lambda n: replace(CONFIG, scale="minmax", refresh_epochs=1,  # noqa: E731
+                               sasrec=replace(CONFIG.sasrec, max_epochs=n), generative=replace(CONFIG.generative,
+                                                                                               max_epochs=n))
+    train_holdout_joint(split, table, epochs(1), out_dir=tmp_path / "run")
+    fits, inits = [], []
+    real_fit, real_sasrec = LearnedGateFusion.fit, hj.train_sasrec
+
+    def counted(self, *a, **k):
+        fits.append(1)
+        return real_fit(self, *a, **k)
+
+    def sasrec(split, config, out, progress, init=None, **kw):
+        inits.append((Path(out).name, init is not None and (Path(out) / "last.pt").is_file()))
+        return real_sasrec(split, config, out, progress, init=init, **kw)
+
+    monkeypatch.setattr(LearnedGateFusion, "fit", counted)
+    monkeypatch.setattr(hj, "train_sasrec", sasrec)
+    train_holdout_joint(split, table, epochs(1), out_dir=tmp_path / "run")  # nothing changed: all reused
+    assert fits == [] and inits == [("sasrec", False), ("sasrec_refresh", True)]
+    fits.clear(), inits.clear()
+    again = train_holdout_joint(split, table, epochs(2), out_dir=tmp_path / "run")
+    assert fits == [1]  # refitted on the stage-1 towers as they are now
+    assert inits == [("sasrec", False), ("sasrec_refresh", False)]  # the refresh started again from them
+    stage1 = (load_sasrec(tmp_path / "run" / "sasrec" / "best.pt"),
+              hj.load_generative(tmp_path / "run" / "generative" / "best.pt"))
+    assert load_json(tmp_path / "run" / "gates.json")["stage1_towers"] == hj._towers_digest(*stage1)
+    assert again.selection
 
 
 def test_retrained_towers_are_the_separately_trained_ones_under_the_held_out_gate(tmp_path):

@@ -261,3 +261,21 @@ def test_no_training_transition_is_an_error_not_an_untrained_model():
     cfg = JointConfig(id_tower=SMALL_ID, gr_tower=SMALL_GR, max_len=20, max_epochs=1)
     with pytest.raises(DataFormatError, match=r"joint\[joint\]: no training batch"):
         train_joint(empty, table, cfg)
+
+
+def test_auto_scope_weighs_the_catalogue_scopes_memory_not_only_the_item_count():
+    """4,000 items (under catalogue_max_items) with 3 x 256 codes: ~3,900 code prefixes, whose catalogue
+    scope keeps ~199 GiB of activations for one default batch; auto took it (only the item count was
+    read). A small code table keeps the catalogue scope."""
+    from fusion.joint import CATALOGUE_SCOPE_BYTES, JointModel, catalogue_scope_bytes
+    from genrec.generative import HierarchicalGenerative
+
+    rng = np.random.default_rng(0)
+    codes = np.unique(rng.integers(0, 256, size=(4000, 3)), axis=0)
+    codes = np.concatenate([codes, np.zeros((len(codes), 1), np.int64)], 1)
+    config = JointConfig()
+    assert catalogue_scope_bytes(config, HierarchicalGenerative(codes, [256, 256, 256, 1], config.gr_tower)) > \
+        50 * CATALOGUE_SCOPE_BYTES
+    assert JointModel(len(codes), codes, [256, 256, 256, 1], config).scope == "target"
+    small = np.stack([np.arange(64) // 8, np.arange(64) % 8], 1)
+    assert JointModel(64, small, [8, 8], config).scope == "catalogue"

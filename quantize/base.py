@@ -21,7 +21,8 @@ from genrec.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Quantizer", "as_embeddings", "kmeans", "nearest", "load_quantizer", "faiss_threads", "QUANTIZERS"]
+__all__ = ["Quantizer", "as_embeddings", "kmeans", "nearest", "load_quantizer", "faiss_threads", "QUANTIZERS",
+           "check_centroids", "check_positive_ints"]
 
 #: name -> class, filled by each quantizer module on import (see :func:`quantize.make_quantizer`).
 QUANTIZERS: dict[str, type["Quantizer"]] = {}
@@ -256,6 +257,16 @@ class Quantizer(ABC):
     def __repr__(self) -> str:
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({cfg})"
+
+
+def check_centroids(centroids: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]]) -> None:
+    """``ValueError`` unless there is one centroid array per level / sub-space with the expected shape
+    (a loaded state must fit the file's codebook sizes and dimension, or encode returns garbage)."""
+    if len(centroids) != len(shapes):
+        raise ValueError(f"{len(centroids)} centroid arrays for {len(shapes)} codebooks")
+    for level, (c, shape) in enumerate(zip(centroids, shapes)):
+        if c.shape != tuple(shape):
+            raise ValueError(f"codebook {level}'s centroids are {list(c.shape)}, not {list(shape)}")
 
 
 def load_quantizer(path: str | Path) -> Quantizer:

@@ -382,6 +382,12 @@ class TextEncoder:
         vecs: np.ndarray | None = None
         if self.cache is not None:
             hit, cached = self.cache.get(keys)
+            damaged = ~np.isfinite(cached).all(1) if len(cached) else np.zeros(0, dtype=bool)
+            if damaged.any():  # a tampered or damaged cache: embedded again, never passed on (nor fatal)
+                log.warning("%d cached vector(s) in %s are NaN or infinite: embedding those texts again",
+                            int(damaged.sum()), self.cache.directory)
+                hit[np.flatnonzero(hit)[damaged]] = False
+                cached = cached[~damaged]
         else:
             hit, cached = np.zeros(len(uniq_texts), dtype=bool), np.zeros((0, 0), np.float32)
         miss = np.flatnonzero(~hit)
@@ -417,5 +423,5 @@ class TextEncoder:
             finally:
                 bar.close()
         assert vecs is not None
-        check_finite(vecs, uniq_ids)  # also guards against a tampered cache
+        check_finite(vecs, uniq_ids if uniq_ids is not None else [f"text #{i}" for i in first])
         return vecs[inverse.reshape(-1)]

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from quantize.base import (Quantizer, as_embeddings, check_positive_ints, effective_k, faiss_threading, kmeans,
-                           nearest)
+from quantize.base import (Quantizer, as_embeddings, check_centroids, check_positive_ints, effective_k,
+                           faiss_threading, kmeans, nearest)
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,12 @@ class PQ(Quantizer):
         return x
 
     def fit(self, embeddings: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
+        self.dim = self._sizes = None  # unfitted until every block is: a failed refit encodes nothing
         x = as_embeddings(embeddings, ids)
+        self._bounds(x.shape[1])  # validate before any training
+        codes = self._fit_blocks(x)
         self.dim = x.shape[1]
-        self._bounds(self.dim)  # validate before any training
-        return self._fit_blocks(x)
+        return codes
 
     def _encode(self, x: np.ndarray) -> np.ndarray:
         xr = self._transform(x)
@@ -98,6 +100,7 @@ class PQ(Quantizer):
 
     def _set_state(self, state: dict[str, Any]) -> None:
         self.centroids = [np.ascontiguousarray(c, dtype=np.float32) for c in state["centroids"]]
+        check_centroids(self.centroids, [(k, b - a) for k, (a, b) in zip(self.codebook_sizes, self._bounds(self.dim))])
 
 
 class OPQ(PQ):
@@ -121,6 +124,7 @@ class OPQ(PQ):
     def fit(self, embeddings: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
         import faiss
 
+        self.dim = self._sizes = self.rotation = None  # unfitted until the end (a failed refit encodes nothing)
         x = as_embeddings(embeddings, ids)
         n, d = x.shape
         if d % self.subspaces:
@@ -148,8 +152,9 @@ class OPQ(PQ):
             opq.train(x)
         self._opq_pq = pq  # keep the Python owner alive as long as opq may point at it
         self.rotation = faiss.vector_to_array(opq.A).reshape(d, d).astype(np.float32)
+        codes = self._fit_blocks(self._transform(x))
         self.dim = d
-        return self._fit_blocks(self._transform(x))
+        return codes
 
     def _transform(self, x: np.ndarray) -> np.ndarray:
         assert self.rotation is not None
@@ -165,3 +170,5 @@ class OPQ(PQ):
     def _set_state(self, state: dict[str, Any]) -> None:
         super()._set_state(state)
         self.rotation = np.ascontiguousarray(state["rotation"], dtype=np.float32)
+        if self.rotation.shape != (self.dim, self.dim):
+            raise ValueError(f"the rotation is {list(self.rotation.shape)}, not [{self.dim}, {self.dim}]")

@@ -56,6 +56,9 @@ class Preprocessor:
         self.components = pca.components_.astype(np.float32)
         var = pca.explained_variance_.astype(np.float32)
         if self.whiten:
+            if n < 2 or not np.isfinite(var).all():  # one item: no variance to whiten by (sklearn's is NaN)
+                raise ValueError(f"whitening needs at least 2 items with different embeddings, got {n}; "
+                                 "turn whiten off")
             if (var <= 1e-12 * max(float(var.max()), 1e-30)).any():
                 raise ValueError("whitening: some principal directions have (near) zero variance; "
                                  "set pca_dim below the data's rank")

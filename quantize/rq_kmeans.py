@@ -9,7 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from quantize.base import Quantizer, as_embeddings, check_positive_ints, effective_k, kmeans, nearest
+from quantize.base import (Quantizer, as_embeddings, check_centroids, check_positive_ints, effective_k, kmeans,
+                           nearest)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class RQKMeans(Quantizer):
         return True
 
     def fit(self, embeddings: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
+        self.dim = self._sizes = None  # unfitted until every level is: an interrupted refit encodes nothing
         x = as_embeddings(embeddings, ids)
         n, d = x.shape
         residual = x.copy()  # [n, d], what the levels so far leave unexplained
@@ -95,3 +97,4 @@ class RQKMeans(Quantizer):
 
     def _set_state(self, state: dict[str, Any]) -> None:
         self.centroids = [np.ascontiguousarray(c, dtype=np.float32) for c in state["centroids"]]
+        check_centroids(self.centroids, [(k, self.dim) for k in self.codebook_sizes])

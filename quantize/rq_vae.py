@@ -154,9 +154,14 @@ class RQVAE(Quantizer):
         # Own RNG stream: the result depends on `seed` only, and the caller's global RNG (CUDA's
         # included, which manual_seed also reseeds) is untouched.
         dev = torch.device(self.device)
-        devices = [torch.cuda.current_device() if dev.index is None else dev.index] if dev.type == "cuda" else []
+        # manual_seed would reseed every GPU too: on the CPU only the CPU generator is seeded; on CUDA
+        # every GPU's state is saved and restored
+        devices = list(range(torch.cuda.device_count())) if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)
+            if dev.type == "cuda":
+                torch.manual_seed(self.seed)
+            else:
+                torch.default_generator.manual_seed(self.seed)
             gen = torch.Generator().manual_seed(self.seed)
             self.module = _build_modules(d, self.hidden_dims, self.latent_dim, sizes, self.dropout).to(self.device)
             data = self._to_tensor(x)  # [n, d]

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from genrec.artifacts import load_json, save_json
+from genrec.errors import CheckpointError
 from genrec.trie import PrefixTrie
 
 __all__ = ["disambiguate", "SemanticIdTable"]
@@ -61,13 +62,17 @@ class SemanticIdTable:
         self.codebook_sizes = tuple(int(s) for s in codebook_sizes)
         if len(self.codebook_sizes) != self.codes.shape[1]:
             raise ValueError(f"{len(self.codebook_sizes)} codebook sizes for {self.codes.shape[1]} levels")
+        if item_ids is not None and len(item_ids) != len(self.codes):  # before the checks that name items
+            raise ValueError(f"{len(item_ids)} item ids for {len(self.codes)} IDs")
+        if item_ids is not None and len(set(item_ids)) != len(item_ids):  # an id would look up one of its rows
+            seen: set[Any] = set()
+            twice = next(i for i in item_ids if i in seen or seen.add(i))
+            raise ValueError(f"item id {twice!r} appears more than once")
         too_big = np.flatnonzero((self.codes >= np.asarray(self.codebook_sizes)[None]).any(1))
         if len(too_big):
             r = int(too_big[0])
             raise ValueError(f"item {self._name(r, item_ids)}: ID {self.codes[r].tolist()} exceeds codebook "
                              f"sizes {list(self.codebook_sizes)}")
-        if item_ids is not None and len(item_ids) != len(self.codes):
-            raise ValueError(f"{len(item_ids)} item ids for {len(self.codes)} IDs")
         self.item_ids = list(item_ids) if item_ids is not None else None
         self.config = dict(config or {})
         self.disambiguated = disambiguated
@@ -111,6 +116,10 @@ class SemanticIdTable:
         base = self.codes[:, :-1]
         if c.shape[1] != base.shape[1]:
             raise ValueError(f"new codes have {c.shape[1]} levels, the table has {base.shape[1]}")
+        over = np.flatnonzero((c >= np.asarray(self.codebook_sizes[:-1])[None]).any(1))
+        if len(over):  # only the disambiguation level grows; a quantizer's codebooks are fixed
+            raise ValueError(f"new item {self._name(int(over[0]), item_ids)}: codes {c[over[0]].tolist()} exceed the "
+                             f"quantizer's codebook sizes {list(self.codebook_sizes[:-1])}")
         if (self.item_ids is None) != (item_ids is None):
             raise ValueError("give item_ids for new items exactly when the table has item ids")
         if item_ids is not None:
@@ -214,18 +223,24 @@ class SemanticIdTable:
 
     @classmethod
     def load(cls, path: str | Path) -> "SemanticIdTable":
+        """The table :meth:`save` wrote; anything else (another file, a damaged one) is a
+        :class:`~genrec.errors.CheckpointError` naming ``path``."""
         d = load_json(path)
         if not isinstance(d, dict) or d.get("format") != _FORMAT:
-            raise ValueError(f"{path}: not a genrec semantic-ID table")
-        return cls(np.asarray(d["codes"], dtype=np.int64), d["codebook_sizes"], d.get("item_ids"),
-                   d.get("config"), disambiguated=bool(d.get("disambiguated", True)))
+            raise CheckpointError(f"{path}: not a genrec semantic-ID table")
+        try:
+            return cls(np.asarray(d["codes"], dtype=np.int64), d["codebook_sizes"], d.get("item_ids"),
+                       d.get("config"), disambiguated=bool(d.get("disambiguated", True)))
+        except (KeyError, TypeError, ValueError) as e:  # a missing entry, ragged rows, clashing IDs, ...
+            raise CheckpointError(f"{path}: a damaged semantic-ID table ({type(e).__name__}: {e})") from None
 
     def __len__(self) -> int:
         return self.num_items
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, SemanticIdTable) and np.array_equal(self.codes, other.codes)
-                and self.codebook_sizes == other.codebook_sizes and self.item_ids == other.item_ids)
+                and self.codebook_sizes == other.codebook_sizes and self.item_ids == other.item_ids
+                and self.disambiguated == other.disambiguated)
 
     def __repr__(self) -> str:
         return (f"SemanticIdTable(items={self.num_items}, levels={self.num_levels}, "

@@ -62,6 +62,9 @@ class TextTemplate:
     _fields: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        m = self.max_description_chars  # a negative one cut the end off every description
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 0):
+            raise ValueError(f"max_description_chars must be an integer >= 0 or None, got {m!r}")
         if isinstance(self.segments, str):
             object.__setattr__(self, "segments", (self.segments,))
         if not self.segments:

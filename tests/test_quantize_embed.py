@@ -96,6 +96,18 @@ def test_nan_embeddings_are_an_error_naming_the_item(tmp_path):
     assert len(EmbeddingCache(tmp_path / enc.cache_key)) == 0  # nothing bad was cached
 
 
+def test_a_non_finite_cached_vector_is_embedded_again_and_errors_name_the_input_row(tmp_path, caplog):
+    """A tampered cache's NaN vector stopped every later run (rerunning never fixed it), and without ids
+    the error named the row of the sorted unique texts, not the input's."""
+    enc = TextEncoder(cache_dir=tmp_path, show_progress=False)
+    enc._model = _NaNModel()
+    EmbeddingCache(tmp_path / enc.cache_key).put(text_keys(["good b"]), np.full((1, 3), np.nan, np.float32))
+    out = enc.encode(["good b", "good a"])
+    assert np.isfinite(out).all() and "1 cached vector(s)" in caplog.text
+    with pytest.raises(ValueError, match=r"NaN.*text #0"):  # input row 0, which sorts second
+        enc.encode(["bad z", "good a"])
+
+
 def test_empty_texts_are_rejected(tmp_path):
     enc = TextEncoder(cache_dir=False)
     with pytest.raises(ValueError, match="'x2'"):

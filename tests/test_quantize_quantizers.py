@@ -106,6 +106,49 @@ def test_save_load_round_trip(name, data, fitted, tmp_path):
     torch.save(blob, tmp_path / "edited.pt")
     with pytest.raises(CheckpointError, match=r"edited.pt: a damaged or incompatible .* quantizer file \(KeyError"):
         load_quantizer(tmp_path / "edited.pt")
+    if name != "rq_vae":  # centroids that do not fit the file's codebooks: encode returned garbage codes
+        blob = torch.load(path, weights_only=True)
+        blob["state"]["centroids"] = blob["state"]["centroids"][:-1]
+        torch.save(blob, tmp_path / "short.pt")
+        with pytest.raises(CheckpointError, match=r"short.pt: .*\(ValueError: \d centroid arrays for \d codebooks"):
+            load_quantizer(tmp_path / "short.pt")
+    if name == "opq":
+        from genrec.artifacts import pack_arrays, unpack_arrays
+
+        blob = unpack_arrays(torch.load(path, weights_only=True))
+        blob["state"]["rotation"] = blob["state"]["rotation"][:-1]
+        torch.save(pack_arrays(blob), tmp_path / "rot.pt")
+        with pytest.raises(CheckpointError, match=r"rot.pt: .*the rotation is"):
+            load_quantizer(tmp_path / "rot.pt")
+
+
+@pytest.mark.parametrize("name", ["rq_kmeans", "pq", "opq"])
+def test_a_refit_that_fails_leaves_the_quantizer_unfitted(name, data, fitted):
+    """An interrupted or failed refit left the earlier fit's sizes (and dim) with part of the new
+    state: encode returned codes outside the codebooks, or refused the data it had been fitted on."""
+    import quantize.base
+
+    q = type(fitted[name][0])(**fitted[name][0].config())
+    q.fit(data[0])
+    calls = []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    real = quantize.base.kmeans
+    target = __import__(type(q).__module__, fromlist=["kmeans"])
+    target.kmeans = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            q.fit(data[0])
+    finally:
+        target.kmeans = real
+    assert not q.fitted
+    with pytest.raises(RuntimeError, match="not fitted"):
+        q.encode(data[0])
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -180,6 +223,25 @@ def test_rq_vae_leaves_global_rng_alone_and_records_history(data):
     q.fit(data[0])
     assert torch.rand(1) == before  # fit used its own RNG stream
     assert len(q.history) == 4 and {"loss", "recon", "dead_codes"} <= set(q.history[0])
+
+
+def test_a_cpu_rq_vae_fit_leaves_the_gpus_random_state_alone(data, monkeypatch):
+    """torch.manual_seed also reseeds every GPU, which fork_rng(devices=[]) does not restore."""
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    q = RQVAE(levels=2, codebook_size=16, hidden_dims=(32,), latent_dim=4, epochs=2, batch_size=100)
+    codes = q.fit(data[0])
+    assert reseeded == []
+    monkeypatch.undo()
+    again = RQVAE(levels=2, codebook_size=16, hidden_dims=(32,), latent_dim=4, epochs=2, batch_size=100)
+    np.testing.assert_array_equal(again.fit(data[0]), codes)  # the seed alone decides
+
+
+def test_whitening_one_item_is_a_clear_error():
+    from quantize.preprocess import Preprocessor
+
+    with pytest.raises(ValueError, match="whitening needs at least 2 items"):  # it blamed the item's vector (NaN)
+        Preprocessor(whiten=True).fit_transform(np.ones((1, 8), np.float32), ["only-item"])
 
 
 def test_rq_vae_stops_on_a_diverged_loss(data):

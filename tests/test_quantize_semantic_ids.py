@@ -56,6 +56,21 @@ def test_table_save_load_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="not a genrec semantic-ID table"):
         SemanticIdTable.load(tmp_path / "bad.json")
+    # the right format, damaged content: an error naming the file (a KeyError / NumPy's shape error before)
+    import json
+
+    from genrec.errors import CheckpointError
+
+    saved = json.loads((tmp_path / "ids.json").read_text())
+    for name, edit in (("nocodes", lambda d: d.pop("codes")), ("ragged", lambda d: d["codes"][0].pop())):
+        d = json.loads(json.dumps(saved))
+        edit(d)
+        (tmp_path / f"{name}.json").write_text(json.dumps(d))
+        with pytest.raises(CheckpointError, match=rf"{name}.json: a damaged semantic-ID table"):
+            SemanticIdTable.load(tmp_path / f"{name}.json")
+    flat = SemanticIdTable(CODES[:2] * 0 + np.array([[0, 1], [1, 0]]), [2, 2], disambiguated=False)
+    assert SemanticIdTable.load(flat.save(tmp_path / "flat.json")) == flat
+    assert SemanticIdTable(flat.codes, [2, 2]) != flat  # the flag counts
 
 
 def test_table_rejects_duplicate_or_out_of_range_ids():
@@ -67,6 +82,11 @@ def test_table_rejects_duplicate_or_out_of_range_ids():
         SemanticIdTable.from_codes(np.array([[0, -1]]))
     with pytest.raises(ValueError, match="integer"):
         SemanticIdTable.from_codes(np.array([[0.5, 1.0]]))
+    # the id count is checked before any message names an item (an IndexError); a repeated id refused
+    with pytest.raises(ValueError, match="1 item ids for 2 IDs"):
+        SemanticIdTable(np.array([[0, 0], [0, 5]]), [2, 2], item_ids=["a"])
+    with pytest.raises(ValueError, match="item id 'a' appears more than once"):
+        SemanticIdTable(np.array([[0, 0], [1, 0]]), [2, 2], item_ids=["a", "a"])
 
 
 def test_extend_keeps_existing_ids_and_continues_groups():
@@ -77,6 +97,9 @@ def test_extend_keeps_existing_ids_and_continues_groups():
     assert t2.codebook_sizes == (4, 3, 4)
     with pytest.raises(ValueError, match="new and distinct"):
         t.extend(np.array([[0, 0]]), item_ids=["a"])
+    # only the disambiguation level grows: a code beyond the quantizer's codebook is refused (it grew it)
+    with pytest.raises(ValueError, match=r"new item 'z': codes \[7, 1\] exceed the quantizer's codebook sizes \[4, 3\]"):
+        t.extend(np.array([[7, 1]]), item_ids=["z"])
 
 
 def test_collision_and_codebook_statistics():

@@ -57,6 +57,12 @@ def test_bad_template_segments_are_rejected(segments):
         TextTemplate(segments=segments)
 
 
+@pytest.mark.parametrize("bad", [-3, 2.5, True])
+def test_a_description_limit_must_be_a_non_negative_integer(bad):
+    with pytest.raises(ValueError, match="max_description_chars must be an integer >= 0"):  # -3 cut the end off
+        TextTemplate(max_description_chars=bad)
+
+
 def test_unknown_field_name_in_from_fields():
     with pytest.raises(ValueError, match="colour"):
         TextTemplate.from_fields(["title", "colour"])

@@ -125,9 +125,15 @@ def permute_items(dataset: SequenceDataset, order: np.ndarray, name: str | None 
         raise ValueError(f"order must be a permutation of the {dataset.num_items} items")
     new_index = np.empty_like(order)
     new_index[order] = np.arange(len(order))
-    return SequenceDataset(name or dataset.name, [dataset.item_ids[i] for i in order], list(dataset.user_ids),
-                           [new_index[s] for s in dataset.sequences], [dataset.items[i] for i in order],
-                           dataset.timestamps)
+    out = SequenceDataset(name or dataset.name, [dataset.item_ids[i] for i in order], list(dataset.user_ids),
+                          [new_index[s] for s in dataset.sequences], [dataset.items[i] for i in order],
+                          dataset.timestamps)
+    info = getattr(dataset, "synthetic", None)
+    if info is not None:  # a synthetic dataset's ground truth, renumbered with it (it was lost)
+        from genrec.synthetic import permuted_info
+
+        out.synthetic = permuted_info(info, order)  # type: ignore[attr-defined]
+    return out
 
 
 def _warm_instances(inst: Instances, full: SequenceDataset, before_target: int, num_warm: int, max_history: int
@@ -170,8 +176,10 @@ def cold_start_split(dataset: SequenceDataset, cold: np.ndarray, *, protocol: st
     valid, dropped = _warm_instances(split.valid, full, 2, num_warm, max_history)
     # the test side of the warm view is never read by training; kept consistent (warm targets only)
     test, _ = _warm_instances(split.test, full, 1, num_warm, max_history)
+    before_test = [full.sequences[u][:-1] for u in split.users]  # the full sequence's test item, then cold out
     warm = LeaveOneOutSplit(dataset=warm_ds, users=split.users, train=[s[s < num_warm] for s in split.train],
-                            valid=valid, test=test, max_history=max_history)
+                            valid=valid, test=test, max_history=max_history,
+                            before_test=[s[s < num_warm] for s in before_test])
     if len(valid) == 0:
         raise ConfigError(f"dataset {dataset.name!r}: no validation instance is left once the {len(cold)} cold "
                           f"items are removed; choose a smaller share")

@@ -67,6 +67,9 @@ class LeaveOneOutSplit:
     valid: Instances
     test: Instances
     max_history: int
+    # per kept user, the sequence without its test item where that is not the dataset's sequence minus
+    # its last item (a cold-start warm view: the last warm item need not be the test target)
+    before_test: list[np.ndarray] | None = None
 
     @property
     def num_items(self) -> int:
@@ -74,6 +77,8 @@ class LeaveOneOutSplit:
 
     def train_with_valid(self) -> list[np.ndarray]:
         """Per kept user: sequence minus the test item (what a model may train on before testing)."""
+        if self.before_test is not None:
+            return list(self.before_test)
         return [self.dataset.sequences[u][:-1] for u in self.users]
 
 

@@ -61,6 +61,7 @@ per-item factors, both maps, the held-out flags and every user's transition kind
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -120,6 +121,22 @@ class SyntheticInfo:
         """Realised share of each transition kind over all transitions."""
         allk = np.concatenate(self.kinds) if self.kinds else np.zeros(0, dtype=np.int8)
         return {name: float((allk == k).mean()) if len(allk) else 0.0 for k, name in enumerate(KIND_NAMES)}
+
+
+def permuted_info(info: SyntheticInfo, order: np.ndarray) -> SyntheticInfo:
+    """``info`` for the dataset with its items renumbered (new item ``i`` is old item ``order[i]``): the
+    per-item arrays reordered and the item indices they hold renumbered; the per-user kinds unchanged."""
+    order = np.asarray(order, np.int64)
+    new_index = np.empty_like(order)
+    new_index[order] = np.arange(len(order))
+
+    def items(a: np.ndarray) -> np.ndarray:  # item indices, -1 kept
+        return np.where(a >= 0, new_index[np.maximum(a, 0)], -1)
+
+    return dataclasses.replace(info, brand=info.brand[order], category=info.category[order],
+                               attribute=info.attribute[order], heldout=info.heldout[order],
+                               compositional_next=items(info.compositional_next[order]),
+                               memorization_next=items(info.memorization_next[order]))
 
 
 def synthetic_info(dataset: SequenceDataset) -> SyntheticInfo:

@@ -71,6 +71,22 @@ def test_share_is_seeded_and_cold_items_come_last_absent_from_training():
     assert all(np.array_equal(h, warm[int(u)]) for u, h in zip(cs.warm.valid.users, cs.warm.valid.histories))
     assert any(len(h) == 10 > len(o[o < n_warm]) for h, o in zip(warm.values(), cs.split.valid.histories))
     assert cs.summary()["cold_items"] == len(cold) and cs.summary()["protocol"] == "share"
+    # the warm view's sequences before the test item: each full sequence minus its test item, cold items out
+    # ([:-1] of the warm sequence dropped the validation target of a user whose test target is cold)
+    want = [s[:-1][s[:-1] < n_warm] for s in (cs.dataset.sequences[u] for u in cs.split.users)]
+    got = cs.warm.train_with_valid()
+    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+    assert any(t >= n_warm for t in cs.split.test.targets)  # the case that differed
+    # the synthetic ground truth is renumbered with the items (the permuted dataset had none)
+    from genrec.synthetic import synthetic_info
+
+    old_info, new_info = synthetic_info(ds), synthetic_info(cs.dataset)
+    new_of = {int(o): i for i, o in enumerate(cs.order)}
+    for i, o in enumerate(cs.order):
+        assert new_info.brand[i] == old_info.brand[o] and new_info.heldout[i] == old_info.heldout[o]
+        nxt = old_info.compositional_next[o]
+        assert new_info.compositional_next[i] == (new_of[int(nxt)] if nxt >= 0 else -1)
+    assert new_info.kind_shares() == old_info.kind_shares()
 
 
 def _with_natural_cold(ds: SequenceDataset, items: np.ndarray, users: int = 30) -> SequenceDataset:
@@ -134,8 +150,13 @@ def test_training_stages_never_see_the_cold_items(cold_run, cold_ctx):
     cold = cold_ctx.cold()
     n_warm, n = cold.num_warm, cold.num_items
     assert 0 < n_warm < n and n - n_warm == round(0.2 * n)
-    summary = load_json(cold_run / "data" / "summary.json")["cold_start"]
+    data_summary = load_json(cold_run / "data" / "summary.json")
+    summary = data_summary["cold_start"]
     assert summary["warm_items"] == n_warm and summary["cold_items"] == n - n_warm
+    # the synthetic ground truth survives the renumbering (it was lost), and the summary says what was trained on
+    assert "synthetic_kind_shares" in data_summary
+    trained = data_summary["split"]["trained_on"]
+    assert trained["items"] == n_warm and trained["train_interactions"] < data_summary["split"]["train_interactions"]
     # the quantizer was fitted on the warm items only: its table is the warm catalogue
     table = SemanticIdTable.load(cold_run / "quantize" / "semantic_ids.json")
     assert table.item_ids == cold.dataset.item_ids[:n_warm]

@@ -140,8 +140,11 @@ def stage_data(ctx: StageContext) -> dict[str, Path]:
     if config.data.keep_items_without_interactions:
         counts = np.bincount(np.concatenate(dataset.sequences), minlength=dataset.num_items)
         summary["items_without_interactions"] = int((counts == 0).sum())
-    if ctx.cold() is not None:
+    if ctx.cold() is not None:  # "split" is the whole data's (test's); the models train on the warm view
         summary["cold_start"] = ctx.cold().summary()
+        warm = ctx.training()[1]
+        summary["split"]["trained_on"] = {"items": warm.num_items, "valid": len(warm.valid),
+                                          "train_interactions": int(sum(len(s) for s in warm.train))}
     return {"summary": save_json(run_dir / "data" / "summary.json", summary)}
 
 

@@ -9,8 +9,8 @@ candidates by
     log pi      + log softmax(z / T)[j]            a new item j, the softmax over every new item
 
 where ``fused`` is the fusion method's score and ``z`` SASRec's logit of each new item
-(:func:`new_item_logits`: through its nearest trained item's ID embedding, plus its own text in a
-content-aware SASRec; measured on Beauty's validation, these rank the new items better than the
+(:func:`new_item_logits`: through its nearest trained item's ID embedding (the learned unknown-ID
+vector after ``id_dropout``), plus its own text in a content-aware SASRec; measured on Beauty's validation, these rank the new items better than the
 text part alone, BENCHMARKS.md). ``pi`` plays the prior share of new-item targets and ``T`` /
 ``T_warm`` are temperatures (a log-prob fusion's scores are log-probabilities already, a min-max
 fusion's lie in [0, 1] and need a small ``T_warm`` to spread); :func:`fit_new_item_mixture`
@@ -97,7 +97,7 @@ def new_item_logits(sasrec: Any, histories: Sequence[np.ndarray], first_new: int
                     ) -> np.ndarray:
     """``float32 [n, num_items - first_new]``: SASRec's logits of the items ``first_new ..`` (added
     after training: :func:`genrec.new_items.sasrec_with_new_items` gave them their nearest trained
-    item's ID embedding, plus their own text in a content-aware model) for ``histories`` of item
+    item's ID embedding or the unknown-ID vector, plus their own text in a content-aware model) for ``histories`` of item
     indices the model reads (non-empty), the learned repeat bias included."""
     import torch
 

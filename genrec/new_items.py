@@ -18,7 +18,8 @@ then appends it with the next free disambiguation code of its base-code group
   embeddings): a copy of it gives each new item the ID embedding of its nearest catalogue item by
   text cosine among those with training interactions (:func:`nearest_items`,
   :func:`sasrec_with_new_items`), so it reads and scores the new item as it would that
-  neighbour. Without item embeddings (a recommender saved before they
+  neighbour; a content-aware SASRec adds the projection of the new item's own text, and one trained
+  with ``id_dropout`` gives it its learned unknown-ID vector instead of the neighbour's. Without item embeddings (a recommender saved before they
   were kept) SASRec is left as it is and cannot score the new items;
 - every post-hoc fusion method, through both towers (or through the generative model alone when
   SASRec cannot score the item: :mod:`fusion.methods`, "Candidates the ID model cannot score");

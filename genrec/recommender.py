@@ -376,8 +376,9 @@ class Recommender:
 
     def add_items(self, items: Sequence[dict[str, Any]], *, cache_dir: Any = None) -> list[str]:
         """Add new catalogue items (dicts: ``item_id`` plus text fields) without retraining, in place;
-        returns their ids. The generative model, SASRec (through each new item's nearest catalogue
-        item by text, when the recommender keeps item embeddings) and the fusion methods can
+        returns their ids. The generative model, SASRec (through each new item's nearest trained item
+        by text, or its unknown-ID vector after ``id_dropout``, plus its own text in a content-aware
+        model, when the recommender keeps item embeddings) and the fusion methods can
         recommend them at once; the end-to-end joint model cannot (:func:`genrec.new_items.add_items`)."""
         from genrec.new_items import add_items
 

@@ -128,6 +128,31 @@ def test_joint_config_checks():
     assert cfg.nonfinite_loss == "error"
 
 
+def test_the_end_to_end_joint_model_never_trains_on_a_validation_target_and_resumes_exactly(tmp_path, caplog):
+    """Validation only chooses the epoch: with one validation at the end, shuffled validation targets
+    give the same weights. A run killed after epoch 1 (its last.pt) and resumed ends as the straight
+    two-epoch run, gate batch-norm statistics and RNG streams included."""
+    from dataclasses import replace as dc_replace
+
+    from genrec.splits import Instances
+
+    ds, split, table = synthetic_split(num_users=80)
+    cfg = JointConfig(id_tower=SMALL_ID, gr_tower=SMALL_GR, max_len=20, batch_size=64, num_threads=1, lr=1e-2,
+                      max_epochs=2, eval_every=2, patience=100, seed=0)
+    straight = train_joint(split, table, cfg).model
+    v = split.valid
+    shuffled = dc_replace(split, valid=Instances(users=v.users, histories=v.histories,
+                                                 targets=np.random.default_rng(0).permutation(v.targets)))
+    for a, b in zip(straight.state_dict().values(), train_joint(shuffled, table, cfg).model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    train_joint(split, table, dc_replace(cfg, max_epochs=1), out_dir=tmp_path)
+    with caplog.at_level("INFO", logger="genrec.training"):
+        resumed = train_joint(split, table, cfg, out_dir=tmp_path).model
+    assert "resumed joint[joint] from" in caplog.text and "at epoch 1" in caplog.text
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_joint_divergence_resume_and_bad_histories(tmp_path):
     from genrec.artifacts import load_checkpoint
     from genrec.errors import TrainingDivergedError

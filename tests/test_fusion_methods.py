@@ -114,6 +114,30 @@ def test_no_test_targets_in_fitting(msp_case):
     assert not params_equal(moved.params(), a["learned_gate"].params)
 
 
+def test_the_inputs_built_for_test_never_read_its_targets():
+    """model_inputs (candidates, both towers' scores, indicators) on real towers: the same with the test
+    targets shuffled; a target slipped among the candidates or into the statistics would show."""
+    from dataclasses import replace as dc_replace
+
+    from fusion.adapters import model_inputs
+    from fusion.indicators import TrainStats
+    from genrec.generative import train_generative
+    from genrec.sasrec import train_sasrec
+    from tests.test_fusion_joint import SMALL_GR, SMALL_ID, synthetic_split
+
+    _, split, table = synthetic_split(num_users=80)
+    sas = train_sasrec(split, dc_replace(SMALL_ID, max_epochs=1, max_len=20, num_threads=1), progress=False).model
+    gen = train_generative(split, table, dc_replace(SMALL_GR, max_epochs=1, max_len=20, num_threads=1,
+                                                    eval_beam=10), progress=False).model
+    stats = TrainStats(split.train, split.num_items, table.codes)
+    test = split.test
+    shuffled = dc_replace(test, targets=np.random.default_rng(0).permutation(test.targets))
+    a, b = (model_inputs(sas, gen, inst, stats, k=10, beam=10) for inst in (test, shuffled))
+    for field in ("items", "id_scores", "gr_scores", "id_in_topk", "gr_in_topk"):
+        np.testing.assert_array_equal(getattr(a.cands, field), getattr(b.cands, field))
+    np.testing.assert_array_equal(a.indicators.values, b.indicators.values)
+
+
 def test_report_table(msp_case):
     valid, test = msp_case
     topk = {"sasrec": single_model_topk(test.cands, "id"), "gr": single_model_topk(test.cands, "gr")}

@@ -64,6 +64,16 @@ def test_demo_end_to_end_tiny(reference, capsys):
             {k: v for k, v in res["models"][name]["test"]["all"].items() if k.endswith("@10")})
     assert res["quantization"]["semantic_ids"]["all_unique"] and [c["holds"] in (True, False)  # every side
                                                                    for c in res["comparisons"]] == [True] * 3
+    # each verdict is the comparison of the two sides' reported test figures, the third against the best tower
+    metric = res["metric"]
+    test = {m: res["models"][m]["test"] for m in res["models"]}
+    for c in res["comparisons"]:
+        assert c["winner_value"] == test[c["winner"]][c["category"]][metric]
+        assert c["loser_value"] == test[c["loser"]][c["category"]][metric]
+        assert c["holds"] == (c["winner_value"] > c["loser_value"])
+    assert [(c["winner"], c["category"]) for c in res["comparisons"]] == [
+        ("gr", "generalization"), ("sasrec", "memorization"), (res["fusion"]["primary"], "all")]
+    assert res["comparisons"][2]["loser"] == max(("sasrec", "gr"), key=lambda m: test[m]["all"][metric])
     for s in res["stages"].values():  # each stage timed, with its own peak memory (VmHWM, reset per stage)
         assert s["timing"]["wall_s"] > 0 and s["timing"]["peak_rss_mib"] > 10 and s["timing"]["peak_rss_scope"]
     report = (reference / "report.md").read_text()
@@ -203,16 +213,19 @@ def test_resume_at_every_stage_boundary(reference, tiny, tmp_path):
     config = load_config(DEMO_YAML, overrides=tiny)
     out = tmp_path / "run"
     names = stage_names(config)
-    for name in names[:-1]:  # as a new process would
+    for k, name in enumerate(names[:-1]):  # as a new process would
+        events: dict[str, str] = {}
         with pytest.raises(StopAfterStage):
-            run_recipe(load_config(DEMO_YAML, overrides=tiny), out, stop_after=name)
+            run_recipe(load_config(DEMO_YAML, overrides=tiny), out, stop_after=name,
+                       on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None)
         assert (out / name / "stage.done.json").is_file()
         assert not (out / "results.json").exists()
+        assert events == {**{n: "skip" for n in names[:k]}, name: "done"}  # finished stages are not rerun
     run_recipe(config, out)
     assert strip_timing(_results(out)) == strip_timing(_results(reference))
 
 
-def test_resume_inside_training_stages(reference, tiny, tmp_path):
+def test_resume_inside_training_stages(reference, tiny, tmp_path, caplog):
     """A run killed in the middle of training (checkpoints, no done marker) ends with the same results."""
     from genrec.generative import train_generative
     from genrec.recipe import StageContext
@@ -230,7 +243,10 @@ def test_resume_inside_training_stages(reference, tiny, tmp_path):
     train_generative(split, table, config.generative.__class__(**{**config.generative.__dict__, "max_epochs": 1}),
                      out / "generative", progress=False)
     assert not (out / "sasrec" / "stage.done.json").exists()
-    run_recipe(config, out)
+    with caplog.at_level("INFO", logger="genrec.training"):
+        run_recipe(config, out)
+    for name in ("sasrec", "generative"):  # resumed, not restarted (a seeded restart ends the same)
+        assert f"resumed {name} from {out / name / 'last.pt'} at epoch 1" in caplog.text
     assert len(json.loads((out / "sasrec" / "history.json").read_text())) == config.sasrec.max_epochs
     assert strip_timing(_results(out)) == strip_timing(_results(reference))
 

@@ -186,8 +186,11 @@ def test_changed_file_reruns_the_embed_stage(precomputed_run, vectors, tmp_path)
 
     path, ids, x = vectors
     copy = shutil.copytree(precomputed_run, tmp_path / "run")
-    with Recipe(_config(path), copy, progress=False) as recipe:  # unchanged: every stage is done
+    events: dict[str, str] = {}
+    with Recipe(_config(path), copy, progress=False,  # unchanged: every stage is done
+                on_stage=lambda n, e, i: events.__setitem__(n, e) if e != "start" else None) as recipe:
         assert recipe.run_stage("data") and recipe.run_stage("embed")["config_hash"]
+    assert events == {"data": "skip", "embed": "skip"}  # not embedded again
     original = path.read_bytes()
     try:  # the same file with other vectors: only its fingerprint changed
         np.save(path, np.load(path) + 1.0)

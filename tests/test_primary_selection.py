@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fusion import CandidateScores, FixedWeightFusion, GateReport, Indicators
+from fusion.methods import params_equal
 from fusion.selection import CrossFit, cross_fit, cross_fitted_choice, fold_assignment, metric_values, select_best
 from genrec.artifacts import load_json, save_json
 from genrec.errors import RunDirectoryError
@@ -203,6 +204,19 @@ def test_test_targets_never_influence_the_choice(tiny_run, tmp_path):
     arrays, method = rerun("test_permuted", "test")
     assert method == chosen and arrays.keys() == original.keys()
     assert all(np.array_equal(arrays[k], original[k]) for k in original)
+    # and nothing of what the stage built for test (lists, gates, indicators) nor any fitted method moved:
+    # a test target among test's candidates or in the statistics would change them
+    from genrec.artifacts import load_arrays
+
+    for name in ("topk.npz", "gates.npz", "indicators.npz"):
+        a, b = load_arrays(tiny_run / "fusion" / name), load_arrays(tmp_path / "test_permuted" / "fusion" / name)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name
+    from fusion.persist import load_methods
+
+    fitted, refitted = load_methods(tiny_run / "fusion" / "methods.pt"), \
+        load_methods(tmp_path / "test_permuted" / "fusion" / "methods.pt")
+    assert fitted.keys() == refitted.keys() and all(params_equal(fitted[m].params(), refitted[m].params())
+                                                    for m in fitted)
     arrays, _ = rerun("valid_permuted", "valid")
     assert any(not np.array_equal(arrays[k], original[k]) for k in original if k.startswith("ranks/"))
 

@@ -78,7 +78,7 @@ def test_the_loss_trains_the_unknown_id_vector():
     assert model.unknown_id.grad is not None and model.unknown_id.grad.abs().sum() > 0
 
 
-def test_trains_resumes_saves_and_loads(tmp_path):
+def test_trains_resumes_saves_and_loads(tmp_path, caplog):
     split = leave_one_out(cyclic_dataset(), max_history=9)
     config = SASRecConfig(**SMALL, lr=5e-3, batch_size=32, max_epochs=3, eval_batch_size=64, text_dim=TEXT_DIM,
                           id_dropout=0.2)
@@ -90,7 +90,9 @@ def test_trains_resumes_saves_and_loads(tmp_path):
     # a run killed after two epochs and resumed ends where the uninterrupted one did
     from dataclasses import replace
     train_sasrec(split, replace(config, max_epochs=2), tmp_path / "c", progress=False, item_text=text)
-    c = train_sasrec(split, config, tmp_path / "c", progress=False, item_text=text).model
+    with caplog.at_level("INFO", logger="genrec.training"):
+        c = train_sasrec(split, config, tmp_path / "c", progress=False, item_text=text).model
+    assert "resumed sasrec from" in caplog.text and "at epoch 2" in caplog.text  # not a silent restart
     torch.testing.assert_close(c.state_dict(), a.state_dict())
     save_sasrec(a, tmp_path / "m.pt")
     loaded = load_sasrec(tmp_path / "m.pt")

@@ -138,9 +138,15 @@ def test_evaluation_of_a_small_catalogue_is_the_unchunked_computation(model_and_
     assert item_chunk_size(1024, 1_000_000) == 32_768
     assert item_chunk_size(1024, 1_000_000, item_chunk=10) == 10
     ranks = np.zeros(len(split.test), np.int64)
+    masked = np.zeros(len(split.test), np.int64)
     for rows, logits in iter_logits(model, split.test, 40):
         ranks[rows] = ranks_from_scores(logits, split.test.targets[rows])
+        masked[rows] = ranks_from_scores(logits, split.test.targets[rows],
+                                         exclude=[split.test.histories[r] for r in rows])
     assert evaluate(model, split.test, batch_size=40) == metrics_from_ranks(ranks)
+    # mask_history ranks with the histories excluded (a flag evaluate ignored would pass the chunk test)
+    assert evaluate(model, split.test, mask_history=True, batch_size=40) == metrics_from_ranks(masked)
+    assert metrics_from_ranks(masked) != metrics_from_ranks(ranks)
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 30])

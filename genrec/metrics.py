@@ -137,11 +137,14 @@ def _count_true(mask: torch.Tensor) -> torch.Tensor:
 def merge_topk(values: torch.Tensor | None, items: torch.Tensor | None, new_values: torch.Tensor,
                new_items: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The best ``k`` of two ranked lists per row (``values`` / ``items`` ``[n, <= k]``, None for none yet,
-    and the new ``[n, m]``): the running top-k of scores streamed over item chunks."""
+    and the new ``[n, m]``): the running top-k of scores streamed over item chunks. Ties go to the earlier
+    entry (:func:`stable_topk`): streamed in item order, the lower item index, as a whole-catalogue
+    ranking gives (``Tensor.topk`` broke them arbitrarily: a new item copying its neighbour's vector
+    came first about half the time)."""
     if values is None:
-        v, order = new_values.topk(min(k, new_values.shape[1]), dim=-1)
+        v, order = stable_topk(new_values, k)
         return v, new_items.gather(1, order)
-    v, order = torch.cat([values, new_values], 1).topk(min(k, values.shape[1] + new_values.shape[1]), dim=-1)
+    v, order = stable_topk(torch.cat([values, new_values], 1), k)
     return v, torch.cat([items, new_items], 1).gather(1, order)
 
 

@@ -32,7 +32,7 @@ from genrec.errors import CheckpointNotFoundError, ConfigError
 from genrec.layers import Block, attention_mask, unit_rows
 from genrec.sasrec_losses import LOSSES, NEGATIVES, NegativeSampler, sasrec_loss
 from genrec.sasrec_text import check_resumed_text, resolve_text_dim
-from genrec.metrics import DEFAULT_KS, merge_topk, metrics_from_ranks, ranks_from_score_chunks
+from genrec.metrics import DEFAULT_KS, merge_topk, metrics_from_ranks, ranks_from_score_chunks, stable_topk
 from genrec.splits import Instances, LeaveOneOutSplit
 from genrec.training import TrainResult, fit, setup
 from genrec.model_settings import (autocast, check_training_config, model_precision, saved_config,
@@ -356,7 +356,7 @@ def _batch_softmax_topk(score: Callable[[np.ndarray | None, int, int], torch.Ten
     if chunk >= num_items:  # the unchunked computation, exactly as before chunking existed
         z = score(None, 0, num_items)
         lp = torch.log_softmax(z, -1)
-        v, i = lp.topk(k, dim=-1)
+        v, i = stable_topk(lp, k)  # ties to the lower index, as a full ranking (topk broke them arbitrarily)
         return i, v, v[:, 0].exp(), -(lp.exp() * lp).sum(-1), z.logsumexp(-1)
     best_v = best_i = None
     m = s = t = None  # running max, sum of exp(z - m), sum of exp(z - m) * z: each [b]
@@ -371,7 +371,7 @@ def _batch_softmax_topk(score: Callable[[np.ndarray | None, int, int], torch.Ten
             scale = (m - m_new).exp()  # re-base the sums kept so far on the new maximum
             s, t = s * scale + e_sum, t * scale + ez_sum
         m = m_new
-        v, i = z.topk(min(k, z.shape[1]), dim=-1)  # this chunk's best, then merged: [b, <= k]
+        v, i = stable_topk(z, k)  # this chunk's best (ties to the lower index), then merged: [b, <= k]
         best_v, best_i = merge_topk(best_v, best_i, v, i + start, k)
     lse = m + s.log()
     # H = -sum p log p = lse - sum p z, and sum p z = t / s

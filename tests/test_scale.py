@@ -286,3 +286,39 @@ def test_sasrec_max_minutes_cuts_training_short():
     unlimited = train_sasrec(split, SASRecConfig(**{**config.__dict__, "max_minutes": None, "max_epochs": 2}),
                              progress=False)
     assert len(unlimited.history) == 2
+
+
+def test_tied_items_are_listed_lower_index_first(model_and_split):
+    """An item whose vector copies another's (a new item given its neighbour's ID embedding) ties with it:
+    Tensor.topk listed either first (about half the time the later one, so list metrics counted such
+    ties for or against a target by chance); now the lower index, as a full ranking and the recommender."""
+    import copy
+
+    from genrec.sasrec import softmax_topk
+
+    model, split = model_and_split
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for a, b in ((3, 50), (10, 20), (0, 56)):
+            twin.item_emb.weight[b + 1] = twin.item_emb.weight[a + 1]  # row 0 is padding
+    out = softmax_topk(twin, split.test, 57, 40)
+    items, lp = out["items"], out["log_probs"]
+    ties = 0
+    for a, b in ((3, 50), (10, 20), (0, 56)):
+        pos_a, pos_b = np.argmax(items == a, 1), np.argmax(items == b, 1)
+        r = np.arange(len(items))
+        tied = lp[r, pos_a] == lp[r, pos_b]  # (a row whose history holds one of them: the repeat bias decides)
+        assert (pos_a[tied] < pos_b[tied]).all(), (a, b)
+        ties += int(tied.sum())
+    assert ties > 100
+
+
+def test_streamed_top_k_keeps_ties_in_item_order_across_chunks():
+    """The running top-k over item chunks: an exact tie between a kept item and a later chunk's keeps the
+    kept (lower) one first, and the new chunk's own ties by index."""
+    from genrec.metrics import merge_topk
+
+    v, i = merge_topk(None, None, torch.tensor([[1.0, 2.0, 2.0, 0.5]]), torch.tensor([[0, 1, 2, 3]]), 3)
+    assert i.tolist() == [[1, 2, 0]]
+    v, i = merge_topk(v, i, torch.tensor([[2.0, 1.0, 3.0]]), torch.tensor([[4, 5, 6]]), 5)
+    assert i.tolist() == [[6, 1, 2, 4, 0]] and v.tolist() == [[3.0, 2.0, 2.0, 2.0, 1.0]]

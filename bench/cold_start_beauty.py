@@ -27,6 +27,7 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -118,6 +119,13 @@ def without_added_items(run: Path, config, ks=(10,)) -> dict[str, dict]:
     return out
 
 
+def _nan_for_null(obj: Any) -> Any:
+    """``obj`` with every None inside a mapping of metrics read back as NaN (strict JSON's null)."""
+    if isinstance(obj, dict):
+        return {k: (math.nan if v is None and ("@" in k) else _nan_for_null(v)) for k, v in obj.items()}
+    return obj
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "recipes" / "configs" / "amazon2014_beauty.yaml"))
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_config(args.config, preset=args.preset,
                          overrides=base + [f"data.cold_items={args.cold}", f"data.cold_seed={args.seed}"])
     results = run_recipe(config, out, progress=None)
-    cold = results["cold_start"]
+    cold = _nan_for_null(results["cold_start"])  # results.json writes a metric without value as null
     primary = results["fusion"]["primary"]  # the config's, or the one chosen on validation (fusion.primary: auto)
     table = cold_start_table(cold, 10)
     lines = [f"{config.name} ({config.data.dataset}, preset {config.preset}): cold start", "", table, "",

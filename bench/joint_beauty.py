@@ -196,10 +196,15 @@ def wide_and_deep_table(run: Path, joint_results: list[str]) -> dict:
             primary = select_best(scored, config.fusion.methods)
     n_sas = sum(p.numel() for p in load_sasrec(run / "sasrec" / "best.pt").parameters())
     n_gen = sum(p.numel() for p in load_generative(run / "generative" / "best.pt").parameters())
+    from fusion.persist import load_methods
+
+    method = load_methods(run / "fusion" / "methods.pt").get(primary)  # its gate counts, as the joint rows' does
+    n_gate = sum(p.numel() for p in method.model.parameters()) if getattr(method, "model", None) is not None else 0
     minutes = {k: res["training"][k]["curve"][-1]["minutes"] for k in ("sasrec", "gr")}
     rows = {"SASRec": (n_sas, minutes["sasrec"], res["models"]["sasrec"]["test"]),
             "generative": (n_gen, minutes["gr"], res["models"]["gr"]["test"]),
-            f"post-hoc ({primary}, fitted on validation)": (n_sas + n_gen, minutes["sasrec"] + minutes["gr"],
+            f"post-hoc ({primary}, fitted on validation)": (n_sas + n_gen + n_gate,
+                                                            minutes["sasrec"] + minutes["gr"],
                                                             res["models"][primary]["test"])}
     for item in joint_results:
         name, _, path = item.partition("=")
@@ -210,7 +215,9 @@ def wide_and_deep_table(run: Path, joint_results: list[str]) -> dict:
     lines = ["| model | parameters | training min | " + " | ".join(f"N@10 {g}" for g in groups) + " |",
              "|---|---:|---:|" + "---:|" * len(groups)]
     for name, (n, m, t) in rows.items():
-        lines.append(f"| {name} | {n:,} | {m:.1f} | " + " | ".join(f"{t[g]['ndcg@10']:.4f}" for g in groups) + " |")
+        cells = (t.get(g, {}).get("ndcg@10") for g in groups)  # null in results.json: a category without instances
+        lines.append(f"| {name} | {n:,} | {m:.1f} | " + " | ".join("-" if v is None or v != v else f"{v:.4f}"
+                                                                   for v in cells) + " |")
     print("\n".join(lines))
     return {"rows": {k: {"params": n, "minutes": m, "test": t} for k, (n, m, t) in rows.items()}}
 

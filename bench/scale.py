@@ -244,7 +244,8 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     total = [sum(s.get("full_s", s["seconds"]) for s in r["stages"]) for r in results]
     peak = [max(s["peak_gib"] for s in r["stages"]) for r in results]
-    lines.append("| **total** | " + " | ".join(f"{t:.1f}, {p:.2f}" for t, p in zip(total, peak)) + " |")
+    lines.append("| **total** (generating and writing the data included) | "
+                 + " | ".join(f"{t:.1f}, {p:.2f}" for t, p in zip(total, peak)) + " |")
     return "\n".join(lines)
 
 

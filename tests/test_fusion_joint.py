@@ -245,6 +245,24 @@ def test_joint_benchmark_holdout_schedule_with_content_aware_towers(tmp_path, mo
     sys.modules.pop("joint_beauty", None)
 
 
+def test_the_wide_and_deep_table_counts_the_post_hoc_gate(tiny_run, monkeypatch):
+    """``--table``: the post-hoc row's parameters are both towers and the chosen method's gate, as the joint
+    rows' (it left the gate out)."""
+    from fusion.persist import load_methods
+    from genrec.artifacts import load_json
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import joint_beauty
+
+    rows = joint_beauty.main(["--table", "--run", str(tiny_run)])["rows"]
+    (name,) = [n for n in rows if n.startswith("post-hoc")]
+    primary = load_json(tiny_run / "results.json")["fusion"]["primary"]
+    method = load_methods(tiny_run / "fusion" / "methods.pt")[primary]
+    gate = sum(p.numel() for p in method.model.parameters()) if getattr(method, "model", None) is not None else 0
+    assert rows[name]["params"] == rows["SASRec"]["params"] + rows["generative"]["params"] + gate
+    sys.modules.pop("joint_beauty", None)
+
+
 def test_one_position_batches_train_in_every_mode():
     """The gate's batch norm needs two rows for batch statistics: a batch with a single next-item
     position (the short last batch of length-sorted sequences) used to crash training."""

@@ -151,8 +151,29 @@ def merge_topk(values: torch.Tensor | None, items: torch.Tensor | None, new_valu
 def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(values, indices)`` ``[n, k]`` of the ``k`` highest ``scores`` ``[n, m]`` per row, ties broken
     by the lower index, so a row's first ``j`` items are the same for every ``k >= j`` (``Tensor.topk``
-    breaks ties arbitrarily: asked for 10 or for 50 it may keep different tied items). NaN ranks as -inf."""
-    k = min(k, scores.shape[1])
+    breaks ties arbitrarily: asked for 10 or for 50 it may keep different tied items). NaN ranks as -inf.
+
+    One ``topk`` of ``k + 1`` and a reorder of the ``k`` kept items; only a row with a tie across the
+    ``k``-th place (or a NaN) takes the exact pass over its whole row."""
+    n, m = scores.shape
+    k = min(k, m)
+    v, i = scores.topk(min(k + 1, m), dim=-1)  # [n, k(+1)], NaN first
+    slow = torch.isnan(v).any(1)
+    if v.shape[1] > k:  # the (k+1)-th equal to the k-th: which tied items make the list is open
+        slow |= v[:, k] == v[:, k - 1]
+    v, i = v[:, :k], i[:, :k]
+    by_index = i.argsort(dim=1)  # within the list, equal values in index order
+    v, i = v.gather(1, by_index), i.gather(1, by_index)
+    order = v.argsort(dim=1, descending=True, stable=True)
+    v, i = v.gather(1, order), i.gather(1, order)
+    if slow.any():
+        rows = slow.nonzero()[:, 0]
+        v[rows], i[rows] = _exact_stable_topk(scores[rows], k)
+    return v, i
+
+
+def _exact_stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`stable_topk` by a pass over every score: the ``k``-th value's ties kept lowest index first."""
     scores = torch.nan_to_num(scores, nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)  # infinities kept
     kth = scores.topk(k, dim=-1).values[:, -1:]  # [n, 1]: the k-th best value
     above = scores > kth

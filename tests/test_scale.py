@@ -322,3 +322,22 @@ def test_streamed_top_k_keeps_ties_in_item_order_across_chunks():
     assert i.tolist() == [[1, 2, 0]]
     v, i = merge_topk(v, i, torch.tensor([[2.0, 1.0, 3.0]]), torch.tensor([[4, 5, 6]]), 5)
     assert i.tolist() == [[6, 1, 2, 4, 0]] and v.tolist() == [[3.0, 2.0, 2.0, 2.0, 1.0]]
+
+
+def test_stable_topk_equals_sorting_by_value_then_index():
+    """The fast path (one topk of k + 1, the kept items reordered) and the exact pass for rows with a tie
+    across the k-th place or a NaN give what a full sort by (value desc, index asc) gives, NaN last."""
+    from genrec.metrics import stable_topk
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n, m = int(rng.integers(1, 6)), int(rng.integers(1, 30))
+        s = rng.integers(0, 4, size=(n, m)).astype(np.float32)  # many ties
+        s[rng.random((n, m)) < 0.1] = np.nan
+        s[rng.random((n, m)) < 0.05] = np.inf
+        k = int(rng.integers(1, m + 1))
+        v, i = stable_topk(torch.from_numpy(s), k)
+        key = np.where(np.isnan(s), -np.inf, s)
+        want = np.stack([np.lexsort((np.arange(m), -key[r]))[:k] for r in range(n)])
+        np.testing.assert_array_equal(i.numpy(), want)
+        np.testing.assert_array_equal(v.numpy(), np.take_along_axis(key, want, 1))

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -148,9 +148,14 @@ def export_labels_jsonl(path: str | Path, labels: InstanceLabels, instances: Ins
 # Tables and chart
 
 
+def is_missing(x: Any) -> bool:
+    """A value with no figure: None (strict JSON's null, as ``results.json`` writes it) or NaN."""
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def format_metric(x: float | None, digits: int = 4) -> str:
     """A table cell: ``x`` with ``digits`` decimals, ``-`` for a missing (None / NaN) value."""
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+    return "-" if is_missing(x) else f"{x:.{digits}f}"
 
 
 _fmt = format_metric  # the short name this module's tables use
@@ -294,7 +299,7 @@ def token_memorization_markdown(rows: Sequence[Mapping[str, float]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---:|---:|---:|---:|" + "---:|" * len(extra)]
     for r in rows:
         cells = [str(int(r["n"])), str(int(r["generalization"])), str(int(r["prefix_memorized"])),
-                 "-" if math.isnan(r["share"]) else f"{100 * r['share']:.2f}%"] + [_fmt(r[c]) for c in extra]
+                 "-" if is_missing(r["share"]) else f"{100 * r['share']:.2f}%"] + [_fmt(r[c]) for c in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from genrec.analysis import evaluate_by_category, new_figure, save_png
+from genrec.analysis import evaluate_by_category, format_metric, is_missing, new_figure, save_png
 from genrec.artifacts import load_json, save_json
 from genrec.memorization import DEFAULT_MAX_HOP, GROUPS, InstanceLabels, token_memorization
 from genrec.semantic_id_analysis import support_category, support_levels
@@ -84,7 +84,7 @@ def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Seq
                    labels: InstanceLabels, *, method: str = "rq_kmeans", seed: int = 0,
                    max_hop: int = DEFAULT_MAX_HOP, hop: int = 1, quantizer_options: Mapping[str, Any] | None = None,
                    pca_dim: int | None = None, whiten: bool = False, train_config: Any | None = None, k: int = 10,
-                   rows_dir: str | Path | None = None) -> list[dict]:
+                   rows_dir: str | Path | None = None, skipped: list[tuple[str, str]] | None = None) -> list[dict]:
     """One JSON-able row per configuration (module doc) for the test instances of ``split``, whose
     item-level ``labels`` are given. ``embeddings``: ``[num_items, d]`` item vectors, row ``j`` = item
     ``j``. ``pca_dim`` / ``whiten``: the embeddings' preprocessing before the quantizer, as
@@ -92,7 +92,9 @@ def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Seq
     :class:`~genrec.generative.GenerativeConfig` to also train and evaluate a generative model per
     configuration (expensive); None is the quick mode. With
     ``rows_dir`` each finished row is written there (atomically) and a rerun with the same inputs and
-    settings reuses it, so a killed sweep resumes at the configuration it was on."""
+    settings reuses it, so a killed sweep resumes at the configuration it was on. ``skipped``: a list that
+    collects ``(configuration, reason)`` for each configuration the quantizer refuses (OPQ with a
+    dimension its sub-spaces do not divide, say), which then has no row; None raises the refusal."""
     from quantize.pipeline import build_semantic_ids
 
     x = np.asarray(embeddings)
@@ -119,8 +121,15 @@ def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Seq
             continue
         t0 = time.perf_counter()
         opts = {**(quantizer_options or {}), _LEVEL_OPTION[key]: cfg.levels, "codebook_size": cfg.codebook_size}
-        result = build_semantic_ids(split.dataset, key, embeddings=x, pca_dim=pca_dim, whiten=whiten, seed=seed,
-                                    **opts)
+        try:
+            result = build_semantic_ids(split.dataset, key, embeddings=x, pca_dim=pca_dim, whiten=whiten, seed=seed,
+                                        **opts)
+        except ValueError as e:  # a setting this quantizer cannot take for these vectors
+            if skipped is None:
+                raise
+            log.warning("codebook %s: skipped (%s)", cfg.name, e)
+            skipped.append((cfg.name, str(e)))
+            continue
         base = result.table.codes[:, :cfg.levels]  # quantizer codes, without the disambiguation level
         token = token_memorization(split.train, split.test, base, max_hop)
         memorized = [token.memorized(n, hop) for n in range(1, cfg.levels + 1)]
@@ -188,7 +197,8 @@ def _train_and_evaluate(split: LeaveOneOutSplit, table: Any, config: Any, labels
     from genrec.metrics import ranks_from_topk
 
     result = train_generative(split, table, config, progress=False)
-    beam = recommend(result.model, split.test, config.eval_beam, batch_size=config.eval_batch_size)
+    # a beam of at least k: NDCG@k of a shorter list undercounts (a target past its end is a miss)
+    beam = recommend(result.model, split.test, max(config.eval_beam, k), batch_size=config.eval_batch_size)
     ranks = ranks_from_topk(beam.items, split.test.targets)  # outside the beam: a miss at every K
     by_cat = evaluate_by_category(ranks, labels, ks=(k,), hops=False)
     metric = f"ndcg@{k}"
@@ -224,7 +234,7 @@ def sweep_markdown(rows: Sequence[Mapping]) -> str:
                  _pct(conv["memorization"][-1])] + [_pct(v) for v in gen] + [_pct(v) for v in unc_cells]
         if trained:
             t = r.get("test", {})
-            cells += [f"{t[g]:.4f}" if g in t else "-" for g in ("all", "memorization", "generalization")]
+            cells += [format_metric(t.get(g)) for g in ("all", "memorization", "generalization")]
             cells.append(str(r.get("best_epoch", "-")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -244,7 +254,7 @@ def plot_sweep(rows: Sequence[Mapping], path: str | Path, title: str | None = No
               ("generalization -> full code", [r["conversion"]["generalization"][-1] for r in rows])]
     w = 0.8 / len(series)
     for j, (label, vals) in enumerate(series):
-        ax.bar(x - 0.4 + w * (j + 0.5), [0.0 if math.isnan(v) else v for v in vals], w, label=label)
+        ax.bar(x - 0.4 + w * (j + 0.5), [math.nan if is_missing(v) else v for v in vals], w, label=label)  # no bar
     ax.set_xticks(x)
     ax.set_xticklabels([r["config"] for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("share")

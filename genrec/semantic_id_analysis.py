@@ -33,7 +33,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.stats import rankdata
 
-from genrec.analysis import format_metric, new_figure, save_png
+from genrec.analysis import format_metric, is_missing, new_figure, save_png
 from genrec.memorization import GROUPS, InstanceLabels, TokenMemorization
 from genrec.metrics import metrics_from_ranks, per_instance_ndcg
 
@@ -113,7 +113,7 @@ def support_coverage_markdown(rows: Sequence[Mapping]) -> str:
     head = ["token support", "n", "share"] + extra
     lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * len(extra)]
     for r in rows:
-        share = "-" if math.isnan(r["share"]) else f"{100 * r['share']:.2f}%"
+        share = "-" if is_missing(r["share"]) else f"{100 * r['share']:.2f}%"
         cells = [str(r["category"]), str(r["count"]), share] + [format_metric(r[c]) for c in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -225,7 +225,7 @@ def plot_indicator_validation(result: Mapping, path: str | Path, title: str | No
         series.append(("auc_win", f"{pair[0]} wins over {pair[1]}"))
     h = 0.8 / len(series)
     for j, (key, label) in enumerate(series):
-        vals = [0.5 if math.isnan(r[key]) else r[key] for r in rows]
+        vals = [math.nan if is_missing(r[key]) else r[key] for r in rows]  # no bar (0.5 read as "no information")
         ax.barh(y - 0.4 + h * (j + 0.5), vals, h, label=label)
     ax.axvline(0.5, color="black", linewidth=0.8, linestyle="--")
     ax.set_yticks(y)

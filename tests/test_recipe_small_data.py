@@ -27,6 +27,14 @@ def test_a_run_whose_test_split_lacks_a_category_still_reports(tmp_path):
     json.loads((tmp_path / "run" / "results.json").read_text(), parse_constant=_refuse)
     assert returned == res
     assert "n/a" in format_summary(res)
+    # readers of results.json take its nulls (they crashed on None where NaN had been)
+    from genrec.recipe.analyses import analyses_markdown
+    from genrec.semantic_id_analysis import plot_indicator_validation
+
+    assert res["analysis"]["support_coverage"]["rows"][0]["share"] is None  # no generalization instance
+    text = "\n".join(analyses_markdown(res["analysis"], res["fusion"]["primary"], plots=False))
+    assert "### Support coverage" in text
+    plot_indicator_validation(res["analysis"]["indicator_validation"], tmp_path / "ind.png")
     report = (tmp_path / "run" / "report.md").read_text()
     # a claim about a category without instances is not judged (it read "DOES NOT HOLD")
     (claim,) = [c for c in res["comparisons"] if c["category"] == "generalization"]
@@ -75,3 +83,12 @@ def test_a_forced_run_stopped_before_its_changed_stage_leaves_no_stale_stage_pas
     assert not (run / "fusion" / "stage.done.json").exists() and (run / "labels" / "stage.done.json").exists()
     with pytest.raises(CheckpointError, match="stage 'fusion' has not finished there"):
         Recommender.from_run(run)
+
+
+def test_a_report_without_plots_leaves_no_earlier_plots_behind(tiny_run, tiny_cached, tmp_path):
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    assert (run / "plots" / "per_category.png").is_file()
+    run_recipe(load_config(DEMO_YAML, overrides=[*tiny_cached, "report.plots=false"]), run)
+    assert not (run / "plots").exists() and "![" not in (run / "report.md").read_text().split("## Semantic-ID")[0]

@@ -109,14 +109,20 @@ def stage_analysis(ctx: "StageContext") -> dict[str, Path]:
     else:
         q = config.quantize
         embeddings = np.load(run_dir / "embed" / "embeddings.npy", mmap_mode="r")
+        refused: list[tuple[str, str]] = []  # a configuration the quantizer refuses costs its row, not the run
         rows = codebook_sweep(split, np.asarray(embeddings, dtype=np.float32),
                               config_grid(a.codebook_sizes, a.codebook_levels), labels, method=q.method,
                               seed=q.seed, max_hop=config.labels.max_hop, hop=a.token_hop,
                               quantizer_options=q.options, pca_dim=q.pca_dim, whiten=q.whiten, k=k,
-                              rows_dir=out / "codebook_sweep_rows")
-        paths["codebook_sweep"] = save_json(out / "codebook_sweep.json",
-                                            {"method": q.method, "seed": q.seed, "hop": a.token_hop, "rows": rows})
-        if plots:
+                              rows_dir=out / "codebook_sweep_rows", skipped=refused)
+        for name, reason in refused:
+            skipped[f"codebook_sweep {name}"] = reason
+        if rows:
+            paths["codebook_sweep"] = save_json(out / "codebook_sweep.json", {"method": q.method, "seed": q.seed,
+                                                                              "hop": a.token_hop, "rows": rows})
+        else:
+            skipped["codebook_sweep"] = "the quantizer refused every configuration (above)"
+        if plots and rows:
             paths["codebook_sweep_plot"] = plot_sweep(rows, out / "codebook_sweep.png",
                                                       title=f"{config.name}: codebook intervention")
     summary = {"ran": [name for name in ("support_coverage", "indicator_validation", "codebook_sweep")
@@ -167,8 +173,9 @@ def analyses_markdown(analyses: Mapping[str, Any], primary: str, plots: bool) ->
                f"each model's metrics on them. The IDs have {cov['levels']} levels, the last the disambiguation "
                f"code, so the {cov['levels']}-gram row is the item itself"
                + (", empty by definition at hop 1." if cov["hop"] == 1 else
-                  f": at hop {cov['hop']} it holds the instances whose target follows the history item at "
-                  f"distance 2 to {cov['hop']}."), "",
+                  f": at hop {cov['hop']} it holds the instances whose target follows a history item within "
+                  f"{cov['hop']} positions (any distance and gap up to {cov['hop']}) though not right after the "
+                  f"last one."), "",
                support_coverage_markdown(_support_rows(cov, models)).rstrip("\n")]
     ind = analyses.get("indicator_validation")
     if ind:

@@ -295,9 +295,14 @@ def _sample_note(results: Mapping[str, Any]) -> str:
 
 def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str, Any]) -> dict[str, Path]:
     """``report.md`` with tables (overall + per label, quantization, fusion, stages) and PNG plots."""
+    import shutil
+
     from genrec.analysis import markdown_table, plot_categories
 
     run_dir = Path(run_dir)
+    # an earlier report's plots go: with plots off, or a plot this run has no data for, they would stay
+    # beside the new report (a chart of methods the run no longer has)
+    shutil.rmtree(run_dir / "plots", ignore_errors=True)
     metric = results["metric"]
     k_main = metric.partition("@")[2]
     table_metrics = [f"recall@{k_main}", f"ndcg@{k_main}"]  # every K is in results.json

@@ -118,7 +118,7 @@ class Recommender:
         from fusion import load_methods
         from genrec.generative import load_generative
         from genrec.recipe import StageContext
-        from genrec.recipe.run_files import run_config
+        from genrec.recipe.run_files import check_data_unchanged, run_config
         from genrec.sasrec import load_sasrec
         from quantize import SemanticIdTable
 
@@ -135,10 +135,11 @@ class Recommender:
         holdout = name == "joint" and holdout_joint.is_dir()  # fusion.joint_schedule holdout: its towers + gate
         if holdout:
             needs = ("joint",)
-        for stage in ("quantize", *needs):
+        for stage in ("data", "quantize", *needs):
             if not (run_dir / stage / "stage.done.json").is_file():
                 raise CheckpointError(f"{run_dir}: stage {stage!r} has not finished there; run the recipe first"
                                       + (" (with fusion.joint: true)" if stage == "joint" else ""))
+        check_data_unchanged(run_dir, config)
         kw: dict[str, Any] = {}
         if "sasrec" in needs:
             kw["sasrec"] = load_sasrec(run_dir / "sasrec" / "best.pt")
@@ -234,8 +235,9 @@ class Recommender:
                        items=items, text=m.get("text"), quantize_dir=qdir if (qdir / "quantizer.pt").is_file() else None,
                        item_embeddings=embeddings, trained_items=m["trained_items"] if m["trained_items"] is not None
                        else n, new_item_mixtures=m["new_item_mixtures"], **kw)
-        except CheckpointError as e:
-            raise CheckpointError(f"{directory / files.MANIFEST}: {e}") from None
+        except CheckpointError as e:  # the caller's method= is not the manifest's fault
+            raise CheckpointError(str(e) if method is not None and "is not available here" in str(e)
+                                  else f"{directory / files.MANIFEST}: {e}") from None
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write a self-contained copy (every model and fusion method it holds) into ``directory``,
@@ -359,7 +361,10 @@ class Recommender:
 
     @property
     def max_k_source(self) -> str:
-        """What sets :attr:`max_k`, for messages: ``"fusion.k"``, ``"fusion.beam"`` or ``"the catalogue"``."""
+        """What sets :attr:`max_k`, for messages: ``"fusion.k"``, ``"fusion.beam"`` or ``"the catalogue"``
+        (the held-out-gate joint model's own ``fusion.joint_config.k``)."""
+        if self.method_name == "joint" and "joint" in self.fusion_methods:
+            return "fusion.joint_config.k"
         return {"generative": "fusion.beam"}.get(self.method_name, "fusion.k" if self.method_name in
                                                   self.fusion_methods else "the catalogue")
 
@@ -385,14 +390,15 @@ class Recommender:
         return add_items(self, items, cache_dir=cache_dir)
 
     # -- recommending ------------------------------------------------------------------------------
-    def recommend(self, history: Sequence[str], k: int = 10, exclude_seen: bool = False,
+    def recommend(self, history: Sequence[str], k: int | None = None, exclude_seen: bool = False,
                   on_unknown: str = "skip") -> Recommendations:
-        """The top ``k`` items for one history of raw item ids (see the module doc)."""
+        """The top ``k`` items (default ``min(10, max_k)``) for one history of raw item ids (module doc)."""
         return self.recommend_batch([history], k, exclude_seen, on_unknown)[0]
 
-    def recommend_batch(self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = False,
+    def recommend_batch(self, histories: Sequence[Sequence[str]], k: int | None = None, exclude_seen: bool = False,
                         on_unknown: str = "skip") -> list[Recommendations]:
         """:meth:`recommend` for many histories, in batched model calls."""
+        k = min(10, self.max_k) if k is None else k  # the default is never refused (fusion.k or beam below 10)
         known, unknown = self._encode(histories, k, on_unknown)
         rows = self._readable(known)
         out: list[Recommendations | None] = [None] * len(rows)
@@ -416,10 +422,11 @@ class Recommender:
                                              fallback=True)
         return out  # type: ignore[return-value]
 
-    def explain(self, history: Sequence[str], k: int = 10, exclude_seen: bool = False,
+    def explain(self, history: Sequence[str], k: int | None = None, exclude_seen: bool = False,
                 on_unknown: str = "skip") -> Explanation:
         """The recommendations of one history with the gate that fused them and the features that
         moved it (see :class:`Explanation`); a single model has no gate."""
+        k = min(10, self.max_k) if k is None else k
         (known,), (unknown,) = self._encode([history], k, on_unknown)
         (row,) = self._readable([known])
         seen = [known] if exclude_seen else None

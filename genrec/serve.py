@@ -507,16 +507,16 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
 
     def refuse_unknown(histories: list[list[str]], where: Sequence[str]) -> None:
         """422 naming every history (``where``) that holds ids the catalogue does not know."""
-        problems, unknown = [], []
-        for name, h in zip(where, histories):
-            missing = [i for i in h if i not in rec.index]
+        problems, unknown = [], {}  # a dict: each id once, in order, in linear time (a list scan froze the
+        for name, h in zip(where, histories):  # server ~55 s on a 1 MiB body of distinct unknown ids)
+            missing = list(dict.fromkeys(i for i in h if i not in rec.index))
             if missing:
                 more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
                 problems.append(f"{name}: unknown item id(s) {missing[:5]}{more}")
-                unknown += [i for i in missing if i not in unknown]
+                unknown.update(dict.fromkeys(missing))
         if problems:
             more = f"; and {len(problems) - 5} more histories" if len(problems) > 5 else ""
-            raise ApiError(422, "; ".join(problems[:5]) + more, unknown_ids=unknown)
+            raise ApiError(422, "; ".join(problems[:5]) + more, unknown_ids=list(unknown))
 
     async def answer(histories: list[list[str]], k: int, exclude_seen: bool) -> list["Recommendations"]:
         try:

@@ -109,7 +109,7 @@ def test_cli_recommend_end_to_end_and_its_errors(tiny_saved, rec, histories, tmp
         (["--k", "11"], f"argument --k: 11 exceeds what method '{rec.method_name}' can rank (10, fusion.k)"),
         (["--k", "0"], "argument --k: must be >= 1, got 0"),
         (["--on-unknown", "error"], "user 'u60': unknown item id(s) ['unknown-item']"),
-        (["--method", "joint"], "method 'joint' is not available here"),
+        (["--method", "joint"], "recommend: error: method 'joint' is not available here"),  # not the manifest's
     ]:
         assert cli.main(["recommend", str(tiny_saved), "--input", str(src), "--out", str(out), *args]) == 2
         assert message in capsys.readouterr().err

@@ -328,6 +328,7 @@ def test_the_joint_model_competes_with_its_validation_score(tiny_run, tmp_path, 
         rec = Recommender.from_run(run, method="joint")
         assert rec.methods == ["sasrec", "generative", "joint"]
         assert (rec.settings.k, rec.settings.beam, rec.max_k) == (12, 14, 12)
+        assert rec.max_k_source == "fusion.joint_config.k"  # what limits k here (messages named fusion.k)
         _, split = StageContext(run, config).data()
         got = rec.recommend_batch([[rec.item_ids[i] for i in h] for h in split.test.histories], k=12,
                                   exclude_seen=False)

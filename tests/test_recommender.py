@@ -135,6 +135,13 @@ def test_unknown_ids_are_skipped_and_reported_or_refused(rec):
     assert rec.with_method("sasrec").max_k == rec.num_items
     with pytest.raises(ValueError, match="on_unknown must be one of"):
         rec.recommend(known, on_unknown="ignore")
+    # the default k is min(10, max_k): never refused on a run whose fusion.k (or beam) is below 10
+    from dataclasses import replace
+
+    small = rec.with_method(rec.method_name)
+    small.settings = replace(rec.settings, k=5)
+    assert len(small.recommend(known).items) == 5 and len(small.recommend_batch([known])[0].items) == 5
+    assert len(small.explain(known).recommendations.items) == 5
 
 
 def test_bad_run_and_saved_directories_are_clear_errors(tiny_run, rec, tmp_path):
@@ -143,6 +150,16 @@ def test_bad_run_and_saved_directories_are_clear_errors(tiny_run, rec, tmp_path)
         Recommender.from_run(tiny_run, method="magic")
     with pytest.raises(CheckpointError, match=r"stage 'joint' has not finished there"):
         Recommender.from_run(tiny_run, method="joint")
+    # data changed since the run trained: the training statistics would no longer be the models' (they were
+    # rebuilt from the data as it is now, silently)
+    import shutil
+
+    moved = shutil.copytree(tiny_run, tmp_path / "changed")
+    marker = load_json(moved / "data" / "stage.done.json")
+    marker["hashed"]["config"]["data"]["fingerprint"]["spec"] += ",seed=9"
+    save_json(moved / "data" / "stage.done.json", marker)
+    with pytest.raises(CheckpointError, match=r"changed: its data \(.*\) changed since the run trained"):
+        Recommender.from_run(moved)
     with pytest.raises(CheckpointError, match="neither a saved recommender"):
         Recommender.from_pretrained(tmp_path)
     saved = rec.save_pretrained(tmp_path / "m")

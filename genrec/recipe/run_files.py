@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from genrec.artifacts import load_json
 
-__all__ = ["load_labels", "run_config", "semantic_id_table", "test_ranks"]
+__all__ = ["load_labels", "run_config", "semantic_id_table", "test_ranks", "check_data_unchanged"]
 
 
 def run_config(run_dir: str | Path):
@@ -59,3 +60,28 @@ def test_ranks(run_dir: str | Path, targets: np.ndarray, joint: bool) -> dict[st
         with np.load(run_dir / "joint" / "ranks.npz") as z:
             ranks["joint"] = z["joint"]
     return ranks
+
+
+def check_data_unchanged(run_dir: Path, config: Any) -> None:
+    """A recommender of a run is rebuilt from the run's data (its training sequences: popularity, the
+    fusion indicators): data changed since the run trained is a :class:`CheckpointError`, never a
+    silent mix of new statistics and old models. Files are compared by name, size and content digest
+    (a run directory moved with its data elsewhere still loads)."""
+    from genrec.errors import CheckpointError
+    from genrec.rundir import data_fingerprint
+
+    recorded = load_json(run_dir / "data" / "stage.done.json").get("hashed", {}).get("config", {}).get(
+        "data", {}).get("fingerprint")
+    if not isinstance(recorded, dict):
+        return  # a marker of another shape or version: nothing to compare with
+
+    def content(fp: dict) -> Any:
+        files = fp.get("files") or []
+        return sorted((Path(f.get("path", "")).name, f.get("size"), f.get("sha256"), f.get("mtime_ns"))
+                      for f in files) if files else fp.get("spec")
+
+    now = data_fingerprint(config.data.dataset, config.data.cache_dir)
+    if content(now) != content(recorded):
+        raise CheckpointError(f"{run_dir}: its data ({config.data.dataset}) changed since the run trained; the "
+                              "recommender would pair the run's models with other training statistics: rerun the "
+                              "recipe (genrec run) or restore the data")

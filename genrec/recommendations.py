@@ -53,7 +53,9 @@ class Explanation:
 
     def __str__(self) -> str:
         if self.gate is None:
-            return f"{self.method}: no gate (a single model); top {self.recommendations.items[:5]}"
+            why = ("the popularity fallback answered (no known item in the history)" if self.recommendations.fallback
+                   else "no gate (a single model)")
+            return f"{self.method}: {why}; top {self.recommendations.items[:5]}"
         moved = ", ".join(f"{n}={self.features[n]:.4g} ({c:+.2f})" for n, c in list(self.contributions.items())[:3])
         return (f"{self.method}: gate {self.gate:.3f} -> trust {self.trusted}"
                 + (f"; moved by {moved}" if moved else "") + f"; top {self.recommendations.items[:5]}")

@@ -113,6 +113,12 @@ def test_explain_gives_the_gate_and_the_features_that_moved_it(rec, test_histori
     assert list(adaptive.features) == [rec.fusion_methods["adaptive"].indicator]
     single = rec.with_method("sasrec").explain(test_histories[0])
     assert single.gate is None and single.features == {} and "no gate" in str(single)
+    # a fusion method answering an empty history: the fallback, not "a single model"
+    empty = gate.explain([])
+    assert empty.gate is None and "the popularity fallback answered" in str(empty)
+    # explain agrees with recommend under exclude_seen too
+    assert gate.explain(test_histories[0], k=5, exclude_seen=True).recommendations.items == \
+        gate.recommend(test_histories[0], k=5, exclude_seen=True).items
 
 
 def test_unknown_ids_are_skipped_and_reported_or_refused(rec):

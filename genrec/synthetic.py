@@ -28,10 +28,12 @@ Held-out rule instances (what makes unseen compositional pairs)
     from the training sequences *and* from the validation targets. ``unseen_share`` (default 0.5) of the
     compositional test transitions start from a test-only item, so by default about half of them
     are pairs never seen in training (the other half start from ordinary items, whose pairs recur);
-    the validation set gets about ``unseen_share * (1 - compositional share)`` of its compositional
-    transitions from valid-only items. Earlier in a sequence, a compositional step out of a held-out
-    item is replaced by a memorization step (so the realised memorization share is slightly above
-    ``memorization_share``; the realised kinds are recorded).
+    a share of the validation set's compositional transitions (about ``unseen_share``, somewhat less)
+    comes from valid-only items. Earlier in a sequence, a compositional step out of a held-out item is
+    replaced by a memorization step, so before the last three steps the realised memorization share is
+    about ``m + (1 - m - noise) * heldout_share`` rather than ``m`` (0.58 at the default 0.5, 0.25 at
+    0.1; the realised kinds are recorded: :meth:`SyntheticInfo.kind_shares`). Noise steps never form a
+    held-out rule pair.
 
     So by default a held-out rule pair occurs only at the validation and test transitions, and a
     model fitted on held-out *training* transitions (each user's last training item left out, as
@@ -303,8 +305,11 @@ def make_synthetic(
             return int(mem[x, rng.integers(memorization_fanout)])
         if kind == KIND_COMPOSITIONAL:
             return int(comp[x])
-        y = int(rng.integers(n - 1))
-        return y + (y >= x)
+        while True:  # noise: any other item, but never a held-out rule pair (it belongs where allowed() says)
+            y = int(rng.integers(n - 1))
+            y += y >= x
+            if held[x] == HELD_NONE or y != comp[x]:
+                return y
 
     for u in range(num_users):
         L = int(rng.integers(lo, hi + 1))
@@ -344,9 +349,13 @@ def make_synthetic(
                     continue
             if kind == KIND_MEMORIZATION:
                 seq[j] = mem_inv[y, rng.integers(memorization_fanout)]
-            else:
-                s = int(rng.integers(n - 1))
-                seq[j] = s + (s >= y)
+            else:  # noise, again never a held-out rule pair
+                while True:
+                    s = int(rng.integers(n - 1))
+                    s += s >= y
+                    if held[s] == HELD_NONE or comp[s] != y:
+                        break
+                seq[j] = s
         u_ids.append(f"u{u:05d}")
         seqs.append(seq)
         kinds_all.append(kinds)

@@ -116,6 +116,20 @@ def test_noise_share():
         for j, k in enumerate(info.kinds[u]):
             if k == KIND_NOISE:
                 assert ds.sequences[u][j] != ds.sequences[u][j + 1]
+    # noise never forms a held-out rule pair where it may not stand (small catalogue: ~1/n per noise step;
+    # 26 such pairs, 6 of test's held-out pairs inside training sequences, before the fix)
+    from genrec.synthetic import HELD_NONE, HELD_VALID
+
+    ds = make_synthetic(num_users=3000, noise_share=0.3, memorization_share=0.2, train_unseen_share=0.5,
+                        num_brands=4, num_categories=4, num_attributes=4, seed=0)
+    info = synthetic_info(ds)
+    allowed_at = {HELD_TEST: 2, HELD_VALID: 3, HELD_TRAIN: 4}  # transition j = L - this
+    for seq in ds.sequences:
+        for j in range(len(seq) - 1):
+            x, y = int(seq[j]), int(seq[j + 1])
+            h = int(info.heldout[x])
+            if h != HELD_NONE and y == info.compositional_next[x]:
+                assert j == len(seq) - allowed_at[h], (seq.tolist(), j)
 
 
 def test_unseen_compositional_pairs_in_test_and_recurring_memorization_pairs(default_ds):

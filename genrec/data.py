@@ -33,6 +33,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -296,7 +297,7 @@ def parse_price(value: Any) -> float | None:
     """
     if price_is_absent(value) or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, Decimal)):  # Decimal: a Parquet decimal column (money)
         try:
             p = float(value)
         except OverflowError:  # an integer too large for a float

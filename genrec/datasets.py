@@ -94,6 +94,11 @@ def typed_spec_kwargs(text: str, spec: str, func: Callable[..., Any], what: str)
         try:
             out[key] = check_value(key, value, hint)
         except ConfigError:
+            try:  # a text setting whose value reads as a number or a boolean (user=0: pandas' column names)
+                out[key] = check_value(key, text_value, hint)
+                continue
+            except ConfigError:
+                pass
             expected = "an integer range such as 5-15" if is_range else type_name(hint)
             raise ConfigError(f"dataset spec {spec!r}: {what} parameter {key} expects {expected}, "
                               f"got {text_value!r}") from None

@@ -10,7 +10,7 @@ Two files, the plain format's content in columns:
   columns go to ``ItemText.extra`` (listed once in the log).
 
 Every column name is configurable (``user=``, ``item=``, ``time=``, ``item_id=``, ``title=``, ...;
-``title=none`` drops a text column). Each user's interactions are sorted stably by time
+``title=null`` drops a text column). Each user's interactions are sorted stably by time
 (``order="timestamp"``, ties keep row order) or kept in row order (``order="file"``). Errors are
 :class:`DataFormatError` naming the file and the 1-based data row (``row 3``): a missing column, a
 column of the wrong type, a null id or time, a non-finite time, a duplicate item id, an interacted
@@ -72,7 +72,8 @@ def _id_column(table, path: Path, name: str, what: str):
 
     col = _column(table, path, name, what)
     t = col.type
-    if not (pt.is_string(t) or pt.is_large_string(t) or pt.is_integer(t) or pt.is_dictionary(t)):
+    values = t.value_type if pt.is_dictionary(t) else t  # a dictionary-encoded column: its values' type
+    if not (pt.is_string(values) or pt.is_large_string(values) or pt.is_integer(values)):
         raise DataFormatError(f"{path}: column {name!r} ({what}) must hold strings or integers, got {t}")
     return col
 
@@ -187,7 +188,7 @@ def load_parquet(interactions: str | Path, items: str | Path | None = None, name
     ``items``: the items file (None: every item with empty text); ``item_id``: its id column;
     ``title`` ... ``price``: its text columns (None: not read). ``order``: ``"timestamp"`` (stable
     sort) or ``"file"``. ``keep_unused_items``: items without interactions stay in the catalogue.
-    Item order is that of the items file (else of first interaction); ``name`` defaults to the
+    Item order is that of the items file (else of first appearance in the interaction rows); ``name`` defaults to the
     interactions file's directory name.
     """
     inter_path = Path(interactions)

@@ -64,9 +64,10 @@ _TEXT_ALIASES = {"title": ("title", "name", "movie_title"), "brand": ("brand",),
 def recbole_files(directory: str | Path) -> tuple[Path | None, Path | None]:
     """``(NAME.inter, NAME.item)`` of a RecBole dataset directory (plain or ``.gz``; None when absent)."""
     directory = Path(directory)
+    name = directory.resolve().name  # "." names no file: the directory's own name does
     found = []
     for suffix in (".inter", ".item"):
-        cands = [directory / f"{directory.name}{suffix}", directory / f"{directory.name}{suffix}.gz"]
+        cands = [directory / f"{name}{suffix}", directory / f"{name}{suffix}.gz"]
         found.append(next((c for c in cands if c.is_file()), None))
     return found[0], found[1]
 
@@ -286,7 +287,8 @@ def load_recbole(directory: str | Path, name: str | None = None, sep: Literal["t
         raise ValueError(f"missing_items must be 'error' or 'empty', got {missing_items!r}")
     inter_path, item_path = recbole_files(directory)
     if inter_path is None:
-        raise DataNotFoundError(f"{directory}: expected {directory.name}.inter or {directory.name}.inter.gz "
+        raise DataNotFoundError(f"{directory}: expected {Path(directory).resolve().name}.inter or "
+                                f"{Path(directory).resolve().name}.inter.gz "
                                 f"(RecBole atomic files are named after their directory), found neither")
     bulk = _read_inter_columns(inter_path, sep, user_field, item_field, time_field)
     if bulk is not None:

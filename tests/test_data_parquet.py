@@ -63,6 +63,25 @@ def test_custom_column_names_and_files(tmp_path):
     _write(d / "items.parquet", {"item_id": ["1", "2"], "title": ["One", "Two"]})
     ds2 = genrec.load_dataset(f"parquet:{d},user=uid,item=sku,time=ts,title=null")
     assert ds2.num_interactions == 3 and all(it.title is None for it in ds2.items)
+    # column names that read as numbers (pandas' defaults 0, 1, 2): taken as the names (were refused as not str)
+    _write(d / "interactions.parquet", {"0": [7, 7, 8], "1": [2, 1, 2], "2": [1.5, 0.5, 2.0]})
+    assert genrec.load_dataset(f"parquet:{d},user=0,item=1,time=2").num_interactions == 3
+
+
+def test_decimal_prices_and_dictionary_encoded_ids(tmp_path):
+    """A decimal price column (how Spark / SQL export money) was thrown away with a warning; a dictionary
+    column of bytes passed the id check and its ids became "b'u1'"."""
+    from decimal import Decimal
+
+    d = tmp_path / "shop"
+    _write(d / "interactions.parquet", {"user_id": ["u1", "u1"], "item_id": ["a", "b"], "timestamp": [1, 2]})
+    _write(d / "items.parquet", {"item_id": ["a", "b"],
+                                 "price": pa.array([Decimal("12.50"), Decimal("3.99")], pa.decimal128(10, 2))})
+    assert [it.price for it in genrec.load_dataset(f"parquet:{d}").items] == [12.5, 3.99]
+    _write(d / "interactions.parquet", {"user_id": pa.array([b"u1", b"u1"]).dictionary_encode(),
+                                        "item_id": ["a", "b"], "timestamp": [1, 2]})
+    with pytest.raises(DataFormatError, match=r"column 'user_id' \(user\) must hold strings or integers"):
+        genrec.load_dataset(f"parquet:{d}")
 
 
 def test_timestamp_column_and_no_items_file(tmp_path, caplog):
@@ -71,7 +90,7 @@ def test_timestamp_column_and_no_items_file(tmp_path, caplog):
                                                                "timestamp": t})
     with caplog.at_level(logging.INFO):
         ds = load_parquet(path)
-    assert ds.item_ids == ["y", "x"] or ds.item_ids == ["x", "y"]
+    assert ds.item_ids == ["x", "y"]  # first appearance in the rows (y's interaction is earlier in time)
     assert ds.timestamps[0].tolist() == [1, 3] and all(it.is_empty() for it in ds.items)
     assert "no items file" in caplog.text
 

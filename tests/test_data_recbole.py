@@ -57,6 +57,13 @@ def test_order_file_keeps_rows(tmp_path):
     assert [ds.item_ids[i] for i in ds.sequences[0]] == ["a", "b", "c"]
 
 
+def test_the_current_directory_is_found_by_its_name(tmp_path, monkeypatch):
+    """recbole:. looked for ".inter" (the name of Path("."), which is empty)."""
+    d = _toy(tmp_path)
+    monkeypatch.chdir(d)
+    assert genrec.load_dataset("recbole:.").num_interactions == load_recbole(d).num_interactions
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_comma_separator_detected_and_set(tmp_path, gz):
     inter = "user_id:token,item_id:token,timestamp:float\nu1,a,1.5\nu1,b,2\nu2,a,3\n"

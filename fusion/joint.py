@@ -133,13 +133,32 @@ class JointConfig:
 CATALOGUE_SCOPE_BYTES = 2 * 2**30
 
 
-def catalogue_scope_bytes(config: "JointConfig", gr: HierarchicalGenerative) -> int:
+def catalogue_scope_bytes(config: "JointConfig", gr: HierarchicalGenerative,
+                          train: Sequence[np.ndarray] | None = None) -> int:
     """An estimate of the activations the catalogue scope keeps for one training batch's backward pass:
-    the code head runs on every distinct code prefix at every position, ``[positions, prefixes, 4H]``
-    float32 per head layer. It grows with the prefixes, not the items: 4,000 items with 3 x 256 codes
-    (~3,900 prefixes) need ~86 MiB a position at the default width, ~84 GiB for a batch of 128 histories."""
+    the code head runs on every distinct code prefix at every next-item position, keeping ~22 x hidden
+    float32 per (position, prefix) and head layer (its norm, 4H-wide hidden layer and output; measured:
+    16 positions x 3,882 prefixes at width 128, 2 layers, added 1.35 GiB). It grows with the prefixes,
+    not the items: 4,000 items with 3 x 256 codes need ~85 MiB a position, hundreds of GiB a batch.
+    ``train``: the positions of an average batch (its sequences' mean length within ``max_len``),
+    else every window full."""
     prefixes = sum(len(r) for r in _PrefixIndex(gr).rep)
-    return config.batch_size * config.max_len * prefixes * 4 * gr.config.hidden * max(1, gr.config.head_layers) * 4
+    lengths = [min(len(s) - 1, config.max_len) for s in (train or []) if len(s) >= 2]
+    positions = config.batch_size * (float(np.mean(lengths)) if lengths else config.max_len)
+    return int(positions * prefixes * 22 * gr.config.hidden * max(1, gr.config.head_layers) * 4)
+
+
+def resolve_gr_scope(config: "JointConfig", gr: HierarchicalGenerative, num_items: int,
+                     train: Sequence[np.ndarray] | None = None) -> str:
+    """``config.gr_scope``, ``"auto"`` resolved: the catalogue scope up to ``catalogue_max_items`` items
+    when, given ``train``, a batch's activations fit in :data:`CATALOGUE_SCOPE_BYTES`; without ``train``
+    (a checkpoint from before the resolved scope was saved) by the item count alone, as it was trained."""
+    if config.gr_scope != "auto":
+        return config.gr_scope
+    if num_items > config.catalogue_max_items:
+        return "target"
+    return "catalogue" if train is None or catalogue_scope_bytes(config, gr, train) <= CATALOGUE_SCOPE_BYTES \
+        else "target"
 
 
 class _PrefixIndex:
@@ -231,7 +250,8 @@ class JointModel(nn.Module):
     """SASRec tower + hierarchical semantic-ID tower + gate head (module doc)."""
 
     def __init__(self, num_items: int, codes: np.ndarray, codebook_sizes: Sequence[int], config: JointConfig,
-                 train: Sequence[np.ndarray] | None = None, item_text: np.ndarray | None = None):
+                 train: Sequence[np.ndarray] | None = None, item_text: np.ndarray | None = None,
+                 scope: str | None = None):
         """``item_text`` ``[num_items, id_tower.text_dim]``: the items' text embeddings of a
         content-aware ID tower (:class:`genrec.sasrec.SASRec`; a model about to load a state dict may
         leave them out)."""
@@ -246,11 +266,13 @@ class JointModel(nn.Module):
         self.gr_tower = HierarchicalGenerative(codes, codebook_sizes, gr_cfg)
         if self.gr_tower.num_items != num_items:
             raise ValueError(f"codes have {self.gr_tower.num_items} items, the catalogue {num_items}")
-        self.scope = config.gr_scope if config.gr_scope != "auto" else (
-            "catalogue" if num_items <= config.catalogue_max_items
-            and catalogue_scope_bytes(config, self.gr_tower) <= CATALOGUE_SCOPE_BYTES else "target")
+        self.scope = scope or resolve_gr_scope(config, self.gr_tower, num_items, train)
         if self.scope == "target" and config.mixing != "mixture":
-            raise ValueError(f"{num_items} items: the target scope (gr_scope) needs mixing 'mixture'")
+            gib = catalogue_scope_bytes(config, self.gr_tower, train) / 2**30
+            why = (f"{num_items} items" if num_items > config.catalogue_max_items or config.gr_scope == "target" else
+                   f"the catalogue scope's activations (~{gib:.1f} GiB a batch, over "
+                   f"{CATALOGUE_SCOPE_BYTES / 2**30:.0f}: fewer code prefixes or a smaller batch)")
+            raise ValueError(f"{why}: the target scope (gr_scope) needs mixing 'mixture'")
         self.feature_names = GATE_FEATURES if self.scope == "catalogue" else TARGET_SCOPE_FEATURES
         self.gate_norm = nn.BatchNorm1d(len(self.feature_names), affine=False)
         self.gate = GateHead(len(self.feature_names), config.gate_hidden)
@@ -476,7 +498,8 @@ def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None 
                math.ceil(n_train / config.batch_size), loss_fn,
                lambda m: evaluate_joint(m, valid, batch_size=config.eval_batch_size), out_dir, progress,
                on_eval, {"codes": torch.as_tensor(np.asarray(table.codes, dtype=np.int64)),
-                         "codebook_sizes": [int(s) for s in table.codebook_sizes], "num_items": split.num_items},
+                         "codebook_sizes": [int(s) for s in table.codebook_sizes], "num_items": split.num_items,
+                         "gr_scope": model.scope},  # as resolved: loading never re-derives it
                f"joint[{config.mode}]")
 
 
@@ -484,7 +507,8 @@ def save_joint(model: JointModel, path: str | Path) -> Path:
     """Save a joint model (weights, config, semantic IDs) atomically, loadable with :func:`load_joint`."""
     return torch_save(path, {"model": model.state_dict(), "config": asdict(model.config),
                              "codes": torch.from_numpy(np.asarray(model.gr_tower.codes, np.int64)),
-                             "codebook_sizes": list(model.gr_tower.codebook_sizes), "num_items": model.num_items})
+                             "codebook_sizes": list(model.gr_tower.codebook_sizes), "num_items": model.num_items,
+                             "gr_scope": model.scope})
 
 
 def load_joint(path: str | Path, device: str = "cpu") -> JointModel:
@@ -498,7 +522,7 @@ def load_joint(path: str | Path, device: str = "cpu") -> JointModel:
                            keys=("model", "config", "codes", "codebook_sizes", "num_items"))
     try:
         model = JointModel(int(ckpt["num_items"]), np.asarray(ckpt["codes"]), ckpt["codebook_sizes"],
-                           JointConfig(**saved_config(ckpt["config"])))
+                           JointConfig(**saved_config(ckpt["config"])), scope=ckpt.get("gr_scope"))
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: not a joint model this genrec can load ({e})") from e
@@ -506,5 +530,6 @@ def load_joint(path: str | Path, device: str = "cpu") -> JointModel:
 
 
 __all__ = ["JointConfig", "JointModel", "GATE_FEATURES", "TARGET_SCOPE_FEATURES", "gr_catalogue_log_probs",
+           "catalogue_scope_bytes", "resolve_gr_scope", "CATALOGUE_SCOPE_BYTES",
            "gr_target_log_probs", "gr_first_code_stats", "train_joint",
            "evaluate_joint", "joint_ranks", "joint_gates", "MODES", "MIXINGS", "save_joint", "load_joint"]

@@ -306,19 +306,32 @@ def test_no_training_transition_is_an_error_not_an_untrained_model():
         train_joint(empty, table, cfg)
 
 
-def test_auto_scope_weighs_the_catalogue_scopes_memory_not_only_the_item_count():
+def test_auto_scope_weighs_the_catalogue_scopes_memory_and_a_saved_model_keeps_its_scope(tmp_path):
     """4,000 items (under catalogue_max_items) with 3 x 256 codes: ~3,900 code prefixes, whose catalogue
-    scope keeps ~199 GiB of activations for one default batch; auto took it (only the item count was
-    read). A small code table keeps the catalogue scope."""
-    from fusion.joint import CATALOGUE_SCOPE_BYTES, JointModel, catalogue_scope_bytes
+    scope keeps hundreds of GiB of activations for one batch; auto took it (only the item count was read).
+    The synthetic tables keep the catalogue scope. The scope is saved as resolved: a model saved without
+    it (before) loads by the item-count rule it was trained under, never re-derived another way."""
+    from fusion.joint import CATALOGUE_SCOPE_BYTES, catalogue_scope_bytes, load_joint, save_joint
     from genrec.generative import HierarchicalGenerative
 
     rng = np.random.default_rng(0)
     codes = np.unique(rng.integers(0, 256, size=(4000, 3)), axis=0)
     codes = np.concatenate([codes, np.zeros((len(codes), 1), np.int64)], 1)
+    train = [rng.integers(0, len(codes), size=rng.integers(5, 40)) for _ in range(200)]
     config = JointConfig()
-    assert catalogue_scope_bytes(config, HierarchicalGenerative(codes, [256, 256, 256, 1], config.gr_tower)) > \
-        50 * CATALOGUE_SCOPE_BYTES
-    assert JointModel(len(codes), codes, [256, 256, 256, 1], config).scope == "target"
-    small = np.stack([np.arange(64) // 8, np.arange(64) % 8], 1)
-    assert JointModel(64, small, [8, 8], config).scope == "catalogue"
+    gr = HierarchicalGenerative(codes, [256, 256, 256, 1], config.gr_tower)
+    assert catalogue_scope_bytes(config, gr, train) > 50 * CATALOGUE_SCOPE_BYTES
+    assert JointModel(len(codes), codes, [256, 256, 256, 1], config, train).scope == "target"
+    _, split, table = synthetic_split(num_users=60)
+    small = JointModel(split.num_items, table.codes, table.codebook_sizes, JointConfig(id_tower=SMALL_ID,
+                                                                                          gr_tower=SMALL_GR),
+                       split.train)
+    assert small.scope == "catalogue"
+    forced = JointModel(split.num_items, table.codes, table.codebook_sizes, JointConfig(id_tower=SMALL_ID,
+                                                                                           gr_tower=SMALL_GR),
+                        split.train, scope="target")
+    assert load_joint(save_joint(forced, tmp_path / "j.pt")).scope == "target"  # as saved, not re-derived
+    ckpt = torch.load(tmp_path / "j.pt", weights_only=True)
+    del ckpt["gr_scope"]  # a file from before the scope was saved: the item-count rule
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert load_joint(tmp_path / "old.pt").scope == "catalogue"

@@ -89,7 +89,7 @@ class Standardizer:
         safe = np.where(finite, x, 0.0)
         mean = safe.sum(0) / np.maximum(count, 1)
         std = np.sqrt(np.where(finite, (safe - mean) ** 2, 0.0).sum(0) / np.maximum(count, 1))
-        constant = (count == 0) | (std <= 1e-6 * np.maximum(1.0, np.abs(mean)))
+        constant = (count == 0) | (std <= 1e-6 * np.abs(mean) + 1e-12)  # relative: a small-scale column keeps its std
         return cls(ind.names, mean.astype(np.float32), np.where(constant, 1.0, std).astype(np.float32))
 
     def transform(self, ind: Indicators) -> np.ndarray:

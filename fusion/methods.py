@@ -260,14 +260,17 @@ class AdaptiveFusion:
         if indicators is None:
             raise ValueError(f"{self.name} needs indicators (column {self.indicator!r})")
         x = indicators.column(self.indicator).astype(np.float64)
-        taus = (np.unique(np.quantile(x, np.linspace(0.02, 0.98, 49))) if self.taus is None
+        finite = np.isfinite(x)  # a NaN made every quantile (so tau) NaN: every later gate and score NaN
+        if not finite.any():
+            raise ValueError(f"{self.name}: indicator {self.indicator!r} has no finite value to fit on")
+        taus = (np.unique(np.quantile(x[finite], np.linspace(0.02, 0.98, 49))) if self.taus is None
                 else np.asarray(self.taus, np.float64))
         g = _Grid(cands, targets, self.k)
         xh = x[g.hit]
         best = (-1.0, 0.0, 0.0)
         for q in self.qs:
             for tau in taus:
-                score = g.ndcg(_sigmoid(q * (xh - tau)))
+                score = g.ndcg(_sigmoid(q * (np.where(np.isfinite(xh), xh, tau) - tau)))  # no value: gate 0.5
                 if score > best[0] + 1e-12:
                     best = (score, float(q), float(tau))
         self.valid_ndcg, self.q, self.tau = best

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from genrec.analysis import evaluate_by_category, format_metric, is_missing, new_figure, save_png
 from genrec.artifacts import load_json, save_json
+from genrec.errors import GenrecError
 from genrec.memorization import DEFAULT_MAX_HOP, GROUPS, InstanceLabels, token_memorization
 from genrec.semantic_id_analysis import support_category, support_levels
 from genrec.splits import LeaveOneOutSplit
@@ -109,7 +110,9 @@ def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Seq
     gen = groups == "generalization"
     row_key = {"method": key, "seed": seed, "max_hop": max_hop, "hop": hop, "k": k,
                "quantizer_options": dict(quantizer_options or {}), "inputs": _inputs_digest(split, x, labels),
-               "train_config": None if train_config is None else repr(train_config)}
+               "train_config": None if train_config is None else repr(train_config),
+               # a beam widened to k (it was eval_beam): rows decoded with the shorter one are not these rows
+               **({"test_beam": k} if train_config is not None and k > train_config.eval_beam else {})}
     if pca_dim is not None or whiten:  # only then: rows saved before these options existed stay valid
         row_key["preprocess"] = {"pca_dim": pca_dim, "whiten": bool(whiten)}
     rows = []
@@ -125,7 +128,7 @@ def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Seq
             result = build_semantic_ids(split.dataset, key, embeddings=x, pca_dim=pca_dim, whiten=whiten, seed=seed,
                                         **opts)
         except ValueError as e:  # a setting this quantizer cannot take for these vectors
-            if skipped is None:
+            if skipped is None or isinstance(e, GenrecError):  # bad data or config: not this configuration's
                 raise
             log.warning("codebook %s: skipped (%s)", cfg.name, e)
             skipped.append((cfg.name, str(e)))

@@ -43,6 +43,8 @@ def _yaml_loader() -> type:
         def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
             seen: dict[Any, Any] = {}
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor": merged (and overridable) below
+                    continue
                 key = self.construct_object(key_node, deep=deep)
                 if isinstance(key, typing.Hashable) and key in seen:
                     raise yaml.constructor.ConstructorError(
@@ -53,16 +55,20 @@ def _yaml_loader() -> type:
 
     def construct_int(loader, node):  # noqa: ANN001
         text = loader.construct_scalar(node)
-        sign, digits = (-1, text[1:]) if text[0] == "-" else (1, text.lstrip("+"))
-        if digits[:2] in ("0x", "0o"):
-            return sign * int(digits[2:], 16 if digits[1] == "x" else 8)
-        return sign * int(digits, 10)
+        try:
+            sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+            if digits[:2] in ("0x", "0o"):
+                return sign * int(digits[2:], 16 if digits[1] == "x" else 8)
+            return sign * int(digits, 10)
+        except ValueError:  # an explicit "!!int" tag on other text
+            raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not an integer", node.start_mark)
 
     # The resolver table is shared with SafeLoader's class; copy it, leaving out YAML 1.1's bool and
     # int patterns, before adding to it.
     Loader.yaml_implicit_resolvers = {
-        k: [(tag, r) for tag, r in v if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")]
-        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+        k: [(tag, r) for tag, r in v
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}  # (1.1's floats read 1:30.5 as 90.5)
     Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                                  list("tTfF"))
     Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
@@ -109,8 +115,8 @@ def parse_value(raw: str) -> Any:
         return raw
     if value is None and raw.strip() not in ("null", "~", "Null", "NULL"):
         return raw
-    if "#" in raw and isinstance(value, str) and value != raw.strip():  # a comment cut the text
-        return raw
+    if "#" in raw and isinstance(value, str) and value != raw.strip() and raw.strip()[:1] not in "\"'":
+        return raw  # a comment cut the text (a quoted value's quotes are YAML's, as always)
     return value if isinstance(value, (bool, int, float, str, list, dict)) or value is None else raw
 
 

@@ -216,10 +216,13 @@ def _batches(model: ParallelCodeModel, histories: list[np.ndarray], batch_size: 
              ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     check_histories(histories, model.num_items, model.min_history, type(model).__name__)
     device = next(model.parameters()).device
-    with eval_mode(model), torch.no_grad(), autocast(model_precision(model), device):  # bf16 as in fit's validation
-        for start in range(0, len(histories), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(histories)))
-            yield rows, catalogue_log_probs(model, [histories[r] for r in rows])
+    for start in range(0, len(histories), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(histories)))
+        # eval mode, no graph and the model's precision (bf16 as in fit's validation) for this batch only:
+        # held across the yield, they would leak into the caller's code between batches
+        with eval_mode(model), torch.no_grad(), autocast(model_precision(model), device):
+            log_probs = catalogue_log_probs(model, [histories[r] for r in rows])
+        yield rows, log_probs
 
 
 def _histories(instances: Instances | list[np.ndarray]) -> list[np.ndarray]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -64,7 +65,7 @@ _TEXT_ALIASES = {"title": ("title", "name", "movie_title"), "brand": ("brand",),
 def recbole_files(directory: str | Path) -> tuple[Path | None, Path | None]:
     """``(NAME.inter, NAME.item)`` of a RecBole dataset directory (plain or ``.gz``; None when absent)."""
     directory = Path(directory)
-    name = directory.resolve().name  # "." names no file: the directory's own name does
+    name = Path(os.path.abspath(directory)).name  # "." names no file: the directory's own (a link's own too)
     found = []
     for suffix in (".inter", ".item"):
         cands = [directory / f"{name}{suffix}", directory / f"{name}{suffix}.gz"]
@@ -287,8 +288,8 @@ def load_recbole(directory: str | Path, name: str | None = None, sep: Literal["t
         raise ValueError(f"missing_items must be 'error' or 'empty', got {missing_items!r}")
     inter_path, item_path = recbole_files(directory)
     if inter_path is None:
-        raise DataNotFoundError(f"{directory}: expected {Path(directory).resolve().name}.inter or "
-                                f"{Path(directory).resolve().name}.inter.gz "
+        name = Path(os.path.abspath(directory)).name
+        raise DataNotFoundError(f"{directory}: expected {name}.inter or {name}.inter.gz "
                                 f"(RecBole atomic files are named after their directory), found neither")
     bulk = _read_inter_columns(inter_path, sep, user_field, item_field, time_field)
     if bulk is not None:

@@ -49,6 +49,7 @@ import numpy as np
 from genrec import recommender_files as files
 from genrec.artifacts import load_json
 from genrec.errors import CheckpointError, ConfigError, DataFormatError, UnknownItemError
+from genrec.recommend_rank import rank_catalogue, rank_generative
 from genrec.recommendations import Explanation, Recommendations
 
 log = logging.getLogger(__name__)
@@ -508,10 +509,10 @@ class Recommender:
             inputs = self._fusion_inputs(rows)
             return self._fusion_rank(rows, inputs, seen, k, self.method.gates(inputs.cands, inputs.indicators))
         if name == "sasrec":
-            return self._catalogue_rank(rows, k, seen, self._sasrec_log_probs)
+            return rank_catalogue(self._sasrec_log_probs(rows), len(rows), self.num_items, k, seen)
         if name == "joint":
-            return self._catalogue_rank(rows, k, seen, self._joint_scores)
-        return self._generative_rank(rows, k, seen)
+            return rank_catalogue(self._joint_scores(rows), len(rows), self.num_items, k, seen)
+        return rank_generative(self.generative, rows, k, seen, self.settings)
 
     def _fusion_inputs(self, rows: list[np.ndarray]):
         from fusion.adapters import model_inputs
@@ -563,44 +564,3 @@ class Recommender:
         for s in range(0, len(rows), bs):
             fused, gate, _ = self.joint.scores(rows[s:s + bs])
             yield np.arange(s, min(s + bs, len(rows))), fused, gate.numpy()
-
-    def _catalogue_rank(self, rows, k, seen, batches):
-        import torch
-
-        from genrec.metrics import stable_topk
-
-        out: list[Any] = [None] * len(rows)
-        for idx, scores, gates in batches(rows):
-            scores = scores.clone()
-            if scores.shape[1] < self.num_items:  # items added after training: this model cannot score them
-                scores = torch.cat([scores, torch.full((len(idx), self.num_items - scores.shape[1]), -torch.inf)], 1)
-            if seen is not None:
-                for j, r in enumerate(idx):
-                    scores[j, torch.from_numpy(seen[r])] = -torch.inf
-            v, i = stable_topk(scores, k)  # ties by item index: the first j items never depend on k
-            for j, r in enumerate(idx):
-                ok = torch.isfinite(v[j])
-                out[r] = (i[j][ok].numpy(), v[j][ok].numpy(), None if gates is None else float(gates[j]))
-        return out
-
-    def _generative_rank(self, rows, k, seen):
-        from genrec.generative import recommend
-
-        # The beam is max(fusion.beam, k), widened by a row's distinct seen items when they are excluded
-        # (any of them can be in the beam, not only the last max_history the model reads), so that k
-        # items remain; rows are decoded in groups of one width, so that a history's items never depend on
-        # the other histories of the batch (their scores can, by ~1e-6: the batch pads them differently)
-        n_items = self.generative.num_items
-        widths = np.array([min(n_items, max(self.settings.beam, k + (len(np.unique(seen[j])) if seen is not None
-                                                                     else 0))) for j in range(len(rows))])
-        out: list[Any] = [None] * len(rows)
-        for width in np.unique(widths):
-            group = np.flatnonzero(widths == width)
-            beam = recommend(self.generative, [rows[j] for j in group], beam_size=int(width), top_k=None,
-                             batch_size=self.settings.batch_size)
-            for g, j in enumerate(group):
-                ok = (beam.items[g] >= 0) & np.isfinite(beam.log_probs[g])
-                if seen is not None:
-                    ok &= ~np.isin(beam.items[g], seen[j])
-                out[j] = (beam.items[g][ok][:k], beam.log_probs[g][ok][:k], None)
-        return out

@@ -28,12 +28,12 @@ Held-out rule instances (what makes unseen compositional pairs)
     from the training sequences *and* from the validation targets. ``unseen_share`` (default 0.5) of the
     compositional test transitions start from a test-only item, so by default about half of them
     are pairs never seen in training (the other half start from ordinary items, whose pairs recur);
-    a share of the validation set's compositional transitions (about ``unseen_share``, somewhat less)
-    comes from valid-only items. Earlier in a sequence, a compositional step out of a held-out item is
-    replaced by a memorization step, so before the last three steps the realised memorization share is
-    about ``m + (1 - m - noise) * heldout_share`` rather than ``m`` (0.58 at the default 0.5, 0.25 at
-    0.1; the realised kinds are recorded: :meth:`SyntheticInfo.kind_shares`). Noise steps never form a
-    held-out rule pair.
+    the validation set gets about ``unseen_share * (1 - compositional share)`` of its compositional
+    transitions from valid-only items (0.31 at the defaults). Earlier in a sequence, a compositional
+    step out of a held-out item is replaced by a memorization step, so before the last three steps the
+    realised memorization share is about ``m + (1 - m - noise) * heldout_share`` rather than ``m`` (0.60
+    at the default 0.5, 0.28 at 0.1; over all transitions 0.58 and 0.25: :meth:`SyntheticInfo.kind_shares`
+    records the realised kinds). Noise steps never form a held-out rule pair.
 
     So by default a held-out rule pair occurs only at the validation and test transitions, and a
     model fitted on held-out *training* transitions (each user's last training item left out, as

@@ -42,7 +42,7 @@ class TrainResult:
 # ``precision`` is one of them: autocast keeps the weights and the optimiser state in float32 either
 # way, so a bf16 run killed on a GPU may resume in fp32 (e.g. on the CPU) and vice versa.
 _RESUMABLE = {"max_epochs", "max_minutes", "patience", "min_delta", "eval_batch_size", "num_threads", "eval_beam",
-              "device", "eval_users", "nonfinite_loss", "precision"}
+              "device", "eval_users", "nonfinite_loss", "precision", "schedule_epochs"}
 
 _TRAINING_KEYS = ("model", "optimizer", "numpy_rng", "torch_rng", "state", "config")
 
@@ -204,11 +204,15 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     for group in opt.param_groups:
         group.setdefault("initial_lr", config.lr)
     # the cosine horizon is fixed when the run starts: a run resumed with a larger max_epochs (allowed)
-    # would otherwise restart its decay half way (the lr jumping from its floor back up)
-    horizon = getattr(config, "schedule_epochs", None) or config.max_epochs
-    if state.setdefault("schedule_epochs", horizon) != horizon and getattr(config, "lr_schedule", "") == "cosine":
+    # would otherwise restart its decay half way (the lr jumping from its floor back up); a
+    # schedule_epochs given on the resume is the caller's choice and replaces it
+    explicit = getattr(config, "schedule_epochs", None)
+    if explicit is not None:
+        state["schedule_epochs"] = explicit
+    elif state.setdefault("schedule_epochs", config.max_epochs) != config.max_epochs and \
+            getattr(config, "lr_schedule", "") == "cosine":
         log.warning("%s: resumed with max_epochs %d; the cosine schedule keeps the horizon of %d epochs it started "
-                    "with (later epochs run at final_lr_ratio x lr; set schedule_epochs to choose it)",
+                    "with (epochs past it run at final_lr_ratio x lr); give schedule_epochs to set another",
                     name, config.max_epochs, state["schedule_epochs"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_factor(config, steps_per_epoch, schedule_epochs=state["schedule_epochs"]), last_epoch=state["step"] - 1)

@@ -115,8 +115,13 @@ class EmbeddingCache:
             s = len(self._shards)
             self._shards.append(vecs)
             self._paths.append(path)
+            finite = np.isfinite(vecs).all(1)
             for row, k in enumerate(keys):
-                self._index[k.tobytes()] = (s, row)
+                key = k.tobytes()
+                # a key in two shards: a finite vector wins over a damaged one (re-embedded into a newer shard,
+                # it lost to the damaged one whenever that shard's random name sorted last)
+                if finite[row] or key not in self._index:
+                    self._index[key] = (s, row)
 
     def __len__(self) -> int:
         if self._index is None:

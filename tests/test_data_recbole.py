@@ -62,6 +62,13 @@ def test_the_current_directory_is_found_by_its_name(tmp_path, monkeypatch):
     d = _toy(tmp_path)
     monkeypatch.chdir(d)
     assert genrec.load_dataset("recbole:.").num_interactions == load_recbole(d).num_interactions
+    monkeypatch.chdir(tmp_path)
+    # through a link: the files are named after the link ("toy"), not after the directory it points to
+    real = tmp_path / "store" / "real"
+    real.parent.mkdir()
+    d.rename(real)
+    (tmp_path / "toy").symlink_to(real, target_is_directory=True)
+    assert load_recbole(tmp_path / "toy").num_interactions == 4
 
 
 @pytest.mark.parametrize("gz", [False, True])

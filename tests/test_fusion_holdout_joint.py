@@ -204,7 +204,7 @@ def test_a_rerun_whose_stage1_towers_train_on_refits_the_gates_and_restarts_the_
     stage1 = (load_sasrec(tmp_path / "run" / "sasrec" / "best.pt"),
               hj.load_generative(tmp_path / "run" / "generative" / "best.pt"))
     assert load_json(tmp_path / "run" / "gates.json")["stage1_towers"] == hj._towers_digest(*stage1)
-    assert again.selection
+    assert set(again.selection) == {f"{t}/minmax" for t in ("stage1", "refreshed")}
 
 
 def test_retrained_towers_are_the_separately_trained_ones_under_the_held_out_gate(tmp_path):

@@ -53,6 +53,11 @@ def test_adaptive_and_learned_gate_discover_the_msp_gate(msp_case):
     broken.values[0, list(broken.names).index("id_msp")] = np.nan
     assert adaptive.gates(test.cands, broken).gate[0] == 0.5
     assert np.isfinite(adaptive.fuse(test.cands, broken)[0][test.cands.valid[0]]).all()
+    # and a NaN in the validation indicators does not poison the fit (tau was NaN: every gate NaN)
+    bad_valid = Indicators(valid.indicators.names, valid.indicators.values.copy())
+    bad_valid.values[0, list(bad_valid.names).index("id_msp")] = np.nan
+    refit = AdaptiveFusion().fit(valid.cands, valid.targets, bad_valid)
+    assert np.isfinite(refit.tau) and np.isfinite(refit.fuse(test.cands, test.indicators)[test.cands.valid]).all()
 
 
 def test_learned_gate_finds_a_signal_msp_does_not_carry(hidden_case):

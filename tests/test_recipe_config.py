@@ -57,6 +57,14 @@ def test_values_follow_yaml_1_2_and_a_repeated_key_is_refused(tmp_path):
     assert [parse_value(v) for v in ("010", "-7", "0x1f", "true", "off", "Item #{item_id}", "a # b")] == \
            [10, -7, 31, True, "off", "Item #{item_id}", "a # b"]  # YAML 1.1: 8, ..., False, "Item", "a"
     assert config_from_dict({}, overrides=["text.fallback=Item #{item_id}"]).text.fallback == "Item #{item_id}"
+    assert [parse_value(v) for v in ('"run #1"', "'a # b'", "1:30.5")] == ["run #1", "a # b", "1:30.5"]
+    from genrec.config import yaml_load
+
+    # merge keys still merge (the repeated-key check had broken them), and the keys they bring may be overridden
+    assert yaml_load("base: &b\n  hidden: 32\n  lr: 0.1\ngate:\n  <<: *b\n  lr: 0.2\n")["gate"] == \
+        {"hidden": 32, "lr": 0.2}
+    with pytest.raises(ConfigError, match=r"'0b1' is not an integer"):
+        yaml_load("a: !!int 0b1")
     bad = tmp_path / "twice.yaml"
     bad.write_text("name: x\nsasrec:\n  hidden: 32\nfusion:\n  k: 20\nsasrec:\n  lr: 0.001\n")
     with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML \(line 6, column 1\): key 'sasrec' appears "
@@ -79,13 +87,18 @@ def test_a_local_text_encoders_files_are_in_the_embed_stages_hash(tmp_path):
 
     from genrec.recipe.stage_hash import section_for_hash
 
+    import shutil
+
     model = tmp_path / "encoder"
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"weights v1")
     config = config_from_dict({}, overrides=[f"text.model={model}"])
     before = section_for_hash(config, "text")
-    (model / "model.safetensors").write_bytes(b"weights v2, longer")
-    os.utime(model / "model.safetensors", ns=(1, 1))
-    assert before["model_identity"] != section_for_hash(config, "text")["model_identity"]
-    assert "model_identity" not in section_for_hash(config_from_dict({}), "text")
-    assert "model_identity" not in section_for_hash(config_from_dict({}, overrides=["text.model=org/name"]), "text")
+    os.utime(model / "model.safetensors", ns=(1, 1))  # touched: the same files
+    copy = shutil.copytree(model, tmp_path / "copy")  # copied elsewhere (times and path differ): the same files
+    assert before == section_for_hash(config, "text") == \
+        section_for_hash(config_from_dict({}, overrides=[f"text.model={copy}"]), "text")
+    (model / "model.safetensors").write_bytes(b"weights v2")
+    assert before["model_files"] != section_for_hash(config, "text")["model_files"]
+    assert "model_files" not in section_for_hash(config_from_dict({}), "text")
+    assert "model_files" not in section_for_hash(config_from_dict({}, overrides=["text.model=org/name"]), "text")

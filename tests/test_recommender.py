@@ -166,6 +166,17 @@ def test_bad_run_and_saved_directories_are_clear_errors(tiny_run, rec, tmp_path)
     save_json(moved / "data" / "stage.done.json", marker)
     with pytest.raises(CheckpointError, match=r"changed: its data \(.*\) changed since the run trained"):
         Recommender.from_run(moved)
+    # data that is gone (moved, another cache) is named as missing, not as changed
+    from genrec.errors import DataNotFoundError
+    from genrec.recipe.run_files import check_data_unchanged, run_config
+
+    marker["hashed"]["config"]["data"]["fingerprint"] = {"spec": str(tmp_path / "gone"), "files": [
+        {"path": str(tmp_path / "gone" / "interactions.tsv"), "size": 10, "sha256": "0" * 64}]}
+    save_json(moved / "data" / "stage.done.json", marker)
+    config = run_config(moved)
+    config.data.dataset = str(tmp_path / "gone")
+    with pytest.raises(DataNotFoundError, match=r"its data files are not found \(interactions.tsv of "):
+        check_data_unchanged(moved, config)
     with pytest.raises(CheckpointError, match="neither a saved recommender"):
         Recommender.from_pretrained(tmp_path)
     saved = rec.save_pretrained(tmp_path / "m")

@@ -122,6 +122,7 @@ def test_a_longer_max_epochs_on_resume_keeps_the_cosine_horizon(tmp_path, caplog
         lr_schedule: str = "cosine"
         final_lr_ratio: float = 0.1
         patience: int = 100
+        schedule_epochs: int | None = None
 
     lrs = []
 
@@ -153,6 +154,13 @@ def test_a_longer_max_epochs_on_resume_keeps_the_cosine_horizon(tmp_path, caplog
     assert all(a >= b - 1e-12 for a, b in zip(lrs, lrs[1:])), lrs  # never back up
     assert lrs[-1] == pytest.approx(0.005) and lrs[9] == pytest.approx(0.005)
     assert "keeps the horizon of 3 epochs" in caplog.text
+    # the advice can be followed: schedule_epochs given on a resume sets the horizon from there on
+    lrs.clear()
+    fit(torch.nn.Linear(1, 1), Sched(lr=0.05, max_epochs=8, schedule_epochs=12), lambda rng: [torch.ones(4, 1)] * 3, 3,
+        lambda m, b: (lrs.append(None) or (m(b) ** 2).mean(), len(b)), lambda m: {"ndcg@10": 0.1, "recall@10": 0.0},
+        tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")["state"]
+    assert state["schedule_epochs"] == 12 and state["epoch"] == 8
 
 
 # ----------------------------------------------------------------------------------------------

@@ -327,7 +327,10 @@ _DEPENDENT_OPTIONS = (
     (("win_pair", "id_model", "gr_model", "sasrec", "generative", "indicators"), "--indicator-validation",
      lambda a: a.indicator_validation),
     (("beam",), "--generative", lambda a: a.generative),
-    (("metric", "ks"), "--predictions", lambda a: a.predictions),
+    (("metric",), "--predictions", lambda a: a.predictions),
+    (("ks",), "--predictions or a trained sweep (--sweep-train-epochs / --sweep-train-minutes)",
+     lambda a: a.predictions or (a.sweep_embeddings and (a.sweep_train_epochs is not None
+                                                         or a.sweep_train_minutes is not None))),
     (("token_hop",), "--codes or --sweep-embeddings", lambda a: a.codes or a.sweep_embeddings),
     (("sweep_sizes", "sweep_levels", "sweep_method", "sweep_seed", "sweep_train_minutes", "sweep_train_epochs"),
      "--sweep-embeddings", lambda a: a.sweep_embeddings),

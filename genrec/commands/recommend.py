@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         args.k = min(10, rec.max_k)
     if args.k > rec.max_k:
         raise ConfigError(f"argument --k: {args.k} exceeds what method {rec.method_name!r} can rank "
-                          f"({rec.max_k}{', fusion.k' if rec.method_name in rec.fusion_methods else ''})")
+                          f"({rec.max_k}, {rec.max_k_source})")
     s = recommend_file(rec, args.input, args.out, k=args.k, exclude_seen=args.exclude_seen,
                        on_unknown=args.on_unknown, chunk_size=args.chunk_size)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -66,7 +66,8 @@ def check_data_unchanged(run_dir: Path, config: Any) -> None:
     """A recommender of a run is rebuilt from the run's data (its training sequences: popularity, the
     fusion indicators): data changed since the run trained is a :class:`CheckpointError`, never a
     silent mix of new statistics and old models. Files are compared by name, size and content digest
-    (a run directory moved with its data elsewhere still loads)."""
+    (a run directory moved with its data elsewhere still loads; files over 64 MiB are known by sampled
+    blocks and their modification time, which a copy must keep: ``cp -p``)."""
     from genrec.errors import CheckpointError
     from genrec.rundir import data_fingerprint
 
@@ -81,6 +82,12 @@ def check_data_unchanged(run_dir: Path, config: Any) -> None:
                       for f in files) if files else fp.get("spec")
 
     now = data_fingerprint(config.data.dataset, config.data.cache_dir)
+    if recorded.get("files") and not now.get("files"):  # gone (moved, another cache), not changed
+        from genrec.errors import DataNotFoundError
+
+        raise DataNotFoundError(f"{run_dir}: its data files are not found "
+                                f"({', '.join(Path(f.get('path', '?')).name for f in recorded['files'])} of "
+                                f"{config.data.dataset}); restore them to load the run's recommender")
     if content(now) != content(recorded):
         raise CheckpointError(f"{run_dir}: its data ({config.data.dataset}) changed since the run trained; the "
                               "recommender would pair the run's models with other training statistics: rerun the "

@@ -82,11 +82,10 @@ def text_for_hash(out: dict[str, Any]) -> dict[str, Any]:
     if not out.get("embeddings"):
         hashed = {k: v for k, v in out.items() if k not in EMBEDDING_KEYS}
         if out.get("model") and Path(out["model"]).expanduser().is_dir():
-            # a local encoder: its files (weights, configs, vocabulary: sizes and times) and its absolute
-            # path, so new weights, or a relative path read from another directory, rerun the embed stage
-            from quantize.embed import resolve_model
-
-            hashed["model_identity"] = resolve_model(out["model"])[1]
+            # a local encoder: the content of its files (weights, configs, vocabulary), so new weights rerun
+            # the embed stage, and a copy, a touch or a move of the same files does not
+            hashed["model_files"] = _encoder_digest(Path(out["model"]).expanduser())
+            hashed["model"] = "a local directory"  # where it lies is not what it computes
         return hashed
     from genrec.item_embeddings import embedding_files
     from genrec.rundir import file_fingerprint
@@ -117,3 +116,17 @@ def flat_keys(obj: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flat_keys(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: json.dumps(obj, sort_keys=True, default=str)}
+
+
+def _encoder_digest(directory: Path) -> str:
+    """SHA-256 (16 hex digits) of a local encoder directory's weight, config and vocabulary files: their
+    relative names and contents (the embedding cache's key uses sizes and times: cheap, but a copy
+    without them would look like a new model to a run)."""
+    digest = hashlib.sha256()
+    for f in sorted(directory.rglob("*")):
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".pt", ".onnx", ".txt", ".model"):
+            digest.update(str(f.relative_to(directory)).encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]

@@ -45,7 +45,8 @@ def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     logits = hidden @ weight[start:stop].T
     if bias is not None:
         sel = (cols >= start) & (cols < stop)
-        logits.index_put_((rows[sel], cols[sel] - start), bias.expand(int(sel.sum())), accumulate=True)
+        logits.index_put_((rows[sel], cols[sel] - start), bias.to(logits.dtype).expand(int(sel.sum())),
+                          accumulate=True)
     return logits
 
 
@@ -98,9 +99,19 @@ def chunked_cross_entropy(model: SASRec, hidden: torch.Tensor, seen: torch.Tenso
     """Mean cross-entropy of ``targets`` ``[P]`` (item indices) under ``model.item_logits(hidden [P, H], seen)``,
     exact (the full softmax, value and gradients) but computed ``chunk`` items at a time."""
     rows, cols = _seen_pairs(seen if model.repeat_bias is not None else None, model.num_items)
-    lse = _ChunkedLogSumExp.apply(hidden, model.item_vectors(slice(1, None)), model.repeat_bias, rows.to(hidden.device),
-                                  cols.to(hidden.device), int(chunk))
-    return (lse - _target_logits(model, hidden, seen, targets)).mean()
+    # in float32 whatever the autocast (bf16): backward recomputes the chunks outside autocast, so the
+    # forward's log-sum-exp must come from the same float32 logits (and bf16 logits with a float32 bias
+    # could not be summed in place at all)
+    def up(t: torch.Tensor) -> torch.Tensor:  # bf16 / half to float32; float32 and float64 as they are
+        return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        hidden = up(hidden)
+        items = up(model.item_vectors(slice(1, None)))
+        lse = _ChunkedLogSumExp.apply(hidden, items, model.repeat_bias, rows.to(hidden.device),
+                                      cols.to(hidden.device), int(chunk))
+        target = up(_target_logits(model, hidden, seen, targets))
+    return (lse - target).mean()
 
 
 class NegativeSampler:

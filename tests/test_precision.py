@@ -4,6 +4,7 @@ validation, beam search, scoring) exercised with CPU autocast standing in for CU
 skips without a GPU."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -131,6 +132,14 @@ def test_an_fp32_run_resumes_in_bf16(cpu_bf16, tmp_path, split):
 
 def _bf16(config):
     return dataclasses.replace(config, precision="bf16")  # accepted on the CPU while cpu_bf16 is on
+
+
+@pytest.mark.parametrize("loss", ["full", "chunked", "sampled"])
+def test_sasrec_bf16_trains_with_every_loss(cpu_bf16, split, loss):
+    """The chunked loss crashed on its first bf16 step (bf16 chunk logits, a float32 repeat bias)."""
+    extra = {"loss_chunk": 7} if loss == "chunked" else {"num_negatives": 5} if loss == "sampled" else {}
+    result = train_sasrec(split, _bf16(SASRecConfig(**{**SAS, "max_epochs": 1}, loss=loss, **extra)), progress=False)
+    assert math.isfinite(result.history[-1]["train_loss"]) and result.history[-1]["train_loss"] > 0
 
 
 def test_sasrec_bf16_paths(cpu_bf16, split):

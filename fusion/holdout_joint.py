@@ -54,6 +54,7 @@ from fusion.indicators import TrainStats
 from fusion.joint import JointConfig, train_joint
 from fusion.methods import SCALES, GateReport, LearnedGateFusion
 from fusion.persist import load_methods, save_methods
+from genrec import distributed
 from genrec.artifacts import load_json, save_json
 from genrec.errors import CheckpointError, ConfigError, DataFormatError
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, load_generative, train_generative
@@ -359,7 +360,9 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
         if config.refresh_epochs:
             t0 = time.perf_counter()
             if out is not None:  # a refresh started from other stage-1 towers starts again from these
-                _restart_if_other_init(out, kind, "_refresh", digest)
+                if distributed.is_main():  # one rank deletes, while the others wait
+                    _restart_if_other_init(out, kind, "_refresh", digest)
+                distributed.barrier()
             towers[label(kind, "refreshed")] = (kind, _train_towers(split, table, kc, out, "_refresh", progress,
                                                                     init=state, refresh=True, item_text=item_text)[:2])
             seconds[label(kind, "refresh")] = time.perf_counter() - t0

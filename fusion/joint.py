@@ -479,7 +479,8 @@ def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None 
     setup(config)
     device = usable_device(config.device)  # after setup: under torchrun "cuda" is this rank's GPU
     config = replace(config, id_tower=resolve_text_dim(config.id_tower, item_text))
-    model = JointModel(split.num_items, table.codes, table.codebook_sizes, config, split.train, item_text)
+    model = JointModel(split.num_items, table.codes, table.codebook_sizes, config, split.train, item_text,
+                       scope=_resumed_scope(out_dir, config, split.num_items))
     if init is not None:
         # the training statistics are this split's (the gate features read them), the rest init's
         own = {k: v.clone() for k, v in model.state_dict().items()
@@ -501,6 +502,25 @@ def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None 
                          "codebook_sizes": [int(s) for s in table.codebook_sizes], "num_items": split.num_items,
                          "gr_scope": model.scope},  # as resolved: loading never re-derives it
                f"joint[{config.mode}]")
+
+
+def _resumed_scope(out_dir: str | Path | None, config: JointConfig, num_items: int) -> str | None:
+    """The scope of the run a resume continues (its ``last.pt``; one from before the scope was saved: the
+    item-count rule it trained under), so that it never goes on under the other scope; None: a new run."""
+    if out_dir is None:
+        return None
+    for name in ("last.pt", "last.prev.pt"):
+        path = Path(out_dir) / name
+        if path.is_file():
+            try:
+                ckpt = load_checkpoint(path, kind="joint training checkpoint", keys=("config",))
+            except CheckpointError:
+                continue  # fit says what is wrong with it
+            if ckpt.get("gr_scope") is not None:
+                return ckpt["gr_scope"]
+            return config.gr_scope if config.gr_scope != "auto" else \
+                ("catalogue" if num_items <= config.catalogue_max_items else "target")
+    return None
 
 
 def save_joint(model: JointModel, path: str | Path) -> Path:

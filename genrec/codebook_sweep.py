@@ -101,6 +101,8 @@ def codebook_sweep(split: LeaveOneOutSplit, embeddings: np.ndarray, configs: Seq
     x = np.asarray(embeddings)
     if x.ndim != 2 or x.shape[0] != split.num_items:
         raise ValueError(f"embeddings must be [{split.num_items}, d] (one row per item), got {x.shape}")
+    if not np.isfinite(x).all():  # bad data, not a configuration the quantizer refuses: never a skipped row
+        raise ValueError(f"embeddings: row {int(np.flatnonzero(~np.isfinite(x).all(1))[0])} is NaN or infinite")
     if len(labels) != len(split.test):
         raise ValueError(f"{len(labels)} labels for {len(split.test)} test instances")
     key = method.lower().replace("-", "_")

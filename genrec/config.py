@@ -40,18 +40,24 @@ def _yaml_loader() -> type:
         not YAML 1.1's octal eight, and ``1:30`` text, not 90) and a repeated key refused (the last one
         silently won)."""
 
-        def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
-            seen: dict[Any, Any] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor": merged (and overridable) below
-                    continue
-                key = self.construct_object(key_node, deep=deep)
-                if isinstance(key, typing.Hashable) and key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key!r} appears twice (first on line {seen[key].line + 1})",
-                        key_node.start_mark)
-                seen[key] = key_node.start_mark
-            return super().construct_mapping(node, deep=deep)
+        def flatten_mapping(self, node):  # noqa: ANN001 - PyYAML's signature
+            # the mapping's own keys, checked once before PyYAML splices merged keys ("<<: *anchor") into
+            # node.value (a merged key overridden on purpose is no repeat; an anchor merged elsewhere first
+            # would show its merged keys beside its own otherwise)
+            checked = self.__dict__.setdefault("_checked", set())
+            if id(node) not in checked:
+                checked.add(id(node))
+                seen: dict[Any, Any] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                        continue
+                    key = (key_node.tag, key_node.value)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key_node.value!r} appears twice (first on line {seen[key].line + 1})",
+                            key_node.start_mark)
+                    seen[key] = key_node.start_mark
+            super().flatten_mapping(node)
 
     def construct_int(loader, node):  # noqa: ANN001
         text = loader.construct_scalar(node)

@@ -150,3 +150,6 @@ def test_a_constant_indicator_column_carries_no_weight_and_a_missing_value_reads
     z = s.transform(Indicators(("length", "r"), np.array([[np.log1p(60), 0.5], [np.nan, np.inf]], np.float32)))
     assert abs(z[0, 0]) < 1 and np.isfinite(z).all()
     assert z[1].tolist() == [0.0, 0.0] and "2 non-finite indicator value(s) in 1 row(s) (length, r)" in caplog.text
+    # the test is relative: a column on the 1e-8 scale keeps its spread (an absolute 1e-6 took it for constant)
+    tiny = Standardizer.fit(Indicators(("t",), (rng.normal(size=(500, 1)) * 1e-8).astype(np.float32)))
+    assert 0 < tiny.std[0] < 1e-7

@@ -145,12 +145,18 @@ def test_the_end_to_end_joint_model_never_trains_on_a_validation_target_and_resu
                                                  targets=np.random.default_rng(0).permutation(v.targets)))
     for a, b in zip(straight.state_dict().values(), train_joint(shuffled, table, cfg).model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    train_joint(split, table, dc_replace(cfg, max_epochs=1), out_dir=tmp_path)
+    first = train_joint(split, table, dc_replace(cfg, max_epochs=1), out_dir=tmp_path).model
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["gr_scope"] == first.scope == "catalogue"
     with caplog.at_level("INFO", logger="genrec.training"):
         resumed = train_joint(split, table, cfg, out_dir=tmp_path).model
     assert "resumed joint[joint] from" in caplog.text and "at epoch 1" in caplog.text
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # a resume continues under the scope the run trained with, whatever the rule would pick now
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    ckpt["gr_scope"] = "target"
+    torch.save(ckpt, tmp_path / "last.pt")
+    assert train_joint(split, table, dc_replace(cfg, max_epochs=3), out_dir=tmp_path).model.scope == "target"
 
 
 def test_joint_divergence_resume_and_bad_histories(tmp_path):

@@ -584,3 +584,7 @@ def test_under_torchrun_only_rank_0_talks(tiny, tmp_path, monkeypatch, capsys, r
     assert (rank == "0") == (tmp_path / "run" / "run.log").is_file()
     if rank == "1":
         assert out.out == out.err == ""
+        # but its own error is on its stderr (it printed nothing: torchrun showed a bare exit code)
+        bad = load_config(DEMO_YAML, overrides=[*tiny, f"data.dataset={tmp_path / 'nowhere'}"])
+        assert execute(bad, tmp_path / "bad", until="data") == 2
+        assert capsys.readouterr().err.startswith("genrec run: rank 1: error: ")

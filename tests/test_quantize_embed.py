@@ -102,6 +102,8 @@ def test_a_non_finite_cached_vector_is_embedded_again_and_errors_name_the_input_
     enc = TextEncoder(cache_dir=tmp_path, show_progress=False)
     enc._model = _NaNModel()
     EmbeddingCache(tmp_path / enc.cache_key).put(text_keys(["good b"]), np.full((1, 3), np.nan, np.float32))
+    (damaged,) = (tmp_path / enc.cache_key).glob("shard-*.npz")
+    damaged.rename(damaged.with_name("shard-~damaged.npz"))  # sorts after any re-embedded shard (random names)
     out = enc.encode(["good b", "good a"])
     assert np.isfinite(out).all() and "1 cached vector(s)" in caplog.text
     hit, cached = EmbeddingCache(tmp_path / enc.cache_key).get(text_keys(["good b"]))  # the finite copy is read

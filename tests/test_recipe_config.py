@@ -63,6 +63,11 @@ def test_values_follow_yaml_1_2_and_a_repeated_key_is_refused(tmp_path):
     # merge keys still merge (the repeated-key check had broken them), and the keys they bring may be overridden
     assert yaml_load("base: &b\n  hidden: 32\n  lr: 0.1\ngate:\n  <<: *b\n  lr: 0.2\n")["gate"] == \
         {"hidden": 32, "lr": 0.2}
+    nested = ("sasrec: &tower\n  hidden: 64\n  lr: 0.001\nfusion:\n  joint_config:\n    id_tower: &id\n"
+              "      <<: *tower\n      hidden: 32\ngenerative:\n  <<: *id\n")  # an anchor merged, then merged again
+    assert yaml_load(nested)["generative"] == {"hidden": 32, "lr": 0.001}
+    with pytest.raises(ConfigError, match=r"key 'h' appears twice"):  # a repeat inside an anchor is still one
+        yaml_load("base: &b\n  h: 1\n  h: 2\nc:\n  <<: *b\n")
     with pytest.raises(ConfigError, match=r"'0b1' is not an integer"):
         yaml_load("a: !!int 0b1")
     bad = tmp_path / "twice.yaml"

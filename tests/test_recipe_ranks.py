@@ -25,6 +25,7 @@ def world(monkeypatch):
         record: list = []
         replay: list | None = None
         runs: list = []
+        other = None  # what the other rank contributes to an all_gather (None: it went well)
 
     def broadcast(obj):
         if World.replay is None:
@@ -40,6 +41,8 @@ def world(monkeypatch):
     monkeypatch.setattr(distributed, "is_main", lambda: World.rank == 0)
     monkeypatch.setattr(distributed, "broadcast_object", broadcast)
     monkeypatch.setattr(distributed, "barrier", lambda: None)
+    monkeypatch.setattr(distributed, "all_gather_object",
+                        lambda obj: [obj, World.other] if World.rank == 0 else [World.other, obj])
 
     def stage(name, every_rank, fail=False):
         def run(ctx):
@@ -54,7 +57,7 @@ def world(monkeypatch):
         return Stage(name, run, ("data",), (), every_rank=every_rank)
 
     World.stage = staticmethod(stage)
-    World.record, World.runs = [], []
+    World.record, World.runs, World.other = [], [], None
     return World
 
 
@@ -93,6 +96,20 @@ def test_a_stage_failing_on_rank_0_fails_on_every_rank(world, monkeypatch, tmp_p
     with pytest.raises(DataFormatError, match="on rank 0: prep cannot read its input"):
         _run(config, tmp_path / "other", ["prep"])
     assert world.runs == []
+
+
+def test_a_trainer_failing_on_any_rank_fails_on_every_rank_and_writes_no_marker(world, monkeypatch, tmp_path):
+    """A training stage runs on every rank: rank 0's failure left the others waiting at the barrier
+    (its marker was written before they had finished), another rank's never reached rank 0."""
+    monkeypatch.setattr(runner, "STAGES", (world.stage("train", True, fail=True),))
+    config = config_from_dict({"data": {"dataset": "synthetic:num_users=50"}})
+    with pytest.raises(DataFormatError, match="train cannot read its input"):
+        _run(config, tmp_path / "a", ["train"])
+    monkeypatch.setattr(runner, "STAGES", (world.stage("train", True),))
+    world.other = ("OSError", "No space left on device")  # rank 1 failed, rank 0 trained fine
+    with pytest.raises(RuntimeError, match=r"stage 'train' failed on rank 1: OSError: No space left on device"):
+        _run(config, tmp_path / "b", ["train"])
+    assert not (tmp_path / "b" / "train" / "stage.done.json").exists()
 
 
 def test_a_single_process_uses_no_collective(world, monkeypatch, tmp_path):
@@ -238,3 +255,15 @@ def test_the_tiny_demo_recipe_under_two_gloo_processes(tmp_path):
     assert {"sasrec", "gr", "fixed", "adaptive", "learned_minmax"} <= set(results["models"])
     for m in results["models"].values():
         assert 0.0 <= m["test"]["all"]["ndcg@10"] <= 1.0
+
+
+def test_the_run_s_process_group_follows_the_models_devices(world, monkeypatch, tmp_path):
+    """On a GPU machine the runner made an nccl group (torch's default there) even for CPU models, whose
+    DDP reductions nccl cannot do; the trainers' own choice came too late (a group already existed)."""
+    chosen = []
+    monkeypatch.setattr(distributed, "init_from_env", lambda backend=None: chosen.append(backend) or True)
+    monkeypatch.setattr(runner, "STAGES", (world.stage("prep", False),))
+    _run(config_from_dict({"data": {"dataset": "synthetic:num_users=50"}}), tmp_path / "cpu", ["prep"])
+    _run(config_from_dict({"data": {"dataset": "synthetic:num_users=50"}}, overrides=["device=cuda"]),
+         tmp_path / "gpu", ["prep"])
+    assert chosen == ["gloo", "nccl"]

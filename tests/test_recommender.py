@@ -158,8 +158,6 @@ def test_bad_run_and_saved_directories_are_clear_errors(tiny_run, rec, tmp_path)
         Recommender.from_run(tiny_run, method="joint")
     # data changed since the run trained: the training statistics would no longer be the models' (they were
     # rebuilt from the data as it is now, silently)
-    import shutil
-
     moved = shutil.copytree(tiny_run, tmp_path / "changed")
     marker = load_json(moved / "data" / "stage.done.json")
     marker["hashed"]["config"]["data"]["fingerprint"]["spec"] += ",seed=9"

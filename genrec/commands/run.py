@@ -61,6 +61,13 @@ def talks() -> bool:
     return os.environ.get("RANK", "0") in ("", "0")
 
 
+def _other_rank_says(label: str, error: BaseException) -> None:
+    """An error on a rank other than 0, which prints nothing else, on its stderr: torchrun's bare "exit code
+    1" was all there was of an OOM or a full disk on rank 1."""
+    if not talks():
+        print(f"{label}: rank {os.environ.get('RANK')}: error: {error}", file=sys.stderr)
+
+
 def print_stage(name: str, event: str, info: dict, position: str = "") -> None:
     """Stage progress lines on stderr (the summary goes to stdout), copied to the log file;
     ``position``: e.g. ``"3/9"``, shown before the stage name."""
@@ -129,10 +136,12 @@ def execute(config, out: Path, until: str | None = None, label: str = "genrec ru
             return 0
         except (GenrecError, FileNotFoundError) as e:
             say(f"{label}: error: {e}")
+            _other_rank_says(label, e)
             return 2
         except RuntimeError as e:
             log.error("%s", e, exc_info=True, extra=FILE_ONLY)  # the traceback, for the log only
             say(f"{label}: error: {e}" + (f" (traceback in {log_file})" if log_file else ""))
+            _other_rank_says(label, e)
             return 1
         except KeyboardInterrupt:
             say(f"{label}: interrupted; run the same command again to resume where it stopped")

@@ -71,9 +71,10 @@ def check_data_unchanged(run_dir: Path, config: Any) -> None:
     from genrec.errors import CheckpointError
     from genrec.rundir import data_fingerprint
 
-    recorded = load_json(run_dir / "data" / "stage.done.json").get("hashed", {}).get("config", {}).get(
-        "data", {}).get("fingerprint")
-    if not isinstance(recorded, dict):
+    marker = load_json(run_dir / "data" / "stage.done.json")
+    recorded = marker.get("hashed", {}).get("config", {}).get("data", {}).get("fingerprint") \
+        if isinstance(marker, dict) else None
+    if not isinstance(recorded, dict) or not (recorded.get("files") or recorded.get("spec")):
         return  # a marker of another shape or version: nothing to compare with
 
     def content(fp: dict) -> Any:
@@ -81,6 +82,9 @@ def check_data_unchanged(run_dir: Path, config: Any) -> None:
         return sorted((Path(f.get("path", "")).name, f.get("size"), f.get("sha256"), f.get("mtime_ns"))
                       for f in files) if files else fp.get("spec")
 
+    from genrec.datasets import fetch_dataset_files
+
+    fetch_dataset_files(config.data.dataset, config.data.cache_dir)  # a download spec fetches, as the run did
     now = data_fingerprint(config.data.dataset, config.data.cache_dir)
     if recorded.get("files") and not now.get("files"):  # gone (moved, another cache), not changed
         from genrec.errors import DataNotFoundError

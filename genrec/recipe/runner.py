@@ -118,8 +118,13 @@ class Recipe:
     def __enter__(self) -> "Recipe":
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: join its process group
             from genrec import distributed
+            from genrec.model_settings import resolve_device
 
-            if distributed.init_from_env():
+            # the backend follows the models' devices (nccl cannot reduce the CPU tensors of CPU models,
+            # the default even on a GPU machine); the first group made is the one every stage uses
+            devices = (self.config.sasrec.device, self.config.generative.device)
+            if distributed.init_from_env("nccl" if any(resolve_device(d).type == "cuda" for d in devices)
+                                         else "gloo"):
                 self._dist = distributed
                 self.context.progress = self.context.progress and distributed.is_main()
         try:
@@ -249,9 +254,26 @@ class Recipe:
             return info
 
         if self._dist is not None and stage.every_rank:
-            # a trainer: every rank trains (DDP), rank 0 alone writes the marker, then all go on
-            info = run_and_mark()
-            self._from_main(lambda: None)
+            # a trainer: every rank trains (DDP); every rank hears of a failure on any rank (rank 0's too,
+            # which used to leave the others waiting), and only then rank 0 writes the marker
+            try:
+                ran, failure = self._run(stage, h, src), None
+            except BaseException as e:
+                ran, failure = None, e
+            outcomes = self._dist.all_gather_object(None if failure is None else (type(failure).__name__,
+                                                                                  str(failure)))
+            if failure is not None:
+                raise failure
+            bad = next(((r, o) for r, o in enumerate(outcomes) if o is not None), None)
+            if bad is not None:
+                raise RuntimeError(f"stage {name!r} failed on rank {bad[0]}: {bad[1][0]}: {bad[1][1]}")
+
+            def mark() -> dict[str, Any]:
+                marked = {**ran, "run_id": _outputs_digest(run_dir, ran["artifacts"]), "upstream_runs": upstream_runs}
+                _write(sdir, lambda: save_json(marker, marked), name)  # last: the stage counts as done only now
+                return marked
+
+            info = self._from_main(mark)
         else:
             info = self._from_main(run_and_mark)  # rank 0 runs it, the others wait for its outcome
         self._done[name] = sdir

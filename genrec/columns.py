@@ -85,10 +85,12 @@ def parse_time_strings(column: Any) -> np.ndarray | None:
     import pyarrow.compute as pc
 
     trimmed = pc.utf8_trim(column, characters=" \t")
-    try:  # Arrow reads "[+-]digits" only, each of which int() reads to the same value
-        return pc.cast(trimmed, pa.int64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass  # not every value an int64: the checks below decide between floats and the row reader
+    # Arrow's int cast also reads "0x10" (16), which the row reader refuses: decimal digits only
+    if pc.all(pc.match_substring_regex(trimmed, r"^[+-]?[0-9]+$")).as_py():
+        try:
+            return pc.cast(trimmed, pa.int64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # beyond int64: the row reader names it
     # every value an integer to int() ("+3", or beyond int64): int64 or an error, row by row
     if pc.all(pc.match_substring_regex(trimmed, r"^[+-]?[0-9]+$")).as_py():
         return None

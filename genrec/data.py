@@ -405,7 +405,8 @@ def _read_items_bulk(path: Path) -> dict[str, ItemText] | None:
         batch = lines[start:start + _JSONL_BATCH]
         try:  # each line alone: a batch joined by commas let a line of two objects cancel one object split
             # over two lines (the count still matched)
-            objs = [json.loads(line) for line in batch]
+            objs = [json.loads(line.decode("utf-8")) for line in batch]  # bytes: json guessed each line's
+            # encoding (a BOM mid-file read as utf-8-sig), which the line reader refuses
         except (ValueError, RecursionError):
             return None
         for obj in objs:

@@ -75,6 +75,10 @@ def _read_npy(path: Path, ids_path: Path) -> tuple[list[str], np.ndarray]:
         x = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataFormatError(f"{path}: not a .npy array of item embeddings ({e})") from None
+    if isinstance(x, np.lib.npyio.NpzFile):  # (it held the file open, and "shape None" named nothing)
+        x.close()
+        raise DataFormatError(f"{path}: a .npz archive, not a .npy array; name it .npz (with its ids and vectors "
+                              f"arrays) or save the array with numpy.save")
     if not isinstance(x, np.ndarray) or x.ndim != 2 or 0 in x.shape:
         raise DataFormatError(f"{path}: item embeddings must be a non-empty 2-d array [items, dim], got shape "
                               f"{getattr(x, 'shape', None)}")

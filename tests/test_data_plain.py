@@ -156,6 +156,11 @@ def test_non_numeric_timestamp(tmp_path):
     d = make_dir(tmp_path / "e", ["u1\ta\t1", "u1\tb\t1_000", "u1\tc\t3"])  # int() would read 1000
     with pytest.raises(DataFormatError, match=r"interactions\.tsv:3: timestamp '1_000' is not a number"):
         load_plain(d)
+    for ending in ("\n", "\r\n"):  # hexadecimal: Arrow's cast (the bulk reader) read 0x10 as 16; the row reader refuses
+        d = make_dir(tmp_path / f"hex{len(ending)}", ["u1\ta\t0x10", "u1\tb\t0x11"])
+        (d / "interactions.tsv").write_bytes((d / "interactions.tsv").read_text().replace("\n", ending).encode())
+        with pytest.raises(DataFormatError, match=r"interactions\.tsv:2: timestamp '0x10' is not a number"):
+            load_plain(d)
     for digits in ("\u0661\u0662", "\uff13"):  # Arabic-Indic 12, fullwidth 3: int() reads any script's digits
         d = make_dir(tmp_path / f"f{len(digits)}", ["u1\ta\t1", f"u1\tb\t{digits}"])
         with pytest.raises(DataFormatError, match=rf"interactions\.tsv:3: timestamp '{digits}' is not a number"):
@@ -420,6 +425,8 @@ def test_write_plain_refuses_ids_the_format_cannot_hold(tmp_path):
     (['{"item_id": "a"}, {"item_id": "b", "title": ["x"', '"y"]}'], r"items.jsonl:1: malformed JSON"),
     # the same with every line between braces (the bulk reader's batch parse took it as items a, b, c)
     (['{"item_id":"a"},{"item_id":"b"}', '{"item_id":"c","t":[{}', '{}]}'], r"items.jsonl:1: malformed JSON"),
+    # a byte-order mark mid-file (two files concatenated): json read bytes as utf-8-sig in the bulk reader
+    (['{"item_id": "a"}', '\ufeff{"item_id": "b"}'], r"items.jsonl:2: malformed JSON"),
 ])
 def test_items_file_ids_and_line_structure(tmp_path, lines, error):
     from genrec.data import read_items_jsonl

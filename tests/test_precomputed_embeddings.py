@@ -81,6 +81,11 @@ BAD = [
      r"vec.npy: item embeddings must be numbers, got dtype <U1"),
     ("pickled", lambda p: _bad_npy(p, x=np.array([{"a": 1}] * 3, dtype=object)), DataFormatError,
      r"vec.npy: not a .npy array of item embeddings"),
+    # a .npz archive named .npy: named as such (it read "shape None" and left the file open)
+    ("npz-named-npy", lambda p: (np.savez(p / "arch.npz", x=np.ones((3, 2))),
+                                 (p / "arch.npz").rename(p / "arch.npy"), (p / "arch.ids.txt").write_text("a\nb\nc\n"),
+                                 load_item_embeddings(p / "arch.npy", IDS)),
+     DataFormatError, r"arch.npy: a .npz archive, not a .npy array"),
     ("no-id-list", lambda p: (np.save(p / "lone.npy", np.ones((3, 2))), load_item_embeddings(p / "lone.npy", IDS)),
      DataNotFoundError, r"lone.ids.txt: id list of the embeddings not found"),
     ("no-file", lambda p: load_item_embeddings(p / "none.npy", IDS), DataNotFoundError,

@@ -56,7 +56,9 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block with causal attention (as in the SASRec reference code)."""
+    """Pre-LayerNorm transformer block with causal attention: the attention residual as in the SASRec
+    reference code (taken from the normalised query), the feed-forward one the usual pre-LN ``x + ffn(ln(x))``
+    (the reference's adds ``ln(x)``)."""
 
     def __init__(self, hidden: int, heads: int, dropout: float):
         super().__init__()

@@ -26,7 +26,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories
 from genrec.beam_search import check_same_codes
-from genrec.errors import DataFormatError
+from genrec.errors import ConfigError, DataFormatError
 from genrec.generative import evaluate
 from genrec.trie import PrefixTrie, trie_of
 from genrec.training import TrainResult, fit, setup
@@ -70,6 +70,9 @@ class TigerConfig:
 
     def __post_init__(self) -> None:
         check_training_config(self)
+        b = self.user_buckets  # a negative count shrank the vocabulary under the code tokens (IndexError in T5)
+        if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+            raise ConfigError(f"config key 'user_buckets' must be an integer >= 0 (0: no user tokens), got {b!r}")
 
 
 class TigerModel(nn.Module):

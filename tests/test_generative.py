@@ -397,3 +397,13 @@ def test_decoding_runs_under_the_models_precision(split, trained, monkeypatch):
     recommend(trained.model, split.test, beam_size=3)
     score_items(trained.model, split.test, np.zeros((len(split.test), 1), np.int64))
     assert calls == [("fp32", "cpu"), ("fp32", "cpu")]
+
+
+@pytest.mark.parametrize("bad", [-3, True, 2.5])
+def test_tiger_user_buckets_must_be_a_count(bad):
+    """A negative count shrank T5's vocabulary below the code tokens: an IndexError deep in training."""
+    from genrec.errors import ConfigError
+    from genrec.tiger import TigerConfig
+
+    with pytest.raises(ConfigError, match="config key 'user_buckets' must be an integer >= 0"):
+        TigerConfig(user_buckets=bad)

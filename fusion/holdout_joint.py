@@ -360,9 +360,17 @@ def train_holdout_joint(split: LeaveOneOutSplit, table: Any, config: HoldoutJoin
         if config.refresh_epochs:
             t0 = time.perf_counter()
             if out is not None:  # a refresh started from other stage-1 towers starts again from these
-                if distributed.is_main():  # one rank deletes, while the others wait
-                    _restart_if_other_init(out, kind, "_refresh", digest)
-                distributed.barrier()
+                failed = None  # one rank deletes while the others wait; its failure reaches them (no hang)
+                if distributed.is_main():
+                    try:
+                        _restart_if_other_init(out, kind, "_refresh", digest)
+                    except Exception as e:
+                        failed = e
+                told = distributed.broadcast_object(None if failed is None else f"{type(failed).__name__}: {failed}")
+                if failed is not None:
+                    raise failed
+                if told is not None:
+                    raise RuntimeError(f"on rank 0: {told}")
             towers[label(kind, "refreshed")] = (kind, _train_towers(split, table, kc, out, "_refresh", progress,
                                                                     init=state, refresh=True, item_text=item_text)[:2])
             seconds[label(kind, "refresh")] = time.perf_counter() - t0

@@ -51,7 +51,9 @@ def _yaml_loader() -> type:
                 for key_node, _ in node.value:
                     if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
                         continue
-                    key = (key_node.tag, key_node.value)
+                    key = self.construct_object(key_node)  # the value: 1 and +1, true and True are one key
+                    if not isinstance(key, typing.Hashable):
+                        continue
                     if key in seen:
                         raise yaml.constructor.ConstructorError(
                             None, None, f"key {key_node.value!r} appears twice (first on line {seen[key].line + 1})",

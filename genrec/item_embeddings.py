@@ -77,8 +77,8 @@ def _read_npy(path: Path, ids_path: Path) -> tuple[list[str], np.ndarray]:
         raise DataFormatError(f"{path}: not a .npy array of item embeddings ({e})") from None
     if isinstance(x, np.lib.npyio.NpzFile):  # (it held the file open, and "shape None" named nothing)
         x.close()
-        raise DataFormatError(f"{path}: a .npz archive, not a .npy array; name it .npz (with its ids and vectors "
-                              f"arrays) or save the array with numpy.save")
+        raise DataFormatError(f"{path}: a .npz archive, not a .npy array; save the array with numpy.save (its ids "
+                              f"one per line in {ids_path.name}) or write a .parquet file")
     if not isinstance(x, np.ndarray) or x.ndim != 2 or 0 in x.shape:
         raise DataFormatError(f"{path}: item embeddings must be a non-empty 2-d array [items, dim], got shape "
                               f"{getattr(x, 'shape', None)}")

@@ -107,3 +107,17 @@ def test_a_local_text_encoders_files_are_in_the_embed_stages_hash(tmp_path):
     assert before["model_files"] != section_for_hash(config, "text")["model_files"]
     assert "model_files" not in section_for_hash(config_from_dict({}), "text")
     assert "model_files" not in section_for_hash(config_from_dict({}, overrides=["text.model=org/name"]), "text")
+
+
+def test_joint_settings_the_run_would_fail_on_late_are_refused_early():
+    """fusion.teacher_forcing=false with the held-out joint model scored the two kinds of model under
+    different settings; a joint k beyond the catalogue failed after the stage-1 towers had trained."""
+    from genrec.recipe.stages import check_catalogue
+
+    with pytest.raises(ConfigError, match=r"'fusion.teacher_forcing' must be true with the held-out joint model"):
+        config_from_dict({}, overrides=["fusion.joint=true", "fusion.teacher_forcing=false"])
+    config = config_from_dict({}, overrides=["fusion.joint=true", "fusion.joint_config.k=100", "fusion.k=20",
+                                             "fusion.beam=20"])
+    with pytest.raises(ConfigError, match=r"'fusion.joint_config.k' \(100\) exceeds the catalogue .* \(64 items\)"):
+        check_catalogue(config, 64)
+    check_catalogue(config, 100)

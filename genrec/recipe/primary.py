@@ -120,6 +120,9 @@ def choose_primary(config: RecipeConfig, run_dir: str | Path) -> PrimaryChoice:
             scores["joint"] = float(v)
             sources["joint"] = ("joint training's own validation score (no validation target trains it; the best "
                                 "of its early-stopping / tower and gate-scale choices)")
+        else:  # it was silently out of the choice
+            log.warning("%s: the joint model has no validation %s (its training validated at K in 5, 10, 20, 50): "
+                        "it does not compete for the primary method", run_dir, metric)
     folds = cf.num_folds if cf is not None else None
     if f.primary != "auto":
         return PrimaryChoice(f.primary, f.primary, "set in the config (fusion.primary)", metric, scores, sources,

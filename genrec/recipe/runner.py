@@ -122,9 +122,13 @@ class Recipe:
 
             # the backend follows the models' devices (nccl cannot reduce the CPU tensors of CPU models,
             # the default even on a GPU machine); the first group made is the one every stage uses
+            import torch
+            import torch.distributed as dist
+
             devices = (self.config.sasrec.device, self.config.generative.device)
-            if distributed.init_from_env("nccl" if any(resolve_device(d).type == "cuda" for d in devices)
-                                         else "gloo"):
+            gpu = any(resolve_device(d).type == "cuda" for d in devices) and torch.cuda.is_available() \
+                and dist.is_nccl_available()  # (no GPU here: gloo, and the trainer names the missing GPU)
+            if distributed.init_from_env("nccl" if gpu else "gloo"):
                 self._dist = distributed
                 self.context.progress = self.context.progress and distributed.is_main()
         try:
@@ -254,19 +258,11 @@ class Recipe:
             return info
 
         if self._dist is not None and stage.every_rank:
-            # a trainer: every rank trains (DDP); every rank hears of a failure on any rank (rank 0's too,
-            # which used to leave the others waiting), and only then rank 0 writes the marker
-            try:
-                ran, failure = self._run(stage, h, src), None
-            except BaseException as e:
-                ran, failure = None, e
-            outcomes = self._dist.all_gather_object(None if failure is None else (type(failure).__name__,
-                                                                                  str(failure)))
-            if failure is not None:
-                raise failure
-            bad = next(((r, o) for r, o in enumerate(outcomes) if o is not None), None)
-            if bad is not None:
-                raise RuntimeError(f"stage {name!r} failed on rank {bad[0]}: {bad[1][0]}: {bad[1][1]}")
+            # a trainer: every rank trains (DDP). A rank that fails raises at once (torchrun then ends the
+            # others; waiting in a collective with peers in another one would hang them all); the barrier
+            # makes rank 0 write the marker only once every rank has finished training
+            ran = self._run(stage, h, src)
+            self._dist.barrier()
 
             def mark() -> dict[str, Any]:
                 marked = {**ran, "run_id": _outputs_digest(run_dir, ran["artifacts"]), "upstream_runs": upstream_runs}

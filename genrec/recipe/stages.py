@@ -117,10 +117,15 @@ class StageContext:
 
 
 def check_catalogue(config: RecipeConfig, num_items: int) -> None:
-    """Settings that must fit the dataset's catalogue (known once it is loaded): ``fusion.k``."""
-    if config.fusion.k > num_items:
-        raise ConfigError(f"config key 'fusion.k' ({config.fusion.k}) exceeds the catalogue of "
-                          f"{config.data.dataset} ({num_items} items); set fusion.k <= {num_items}")
+    """Settings that must fit the dataset's catalogue (known once it is loaded): ``fusion.k`` and the
+    held-out joint model's ``fusion.joint_config.k`` (it failed after its towers had trained)."""
+    ks = {"fusion.k": config.fusion.k}
+    if config.fusion.joint and config.fusion.joint_schedule == "holdout":
+        ks["fusion.joint_config.k"] = joint_config(config).k
+    for key, k in ks.items():
+        if k > num_items:
+            raise ConfigError(f"config key {key!r} ({k}) exceeds the catalogue of {config.data.dataset} "
+                              f"({num_items} items); set {key} <= {num_items}")
 
 
 def stage_data(ctx: StageContext) -> dict[str, Path]:

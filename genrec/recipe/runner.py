@@ -24,8 +24,10 @@ lock, plans, writes every marker and runs the stages that do not train; the trai
 batches with DDP (their checkpoints written by rank 0; the small summaries after training, the same
 on every rank, are written atomically by each). The other ranks wait at each stage's end and then
 read what rank 0 wrote; a stage that fails on rank 0 fails on every rank with its message (a trainer
-failing on one rank alone stops the group through torchrun). The run directory must be shared by
-all ranks. In a single process nothing of this applies.
+failing on any rank raises there at once and stops the group through torchrun; a trainer's marker is
+written only after every rank has finished it). The process group is gloo unless a model is on a
+GPU this machine has (nccl). The run directory must be shared by all ranks. In a single process
+nothing of this applies.
 """
 
 from __future__ import annotations

@@ -114,8 +114,12 @@ def test_joint_settings_the_run_would_fail_on_late_are_refused_early():
     different settings; a joint k beyond the catalogue failed after the stage-1 towers had trained."""
     from genrec.recipe.stages import check_catalogue
 
+    # refused where training would start or resume, not when a finished run's config is read back
+    unforced = config_from_dict({}, overrides=["fusion.joint=true", "fusion.teacher_forcing=false"])
     with pytest.raises(ConfigError, match=r"'fusion.teacher_forcing' must be true with the held-out joint model"):
-        config_from_dict({}, overrides=["fusion.joint=true", "fusion.teacher_forcing=false"])
+        check_catalogue(unforced, 10_000)
+    check_catalogue(config_from_dict({}, overrides=["fusion.joint=true"]), 10_000)
+    check_catalogue(config_from_dict({}, overrides=["fusion.teacher_forcing=false"]), 10_000)  # no joint model
     config = config_from_dict({}, overrides=["fusion.joint=true", "fusion.joint_config.k=100", "fusion.k=20",
                                              "fusion.beam=20"])
     with pytest.raises(ConfigError, match=r"'fusion.joint_config.k' \(100\) exceeds the catalogue .* \(64 items\)"):

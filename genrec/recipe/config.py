@@ -497,6 +497,7 @@ def validate_config(config: RecipeConfig) -> None:
     if f.joint:
         from fusion.holdout_joint import HoldoutJointConfig
         from fusion.joint import JointConfig
+
         cls = HoldoutJointConfig if f.joint_schedule == "holdout" else JointConfig
         check_mapping("fusion.joint_config", f.joint_config, field_hints(cls))
         if isinstance(f.joint_config.get("gate"), Mapping):  # typed as fusion.gate's options
@@ -505,8 +506,6 @@ def validate_config(config: RecipeConfig) -> None:
             jc = joint_config(config)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config section 'fusion.joint_config': {e}") from None
-        need(f.teacher_forcing or f.joint_schedule != "holdout", "fusion.teacher_forcing", False,
-             "must be true with the held-out joint model (it cross-scores its candidates always)")
         jk = getattr(jc, "k", None)  # the holdout schedule's ranked-list length (end to end: the catalogue)
         need(jk is None or max(r.ks, default=0) <= jk, "fusion.joint_config.k", jk,
              f"must be at least max(report.ks) ({max(r.ks, default=0)}): the joint model's list has length k")

@@ -117,11 +117,17 @@ class StageContext:
 
 
 def check_catalogue(config: RecipeConfig, num_items: int) -> None:
-    """Settings that must fit the dataset's catalogue (known once it is loaded): ``fusion.k`` and the
-    held-out joint model's ``fusion.joint_config.k`` (it failed after its towers had trained)."""
+    """Settings a run must not start (or resume) training with, checked by the data and joint stages, not
+    when a finished run's config is read: ``fusion.k`` and the held-out joint model's
+    ``fusion.joint_config.k`` within the catalogue (it failed after its towers had trained), and that model
+    with ``fusion.teacher_forcing`` (its lists are always cross-scored: with false, the post-hoc methods'
+    would not be, and the two would compete for the primary under different settings)."""
     ks = {"fusion.k": config.fusion.k}
     if config.fusion.joint and config.fusion.joint_schedule == "holdout":
         ks["fusion.joint_config.k"] = joint_config(config).k
+        if not config.fusion.teacher_forcing:
+            raise ConfigError("config key 'fusion.teacher_forcing' must be true with the held-out joint model "
+                              "(fusion.joint with joint_schedule holdout), which cross-scores its candidates always")
     for key, k in ks.items():
         if k > num_items:
             raise ConfigError(f"config key {key!r} ({k}) exceeds the catalogue of {config.data.dataset} "
@@ -434,6 +440,7 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
     primary choice cross-fits the joint model's own choice (:mod:`genrec.recipe.primary`)."""
     run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.data()
+    check_catalogue(config, split.num_items)  # a resumed run's edited settings, before joint training
     out = run_dir / "joint"
     jc = joint_config(config)
     if config.fusion.joint_schedule == "holdout":

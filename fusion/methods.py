@@ -16,7 +16,7 @@ All methods share one small protocol (:class:`FusionMethod`, no base class):
 Methods (``g`` = weight of the ID model):
 
 1. :class:`FixedWeightFusion`: ``g = alpha`` for all, on min-max normalised top-K scores (missing 0),
-   ``alpha`` grid-searched on validation NDCG@10.
+   ``alpha`` grid-searched on validation NDCG@k (``k``, default 10).
 2. :class:`AdaptiveFusion` (arXiv 2603.19809): ``g = sigmoid(q * (MSP - tau))``, ``q, tau`` grid-searched.
 3. :class:`LearnedGateFusion`: ``g = sigmoid(MLP(standardised indicators))``, trained listwise (softmax
    cross-entropy over the candidate union) on validation with a held-out part for early stopping.
@@ -52,7 +52,7 @@ import torch
 import torch.nn as nn
 
 from fusion.candidates import CandidateScores, ndcg_at, union_ranks
-from genrec.errors import TrainingDivergedError
+from genrec.errors import NothingToFitError, TrainingDivergedError
 from fusion.indicators import Indicators, Standardizer
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def _plain(v: Any) -> Any:
 
 
 class _Grid:
-    """Validation NDCG@10 of per-instance gates on the min-max scale, only over instances whose target
+    """Validation NDCG@k of per-instance gates on the min-max scale, only over instances whose target
     is a candidate (the others score 0 whatever the gate), so each grid point costs O(n_hit * C)."""
 
     def __init__(self, cands: CandidateScores, targets: np.ndarray, k: int):
@@ -436,8 +436,9 @@ class LearnedGateFusion:
         n_hold = int(round(self.holdout * len(perm))) if len(perm) >= 10 else 0
         hold, train = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
         if not len(train):  # a gate left at its random initialisation must not pass for a fitted one
-            raise ValueError(f"{self.name}: no instance to fit the gate on: no target is among the candidates of "
-                             f"the {len(ti)} instances given")
+            raise NothingToFitError(f"{self.name}: no instance to fit the gate on: no target is among the "
+                                    f"candidates of the {len(ti)} instances given (neither model lists any of "
+                                    "them in its top k: train the models longer or raise fusion.k)")
         z, a, b, valid = self._tensors(cands, feats)
         t = torch.from_numpy(ti)
         opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -25,7 +25,7 @@ import numpy as np
 from fusion.candidates import CandidateScores, ranks_of
 from fusion.indicators import Indicators
 from fusion.methods import FusionMethod
-from genrec.errors import ConfigError
+from genrec.errors import ConfigError, NothingToFitError
 from genrec.metrics import per_instance_ndcg
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,14 @@ def cross_fit(make_methods: Callable[[], Sequence[FusionMethod]], cands: Candida
             raise ConfigError(f"cross-fitting needs distinct method names, got {names}")
         for m in methods:
             t0 = time.perf_counter()
-            m.fit(fit_c, targets[fit_rows], fit_i)
-            r = ranks.setdefault(m.name, np.full(len(cands), k, np.int64))
+            r = ranks.setdefault(m.name, np.full(len(cands), k, np.int64))  # k: a miss
+            try:
+                m.fit(fit_c, targets[fit_rows], fit_i)
+            except NothingToFitError as e:  # a small split whose other folds list no target: no hit to earn
+                log.warning("cross-fitting fold %d of %d: %s; its %d instances count as misses for %s",
+                            f + 1, folds, e, len(held), m.name)
+                seconds[m.name] = seconds.get(m.name, 0.0) + time.perf_counter() - t0
+                continue
             r[held] = ranks_of(held_c, m.fuse(held_c, held_i), targets[held], k)
             seconds[m.name] = seconds.get(m.name, 0.0) + time.perf_counter() - t0
     return CrossFit(fold, ranks, k, seconds)

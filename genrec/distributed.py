@@ -10,7 +10,9 @@ the ranks. Every helper here is a no-op (or the identity) in a single process.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
+import math
 import os
 from typing import Any, Iterator
 
@@ -58,11 +60,33 @@ def barrier() -> None:
         dist.barrier()
 
 
+# How long a rank waits in a collective: the recipe's other ranks wait while rank 0 alone runs a stage
+# that does not train (embedding a large catalogue, the fusion, the analyses), which can take longer
+# than torch's 30-minute default. A failing rank ends the others through torchrun, not this timeout.
+TIMEOUT_ENV = "GENREC_DIST_TIMEOUT_MIN"
+DEFAULT_TIMEOUT_MIN = 360.0
+
+
+def collective_timeout() -> datetime.timedelta:
+    """The process group's timeout: ``$GENREC_DIST_TIMEOUT_MIN`` minutes (default 360)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return datetime.timedelta(minutes=DEFAULT_TIMEOUT_MIN)
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = float("nan")
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"environment variable {TIMEOUT_ENV}={raw!r} must be a number of minutes > 0")
+    return datetime.timedelta(minutes=minutes)
+
+
 def init_from_env(backend: str | None = None) -> bool:
     """Join the process group that ``torchrun`` describes in ``RANK`` / ``WORLD_SIZE`` /
     ``MASTER_ADDR`` / ``MASTER_PORT`` (env:// rendezvous) unless one already runs; True when the run is
     distributed. ``backend``: None picks nccl when CUDA is available, else gloo. With CUDA each
-    process is pinned to ``cuda:LOCAL_RANK``, so a model placed on ``"cuda"`` lands on its own GPU."""
+    process is pinned to ``cuda:LOCAL_RANK``, so a model placed on ``"cuda"`` lands on its own GPU.
+    Collectives wait up to :func:`collective_timeout` (``$GENREC_DIST_TIMEOUT_MIN``, default 6 h)."""
     if is_distributed():
         return True
     size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -75,11 +99,12 @@ def init_from_env(backend: str | None = None) -> bool:
     if not dist.is_available():
         raise ConfigError(f"WORLD_SIZE={size} asks for distributed training, but this torch build has no "
                           "torch.distributed")
+    timeout = collective_timeout()  # a bad value is named before any rendezvous
     cuda = torch.cuda.is_available()
     if cuda:  # before the process group: nccl binds each rank to its current device
         torch.cuda.set_device(local_rank() % torch.cuda.device_count())
     if not dist.is_initialized():
-        dist.init_process_group(backend or ("nccl" if cuda else "gloo"), init_method="env://")
+        dist.init_process_group(backend or ("nccl" if cuda else "gloo"), init_method="env://", timeout=timeout)
     log.info("distributed: rank %d of %d (%s)", rank(), world_size(), dist.get_backend())
     return is_distributed()
 
@@ -155,6 +180,6 @@ def gather_rows(local: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-__all__ = ["is_distributed", "rank", "world_size", "local_rank", "is_main", "barrier", "init_from_env",
+__all__ = ["is_distributed", "rank", "world_size", "local_rank", "is_main", "barrier", "init_from_env", "collective_timeout",
            "all_reduce_sum", "all_gather_object", "broadcast_object", "sharded_evaluation", "evaluation_rows",
            "shard_instances", "gather_rows"]

@@ -8,7 +8,7 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 __all__ = ["GenrecError", "DataFormatError", "DataNotFoundError", "ConfigError", "CheckpointError", "CheckpointNotFoundError", "DatasetUnavailableError",
-           "RunDirectoryError", "TrainingDivergedError", "UnknownItemError"]
+           "RunDirectoryError", "TrainingDivergedError", "UnknownItemError", "NothingToFitError"]
 
 
 class GenrecError(Exception):
@@ -57,3 +57,8 @@ class RunDirectoryError(GenrecError, RuntimeError):
 class TrainingDivergedError(GenrecError, RuntimeError):
     """Training produced a NaN or infinite loss; the message gives the epoch, the step and the last
     finite loss."""
+
+
+class NothingToFitError(GenrecError, ValueError):
+    """A fit given no usable instance (a fusion gate whose instances have no target among their
+    candidates); the message names the method and how many instances it was given."""

@@ -101,8 +101,18 @@ def data_files(spec: str, cache_dir: str | Path | None = None) -> list[Path]:
 
 
 def data_fingerprint(spec: str, cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """The spec and a :func:`file_fingerprint` of each of its :func:`data_files`."""
-    return {"spec": str(spec), "files": [file_fingerprint(p) for p in data_files(spec, cache_dir)]}
+    """The spec and a :func:`file_fingerprint` of each of its :func:`data_files`; for a generated
+    (``synthetic``) dataset whose generator changed for its arguments, also its ``generator`` revision."""
+    out: dict[str, Any] = {"spec": str(spec), "files": [file_fingerprint(p) for p in data_files(spec, cache_dir)]}
+    kind, sep, arg = str(spec).strip().partition(":")
+    if kind == "synthetic" and sep:
+        from genrec.datasets import typed_spec_kwargs
+        from genrec.synthetic import generator_revision, make_synthetic
+
+        revision = generator_revision(**typed_spec_kwargs(arg, str(spec), make_synthetic, "synthetic"))
+        if revision is not None:  # absent for the first revision: the fingerprints of runs made before it
+            out["generator"] = revision
+    return out
 
 
 class RunLock:

@@ -184,6 +184,14 @@ def _constrained_permutations(rng: np.random.Generator, n: int, count: int, forb
     return perms
 
 
+def generator_revision(noise_share: float = 0.0, **_: object) -> int | None:
+    """The revision of :func:`make_synthetic`'s output for these arguments, where a change of genrec gave
+    the same arguments another dataset (a run fingerprints it, so such a run's stages rerun): 2 with
+    ``noise_share > 0`` (noise steps stopped forming held-out rule pairs, session 17), None otherwise
+    (the first dataset, unchanged)."""
+    return 2 if noise_share > 0 else None
+
+
 def make_synthetic(
     num_users: int = 2000,
     num_brands: int = 24,
@@ -400,6 +408,6 @@ def cyclic_dataset(num_items: int = 20, num_users: int = 120, length: int = 8, s
                            items=[ItemText(title=f"item {k}") for k in range(num_items)])
 
 
-__all__ = ["make_synthetic", "cyclic_dataset", "synthetic_info", "SyntheticInfo", "KIND_MEMORIZATION", "KIND_COMPOSITIONAL",
+__all__ = ["make_synthetic", "generator_revision", "cyclic_dataset", "synthetic_info", "SyntheticInfo", "KIND_MEMORIZATION", "KIND_COMPOSITIONAL",
            "KIND_NOISE", "KIND_NAMES", "HELD_NONE", "HELD_VALID", "HELD_TEST", "HELD_TRAIN"]
 

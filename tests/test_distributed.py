@@ -267,3 +267,32 @@ def test_a_world_without_a_rendezvous_address_is_a_clear_error(monkeypatch):
         distributed.init_from_env()
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: nothing to join
     assert not distributed.init_from_env()
+
+
+def test_the_process_group_waits_for_long_rank_0_stages(monkeypatch):
+    """The recipe's other ranks wait in a collective while rank 0 alone runs a stage that does not
+    train; torch's 30-minute default would end a run whose embedding or fusion stage takes longer."""
+    from datetime import timedelta
+
+    from genrec.errors import ConfigError
+
+    joined = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: joined.update(backend=backend, **kw))
+    monkeypatch.setattr(dist, "get_backend", lambda: joined["backend"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    distributed.init_from_env("gloo")
+    assert joined["backend"] == "gloo" and joined["timeout"] == timedelta(hours=6) > timedelta(minutes=30)
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "90")
+    distributed.init_from_env("gloo")
+    assert joined["timeout"] == timedelta(minutes=90)
+    for bad in ("0", "-5", "nan", "ten"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        joined.clear()
+        with pytest.raises(ConfigError, match=f"GENREC_DIST_TIMEOUT_MIN={bad!r} must be a number of minutes"):
+            distributed.init_from_env("gloo")
+        assert not joined  # named before any rendezvous

@@ -123,8 +123,33 @@ def test_select_best_ties_go_to_the_given_order_and_nan_never_wins():
         select_best({"a": float("nan")}, ["a", "z"])
 
 
+def test_a_fold_whose_other_folds_list_no_target_scores_misses_instead_of_failing(caplog):
+    """A learned gate fitted on folds where no target is among the candidates cannot fit: the held-out
+    fold counts as misses for it (the full fit, which sees every instance, works)."""
+    from fusion import LearnedGateFusion, build_candidates
+    from genrec.errors import NothingToFitError
+
+    rng = np.random.default_rng(0)
+    n = 6
+    cands = build_candidates(np.array([[0, 1, 2]] * n), -np.sort(-rng.random((n, 3)), 1).astype(np.float32),
+                             np.array([[3, 4, 5]] * n), -np.sort(-rng.random((n, 3)), 1).astype(np.float32))
+    targets = np.array([1, 9, 9, 9, 9, 9])  # only the first instance's target is a candidate
+    ind = Indicators(("a",), rng.random((n, 1)))
+    LearnedGateFusion(k=3, max_epochs=2).fit(cands, targets, ind)
+    with pytest.raises(NothingToFitError, match="no instance to fit the gate on.*6 instances"):
+        LearnedGateFusion(k=3, max_epochs=2).fit(cands, np.full(n, 9), ind)
+    with caplog.at_level(logging.WARNING, logger="fusion.selection"):
+        cf = cross_fit(lambda: [FixedWeightFusion(k=3), LearnedGateFusion(k=3, max_epochs=2)], cands, targets,
+                       ind, folds=2, seed=0, k=3)
+    first = fold_assignment(n, 2, 0)[0]  # the fold holding instance 0: the gate fitted on the other cannot fit
+    assert (cf.ranks["learned_gate"][cf.folds == first] == 3).all()
+    assert "count as misses for learned_gate" in caplog.text
+    assert (cf.ranks["learned_gate"][cf.folds != first] != 3).all()  # the other fold was fitted and ranked
+
+
 @pytest.mark.parametrize("raw, key", [
     ({"fusion": {"primary": "best"}}, "fusion.primary"),
+    ({"fusion": {"k": 5, "gate": {"k": 10}}, "report": {"ks": [5], "metric": "ndcg@5"}}, "fusion.gate.k"),
     ({"fusion": {"primary": "joint"}}, "fusion.primary"),  # joint competes only when it is trained
     ({"fusion": {"primary": "learned_logprob", "methods": ["fixed", "adaptive"]}}, "fusion.primary"),
     ({"fusion": {"selection_folds": 1}}, "fusion.selection_folds"),

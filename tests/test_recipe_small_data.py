@@ -83,6 +83,27 @@ def test_a_forced_run_stopped_before_its_changed_stage_leaves_no_stale_stage_pas
     assert not (run / "fusion" / "stage.done.json").exists() and (run / "labels" / "stage.done.json").exists()
     with pytest.raises(CheckpointError, match="stage 'fusion' has not finished there"):
         Recommender.from_run(run)
+    # finished: every method fitted NDCG@5, the length of the lists it serves, not NDCG@10
+    from fusion import load_methods
+
+    run_recipe(changed, run, force=True)
+    fitted = load_methods(run / "fusion" / "methods.pt")
+    assert fitted and {name: m.k for name, m in fitted.items()} == {name: 5 for name in fitted}
+    assert load_json(run / "fusion" / "summary.json")["fit_k"] == {name: 5 for name in fitted}
+    assert {m.k for m in load_methods(tiny_run / "fusion" / "methods.pt").values()} == {10}
+    # a fusion stage made before the cutoff followed fusion.k (its marker hashes no fusion.fit_k) reruns by
+    # itself, without --force, since no training is lost; a run at fusion.k >= 10 keeps its hash
+    from genrec.recipe.stage_hash import stage_hash
+
+    marker_path = run / "fusion" / "stage.done.json"
+    marker = load_json(marker_path)
+    assert marker["hashed"]["config"]["fusion.fit_k"] == 5
+    assert "fusion.fit_k" not in load_json(tiny_run / "fusion" / "stage.done.json")["hashed"]["config"]
+    del marker["hashed"]["config"]["fusion.fit_k"]
+    marker["config_hash"] = stage_hash(marker["hashed"])
+    marker_path.write_text(json.dumps(marker))
+    run_recipe(changed, run)
+    assert load_json(marker_path)["hashed"]["config"]["fusion.fit_k"] == 5
 
 
 def test_a_report_without_plots_leaves_no_earlier_plots_behind(tiny_run, tiny_cached, tmp_path):

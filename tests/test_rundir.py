@@ -99,6 +99,12 @@ def test_fingerprint_covers_content_and_samples_large_files(tmp_path):
     b = file_fingerprint(f)
     assert a["size"] == b["size"] and a["sha256"] != b["sha256"] and "sampled" not in a
     assert data_fingerprint("synthetic:num_users=5") == {"spec": "synthetic:num_users=5", "files": []}
+    # the generator changed its output for noisy specs (session 17): their runs see changed data and
+    # rerun; every other synthetic spec keeps the fingerprint its runs recorded
+    assert data_fingerprint("synthetic:num_users=5,noise_share=0.1") == \
+        {"spec": "synthetic:num_users=5,noise_share=0.1", "files": [], "generator": 2}
+    assert data_fingerprint("synthetic:noise_share=0.0") == {"spec": "synthetic:noise_share=0.0", "files": []}
+    assert data_fingerprint("synthetic") == {"spec": "synthetic", "files": []}
     (tmp_path / "interactions.tsv").write_text("x")
     (tmp_path / "notes.txt").write_text("not an input")
     assert [Path(x["path"]).name for x in data_fingerprint(str(tmp_path))["files"]] == ["interactions.tsv"]

@@ -482,6 +482,8 @@ def validate_config(config: RecipeConfig) -> None:
     for key in ("hidden", "batch_size", "max_epochs", "patience", "k"):
         if key in f.gate:
             need(f.gate[key] >= 1, f"fusion.gate.{key}", f.gate[key], "must be >= 1")
+    if "k" in f.gate:  # the NDCG cutoff the gate fits: ranks beyond the served list would earn credit
+        need(f.gate["k"] <= f.k, "fusion.gate.k", f.gate["k"], f"must not exceed fusion.k ({f.k}), the served lists' length")
     if "lr" in f.gate:
         need(f.gate["lr"] > 0, "fusion.gate.lr", f.gate["lr"], "must be > 0")
     if f.gate.get("features") is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from genrec.recipe.config import TOP_LEVEL, RecipeConfig, holdout_towers_default
-from genrec.recipe.stages import Stage
+from genrec.recipe.stages import Stage, fusion_fit_k
 
 __all__ = ["UNHASHED", "OMIT", "section_for_hash", "text_for_hash", "hash_inputs", "stage_hash", "flat_keys"]
 
@@ -34,6 +34,9 @@ def section_for_hash(config: RecipeConfig, sec: str, fingerprint: Any = None) ->
         if not (config.data.cold_items and config.fusion.new_item_mixture):
             return OMIT  # the hashes of runs made before the option
         return {"on": True, "users": config.fusion.new_item_mixture_users}
+    if sec == "fusion.fit_k":  # derived, not a setting: the post-hoc methods' NDCG cutoff
+        k = fusion_fit_k(config)
+        return OMIT if k == 10 else k  # 10 before it was derived: the hashes of runs made before it
     if "." in sec:  # one setting of a section, e.g. "fusion.k"
         head, _, key = sec.partition(".")
         value = asdict(getattr(config, head))[key]

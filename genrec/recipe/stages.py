@@ -30,7 +30,7 @@ from genrec.recipe.run_files import load_labels, semantic_id_table, test_ranks
 from genrec.recipe.cold_fusion import add_cold_items, fit_new_item_mixtures
 from genrec.recommender_files import MIXTURES
 
-__all__ = ["Stage", "StageContext", "STAGES", "stage_names", "check_catalogue", "load_labels", "cold_start_metrics"]
+__all__ = ["Stage", "StageContext", "STAGES", "stage_names", "check_catalogue", "fusion_fit_k", "load_labels", "cold_start_metrics"]
 
 
 @dataclass(frozen=True)
@@ -310,17 +310,24 @@ def stage_labels(ctx: StageContext) -> dict[str, Path]:
     return {"labels": path, "summary": save_json(out / "summary.json", summary)}
 
 
+def fusion_fit_k(config: RecipeConfig) -> int:
+    """The cutoff of the validation NDCG the post-hoc methods fit: 10, or ``fusion.k`` where the served
+    lists are shorter (a learned gate's ``fusion.gate.k`` overrides it, up to ``fusion.k``)."""
+    return min(10, config.fusion.k)
+
+
 def _fusion_methods(config: RecipeConfig) -> list:
     from fusion import AdaptiveFusion, FixedWeightFusion, LearnedGateFusion
 
+    fit_k = fusion_fit_k(config)
     out = []
     for m in config.fusion.methods:
         if m == "fixed":
-            out.append(FixedWeightFusion())
+            out.append(FixedWeightFusion(k=fit_k))
         elif m == "adaptive":
-            out.append(AdaptiveFusion())
+            out.append(AdaptiveFusion(k=fit_k))
         else:
-            out.append(LearnedGateFusion(scale=m.split("_", 1)[1], name=m, **config.fusion.gate))
+            out.append(LearnedGateFusion(scale=m.split("_", 1)[1], name=m, **{"k": fit_k, **config.fusion.gate}))
     return out
 
 
@@ -397,6 +404,7 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     summary = {
         "methods": list(outputs),
         "params": {n: _small_params(o.params) for n, o in outputs.items()},
+        "fit_k": {m.name: int(m.k) for m in methods},  # the validation NDCG@k each method fitted
         "union_width": {"valid": valid.cands.width, "test": test.cands.width},
         "indicators": list(test.indicators.names),
         "selection": {"folds": f.selection_folds, "seed": f.selection_seed,
@@ -562,7 +570,7 @@ def stage_report(ctx: StageContext) -> dict[str, Path]:
 
 _SELECTION_KEYS = ("fusion.selection_folds", "fusion.selection_seed")
 _FUSION_KEYS = ("data", "fusion.k", "fusion.beam", "fusion.teacher_forcing", "fusion.methods", "fusion.gate",
-                "fusion.new_item_mixture", *_SELECTION_KEYS)
+                "fusion.new_item_mixture", *_SELECTION_KEYS, "fusion.fit_k")
 STAGES: tuple[Stage, ...] = (
     Stage("data", stage_data, ("data",), (), description="load and split the dataset", keeps_work=False),
     Stage("embed", stage_embed, ("data", "text"), ("data",), description="item text -> sentence embeddings"),
@@ -576,7 +584,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("fusion", stage_fusion, _FUSION_KEYS, ("sasrec", "generative", "quantize"),
           description="post-hoc fusion fitted on validation, applied to test",
           # a fusion stage from before cross-fitting, or with the new-item mixture switched, reruns (no training lost)
-          rerun_keys=(*_SELECTION_KEYS, "fusion.new_item_mixture")),
+          # (fusion.fit_k: a run with fusion.k < 10 whose methods fitted NDCG@10, before fusion_fit_k)
+          rerun_keys=(*_SELECTION_KEYS, "fusion.new_item_mixture", "fusion.fit_k")),
     Stage("joint", stage_joint, ("data", "sasrec", "generative", "fusion.joint_schedule", "fusion.joint_config",
                                  "fusion.k", "fusion.beam", "fusion.gate"), ("sasrec", "generative", "quantize"),
           enabled=lambda c: c.fusion.joint, description="joint training of both towers and a gate", every_rank=True,

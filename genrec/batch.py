@@ -6,7 +6,8 @@ Input (:func:`read_histories`), by extension (``.gz`` allowed):
   ``user_id`` optional, default ``"line:N"``, N the line number);
 - ``.tsv``: a header naming either ``user_id`` and ``history`` (item ids separated by spaces), or
   ``user_id``, ``item_id`` and ``timestamp`` (an interaction log such as a plain-format dataset's
-  ``interactions.tsv``: each user's rows in file order form the history).
+  ``interactions.tsv``: each user's rows in file order form the history, with a warning where a
+  user's timestamps go back, as a dataset's loader gives).
 
 Each user once (a repeated ``user_id`` is an error naming both lines), ids stripped of surrounding
 space and never empty; a file with no history is an error. The output path is checked writable
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from genrec.artifacts import atomic_write, atomic_write_text
-from genrec.data import read_interactions_tsv
+from genrec.data import order_events, read_interactions_tsv
 from genrec.errors import DataFormatError
 from genrec.text_files import is_unicode, iter_jsonl, iter_lines
 
@@ -48,6 +49,8 @@ def read_histories(path: str | Path) -> tuple[list[str], list[list[str]]]:
     :class:`~genrec.errors.DataFormatError` naming the file and line."""
     path = Path(path)
     if not path.is_file():
+        if path.exists():  # a pipe, a device, a directory: the readers need a file they can read twice
+            raise DataFormatError(f"{path}: not a regular file; write the histories to a .jsonl or .tsv file")
         raise DataFormatError(f"{path}: no such input file")
     kind = _suffix(path)
     if kind not in (".jsonl", ".tsv"):
@@ -100,6 +103,7 @@ def _read_tsv(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
     if "history" not in header:
         if "item_id" in header:  # an interaction log
             by_user = read_interactions_tsv(path)  # one history per user by construction
+            order_events(by_user, "file", str(path))  # rows as given, as a dataset's: warns where time goes back
             return list(by_user), [[item for item, _ in events] for events in by_user.values()], [0] * len(by_user)
         raise DataFormatError(f"{path}:1: header {header} needs 'user_id' and 'history' (space-separated item ids), "
                               f"or 'user_id', 'item_id' and 'timestamp' (an interaction log)")

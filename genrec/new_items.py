@@ -47,7 +47,7 @@ from genrec.text_files import is_unicode
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_items", "ExtendedCatalogue", "extend_catalogue", "nearest_items", "sasrec_with_new_items"]
+__all__ = ["add_items", "add_embedded_items", "can_extend", "ExtendedCatalogue", "extend_catalogue", "nearest_items", "sasrec_with_new_items"]
 
 
 def add_items(recommender: Any, items: Sequence[dict[str, Any]], *, where: Sequence[str] | None = None,
@@ -63,12 +63,21 @@ def add_items(recommender: Any, items: Sequence[dict[str, Any]], *, where: Seque
     so a failure leaves it as it was.
     """
     ids, texts = _item_records(recommender, items, where)
-    records = [files.item_record(i, t) for i, t in zip(ids, texts)]
-    _check_can_add(recommender)
+    _check_can_extend(recommender)
+    _check_encoder(recommender)
     rendered = _render(recommender.text, ids, texts, where)
     x = _embed(recommender, rendered, ids, cache_dir)
+    return add_embedded_items(recommender, ids, texts, x)
+
+
+def add_embedded_items(recommender: Any, ids: Sequence[str], texts: Sequence[Any], embeddings: np.ndarray) -> list[str]:
+    """:func:`add_items` for items whose raw text embeddings ``[m, d]`` the run's encoder computed already
+    (a cold-start run's held-out items, added back by ``Recommender.from_run``): ``ids`` new, checked
+    ids, ``texts`` their ``genrec.data.ItemText``. In place; returns the ids."""
+    ids = list(ids)
+    _check_can_extend(recommender)
     ext = extend_catalogue(recommender.table, recommender.generative, recommender.train_sequences,
-                           recommender.quantize_dir, x, ids, sasrec=recommender.sasrec,
+                           recommender.quantize_dir, embeddings, ids, sasrec=recommender.sasrec,
                            item_embeddings=recommender.item_embeddings)
     table = ext.table
     # commit: new lists rather than in-place appends, so views made by with_method() stay consistent
@@ -76,7 +85,7 @@ def add_items(recommender: Any, items: Sequence[dict[str, Any]], *, where: Seque
     recommender.sasrec, recommender.item_embeddings = ext.sasrec, ext.item_embeddings
     recommender.item_ids = list(table.item_ids)
     recommender.index = {iid: i for i, iid in enumerate(recommender.item_ids)}
-    recommender.items = list(recommender.items) + records
+    recommender.items = list(recommender.items) + [files.item_record(i, t) for i, t in zip(ids, texts)]
     log.info("added %d item(s) (catalogue now %d; disambiguation codes up to %d)", len(ids), table.num_items,
              table.codebook_sizes[-1] - 1)
     return ids
@@ -103,10 +112,10 @@ def _item_records(recommender: Any, items: Any, where: Sequence[str] | None) -> 
         if isinstance(raw, bool) or not isinstance(raw, (str, int)) or not str(raw).strip():
             raise DataFormatError(f"{name}: 'item_id' must be a non-empty string (or integer), got {raw!r}")
         iid = str(raw)
-        if iid != iid.strip() or any(not c.isprintable() for c in iid) or not is_unicode(iid):
+        if any(c.isspace() or not c.isprintable() for c in iid) or not is_unicode(iid):
             # histories from .tsv files or interaction logs (split on white space, stripped) could never name it
-            raise DataFormatError(f"{name}: 'item_id' {iid!r} has surrounding white space, a control character or "
-                                  f"a lone surrogate; give it as the histories will")
+            raise DataFormatError(f"{name}: 'item_id' {iid!r} has white space, a control character or a lone "
+                                  f"surrogate; give it as the histories will (a .tsv history splits ids on white space)")
         if iid in recommender.index:
             raise DataFormatError(f"{name}: item {iid!r} is already in the catalogue")
         if iid in first:
@@ -118,14 +127,38 @@ def _item_records(recommender: Any, items: Any, where: Sequence[str] | None) -> 
     return ids, texts
 
 
-def _check_can_add(recommender: Any) -> None:
-    """What adding needs from the recommender: a generative model, the encoder record, the quantizer."""
-    if recommender.generative is None:
+def can_extend(recommender: Any) -> str | None:
+    """Why ``recommender`` cannot take new items (None when it can): one of its models must be able to
+    score them (the generative model, or SASRec given the catalogue's item embeddings), and it needs
+    the run's frozen quantizer and a disambiguation level for their semantic IDs."""
+    sasrec_can = (recommender.sasrec is not None and recommender.item_embeddings is not None
+                  and recommender.sasrec.num_items == recommender.table.num_items)
+    if recommender.generative is None and not sasrec_can:
         hint = ("; the end-to-end joint model scores only the catalogue it trained on: load the run's post-hoc "
                 "fusion or generative model instead (method=..., `genrec add-items --method`)"
                 if recommender.joint is not None else "")
-        raise CheckpointError("this recommender holds no generative model: added items could not be "
-                              f"recommended by any of its models ({recommender.methods}){hint}")
+        why = ("its SASRec has no item embeddings to place them by (a directory saved before they were kept)"
+               if recommender.sasrec is not None else "it holds neither a generative model nor SASRec")
+        return f"added items could not be recommended by any of its models ({recommender.methods}): {why}{hint}"
+    qdir = recommender.quantize_dir
+    if qdir is None or not (qdir / "quantizer.pt").is_file():
+        missing = "it has no quantize directory" if qdir is None else f"{qdir / 'quantizer.pt'} is missing"
+        return (f"it has no saved quantizer ({missing}), so new items cannot get semantic IDs; save it again "
+                f"from its run directory")
+    if not recommender.table.disambiguated:
+        return ("the semantic-ID table has no disambiguation level, so new items colliding with existing ones "
+                "could not get distinct IDs")
+    return None
+
+
+def _check_can_extend(recommender: Any) -> None:
+    why = can_extend(recommender)
+    if why is not None:
+        raise CheckpointError(f"this recommender cannot take new items: {why}")
+
+
+def _check_encoder(recommender: Any) -> None:
+    """What embedding new items' text needs: the run's encoder and template record."""
     text = recommender.text or {}
     if text.get("precomputed"):
         raise CheckpointError(f"this recommender's item embeddings were precomputed (text.embeddings: "
@@ -135,14 +168,6 @@ def _check_can_add(recommender: Any) -> None:
         raise CheckpointError("this recommender has no record of the text encoder and template its items were "
                               "embedded with (a run's embed/summary.json), so new items cannot be embedded the "
                               "same way")
-    qdir = recommender.quantize_dir
-    if qdir is None or not (qdir / "quantizer.pt").is_file():
-        missing = "it has no quantize directory" if qdir is None else f"{qdir / 'quantizer.pt'} is missing"
-        raise CheckpointError(f"this recommender has no saved quantizer ({missing}), so new items cannot get "
-                              f"semantic IDs; save it again from its run directory")
-    if not recommender.table.disambiguated:
-        raise CheckpointError("the semantic-ID table has no disambiguation level, so new items colliding "
-                              "with existing ones could not get distinct IDs")
 
 
 def _render(text: dict[str, Any], ids: list[str], items: list[Any], where: Sequence[str] | None) -> list[str]:
@@ -193,7 +218,7 @@ class ExtendedCatalogue:
     unchanged, when it could not be extended)."""
 
     table: Any  # quantize.SemanticIdTable
-    generative: Any  # genrec.generative.HierarchicalGenerative
+    generative: Any  # genrec.generative.HierarchicalGenerative (None: SASRec alone)
     stats: Any  # fusion.TrainStats
     sasrec: Any = None  # genrec.sasrec.SASRec
     item_embeddings: np.ndarray | None = None  # [num_items, d] raw text embeddings, row i = item i
@@ -286,7 +311,8 @@ def extend_catalogue(table: Any, generative: Any, train_sequences: Sequence[np.n
     """The core of :func:`add_items` on precomputed raw embeddings ``[m, d]`` of new items ``ids``:
     base codes from the frozen quantizer saved in ``quantize_dir`` (and its PCA, if any), the next
     free disambiguation codes (:meth:`quantize.SemanticIdTable.extend`), a generative model that
-    decodes the new IDs (:func:`genrec.generative.with_new_items`), training statistics where the
+    decodes the new IDs (:func:`genrec.generative.with_new_items`; None without ``generative``: a
+    recommender of SASRec alone), training statistics where the
     new items have no count and, given ``sasrec`` and the catalogue's ``item_embeddings``
     (``[table.num_items, d]``, the same encoder as ``embeddings``), a SASRec that scores the new items
     through their nearest catalogue items. Nothing given is changed. A quantizer that cannot encode
@@ -304,7 +330,8 @@ def extend_catalogue(table: Any, generative: Any, train_sequences: Sequence[np.n
     except ValueError as e:  # e.g. the encoder's dimension is not the one the quantizer was fitted on
         raise CheckpointError(f"{quantize_dir}: cannot encode the new items with the saved quantizer: {e}") from None
     new_table = table.extend(base, ids)
-    new_generative = with_new_items(generative, new_table.codes, new_table.codebook_sizes)
+    new_generative = None if generative is None else with_new_items(generative, new_table.codes,
+                                                                    new_table.codebook_sizes)
     new_sasrec, all_embeddings = sasrec, None
     if item_embeddings is not None:
         if np.shape(item_embeddings) != (table.num_items, np.shape(embeddings)[1]):

@@ -115,7 +115,9 @@ class Recommender:
     def from_run(cls, run_dir: str | Path, method: str | None = None) -> "Recommender":
         """Load ``method`` from the finished recipe run in ``run_dir`` (its dataset must be readable;
         :meth:`save_pretrained` makes a copy that needs none). A cold-start run (``data.cold_items``)
-        gives its warm catalogue: its cold items are added back with :meth:`add_items`."""
+        trained on its warm catalogue; its cold items are added back as :meth:`add_items` adds new items
+        (from the embed stage's vectors), so it recommends what its fusion stage evaluated, unless no
+        model of ``method`` can score them (the end-to-end joint model): then the warm catalogue."""
         from fusion import load_methods
         from genrec.generative import load_generative
         from genrec.recipe import StageContext
@@ -154,7 +156,8 @@ class Recommender:
         table = SemanticIdTable.load(run_dir / "quantize" / "semantic_ids.json")
         # a cold-start run (data.cold_items) trained on its warm catalogue: that is what it recommends from,
         # and add_items brings the cold items back
-        dataset, split = StageContext(run_dir, config).training()
+        ctx = StageContext(run_dir, config)
+        dataset, split = ctx.training()
         if holdout:
             from fusion.holdout_joint import GATE_NAME, load_holdout_joint
 
@@ -183,10 +186,14 @@ class Recommender:
         settings = files.InferenceSettings(k=k, beam=beam, teacher_forcing=forcing, max_history=config.data.max_history,
                                            batch_size=config.generative.eval_batch_size)
         mixtures = files.load_new_item_mixtures(run_dir / "fusion" / files.MIXTURES)
-        return cls(table=table, train_sequences=split.train, method=name, settings=settings,
-                   items=[files.item_record(i, t) for i, t in zip(dataset.item_ids, dataset.items)],
-                   text=text, quantize_dir=run_dir / "quantize", item_embeddings=embeddings,
-                   new_item_mixtures=mixtures, **kw)
+        rec = cls(table=table, train_sequences=split.train, method=name, settings=settings,
+                  items=[files.item_record(i, t) for i, t in zip(dataset.item_ids, dataset.items)],
+                  text=text, quantize_dir=run_dir / "quantize", item_embeddings=embeddings,
+                  new_item_mixtures=mixtures, **kw)
+        cold = ctx.cold()
+        if cold is not None and cold.num_cold:
+            _add_cold_items(rec, cold, run_dir / "embed" / "embeddings.npy")
+        return rec
 
     @classmethod
     def _from_saved(cls, directory: Path, method: str | None) -> "Recommender":
@@ -564,3 +571,21 @@ class Recommender:
         for s in range(0, len(rows), bs):
             fused, gate, _ = self.joint.scores(rows[s:s + bs])
             yield np.arange(s, min(s + bs, len(rows))), fused, gate.numpy()
+
+
+def _add_cold_items(rec: Recommender, cold: Any, embeddings_path: Path) -> None:
+    """A cold-start run's cold items added to ``rec`` as its fusion stage added them (frozen quantizer,
+    next free disambiguation codes, SASRec through nearest warm items; the embed stage's vectors, warm
+    items first), unless no model of ``rec`` can score them."""
+    from genrec.new_items import add_embedded_items, can_extend
+
+    why = can_extend(rec)
+    if why is not None:
+        log.info("%d cold item(s) of the run are not added: %s", cold.num_cold, why)
+        return
+    vectors = files.load_embeddings(embeddings_path, cold.num_items)
+    if vectors is None:
+        raise CheckpointError(f"{embeddings_path}: missing: the run's cold items cannot be added without the "
+                              f"embed stage's vectors; rerun the recipe")
+    ids = cold.dataset.item_ids[cold.num_warm:]
+    add_embedded_items(rec, ids, cold.dataset.items[cold.num_warm:], np.array(vectors[cold.num_warm:], np.float32))

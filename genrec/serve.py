@@ -75,7 +75,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_app", "MicroBatcher", "ApiError"]
+__all__ = ["create_app", "MicroBatcher", "ApiError", "REQUEST_TIMEOUT_S"]
 
 
 class ApiError(Exception):
@@ -285,7 +285,11 @@ class _BodyGuard:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        raw = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])]
+        headers = dict(raw)
+        for name in ("content-type", "content-length"):  # FastAPI reads the first of repeated ones, this the last
+            if sum(k == name for k, _ in raw) > 1:
+                return await self._reply(send, 400, f"repeated {name.title()} header; send one")
         length = headers.get("content-length")
         if length is not None:
             if not re.fullmatch(r"[0-9]+", length.strip()):  # str.isdigit() takes "²", which int() refuses
@@ -296,8 +300,9 @@ class _BodyGuard:
         ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if ctype and ctype != "application/json" and not ctype.endswith("+json"):
             return await self._reply(send, 415, f"Content-Type must be application/json, got {ctype!r}")
-        if not ctype:  # no Content-Type: read the body as JSON (FastAPI would not parse it at all)
-            scope = {**scope, "headers": [*scope.get("headers", []), (b"content-type", b"application/json")]}
+        if not ctype:  # no (or an empty) Content-Type: read the body as JSON (FastAPI would not parse it at all)
+            kept = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-type"]
+            scope = {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
         async def read() -> bytes | None:  # None: the client left (nobody to answer)
             chunks, size = [], 0
             while True:
@@ -365,9 +370,14 @@ def _result(method: str, r: "Recommendations") -> dict[str, Any]:
 
 
 # -- the app ---------------------------------------------------------------------------------------
+#: how long a request waits for its answer by default (``create_app(request_timeout_s=...)``), seconds
+REQUEST_TIMEOUT_S = 30.0
+
+
 def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: float = 2.0,
                max_history_ids: int = 1000, max_body_bytes: int = 1 << 20, max_batch_histories: int = 256,
-               max_queue: int = 4096, request_timeout_s: float = 30.0, body_timeout_s: float = 10.0) -> FastAPI:
+               max_queue: int = 4096, request_timeout_s: float = REQUEST_TIMEOUT_S, body_timeout_s: float = 10.0
+               ) -> FastAPI:
     """A FastAPI app serving ``recommender`` (endpoints, status codes and micro-batching in the
     module doc). ``max_batch`` histories per model call, gathered for at most ``max_wait_ms`` after
     the first request; requests are refused beyond ``max_history_ids`` ids a history,
@@ -385,6 +395,9 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if request_timeout_s <= 0 or body_timeout_s <= 0:
         raise ValueError("request_timeout_s and body_timeout_s must be > 0")
+    if max_wait_ms >= request_timeout_s * 1000.0:  # every request would give up while its batch gathers
+        raise ValueError(f"max_wait_ms ({max_wait_ms:g}) must be below request_timeout_s ({request_timeout_s:g} s "
+                         f"= {request_timeout_s * 1000.0:g} ms), the longest a request waits for its answer")
 
     rec = recommender
     method, max_k = rec.method_name, rec.max_k

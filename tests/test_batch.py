@@ -30,7 +30,7 @@ def _jsonl(path, histories):
     return path
 
 
-def test_every_input_format_reads_the_same_histories(tmp_path, histories):
+def test_every_input_format_reads_the_same_histories(tmp_path, histories, caplog):
     users = [f"u{n}" for n in range(len(histories))]
     assert read_histories(_jsonl(tmp_path / "h.jsonl", histories)) == (users, histories)
     tsv = "user_id\thistory\n" + "".join(f"{u}\t{' '.join(h)}\n" for u, h in zip(users, histories))
@@ -41,6 +41,11 @@ def test_every_input_format_reads_the_same_histories(tmp_path, histories):
     with gzip.open(tmp_path / "log.tsv.gz", "wt") as f:
         f.write(log)
     assert read_histories(tmp_path / "log.tsv.gz") == (users, histories)
+    # a log whose times go back: file order, as a dataset's loader keeps it, and the same warning (it was silent)
+    (tmp_path / "late.tsv").write_text("user_id\titem_id\ttimestamp\nu1\ta\t200\nu1\tb\t100\nu2\tc\t5\n")
+    with caplog.at_level("WARNING", logger="genrec.data"):
+        assert read_histories(tmp_path / "late.tsv") == (["u1", "u2"], [["a", "b"], ["c"]])
+    assert "late.tsv: 1 user(s) have rows out of timestamp order; keeping file order" in caplog.text
     (tmp_path / "nouser.jsonl").write_text('{"history": ["a"]}\n\n{"history": []}\n')
     assert read_histories(tmp_path / "nouser.jsonl") == (["line:1", "line:3"], [["a"], []])
     (tmp_path / "spaced.jsonl").write_text('{"user_id": " u9 ", "history": [" a", 7]}\n{"user_id": 3, "history": []}\n')
@@ -150,3 +155,16 @@ def test_an_unsupported_output_is_refused_before_any_model_work(rec, histories, 
     (tmp_path / "file").write_text("")
     with pytest.raises(DataFormatError, match=r"recs.jsonl: cannot write there"):
         recommend_file(one, src, tmp_path / "file" / "recs.jsonl")  # its folder is a file
+
+
+def test_an_input_that_is_no_regular_file_is_named_as_such(tmp_path):
+    """A pipe (``--input /dev/stdin``) or a directory was reported as missing."""
+    import os
+
+    with pytest.raises(DataFormatError, match=r"missing.jsonl: no such input file"):
+        read_histories(tmp_path / "missing.jsonl")
+    (tmp_path / "dir.jsonl").mkdir()
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    for name in ("dir.jsonl", "pipe.jsonl"):
+        with pytest.raises(DataFormatError, match=f"{name}: not a regular file; write the histories to a"):
+            read_histories(tmp_path / name)

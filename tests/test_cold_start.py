@@ -227,23 +227,42 @@ def test_analyses_of_a_cold_start_run_use_the_codes_test_was_ranked_with(cold_ru
     assert "- codebook sweep: not run (a cold-start run" in (cold_run / "report.md").read_text()
 
 
-def test_the_recipe_ranks_as_a_user_of_add_items_gets(cold_run, cold_ctx, tiny_emb_cache):
-    """``Recommender.from_run`` of a cold-start run is its warm catalogue; ``add_items`` with the cold
-    items' records gives the recipe's IDs and the fusion stage's exact test ranking."""
+def test_the_recipe_ranks_as_a_user_of_add_items_gets(cold_run, cold_ctx, tiny_emb_cache, monkeypatch, caplog):
+    """``add_items`` with the cold items' records gives a warm recommender of a cold-start run the
+    recipe's IDs and the fusion stage's exact test ranking; ``Recommender.from_run`` adds them back so
+    by itself (it served the warm catalogue, every cold item an unknown id, and other lists than the
+    run evaluated), for every method and single model; where no model could score them, it says so."""
+    import logging
+
+    from genrec import new_items
+
     cold = cold_ctx.cold()
     n_warm = cold.num_warm
-    rec = Recommender.from_run(cold_run)
-    assert rec.num_items == n_warm
+    full = SemanticIdTable.load(cold_run / "fusion" / "semantic_ids.json")
+    with np.load(cold_run / "fusion" / "topk.npz") as z:
+        expected = {name: z[name] for name in z.files}
+    monkeypatch.setattr(new_items, "can_extend", lambda rec: "no model could score them")
+    with caplog.at_level(logging.INFO, logger="genrec.recommender"):
+        rec = Recommender.from_run(cold_run)
+    assert rec.num_items == n_warm and f"{cold.num_cold} cold item(s) of the run are not added" in caplog.text
+    monkeypatch.undo()
     rec.add_items([item_record(cold.dataset.item_ids[i], cold.dataset.items[i]) for i in cold.cold_items],
                   cache_dir=tiny_emb_cache)
-    full = SemanticIdTable.load(cold_run / "fusion" / "semantic_ids.json")
     assert rec.item_ids == full.item_ids and np.array_equal(rec.table.codes, full.codes)
     histories = [[rec.item_ids[i] for i in h] for h in cold.split.test.histories]
-    got = rec.recommend_batch(histories, k=10)
-    with np.load(cold_run / "fusion" / "topk.npz") as z:
-        expected = z[rec.method_name]
-    for row, r in zip(expected, got):
+    for row, r in zip(expected[rec.method_name], rec.recommend_batch(histories, k=10)):
         assert r.items == [rec.item_ids[i] for i in row if i >= 0]
+    loaded = Recommender.from_run(cold_run)
+    assert loaded.item_ids == full.item_ids and np.array_equal(loaded.table.codes, full.codes)
+    record = item_record(cold.dataset.item_ids[n_warm], cold.dataset.items[n_warm])
+    shown = loaded.item(record["item_id"])
+    assert loaded.trained_items == n_warm and {key: shown[key] for key in record} == record
+    assert shown["semantic_id"] == full.codes[n_warm].tolist()
+    for method in loaded.methods:
+        got = loaded.with_method(method).recommend_batch(histories, k=10)
+        assert not any(r.unknown_ids or r.fallback for r in got)
+        for row, r in zip(expected["gr" if method == "generative" else method], got):
+            assert r.items == [loaded.item_ids[i] for i in row if i >= 0], method
 
 
 def test_natural_protocol_runs_through_the_recipe(tiny_cached, tmp_path):
@@ -346,9 +365,7 @@ def test_a_content_aware_sasrec_in_the_recipe_scores_cold_items_by_their_own_tex
     assert model.num_items == cold.num_warm and model.config.text_dim == x.shape[1]
     torch.testing.assert_close(model.item_text[1:], unit_rows(torch.from_numpy(x[:cold.num_warm])))
 
-    rec = Recommender.from_run(out)
-    rec.add_items([item_record(cold.dataset.item_ids[i], cold.dataset.items[i]) for i in cold.cold_items],
-                  cache_dir=tiny_emb_cache)
+    rec = Recommender.from_run(out)  # the cold items added back as add_items adds them
     assert rec.sasrec.num_items == rec.num_items == cold.dataset.num_items
     new_rows = torch.arange(cold.num_warm + 1, cold.dataset.num_items + 1)
     torch.testing.assert_close(rec.sasrec.item_text[new_rows], unit_rows(torch.from_numpy(x[cold.num_warm:])))

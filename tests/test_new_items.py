@@ -166,6 +166,26 @@ def test_a_new_item_whose_codes_are_most_likely_is_recommended(added, confident)
     assert abs(a - b) == 1 and ranked.scores[a] == pytest.approx(ranked.scores[b], abs=1e-5)
 
 
+def test_sasrec_alone_takes_new_items_through_their_nearest_items(tiny_run, tiny_saved, confident, emb_cache,
+                                                                   tmp_path):
+    """The README's "SASRec too": a recommender of SASRec alone (a run loaded with ``method="sasrec"``,
+    no generative model) was refused."""
+    history, top = confident
+    sas = Recommender.from_run(tiny_run, method="sasrec")
+    assert sas.generative is None
+    n = sas.num_items
+    assert sas.add_items([{**sas.items[sas.index[top]], "item_id": TWIN}], cache_dir=emb_cache) == [TWIN]
+    assert sas.num_items == sas.sasrec.num_items == n + 1 and sas.generative is None
+    full = Recommender.from_pretrained(tiny_saved)
+    full.add_items([{**full.items[full.index[top]], "item_id": TWIN}], cache_dir=emb_cache)
+    assert sas.item(TWIN) == full.item(TWIN)  # the same semantic ID as beside the generative model
+    ranked = sas.recommend(history, k=n + 1)  # the twin scores as the item whose ID embedding it took
+    a, b = ranked.items.index(TWIN), ranked.items.index(top)
+    assert abs(a - b) == 1 and ranked.scores[a] == pytest.approx(ranked.scores[b], abs=1e-5)
+    loaded = Recommender.from_pretrained(sas.save_pretrained(tmp_path / "sasrec_plus"))
+    assert loaded.item_ids == sas.item_ids and loaded.recommend(history, k=n + 1).pairs() == ranked.pairs()
+
+
 def test_without_item_embeddings_sasrec_cannot_score_added_items(added_without_embeddings, confident):
     rec, _, _ = added_without_embeddings
     history, _ = confident
@@ -295,8 +315,9 @@ def test_bad_new_items_and_recommenders_that_cannot_add_are_clear_errors(tiny_sa
            (["B"], "new item 1: expected an object"),
            ([], "empty"),
            # no history read from a file could name these (one shadowed an existing item: "i00003 ")
-           ([{"item_id": f"{known} ", "title": "x"}], "has surrounding white space, a control character"),
-           ([{"item_id": "a\tb", "title": "x"}], "has surrounding white space, a control character"),
+           ([{"item_id": f"{known} ", "title": "x"}], "has white space, a control character"),
+           ([{"item_id": "a\tb", "title": "x"}], "has white space, a control character"),
+           ([{"item_id": "new item", "title": "x"}], r"has white space.*a \.tsv history splits ids on white space"),
            ([{"item_id": "\ud800", "title": "x"}], "or a lone surrogate")]
     for items, message in bad:
         with pytest.raises(DataFormatError, match=message):
@@ -310,11 +331,15 @@ def test_bad_new_items_and_recommenders_that_cannot_add_are_clear_errors(tiny_sa
 
         add_items(rec, [{"item_id": "C", "categories": 5}], where=["new.jsonl:7"])
     ok = [{"item_id": "D", "title": "Fine"}]
-    for attr, value, message in (("quantize_dir", tmp_path, "quantizer.pt is missing"),
-                                 ("quantize_dir", None, "no quantize directory"),
-                                 ("text", None, "no record of the text encoder"), ("generative", None, "no generative")):
+    no_model = "could not be recommended by any of its models"
+    for attrs, message in (({"quantize_dir": tmp_path}, "quantizer.pt is missing"),
+                           ({"quantize_dir": None}, "no quantize directory"),
+                           ({"text": None}, "no record of the text encoder"),
+                           ({"generative": None, "item_embeddings": None}, f"{no_model}.*SASRec has no item embeddings"),
+                           ({"generative": None, "sasrec": None}, f"{no_model}.*neither a generative model nor SASRec")):
         broken = Recommender.from_pretrained(tiny_saved)
-        setattr(broken, attr, value)
+        for attr, value in attrs.items():
+            setattr(broken, attr, value)
         with pytest.raises(CheckpointError, match=message):
             broken.add_items(ok)
         assert broken.num_items == rec.num_items  # nothing changed

@@ -170,6 +170,15 @@ def test_body_size_type_and_routes(client, histories):
     assert r.status_code == 413 and r.json() == {"error": "request body over the limit of 4096 bytes"}
     r = client.post("/recommend", content=b'{"history": ["a"]}', headers={"content-type": "text/plain"})
     assert r.status_code == 415 and "Content-Type must be application/json, got 'text/plain'" in r.json()["error"]
+    # an empty media type is read as JSON, as a missing header is (it was a false 422: FastAPI saw the empty one)
+    body = json.dumps({"history": histories[0][:1], "k": 3}).encode()
+    for empty in ("", "; charset=utf-8"):
+        r = client.post("/recommend", content=body, headers={"content-type": empty})
+        assert r.status_code == 200 and len(r.json()["items"]) == 3, (empty, r.text)
+    # repeated: this guard read the last, FastAPI the first
+    r = client.post("/recommend", content=body, headers=[("content-type", "text/plain"),
+                                                          ("content-type", "application/json")])
+    assert r.status_code == 400 and r.json() == {"error": "repeated Content-Type header; send one"}
     r = client.get("/recommend")
     assert r.status_code == 405 and r.json() == {"error": "method GET not allowed on /recommend"}
     r = client.get("/nowhere")
@@ -203,6 +212,10 @@ def test_app_arguments_are_checked(rec):
         create_app(rec, max_batch=0)
     with pytest.raises(ValueError, match="max_wait_ms must be a finite number >= 0"):
         create_app(rec, max_wait_ms=-1)
+    # a batch gathering for longer than a request waits for its answer: every request a 503 (idle server too)
+    with pytest.raises(ValueError, match=r"max_wait_ms \(3000\) must be below request_timeout_s \(1 s = 1000 ms\)"):
+        create_app(rec, max_wait_ms=3000, request_timeout_s=1)
+    create_app(rec, max_wait_ms=999, request_timeout_s=1)
 
 
 def test_without_the_lifespan_requests_are_refused_not_hung(rec, histories):
@@ -433,6 +446,9 @@ def test_serve_command_checks_its_arguments(tiny_saved, capsys):
     assert "argument --port: must be between 1 and 65535, got 70000" in capsys.readouterr().err
     assert cli.main(["serve", str(tiny_saved), "--max-batch", "0"]) == 2
     assert "argument --max-batch: must be >= 1, got 0" in capsys.readouterr().err
+    assert cli.main(["serve", str(tiny_saved), "--max-wait-ms", "31000"]) == 2
+    assert "argument --max-wait-ms: must be below 30000 (a request waits 30 s for its answer), got 31000" \
+        in capsys.readouterr().err
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -37,6 +37,11 @@ def _check(args: argparse.Namespace) -> None:
             raise ConfigError(f"argument --{name.replace('_', '-')}: must be >= 1, got {v}")
     if not math.isfinite(args.max_wait_ms) or args.max_wait_ms < 0:
         raise ConfigError(f"argument --max-wait-ms: must be a number >= 0, got {args.max_wait_ms}")
+    from genrec.serve import REQUEST_TIMEOUT_S
+
+    if args.max_wait_ms >= REQUEST_TIMEOUT_S * 1000.0:  # every request would time out while its batch gathers
+        raise ConfigError(f"argument --max-wait-ms: must be below {REQUEST_TIMEOUT_S * 1000.0:g} (a request waits "
+                          f"{REQUEST_TIMEOUT_S:g} s for its answer), got {args.max_wait_ms:g}")
 
 
 def _listen(host: str, port: int) -> socket.socket:

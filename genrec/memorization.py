@@ -4,6 +4,9 @@ Edges come from the *training part* of every user's sequence (``LeaveOneOutSplit
 and test items excluded), for validation and test instances alike. An edge ``u -> v`` at hop ``h``
 means ``v`` follows ``u`` within ``h`` positions (``1 <= q - p <= h``) in some training sequence;
 hop-1 edges are the adjacent transitions, and the hop-``h`` edge set contains every smaller hop's.
+Whole training sequences, as the paper's labeller reads them, although the models train on each
+sequence's last ``max_len + 1`` items only (on Beauty 127 long users lose older items there, and
+building the edges from that window would move ~0.45% of the instances to another group).
 
 For an instance with history ``(..., i)`` and target ``t``, the history item ``u`` at distance ``d``
 from the end (``d = 1`` for the last item ``i``) takes part in hop-``h`` checks only when ``d <= h``,
@@ -167,7 +170,8 @@ class InstanceLabels:
         return out
 
     def shares(self) -> dict[str, float]:
-        """Share of each coarse group, each kind (any hop) and each fine label; sums per level are 1."""
+        """Share of each coarse group, each kind (any hop) and each fine label: the groups sum to 1, the
+        generalization kinds to the generalization share."""
         n = len(self)
         if n == 0:
             raise ValueError("no instances")

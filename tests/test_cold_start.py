@@ -169,6 +169,10 @@ def test_training_stages_never_see_the_cold_items(cold_run, cold_ctx):
     assert train is cold.warm and train.num_items == n_warm
     assert all(len(s) == 0 or s.max() < n_warm for s in train.train)
     assert all(h.max() < n_warm for h in train.valid.histories) and train.valid.targets.max() < n_warm
+    # the labels' validation shares describe those warm instances (they counted the full split's), test all users
+    labels = load_json(cold_run / "labels" / "summary.json")
+    assert labels["valid"]["count"] == len(train.valid.targets) < len(cold.split.valid.targets)
+    assert labels["test"]["count"] == len(cold.split.test.targets)
     # at test SASRec scores the cold items through their nearest warm items (add_items' path): it proposes them
     with np.load(cold_run / "fusion" / "topk.npz") as z:
         assert z["sasrec"].max() >= n_warm

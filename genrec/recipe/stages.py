@@ -297,8 +297,9 @@ def stage_labels(ctx: StageContext) -> dict[str, Path]:
 
     run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.data()
-    if ctx.cold() is not None:  # memorized means seen in what the models trained on: the warm sequences
-        split = replace(split, train=ctx.training()[1].train)
+    if ctx.cold() is not None:  # memorized means seen in what the models trained on: the warm sequences;
+        warm = ctx.training()[1]  # validation: the warm instances the run fits and chooses on; test: all
+        split = replace(split, train=warm.train, valid=warm.valid)
     labels = label_split(split, max_hop=config.labels.max_hop)
     arrays = {}
     for name, lab in labels.items():

@@ -50,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def load(x: str) -> Any:
         path = Path(x) / "results.json" if Path(x).is_dir() else Path(x)
-        return strip_timing(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            return strip_timing(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:  # a run without results.json (killed, unfinished), not JSON
+            print(f"compare_results: cannot read {path}: {getattr(e, 'strerror', None) or e} (a finished run "
+                  f"directory holds results.json)", file=sys.stderr)
+            raise SystemExit(2) from None  # 1 means "they differ"
 
     # a prefix names whole keys: "labels.valid" ignores "labels.valid.x" and "labels.valid[0]", not "labels.valid2"
     diffs = [d for d in differences(load(args.a), load(args.b))

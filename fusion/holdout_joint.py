@@ -128,6 +128,8 @@ class HoldoutJointConfig:
             raise ValueError(f"k must be >= 10: validation chooses the towers by the fused {CHOICE_METRIC}; got {self.k}")
         if not 0 < self.holdout_share <= 1:
             raise ValueError(f"holdout_share must be in (0, 1], got {self.holdout_share}")
+        if self.holdout_seed < 0:
+            raise ValueError(f"holdout_seed must be >= 0, got {self.holdout_seed}")
         if self.refresh_epochs < 0 or not self.refresh_lr_ratio > 0:
             raise ValueError(f"refresh_epochs must be >= 0 and refresh_lr_ratio > 0; got {self.refresh_epochs}, "
                              f"{self.refresh_lr_ratio}")

@@ -47,7 +47,7 @@ from genrec.beam_search import trie_on
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.generative import GenerativeConfig, HierarchicalGenerative, repeat_mixture
 from genrec.errors import CheckpointError
-from genrec.training import TrainResult, fit, setup
+from genrec.training import TrainResult, data_digest, fit, setup
 from genrec.model_settings import (autocast, check_training_config, model_precision, saved_config,
                                    usable_device)
 from genrec.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
@@ -501,7 +501,7 @@ def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None 
                on_eval, {"codes": torch.as_tensor(np.asarray(table.codes, dtype=np.int64)),
                          "codebook_sizes": [int(s) for s in table.codebook_sizes], "num_items": split.num_items,
                          "gr_scope": model.scope},  # as resolved: loading never re-derives it
-               f"joint[{config.mode}]")
+               f"joint[{config.mode}]", data_digest(split, np.asarray(table.codes), table.codebook_sizes))
 
 
 def _resumed_scope(out_dir: str | Path | None, config: JointConfig, num_items: int) -> str | None:

@@ -39,7 +39,7 @@ from genrec.beam_search import (BeamResult, beam_from_context, check_same_codes,
 from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_topk
 from genrec.trie import PrefixTrie, trie_of
-from genrec.training import TrainResult, fit, setup, trim_heap
+from genrec.training import TrainResult, data_digest, fit, setup, trim_heap
 from genrec.model_settings import (autocast, check_training_config, model_precision, saved_config,
                                    usable_device)
 from genrec.splits import Instances, LeaveOneOutSplit
@@ -499,7 +499,8 @@ def train_generative(split: LeaveOneOutSplit, table: Any, config: GenerativeConf
                math.ceil(n_train / config.batch_size), loss_fn,
                lambda m: evaluate(m, split.valid, config.eval_beam, batch_size=config.eval_batch_size),
                out_dir, progress, on_eval,
-               {"codes": torch.from_numpy(model.codes), "codebook_sizes": list(model.codebook_sizes)}, "generative")
+               {"codes": torch.from_numpy(model.codes), "codebook_sizes": list(model.codebook_sizes)}, "generative",
+               data_digest(split, model.codes, model.codebook_sizes))
 
 
 def save_generative(model: HierarchicalGenerative, path: str | Path) -> None:

@@ -89,6 +89,9 @@ def check_training_config(config: Any) -> None:
         need(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1, key,
              "must be an integer >= 1")
     need(isinstance(config.lr, (int, float)) and math.isfinite(config.lr) and config.lr > 0, "lr", "must be > 0")
+    seed = getattr(config, "seed", 0)  # NumPy's generators take no negative seed (a ValueError in training)
+    need(isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0, "seed",
+         "must be an integer >= 0")
     for key in ("weight_decay", "warmup_epochs", "min_delta"):
         value = getattr(config, key, 0.0)
         need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, key, "must be >= 0")

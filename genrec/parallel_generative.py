@@ -40,7 +40,7 @@ from genrec.generative import repeat_gate_loss, repeat_mixture
 from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_scores
 from genrec.splits import Instances, LeaveOneOutSplit
-from genrec.training import TrainResult, fit, setup
+from genrec.training import TrainResult, data_digest, fit, setup
 from genrec.model_settings import autocast, check_training_config, model_precision, saved_config, usable_device
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,8 @@ def train_parallel(split: LeaveOneOutSplit, table: Any, config: ParallelConfig |
                math.ceil(n_train / config.batch_size), loss_fn,
                lambda m: evaluate(m, split.valid, batch_size=config.eval_batch_size),
                out_dir, progress, on_eval,
-               {"codes": torch.from_numpy(model.codes), "codebook_sizes": list(model.codebook_sizes)}, "parallel")
+               {"codes": torch.from_numpy(model.codes), "codebook_sizes": list(model.codebook_sizes)}, "parallel",
+               data_digest(split, model.codes, model.codebook_sizes))
 
 
 def save_parallel(model: ParallelCodeModel, path: str | Path) -> None:

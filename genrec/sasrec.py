@@ -34,7 +34,7 @@ from genrec.sasrec_losses import LOSSES, NEGATIVES, NegativeSampler, sasrec_loss
 from genrec.sasrec_text import check_resumed_text, resolve_text_dim
 from genrec.metrics import DEFAULT_KS, merge_topk, metrics_from_ranks, ranks_from_score_chunks, stable_topk
 from genrec.splits import Instances, LeaveOneOutSplit
-from genrec.training import TrainResult, fit, setup
+from genrec.training import TrainResult, data_digest, fit, setup
 from genrec.model_settings import (autocast, check_training_config, model_precision, saved_config,
                                    usable_device)
 
@@ -550,7 +550,7 @@ def train_sasrec(split: LeaveOneOutSplit, config: SASRecConfig | None = None, ou
     return fit(model, config, lambda rng: training_batches(split.train, config, rng),
                math.ceil(n_train / config.batch_size), loss_fn,
                lambda m: evaluate(m, split.valid, batch_size=config.eval_batch_size),
-               out_dir, progress, on_eval, {"num_items": split.num_items}, "sasrec")
+               out_dir, progress, on_eval, {"num_items": split.num_items}, "sasrec", data_digest(split))
 
 
 def load_sasrec(path: str | Path, device: str = "cpu") -> SASRec:

@@ -82,10 +82,13 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def find_file(directory: Path, stem: str) -> Path:
-    """``directory/stem`` or ``directory/stem.gz``; a clear error when neither exists."""
-    for cand in (directory / stem, directory / f"{stem}.gz"):
-        if cand.is_file():
-            return cand
+    """``directory/stem`` or ``directory/stem.gz``; a clear error when neither or both exist (which one
+    a run read would otherwise be a silent choice)."""
+    found = [c for c in (directory / stem, directory / f"{stem}.gz") if c.is_file()]
+    if len(found) == 2:
+        raise DataFormatError(f"{directory}: both {stem} and {stem}.gz exist; keep the one to read")
+    if found:
+        return found[0]
     raise DataNotFoundError(f"{directory}: expected {stem} or {stem}.gz, found neither")
 
 

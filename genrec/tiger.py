@@ -29,7 +29,7 @@ from genrec.beam_search import check_same_codes
 from genrec.errors import ConfigError, DataFormatError
 from genrec.generative import evaluate
 from genrec.trie import PrefixTrie, trie_of
-from genrec.training import TrainResult, fit, setup
+from genrec.training import TrainResult, data_digest, fit, setup
 from genrec.model_settings import check_training_config, saved_config, usable_device
 from genrec.splits import Instances, LeaveOneOutSplit
 
@@ -315,7 +315,8 @@ def train_tiger(split: LeaveOneOutSplit, table: Any, config: TigerConfig | None 
                math.ceil(len(examples[2]) / config.batch_size), loss_fn,
                lambda m: evaluate(m, valid, config.eval_beam, batch_size=config.eval_batch_size),
                out_dir, progress, on_eval,
-               {"codes": torch.from_numpy(model.codes), "codebook_sizes": list(model.codebook_sizes)}, "tiger")
+               {"codes": torch.from_numpy(model.codes), "codebook_sizes": list(model.codebook_sizes)}, "tiger",
+               data_digest(split, model.codes, model.codebook_sizes))
 
 
 def save_tiger(model: TigerModel, path: str | Path) -> None:

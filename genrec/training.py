@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -82,11 +83,38 @@ def _config_diff(saved: dict, requested: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def data_digest(split: Any, *extra: Any) -> str:
+    """A 16-hex-digit digest of what a trainer reads from ``split`` (the catalogue size, the users, the
+    training sequences, the validation instances) and of ``extra`` arrays (a semantic-ID table's codes):
+    :func:`fit` refuses to resume a checkpoint written for other data under the same config."""
+    h = hashlib.sha256()
+
+    def add(a: Any) -> None:
+        a = np.ascontiguousarray(np.asarray(a, dtype=np.int64))
+        h.update(np.asarray(a.shape, np.int64).tobytes())
+        h.update(a.tobytes())
+
+    add([split.num_items, len(split.train), len(split.valid.targets)])
+    add(split.users)
+    add([len(s) for s in split.train])
+    for seq in split.train:
+        add(seq)
+    add(split.valid.users)
+    add(split.valid.targets)
+    add([len(q) for q in split.valid.histories])
+    for q in split.valid.histories:
+        add(q)
+    for a in extra:
+        add(a)
+    return h.hexdigest()[:16]
+
+
 def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], Iterable[Any]], num_batches: int,
         loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, int]],
         evaluate_fn: Callable[[nn.Module], dict[str, float]], out_dir: str | Path | None = None,
         progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None,
-        checkpoint_extra: dict[str, Any] | None = None, name: str = "generative") -> TrainResult:
+        checkpoint_extra: dict[str, Any] | None = None, name: str = "generative",
+        data: str | None = None) -> TrainResult:
     """Adam training loop with early stopping on validation ``ndcg@10``, atomic ``best.pt`` /
     ``last.pt`` checkpoints in ``out_dir`` and exact resume from ``last.pt``.
 
@@ -108,6 +136,10 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     in each history row (``skipped_steps``, the run's total so far) and in the result; an epoch
     whose every step is skipped raises anyway. A validation ``ndcg@10`` that is not finite is never
     an improvement: it never becomes ``best.pt`` and counts against the patience.
+
+    ``data`` (:func:`data_digest` of what the trainer reads): kept in the checkpoints; a resume from a
+    checkpoint of other data is a :class:`~genrec.errors.CheckpointError` (a directory reused for
+    another dataset of the same catalogue size resumed its model silently).
 
     Checkpoints: each evaluation writes ``best.pt`` (when improved) and then ``last.pt``, each
     atomically after renaming the file it replaces to ``best.prev.pt`` / ``last.prev.pt``. Resume
@@ -168,6 +200,11 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                                       "use another out_dir or delete it")
             # On the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are
             # copied to the model's device by load_state_dict.
+            saved_data = ckpt["state"].get("data_digest")  # None: a checkpoint from before the digest
+            if data is not None and saved_data is not None and saved_data != data:
+                raise CheckpointError(f"{path}: checkpoint of a run on other data (training sequences, validation "
+                                      f"instances or semantic IDs: digest {saved_data}, this data {data}); use "
+                                      f"another out_dir or delete it")
             saved_world = ckpt["state"].get("world_size", 1)
             if saved_world != world:
                 raise CheckpointError(f"{path}: checkpoint written by a run of world_size {saved_world}, resumed with "
@@ -193,6 +230,8 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
             state = ckpt["state"]
             best_state = _best_weights(out, state, ckpt["model"], device, name, unreadable)
             log.info("resumed %s from %s at epoch %d", name, path, state["epoch"])
+    if data is not None:
+        state["data_digest"] = data  # saved in every checkpoint's state
 
     max_minutes = getattr(config, "max_minutes", None)
     min_delta = getattr(config, "min_delta", 0.0)

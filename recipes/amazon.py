@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from genrec.cli import split_set_arguments
+from genrec.commands.run import default_run_dir
 from genrec.errors import GenrecError
 from genrec.recipe import Recipe, format_summary, load_config
 
@@ -23,14 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config", help="recipe YAML, e.g. recipes/configs/amazon2014_beauty.yaml")
     p.add_argument("--preset", choices=("quick", "full"), default=None)
-    p.add_argument("--out", default=None, help="run directory (default runs/<name>-<preset>)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<name>-<preset>, runs/<name> without one)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
     p.add_argument("--force", action="store_true", help="redo stages whose config or data changed")
     try:
         args = p.parse_args(split_set_arguments(list(sys.argv[1:] if argv is None else argv)))
         # The config: the YAML file, its preset merged under it, the overrides on top; all checked.
         config = load_config(args.config, args.preset, args.set)
-        out = Path(args.out or Path("runs") / f"{config.name}-{config.preset or 'custom'}")
+        out = Path(args.out) if args.out else default_run_dir(config)  # as `genrec run` names it
         print(f"{config.name}: {config.data.dataset} -> {out}")
 
         with Recipe(config, out, force=args.force, on_stage=show) as recipe:

@@ -152,6 +152,14 @@ def _load(w: World, name: str):
     return genrec.load_plain(w.plain(name))
 
 
+def _both_compressions(path: Path) -> None:
+    """Write the interactions file's other form beside it (plain beside .gz, or .gz beside plain)."""
+    if path.suffix == ".gz":
+        path.with_suffix("").write_bytes(gzip.decompress(path.read_bytes()))
+    else:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+
+
 CASES: list[Case] = [
     # --- data files ---------------------------------------------------------------------------
     Case("data-missing-dir", "data", "a dataset directory that does not exist",
@@ -159,6 +167,9 @@ CASES: list[Case] = [
     Case("data-no-interactions", "data", "a directory without interactions.tsv",
          lambda w: (w.interactions("noint").unlink(), _load(w, "noint")), DataFormatError,
          r"noint: expected interactions.tsv or interactions.tsv.gz, found neither"),
+    Case("data-both-compressions", "data", "interactions.tsv and interactions.tsv.gz side by side",
+         lambda w: (_both_compressions(w.interactions("both")), _load(w, "both")), DataFormatError,
+         r"both: both interactions.tsv and interactions.tsv.gz exist; keep the one to read"),
     Case("data-no-header", "data", "interactions.tsv without its header line",
          lambda w: (w.write_interactions("nohead", "u1\ti1\t1\n"), _load(w, "nohead")), DataFormatError, r":1: "),
     Case("data-missing-column", "data", "a header without the timestamp column",

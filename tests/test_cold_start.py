@@ -429,3 +429,14 @@ def test_a_content_aware_sasrec_in_the_recipe_scores_cold_items_by_their_own_tex
             assert other.new_item_mixture is None and again.new_item_mixtures == mixtures
             assert [r.items for r in other.recommend_batch(histories, k=10)] == \
                 [[rec.item_ids[i] for i in row if i >= 0] for row in z[name]]
+
+
+def test_genrec_analyze_refuses_a_cold_start_runs_lists(cold_run, tiny_run, tmp_path, capsys):
+    """Read against the dataset's numbering they gave other per-category figures than the run's report
+    (its cold items come last, and its labels count the warm sequences)."""
+    spec = load_json(cold_run / "config.json")["data"]["dataset"]
+    code = cli.main(["analyze", spec, "--out", str(tmp_path / "an"), "--max-history", "10",
+                     "--predictions", f"sasrec={cold_run / 'fusion' / 'topk.npz'}"])
+    assert code == 2 and "is a cold-start run's (data.cold_items)" in capsys.readouterr().err
+    assert cli.main(["analyze", spec, "--out", str(tmp_path / "ok"), "--max-history", "10",
+                     "--predictions", f"sasrec={tiny_run / 'fusion' / 'topk.npz'}"]) == 0

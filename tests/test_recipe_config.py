@@ -125,3 +125,32 @@ def test_joint_settings_the_run_would_fail_on_late_are_refused_early():
     with pytest.raises(ConfigError, match=r"'fusion.joint_config.k' \(100\) exceeds the catalogue .* \(64 items\)"):
         check_catalogue(config, 64)
     check_catalogue(config, 100)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["sasrec.seed=-1"], "sasrec.seed"), (["generative.seed=-1"], "generative.seed"),
+    (["quantize.seed=-1"], "quantize.seed"), (["fusion.selection_seed=-1"], "fusion.selection_seed"),
+    (["data.eval_users=50", "data.eval_seed=-1"], "data.eval_seed"),
+    (["data.cold_items=0.1", "data.cold_seed=-1"], "data.cold_seed"),
+    (["fusion.gate.seed=-1"], "fusion.gate.seed"), (["fusion.gate.weight_decay=-1"], "fusion.gate.weight_decay"),
+    (["fusion.gate.holdout=1"], "fusion.gate.holdout"), (["text.fallback=Item {foo}"], "text.fallback"),
+    (["fusion.joint=true", "fusion.joint_config.holdout_seed=-1"], "fusion.joint_config"),
+])
+def test_settings_that_failed_inside_a_stage_are_refused_with_the_key(overrides, key):
+    """Each passed the checks and failed in its stage (exit 1, the key not named; a negative seed after the
+    towers had trained), and the fixed value was then refused as a change to a started stage."""
+    with pytest.raises(ConfigError, match=f"config (key|section) '{key}'"):
+        config_from_dict({}, overrides=overrides)
+
+
+def test_gate_features_beyond_the_ids_prefix_levels_are_refused_before_training():
+    from genrec.recipe.stages import check_gate_features
+
+    config = config_from_dict({}, overrides=["fusion.gate.features=[prefix_source@2,gr_margin]"])
+    check_gate_features(config, 3)  # codes of 3 levels: prefixes 1 and 2
+    with pytest.raises(ConfigError, match=r"'fusion.gate.features': 'prefix_source@2' reads semantic-ID prefix "
+                                          r"level 2; the run's IDs have 2 codes, so its prefix levels are 1..1"):
+        check_gate_features(config, 2)
+    joint = config_from_dict({}, overrides=["fusion.joint=true", "fusion.joint_config.gate.features=[prefix_source@0]"])
+    with pytest.raises(ConfigError, match=r"'fusion.joint_config.gate.features': 'prefix_source@0'"):
+        check_gate_features(joint, 3)

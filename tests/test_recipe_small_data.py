@@ -60,6 +60,11 @@ def test_compare_results_tells_booleans_from_numbers_and_ignores_whole_keys(tmp_
     out = capsys.readouterr().out
     assert "flag: True vs 1" in out and "labels.valid2: 3 vs 4" in out and "labels.valid[1]" not in out
     assert "n:" not in out and "x:" not in out and "2 difference(s)" in out
+    import pytest  # a run without results.json (killed): exit 2 with the path, not a traceback
+
+    with pytest.raises(SystemExit) as stop:
+        compare.main([str(tmp_path / "a.json"), str(tmp_path)])
+    assert stop.value.code == 2 and f"cannot read {tmp_path / 'results.json'}" in capsys.readouterr().err
 
 
 def test_a_forced_run_stopped_before_its_changed_stage_leaves_no_stale_stage_passing_for_done(tiny_run, tiny_cached,

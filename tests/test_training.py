@@ -527,3 +527,32 @@ def test_trim_heap_gives_freed_tensor_memory_back_to_the_os():
     trim_heap()
     assert before - resident_mib() > 100
     assert keep.sum() == 16_000
+
+
+def test_a_checkpoint_of_other_data_is_never_resumed(tmp_path):
+    """``genrec sasrec B`` into the directory ``genrec sasrec A`` left (the default --out) resumed A's model
+    on B silently when the catalogues had the same size; so did a generative model on other semantic IDs."""
+    from genrec.generative import GenerativeConfig, train_generative
+    from genrec.sasrec import SASRecConfig, train_sasrec
+    from genrec.splits import leave_one_out
+    from genrec.synthetic import cyclic_dataset
+    from genrec.training import data_digest
+    from quantize.semantic_ids import SemanticIdTable
+
+    a = leave_one_out(cyclic_dataset(num_items=20, num_users=40, seed=0), max_history=8)
+    b = leave_one_out(cyclic_dataset(num_items=20, num_users=40, seed=1), max_history=8)
+    assert data_digest(a) == data_digest(leave_one_out(cyclic_dataset(num_items=20, num_users=40, seed=0), 8))
+    assert data_digest(a) != data_digest(b) and data_digest(a, [1, 2]) != data_digest(a, [2, 1])
+    sas = dict(hidden=8, num_blocks=1, num_heads=1, max_len=8, batch_size=16, patience=100, num_threads=1)
+    train_sasrec(a, SASRecConfig(max_epochs=1, **sas), tmp_path / "sasrec", progress=False)
+    with pytest.raises(CheckpointError, match=r"last.pt: checkpoint of a run on other data .*use another out_dir"):
+        train_sasrec(b, SASRecConfig(max_epochs=2, **sas), tmp_path / "sasrec", progress=False)
+    assert len(train_sasrec(a, SASRecConfig(max_epochs=2, **sas), tmp_path / "sasrec", progress=False).history) == 2
+    # (a generative model on other semantic IDs: tests/test_generative.py); on other sequences, same codes:
+    i = np.arange(20)
+    table = SemanticIdTable.from_codes(np.stack([i // 5, i % 5], 1), [4, 5])
+    gen = dict(hidden=8, num_blocks=1, num_heads=2, head_layers=1, batch_size=16, max_len=8, eval_beam=5,
+               patience=100, num_threads=1)
+    train_generative(a, table, GenerativeConfig(max_epochs=1, **gen), tmp_path / "gen", progress=False)
+    with pytest.raises(CheckpointError, match="checkpoint of a run on other data"):
+        train_generative(b, table, GenerativeConfig(max_epochs=2, **gen), tmp_path / "gen", progress=False)

@@ -12,7 +12,8 @@ validation and test instances and writes ``label_shares.md`` / ``.json`` and ``l
 (``token_memorization.md`` / ``.json``, ``prefix_hops`` in the JSONL). ``--predictions``: top-K item
 index arrays ``[n_test, K]`` in test-instance order; writes ``per_category.md`` / ``.json`` /
 ``.png``; a ``.npz`` file gives the array named NAME (or ``NAME=FILE.npz:KEY``), so a recipe
-run's ``fusion/topk.npz`` can be read directly.
+run's ``fusion/topk.npz`` can be read directly (not a cold-start run's, whose item numbering differs:
+refused).
 
 The paper's semantic-ID analyses (:mod:`genrec.semantic_id_analysis`, :mod:`genrec.codebook_sweep`):
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 from pathlib import Path
 
@@ -223,6 +225,15 @@ def _is_int(s: str) -> bool:
     return True
 
 
+def _cold_start_run(config_path: Path) -> bool:
+    """Whether the recipe run whose ``config.json`` this is evaluated cold start (``data.cold_items``)."""
+    try:
+        cold = json.loads(config_path.read_text(encoding="utf-8")).get("data", {}).get("cold_items", 0)
+    except (OSError, ValueError, AttributeError):
+        return False  # not a readable run config: the file is read as any other
+    return cold not in (0, 0.0, None, False)
+
+
 def _parse_predictions(pairs: list[str], n_test: int, num_items: int) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for pair in pairs:
@@ -234,6 +245,11 @@ def _parse_predictions(pairs: list[str], n_test: int, num_items: int) -> dict[st
             file, _, key = file.rpartition(":")
         if not Path(file).is_file():
             raise DataFormatError(f"--predictions {name}: file {file} not found")
+        run_config = Path(file).resolve().parent.parent / "config.json"  # a recipe run's fusion/topk.npz
+        if run_config.is_file() and _cold_start_run(run_config):
+            raise DataFormatError(f"--predictions {name}: {file} is a cold-start run's (data.cold_items): its lists "
+                                  f"number the items with the cold ones last, not as the dataset does, and its labels "
+                                  f"count the warm training sequences; read that run's report.md / results.json")
         topk = load_arrays(file)
         if isinstance(topk, dict):  # an archive: the array named KEY, or NAME
             if (key or name) not in topk:

@@ -443,10 +443,21 @@ def validate_config(config: RecipeConfig) -> None:
          "cannot be combined with data.cold_items (the cold-start protocol evaluates every cold target)")
     need(not (cold_enabled(config) and f.joint), "fusion.joint", True,
          "cannot be combined with data.cold_items: the joint model cannot score items added after training")
+    for sec in ("data", "quantize", "fusion"):  # a negative seed failed deep in a stage (NumPy refuses it)
+        for key, value in asdict(getattr(config, sec)).items():
+            if key == "seed" or key.endswith("_seed"):
+                need(value >= 0, f"{sec}.{key}", value, "must be >= 0")
     allowed_fields = ("title", "brand", "categories", "description", "price", "item_id")
     need(bool(t.fields) and all(x in allowed_fields for x in t.fields), "text.fields", t.fields,
          f"must be a non-empty list of {list(allowed_fields)}")
     need(t.batch_size >= 1, "text.batch_size", t.batch_size, "must be >= 1")
+    if t.fallback is not None:  # an unknown field failed in the embed stage, and only when an item had no text
+        from quantize.text import render_fallback
+
+        try:
+            render_fallback(t.fallback, "item")
+        except ValueError as e:
+            raise ConfigError(f"config key 'text.fallback': {e}") from None
     for key, value in (("max_seq_length", t.max_seq_length), ("max_description_chars", t.max_description_chars)):
         need(value is None or value >= 1, f"text.{key}", value, "must be >= 1 or null")  # null: no limit
     need(t.embeddings is None or t.embeddings.endswith((".npy", ".parquet")), "text.embeddings", t.embeddings,
@@ -486,6 +497,11 @@ def validate_config(config: RecipeConfig) -> None:
         need(f.gate["k"] <= f.k, "fusion.gate.k", f.gate["k"], f"must not exceed fusion.k ({f.k}), the served lists' length")
     if "lr" in f.gate:
         need(f.gate["lr"] > 0, "fusion.gate.lr", f.gate["lr"], "must be > 0")
+    for key in ("seed", "weight_decay"):
+        if key in f.gate:
+            need(f.gate[key] >= 0, f"fusion.gate.{key}", f.gate[key], "must be >= 0")
+    if "holdout" in f.gate:
+        need(0 <= f.gate["holdout"] < 1, "fusion.gate.holdout", f.gate["holdout"], "must be in [0, 1)")
     if f.gate.get("features") is not None:
         from fusion.indicators import INDICATOR_NAMES, is_indicator_name
 

@@ -30,7 +30,7 @@ from genrec.recipe.run_files import load_labels, semantic_id_table, test_ranks
 from genrec.recipe.cold_fusion import add_cold_items, fit_new_item_mixtures
 from genrec.recommender_files import MIXTURES
 
-__all__ = ["Stage", "StageContext", "STAGES", "stage_names", "check_catalogue", "fusion_fit_k", "load_labels", "cold_start_metrics"]
+__all__ = ["Stage", "StageContext", "STAGES", "stage_names", "check_catalogue", "check_gate_features", "fusion_fit_k", "load_labels", "cold_start_metrics"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,22 @@ def check_catalogue(config: RecipeConfig, num_items: int) -> None:
                               f"({num_items} items); set {key} <= {num_items}")
 
 
+def check_gate_features(config: RecipeConfig, levels: int) -> None:
+    """The learned gates' ``features`` (``fusion.gate.features``, and the held-out joint model's under
+    ``fusion.joint_config.gate``) may read prefix levels 1 .. ``levels - 1`` of semantic IDs of ``levels``
+    codes (1 for a single code): a level beyond failed in the fusion stage with a KeyError."""
+    top = max(levels, 2) - 1
+    gates = {"fusion.gate.features": config.fusion.gate.get("features")}
+    if config.fusion.joint and config.fusion.joint_schedule == "holdout":
+        gates["fusion.joint_config.gate.features"] = joint_config(config).gate.get("features")
+    for key, features in gates.items():
+        for name in features or ():
+            level = str(name).partition("@")[2]
+            if level and not 1 <= int(level) <= top:
+                raise ConfigError(f"config key {key!r}: {name!r} reads semantic-ID prefix level {level}; the run's "
+                                  f"IDs have {levels} codes, so its prefix levels are 1..{top}")
+
+
 def stage_data(ctx: StageContext) -> dict[str, Path]:
     """Load the dataset and split it; ``data/summary.json``: statistics and split sizes."""
     run_dir, config = ctx.run_dir, ctx.config
@@ -234,6 +250,7 @@ def stage_quantize(ctx: StageContext) -> dict[str, Path]:
         raise
     except ValueError as e:  # the settings meet the data (e.g. more sub-spaces than dimensions)
         raise ConfigError(f"config section 'quantize': {e}") from None
+    check_gate_features(config, result.table.codes.shape[1])  # before any model trains on these IDs
     paths = result.save(run_dir / "quantize")
     return {k: Path(v) for k, v in paths.items()}
 
@@ -363,6 +380,7 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
     sasrec = load_sasrec(run_dir / "sasrec" / "best.pt", device=config.sasrec.device)
     generative = load_generative(run_dir / "generative" / "best.pt", device=config.generative.device)
     table = semantic_id_table(run_dir)
+    check_gate_features(config, table.codes.shape[1])  # a resumed run's edited features
     stats = TrainStats(train.train, train.num_items, table.codes)
     test_sasrec, test_generative, test_stats, extra = sasrec, generative, stats, {}
     if ctx.cold() is not None:
@@ -408,7 +426,7 @@ def stage_fusion(ctx: StageContext) -> dict[str, Path]:
         "fit_k": {m.name: int(m.k) for m in methods},  # the validation NDCG@k each method fitted
         "union_width": {"valid": valid.cands.width, "test": test.cands.width},
         "indicators": list(test.indicators.names),
-        "selection": {"folds": f.selection_folds, "seed": f.selection_seed,
+        "selection": {"folds": cf.num_folds, "seed": f.selection_seed,  # fewer than set on a small split
                       "scores": _cross_fit_metrics(cf)},
         **({"new_item_mixture": mixture_summary} if mixture_summary is not None else {}),
         "timing": {"inputs": {n: inp.seconds for n, inp in fin.items()},
@@ -450,6 +468,7 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
     run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.data()
     check_catalogue(config, split.num_items)  # a resumed run's edited settings, before joint training
+    check_gate_features(config, semantic_id_table(run_dir).codes.shape[1])
     out = run_dir / "joint"
     jc = joint_config(config)
     if config.fusion.joint_schedule == "holdout":

@@ -395,8 +395,9 @@ class LearnedGateFusion:
             raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
         if not 0 <= self.holdout < 1:  # 1 would hold out every row and train on none
             raise ValueError(f"holdout must be in [0, 1), got {self.holdout!r}")
-        if self.seed < 0 or self.weight_decay < 0:  # NumPy and Adam refuse them, only once fitting starts
-            raise ValueError(f"seed and weight_decay must be >= 0, got {self.seed!r} and {self.weight_decay!r}")
+        for key in ("seed", "weight_decay"):  # NumPy and Adam refuse them, only once fitting starts
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)!r}")
 
     def _scores(self, cands: CandidateScores) -> tuple[np.ndarray, np.ndarray]:
         if self.scale == "minmax":

@@ -34,6 +34,7 @@ import contextlib
 import http.client
 import json
 import logging
+import math
 import re
 import urllib.request
 from collections import Counter
@@ -56,7 +57,7 @@ from genrec.data import (
     parse_timestamp,
     warn_bad_prices,
 )
-from genrec.text_files import iter_jsonl, iter_lines
+from genrec.text_files import find_optional_file, is_unicode, iter_jsonl, iter_lines
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ Events = dict[str, list[tuple[str, int | float]]]
 
 _META_DROP_2014 = ("related", "imUrl")
 _META_DROP_2023 = ("images", "videos", "bought_together")
-_ASIN_RE = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
+# `'asin': 'X'` in a meta line, quotes paired; every match is checked (a title may quote such text)
+_ASIN_RE = re.compile(r"""(['"])asin\1\s*:\s*(['"])([^'"\\]+)\2""")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,12 +207,20 @@ def _absent(value: Any) -> bool:
 
 
 def _id(value: Any, key: str, where: str) -> str:
-    """A user or item id: a string or a number (not a bool, list or dict, whose text is no id)."""
+    """A user or item id: a string or a finite number (not a bool, list or dict, whose text is no id),
+    stripped and never empty, as the plain loader reads ids."""
     if isinstance(value, np.integer | np.floating):  # e.g. from a Hugging Face / pandas column
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise DataFormatError(f"{where}: {key!r} must be a string or number, got {type(value).__name__}")
-    return str(value)
+    if isinstance(value, float) and not math.isfinite(value):  # a pandas NaN: no id (it became "nan")
+        raise DataFormatError(f"{where}: {key!r} must be a string or finite number, got {value!r}")
+    text = str(value).strip()
+    if not text:
+        raise DataFormatError(f"{where}: {key!r} is empty")
+    if not is_unicode(text):
+        raise DataFormatError(f"{where}: {key!r} is not valid Unicode (a lone surrogate such as \\ud800)")
+    return text
 
 
 def _parse_literal_line(line: str, where: str) -> dict[str, Any]:
@@ -241,8 +251,8 @@ def read_amazon2014_meta(path: str | Path, asins: set[str] | None = None) -> dic
             if not line.strip():
                 continue
             if asins is not None:
-                m = _ASIN_RE.search(line)
-                if m is not None and m.group(1) not in asins:
+                found = [m.group(3).strip() for m in _ASIN_RE.finditer(line)]
+                if found and not any(a in asins for a in found):  # none of them wanted: skip unparsed
                     skipped += 1
                     continue
             where = f"{path}:{lineno}"
@@ -394,11 +404,8 @@ def amazon2023_from_files(reviews_path: str | Path, meta_path: str | Path, name:
 
 
 def _local_2023(cache_dir: Path, category: str) -> tuple[Path, Path] | None:
-    def first(*names: str) -> Path | None:
-        return next((cache_dir / n for n in names if (cache_dir / n).is_file()), None)
-
-    reviews = first(f"{category}.jsonl", f"{category}.jsonl.gz")
-    meta = first(f"meta_{category}.jsonl", f"meta_{category}.jsonl.gz")
+    reviews = find_optional_file(cache_dir, f"{category}.jsonl")
+    meta = find_optional_file(cache_dir, f"meta_{category}.jsonl")
     return (reviews, meta) if reviews and meta else None
 
 

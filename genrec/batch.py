@@ -103,7 +103,8 @@ def _read_tsv(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
     if "history" not in header:
         if "item_id" in header:  # an interaction log
             by_user = read_interactions_tsv(path)  # one history per user by construction
-            order_events(by_user, "file", str(path))  # rows as given, as a dataset's: warns where time goes back
+            # rows as given, as a dataset's: warns where time goes back
+            order_events(by_user, "file", str(path), "sort each user's rows by timestamp to rank on time order")
             return list(by_user), [[item for item, _ in events] for events in by_user.values()], [0] * len(by_user)
         raise DataFormatError(f"{path}:1: header {header} needs 'user_id' and 'history' (space-separated item ids), "
                               f"or 'user_id', 'item_id' and 'timestamp' (an interaction log)")

@@ -42,7 +42,7 @@ import numpy as np
 from genrec.columns import (InteractionColumns, factorize_ids, parse_time_strings,
                             read_delimited_columns, simple_text_bytes, split_header)
 from genrec.errors import DataFormatError, DataNotFoundError
-from genrec.text_files import find_file, iter_jsonl, iter_lines
+from genrec.text_files import find_file, is_unicode, iter_jsonl, iter_lines
 
 log = logging.getLogger(__name__)
 
@@ -242,30 +242,36 @@ def item_text_from_record(record: dict[str, Any], where: str,
     as ``(item_id, raw value)`` so that the loader can warn once (see :func:`warn_bad_prices`).
     """
 
+    def raw(v: Any, key: str) -> str | None:
+        """One text value as given: a string or number; None and NaN (pandas' missing value) are absent."""
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):  # NaN became the word "nan"
+            return None
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):  # True / a dict became their repr
+            raise DataFormatError(f"{where}: field {key!r} must be text, got {type(v).__name__}")
+        if not is_unicode(str(v)):
+            raise DataFormatError(f"{where}: field {key!r} is not valid Unicode (a lone surrogate such as \\ud800)")
+        return str(v)
+
+    def scalar(v: Any, key: str) -> str | None:
+        return (raw(v, key) or "").strip() or None
+
     def text(key: str) -> str | None:
         v = record.get(key)
-        if v is None:
-            return None
         if isinstance(v, list):  # e.g. Amazon 2023 description is a list of paragraphs
-            v = " ".join(str(x) for x in v if x is not None)
-        if not isinstance(v, (str, int, float)):
-            raise DataFormatError(f"{where}: field {key!r} must be text, got {type(v).__name__}")
-        v = str(v).strip()
-        return v or None
+            return " ".join(x for x in (raw(p, key) for p in v) if x is not None).strip() or None
+        return scalar(v, key)
 
     cats = record.get("categories")
     if cats is None:
         categories: tuple[str, ...] = ()
     elif isinstance(cats, str):
         # a single string may hold several categories separated by "|"
-        categories = tuple(c.strip() for c in cats.split("|") if c.strip())
+        categories = tuple(c.strip() for c in (scalar(cats, "categories") or "").split("|") if c.strip())
     elif isinstance(cats, list):
         flat: list[str] = []
-        for c in cats:  # accept nested category paths too
+        for c in cats:  # accept nested category paths too (one level: a path is a list of names)
             for x in (c if isinstance(c, list) else [c]):
-                if x is None:  # a null in the list: no category (it became the word "None")
-                    continue
-                x = str(x).strip()
+                x = scalar(x, "categories")  # a null in the list: no category (it became the word "None")
                 if x and x not in flat:
                     flat.append(x)
         categories = tuple(flat)
@@ -379,6 +385,8 @@ def _item_id(obj: dict[str, Any], where: str) -> str:
         raise DataFormatError(f"{where}: 'item_id' must be a string or number, got {type(raw_id).__name__}")
     if isinstance(raw_id, float) and not math.isfinite(raw_id):
         raise DataFormatError(f"{where}: 'item_id' must be a string or number, got {raw_id!r}")
+    if not is_unicode(str(raw_id)):  # no file or response can hold it (JSON's "\ud800" escape)
+        raise DataFormatError(f"{where}: 'item_id' is not valid Unicode (a lone surrogate such as \\ud800)")
     return str(raw_id).strip()  # as the interactions file's ids are read
 
 
@@ -524,17 +532,19 @@ def read_interaction_columns(path: Path, items: dict[str, ItemText] | None = Non
     return InteractionColumns(user_ids=user_ids, users=users, item_ids=item_ids, items=item_codes, times=times)
 
 
-def order_events(users: dict[str, list[tuple[str, float]]], order: str, source: str) -> None:
+def order_events(users: dict[str, list[tuple[str, float]]], order: str, source: str,
+                 sort_hint: str = "pass order='timestamp' to sort") -> None:
     """Apply the ordering policy in place: ``"file"`` keeps rows as given, ``"timestamp"`` sorts
-    each user stably by time (ties keep file order)."""
+    each user stably by time (ties keep file order). ``sort_hint``: how the caller's user sorts the
+    rows instead, named in the warning that ``"file"`` order goes back in time."""
     if order == "timestamp":
         for u, ev in users.items():
             users[u] = sorted(ev, key=lambda e: e[1])  # Python's sort is stable
     elif order == "file":
         bad = sum(1 for ev in users.values() if any(ev[k][1] > ev[k + 1][1] for k in range(len(ev) - 1)))
         if bad:
-            log.warning("%s: %d user(s) have rows out of timestamp order; keeping file order "
-                        "(pass order='timestamp' to sort)", source, bad)
+            log.warning("%s: %d user(s) have rows out of timestamp order; keeping file order (%s)",
+                        source, bad, sort_hint)
     else:
         raise ValueError(f"order must be 'file' or 'timestamp', got {order!r}")
 

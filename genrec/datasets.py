@@ -64,6 +64,8 @@ def _split_spec_kwargs(text: str, spec: str) -> dict[str, str]:
         key, eq, value = part.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"dataset spec {spec!r}: expected key=value, got {part!r}")
+        if key.strip() in out:  # the last one won silently
+            raise ConfigError(f"dataset spec {spec!r}: {key.strip()!r} given more than once")
         out[key.strip()] = value.strip()
     return out
 
@@ -110,6 +112,22 @@ def _unknown(spec: str) -> ConfigError:
     return ConfigError(f"unknown dataset spec {spec!r}; accepted forms:\n  {forms}")
 
 
+_CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def amazon_category(arg: str, spec: str) -> str:
+    """The category of an ``amazon2014:`` / ``amazon2023:`` spec (letters, digits, ``_`` and ``-``, as
+    Amazon names them: it becomes a file name in the cache, so ``../x`` or ``a/b`` is refused)."""
+    category = arg.strip()
+    kind = str(spec).strip().partition(":")[0]
+    if not category:
+        raise ConfigError(f"dataset spec {spec!r}: missing category (e.g. {kind}:Beauty)")
+    if not _CATEGORY.fullmatch(category):
+        raise ConfigError(f"dataset spec {spec!r}: category {category!r} must be letters, digits, '_' or '-' "
+                          f"(e.g. {kind}:Beauty)")
+    return category
+
+
 def fetch_dataset_files(spec: str, cache_dir: str | Path | None = None) -> None:
     """Download the files :func:`load_dataset` would download for ``spec`` and does not find in the
     cache (Amazon 2014 categories; nothing for other specs), without reading them: a run fingerprints
@@ -119,7 +137,7 @@ def fetch_dataset_files(spec: str, cache_dir: str | Path | None = None) -> None:
         from genrec import amazon
 
         root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        amazon.fetch_amazon2014(arg.strip(), root / "amazon2014")
+        amazon.fetch_amazon2014(amazon_category(arg, spec), root / "amazon2014")
 
 
 def load_dataset(spec: str, cache_dir: str | Path | None = None, **kwargs: Any) -> SequenceDataset:
@@ -132,6 +150,8 @@ def load_dataset(spec: str, cache_dir: str | Path | None = None, **kwargs: Any) 
     spec = str(spec).strip()
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     kind, sep, arg = spec.partition(":")
+    if not spec or (sep and kind == "plain" and not arg.strip()):  # Path("") is the working directory
+        raise ConfigError(f"dataset spec {spec!r} names no dataset; accepted forms:\n  " + "\n  ".join(SPEC_FORMS))
     if sep and kind == "plain":
         return load_plain(arg, **kwargs)
     if kind == "synthetic":
@@ -149,13 +169,12 @@ def load_dataset(spec: str, cache_dir: str | Path | None = None, **kwargs: Any) 
         except ValueError as e:  # make_synthetic's range checks, e.g. num_users=0
             raise ConfigError(f"dataset spec {spec!r}: {e}") from e
     if kind in ("amazon2014", "amazon2023") and sep:
-        if not arg.strip():
-            raise ConfigError(f"dataset spec {spec!r}: missing category (e.g. {kind}:Beauty)")
+        category = amazon_category(arg, spec)
         from genrec import amazon
 
         if kind == "amazon2014":
-            return amazon.load_amazon2014(arg.strip(), root / "amazon2014", **kwargs)
-        return amazon.load_amazon2023(arg.strip(), root / "amazon2023", **kwargs)
+            return amazon.load_amazon2014(category, root / "amazon2014", **kwargs)
+        return amazon.load_amazon2023(category, root / "amazon2023", **kwargs)
     if kind in ("recbole", "parquet") and sep:
         return _load_file_format(kind, arg, spec, kwargs)
     if Path(spec).is_dir():
@@ -206,4 +225,5 @@ def _load_file_format(kind: str, arg: str, spec: str, kwargs: dict[str, Any]) ->
     return loader(**{**params, **kwargs})
 
 
-__all__ = ["load_dataset", "fetch_dataset_files", "default_cache_dir", "typed_spec_kwargs", "SPEC_FORMS"]
+__all__ = ["load_dataset", "fetch_dataset_files", "default_cache_dir", "typed_spec_kwargs", "amazon_category",
+           "SPEC_FORMS"]

@@ -42,7 +42,7 @@ def parquet_files(directory: str | Path) -> tuple[Path, Path | None]:
     """``(interactions.parquet, items.parquet or None)`` of a directory in the Parquet layout."""
     directory = Path(directory)
     inter, items = directory / "interactions.parquet", directory / "items.parquet"
-    return inter, (items if items.is_file() else None)
+    return inter, (items if items.exists() else None)  # a directory there is refused where it is read
 
 
 def read_parquet_table(path: str | Path):
@@ -51,6 +51,9 @@ def read_parquet_table(path: str | Path):
     import pyarrow.parquet as pq
 
     path = Path(path)
+    if path.is_dir():  # a partitioned dataset (Spark's, Dask's layout): its text would be silently absent
+        raise DataFormatError(f"{path}: is a directory, not a Parquet file; write the table as one file "
+                              f"(e.g. pyarrow.parquet.write_table(pyarrow.parquet.read_table('{path}'), ...))")
     if not path.is_file():
         raise DataNotFoundError(f"{path}: Parquet file not found")
     try:

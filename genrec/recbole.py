@@ -47,7 +47,7 @@ from genrec.columns import (InteractionColumns, factorize_ids, parse_time_string
 from genrec.data import (ItemText, SequenceDataset, build_dataset, build_dataset_columns, order_events, parse_price,
                          parse_timestamp, price_is_absent, warn_bad_prices)
 from genrec.errors import DataFormatError, DataNotFoundError
-from genrec.text_files import iter_lines
+from genrec.text_files import find_optional_file, iter_lines
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,11 @@ _TEXT_ALIASES = {"title": ("title", "name", "movie_title"), "brand": ("brand",),
 
 
 def recbole_files(directory: str | Path) -> tuple[Path | None, Path | None]:
-    """``(NAME.inter, NAME.item)`` of a RecBole dataset directory (plain or ``.gz``; None when absent)."""
+    """``(NAME.inter, NAME.item)`` of a RecBole dataset directory (plain or ``.gz``; None when absent; both
+    present is an error)."""
     directory = Path(directory)
     name = Path(os.path.abspath(directory)).name  # "." names no file: the directory's own (a link's own too)
-    found = []
-    for suffix in (".inter", ".item"):
-        cands = [directory / f"{name}{suffix}", directory / f"{name}{suffix}.gz"]
-        found.append(next((c for c in cands if c.is_file()), None))
-    return found[0], found[1]
+    return find_optional_file(directory, f"{name}.inter"), find_optional_file(directory, f"{name}.item")
 
 
 def _separator(sep: str | None, header: str) -> str:

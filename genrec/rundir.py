@@ -70,11 +70,13 @@ def data_files(spec: str, cache_dir: str | Path | None = None) -> list[Path]:
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if kind == "synthetic":
         return []
+    if sep and kind in ("amazon2014", "amazon2023"):
+        from genrec.datasets import amazon_category
+
+        cat = amazon_category(arg, spec)  # a file name in the cache: never a path out of it
     if sep and kind == "amazon2014":
-        cat = arg.strip()
         candidates = [root / "amazon2014" / f"reviews_{cat}_5.json.gz", root / "amazon2014" / f"meta_{cat}.json.gz"]
     elif sep and kind == "amazon2023":
-        cat = arg.strip()
         candidates = [root / "amazon2023" / f"{name}{ext}" for name in (cat, f"meta_{cat}")
                       for ext in (".jsonl", ".jsonl.gz")]
     elif sep and kind in ("recbole", "parquet"):
@@ -127,6 +129,23 @@ class RunLock:
             return json.loads(self.path.read_text(encoding="utf-8") or "{}")
         except (OSError, ValueError):
             return {}
+
+    def held_elsewhere(self) -> bool:
+        """True while another process holds this lock (checked with a shared lock taken and given back
+        at once, creating nothing); the CLI asks before appending to the run's log, which a running job
+        is writing. A file system without locks answers False (``__enter__`` then says what fails)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # no lock file (or no directory): nobody holds it
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        except OSError as e:
+            return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> "RunLock":
         try:

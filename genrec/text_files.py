@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from genrec.columns import open_binary
 from genrec.errors import DataFormatError, DataNotFoundError
 
-__all__ = ["open_text", "iter_lines", "find_file", "iter_jsonl", "is_unicode"]
+__all__ = ["open_text", "iter_lines", "find_file", "find_optional_file", "iter_jsonl", "is_unicode"]
 
 
 def open_text(path: Path) -> io.TextIOBase:
@@ -81,15 +81,24 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
                               f"re-download or re-create it") from None
 
 
-def find_file(directory: Path, stem: str) -> Path:
-    """``directory/stem`` or ``directory/stem.gz``; a clear error when neither or both exist (which one
-    a run read would otherwise be a silent choice)."""
+def find_optional_file(directory: Path, stem: str) -> Path | None:
+    """``directory/stem`` or ``directory/stem.gz``, None when neither exists; a clear error when both do
+    (which one a run read would otherwise be a silent choice)."""
+    for c in (directory / stem, directory / f"{stem}.gz"):
+        if c.exists() and not c.is_file():  # a directory, say: skipped, the data's text was silently absent
+            raise DataFormatError(f"{c}: is not a file")
     found = [c for c in (directory / stem, directory / f"{stem}.gz") if c.is_file()]
     if len(found) == 2:
         raise DataFormatError(f"{directory}: both {stem} and {stem}.gz exist; keep the one to read")
-    if found:
-        return found[0]
-    raise DataNotFoundError(f"{directory}: expected {stem} or {stem}.gz, found neither")
+    return found[0] if found else None
+
+
+def find_file(directory: Path, stem: str) -> Path:
+    """:func:`find_optional_file` that must find one: a clear error when neither exists."""
+    found = find_optional_file(directory, stem)
+    if found is None:
+        raise DataNotFoundError(f"{directory}: expected {stem} or {stem}.gz, found neither")
+    return found
 
 
 def is_unicode(text: str) -> bool:

@@ -202,9 +202,9 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
             # copied to the model's device by load_state_dict.
             saved_data = ckpt["state"].get("data_digest")  # None: a checkpoint from before the digest
             if data is not None and saved_data is not None and saved_data != data:
-                raise CheckpointError(f"{path}: checkpoint of a run on other data (training sequences, validation "
-                                      f"instances or semantic IDs: digest {saved_data}, this data {data}); use "
-                                      f"another out_dir or delete it")
+                raise CheckpointError(f"{path}: checkpoint of a run on other data (its training sequences, validation "
+                                      f"instances or semantic IDs differ: {name}'s data digest {saved_data}, this "
+                                      f"data's {data}); use another out_dir or delete it")
             saved_world = ckpt["state"].get("world_size", 1)
             if saved_world != world:
                 raise CheckpointError(f"{path}: checkpoint written by a run of world_size {saved_world}, resumed with "

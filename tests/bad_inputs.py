@@ -211,6 +211,18 @@ CASES: list[Case] = [
     Case("data-item-id-list", "data", "an item_id that is a list",
          lambda w: (_list_item_id(w), _load(w, "listid")), DataFormatError,
          r"items.jsonl.*:1: 'item_id' must be a string or number, got list"),
+    Case("data-item-text-surrogate", "data", "a lone surrogate escape in an item's title",
+         lambda w: (_edit_first_item(w, "surrogate", title="caf\udc80"), _load(w, "surrogate")), DataFormatError,
+         r"items.jsonl.*:1: field 'title' is not valid Unicode"),
+    Case("data-item-id-surrogate", "data", "a lone surrogate escape in an item id",
+         lambda w: (_edit_first_item(w, "surrid", item_id="\ud800x"), _load(w, "surrid")), DataFormatError,
+         r"items.jsonl.*:1: 'item_id' is not valid Unicode"),
+    Case("data-item-title-bool", "data", "a title that is true",
+         lambda w: (_edit_first_item(w, "booltitle", title=True), _load(w, "booltitle")), DataFormatError,
+         r"items.jsonl.*:1: field 'title' must be text, got bool"),
+    Case("data-item-category-object", "data", "a category that is a JSON object",
+         lambda w: (_edit_first_item(w, "dictcat", categories=[{"a": 1}]), _load(w, "dictcat")), DataFormatError,
+         r"items.jsonl.*:1: field 'categories' must be text, got dict"),
     Case("data-too-short", "data", "no user with the 3 interactions leave-one-out needs",
          lambda w: _import("genrec.leave_one_out")(_load(w, "good").__class__(
              name="short", item_ids=["a", "b"], user_ids=["u"], sequences=[np.array([0, 1])],
@@ -218,6 +230,14 @@ CASES: list[Case] = [
          DataFormatError, r"no user has >= 3 interactions"),
     Case("spec-unknown", "data", "an unknown dataset spec",
          lambda w: _import("genrec.load_dataset")("movielens:1m"), ConfigError, r"unknown dataset spec 'movielens:1m'"),
+    Case("spec-repeated-key", "data", "a synthetic spec key given twice (the last one won)",
+         lambda w: _import("genrec.load_dataset")("synthetic:num_users=50,num_users=60"), ConfigError,
+         r"'num_users' given more than once"),
+    Case("spec-empty", "data", "an empty dataset spec (it loaded the working directory)",
+         lambda w: _import("genrec.load_dataset")("plain:"), ConfigError, r"dataset spec 'plain:' names no dataset"),
+    Case("spec-amazon-path", "data", "an Amazon category that is a path out of the cache",
+         lambda w: _import("genrec.load_dataset")("amazon2014:../../etc", cache_dir=w.root), ConfigError,
+         r"category '../../etc' must be letters, digits"),
     Case("spec-bad-type", "data", "a synthetic spec value of the wrong type",
          lambda w: _import("genrec.load_dataset")("synthetic:num_users=abc"), ConfigError,
          r"synthetic parameter num_users expects int, got 'abc'"),
@@ -230,6 +250,13 @@ CASES: list[Case] = [
     Case("recbole-wrong-separator", "data", "a comma-separated RecBole file loaded with sep=tab",
          lambda w: _recbole(w, "commas", "user_id:token,item_id:token\nu1,i1\n", spec_extra=",sep=tab"),
          DataFormatError, r"commas.inter:1: header field .* holds a comma: the file looks comma-separated"),
+    Case("recbole-both-compressions", "data", "NAME.inter and NAME.inter.gz side by side",
+         lambda w: _recbole(w, "recboth", "user_id:token\titem_id:token\nu1\ti1\n", gz_beside=True), DataFormatError,
+         r"recboth: both recboth.inter and recboth.inter.gz exist; keep the one to read"),
+    Case("recbole-item-directory", "data", "NAME.item that is a directory (its text was silently absent)",
+         lambda w: ((w.root / "recdir" / "recdir.item").mkdir(parents=True),
+                    _recbole(w, "recdir", "user_id:token\titem_id:token\nu1\ti1\n")), DataFormatError,
+         r"recdir.item: is not a file"),
     Case("recbole-unknown-item", "data", "a RecBole .inter row whose item the .item file lacks",
          lambda w: _recbole(w, "recunk", "user_id:token\titem_id:token\nu1\ti1\nu1\tnosuch\n",
                             "item_id:token\ttitle:token_seq\ni1\tOne\n"), DataFormatError,
@@ -241,6 +268,10 @@ CASES: list[Case] = [
          lambda w: _parquet(w, "pqdup", {"user_id": ["u1"], "item_id": ["i1"], "timestamp": [1]},
                             {"item_id": ["i1", "i1"], "title": ["a", "b"]}), DataFormatError,
          r"items.parquet: row 2: duplicate item_id 'i1' \(first at row 1\)"),
+    Case("parquet-items-directory", "data", "items.parquet written as a directory of parts (Spark's layout)",
+         lambda w: _parquet(w, "pqparts", {"user_id": ["u1"], "item_id": ["i1"], "timestamp": [1]},
+                            {"item_id": ["i1"], "title": ["a"]}, items_as_directory=True), DataFormatError,
+         r"items.parquet: is a directory, not a Parquet file"),
     Case("embeddings-missing-item", "data", "precomputed embeddings (text.embeddings) lacking an item",
          lambda w: _embeddings_missing_item(w), DataFormatError,
          r"vectors.npy: 1 of the dataset's 12 items have no embedding, e.g. \['i0'\]"),
@@ -441,23 +472,35 @@ def _list_item_id(w: World) -> None:
     _write_items(w, "listid", "\n".join([json.dumps(first), *lines[1:]]) + "\n")
 
 
-def _recbole(w: World, name: str, inter: str, item: str | None = None, spec_extra: str = ""):
+def _edit_first_item(w: World, name: str, **fields) -> None:
+    """Set ``fields`` in the first object of dataset ``name``'s items.jsonl (JSON's escapes kept)."""
+    lines = _read_items(w, name)
+    first = {**json.loads(lines[0]), **fields}
+    _write_items(w, name, "\n".join([json.dumps(first), *lines[1:]]) + "\n")
+
+
+def _recbole(w: World, name: str, inter: str, item: str | None = None, spec_extra: str = "", gz_beside: bool = False):
     d = w.root / name
     d.mkdir(exist_ok=True)
     (d / f"{name}.inter").write_text(inter, encoding="utf-8")
+    if gz_beside:  # the same file compressed beside it
+        _both_compressions(d / f"{name}.inter")
     if item is not None:
         (d / f"{name}.item").write_text(item, encoding="utf-8")
     return _import("genrec.load_dataset")(f"recbole:{d}{spec_extra}")
 
 
-def _parquet(w: World, name: str, interactions: dict, items: dict | None = None):
+def _parquet(w: World, name: str, interactions: dict, items: dict | None = None, items_as_directory: bool = False):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     d = w.root / name
     d.mkdir(exist_ok=True)
     pq.write_table(pa.table(interactions), d / "interactions.parquet")
-    if items is not None:
+    if items is not None and items_as_directory:
+        (d / "items.parquet").mkdir()
+        pq.write_table(pa.table(items), d / "items.parquet" / "part-0.parquet")
+    elif items is not None:
         pq.write_table(pa.table(items), d / "items.parquet")
     return _import("genrec.load_dataset")(f"parquet:{d}")
 

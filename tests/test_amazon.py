@@ -239,6 +239,27 @@ def test_amazon2023_bad_records_name_the_record():
         amazon2023_from_records(bad_ts, META23, name="toy", k_core=1)
 
 
+def test_amazon_ids_are_read_as_the_plain_loader_reads_them():
+    """Stripped ids (" u1" and "u1" were two users); a blank, NaN or lone-surrogate id is refused (NaN
+    became the user "nan")."""
+    padded = [dict(r, user_id=f" {r['user_id']} ", parent_asin=f"{r['parent_asin']} ") for r in REVIEWS23]
+    ds = amazon2023_from_records(padded, META23, name="toy", k_core=2)
+    assert ds.user_ids == ["u1", "u2"] and ds.items[ds.item_index["P1"]].title == "Rose Serum"
+    for bad, says in ((" ", "'user_id' is empty"), (float("nan"), "'user_id' must be a string or finite number"),
+                      ("u\ud800", "'user_id' is not valid Unicode")):
+        with pytest.raises(DataFormatError, match=rf"toy reviews record 1: {says}"):
+            amazon2023_from_records([dict(REVIEWS23[0], user_id=bad)] + REVIEWS23[1:], META23, name="toy", k_core=1)
+
+
+def test_amazon2014_meta_line_quoting_an_asin_in_its_title_is_still_read(tmp_path, files14):
+    """The pre-filter that skips unwanted meta lines unparsed read the first `'asin': '...'` in the line,
+    which a title can quote: the item lost its text silently."""
+    meta = write_gz(tmp_path / "meta_quoted.json.gz", [
+        """{'title': "asin': 'X", 'asin': 'A', 'brand': 'Acme'}""", *META14[1:]])
+    ds = amazon2014_from_files(files14[0], meta, name="toy", k=2)
+    assert ds.items[ds.item_index["A"]].brand == "Acme"
+
+
 def write_jsonl_gz(path: Path, records: list[dict]) -> Path:
     return write_gz(path, [json.dumps(r) for r in records])
 

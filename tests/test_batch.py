@@ -46,6 +46,7 @@ def test_every_input_format_reads_the_same_histories(tmp_path, histories, caplog
     with caplog.at_level("WARNING", logger="genrec.data"):
         assert read_histories(tmp_path / "late.tsv") == (["u1", "u2"], [["a", "b"], ["c"]])
     assert "late.tsv: 1 user(s) have rows out of timestamp order; keeping file order" in caplog.text
+    assert "sort each user's rows by timestamp" in caplog.text and "order='timestamp'" not in caplog.text
     (tmp_path / "nouser.jsonl").write_text('{"history": ["a"]}\n\n{"history": []}\n')
     assert read_histories(tmp_path / "nouser.jsonl") == (["line:1", "line:3"], [["a"], []])
     (tmp_path / "spaced.jsonl").write_text('{"user_id": " u9 ", "history": [" a", 7]}\n{"user_id": 3, "history": []}\n')

@@ -116,6 +116,23 @@ def test_verbose_brings_info_back_and_resume_appends(fresh_run, capsys):
     assert "INFO" not in err and "[10/10 report] already done, skipped" in err
 
 
+def test_a_second_run_on_a_held_directory_leaves_its_log_alone(fresh_run, capsys):
+    """A run refused because another job holds the directory says so on the console and writes
+    nothing into that job's run.log (it appended its header and error there)."""
+    from genrec.rundir import RunLock
+
+    out, cache, _ = fresh_run
+    before = (out / "run.log").read_bytes()
+    capsys.readouterr()
+    with RunLock(out):
+        assert RunLock(out).held_elsewhere()
+        assert cli.main(["demo", "--out", str(out), "--set", *TINY, f"text.cache_dir={cache}"]) == 2
+    assert not RunLock(out).held_elsewhere() and not RunLock(out / "nowhere").held_elsewhere()
+    err = capsys.readouterr().err
+    assert "is in use by another genrec run" in err and "(log:" not in err
+    assert (out / "run.log").read_bytes() == before
+
+
 @pytest.mark.parametrize("error, code, says", [
     (RuntimeError("stage 'sasrec' failed: ValueError: boom"), 1, "error: stage 'sasrec' failed: ValueError: boom"),
     (KeyboardInterrupt(), 130, "interrupted; run the same command again to resume"),

@@ -332,6 +332,15 @@ def test_a_null_in_a_categories_list_is_no_category():
     assert text.categories == ("Beauty", "Hair")  # was ("Beauty", "None", "Hair"): the word reached the embedding
 
 
+def test_a_nan_text_field_is_absent_not_the_word_nan():
+    """pandas writes a missing title as NaN; it became the title "nan" and reached the embedding."""
+    from genrec.data import item_text_from_record
+
+    text = item_text_from_record({"title": float("nan"), "description": ["One.", float("nan"), "Two."],
+                                  "categories": ["Beauty", float("nan")]}, "items.jsonl:1")
+    assert text.title is None and text.description == "One. Two." and text.categories == ("Beauty",)
+
+
 def test_a_row_of_empty_fields_is_refused_not_skipped(tmp_path):
     d = make_dir(tmp_path / "d", ["u1\ta\t1", "\t\t", "u1\tb\t2"])
     with pytest.raises(DataFormatError, match=r"interactions\.tsv:3: empty user_id or item_id"):

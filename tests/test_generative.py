@@ -381,8 +381,14 @@ def test_weights_of_other_semantic_ids_are_refused_on_load_and_resume(split, tmp
         b.load_state_dict(a.state_dict())
     HierarchicalGenerative(table.codes, table.codebook_sizes, config).load_state_dict(a.state_dict())  # same: fine
     train_generative(split, table, config, tmp_path / "run", progress=False)
-    with pytest.raises(CheckpointError, match=r"last.pt: checkpoint of a run on other data \(training sequences, "
-                                              r"validation instances or semantic IDs"):
+    with pytest.raises(CheckpointError, match=r"last.pt: checkpoint of a run on other data \(its training sequences, "
+                                              r"validation instances or semantic IDs differ"):
+        train_generative(split, other, replace(config, max_epochs=2), tmp_path / "run", progress=False)
+    # a checkpoint from before the data digest: the weights' own check still refuses the other IDs
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    del ckpt["state"]["data_digest"]
+    torch.save(ckpt, tmp_path / "run" / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last.pt: .*other semantic IDs"):
         train_generative(split, other, replace(config, max_epochs=2), tmp_path / "run", progress=False)
 
 

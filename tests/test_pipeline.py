@@ -4,6 +4,7 @@ every stage boundary and inside the training stages, clear errors for bad config
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,9 @@ def test_demo_end_to_end_tiny(reference, capsys):
         assert s["timing"]["wall_s"] > 0 and s["timing"]["peak_rss_mib"] > 10 and s["timing"]["peak_rss_scope"]
     report = (reference / "report.md").read_text()
     assert "Headline comparisons" in report and "| memorization |" in report
+    assert res["fusion"]["fit_k"] == {m: 10 for m in res["fusion"]["params"]}
+    assert re.search(r"- `fixed`: alpha=[\d.]+, valid_ndcg@10=0\.\d+", report)  # the cutoff it fitted
+    assert "validation figures while training rank its top 5 beam items" in report  # the tiny eval_beam
     for png in ("per_category.png", "gates_by_label.png", "validation_curves.png"):
         assert (reference / "plots" / png).read_bytes()[:4] == b"\x89PNG"
     assert set(res["fusion"]["gate_by_label"]) == {"fixed", "adaptive", "learned_minmax"}

@@ -151,6 +151,14 @@ def test_gate_features_beyond_the_ids_prefix_levels_are_refused_before_training(
     with pytest.raises(ConfigError, match=r"'fusion.gate.features': 'prefix_source@2' reads semantic-ID prefix "
                                           r"level 2; the run's IDs have 2 codes, so its prefix levels are 1..1"):
         check_gate_features(config, 2)
+    # read by no learned method: nothing to refuse (the run would succeed)
+    check_gate_features(config_from_dict({}, overrides=["fusion.methods=[fixed]",
+                                                        "fusion.gate.features=[prefix_source@5]"]), 3)
     joint = config_from_dict({}, overrides=["fusion.joint=true", "fusion.joint_config.gate.features=[prefix_source@0]"])
     with pytest.raises(ConfigError, match=r"'fusion.joint_config.gate.features': 'prefix_source@0'"):
         check_gate_features(joint, 3)
+
+
+def test_a_gate_without_a_holdout_is_accepted():
+    """``fusion.gate.holdout=0`` (early stopping on the fitting rows), which the gate accepts, was refused."""
+    assert config_from_dict({}, overrides=["fusion.gate.holdout=0"]).fusion.gate["holdout"] == 0

@@ -112,6 +112,7 @@ def execute(config, out: Path, until: str | None = None, label: str = "genrec ru
     from genrec.logs import FILE_ONLY, log_to_file
     from genrec.logs import say as say_line
     from genrec.recipe import StopAfterStage, format_summary
+    from genrec.rundir import RunLock
 
     speaks = talks()
 
@@ -122,8 +123,8 @@ def execute(config, out: Path, until: str | None = None, label: str = "genrec ru
     t0 = time.perf_counter()
     with ExitStack() as stack:
         log_file: Path | None = None
-        try:
-            if speaks:
+        try:  # not into a running job's log: the recipe refuses the held directory below
+            if speaks and not RunLock(out).held_elsewhere():
                 log_file = stack.enter_context(log_to_file(out / LOG_FILE, header=command or label))
         except OSError:  # not a directory, no permission: the recipe says what is wrong with `out`
             log_file = None

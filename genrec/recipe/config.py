@@ -508,8 +508,6 @@ def validate_config(config: RecipeConfig) -> None:
         for name in f.gate["features"]:
             need(is_indicator_name(name), "fusion.gate.features", name,
                  f"must name indicators among {list(INDICATOR_NAMES)} (L: a semantic-ID prefix level)")
-    if "holdout" in f.gate:
-        need(0 < f.gate["holdout"] < 1, "fusion.gate.holdout", f.gate["holdout"], "must be in (0, 1)")
     need(f.joint_schedule in JOINT_SCHEDULES, "fusion.joint_schedule", f.joint_schedule,
          f"must be one of {list(JOINT_SCHEDULES)}")
     if f.joint:

@@ -76,7 +76,8 @@ def collect_results(run_dir: str | Path, config: RecipeConfig, names: Sequence[s
         "models": models,
         "training": training,
         "fusion": {"primary": choice.method, "selection": choice.to_dict(),
-                   "params": fusion["params"], "union_width": fusion["union_width"],
+                   "params": fusion["params"], "fit_k": fusion.get("fit_k", {}),  # absent: runs before it
+                   "union_width": fusion["union_width"],
                    "indicators": fusion["indicators"], "gate_by_label": ev["gate_by_label"],
                    "timing": fusion.get("timing", {})},
         "metric": config.report.metric,
@@ -354,13 +355,23 @@ def write_report(run_dir: str | Path, config: RecipeConfig, results: Mapping[str
     if results.get("cold_start"):
         md += ["", "## Cold start", "", cold_start_table(results["cold_start"], int(k_main))]
     md += ["", "## Fitted fusion parameters", ""]
-    md += [f"- `{m}`: " + ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in p.items())
+    fit_k = results["fusion"].get("fit_k") or {}  # the validation NDCG cutoff each method fitted
+
+    def param_name(method: str, key: str) -> str:
+        return f"{key}@{fit_k[method]}" if key == "valid_ndcg" and method in fit_k else key
+
+    md += [f"- `{m}`: " + ", ".join(f"{param_name(m, k)}={_fmt(v) if isinstance(v, float) else v}"
+                                     for k, v in p.items())
            for m, p in results["fusion"]["params"].items()]
     md += ["", "## Training", "", "| model | best epoch | valid N@10 | epochs run |", "|---|---:|---:|---:|"]
     for name, t in results["training"].items():
         curve = t.get("curve") or []  # one row per validation: every eval_every-th epoch and the last
         md.append(f"| {name} | {_fmt(t.get('best_epoch'))} | {_fmt(t.get('valid', {}).get('ndcg@10'))} | "
                   f"{curve[-1].get('epoch', len(curve)) if curve else '-'} |")
+    beam = results["training"].get("gr", {}).get("valid_beam")
+    if beam is not None:  # a run's summary records the beam its validation used
+        md += ["", f"The generative model's validation figures while training rank its top {beam} beam items "
+               "(`generative.eval_beam`; a target outside the beam is a miss)."]
     if config.report.plots and "plot_curves" in paths:
         md += ["", "![validation curves](plots/validation_curves.png)"]
     q = results["quantization"]

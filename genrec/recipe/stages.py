@@ -135,11 +135,14 @@ def check_catalogue(config: RecipeConfig, num_items: int) -> None:
 
 
 def check_gate_features(config: RecipeConfig, levels: int) -> None:
-    """The learned gates' ``features`` (``fusion.gate.features``, and the held-out joint model's under
-    ``fusion.joint_config.gate``) may read prefix levels 1 .. ``levels - 1`` of semantic IDs of ``levels``
-    codes (1 for a single code): a level beyond failed in the fusion stage with a KeyError."""
+    """The learned gates' ``features`` (``fusion.gate.features`` where a ``learned_*`` method is fitted,
+    and the held-out joint model's under ``fusion.joint_config.gate``) may read prefix levels 1 ..
+    ``levels - 1`` of semantic IDs of ``levels`` codes (1 for a single code): a level beyond failed in
+    the fusion stage with a KeyError."""
     top = max(levels, 2) - 1
-    gates = {"fusion.gate.features": config.fusion.gate.get("features")}
+    gates = {}
+    if any(m.startswith("learned_") for m in config.fusion.methods):
+        gates["fusion.gate.features"] = config.fusion.gate.get("features")
     if config.fusion.joint and config.fusion.joint_schedule == "holdout":
         gates["fusion.joint_config.gate.features"] = joint_config(config).gate.get("features")
     for key, features in gates.items():
@@ -250,7 +253,6 @@ def stage_quantize(ctx: StageContext) -> dict[str, Path]:
         raise
     except ValueError as e:  # the settings meet the data (e.g. more sub-spaces than dimensions)
         raise ConfigError(f"config section 'quantize': {e}") from None
-    check_gate_features(config, result.table.codes.shape[1])  # before any model trains on these IDs
     paths = result.save(run_dir / "quantize")
     return {k: Path(v) for k, v in paths.items()}
 
@@ -300,7 +302,9 @@ def stage_generative(ctx: StageContext) -> dict[str, Path]:
     run_dir, config = ctx.run_dir, ctx.config
     _, split = ctx.training()
     out = run_dir / "generative"
-    result = train_generative(split, semantic_id_table(run_dir), config.generative, out_dir=out, progress=ctx.progress)
+    table = semantic_id_table(run_dir)
+    check_gate_features(config, table.codes.shape[1])  # before the longest training, not after it
+    result = train_generative(split, table, config.generative, out_dir=out, progress=ctx.progress)
     summary = {"best_epoch": result.best_epoch, "valid": strip_timing(result.best_valid),
                "valid_beam": config.generative.eval_beam}
     return {"model": out / "best.pt", "history": out / "history.json",

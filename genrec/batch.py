@@ -194,6 +194,8 @@ def recommend_file(recommender: Any, input_path: str | Path, output_path: str | 
     out = Path(output_path)
     if out.suffix.lower() not in OUTPUT_FORMATS:  # before any model work (no .gz output)
         raise DataFormatError(f"{output_path}: unknown output format; use {' or '.join(OUTPUT_FORMATS)}")
+    if out.resolve() == Path(input_path).resolve():  # the histories would be replaced by their lists
+        raise DataFormatError(f"{output_path}: is the input file; write the recommendations elsewhere")
     _check_writable(out)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

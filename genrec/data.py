@@ -588,7 +588,8 @@ def format_timestamp(t: Any) -> str:
 
 
 def write_plain(dataset: SequenceDataset, directory: str | Path) -> None:
-    """Write a dataset in the plain directory format (atomically, file by file)."""
+    """Write a dataset in the plain directory format (atomically, file by file); a directory holding a
+    compressed plain dataset is refused (its ``.gz`` files would stand beside the new ones)."""
     from genrec.artifacts import atomic_write_text
 
     for kind, ids in (("user", dataset.user_ids), ("item", dataset.item_ids)):  # what the reader could not read back
@@ -597,6 +598,9 @@ def write_plain(dataset: SequenceDataset, directory: str | Path) -> None:
             raise DataFormatError(f"{kind} id {str(bad)!r} holds a tab, a line break or surrounding space: the plain "
                                   "format (tab-separated) cannot hold it")
     directory = Path(directory)
+    stale = [directory / n for n in ("interactions.tsv.gz", "items.jsonl.gz") if (directory / n).exists()]
+    if stale:  # beside the written .tsv / .jsonl, every later load would refuse the directory
+        raise DataFormatError(f"{directory}: holds {stale[0].name}; write the dataset to another directory")
     directory.mkdir(parents=True, exist_ok=True)
     rows = ["user_id\titem_id\ttimestamp"]
     for u, seq in enumerate(dataset.sequences):

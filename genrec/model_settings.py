@@ -88,6 +88,9 @@ def check_training_config(config: Any) -> None:
             continue
         need(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1, key,
              "must be an integer >= 1")
+    threads = getattr(config, "num_threads", None)  # None: torch's choice; 0 was ignored, -1 a traceback
+    need(threads is None or (isinstance(threads, numbers.Integral) and not isinstance(threads, bool) and threads >= 1),
+         "num_threads", "must be an integer >= 1 (or null: torch's choice)")
     need(isinstance(config.lr, (int, float)) and math.isfinite(config.lr) and config.lr > 0, "lr", "must be > 0")
     seed = getattr(config, "seed", 0)  # NumPy's generators take no negative seed (a ValueError in training)
     need(isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0, "seed",

@@ -34,6 +34,7 @@ evaluation, ``data.cold_items``, adds its held-out items through it).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,7 +43,7 @@ import numpy as np
 
 from genrec import recommender_files as files
 from genrec.data import item_text_from_record, warn_bad_prices
-from genrec.errors import CheckpointError, DataFormatError
+from genrec.errors import CheckpointError, ConfigError, DataFormatError
 from genrec.text_files import is_unicode
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,11 @@ def _render(text: dict[str, Any], ids: list[str], items: list[Any], where: Seque
     from quantize import TextTemplate
     from quantize.text import render_fallback
 
-    template = TextTemplate.from_dict(text["template"])
+    try:
+        template = TextTemplate.from_dict(text["template"])
+    except (TypeError, ValueError, KeyError) as e:  # a damaged record: the saved model's fault, named as such
+        raise CheckpointError(f"the recommender's text template record {text['template']} cannot be used: "
+                              f"{type(e).__name__}: {e}") from None
     fallback = text.get("fallback")
     out = []
     for n, (iid, item) in enumerate(zip(ids, items)):
@@ -196,6 +201,8 @@ def _embed(recommender: Any, texts: list[str], ids: list[str], cache_dir: Any) -
     from quantize import TextEncoder
 
     enc = recommender.text["encoder"]
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)) and cache_dir is not False:
+        raise ConfigError(f"cache_dir must be a path, None or False, got {cache_dir!r}")  # not the saved model's fault
     try:
         encoder = TextEncoder(enc.get("model"), normalize=bool(enc.get("normalize", True)),
                               max_seq_length=enc.get("max_seq_length"), precision=enc.get("precision", "fp32"),

@@ -13,7 +13,8 @@ def rank_catalogue(batches: Iterable[tuple[Any, Any, Any]], n: int, num_items: i
                    seen: Sequence[np.ndarray] | None) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
     """Per row of ``n``: (item indices best first, scores, gate or None) from ``batches`` of ``(rows,
     scores [b, <= num_items], gates or None)``; items a model cannot score (added after its training)
-    rank last, unscored; ties by item index, so the first ``j`` items never depend on ``k``."""
+    and excluded ``seen`` items are never listed, so a row may hold fewer than ``k``; ties by item index,
+    so the first ``j`` items never depend on ``k``."""
     import torch
 
     from genrec.metrics import stable_topk

@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -296,7 +296,11 @@ class Recommender:
     # -- what it holds -----------------------------------------------------------------------------
     @property
     def methods(self) -> list[str]:
-        """The methods this recommender can use (:meth:`with_method`)."""
+        """The methods this recommender can use (:meth:`with_method`). A recommender of a run's held-out
+        joint model (``method="joint"``, ``fusion.joint_schedule: holdout``) holds that model's own towers:
+        its ``"sasrec"`` and ``"generative"`` are those towers (the run's own where validation kept them,
+        else the stage-1 towers trained on shortened sequences), not necessarily the run's sasrec and
+        generative stages; load the run with ``method="sasrec"`` for those."""
         out = [n for n in SINGLE_MODELS if getattr(self, n) is not None]
         if self.sasrec is not None and self.generative is not None:
             out += list(self.fusion_methods)
@@ -405,7 +409,8 @@ class Recommender:
 
     def recommend_batch(self, histories: Sequence[Sequence[str]], k: int | None = None, exclude_seen: bool = False,
                         on_unknown: str = "skip") -> list[Recommendations]:
-        """:meth:`recommend` for many histories, in batched model calls."""
+        """:meth:`recommend` for many histories (any iterable of id lists; 1-D NumPy arrays too, as pandas
+        reads a Parquet list column), in batched model calls."""
         k = min(10, self.max_k) if k is None else k  # the default is never refused (fusion.k or beam below 10)
         known, unknown = self._encode(histories, k, on_unknown)
         rows = self._readable(known)
@@ -479,10 +484,13 @@ class Recommender:
             raise ConfigError(f"on_unknown must be one of {ON_UNKNOWN}, got {on_unknown!r}")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.max_k:
             raise ConfigError(f"k must be an integer between 1 and {self.max_k} ({self.max_k_source}), got {k!r}")
-        if isinstance(histories, (str, bytes)):
-            raise DataFormatError("histories: expected a list of histories (lists of item ids), got a string")
+        if isinstance(histories, (str, bytes)) or not isinstance(histories, Iterable):
+            raise DataFormatError("histories: expected a list of histories (lists of item ids), got "
+                                  + ("a string" if isinstance(histories, (str, bytes)) else type(histories).__name__))
         rows, unknown = [], []
         for n, history in enumerate(histories):
+            if isinstance(history, np.ndarray) and history.ndim == 1:  # a Parquet list column read by pandas
+                history = history.tolist()
             if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
                 raise DataFormatError(f"history {n}: expected a list of item ids, got "
                                       f"{'a single string' if isinstance(history, (str, bytes)) else type(history).__name__}")

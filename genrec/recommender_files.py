@@ -115,6 +115,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: damaged: {key!r} must be a {kind.__name__}")
     if m.get("text") is not None and not isinstance(m["text"], dict):
         raise CheckpointError(f"{path}: damaged: 'text' must be an object or null")
+    if not all(isinstance(x, str) for x in m["models"]):  # a list in it raised TypeError (unhashable)
+        raise CheckpointError(f"{path}: damaged: 'models' must list model names (strings), got {m['models']!r}")
     unknown = [x for x in m["models"] if x not in MODEL_FILES]
     if unknown:
         raise CheckpointError(f"{path}: unknown model(s) {unknown}; known: {sorted(MODEL_FILES)}")

@@ -121,6 +121,15 @@ def test_cli_recommend_end_to_end_and_its_errors(tiny_saved, rec, histories, tmp
         assert message in capsys.readouterr().err
     assert cli.main(["recommend", str(tmp_path), "--input", str(src), "--out", str(out)]) == 2
     assert "neither a saved recommender" in capsys.readouterr().err
+    # the output over the input or over a model file: both were written, exit 0
+    before = src.read_bytes()
+    assert cli.main(["recommend", str(tiny_saved), "--input", str(src), "--out", str(src)]) == 2
+    assert "h.jsonl: is the input file; write the recommendations elsewhere" in capsys.readouterr().err
+    assert src.read_bytes() == before
+    items = (tiny_saved / "items.jsonl").read_bytes()
+    assert cli.main(["recommend", str(tiny_saved), "--input", str(src), "--out", str(tiny_saved / "items.jsonl")]) == 2
+    assert "is a file of the model directory" in capsys.readouterr().err
+    assert (tiny_saved / "items.jsonl").read_bytes() == items
 
 
 def test_the_default_k_is_never_refused_where_the_method_ranks_fewer_than_ten(tiny_saved, histories, tmp_path,
@@ -169,3 +178,17 @@ def test_an_input_that_is_no_regular_file_is_named_as_such(tmp_path):
     for name in ("dir.jsonl", "pipe.jsonl"):
         with pytest.raises(DataFormatError, match=f"{name}: not a regular file; write the histories to a"):
             read_histories(tmp_path / name)
+
+
+def test_the_output_may_not_replace_a_file_of_the_model_directory(tmp_path):
+    """In a saved recommender every file is the model's; in a run directory its stages' files and the recipe's
+    own are, while a new file at its top level is the user's."""
+    from genrec.commands.recommend import _overwrites_model
+
+    saved, run = tmp_path / "saved", tmp_path / "run"
+    saved.mkdir()
+    (saved / "recommender.json").write_text("{}")
+    run.mkdir()
+    assert _overwrites_model(saved / "recs.jsonl", saved) and _overwrites_model(saved / "items.jsonl", saved)
+    assert _overwrites_model(run / "fusion" / "topk.jsonl", run) and _overwrites_model(run / "results.json", run)
+    assert not _overwrites_model(run / "recs.jsonl", run) and not _overwrites_model(tmp_path / "recs.jsonl", run)

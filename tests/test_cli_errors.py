@@ -159,6 +159,23 @@ def test_generative_bad_inputs(data, tmp_path, capsys):
     assert err.startswith(f"genrec generative: error: {data / 'x.npy'}: damaged JSON file (")
 
 
+@pytest.mark.parametrize("argv, items", [([], 20), (["--max-history", "7"], 7)])
+def test_generative_tiger_reads_the_history_length_given(data, tmp_path, monkeypatch, argv, items):
+    """``--model tiger`` ignored --max-history (its encoder read 20 items whatever was given)."""
+    import genrec.tiger as tiger
+
+    seen = []
+
+    def stop(split, table, config, *args, **kwargs):
+        seen.append((config.max_items, split.max_history))
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(tiger, "train_tiger", stop)
+    assert main(["generative", str(data / "good"), "--model", "tiger", "--semantic-ids", str(data / "sid"),
+                 "--out", str(tmp_path / "t"), *argv]) == 2
+    assert seen == [(items, 7 if argv else 50)]
+
+
 # ----------------------------------------------------------------------------------------------
 # analyze
 

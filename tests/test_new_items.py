@@ -343,6 +343,15 @@ def test_bad_new_items_and_recommenders_that_cannot_add_are_clear_errors(tiny_sa
         with pytest.raises(CheckpointError, match=message):
             broken.add_items(ok)
         assert broken.num_items == rec.num_items  # nothing changed
+    # a damaged template record (a TypeError traceback) and a bad cache_dir argument (blamed on the model)
+    damaged = Recommender.from_pretrained(tiny_saved)
+    damaged.text = {**damaged.text, "template": {"segments": 5}}
+    with pytest.raises(CheckpointError, match=r"text template record \{'segments': 5\} cannot be used"):
+        damaged.add_items(ok)
+    from genrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cache_dir must be a path, None or False, got 123"):
+        Recommender.from_pretrained(tiny_saved).add_items(ok, cache_dir=123)
     ids, codes, n_gen, n_sas = before  # failures left it exactly as it was
     assert rec.item_ids == ids and np.array_equal(rec.table.codes, codes)
     assert (rec.generative.num_items, rec.sasrec.num_items) == (n_gen, n_sas) == (len(ids), len(ids))

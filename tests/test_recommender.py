@@ -150,6 +150,18 @@ def test_unknown_ids_are_skipped_and_reported_or_refused(rec):
     assert len(small.explain(known).recommendations.items) == 5
 
 
+def test_histories_of_any_iterable_and_numpy_rows_are_read_and_other_containers_named(rec):
+    """pandas reads a Parquet list column as NumPy arrays (refused before); None or a number as the
+    histories was a TypeError traceback."""
+    known = rec.item_ids[:4]
+    want = rec.recommend_batch([known, known[:2]], k=5)
+    assert rec.recommend_batch(iter([np.array(known), np.array(known[:2])]), k=5) == want
+    assert rec.recommend(np.array(known), k=5) == want[0]
+    for bad, name in ((None, "NoneType"), (5, "int")):
+        with pytest.raises(DataFormatError, match=rf"histories: expected a list of histories .*got {name}"):
+            rec.recommend_batch(bad)
+
+
 def test_bad_run_and_saved_directories_are_clear_errors(tiny_run, rec, tmp_path):
     assert Recommender.from_run(tiny_run, method="adaptive").method.name == "adaptive"
     with pytest.raises(CheckpointError, match=r"no fusion method 'magic'; it holds \['fixed', 'adaptive', "):
@@ -185,6 +197,9 @@ def test_bad_run_and_saved_directories_are_clear_errors(tiny_run, rec, tmp_path)
         Recommender.from_pretrained(saved)
     save_json(saved / MANIFEST, {**manifest, "format": "something-else"})
     with pytest.raises(CheckpointError, match="not a genrec recommender manifest"):
+        Recommender.from_pretrained(saved)
+    save_json(saved / MANIFEST, {**manifest, "models": [["sasrec"]]})  # a TypeError (unhashable list)
+    with pytest.raises(CheckpointError, match=r"damaged: 'models' must list model names"):
         Recommender.from_pretrained(saved)
     save_json(saved / MANIFEST, {**manifest, "settings": {**manifest["settings"], "k": 0}})
     with pytest.raises(CheckpointError, match=r"setting 'k' must be an int >= 1, got 0"):

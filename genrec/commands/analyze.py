@@ -367,6 +367,8 @@ def _option_given(args: argparse.Namespace, option: str) -> bool:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Range checks, and an error for an option that would be silently ignored (it needs another)."""
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # found only after the labelling before
+        raise ConfigError(f"argument --out: {args.out} is a file; give a directory")
     if not 1 <= args.max_hop <= MAX_HOP:
         raise ConfigError(f"--max-hop must be in [1, {MAX_HOP}], got {args.max_hop}")
     if not 1 <= args.token_hop <= args.max_hop:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from genrec.splits import leave_one_out
 
     try:
+        if args.export:  # over the files it reads: a changed copy of the data, or a .gz beside its own .tsv
+            from genrec.rundir import data_files
+
+            export = Path(args.export).resolve()
+            if any(f.resolve().parent == export for f in data_files(args.spec, args.cache_dir)):
+                raise ValueError(f"argument --export: {args.export} holds the dataset's own files; export elsewhere")
         ds = load_dataset(args.spec, cache_dir=args.cache_dir)
         split = leave_one_out(ds, max_history=args.max_history)
     except (DataFormatError, DatasetUnavailableError, FileNotFoundError, ValueError) as e:

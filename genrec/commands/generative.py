@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hierarchical decoder-only model (default; hybrid item-ID + semantic-ID input), 'semantic' "
                         "(the same model reading semantic IDs only), the T5 TIGER preset, or 'parallel' (all codes "
                         "of PQ/OPQ semantic IDs predicted at once, exact full-catalogue ranking)")
-    p.add_argument("--max-history", type=int, default=50)
+    p.add_argument("--max-history", type=int, default=None,
+                   help="history items the split keeps and the model reads (default 50; TIGER's encoder reads its "
+                        "own 20 unless this is given)")
     p.add_argument("--test-beam", type=int, default=50, help="beam width of the test evaluation (metrics at K up "
                    "to it; 'parallel' ranks the whole catalogue and takes none)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -37,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from genrec.generative import EVAL_KS, evaluate as evaluate_beam, preset_config, train_generative
     from genrec.tiger import TigerConfig, train_tiger
 
+    tiger_items = {} if args.max_history is None else {"max_items": args.max_history}
+    args.max_history = 50 if args.max_history is None else args.max_history
     if args.test_beam < 1 or args.max_history < 1:
         raise ConfigError(f"--test-beam and --max-history must be >= 1, got {args.test_beam} and {args.max_history}")
 
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     ks = tuple(k for k in EVAL_KS if k <= args.test_beam) or (args.test_beam,)
     evaluate, test_kw = evaluate_beam, {"beam_size": args.test_beam, "ks": ks}
     if args.model == "tiger":
-        config = apply_overrides(TigerConfig(), args.set)
+        config = apply_overrides(TigerConfig(**tiger_items), args.set)  # --max-history was ignored: 20 always
         train = train_tiger
     elif args.model == "parallel":
         config = apply_overrides(parallel_generative.ParallelConfig(max_len=args.max_history), args.set)

@@ -7,6 +7,7 @@ Writes ``semantic_ids.json`` (the table and its config), ``diagnostics.json``, `
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import sys
 import zipfile
@@ -107,6 +108,47 @@ def _load_embeddings(path: str) -> np.ndarray:
     return x
 
 
+#: options the text encoder reads: with --embeddings no text is embedded, so each would be ignored
+_ENCODER_OPTIONS = ("model", "cache_dir", "no_cache", "batch_size", "precision", "text_fields", "text_segment",
+                    "skip_category", "fallback")
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args([])
+
+
+def _given(args: argparse.Namespace) -> list[str]:
+    """The options that differ from their defaults (argparse keeps no record of what was typed)."""
+    defaults = vars(_defaults())
+    return [k for k, v in vars(args).items() if k in defaults and v != defaults[k]]
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse options the command would ignore (exit 2, naming them): every other one with ``--show``,
+    the encoder's and text options with ``--embeddings``, and an ``--out`` that is a file (found only
+    after the quantization before)."""
+    from genrec.errors import ConfigError
+
+    given = _given(args)
+    flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+    if args.show:
+        extra = [k for k in given if k != "show"]
+        if extra:
+            raise ConfigError(f"--show only prints a saved run's diagnostics; drop "
+                              f"{', '.join('DATASET' if k == 'dataset' else flag(k) for k in extra)}")
+        return
+    if args.embeddings:
+        ignored = [k for k in given if k in _ENCODER_OPTIONS]
+        if ignored:
+            raise ConfigError(f"{', '.join(flag(k) for k in ignored)} act(s) only on item text, which --embeddings "
+                              f"replaces; drop them or the embeddings")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"argument --out: {args.out} is a file; give a directory")
+
+
 def run(args: argparse.Namespace) -> int:
     """Build (or with ``--show``, print) semantic IDs; returns 2 on bad input (message on stderr)."""
     from genrec.artifacts import load_json
@@ -114,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from genrec.errors import GenrecError
     from quantize.diagnostics import format_diagnostics
 
+    _check_options(args)
     if args.show:
         path = Path(args.show) / "diagnostics.json"
         if not path.is_file():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+from pathlib import Path
 
 from genrec.errors import ConfigError
 
@@ -31,6 +32,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 
 
+#: what a recipe run directory holds at its top level besides its stage directories
+_RUN_FILES = frozenset({"config.json", "results.json", "report.md", "run.log", "run.lock"})
+
+
+def _overwrites_model(out: Path, model_dir: Path) -> bool:
+    """Whether ``out`` is (or would be) a file the model directory owns: anything in a saved recommender
+    (``recommender.json`` beside it), a stage's file or the recipe's own files in a run directory (a new
+    file at a run's top level is the user's)."""
+    from genrec.recommender_files import MANIFEST
+
+    out, model_dir = out.resolve(), model_dir.resolve()
+    if not out.is_relative_to(model_dir):
+        return False
+    if (model_dir / MANIFEST).is_file():
+        return True
+    rel = out.relative_to(model_dir)
+    return len(rel.parts) > 1 or rel.name in _RUN_FILES
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -43,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"argument --{name.replace('_', '-')}: must be >= 1, got {v}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rec = Recommender.from_pretrained(args.path, method=args.method)
+    rec = Recommender.from_pretrained(args.path, method=args.method)  # first: is RUN_DIR a model at all
+    if _overwrites_model(Path(args.out), Path(args.path)):
+        raise ConfigError(f"argument --out: {args.out} is a file of the model directory {args.path}; write the "
+                          f"recommendations elsewhere")
     if args.k is None:  # the default is never refused (a model with fusion.k or beam below 10)
         args.k = min(10, rec.max_k)
     if args.k > rec.max_k:

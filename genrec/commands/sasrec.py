@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from genrec.commands.common import load_split
     from genrec.sasrec import SASRecConfig, evaluate, train_sasrec
 
+    if args.max_history < 1:  # before SASRecConfig names it max_len, which the user never typed
+        raise ConfigError(f"argument --max-history: must be >= 1, got {args.max_history}")
     config = apply_overrides(SASRecConfig(max_len=args.max_history), args.set)
     if args.item_text is not None and not config.text_dim:
         if any(pair.partition("=")[0].strip() == "text_dim" for pair in args.set):

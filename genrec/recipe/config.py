@@ -322,6 +322,8 @@ def config_from_dict(raw: Mapping[str, Any] | None, preset: str | None = None, o
         if not isinstance(merged[sec], Mapping):
             raise ConfigError(f"config section {sec!r} must be a mapping of settings, got {merged[sec]!r}")
     max_hist = merged["data"].get("max_history", DataSection.max_history)
+    if isinstance(max_hist, bool) or not isinstance(max_hist, int) or max_hist < 1:  # before it becomes max_len
+        raise ConfigError(f"config key 'data.max_history' must be an integer >= 1, got {max_hist!r}")
     for sec in ("sasrec", "generative"):
         if isinstance(merged[sec], Mapping):
             merged[sec] = {"max_len": max_hist, **merged[sec]}

@@ -96,7 +96,7 @@ class CandidateScores:
         targets = np.asarray(targets)
         if targets.shape != (len(self),):
             raise ValueError(f"{targets.shape} targets for {len(self)} instances")
-        hit = self.items == targets[:, None]
+        hit = (self.items == targets[:, None]) & (self.items >= 0)  # a target of -1 is no padding column
         return np.where(hit.any(1), hit.argmax(1), -1).astype(np.int64)
 
     def topk(self, fused: np.ndarray, k: int = 50) -> np.ndarray:
@@ -190,12 +190,13 @@ def union_ranks(fused: np.ndarray, target_index: np.ndarray, valid: np.ndarray |
 
     An O(n * C) comparison instead of a sort, for grid searches and early stopping. A target scored
     NaN or +-inf is a miss too. Without ``valid``, other candidates scored NaN count as ahead of it, as
-    in :func:`genrec.metrics.ranks_from_scores`; with it, NaN-scored candidates count as padding
-    (behind it).
+    in :func:`genrec.metrics.ranks_from_scores`; with it, candidates scored NaN or +-inf count as
+    padding (behind it), as :func:`topk_items` leaves them out of the served list.
     """
     fused = np.asarray(fused, np.float64)
     if valid is not None:
-        fused = np.where(valid & ~np.isnan(fused), fused, -np.inf)  # (nan_to_num would make -inf finite)
+        # NaN and +inf as topk_items drops them (nan_to_num would make -inf finite)
+        fused = np.where(valid & np.isfinite(fused), fused, -np.inf)
     n, C = fused.shape
     ti = np.asarray(target_index)
     ok = ti >= 0

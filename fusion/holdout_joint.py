@@ -196,7 +196,7 @@ class HoldoutJoint:
         return inp.cands.topk(fused, k or self.config.k), self.gate.gates(inp.cands, inp.indicators)
 
     def ranks(self, instances: Instances) -> np.ndarray:
-        """0-based rank of each target in the fused candidate list (``config.k`` or beyond: ``k``)."""
+        """0-based rank of each target in the fused top-``config.k`` list (absent: ``genrec.metrics.MISS_RANK``)."""
         inp = self.inputs(instances)
         return ranks_of(inp.cands, self.gate.fuse(inp.cands, inp.indicators), instances.targets, self.config.k)
 
@@ -213,7 +213,7 @@ class HoldoutJointResult:
     seconds: dict[str, float]  # wall time per stage (this process; a resumed stage counts its rerun only)
     holdout: int  # number of held-out transitions the gate was fitted on
     tower_training: str = ""  # how the kept towers were trained: "separate" or "joint"
-    # every candidate's 0-based fused validation ranks [n_valid] (capped at k), keyed as in selection: what
+    # every candidate's 0-based fused validation ranks [n_valid] (MISS_RANK beyond k), keyed as in selection: what
     # an out-of-sample estimate of the choice needs (fusion.selection.cross_fitted_choice)
     candidate_ranks: dict[str, np.ndarray] = field(default_factory=dict)
 

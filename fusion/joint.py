@@ -447,17 +447,21 @@ def joint_ranks(model: JointModel, instances: Instances, batch_size: int = 512) 
 def joint_gates(model: JointModel, instances: Instances, batch_size: int = 512) -> GateReport:
     """Per-instance gate (weight of the ID tower) with its features and input x gradient attributions."""
     check_histories(instances.histories, model.num_items)
+    was = model.training
     model.eval()
     gate = np.zeros(len(instances), np.float32)
     feats = np.zeros((len(instances), len(model.feature_names)), np.float32)
     contrib = np.zeros_like(feats)
-    for rows, hist in _batches(instances.histories, batch_size):
-        g, f = model.gates(hist)
-        gate[rows], feats[rows] = g.float().cpu().numpy(), f.float().cpu().numpy()
-        with torch.enable_grad():
-            z = model.gate_norm(f).detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(model.gate(z).sum(), z)
-        contrib[rows] = (grad * z).detach().float().cpu().numpy()
+    try:
+        for rows, hist in _batches(instances.histories, batch_size):
+            g, f = model.gates(hist)
+            gate[rows], feats[rows] = g.float().cpu().numpy(), f.float().cpu().numpy()
+            with torch.enable_grad():
+                z = model.gate_norm(f).detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(model.gate(z).sum(), z)
+            contrib[rows] = (grad * z).detach().float().cpu().numpy()
+    finally:
+        model.train(was)  # as joint_ranks: a model in training keeps training
     return GateReport(gate, Indicators(model.feature_names, feats), contrib)
 
 

@@ -428,15 +428,15 @@ class LearnedGateFusion:
         self.features = list(feats.names)
         self.standardizer = Standardizer.fit(feats)  # validation statistics only
         gen = torch.Generator().manual_seed(self.seed)
-        torch_state = torch.get_rng_state()
-        torch.manual_seed(self.seed)
-        self.model = _Fuser(len(self.features), self.hidden, self.scale)
-        torch.set_rng_state(torch_state)
+        with torch.random.fork_rng():  # the caller's CPU and CUDA random states are left as they were
+            torch.manual_seed(self.seed)
+            self.model = _Fuser(len(self.features), self.hidden, self.scale)
         ti = cands.target_index(targets)
         use = np.flatnonzero(ti >= 0)  # instances whose target is in neither list teach nothing
         rng = np.random.default_rng(self.seed)
         perm = rng.permutation(use)
-        n_hold = int(round(self.holdout * len(perm))) if len(perm) >= 10 else 0
+        # at least one row to fit on: a holdout near 1 rounded to every row (then blamed on the models)
+        n_hold = min(int(round(self.holdout * len(perm))), len(perm) - 1) if len(perm) >= 10 else 0
         hold, train = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
         if not len(train):  # a gate left at its random initialisation must not pass for a fitted one
             raise NothingToFitError(f"{self.name}: no instance to fit the gate on: no target is among the "

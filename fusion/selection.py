@@ -26,7 +26,7 @@ from fusion.candidates import CandidateScores, ranks_of
 from fusion.indicators import Indicators
 from fusion.methods import FusionMethod
 from genrec.errors import ConfigError, NothingToFitError
-from genrec.metrics import per_instance_ndcg
+from genrec.metrics import MISS_RANK, per_instance_ndcg
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ def metric_values(ranks: np.ndarray, metric: str) -> np.ndarray:
 class CrossFit:
     """Out-of-fold results on the validation split: ``folds [n]`` (fold of each instance) and, per
     method, ``ranks [n]``: the 0-based rank of each instance's target in the top-``k`` list of the
-    copy fitted without that instance's fold (``k`` = a miss); ``seconds``: fit + rank time."""
+    copy fitted without that instance's fold (:data:`~genrec.metrics.MISS_RANK` = a miss); ``seconds``: fit
+    + rank time."""
 
     folds: np.ndarray
     ranks: dict[str, np.ndarray]
@@ -101,7 +102,7 @@ def cross_fit(make_methods: Callable[[], Sequence[FusionMethod]], cands: Candida
     targets = np.asarray(targets)
     if len(cands) < 2:
         raise ConfigError(f"fusion.selection_folds: cross-fitting needs at least 2 validation instances, the "
-                          f"validation split has {len(cands)}; name the method in fusion.primary instead of 'auto'")
+                          f"validation split has {len(cands)}; use a dataset with more users")
     if len(cands) < folds:  # a toy validation split: one instance per fold at most
         log.info("cross-fitting %d validation instances in %d folds instead of %d", len(cands), len(cands), folds)
         folds = len(cands)
@@ -118,7 +119,7 @@ def cross_fit(make_methods: Callable[[], Sequence[FusionMethod]], cands: Candida
             raise ConfigError(f"cross-fitting needs distinct method names, got {names}")
         for m in methods:
             t0 = time.perf_counter()
-            r = ranks.setdefault(m.name, np.full(len(cands), k, np.int64))  # k: a miss
+            r = ranks.setdefault(m.name, np.full(len(cands), MISS_RANK, np.int64))  # a miss, as ranks_of's
             try:
                 m.fit(fit_c, targets[fit_rows], fit_i)
             except NothingToFitError as e:  # a small split whose other folds list no target: no hit to earn

@@ -69,8 +69,10 @@ Events = dict[str, list[tuple[str, int | float]]]
 
 _META_DROP_2014 = ("related", "imUrl")
 _META_DROP_2023 = ("images", "videos", "bought_together")
-# `'asin': 'X'` in a meta line, quotes paired; every match is checked (a title may quote such text)
+# `'asin': 'X'` in a meta line, quotes paired: as the dict's first key (the real files' layout, which no
+# title can fake; matched at once), else every match in the line is checked (a title may quote such text)
 _ASIN_RE = re.compile(r"""(['"])asin\1\s*:\s*(['"])([^'"\\]+)\2""")
+_ASIN_FIRST_RE = re.compile(r"""\s*\{\s*(['"])asin\1\s*:\s*(['"])([^'"\\]+)\2""")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,7 +253,9 @@ def read_amazon2014_meta(path: str | Path, asins: set[str] | None = None) -> dic
             if not line.strip():
                 continue
             if asins is not None:
-                found = [m.group(3).strip() for m in _ASIN_RE.finditer(line)]
+                first = _ASIN_FIRST_RE.match(line)
+                found = ([first.group(3).strip()] if first is not None
+                         else [m.group(3).strip() for m in _ASIN_RE.finditer(line)])
                 if found and not any(a in asins for a in found):  # none of them wanted: skip unparsed
                     skipped += 1
                     continue

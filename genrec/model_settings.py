@@ -139,12 +139,15 @@ def saved_config(values: Any) -> Any:
     """A saved config's values (nested mappings included) ready to rebuild it on any machine:
     ``device: "auto"`` with ``precision: "bf16"`` trained on CUDA, the only device bf16 runs on, so it
     reads as ``"cuda"``; rebuilt as saved it would be refused where no GPU is (the loaders choose the
-    device they load onto, and off CUDA such a model evaluates in fp32, see :func:`autocast`)."""
+    device they load onto, and off CUDA such a model evaluates in fp32, see :func:`autocast`); a
+    ``num_threads`` of 0 (ignored by the runs that saved it, refused since) reads as None."""
     if not isinstance(values, dict):
         return values
     out = {k: saved_config(v) for k, v in values.items()}
     if out.get("device") == "auto" and out.get("precision") == "bf16":
         out["device"] = "cuda"
+    if out.get("num_threads") == 0 and not isinstance(out["num_threads"], bool):  # saved before 0 was refused:
+        out["num_threads"] = None  # it meant torch's choice, as None does
     return out
 
 

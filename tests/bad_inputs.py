@@ -343,7 +343,8 @@ CASES: list[Case] = [
     Case("cli-quantize-ignored-text-option", "cli", "genrec quantize --embeddings with a text option it ignores",
          lambda w: cli("quantize", str(w.plain()), "--embeddings", str(w.root / "x.npy"), "--fallback", "Item {item_id}",
                        "--skip-category", "a", "--out", str(w.root / "q")), CliFailed,
-         r"genrec quantize: error: --skip-category, --fallback act\(s\) only on item text, which --embeddings replaces"),
+         r"genrec quantize: error: --skip-category, --fallback: act\(s\) on the text encoder and item text, which "
+         r"--embeddings replaces"),
     Case("cli-quantize-show-with-options", "cli", "genrec quantize --show DIR with options it ignores",
          lambda w: cli("quantize", "--show", str(w.root / "q"), "--levels", "2", str(w.plain())), CliFailed,
          r"genrec quantize: error: --show only prints a saved run's diagnostics; drop (DATASET, --levels|--levels, DATASET)"),

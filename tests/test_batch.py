@@ -128,7 +128,7 @@ def test_cli_recommend_end_to_end_and_its_errors(tiny_saved, rec, histories, tmp
     assert src.read_bytes() == before
     items = (tiny_saved / "items.jsonl").read_bytes()
     assert cli.main(["recommend", str(tiny_saved), "--input", str(src), "--out", str(tiny_saved / "items.jsonl")]) == 2
-    assert "is a file of the model directory" in capsys.readouterr().err
+    assert "would replace a file of the model directory" in capsys.readouterr().err
     assert (tiny_saved / "items.jsonl").read_bytes() == items
 
 
@@ -192,3 +192,5 @@ def test_the_output_may_not_replace_a_file_of_the_model_directory(tmp_path):
     assert _overwrites_model(saved / "recs.jsonl", saved) and _overwrites_model(saved / "items.jsonl", saved)
     assert _overwrites_model(run / "fusion" / "topk.jsonl", run) and _overwrites_model(run / "results.json", run)
     assert not _overwrites_model(run / "recs.jsonl", run) and not _overwrites_model(tmp_path / "recs.jsonl", run)
+    assert not _overwrites_model(run / "exports" / "recs.jsonl", run)  # a folder the user made
+    assert _overwrites_model(run / "plots" / "x.jsonl", run) and not _overwrites_model(saved, saved)

@@ -115,6 +115,37 @@ def test_topk_items_drop_candidates_scored_nan_or_infinite_as_union_ranks_misses
         assert target not in topk_items(items, fused, 5) and union_ranks(fused, np.array([index]))[0] >= 5
 
 
+def test_union_ranks_with_valid_drop_infinite_scores_as_topk_items_does():
+    from fusion.candidates import topk_items, union_ranks
+
+    items, fused = np.array([[5, 6, 7]]), np.array([[1.0, np.inf, 0.5]])
+    assert topk_items(items, fused, 3)[0].tolist() == [5, 7, -1]
+    assert union_ranks(fused, np.array([0]), valid=np.ones((1, 3), bool))[0] == 0  # was 1: +inf counted ahead
+
+
+def test_a_target_of_minus_one_is_no_padding_column():
+    from fusion.candidates import CandidateScores
+
+    cands = CandidateScores(np.array([[1, -1], [3, 4]]), np.zeros((2, 2), np.float32), np.zeros((2, 2), np.float32),
+                            np.ones((2, 2), bool), np.ones((2, 2), bool))
+    assert cands.target_index(np.array([-1, 4])).tolist() == [-1, 1]  # was [1, 1]
+
+
+def test_a_holdout_near_one_keeps_a_row_to_fit_on():
+    """10 usable rows at holdout 0.96 rounded to 10 held out and none to fit on, blamed on the models."""
+    from fusion.candidates import build_candidates
+    from fusion.indicators import Indicators
+    from fusion.methods import LearnedGateFusion
+
+    rng = np.random.default_rng(0)
+    n = 10
+    cands = build_candidates(np.array([[0, 1, 2]] * n), -np.sort(-rng.random((n, 3)), 1).astype(np.float32),
+                             np.array([[3, 4, 5]] * n), -np.sort(-rng.random((n, 3)), 1).astype(np.float32))
+    gate = LearnedGateFusion(k=3, max_epochs=2, holdout=0.96).fit(cands, np.ones(n, np.int64),
+                                                                   Indicators(("a",), rng.random((n, 1))))
+    assert gate.model is not None
+
+
 def test_a_gate_cannot_hold_out_every_row_or_fit_on_none():
     import pytest
 

@@ -107,8 +107,11 @@ def test_target_scope_trains_scales_and_fuses_on_candidates():
     np.put_along_axis(outside, union, False, 1)
     np.testing.assert_allclose(fused[outside], (log_g + lp_id)[outside], atol=1e-5)  # no generative mass
     assert ((gate >= 0) & (gate <= 1)).all() and (fused.exp().sum(1) <= 1 + 1e-4).all()
+    model.train()
     report = joint_gates(model, split.test.subset(np.arange(8)))  # the gate without the beam: same values
     np.testing.assert_allclose(report.gate, gate.numpy(), atol=1e-6)
+    assert model.training  # left in training mode as it came (it was left in eval mode)
+    model.eval()
     assert test["joint"] > max(test["id"], test["gr"]), test
     with pytest.raises(ValueError, match="mixture"):
         JointConfig(gr_scope="target", mixing="logit")

@@ -48,9 +48,9 @@ def test_fusion_union_ranks_with_a_validity_mask_keep_infinite_scores():
     fused = np.array([[-np.inf, 0.2, 0.1], [0.3, np.inf, np.nan], [0.3, 0.2, 0.1]])
     valid = np.array([[True, True, True], [True, True, True], [True, True, False]])
     # a target scored -inf is a miss (not the last candidate), as one scored +inf or padded; a candidate
-    # scored +inf is ahead of the target, a NaN one (as padding) behind it
+    # scored +inf or NaN counts as padding (behind the target), as topk_items drops it from the served list
     assert union_ranks(fused, np.array([0, 1, 2]), valid).tolist() == [MISS_RANK] * 3
-    assert union_ranks(fused, np.array([1, 0, 0]), valid).tolist() == [0, 1, 0]
+    assert union_ranks(fused, np.array([1, 0, 0]), valid).tolist() == [0, 0, 0]
 
 
 def test_nan_scores_of_other_items_never_make_a_hit():

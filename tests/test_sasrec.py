@@ -66,6 +66,11 @@ def test_save_load_round_trip(trained, tmp_path):
     np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="no SASRec checkpoint"):
         load_sasrec(tmp_path / "missing.pt")
+    # a model saved with num_threads 0 (accepted and ignored then, refused by the config since) still loads
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    ckpt["config"]["num_threads"] = 0
+    torch.save(ckpt, tmp_path / "zero.pt")
+    assert load_sasrec(tmp_path / "zero.pt").config.num_threads is None
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, caplog):

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
             from genrec.rundir import data_files
 
             export = Path(args.export).resolve()
-            if any(f.resolve().parent == export for f in data_files(args.spec, args.cache_dir)):
+            if any(export in (f.resolve().parent, f.parent.resolve()) and f.name.split(".")[0] in ("interactions", "items")
+                   for f in data_files(args.spec, args.cache_dir)):  # (a link's own folder and its target's)
                 raise ValueError(f"argument --export: {args.export} holds the dataset's own files; export elsewhere")
         ds = load_dataset(args.spec, cache_dir=args.cache_dir)
         split = leave_one_out(ds, max_history=args.max_history)

@@ -143,8 +143,8 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.embeddings:
         ignored = [k for k in given if k in _ENCODER_OPTIONS]
         if ignored:
-            raise ConfigError(f"{', '.join(flag(k) for k in ignored)} act(s) only on item text, which --embeddings "
-                              f"replaces; drop them or the embeddings")
+            raise ConfigError(f"{', '.join(flag(k) for k in ignored)}: act(s) on the text encoder and item text, which "
+                              f"--embeddings replaces; drop them or the embeddings")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"argument --out: {args.out} is a file; give a directory")
 

@@ -42,13 +42,17 @@ def _overwrites_model(out: Path, model_dir: Path) -> bool:
     file at a run's top level is the user's)."""
     from genrec.recommender_files import MANIFEST
 
+    from genrec.recipe import stage_names
+
     out, model_dir = out.resolve(), model_dir.resolve()
-    if not out.is_relative_to(model_dir):
+    if not out.is_relative_to(model_dir) or out == model_dir:  # the directory itself: "is a directory" later
         return False
     if (model_dir / MANIFEST).is_file():
         return True
     rel = out.relative_to(model_dir)
-    return len(rel.parts) > 1 or rel.name in _RUN_FILES
+    if len(rel.parts) > 1:  # in a stage's directory (or the report's plots), not a folder the user made
+        return rel.parts[0] in {*stage_names(), "plots"}
+    return rel.name in _RUN_FILES
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     rec = Recommender.from_pretrained(args.path, method=args.method)  # first: is RUN_DIR a model at all
     if _overwrites_model(Path(args.out), Path(args.path)):
-        raise ConfigError(f"argument --out: {args.out} is a file of the model directory {args.path}; write the "
-                          f"recommendations elsewhere")
+        raise ConfigError(f"argument --out: {args.out} would replace a file of the model directory {args.path}; "
+                          f"write the recommendations elsewhere")
     if args.k is None:  # the default is never refused (a model with fusion.k or beam below 10)
         args.k = min(10, rec.max_k)
     if args.k > rec.max_k:

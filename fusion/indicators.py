@@ -241,9 +241,12 @@ INDICATOR_NAMES = ("id_msp", "id_entropy", "id_top1_edge", "gr_top1_logp", "gr_m
 
 
 def is_indicator_name(name: str) -> bool:
-    """Whether ``name`` is a column :func:`compute_indicators` can produce."""
+    """Whether ``name`` is a column :func:`compute_indicators` can produce (a level written as it names
+    its columns: ``@1``, not ``@01``)."""
     base, at, level = str(name).partition("@")
-    return (f"{base}@L" in INDICATOR_NAMES and level.isdigit()) if at else name in INDICATOR_NAMES
+    if not at:
+        return name in INDICATOR_NAMES
+    return f"{base}@L" in INDICATOR_NAMES and level.isdigit() and level == str(int(level))
 
 
 __all__ = ["Indicators", "Standardizer", "TrainStats", "compute_indicators", "INDICATOR_NAMES", "is_indicator_name"]

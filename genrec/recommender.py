@@ -130,6 +130,9 @@ class Recommender:
         if method is None:  # the run's primary: chosen on validation when fusion.primary is auto
             from genrec.recipe.primary import choose_primary
 
+            if not (run_dir / "fusion" / "stage.done.json").is_file():  # the choice reads the fusion stage's files
+                raise CheckpointError(f"{run_dir}: stage 'fusion' has not finished there; run the recipe first")
+
             method = choose_primary(config, run_dir).method
         name = method
         needs = {"sasrec": ("sasrec",), "generative": ("generative",), "joint": ("joint",)}.get(

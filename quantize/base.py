@@ -69,12 +69,13 @@ def faiss_threads() -> int:
 
 
 @contextmanager
-def faiss_threading() -> Iterator[None]:
-    """Run faiss with :func:`faiss_threads` threads, restoring the process setting afterwards."""
+def faiss_threading(threads: int | None = None) -> Iterator[None]:
+    """Run faiss with ``threads`` (default :func:`faiss_threads`) threads, restoring the process
+    setting afterwards."""
     import faiss
 
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(faiss_threads())
+    faiss.omp_set_num_threads(threads or faiss_threads())
     try:
         yield
     finally:
@@ -114,7 +115,8 @@ def kmeans(x: np.ndarray, k: int, *, seed: int, niter: int = 20, max_points_per_
     if hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS"):  # recent faiss: k-means++ seeding,
         # which finds well-separated groups far more reliably than random initial centroids
         extra["init_method"] = faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
-    km = faiss.Kmeans(d, k, niter=niter, seed=seed, verbose=False, spherical=spherical,
+    # faiss takes a C int: seed + level (or sub-space) past 2**31 - 1 overflowed; small seeds are unchanged
+    km = faiss.Kmeans(d, k, niter=niter, seed=seed % 2**31, verbose=False, spherical=spherical,
                       min_points_per_centroid=1, max_points_per_centroid=max_points_per_centroid, **extra)
     with faiss_threading():
         km.train(np.ascontiguousarray(x, dtype=np.float32))
@@ -143,9 +145,14 @@ class Quantizer(ABC):
             QUANTIZERS[cls.name] = cls
 
     def __init__(self, seed: int = 0) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
         self.dim: int | None = None
         self._sizes: tuple[int, ...] | None = None
+        #: :meth:`quantize.Preprocessor.digest` of the preprocessing it was fitted after ("" for none;
+        #: None: not recorded, a quantizer saved before the record)
+        self.fitted_after: str | None = None
 
     # -- interface ---------------------------------------------------------------------------
     @abstractmethod
@@ -231,7 +238,7 @@ class Quantizer(ABC):
         # numpy arrays as tagged tensors, numpy scalars as numbers: loadable with weights_only=True
         return torch_save(path, pack_arrays({"format": _FORMAT, "name": self.name, "config": self.config(),
                                              "dim": self.dim, "codebook_sizes": list(self.codebook_sizes),
-                                             "state": self._state()}))
+                                             "fitted_after": self.fitted_after, "state": self._state()}))
 
     @classmethod
     def load(cls, path: str | Path) -> "Quantizer":
@@ -249,7 +256,11 @@ class Quantizer(ABC):
             q.dim = blob["dim"]
             q._sizes = tuple(int(s) for s in blob["codebook_sizes"])
             q._set_state(blob["state"])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            after = blob.get("fitted_after")  # absent: a file from before the record
+            if after is not None and not isinstance(after, str):
+                raise TypeError(f"fitted_after must be a string or null, got {type(after).__name__}")
+            q.fitted_after = after
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, AssertionError) as e:
             raise CheckpointError(f"{path}: a damaged or incompatible {blob['name']!r} quantizer file "
                                   f"({type(e).__name__}: {e})") from None
         return q

@@ -112,6 +112,13 @@ class EmbeddingCache:
             except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
                 log.warning("embedding cache: skipping unreadable shard %s (%s)", path, e)
                 continue
+            width = self._shards[0].shape[1] if self._shards else None
+            if (keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != _KEY_BYTES or vecs.ndim != 2
+                    or len(vecs) != len(keys) or (width is not None and vecs.shape[1] != width)):
+                # damaged or of another width: an IndexError, an AxisError or a failed stack later
+                log.warning("embedding cache: skipping damaged shard %s (keys %s %s, vectors %s; width %s)", path,
+                            keys.dtype, list(keys.shape), list(vecs.shape), width)
+                continue
             s = len(self._shards)
             self._shards.append(vecs)
             self._paths.append(path)

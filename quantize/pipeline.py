@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from genrec.artifacts import load_json, save_json
+from genrec.errors import CheckpointError
 from genrec.data import SequenceDataset
 from quantize.base import QUANTIZERS, Quantizer, as_embeddings, load_quantizer
 from quantize.diagnostics import format_diagnostics, quantizer_diagnostics
@@ -107,6 +108,11 @@ def encode_frozen(quantizer: Quantizer, preprocessor: Preprocessor | None, embed
                   ids: Sequence[str] | None = None) -> np.ndarray:
     """Base codes ``int64 [m, levels]`` of new raw embeddings under a fitted (frozen) quantizer and
     the preprocessing it was fitted after: nothing is refitted, so existing items keep their codes."""
+    recorded = quantizer.fitted_after
+    given = preprocessor.digest() if preprocessor is not None else ""
+    if recorded is not None and recorded != given:  # e.g. preprocess.pt missing, or an earlier run's
+        raise CheckpointError(f"the quantizer was fitted after preprocessing {recorded or '(none)'}, given "
+                              f"{given or 'none'}: its preprocess.pt is missing or belongs to another fit")
     x = as_embeddings(embeddings, ids)
     if preprocessor is not None:
         x = preprocessor.transform(x, ids)
@@ -159,6 +165,7 @@ def build_semantic_ids(dataset: SequenceDataset, method: str = "rq_kmeans", *,
                  100 * (pre.explained_variance_ratio or 0))
     t = time.perf_counter()
     codes = quantizer.fit(xq, dataset.item_ids)
+    quantizer.fitted_after = pre.digest() if pre is not None else ""  # saved with it: a pair is checked on use
     timings["quantize"] = time.perf_counter() - t
     config = {"dataset": dataset.name, "method": quantizer.name, "quantizer": quantizer.config(),
               "encoder": enc_config, "template": template.to_dict() if embeddings is None else None,

@@ -88,12 +88,34 @@ class Preprocessor:
                                              "components": self.components, "scale": self.scale,
                                              "explained_variance_ratio": self.explained_variance_ratio}))
 
+    def digest(self) -> str:
+        """A digest of the fitted projection (mean, components, scale): a quantizer records the one it was
+        fitted after, so a saved pair that does not belong together is refused (:func:`quantize.encode_frozen`)."""
+        import hashlib
+
+        if self.components is None:
+            raise RuntimeError("Preprocessor is not fitted")
+        h = hashlib.sha256()
+        for a in (self.mean, self.components, self.scale):
+            a = np.ascontiguousarray(a, dtype=np.float32)
+            h.update(np.asarray(a.shape, np.int64).tobytes())
+            h.update(a.tobytes())
+        return h.hexdigest()[:16]
+
     @classmethod
     def load(cls, path: str | Path) -> "Preprocessor":
         blob = unpack_arrays(load_checkpoint(path, kind="preprocessor file"))
-        if blob.get("format") != _FORMAT:
+        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
             raise CheckpointError(f"{path}: not a genrec preprocessor file")
-        p = cls(**blob["config"])
-        p.mean, p.components, p.scale = blob["mean"], blob["components"], blob["scale"]
-        p.explained_variance_ratio = blob["explained_variance_ratio"]
+        try:  # a file of the right format whose content does not fit (edited, or damaged)
+            p = cls(**blob["config"])
+            mean, components, scale = (np.asarray(blob[k], np.float32) for k in ("mean", "components", "scale"))
+            k, d = components.shape
+            if mean.shape != (d,) or scale.shape != (k,) or not all(np.isfinite(a).all() for a in (mean, components, scale)):
+                raise ValueError(f"mean {list(mean.shape)}, components {list(components.shape)}, scale "
+                                 f"{list(scale.shape)}: expected [d], [k, d], [k], all finite")
+            p.mean, p.components, p.scale = mean, components, scale
+            p.explained_variance_ratio = blob["explained_variance_ratio"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: a damaged preprocessor file ({type(e).__name__}: {e})") from None
         return p

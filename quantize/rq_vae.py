@@ -15,6 +15,7 @@ epoch are restarted on random current residuals, which keeps utilisation high.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -100,6 +101,14 @@ class RQVAE(Quantizer):
         self.requested_sizes = level_sizes(levels, codebook_size)
         if latent_dim < 1 or epochs < 0 or batch_size < 1 or lr <= 0 or beta < 0:
             raise ValueError("rq_vae: need latent_dim >= 1, epochs >= 0, batch_size >= 1, lr > 0, beta >= 0")
+        # checked here, not first in fit(): the recipe builds the quantizer to check its options before embedding
+        if not (math.isfinite(lr) and math.isfinite(beta)):
+            raise ValueError(f"rq_vae: lr and beta must be finite, got {lr!r} and {beta!r}")
+        if not (0 <= dropout < 1) or not (weight_decay >= 0 and math.isfinite(weight_decay)):
+            raise ValueError(f"rq_vae: need 0 <= dropout < 1 and a finite weight_decay >= 0, got {dropout!r} and "
+                             f"{weight_decay!r}")
+        if isinstance(hidden_dims, (str, bytes)) or any(isinstance(h, bool) or int(h) != h or h < 1 for h in hidden_dims):
+            raise ValueError(f"rq_vae: hidden_dims must be integers >= 1, got {hidden_dims!r}")
         self.latent_dim = int(latent_dim)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
         self.beta = float(beta)

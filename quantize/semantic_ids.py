@@ -229,7 +229,10 @@ class SemanticIdTable:
         if not isinstance(d, dict) or d.get("format") != _FORMAT:
             raise CheckpointError(f"{path}: not a genrec semantic-ID table")
         try:
-            return cls(np.asarray(d["codes"], dtype=np.int64), d["codebook_sizes"], d.get("item_ids"),
+            codes = np.asarray(d["codes"])
+            if codes.size and codes.dtype.kind not in "iu":  # 1.7 became code 1 silently
+                raise ValueError(f"codes must be integers, got {codes.dtype} values")
+            return cls(codes.astype(np.int64), d["codebook_sizes"], d.get("item_ids"),
                        d.get("config"), disambiguated=bool(d.get("disambiguated", True)))
         except (KeyError, TypeError, ValueError) as e:  # a missing entry, ragged rows, clashing IDs, ...
             raise CheckpointError(f"{path}: a damaged semantic-ID table ({type(e).__name__}: {e})") from None

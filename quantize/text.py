@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import re
 import string
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ class TextTemplate:
                     v = v[: self.max_description_chars].rstrip()
                 if v:
                     out[key] = v
-        skip = set(self.skip_categories)
+        skip = {clean_text(s, self.strip_tags) for s in self.skip_categories}  # compared as the names are
         cats = []
         for c in item.categories:
             c = clean_text(c, self.strip_tags)
@@ -134,7 +135,7 @@ class TextTemplate:
                 cats.append(c)
         if cats:
             out["categories"] = self.category_separator.join(cats)
-        if item.price is not None:
+        if item.price is not None and math.isfinite(item.price):  # "Price: nan" told the encoder nothing
             out["price"] = f"{item.price:.2f}"
         if item_id:
             out["item_id"] = item_id

@@ -148,6 +148,24 @@ def test_damaged_cache_shard_is_skipped_not_fatal(tmp_path, caplog):
     assert "skipping unreadable shard" in caplog.text and first.name in caplog.text
 
 
+@pytest.mark.parametrize("bad_keys, bad_vectors", [
+    (3, np.zeros((2, 5), np.float32)),  # more keys than vectors: an IndexError in get
+    (2, np.zeros(5, np.float32)),  # 1-d vectors: an AxisError while loading
+    (2, np.zeros((2, 7), np.float32)),  # another width than the other shard's: a failed stack in get
+])
+def test_a_shard_of_the_wrong_shape_is_skipped(tmp_path, caplog, bad_keys, bad_vectors):
+    cache = EmbeddingCache(tmp_path)
+    keys = text_keys(["a", "b", "x", "y", "z"])
+    vecs = np.arange(10, dtype=np.float32).reshape(2, 5)
+    cache.put(keys[:2], vecs)
+    with open(tmp_path / "shard-zzzz.npz", "wb") as f:  # sorts after the good one
+        np.savez(f, keys=keys[2:2 + bad_keys], vectors=bad_vectors)
+    hit, got = EmbeddingCache(tmp_path).get(keys)
+    assert hit.tolist() == [True, True, False, False, False]
+    np.testing.assert_array_equal(got, vecs)
+    assert "skipping damaged shard" in caplog.text
+
+
 def test_int8_precision_agrees_with_fp32_and_has_its_own_cache(tmp_path, minilm):
     texts = ["Lavender shampoo for dry hair", "Matte red lipstick", "Stainless steel nail clippers",
              "Hydrating face cream with SPF 30", "Volumising mascara, black"]

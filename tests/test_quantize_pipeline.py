@@ -84,6 +84,54 @@ def test_save_over_an_earlier_result_never_pairs_old_and_new_files(tmp_path, mon
     assert SemanticIdResult.load(tmp_path).table == res.table
 
 
+def test_a_quantizer_refuses_a_preprocessor_it_was_not_fitted_after(tmp_path):
+    """With preprocess.pt missing (or an earlier fit's of the same width) encode_with_saved returned other
+    codes silently: the quantizer records the preprocessing it was fitted after."""
+    import shutil
+
+    from genrec.errors import CheckpointError
+    from quantize import encode_with_saved
+
+    ds = toy_dataset()
+    x = clustered_embeddings(ds.num_items)
+    res = build_semantic_ids(ds, "rq_kmeans", embeddings=x, whiten=True, levels=2, codebook_size=4)
+    res.save(tmp_path / "a")
+    np.testing.assert_array_equal(encode_with_saved(tmp_path / "a", x), res.table.base_codes)
+    other = build_semantic_ids(ds, "rq_kmeans", embeddings=x[::-1].copy(), whiten=True, levels=2, codebook_size=4)
+    other.save(tmp_path / "b")
+    shutil.copyfile(tmp_path / "b" / "preprocess.pt", tmp_path / "a" / "preprocess.pt")  # same width, other fit
+    with pytest.raises(CheckpointError, match="preprocess.pt is missing or belongs to another fit"):
+        encode_with_saved(tmp_path / "a", x)
+    (tmp_path / "a" / "preprocess.pt").unlink()
+    with pytest.raises(CheckpointError, match="given none"):
+        encode_with_saved(tmp_path / "a", x)
+    plain = build_semantic_ids(ds, "rq_kmeans", embeddings=x, levels=2, codebook_size=4)
+    plain.save(tmp_path / "c")
+    shutil.copyfile(tmp_path / "b" / "preprocess.pt", tmp_path / "c" / "preprocess.pt")  # fitted after none
+    with pytest.raises(CheckpointError, match=r"fitted after preprocessing \(none\)"):
+        encode_with_saved(tmp_path / "c", x)
+
+
+def test_a_damaged_preprocessor_file_is_named():
+    import tempfile
+    from pathlib import Path
+
+    from genrec.artifacts import pack_arrays, torch_save
+    from genrec.errors import CheckpointError
+    from quantize.preprocess import Preprocessor
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Preprocessor(whiten=True)
+        p.fit_transform(clustered_embeddings(40))
+        good = {"format": "genrec.preprocess/1", "config": p.config(), "mean": p.mean, "components": p.components,
+                "scale": p.scale, "explained_variance_ratio": 1.0}
+        for bad, says in (({k: v for k, v in good.items() if k != "config"}, "KeyError"),
+                          ({**good, "mean": np.zeros(4, np.float32)}, r"mean \[4\], components \[24, 24\]")):
+            torch_save(Path(d) / "pre.pt", pack_arrays(bad))
+            with pytest.raises(CheckpointError, match=f"pre.pt: a damaged preprocessor file .*{says}"):
+                Preprocessor.load(Path(d) / "pre.pt")
+
+
 def test_pca_of_data_without_variance_reports_a_number():
     from quantize.preprocess import Preprocessor
 

@@ -278,3 +278,29 @@ def test_rq_vae_constant_dimension_does_not_blow_up_new_items(data):
 def test_bad_quantizer_settings_are_clear_errors(make, message):
     with pytest.raises(ValueError, match=message):  # faiss aborted or raised a RuntimeError on these
         make()
+
+
+def test_opq_codes_do_not_depend_on_the_faiss_thread_count(monkeypatch):
+    """faiss_threads' promise (the same codes for any GENREC_FAISS_THREADS) did not hold for OPQ's rotation."""
+    x = np.random.default_rng(0).normal(size=(2000, 16)).astype(np.float32)
+    codes = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("GENREC_FAISS_THREADS", threads)
+        codes.append(OPQ(subspaces=4, codebook_size=8, seed=0).fit(x))
+    np.testing.assert_array_equal(codes[0], codes[1])
+
+
+def test_quantizer_settings_that_failed_only_in_fit_are_refused_when_built():
+    for bad in ({"dropout": 1.5}, {"dropout": -0.1}, {"weight_decay": -1.0}, {"lr": float("nan")},
+                {"hidden_dims": (0,)}, {"seed": -1}):
+        with pytest.raises(ValueError, match="rq_vae|seed"):
+            make_quantizer("rq_vae", **bad)
+
+
+def test_a_seed_near_the_c_int_limit_fits():
+    """faiss takes seed + level as a C int: 2**31 - 1 overflowed at the second level."""
+    x = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    big = RQKMeans(levels=2, codebook_size=4, seed=2**31 - 1).fit(x)
+    assert big.shape == (200, 2)
+    np.testing.assert_array_equal(RQKMeans(levels=2, codebook_size=4, seed=5).fit(x),
+                                  RQKMeans(levels=2, codebook_size=4, seed=5).fit(x))  # small seeds as before

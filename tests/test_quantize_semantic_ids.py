@@ -62,7 +62,11 @@ def test_table_save_load_round_trip(tmp_path):
     from genrec.errors import CheckpointError
 
     saved = json.loads((tmp_path / "ids.json").read_text())
-    for name, edit in (("nocodes", lambda d: d.pop("codes")), ("ragged", lambda d: d["codes"][0].pop())):
+    def fractional(d):  # 1.7 became code 1 silently
+        d["codes"][0][0] += 0.7
+
+    for name, edit in (("nocodes", lambda d: d.pop("codes")), ("ragged", lambda d: d["codes"][0].pop()),
+                       ("fractional", fractional)):
         d = json.loads(json.dumps(saved))
         edit(d)
         (tmp_path / f"{name}.json").write_text(json.dumps(d))

@@ -95,3 +95,10 @@ def test_item_id_field_is_rendered():
     """``{item_id}`` is an allowed field: it renders (it used to drop its segment for every item)."""
     ds = make_dataset([ItemText(title="A"), ItemText()], ids=["a7", "x9"])
     assert item_texts(ds, TextTemplate.from_fields(["title", "item_id"])) == ["Title: A; Item: a7", "Item: x9"]
+
+
+def test_skipped_categories_compare_as_cleaned_names_and_a_non_finite_price_is_left_out():
+    item = ItemText(title="Rose", categories=("Health &amp; Beauty", "Lips"), price=float("nan"))
+    text = TextTemplate(skip_categories=("Health &amp; Beauty",)).render(item)
+    assert "Health" not in text and "Lips" in text  # the entity was cleaned in the name, not in the skip list
+    assert "Price" not in text and "nan" not in text

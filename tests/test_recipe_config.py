@@ -135,6 +135,11 @@ def test_joint_settings_the_run_would_fail_on_late_are_refused_early():
     (["fusion.gate.seed=-1"], "fusion.gate.seed"), (["fusion.gate.weight_decay=-1"], "fusion.gate.weight_decay"),
     (["fusion.gate.holdout=1"], "fusion.gate.holdout"), (["text.fallback=Item {foo}"], "text.fallback"),
     (["fusion.joint=true", "fusion.joint_config.holdout_seed=-1"], "fusion.joint_config"),
+    (["report.metric=ndcg@010"], "report.metric"),  # "no result holds the metric" in the report stage
+    (["fusion.gate.features=[id_msp,prefix_source@01]"], "fusion.gate.features"),  # a KeyError in fusion
+    (["fusion.joint=true", "fusion.joint_config.k=50", "fusion.joint_config.gate.k=80"], "fusion.joint_config.gate.k"),
+    (["fusion.joint=true", "fusion.joint_config.gate.k=0"], "fusion.joint_config.gate.k"),
+    (["fusion.k=50", "fusion.gate.k=40", "fusion.joint=true", "fusion.joint_config.k=20"], "fusion.gate.k"),
 ])
 def test_settings_that_failed_inside_a_stage_are_refused_with_the_key(overrides, key):
     """Each passed the checks and failed in its stage (exit 1, the key not named; a negative seed after the
@@ -154,6 +159,10 @@ def test_gate_features_beyond_the_ids_prefix_levels_are_refused_before_training(
     # read by no learned method: nothing to refuse (the run would succeed)
     check_gate_features(config_from_dict({}, overrides=["fusion.methods=[fixed]",
                                                         "fusion.gate.features=[prefix_source@5]"]), 3)
+    inherited = config_from_dict({}, overrides=["fusion.methods=[fixed]", "fusion.joint=true",
+                                                "fusion.gate.features=[prefix_source@4]"])
+    with pytest.raises(ConfigError, match=r"'fusion.gate.features': 'prefix_source@4'"):  # the key the user set
+        check_gate_features(inherited, 3)
     joint = config_from_dict({}, overrides=["fusion.joint=true", "fusion.joint_config.gate.features=[prefix_source@0]"])
     with pytest.raises(ConfigError, match=r"'fusion.joint_config.gate.features': 'prefix_source@0'"):
         check_gate_features(joint, 3)

@@ -212,16 +212,31 @@ def test_stale_results_do_not_outlive_a_changed_run(plain_dir, cache, tmp_path):
     with pytest.raises(StopAfterStage):  # a changed setting, stopped before the report is rewritten
         run_recipe(_config(plain_dir, cache, "sasrec.hidden=8"), out, stop_after="sasrec", force=True)
     assert not (out / "results.json").exists() and not (out / "report.md").exists()
+    assert not (out / "fusion").exists()  # discarded by the forced run (the old fusion cannot pass for done)
+    # the same command without --force goes on where the forced one stopped (it was refused: the discarded
+    # stages' start markers passed for changed work)
+    run_recipe(_config(plain_dir, cache, "sasrec.hidden=8"), out)
     # the same settings, a stage produced again (its directory deleted): the report is out of date too
-    with pytest.raises(RunDirectoryError, match=r"\(changed: the settings of stages they read\); running would"):
-        run_recipe(_config(plain_dir, cache, "sasrec.hidden=8"), out)  # fusion's marker predates sasrec's change
-    run_recipe(_config(plain_dir, cache, "sasrec.hidden=8"), out, force=True)
     import shutil
 
     shutil.rmtree(out / "labels")
     with pytest.raises(StopAfterStage):
         run_recipe(_config(plain_dir, cache, "sasrec.hidden=8"), out, stop_after="labels")
     assert not (out / "results.json").exists() and not (out / "report.md").exists()
+
+
+def test_a_changed_cheap_setting_reruns_its_stages_without_calling_them_interrupted(plain_dir, cache, tmp_path, caplog):
+    """labels.max_hop changed: labels, evaluate and report rerun; they were reported as "interrupted" and
+    "started over" (the done markers removed before they ran read as interruptions)."""
+    import logging
+
+    out = tmp_path / "run"
+    run_recipe(_config(plain_dir, cache), out)
+    with caplog.at_level(logging.INFO, logger="genrec.recipe.runner"):
+        run_recipe(_config(plain_dir, cache, "labels.max_hop=3"), out)
+    assert "since it was interrupted" not in caplog.text
+    assert "stage labels: its config, data or upstream stages changed since it ran" in caplog.text
+    assert (out / "results.json").is_file()
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_a_clear_error(plain_dir, cache, tmp_path, monkeypatch):

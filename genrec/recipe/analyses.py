@@ -96,7 +96,7 @@ def stage_analysis(ctx: "StageContext") -> dict[str, Path]:
             paths["indicator_validation"] = save_json(out / "indicator_validation.json", result)
             if plots and result["rows"]:
                 paths["indicator_validation_plot"] = plot_indicator_validation(
-                    result, out / "indicator_validation.png", title=f"{config.name} test indicators")
+                    result, out / "indicator_validation.png", title="test indicators")  # no run name: not hashed here
     else:
         skipped["indicator_validation"] = "analysis.indicator_validation is false"
 
@@ -124,7 +124,7 @@ def stage_analysis(ctx: "StageContext") -> dict[str, Path]:
             skipped["codebook_sweep"] = "the quantizer refused every configuration (above)"
         if plots and rows:
             paths["codebook_sweep_plot"] = plot_sweep(rows, out / "codebook_sweep.png",
-                                                      title=f"{config.name}: codebook intervention")
+                                                      title="codebook intervention")
     summary = {"ran": [name for name in ("support_coverage", "indicator_validation", "codebook_sweep")
                        if name in paths], "skipped": skipped}
     paths["summary"] = save_json(out / "summary.json", summary)

@@ -492,24 +492,7 @@ def validate_config(config: RecipeConfig) -> None:
     need(f.selection_folds >= 2, "fusion.selection_folds", f.selection_folds, "must be >= 2")
     need(f.new_item_mixture_users >= 1, "fusion.new_item_mixture_users", f.new_item_mixture_users, "must be >= 1")
     check_mapping("fusion.gate", f.gate, gate_option_hints())
-    for key in ("hidden", "batch_size", "max_epochs", "patience", "k"):
-        if key in f.gate:
-            need(f.gate[key] >= 1, f"fusion.gate.{key}", f.gate[key], "must be >= 1")
-    if "k" in f.gate:  # the NDCG cutoff the gate fits: ranks beyond the served list would earn credit
-        need(f.gate["k"] <= f.k, "fusion.gate.k", f.gate["k"], f"must not exceed fusion.k ({f.k}), the served lists' length")
-    if "lr" in f.gate:
-        need(f.gate["lr"] > 0, "fusion.gate.lr", f.gate["lr"], "must be > 0")
-    for key in ("seed", "weight_decay"):
-        if key in f.gate:
-            need(f.gate[key] >= 0, f"fusion.gate.{key}", f.gate[key], "must be >= 0")
-    if "holdout" in f.gate:
-        need(0 <= f.gate["holdout"] < 1, "fusion.gate.holdout", f.gate["holdout"], "must be in [0, 1)")
-    if f.gate.get("features") is not None:
-        from fusion.indicators import INDICATOR_NAMES, is_indicator_name
-
-        for name in f.gate["features"]:
-            need(is_indicator_name(name), "fusion.gate.features", name,
-                 f"must name indicators among {list(INDICATOR_NAMES)} (L: a semantic-ID prefix level)")
+    _check_gate(f.gate, "fusion.gate", f.k, "fusion.k")
     need(f.joint_schedule in JOINT_SCHEDULES, "fusion.joint_schedule", f.joint_schedule,
          f"must be one of {list(JOINT_SCHEDULES)}")
     if f.joint:
@@ -527,6 +510,10 @@ def validate_config(config: RecipeConfig) -> None:
         jk = getattr(jc, "k", None)  # the holdout schedule's ranked-list length (end to end: the catalogue)
         need(jk is None or max(r.ks, default=0) <= jk, "fusion.joint_config.k", jk,
              f"must be at least max(report.ks) ({max(r.ks, default=0)}): the joint model's list has length k")
+        if jk is not None:  # the held-out joint model's gate: its own options, or fusion.gate's it inherits
+            own = isinstance(f.joint_config.get("gate"), Mapping)
+            _check_gate(jc.gate, "fusion.joint_config.gate" if own else "fusion.gate", jk, "fusion.joint_config.k",
+                        "" if own else " (the held-out joint model's gate too)")
     a = config.analysis
     need(all(s >= 2 for s in a.codebook_sizes), "analysis.codebook_sizes", a.codebook_sizes, "must all be >= 2")
     need(all(lv >= 1 for lv in a.codebook_levels), "analysis.codebook_levels", a.codebook_levels, "must all be >= 1")
@@ -535,8 +522,37 @@ def validate_config(config: RecipeConfig) -> None:
     need(bool(r.ks) and all(k >= 1 for k in r.ks), "report.ks", r.ks, "must be a non-empty list of positive ints")
     need(max(r.ks) <= f.k, "report.ks", r.ks, f"must not exceed fusion.k ({f.k}): ranked lists have length k")
     m, _, kk = r.metric.partition("@")
-    need(m in ("recall", "ndcg") and kk.isdigit() and int(kk) in r.ks, "report.metric", r.metric,
+    # written as the results name it: "ndcg@010" passed and failed in the report stage, after training
+    need(m in ("recall", "ndcg") and kk.isdigit() and kk == str(int(kk)) and int(kk) in r.ks, "report.metric", r.metric,
          f"must be recall@K or ndcg@K with K in report.ks {r.ks}")
+
+
+def _check_gate(gate: Mapping[str, Any], key: str, k: int, k_key: str, note: str = "") -> None:
+    """Range checks of a learned gate's options (``key``: ``fusion.gate``, or the held-out joint model's
+    gate) whose fused lists have length ``k`` (set by ``k_key``); ``note`` follows the key in messages."""
+
+    def need(ok: bool, sub: str, value: Any, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"config key '{key}.{sub}'{note} {what}, got {value!r}")
+
+    for sub in ("hidden", "batch_size", "max_epochs", "patience", "k"):
+        if sub in gate:
+            need(gate[sub] >= 1, sub, gate[sub], "must be >= 1")
+    if "k" in gate:  # the NDCG cutoff the gate fits: ranks beyond the served list would earn credit
+        need(gate["k"] <= k, "k", gate["k"], f"must not exceed {k_key} ({k}), the served lists' length")
+    if "lr" in gate:
+        need(gate["lr"] > 0, "lr", gate["lr"], "must be > 0")
+    for sub in ("seed", "weight_decay"):
+        if sub in gate:
+            need(gate[sub] >= 0, sub, gate[sub], "must be >= 0")
+    if "holdout" in gate:
+        need(0 <= gate["holdout"] < 1, "holdout", gate["holdout"], "must be in [0, 1)")
+    if gate.get("features") is not None:
+        from fusion.indicators import INDICATOR_NAMES, is_indicator_name
+
+        for name in gate["features"]:
+            need(is_indicator_name(name), "features", name,
+                 f"must name indicators among {list(INDICATOR_NAMES)} (L: a semantic-ID prefix level)")
 
 
 #: ``fusion.joint_schedule`` values (see :class:`FusionSection`)

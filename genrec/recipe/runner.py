@@ -192,9 +192,10 @@ class Recipe:
                 + (f" (and rerun {', '.join(cheap)})" if cheap else "")
                 + ". Rerun with --force (run_recipe(force=True)) to discard and redo them, or choose a fresh "
                   "run directory (--out)")
-        for name in self._discard:  # config.json is about to describe the new settings: no stage done under the
-            # old ones may pass for done (a run stopped before reaching them served the old fusion with the new k)
-            _write(run_dir, lambda n=name: (run_dir / n / "stage.done.json").unlink(missing_ok=True), name)
+        for name in self._discard:  # config.json is about to describe the new settings: no stage done (or started)
+            # under the old ones may pass for done (a run stopped before reaching them served the old fusion with
+            # the new k) or for interrupted work of these settings (the same command without --force was refused)
+            _write(run_dir, lambda n=name: self._clear(_stage(n), run_dir / n), name)
         _write(run_dir, lambda: save_json(run_dir / "config.json", config_to_dict(config)), "recipe")
         report = _marker(run_dir / "report" / "stage.done.json")
         if report is None or report.get("config_hash") != self._plan["report"]["hash"]:
@@ -281,24 +282,27 @@ class Recipe:
             self.on_stage(name, "done", info)
         return info
 
-    def _begin(self, stage: Stage, sdir: Path, started: dict[str, Any]) -> None:
-        """Clear what a changed stage left (see :meth:`run_stage`) and write its start marker."""
+    def _clear(self, stage: Stage, sdir: Path) -> None:
+        """Remove what a changed (discarded) stage left, before config.json names the new settings."""
         name = stage.name
-        if name in self._discard and sdir.exists() and self._plan[name]["rerun_only"]:
+        if not sdir.exists():
+            return
+        if self._plan[name]["rerun_only"]:
             log.info("stage %s: run before settings it now hashes existed (or with other values of %s); "
-                     "clearing %s and running it again", name, ", ".join(stage.rerun_keys), sdir)
-            shutil.rmtree(sdir)
-        elif name in self._discard and sdir.exists():
-            # finished or interrupted with other settings (allowed by force): its checkpoints cannot be resumed
+                     "clearing %s; it runs again", name, ", ".join(stage.rerun_keys), sdir)
+        else:  # finished or interrupted with other settings (allowed by force): its checkpoints cannot be resumed
             log.log(logging.WARNING if stage.keeps_work else logging.INFO,
-                    "stage %s: its config, data or upstream stages changed since it ran; clearing %s and "
-                    "running it again", name, sdir)
-            shutil.rmtree(sdir)
+                    "stage %s: its config, data or upstream stages changed since it ran; clearing %s; it runs "
+                    "again", name, sdir)
+        shutil.rmtree(sdir)
+
+    def _begin(self, stage: Stage, sdir: Path, started: dict[str, Any]) -> None:
+        """Write a stage's start marker (what a changed stage left went in :meth:`_prepare`)."""
         for stale in ("results.json", "report.md"):  # any stage that runs makes the last report out of date
             (self.run_dir / stale).unlink(missing_ok=True)
         # an earlier done marker must not outlive this run: killed, the stage counts as interrupted
         (sdir / "stage.done.json").unlink(missing_ok=True)
-        _write(sdir, lambda: save_json(sdir / "stage.started.json", started), name)
+        _write(sdir, lambda: save_json(sdir / "stage.started.json", started), stage.name)
 
     def _run(self, stage: Stage, h: str, src: dict[str, Any]) -> dict[str, Any]:
         """Run ``stage`` in this process; the content of its done marker."""

@@ -144,7 +144,9 @@ def check_gate_features(config: RecipeConfig, levels: int) -> None:
     if any(m.startswith("learned_") for m in config.fusion.methods):
         gates["fusion.gate.features"] = config.fusion.gate.get("features")
     if config.fusion.joint and config.fusion.joint_schedule == "holdout":
-        gates["fusion.joint_config.gate.features"] = joint_config(config).gate.get("features")
+        own = isinstance(config.fusion.joint_config.get("gate"), dict)  # else it inherits fusion.gate's
+        key = "fusion.joint_config.gate.features" if own else "fusion.gate.features"
+        gates.setdefault(key, joint_config(config).gate.get("features"))
     for key, features in gates.items():
         for name in features or ():
             level = str(name).partition("@")[2]

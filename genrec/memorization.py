@@ -33,7 +33,8 @@ earlier rule, which checks every hop up to ``max_hop`` with the history items th
 When several generalization kinds hold at the same smallest hop, the primary label follows the fixed
 order of :class:`Kind` (substitutability > symmetry > transitivity > second-order symmetry).
 :attr:`InstanceLabels.kind_hops` keeps every kind that holds with its own smallest hop (multi-label
-view); note that by the definitions a memorization instance also satisfies substitutability@2.
+view); note that by the definitions a memorization instance whose history holds at least 2 items
+also satisfies substitutability@2 (when ``max_hop >= 2``).
 A single-edge kind from an item at distance ``d`` over an edge of gap ``g`` holds at hop
 ``max(d, g)`` (at least 2 for substitutability; none if that exceeds the history length).
 Consequence: an edge ``i -> t`` of gap ``g >= 2`` also makes two-edge paths through the items in

@@ -38,6 +38,8 @@ def ranks_from_scores(
     t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
     if s.ndim != 2 or t.shape != (s.shape[0],):
         raise ValueError(f"scores must be [n, items] and targets [n]; got {tuple(s.shape)} and {tuple(t.shape)}")
+    if exclude is not None and len(exclude) != s.shape[0]:  # a shorter list left the other rows unmasked
+        raise ValueError(f"exclude must hold one array per row: {len(exclude)} for {s.shape[0]} rows")
     if exclude is not None:
         s = s.clone()
         rows = np.concatenate([np.full(len(e), k) for k, e in enumerate(exclude)]) if len(exclude) else np.zeros(0)
@@ -80,6 +82,8 @@ def ranks_from_score_chunks(
     if chunk >= num_items:
         return ranks_from_scores(score(None, 0, num_items), t, exclude=exclude)
     n = len(t)
+    if exclude is not None and len(exclude) != n:  # a shorter list left the other rows unmasked
+        raise ValueError(f"exclude must hold one array per row: {len(exclude)} for {n} rows")
     if exclude is not None:
         ex_rows = np.concatenate([np.full(len(e), k) for k, e in enumerate(exclude)]) if n else np.zeros(0, np.int64)
         ex_cols = np.concatenate([np.asarray(e, np.int64) for e in exclude]) if n else np.zeros(0, np.int64)

@@ -117,10 +117,17 @@ class MicroBatcher:
         self._held: _Job | None = None  # taken from the queue but left for the next batch (it would overflow)
         self._running: list[_Job] = []  # the jobs of the model call in progress
         self._gathered: list[_Job] = []  # the current batch: taken from the queue, not all answered yet
+        self._call_started: float | None = None  # time.monotonic() when the model call in progress began
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    def call_seconds(self) -> float:
+        """How long the model call in progress has run (0 when none): /health reports a stalled worker,
+        which answers nothing while it reports itself running."""
+        started = self._call_started
+        return 0.0 if started is None else time.monotonic() - started
 
     @property
     def queued(self) -> int:
@@ -222,7 +229,11 @@ class MicroBatcher:
         self._running = group
         try:
             try:
-                answers = await asyncio.to_thread(self._call, group)
+                self._call_started = time.monotonic()
+                try:
+                    answers = await asyncio.to_thread(self._call, group)
+                finally:
+                    self._call_started = None
             except Exception:
                 if len(group) == 1:
                     raise
@@ -273,6 +284,10 @@ class _TooLarge(Exception):
     """A request body that grew past the limit while being read."""
 
 
+#: the paths whose POST requests carry a JSON body (:class:`_BodyGuard` checks them)
+_BODY_PATHS = frozenset({"/recommend", "/recommend/batch"})
+
+
 class _BodyGuard:
     """ASGI middleware: reads a request's body up front, answering 413 when its ``Content-Length``
     or the bytes actually received exceed ``max_bytes``, 415 for a non-JSON ``Content-Type`` of a
@@ -283,7 +298,9 @@ class _BodyGuard:
         self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        # only the endpoints that read a body: another method or path gets the router's 405 / 404 (it got a
+        # 415 or 413 for a body it would never read)
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in _BODY_PATHS:
             return await self.app(scope, receive, send)
         raw = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])]
         headers = dict(raw)
@@ -297,6 +314,10 @@ class _BodyGuard:
             if int(length) > self.max_bytes:
                 return await self._reply(send, 413, f"request body of {int(length)} bytes is over the limit of "
                                                     f"{self.max_bytes} bytes")
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):  # a gzip body read as JSON was a misleading "malformed JSON"
+            return await self._reply(send, 415, f"Content-Encoding {encoding!r} is not supported; send the JSON "
+                                                f"body uncompressed")
         ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if ctype and ctype != "application/json" and not ctype.endswith("+json"):
             return await self._reply(send, 415, f"Content-Type must be application/json, got {ctype!r}")
@@ -557,19 +578,27 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
         recs = await answer(body.histories, body.k, body.exclude_seen)
         return {"method": method, "results": [_result(method, r) for r in recs]}
 
-    @app.api_route("/health", methods=["GET", "HEAD"], summary="liveness and batching counters")
+    @app.get("/health", summary="liveness and batching counters (503 when stopped or stalled)")
     async def health() -> JSONResponse:
         b = batcher
-        return JSONResponse(status_code=200 if b.running else 503, content={
-            "status": "ok" if b.running else "stopped", "method": method, "items": rec.num_items, "max_k": max_k,
+        # a model call running past the request timeout answers nobody: a load balancer should see it
+        stalled = b.running and b.call_seconds() > request_timeout_s
+        status = "stalled" if stalled else "ok" if b.running else "stopped"
+        return JSONResponse(status_code=200 if status == "ok" else 503, content={
+            "status": status, "method": method, "items": rec.num_items, "max_k": max_k,
             "max_history": rec.max_history, "requests": b.requests, "histories": b.histories, "batches": b.batches,
             "mean_batch_size": b.histories / b.batches if b.batches else 0.0, "queued": b.queued,
-            "failed_batches": b.failed_batches})
+            "failed_batches": b.failed_batches, "model_call_s": round(b.call_seconds(), 3)})
+
+    # HEAD as its own route: one route for both gave them one operationId (invalid OpenAPI)
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/items/{item_id:path}", summary="an item's text fields and semantic ID")
     async def item(item_id: str) -> dict[str, Any]:
         if item_id not in rec.index:
             raise ApiError(404, f"unknown item id {item_id!r}", unknown_ids=[item_id])
         return rec.item(item_id)
+
+    app.add_api_route("/items/{item_id:path}", item, methods=["HEAD"], include_in_schema=False)  # was a 405
 
     return app

@@ -198,6 +198,14 @@ def test_analyze_command(tmp_path, capsys):
     assert recs[0]["user"] == "user0" and recs[0]["target"] == "item4"
     per_cat = json.loads((out / "per_category.json").read_text())
     assert per_cat["ks"] == [5] and per_cat["results"]["A"]["all"]["count"] == 5
+    # strict JSON, as results.json: an empty category's metrics are null (they were the NaN token)
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    for name in ("per_category.json", "token_memorization.json"):
+        json.loads((out / name).read_text(), parse_constant=refuse)
+    empty = [c for c, row in per_cat["results"]["A"].items() if row["count"] == 0]
+    assert empty and all(per_cat["results"]["A"][c]["recall@5"] is None for c in empty)
 
 
 def test_analyze_labels_only_and_bad_predictions(tmp_path, capsys):

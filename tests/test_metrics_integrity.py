@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from fusion.candidates import ndcg_at, union_ranks
 from genrec.metrics import MISS_RANK, metrics_from_ranks, per_instance_ndcg, ranks_from_scores
@@ -80,3 +81,16 @@ def test_stable_topk_breaks_ties_by_index_and_keeps_infinities():
             assert index[r].tolist() == want and values[r].tolist() == clean[r, want].tolist()
     assert stable_topk(scores, 40)[0][1, -3:].isneginf().all() and stable_topk(scores, 1)[0][2, 0].isposinf()
 
+
+
+def test_an_exclude_list_of_another_length_than_the_rows_is_refused():
+    """A shorter list left the other rows unmasked silently (a longer one was a bare IndexError)."""
+    from genrec.metrics import ranks_from_score_chunks
+
+    scores = np.array([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]])
+    with pytest.raises(ValueError, match="exclude must hold one array per row: 1 for 2 rows"):
+        ranks_from_scores(scores, np.array([1, 1]), exclude=[np.array([0])])
+    with pytest.raises(ValueError, match="exclude must hold one array per row: 1 for 2 rows"):
+        ranks_from_score_chunks(lambda rows, a, b: torch.as_tensor(scores[rows if rows is not None else slice(None), a:b]),
+                                3, np.array([1, 1]), chunk=1, exclude=[np.array([0])])
+    assert ranks_from_scores(scores, np.array([1, 1]), exclude=[np.array([0]), np.array([], np.int64)]).tolist() == [0, 1]

@@ -305,6 +305,12 @@ def test_analyze_writes_the_three_analyses(tmp_path, capsys):
     sweep = json.loads((out / "codebook_sweep.json").read_text())
     assert [r["config"] for r in sweep["rows"]] == ["2x1", "2x2"]
 
+    def refuse(token):  # strict JSON, as results.json (NaN tokens before)
+        raise ValueError(f"non-standard JSON token {token}")
+
+    for name in ("support_coverage.json", "indicator_validation.json", "codebook_sweep.json"):
+        json.loads((out / name).read_text(), parse_constant=refuse)
+
 
 def test_analyze_model_confidence_indicators(tmp_path):
     """--sasrec adds MSP / entropy, --generative a beam search's confidence (untrained tiny models suffice)."""

@@ -184,6 +184,21 @@ def test_body_size_type_and_routes(client, histories):
     r = client.get("/nowhere")
     assert r.status_code == 404 and r.json() == {"error": "no endpoint GET /nowhere"}
     assert client.post("/recommend", json={"history": histories[0][:1]}).status_code == 200  # still serving
+    # another method or path with a body: the router's 405 / 404 (the body guard answered 415 or 413 first)
+    r = client.request("DELETE", "/recommend", content=b"x", headers={"content-type": "text/plain"})
+    assert r.status_code == 405
+    r = client.request("PUT", "/items/x", content=b"x" * 5000)
+    assert r.status_code == 405
+    # a compressed body: named, not a "malformed JSON body"
+    import gzip
+
+    r = client.post("/recommend", content=gzip.compress(body), headers={**JSON, "content-encoding": "gzip"})
+    assert r.status_code == 415 and "Content-Encoding 'gzip' is not supported" in r.json()["error"]
+    # HEAD on an item (a 405), and an OpenAPI schema whose operation ids are unique (HEAD /health shared one)
+    assert client.head(f"/items/{histories[0][0]}").status_code == 200
+    assert client.head("/items/no-such-item").status_code == 404
+    ops = [op["operationId"] for path in client.get("/openapi.json").json()["paths"].values() for op in path.values()]
+    assert len(ops) == len(set(ops)), ops
 
 
 def test_a_stalled_body_gets_a_408_and_never_reaches_the_app():
@@ -200,7 +215,7 @@ def test_a_stalled_body_gets_a_408_and_never_reaches_the_app():
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"50")]}
+    scope = {"type": "http", "method": "POST", "path": "/recommend", "headers": [(b"content-length", b"50")]}
     t0 = time.perf_counter()
     asyncio.run(_BodyGuard(app, 100, 0.1)(scope, stalled, send))
     assert time.perf_counter() - t0 < 5 and sent[0]["status"] == 408
@@ -359,6 +374,51 @@ def test_a_slow_model_call_times_out_instead_of_hanging(rec, histories, monkeypa
     assert r.status_code == 503 and r.json() == {"error": "no answer within 0.2 s (the model is overloaded); "
                                                           "retry later"}
     assert time.perf_counter() - t0 < 5
+
+
+def test_health_reports_a_model_call_stalled_past_the_request_timeout(rec, histories, monkeypatch):
+    """A model call that never returns answered nobody while /health said "ok"."""
+    import threading
+
+    stuck = rec.with_method(rec.method_name)
+    release = threading.Event()
+
+    def hang(*a, **kw):
+        release.wait(20)
+        return rec.recommend_batch(*a, **kw)
+
+    monkeypatch.setattr(stuck, "recommend_batch", hang)
+    try:
+        with TestClient(create_app(stuck, request_timeout_s=0.3)) as c:
+            assert c.get("/health").json()["status"] == "ok"
+            assert c.post("/recommend", json={"history": histories[0]}).status_code == 503  # its timeout
+            time.sleep(0.1)
+            r = c.get("/health")
+            assert r.status_code == 503 and r.json()["status"] == "stalled" and r.json()["model_call_s"] > 0.3
+            release.set()
+    finally:
+        release.set()
+
+
+def test_the_serve_command_waits_for_calls_in_flight_as_long_as_a_request_waits(tiny_saved, monkeypatch):
+    """uvicorn cancelled requests 10 s into a shutdown, before their 30 s wait: a plain-text 500."""
+    import uvicorn
+
+    from genrec.serve import REQUEST_TIMEOUT_S
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(self, config):
+        seen["graceful"] = config.timeout_graceful_shutdown
+        raise Stop
+
+    monkeypatch.setattr(uvicorn.Server, "__init__", capture)
+    with pytest.raises(Stop):
+        cli.main(["serve", str(tiny_saved), "--port", str(free_port())])
+    assert seen["graceful"] >= REQUEST_TIMEOUT_S
 
 
 def test_a_request_without_k_is_answered_where_max_k_is_below_ten(rec, histories):

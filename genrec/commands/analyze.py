@@ -450,14 +450,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"test generalization instances that are n-gram prefix memorized (hop <= {args.token_hop})\n")
         print(md)
         atomic_write_text(out / "token_memorization.md", md)
-        save_json(out / "token_memorization.json", {"hop": args.token_hop, "k": k_main, "rows": rows})
+        save_json(out / "token_memorization.json", {"hop": args.token_hop, "k": k_main, "rows": rows}, strict=True)
         rows = support_coverage(tokens["test"], labels["test"], ranks, k=k_main, hop=args.token_hop)
         md = support_coverage_markdown(rows)
         print(f"test generalization instances by their longest memorized code-prefix transition "
               f"(hop <= {args.token_hop})\n")
         print(md)
         atomic_write_text(out / "support_coverage.md", md)
-        save_json(out / "support_coverage.json", {"hop": args.token_hop, "k": k_main, "rows": rows})
+        save_json(out / "support_coverage.json", {"hop": args.token_hop, "k": k_main, "rows": rows}, strict=True)
 
     if args.indicator_validation:
         pair = args.win_pair or (list(preds)[:2] if len(preds) >= 2 else None)
@@ -467,7 +467,7 @@ def run(args: argparse.Namespace) -> int:
         print("test indicator validation (ROC AUC; < 0.5: low values point to the positive class)\n")
         print(md)
         atomic_write_text(out / "indicator_validation.md", md)
-        save_json(out / "indicator_validation.json", result)
+        save_json(out / "indicator_validation.json", result, strict=True)
         plot_indicator_validation(result, out / "indicator_validation.png", title=f"{dataset.name} test indicators")
 
     if sweep:
@@ -479,7 +479,7 @@ def run(args: argparse.Namespace) -> int:
         print(md)
         atomic_write_text(out / "codebook_sweep.md", md)
         save_json(out / "codebook_sweep.json", {"method": args.sweep_method, "seed": args.sweep_seed,
-                                                "hop": args.token_hop, "rows": rows})
+                                                "hop": args.token_hop, "rows": rows}, strict=True)
         plot_sweep(rows, out / "codebook_sweep.png", title=f"{dataset.name}: codebook intervention")
 
     if preds:
@@ -489,7 +489,7 @@ def run(args: argparse.Namespace) -> int:
         print("test metrics per category\n")
         print(md)
         atomic_write_text(out / "per_category.md", md)
-        save_json(out / "per_category.json", {"ks": list(ks), "results": results})
+        save_json(out / "per_category.json", {"ks": list(ks), "results": results}, strict=True)
         metric = args.metric or f"ndcg@{k_main}"
         plot_categories(results, out / "per_category.png", metric=metric, title=f"{dataset.name} test: {metric}")
     log.info("wrote analysis to %s", out)

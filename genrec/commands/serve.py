@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from genrec.recommender import Recommender
-    from genrec.serve import create_app
+    from genrec.serve import REQUEST_TIMEOUT_S, create_app
 
     _check(args)
     if args.threads:
@@ -74,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"serving {rec.method_name} ({rec.num_items} items) from {args.path} on http://{host}:{args.port} "
           f"(Ctrl-C to stop)", flush=True)
     # log_config=None: uvicorn's messages follow genrec's console policy instead of its own handlers
+    # shutdown waits for the model calls in flight as long as a request waits for its answer (after 10 s
+    # uvicorn cancelled them: a plain-text 500 instead of an answer or the JSON 503)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, timeout_keep_alive=5,
-                                           timeout_graceful_shutdown=10))
+                                           timeout_graceful_shutdown=int(REQUEST_TIMEOUT_S) + 5))
     try:
         server.run(sockets=[sock])
     finally:

@@ -81,7 +81,7 @@ def stage_analysis(ctx: "StageContext") -> dict[str, Path]:
         rows = support_coverage(token, labels, ranks, k=k, hop=a.token_hop)
         paths["support_coverage"] = save_json(out / "support_coverage.json",
                                               {"hop": a.token_hop, "k": k, "levels": int(codes.shape[1]),
-                                               "rows": rows})
+                                               "rows": rows}, strict=True)  # read by people: NaN as null
     else:
         skipped["support_coverage"] = "analysis.support_coverage is false"
 
@@ -93,7 +93,7 @@ def stage_analysis(ctx: "StageContext") -> dict[str, Path]:
             log.warning("indicator validation skipped: %s", skipped["indicator_validation"])
         else:
             result = indicator_validation(indicators, labels, ranks, WIN_PAIR, k=k)
-            paths["indicator_validation"] = save_json(out / "indicator_validation.json", result)
+            paths["indicator_validation"] = save_json(out / "indicator_validation.json", result, strict=True)
             if plots and result["rows"]:
                 paths["indicator_validation_plot"] = plot_indicator_validation(
                     result, out / "indicator_validation.png", title="test indicators")  # no run name: not hashed here
@@ -119,7 +119,8 @@ def stage_analysis(ctx: "StageContext") -> dict[str, Path]:
             skipped[f"codebook_sweep {name}"] = reason
         if rows:
             paths["codebook_sweep"] = save_json(out / "codebook_sweep.json", {"method": q.method, "seed": q.seed,
-                                                                              "hop": a.token_hop, "rows": rows})
+                                                                              "hop": a.token_hop, "rows": rows},
+                                                strict=True)
         else:
             skipped["codebook_sweep"] = "the quantizer refused every configuration (above)"
         if plots and rows:

@@ -42,7 +42,11 @@ def check_histories(histories: Sequence[np.ndarray], num_items: int, min_length:
         raise ValueError(f"history {i} {what}: {model} needs at least {need} in every history")
     if not lengths.sum():
         return
-    flat = np.concatenate([np.asarray(h).reshape(-1) for h in histories])
+    arrays = [np.asarray(h).reshape(-1) for h in histories]
+    for i, a in enumerate(arrays):
+        if len(a) and a.dtype.kind not in "iu":  # 1.7 was read as item 1, True as item 1
+            raise ValueError(f"history {i} holds {a.dtype} values; histories hold integer item indices")
+    flat = np.concatenate([a for a in arrays if len(a)])
     bad = np.flatnonzero((flat < 0) | (flat >= num_items))
     if len(bad):
         i = int(np.searchsorted(np.cumsum(lengths), bad[0], side="right"))
@@ -55,7 +59,7 @@ def histories_to_tokens(histories: list[np.ndarray], max_len: int) -> torch.Tens
     length = max(1, min(max_len, max(len(h) for h in histories)))
     out = np.zeros((len(histories), length), dtype=np.int64)
     for k, h in enumerate(histories):
-        h = h[-length:]
+        h = np.asarray(h, dtype=np.int64)[-length:]  # a list too (it raised a TypeError)
         if len(h):
             out[k, length - len(h):] = h + 1
     return torch.from_numpy(out)

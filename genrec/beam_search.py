@@ -175,7 +175,7 @@ def check_same_codes(model: torch.nn.Module, state_dict: Any) -> None:
 
 def length_batches(histories: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
     """Row indices in batches of similar history length (less padding), the order every decoding
-    entry point uses, so their numbers agree to the bit."""
+    entry point uses, so their batches (and numbers, to float32 rounding) agree."""
     order = np.argsort([len(h) for h in histories], kind="stable")
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 

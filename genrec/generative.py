@@ -299,6 +299,8 @@ def repeat_mixture(log_p: torch.Tensor, in_history: torch.Tensor, repeat_logit: 
     ``in_history [n, C]`` marks items in the history, ``repeat_logit [n]`` is the gate's logit of
     r, ``log_p_history [n]`` the code-level log-probability of the whole history set H."""
     log_p_history = log_p_history.clamp_max(-1e-6)  # p(H) < 1: some unseen item has mass
+    # a history holding every item leaves the explore share nowhere to go (the row summed to r): r = 1
+    repeat_logit = torch.where(in_history.all(-1), torch.full_like(repeat_logit, torch.inf), repeat_logit)
     repeat = (F.logsigmoid(repeat_logit) - log_p_history)[:, None]  # log r - log p(H)
     explore = (F.logsigmoid(-repeat_logit) - torch.log1p(-log_p_history.exp()))[:, None]  # log(1-r) - log(1-p(H))
     return log_p + torch.where(in_history, repeat, explore)
@@ -312,7 +314,9 @@ def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size:
     ``candidates`` ``int64 [n, C]`` (``-1``: padding, ``-inf``; None: none), in one pass: each batch
     of histories is encoded once and the repeat gate's statistics (the log-probability of the
     history's items, the gate's logit) are computed once for both. :func:`recommend` and
-    :func:`score_items` are this function with one of the two parts; their numbers agree exactly.
+    :func:`score_items` are this function with one of the two parts; their numbers agree to float32
+    rounding (~1e-6: the code head runs on as many rows as have a choice, and BLAS results depend on
+    the row count), not to the bit.
 
     With a repeat gate (``GenerativeConfig.repeat_gate``) every score is the explore/repeat
     mixture's: the beam's items and the history's items (scored anyway; where the gate says
@@ -435,7 +439,8 @@ def recommend(model: nn.Module, instances: Instances | list[np.ndarray], beam_si
 def score_items(model: nn.Module, instances: Instances | list[np.ndarray], candidates: np.ndarray,
                 batch_size: int = 512) -> np.ndarray:
     """Log-probability ``[n, C]`` of each candidate item ``[n, C]`` (``-1``: padding, ``-inf``);
-    the same numbers :func:`recommend` gives the items it returns (:func:`decode` without a beam)."""
+    the numbers :func:`recommend` gives the items it returns, to float32 rounding (:func:`decode`
+    without a beam)."""
     return decode(model, instances, None, None, candidates, batch_size)[1]
 
 

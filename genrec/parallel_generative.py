@@ -231,7 +231,10 @@ def _histories(instances: Instances | list[np.ndarray]) -> list[np.ndarray]:
 
 def recommend(model: ParallelCodeModel, instances: Instances | list[np.ndarray], k: int = 50,
               batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` items ``[n, k]`` of each history and their log-probabilities ``[n, k]``."""
+    """Exact top-``k`` items ``[n, k]`` of each history and their log-probabilities ``[n, k]`` (``k``
+    capped at the catalogue's size)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:  # -1 failed deep in NumPy
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
     histories = _histories(instances)
     k = min(k, model.num_items)
     items = np.zeros((len(histories), k), np.int64)

@@ -10,16 +10,19 @@
                            "unknown_ids", "fallback"}``
 ``POST /recommend/batch``  ``{"histories": [[ids], ...], "k", "exclude_seen", "on_unknown"}`` ->
                            ``{"method", "results": [<one /recommend answer per history>]}``
-``GET /health`` (or HEAD)  ``{"status": "ok", "method", "items", "max_k", "max_history", "requests",
-                           "histories", "batches", "mean_batch_size", "queued", "failed_batches"}``
-``GET /items/{item_id}``   the item's text fields, ``index`` and ``semantic_id``
+``GET /health`` (or HEAD)  ``{"status", "method", "items", "max_k", "max_history", "requests",
+                           "histories", "batches", "mean_batch_size", "queued", "failed_batches",
+                           "model_call_s"}``: 200 with status ``ok``; 503 with ``stalled`` (a model
+                           call has run past ``request_timeout_s``) or ``stopped``
+``GET /items/{item_id}``   the item's text fields, ``index`` and ``semantic_id`` (or HEAD)
 =========================  ==================================================================================
 
-**Status codes.** 200 on success. 400: a body that is not valid JSON, or a ``Content-Length`` that
-is not a number. 404: ``GET /items`` of an
+**Status codes.** 200 on success. 400: a body that is not valid JSON, a ``Content-Length`` that
+is not a number, or a repeated ``Content-Type`` / ``Content-Length`` header. 404: ``GET /items`` of an
 unknown item id (also an unknown path). 413: a body over ``max_body_bytes``, refused by its
 ``Content-Length`` or, without a truthful one, by the bytes actually read, before any parsing.
-415: a ``Content-Type`` that is not JSON. 422: a well-formed request the service cannot answer:
+415: a ``Content-Type`` that is not JSON, or a ``Content-Encoding`` other than identity (bodies are
+read uncompressed). 422: a well-formed request the service cannot answer:
 a missing, extra or mistyped field (validation is strict: ids are JSON strings, ``k`` an integer,
 flags booleans), ``k`` outside 1..``recommender.max_k`` (the message gives the limit; a request
 without ``k`` gets 10, or ``max_k`` where that is smaller), an empty
@@ -29,7 +32,7 @@ valid Unicode (JSON's ``"\\ud800"``: a lone surrogate), a history of more
 than ``max_history_ids`` ids or a batch of more than ``max_batch_histories`` histories, and, under
 ``on_unknown: "error"``, unknown history ids (``unknown_ids`` in the error body). 422 rather than
 404 for those: the endpoint exists, the body's content is what is wrong. 408: a body that does not
-arrive within ``body_timeout_s``. 405: a method an endpoint does not take. 503: the request queue is
+arrive within ``body_timeout_s``. 405: a method an endpoint does not take (the body checks apply to the two POST endpoints only). 503: the request queue is
 full, the service is shutting down, or no answer came within ``request_timeout_s``; 500 only for a
 failure of the model itself (logged with its traceback; a damaged model file included).
 

@@ -25,7 +25,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories
-from genrec.beam_search import check_same_codes
+from genrec.beam_search import check_same_codes, eval_mode
 from genrec.errors import ConfigError, DataFormatError
 from genrec.generative import evaluate
 from genrec.trie import PrefixTrie, trie_of
@@ -352,6 +352,8 @@ def hf_generate(model: TigerModel, instances: Instances | list[np.ndarray], num_
     top_k = top_k or num_beams
     if not 1 <= top_k <= num_beams:  # generate returns num_beams sequences per history
         raise ValueError(f"need 1 <= top_k <= num_beams, got top_k={top_k}, num_beams={num_beams}")
+    if num_beams > model.num_items:  # more beams than items: generate repeats items and pads with -1e9
+        raise ValueError(f"num_beams ({num_beams}) exceeds the catalogue's {model.num_items} items")
     trie: PrefixTrie = trie_of(model)
     allowed_cache: dict[tuple[int, ...], list[int]] = {}
 
@@ -371,19 +373,19 @@ def hf_generate(model: TigerModel, instances: Instances | list[np.ndarray], num_
     n = len(histories)
     items = np.full((n, top_k), -1, dtype=np.int64)
     scores = np.full((n, top_k), -np.inf, dtype=np.float32)
-    model.eval()
-    for start in range(0, n, batch_size):
-        rows = np.arange(start, min(n, start + batch_size))
-        ids, mask = model.encoder_inputs([histories[r] for r in rows], None if users is None else users[rows])
-        out = model.t5.generate(input_ids=ids, attention_mask=mask, num_beams=num_beams,
-                                num_return_sequences=num_beams, max_new_tokens=model.num_levels,
-                                min_new_tokens=model.num_levels, prefix_allowed_tokens_fn=allowed,
-                                length_penalty=0.0, early_stopping=True, do_sample=False,
-                                return_dict_in_generate=True, output_scores=True)
-        seqs = out.sequences[:, 1:1 + model.num_levels].reshape(len(rows), num_beams, -1)
-        codes = (seqs - FIRST_CODE - torch.tensor(model.offsets, device=seqs.device)).cpu()
-        flat = codes.reshape(-1, model.num_levels)
-        item = torch.tensor([trie.walk(c) for c in flat.tolist()]).reshape(len(rows), num_beams)
-        sc = out.sequences_scores.reshape(len(rows), num_beams)
-        items[rows], scores[rows] = item[:, :top_k].numpy(), sc[:, :top_k].float().cpu().numpy()
+    with eval_mode(model):  # a model in training is left in training (it was left in eval mode)
+        for start in range(0, n, batch_size):
+            rows = np.arange(start, min(n, start + batch_size))
+            ids, mask = model.encoder_inputs([histories[r] for r in rows], None if users is None else users[rows])
+            out = model.t5.generate(input_ids=ids, attention_mask=mask, num_beams=num_beams,
+                                    num_return_sequences=num_beams, max_new_tokens=model.num_levels,
+                                    min_new_tokens=model.num_levels, prefix_allowed_tokens_fn=allowed,
+                                    length_penalty=0.0, early_stopping=True, do_sample=False,
+                                    return_dict_in_generate=True, output_scores=True)
+            seqs = out.sequences[:, 1:1 + model.num_levels].reshape(len(rows), num_beams, -1)
+            codes = (seqs - FIRST_CODE - torch.tensor(model.offsets, device=seqs.device)).cpu()
+            flat = codes.reshape(-1, model.num_levels)
+            item = torch.tensor([trie.walk(c) for c in flat.tolist()]).reshape(len(rows), num_beams)
+            sc = out.sequences_scores.reshape(len(rows), num_beams)
+            items[rows], scores[rows] = item[:, :top_k].numpy(), sc[:, :top_k].float().cpu().numpy()
     return items, scores

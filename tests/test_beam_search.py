@@ -158,6 +158,11 @@ def test_matches_hf_generate(table, histories):
     np.testing.assert_array_equal(items, ours.items)
     np.testing.assert_allclose(scores, ours.log_probs, atol=1e-5)
     assert FIRST_CODE == 2
+    model.train()  # left as it came (it was left in eval mode)
+    hf_generate(model, inst, num_beams=2)
+    assert model.training
+    with pytest.raises(ValueError, match="num_beams .* exceeds the catalogue"):  # duplicates and -1e9 scores
+        hf_generate(model.eval(), inst, num_beams=model.num_items + 1)
 
 
 def test_tiger_packed_encoder_matches_transformers(table, histories):

@@ -44,6 +44,27 @@ def test_check_histories_refuses_padding_inside_histories():
         check_histories([np.array([0]), np.array([2, -1])], num_items=5)
     with pytest.raises(ValueError, match="history 0 is empty"):
         check_histories([np.array([], dtype=np.int64)], num_items=5, min_length=1)
+    # non-integer items were truncated silently (1.7 read as item 1); an empty float array is no item
+    for bad in (np.array([1.7, 2.0]), np.array([True, False])):
+        with pytest.raises(ValueError, match="history 1 holds (float64|bool) values"):
+            check_histories([np.array([0]), bad], num_items=5)
+    check_histories([np.array([]), np.array([1, 2])], num_items=5)
+
+
+def test_histories_may_be_lists():
+    """A list history was a TypeError in the decoders (``list + 1``)."""
+    np.testing.assert_array_equal(histories_to_tokens([[0, 5], [3]], max_len=4).numpy(), [[1, 6], [0, 4]])
+
+
+def test_a_history_holding_every_item_keeps_a_distribution():
+    """The repeat mixture summed to r when no unseen item was left for the explore share."""
+    from genrec.generative import repeat_mixture
+
+    log_p = torch.log_softmax(torch.randn(2, 5, generator=torch.Generator().manual_seed(0)), -1)
+    in_history = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    log_p_history = torch.logsumexp(log_p.masked_fill(~in_history, -torch.inf), -1)
+    mixed = repeat_mixture(log_p, in_history, torch.tensor([-1.0, -1.0]), log_p_history)
+    torch.testing.assert_close(mixed.exp().sum(-1), torch.ones(2), atol=1e-5, rtol=0)
 
 
 def test_attention_mask_is_causal_over_real_items_plus_the_diagonal():

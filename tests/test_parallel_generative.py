@@ -124,6 +124,9 @@ def test_bad_inputs_are_clear_errors(split, trained):
         recommend(trained.model, [np.array([1, 2]), np.array([], dtype=np.int64)])
     with pytest.raises(ValueError, match="candidates must be"):
         score_items(trained.model, [np.array([1, 2])], np.array([1, 2]))
+    with pytest.raises(ValueError, match="k must be an integer >= 1, got -1"):  # "negative dimensions" before
+        recommend(trained.model, [np.array([1, 2])], k=-1)
+    assert recommend(trained.model, [[1, 2]], k=2)[0].shape == (1, 2)  # a list history too
     with pytest.raises(ValueError, match="outside its level's codebook"):
         ParallelCodeModel(np.array([[0, 3]]), [2, 3], ParallelConfig(hidden=8, num_heads=1))
     # weights of other semantic IDs of the same shape (a resume over another table): refused

@@ -428,8 +428,10 @@ class LearnedGateFusion:
         self.features = list(feats.names)
         self.standardizer = Standardizer.fit(feats)  # validation statistics only
         gen = torch.Generator().manual_seed(self.seed)
-        with torch.random.fork_rng():  # the caller's CPU and CUDA random states are left as they were
-            torch.manual_seed(self.seed)
+        # the CPU generator only (the gate is built there): forking every device's would start CUDA, and
+        # torch.manual_seed would reseed the caller's CUDA generators
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(self.seed)
             self.model = _Fuser(len(self.features), self.hidden, self.scale)
         ti = cands.target_index(targets)
         use = np.flatnonzero(ti >= 0)  # instances whose target is in neither list teach nothing

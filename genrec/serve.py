@@ -291,6 +291,15 @@ class _TooLarge(Exception):
 _BODY_PATHS = frozenset({"/recommend", "/recommend/batch"})
 
 
+def _route_path(scope: dict) -> str:
+    """The path the app routes on: without the ``root_path`` a server (``--root-path``) or a parent app
+    (mounted under a prefix) puts in front of it, and without a trailing slash."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path.rstrip("/") or "/"
+
+
 class _BodyGuard:
     """ASGI middleware: reads a request's body up front, answering 413 when its ``Content-Length``
     or the bytes actually received exceed ``max_bytes``, 415 for a non-JSON ``Content-Type`` of a
@@ -303,7 +312,7 @@ class _BodyGuard:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         # only the endpoints that read a body: another method or path gets the router's 405 / 404 (it got a
         # 415 or 413 for a body it would never read)
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in _BODY_PATHS:
+        if scope["type"] != "http" or scope["method"] != "POST" or _route_path(scope) not in _BODY_PATHS:
             return await self.app(scope, receive, send)
         raw = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])]
         headers = dict(raw)

@@ -28,8 +28,10 @@ Held-out rule instances (what makes unseen compositional pairs)
     from the training sequences *and* from the validation targets. ``unseen_share`` (default 0.5) of the
     compositional test transitions start from a test-only item, so by default about half of them
     are pairs never seen in training (the other half start from ordinary items, whose pairs recur);
-    the validation set gets about ``unseen_share * (1 - compositional share)`` of its compositional
-    transitions from valid-only items (0.31 at the defaults). Earlier in a sequence, a compositional
+    the validation set gets about ``unseen_share * (1 - c) + c * heldout_share / 2`` of its
+    compositional transitions from valid-only items, ``c`` the compositional share (0.31 at the
+    defaults: a compositional test transition, built backwards, may also put a valid-only item at the
+    validation transition). Earlier in a sequence, a compositional
     step out of a held-out item is replaced by a memorization step, so before the last three steps the
     realised memorization share is about ``m + (1 - m - noise) * heldout_share`` rather than ``m`` (0.60
     at the default 0.5, 0.28 at 0.1; over all transitions 0.58 and 0.25: :meth:`SyntheticInfo.kind_shares`
@@ -43,8 +45,10 @@ Held-out rule instances (what makes unseen compositional pairs)
     compositional transition may be used only as the *last training* transition (into the
     third-to-last item) of a user with at least 5 items, whose shortened training sequence still
     has a transition. A user of at least 5 items whose last two transitions are not compositional and
-    whose last training transition is starts it from a train-only item with probability
-    ``train_unseen_share``. Those pairs are in the training data, but not in it once every user's
+    whose last training transition is starts it from a train-only item with probability at least
+    ``train_unseen_share`` (measured 0.60 at ``heldout_share=0.3``, ``train_unseen_share=0.5``: building
+    backwards can reach a train-only source on the other branch too, and compositional steps out of
+    other held-out items become memorization steps, which drops those users from the group). Those pairs are in the training data, but not in it once every user's
     last training item is left out (``holdout_share=1``; with a share below 1, pairs drawn by users
     who keep their last training item stay in it).
 
@@ -54,7 +58,7 @@ Generation
     bijections, so sources are found by inverting them) from an anchor placed where the held-out
     instances require: the last, the second-to-last or (``train_unseen_share``) the third-to-last
     transition, the transitions after the anchor drawn forwards. Timestamps are strictly
-    increasing integers (seconds, random gaps of one hour to thirty days).
+    increasing whole numbers of seconds, held as float64 (random gaps of one hour to thirty days).
 
 The realised structure is attached to the dataset as ``dataset.synthetic`` (a :class:`SyntheticInfo`:
 per-item factors, both maps, the held-out flags and every user's transition kinds); use

@@ -15,6 +15,7 @@ import os
 import re
 import uuid
 import zipfile
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -105,6 +106,7 @@ class EmbeddingCache:
         self._index, self._shards, self._paths = {}, [], []
         if not self.directory.is_dir():
             return
+        readable = []
         for path in sorted(self.directory.glob("shard-*.npz")):
             try:
                 with np.load(path) as z:
@@ -112,12 +114,22 @@ class EmbeddingCache:
             except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
                 log.warning("embedding cache: skipping unreadable shard %s (%s)", path, e)
                 continue
-            width = self._shards[0].shape[1] if self._shards else None
-            if (keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != _KEY_BYTES or vecs.ndim != 2
-                    or len(vecs) != len(keys) or (width is not None and vecs.shape[1] != width)):
-                # damaged or of another width: an IndexError, an AxisError or a failed stack later
-                log.warning("embedding cache: skipping damaged shard %s (keys %s %s, vectors %s; width %s)", path,
-                            keys.dtype, list(keys.shape), list(vecs.shape), width)
+            if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != _KEY_BYTES or vecs.ndim != 2 \
+                    or len(vecs) != len(keys):  # damaged: an IndexError or an AxisError later
+                log.warning("embedding cache: skipping damaged shard %s (keys %s %s, vectors %s)", path,
+                            keys.dtype, list(keys.shape), list(vecs.shape))
+                continue
+            readable.append((path, keys, vecs))
+        rows_by_width = Counter()
+        for _, _, vecs in readable:
+            rows_by_width[vecs.shape[1]] += len(vecs)
+        # the width most vectors have (the first shard's decided it: one stray shard sorting first, by its
+        # random name, made every good shard "damaged")
+        width = rows_by_width.most_common(1)[0][0] if rows_by_width else None
+        for path, keys, vecs in readable:
+            if vecs.shape[1] != width:
+                log.warning("embedding cache: skipping damaged shard %s (vectors of width %d, the cache's %d)", path,
+                            vecs.shape[1], width)
                 continue
             s = len(self._shards)
             self._shards.append(vecs)

@@ -78,6 +78,7 @@ class PQ(Quantizer):
 
     def fit(self, embeddings: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
         self.dim = self._sizes = None  # unfitted until every block is: a failed refit encodes nothing
+        self.fitted_after = None  # a refit's preprocessing is its caller's to record (build_semantic_ids does)
         x = as_embeddings(embeddings, ids)
         self._bounds(x.shape[1])  # validate before any training
         codes = self._fit_blocks(x)
@@ -125,6 +126,7 @@ class OPQ(PQ):
         import faiss
 
         self.dim = self._sizes = self.rotation = None  # unfitted until the end (a failed refit encodes nothing)
+        self.fitted_after = None  # a refit's preprocessing is its caller's to record
         x = as_embeddings(embeddings, ids)
         n, d = x.shape
         if d % self.subspaces:

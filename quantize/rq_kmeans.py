@@ -58,6 +58,7 @@ class RQKMeans(Quantizer):
 
     def fit(self, embeddings: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
         self.dim = self._sizes = None  # unfitted until every level is: an interrupted refit encodes nothing
+        self.fitted_after = None  # a refit's preprocessing is its caller's to record (build_semantic_ids does)
         x = as_embeddings(embeddings, ids)
         n, d = x.shape
         residual = x.copy()  # [n, d], what the levels so far leave unexplained

@@ -150,6 +150,7 @@ class RQVAE(Quantizer):
         x = as_embeddings(embeddings, ids)
         n, d = x.shape
         self.dim = self._sizes = None  # unfitted until this fit has trained (a refit that fails included)
+        self.fitted_after = None  # a refit's preprocessing is its caller's to record (build_semantic_ids does)
         sizes = tuple(effective_k(k, n, f"rq_vae level {lv}") for lv, k in enumerate(self.requested_sizes))
         if self.standardize:
             self.mean = x.mean(0)

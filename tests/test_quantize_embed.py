@@ -226,3 +226,19 @@ def test_encoder_runs_on_cuda(tmp_path):
     gpu = gpu_enc.encode(TEXTS)
     assert next(gpu_enc.model.parameters()).is_cuda
     np.testing.assert_allclose(gpu, cpu, atol=1e-4)
+
+
+def test_a_stray_shard_sorting_first_does_not_make_the_good_ones_damaged(tmp_path, caplog):
+    """The first shard's width decided which shards were "damaged": a stray one sorting first (random
+    names) discarded every good shard, and every shard written after."""
+    cache = EmbeddingCache(tmp_path)
+    keys = text_keys(["a", "b", "c", "d", "z"])
+    vecs = np.arange(20, dtype=np.float32).reshape(4, 5)
+    cache.put(keys[:2], vecs[:2])
+    cache.put(keys[2:4], vecs[2:4])
+    with open(tmp_path / "shard-0000.npz", "wb") as f:  # sorts before the uuid-named ones
+        np.savez(f, keys=keys[4:], vectors=np.zeros((1, 7), np.float32))
+    hit, got = EmbeddingCache(tmp_path).get(keys)
+    assert hit.tolist() == [True, True, True, True, False]
+    np.testing.assert_array_equal(got, vecs)
+    assert "shard-0000.npz (vectors of width 7, the cache's 5)" in caplog.text

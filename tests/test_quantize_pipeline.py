@@ -105,6 +105,8 @@ def test_a_quantizer_refuses_a_preprocessor_it_was_not_fitted_after(tmp_path):
     (tmp_path / "a" / "preprocess.pt").unlink()
     with pytest.raises(CheckpointError, match="given none"):
         encode_with_saved(tmp_path / "a", x)
+    res.quantizer.fit(x)  # refitted by hand on other (no) preprocessing: the old record must not pass for it
+    assert res.quantizer.fitted_after is None
     plain = build_semantic_ids(ds, "rq_kmeans", embeddings=x, levels=2, codebook_size=4)
     plain.save(tmp_path / "c")
     shutil.copyfile(tmp_path / "b" / "preprocess.pt", tmp_path / "c" / "preprocess.pt")  # fitted after none

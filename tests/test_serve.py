@@ -201,6 +201,20 @@ def test_body_size_type_and_routes(client, histories):
     assert len(ops) == len(set(ops)), ops
 
 
+def test_the_body_limit_holds_under_a_root_path_or_a_mount(rec, histories):
+    """The guard compared the full path: under --root-path or mounted in another app an oversized body
+    went straight to the model."""
+    from fastapi import FastAPI
+
+    big = json.dumps({"history": histories[0] * 40}).encode()
+    with TestClient(create_app(rec, max_body_bytes=100), root_path="/api") as c:
+        assert c.post("/api/recommend", content=big, headers=JSON).status_code == 413
+    parent = FastAPI()
+    parent.mount("/api", create_app(rec, max_body_bytes=100))
+    with TestClient(parent) as c:
+        assert c.post("/api/recommend", content=big, headers=JSON).status_code == 413
+
+
 def test_a_stalled_body_gets_a_408_and_never_reaches_the_app():
     from genrec.serve import _BodyGuard
 

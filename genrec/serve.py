@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator, Literal, Sequen
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genrec.errors import CheckpointError, DataNotFoundError, GenrecError
@@ -287,6 +287,18 @@ class _TooLarge(Exception):
     """A request body that grew past the limit while being read."""
 
 
+#: what each error status means, for the OpenAPI schema (the module doc has the whole list)
+_ERROR_DESCRIPTIONS = {
+    400: "malformed JSON, or a bad or repeated Content-Type / Content-Length header",
+    404: "unknown item id",
+    408: "the request body did not arrive in time",
+    413: "request body over the size limit",
+    415: "a Content-Type that is not JSON, or a compressed body",
+    422: "a field missing, extra, mistyped or out of range; unknown ids under on_unknown=error",
+    500: "the model failed (see the server log)",
+    503: "queue full, no answer within the request timeout, or shutting down",
+}
+
 #: the paths whose POST requests carry a JSON body (:class:`_BodyGuard` checks them)
 _BODY_PATHS = frozenset({"/recommend", "/recommend/batch"})
 
@@ -462,8 +474,10 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
             raise ValueError(f"{len(hs)} histories, more than the {max_batch_histories} accepted in one request")
         return hs
 
-    History = Annotated[list[str], AfterValidator(check_history)]
-    K = Annotated[int, AfterValidator(check_k)]
+    # the limits in the OpenAPI schema too (json_schema_extra: the validators above give the messages)
+    History = Annotated[list[str], AfterValidator(check_history),
+                        Field(json_schema_extra={"minItems": 1, "maxItems": max_history_ids})]
+    K = Annotated[int, AfterValidator(check_k), Field(json_schema_extra={"minimum": 1, "maximum": max_k})]
 
     class RecommendRequest(BaseModel):
         """One history of raw item ids, oldest first."""
@@ -497,6 +511,18 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
     class BatchResponse(BaseModel):
         method: str
         results: list[RecommendResponse]
+
+    class ErrorBody(BaseModel):
+        """Every error's body (FastAPI's own validation body is replaced by this one)."""
+
+        error: str
+        unknown_ids: list[str] | None = None
+
+    def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+        """OpenAPI ``responses`` of ``codes``, each with the error body."""
+        return {code: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[code]} for code in codes}
+
+    post_errors = errors(400, 408, 413, 415, 422, 500, 503)
 
     fields = {RecommendRequest: list(RecommendRequest.model_fields), BatchRequest: list(BatchRequest.model_fields)}
 
@@ -576,14 +602,16 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
         except Exception as e:
             raise ApiError(500, f"the model failed ({type(e).__name__}); see the server log") from None
 
-    @app.post("/recommend", response_model=RecommendResponse, summary="top-k items for one history")
+    @app.post("/recommend", response_model=RecommendResponse, summary="top-k items for one history",
+              responses=post_errors)
     async def recommend(body: RecommendRequest) -> dict[str, Any]:
         if body.on_unknown == "error":
             refuse_unknown([body.history], ["history"])
         (recs,) = await answer([body.history], body.k, body.exclude_seen)
         return _result(method, recs)
 
-    @app.post("/recommend/batch", response_model=BatchResponse, summary="top-k items for many histories")
+    @app.post("/recommend/batch", response_model=BatchResponse, summary="top-k items for many histories",
+              responses=post_errors)
     async def recommend_batch(body: BatchRequest) -> dict[str, Any]:
         if body.on_unknown == "error":
             refuse_unknown(body.histories, [f"histories.{n}" for n in range(len(body.histories))])
@@ -605,7 +633,7 @@ def create_app(recommender: "Recommender", *, max_batch: int = 64, max_wait_ms: 
     # HEAD as its own route: one route for both gave them one operationId (invalid OpenAPI)
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
-    @app.get("/items/{item_id:path}", summary="an item's text fields and semantic ID")
+    @app.get("/items/{item_id:path}", summary="an item's text fields and semantic ID", responses=errors(404))
     async def item(item_id: str) -> dict[str, Any]:
         if item_id not in rec.index:
             raise ApiError(404, f"unknown item id {item_id!r}", unknown_ids=[item_id])

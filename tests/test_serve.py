@@ -197,8 +197,16 @@ def test_body_size_type_and_routes(client, histories):
     # HEAD on an item (a 405), and an OpenAPI schema whose operation ids are unique (HEAD /health shared one)
     assert client.head(f"/items/{histories[0][0]}").status_code == 200
     assert client.head("/items/no-such-item").status_code == 404
-    ops = [op["operationId"] for path in client.get("/openapi.json").json()["paths"].values() for op in path.values()]
+    schema = client.get("/openapi.json").json()
+    ops = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
     assert len(ops) == len(set(ops)), ops
+    # the error statuses and their body, and the limits, in the schema (it listed FastAPI's 422 body only)
+    responses = schema["paths"]["/recommend"]["post"]["responses"]
+    assert {"400", "408", "413", "415", "422", "500", "503"} <= set(responses)
+    assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert "404" in schema["paths"]["/items/{item_id}"]["get"]["responses"]
+    request = schema["components"]["schemas"]["RecommendRequest"]["properties"]
+    assert request["k"]["maximum"] == 10 and request["history"]["maxItems"] == 50
 
 
 def test_the_body_limit_holds_under_a_root_path_or_a_mount(rec, histories):

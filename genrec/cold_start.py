@@ -5,7 +5,8 @@ Two protocols choose the cold items:
 
 - ``"natural"``: the items that occur in no sequence a model may train on before testing
   (:meth:`~genrec.splits.LeaveOneOutSplit.train_with_valid`): in practice test targets seen nowhere
-  else (LIGER's cold targets on Beauty), plus catalogue items without interactions;
+  else (LIGER's cold targets on Beauty), plus catalogue items without interactions and items seen
+  only in the sequences of users too short for the split (``min_interactions``; none on 5-core data);
 - a share in ``(0, 1)`` (TIGER's protocol): a seeded random share of the catalogue, removed from
   training entirely.
 
@@ -16,7 +17,9 @@ so test histories may hold cold items); :attr:`ColdStartSplit.warm` is what trai
 catalogue of the ``num_warm`` warm items, training sequences and validation histories with every
 cold item removed, and the validation instances whose target is cold (or whose history is left
 empty) dropped, since no model trained on the warm catalogue could rank such a target and early
-stopping or fusion fitting must not see cold items at all. Nothing here reads a test target to
+stopping or fusion fitting must not see cold items at all (the opt-in new-item mixture,
+``fusion.new_item_mixture``, is the exception: it fits three scalars per method on the validation
+instances whose target is cold). Nothing here reads a test target to
 choose anything, except the natural protocol's definition itself (an item occurring only as a test
 target), which is a property of the data, not a choice fitted on test.
 """

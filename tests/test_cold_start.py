@@ -197,11 +197,14 @@ def test_cold_targets_are_recommended_and_metrics_split_by_target(cold_run, cold
     is_cold = cold.is_cold(targets)
     assert cs["test_cold_targets"] == int(is_cold.sum()) > 0
     assert set(cs["models"]) == set(res["models"]) == {"sasrec", "gr", "fixed", "adaptive", "learned_minmax"}
+    # in-set users whose history holds a cold item: their lists read the added items too (a part of in_set)
+    cold_history = np.array([cold.is_cold(h).any() for h in cold.split.test.histories]) & ~is_cold
+    assert cold_history.any()
     with np.load(cold_run / "fusion" / "topk.npz") as z:
         for name, row in cs["models"].items():
             ranks = ranks_from_topk(z[name], targets)
             assert row["cold"]["count"] == is_cold.sum() and row["in_set"]["count"] == (~is_cold).sum()
-            for side, mask in (("cold", is_cold), ("in_set", ~is_cold)):
+            for side, mask in (("cold", is_cold), ("in_set", ~is_cold), ("in_set_cold_history", cold_history)):
                 expected = metrics_from_ranks(ranks[mask], (5, 10))
                 assert {k: row[side][k] for k in expected} == pytest.approx(expected)
     assert cs["models"]["gr"]["cold"]["recall@10"] > 0  # found through their semantic IDs
@@ -210,6 +213,7 @@ def test_cold_targets_are_recommended_and_metrics_split_by_target(cold_run, cold
     assert res["models"]["gr"]["test"]["all"]["count"] == len(targets)
     report = (cold_run / "report.md").read_text()
     assert "## Cold start" in report and "| learned_minmax |" in report.split("## Cold start")[1]
+    assert f"{int(cold_history.sum())} of the in-set users have a cold item in their history" in report
 
 
 def test_analyses_of_a_cold_start_run_use_the_codes_test_was_ranked_with(cold_run, cold_ctx):

@@ -222,3 +222,21 @@ def test_prefix_bench_ranks_new_items_by_their_code_prefix(cold_run, capsys):
     for name, best in ((k, v) for k, v in res.items() if k != "in_set_new_last"):
         log_w, new, in_set = best  # the grid reaches log w = -8: new items below nearly everything
         assert in_set >= bench.IN_SET_BOUND * res["in_set_new_last"] - 1e-9 and 0 <= new <= 1, name
+
+
+def test_the_cold_start_bench_reports_nan_for_a_side_without_users(cold_run, monkeypatch):
+    """With no in-set test user (every target cold, possible on small data) the bench crashed (a KeyError
+    on the reference's empty side, "no instances to evaluate" without it); the recipe reports NaN there."""
+    import math
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import cold_start_beauty
+    from genrec.cold_start import ColdStartSplit
+    from genrec.recipe.run_files import run_config
+
+    monkeypatch.setattr(ColdStartSplit, "is_cold", lambda self, items: np.ones(len(items), bool))
+    config = run_config(cold_run)
+    ref = cold_start_beauty.reference_by_target(cold_run, cold_run, config)
+    assert all(r["in_set"]["count"] == 0 and math.isnan(r["in_set"]["ndcg@10"]) for r in ref.values())
+    plain = cold_start_beauty.without_added_items(cold_run, config)
+    assert plain and all(r["count"] == 0 and math.isnan(r["ndcg@10"]) for r in plain.values())

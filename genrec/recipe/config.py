@@ -46,10 +46,12 @@ class DataSection:
     ``cold_items`` (default 0: off): cold-start evaluation (:mod:`genrec.cold_start`). A share in
     (0, 1) removes that seeded (``cold_seed``) share of the catalogue from training entirely
     (TIGER's protocol); ``natural`` takes the items that occur in no sequence trained on before
-    testing (LIGER's cold targets). The quantizer, SASRec and the generative model are trained on
+    testing (LIGER's cold targets; also items seen only in the sequences of users too short for the
+    split, which on 5-core data are none). The quantizer, SASRec and the generative model are trained on
     the warm items only; the cold items come back through the add-items path (frozen quantizer,
     disambiguation, :func:`genrec.new_items.extend_catalogue`) before test, and the report breaks
-    test metrics down by cold and in-set targets.
+    test metrics down by cold and in-set targets (and the in-set users whose history holds a cold
+    item, ``in_set_cold_history``).
     ``eval_users`` (default null: every user): validate and test on a seeded (``eval_seed``) sample of
     this many users (at least ``fusion.selection_folds``), the same users in both splits, still ranked
     against the whole catalogue; every model trains on every user's training sequence. Full ranking
@@ -135,7 +137,9 @@ class FusionSection:
     (in-set NDCG@10 kept within 2% of every cold item ranked last), adopted only where it beats the
     method's own list on both sides (new targets, in-set within 2%); ``fusion/summary.json`` lists
     each method's validation figures with and without it (in sample: the in-set users are ones the
-    methods were fitted on, the grid's best read on the same users). Off: on Beauty it places the cold
+    methods were fitted on, the grid's best read on the same users). It reads the cold items' own
+    validation interactions (three scalars per method), which truly new items would not have: a run
+    with it on is not strictly TIGER's protocol (items removed from training entirely). Off: on Beauty it places the cold
     items worse than the methods' own scores do (BENCHMARKS.md), so it is likely adopted for none."""
 
     k: int = 50  # top-K of each model (candidate union) and length of every ranked list

@@ -176,7 +176,10 @@ def cold_start_table(cold: Mapping[str, Any], k: int = 10) -> str:
     lines = [f"Protocol `{cold['protocol']}`: {cold['cold_items']} cold items of {total} "
              f"(left out of the quantizer's fit, SASRec and the generative model; added back through the "
              f"add-items path); {n_cold} test users with a cold target, {n_in} with an in-set target; "
-             f"{cold['valid_dropped']} validation instances dropped (cold target or empty history).", "",
+             f"{cold['valid_dropped']} validation instances dropped (cold target or empty history)."
+             + (f" {first['in_set_cold_history']['count']} of the in-set users have a cold item in their history "
+                f"(read through the add-items path too; `in_set_cold_history` in results.json)."
+                if "in_set_cold_history" in first else ""), "",
              f"| model | cold R@{k} | cold N@{k} | in-set R@{k} | in-set N@{k} |", "|---|---:|---:|---:|---:|"]
     for name, row in models.items():
         lines.append(f"| {name} | {_fmt(row['cold'].get(f'recall@{k}'))} | {_fmt(row['cold'].get(f'ndcg@{k}'))} | "

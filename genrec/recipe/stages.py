@@ -569,15 +569,18 @@ def stage_evaluate(ctx: StageContext) -> dict[str, Path]:
 def cold_start_metrics(cold, ranks: Mapping[str, np.ndarray], targets: np.ndarray, ks: tuple[int, ...]
                        ) -> dict[str, Any]:
     """Test metrics of every model on the users whose target is a cold item and on those whose
-    target is in the training catalogue (``in_set``), with the split's counts; an empty side has
-    count 0 and NaN metrics."""
+    target is in the training catalogue (``in_set``), and on the in-set users whose history holds a
+    cold item (``in_set_cold_history``, a part of ``in_set``: their lists read the added items too),
+    with the split's counts; an empty side has count 0 and NaN metrics."""
     from genrec.metrics import metrics_from_ranks
 
     is_cold = cold.is_cold(targets)
+    cold_history = np.fromiter((bool(cold.is_cold(np.asarray(h, np.int64)).any()) for h in cold.split.test.histories),
+                               bool, len(targets))
     models = {}
     for name, r in ranks.items():
         row = {}
-        for side, mask in (("cold", is_cold), ("in_set", ~is_cold)):
+        for side, mask in (("cold", is_cold), ("in_set", ~is_cold), ("in_set_cold_history", ~is_cold & cold_history)):
             n = int(mask.sum())
             row[side] = {"count": n, **(metrics_from_ranks(r[mask], ks) if n else
                                         {f"{m}@{k}": math.nan for k in ks for m in ("recall", "ndcg")})}

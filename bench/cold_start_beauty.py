@@ -102,10 +102,11 @@ def without_added_items(run: Path, config, ks=(10,)) -> dict[str, dict]:
     full = [cold.dataset.sequences[u][:-1] for u in test.users[rows]]
     hist = [s[s < cold.num_warm][-config.data.max_history:] for s in full]
     live = np.array([len(h) > 0 for h in hist], bool)
-    if not live.any():  # no in-set user, or every in-set history all cold: nothing to rank (NaN, not a crash)
+    if not live.any():  # nothing to rank (not a crash): no in-set user (NaN), or every history emptied (misses)
         names = ["sasrec", "gr", *load_methods(run / "fusion" / "methods.pt")]
+        value = 0.0 if len(rows) else math.nan
         return {name: {"count": len(rows), "empty_histories": len(rows),
-                       **{f"{x}@{k}": math.nan for k in ks for x in ("recall", "ndcg")}} for name in names}
+                       **{f"{x}@{k}": value for k in ks for x in ("recall", "ndcg")}} for name in names}
     inst = Instances(users=test.users[rows][live], histories=[h for h, ok in zip(hist, live) if ok],
                      targets=test.targets[rows][live])
     table = SemanticIdTable.load(run / "quantize" / "semantic_ids.json")

@@ -306,8 +306,9 @@ _BODY_PATHS = frozenset({"/recommend", "/recommend/batch"})
 def _route_path(scope: dict) -> str:
     """The path the app routes on: without the ``root_path`` a server (``--root-path``) or a parent app
     (mounted under a prefix) puts in front of it, and without a trailing slash."""
-    path, root = scope.get("path", ""), scope.get("root_path", "")
-    if root and path.startswith(root):
+    path, root = scope.get("path", ""), scope.get("root_path", "").rstrip("/")
+    # a whole segment only, as Starlette's routing strips it ("/rec" is no prefix of "/recommend")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
         path = path[len(root):]
     return path.rstrip("/") or "/"
 

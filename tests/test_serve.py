@@ -221,6 +221,12 @@ def test_the_body_limit_holds_under_a_root_path_or_a_mount(rec, histories):
     parent.mount("/api", create_app(rec, max_body_bytes=100))
     with TestClient(parent) as c:
         assert c.post("/api/recommend", content=big, headers=JSON).status_code == 413
+    # a root path that is a string prefix but no segment of the path ("/rec" of "/recommend"), or "/"
+    from genrec.serve import _route_path
+
+    assert _route_path({"path": "/recommend", "root_path": "/rec"}) == "/recommend"
+    assert _route_path({"path": "/recommend", "root_path": "/"}) == "/recommend"
+    assert _route_path({"path": "/api/recommend/", "root_path": "/api"}) == "/recommend"
 
 
 def test_a_stalled_body_gets_a_408_and_never_reaches_the_app():

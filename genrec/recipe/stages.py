@@ -575,6 +575,8 @@ def cold_start_metrics(cold, ranks: Mapping[str, np.ndarray], targets: np.ndarra
     from genrec.metrics import metrics_from_ranks
 
     is_cold = cold.is_cold(targets)
+    if len(cold.split.test.histories) != len(targets):  # fromiter below would cut silently
+        raise ValueError(f"{len(targets)} test targets for {len(cold.split.test.histories)} test histories")
     cold_history = np.fromiter((bool(cold.is_cold(np.asarray(h, np.int64)).any()) for h in cold.split.test.histories),
                                bool, len(targets))
     models = {}

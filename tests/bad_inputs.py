@@ -327,7 +327,7 @@ CASES: list[Case] = [
          lambda w: cli("generative", str(w.plain()), "--semantic-ids", str(w.root / "nocodes"), "--out",
                        str(w.root / "gen")), CliFailed,
          r"genrec generative: error: .*nocodes: semantic-ID table not found"),
-    Case("cli-sasrec-threads", "cli", "genrec sasrec --set num_threads=-1 (a traceback from torch; 0 was ignored)",
+    Case("cli-sasrec-threads", "cli", "genrec sasrec --set num_threads=0 (ignored; -1 was a traceback from torch)",
          lambda w: cli("sasrec", str(w.plain()), "--set", "num_threads=0"), CliFailed,
          r"genrec sasrec: error: .*'num_threads' must be an integer >= 1 \(or null: torch's choice\), got 0"),
     Case("cli-sasrec-max-history", "cli", "genrec sasrec --max-history 0 (the message named max_len)",

@@ -237,6 +237,6 @@ def test_the_cold_start_bench_reports_nan_for_a_side_without_users(cold_run, mon
     monkeypatch.setattr(ColdStartSplit, "is_cold", lambda self, items: np.ones(len(items), bool))
     config = run_config(cold_run)
     ref = cold_start_beauty.reference_by_target(cold_run, cold_run, config)
-    assert all(r["in_set"]["count"] == 0 and math.isnan(r["in_set"]["ndcg@10"]) for r in ref.values())
+    assert ref and all(r["in_set"]["count"] == 0 and math.isnan(r["in_set"]["ndcg@10"]) for r in ref.values())
     plain = cold_start_beauty.without_added_items(cold_run, config)
     assert plain and all(r["count"] == 0 and math.isnan(r["ndcg@10"]) for r in plain.values())

@@ -291,9 +291,11 @@ def test_opq_codes_do_not_depend_on_the_faiss_thread_count(monkeypatch):
 
 
 def test_quantizer_settings_that_failed_only_in_fit_are_refused_when_built():
-    for bad in ({"dropout": 1.5}, {"dropout": -0.1}, {"weight_decay": -1.0}, {"lr": float("nan")},
-                {"hidden_dims": (0,)}, {"seed": -1}):
-        with pytest.raises(ValueError, match="rq_vae|seed"):
+    for bad, says in (({"dropout": 1.5}, "0 <= dropout < 1"), ({"dropout": -0.1}, "0 <= dropout < 1"),
+                      ({"weight_decay": -1.0}, "weight_decay >= 0"), ({"lr": float("nan")}, "lr and beta must be finite"),
+                      ({"hidden_dims": (0,)}, "hidden_dims must be integers >= 1"),
+                      ({"seed": -1}, "seed must be an integer >= 0")):
+        with pytest.raises(ValueError, match=says):
             make_quantizer("rq_vae", **bad)
 
 

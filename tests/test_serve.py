@@ -225,6 +225,25 @@ def test_the_body_limit_holds_under_a_root_path_or_a_mount(rec, histories):
     from genrec.serve import _route_path
 
     assert _route_path({"path": "/recommend", "root_path": "/rec"}) == "/recommend"
+    from genrec.serve import _BodyGuard
+
+    async def app(scope, receive, send):
+        raise AssertionError("an oversized body must not reach the app")
+
+    async def body():
+        return {"type": "http.request", "body": big, "more_body": False}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    for root in ("/rec", "/"):  # the guard skipped these: the router still routes /recommend
+        sent.clear()
+        scope = {"type": "http", "method": "POST", "path": "/recommend", "root_path": root,
+                 "headers": [(b"content-type", b"application/json")]}
+        asyncio.run(_BodyGuard(app, 100, 5.0)(scope, body, send))
+        assert sent[0]["status"] == 413, root
     assert _route_path({"path": "/recommend", "root_path": "/"}) == "/recommend"
     assert _route_path({"path": "/api/recommend/", "root_path": "/api"}) == "/recommend"
 

@@ -222,10 +222,10 @@ def test_the_body_limit_holds_under_a_root_path_or_a_mount(rec, histories):
     with TestClient(parent) as c:
         assert c.post("/api/recommend", content=big, headers=JSON).status_code == 413
     # a root path that is a string prefix but no segment of the path ("/rec" of "/recommend"), or "/"
-    from genrec.serve import _route_path
+    from genrec.serve_guard import route_path as _route_path
 
     assert _route_path({"path": "/recommend", "root_path": "/rec"}) == "/recommend"
-    from genrec.serve import _BodyGuard
+    from genrec.serve_guard import BodyGuard as _BodyGuard
 
     async def app(scope, receive, send):
         raise AssertionError("an oversized body must not reach the app")
@@ -249,7 +249,7 @@ def test_the_body_limit_holds_under_a_root_path_or_a_mount(rec, histories):
 
 
 def test_a_stalled_body_gets_a_408_and_never_reaches_the_app():
-    from genrec.serve import _BodyGuard
+    from genrec.serve_guard import BodyGuard as _BodyGuard
 
     async def app(scope, receive, send):
         raise AssertionError("the app must not see a request whose body never came")
@@ -388,7 +388,7 @@ def test_a_content_length_of_non_ascii_digits_is_a_400():
     servers that pass such a header through)."""
     import asyncio
 
-    from genrec.serve import _BodyGuard
+    from genrec.serve_guard import BodyGuard as _BodyGuard
 
     sent = []
 

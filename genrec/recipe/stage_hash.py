@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from genrec.recipe.config import TOP_LEVEL, RecipeConfig, holdout_towers_default
-from genrec.recipe.stages import Stage, fusion_fit_k
+from genrec.recipe.checks import fusion_fit_k
+from genrec.recipe.stages import Stage
 
 __all__ = ["UNHASHED", "OMIT", "section_for_hash", "text_for_hash", "hash_inputs", "stage_hash", "flat_keys"]
 

@@ -14,11 +14,12 @@ import datetime
 import logging
 import math
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from genrec.errors import ConfigError
 
@@ -183,3 +184,89 @@ def gather_rows(local: np.ndarray, n: int) -> np.ndarray:
 __all__ = ["is_distributed", "rank", "world_size", "local_rank", "is_main", "barrier", "init_from_env", "collective_timeout",
            "all_reduce_sum", "all_gather_object", "broadcast_object", "sharded_evaluation", "evaluation_rows",
            "shard_instances", "gather_rows"]
+
+
+# ----------------------------------------------------------------------------------------------
+# One training step under DistributedDataParallel (used by genrec.training.fit)
+
+
+def rank_batches(epoch: Iterable[Any], world: int, rank: int) -> Iterable[tuple[Any, bool]]:
+    """``(batch, own)`` per optimiser step: this rank's batch of each group of ``world`` consecutive
+    batches. Every rank runs through the whole epoch, so the seeded generator stays in step on all
+    of them. When the last group is short, a rank without a batch gets the group's first one with
+    ``own=False`` (a zero-weight pass: DDP needs every rank in every all-reduce)."""
+    group: list[Any] = []
+    for batch in epoch:
+        group.append(batch)
+        if len(group) == world:
+            yield group[rank], True
+            group = []
+    if group:
+        yield (group[rank], True) if rank < len(group) else (group[0], False)
+
+
+class _LossModule(nn.Module):
+    """``loss_fn(model, batch)`` as a module's forward, so that DDP can wrap it."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, int]]):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, int]:
+        return self.loss_fn(self.model, batch)
+
+
+def ddp_loss_step(model: nn.Module, loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, int]],
+              device: torch.device) -> Callable[[Any, bool, Callable[[], Any]], tuple[float, int]]:
+    """One DDP forward + backward on this rank's batch; returns the all-ranks mean loss and example
+    count (a non-finite mean when any rank's loss is: every rank then skips or stops together)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    # find_unused_parameters: some models leave parameters out of a loss (a joint model's single
+    # tower, an unused repeat head); DDP would otherwise wait for their gradients forever
+    module = _LossModule(model, loss_fn)
+    # constant buffers, the same on every rank (a content-aware SASRec's item text, [items, dim]), are
+    # not re-sent from rank 0 before every forward as DDP does with buffers (BatchNorm statistics still are)
+    constant = [name for name, _ in module.named_buffers() if name.rpartition(".")[2] == "item_text"]
+    if constant and hasattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model"):
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, constant)
+    ddp = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                  find_unused_parameters=True)
+    world = world_size()
+    reduce_on = reduce_device(device)
+
+    def step(batch: Any, own: bool, amp: Callable[[], Any]) -> tuple[float, int]:
+        with amp():  # the forward under autocast; the backward below outside it, as torch advises
+            loss, n = ddp(batch)
+        n = int(n) if own else 0
+        value = loss.item()
+        bad = 0.0 if math.isfinite(value) else 1.0  # also for a zero-weight pass: 0 * NaN is NaN
+        total_n, weighted, bad_ranks = all_reduce_sum([n, value * n if not bad else 0.0, bad], reduce_on)
+        # DDP averages the gradients over the ranks: weighting rank r's mean loss by
+        # n_r * world / total makes the average the gradient of the mean over all examples
+        (loss * (n * world / max(total_n, 1.0))).backward()
+        mean = math.nan if bad_ranks else weighted / max(total_n, 1.0)
+        return mean, int(total_n)
+
+    return step
+
+
+def reduce_device(device: torch.device) -> torch.device:
+    """Where to put tensors for a collective: nccl reduces CUDA tensors only, gloo CPU ones."""
+    # nccl reduces CUDA tensors only; gloo CPU ones
+    return device if device.type == "cuda" and is_distributed() and \
+        dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def rank_rng_state(device: torch.device) -> dict[str, Any]:
+    """This rank's torch random states (CPU, and its CUDA device), for a DDP checkpoint."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rank_rng_state(saved: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rank_rng_state` saved."""
+    torch.set_rng_state(saved["torch"])
+    if saved.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(saved["cuda"], device)

@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -20,8 +19,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from genrec import distributed
-from genrec.artifacts import load_checkpoint, save_json, torch_save
+from genrec import checkpoint_files, distributed
+from genrec.artifacts import save_json
 from genrec.errors import CheckpointError, ConfigError, DataFormatError, TrainingDivergedError
 from genrec.model_settings import LR_SCHEDULES, autocast, check_nonfinite_loss, check_precision, resolve_device
 
@@ -44,8 +43,6 @@ class TrainResult:
 # way, so a bf16 run killed on a GPU may resume in fp32 (e.g. on the CPU) and vice versa.
 _RESUMABLE = {"max_epochs", "max_minutes", "patience", "min_delta", "eval_batch_size", "num_threads", "eval_beam",
               "device", "eval_users", "nonfinite_loss", "precision", "schedule_epochs"}
-
-_TRAINING_KEYS = ("model", "optimizer", "numpy_rng", "torch_rng", "state", "config")
 
 
 def _model_fields(config: dict) -> dict:
@@ -190,7 +187,7 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     best_state = None
     unreadable: set[Path] = set()  # checkpoints that failed to load: never kept as the ".prev" copy
     if out:
-        resumed = _resume_checkpoint(out, name, unreadable)
+        resumed = checkpoint_files.resume_checkpoint(out, name, unreadable)
         if resumed is not None:
             ckpt, path = resumed
             saved = _model_fields(_with_defaults(ckpt["config"], config))
@@ -226,9 +223,9 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                 else:  # resumed on a machine with fewer GPUs: a fresh stream, not a crash
                     log.warning("%s: no saved CUDA random state for %s; the resumed run draws fresh ones", path, device)
             if world > 1:  # each rank's own random streams (dropout, sampled negatives) at the checkpoint
-                _set_rank_rng(ckpt["rank_rng"][distributed.rank()], device)
+                distributed.set_rank_rng_state(ckpt["rank_rng"][distributed.rank()], device)
             state = ckpt["state"]
-            best_state = _best_weights(out, state, ckpt["model"], device, name, unreadable)
+            best_state = checkpoint_files.best_weights(out, state, ckpt["model"], device, name, unreadable)
             log.info("resumed %s from %s at epoch %d", name, path, state["epoch"])
     if data is not None:
         state["data_digest"] = data  # saved in every checkpoint's state
@@ -256,13 +253,13 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_factor(config, steps_per_epoch, schedule_epochs=state["schedule_epochs"]), last_epoch=state["step"] - 1)
     # DDP calls loss_fn through its own forward, so the gradients of every step are all-reduced
-    step_loss = _ddp_loss(model, loss_fn, device) if world > 1 else None
+    step_loss = distributed.ddp_loss_step(model, loss_fn, device) if world > 1 else None
     distributed.barrier()  # every rank has read its checkpoints before rank 0 may replace them
     if out and main and out / "best.pt" in unreadable and best_state is not None:
         # best.pt does not hold the resumed best epoch (a later epoch written just before a kill, or a
         # damaged file): it gets the best weights now, so that every later improvement rotates a
         # confirmed best.pt to best.prev.pt and two more kills still find the best epoch
-        _save_keeping_previous(out / "best.pt", {"model": best_state, "config": asdict(config),
+        checkpoint_files.save_keeping_previous(out / "best.pt", {"model": best_state, "config": asdict(config),
                                                  "epoch": state["best_epoch"], **(checkpoint_extra or {})}, unreadable)
 
     def out_of_time() -> bool:
@@ -279,12 +276,12 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
         model.train()
         total, count, steps, skipped = 0.0, 0, 0, 0
         # disable=None: progress bars on a terminal only, never in log files
-        epoch_batches = batches(rng) if world == 1 else _rank_batches(batches(rng), world, distributed.rank())
+        epoch_batches = batches(rng) if world == 1 else distributed.rank_batches(batches(rng), world, distributed.rank())
         for batch in tqdm(epoch_batches, total=steps_per_epoch, disable=None if progress and main else True,
                           desc=f"{name} epoch {state['epoch'] + 1}", leave=False):
             late = max_minutes is not None and state["seconds"] + time.perf_counter() - t0 >= 60 * max_minutes
             if world > 1 and max_minutes is not None:  # every rank stops at the same step, or DDP hangs
-                late = distributed.all_reduce_sum([float(late)], _reduce_device(device))[0] > 0
+                late = distributed.all_reduce_sum([float(late)], distributed.reduce_device(device))[0] > 0
             if late:
                 break  # out of time: the epoch ends early (and is evaluated and saved as usual)
             step = state["step"]
@@ -376,13 +373,13 @@ def fit(model: nn.Module, config: Any, batches: Callable[[np.random.Generator], 
                      row["train_loss"], ndcg, metrics["recall@10"], row["minutes"], " *" if improved else "")
         if on_eval and main:  # callbacks write progress files: rank 0's only
             on_eval(row)
-        rank_rng = distributed.all_gather_object(_rank_rng(device)) if out and world > 1 else None
+        rank_rng = distributed.all_gather_object(distributed.rank_rng_state(device)) if out and world > 1 else None
         if out and main:
             extra = checkpoint_extra or {}
             if improved:
-                _save_keeping_previous(out / "best.pt", {"model": best_state, "config": asdict(config),
+                checkpoint_files.save_keeping_previous(out / "best.pt", {"model": best_state, "config": asdict(config),
                                                          "epoch": state["epoch"], **extra}, unreadable)
-            _save_keeping_previous(out / "last.pt", {
+            checkpoint_files.save_keeping_previous(out / "last.pt", {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -423,86 +420,6 @@ def trim_heap() -> None:
 _MALLOC_TRIM: Any = None
 
 
-def _rank_batches(epoch: Iterable[Any], world: int, rank: int) -> Iterable[tuple[Any, bool]]:
-    """``(batch, own)`` per optimiser step: this rank's batch of each group of ``world`` consecutive
-    batches. Every rank runs through the whole epoch, so the seeded generator stays in step on all
-    of them. When the last group is short, a rank without a batch gets the group's first one with
-    ``own=False`` (a zero-weight pass: DDP needs every rank in every all-reduce)."""
-    group: list[Any] = []
-    for batch in epoch:
-        group.append(batch)
-        if len(group) == world:
-            yield group[rank], True
-            group = []
-    if group:
-        yield (group[rank], True) if rank < len(group) else (group[0], False)
-
-
-class _LossModule(nn.Module):
-    """``loss_fn(model, batch)`` as a module's forward, so that DDP can wrap it."""
-
-    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, int]]):
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, batch: Any) -> tuple[torch.Tensor, int]:
-        return self.loss_fn(self.model, batch)
-
-
-def _ddp_loss(model: nn.Module, loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, int]],
-              device: torch.device) -> Callable[[Any, bool, Callable[[], Any]], tuple[float, int]]:
-    """One DDP forward + backward on this rank's batch; returns the all-ranks mean loss and example
-    count (a non-finite mean when any rank's loss is: every rank then skips or stops together)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    # find_unused_parameters: some models leave parameters out of a loss (a joint model's single
-    # tower, an unused repeat head); DDP would otherwise wait for their gradients forever
-    module = _LossModule(model, loss_fn)
-    # constant buffers, the same on every rank (a content-aware SASRec's item text, [items, dim]), are
-    # not re-sent from rank 0 before every forward as DDP does with buffers (BatchNorm statistics still are)
-    constant = [name for name, _ in module.named_buffers() if name.rpartition(".")[2] == "item_text"]
-    if constant and hasattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model"):
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, constant)
-    ddp = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                  find_unused_parameters=True)
-    world = distributed.world_size()
-    reduce_on = _reduce_device(device)
-
-    def step(batch: Any, own: bool, amp: Callable[[], Any]) -> tuple[float, int]:
-        with amp():  # the forward under autocast; the backward below outside it, as torch advises
-            loss, n = ddp(batch)
-        n = int(n) if own else 0
-        value = loss.item()
-        bad = 0.0 if math.isfinite(value) else 1.0  # also for a zero-weight pass: 0 * NaN is NaN
-        total_n, weighted, bad_ranks = distributed.all_reduce_sum([n, value * n if not bad else 0.0, bad], reduce_on)
-        # DDP averages the gradients over the ranks: weighting rank r's mean loss by
-        # n_r * world / total makes the average the gradient of the mean over all examples
-        (loss * (n * world / max(total_n, 1.0))).backward()
-        mean = math.nan if bad_ranks else weighted / max(total_n, 1.0)
-        return mean, int(total_n)
-
-    return step
-
-
-def _reduce_device(device: torch.device) -> torch.device:
-    # nccl reduces CUDA tensors only; gloo CPU ones
-    return device if device.type == "cuda" and distributed.is_distributed() and \
-        torch.distributed.get_backend() == "nccl" else torch.device("cpu")
-
-
-def _rank_rng(device: torch.device) -> dict[str, Any]:
-    """This rank's torch random states (CPU, and its CUDA device), for a DDP checkpoint."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def _set_rank_rng(saved: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(saved["torch"])
-    if saved.get("cuda") is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(saved["cuda"], device)
-
-
 def _last_loss(state: dict) -> str:
     last = state.get("last_loss")
     return "no finite loss yet" if last is None else f"the last finite loss was {last:.6g}"
@@ -520,80 +437,6 @@ def _divergence_advice(config: Any, skipping: bool = False) -> str:
     if not skipping:
         advice += ", or nonfinite_loss='skip' to leave such steps out"
     return advice + "."
-
-
-def _prev(path: Path) -> Path:
-    return path.with_name(path.stem + ".prev" + path.suffix)
-
-
-def _save_keeping_previous(path: Path, obj: dict, unreadable: set[Path]) -> None:
-    """``torch_save`` after renaming the current ``path`` to its ``.prev`` name (kept for resume
-    when the new file is lost); a file that failed to load is overwritten, not kept."""
-    if path.exists() and path not in unreadable:
-        os.replace(path, _prev(path))
-    torch_save(path, obj)
-    unreadable.discard(path)
-
-
-def _resume_checkpoint(out: Path, name: str, unreadable: set[Path]) -> tuple[dict, Path] | None:
-    """``(checkpoint, path)`` to resume from: ``last.pt``, else ``last.prev.pt``; None for a new run."""
-    last, prev = out / "last.pt", _prev(out / "last.pt")
-    tried = []
-    for path in (last, prev):
-        if not path.exists():
-            continue
-        try:
-            ckpt = load_checkpoint(path, kind="training checkpoint", keys=_TRAINING_KEYS)
-        except CheckpointError as e:
-            log.warning("%s", e)
-            unreadable.add(path)
-            tried.append(f"{path} {e.reason}")
-            continue
-        if path == prev:
-            log.warning("%s: resuming %s from %s, the checkpoint of the evaluation before", last, name, prev)
-        return ckpt, path
-    if not tried:
-        return None
-    raise CheckpointError(f"cannot resume {name}: {'; and '.join(tried)}; delete "
-                          f"{' and '.join(str(p) for p in (last, prev) if p.exists())} (or the directory {out}) "
-                          f"to train {name} from scratch")
-
-
-def _best_weights(out: Path, state: dict, last_model: dict, device: torch.device, name: str,
-                  unreadable: set[Path]) -> dict | None:
-    """The weights of the resumed state's best epoch (see :func:`fit`); None before any improvement."""
-    best_epoch = state["best_epoch"]
-    if best_epoch == 0:
-        return None
-    if best_epoch == state["epoch"]:  # the resumed checkpoint's own weights are the best ones
-        # best.pt may hold a later epoch written just before a kill (last.pt never confirmed it): fit
-        # writes these weights over it (not rotated) before training on
-        unreadable.add(out / "best.pt")
-        return {k: v.to(device) for k, v in last_model.items()}
-    best = out / "best.pt"
-    problems = []
-    for path in (best, _prev(best)):
-        if not path.exists():
-            problems.append(f"{path} is missing")
-            continue
-        try:
-            ckpt = load_checkpoint(path, map_location=device, kind="best-model checkpoint", keys=("model",))
-        except CheckpointError as e:
-            log.warning("%s", e)
-            unreadable.add(path)
-            problems.append(f"{path} {e.reason}")
-            continue
-        if ckpt.get("epoch") == best_epoch:
-            if path != best:
-                log.warning("%s: the best %s weights (epoch %d) come from %s", best, name, best_epoch, path)
-                # best.pt holds an unconfirmed epoch or is damaged: fit writes the confirmed best over it
-                # (never rotated over best.prev.pt) before training on
-                unreadable.add(best)
-            return ckpt["model"]
-        problems.append(f"{path} holds epoch {ckpt.get('epoch')}")
-    raise CheckpointError(f"{best}: cannot restore the best {name} weights (epoch {best_epoch}) needed to resume: "
-                          f"{'; '.join(problems)}; restore {best.name} from a copy, or delete the directory {out} "
-                          f"to train {name} from scratch")
 
 
 def lr_schedule(config: Any, steps_per_epoch: int) -> Callable[[int], float]:

@@ -347,20 +347,20 @@ def test_two_kills_between_writing_best_and_last_still_resume(tmp_path, monkeypa
     """Killed after best.pt (epoch 3) but before last.pt, twice: the first resume restores epoch 1's
     weights from best.prev.pt; its replayed epoch 3 used to rotate the unconfirmed best.pt over
     best.prev.pt, so the second resume had no epoch-1 weights left."""
-    import genrec.training as training
+    import genrec.checkpoint_files as checkpoint_files
 
     curve = [0.3, 0.1, 0.5, 0.2]
     straight, _ = scripted_fit({}, curve=curve, out=tmp_path / "a", max_epochs=4)
     b = tmp_path / "b"
     scripted_fit({}, curve=curve, out=b, max_epochs=2)
-    real = training._save_keeping_previous
+    real = checkpoint_files.save_keeping_previous
 
     def killed_at_epoch_3(path, obj, unreadable):
         if path.name == "last.pt" and obj["state"]["epoch"] == 3:
             raise KeyboardInterrupt
         real(path, obj, unreadable)
 
-    monkeypatch.setattr(training, "_save_keeping_previous", killed_at_epoch_3)
+    monkeypatch.setattr(checkpoint_files, "save_keeping_previous", killed_at_epoch_3)
     for _ in range(2):
         with pytest.raises(KeyboardInterrupt):
             scripted_fit({}, curve=curve[2:], out=b, max_epochs=4)
@@ -375,7 +375,7 @@ def test_two_kills_between_writing_best_and_last_still_resume(tmp_path, monkeypa
     # the same when the last confirmed epoch was itself the best (its weights come from last.pt)
     c = tmp_path / "c"
     scripted_fit({}, curve=[0.1, 0.3], out=c, max_epochs=2)
-    monkeypatch.setattr(training, "_save_keeping_previous", killed_at_epoch_3)
+    monkeypatch.setattr(checkpoint_files, "save_keeping_previous", killed_at_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         scripted_fit({}, curve=[0.5], out=c, max_epochs=3)  # epoch 3's best.pt written, its last.pt not
     monkeypatch.undo()
@@ -389,21 +389,21 @@ def test_a_kill_after_resuming_at_the_best_epoch_still_resumes(tmp_path, monkeyp
     best.pt and last.pt: best.pt used to be written over without keeping epoch 2 anywhere best.pt /
     best.prev.pt are read from ("best.pt holds epoch 4; best.prev.pt holds epoch 1"). Now epoch 2's
     weights are written to best.pt at the resume, so the improvement rotates them to best.prev.pt."""
-    import genrec.training as training
+    import genrec.checkpoint_files as checkpoint_files
 
     curve = [0.1, 0.3] + [0.2] * flat + [0.5]
     last = len(curve)
     straight, _ = scripted_fit({}, curve=curve, out=tmp_path / "a", max_epochs=last)
     b = tmp_path / "b"
     scripted_fit({}, curve=curve[:2], out=b, max_epochs=2)
-    real = training._save_keeping_previous
+    real = checkpoint_files.save_keeping_previous
 
     def killed_at_the_last_epoch(path, obj, unreadable):
         if path.name == "last.pt" and obj["state"]["epoch"] == last:
             raise KeyboardInterrupt
         real(path, obj, unreadable)
 
-    monkeypatch.setattr(training, "_save_keeping_previous", killed_at_the_last_epoch)
+    monkeypatch.setattr(checkpoint_files, "save_keeping_previous", killed_at_the_last_epoch)
     with pytest.raises(KeyboardInterrupt):
         scripted_fit({}, curve=curve[2:], out=b, max_epochs=last)
     monkeypatch.undo()

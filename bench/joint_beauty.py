@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = train_joint(split, table, config, out_dir=args.out, progress=True, item_text=item_text)
     t_train = time.perf_counter() - t0
     t1 = time.perf_counter()
-    ranks = joint_ranks(result.model, split.test, batch_size=config.eval_batch_size)
+    ranks = joint_ranks(result.model, split.test, batch_size=config.eval_batch_size, ties="index")
     gates = joint_gates(result.model, split.test, batch_size=config.eval_batch_size)
     t_test = time.perf_counter() - t1
     res = evaluate_by_category(ranks, labels["test"], (10, 20), hops=False)

@@ -428,8 +428,10 @@ def evaluate_joint(model: JointModel, instances: Instances, ks=DEFAULT_KS, batch
     return metrics_from_ranks(distributed.gather_rows(ranks, n), ks)
 
 
-def joint_ranks(model: JointModel, instances: Instances, batch_size: int = 512) -> np.ndarray:
-    """0-based full-catalogue rank of each target under the model's scores."""
+def joint_ranks(model: JointModel, instances: Instances, batch_size: int = 512, ties: str = "against") -> np.ndarray:
+    """0-based full-catalogue rank of each target under the model's scores; ``ties`` as in
+    :func:`genrec.metrics.ranks_from_scores` (``"index"``: the order of the lists the model serves, the
+    rule of every test figure ranked from a list)."""
     check_histories(instances.histories, model.num_items)
     was = model.training
     model.eval()
@@ -438,7 +440,7 @@ def joint_ranks(model: JointModel, instances: Instances, batch_size: int = 512) 
         with autocast(model_precision(model), model.device):  # a bf16 model's forwards on CUDA
             for rows, hist in _batches(instances.histories, batch_size):
                 fused, _, _ = model.scores(hist)
-                ranks[rows] = ranks_from_scores(fused.float().cpu(), instances.targets[rows])
+                ranks[rows] = ranks_from_scores(fused.float().cpu(), instances.targets[rows], ties=ties)
     finally:
         model.train(was)
     return ranks

@@ -13,7 +13,7 @@ from fusion.indicators import Indicators
 from fusion.methods import FusionMethod, GateReport
 from genrec.analysis import evaluate_by_category, markdown_table
 from genrec.memorization import InstanceLabels
-from genrec.metrics import metrics_from_ranks, ranks_from_topk
+from genrec.metrics import check_cutoffs, metrics_from_ranks, ranks_from_topk
 
 TABLE_CATEGORIES = ("all", "memorization", "generalization", "uncategorized")
 
@@ -52,10 +52,12 @@ def run_posthoc(methods: Sequence[FusionMethod], valid_cands: CandidateScores, v
 
 def results_by_label(topk: Mapping[str, np.ndarray], targets: np.ndarray, labels: InstanceLabels | None = None,
                      ks: Iterable[int] = (10, 20)) -> dict[str, dict[str, dict[str, float]]]:
-    """``model -> category -> metrics``; without labels only ``all``."""
+    """``model -> category -> metrics``; without labels only ``all``. Every K in ``ks`` must be at most
+    the lists' length."""
     ks = tuple(ks)
     res = {}
     for name, items in topk.items():
+        check_cutoffs(ks, items)
         ranks = ranks_from_topk(items, targets)
         if labels is None:
             res[name] = {"all": {"count": len(ranks), **metrics_from_ranks(ranks, ks)}}

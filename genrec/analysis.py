@@ -25,7 +25,7 @@ from genrec.artifacts import atomic_write, atomic_write_bytes
 from genrec.data import SequenceDataset
 from genrec.memorization import (GENERALIZATION_KINDS, GROUPS, KIND_NAMES, InstanceLabels, TokenMemorization,
                                  label_names)
-from genrec.metrics import metrics_from_ranks, ranks_from_topk
+from genrec.metrics import check_cutoffs, metrics_from_ranks, ranks_from_topk
 from genrec.splits import Instances
 
 if TYPE_CHECKING:
@@ -86,11 +86,7 @@ def evaluate_topk_by_category(topk: np.ndarray, targets: np.ndarray, labels: Ins
     """
     topk = np.asarray(topk)
     ks = tuple(ks)
-    if topk.ndim != 2:
-        raise ValueError(f"topk must be [n, K], got shape {topk.shape}")
-    too_long = [k for k in ks if k > topk.shape[1]]
-    if too_long:
-        raise ValueError(f"cutoffs {too_long} exceed the ranked-list length {topk.shape[1]}")
+    check_cutoffs(ks, topk)
     return evaluate_by_category(ranks_from_topk(topk, targets), labels, ks, hops=hops)
 
 

@@ -449,7 +449,10 @@ class TokenMemorization:
         return self.hops.shape[1]
 
     def memorized(self, n: int, hop: int = 1) -> np.ndarray:
-        """``[n_instances]`` bool: length-``n`` prefix memorized at hop <= ``hop`` (1 = strict)."""
+        """``[n_instances]`` bool: length-``n`` prefix memorized at hop <= ``hop`` (1 = strict);
+        ``n`` in ``1..levels``."""
+        if not 1 <= n <= self.hops.shape[1]:  # hops[:, -1] would read the full-length level silently
+            raise ValueError(f"prefix length n must be in 1..{self.hops.shape[1]}, got {n}")
         h = self.hops[:, n - 1]
         return (h >= 1) & (h <= hop)
 

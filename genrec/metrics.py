@@ -4,8 +4,13 @@ Protocol (TIGER, arXiv 2603.19809): every catalogue item is a candidate, history
 masked unless asked. With a single relevant item, Recall@K is the hit rate and
 NDCG@K = 1 / log2(rank + 2) for a 0-based rank < K.
 
-Ties are broken against the target: an item scoring exactly the same as the target counts as ranked
-ahead of it, so constant or degenerate scores never look good. A target whose score is NaN or
+Ties: ranks taken from scores (:func:`ranks_from_scores`, the models' validation during training)
+break them against the target by default: an item scoring exactly the same as the target counts as
+ranked ahead of it, so constant or degenerate scores never look good. Ranks taken from a ranked list
+(:func:`ranks_from_topk`, every test figure of the recipe: the lists a user is served) inherit the
+list's order, where :func:`stable_topk` puts tied items in index order; ``ties="index"`` ranks scores
+the same way, so that a model ranked from its scores is compared on the lists' terms. With float32
+scores of trained models exact ties are rare (bf16 scores tie often). A target whose score is NaN or
 infinite (a diverged model) is always a miss, and every metric is checked to lie in [0, 1].
 """
 
@@ -17,6 +22,8 @@ import numpy as np
 import torch
 
 DEFAULT_KS = (5, 10, 20, 50)
+#: how :func:`ranks_from_scores` ranks an item scoring the same as the target (see the module doc)
+TIE_RULES = ("against", "index")
 #: the rank of a target that cannot be ranked (masked, or scored NaN / inf): beyond every K, so a
 #: miss even when K exceeds a tiny catalogue
 MISS_RANK = 2**31 - 1
@@ -26,31 +33,38 @@ def ranks_from_scores(
     scores: torch.Tensor | np.ndarray,
     targets: torch.Tensor | np.ndarray,
     exclude: Sequence[np.ndarray] | None = None,
+    ties: str = "against",
 ) -> np.ndarray:
     """0-based rank of each target in its row of ``scores`` ``[n, num_items]``.
 
     ``exclude[k]``: items to remove from row k before ranking (history masking); the target itself
     is never removed by it (if it is in ``exclude[k]``, the instance gets :data:`MISS_RANK`, a miss).
-    A target scored NaN or +-inf also gets :data:`MISS_RANK`, and other items scored NaN count as
-    ranked ahead of the target: a diverged model never scores a hit.
+    A target scored NaN or +-inf also gets :data:`MISS_RANK`. ``ties="against"`` (default): items
+    scoring the same as the target, or NaN, count as ranked ahead of it (a diverged model never
+    scores a hit); ``ties="index"``: the order :func:`stable_topk` serves, tied items in index order
+    and NaN last.
     """
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {TIE_RULES}, got {ties!r}")
     s = _exact(torch.as_tensor(scores))  # float64 compared as given: float32 would tie near-equal scores
     t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
     if s.ndim != 2 or t.shape != (s.shape[0],):
         raise ValueError(f"scores must be [n, items] and targets [n]; got {tuple(s.shape)} and {tuple(t.shape)}")
-    if exclude is not None and len(exclude) != s.shape[0]:  # a shorter list left the other rows unmasked
-        raise ValueError(f"exclude must hold one array per row: {len(exclude)} for {s.shape[0]} rows")
+    _check_targets(t.numpy(), s.shape[1])
     if exclude is not None:
         s = s.clone()
-        rows = np.concatenate([np.full(len(e), k) for k, e in enumerate(exclude)]) if len(exclude) else np.zeros(0)
-        cols = np.concatenate([np.asarray(e) for e in exclude]) if len(exclude) else np.zeros(0)
+        rows, cols = _exclusions(exclude, s.shape[0], s.shape[1])
         s[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)] = -torch.inf
     target_scores = s.gather(1, t[:, None])  # [n, 1]
     if exclude is not None:
         masked = torch.isneginf(target_scores[:, 0])
-    # minus the target itself; an item scored NaN counts as ahead (a partly diverged model never
-    # gains a hit from the NaN scores of the other items)
-    ahead = ((s >= target_scores) | torch.isnan(s)).sum(1) - 1
+    if ties == "index":
+        before = torch.arange(s.shape[1])[None, :] < t[:, None]  # [n, items]: lower index than the target
+        ahead = ((s > target_scores) | ((s == target_scores) & before)).sum(1)
+    else:
+        # minus the target itself; an item scored NaN counts as ahead (a partly diverged model never
+        # gains a hit from the NaN scores of the other items)
+        ahead = ((s >= target_scores) | torch.isnan(s)).sum(1) - 1
     ranks = ahead.numpy().astype(np.int64)
     if exclude is not None:
         ranks[masked.numpy()] = MISS_RANK
@@ -75,18 +89,14 @@ def ranks_from_score_chunks(
     t = np.asarray(targets, dtype=np.int64)
     if t.ndim != 1:
         raise ValueError(f"targets must be [n], got shape {t.shape}")
-    if t.size and (t.min() < 0 or t.max() >= num_items):
-        raise ValueError(f"targets must lie in 0..{num_items - 1}, got {int(t.min())}..{int(t.max())}")
+    _check_targets(t, num_items)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     if chunk >= num_items:
         return ranks_from_scores(score(None, 0, num_items), t, exclude=exclude)
     n = len(t)
-    if exclude is not None and len(exclude) != n:  # a shorter list left the other rows unmasked
-        raise ValueError(f"exclude must hold one array per row: {len(exclude)} for {n} rows")
     if exclude is not None:
-        ex_rows = np.concatenate([np.full(len(e), k) for k, e in enumerate(exclude)]) if n else np.zeros(0, np.int64)
-        ex_cols = np.concatenate([np.asarray(e, np.int64) for e in exclude]) if n else np.zeros(0, np.int64)
+        ex_rows, ex_cols = _exclusions(exclude, n, num_items)
         masked = np.zeros(n, dtype=bool)
         masked[ex_rows[ex_cols == t[ex_rows]]] = True
     target_scores = None  # [n], in the scores' own precision (float64 kept: float32 would tie near-equal ones)
@@ -120,6 +130,25 @@ def ranks_from_score_chunks(
     return ranks
 
 
+def _check_targets(t: np.ndarray, num_items: int) -> None:
+    if t.size and (t.min() < 0 or t.max() >= num_items):
+        raise ValueError(f"targets must lie in 0..{num_items - 1}, got {int(t.min())}..{int(t.max())}")
+
+
+def _exclusions(exclude: Sequence[np.ndarray], n: int, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """``exclude`` (one array of item indices per row) as flat ``(rows, cols)`` int64 arrays; an index
+    outside the catalogue is an error (a -1 of a padded history would mask the last item)."""
+    if len(exclude) != n:  # a shorter list left the other rows unmasked
+        raise ValueError(f"exclude must hold one array per row: {len(exclude)} for {n} rows")
+    cols = [np.asarray(e, dtype=np.int64).reshape(-1) for e in exclude]
+    for k, c in enumerate(cols):
+        if c.size and (c.min() < 0 or c.max() >= num_items):
+            bad = int(c[(c < 0) | (c >= num_items)][0])
+            raise ValueError(f"exclude[{k}] holds item {bad}, outside the catalogue 0..{num_items - 1}")
+    rows = np.concatenate([np.full(len(c), k, np.int64) for k, c in enumerate(cols)]) if n else np.zeros(0, np.int64)
+    return rows, (np.concatenate(cols) if n else np.zeros(0, np.int64))
+
+
 def _exact(scores: torch.Tensor) -> torch.Tensor:
     """Scores to rank by: float64 as given, anything else (bf16, half) as float32."""
     return scores if scores.dtype == torch.float64 else scores.float()
@@ -130,6 +159,8 @@ def _count_true(mask: torch.Tensor) -> torch.Tensor:
     int64 first (8 bytes an entry, most of the evaluation time at 1M items); byte sums over groups of
     255 columns cannot overflow and touch 1 byte an entry."""
     n, w = mask.shape
+    if n == 0:  # reshape(0, -1, 255) below is ambiguous
+        return torch.zeros(0, dtype=torch.int64)
     u = mask.view(torch.uint8)
     whole = w // 255 * 255
     counts = u[:, whole:].sum(1, dtype=torch.int64)
@@ -203,6 +234,17 @@ def ranks_from_topk(topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
     hit = (topk == targets[:, None]) & (topk >= 0)
     ranks = np.where(hit.any(1), hit.argmax(1), MISS_RANK)
     return ranks.astype(np.int64)
+
+
+def check_cutoffs(ks: Iterable[int], topk: np.ndarray) -> None:
+    """Refuse a cutoff longer than the ranked lists ``topk[n, K]``: its recall would silently equal
+    the recall at ``K`` (the hits beyond the list are unknown, not misses)."""
+    topk = np.asarray(topk)
+    if topk.ndim != 2:
+        raise ValueError(f"topk must be [n, K], got shape {topk.shape}")
+    too_long = [k for k in ks if k > topk.shape[1]]
+    if too_long:
+        raise ValueError(f"cutoffs {too_long} exceed the ranked-list length {topk.shape[1]}")
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:

@@ -292,6 +292,9 @@ def test_token_memorization_known_prefixes():
     assert tok.memorized(1).tolist() == [True, False, True, False]
     assert tok.memorized(1, hop=2).tolist() == [True, True, True, False]
     assert tok.memorized(2).tolist() == [False, False, True, False]
+    for n in (0, -1, 3):  # memorized(0) read hops[:, -1], the full-length level, silently
+        with pytest.raises(ValueError, match=rf"prefix length n must be in 1..2, got {n}"):
+            tok.memorized(n)
     # item level: only instance 2 is memorization, the others are not
     lab = label_instances(TransitionGraph(train, len(CODES)), (histories, targets))
     assert lab.names().tolist() == ["uncategorized", "uncategorized", "memorization", "uncategorized"]

@@ -94,3 +94,66 @@ def test_an_exclude_list_of_another_length_than_the_rows_is_refused():
         ranks_from_score_chunks(lambda rows, a, b: torch.as_tensor(scores[rows if rows is not None else slice(None), a:b]),
                                 3, np.array([1, 1]), chunk=1, exclude=[np.array([0])])
     assert ranks_from_scores(scores, np.array([1, 1]), exclude=[np.array([0]), np.array([], np.int64)]).tolist() == [0, 1]
+
+
+def test_ties_by_index_rank_as_the_served_lists_do():
+    """The recipe's test ranks come from top-k lists (ties in index order); a model ranked from its
+    scores (the end-to-end joint model) was ranked with ties against the target, a stricter rule in
+    the same table. ``ties="index"`` gives exactly the lists' ranks, NaN and infinities included."""
+    from genrec.metrics import ranks_from_topk, stable_topk
+
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 3, (40, 30), generator=g).float()  # many exact ties
+    scores[0, :4] = float("nan")
+    scores[1, 5] = float("inf")
+    targets = torch.randint(0, 30, (40,), generator=g).numpy()
+    targets[1] = 5
+    from_list = ranks_from_topk(stable_topk(scores, 30)[1].numpy(), targets)
+    by_index = ranks_from_scores(scores, targets, ties="index")
+    finite = np.isfinite(scores.numpy()[np.arange(40), targets])
+    assert (by_index[finite] == from_list[finite]).all() and (by_index[~finite] == MISS_RANK).all()
+    against = ranks_from_scores(scores, targets)
+    assert (against[finite] >= by_index[finite]).all() and (against[finite] > by_index[finite]).any()
+    zeros = np.zeros((4, 100))
+    assert ranks_from_scores(zeros, np.array([0, 3, 7, 50]), ties="index").tolist() == [0, 3, 7, 50]
+    assert ranks_from_scores(zeros, np.array([0, 3, 7, 50])).tolist() == [99] * 4
+    with pytest.raises(ValueError, match="ties must be one of"):
+        ranks_from_scores(zeros, np.array([0, 0, 0, 0]), ties="lower")
+
+
+def test_exclusions_and_targets_outside_the_catalogue_are_refused_by_both_rankers():
+    """A -1 (a padded history) masked the last item in ranks_from_scores and was skipped by the
+    chunked ranker; a too-large index was a bare IndexError in one and skipped in the other."""
+    from genrec.metrics import ranks_from_score_chunks
+
+    scores = np.array([[0.0, 5.0, 1.0, 3.0]])
+
+    def chunked(exclude, targets=np.array([0]), chunk=2):
+        return ranks_from_score_chunks(lambda rows, a, b: torch.as_tensor(scores[:, a:b]), 4, targets, chunk=chunk,
+                                       exclude=exclude)
+
+    for bad in (-1, 7):
+        for rank in (lambda ex: ranks_from_scores(scores, np.array([0]), exclude=ex), chunked):
+            with pytest.raises(ValueError, match=rf"exclude\[0\] holds item {bad}, outside the catalogue 0..3"):
+                rank([np.array([bad, 1])])
+    assert ranks_from_scores(scores, np.array([0]), exclude=[np.array([1])]).tolist() == chunked([np.array([1])]) == [2]
+    with pytest.raises(ValueError, match="targets must lie in 0..3, got 4..4"):
+        ranks_from_scores(scores, np.array([4]))
+
+
+def test_chunked_ranks_of_no_instance_are_empty():
+    """reshape(0, -1, 255) in the row counter was ambiguous: no targets with chunk >= 255 crashed."""
+    from genrec.metrics import ranks_from_score_chunks
+
+    got = ranks_from_score_chunks(lambda rows, a, b: torch.zeros((0, b - a)), 600, np.zeros(0, np.int64), chunk=300)
+    assert got.shape == (0,)
+
+
+def test_cutoffs_beyond_the_list_length_are_refused_by_results_by_label():
+    """results_by_label reported recall@20 equal to recall@10 for 10-item lists."""
+    from fusion.report import results_by_label
+
+    lists = {"m": np.tile(np.arange(10), (3, 1))}
+    with pytest.raises(ValueError, match=r"cutoffs \[20\] exceed the ranked-list length 10"):
+        results_by_label(lists, np.array([0, 1, 12]), ks=(10, 20))
+    assert results_by_label(lists, np.array([0, 1, 12]), ks=(10,))["m"]["all"]["recall@10"] == pytest.approx(2 / 3)

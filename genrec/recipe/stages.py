@@ -458,7 +458,8 @@ def stage_joint(ctx: StageContext) -> dict[str, Path]:
         result = train_joint(split, semantic_id_table(run_dir), jc, out_dir=out, progress=ctx.progress,
                              item_text=_sasrec_item_text(ctx, split.num_items, jc.id_tower.text_dim,
                                                          "fusion.joint_config.id_tower.text_dim"))
-        ranks = joint_ranks(result.model, split.test, batch_size=jc.eval_batch_size)
+        # ties in the served lists' order, as every other model's test ranks (they come from its lists)
+        ranks = joint_ranks(result.model, split.test, batch_size=jc.eval_batch_size, ties="index")
         gate = joint_gates(result.model, split.test, batch_size=jc.eval_batch_size).gate
         summary = {"schedule": "end_to_end", "best_epoch": result.best_epoch, "valid": strip_timing(result.best_valid),
                    "mode": jc.mode, "mixing": jc.mixing}

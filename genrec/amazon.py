@@ -47,16 +47,8 @@ from tqdm.auto import tqdm
 from genrec.artifacts import atomic_write
 from genrec.errors import DataNotFoundError, DatasetUnavailableError
 from genrec.paths import default_cache_dir
-from genrec.data import (
-    DataFormatError,
-    ItemText,
-    SequenceDataset,
-    build_dataset,
-    item_text_from_record,
-    order_events,
-    parse_timestamp,
-    warn_bad_prices,
-)
+from genrec.data import DataFormatError, SequenceDataset, build_dataset, order_events
+from genrec.item_fields import ItemText, item_text_from_record, parse_timestamp, warn_bad_prices
 from genrec.text_files import find_optional_file, is_unicode, iter_jsonl, iter_lines
 
 log = logging.getLogger(__name__)

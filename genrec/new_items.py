@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from genrec import recommender_files as files
-from genrec.data import item_text_from_record, warn_bad_prices
+from genrec.item_fields import item_text_from_record, warn_bad_prices
 from genrec.errors import CheckpointError, ConfigError, DataFormatError
 from genrec.text_files import is_unicode
 

@@ -27,8 +27,8 @@ from typing import Any, Literal
 import numpy as np
 
 from genrec.columns import InteractionColumns, factorize_ids
-from genrec.data import (ItemText, SequenceDataset, build_dataset_columns, item_text_from_record, parse_timestamp,
-                         warn_bad_prices)
+from genrec.data import SequenceDataset, build_dataset_columns
+from genrec.item_fields import ItemText, item_text_from_record, parse_timestamp, warn_bad_prices
 from genrec.errors import DataFormatError, DataNotFoundError
 
 log = logging.getLogger(__name__)

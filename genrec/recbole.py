@@ -44,8 +44,8 @@ import numpy as np
 
 from genrec.columns import (InteractionColumns, factorize_ids, parse_time_strings, read_delimited_columns,
                             simple_text_bytes, split_header)
-from genrec.data import (ItemText, SequenceDataset, build_dataset, build_dataset_columns, order_events, parse_price,
-                         parse_timestamp, price_is_absent, warn_bad_prices)
+from genrec.data import SequenceDataset, build_dataset, build_dataset_columns, order_events
+from genrec.item_fields import ItemText, parse_price, parse_timestamp, price_is_absent, warn_bad_prices
 from genrec.errors import DataFormatError, DataNotFoundError
 from genrec.text_files import find_optional_file, iter_lines
 

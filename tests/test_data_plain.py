@@ -326,7 +326,7 @@ def test_float_timestamps_beyond_2_53_round_trip(tmp_path):
 
 
 def test_a_null_in_a_categories_list_is_no_category():
-    from genrec.data import item_text_from_record
+    from genrec.item_fields import item_text_from_record
 
     text = item_text_from_record({"categories": ["Beauty", None, ["Hair", None]]}, "items.jsonl:1")
     assert text.categories == ("Beauty", "Hair")  # was ("Beauty", "None", "Hair"): the word reached the embedding
@@ -334,7 +334,7 @@ def test_a_null_in_a_categories_list_is_no_category():
 
 def test_a_nan_text_field_is_absent_not_the_word_nan():
     """pandas writes a missing title as NaN; it became the title "nan" and reached the embedding."""
-    from genrec.data import item_text_from_record
+    from genrec.item_fields import item_text_from_record
 
     text = item_text_from_record({"title": float("nan"), "description": ["One.", float("nan"), "Two."],
                                   "categories": ["Beauty", float("nan")]}, "items.jsonl:1")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import genrec
-from genrec.data import ItemText, SequenceDataset, format_timestamp
+from genrec.data import ItemText, SequenceDataset
+from genrec.item_fields import format_timestamp
 from genrec.errors import ConfigError, DataFormatError, DataNotFoundError
 from genrec.recbole import load_recbole
 

@@ -364,7 +364,7 @@ def test_price_policy_unreadable_prices_become_none_with_one_warning(tmp_path, c
     items = [{"item_id": i, "title": i, "price": p} for i, p in {**bad, **good}.items()]
     text = "\n".join(json.dumps(r) for r in items) + "\n"  # json writes NaN / Infinity, which json reads back
     rows = [f"u1\t{r['item_id']}\t{k}" for k, r in enumerate(items)]
-    with caplog.at_level(logging.WARNING, logger="genrec.data"):
+    with caplog.at_level(logging.WARNING, logger="genrec.item_fields"):
         ds = load_plain(make_dir(tmp_path / "d", rows, items_text=text))
     assert {i: ds.items[ds.item_index[i]].price for i in [*bad, *good]} == \
            {**{i: None for i in bad}, "q1": 1234.5, "q2": 0.0, "q3": None, "q4": None, "q5": None, "q6": 12.5,

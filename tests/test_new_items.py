@@ -323,7 +323,7 @@ def test_bad_new_items_and_recommenders_that_cannot_add_are_clear_errors(tiny_sa
         with pytest.raises(DataFormatError, match=message):
             rec.add_items(items)
     priced = Recommender.from_pretrained(tiny_saved)
-    with caplog.at_level("WARNING", logger="genrec.data"):  # an unreadable price: left missing, with a warning
+    with caplog.at_level("WARNING", logger="genrec.item_fields"):  # an unreadable price: left missing, with a warning
         priced.add_items([{"item_id": "P", "title": "x", "price": "abc"}])
     assert priced.item("P").get("price") is None and "new items: 1 item(s) have a price" in caplog.text
     with pytest.raises(DataFormatError, match="new.jsonl:7"):

@@ -158,7 +158,7 @@ def model_inputs(sasrec, generative, instances: Instances, stats: TrainStats, k:
                  teacher_forcing: bool = True, batch_size: int = 512) -> FusionInputs:
     """Candidates (union of both top-``k`` lists, each model scoring the other's candidates when
     ``teacher_forcing``) and indicators of ``instances``. Targets are never read. ``k`` may not
-    exceed the catalogue (``ValueError``)."""
+    exceed the catalogue (``ValueError``); the generative beam is ``max(beam, k)``."""
     from genrec.generative import decode
 
     if not 1 <= k <= sasrec.num_items:

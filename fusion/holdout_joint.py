@@ -120,10 +120,18 @@ class HoldoutJointConfig:
         if self.scale != "auto" and self.scale not in SCALES:
             raise ValueError(f"scale must be 'auto' or one of {SCALES}, got {self.scale!r}")
         LearnedGateFusion(**self.gate)  # a bad gate field fails here
+        # what the model sets itself was silently overwritten (a recipe's joint_config.joint.max_len)
+        fixed = [f"gate.{k}" for k in ("scale", "name") if k in self.gate] + \
+            [f"joint.{k}" for k in ("mode", "id_tower", "gr_tower", "max_len") if k in self.joint]
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} cannot be set: the held-out joint model sets them (the gate's scale "
+                             "with scale=, the joint pair's towers and window with sasrec= / generative=)")
         if self.towers in ("joint", "both"):
             self.joint_config()  # and a bad joint field here
         if self.k < 1 or self.beam < 1 or self.batch_size < 1:
             raise ValueError(f"k, beam and batch_size must be >= 1; got {self.k}, {self.beam}, {self.batch_size}")
+        if self.beam < self.k:  # the beam is widened to k anyway: a smaller one would only look different
+            raise ValueError(f"beam must be >= k ({self.k}), the length of the candidate lists; got {self.beam}")
         if self.k < 10:  # a shorter fused list has no NDCG@10 (CHOICE_METRIC) to choose the towers by
             raise ValueError(f"k must be >= 10: validation chooses the towers by the fused {CHOICE_METRIC}; got {self.k}")
         if not 0 < self.holdout_share <= 1:

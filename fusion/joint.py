@@ -456,7 +456,8 @@ def joint_gates(model: JointModel, instances: Instances, batch_size: int = 512) 
     contrib = np.zeros_like(feats)
     try:
         for rows, hist in _batches(instances.histories, batch_size):
-            g, f = model.gates(hist)
+            with autocast(model_precision(model), model.device):  # as joint_ranks: the gates its lists had
+                g, f = model.gates(hist)
             gate[rows], feats[rows] = g.float().cpu().numpy(), f.float().cpu().numpy()
             with torch.enable_grad():
                 z = model.gate_norm(f).detach().requires_grad_(True)
@@ -485,8 +486,11 @@ def train_joint(split: LeaveOneOutSplit, table: Any, config: JointConfig | None 
     setup(config)
     device = usable_device(config.device)  # after setup: under torchrun "cuda" is this rank's GPU
     config = replace(config, id_tower=resolve_text_dim(config.id_tower, item_text))
+    # a resume keeps its run's scope, a warm start init's (its gate and norms were fitted on that scope's
+    # features: a refresh on longer sequences could otherwise resolve "auto" to the other scope)
+    scope = _resumed_scope(out_dir, config, split.num_items) or (init.scope if init is not None else None)
     model = JointModel(split.num_items, table.codes, table.codebook_sizes, config, split.train, item_text,
-                       scope=_resumed_scope(out_dir, config, split.num_items))
+                       scope=scope)
     if init is not None:
         # the training statistics are this split's (the gate features read them), the rest init's
         own = {k: v.clone() for k, v in model.state_dict().items()

@@ -398,6 +398,12 @@ class LearnedGateFusion:
         for key in ("seed", "weight_decay"):  # NumPy and Adam refuse them, only once fitting starts
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+        for key in ("hidden", "batch_size", "max_epochs", "patience", "k"):
+            # max_epochs 0 left the random initial head in place as if it were fitted
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
 
     def _scores(self, cands: CandidateScores) -> tuple[np.ndarray, np.ndarray]:
         if self.scale == "minmax":

@@ -287,3 +287,24 @@ def test_config_checks():
     with pytest.raises(ConfigError, match=r"holdout_share 1e-09 with holdout_seed 0 drew none of the \d+ training "):
         train_holdout_joint(split, table, replace(CONFIG, holdout_share=1e-9))
     assert isinstance(holdout_transitions(tiny)[1], Instances)
+
+
+def test_settings_the_model_sets_itself_are_refused_not_overwritten():
+    """joint.max_len / mode / towers and gate.scale / name were overwritten without a word (a recipe's
+    fusion.joint_config.joint.max_len passed validation and was ignored); a beam below k was widened."""
+    for bad, name in (({"joint": {"max_len": 7}}, "joint.max_len"), ({"joint": {"mode": "id"}}, "joint.mode"),
+                      ({"gate": {"scale": "logprob"}}, "gate.scale"), ({"gate": {"name": "g"}}, "gate.name")):
+        with pytest.raises(ValueError, match=rf"{name} cannot be set: the held-out joint model sets them"):
+            HoldoutJointConfig(**bad)
+    with pytest.raises(ValueError, match=r"beam must be >= k \(20\), the length of the candidate lists; got 10"):
+        HoldoutJointConfig(k=20, beam=10)
+    assert HoldoutJointConfig(joint={"lr": 1e-3}).joint_config().lr == 1e-3
+    from genrec.recipe import config_from_dict
+    from genrec.recipe.config import joint_config
+
+    with pytest.raises(ConfigError, match=r"'fusion.joint_config'.*joint.max_len cannot be set"):
+        config_from_dict({"fusion": {"joint": True, "joint_config": {"joint": {"max_len": 7}}}})
+    # a longer joint list than fusion.k decodes that wide a beam (the beam was widened to it anyway)
+    config = config_from_dict({}, overrides=["fusion.joint=true", "fusion.k=20", "fusion.beam=20",
+                                             "fusion.joint_config.k=30"])
+    assert (joint_config(config).k, joint_config(config).beam) == (30, 30)

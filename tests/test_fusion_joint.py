@@ -344,3 +344,26 @@ def test_auto_scope_weighs_the_catalogue_scopes_memory_and_a_saved_model_keeps_i
     del ckpt["gr_scope"]  # a file from before the scope was saved: the item-count rule
     torch.save(ckpt, tmp_path / "old.pt")
     assert load_joint(tmp_path / "old.pt").scope == "catalogue"
+
+
+def test_a_warm_start_keeps_the_scope_its_init_model_trained_under(monkeypatch):
+    """The held-out refresh warm-starts stage-1 towers (shortened sequences) on the full ones: "auto"
+    re-resolved on the longer sequences flipped to the target scope near the memory threshold, and the
+    stage-1 gate and norms, fitted on the catalogue scope's features, were loaded for the other ones."""
+    import fusion.joint as joint_module
+    from fusion.holdout_joint import holdout_transitions
+
+    torch.set_num_threads(1)
+    _, split, table = synthetic_split(num_users=120)
+    short, _ = holdout_transitions(split, 1.0, 0)
+    config = JointConfig(id_tower=SMALL_ID, gr_tower=SMALL_GR, max_len=20, batch_size=128, max_epochs=1,
+                         eval_every=1, patience=5, num_threads=1)
+    gr = HierarchicalGenerative(table.codes, table.codebook_sizes, config.gr_tower)
+    small, full = (joint_module.catalogue_scope_bytes(config, gr, t) for t in (short, split.train))
+    assert small < full
+    monkeypatch.setattr(joint_module, "CATALOGUE_SCOPE_BYTES", (small + full) // 2)  # a catalogue near the line
+    stage1 = train_joint(dataclasses.replace(split, train=short), table, config).model
+    assert stage1.scope == "catalogue"
+    assert JointModel(split.num_items, table.codes, table.codebook_sizes, config, split.train).scope == "target"
+    refreshed = train_joint(split, table, config, init=stage1).model
+    assert refreshed.scope == "catalogue" and refreshed.feature_names == stage1.feature_names

@@ -160,3 +160,12 @@ def test_learned_gate_stops_on_a_diverged_loss(msp_case):
     gate = LearnedGateFusion(lr=1e30, max_epochs=3)
     with pytest.raises(TrainingDivergedError, match=r"learned_gate gate training diverged: the loss is nan at epoch"):
         gate.fit(valid.cands, valid.targets, valid.indicators)
+
+
+@pytest.mark.parametrize("option", ["max_epochs", "patience", "hidden", "batch_size", "k"])
+def test_a_gate_that_could_not_train_is_refused_when_built(option):
+    """max_epochs=0 returned the random initial head as if it were fitted."""
+    with pytest.raises(ValueError, match=rf"{option} must be >= 1, got 0"):
+        LearnedGateFusion(**{option: 0})
+    with pytest.raises(ValueError, match="lr must be > 0, got 0"):
+        LearnedGateFusion(lr=0)

@@ -16,6 +16,8 @@ from genrec.recipe import ConfigError, config_from_dict
     ({"fusion": {"primary": "learned_mixture", "methods": ["fixed"]}}, [], r"'fusion.primary'"),
     ({"fusion": {"gate": {"hiddn": 3}}}, [], r"'fusion.gate.hiddn'"),
     ({"report": {"ks": [10, 100]}}, [], r"'report.ks' must not exceed fusion.k \(50\)"),
+    # the beam was silently widened to k (and the smaller value only changed the stage hash)
+    ({"fusion": {"beam": 10}}, [], r"'fusion.beam' must be >= fusion.k \(50\), the candidate lists' length, got 10"),
     ({"report": {"metric": "mrr@10"}}, [], r"'report.metric'"),
     ({"analysis": {"codebook_sizes": [1, 64]}}, [], r"'analysis.codebook_sizes' must all be >= 2"),
     ({"analysis": {"token_hop": 0}}, [], r"'analysis.token_hop' must be in \[1, labels.max_hop \(4\)\], got 0"),

@@ -485,7 +485,8 @@ def validate_config(config: RecipeConfig) -> None:
         raise ConfigError(f"config key 'quantize.options': {e}") from None
     need(1 <= config.labels.max_hop <= MAX_HOP, "labels.max_hop", config.labels.max_hop, f"must be in [1, {MAX_HOP}]")
     need(f.k >= 2, "fusion.k", f.k, "must be >= 2")
-    need(f.beam >= 1, "fusion.beam", f.beam, "must be >= 1")
+    # the beam is widened to k in any case (fusion.adapters.model_inputs): a smaller one only changed the stage hash
+    need(f.beam >= f.k, "fusion.beam", f.beam, f"must be >= fusion.k ({f.k}), the candidate lists' length")
     need(bool(f.methods), "fusion.methods", f.methods, "must list at least one method")
     for m in f.methods:
         need(m in FUSION_METHODS, "fusion.methods", m, f"must be among {list(FUSION_METHODS)}")
@@ -507,6 +508,9 @@ def validate_config(config: RecipeConfig) -> None:
         check_mapping("fusion.joint_config", f.joint_config, field_hints(cls))
         if isinstance(f.joint_config.get("gate"), Mapping):  # typed as fusion.gate's options
             check_mapping("fusion.joint_config.gate", f.joint_config["gate"], gate_option_hints())
+            if isinstance(f.joint_config.get("k", f.k), int):  # named by its key before the gate is built
+                _check_gate(f.joint_config["gate"], "fusion.joint_config.gate", f.joint_config.get("k", f.k),
+                            "fusion.joint_config.k")
         try:
             jc = joint_config(config)
         except (TypeError, ValueError) as e:
@@ -623,7 +627,8 @@ def joint_config(config: RecipeConfig):
         jc["sasrec"] = _over(asdict(config.sasrec), jc.get("sasrec"))
         jc["generative"] = _over(asdict(config.generative), jc.get("generative"))
         jc.setdefault("k", f.k)
-        jc.setdefault("beam", f.beam)
+        # a longer list than fusion.k decodes a beam that wide (as it always did: the beam is widened to k)
+        jc.setdefault("beam", max(f.beam, jc["k"]) if isinstance(jc["k"], int) else f.beam)
         jc.setdefault("batch_size", config.generative.eval_batch_size)
         jc.setdefault("gate", dict(f.gate))
         jc["joint"] = {"num_threads": config.num_threads, "device": config.sasrec.device, **jc.get("joint", {})}

@@ -2,12 +2,14 @@
 message it gets (scratch paths shown as <tmp>); writes bench/bad_inputs.md.
 
     python bench/bad_input_matrix.py            # writes bench/bad_inputs.md, prints the totals
+    python bench/bad_input_matrix.py --out FILE # the table elsewhere (bench/bad_inputs.md untouched)
 
 tests/test_bad_inputs.py runs the same cases as tests (type and message of each).
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 import tempfile
@@ -19,7 +21,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from bad_inputs import CASES, CliFailed, World, run_case, shown  # noqa: E402
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(ROOT / "bench" / "bad_inputs.md"),
+                   help="where the table goes (default: bench/bad_inputs.md, the tracked copy)")
+    args = p.parse_args(argv)
     rows, ok = [], 0
     with tempfile.TemporaryDirectory(prefix="genrec_bad_") as tmp:
         world = World(Path(tmp))
@@ -41,7 +47,7 @@ def main() -> int:
              "code 2 and no traceback. Scratch paths read `<tmp>`.", "",
              f"{len(CASES)} cases, {ok} as expected.", "",
              "| case | area | bad input | error | message | as expected |", "|---|---|---|---|---|---|", *rows]
-    out = ROOT / "bench" / "bad_inputs.md"
+    out = Path(args.out)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"{len(CASES)} cases, {ok} as expected; table in {out}")
     return 0 if ok == len(CASES) else 1

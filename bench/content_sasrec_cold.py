@@ -32,6 +32,7 @@ ranked among the new items alone (how well each model orders new items, apart fr
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import replace
@@ -69,12 +70,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--id-weights", nargs="*", type=float, default=[0.0],
                    help="scales of the neighbour's ID embedding for new items of the content-aware model")
     args = p.parse_args(argv)
+    if args.in_set_users < 1:
+        p.error(f"--in-set-users must be >= 1 (the in-set users are half of the comparison), got {args.in_set_users}")
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     config = run_config(run)
     cold = StageContext(run, config).cold()
     if cold is None:
         raise SystemExit(f"{run}: not a cold-start run (data.cold_items is not set)")
+    try:  # before the content model trains: a split without both kinds of users is refused at once
+        inst, side = cold.validation_sample(args.in_set_users, args.seed, need_both=True)
+    except ConfigError as e:
+        raise SystemExit(f"{run}: {e}") from None
     x = np.load(run / "embed" / "embeddings.npy").astype(np.float32)  # [num_items, d], cold items last
     nw = cold.num_warm
     try:
@@ -97,7 +104,6 @@ def main(argv: list[str] | None = None) -> dict:
     baseline = load_sasrec(run / "sasrec" / "best.pt")
     kind = "run's content-aware" if baseline.config.text_dim else "plain"  # the run's own SASRec
 
-    inst, side = cold.validation_sample(args.in_set_users, args.seed, need_both=True)
     counts = np.bincount(np.concatenate(cold.warm.train), minlength=nw)[:nw]
     proxy = nearest_items(x[:nw], x[nw:], allowed=counts > 0)
     text = x[nw:] if baseline.config.text_dim else None
@@ -121,18 +127,30 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for name, model in models.items():
         r = ranks_from_topk(sasrec_outputs(model, inst, 50)["items"], inst.targets)
-        m = {part: metrics_from_ranks(r[mask], (10,)) for part, mask in (("new", side), ("in_set", ~side))}
+        m = {part: side_metrics(r[mask]) for part, mask in (("new", side), ("in_set", ~side))}
         if model.num_items > nw:  # the new-target users' targets ranked among the new items alone
-            m["new_among_new"] = metrics_from_ranks(new_item_ranks(model, inst, side, nw), (10,))
+            m["new_among_new"] = side_metrics(new_item_ranks(model, inst, side, nw))
         results[name] = m
-        among = m["new_among_new"]["ndcg@10"] if "new_among_new" in m else float("nan")
-        print(f"| {name} | {m['new']['ndcg@10']:.4f} | {m['new']['recall@10']:.4f} | {among:.4f} | "
-              f"{m['in_set']['ndcg@10']:.4f} | {m['in_set']['recall@10']:.4f} |", flush=True)
+        among = m["new_among_new"]["ndcg@10"] if "new_among_new" in m else math.nan
+        print(f"| {name} | {shown(m['new']['ndcg@10'])} | {shown(m['new']['recall@10'])} | {shown(among)} | "
+              f"{shown(m['in_set']['ndcg@10'])} | {shown(m['in_set']['recall@10'])} |", flush=True)
     summary = {"args": vars(args), "minutes": minutes, "new_users": int(side.sum()), "in_set_users": int((~side).sum()),
                "results": results}
     if args.out:
         save_json(args.out, summary)
     return summary
+
+
+def side_metrics(ranks: np.ndarray, ks=(10,)) -> dict[str, float]:
+    """``metrics_from_ranks`` of one side's ranks; NaN for each metric (shown as n/a) when the side has
+    no user."""
+    if len(ranks):
+        return metrics_from_ranks(ranks, ks)
+    return {f"{x}@{k}": math.nan for k in ks for x in ("recall", "ndcg")}
+
+
+def shown(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
 def new_item_ranks(model, inst, side: np.ndarray, num_warm: int) -> np.ndarray:

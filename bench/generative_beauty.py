@@ -17,6 +17,7 @@ import argparse
 import logging
 import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 
 import genrec
 from genrec.config import override_dataclass as apply_overrides
+from genrec.errors import GenrecError
 from genrec.generative import GenerativeConfig, evaluate, train_generative
 from genrec.metrics import format_metrics
 
@@ -42,7 +44,7 @@ def load_or_build_table(data_dir: str, sid_dir: Path, dataset: genrec.SequenceDa
     return result.table
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/amazon2014/beauty"))
     p.add_argument("--semantic-ids", default=str(ROOT / "runs/beauty_semantic_ids"))
@@ -51,16 +53,26 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--test-beam", type=int, default=50, help="beam width of the test evaluation")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="GenerativeConfig overrides")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    try:  # before --fresh deletes anything or the data is read: a bad override fails at once
+        config = apply_overrides(GenerativeConfig(num_threads=args.threads, max_minutes=45.0), args.set)
+    except GenrecError as e:
+        p.error(f"--set: {e}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     if args.fresh:
         shutil.rmtree(args.out, ignore_errors=True)
+    try:
+        run(args, config)
+    except GenrecError as e:  # bad data or settings found during the run: one line, as the genrec CLI
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
+
+def run(args: argparse.Namespace, config: GenerativeConfig) -> None:
     dataset = genrec.load_plain(args.data)
     split = genrec.leave_one_out(dataset)
     table = load_or_build_table(args.data, Path(args.semantic_ids), dataset)
-    config = apply_overrides(GenerativeConfig(num_threads=args.threads, max_minutes=45.0), args.set)
     t0 = time.perf_counter()
     result = train_generative(split, table, config, out_dir=args.out)
     t_train = time.perf_counter() - t0

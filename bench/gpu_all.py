@@ -15,8 +15,8 @@ prepares, here, the wheels, data and item vectors it needs and prints the one de
    >= 0.0476, best fusion >= 0.0500.
 2. ``tiger``: the T5 TIGER preset (:class:`genrec.tiger.TigerConfig`) trained on the GPU for at most
    ``--tiger-minutes`` (early stopping on validation) on the recipe's semantic IDs; test NDCG@10
-   (beam ``--tiger-beam``) against TIGER's published 0.0384, and whether it converged (stopped by
-   its patience) or ran out of time.
+   (beam ``--tiger-beam``) against TIGER's published 0.0384, and what stopped it: its patience
+   (converged), its ``max_epochs`` or its time budget.
 3. ``beam``: constrained beam search (beam 20) users/s on the GPU, for the recipe's generative model
    and the T5 preset, each timed over as many test users as ``--beam-seconds`` allows (after a
    warm-up batch; CUDA is synchronised before each clock reading).
@@ -193,13 +193,29 @@ def run_tiger_part(args: argparse.Namespace, run_dir: Path, out_dir: Path) -> di
     test = evaluate(result.model, split.test, beam_size=args.tiger_beam, batch_size=256)
     torch.cuda.synchronize()
     last = result.history[-1]["epoch"] if result.history else 0
-    # converged: stopped by its patience (no validation gain in the last evaluations), not by the clock
-    converged = (last < config.max_epochs and (last - result.best_epoch) >= config.patience * config.eval_every
-                 and result.history[-1]["minutes"] < minutes)
+    stop = stopped_by(result.history, config.max_epochs, minutes)
     return {"status": "ok", "train_s": train_s, "test_eval_s": time.perf_counter() - t0, "epochs": last,
-            "best_epoch": result.best_epoch, "converged": converged, "test": test,
+            "best_epoch": result.best_epoch, "stopped_by": stop, "converged": stop == "patience", "test": test,
             "test_ndcg@10": test["ndcg@10"], "published_ndcg@10": TIGER_PUBLISHED_NDCG10,
             "met": test["ndcg@10"] >= TIGER_PUBLISHED_NDCG10}
+
+
+#: what :func:`stopped_by` returns, as the table words it
+STOP_REASONS = {"patience": "converged (stopped by its patience)", "max_epochs": "stopped at its max_epochs",
+                "time budget": "stopped by its time budget"}
+
+
+def stopped_by(history: list[dict], max_epochs: int, budget_minutes: float) -> str:
+    """Why training ended, from its ``history`` (one row per evaluation): ``"max_epochs"`` (the last
+    epoch is the limit), ``"time budget"`` (its clock reached ``budget_minutes``, or no epoch was
+    evaluated), else ``"patience"``: the loop's one other way out (``genrec.training.fit``), converged."""
+    if not history:
+        return "time budget"
+    if history[-1]["epoch"] >= max_epochs:
+        return "max_epochs"
+    if history[-1]["minutes"] >= budget_minutes:
+        return "time budget"
+    return "patience"
 
 
 def users_per_second(model: Any, split: Any, batch: int, seconds: float) -> dict[str, Any]:
@@ -277,7 +293,7 @@ def table(figures: dict[str, Any]) -> str:
         if "test_ndcg@10" in t:
             row("T5 TIGER preset test N@10", t["test_ndcg@10"],
                 f"TIGER {TIGER_PUBLISHED_NDCG10}: {'met' if t['met'] else 'missed'}; {t['epochs']} epochs in "
-                f"{t['train_s']:.0f} s, {'converged' if t['converged'] else 'stopped by its time budget'}")
+                f"{t['train_s']:.0f} s, {_stop_text(t)}")
         else:
             row("T5 TIGER preset test N@10", "-", t.get("status", ""))
     b = figures.get("beam")
@@ -292,6 +308,13 @@ def table(figures: dict[str, Any]) -> str:
         if "status" in b and not any(k in b for k in ("generative", "tiger")):
             row("beam search", "-", b["status"])
     return "\n".join(lines)
+
+
+def _stop_text(t: dict[str, Any]) -> str:
+    """How the T5 preset's training ended (a JSON from before ``stopped_by`` has ``converged`` only)."""
+    if "stopped_by" in t:
+        return STOP_REASONS.get(t["stopped_by"], str(t["stopped_by"]))
+    return "converged" if t.get("converged") else "not converged (max_epochs or its time budget)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

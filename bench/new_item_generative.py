@@ -68,6 +68,7 @@ from fusion.new_item_mixture import (IN_SET_BOUND, fit_new_item_mixture, mixture
                                      new_item_logits)
 from fusion.report import single_model_topk  # noqa: E402
 from genrec.artifacts import save_json  # noqa: E402
+from genrec.errors import ConfigError  # noqa: E402
 from genrec.generative import load_generative  # noqa: E402
 from genrec.metrics import metrics_from_ranks, per_instance_ndcg, ranks_from_topk  # noqa: E402
 from genrec.new_items import extend_catalogue, nearest_items  # noqa: E402
@@ -95,19 +96,27 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also the new-item mixture (module doc)")
     p.add_argument("--test", action="store_true",
                    help="then apply each method's content term chosen on validation (in-sample best within the "
-                        "bound, as a recipe would fit it) to every test user, once")
+                        "bound, as a recipe would fit it) to every test user, once (needs --content)")
     p.add_argument("--out", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     if any(not w > 0 for w in args.weights):
         p.error(f"--weights must all be > 0 (their logs are added), got {args.weights}")
     if args.content_candidates < 1:
         p.error(f"--content-candidates must be >= 1, got {args.content_candidates}")
+    if args.in_set_users < 1:
+        p.error(f"--in-set-users must be >= 1 (the in-set bound is measured on them), got {args.in_set_users}")
+    if args.test and not args.content:
+        p.error("--test applies the content term chosen on validation to the test users: it needs --content")
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     config = run_config(run)
     cold = StageContext(run, config).cold()
     if cold is None:
         raise SystemExit(f"{run}: not a cold-start run (data.cold_items is not set)")
+    try:  # before the catalogue is extended: a split without both kinds of users is refused at once
+        inst, side = cold.validation_sample(args.in_set_users, args.seed, need_both=True)
+    except ConfigError as e:
+        raise SystemExit(f"{run}: {e}") from None
     table = SemanticIdTable.load(run / "quantize" / "semantic_ids.json")
     x = np.load(run / "embed" / "embeddings.npy")
     ext = extend_catalogue(table, load_generative(run / "generative" / "best.pt"), cold.warm.train, run / "quantize",
@@ -119,13 +128,13 @@ def main(argv: list[str] | None = None) -> dict:
     proxy = np.arange(cold.num_items)
     proxy[cold.num_warm:] = nearest_items(x[:cold.num_warm], x[cold.num_warm:], allowed=counts > 0)
 
-    inst, side = cold.validation_sample(args.in_set_users, args.seed, need_both=True)
     k, beam = config.fusion.k, config.fusion.beam
     print(f"{run}: {cold.num_items - cold.num_warm} cold items added; validation users: {int(side.sum())} with a "
           f"cold target, {int((~side).sum())} in-set (sampled); fusion k={k}, beam={beam}\n", flush=True)
 
+    # as the run's fusion stage built its inputs (teacher forcing included), so the rankings are the run's
     inp = model_inputs(ext.sasrec, ext.generative, inst, ext.stats, k=k, beam=beam,
-                       batch_size=config.generative.eval_batch_size)
+                       teacher_forcing=config.fusion.teacher_forcing, batch_size=config.generative.eval_batch_size)
     c = inp.cands
     new_cell = c.items >= cold.num_warm  # [n, C] candidates that are cold items
     proxied = generative_scorer(ext.generative, inst, config.generative.eval_batch_size)(
@@ -143,17 +152,17 @@ def main(argv: list[str] | None = None) -> dict:
                 r = ranks_from_topk(single_model_topk(cands, "id" if name == "sasrec" else "gr", k), inst.targets)
             else:
                 r = ranks_of(cands, method.fuse(cands, inp.indicators), inst.targets, k)
-            m = {part: metrics_from_ranks(r[mask], (10,)) for part, mask in (("new", side), ("in_set", ~side))}
+            m = {part: side_metrics(r[mask]) for part, mask in (("new", side), ("in_set", ~side))}
             results[variant][name] = m
-            print(f"| {variant} | {name} | {m['new']['ndcg@10']:.4f} | {m['new']['recall@10']:.4f} | "
-                  f"{m['in_set']['ndcg@10']:.4f} | {m['in_set']['recall@10']:.4f} |", flush=True)
+            print(f"| {variant} | {name} | {shown(m['new']['ndcg@10'])} | {shown(m['new']['recall@10'])} | "
+                  f"{shown(m['in_set']['ndcg@10'])} | {shown(m['in_set']['recall@10'])} |", flush=True)
     content = {}
     if args.content:
         content = content_term(ext, inst, inp, methods, x, cold.num_warm, side, args.content_candidates,
                                config.generative.eval_batch_size, args.seed,
                                CONTENT_GRID_WIDE if args.content_grid == "wide" else CONTENT_GRID)
     test = {}
-    if args.test and content:
+    if args.test:  # --content is required with it (checked above)
         test = content_term_test(ext, cold, content, x, args.content_candidates, config, methods)
     mixture = {}
     if args.mixture:
@@ -162,6 +171,23 @@ def main(argv: list[str] | None = None) -> dict:
         save_json(args.out, {"args": vars(args), "new_users": int(side.sum()), "in_set_users": int((~side).sum()),
                              "results": results, "content": content, "mixture": mixture, "test": test})
     return {"variants": results, "content": content, "mixture": mixture, "test": test}
+
+
+def side_metrics(ranks: np.ndarray, ks=(10,)) -> dict[str, float]:
+    """``metrics_from_ranks`` of one side's ranks; NaN for each metric (shown as n/a) when the side has
+    no user."""
+    if len(ranks):
+        return metrics_from_ranks(ranks, ks)
+    return {f"{x}@{k}": math.nan for k in ks for x in ("recall", "ndcg")}
+
+
+def mean(values: np.ndarray) -> float:
+    """The mean of one side's per-user figures; NaN (shown as n/a) when the side has no user."""
+    return float(values.mean()) if len(values) else math.nan
+
+
+def shown(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
 def content_term_test(ext, cold, content: dict, x: np.ndarray, per_row: int, config, methods: dict) -> dict:
@@ -173,7 +199,7 @@ def content_term_test(ext, cold, content: dict, x: np.ndarray, per_row: int, con
     side = cold.is_cold(inst.targets)
     bs = config.generative.eval_batch_size
     inp = model_inputs(ext.sasrec, ext.generative, inst, ext.stats, k=config.fusion.k, beam=config.fusion.beam,
-                       batch_size=bs)
+                       teacher_forcing=config.fusion.teacher_forcing, batch_size=bs)
     cx, cand_cos = text_candidates(ext, inst, inp, x, cold.num_warm, per_row, bs)
     new_cell, ti = cx.items >= cold.num_warm, cx.target_index(inst.targets)
     print(f"\ncontent term on test ({int(side.sum())} cold-target, {int((~side).sum())} in-set users), the rule "
@@ -187,10 +213,10 @@ def content_term_test(ext, cold, content: dict, x: np.ndarray, per_row: int, con
         ruled = per_instance_ndcg(union_ranks(np.where(new_cell, fused + spread * (a + b * np.maximum(cand_cos - tau, 0)),
                                                        fused), ti, cx.valid), 10)
         last_ = per_instance_ndcg(union_ranks(np.where(new_cell, -np.inf, fused), ti, cx.valid), 10)
-        out[name] = {"cold": float(ruled[side].mean()), "in_set": float(ruled[~side].mean()),
-                     "in_set_cold_last": float(last_[~side].mean()), "a_b_tau": [a, b, tau]}
-        print(f"| {name} | {ruled[side].mean():.4f} | {ruled[~side].mean():.4f} | {last_[~side].mean():.4f} | "
-              f"{(a, b, tau)} |", flush=True)
+        out[name] = {"cold": mean(ruled[side]), "in_set": mean(ruled[~side]),
+                     "in_set_cold_last": mean(last_[~side]), "a_b_tau": [a, b, tau]}
+        print(f"| {name} | {shown(out[name]['cold'])} | {shown(out[name]['in_set'])} | "
+              f"{shown(out[name]['in_set_cold_last'])} | {(a, b, tau)} |", flush=True)
     return out
 
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from fusion.joint import gr_catalogue_log_probs  # noqa: E402
 from genrec.batching import histories_to_tokens  # noqa: E402
+from genrec.errors import ConfigError  # noqa: E402
 from genrec.generative import load_generative  # noqa: E402
 from genrec.new_items import extend_catalogue  # noqa: E402
 from genrec.recipe import StageContext  # noqa: E402
@@ -64,16 +65,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=256)
     args = p.parse_args(argv)
+    if args.in_set_users < 1:
+        p.error(f"--in-set-users must be >= 1 (the in-set bound is measured on them), got {args.in_set_users}")
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     cold = StageContext(run, run_config(run)).cold()
     if cold is None:
         raise SystemExit(f"{run}: not a cold-start run (data.cold_items is not set)")
+    try:  # before the catalogue is extended: a split without both kinds of users is refused at once
+        inst, side = cold.validation_sample(args.in_set_users, 0, need_both=True)
+    except ConfigError as e:
+        raise SystemExit(f"{run}: {e}") from None
     x = np.load(run / "embed" / "embeddings.npy")
     gr = extend_catalogue(SemanticIdTable.load(run / "quantize" / "semantic_ids.json"),
                           load_generative(run / "generative" / "best.pt"), cold.warm.train, run / "quantize",
                           x[cold.num_warm:], cold.dataset.item_ids[cold.num_warm:]).generative.eval()
-    inst, side = cold.validation_sample(args.in_set_users, 0, need_both=True)
     t0 = time.perf_counter()
     full = np.empty((len(inst), gr.num_items), np.float32)  # every item's log-prob for every user
     with torch.no_grad():

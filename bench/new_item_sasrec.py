@@ -22,6 +22,7 @@ saw these items in training), equally for each.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -63,6 +64,18 @@ def ranks_of(model, inst: Instances, unscorable: np.ndarray | None = None) -> np
     return out
 
 
+def side_metrics(ranks: np.ndarray, ks=(10,)) -> dict[str, float]:
+    """``metrics_from_ranks`` of one side's ranks; NaN for each metric (shown as n/a) when the side has
+    no user, e.g. no validation target among the simulated new items."""
+    if len(ranks):
+        return metrics_from_ranks(ranks, ks)
+    return {f"{x}@{k}": math.nan for k in ks for x in ("recall", "ndcg")}
+
+
+def shown(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default=str(ROOT / "runs" / "beauty_s7"), help="a finished recipe run directory")
@@ -73,12 +86,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--scales", type=float, nargs="*", default=[0.9, 0.8],
                    help="also the nearest item's embedding times each of these")
     args = p.parse_args(argv)
+    if args.in_set_users < 1:
+        p.error(f"--in-set-users must be >= 1 (the in-set side is every rule's reference), got {args.in_set_users}")
+    if not 0 < args.share < 1:
+        p.error(f"--share must be in (0, 1), got {args.share}")
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     _, split = StageContext(run, run_config(run)).training()
     n = split.num_items
     rng = np.random.default_rng(args.seed)
     new = np.sort(rng.choice(n, int(round(args.share * n)), replace=False))
+    if not len(new):
+        raise SystemExit(f"--share {args.share}: none of the run's {n} items is simulated as new; give a larger share")
     is_new = np.zeros(n, bool)
     is_new[new] = True
     old = np.flatnonzero(~is_new)
@@ -117,9 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
         r = ranks_of(m, known if unscorable is not None else inst, unscorable)
         if unscorable is not None:
             r[empty] = 10 ** 9  # nothing left to read: no ranking (the recommender's popularity fallback aside)
-        out[name] = {s: metrics_from_ranks(r[mask], (10,)) for s, mask in (("new", side), ("in_set", ~side))}
-        print(f"| {name} | {out[name]['new']['ndcg@10']:.4f} | {out[name]['new']['recall@10']:.4f} | "
-              f"{out[name]['in_set']['ndcg@10']:.4f} | {out[name]['in_set']['recall@10']:.4f} |", flush=True)
+        out[name] = {s: side_metrics(r[mask]) for s, mask in (("new", side), ("in_set", ~side))}
+        print(f"| {name} | {shown(out[name]['new']['ndcg@10'])} | {shown(out[name]['new']['recall@10'])} | "
+              f"{shown(out[name]['in_set']['ndcg@10'])} | {shown(out[name]['in_set']['recall@10'])} |", flush=True)
     return out
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -40,6 +41,15 @@ from genrec.recommender_files import item_record
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["fixed", "adaptive", "learned_minmax", "learned_logprob", "learned_mixture"]
+POLICIES = ("default", "gr_only", "union_min", "zero_mass")
+
+
+def cold_policies(sasrec_new_items: str) -> tuple[str, ...]:
+    """The policies the cold recommender is ranked under: every policy when SASRec cannot score the
+    new items (``none``); ``default`` alone with ``nearest``, where SASRec scores every new item
+    through its nearest item, so no policy for unscorable candidates applies (the others would
+    overwrite those scores)."""
+    return POLICIES if sasrec_new_items == "none" else ("default",)
 
 
 def without_items(dataset: SequenceDataset, drop: np.ndarray) -> SequenceDataset:
@@ -86,11 +96,16 @@ def fused(method, cands: CandidateScores, ind, new: np.ndarray, policy: str) -> 
     return method.fuse(CandidateScores(cands.items, s, cands.gr_scores, cands.id_in_topk, cands.gr_in_topk), ind)
 
 
+def ndcg10(ranks: np.ndarray) -> float:
+    """NDCG@10 of ``ranks``; NaN (reported as n/a) when there is none, e.g. no test target is new."""
+    return metrics_from_ranks(ranks, [10])["ndcg@10"] if len(ranks) else math.nan
+
+
 def row_metrics(top: np.ndarray, targets: np.ndarray, is_new: np.ndarray) -> dict[str, float]:
     ranks = ranks_from_topk(top, targets)
     target_new = is_new[targets]
-    return {"ndcg@10": metrics_from_ranks(ranks, [10])["ndcg@10"],
-            "ndcg@10 new targets": metrics_from_ranks(ranks[target_new], [10])["ndcg@10"],
+    return {"ndcg@10": ndcg10(ranks),
+            "ndcg@10 new targets": ndcg10(ranks[target_new]),
             "exposure@10": float(is_new[np.maximum(top[:, :10], 0)][top[:, :10] >= 0].mean())}
 
 
@@ -121,7 +136,7 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
              "| exposure warm | exposure cold+added |", "|---|---|---|---|---|---|---|"]
     for name, cold in results["cold"].items():
         warm = results["warm"].get(name if "[" not in name else name.split(" [")[0] + " [default]", {})
-        cell = lambda d, k: f"{d[k]:.4f}" if k in d else "-"  # noqa: E731
+        cell = lambda d, k: ("n/a" if math.isnan(d[k]) else f"{d[k]:.4f}") if k in d else "-"  # noqa: E731
         lines.append(f"| {name} | {cell(warm, 'ndcg@10')} | {cell(cold, 'ndcg@10')} | "
                      f"{cell(warm, 'ndcg@10 new targets')} | {cell(cold, 'ndcg@10 new targets')} | "
                      f"{cell(warm, 'exposure@10')} | {cell(cold, 'exposure@10')} |")
@@ -165,8 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
         to_rec = np.array([rec.index[i] for i in full.item_ids])  # full-data index -> this recommender's
         is_new = np.zeros(rec.num_items, bool)
         is_new[to_rec[late]] = True
-        # the warm models know every item: only the cold recommender has candidates SASRec cannot score
-        policies = ("default",) if name == "warm" else ("default", "gr_only", "union_min", "zero_mass")
+        # the warm models know every item: only the cold recommender can have candidates SASRec cannot
+        # score, and only when SASRec is kept blind to the new items
+        policies = ("default",) if name == "warm" else cold_policies(args.sasrec_new_items)
         results[name] = evaluate(rec, [to_rec[h] for h in split.test.histories], to_rec[split.test.targets], is_new,
                                  policies)
     late_targets = int(np.isin(split.test.targets, late).sum())

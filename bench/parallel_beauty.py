@@ -17,6 +17,7 @@ import argparse
 import logging
 import resource
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 import genrec
 from genrec.artifacts import save_json
 from genrec.config import override_dataclass
+from genrec.errors import GenrecError
 from genrec.metrics import format_metrics
 from genrec.parallel_generative import ParallelConfig, evaluate, train_parallel
 
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOAL = 0.0470
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/amazon2014/beauty"))
     p.add_argument("--embeddings", default=str(ROOT / "runs/beauty_full/embed/embeddings.npy"))
@@ -46,14 +48,25 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true", help="delete --out first (otherwise a run resumes)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ParallelConfig overrides")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    try:  # before --fresh deletes anything or the data is read: a bad override fails at once
+        config = override_dataclass(ParallelConfig(num_threads=args.threads), args.set)
+    except GenrecError as e:
+        p.error(f"--set: {e}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     if args.fresh:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        run(args, config, out)
+    except GenrecError as e:  # bad data or settings found during the run: one line, as the genrec CLI
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
+
+def run(args: argparse.Namespace, config: ParallelConfig, out: Path) -> None:
     from quantize.pipeline import build_semantic_ids
 
     dataset = genrec.load_plain(args.data)
@@ -64,7 +77,6 @@ def main() -> None:
                              codebook_size=args.codebook_size, whiten=args.whiten)
     t_quantize = time.perf_counter() - t0
     table = sid.table
-    config = override_dataclass(ParallelConfig(num_threads=args.threads), args.set)
     t0 = time.perf_counter()
     result = train_parallel(split, table, config, out_dir=out / "model")
     t_train = time.perf_counter() - t0

@@ -70,11 +70,12 @@ def agreement(x, ref, k: int = 10) -> dict:
             f"neighbour_overlap@{k}": float(overlap)}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "amazon2014" / "beauty"))
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_quantize"))
-    ap.add_argument("--methods", default="rq_kmeans,pq,opq,rq_vae")
+    ap.add_argument("--methods", default="rq_kmeans,pq,opq,rq_vae",
+                    help=f"comma-separated quantizers to fit, of {','.join(CONFIGS)}")
     ap.add_argument("--cache-dir", default=None,
                     help="embedding cache to use; default: a fresh temporary one, so the first pass is cold")
     ap.add_argument("--rq-vae-epochs", type=int, default=None, help="override RQ-VAE epochs")
@@ -83,7 +84,13 @@ def main() -> int:
     ap.add_argument("--skip-categories", nargs="*", default=[], metavar="CATEGORY",
                     help="categories left out of the item text, e.g. Beauty (every item's, as the Beauty recipe does)")
     ap.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE (for contended cores)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    # checked before the minutes of embedding, not when the first unknown name is reached
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in CONFIGS]
+    if unknown or not methods:
+        what = f"unknown method(s) {', '.join(map(repr, unknown))}" if unknown else "no method given"
+        ap.error(f"--methods: {what}; choose from {','.join(CONFIGS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     import torch
@@ -123,7 +130,7 @@ def main() -> int:
         results["agreement_with_fp32"] = agreement(x, TextEncoder().encode(texts, ids=ds.item_ids))
         print(f"{args.precision} vs fp32: {results['agreement_with_fp32']}")
 
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+    for method in methods:
         cfg = dict(CONFIGS[method])
         if method == "rq_vae" and args.rq_vae_epochs is not None:
             cfg["epochs"] = args.rq_vae_epochs

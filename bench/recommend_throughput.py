@@ -41,13 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-size", type=int, default=2048)
     p.add_argument("--out", default=None, help="output file (default: a temporary .parquet)")
     args = p.parse_args(argv)
+    if args.users is not None and args.users < 1:  # 0 would have meant every user
+        p.error(f"--users must be >= 1 (leave it out for every user), got {args.users}")
+    if args.chunk_size < 1:
+        p.error(f"--chunk-size must be >= 1, got {args.chunk_size}")
     torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     rec = Recommender.from_pretrained(args.path, method=args.method)
     load_s = time.perf_counter() - t0
     users, histories = read_histories(args.input)
-    if args.users:
+    if args.users is not None:
         users, histories = users[:args.users], histories[:args.users]
     t0 = time.perf_counter()
     recs = []

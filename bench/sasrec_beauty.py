@@ -9,50 +9,47 @@ Target (issue 2): test NDCG@10 >= 0.0436, converged in <= 10 minutes on 2 CPU co
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import resource
 import shutil
+import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import genrec
+from genrec.config import override_dataclass
+from genrec.errors import GenrecError
 from genrec.metrics import format_metrics
 from genrec.sasrec import SASRecConfig, evaluate, train_sasrec
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    types = {f.name: f.type for f in fields(SASRecConfig)}
-    out = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        if key not in types:
-            raise SystemExit(f"unknown SASRecConfig field {key!r}; fields: {sorted(types)}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:  # a bare word: device=cuda
-            out[key] = value
-    return out
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/amazon2014/beauty"))
     p.add_argument("--out", default=str(ROOT / "runs/bench_sasrec"))
     p.add_argument("--fresh", action="store_true", help="delete --out first (otherwise a run resumes)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="SASRecConfig overrides")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    try:  # before --fresh deletes anything or the data is read: a bad override fails at once
+        config = override_dataclass(SASRecConfig(), args.set, "SASRecConfig")
+    except GenrecError as e:
+        p.error(f"--set: {e}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.fresh:
         shutil.rmtree(args.out, ignore_errors=True)
+    try:
+        run(args, config)
+    except GenrecError as e:  # bad data or settings found during the run: one line, as the genrec CLI
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
+
+def run(args: argparse.Namespace, config: SASRecConfig) -> None:
     t0 = time.perf_counter()
     split = genrec.leave_one_out(genrec.load_plain(args.data))
     t_data = time.perf_counter() - t0
-    config = SASRecConfig(**parse_overrides(args.set))
     t1 = time.perf_counter()
     result = train_sasrec(split, config, out_dir=args.out)
     # the run's own clock (training + validation, summed over resumes): a resumed or finished run

@@ -33,6 +33,10 @@ run's wall time and peak resident memory, and the test metrics of every model.
 
 ``--from-json A.json B.json`` runs nothing: it prints the table (and ``--plot``) of earlier ``--json`` outputs.
 
+Without ``--workdir`` the generated files (and ``--pipeline``'s run directory) go to a temporary
+directory that is removed when its size is done, unless ``--keep-workdir`` (or ``genrec run`` failed:
+its files are kept and named). ``--plot`` needs two sizes or more and is refused with ``--pipeline``.
+
 Per stage it prints the wall time, the peak resident memory of the process during the stage (sampled
 every 20 ms) and that peak minus the memory at the stage's start. ``--plot`` draws wall time against
 interactions on log-log axes, one line per stage (with a linear-growth reference).
@@ -45,6 +49,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,8 +96,35 @@ class Stage:
         print(f"  {self.name:<10} {seconds:9.2f} s  peak {self.peak / 2**30:6.2f} GiB", flush=True)
 
 
+class WorkDir:
+    """Where one size's files go (``with WorkDir(args) as work: ... work.path``): ``--workdir``, kept;
+    else a new temporary directory, removed when the block ends (several GB at 1M items) unless
+    ``--keep-workdir`` or the block set ``work.keep`` (a failed run's files, named in its message)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.given = bool(args.workdir)
+        self.keep = self.given or bool(getattr(args, "keep_workdir", False))
+        self.path = Path(args.workdir) if self.given else None
+
+    def __enter__(self) -> "WorkDir":
+        if self.path is None:
+            self.path = Path(tempfile.mkdtemp(prefix="genrec-scale-"))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.keep:
+            shutil.rmtree(self.path, ignore_errors=True)
+        elif not self.given:
+            print(f"  work directory kept: {self.path}", flush=True)
+
+
 def run_one(args: argparse.Namespace, items: int, interactions: int) -> dict:
     """Every stage at one size; returns ``{"items", "interactions", "stages": [...]}``."""
+    with WorkDir(args) as work:
+        return _run_one(args, items, interactions, work.path)
+
+
+def _run_one(args: argparse.Namespace, items: int, interactions: int, workdir: Path) -> dict:
     import torch
 
     from genrec.item_embeddings import load_item_embeddings
@@ -106,7 +138,6 @@ def run_one(args: argparse.Namespace, items: int, interactions: int) -> dict:
     torch.set_num_threads(args.threads)
     rows: list[dict] = []
     print(f"{items} items, {interactions} interactions", flush=True)
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="genrec-scale-"))
     with Stage("generate", rows):
         ds = make_scale_dataset(items, interactions, dim=args.dim, seed=args.seed)
     with Stage("write", rows):
@@ -178,10 +209,16 @@ analysis:
 
 
 def run_pipeline(args: argparse.Namespace, items: int, interactions: int) -> dict:
-    """Generate and write one size, then time ``genrec run`` on it in a child process."""
+    """Generate and write one size, then time ``genrec run`` on it in a child process (a temporary
+    work directory is removed afterwards, unless ``--keep-workdir`` or the run failed)."""
+    with WorkDir(args) as work:
+        return _run_pipeline(args, items, interactions, work)
+
+
+def _run_pipeline(args: argparse.Namespace, items: int, interactions: int, work: WorkDir) -> dict:
     from genrec.synthetic_scale import make_scale_dataset, write_scale_dataset
 
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="genrec-scale-"))
+    workdir = work.path
     data_dir = workdir / f"{items}x{interactions}"
     t0 = time.perf_counter()
     ds = make_scale_dataset(items, interactions, dim=args.dim, seed=args.seed)
@@ -202,7 +239,8 @@ def run_pipeline(args: argparse.Namespace, items: int, interactions: int) -> dic
     proc = subprocess.run(cmd, cwd=ROOT)
     wall = time.perf_counter() - t0
     if proc.returncode:
-        raise SystemExit(f"genrec run failed (exit {proc.returncode}); config {config}, run {run_dir}")
+        work.keep = True  # the files the message names stay for inspection
+        raise SystemExit(f"genrec run failed (exit {proc.returncode}); config {config}, run {run_dir} (kept)")
     stages = []
     for marker in sorted(run_dir.glob("*/stage.done.json"), key=lambda p: p.stat().st_mtime):
         timing = json.loads(marker.read_text()).get("timing", {})
@@ -273,7 +311,7 @@ def plot(results: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--items", type=int, nargs="+", default=[10_000])
     p.add_argument("--interactions", type=int, nargs="+", default=[100_000])
@@ -287,7 +325,10 @@ def main() -> None:
     p.add_argument("--eval-users", type=int, default=10_000, help="users evaluated (and validated on)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", help="where the generated files go (default: a new temporary directory)")
+    p.add_argument("--workdir", help="where the generated files go (default: a new temporary directory, removed "
+                                     "when each size is done)")
+    p.add_argument("--keep-workdir", action="store_true",
+                   help="keep the temporary work directory (several GB at 1M items) instead of removing it")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--plot", help="write a log-log plot of wall time against size here (PNG)")
     p.add_argument("--pipeline", action="store_true", help="run the whole recipe (genrec run) at each size")
@@ -302,9 +343,13 @@ def main() -> None:
                    help="no run: the table (and --plot) of earlier stage-by-stage --json outputs (not --pipeline's), "
                         "sizes in the given order")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child process: one size, JSON out
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if len(args.items) != len(args.interactions):
         p.error("--items and --interactions need the same number of values (paired sizes)")
+    if args.plot and args.pipeline:
+        p.error("--plot draws the stage-by-stage runs' times; --pipeline has no plot (leave --plot out)")
+    if args.plot and not args.from_json and len(args.items) < 2:
+        p.error("--plot needs at least two sizes (--items A B ... --interactions A B ...): one size is a single point")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     if args.from_json:
@@ -314,6 +359,8 @@ def main() -> None:
             if missing:
                 p.error(f"--from-json: the {r['items']:,}-item result has no stage {missing[0]!r}; "
                         f"these files come from stage-by-stage runs (--json without --pipeline)")
+        if args.plot and len(results) < 2:
+            p.error(f"--plot needs at least two sizes; the --from-json files hold {len(results)}")
         print(table(results))
         if args.plot:
             plot(results, args.plot)
@@ -340,6 +387,8 @@ def main() -> None:
             value = getattr(args, flag)
             if value is not None:
                 cmd += [f"--{flag.replace('_', '-')}", str(value)]
+        if args.keep_workdir:
+            cmd.append("--keep-workdir")
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         for line in proc.stdout.splitlines():
             if line.startswith("RESULT "):
@@ -358,6 +407,8 @@ def main() -> None:
     if args.plot and len(results) > 1:
         plot(results, args.plot)
         print(f"plot: {args.plot}")
+    elif args.plot:  # sizes failed: what is left is one point
+        print(f"no plot: only {len(results)} size finished")
 
 
 if __name__ == "__main__":

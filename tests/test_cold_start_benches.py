@@ -240,3 +240,85 @@ def test_the_cold_start_bench_reports_nan_for_a_side_without_users(cold_run, mon
     assert ref and all(r["in_set"]["count"] == 0 and math.isnan(r["in_set"]["ndcg@10"]) for r in ref.values())
     plain = cold_start_beauty.without_added_items(cold_run, config)
     assert plain and all(r["count"] == 0 and math.isnan(r["ndcg@10"]) for r in plain.values())
+
+
+def test_the_cold_start_bench_without_the_mixture_reports_nan_for_a_side_without_users(cold_run, tmp_path, monkeypatch):
+    """``without_mixture`` had no guard for an empty side (``reference_by_target`` had): with no in-set
+    test user it raised "no instances to evaluate"; now that side is NaN, as the reference's."""
+    import math
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import cold_start_beauty
+    from genrec.cold_start import ColdStartSplit
+    from genrec.recipe.run_files import run_config
+
+    run = tmp_path / "run"
+    shutil.copytree(cold_run, run)
+    with np.load(run / "fusion" / "topk.npz") as z:  # stands in for a run that fitted the mixture
+        np.savez(run / "fusion" / "topk_without_mixture.npz", **{name: z[name] for name in z.files})
+    monkeypatch.setattr(ColdStartSplit, "is_cold", lambda self, items: np.ones(len(items), bool))
+    mixed = cold_start_beauty.without_mixture(run, run_config(run))
+    assert mixed and all(math.isnan(m["in_set"]["ndcg@10"]) and 0 <= m["cold"]["ndcg@10"] <= 1
+                         for m in mixed.values())
+
+
+def test_the_cold_start_bench_writes_null_for_a_goal_part_it_did_not_measure(cold_run, tiny_cached, tmp_path, capsys,
+                                                                              monkeypatch):
+    """--no-reference: the printout says "cold part MET, in-set part not measured", and the JSON said
+    goal_met false; now null, with each part as the printout has it."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import cold_start_beauty
+
+    monkeypatch.setattr(cold_start_beauty, "GOAL_COLD_NDCG", 0.0)  # the tiny run's cold part is then met
+    out = tmp_path / "bench"
+    shutil.copytree(cold_run, out)
+    sets = [s for s in tiny_cached if not s.startswith("data.dataset")]
+    summary = cold_start_beauty.main(["--config", str(DEMO_YAML), "--preset", "quick", "--dataset", SYNTH,
+                                      "--cold", "0.2", "--seed", "0", "--out", str(out), "--no-reference",
+                                      *[a for s in sets for a in ("--set", s)]])
+    assert "-> cold part MET, in-set part not measured" in capsys.readouterr().out
+    assert summary["goal_met"] is None and summary["goal_parts"] == {"cold": True, "in_set": None}
+    assert json.loads((out / "bench_cold_start.json").read_text())["goal_met"] is None
+
+
+def test_the_cold_start_benches_refuse_a_split_without_both_sides_before_any_work(cold_run, monkeypatch, capsys):
+    """A cold-start split with no in-set validation user: the benches said so (a ConfigError traceback)
+    only after extending the catalogue or training the content model; now a message, before."""
+    from genrec.cold_start import ColdStartSplit
+
+    monkeypatch.setattr(ColdStartSplit, "is_cold", lambda self, items: np.ones(len(items), bool))
+
+    def no_work(*a, **k):
+        pytest.fail("work started before the split was checked")
+
+    for script, slow in (("bench/new_item_generative.py", "extend_catalogue"),
+                         ("bench/new_item_prefix.py", "extend_catalogue"),
+                         ("bench/content_sasrec_cold.py", "train_sasrec")):
+        bench = load_script(script)
+        monkeypatch.setattr(bench, slow, no_work)
+        with pytest.raises(SystemExit, match="needs both"):
+            bench.main(["--run", str(cold_run), "--in-set-users", "40", "--threads", "1"])
+
+
+def test_new_item_bench_builds_its_candidates_as_the_run_did(cold_run, monkeypatch, capsys):
+    """model_inputs was called without the run's fusion.teacher_forcing (so a run with it off was ranked
+    with it on): both calls, validation and --test, now pass the run's."""
+    from dataclasses import replace as _replace
+
+    from genrec.recipe.run_files import run_config
+
+    bench = load_script("bench/new_item_generative.py")
+    config = run_config(cold_run)
+    off = _replace(config, fusion=_replace(config.fusion, teacher_forcing=False))
+    monkeypatch.setattr(bench, "run_config", lambda run: off)
+    seen = []
+    real = bench.model_inputs
+
+    def spy(*a, **k):
+        seen.append(k.get("teacher_forcing", "not given"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench, "model_inputs", spy)
+    res = bench.main(["--run", str(cold_run), "--in-set-users", "40", "--threads", "1", "--weights", "1",
+                      "--content-candidates", "5", "--no-mixture", "--test"])
+    assert seen == [False, False] and res["test"]

@@ -37,9 +37,10 @@ def rank_catalogue(batches: Iterable[tuple[Any, Any, Any]], n: int, num_items: i
 def rank_generative(generative: Any, rows: Sequence[np.ndarray], k: int, seen: Sequence[np.ndarray] | None,
                     settings: Any) -> list[tuple[np.ndarray, np.ndarray, None]]:
     """Per row: the generative model's beam (``settings.beam``, ``batch_size``, ``max_history``), best first,
-    the ``seen`` items left out. The beam is max(fusion.beam, k), widened when seen items are excluded
-    so that k items remain: first by up to max_history of the row's distinct seen items (bounded), then,
-    for a row still short of k, by all of them (any can be in the beam). Rows decode in groups of one
+    the ``seen`` items left out. The beam is fusion.beam, widened when seen items are excluded: by up to
+    max_history of the row's distinct seen items (bounded); then, for a row still short of k, by all of
+    them (any can be in the beam). So a row's first j items never depend on k (the recommender asks
+    for k <= fusion.beam). Rows decode in groups of one
     width: a history's items never depend on the other histories of the batch (scores may, by ~1e-6:
     the batch pads them differently)."""
     from genrec.generative import recommend
@@ -59,12 +60,19 @@ def rank_generative(generative: Any, rows: Sequence[np.ndarray], k: int, seen: S
                     ok &= ~np.isin(beam.items[g], seen[j])
                 out[j] = (beam.items[g][ok][:k], beam.log_probs[g][ok][:k], None)
 
-    first = np.array([min(n_items, max(settings.beam, k + min(d, settings.max_history))) for d in distinct])
-    full = np.array([min(n_items, max(settings.beam, k + d)) for d in distinct])
-    decode(first, np.arange(len(rows)))
-    short = np.array([j for j in range(len(rows)) if len(out[j][0]) < k and full[j] > first[j]], dtype=np.int64)
-    if len(short):
-        decode(full, short)
+    # widths from the configured beam, not from k: a row's beam (so its first j items) is the same
+    # whatever k a request asks (the service batches requests of mixed k); only a row still short of k
+    # after the beam and its seen items is decoded wider
+    steps = [[min(n_items, settings.beam + min(d, settings.max_history)) for d in distinct],
+             [min(n_items, max(settings.beam, k) + d) for d in distinct]]
+    widths = np.array(steps[0])
+    decode(widths, np.arange(len(rows)))
+    for step in steps[1:]:
+        wider = np.array(step)
+        short = np.array([j for j in range(len(rows)) if len(out[j][0]) < k and wider[j] > widths[j]], dtype=np.int64)
+        if len(short):
+            decode(wider, short)
+        widths = np.maximum(widths, wider)
     return out
 
 

@@ -40,6 +40,9 @@ plain JSON / ``.npz`` without pickle, so loading never runs code from the files.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -206,6 +209,7 @@ class Recommender:
         from quantize import SemanticIdTable
 
         m = files.read_manifest(directory)
+        files.check_file_digests(directory, m["file_digests"])
         try:
             table = SemanticIdTable.load(directory / files.TABLE)
         except (OSError, ValueError, KeyError, TypeError) as e:  # missing, unreadable or damaged
@@ -251,18 +255,40 @@ class Recommender:
                                   else f"{directory / files.MANIFEST}: {e}") from None
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write a self-contained copy (every model and fusion method it holds) into ``directory``,
-        atomically file by file, the manifest last; load it with :meth:`from_pretrained`."""
+        """Write a self-contained copy (every model and fusion method it holds) into ``directory``, a new
+        or empty directory or a saved recommender (replaced, e.g. after :meth:`add_items`); load it with
+        :meth:`from_pretrained`. The copy is written beside it first and renamed into place, so a save
+        that fails (a full disk, a kill) leaves the directory as it was."""
+        d = Path(directory)
+        if d.exists() and not d.is_dir():
+            raise FileExistsError(f"{d} exists and is not a directory")
+        if d.is_dir() and not (d / files.MANIFEST).is_file() and any(d.iterdir()):
+            # a run directory or the user's files: the swap below would remove them
+            raise FileExistsError(f"{d} is neither empty nor a saved recommender ({files.MANIFEST}); save into a new "
+                                  "or empty directory")
+        d.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{d.name}.saving-", dir=d.parent))
+        try:
+            self._write_files(staging)
+            if d.exists():  # the old copy stays whole until the new one is complete
+                old = Path(tempfile.mkdtemp(prefix=f".{d.name}.old-", dir=d.parent))
+                os.replace(d, old / d.name)
+                os.replace(staging, d)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, d)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return d
+
+    def _write_files(self, d: Path) -> None:
+        """Every file of :meth:`save_pretrained` into the empty directory ``d``, the manifest last."""
         from fusion import save_methods
         from fusion.joint import save_joint
         from genrec.generative import save_generative
         from genrec.sasrec import save_sasrec
 
-        d = Path(directory)
-        if d.exists() and not d.is_dir():
-            raise FileExistsError(f"{d} exists and is not a directory")
-        d.mkdir(parents=True, exist_ok=True)
-        (d / files.MANIFEST).unlink(missing_ok=True)  # a directory without a manifest is incomplete
         models = []
         if self.sasrec is not None:
             save_sasrec(self.sasrec, d / files.MODEL_FILES["sasrec"])
@@ -276,16 +302,11 @@ class Recommender:
         if self.fusion_methods:
             save_methods(d / files.MODEL_FILES["fusion"], self.fusion_methods)
             models.append("fusion")
-        for name, fname in files.MODEL_FILES.items():
-            if name not in models:
-                (d / fname).unlink(missing_ok=True)
         self.table.save(d / files.TABLE)
         files.save_items(d / files.ITEMS, self.items)
         files.save_sequences(d / files.SEQUENCES, self.train_sequences)
         if self.item_embeddings is not None:
             files.save_embeddings(d / files.EMBEDDINGS, self.item_embeddings)
-        else:  # embeddings left by an earlier save are not this recommender's
-            (d / files.EMBEDDINGS).unlink(missing_ok=True)
         files.copy_quantizer(self.quantize_dir, d)
         from genrec import __version__
 
@@ -293,8 +314,8 @@ class Recommender:
                                  "fusion_methods": list(self.fusion_methods), "num_items": len(self.item_ids),
                                  "settings": asdict(self.settings), "text": self.text,
                                  "trained_items": self.trained_items,
-                                 "new_item_mixtures": {n: mix.to_dict() for n, mix in self.new_item_mixtures.items()}})
-        return d
+                                 "new_item_mixtures": {n: mix.to_dict() for n, mix in self.new_item_mixtures.items()},
+                                 "file_digests": files.file_digests(d)})
 
     # -- what it holds -----------------------------------------------------------------------------
     @property

@@ -15,11 +15,14 @@
 
 Every file is written atomically, the manifest last, so a directory with a manifest is complete.
 Reading checks the format name and version first: another version is a
-:class:`~genrec.errors.CheckpointError` saying so, never a half-loaded model.
+:class:`~genrec.errors.CheckpointError` saying so, never a half-loaded model. The manifest keeps the
+SHA-256 of every other file (``file_digests``; directories saved before it have none): a file copied in
+from another recommender is refused, not used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -127,7 +130,37 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: damaged: 'trained_items' must be an integer >= 1, got {trained!r}")
     mixtures = m.get("new_item_mixtures")
     m["new_item_mixtures"] = {} if mixtures is None else new_item_mixtures_from(mixtures, f"{path}: new_item_mixtures")
+    digests = m.setdefault("file_digests", None)
+    if digests is not None and not (isinstance(digests, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in digests.items())):
+        raise CheckpointError(f"{path}: damaged: 'file_digests' must map file names to SHA-256 digests")
     return m
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    """``{relative path: SHA-256}`` of every file under ``directory`` but the manifest (for the manifest)."""
+    out = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        out[path.relative_to(directory).as_posix()] = digest.hexdigest()
+    return out
+
+
+def check_file_digests(directory: Path, expected: dict[str, str] | None) -> None:
+    """Refuse a directory whose files are not the ones its manifest was written with (a model copied in
+    from another recommender, a file replaced); ``expected`` None (saved before digests): no check."""
+    if expected is None:
+        return
+    found = file_digests(directory)
+    for name, digest in expected.items():
+        # a missing file is left to its loader: it names a required one, and an optional one (the item
+        # embeddings) may have been removed on purpose
+        if name in found and found[name] != digest:
+            raise CheckpointError(f"{directory / name}: not the file this recommender was saved with (its SHA-256 "
+                                  f"differs from {MANIFEST}'s); the directory mixes files of different recommenders")
 
 
 def new_item_mixtures_from(raw: Any, where: str) -> dict[str, Any]:

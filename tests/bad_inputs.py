@@ -307,7 +307,7 @@ CASES: list[Case] = [
          lambda w: _recipe(w, "report.ks=[10, 100]"), ConfigError, r"'report.ks' must not exceed fusion.k \(50\)"),
     Case("config-k-above-catalogue", "config", "fusion.k larger than the catalogue",
          lambda w: _import("genrec.recipe.check_catalogue")(
-             _import("genrec.recipe.config_from_dict")({"fusion": {"k": 60}, "report": {"ks": [10]}}), 12),
+             _import("genrec.recipe.config_from_dict")({"fusion": {"k": 60, "beam": 60}, "report": {"ks": [10]}}), 12),
          ConfigError, r"'fusion.k' \(60\) exceeds the catalogue of synthetic \(12 items\)"),
     # --- command line -------------------------------------------------------------------------
     Case("cli-data-spec-type", "cli", "genrec data synthetic:num_users=abc",

@@ -409,6 +409,14 @@ def test_cli_add_items_end_to_end(tiny_run, emb_cache, tmp_path, capsys):
     assert "'CLI_TWIN' is already in the catalogue" in capsys.readouterr().err
     assert cli.main(["add-items", str(out), str(new), "--out", str(tiny_run)]) == 2
     assert "a recipe run directory" in capsys.readouterr().err
+    # a stage's folder inside a run was overwritten (its semantic_ids.json replaced: the run no longer loaded)
+    copy = tmp_path / "run_copy"
+    shutil.copytree(tiny_run, copy)
+    before = (copy / "quantize" / "semantic_ids.json").read_bytes()
+    assert cli.main(["add-items", str(copy), str(new), "--out", str(copy / "quantize"), "--cache-dir",
+                     str(emb_cache)]) == 2
+    assert "is neither empty nor a saved recommender" in capsys.readouterr().err
+    assert (copy / "quantize" / "semantic_ids.json").read_bytes() == before and Recommender.from_run(copy)
 
 
 def test_every_fusion_method_ranks_a_candidate_only_the_generative_model_can_score():

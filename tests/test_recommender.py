@@ -190,7 +190,8 @@ def test_bad_run_and_saved_directories_are_clear_errors(tiny_run, rec, tmp_path)
     with pytest.raises(CheckpointError, match="neither a saved recommender"):
         Recommender.from_pretrained(tmp_path)
     saved = rec.save_pretrained(tmp_path / "m")
-    manifest = load_json(saved / MANIFEST)
+    # without the file digests (as saved before them), so that each file's own check below is reached
+    manifest = {**load_json(saved / MANIFEST), "file_digests": None}
     save_json(saved / MANIFEST, {**manifest, "format_version": FORMAT_VERSION + 1})
     with pytest.raises(CheckpointError, match=rf"recommender format version {FORMAT_VERSION + 1}; this genrec reads "
                                               rf"versions 1, {FORMAT_VERSION}"):
@@ -310,7 +311,30 @@ def test_saved_directories_that_mix_recommenders_or_keep_stale_files_are_caught(
     codes[[0, 1]] = codes[[1, 0]]  # the same IDs, given to other items
     other = with_new_items(rec.generative, rec.generative.codes, rec.generative.codebook_sizes)
     other.item_tokens[1:3] = other.item_tokens[[2, 1]]
+    shutil.copy(d / "generative.pt", tmp_path / "generative.pt")
     save_generative(other, d / "generative.pt")
+    # the manifest's digests catch any file copied in from another recommender (a SASRec of another run
+    # of the same catalogue size loaded and ranked silently)
+    with pytest.raises(CheckpointError, match=r"generative.pt: not the file this recommender was saved with .*"
+                                              r"mixes files of different recommenders"):
+        Recommender.from_pretrained(d)
+    from genrec.sasrec import save_sasrec
+
+    manifest = load_json(d / MANIFEST)
+    other_sasrec = copy.deepcopy(rec.sasrec)
+    with torch.no_grad():
+        other_sasrec.item_emb.weight.mul_(-1)
+    shutil.copy(d / "generative.pt", tmp_path / "other_generative.pt")
+    shutil.copy(tmp_path / "generative.pt", d / "generative.pt")
+    shutil.copy(d / "sasrec.pt", tmp_path / "sasrec.pt")
+    save_sasrec(other_sasrec, d / "sasrec.pt")
+    with pytest.raises(CheckpointError, match=r"sasrec.pt: not the file this recommender was saved with"):
+        Recommender.from_pretrained(d)
+    shutil.copy(tmp_path / "sasrec.pt", d / "sasrec.pt")
+    Recommender.from_pretrained(d)  # its own files again
+    shutil.copy(tmp_path / "other_generative.pt", d / "generative.pt")
+    # a directory saved before the digests: the semantic IDs are still checked against the table
+    save_json(d / MANIFEST, {**manifest, "file_digests": None})
     with pytest.raises(CheckpointError, match="semantic IDs differ from those of semantic_ids.json"):
         Recommender.from_pretrained(d)
     # saving a recommender without a quantizer over a directory that had one removes the stale copy
@@ -319,3 +343,66 @@ def test_saved_directories_that_mix_recommenders_or_keep_stale_files_are_caught(
     bare.save_pretrained(d)
     assert not (d / "quantize" / "quantizer.pt").exists() and Recommender.from_pretrained(d).quantize_dir is None
     assert not (d / "item_embeddings.npy").exists() and Recommender.from_pretrained(d).item_embeddings is None
+
+
+def test_the_generative_models_first_items_do_not_depend_on_k_with_seen_items_excluded(rec, test_histories,
+                                                                                       monkeypatch):
+    """The beam was widened from k (k + the history's items), so a k=10 answer's first five could differ
+    from a k=5 answer (9 of 150 histories on a cold-start run): the service batches requests of mixed k.
+    Widths now start from fusion.beam; k only widens a row still short of it."""
+    gen = rec.with_method("generative")
+    for exclude in (True, False):
+        for small, big in ((3, 10), (5, rec.settings.beam)):
+            a = gen.recommend_batch(test_histories[:60], k=small, exclude_seen=exclude)
+            b = gen.recommend_batch(test_histories[:60], k=big, exclude_seen=exclude)
+            assert [r.items for r in a] == [r.items[:small] for r in b]
+    import genrec.generative as generative_module
+
+    real, widths = generative_module.recommend, {}
+
+    def spy(model, histories, beam_size, **kw):  # the beam each history is decoded with, per k asked
+        for h in histories:
+            widths.setdefault(asked, {}).setdefault(tuple(h), []).append(beam_size)
+        return real(model, histories, beam_size=beam_size, **kw)
+
+    monkeypatch.setattr(generative_module, "recommend", spy)
+    for asked in (3, 10):
+        gen.recommend_batch(test_histories[:60], k=asked, exclude_seen=True)
+    first = {k: {h: w[0] for h, w in rows.items()} for k, rows in widths.items()}
+    assert first[3] == first[10] and len(first[3]) > 1
+    monkeypatch.undo()
+    full = gen.recommend_batch(test_histories[:60], k=rec.settings.beam, exclude_seen=True)
+    assert all(len(r.items) == rec.settings.beam for r in full)  # a row short of k is still decoded wider
+
+
+def test_a_save_over_a_saved_recommender_that_fails_leaves_it_loadable(rec, tmp_path, monkeypatch, test_histories):
+    """save_pretrained deleted the manifest and replaced files one by one: a save that failed part-way
+    (a full disk) left a directory neither version could load. It now writes beside it and renames."""
+    import errno
+
+    from genrec import recommender_files
+
+    d = rec.save_pretrained(tmp_path / "m")
+    expected = Recommender.from_pretrained(d).recommend(test_histories[0], k=5)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(recommender_files, "save_sequences", full_disk)
+    bare = Recommender(table=rec.table, train_sequences=rec.train_sequences, method="sasrec", settings=rec.settings,
+                       sasrec=rec.sasrec, items=rec.items)
+    with pytest.raises(OSError, match="No space left"):
+        bare.save_pretrained(d)
+    monkeypatch.undo()
+    assert Recommender.from_pretrained(d).recommend(test_histories[0], k=5) == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging copy left behind
+    # saving in place over the directory it was loaded from (add-items --out PATH PATH)
+    loaded = Recommender.from_pretrained(d)
+    loaded.save_pretrained(d)
+    assert Recommender.from_pretrained(d).recommend(test_histories[0], k=5) == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="is neither empty nor a saved recommender"):
+        rec.save_pretrained(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

@@ -14,7 +14,8 @@ fields are ignored, so explicit ratings count as implicit feedback, low ones inc
 practice of sequential recommendation (filter the file first to keep only some). Each user's rows are
 sorted stably by timestamp (``order="timestamp"``, ties keep file order) or kept in file order
 (``order="file"``); without a time field, file order is kept and the row number stands for the time
-(logged).
+(logged), unless the time field was named or ``order="timestamp"`` asked for: then its absence is an
+error.
 
 ``.item`` (optional): ``item_id:token`` plus text fields mapped to :class:`~genrec.data.ItemText` by
 name: ``title`` (also ``name``, ``movie_title``), ``brand``, ``categories`` (also ``category``,
@@ -136,8 +137,8 @@ def _field(path: Path, header: list[tuple[str, str]], name: str, types: tuple[st
     return None
 
 
-def _read_inter(path: Path, sep: str | None, user_field: str, item_field: str, time_field: str
-                ) -> tuple[dict[str, list[tuple[str, int | float]]], dict[str, int], bool]:
+def _read_inter(path: Path, sep: str | None, user_field: str, item_field: str, time_field: str,
+                time_required: bool = False) -> tuple[dict[str, list[tuple[str, int | float]]], dict[str, int], bool]:
     """``user -> [(item, time), ...]`` in file order, each item's first line, and whether times were read."""
     users: dict[str, list[tuple[str, int | float]]] = {}
     first_line: dict[str, int] = {}
@@ -145,7 +146,7 @@ def _read_inter(path: Path, sep: str | None, user_field: str, item_field: str, t
     _, header = next(rows)
     cu = _field(path, header, user_field, ("token",))
     ci = _field(path, header, item_field, ("token",))
-    ct = _field(path, header, time_field, ("float", "token"), required=False)
+    ct = _field(path, header, time_field, ("float", "token"), required=time_required)
     if ct is None:
         log.info("%s: no %r field; each user's interactions keep file order", path, time_field)
     n = 0
@@ -162,8 +163,8 @@ def _read_inter(path: Path, sep: str | None, user_field: str, item_field: str, t
     return users, first_line, ct is not None
 
 
-def _read_inter_columns(path: Path, sep: str | None, user_field: str, item_field: str, time_field: str
-                        ) -> tuple[InteractionColumns, bool] | None:
+def _read_inter_columns(path: Path, sep: str | None, user_field: str, item_field: str, time_field: str,
+                        time_required: bool = False) -> tuple[InteractionColumns, bool] | None:
     """:func:`_read_inter` in bulk (no Python work per row): the rows as columns and whether times were
     read, or None when the file needs the line reader (see :func:`genrec.data.read_interaction_columns`)."""
     data = simple_text_bytes(path)
@@ -173,7 +174,7 @@ def _read_inter_columns(path: Path, sep: str | None, user_field: str, item_field
     s, header = _header(path, header_line, sep)  # the same header errors as the line reader
     cu = _field(path, header, user_field, ("token",))
     ci = _field(path, header, item_field, ("token",))
-    ct = _field(path, header, time_field, ("float", "token"), required=False)
+    ct = _field(path, header, time_field, ("float", "token"), required=time_required)
     columns = read_delimited_columns(rest, s, len(header), (cu, ci) if ct is None else (cu, ci, ct))
     if columns is None or len(columns[0]) == 0:
         return None
@@ -264,14 +265,17 @@ def _extra_value(raw: str, ftype: str) -> Any:
 
 
 def load_recbole(directory: str | Path, name: str | None = None, sep: Literal["tab", "comma"] | None = None,
-                 order: Literal["timestamp", "file"] = "timestamp",
+                 order: Literal["timestamp", "file"] | None = None,
                  missing_items: Literal["error", "empty"] = "error", user_field: str = "user_id",
-                 item_field: str = "item_id", time_field: str = "timestamp",
+                 item_field: str = "item_id", time_field: str | None = None,
                  keep_unused_items: bool = False) -> SequenceDataset:
     """Load a RecBole atomic-file dataset directory (see the module doc for every rule).
 
     ``sep``: ``"tab"``, ``"comma"`` or None (detected per file). ``order``: ``"timestamp"`` (stable
-    sort) or ``"file"``. ``missing_items``: ``"error"`` or ``"empty"``, for interacted items that the
+    sort) or ``"file"``; None: by timestamp where the file has a time field, else file order.
+    ``time_field``: None reads ``timestamp`` when present; a named field, or ``order="timestamp"``,
+    must be in the header (a ``DataFormatError``, not a silent file order). ``missing_items``:
+    ``"error"`` or ``"empty"``, for interacted items that the
     ``.item`` file lacks. ``keep_unused_items``: ``.item`` entries without interactions stay in the
     catalogue (:func:`genrec.data.build_dataset`). Item order: first appearance in the ``.item`` file,
     then items that only ``.inter`` names, in order of first interaction.
@@ -283,17 +287,22 @@ def load_recbole(directory: str | Path, name: str | None = None, sep: Literal["t
         raise DataFormatError(f"{directory}: RecBole separator must be 'tab' or 'comma', got {sep!r}")
     if missing_items not in ("error", "empty"):
         raise ValueError(f"missing_items must be 'error' or 'empty', got {missing_items!r}")
+    # a time field the caller named, or a timestamp order asked for, must be there: without one the
+    # interactions kept file order with only an INFO line
+    time_required = time_field is not None or order == "timestamp"
+    time_field = time_field or "timestamp"
+    order = order or "timestamp"
     inter_path, item_path = recbole_files(directory)
     if inter_path is None:
         name = Path(os.path.abspath(directory)).name
         raise DataNotFoundError(f"{directory}: expected {name}.inter or {name}.inter.gz "
                                 f"(RecBole atomic files are named after their directory), found neither")
-    bulk = _read_inter_columns(inter_path, sep, user_field, item_field, time_field)
+    bulk = _read_inter_columns(inter_path, sep, user_field, item_field, time_field, time_required)
     if bulk is not None:
         rows, timed = bulk
         inter_items = rows.item_ids  # in order of first appearance, as first_line's keys
     else:  # rows the bulk reader leaves to the line reader (blank lines, unusual numbers, errors)
-        users, first_line, timed = _read_inter(inter_path, sep, user_field, item_field, time_field)
+        users, first_line, timed = _read_inter(inter_path, sep, user_field, item_field, time_field, time_required)
         inter_items = list(first_line)
     if item_path is None:
         log.info("%s: no %s.item file; every item has empty text (set text.fallback or text.embeddings in a "
@@ -304,7 +313,7 @@ def load_recbole(directory: str | Path, name: str | None = None, sep: Literal["t
     missing = [i for i in inter_items if i not in items]
     if missing and item_path is not None and missing_items == "error" and bulk is not None:
         # the error names the .inter line of the first missing item: the line reader knows it
-        _, first_line, _ = _read_inter(inter_path, sep, user_field, item_field, time_field)
+        _, first_line, _ = _read_inter(inter_path, sep, user_field, item_field, time_field, time_required)
     if missing and item_path is not None:
         if missing_items == "error":
             raise DataFormatError(f"{inter_path}:{first_line[missing[0]]}: {len(missing)} interacted item(s) have "

@@ -18,7 +18,9 @@
 =========================  ==================================================================================
 
 **Status codes.** 200 on success. 400: a body that is not valid JSON, a ``Content-Length`` that
-is not a number, or a repeated ``Content-Type`` / ``Content-Length`` header. 404: ``GET /items`` of an
+is not a number, or a repeated ``Content-Type`` / ``Content-Length`` header (under uvicorn, a request
+whose HTTP framing its parser refuses, such as ``Content-Length: abc`` or a negative one, is answered
+by uvicorn itself: 400 with a plain-text body, before the service sees it). 404: ``GET /items`` of an
 unknown item id (also an unknown path). 413: a body over ``max_body_bytes``, refused by its
 ``Content-Length`` or, without a truthful one, by the bytes actually read, before any parsing.
 415: a ``Content-Type`` that is not JSON, or a ``Content-Encoding`` other than identity (bodies are

@@ -105,6 +105,12 @@ def test_without_item_file_items_have_empty_text(tmp_path, caplog):
     assert ds.item_ids == ["x", "y"] and all(it.is_empty() for it in ds.items)
     assert "no bare.item file" in caplog.text and "no 'timestamp' field" in caplog.text
     assert ds.timestamps[0].tolist() == [0, 1]  # the row number stands for the time
+    # a time field named, or a timestamp order asked for, that the file lacks: an error, not file order
+    for spec, field in ((f"recbole:{d},time_field=tss", "tss"), (f"recbole:{d},order=timestamp", "timestamp"),
+                        (f"recbole:{d},time_field=tss,order=file", "tss")):
+        with pytest.raises(DataFormatError, match=rf"bare.inter:1: header lacks the field '{field}'"):
+            genrec.load_dataset(spec)
+    assert genrec.load_dataset(f"recbole:{d},order=file").timestamps[0].tolist() == [0, 1]
 
 
 def test_missing_item_entries_error_or_empty(tmp_path, caplog):
@@ -214,3 +220,16 @@ def test_fingerprint_covers_recbole_files(tmp_path):
 
     d = _toy(tmp_path, gz=True)
     assert [p.name for p in data_files(f"recbole:{d},sep=tab")] == ["toy.inter.gz", "toy.item.gz"]
+
+
+def test_data_export_refuses_the_folder_of_any_dataset_file(tmp_path, capsys):
+    """--export into a RecBole folder wrote a plain copy beside bare.inter (only files named
+    interactions*/items* were guarded), which a directory spec of that folder then read instead."""
+    from genrec import cli
+
+    d = _write(tmp_path / "bare", "user_id:token\titem_id:token\nu1\tx\nu1\ty\nu1\tz\nu2\tx\nu2\ty\nu2\tz\n")
+    assert cli.main(["data", f"recbole:{d}", "--export", str(d)]) == 2
+    assert "holds the dataset's own files; export elsewhere" in capsys.readouterr().err
+    assert sorted(p.name for p in d.iterdir()) == ["bare.inter"]
+    assert cli.main(["data", f"recbole:{d}", "--export", str(tmp_path / "plain")]) == 0
+    assert (tmp_path / "plain" / "interactions.tsv").is_file()

@@ -29,11 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from genrec.splits import leave_one_out
 
     try:
-        if args.export:  # over the files it reads: a changed copy of the data, or a .gz beside its own .tsv
+        if args.export:  # over the files it reads (a changed copy of the data, or a .gz beside its own .tsv), or
+            # beside them (a RecBole or Parquet folder then holds a plain copy that a directory spec reads instead)
             from genrec.rundir import data_files
 
             export = Path(args.export).resolve()
-            if any(export in (f.resolve().parent, f.parent.resolve()) and f.name.split(".")[0] in ("interactions", "items")
+            if any(export in (f.resolve().parent, f.parent.resolve())
                    for f in data_files(args.spec, args.cache_dir)):  # (a link's own folder and its target's)
                 raise ValueError(f"argument --export: {args.export} holds the dataset's own files; export elsewhere")
         ds = load_dataset(args.spec, cache_dir=args.cache_dir)

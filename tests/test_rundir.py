@@ -200,7 +200,7 @@ def test_stage_that_cannot_write_fails_clearly_and_keeps_earlier_work(plain_dir,
 
 
 def test_fusion_k_above_the_catalogue_is_a_config_error(cache, tmp_path):
-    config = _config("synthetic:num_users=60,seed=0", cache, "fusion.k=5000", "report.ks=[10]")
+    config = _config("synthetic:num_users=60,seed=0", cache, "fusion.k=5000", "fusion.beam=5000", "report.ks=[10]")
     with pytest.raises(ConfigError, match=r"'fusion.k' \(5000\) exceeds the catalogue of synthetic.* \(\d+ items\)"):
         run_recipe(config, tmp_path / "run")
 

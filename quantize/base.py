@@ -22,7 +22,7 @@ from genrec.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 __all__ = ["Quantizer", "as_embeddings", "kmeans", "nearest", "load_quantizer", "faiss_threads", "QUANTIZERS",
-           "check_centroids", "check_positive_ints"]
+           "check_centroids", "check_positive_ints", "check_nonnegative_ints"]
 
 #: name -> class, filled by each quantizer module on import (see :func:`quantize.make_quantizer`).
 QUANTIZERS: dict[str, type["Quantizer"]] = {}
@@ -31,25 +31,37 @@ _FORMAT = "genrec.quantizer/1"
 
 
 def as_embeddings(x: Any, ids: Sequence[str] | None = None, dim: int | None = None,
-                  what: str = "embeddings") -> np.ndarray:
+                  what: str = "embeddings", fitted: str = "quantizer") -> np.ndarray:
     """Validate and convert to C-contiguous float32 ``[n, d]``; NaN/inf rows are an error naming the
-    item (by ``ids`` when given, else by row number)."""
+    item (by ``ids`` when given, else by row number), and so are values beyond float32's range.
+    ``fitted`` names the object whose dimension ``dim`` is, for the error on a mismatch."""
     from quantize.embed import check_finite
 
     if hasattr(x, "detach"):  # torch tensor
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.is_floating_point() and x.element_size() < 4:  # bfloat16 (and float8) have no numpy dtype
+            x = x.float()  # exact for every half-precision value
+        x = x.numpy()
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{what} must be a non-empty 2-d array [n_items, dim], got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"{what} must be numeric, got dtype {x.dtype}")
+    if x.dtype.kind not in "iuf":  # complex would lose its imaginary part in the cast, silently
+        raise ValueError(f"{what} must be numeric (integer or real floating-point), got dtype {x.dtype}")
     if ids is not None and len(ids) != x.shape[0]:
         raise ValueError(f"{len(ids)} ids for {x.shape[0]} {what} rows")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{what} have dimension {x.shape[1]}, the quantizer was fitted on {dim}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    check_finite(x, ids, what="embedding")
-    return x
+        raise ValueError(f"{what} have dimension {x.shape[1]}, the {fitted} was fitted on {dim}")
+    check_finite(x, ids, what="embedding")  # before the cast, which turns float64 values past float32's range to inf
+    if x.dtype == np.float32:
+        return np.ascontiguousarray(x)
+    with np.errstate(over="ignore"):  # reported below, by item
+        y = np.ascontiguousarray(x, dtype=np.float32)
+    over = np.flatnonzero(~np.isfinite(y).all(axis=1))
+    if len(over):
+        names = [repr(ids[i]) if ids is not None else f"#{i}" for i in over[:20]]
+        raise ValueError(f"{len(over)} embedding(s) hold values beyond the float32 range (|v| > 3.4e38): items "
+                         + ", ".join(names) + (" ..." if len(over) > 20 else ""))
+    return y
 
 
 def faiss_threads() -> int:
@@ -95,10 +107,19 @@ def effective_k(k: int, n: int, what: str) -> int:
 
 def check_positive_ints(**settings: Any) -> None:
     """ValueError naming the setting unless each is an integer >= 1 (faiss aborts or trains nothing
-    on such k-means settings)."""
+    on such k-means settings; a float such as 2.9 was truncated, a bool taken as 0 or 1)."""
+    _check_ints(settings, 1)
+
+
+def check_nonnegative_ints(**settings: Any) -> None:
+    """ValueError naming the setting unless each is an integer >= 0."""
+    _check_ints(settings, 0)
+
+
+def _check_ints(settings: dict[str, Any], minimum: int) -> None:
     for key, value in settings.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int, niter: int = 20, max_points_per_centroid: int = 256,
@@ -246,15 +267,23 @@ class Quantizer(ABC):
         blob = unpack_arrays(load_checkpoint(path, kind="quantizer file"))
         if blob.get("format") != _FORMAT:
             raise CheckpointError(f"{path}: not a genrec quantizer file")
-        klass = QUANTIZERS.get(blob.get("name"))
+        name = blob.get("name")
+        if not isinstance(name, str):  # a list is unhashable: a bare TypeError from the lookup
+            raise CheckpointError(f"{path}: the quantizer name must be a string, got {type(name).__name__} {name!r}")
+        klass = QUANTIZERS.get(name)
         if klass is None:
             raise CheckpointError(f"{path}: unknown quantizer {blob.get('name')!r}")
         if cls is not Quantizer and not issubclass(klass, cls):
             raise CheckpointError(f"{path}: holds a {blob['name']!r} quantizer, not {cls.name!r}")
         try:  # a file of the right format whose content does not fit (edited, or another genrec version)
             q = klass(**blob["config"])
-            q.dim = blob["dim"]
-            q._sizes = tuple(int(s) for s in blob["codebook_sizes"])
+            dim, sizes = blob["dim"], blob["codebook_sizes"]
+            check_positive_ints(dim=dim)  # a float dim built modules and bounds from a truncated or broken size
+            if not isinstance(sizes, (list, tuple)):
+                raise TypeError(f"codebook_sizes must be a list, got {type(sizes).__name__}")
+            check_positive_ints(**{f"codebook_sizes[{i}]": s for i, s in enumerate(sizes)})
+            q.dim = int(dim)
+            q._sizes = tuple(int(s) for s in sizes)
             q._set_state(blob["state"])
             after = blob.get("fitted_after")  # absent: a file from before the record
             if after is not None and not isinstance(after, str):

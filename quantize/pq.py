@@ -34,9 +34,9 @@ class PQ(Quantizer):
     def __init__(self, subspaces: int = 4, codebook_size: int = 256, niter: int = 20,
                  max_points_per_centroid: int = 256, seed: int = 0) -> None:
         super().__init__(seed)
-        if subspaces < 1 or codebook_size < 1:
-            raise ValueError(f"need subspaces >= 1 and codebook_size >= 1, got {subspaces}, {codebook_size}")
-        check_positive_ints(niter=niter, max_points_per_centroid=max_points_per_centroid)
+        # integers only: subspaces=2.9 became 2 sub-spaces, codebook_size=True a codebook of 1
+        check_positive_ints(subspaces=subspaces, codebook_size=codebook_size, niter=niter,
+                            max_points_per_centroid=max_points_per_centroid)
         self.subspaces = int(subspaces)
         self.codebook_size = int(codebook_size)
         self.niter = int(niter)

@@ -13,7 +13,7 @@ import numpy as np
 
 from genrec.artifacts import load_checkpoint, pack_arrays, torch_save, unpack_arrays
 from genrec.errors import CheckpointError
-from quantize.base import as_embeddings
+from quantize.base import as_embeddings, check_positive_ints
 
 __all__ = ["Preprocessor"]
 
@@ -25,8 +25,9 @@ class Preprocessor:
     deviation when ``whiten``. ``pca_dim=None`` keeps all dimensions (a rotation, or full whitening)."""
 
     def __init__(self, pca_dim: int | None = None, whiten: bool = False, seed: int = 0) -> None:
-        if pca_dim is not None and pca_dim < 1:
-            raise ValueError(f"pca_dim must be >= 1, got {pca_dim}")
+        if pca_dim is not None:  # "8" gave a bare TypeError, True was taken as 1 and kept as True
+            check_positive_ints(pca_dim=pca_dim)
+            pca_dim = int(pca_dim)
         self.pca_dim = pca_dim
         self.whiten = bool(whiten)
         self.seed = int(seed)
@@ -74,15 +75,18 @@ class Preprocessor:
         """Apply the fitted projection; float32 ``[n, k]``."""
         if self.components is None:
             raise RuntimeError("Preprocessor is not fitted")
-        x = as_embeddings(embeddings, ids, dim=self.components.shape[1])
+        x = as_embeddings(embeddings, ids, dim=self.components.shape[1], fitted="preprocessor")
         return np.ascontiguousarray(((x - self.mean) @ self.components.T) / self.scale, dtype=np.float32)
 
     def inverse_transform(self, z: np.ndarray) -> np.ndarray:
         """Back to the embedding space (lossy when ``pca_dim`` < d)."""
-        assert self.components is not None and self.mean is not None and self.scale is not None
+        if self.components is None or self.mean is None or self.scale is None:
+            raise RuntimeError("Preprocessor is not fitted; call fit_transform() first")
         return (np.asarray(z, dtype=np.float32) * self.scale) @ self.components + self.mean
 
     def save(self, path: str | Path) -> Path:
+        if self.components is None:  # its file would hold no projection, and not load
+            raise RuntimeError("Preprocessor is not fitted; nothing to save")
         # numpy arrays as tagged tensors: loadable with weights_only=True
         return torch_save(path, pack_arrays({"format": _FORMAT, "config": self.config(), "mean": self.mean,
                                              "components": self.components, "scale": self.scale,

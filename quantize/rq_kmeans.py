@@ -4,6 +4,7 @@ unexplained, and so on; each level's code is the index of the nearest centroid (
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,15 +20,19 @@ __all__ = ["RQKMeans", "level_sizes"]
 
 def level_sizes(levels: int, codebook_size: int | Sequence[int]) -> tuple[int, ...]:
     """One codebook size per level from an int (same for all) or a per-level list."""
-    if isinstance(codebook_size, (int, np.integer)):
-        sizes = (int(codebook_size),) * int(levels)
-    else:
-        sizes = tuple(int(s) for s in codebook_size)
-        if len(sizes) != levels:
-            raise ValueError(f"{len(sizes)} codebook sizes given for {levels} levels")
-    if levels < 1 or any(s < 1 for s in sizes):
-        raise ValueError(f"need levels >= 1 and codebook sizes >= 1, got {levels} x {sizes}")
-    return sizes
+    # integers only: levels=2.9 became 2 levels, codebook_size=True a codebook of 1, "256" the sizes 2, 5, 6
+    check_positive_ints(levels=levels)
+    if isinstance(codebook_size, (int, np.integer)):  # a bool too: refused by the check
+        check_positive_ints(codebook_size=codebook_size)
+        return (int(codebook_size),) * int(levels)
+    if isinstance(codebook_size, (str, bytes)) or not isinstance(codebook_size, Iterable):
+        raise ValueError(f"codebook_size must be an integer >= 1 or a list of them (one per level), "
+                         f"got {codebook_size!r}")
+    sizes = list(codebook_size)
+    if len(sizes) != levels:
+        raise ValueError(f"{len(sizes)} codebook sizes given for {levels} levels")
+    check_positive_ints(**{f"codebook_size[{lv}]": s for lv, s in enumerate(sizes)})
+    return tuple(int(s) for s in sizes)
 
 
 class RQKMeans(Quantizer):

@@ -22,7 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genrec.errors import TrainingDivergedError
-from quantize.base import Quantizer, as_embeddings, effective_k, kmeans, nearest
+from quantize.base import (Quantizer, as_embeddings, check_nonnegative_ints, check_positive_ints, effective_k, kmeans,
+                           nearest)
 from quantize.rq_kmeans import level_sizes
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,11 @@ class RQVAE(Quantizer):
                  seed: int = 0, device: str = "cpu") -> None:
         super().__init__(seed)
         self.requested_sizes = level_sizes(levels, codebook_size)
-        if latent_dim < 1 or epochs < 0 or batch_size < 1 or lr <= 0 or beta < 0:
-            raise ValueError("rq_vae: need latent_dim >= 1, epochs >= 0, batch_size >= 1, lr > 0, beta >= 0")
+        # integers, not floats truncated (latent_dim=4.7 built a 4-d latent) or bools taken as 0 / 1
+        check_positive_ints(latent_dim=latent_dim, batch_size=batch_size)
+        check_nonnegative_ints(epochs=epochs)
+        if lr <= 0 or beta < 0:  # NaN passes here, to the finiteness check below
+            raise ValueError(f"rq_vae: need lr > 0 and beta >= 0, got {lr!r} and {beta!r}")
         # checked here, not first in fit(): the recipe builds the quantizer to check its options before embedding
         if not (math.isfinite(lr) and math.isfinite(beta)):
             raise ValueError(f"rq_vae: lr and beta must be finite, got {lr!r} and {beta!r}")
@@ -282,6 +286,8 @@ class RQVAE(Quantizer):
         """Encoder output ``float32 [n, latent_dim]`` (before quantization)."""
         import torch
 
+        if not self.fitted:  # no module yet: an AttributeError on None
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
         x = as_embeddings(embeddings, dim=self.dim)
         self.module.eval()
         with torch.no_grad():
@@ -309,6 +315,13 @@ class RQVAE(Quantizer):
         self.module = _build_modules(self.dim, self.hidden_dims, self.latent_dim, self._sizes, self.dropout)
         self.module.load_state_dict(state["module"])
         self.module.to(self.device).eval()
-        self.mean = np.asarray(state["mean"], dtype=np.float32)
-        self.scale = np.asarray(state["scale"], dtype=np.float32)
+        mean = np.asarray(state["mean"], dtype=np.float32)
+        scale = np.asarray(state["scale"], dtype=np.float32)
+        # every input is shifted and divided by these: a wrong shape broadcast or failed only at encode time
+        for key, a in (("mean", mean), ("scale", scale)):
+            if a.shape != (self.dim,) or not np.isfinite(a).all():
+                raise ValueError(f"the input {key} is {list(a.shape)}, expected [{self.dim}] finite values")
+        if (scale <= 0).any():
+            raise ValueError("the input scale must be positive (fit never stores a zero or negative one)")
+        self.mean, self.scale = mean, scale
         self.history = list(state.get("history", []))

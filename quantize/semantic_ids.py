@@ -47,6 +47,12 @@ def disambiguate(codes: np.ndarray) -> np.ndarray:
     return suffix
 
 
+def _no_str_ids(item_ids: Any, what: str) -> None:
+    """A single string is a sequence of its characters: refused rather than taken as one id per character."""
+    if isinstance(item_ids, (str, bytes)):
+        raise TypeError(f"{what} must be a list of ids, not a single string ({item_ids!r})")
+
+
 class SemanticIdTable:
     """Item index <-> semantic ID tuple, with the set of valid IDs.
 
@@ -62,6 +68,7 @@ class SemanticIdTable:
         self.codebook_sizes = tuple(int(s) for s in codebook_sizes)
         if len(self.codebook_sizes) != self.codes.shape[1]:
             raise ValueError(f"{len(self.codebook_sizes)} codebook sizes for {self.codes.shape[1]} levels")
+        _no_str_ids(item_ids, "item_ids")
         if item_ids is not None and len(item_ids) != len(self.codes):  # before the checks that name items
             raise ValueError(f"{len(item_ids)} item ids for {len(self.codes)} IDs")
         if item_ids is not None and len(set(item_ids)) != len(item_ids):  # an id would look up one of its rows
@@ -113,6 +120,9 @@ class SemanticIdTable:
         if not self.disambiguated:
             raise ValueError("extend() needs a table with a disambiguation level")
         c = _as_codes(new_codes, "new codes")
+        _no_str_ids(item_ids, "item_ids")
+        if item_ids is not None and len(item_ids) != len(c):  # before the checks that name new items
+            raise ValueError(f"{len(item_ids)} item ids for {len(c)} new codes")
         base = self.codes[:, :-1]
         if c.shape[1] != base.shape[1]:
             raise ValueError(f"new codes have {c.shape[1]} levels, the table has {base.shape[1]}")
@@ -123,16 +133,26 @@ class SemanticIdTable:
         if (self.item_ids is None) != (item_ids is None):
             raise ValueError("give item_ids for new items exactly when the table has item ids")
         if item_ids is not None:
-            dup = sorted(set(item_ids) & set(self.item_ids or ()))
-            if dup or len(set(item_ids)) != len(item_ids):
-                raise ValueError(f"new item ids must be new and distinct, e.g. {dup[:5] or list(item_ids)[:5]}")
-        counts: dict[tuple[int, ...], int] = {}
-        for row in map(tuple, base.tolist()):
-            counts[row] = counts.get(row, 0) + 1
+            known = set(self.item_ids or ())
+            seen: set[Any] = set()
+            dup: dict[Any, None] = {}  # the offending ids, in order (the message listed the first new ids)
+            for i in item_ids:
+                if i in known or i in seen:
+                    dup[i] = None
+                seen.add(i)
+            if dup:
+                shown = ", ".join(repr(i) for i in list(dup)[:20]) + (" ..." if len(dup) > 20 else "")
+                raise ValueError(f"new item ids must be new and distinct: {len(dup)} already in the table or "
+                                 f"given twice: {shown}")
+        # next free suffix per group: one past the largest in use (a loaded or hand-made table need not
+        # number a group 0..g-1, and the group's size could be a suffix already taken)
+        next_free: dict[tuple[int, ...], int] = {}
+        for row, suf in zip(map(tuple, base.tolist()), self.codes[:, -1].tolist()):
+            next_free[row] = max(next_free.get(row, 0), suf + 1)
         suffix = np.empty(len(c), dtype=np.int64)
         for i, row in enumerate(map(tuple, c.tolist())):
-            suffix[i] = counts.get(row, 0)
-            counts[row] = suffix[i] + 1
+            suffix[i] = next_free.get(row, 0)
+            next_free[row] = suffix[i] + 1
         codes = np.concatenate([self.codes, np.concatenate([c, suffix[:, None]], axis=1)])
         sizes = [max(a, int(b) + 1) for a, b in zip(self.codebook_sizes, codes.max(0))]
         ids = (self.item_ids or []) + list(item_ids) if item_ids is not None else None

@@ -43,6 +43,20 @@ def clean_text(value: str, strip_tags: bool = True) -> str:
     return _WS.sub(" ", s).strip()
 
 
+def _str_tuple(value: Any, name: str) -> tuple[str, ...]:
+    """``value`` (a string, or an iterable of strings) as a tuple of strings; TypeError naming ``name``."""
+    if isinstance(value, str):
+        return (value,)
+    try:
+        out = tuple(value)
+    except TypeError:
+        raise TypeError(f"TextTemplate {name} must be a string or a list of strings, got {value!r}") from None
+    bad = [v for v in out if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"TextTemplate {name} must be strings, got {bad[0]!r}")
+    return out
+
+
 @dataclass(frozen=True)
 class TextTemplate:
     """How an item's fields become one string.
@@ -66,8 +80,9 @@ class TextTemplate:
         m = self.max_description_chars  # a negative one cut the end off every description
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 0):
             raise ValueError(f"max_description_chars must be an integer >= 0 or None, got {m!r}")
-        if isinstance(self.segments, str):
-            object.__setattr__(self, "segments", (self.segments,))
+        # a single string is one entry, not its characters (skip_categories="Beauty" skipped "B", "e", ...)
+        for name in ("segments", "skip_categories"):
+            object.__setattr__(self, name, _str_tuple(getattr(self, name), name))
         if not self.segments:
             raise ValueError("TextTemplate needs at least one segment")
         allowed = set(TEXT_FIELDS) | {"item_id"}
@@ -111,10 +126,7 @@ class TextTemplate:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TextTemplate":
-        d = dict(d)
-        d["segments"] = tuple(d.get("segments", cls.segments))
-        d["skip_categories"] = tuple(d.get("skip_categories", ()))
-        return cls(**d)
+        return cls(**d)  # lists (JSON) and single strings become tuples as in the constructor
 
     def values(self, item: ItemText, item_id: str = "") -> dict[str, str]:
         """The cleaned, formatted field values present for ``item`` (missing fields are absent)."""

@@ -242,3 +242,43 @@ def test_a_stray_shard_sorting_first_does_not_make_the_good_ones_damaged(tmp_pat
     assert hit.tolist() == [True, True, True, True, False]
     np.testing.assert_array_equal(got, vecs)
     assert "shard-0000.npz (vectors of width 7, the cache's 5)" in caplog.text
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_model_name_is_refused(blank, tmp_path):
+    """Path("") is the current directory: it was loaded as the model while config() said all-MiniLM-L6-v2."""
+    from quantize.embed import resolve_model
+
+    with pytest.raises(ValueError, match=f"non-empty model name or directory .*got {blank!r}"):
+        resolve_model(blank)
+    with pytest.raises(ValueError, match="non-empty model name"):
+        TextEncoder(blank, cache_dir=tmp_path)
+
+
+def test_the_config_records_what_is_loaded_and_the_cache_key_is_unchanged(tmp_path):
+    import hashlib
+    import json
+
+    from quantize.embed import resolve_model
+
+    enc = TextEncoder(cache_dir=tmp_path)
+    path, identity = resolve_model(None)
+    assert enc.config()["model"] == "all-MiniLM-L6-v2" and enc.config()["model_path"] == path
+    key = json.dumps({"model": identity, "normalize": True, "max_seq_length": None})  # as before the record
+    assert enc.cache_key == f"all-MiniLM-L6-v2-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    assert TextEncoder("some-org/other-model", cache_dir=False).config()["model_path"] == "some-org/other-model"
+    local = TextEncoder(tmp_path, cache_dir=False).config()  # a Path: recorded as a string (JSON)
+    assert local["model"] == str(tmp_path) and local["model_path"] == str(tmp_path.resolve())
+
+
+def test_a_lone_surrogate_text_is_refused_naming_the_item(tmp_path):
+    enc = TextEncoder(cache_dir=tmp_path, show_progress=False)
+    enc._model = _NaNModel()
+    with pytest.raises(ValueError, match=r"1 empty, non-string or invalid \(lone surrogate\) text\(s\): items 'x2'"):
+        enc.encode(["fine", "bad \ud800 half"], ids=["x1", "x2"])  # a bare UnicodeEncodeError from the hashing
+
+
+@pytest.mark.parametrize("option", ["batch_size", "chunk_size"])
+def test_encoder_sizes_must_be_positive_integers(option):
+    with pytest.raises(ValueError, match=f"{option} must be an integer >= 1, got 2.5"):
+        TextEncoder(cache_dir=False, **{option: 2.5})

@@ -306,3 +306,89 @@ def test_a_seed_near_the_c_int_limit_fits():
     assert big.shape == (200, 2)
     np.testing.assert_array_equal(RQKMeans(levels=2, codebook_size=4, seed=5).fit(x),
                                   RQKMeans(levels=2, codebook_size=4, seed=5).fit(x))  # small seeds as before
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: PQ(subspaces=2.9), "subspaces must be an integer >= 1, got 2.9"),
+    (lambda: PQ(codebook_size=True), "codebook_size must be an integer >= 1, got True"),
+    (lambda: OPQ(subspaces=4.0), "subspaces must be an integer >= 1, got 4.0"),
+    (lambda: RQKMeans(levels=2.9), "levels must be an integer >= 1, got 2.9"),
+    (lambda: RQKMeans(codebook_size=True), "codebook_size must be an integer >= 1, got True"),
+    (lambda: RQKMeans(levels=2, codebook_size=[8, 4.5]), r"codebook_size\[1\] must be an integer >= 1, got 4.5"),
+    (lambda: RQKMeans(levels=3, codebook_size="256"), "codebook_size must be an integer >= 1 or a list"),
+    (lambda: RQVAE(latent_dim=4.7), "latent_dim must be an integer >= 1, got 4.7"),
+    (lambda: RQVAE(epochs=1.9), "epochs must be an integer >= 0, got 1.9"),
+    (lambda: RQVAE(epochs=-1), "epochs must be an integer >= 0, got -1"),
+    (lambda: RQVAE(batch_size=True), "batch_size must be an integer >= 1, got True"),
+    (lambda: RQVAE(lr=0), r"need lr > 0 and beta >= 0, got 0"),
+])
+def test_numeric_settings_must_be_integers_not_truncated_floats_or_bools(make, message):
+    """2.9 sub-spaces / levels became 2, latent_dim 4.7 a 4-d latent, True a codebook of 1: silently."""
+    with pytest.raises(ValueError, match=message):
+        make()
+    assert RQVAE(epochs=0, latent_dim=np.int64(4)).latent_dim == 4  # numpy integers and 0 epochs stay valid
+    assert RQKMeans(levels=np.int64(2), codebook_size=[np.int64(4), 3]).requested_sizes == (4, 3)
+
+
+def test_preprocessor_settings_and_unfitted_use_are_clear_errors(tmp_path):
+    from quantize.preprocess import Preprocessor
+
+    for bad in ("8", True, 2.5, 0):
+        with pytest.raises(ValueError, match=f"pca_dim must be an integer >= 1, got {bad!r}"):
+            Preprocessor(pca_dim=bad)
+    with pytest.raises(RuntimeError, match="Preprocessor is not fitted; nothing to save"):
+        Preprocessor(pca_dim=4).save(tmp_path / "pre.pt")  # it wrote a file that did not load
+    assert not (tmp_path / "pre.pt").exists()
+    with pytest.raises(RuntimeError, match="Preprocessor is not fitted"):  # a bare AssertionError
+        Preprocessor().inverse_transform(np.zeros((1, 4), np.float32))
+    with pytest.raises(RuntimeError, match="RQVAE is not fitted"):  # an AttributeError on None
+        RQVAE().latent(np.zeros((1, 4), np.float32))
+    pre = Preprocessor(pca_dim=np.int64(4))
+    pre.fit_transform(clustered(40)[0])
+    assert pre.config()["pca_dim"] == 4 and type(pre.config()["pca_dim"]) is int
+    with pytest.raises(ValueError, match="dimension 16, the preprocessor was fitted on 32"):  # "the quantizer"
+        pre.transform(np.zeros((2, 16), np.float32))
+
+
+def test_embeddings_of_other_dtypes_are_converted_or_refused_by_name():
+    from quantize.base import as_embeddings
+
+    x = torch.randn(6, 4)
+    np.testing.assert_array_equal(as_embeddings(x.to(torch.bfloat16)), x.to(torch.bfloat16).float().numpy())
+    np.testing.assert_array_equal(as_embeddings(x.half()), x.half().float().numpy())
+    with pytest.raises(ValueError, match=r"integer or real floating-point\), got dtype complex"):
+        as_embeddings(np.ones((2, 3), np.complex64) * 1j)  # the imaginary part was dropped silently
+    with pytest.raises(ValueError, match=r"integer or real floating-point\), got dtype complex"):
+        as_embeddings(torch.ones(2, 3, dtype=torch.complex64))
+    big = np.ones((3, 2))
+    big[1, 0] = 1e300  # finite, but not as float32: reported as "NaN or infinite"
+    with pytest.raises(ValueError, match=r"1 embedding\(s\) hold values beyond the float32 range .*'b'"):
+        as_embeddings(big, ["a", "b", "c"])
+    big[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"1 embedding\(s\) contain NaN or infinite values: items 'c'"):
+        as_embeddings(big, ["a", "b", "c"])
+    assert as_embeddings(np.arange(6).reshape(2, 3)).dtype == np.float32
+
+
+@pytest.mark.parametrize("name, edit, says", [
+    ("rq_vae", lambda b: b.update(name=["rq_vae"]), "the quantizer name must be a string, got list"),
+    ("rq_kmeans", lambda b: b.update(dim=32.0), r"\(ValueError: dim must be an integer >= 1, got 32.0"),
+    ("pq", lambda b: b.update(codebook_sizes=[8, 8.5, 8, 8]), r"codebook_sizes\[1\] must be an integer >= 1, got 8.5"),
+    ("rq_vae", lambda b: b["state"].update(mean=np.zeros(5, np.float32)), r"the input mean is \[5\], expected \[32\]"),
+    ("rq_vae", lambda b: b["state"].update(scale=np.ones((1, 32), np.float32)),
+     r"the input scale is \[1, 32\], expected \[32\]"),
+    ("rq_vae", lambda b: b["state"].update(mean=np.full(32, np.nan, np.float32)),
+     r"the input mean is \[32\], expected \[32\] finite"),
+    ("rq_vae", lambda b: b["state"].update(scale=np.zeros(32, np.float32)), "the input scale must be positive"),
+])
+def test_a_damaged_quantizer_file_names_the_file(name, edit, says, fitted, tmp_path):
+    """A list as the name was a bare TypeError; a float dim (32.0 passed the centroid shape check), and
+    RQ-VAE input statistics of the wrong shape or NaN, loaded silently (broadcast or failed at encode)."""
+    from genrec.artifacts import pack_arrays, unpack_arrays
+
+    path = fitted[name][0].save(tmp_path / "q.pt")
+    blob = unpack_arrays(torch.load(path, weights_only=True))
+    edit(blob)
+    torch.save(pack_arrays(blob), tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match=f"edited.pt: .*{says}"):
+        load_quantizer(tmp_path / "edited.pt")

@@ -113,3 +113,24 @@ def test_collision_and_codebook_statistics():
     usage = codebook_usage(np.array([[0, 0], [1, 0], [2, 0], [3, 0]]), [4, 2])
     assert usage[0]["used"] == 4 and math.isclose(usage[0]["perplexity"], 4.0)
     assert usage[1]["used"] == 1 and usage[1]["utilisation"] == 0.5 and math.isclose(usage[1]["perplexity"], 1.0)
+
+
+def test_extend_continues_after_the_largest_suffix_of_a_group():
+    """A table whose group is not numbered 0..g-1 (loaded, or made by hand): the group's size was taken
+    as the next suffix, which another item already had."""
+    t = SemanticIdTable(np.array([[0, 1], [0, 2], [1, 0]]), [2, 3], ["a", "b", "c"])
+    ext = t.extend(np.array([[0], [0], [1]]), ["d", "e", "f"])
+    assert ext.codes[3:].tolist() == [[0, 3], [0, 4], [1, 1]]
+    assert ext.codes[:3].tolist() == t.codes.tolist() and ext.codebook_sizes == (2, 5)
+
+
+def test_extend_names_the_duplicate_ids_and_ids_must_not_be_one_string():
+    t = SemanticIdTable.from_codes(np.array([[0], [1]]), [2], ["a", "b"])
+    with pytest.raises(ValueError, match=r"2 already in the table or given twice: 'b', 'x'$"):
+        t.extend(np.zeros((7, 1), np.int64), ["c", "d", "b", "e", "x", "x", "f"])  # it listed 'c', 'd', 'b', 'e', 'x'
+    with pytest.raises(TypeError, match="item_ids must be a list of ids, not a single string"):
+        t.extend(np.zeros((1, 1), np.int64), "c")  # accepted as the id 'c' by luck of its length
+    with pytest.raises(TypeError, match="item_ids must be a list of ids, not a single string"):
+        SemanticIdTable.from_codes(np.array([[0], [1]]), [2], "ab")  # the ids 'a' and 'b'
+    with pytest.raises(ValueError, match="1 item ids for 2 new codes"):
+        t.extend(np.array([[0], [5]]), ["c"])

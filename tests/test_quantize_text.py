@@ -102,3 +102,18 @@ def test_skipped_categories_compare_as_cleaned_names_and_a_non_finite_price_is_l
     text = TextTemplate(skip_categories=("Health &amp; Beauty",)).render(item)
     assert "Health" not in text and "Lips" in text  # the entity was cleaned in the name, not in the skip list
     assert "Price" not in text and "nan" not in text
+
+
+def test_a_single_skipped_category_string_is_one_name_not_its_characters():
+    item = ItemText(title="Lipstick", categories=["Beauty", "B", "Makeup"])
+    for t in (TextTemplate(skip_categories="B"), TextTemplate.from_dict({"skip_categories": "B"})):
+        assert t.skip_categories == ("B",)
+    t = TextTemplate(segments="Categories: {categories}", skip_categories="Beauty")
+    assert t.render(item) == "Categories: B, Makeup"  # it skipped "B" (a letter of "Beauty"), kept "Beauty"
+    assert TextTemplate.from_dict(t.to_dict()) == t
+    assert TextTemplate.from_dict({"segments": "Title: {title}"}).segments == ("Title: {title}",)  # split too
+    assert TextTemplate(skip_categories=["Beauty"]).skip_categories == ("Beauty",)  # a list: a tuple, hashable
+    with pytest.raises(TypeError, match="skip_categories must be strings, got 3"):
+        TextTemplate(skip_categories=["Beauty", 3])
+    with pytest.raises(TypeError, match="segments must be a string or a list of strings, got 5"):
+        TextTemplate(segments=5)

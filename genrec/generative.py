@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
-from genrec.errors import CheckpointNotFoundError, ConfigError, DataFormatError
+from genrec.errors import CheckpointError, CheckpointNotFoundError, ConfigError, DataFormatError
 from genrec.beam_search import (BeamResult, beam_from_context, check_same_codes, decoder_device, first_level,
                                 length_batches, score_from_context, trie_on)
 from genrec.layers import Block, encode_sequence, xavier_init
@@ -294,13 +294,19 @@ def repeat_gate_loss(repeat_head: nn.Module, tokens: torch.Tensor, hidden: torch
 
 
 def repeat_mixture(log_p: torch.Tensor, in_history: torch.Tensor, repeat_logit: torch.Tensor,
-                   log_p_history: torch.Tensor) -> torch.Tensor:
+                   log_p_history: torch.Tensor, history_is_catalogue: torch.Tensor | None = None) -> torch.Tensor:
     """Explore/repeat mixture of item log-probs ``log_p [n, C]`` (see ``GenerativeConfig.repeat_gate``):
     ``in_history [n, C]`` marks items in the history, ``repeat_logit [n]`` is the gate's logit of
-    r, ``log_p_history [n]`` the code-level log-probability of the whole history set H."""
+    r, ``log_p_history [n]`` the code-level log-probability of the whole history set H.
+    ``history_is_catalogue [n]``: whether H is the whole catalogue; None reads it from ``in_history``,
+    right only when the ``C`` columns are the whole catalogue (a row of candidates that are all history
+    items says nothing about the items outside the row)."""
     log_p_history = log_p_history.clamp_max(-1e-6)  # p(H) < 1: some unseen item has mass
     # a history holding every item leaves the explore share nowhere to go (the row summed to r): r = 1
-    repeat_logit = torch.where(in_history.all(-1), torch.full_like(repeat_logit, torch.inf), repeat_logit)
+    if history_is_catalogue is None:
+        history_is_catalogue = in_history.all(-1)
+    repeat_logit = torch.where(history_is_catalogue.to(repeat_logit.device),
+                               torch.full_like(repeat_logit, torch.inf), repeat_logit)
     repeat = (F.logsigmoid(repeat_logit) - log_p_history)[:, None]  # log r - log p(H)
     explore = (F.logsigmoid(-repeat_logit) - torch.log1p(-log_p_history.exp()))[:, None]  # log(1-r) - log(1-p(H))
     return log_p + torch.where(in_history, repeat, explore)
@@ -370,7 +376,8 @@ def decode(model: nn.Module, instances: Instances | list[np.ndarray], beam_size:
                 if repeat or cand is not None:
                     scored = score_from_context(model, trie, context, seen if cand is None else
                                                 np.concatenate([seen, cand[rows]], 1), first)
-                offset = _repeat_offsets(model, seen, scored[:, :seen.shape[1]], context) if repeat else None
+                offset = (_repeat_offsets(model, seen, scored[:, :seen.shape[1]], context, trie.num_items)
+                          if repeat else None)
                 if beam_size is not None:
                     it, sc, cd = (t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
                                   for t in beam_from_context(model, trie, context, len(rows), beam_size, first))
@@ -413,18 +420,21 @@ def _seen_items(model: nn.Module, histories: list[np.ndarray]) -> np.ndarray:
     return seen
 
 
-def _repeat_offsets(model: nn.Module, seen: np.ndarray, seen_scores: np.ndarray, context: torch.Tensor
-                    ) -> Callable[[np.ndarray], np.ndarray]:
+def _repeat_offsets(model: nn.Module, seen: np.ndarray, seen_scores: np.ndarray, context: torch.Tensor,
+                    num_items: int) -> Callable[[np.ndarray], np.ndarray]:
     """For one encoded batch: a function ``items [N, C] -> log-prob offsets [N, C]`` that turns the
     code-level distribution into the explore/repeat mixture (see ``GenerativeConfig.repeat_gate``),
     given the history items ``seen [N, W]`` (:func:`_seen_items`) and their code-level log-probs."""
     scores = np.where(np.isnan(seen_scores), -np.inf, seen_scores)  # as the beam: a NaN item is no item (it
     log_p_seen = torch.logsumexp(torch.from_numpy(np.ascontiguousarray(scores)), 1)  # made the row all NaN) [N]
     logit = model.repeat_head(context)[:, 0].float().cpu()  # [N], on the host with the NumPy scores
+    # from the history itself, not from the columns asked about: an item's score must not depend on the
+    # other candidates of its row (seen's items are distinct and in the catalogue)
+    whole = torch.from_numpy((seen >= 0).sum(1) == num_items)  # [N]
 
     def offsets(items: np.ndarray) -> np.ndarray:
         in_history = torch.from_numpy((items[:, :, None] == seen[:, None, :]).any(-1) & (items >= 0))  # [N, C]
-        return repeat_mixture(torch.zeros(in_history.shape), in_history, logit, log_p_seen).numpy()
+        return repeat_mixture(torch.zeros(in_history.shape), in_history, logit, log_p_seen, whole).numpy()
 
     return offsets
 
@@ -524,10 +534,47 @@ def load_generative(path: str | Path, device: str = "cpu") -> HierarchicalGenera
         raise CheckpointNotFoundError(f"{path}: no generative model checkpoint; train (or save) the model first")
     ckpt = load_checkpoint(path, kind="generative model checkpoint",
                            keys=("model", "config", "codes", "codebook_sizes"))
-    model = HierarchicalGenerative(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"],
-                                   GenerativeConfig(**saved_config(ckpt["config"])))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = HierarchicalGenerative(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"],
+                                       GenerativeConfig(**saved_config(ckpt["config"])))
+        model.load_state_dict(ckpt["model"])
+    except INCOMPATIBLE_CHECKPOINT as e:
+        raise incompatible_checkpoint(path, "hierarchical generative model", ckpt, e) from e
     return model.to(usable_device(device)).eval()
+
+
+#: what rebuilding a model from a checkpoint that load_checkpoint accepted raises when the file is another
+#: model's or another genrec's: an unknown config key (TypeError), a refused value (ConfigError, a ValueError),
+#: weights of other shapes or names (RuntimeError), other semantic IDs (CheckpointError, a ValueError)
+INCOMPATIBLE_CHECKPOINT = (TypeError, ValueError, RuntimeError, KeyError)
+
+#: the semantic-ID models whose checkpoints share their top-level keys (model, config, codes, codebook_sizes),
+#: told apart by a config key or a weight only theirs has; the last entry: where each is read
+_SEMANTIC_ID_KINDS = (
+    ("hierarchical generative model", "head_layers", "head.", "genrec generative (--model hierarchical or "
+     "semantic), read by genrec.generative.load_generative"),
+    ("TIGER model", "d_model", "t5.", "genrec generative --model tiger, read by genrec.tiger.load_tiger"),
+    ("parallel-code model", "temperature", "level_proj.", "genrec generative --model parallel, read by "
+     "genrec.parallel_generative.load_parallel"),
+)
+
+
+def incompatible_checkpoint(path: Path, kind: str, ckpt: dict, error: BaseException) -> CheckpointError:
+    """The :class:`~genrec.errors.CheckpointError` naming ``path`` for a checkpoint that loaded but does not
+    rebuild into a ``kind``: when it looks like another semantic-ID model's (by its config keys or weights),
+    which one and what reads it; else the error, on one line."""
+    config, state = ckpt.get("config"), ckpt.get("model")
+    config_keys = set(config) if isinstance(config, dict) else set()
+    weights = [k for k in state if isinstance(k, str)] if isinstance(state, dict) else []
+    for other, key, prefix, reader in _SEMANTIC_ID_KINDS:
+        if other != kind and (key in config_keys or any(w.startswith(prefix) for w in weights)):
+            return CheckpointError(f"{path}: not a {kind} checkpoint of this genrec (it looks like a {other}'s, "
+                                   f"trained by {reader})")
+    reason = " ".join(str(error).split())  # load_state_dict's message spans lines and tabs
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    return CheckpointError(f"{path}: not a {kind} checkpoint of this genrec ({type(error).__name__}: {reason}); "
+                           "was it written by another model or another genrec version?")
 
 
 def with_new_items(model: HierarchicalGenerative, codes: np.ndarray, codebook_sizes: Sequence[int]

@@ -36,9 +36,9 @@ from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, training_batches
 from genrec.beam_search import check_same_codes, eval_mode
 from genrec.errors import CheckpointNotFoundError, ConfigError, DataFormatError
-from genrec.generative import repeat_gate_loss, repeat_mixture
+from genrec.generative import INCOMPATIBLE_CHECKPOINT, incompatible_checkpoint, repeat_gate_loss, repeat_mixture
 from genrec.layers import Block, encode_sequence, xavier_init
-from genrec.metrics import metrics_from_ranks, ranks_from_scores
+from genrec.metrics import metrics_from_ranks, ranks_from_scores, stable_topk
 from genrec.splits import Instances, LeaveOneOutSplit
 from genrec.training import TrainResult, data_digest, fit, setup
 from genrec.model_settings import autocast, check_training_config, model_precision, saved_config, usable_device
@@ -232,7 +232,7 @@ def _histories(instances: Instances | list[np.ndarray]) -> list[np.ndarray]:
 def recommend(model: ParallelCodeModel, instances: Instances | list[np.ndarray], k: int = 50,
               batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` items ``[n, k]`` of each history and their log-probabilities ``[n, k]`` (``k``
-    capped at the catalogue's size)."""
+    capped at the catalogue's size; tied items in index order, so the first ``j`` do not depend on ``k``)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:  # -1 failed deep in NumPy
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
     histories = _histories(instances)
@@ -240,7 +240,7 @@ def recommend(model: ParallelCodeModel, instances: Instances | list[np.ndarray],
     items = np.zeros((len(histories), k), np.int64)
     log_probs = np.zeros((len(histories), k), np.float32)
     for rows, lp in _batches(model, histories, batch_size):
-        v, i = lp.topk(k, dim=-1)
+        v, i = stable_topk(lp, k)  # ties in item-index order, as every served list (topk broke them arbitrarily)
         items[rows], log_probs[rows] = i.numpy(), v.numpy()
     return items, log_probs
 
@@ -325,6 +325,10 @@ def load_parallel(path: str | Path, device: str = "cpu") -> ParallelCodeModel:
     if not path.exists():
         raise CheckpointNotFoundError(f"{path}: no parallel-code model checkpoint; train (or save) the model first")
     ckpt = load_checkpoint(path, kind="parallel-code model checkpoint", keys=("model", "config", "codes", "codebook_sizes"))
-    model = ParallelCodeModel(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"], ParallelConfig(**saved_config(ckpt["config"])))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = ParallelCodeModel(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"],
+                                  ParallelConfig(**saved_config(ckpt["config"])))
+        model.load_state_dict(ckpt["model"])
+    except INCOMPATIBLE_CHECKPOINT as e:
+        raise incompatible_checkpoint(path, "parallel-code model", ckpt, e) from e
     return model.to(usable_device(device)).eval()

@@ -15,6 +15,7 @@ it stays under :data:`LOGIT_BUDGET` entries, and in item chunks beyond (same ran
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -297,7 +298,16 @@ def iter_logits(model: SASRec, instances: Instances | list[np.ndarray], batch_si
 def _iter_logits(model: SASRec, histories: list[np.ndarray], batch_size: int
                  ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     for rows, hidden, tokens in _iter_states(model, histories, batch_size):
-        yield rows, model.item_logits(hidden, seen=tokens).float().cpu()
+        with _precision(model):
+            logits = model.item_logits(hidden, seen=tokens).float().cpu()
+        yield rows, logits
+
+
+def _precision(model: SASRec) -> contextlib.AbstractContextManager:
+    """The model's autocast context (bf16 on CUDA for a bf16 model), the one :func:`evaluate` and training's
+    validation run under, so every inference path serves the numbers the model was validated with. Entered
+    per batch by the generators: held across a ``yield`` it would leak into the caller's code."""
+    return autocast(model_precision(model), model.item_emb.weight.device)
 
 
 def _checked(model: SASRec, instances: Instances | list[np.ndarray]) -> list[np.ndarray]:
@@ -319,7 +329,9 @@ def _iter_states(model: SASRec, histories: list[np.ndarray], batch_size: int
             rows = order[start:start + batch_size]
             tokens = histories_to_tokens([histories[r] for r in rows], model.config.max_len)
             tokens = tokens.to(model.item_emb.weight.device)
-            yield rows, model.last_hidden(tokens), tokens
+            with _precision(model):
+                hidden = model.last_hidden(tokens)
+            yield rows, hidden, tokens
     finally:
         if was_training:
             model.train()
@@ -340,7 +352,7 @@ def _chunk_scorer(model: SASRec, hidden: torch.Tensor, tokens: torch.Tensor
     """``score(rows, start, stop)``: CPU float32 logits ``[len(rows), stop - start]`` of items
     ``start .. stop - 1`` for those rows of the batch (None: every row, the batch's tensors as they are)."""
     def score(rows: np.ndarray | None, start: int, stop: int) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), _precision(model):
             if rows is None:
                 return model.item_logits(hidden, tokens, start, stop).float().cpu()
             idx = torch.as_tensor(rows, dtype=torch.long, device=hidden.device)
@@ -380,14 +392,18 @@ def _batch_softmax_topk(score: Callable[[np.ndarray | None, int, int], torch.Ten
 
 def softmax_topk(model: SASRec, instances: Instances | list[np.ndarray], k: int = 50, batch_size: int = 1024,
                  item_chunk: int | None = None, states: bool = False) -> dict[str, np.ndarray]:
-    """``items [n, k]``, ``log_probs [n, k]`` (best first), ``max_prob [n]`` (MSP) and ``entropy [n]`` (nats)
-    of each instance's softmax, never holding more than a batch x ``item_chunk`` logits
-    (:func:`item_chunk_size`); the chunked values equal the unchunked ones up to float rounding.
+    """``items [n, k]``, ``log_probs [n, k]`` (best first; ``k`` capped at the catalogue's size, ``k`` < 1 a
+    ValueError), ``max_prob [n]`` (MSP) and ``entropy [n]`` (nats) of each instance's softmax, never holding
+    more than a batch x ``item_chunk`` logits (:func:`item_chunk_size`); the chunked values equal the
+    unchunked ones up to float rounding.
     ``states``: also ``hidden [n, H]`` (float32, the state whose logits these are) and ``lse [n]``
     (the logsumexp of its logits), from which :func:`log_probs_from_states` scores other items
     without running the model again."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
     histories = _checked(model, instances)
     n = len(histories)
+    k = min(int(k), model.num_items)  # a catalogue smaller than k: every item, ranked (as parallel_generative)
     out = {"items": np.zeros((n, k), np.int64), "log_probs": np.zeros((n, k), np.float32),
            "max_prob": np.zeros(n, np.float32), "entropy": np.zeros(n, np.float32)}
     if states:
@@ -425,9 +441,10 @@ def log_probs_from_states(model: SASRec, histories: list[np.ndarray], hidden: np
         device = model.item_emb.weight.device
         for s in range(0, n, batch_size):
             c = torch.from_numpy(items[s:s + batch_size]).to(device)
-            vectors = model.item_vectors(c + 1).float()  # [b, C, H]
             h = torch.as_tensor(np.asarray(hidden[s:s + batch_size], np.float32), device=device)
-            logits = torch.einsum("bch,bh->bc", vectors, h)
+            with _precision(model):  # the item vectors and the logits as log_probs_of computes them
+                vectors = model.item_vectors(c + 1)  # [b, C, H]
+                logits = torch.einsum("bch,bh->bc", vectors, h).float()
             if model.repeat_bias is not None:
                 part = [np.asarray(x, np.int64)[-model.config.max_len:] for x in histories[s:s + batch_size]]
                 seen = np.full((len(part), max(1, max(len(x) for x in part))), -1, np.int64)
@@ -474,7 +491,8 @@ def log_probs_of(model: SASRec, instances: Instances | list[np.ndarray], items: 
 
 def predict_topk(model: SASRec, instances: Instances | list[np.ndarray], k: int = 50,
                  batch_size: int = 1024, item_chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` items per instance: ``(items [n, k] int64, log-probs [n, k] float32)``, best first."""
+    """Top-``k`` items per instance: ``(items [n, k] int64, log-probs [n, k] float32)``, best first (``k``
+    capped at the catalogue's size; ``k`` < 1 is a ValueError)."""
     out = softmax_topk(model, instances, k, batch_size, item_chunk)
     return out["items"], out["log_probs"]
 
@@ -503,12 +521,12 @@ def evaluate(model: SASRec, instances: Instances, ks=DEFAULT_KS, mask_history: b
     n = len(instances)
     instances = distributed.shard_instances(instances)  # all of them outside a sharded evaluation
     ranks = np.zeros(len(instances), dtype=np.int64)
-    with autocast(model_precision(model), model.item_emb.weight.device):  # bf16 models on CUDA
-        for rows, hidden, tokens in _iter_states(model, _checked(model, instances), batch_size):
-            exclude = [instances.histories[r] for r in rows] if mask_history else None
-            chunk = item_chunk_size(len(rows), model.num_items, item_chunk)
-            ranks[rows] = ranks_from_score_chunks(_chunk_scorer(model, hidden, tokens), model.num_items,
-                                                  instances.targets[rows], chunk, exclude=exclude)
+    # the model's precision (bf16 on CUDA) is entered by _iter_states and the chunk scorer, as for serving
+    for rows, hidden, tokens in _iter_states(model, _checked(model, instances), batch_size):
+        exclude = [instances.histories[r] for r in rows] if mask_history else None
+        chunk = item_chunk_size(len(rows), model.num_items, item_chunk)
+        ranks[rows] = ranks_from_score_chunks(_chunk_scorer(model, hidden, tokens), model.num_items,
+                                              instances.targets[rows], chunk, exclude=exclude)
     return metrics_from_ranks(distributed.gather_rows(ranks, n), ks)
 
 
@@ -561,8 +579,13 @@ def load_sasrec(path: str | Path, device: str = "cpu") -> SASRec:
     if not path.exists():
         raise CheckpointNotFoundError(f"{path}: no SASRec checkpoint; train (or save) the model first")
     ckpt = load_checkpoint(path, kind="SASRec checkpoint", keys=("model", "config", "num_items"))
-    model = SASRec(ckpt["num_items"], SASRecConfig(**saved_config(ckpt["config"])))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = SASRec(ckpt["num_items"], SASRecConfig(**saved_config(ckpt["config"])))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:  # see generative.INCOMPATIBLE_CHECKPOINT
+        from genrec.generative import incompatible_checkpoint  # on this error path only
+
+        raise incompatible_checkpoint(path, "SASRec", ckpt, e) from e
     return model.to(usable_device(device)).eval()
 
 

@@ -27,7 +27,7 @@ from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories
 from genrec.beam_search import check_same_codes, eval_mode
 from genrec.errors import ConfigError, DataFormatError
-from genrec.generative import evaluate
+from genrec.generative import INCOMPATIBLE_CHECKPOINT, evaluate, incompatible_checkpoint
 from genrec.trie import PrefixTrie, trie_of
 from genrec.training import TrainResult, data_digest, fit, setup
 from genrec.model_settings import check_training_config, saved_config, usable_device
@@ -332,8 +332,12 @@ def load_tiger(path: str | Path, device: str = "cpu") -> TigerModel:
     if path.is_dir():
         path = path / "best.pt"
     ckpt = load_checkpoint(path, kind="TIGER model checkpoint", keys=("model", "config", "codes", "codebook_sizes"))
-    model = TigerModel(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"], TigerConfig(**saved_config(ckpt["config"])))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = TigerModel(np.asarray(ckpt["codes"]), ckpt["codebook_sizes"],
+                           TigerConfig(**saved_config(ckpt["config"])))
+        model.load_state_dict(ckpt["model"])
+    except INCOMPATIBLE_CHECKPOINT as e:
+        raise incompatible_checkpoint(path, "TIGER model", ckpt, e) from e
     return model.to(usable_device(device)).eval()
 
 

@@ -221,3 +221,82 @@ def test_json_artifacts_keep_non_finite_numbers_and_strict_ones_write_null(tmp_p
     assert json.loads(strict.read_text(), parse_constant=refuse) == {
         "offset": None, "auc": None, "x": [1.5, None], "n": 3, "rows": [{"ok": 0.25, "none": None}]}
     assert obj["x"][1] == np.inf  # the caller's objects are not changed
+
+
+def _small_models():
+    """One untrained model of each kind with a loader, its save function and its loader."""
+    from genrec.generative import GenerativeConfig, HierarchicalGenerative, load_generative, save_generative
+    from genrec.parallel_generative import ParallelCodeModel, ParallelConfig, load_parallel, save_parallel
+    from genrec.sasrec import SASRec, SASRecConfig, load_sasrec, save_sasrec
+    from genrec.tiger import TigerConfig, TigerModel, load_tiger, save_tiger
+
+    i = np.arange(12)
+    codes, sizes = np.stack([i // 4, i % 4], 1), [3, 4]
+    torch.manual_seed(0)
+    return {
+        "sasrec": (SASRec(12, SASRecConfig(hidden=8, num_blocks=1, num_heads=1)), save_sasrec, load_sasrec),
+        "generative": (HierarchicalGenerative(codes, sizes, GenerativeConfig(hidden=8, num_blocks=1, num_heads=1,
+                                                                             head_layers=1)),
+                       save_generative, load_generative),
+        "tiger": (TigerModel(codes, sizes, TigerConfig(d_model=8, d_ff=16, num_heads=1, d_kv=4, num_encoder_layers=1,
+                                                       num_decoder_layers=1, user_buckets=2)), save_tiger, load_tiger),
+        "parallel": (ParallelCodeModel(codes, sizes, ParallelConfig(hidden=8, num_heads=1)), save_parallel,
+                     load_parallel),
+    }
+
+
+def _extra_key(ckpt):
+    ckpt["config"]["from_a_newer_genrec"] = 1  # TypeError: an unexpected keyword argument
+
+
+def _other_shape(ckpt):
+    key = "d_model" if "d_model" in ckpt["config"] else "hidden"
+    ckpt["config"][key] = 16  # the config no longer matches the weights: RuntimeError, size mismatch
+
+
+def _lost_weight(ckpt):
+    del ckpt["model"][sorted(k for k in ckpt["model"] if k.endswith("weight"))[0]]  # RuntimeError: missing key
+
+
+def _bad_value(ckpt):
+    ckpt["config"]["max_epochs"] = -1  # a value this genrec refuses: ConfigError
+
+
+@pytest.mark.parametrize("damage", [_extra_key, _other_shape, _lost_weight, _bad_value])
+@pytest.mark.parametrize("kind", ["sasrec", "generative", "tiger", "parallel"])
+def test_a_checkpoint_that_does_not_rebuild_is_a_checkpoint_error_naming_it(tmp_path, kind, damage):
+    """The loaders rebuilt the config and loaded the weights unguarded: an unknown config key, a config not
+    matching the weights or a missing weight crashed with a traceback instead of naming the file."""
+    model, save, load = _small_models()[kind]
+    save(model, tmp_path / "ok.pt")
+    load(tmp_path / "ok.pt")  # the undamaged file loads
+    ckpt = torch.load(tmp_path / "ok.pt", weights_only=True)
+    damage(ckpt)
+    torch.save(ckpt, tmp_path / "bad.pt")
+    name = {"sasrec": "SASRec", "generative": "hierarchical generative model", "tiger": "TIGER model",
+            "parallel": "parallel-code model"}[kind]
+    with pytest.raises(CheckpointError) as err:
+        load(tmp_path / "bad.pt")
+    assert str(err.value).startswith(f"{tmp_path / 'bad.pt'}: not a {name} checkpoint of this genrec (")
+    assert "\n" not in str(err.value) and "was it written by another model or another genrec version?" in str(err.value)
+
+
+@pytest.mark.parametrize("kind,loader,says", [
+    ("tiger", "generative", "it looks like a TIGER model's, trained by genrec generative --model tiger, read by "
+                            "genrec.tiger.load_tiger"),
+    ("parallel", "generative", "it looks like a parallel-code model's, trained by genrec generative --model "
+                               "parallel, read by genrec.parallel_generative.load_parallel"),
+    ("generative", "tiger", "it looks like a hierarchical generative model's"),
+    ("generative", "parallel", "it looks like a hierarchical generative model's"),
+    ("parallel", "tiger", "it looks like a parallel-code model's"),
+])
+def test_another_semantic_id_models_checkpoint_is_named_as_such(tmp_path, kind, loader, says):
+    """The semantic-ID models' checkpoints hold the same entries: a TIGER one given to ``genrec analyze
+    --generative`` (load_generative) was TypeError: ... unexpected keyword argument 'max_items'."""
+    models = _small_models()
+    model, save, _ = models[kind]
+    save(model, tmp_path / "best.pt")
+    with pytest.raises(CheckpointError) as err:
+        models[loader][2](tmp_path)  # a run directory: its best.pt
+    assert str(err.value).startswith(f"{tmp_path / 'best.pt'}: not a ")
+    assert says in str(err.value)

@@ -211,6 +211,30 @@ def test_a_history_item_scored_nan_leaves_the_beam_finite(split, trained):
     assert (np.diff(top.log_probs, axis=1) <= 0).all()
 
 
+def test_a_repeat_mixture_score_does_not_depend_on_the_other_candidates_of_its_row():
+    """Whether the history is the whole catalogue (r = 1) was read from the scored columns: a row whose
+    candidates were all history items got r = 1 (an item alone scored higher than beside an unseen one),
+    and a history holding every item, scored with padding columns, kept its r < 1."""
+    from genrec.generative import HierarchicalGenerative
+
+    torch.manual_seed(0)
+    i = np.arange(6)
+    model = HierarchicalGenerative(np.stack([i // 3, i % 3], 1), [2, 3],
+                                   GenerativeConfig(hidden=16, num_blocks=1, head_layers=1, max_len=10)).eval()
+    assert model.repeat_head is not None
+    h = np.array([0, 1, 2])
+    alone = score_items(model, [h], np.array([[2]]))[0, 0]
+    beside = score_items(model, [h], np.array([[2, 4, 5, 2]]))[0]
+    np.testing.assert_allclose([alone, alone], beside[[0, 3]], rtol=1e-6)
+    # a history holding the whole catalogue: all its mass on repeats, with or without padding columns
+    everything = np.array([5, 4, 3, 2, 1, 0])
+    for cands in ([[0, 1, 2, 3, 4, 5]], [[0, 1, 2, 3, 4, 5, -1]], [[-1, 3, 0, 1, 2, 4, 5, -1]]):
+        p = np.exp(score_items(model, [everything], np.array(cands)).astype(np.float64))
+        np.testing.assert_allclose(p.sum(), 1.0, atol=1e-5)
+    top = recommend(model, [everything], beam_size=6)
+    np.testing.assert_allclose(np.exp(top.log_probs.astype(np.float64)).sum(), 1.0, atol=1e-5)
+
+
 def test_repeat_gate_off_gives_the_plain_code_distribution(split):
     result = train_generative(split, cyclic_table(), GenerativeConfig(**SMALL, max_epochs=2, repeat_gate=False),
                               progress=False)

@@ -156,3 +156,22 @@ def test_cli_trains_the_parallel_and_the_semantic_model(tmp_path, model):
     assert metrics["config"]["item_embedding"] is False
     loaded = load_parallel(out) if model == "parallel" else None
     assert loaded is None or loaded.num_levels == 3
+
+
+def test_tied_items_are_returned_in_index_order_whatever_k():
+    """Items with the same codes score the same; Tensor.topk broke their ties arbitrarily, so asked for 3 or
+    for 50 a user could get different tied items first. Every served list breaks ties by item index."""
+    n = 200
+    codes = np.stack([np.arange(n) % 2, np.arange(n) % 3], 1)  # 6 code tuples: 6 groups of tied items
+    torch.manual_seed(0)
+    model = ParallelCodeModel(codes, [2, 3], ParallelConfig(hidden=8, num_heads=1, max_len=10)).eval()
+    histories = [np.array([0, 1, 2]), np.array([5]), np.array([7, 100])]
+    full, full_lp = recommend(model, histories, k=n)
+    for k in (1, 3, 10, 50, 137):
+        items, lp = recommend(model, histories, k=k)
+        np.testing.assert_array_equal(items, full[:, :k])
+        np.testing.assert_array_equal(lp, full_lp[:, :k])
+    # best first, and equal scores in index order
+    assert (np.diff(full_lp, axis=1) <= 0).all()
+    tied = np.diff(full_lp, axis=1) == 0
+    assert tied.any() and (np.diff(full, axis=1)[tied] > 0).all()

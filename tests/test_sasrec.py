@@ -268,3 +268,59 @@ def test_numpy_settings_train_into_a_loadable_checkpoint(tmp_path):
     assert type(config.max_epochs) is int and type(config.lr) is float and type(config.repeat_bias) is bool
     train_sasrec(split, config, out_dir=tmp_path, progress=False)
     assert load_sasrec(tmp_path).config.max_epochs == 1
+
+
+@pytest.mark.parametrize("item_chunk", [None, 3])
+def test_k_beyond_the_catalogue_ranks_every_item_and_k_below_one_is_refused(item_chunk):
+    """The default k=50 on a 7-item catalogue crashed (a shape mismatch deep in NumPy)."""
+    torch.manual_seed(0)
+    model = SASRec(7, SASRecConfig(hidden=16, num_blocks=1, max_len=5, dropout=0.0)).eval()
+    histories = [np.array([1, 2]), np.array([6])]
+    items, logp = predict_topk(model, histories, item_chunk=item_chunk)  # k=50
+    assert items.shape == logp.shape == (2, 7)
+    assert (np.sort(items, 1) == np.arange(7)).all() and (np.diff(logp, axis=1) <= 0).all()
+    np.testing.assert_allclose(np.exp(logp.astype(np.float64)).sum(1), 1.0, rtol=1e-5)
+    small, _ = predict_topk(model, histories, k=3, item_chunk=item_chunk)
+    np.testing.assert_array_equal(small, items[:, :3])
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match=re.escape(f"k must be an integer >= 1, got {bad!r}")):
+            predict_topk(model, histories, k=bad)
+
+
+def test_inference_runs_under_the_models_precision_as_evaluate_does(monkeypatch):
+    """A bf16 model was validated (evaluate) under bf16 autocast but served in fp32. CPU autocast stands in
+    for CUDA: every inference path must now give the bf16 numbers, not the fp32 ones, and agree."""
+    from genrec import model_settings
+    from genrec.sasrec import iter_logits, log_probs_from_states, log_probs_of, softmax_topk
+
+    monkeypatch.setattr(model_settings, "AUTOCAST_DEVICES", ("cuda", "cpu"))
+    torch.manual_seed(0)
+    fp32 = SASRec(30, SASRecConfig(hidden=16, num_blocks=1, max_len=8, dropout=0.0)).eval()
+    bf16 = SASRec(30, SASRecConfig(hidden=16, num_blocks=1, max_len=8, dropout=0.0, precision="bf16")).eval()
+    bf16.load_state_dict(fp32.state_dict())
+    histories = [np.array([1, 2, 3]), np.arange(8), np.array([5, 5])]
+    cands = np.array([[0, 4, 29], [8, 1, 3], [5, 6, 7]])
+
+    def served(model):
+        top = softmax_topk(model, histories, k=30, states=True)
+        by_item = np.take_along_axis(top["log_probs"], np.argsort(top["items"], 1), 1)  # [n, 30] in item order
+        logits = np.zeros((3, 30), np.float32)
+        for rows, z in iter_logits(model, histories):
+            logits[rows] = z.numpy()
+        return (by_item, predict_proba(model, histories), log_probs_of(model, histories, cands),
+                log_probs_from_states(model, histories, top["hidden"], top["lse"], cands), logits)
+
+    full, proba, of, from_states, logits = served(bf16)
+    for a, b in zip(served(bf16), served(fp32)):
+        assert np.abs(a - b).max() > 1e-4  # bf16 rounding: autocast was on
+    # the paths agree with one another (as in fp32) ...
+    np.testing.assert_allclose(np.exp(full), proba, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(of, np.take_along_axis(full, cands, 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(from_states, of, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(torch.log_softmax(torch.from_numpy(logits), -1).numpy(), full, rtol=1e-5, atol=1e-6)
+    # ... and with evaluate's ranking of the targets under the same precision
+    from genrec.splits import Instances
+
+    targets = np.argmax(full, 1)
+    inst = Instances(users=np.arange(3), histories=histories, targets=targets)
+    assert evaluate(bf16, inst, ks=(1,))["recall@1"] == 1.0

@@ -92,8 +92,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sasrec", metavar="CHECKPOINT", help="SASRec checkpoint (best.pt or its directory): adds "
                                                           "its MSP and entropy as indicators")
     g.add_argument("--generative", metavar="CHECKPOINT",
-                   help="generative model checkpoint (best.pt or its directory): a test beam search adds its "
-                        "confidence (top-1 log-probability, margin) as indicators; its top-1 replaces --gr-model's")
+                   help="generative model checkpoint (best.pt or its directory) of genrec generative --model "
+                        "hierarchical or semantic (a TIGER or parallel-code one is refused, naming its kind): a "
+                        "test beam search adds its confidence (top-1 log-probability, margin) as indicators; its "
+                        "top-1 replaces --gr-model's")
     g.add_argument("--beam", type=int, default=20, help="beam size of --generative (default 20)")
     g.add_argument("--indicators", metavar="FILE.npz", help="extra indicators: named [n_test] arrays")
     g.add_argument("--sweep-embeddings", metavar="FILE.npy",

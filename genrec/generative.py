@@ -32,8 +32,9 @@ import torch.nn.functional as F
 
 from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
+from genrec.checkpoint_files import INCOMPATIBLE_CHECKPOINT, incompatible_checkpoint
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
-from genrec.errors import CheckpointError, CheckpointNotFoundError, ConfigError, DataFormatError
+from genrec.errors import CheckpointNotFoundError, ConfigError, DataFormatError
 from genrec.beam_search import (BeamResult, beam_from_context, check_same_codes, decoder_device, first_level,
                                 length_batches, score_from_context, trie_on)
 from genrec.layers import Block, encode_sequence, xavier_init
@@ -541,40 +542,6 @@ def load_generative(path: str | Path, device: str = "cpu") -> HierarchicalGenera
     except INCOMPATIBLE_CHECKPOINT as e:
         raise incompatible_checkpoint(path, "hierarchical generative model", ckpt, e) from e
     return model.to(usable_device(device)).eval()
-
-
-#: what rebuilding a model from a checkpoint that load_checkpoint accepted raises when the file is another
-#: model's or another genrec's: an unknown config key (TypeError), a refused value (ConfigError, a ValueError),
-#: weights of other shapes or names (RuntimeError), other semantic IDs (CheckpointError, a ValueError)
-INCOMPATIBLE_CHECKPOINT = (TypeError, ValueError, RuntimeError, KeyError)
-
-#: the semantic-ID models whose checkpoints share their top-level keys (model, config, codes, codebook_sizes),
-#: told apart by a config key or a weight only theirs has; the last entry: where each is read
-_SEMANTIC_ID_KINDS = (
-    ("hierarchical generative model", "head_layers", "head.", "genrec generative (--model hierarchical or "
-     "semantic), read by genrec.generative.load_generative"),
-    ("TIGER model", "d_model", "t5.", "genrec generative --model tiger, read by genrec.tiger.load_tiger"),
-    ("parallel-code model", "temperature", "level_proj.", "genrec generative --model parallel, read by "
-     "genrec.parallel_generative.load_parallel"),
-)
-
-
-def incompatible_checkpoint(path: Path, kind: str, ckpt: dict, error: BaseException) -> CheckpointError:
-    """The :class:`~genrec.errors.CheckpointError` naming ``path`` for a checkpoint that loaded but does not
-    rebuild into a ``kind``: when it looks like another semantic-ID model's (by its config keys or weights),
-    which one and what reads it; else the error, on one line."""
-    config, state = ckpt.get("config"), ckpt.get("model")
-    config_keys = set(config) if isinstance(config, dict) else set()
-    weights = [k for k in state if isinstance(k, str)] if isinstance(state, dict) else []
-    for other, key, prefix, reader in _SEMANTIC_ID_KINDS:
-        if other != kind and (key in config_keys or any(w.startswith(prefix) for w in weights)):
-            return CheckpointError(f"{path}: not a {kind} checkpoint of this genrec (it looks like a {other}'s, "
-                                   f"trained by {reader})")
-    reason = " ".join(str(error).split())  # load_state_dict's message spans lines and tabs
-    if len(reason) > 300:
-        reason = reason[:297] + "..."
-    return CheckpointError(f"{path}: not a {kind} checkpoint of this genrec ({type(error).__name__}: {reason}); "
-                           "was it written by another model or another genrec version?")
 
 
 def with_new_items(model: HierarchicalGenerative, codes: np.ndarray, codebook_sizes: Sequence[int]

@@ -36,7 +36,8 @@ from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories, histories_to_tokens, training_batches
 from genrec.beam_search import check_same_codes, eval_mode
 from genrec.errors import CheckpointNotFoundError, ConfigError, DataFormatError
-from genrec.generative import INCOMPATIBLE_CHECKPOINT, incompatible_checkpoint, repeat_gate_loss, repeat_mixture
+from genrec.checkpoint_files import INCOMPATIBLE_CHECKPOINT, incompatible_checkpoint
+from genrec.generative import repeat_gate_loss, repeat_mixture
 from genrec.layers import Block, encode_sequence, xavier_init
 from genrec.metrics import metrics_from_ranks, ranks_from_scores, stable_topk
 from genrec.splits import Instances, LeaveOneOutSplit

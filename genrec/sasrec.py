@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from genrec import distributed
 from genrec.artifacts import load_checkpoint, torch_save
+from genrec.checkpoint_files import INCOMPATIBLE_CHECKPOINT, incompatible_checkpoint
 from genrec.batching import check_histories, histories_to_tokens, seen_tokens, training_batches
 from genrec.errors import CheckpointNotFoundError, ConfigError
 from genrec.layers import Block, attention_mask, unit_rows
@@ -582,8 +583,7 @@ def load_sasrec(path: str | Path, device: str = "cpu") -> SASRec:
     try:
         model = SASRec(ckpt["num_items"], SASRecConfig(**saved_config(ckpt["config"])))
         model.load_state_dict(ckpt["model"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as e:  # see generative.INCOMPATIBLE_CHECKPOINT
-        from genrec.generative import incompatible_checkpoint  # on this error path only
+    except INCOMPATIBLE_CHECKPOINT as e:
 
         raise incompatible_checkpoint(path, "SASRec", ckpt, e) from e
     return model.to(usable_device(device)).eval()

@@ -27,7 +27,8 @@ from genrec.artifacts import load_checkpoint, torch_save
 from genrec.batching import check_histories
 from genrec.beam_search import check_same_codes, eval_mode
 from genrec.errors import ConfigError, DataFormatError
-from genrec.generative import INCOMPATIBLE_CHECKPOINT, evaluate, incompatible_checkpoint
+from genrec.checkpoint_files import INCOMPATIBLE_CHECKPOINT, incompatible_checkpoint
+from genrec.generative import evaluate
 from genrec.trie import PrefixTrie, trie_of
 from genrec.training import TrainResult, data_digest, fit, setup
 from genrec.model_settings import check_training_config, saved_config, usable_device
